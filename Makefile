@@ -1,0 +1,40 @@
+# needle: short names for the common tasks. `make demo` and `make test` do all
+# the set-up they need on a fresh machine (Python packages, in-place build).
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+STAMP := build/.deps-stamp
+ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
+
+.PHONY: all deps build test asan bench demo clean
+
+all: build
+
+$(STAMP): requirements-dev.txt
+	$(PIP) install -q -r requirements-dev.txt
+	@mkdir -p build && touch $(STAMP)
+
+deps: $(STAMP)
+
+build: deps
+	$(PYTHON) setup.py -q build_ext --inplace
+
+test: build
+	$(PYTHON) -m pytest -q tests
+
+# The extension built with AddressSanitizer + UBSan and the suite run under it;
+# the normal build is restored afterwards.
+asan: deps
+	NEEDLE_ASAN=1 $(PYTHON) setup.py -q build_ext --inplace --force
+	LD_PRELOAD=$(ASAN_LIB) PYTHONMALLOC=malloc NEEDLE_ASAN_RUN=1 \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(PYTHON) -m pytest -q -p no:cacheprovider tests; \
+	  status=$$?; $(PYTHON) setup.py -q build_ext --inplace --force; exit $$status
+
+bench: build
+	$(PYTHON) benchmarks/bench_ndarray.py
+
+demo: build
+	$(PYTHON) apps/ndarray_demo.py
+
+clean:
+	rm -rf build needle/*.so *.egg-info

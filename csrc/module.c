@@ -1,0 +1,115 @@
+/* module.c: needle._C, the extension module. Registers the types and the
+ * module-level functions; each lives in its own file under csrc/ndarray/.
+ *
+ * Python view:
+ *     needle._C.NDArray, BackendDevice, Array, SliceError
+ *     needle._C.cpu(), cuda(), cpu_numpy(), default_device(), all_devices()
+ *     needle._C.set_num_threads(n), get_num_threads(), matmul_kernel_name()
+ *     needle._C.cpu_kernels     # the course's kernel-module interface
+ */
+#include "ndarray/ndarray.h"
+#include "ndarray/threadpool.h"
+
+static PyObject *device_or_null(DeviceObject *d) { return d ? Py_NewRef(d) : NULL; }
+
+static PyObject *m_cpu(PyObject *m, PyObject *u) { return device_or_null(ndl_device_cpu()); }
+static PyObject *m_cuda(PyObject *m, PyObject *u) { return device_or_null(ndl_device_cuda()); }
+static PyObject *m_cpu_numpy(PyObject *m, PyObject *u)
+{
+    return device_or_null(ndl_device_cpu_numpy());
+}
+
+static PyObject *m_all_devices(PyObject *m, PyObject *u)
+{
+    DeviceObject *a = ndl_device_cpu(), *b = ndl_device_cuda(), *c = ndl_device_cpu_numpy();
+    if (!a || !b || !c)
+        return NULL;
+    return Py_BuildValue("[OOO]", (PyObject *)a, (PyObject *)b, (PyObject *)c);
+}
+
+static PyObject *m_set_num_threads(PyObject *m, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 1 || n > 1024) {
+        PyErr_Format(PyExc_ValueError, "set_num_threads: n must be in [1, 1024], got %ld", n);
+        return NULL;
+    }
+    ndl_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_get_num_threads(PyObject *m, PyObject *u)
+{
+    return PyLong_FromLong(ndl_get_num_threads());
+}
+
+static PyObject *m_matmul_kernel_name(PyObject *m, PyObject *u)
+{
+    return PyUnicode_FromString(ndl_cpu_matmul_kernel_name());
+}
+
+static PyMethodDef module_methods[] = {
+    {"cpu", m_cpu, METH_NOARGS, "The CPU device."},
+    {"cuda", m_cuda, METH_NOARGS, "The CUDA device (enabled() is False without a GPU backend)."},
+    {"cpu_numpy", m_cpu_numpy, METH_NOARGS, "The host device with NumPy kernel functions."},
+    {"default_device", m_cpu, METH_NOARGS, "The default device: cpu()."},
+    {"all_devices", m_all_devices, METH_NOARGS, "[cpu(), cuda(), cpu_numpy()]"},
+    {"set_num_threads", m_set_num_threads, METH_O, "Set the number of CPU kernel threads."},
+    {"get_num_threads", m_get_num_threads, METH_NOARGS, "Number of CPU kernel threads."},
+    {"matmul_kernel_name", m_matmul_kernel_name, METH_NOARGS,
+     "The CPU matmul micro-kernel in use: 'avx512', 'avx2' or 'generic'."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "needle._C",
+    .m_doc = "needle's C core: NDArray, devices and kernels.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__C(void)
+{
+    PyObject *m = NULL, *kernels = NULL, *bases = NULL;
+    if (ndl_numpy_init() < 0)
+        return NULL;
+    if (PyType_Ready(&Storage_Type) < 0 || PyType_Ready(&Device_Type) < 0 ||
+        PyType_Ready(&NDArray_Type) < 0)
+        return NULL;
+    /* NumPy defers to NDArray's reflected operators (np_scalar * a). */
+    if (PyDict_SetItemString(NDArray_Type.tp_dict, "__array_ufunc__", Py_None) < 0)
+        return NULL;
+    PyType_Modified(&NDArray_Type);
+    m = PyModule_Create(&module_def);
+    if (m == NULL)
+        return NULL;
+    bases = PyTuple_Pack(2, PyExc_IndexError, PyExc_AssertionError);
+    if (bases == NULL)
+        goto fail;
+    ndl_SliceError = PyErr_NewExceptionWithDoc(
+        "needle.backend_ndarray.SliceError",
+        "A bad slice: both an IndexError and, for course code, an AssertionError.", bases, NULL);
+    if (ndl_SliceError == NULL)
+        goto fail;
+    kernels = ndl_kernel_module_create();
+    if (kernels == NULL)
+        goto fail;
+    if (PyModule_AddObjectRef(m, "NDArray", (PyObject *)&NDArray_Type) < 0 ||
+        PyModule_AddObjectRef(m, "BackendDevice", (PyObject *)&Device_Type) < 0 ||
+        PyModule_AddObjectRef(m, "Array", (PyObject *)&Storage_Type) < 0 ||
+        PyModule_AddObjectRef(m, "SliceError", ndl_SliceError) < 0 ||
+        PyModule_AddObjectRef(m, "cpu_kernels", kernels) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_DIMS", NDL_MAX_DIMS) < 0)
+        goto fail;
+    Py_DECREF(bases);
+    Py_DECREF(kernels);
+    return m;
+fail:
+    Py_XDECREF(bases);
+    Py_XDECREF(kernels);
+    Py_XDECREF(m);
+    return NULL;
+}

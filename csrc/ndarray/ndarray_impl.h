@@ -1,0 +1,36 @@
+/* ndarray_impl.h: private to csrc/ndarray: the NDArray methods defined in
+ * one file and listed in the type's tables in ndarray.c. Each is a plain
+ * CPython method function (new reference or NULL with an exception). */
+#ifndef NDL_NDARRAY_IMPL_H
+#define NDL_NDARRAY_IMPL_H
+
+#include "ndarray.h"
+
+/* ndarray_index.c */
+PyObject *NDArray_process_slice(NDArrayObject *self, PyObject *args);
+PyObject *NDArray_subscript(NDArrayObject *self, PyObject *idx);
+int NDArray_ass_subscript(NDArrayObject *self, PyObject *idx, PyObject *value);
+
+/* ndarray_ops.c */
+extern PyNumberMethods ndl_ndarray_as_number;
+PyObject *NDArray_richcompare(PyObject *a, PyObject *b, int op);
+PyObject *NDArray_maximum(NDArrayObject *self, PyObject *other);
+PyObject *NDArray_minimum(NDArrayObject *self, PyObject *other);
+PyObject *NDArray_log(NDArrayObject *self, PyObject *unused);
+PyObject *NDArray_exp(NDArrayObject *self, PyObject *unused);
+PyObject *NDArray_tanh(NDArrayObject *self, PyObject *unused);
+PyObject *NDArray_sqrt(NDArrayObject *self, PyObject *unused);
+PyObject *NDArray_relu(NDArrayObject *self, PyObject *unused);
+PyObject *NDArray_sigmoid(NDArrayObject *self, PyObject *unused);
+PyObject *NDArray_abs(NDArrayObject *self, PyObject *unused);
+PyObject *NDArray_sum(NDArrayObject *self, PyObject *args, PyObject *kwds);
+PyObject *NDArray_max(NDArrayObject *self, PyObject *args, PyObject *kwds);
+PyObject *NDArray_flip(NDArrayObject *self, PyObject *args);
+PyObject *NDArray_pad(NDArrayObject *self, PyObject *args);
+
+/* ndarray_numpy.c */
+PyObject *NDArray_numpy(NDArrayObject *self, PyObject *unused);
+PyObject *NDArray_array(NDArrayObject *self, PyObject *args, PyObject *kwds);
+PyObject *NDArray_astype(NDArrayObject *self, PyObject *args);
+
+#endif

@@ -1,0 +1,532 @@
+/* ndarray_ops.c: NDArray arithmetic: elementwise, scalar, comparison,
+ * reductions, matmul, flip and pad, and the operator slots that reach them.
+ *
+ * Python equivalent (API.md 2.8-2.11):
+ *     a + b, a - b, a * b, a / b, a ** b, -a, a @ b, a == b, a >= b, ...
+ *     a.maximum(b), a.log(), a.exp(), a.tanh(), a.sum(axis, keepdims), a.max(...)
+ * Every function checks devices, shapes and axes first, then makes one
+ * backend call on the arrays' own layouts: inputs are never compacted for an
+ * elementwise op or a matmul (kernels take strides). Binary ops broadcast as
+ * NumPy does; a float32/float64 mix computes in float64; a Python scalar is
+ * rounded to the array's dtype and never changes it.
+ */
+#include <string.h>
+
+#include "ndarray_impl.h"
+
+static int same_device(NDArrayObject *a, NDArrayObject *b, const char *what)
+{
+    if (a->device == b->device ||
+        (a->device->backend == b->device->backend &&
+         PyUnicode_Compare(a->device->name, b->device->name) == 0))
+        return 0;
+    PyErr_Format(PyExc_RuntimeError, "%s: arrays are on different devices, %R and %R", what,
+                 (PyObject *)a->device, (PyObject *)b->device);
+    return -1;
+}
+
+/* ---- elementwise -------------------------------------------------------- */
+
+NDArrayObject *ndl_array_unary(ndl_unop op, NDArrayObject *a)
+{
+    int status;
+    NDArrayObject *out = ndl_array_empty(a->device, a->dtype, a->layout.ndim, a->layout.shape);
+    if (out == NULL)
+        return NULL;
+    NDL_KERNEL_CALL(ndl_array_size(a), status,
+                    a->device->backend->unary(op, a->dtype, a->storage->data, &a->layout,
+                                              out->storage->data));
+    if (ndl_raise_status(status, ndl_unop_names[op]) < 0)
+        Py_CLEAR(out);
+    return out;
+}
+
+NDArrayObject *ndl_array_binary(ndl_binop op, NDArrayObject *a, NDArrayObject *b)
+{
+    int64_t shape[NDL_MAX_DIMS];
+    int ndim, status;
+    ndl_layout la, lb;
+    ndl_dtype dt = a->dtype > b->dtype ? a->dtype : b->dtype;
+    NDArrayObject *ca = NULL, *cb = NULL, *out = NULL;
+    if (same_device(a, b, ndl_binop_names[op]) < 0 ||
+        ndl_broadcast_shapes(a->layout.ndim, a->layout.shape, b->layout.ndim, b->layout.shape,
+                             &ndim, shape) < 0)
+        return NULL;
+    ca = ndl_array_astype(a, dt);
+    cb = ca ? ndl_array_astype(b, dt) : NULL;
+    if (cb == NULL)
+        goto fail;
+    ndl_layout_broadcast(&ca->layout, ndim, shape, &la);
+    ndl_layout_broadcast(&cb->layout, ndim, shape, &lb);
+    out = ndl_array_empty(a->device, dt, ndim, shape);
+    if (out == NULL)
+        goto fail;
+    NDL_KERNEL_CALL(ndl_array_size(out), status,
+                    a->device->backend->binary(op, dt, ca->storage->data, &la, cb->storage->data,
+                                               &lb, out->storage->data));
+    if (ndl_raise_status(status, ndl_binop_names[op]) < 0)
+        Py_CLEAR(out);
+fail:
+    Py_XDECREF(ca);
+    Py_XDECREF(cb);
+    return out;
+}
+
+NDArrayObject *ndl_array_scalar(ndl_binop op, NDArrayObject *a, double s, int reflected)
+{
+    /* NOTE: the scalar is rounded to the array's dtype first (API.md 2.8), so
+     * `a == float(x[i, j])` finds the float32 element that x[i, j] became. */
+    float sf = (float)s;
+    double sd = s;
+    const void *sp = a->dtype == NDL_FLOAT64 ? (const void *)&sd : (const void *)&sf;
+    ndl_layout ls = {.ndim = a->layout.ndim, .offset = 0};
+    int status;
+    NDArrayObject *out = ndl_array_empty(a->device, a->dtype, a->layout.ndim, a->layout.shape);
+    if (out == NULL)
+        return NULL;
+    memcpy(ls.shape, a->layout.shape, sizeof(int64_t) * a->layout.ndim);
+    memset(ls.strides, 0, sizeof ls.strides);
+    if (reflected)
+        NDL_KERNEL_CALL(ndl_array_size(a), status,
+                        a->device->backend->binary(op, a->dtype, sp, &ls, a->storage->data,
+                                                   &a->layout, out->storage->data));
+    else
+        NDL_KERNEL_CALL(ndl_array_size(a), status,
+                        a->device->backend->binary(op, a->dtype, a->storage->data, &a->layout, sp,
+                                                   &ls, out->storage->data));
+    if (ndl_raise_status(status, ndl_binop_names[op]) < 0)
+        Py_CLEAR(out);
+    return out;
+}
+
+/* 1 and *out set if obj is something float() accepts (a Python or NumPy
+ * number, a size-1 NumPy array); 0 if not (no exception); -1 on error. */
+static int as_scalar(PyObject *obj, double *out)
+{
+    if (PyFloat_Check(obj)) {
+        *out = PyFloat_AS_DOUBLE(obj);
+        return 1;
+    }
+    if (PyLong_Check(obj)) {
+        *out = PyLong_AsDouble(obj);
+        return (*out == -1.0 && PyErr_Occurred()) ? -1 : 1;
+    }
+    *out = PyFloat_AsDouble(obj);
+    if (*out == -1.0 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+/* x op y where at least one of them is an NDArray (operator slots). */
+static PyObject *binop(ndl_binop op, PyObject *x, PyObject *y)
+{
+    double s;
+    int rc;
+    if (NDArray_Check(x) && NDArray_Check(y))
+        return (PyObject *)ndl_array_binary(op, (NDArrayObject *)x, (NDArrayObject *)y);
+    if (NDArray_Check(x)) {
+        rc = as_scalar(y, &s);
+        if (rc == 1)
+            return (PyObject *)ndl_array_scalar(op, (NDArrayObject *)x, s, 0);
+    } else {
+        rc = as_scalar(x, &s);
+        if (rc == 1)
+            return (PyObject *)ndl_array_scalar(op, (NDArrayObject *)y, s, 1);
+    }
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NOTIMPLEMENTED;
+}
+
+static PyObject *nb_add(PyObject *x, PyObject *y) { return binop(NDL_BIN_ADD, x, y); }
+static PyObject *nb_sub(PyObject *x, PyObject *y) { return binop(NDL_BIN_SUB, x, y); }
+static PyObject *nb_mul(PyObject *x, PyObject *y) { return binop(NDL_BIN_MUL, x, y); }
+static PyObject *nb_div(PyObject *x, PyObject *y) { return binop(NDL_BIN_DIV, x, y); }
+static PyObject *nb_pow(PyObject *x, PyObject *y, PyObject *mod)
+{
+    if (mod != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "pow() with a modulus is not supported for NDArray");
+        return NULL;
+    }
+    return binop(NDL_BIN_POW, x, y);
+}
+static PyObject *nb_neg(PyObject *x) { return (PyObject *)ndl_array_unary(NDL_UN_NEG, (NDArrayObject *)x); }
+static PyObject *nb_matmul(PyObject *x, PyObject *y)
+{
+    if (!NDArray_Check(x) || !NDArray_Check(y))
+        Py_RETURN_NOTIMPLEMENTED;
+    return (PyObject *)ndl_array_matmul((NDArrayObject *)x, (NDArrayObject *)y);
+}
+
+PyNumberMethods ndl_ndarray_as_number = {
+    .nb_add = nb_add,
+    .nb_subtract = nb_sub,
+    .nb_multiply = nb_mul,
+    .nb_true_divide = nb_div,
+    .nb_power = nb_pow,
+    .nb_negative = nb_neg,
+    .nb_matrix_multiply = nb_matmul,
+};
+
+PyObject *NDArray_richcompare(PyObject *a, PyObject *b, int op)
+{
+    static const ndl_binop codes[] = {
+        [Py_LT] = NDL_BIN_LT, [Py_LE] = NDL_BIN_LE, [Py_EQ] = NDL_BIN_EQ,
+        [Py_NE] = NDL_BIN_NE, [Py_GT] = NDL_BIN_GT, [Py_GE] = NDL_BIN_GE,
+    };
+    return binop(codes[op], a, b);
+}
+
+PyObject *NDArray_maximum(NDArrayObject *self, PyObject *other)
+{
+    PyObject *r = binop(NDL_BIN_MAXIMUM, (PyObject *)self, other);
+    if (r == Py_NotImplemented) {
+        Py_DECREF(r);
+        PyErr_Format(PyExc_TypeError, "maximum: expected an NDArray or a scalar, got %R", other);
+        return NULL;
+    }
+    return r;
+}
+
+PyObject *NDArray_minimum(NDArrayObject *self, PyObject *other)
+{
+    PyObject *r = binop(NDL_BIN_MINIMUM, (PyObject *)self, other);
+    if (r == Py_NotImplemented) {
+        Py_DECREF(r);
+        PyErr_Format(PyExc_TypeError, "minimum: expected an NDArray or a scalar, got %R", other);
+        return NULL;
+    }
+    return r;
+}
+
+#define UNARY_METHOD(Name, CODE)                                                                   \
+    PyObject *NDArray_##Name(NDArrayObject *self, PyObject *unused)                                \
+    {                                                                                              \
+        return (PyObject *)ndl_array_unary(CODE, self);                                            \
+    }
+UNARY_METHOD(log, NDL_UN_LOG)
+UNARY_METHOD(exp, NDL_UN_EXP)
+UNARY_METHOD(tanh, NDL_UN_TANH)
+UNARY_METHOD(sqrt, NDL_UN_SQRT)
+UNARY_METHOD(relu, NDL_UN_RELU)
+UNARY_METHOD(sigmoid, NDL_UN_SIGMOID)
+UNARY_METHOD(abs, NDL_UN_ABS)
+#undef UNARY_METHOD
+
+/* ---- reductions --------------------------------------------------------- */
+
+NDArrayObject *ndl_array_reduce(ndl_redop op, NDArrayObject *a, uint64_t mask, int keepdims)
+{
+    const ndl_layout *l = &a->layout;
+    int64_t shape[NDL_MAX_DIMS];
+    int ndim = 0, status;
+    NDArrayObject *out;
+    for (int i = 0; i < l->ndim; i++) {
+        if (mask & ((uint64_t)1 << i)) {
+            if (op == NDL_RED_MAX && l->shape[i] == 0) {
+                PyErr_Format(PyExc_ValueError,
+                             "max: zero-size reduction along axis %d, which has no identity", i);
+                return NULL;
+            }
+            if (keepdims)
+                shape[ndim++] = 1;
+        } else {
+            shape[ndim++] = l->shape[i];
+        }
+    }
+    if (ndl_array_size(a) == 0 || mask == 0) {
+        /* Nothing to combine: sums of nothing are 0; no axis means a copy. */
+        NDArrayObject *c;
+        if (ndl_array_size(a) == 0)
+            return ndl_array_full(a->device, a->dtype, ndim, shape, 0.0);
+        c = ndl_array_compact(a);
+        out = c ? ndl_array_reshape(c, ndim, shape) : NULL;
+        Py_XDECREF(c);
+        return out;
+    }
+    out = ndl_array_empty(a->device, a->dtype, ndim, shape);
+    if (out == NULL)
+        return NULL;
+    NDL_KERNEL_CALL(ndl_array_size(a), status,
+                    a->device->backend->reduce(op, a->dtype, a->storage->data, l, mask,
+                                               out->storage->data));
+    if (ndl_raise_status(status, op == NDL_RED_SUM ? "sum" : "max") < 0)
+        Py_CLEAR(out);
+    return out;
+}
+
+/* sum/max(axis=None, keepdims=False). axis: None, an int, or a tuple/list of
+ * ints (API.md 2.9; several and negative axes are extensions). */
+static PyObject *reduce_method(ndl_redop op, NDArrayObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"axis", "keepdims", NULL};
+    PyObject *axis = Py_None;
+    int keepdims = 0, ndim = self->layout.ndim;
+    uint64_t mask = 0;
+    NDArrayObject *r, *flat;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|Op", kwlist, &axis, &keepdims))
+        return NULL;
+    if (axis == Py_None) {
+        /* NOTE: the course gives shape (1,) for a full reduction, not (). */
+        int64_t one = 1, ones[NDL_MAX_DIMS];
+        for (int i = 0; i < ndim; i++)
+            ones[i] = 1;
+        mask = ndim == 64 ? ~(uint64_t)0 : (((uint64_t)1 << ndim) - 1);
+        r = ndl_array_reduce(op, self, mask, 0);
+        if (r == NULL)
+            return NULL;
+        flat = keepdims && ndim > 0 ? ndl_array_reshape(r, ndim, ones) : ndl_array_reshape(r, 1, &one);
+        Py_DECREF(r);
+        return (PyObject *)flat;
+    }
+    {
+        int64_t axes[NDL_MAX_DIMS];
+        int naxes;
+        if (ndl_parse_shape(axis, &naxes, axes, "axis") < 0)
+            return NULL;
+        if (naxes == 0) {
+            PyErr_Format(PyExc_ValueError, "%s: axis must name at least one axis, got %R",
+                         op == NDL_RED_SUM ? "sum" : "max", axis);
+            return NULL;
+        }
+        for (int i = 0; i < naxes; i++) {
+            int64_t ax;
+            if (ndl_normalize_axis(axes[i], ndim, &ax) < 0)
+                return NULL;
+            if (mask & ((uint64_t)1 << ax)) {
+                PyErr_Format(PyExc_ValueError, "axis %lld is repeated in %R", (long long)ax, axis);
+                return NULL;
+            }
+            mask |= (uint64_t)1 << ax;
+        }
+    }
+    return (PyObject *)ndl_array_reduce(op, self, mask, keepdims);
+}
+
+PyObject *NDArray_sum(NDArrayObject *self, PyObject *args, PyObject *kwds)
+{
+    return reduce_method(NDL_RED_SUM, self, args, kwds);
+}
+
+PyObject *NDArray_max(NDArrayObject *self, PyObject *args, PyObject *kwds)
+{
+    return reduce_method(NDL_RED_MAX, self, args, kwds);
+}
+
+/* ---- matmul ------------------------------------------------------------- */
+
+static void raise_matmul_shapes(NDArrayObject *a, NDArrayObject *b, const char *why)
+{
+    PyObject *ta = ndl_shape_tuple(a->layout.ndim, a->layout.shape);
+    PyObject *tb = ndl_shape_tuple(b->layout.ndim, b->layout.shape);
+    if (ta && tb)
+        PyErr_Format(PyExc_ValueError, "matmul: %s: %R @ %R", why, ta, tb);
+    Py_XDECREF(ta);
+    Py_XDECREF(tb);
+}
+
+/* numpy.matmul semantics: (..., m, n) @ (..., n, p) -> (..., m, p) with the
+ * batch dims broadcast; a 1-D operand gets a 1 prepended (a) or appended (b),
+ * removed again from the result. */
+NDArrayObject *ndl_array_matmul(NDArrayObject *a, NDArrayObject *b)
+{
+    ndl_layout la = a->layout, lb = b->layout;
+    int64_t bshape[NDL_MAX_DIMS], oshape[NDL_MAX_DIMS], m, n, p, batch = 1;
+    int nb, drop_m = 0, drop_p = 0, status, ondim;
+    int64_t *aoff = NULL, *boff = NULL;
+    ndl_dtype dt = a->dtype > b->dtype ? a->dtype : b->dtype;
+    NDArrayObject *ca = NULL, *cb = NULL, *out = NULL, *res = NULL;
+    if (la.ndim == 0 || lb.ndim == 0) {
+        raise_matmul_shapes(a, b, "operands must have at least one dimension");
+        return NULL;
+    }
+    if (same_device(a, b, "matmul") < 0)
+        return NULL;
+    if (la.ndim == 1) { /* (n,) -> (1, n) */
+        la.shape[1] = la.shape[0], la.strides[1] = la.strides[0];
+        la.shape[0] = 1, la.strides[0] = 0, la.ndim = 2, drop_m = 1;
+    }
+    if (lb.ndim == 1) { /* (n,) -> (n, 1) */
+        lb.shape[1] = 1, lb.strides[1] = 0, lb.ndim = 2, drop_p = 1;
+    }
+    m = la.shape[la.ndim - 2], n = la.shape[la.ndim - 1], p = lb.shape[lb.ndim - 1];
+    if (lb.shape[lb.ndim - 2] != n) {
+        raise_matmul_shapes(a, b, "inner dimensions do not match");
+        return NULL;
+    }
+    if (ndl_broadcast_shapes(la.ndim - 2, la.shape, lb.ndim - 2, lb.shape, &nb, bshape) < 0) {
+        PyErr_Clear();
+        raise_matmul_shapes(a, b, "batch dimensions cannot be broadcast");
+        return NULL;
+    }
+    if (nb + 2 > NDL_MAX_DIMS) {
+        raise_matmul_shapes(a, b, "too many dimensions");
+        return NULL;
+    }
+    for (int i = 0; i < nb; i++)
+        batch *= bshape[i];
+    ca = ndl_array_astype(a, dt);
+    cb = ca ? ndl_array_astype(b, dt) : NULL;
+    if (cb == NULL)
+        goto fail;
+    la.offset = ca->layout.offset, lb.offset = cb->layout.offset;
+    /* NOTE: astype of a different dtype returns a compact copy with the same
+     * shape; re-derive its strides for the (possibly 1-D-expanded) layout. */
+    if (ca != a) {
+        ndl_layout t = ca->layout;
+        if (drop_m)
+            t.shape[1] = t.shape[0], t.strides[1] = t.strides[0], t.shape[0] = 1, t.strides[0] = 0,
+            t.ndim = 2;
+        la = t;
+    }
+    if (cb != b) {
+        ndl_layout t = cb->layout;
+        if (drop_p)
+            t.shape[1] = 1, t.strides[1] = 0, t.ndim = 2;
+        lb = t;
+    }
+    aoff = PyMem_Malloc(sizeof(int64_t) * (size_t)(batch > 0 ? batch : 1));
+    boff = PyMem_Malloc(sizeof(int64_t) * (size_t)(batch > 0 ? batch : 1));
+    if (aoff == NULL || boff == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    {
+        ndl_layout ba, bb; /* batch dims of a and b broadcast to bshape */
+        ndl_layout ta = la, tb = lb;
+        int64_t idx[NDL_MAX_DIMS] = {0};
+        ta.ndim -= 2, tb.ndim -= 2;
+        ndl_layout_broadcast(&ta, nb, bshape, &ba);
+        ndl_layout_broadcast(&tb, nb, bshape, &bb);
+        for (int64_t t = 0; t < batch; t++) {
+            int64_t oa = la.offset, ob = lb.offset;
+            for (int i = 0; i < nb; i++)
+                oa += idx[i] * ba.strides[i], ob += idx[i] * bb.strides[i];
+            aoff[t] = oa, boff[t] = ob;
+            for (int i = nb - 1; i >= 0; i--) {
+                if (++idx[i] < bshape[i])
+                    break;
+                idx[i] = 0;
+            }
+        }
+    }
+    memcpy(oshape, bshape, sizeof(int64_t) * nb);
+    oshape[nb] = m, oshape[nb + 1] = p;
+    out = ndl_array_empty(a->device, dt, nb + 2, oshape);
+    if (out == NULL)
+        goto fail;
+    NDL_KERNEL_CALL(batch * m * n * p / 8, status,
+                    a->device->backend->matmul(dt, batch, m, n, p, ca->storage->data, aoff,
+                                               la.strides[la.ndim - 2], la.strides[la.ndim - 1],
+                                               cb->storage->data, boff, lb.strides[lb.ndim - 2],
+                                               lb.strides[lb.ndim - 1], out->storage->data));
+    if (ndl_raise_status(status, "matmul") < 0)
+        goto fail;
+    ondim = nb;
+    if (!drop_m)
+        oshape[ondim++] = m;
+    if (!drop_p)
+        oshape[ondim++] = p;
+    if (drop_m || drop_p)
+        res = ndl_array_reshape(out, ondim, oshape);
+    else
+        res = (NDArrayObject *)Py_NewRef(out);
+fail:
+    PyMem_Free(aoff);
+    PyMem_Free(boff);
+    Py_XDECREF(ca);
+    Py_XDECREF(cb);
+    Py_XDECREF(out);
+    return res;
+}
+
+/* ---- flip and pad ------------------------------------------------------- */
+
+PyObject *NDArray_flip(NDArrayObject *self, PyObject *args)
+{
+    int64_t axes[NDL_MAX_DIMS];
+    int naxes, ndim = self->layout.ndim;
+    uint64_t seen = 0;
+    ndl_layout l = self->layout;
+    NDArrayObject *view, *res;
+    PyObject *s = PyTuple_GET_SIZE(args) == 1 ? PyTuple_GET_ITEM(args, 0) : args;
+    if (s == Py_None) {
+        naxes = ndim;
+        for (int i = 0; i < ndim; i++)
+            axes[i] = i;
+    } else if (ndl_parse_shape(s, &naxes, axes, "flip: axes") < 0) {
+        return NULL;
+    }
+    for (int i = 0; i < naxes; i++) {
+        int64_t ax;
+        if (ndl_normalize_axis(axes[i], ndim, &ax) < 0)
+            return NULL;
+        if (seen & ((uint64_t)1 << ax)) {
+            PyErr_Format(PyExc_ValueError, "flip: axis %lld is repeated", (long long)ax);
+            return NULL;
+        }
+        seen |= (uint64_t)1 << ax;
+        if (l.shape[ax] > 0)
+            l.offset += (l.shape[ax] - 1) * l.strides[ax];
+        l.strides[ax] = -l.strides[ax];
+    }
+    view = ndl_array_view(self, &l);
+    if (view == NULL)
+        return NULL;
+    /* A negative-stride view is never compact: this always copies. */
+    res = ndl_array_compact(view);
+    Py_DECREF(view);
+    return (PyObject *)res;
+}
+
+PyObject *NDArray_pad(NDArrayObject *self, PyObject *args)
+{
+    PyObject *axes, *seq = NULL;
+    int ndim = self->layout.ndim;
+    int64_t shape[NDL_MAX_DIMS], left[NDL_MAX_DIMS];
+    NDArrayObject *out = NULL, *inner = NULL;
+    ndl_layout l;
+    if (!PyArg_ParseTuple(args, "O:pad", &axes))
+        return NULL;
+    seq = PySequence_Fast(axes, "pad: axes must be a sequence of (left, right) pairs");
+    if (seq == NULL)
+        return NULL;
+    if (PySequence_Fast_GET_SIZE(seq) != ndim) {
+        PyErr_Format(PyExc_ValueError, "pad: need one (left, right) pair per dimension (%d), got %R",
+                     ndim, axes);
+        goto fail;
+    }
+    for (int i = 0; i < ndim; i++) {
+        long long lo, hi;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "LL", &lo, &hi)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "pad: entry %d of %R is not a (left, right) pair", i, axes);
+            goto fail;
+        }
+        if (lo < 0 || hi < 0) {
+            PyErr_Format(PyExc_ValueError, "pad: negative padding in %R", axes);
+            goto fail;
+        }
+        left[i] = lo;
+        shape[i] = self->layout.shape[i] + lo + hi;
+    }
+    out = ndl_array_full(self->device, self->dtype, ndim, shape, 0.0);
+    if (out == NULL)
+        goto fail;
+    l = out->layout;
+    for (int i = 0; i < ndim; i++) {
+        l.offset += left[i] * l.strides[i];
+        l.shape[i] = self->layout.shape[i];
+    }
+    inner = ndl_array_view(out, &l);
+    if (inner == NULL || ndl_array_assign(inner, self) < 0)
+        Py_CLEAR(out);
+fail:
+    Py_XDECREF(inner);
+    Py_DECREF(seq);
+    return (PyObject *)out;
+}

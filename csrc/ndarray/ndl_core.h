@@ -1,0 +1,108 @@
+/* ndl_core.h: the vocabulary every layer of needle's array code shares.
+ *
+ * Owns: element types, strided layouts, op codes (generated from the .def
+ * tables beside this file), status codes, and the kernel entry points of the
+ * CPU backend. Nothing here touches Python: kernels take raw pointers,
+ * shapes and strides (in elements) and return a status code; the binding
+ * layer (ndarray.c) turns a status into an exception.
+ *
+ * Note [Layouts]
+ *   A layout describes a strided view into a buffer: element (i0,...,ik) lives
+ *   at base[offset + sum_j i_j * strides[j]]. Strides are in elements, may be
+ *   0 (broadcast) or negative (flip). An output of a kernel is always a
+ *   compact row-major buffer of the input layout's shape unless the function
+ *   says otherwise.
+ */
+#ifndef NDL_CORE_H
+#define NDL_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define NDL_MAX_DIMS 16
+
+typedef enum { NDL_FLOAT32 = 0, NDL_FLOAT64 = 1, NDL_NUM_DTYPES } ndl_dtype;
+
+static inline size_t ndl_itemsize(ndl_dtype dt) { return dt == NDL_FLOAT64 ? 8 : 4; }
+
+typedef struct {
+    int ndim;
+    int64_t shape[NDL_MAX_DIMS];
+    int64_t strides[NDL_MAX_DIMS]; /* in elements */
+    int64_t offset;                /* in elements from the buffer start */
+} ndl_layout;
+
+typedef enum { NDL_OK = 0, NDL_ENOMEM = 1, NDL_EINVAL = 2 } ndl_status;
+
+/* Op codes. Each .def row is X(ENUM_SUFFIX, lower_name); the per-element math
+ * for lower_name lives in scalar_ops.h (ndl_<lower_name>_f32/_f64). */
+typedef enum {
+#define X(NAME, name) NDL_UN_##NAME,
+#include "unary_ops.def"
+#undef X
+    NDL_NUM_UNARY
+} ndl_unop;
+
+typedef enum {
+#define X(NAME, name) NDL_BIN_##NAME,
+#include "binary_ops.def"
+#undef X
+    NDL_NUM_BINARY
+} ndl_binop;
+
+typedef enum { NDL_RED_SUM = 0, NDL_RED_MAX = 1, NDL_NUM_REDUCE } ndl_redop;
+
+extern const char *const ndl_unop_names[NDL_NUM_UNARY];
+extern const char *const ndl_binop_names[NDL_NUM_BINARY];
+
+/* ---- layout helpers (ndl_layout.c) ------------------------------------- */
+int64_t ndl_layout_size(const ndl_layout *l);            /* prod(shape), 1 for 0-d */
+void ndl_compact_strides(int ndim, const int64_t *shape, int64_t *strides);
+int ndl_layout_is_contiguous(const ndl_layout *l);       /* row-major, any offset */
+
+/* ---- CPU kernels --------------------------------------------------------
+ * All pointers are buffer starts (the layout's offset is applied by the
+ * kernel). All functions are thread-safe, never call Python, and may use the
+ * thread pool for large inputs.
+ */
+
+/* out[i] = op(a[i]); out compact with a's shape. */
+int ndl_cpu_unary(ndl_unop op, ndl_dtype dt, const void *a, const ndl_layout *la, void *out);
+
+/* out[i] = op(a[i], b[i]); la and lb have the same ndim and shape (broadcast
+ * dims already carry stride 0); out compact with that shape. A scalar
+ * operand is passed as a pointer to one element with all strides 0. */
+int ndl_cpu_binary(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *la,
+                   const void *b, const ndl_layout *lb, void *out);
+
+/* dst view <- src view, element by element in row-major order of the common
+ * shape (ld and ls have the same ndim and shape), converting dtype. Views may
+ * have any strides; dst must not overlap src. */
+int ndl_cpu_copy(ndl_dtype dst_dt, void *dst, const ndl_layout *ld,
+                 ndl_dtype src_dt, const void *src, const ndl_layout *ls);
+
+/* every element of the dst view <- value (rounded to dt first). */
+int ndl_cpu_fill(ndl_dtype dt, void *dst, const ndl_layout *ld, double value);
+
+/* Reduce the axes whose bit is set in axes_mask (bit j = axis j, at least
+ * one bit set, every reduced axis of length >= 1 for MAX). out is compact
+ * with la's shape minus the reduced axes (equivalently with them kept as 1).
+ * SUM accumulates in dt with blocked/pairwise partial sums. */
+int ndl_cpu_reduce(ndl_redop op, ndl_dtype dt, const void *a, const ndl_layout *la,
+                   uint64_t axes_mask, void *out);
+
+/* C = A @ B for `batch` independent products.
+ *   A_b is (m, n): element (i, k) at a[a_offsets[b] + i*rsa + k*csa]
+ *   B_b is (n, p): element (k, j) at b[b_offsets[b] + k*rsb + j*csb]
+ *   C_b is (m, p): compact, at c + b*m*p, row-major.
+ * Any strides (transposed and broadcast views need no copy). n may be 0
+ * (C is zeroed). */
+int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
+                   const void *a, const int64_t *a_offsets, int64_t rsa, int64_t csa,
+                   const void *b, const int64_t *b_offsets, int64_t rsb, int64_t csb,
+                   void *c);
+
+/* Which micro-kernel ndl_cpu_matmul uses: "avx512", "avx2" or "generic". */
+const char *ndl_cpu_matmul_kernel_name(void);
+
+#endif /* NDL_CORE_H */
