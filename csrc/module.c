@@ -6,7 +6,9 @@
  *     needle._C.cpu(), cuda(), cpu_numpy(), default_device(), all_devices()
  *     needle._C.set_num_threads(n), get_num_threads(), matmul_kernel_name()
  *     needle._C.cpu_kernels     # the course's kernel-module interface
+ *     needle._C.Tensor, ops, ... # the autograd layer (autograd/autograd_module.c)
  */
+#include "autograd/autograd.h"
 #include "ndarray/ndarray.h"
 #include "ndarray/threadpool.h"
 
@@ -103,6 +105,8 @@ PyMODINIT_FUNC PyInit__C(void)
         PyModule_AddObjectRef(m, "SliceError", ndl_SliceError) < 0 ||
         PyModule_AddObjectRef(m, "cpu_kernels", kernels) < 0 ||
         PyModule_AddIntConstant(m, "MAX_DIMS", NDL_MAX_DIMS) < 0)
+        goto fail;
+    if (ndl_autograd_init(m) < 0)
         goto fail;
     Py_DECREF(bases);
     Py_DECREF(kernels);

@@ -1,6 +1,8 @@
 """Which array backend tensors use (API.md 1.3): NEEDLE_BACKEND=nd (default) or np."""
 import os
 
+__all__ = ["BACKEND", "array_api", "NDArray", "Device", "cpu", "default_device", "all_devices"]
+
 BACKEND = os.environ.get("NEEDLE_BACKEND", "nd")
 
 if BACKEND == "nd":
@@ -14,6 +16,8 @@ if BACKEND == "nd":
         cuda,
         default_device,
     )
+
+    __all__ += ["cuda", "cpu_numpy"]
 elif BACKEND == "np":
     import numpy as array_api  # noqa: F401
     from .backend_numpy import Device, all_devices, cpu, default_device  # noqa: F401
@@ -21,3 +25,7 @@ elif BACKEND == "np":
     NDArray = array_api.ndarray
 else:
     raise RuntimeError(f"Unknown needle array backend {BACKEND!r}: set NEEDLE_BACKEND to 'nd' or 'np'")
+
+from needle import _C as _core  # noqa: E402
+
+_core._set_backend(BACKEND, cpu() if BACKEND == "np" else None)

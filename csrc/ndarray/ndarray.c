@@ -33,6 +33,47 @@ int ndl_raise_status(int status, const char *what)
     return -1;
 }
 
+int ndl_as_double(PyObject *obj, double *out)
+{
+    PyObject *size, *item;
+    int one;
+    if (PyFloat_Check(obj)) {
+        *out = PyFloat_AS_DOUBLE(obj);
+        return 1;
+    }
+    if (obj == Py_None)
+        return 0;
+    *out = PyFloat_AsDouble(obj);
+    if (!(*out == -1.0 && PyErr_Occurred()))
+        return 1;
+    if (!PyErr_ExceptionMatches(PyExc_TypeError))
+        return -1;
+    PyErr_Clear();
+    /* NOTE: NumPy 2 refuses float() of a size-1 array with ndim > 0, which
+     * course code passes as a scalar (API.md 2.8): take its one element. */
+    size = PyObject_GetAttrString(obj, "size");
+    if (size == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    one = PyLong_Check(size) && PyLong_AsLong(size) == 1;
+    Py_DECREF(size);
+    if (!one || !PyObject_HasAttrString(obj, "item") || NDArray_Check(obj))
+        return 0;
+    item = PyObject_CallMethod(obj, "item", NULL);
+    if (item == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(item);
+    Py_DECREF(item);
+    if (*out == -1.0 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
 int ndl_parse_dtype(PyObject *obj, ndl_dtype *out)
 {
     PyObject *name = NULL;
@@ -116,17 +157,31 @@ fail:
     return -1;
 }
 
+/* -1 with ValueError if a dimension is negative or the element count does
+ * not fit in 63 bits. */
 static int check_nonnegative(int ndim, const int64_t *shape, const char *what)
 {
+    int64_t n = 1;
+    int bad = 0, zero = 0;
     for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0) {
-            PyObject *t = ndl_shape_tuple(ndim, shape);
-            if (t != NULL) {
-                PyErr_Format(PyExc_ValueError, "%s %R has a negative dimension", what, t);
-                Py_DECREF(t);
-            }
-            return -1;
+        if (shape[i] < 0)
+            bad = 1;
+        else if (shape[i] == 0)
+            zero = 1;
+    }
+    for (int i = 0; i < ndim && !bad && !zero; i++) {
+        if (__builtin_mul_overflow(n, shape[i], &n) || n > ((int64_t)1 << 56))
+            bad = 2;
+    }
+    if (bad) {
+        PyObject *t = ndl_shape_tuple(ndim, shape);
+        if (t != NULL) {
+            PyErr_Format(PyExc_ValueError, bad == 1 ? "%s %R has a negative dimension"
+                                                    : "%s %R has too many elements",
+                         what, t);
+            Py_DECREF(t);
         }
+        return -1;
     }
     return 0;
 }
@@ -258,8 +313,7 @@ int ndl_array_is_compact(NDArrayObject *a)
     return ndl_layout_size(l) == a->storage->size;
 }
 
-/* A compact copy of a's view, with dtype dt. */
-static NDArrayObject *array_copy(NDArrayObject *a, ndl_dtype dt)
+NDArrayObject *ndl_array_copy(NDArrayObject *a, ndl_dtype dt)
 {
     const ndl_backend *be = a->device->backend;
     int status;
@@ -278,14 +332,25 @@ NDArrayObject *ndl_array_compact(NDArrayObject *a)
 {
     if (ndl_array_is_compact(a))
         return (NDArrayObject *)Py_NewRef(a);
-    return array_copy(a, a->dtype);
+    return ndl_array_copy(a, a->dtype);
 }
 
 NDArrayObject *ndl_array_astype(NDArrayObject *a, ndl_dtype dt)
 {
     if (a->dtype == dt)
         return (NDArrayObject *)Py_NewRef(a);
-    return array_copy(a, dt);
+    return ndl_array_copy(a, dt);
+}
+
+int ndl_check_same_device(NDArrayObject *a, NDArrayObject *b, const char *what)
+{
+    if (a->device == b->device ||
+        (a->device->backend == b->device->backend &&
+         PyUnicode_Compare(a->device->name, b->device->name) == 0))
+        return 0;
+    PyErr_Format(PyExc_RuntimeError, "%s: arrays are on different devices, %R and %R", what,
+                 (PyObject *)a->device, (PyObject *)b->device);
+    return -1;
 }
 
 int ndl_array_assign(NDArrayObject *dst, NDArrayObject *src)
@@ -306,17 +371,13 @@ int ndl_array_assign(NDArrayObject *dst, NDArrayObject *src)
         Py_XDECREF(ts);
         return -1;
     }
-    if (dst->device->backend != src->device->backend ||
-        PyUnicode_Compare(dst->device->name, src->device->name) != 0) {
-        PyErr_Format(PyExc_RuntimeError, "cannot assign an array on %U() to an array on %U()",
-                     src->device->name, dst->device->name);
+    if (ndl_check_same_device(dst, src, "setitem") < 0)
         return -1;
-    }
     /* Elements are matched in row-major order, so src is read as a flat
      * compact buffer laid out with dst's shape. A copy of src also protects
      * against dst and src overlapping in the same storage. */
     if (src->storage == dst->storage || !ndl_array_is_compact(src))
-        csrc = array_copy(src, src->dtype);
+        csrc = ndl_array_copy(src, src->dtype);
     else
         csrc = (NDArrayObject *)Py_NewRef(src);
     if (csrc == NULL)
@@ -470,7 +531,7 @@ static PyObject *NDArray_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         if (dtype_obj == Py_None)
             dt = o->dtype;
         if (dev->backend == o->device->backend) {
-            tmp = array_copy(o, dt);
+            tmp = ndl_array_copy(o, dt);
             if (tmp != NULL && dev != tmp->device)
                 Py_SETREF(tmp->device, (DeviceObject *)Py_NewRef(dev));
         } else {
@@ -694,10 +755,14 @@ static PyObject *NDArray_as_strided(NDArrayObject *self, PyObject *args)
 
 static PyObject *NDArray_fill(NDArrayObject *self, PyObject *value)
 {
-    double v = PyFloat_AsDouble(value);
+    double v;
     ndl_layout whole;
-    if (v == -1.0 && PyErr_Occurred())
+    int rc = ndl_as_double(value, &v);
+    if (rc <= 0) {
+        if (rc == 0)
+            PyErr_Format(PyExc_TypeError, "fill: expected a number, got %R", value);
         return NULL;
+    }
     /* API.md 2.12: fill writes the whole underlying buffer. */
     whole.ndim = 1;
     whole.shape[0] = self->storage->size;

@@ -85,6 +85,8 @@ NDArrayObject *ndl_array_view(NDArrayObject *base, const ndl_layout *layout);
  * the buffer (ValueError naming `what` otherwise). */
 NDArrayObject *ndl_array_over(StorageObject *st, DeviceObject *dev, const ndl_layout *l,
                               const char *what);
+/* A compact copy of a's view, with dtype dt. */
+NDArrayObject *ndl_array_copy(NDArrayObject *a, ndl_dtype dt);
 /* self if compact, else a compact copy. */
 NDArrayObject *ndl_array_compact(NDArrayObject *a);
 /* A copy with dtype dt (self, with a new reference, when already dt). */
@@ -105,15 +107,24 @@ NDArrayObject *ndl_array_scalar(ndl_binop op, NDArrayObject *a, double s, int re
 /* Reduce the axes in mask; keepdims keeps them as 1. */
 NDArrayObject *ndl_array_reduce(ndl_redop op, NDArrayObject *a, uint64_t mask, int keepdims);
 NDArrayObject *ndl_array_matmul(NDArrayObject *a, NDArrayObject *b);
+/* A compact copy with the axes in mask reversed. */
+NDArrayObject *ndl_array_flip(NDArrayObject *a, uint64_t mask);
+/* 0, or -1 with RuntimeError naming both devices and `what`. */
+int ndl_check_same_device(NDArrayObject *a, NDArrayObject *b, const char *what);
 /* dst view <- src (same element count, row-major order). */
 int ndl_array_assign(NDArrayObject *dst, NDArrayObject *src);
 
 /* Argument parsing helpers */
+/* 1 and *out if obj is a scalar (anything float() accepts, or a size-1
+ * array-like); 0 if it is not (no exception); -1 on error. */
+int ndl_as_double(PyObject *obj, double *out);
 int ndl_parse_dtype(PyObject *obj, ndl_dtype *out); /* None -> float32 */
 const char *ndl_dtype_name(ndl_dtype dt);
 /* A tuple/list of ints (or, when allow_int, a bare int) into shape. */
 int ndl_parse_shape(PyObject *obj, int *ndim, int64_t *shape, const char *what);
 PyObject *ndl_shape_tuple(int ndim, const int64_t *v);
+/* slice(start, stop, step) with int fields. */
+PyObject *ndl_slice_new(int64_t start, int64_t stop, int64_t step);
 /* Normalise axis `ax` for rank ndim; -1 with ValueError when out of range. */
 int ndl_normalize_axis(int64_t ax, int ndim, int64_t *out);
 /* Broadcast two shapes (NumPy rules); -1 with ValueError naming both. */

@@ -12,9 +12,9 @@
  *         return NDArray.make(shape, strides, self.device, self._handle, offset)
  *     def __setitem__(self, idxs, other):  # writes through the view, in place
  * NOTE: a negative start counts from the end (the course maps it to
- * shape[dim], a bug; API.md 11); stops are clamped; an empty range gives a
- * length-0 dimension; a non-positive step raises ndl_SliceError, which is
- * both an IndexError and an AssertionError (course code asserts).
+ * shape[dim], a bug; API.md 11); stops are clamped; an empty range or a
+ * non-positive step raises ndl_SliceError, which is both an IndexError and
+ * an AssertionError (course code asserts).
  */
 #include "ndarray_impl.h"
 
@@ -50,8 +50,6 @@ static int64_t clamp_index(int64_t i, int64_t n)
     return i > n ? n : i;
 }
 
-static PyObject *range_to_slice(const ndl_range *r);
-
 static int process_slice(PyObject *sl, int64_t n, int dim, ndl_range *r)
 {
     PySliceObject *s = (PySliceObject *)sl;
@@ -65,8 +63,13 @@ static int process_slice(PyObject *sl, int64_t n, int dim, ndl_range *r)
     }
     r->start = clamp_index(r->start, n);
     r->stop = clamp_index(r->stop, n);
-    if (r->stop < r->start)
-        r->stop = r->start;
+    /* NOTE: the course asserts stop > start; a zero-length axis still
+     * accepts the full slice. */
+    if (r->stop <= r->start && n > 0) {
+        PyErr_Format(ndl_SliceError, "empty slice %R for axis %d of length %lld", sl, dim,
+                     (long long)n);
+        return -1;
+    }
     return 0;
 }
 
@@ -84,14 +87,13 @@ PyObject *NDArray_process_slice(NDArrayObject *self, PyObject *args)
     }
     if (process_slice(sl, self->layout.shape[dim], dim, &r) < 0)
         return NULL;
-    return range_to_slice(&r);
+    return ndl_slice_new(r.start, r.stop, r.step);
 }
 
-/* slice(start, stop, step) with int fields (a new reference). */
-static PyObject *range_to_slice(const ndl_range *r)
+PyObject *ndl_slice_new(int64_t start, int64_t stop, int64_t step)
 {
-    PyObject *a = PyLong_FromLongLong(r->start), *b = PyLong_FromLongLong(r->stop);
-    PyObject *c = PyLong_FromLongLong(r->step), *res = NULL;
+    PyObject *a = PyLong_FromLongLong(start), *b = PyLong_FromLongLong(stop);
+    PyObject *c = PyLong_FromLongLong(step), *res = NULL;
     if (a && b && c)
         res = PySlice_New(a, b, c);
     Py_XDECREF(a);
@@ -144,7 +146,8 @@ static int index_layout(NDArrayObject *self, PyObject *idx, ndl_layout *out)
                          it, d);
             goto fail;
         }
-        out->shape[d] = (r.stop - r.start + r.step - 1) / r.step;
+        /* NOTE: (stop - start + step - 1) / step overflows for huge steps. */
+        out->shape[d] = r.stop > r.start ? (r.stop - r.start - 1) / r.step + 1 : 0;
         out->strides[d] = l->strides[d] * r.step;
         out->offset += r.start * l->strides[d];
     }
@@ -180,14 +183,17 @@ int NDArray_ass_subscript(NDArrayObject *self, PyObject *idx, PyObject *value)
     if (NDArray_Check(value)) {
         rc = ndl_array_assign(view, (NDArrayObject *)value);
     } else {
-        double v = PyFloat_AsDouble(value);
-        if (!(v == -1.0 && PyErr_Occurred())) {
+        double v;
+        int is_scalar = ndl_as_double(value, &v);
+        if (is_scalar == 1) {
             rc = ndl_raise_status(
                 self->device->backend->fill(self->dtype, self->storage->data, &l, v), "setitem");
-        } else if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+        } else if (is_scalar == 0) {
             /* Not a scalar: an array-like (NumPy array, list) of matching size. */
-            PyErr_Clear();
-            src = ndl_array_from_object(value, self->device, self->dtype);
+            if (value == Py_None)
+                PyErr_SetString(PyExc_TypeError, "cannot assign None to an NDArray");
+            else
+                src = ndl_array_from_object(value, self->device, self->dtype);
             if (src != NULL)
                 rc = ndl_array_assign(view, src);
         }

@@ -14,17 +14,6 @@
 
 #include "ndarray_impl.h"
 
-static int same_device(NDArrayObject *a, NDArrayObject *b, const char *what)
-{
-    if (a->device == b->device ||
-        (a->device->backend == b->device->backend &&
-         PyUnicode_Compare(a->device->name, b->device->name) == 0))
-        return 0;
-    PyErr_Format(PyExc_RuntimeError, "%s: arrays are on different devices, %R and %R", what,
-                 (PyObject *)a->device, (PyObject *)b->device);
-    return -1;
-}
-
 /* ---- elementwise -------------------------------------------------------- */
 
 NDArrayObject *ndl_array_unary(ndl_unop op, NDArrayObject *a)
@@ -48,7 +37,7 @@ NDArrayObject *ndl_array_binary(ndl_binop op, NDArrayObject *a, NDArrayObject *b
     ndl_layout la, lb;
     ndl_dtype dt = a->dtype > b->dtype ? a->dtype : b->dtype;
     NDArrayObject *ca = NULL, *cb = NULL, *out = NULL;
-    if (same_device(a, b, ndl_binop_names[op]) < 0 ||
+    if (ndl_check_same_device(a, b, ndl_binop_names[op]) < 0 ||
         ndl_broadcast_shapes(a->layout.ndim, a->layout.shape, b->layout.ndim, b->layout.shape,
                              &ndim, shape) < 0)
         return NULL;
@@ -99,28 +88,6 @@ NDArrayObject *ndl_array_scalar(ndl_binop op, NDArrayObject *a, double s, int re
     return out;
 }
 
-/* 1 and *out set if obj is something float() accepts (a Python or NumPy
- * number, a size-1 NumPy array); 0 if not (no exception); -1 on error. */
-static int as_scalar(PyObject *obj, double *out)
-{
-    if (PyFloat_Check(obj)) {
-        *out = PyFloat_AS_DOUBLE(obj);
-        return 1;
-    }
-    if (PyLong_Check(obj)) {
-        *out = PyLong_AsDouble(obj);
-        return (*out == -1.0 && PyErr_Occurred()) ? -1 : 1;
-    }
-    *out = PyFloat_AsDouble(obj);
-    if (*out == -1.0 && PyErr_Occurred()) {
-        if (!PyErr_ExceptionMatches(PyExc_TypeError))
-            return -1;
-        PyErr_Clear();
-        return 0;
-    }
-    return 1;
-}
-
 /* x op y where at least one of them is an NDArray (operator slots). */
 static PyObject *binop(ndl_binop op, PyObject *x, PyObject *y)
 {
@@ -129,11 +96,11 @@ static PyObject *binop(ndl_binop op, PyObject *x, PyObject *y)
     if (NDArray_Check(x) && NDArray_Check(y))
         return (PyObject *)ndl_array_binary(op, (NDArrayObject *)x, (NDArrayObject *)y);
     if (NDArray_Check(x)) {
-        rc = as_scalar(y, &s);
+        rc = ndl_as_double(y, &s);
         if (rc == 1)
             return (PyObject *)ndl_array_scalar(op, (NDArrayObject *)x, s, 0);
     } else {
-        rc = as_scalar(x, &s);
+        rc = ndl_as_double(x, &s);
         if (rc == 1)
             return (PyObject *)ndl_array_scalar(op, (NDArrayObject *)y, s, 1);
     }
@@ -344,7 +311,7 @@ NDArrayObject *ndl_array_matmul(NDArrayObject *a, NDArrayObject *b)
         raise_matmul_shapes(a, b, "operands must have at least one dimension");
         return NULL;
     }
-    if (same_device(a, b, "matmul") < 0)
+    if (ndl_check_same_device(a, b, "matmul") < 0)
         return NULL;
     if (la.ndim == 1) { /* (n,) -> (1, n) */
         la.shape[1] = la.shape[0], la.strides[1] = la.strides[0];
@@ -446,13 +413,31 @@ fail:
 
 /* ---- flip and pad ------------------------------------------------------- */
 
+NDArrayObject *ndl_array_flip(NDArrayObject *a, uint64_t mask)
+{
+    ndl_layout l = a->layout;
+    NDArrayObject *view, *res;
+    for (int ax = 0; ax < l.ndim; ax++) {
+        if (!(mask & ((uint64_t)1 << ax)))
+            continue;
+        if (l.shape[ax] > 0)
+            l.offset += (l.shape[ax] - 1) * l.strides[ax];
+        l.strides[ax] = -l.strides[ax];
+    }
+    view = ndl_array_view(a, &l);
+    if (view == NULL)
+        return NULL;
+    /* A copy even when nothing moved: flip always returns a new array. */
+    res = ndl_array_copy(view, view->dtype);
+    Py_DECREF(view);
+    return res;
+}
+
 PyObject *NDArray_flip(NDArrayObject *self, PyObject *args)
 {
     int64_t axes[NDL_MAX_DIMS];
     int naxes, ndim = self->layout.ndim;
-    uint64_t seen = 0;
-    ndl_layout l = self->layout;
-    NDArrayObject *view, *res;
+    uint64_t mask = 0;
     PyObject *s = PyTuple_GET_SIZE(args) == 1 ? PyTuple_GET_ITEM(args, 0) : args;
     if (s == Py_None) {
         naxes = ndim;
@@ -465,22 +450,13 @@ PyObject *NDArray_flip(NDArrayObject *self, PyObject *args)
         int64_t ax;
         if (ndl_normalize_axis(axes[i], ndim, &ax) < 0)
             return NULL;
-        if (seen & ((uint64_t)1 << ax)) {
+        if (mask & ((uint64_t)1 << ax)) {
             PyErr_Format(PyExc_ValueError, "flip: axis %lld is repeated", (long long)ax);
             return NULL;
         }
-        seen |= (uint64_t)1 << ax;
-        if (l.shape[ax] > 0)
-            l.offset += (l.shape[ax] - 1) * l.strides[ax];
-        l.strides[ax] = -l.strides[ax];
+        mask |= (uint64_t)1 << ax;
     }
-    view = ndl_array_view(self, &l);
-    if (view == NULL)
-        return NULL;
-    /* A negative-stride view is never compact: this always copies. */
-    res = ndl_array_compact(view);
-    Py_DECREF(view);
-    return (PyObject *)res;
+    return (PyObject *)ndl_array_flip(self, mask);
 }
 
 PyObject *NDArray_pad(NDArrayObject *self, PyObject *args)

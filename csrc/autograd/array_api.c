@@ -1,0 +1,343 @@
+/* array_api.c: nd/np dispatch for the arrays built-in ops compute on
+ * (array_api.h). nd mode calls the C array layer directly; np mode calls
+ * NumPy's functions (looked up once, at init) from C. */
+#include <float.h>
+#include <string.h>
+
+#include "array_api.h"
+
+static PyObject *np_mod;
+static PyObject *np_binary[NDL_NUM_BINARY];
+static PyObject *np_unary[NDL_NUM_UNARY];
+static PyObject *np_sum, *np_max, *np_reshape, *np_broadcast_to, *np_transpose, *np_matmul,
+    *np_flip, *np_full, *np_finfo, *np_ascontiguousarray;
+
+int nda_init(void)
+{
+    static const char *bin_names[NDL_NUM_BINARY] = {
+        [NDL_BIN_ADD] = "add",         [NDL_BIN_SUB] = "subtract",    [NDL_BIN_MUL] = "multiply",
+        [NDL_BIN_DIV] = "true_divide", [NDL_BIN_POW] = "power",       [NDL_BIN_MAXIMUM] = "maximum",
+        [NDL_BIN_MINIMUM] = "minimum", [NDL_BIN_EQ] = "equal",        [NDL_BIN_NE] = "not_equal",
+        [NDL_BIN_GT] = "greater",      [NDL_BIN_GE] = "greater_equal", [NDL_BIN_LT] = "less",
+        [NDL_BIN_LE] = "less_equal",
+    };
+    static const char *un_names[NDL_NUM_UNARY] = {
+        [NDL_UN_NEG] = "negative", [NDL_UN_LOG] = "log",   [NDL_UN_EXP] = "exp",
+        [NDL_UN_TANH] = "tanh",    [NDL_UN_SQRT] = "sqrt", [NDL_UN_ABS] = "absolute",
+    };
+    np_mod = PyImport_ImportModule("numpy");
+    if (np_mod == NULL)
+        return -1;
+    for (int i = 0; i < NDL_NUM_BINARY; i++)
+        if ((np_binary[i] = PyObject_GetAttrString(np_mod, bin_names[i])) == NULL)
+            return -1;
+    for (int i = 0; i < NDL_NUM_UNARY; i++)
+        if (un_names[i] && (np_unary[i] = PyObject_GetAttrString(np_mod, un_names[i])) == NULL)
+            return -1;
+#define GET(var, name)                                                                             \
+    if ((var = PyObject_GetAttrString(np_mod, name)) == NULL)                                      \
+        return -1;
+    GET(np_sum, "sum")
+    GET(np_max, "max")
+    GET(np_reshape, "reshape")
+    GET(np_broadcast_to, "broadcast_to")
+    GET(np_transpose, "transpose")
+    GET(np_matmul, "matmul")
+    GET(np_flip, "flip")
+    GET(np_full, "full")
+    GET(np_finfo, "finfo")
+    GET(np_ascontiguousarray, "ascontiguousarray")
+#undef GET
+    return 0;
+}
+
+int nda_is_nd(PyObject *a) { return NDArray_Check(a); }
+
+int nda_shape(PyObject *a, int *ndim, int64_t *shape)
+{
+    PyObject *t;
+    int rc;
+    if (NDArray_Check(a)) {
+        NDArrayObject *x = (NDArrayObject *)a;
+        *ndim = x->layout.ndim;
+        memcpy(shape, x->layout.shape, sizeof(int64_t) * x->layout.ndim);
+        return 0;
+    }
+    t = PyObject_GetAttrString(a, "shape");
+    if (t == NULL)
+        return -1;
+    rc = ndl_parse_shape(t, ndim, shape, "shape");
+    Py_DECREF(t);
+    return rc;
+}
+
+static PyObject *axes_tuple(int naxes, const int64_t *axes)
+{
+    return naxes < 0 ? Py_NewRef(Py_None) : ndl_shape_tuple(naxes, axes);
+}
+
+/* Both operands of one kind: an NDArray with a numpy array is an error. */
+static int check_kinds(PyObject *a, PyObject *b, const char *what)
+{
+    if (NDArray_Check(a) == NDArray_Check(b))
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s: cannot combine %s and %s arrays", what,
+                 Py_TYPE(a)->tp_name, Py_TYPE(b)->tp_name);
+    return -1;
+}
+
+PyObject *nda_binary(ndl_binop op, PyObject *a, PyObject *b)
+{
+    if (check_kinds(a, b, ndl_binop_names[op]) < 0)
+        return NULL;
+    if (NDArray_Check(a))
+        return (PyObject *)ndl_array_binary(op, (NDArrayObject *)a, (NDArrayObject *)b);
+    return PyObject_CallFunctionObjArgs(np_binary[op], a, b, NULL);
+}
+
+PyObject *nda_scalar(ndl_binop op, PyObject *a, double s, PyObject *s_obj, int reflected)
+{
+    PyObject *sv, *res;
+    if (NDArray_Check(a))
+        return (PyObject *)ndl_array_scalar(op, (NDArrayObject *)a, s, reflected);
+    sv = s_obj ? Py_NewRef(s_obj) : PyFloat_FromDouble(s);
+    if (sv == NULL)
+        return NULL;
+    res = reflected ? PyObject_CallFunctionObjArgs(np_binary[op], sv, a, NULL)
+                    : PyObject_CallFunctionObjArgs(np_binary[op], a, sv, NULL);
+    Py_DECREF(sv);
+    return res;
+}
+
+PyObject *nda_unary(ndl_unop op, PyObject *a)
+{
+    PyObject *t, *u, *res;
+    if (NDArray_Check(a))
+        return (PyObject *)ndl_array_unary(op, (NDArrayObject *)a);
+    switch (op) {
+    case NDL_UN_RELU:
+        return nda_scalar(NDL_BIN_MAXIMUM, a, 0.0, NULL, 0);
+    case NDL_UN_SIGMOID: /* 1 / (1 + exp(-a)) */
+        t = nda_unary(NDL_UN_NEG, a);
+        u = t ? nda_unary(NDL_UN_EXP, t) : NULL;
+        Py_XDECREF(t);
+        t = u ? nda_scalar(NDL_BIN_ADD, u, 1.0, NULL, 0) : NULL;
+        Py_XDECREF(u);
+        res = t ? nda_scalar(NDL_BIN_DIV, t, 1.0, NULL, 1) : NULL;
+        Py_XDECREF(t);
+        return res;
+    default:
+        return PyObject_CallFunctionObjArgs(np_unary[op], a, NULL);
+    }
+}
+
+PyObject *nda_reduce(ndl_redop op, PyObject *a, int naxes, const int64_t *axes, int keepdims)
+{
+    PyObject *ax, *args = NULL, *kw = NULL, *res = NULL;
+    if (NDArray_Check(a)) {
+        NDArrayObject *x = (NDArrayObject *)a;
+        uint64_t mask = 0;
+        if (naxes < 0)
+            mask = x->layout.ndim ? (((uint64_t)1 << x->layout.ndim) - 1) : 0;
+        for (int i = 0; i < naxes; i++)
+            mask |= (uint64_t)1 << axes[i];
+        return (PyObject *)ndl_array_reduce(op, x, mask, keepdims);
+    }
+    ax = axes_tuple(naxes, axes);
+    if (ax == NULL)
+        return NULL;
+    args = PyTuple_Pack(1, a);
+    kw = Py_BuildValue("{sOsO}", "axis", ax, "keepdims", keepdims ? Py_True : Py_False);
+    if (args && kw)
+        res = PyObject_Call(op == NDL_RED_SUM ? np_sum : np_max, args, kw);
+    Py_DECREF(ax);
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
+    return res;
+}
+
+PyObject *nda_reshape(PyObject *a, int ndim, const int64_t *shape)
+{
+    PyObject *t, *res;
+    if (NDArray_Check(a)) {
+        /* NOTE: the Reshape op compacts a non-compact input first (API.md
+         * 10.13); NDArray.reshape itself refuses. */
+        NDArrayObject *c = ndl_array_compact((NDArrayObject *)a), *r;
+        if (c == NULL)
+            return NULL;
+        r = ndl_array_reshape(c, ndim, shape);
+        Py_DECREF(c);
+        return (PyObject *)r;
+    }
+    t = ndl_shape_tuple(ndim, shape);
+    if (t == NULL)
+        return NULL;
+    res = PyObject_CallFunctionObjArgs(np_reshape, a, t, NULL);
+    Py_DECREF(t);
+    return res;
+}
+
+PyObject *nda_broadcast_to(PyObject *a, int ndim, const int64_t *shape)
+{
+    PyObject *t, *res;
+    if (NDArray_Check(a))
+        return (PyObject *)ndl_array_broadcast_to((NDArrayObject *)a, ndim, shape);
+    t = ndl_shape_tuple(ndim, shape);
+    if (t == NULL)
+        return NULL;
+    res = PyObject_CallFunctionObjArgs(np_broadcast_to, a, t, NULL);
+    Py_DECREF(t);
+    return res;
+}
+
+PyObject *nda_permute(PyObject *a, const int *axes)
+{
+    int64_t ax[NDL_MAX_DIMS], shape[NDL_MAX_DIMS];
+    int ndim;
+    PyObject *t, *res;
+    if (NDArray_Check(a))
+        return (PyObject *)ndl_array_permute((NDArrayObject *)a, axes);
+    if (nda_shape(a, &ndim, shape) < 0)
+        return NULL;
+    for (int i = 0; i < ndim; i++)
+        ax[i] = axes[i];
+    t = ndl_shape_tuple(ndim, ax);
+    if (t == NULL)
+        return NULL;
+    res = PyObject_CallFunctionObjArgs(np_transpose, a, t, NULL);
+    Py_DECREF(t);
+    return res;
+}
+
+PyObject *nda_matmul(PyObject *a, PyObject *b)
+{
+    if (check_kinds(a, b, "matmul") < 0)
+        return NULL;
+    if (NDArray_Check(a))
+        return (PyObject *)ndl_array_matmul((NDArrayObject *)a, (NDArrayObject *)b);
+    return PyObject_CallFunctionObjArgs(np_matmul, a, b, NULL);
+}
+
+PyObject *nda_flip(PyObject *a, int naxes, const int64_t *axes)
+{
+    PyObject *t, *f, *res;
+    if (NDArray_Check(a)) {
+        uint64_t mask = 0;
+        for (int i = 0; i < naxes; i++)
+            mask |= (uint64_t)1 << axes[i];
+        return (PyObject *)ndl_array_flip((NDArrayObject *)a, mask);
+    }
+    t = ndl_shape_tuple(naxes, axes);
+    if (t == NULL)
+        return NULL;
+    f = PyObject_CallFunctionObjArgs(np_flip, a, t, NULL);
+    /* a copy, as in nd mode */
+    res = f ? PyObject_CallFunctionObjArgs(np_ascontiguousarray, f, NULL) : NULL;
+    Py_XDECREF(f);
+    Py_DECREF(t);
+    return res;
+}
+
+PyObject *nda_full_like(PyObject *like, int ndim, const int64_t *shape, double value)
+{
+    PyObject *t, *dtype, *args = NULL, *kw = NULL, *res = NULL, *v;
+    if (NDArray_Check(like)) {
+        NDArrayObject *x = (NDArrayObject *)like;
+        return (PyObject *)ndl_array_full(x->device, x->dtype, ndim, shape, value);
+    }
+    t = ndl_shape_tuple(ndim, shape);
+    dtype = PyObject_GetAttrString(like, "dtype");
+    v = PyFloat_FromDouble(value);
+    if (t && dtype && v) {
+        args = PyTuple_Pack(2, t, v);
+        kw = Py_BuildValue("{sO}", "dtype", dtype);
+        if (args && kw)
+            res = PyObject_Call(np_full, args, kw);
+    }
+    Py_XDECREF(t);
+    Py_XDECREF(dtype);
+    Py_XDECREF(v);
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
+    return res;
+}
+
+PyObject *nda_view(PyObject *a, const int64_t *start, const int64_t *len, const int64_t *step,
+                   int drop)
+{
+    int ndim;
+    int64_t shape[NDL_MAX_DIMS];
+    PyObject *idx, *res;
+    if (NDArray_Check(a)) {
+        NDArrayObject *x = (NDArrayObject *)a;
+        ndl_layout l = x->layout;
+        int k = 0;
+        for (int i = 0; i < x->layout.ndim; i++) {
+            l.offset += start[i] * x->layout.strides[i];
+            if (i == drop)
+                continue;
+            l.shape[k] = len[i];
+            l.strides[k] = x->layout.strides[i] * step[i];
+            k++;
+        }
+        l.ndim = k;
+        return (PyObject *)ndl_array_view(x, &l);
+    }
+    if (nda_shape(a, &ndim, shape) < 0)
+        return NULL;
+    /* NOTE: a trailing Ellipsis keeps an all-int index a 0-d view, not a scalar. */
+    idx = PyTuple_New(ndim + 1);
+    if (idx == NULL)
+        return NULL;
+    PyTuple_SET_ITEM(idx, ndim, Py_NewRef(Py_Ellipsis));
+    for (int i = 0; i < ndim; i++) {
+        PyObject *it;
+        if (i == drop)
+            it = PyLong_FromLongLong(start[i]);
+        else
+            it = ndl_slice_new(start[i], start[i] + len[i] * step[i], step[i]);
+        if (it == NULL) {
+            Py_DECREF(idx);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(idx, i, it);
+    }
+    res = PyObject_GetItem(a, idx);
+    Py_DECREF(idx);
+    return res;
+}
+
+PyObject *nda_copy(PyObject *a)
+{
+    if (NDArray_Check(a))
+        return (PyObject *)ndl_array_copy((NDArrayObject *)a, ((NDArrayObject *)a)->dtype);
+    return PyObject_CallMethod(a, "copy", NULL);
+}
+
+int nda_assign(PyObject *dst, PyObject *src)
+{
+    if (NDArray_Check(dst) && NDArray_Check(src))
+        return ndl_array_assign((NDArrayObject *)dst, (NDArrayObject *)src);
+    return PyObject_SetItem(dst, Py_Ellipsis, src);
+}
+
+double nda_max_finite(PyObject *a)
+{
+    PyObject *dtype, *info, *mx;
+    double v = FLT_MAX;
+    if (NDArray_Check(a))
+        return ((NDArrayObject *)a)->dtype == NDL_FLOAT64 ? DBL_MAX : FLT_MAX;
+    dtype = PyObject_GetAttrString(a, "dtype");
+    info = dtype ? PyObject_CallFunctionObjArgs(np_finfo, dtype, NULL) : NULL;
+    mx = info ? PyObject_GetAttrString(info, "max") : NULL;
+    if (mx)
+        v = PyFloat_AsDouble(mx);
+    if (PyErr_Occurred()) {
+        PyErr_Clear(); /* an integer dtype: no clamp needed */
+        v = DBL_MAX;
+    }
+    Py_XDECREF(dtype);
+    Py_XDECREF(info);
+    Py_XDECREF(mx);
+    return v;
+}

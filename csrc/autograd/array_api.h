@@ -1,0 +1,44 @@
+/* array_api.h: the array operations built-in ops compute with, for both
+ * array backends (Note [Array backends] in autograd.h).
+ *
+ * Each nda_* function takes array objects (NDArray in nd mode,
+ * numpy.ndarray in np mode) and returns a new reference or NULL with an
+ * exception. NDArrays go straight to the C array layer; anything else goes
+ * through NumPy's functions, called from C, with NumPy's dtype rules.
+ * Axes passed in are already normalised (0 <= axis < ndim).
+ */
+#ifndef NDL_ARRAY_API_H
+#define NDL_ARRAY_API_H
+
+#include "autograd.h"
+
+int nda_init(void);
+int nda_shape(PyObject *a, int *ndim, int64_t *shape);
+int nda_is_nd(PyObject *a);
+
+PyObject *nda_binary(ndl_binop op, PyObject *a, PyObject *b);
+/* op(a, s) (or op(s, a) when reflected); s_obj, if not NULL, is the scalar
+ * as the user gave it (np mode uses it so NumPy's promotion rules apply). */
+PyObject *nda_scalar(ndl_binop op, PyObject *a, double s, PyObject *s_obj, int reflected);
+PyObject *nda_unary(ndl_unop op, PyObject *a);
+/* Reduce `naxes` axes (naxes < 0: all, giving shape () unless keepdims). */
+PyObject *nda_reduce(ndl_redop op, PyObject *a, int naxes, const int64_t *axes, int keepdims);
+PyObject *nda_reshape(PyObject *a, int ndim, const int64_t *shape); /* compacts if needed */
+PyObject *nda_broadcast_to(PyObject *a, int ndim, const int64_t *shape);
+PyObject *nda_permute(PyObject *a, const int *axes);
+PyObject *nda_matmul(PyObject *a, PyObject *b);
+PyObject *nda_flip(PyObject *a, int naxes, const int64_t *axes);
+/* A new array shaped `shape` filled with value, on like's device and dtype. */
+PyObject *nda_full_like(PyObject *like, int ndim, const int64_t *shape, double value);
+/* The view a[start_i : start_i + len_i * step_i : step_i] along every axis,
+ * with axis `drop` (if >= 0) removed (its len must be 1). */
+PyObject *nda_view(PyObject *a, const int64_t *start, const int64_t *len, const int64_t *step,
+                   int drop);
+/* A compact copy of a. */
+PyObject *nda_copy(PyObject *a);
+/* dst (a view) <- src, same shape. */
+int nda_assign(PyObject *dst, PyObject *src);
+/* Largest finite value of a's floating dtype (for clamping the max shift). */
+double nda_max_finite(PyObject *a);
+
+#endif

@@ -1,0 +1,196 @@
+/* autograd.h: tensors, ops and the backward pass (DESIGN.md layer 3).
+ *
+ * Python view (API.md 3-4):
+ *     class Value: op, inputs, cached_data, requires_grad, num_outputs
+ *     class Tensor(Value): grad, data, detach(), backward(out_grad=None, create_graph=True)
+ *     class TensorTuple(Value)
+ *     class Op / TensorOp(Op) / TensorTupleOp(Op): compute(*arrays), gradient(out_grad, node)
+ *     EWiseAdd, AddScalar, ... : the built-in ops, C subclasses of TensorOp
+ *
+ * Note [The graph]
+ *   A Value made by an op holds strong references to its op and its inputs
+ *   (a tuple), so a result keeps its whole history alive; leaves hold only
+ *   data. Nothing points forward. A result records op and inputs only when
+ *   some input requires grad and recording is on; otherwise it is a leaf at
+ *   once, so inference keeps no graph. Gradients are themselves computed
+ *   with ops, so `.grad` may be a graph that refers back to its node
+ *   (cycles): Values take part in the cyclic GC, and deep chains are freed
+ *   through the trashcan (no C recursion on graph depth).
+ *
+ * Note [Array backends]
+ *   cached_data is an NDArray in nd mode and a numpy.ndarray in np mode
+ *   (NEEDLE_BACKEND, read once by needle.backend_selection). Built-in ops
+ *   compute through the nda_* functions of array_api.c, which dispatch on
+ *   the array's type, so each op is written once for both modes.
+ */
+#ifndef NDL_AUTOGRAD_H
+#define NDL_AUTOGRAD_H
+
+#include "../ndarray/ndarray.h"
+
+/* ---- Values ------------------------------------------------------------- */
+typedef struct {
+    PyObject_HEAD
+    PyObject *op;          /* Op or NULL (a leaf) */
+    PyObject *inputs;      /* tuple of Values (empty for leaves) */
+    PyObject *cached_data; /* array, tuple of arrays (TensorTuple) or NULL */
+    PyObject *grad;        /* Tensor or NULL */
+    PyObject *dict;        /* instance attributes (subclasses, user fields) */
+    PyObject *weakreflist;
+    int num_outputs;
+    char requires_grad;
+    char counted;          /* counted in TENSOR_COUNTER */
+    /* scratch for the backward walk (backward.c) */
+    uint64_t visit_mark;
+    PyObject *partials;    /* list of partial adjoints during backward, else NULL */
+} ValueObject;
+
+extern PyTypeObject Value_Type, Tensor_Type, TensorTuple_Type;
+#define Value_Check(o) PyObject_TypeCheck(o, &Value_Type)
+#define Tensor_Check(o) PyObject_TypeCheck(o, &Tensor_Type)
+#define TensorTuple_Check(o) PyObject_TypeCheck(o, &TensorTuple_Type)
+
+/* Process-wide autograd state (value.c). */
+extern int64_t ndl_tensor_counter;
+extern int ndl_lazy_mode;
+extern _Thread_local int ndl_grad_enabled;
+
+/* Data of a Value, computing it if needed. Borrowed reference or NULL. */
+PyObject *ndl_value_realize(ValueObject *v);
+/* A new leaf Tensor holding `data` (not copied). */
+ValueObject *ndl_tensor_leaf(PyTypeObject *type, PyObject *data, int requires_grad);
+/* Apply op to inputs (a tuple of Values) as make_from_op does (API.md 3.3):
+ * a Tensor (or TensorTuple when tuple_result), recorded in the graph if some
+ * input requires grad and recording is on, else a detached leaf. */
+PyObject *ndl_make_from_op(PyTypeObject *result_type, PyObject *op, PyObject *inputs);
+
+/* ---- Ops ---------------------------------------------------------------- */
+#define NDL_OP_MAX_ARITY 4
+
+struct ndl_opdef;
+
+/* The constructor parameters of a built-in op, and the attribute names
+ * they are visible under (API.md 4.1: stored under the same names). */
+typedef enum {
+    NDL_P_NONE,          /* () */
+    NDL_P_SCALAR,        /* (scalar) -> s0, scalar_obj */
+    NDL_P_C0_C1,         /* (c0, c1) -> s0, s1 */
+    NDL_P_AXES,          /* (axes=None) -> has_axes, naxes, axes */
+    NDL_P_SHAPE,         /* (shape) -> nshape, shape */
+    NDL_P_INDEX,         /* (index) -> i0 */
+    NDL_P_AXIS,          /* (axis) -> i0 */
+    NDL_P_AXES_DILATION, /* (axes, dilation) -> axes, i1 */
+    NDL_P_STRIDE_PADDING /* (stride=1, padding=0) -> i0, i1 */
+} ndl_params;
+
+typedef struct {
+    PyObject_HEAD
+    const struct ndl_opdef *def; /* NULL for Python-defined ops */
+    PyObject *dict;              /* the constructor's parameters, by name */
+    /* Parsed parameters (which ones are used depends on the op). */
+    double s0, s1;
+    PyObject *scalar_obj;        /* the scalar as given (np mode keeps NumPy rules) */
+    int has_axes;                /* axes given (not None) */
+    int naxes;
+    int64_t axes[NDL_MAX_DIMS];
+    int nshape;
+    int64_t shape[NDL_MAX_DIMS];
+    int64_t i0, i1;              /* index / axis / stride, dilation / padding */
+} OpObject;
+
+extern PyTypeObject Op_Type, TensorOp_Type, TensorTupleOp_Type;
+#define Op_Check(o) PyObject_TypeCheck(o, &Op_Type)
+
+/* One built-in op (one table row: name, arity, parameters, forward, backward).
+ * forward: arrays -> array (new reference). backward: out_grad, node ->
+ * fills grads[k] with a new reference for every k with needs[k] set
+ * (others may be left NULL); 0 or -1 with an exception. */
+typedef struct ndl_opdef {
+    const char *name;      /* class name, e.g. "EWiseAdd" */
+    const char *func;      /* function name, e.g. "add" */
+    int arity;             /* inputs; -1 = variadic (MakeTensorTuple) */
+    int tuple_result;      /* a TensorTupleOp */
+    ndl_params params;     /* which constructor parameters it takes */
+    PyObject *(*forward)(OpObject *op, PyObject *const *x, int n);
+    int (*backward)(OpObject *op, ValueObject *g, ValueObject *node, const char *needs,
+                    PyObject **grads);
+    PyTypeObject *type;    /* set at module init */
+    OpObject *instance;    /* shared instance of a parameterless op (tensor_ops.c) */
+} ndl_opdef;
+
+/* The table (ops.def lists the rows; each family file defines its rows). */
+#define X(NAME, FAMILY) extern ndl_opdef ndl_op_##NAME;
+#include "ops.def"
+#undef X
+extern ndl_opdef *const ndl_opdefs[];
+extern const int ndl_num_opdefs;
+
+int ndl_op_types_init(PyObject *module);
+/* A built-in op's gradients with every input needed, as a tuple. */
+PyObject *ndl_op_gradient_tuple(OpObject *op, ValueObject *g, ValueObject *node);
+/* Normalise a gradient() result (steals r): tuple kept, list converted,
+ * anything else (a TensorTuple included) wrapped in a 1-tuple. */
+PyObject *ndl_as_grad_tuple(PyObject *r);
+
+/* Make the op `def`(params) with C values (no Python parsing): for the
+ * backward rules, which build their graphs with ops. */
+OpObject *ndl_op_new(const ndl_opdef *def);
+
+/* ---- Tensor-level constructors used by backward rules (tensor_ops.c).
+ * Each returns a new Tensor reference (recorded or not, per make_from_op)
+ * or NULL with an exception. Arguments are borrowed. */
+PyObject *ndl_t_add(PyObject *a, PyObject *b);
+PyObject *ndl_t_mul(PyObject *a, PyObject *b);
+PyObject *ndl_t_div(PyObject *a, PyObject *b);
+PyObject *ndl_t_neg(PyObject *a);
+PyObject *ndl_t_add_scalar(PyObject *a, double s);
+PyObject *ndl_t_mul_scalar(PyObject *a, double s);
+PyObject *ndl_t_div_scalar(PyObject *a, double s);
+PyObject *ndl_t_power_scalar(PyObject *a, double s);
+PyObject *ndl_t_pow(PyObject *a, PyObject *b);
+/* A scalar op (AddScalar, MulScalar, DivScalar, PowerScalar) of a; s_obj,
+ * if not NULL, is the scalar as a Python object (np mode keeps its type). */
+PyObject *ndl_t_scalar_op(ndl_opdef *def, PyObject *a, double s, PyObject *s_obj);
+PyObject *ndl_t_log(PyObject *a);
+PyObject *ndl_t_exp(PyObject *a);
+PyObject *ndl_t_reshape(PyObject *a, int ndim, const int64_t *shape);
+PyObject *ndl_t_broadcast_to(PyObject *a, int ndim, const int64_t *shape);
+PyObject *ndl_t_summation(PyObject *a, int naxes, const int64_t *axes); /* naxes<0: all */
+PyObject *ndl_t_transpose(PyObject *a, int64_t ax0, int64_t ax1);
+PyObject *ndl_t_matmul(PyObject *a, PyObject *b);
+PyObject *ndl_t_stack(PyObject *list, int64_t axis);
+PyObject *ndl_t_split(PyObject *a, int64_t axis);
+PyObject *ndl_t_make_tuple(PyObject *items);      /* a tuple of Tensors */
+PyObject *ndl_t_tuple_get_item(PyObject *t, int64_t i);
+PyObject *ndl_t_flip(PyObject *a, int naxes, const int64_t *axes);
+PyObject *ndl_t_dilate(PyObject *a, int naxes, const int64_t *axes, int64_t d);
+PyObject *ndl_t_undilate(PyObject *a, int naxes, const int64_t *axes, int64_t d);
+/* A constant leaf (requires_grad False) holding array `data`. */
+PyObject *ndl_t_const(PyObject *data);
+/* Sum G over broadcast axes back to `shape` (API.md 4.3). */
+PyObject *ndl_t_unbroadcast(PyObject *g, int ndim, const int64_t *shape);
+
+/* The gradient of a sum over `axes` of an input of `shape`: g reshaped with
+ * 1s at the reduced axes, broadcast back to shape (ops_shape.c). */
+int ndl_grad_of_reduction(ValueObject *g, int ndim, const int64_t *shape, int naxes,
+                          const int64_t *axes, PyObject **out);
+
+/* Shape of a Value's data (realizing it). */
+int ndl_value_shape(ValueObject *v, int *ndim, int64_t *shape);
+
+/* ---- backward (backward.c) ---------------------------------------------- */
+PyObject *ndl_find_topo_sort(PyObject *node_list); /* list, forward order */
+int ndl_compute_gradients(ValueObject *out, PyObject *out_grad);
+
+/* np mode state (value.c), set by _C._set_backend. */
+extern int ndl_np_mode;
+extern PyObject *ndl_np_device;
+int ndl_value_types_init(void);
+
+/* ---- Python-visible functions (module.c registers them) ----------------- */
+PyObject *ndl_py_find_topo_sort(PyObject *m, PyObject *arg);
+PyObject *ndl_py_compute_gradient_of_variables(PyObject *m, PyObject *args);
+PyObject *ndl_py_sum_node_list(PyObject *m, PyObject *arg);
+int ndl_autograd_init(PyObject *module);
+
+#endif

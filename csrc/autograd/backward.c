@@ -1,0 +1,236 @@
+/* backward.c: topological order and reverse-mode differentiation (API.md 3.7).
+ *
+ * Python equivalent:
+ *     def find_topo_sort(node_list):       # post-order DFS over inputs, by identity
+ *         visited, order = set(), []
+ *         for node in node_list: topo_sort_dfs(node, visited, order)
+ *         return order
+ *     def compute_gradient_of_variables(output_tensor, out_grad):
+ *         grads = {output_tensor: [out_grad]}
+ *         for node in reversed(find_topo_sort([output_tensor])):
+ *             node.grad = sum_node_list(grads[node])
+ *             if node.op is not None:
+ *                 for x, g in zip(node.inputs, node.op.gradient_as_tuple(node.grad, node)):
+ *                     grads.setdefault(x, []).append(g)
+ * The DFS uses an explicit stack (no recursion on graph depth) and marks
+ * nodes with an epoch number instead of a set. Partial adjoints live on the
+ * node (ValueObject.partials) for the walk and are always cleared after it.
+ * Only inputs that require grad receive partials: a constant's gradient is
+ * never computed.
+ */
+#include "array_api.h"
+
+static uint64_t epoch;
+
+typedef struct {
+    ValueObject *node;
+    Py_ssize_t next; /* next input to visit */
+} frame;
+
+PyObject *ndl_find_topo_sort(PyObject *node_list)
+{
+    PyObject *order = NULL, *seq = NULL;
+    frame *stack = NULL;
+    Py_ssize_t cap = 64, top = 0;
+    uint64_t mark = ++epoch;
+    seq = PySequence_Fast(node_list, "find_topo_sort expects a list of Values");
+    if (seq == NULL)
+        return NULL;
+    order = PyList_New(0);
+    stack = PyMem_Malloc(sizeof(frame) * (size_t)cap);
+    if (order == NULL || stack == NULL) {
+        if (stack == NULL)
+            PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t r = 0; r < PySequence_Fast_GET_SIZE(seq); r++) {
+        PyObject *root = PySequence_Fast_GET_ITEM(seq, r);
+        if (!Value_Check(root) || ((ValueObject *)root)->visit_mark == mark)
+            continue;
+        ((ValueObject *)root)->visit_mark = mark;
+        stack[top++] = (frame){(ValueObject *)root, 0};
+        while (top > 0) {
+            frame *f = &stack[top - 1];
+            PyObject *inputs = f->node->inputs;
+            if (inputs != NULL && f->next < PyTuple_GET_SIZE(inputs)) {
+                PyObject *child = PyTuple_GET_ITEM(inputs, f->next++);
+                if (!Value_Check(child) || ((ValueObject *)child)->visit_mark == mark)
+                    continue;
+                ((ValueObject *)child)->visit_mark = mark;
+                if (top == cap) {
+                    frame *bigger = PyMem_Realloc(stack, sizeof(frame) * (size_t)(cap *= 2));
+                    if (bigger == NULL) {
+                        PyErr_NoMemory();
+                        goto fail;
+                    }
+                    stack = bigger;
+                }
+                stack[top++] = (frame){(ValueObject *)child, 0};
+            } else {
+                if (PyList_Append(order, (PyObject *)f->node) < 0)
+                    goto fail;
+                top--;
+            }
+        }
+    }
+    PyMem_Free(stack);
+    Py_DECREF(seq);
+    return order;
+fail:
+    PyMem_Free(stack);
+    Py_XDECREF(order);
+    Py_DECREF(seq);
+    return NULL;
+}
+
+/* Left fold of the list with `+` (sum_node_list). */
+static PyObject *sum_list(PyObject *list)
+{
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    PyObject *acc;
+    if (n == 0) {
+        PyErr_SetString(PyExc_ValueError, "sum_node_list of an empty list");
+        return NULL;
+    }
+    acc = Py_NewRef(PyList_GET_ITEM(list, 0));
+    for (Py_ssize_t i = 1; i < n; i++) {
+        PyObject *x = PyList_GET_ITEM(list, i);
+        PyObject *s = (Tensor_Check(acc) && Tensor_Check(x)) ? ndl_t_add(acc, x)
+                                                              : PyNumber_Add(acc, x);
+        Py_DECREF(acc);
+        if (s == NULL)
+            return NULL;
+        acc = s;
+    }
+    return acc;
+}
+
+static int add_partial(ValueObject *v, PyObject *g)
+{
+    if (v->partials == NULL && (v->partials = PyList_New(0)) == NULL)
+        return -1;
+    return PyList_Append(v->partials, g);
+}
+
+/* The input gradients of one node, into grads[0..n) (new refs or NULL). */
+static int node_gradients(ValueObject *node, PyObject *g, char *needs, PyObject **grads)
+{
+    OpObject *op = (OpObject *)node->op;
+    Py_ssize_t n = PyTuple_GET_SIZE(node->inputs);
+    PyObject *t;
+    if (Op_Check(node->op) && op->def != NULL && Py_TYPE(op) == op->def->type)
+        return op->def->backward(op, (ValueObject *)g, node, needs, grads);
+    /* A Python-defined op: its gradient_as_tuple, called through Python. */
+    t = ndl_as_grad_tuple(PyObject_CallMethod(node->op, "gradient", "OO", g, (PyObject *)node));
+    if (t == NULL)
+        return -1;
+    if (PyTuple_GET_SIZE(t) != n) {
+        PyErr_Format(PyExc_ValueError, "%R.gradient returned %zd gradients for %zd inputs",
+                     node->op, PyTuple_GET_SIZE(t), n);
+        Py_DECREF(t);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        grads[i] = needs[i] ? Py_NewRef(PyTuple_GET_ITEM(t, i)) : NULL;
+    Py_DECREF(t);
+    return 0;
+}
+
+int ndl_compute_gradients(ValueObject *out, PyObject *out_grad)
+{
+    PyObject *roots, *order;
+    Py_ssize_t n;
+    int rc = -1;
+    roots = PyList_New(1);
+    if (roots == NULL)
+        return -1;
+    PyList_SET_ITEM(roots, 0, Py_NewRef(out));
+    order = ndl_find_topo_sort(roots);
+    Py_DECREF(roots);
+    if (order == NULL)
+        return -1;
+    n = PyList_GET_SIZE(order);
+    if (add_partial(out, out_grad) < 0)
+        goto done;
+    for (Py_ssize_t k = n - 1; k >= 0; k--) {
+        ValueObject *node = (ValueObject *)PyList_GET_ITEM(order, k);
+        PyObject *g, *partials = node->partials;
+        Py_ssize_t ni;
+        char needs_s[NDL_OP_MAX_ARITY], *needs = needs_s;
+        PyObject *grads_s[NDL_OP_MAX_ARITY], **grads = grads_s;
+        int err = 0;
+        if (partials == NULL)
+            continue; /* no gradient flows here */
+        node->partials = NULL;
+        g = sum_list(partials);
+        Py_DECREF(partials);
+        if (g == NULL)
+            goto done;
+        Py_XSETREF(node->grad, g); /* .grad is overwritten, never accumulated */
+        if (node->op == NULL)
+            continue;
+        ni = PyTuple_GET_SIZE(node->inputs);
+        if (ni > NDL_OP_MAX_ARITY) {
+            needs = PyMem_Malloc((size_t)ni);
+            grads = PyMem_Calloc((size_t)ni, sizeof(PyObject *));
+            if (needs == NULL || grads == NULL) {
+                PyErr_NoMemory();
+                err = 1;
+            }
+        }
+        if (!err) {
+            int any = 0;
+            for (Py_ssize_t i = 0; i < ni; i++) {
+                PyObject *x = PyTuple_GET_ITEM(node->inputs, i);
+                needs[i] = Value_Check(x) && ((ValueObject *)x)->requires_grad;
+                any |= needs[i];
+                grads[i] = NULL;
+            }
+            if (any && node_gradients(node, g, needs, grads) < 0)
+                err = 1;
+            for (Py_ssize_t i = 0; i < ni; i++) {
+                if (!err && needs[i] && grads[i] != NULL && grads[i] != Py_None &&
+                    add_partial((ValueObject *)PyTuple_GET_ITEM(node->inputs, i), grads[i]) < 0)
+                    err = 1;
+                Py_XDECREF(grads[i]);
+            }
+        }
+        if (needs != needs_s)
+            PyMem_Free(needs);
+        if (grads != grads_s)
+            PyMem_Free(grads);
+        if (err)
+            goto done;
+    }
+    rc = 0;
+done:
+    /* Partials never outlive the walk, even on error. */
+    for (Py_ssize_t k = 0; k < n; k++)
+        Py_CLEAR(((ValueObject *)PyList_GET_ITEM(order, k))->partials);
+    Py_DECREF(order);
+    return rc;
+}
+
+/* ---- Python-visible ------------------------------------------------------ */
+
+PyObject *ndl_py_find_topo_sort(PyObject *m, PyObject *arg) { return ndl_find_topo_sort(arg); }
+
+PyObject *ndl_py_compute_gradient_of_variables(PyObject *m, PyObject *args)
+{
+    PyObject *out, *g;
+    if (!PyArg_ParseTuple(args, "O!O:compute_gradient_of_variables", &Value_Type, &out, &g))
+        return NULL;
+    if (ndl_compute_gradients((ValueObject *)out, g) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyObject *ndl_py_sum_node_list(PyObject *m, PyObject *arg)
+{
+    PyObject *list = PySequence_List(arg), *r;
+    if (list == NULL)
+        return NULL;
+    r = sum_list(list);
+    Py_DECREF(list);
+    return r;
+}

@@ -1,0 +1,263 @@
+/* cpu_ewise.c: elementwise unary and binary ops on the CPU.
+ *
+ * Owns ndl_cpu_unary and ndl_cpu_binary (ndl_core.h). Python equivalent:
+ *     out = np.ascontiguousarray(ufunc(a[, b]))   # ufunc from the .def tables
+ *
+ * Shape of the code (NumPy's, without .c.src):
+ *   - the per-element math is scalar_ops.h, shared with CUDA;
+ *   - cpu_ewise_impl.h turns every .def row into an inner loop with one
+ *     signature (n elements, input strides, contiguous output) and fast
+ *     paths for unit-stride and broadcast operands; it is instantiated here
+ *     per dtype and per ISA (AVX2 and the x86-64 baseline; only the
+ *     baseline elsewhere), and the AVX2 tables are picked at run time;
+ *   - the driver below simplifies the layouts (Note [Strided iteration] in
+ *     cpu_strided.h), so every contiguous or scalar-broadcast case runs as
+ *     one long inner loop, and splits large jobs across the thread pool.
+ *
+ * Both ISA builds give bit-identical results. NOTE: the AVX2 variant is
+ * target("avx2") without "fma" on purpose: with FMA in the target, gcc
+ * (-std=gnu11 defaults to -ffp-contract=fast) would fuse the polynomials in
+ * scalar_ops.h and exp/log/tanh would differ in the last bit between AVX2
+ * and older machines. The loops are memory-bound; FMA would not pay.
+ */
+#include "ndl_core.h"
+#include "threadpool.h"
+#include "scalar_ops.h"
+#include "cpu_strided.h"
+
+/* -DNDL_CPU_BASELINE_ONLY builds without the AVX2 variants (for tests). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(NDL_CPU_BASELINE_ONLY)
+#define NDL_EW_X86 1
+#include <immintrin.h>
+#include <stdatomic.h>
+#endif
+
+typedef void (*ndl_ew_unary_loop)(const void *a, int64_t sa, void *out, int64_t n);
+typedef void (*ndl_ew_binary_loop)(const void *a, int64_t sa, const void *b, int64_t sb,
+                                   void *out, int64_t n);
+
+/* Note [sqrt]
+ *   gcc keeps errno semantics for sqrtf/sqrt unless built with
+ *   -fno-math-errno (which needle's build does not pass and which no
+ *   function attribute turns off in gcc 12), so a loop over ndl_sqrt_*
+ *   never vectorizes. The contiguous sqrt loop therefore uses the SSE2/AVX
+ *   sqrt instructions directly; they are IEEE correctly rounded, exactly
+ *   like sqrtf, so results do not change. */
+
+/* ---- instantiations ---------------------------------------------------- */
+#define T float
+#define EW_DT f32
+#define EW_SFX f32_base
+#define EW_TARGET
+#ifdef NDL_EW_X86
+#define EW_SQRT_SIMD 1
+#define EW_VW 4
+#define EW_VLOAD _mm_loadu_ps
+#define EW_VSQRT _mm_sqrt_ps
+#define EW_VSTORE _mm_storeu_ps
+#endif
+#include "cpu_ewise_impl.h"
+
+#define T double
+#define EW_DT f64
+#define EW_SFX f64_base
+#define EW_TARGET
+#ifdef NDL_EW_X86
+#define EW_SQRT_SIMD 1
+#define EW_VW 2
+#define EW_VLOAD _mm_loadu_pd
+#define EW_VSQRT _mm_sqrt_pd
+#define EW_VSTORE _mm_storeu_pd
+#endif
+#include "cpu_ewise_impl.h"
+
+#ifdef NDL_EW_X86
+#define T float
+#define EW_DT f32
+#define EW_SFX f32_avx2
+#define EW_TARGET __attribute__((target("avx2")))
+#define EW_SQRT_SIMD 1
+#define EW_VW 8
+#define EW_VLOAD _mm256_loadu_ps
+#define EW_VSQRT _mm256_sqrt_ps
+#define EW_VSTORE _mm256_storeu_ps
+#include "cpu_ewise_impl.h"
+
+#define T double
+#define EW_DT f64
+#define EW_SFX f64_avx2
+#define EW_TARGET __attribute__((target("avx2")))
+#define EW_SQRT_SIMD 1
+#define EW_VW 4
+#define EW_VLOAD _mm256_loadu_pd
+#define EW_VSQRT _mm256_sqrt_pd
+#define EW_VSTORE _mm256_storeu_pd
+#include "cpu_ewise_impl.h"
+#endif
+
+/* ---- ISA choice -------------------------------------------------------- */
+static int ew_use_avx2(void)
+{
+#ifdef NDL_EW_X86
+    /* -1 unknown, else 0/1; computing it twice in a race is harmless. */
+    static atomic_int cached = -1;
+    int v = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx2");
+        atomic_store_explicit(&cached, v, memory_order_relaxed);
+    }
+    return v;
+#else
+    return 0;
+#endif
+}
+
+static ndl_ew_unary_loop ew_unary_loop(ndl_unop op, ndl_dtype dt)
+{
+#ifdef NDL_EW_X86
+    if (ew_use_avx2())
+        return dt == NDL_FLOAT32 ? ew_unary_loops_f32_avx2[op] : ew_unary_loops_f64_avx2[op];
+#endif
+    return dt == NDL_FLOAT32 ? ew_unary_loops_f32_base[op] : ew_unary_loops_f64_base[op];
+}
+
+static ndl_ew_binary_loop ew_binary_loop(ndl_binop op, ndl_dtype dt)
+{
+#ifdef NDL_EW_X86
+    if (ew_use_avx2())
+        return dt == NDL_FLOAT32 ? ew_binary_loops_f32_avx2[op] : ew_binary_loops_f64_avx2[op];
+#endif
+    return dt == NDL_FLOAT32 ? ew_binary_loops_f32_base[op] : ew_binary_loops_f64_base[op];
+}
+
+/* ---- threading grains ---------------------------------------------------
+ * Elements per task. A job smaller than two grains runs on the calling
+ * thread without touching the pool. Memory-bound ops need big chunks to pay
+ * for waking a worker; vectorized float32 math costs ~1 ns/element and libm
+ * calls (pow, float64 exp/log/tanh) ~10 ns. */
+enum { EW_GRAIN_CHEAP = 1 << 16, EW_GRAIN_VECMATH = 1 << 14, EW_GRAIN_LIBM = 1 << 11 };
+
+static int64_t ew_unary_grain(ndl_unop op, ndl_dtype dt)
+{
+    switch (op) {
+    case NDL_UN_NEG:
+    case NDL_UN_ABS:
+    case NDL_UN_RELU:
+        return EW_GRAIN_CHEAP;
+    case NDL_UN_SQRT:
+        return EW_GRAIN_VECMATH;
+    default:
+        return dt == NDL_FLOAT32 ? EW_GRAIN_VECMATH : EW_GRAIN_LIBM;
+    }
+}
+
+static int64_t ew_binary_grain(ndl_binop op, const ndl_layout *lb, const void *b, ndl_dtype dt)
+{
+    if (op != NDL_BIN_POW)
+        return EW_GRAIN_CHEAP;
+    /* x ** 2 is x*x (see ew_pow_fast): cheap */
+    int64_t n = ndl_layout_size(lb);
+    for (int i = 0; i < lb->ndim; i++)
+        if (lb->strides[i] != 0 && lb->shape[i] != 1)
+            return EW_GRAIN_LIBM;
+    double y = dt == NDL_FLOAT32 ? ((const float *)b)[lb->offset] : ((const double *)b)[lb->offset];
+    return n > 0 && y == 2.0 ? EW_GRAIN_CHEAP : EW_GRAIN_LIBM;
+}
+
+/* ---- driver ------------------------------------------------------------ */
+typedef struct {
+    ndl_ew_unary_loop un;   /* exactly one of un / bin is set */
+    ndl_ew_binary_loop bin;
+    const char *a, *b;      /* at each layout's offset */
+    char *out;
+    int64_t isz;            /* bytes per element */
+    int64_t inner;          /* inner-loop length */
+    ndl_iter it;            /* operands: 0 = a, 1 = b */
+} ew_job;
+
+/* Elements [begin, end) of a job whose space has at most one dimension. */
+static void ew_run_flat(void *ctx, int64_t begin, int64_t end)
+{
+    const ew_job *j = (const ew_job *)ctx;
+    int64_t sa = ndl_iter_inner_stride(&j->it, 0);
+    const char *a = j->a + begin * sa * j->isz;
+    char *out = j->out + begin * j->isz;
+    if (j->un) {
+        j->un(a, sa, out, end - begin);
+    } else {
+        int64_t sb = ndl_iter_inner_stride(&j->it, 1);
+        j->bin(a, sa, j->b + begin * sb * j->isz, sb, out, end - begin);
+    }
+}
+
+/* Rows [begin, end) of the inner loop of an N-d job. */
+static void ew_run_rows(void *ctx, int64_t begin, int64_t end)
+{
+    const ew_job *j = (const ew_job *)ctx;
+    const ndl_iter *it = &j->it;
+    int64_t sa = ndl_iter_inner_stride(it, 0);
+    int64_t sb = j->bin ? ndl_iter_inner_stride(it, 1) : 0;
+    ndl_iter_pos p;
+    ndl_iter_seek(it, &p, begin);
+    for (int64_t r = begin; r < end; r++) {
+        const char *a = j->a + p.off[0] * j->isz;
+        char *out = j->out + r * j->inner * j->isz;
+        if (j->un)
+            j->un(a, sa, out, j->inner);
+        else
+            j->bin(a, sa, j->b + p.off[1] * j->isz, sb, out, j->inner);
+        ndl_iter_next(it, &p);
+    }
+}
+
+static void ew_launch(ew_job *j, int64_t n, int64_t grain)
+{
+    j->inner = ndl_iter_inner(&j->it);
+    if (j->it.ndim <= 1) {
+        if (n < 2 * grain)
+            ew_run_flat(j, 0, n);
+        else
+            ndl_parallel_for(n, grain, ew_run_flat, j);
+    } else {
+        int64_t rows = ndl_iter_rows(&j->it);
+        int64_t rgrain = grain / j->inner > 0 ? grain / j->inner : 1;
+        if (rows < 2 * rgrain)
+            ew_run_rows(j, 0, rows);
+        else
+            ndl_parallel_for(rows, rgrain, ew_run_rows, j);
+    }
+}
+
+int ndl_cpu_unary(ndl_unop op, ndl_dtype dt, const void *a, const ndl_layout *la, void *out)
+{
+    if ((unsigned)op >= NDL_NUM_UNARY || (unsigned)dt >= NDL_NUM_DTYPES || !ndl_layout_ok(la))
+        return NDL_EINVAL;
+    int64_t n = ndl_layout_size(la);
+    if (n == 0)
+        return NDL_OK;
+    ew_job j = {.un = ew_unary_loop(op, dt), .isz = (int64_t)ndl_itemsize(dt), .out = (char *)out};
+    j.a = (const char *)a + la->offset * j.isz;
+    const int64_t *strides[1] = {la->strides};
+    ndl_iter_init(&j.it, la->ndim, la->shape, 1, strides);
+    ew_launch(&j, n, ew_unary_grain(op, dt));
+    return NDL_OK;
+}
+
+int ndl_cpu_binary(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *la,
+                   const void *b, const ndl_layout *lb, void *out)
+{
+    if ((unsigned)op >= NDL_NUM_BINARY || (unsigned)dt >= NDL_NUM_DTYPES || !ndl_layout_ok(la) ||
+        !ndl_layout_ok(lb) || !ndl_same_shape(la, lb))
+        return NDL_EINVAL;
+    int64_t n = ndl_layout_size(la);
+    if (n == 0)
+        return NDL_OK;
+    ew_job j = {.bin = ew_binary_loop(op, dt), .isz = (int64_t)ndl_itemsize(dt), .out = (char *)out};
+    j.a = (const char *)a + la->offset * j.isz;
+    j.b = (const char *)b + lb->offset * j.isz;
+    const int64_t *strides[2] = {la->strides, lb->strides};
+    ndl_iter_init(&j.it, la->ndim, la->shape, 2, strides);
+    ew_launch(&j, n, ew_binary_grain(op, lb, b, dt));
+    return NDL_OK;
+}

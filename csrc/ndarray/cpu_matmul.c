@@ -1,0 +1,422 @@
+/* cpu_matmul.c: ndl_cpu_matmul, the CPU matrix product (contract in ndl_core.h).
+ *
+ * Python equivalent:
+ *     for b in range(batch): C[b] = A[b] @ B[b]   # A[b], B[b] any strided views
+ *
+ * Design (GotoBLAS / BLIS): for each block of C the driver runs
+ *     for jc in p by NC:                 B block (KC x NC) lives in L3
+ *       for pc in n by KC:               pack B[pc:, jc:] into NR-column panels
+ *         for ic in m by MC:             pack A[ic:, pc:] into MR-row panels (L2)
+ *           for jr in NC by NR:          one B panel (KC x NR) stays in L1
+ *             for ir in MC by MR:        micro-kernel: C[ir:+MR, jr:+NR] (+)= A_panel @ B_panel
+ * Packing reads A and B through their element strides (Note [Layouts]), so
+ * transposed and broadcast operands are never copied first; panels and
+ * micro-kernels are described in Note [Packed panels] (cpu_matmul.h).
+ *
+ * Kernels: AVX-512F (14x32 float32, 14x16 float64), AVX2+FMA (6x16, 6x8) or
+ * portable C (4x8, 4x4), chosen once from the CPU's flags;
+ * NEEDLE_MATMUL_KERNEL=generic|avx2|avx512 forces one (if the CPU has it).
+ *
+ * Threads (Note [Matmul work split]): the work is cut into `nparts` parts,
+ * at most one per pool thread, each a contiguous range of tasks, a task
+ * being one product or one rectangular tile of one product. Each part owns
+ * its packing buffers (allocated up front, 64-byte aligned), so parts share
+ * nothing but read-only A and B. Small products never wake the pool.
+ */
+#include "cpu_matmul.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ndl_core.h"
+#include "threadpool.h"
+
+/* ---- kernel table ------------------------------------------------------- */
+
+typedef struct {
+    const char *name;
+    ndl_ukernel kernel;
+    int mr, nr;          /* register tile */
+    int64_t mc, kc, nc;  /* cache blocks; mc % mr == 0, nc % nr == 0 */
+} ndl_gemm_config;
+
+/* Indexed [kernel][dtype]. Block sizes: an A block (MC x KC) fills about
+ * half of a 512 KiB-1 MiB L2, a B panel (KC x NR) a third of L1; NC bounds
+ * the B block kept in L3. */
+enum { K_GENERIC, K_AVX2, K_AVX512, K_COUNT };
+#ifdef NDL_MATMUL_TUNE
+static ndl_gemm_config g_configs[K_COUNT][NDL_NUM_DTYPES] = {
+#else
+static const ndl_gemm_config g_configs[K_COUNT][NDL_NUM_DTYPES] = {
+#endif
+    [K_GENERIC] = {
+        [NDL_FLOAT32] = {"generic", ndl_ukernel_generic_f32, NDL_GENERIC_MR_F32, NDL_GENERIC_NR_F32, 128, 256, 2048},
+        [NDL_FLOAT64] = {"generic", ndl_ukernel_generic_f64, NDL_GENERIC_MR_F64, NDL_GENERIC_NR_F64, 64, 256, 2048},
+    },
+    [K_AVX2] = {
+        [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 144, 256, 3072},
+        [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 72, 256, 3072},
+    },
+    [K_AVX512] = {
+        [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32, 168, 256, 3072},
+        [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64, 84, 256, 3072},
+    },
+};
+
+static pthread_once_t g_kernel_once = PTHREAD_ONCE_INIT;
+static int g_kernel = K_GENERIC;
+
+static int kernel_supported(int k)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (k == K_AVX512)
+        return __builtin_cpu_supports("avx512f");
+    if (k == K_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    return k == K_GENERIC;
+}
+
+static void choose_kernel(void)
+{
+#ifdef NDL_MATMUL_TUNE
+    for (int k = 0; k < K_COUNT; k++) for (int d = 0; d < 2; d++) {
+        if (getenv("MC")) g_configs[k][d].mc = atoi(getenv("MC"));
+        if (getenv("KC")) g_configs[k][d].kc = atoi(getenv("KC"));
+        if (getenv("NC")) g_configs[k][d].nc = atoi(getenv("NC"));
+    }
+#endif
+    const char *env = getenv("NEEDLE_MATMUL_KERNEL");
+    if (env && *env) {
+        for (int k = 0; k < K_COUNT; k++)
+            if (strcmp(env, g_configs[k][0].name) == 0 && kernel_supported(k)) {
+                g_kernel = k;
+                return;
+            }
+        /* unknown or unsupported name: fall through to the best one */
+    }
+    g_kernel = kernel_supported(K_AVX512) ? K_AVX512 : kernel_supported(K_AVX2) ? K_AVX2 : K_GENERIC;
+}
+
+static const ndl_gemm_config *get_config(ndl_dtype dt)
+{
+    pthread_once(&g_kernel_once, choose_kernel);
+    return &g_configs[g_kernel][dt];
+}
+
+const char *ndl_cpu_matmul_kernel_name(void)
+{
+    return get_config(NDL_FLOAT32)->name;
+}
+
+/* ---- packing (Note [Packed panels]) ------------------------------------- */
+
+/* The element size `es` is a compile-time constant at every call site
+ * (4 or 8), so each memcpy below compiles to a single move. */
+
+/* src is A[i0][k0]; packs mc x kc into panels of mr rows. */
+static inline __attribute__((always_inline)) void
+pack_a(size_t es, const char *src, int64_t rs, int64_t cs, int64_t mc, int64_t kc, int mr, char *dst)
+{
+    for (int64_t i0 = 0; i0 < mc; i0 += mr) {
+        int rows = mc - i0 < mr ? (int)(mc - i0) : mr;
+        const char *s = src + i0 * rs * (int64_t)es;
+        if (cs == 1) { /* each row contiguous in k */
+            for (int r = 0; r < rows; r++) {
+                const char *row = s + r * rs * (int64_t)es;
+                for (int64_t k = 0; k < kc; k++)
+                    memcpy(dst + (k * mr + r) * es, row + k * es, es);
+            }
+        } else if (rs == 1 && rows == mr) { /* each column contiguous in i */
+            for (int64_t k = 0; k < kc; k++)
+                memcpy(dst + k * mr * es, s + k * cs * (int64_t)es, (size_t)mr * es);
+        } else if (rs == 1) {
+            for (int64_t k = 0; k < kc; k++)
+                memcpy(dst + k * mr * es, s + k * cs * (int64_t)es, rows * es);
+        } else {
+            for (int64_t k = 0; k < kc; k++)
+                for (int r = 0; r < rows; r++)
+                    memcpy(dst + (k * mr + r) * es, s + (r * rs + k * cs) * (int64_t)es, es);
+        }
+        if (rows < mr)
+            for (int64_t k = 0; k < kc; k++)
+                memset(dst + (k * mr + rows) * es, 0, (size_t)(mr - rows) * es);
+        dst += (size_t)mr * kc * es;
+    }
+}
+
+/* src is B[k0][j0]; packs kc x nc into panels of nr columns. */
+static inline __attribute__((always_inline)) void
+pack_b(size_t es, const char *src, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int nr, char *dst)
+{
+    for (int64_t j0 = 0; j0 < nc; j0 += nr) {
+        int cols = nc - j0 < nr ? (int)(nc - j0) : nr;
+        const char *s = src + j0 * cs * (int64_t)es;
+        if (cs == 1 && cols == nr) {
+            for (int64_t k = 0; k < kc; k++)
+                memcpy(dst + k * nr * es, s + k * rs * (int64_t)es, (size_t)nr * es);
+        } else if (cs == 1) {
+            for (int64_t k = 0; k < kc; k++)
+                memcpy(dst + k * nr * es, s + k * rs * (int64_t)es, cols * es);
+        } else if (rs == 1) { /* each column contiguous in k */
+            for (int j = 0; j < cols; j++) {
+                const char *col = s + j * cs * (int64_t)es;
+                for (int64_t k = 0; k < kc; k++)
+                    memcpy(dst + (k * nr + j) * es, col + k * es, es);
+            }
+        } else {
+            for (int64_t k = 0; k < kc; k++)
+                for (int j = 0; j < cols; j++)
+                    memcpy(dst + (k * nr + j) * es, s + (k * rs + j * cs) * (int64_t)es, es);
+        }
+        if (cols < nr)
+            for (int64_t k = 0; k < kc; k++)
+                memset(dst + (k * nr + cols) * es, 0, (size_t)(nr - cols) * es);
+        dst += (size_t)nr * kc * es;
+    }
+}
+
+/* Per-dtype entry points. The switches give the inlined packers a constant
+ * panel width for the kernels' tiles, so the copies become plain moves. */
+#define NDL_PACK_CASES(pack, es, w, ...)                                        \
+    switch (w) {                                                                \
+    case 4: pack(es, __VA_ARGS__, 4, d); break;                                 \
+    case 6: pack(es, __VA_ARGS__, 6, d); break;                                 \
+    case 8: pack(es, __VA_ARGS__, 8, d); break;                                 \
+    case 14: pack(es, __VA_ARGS__, 14, d); break;                               \
+    case 16: pack(es, __VA_ARGS__, 16, d); break;                               \
+    case 32: pack(es, __VA_ARGS__, 32, d); break;                               \
+    default: pack(es, __VA_ARGS__, w, d); break;                                \
+    }
+
+static void pack_a_f32(const char *s, int64_t rs, int64_t cs, int64_t mc, int64_t kc, int mr, char *d)
+{
+    NDL_PACK_CASES(pack_a, 4, mr, s, rs, cs, mc, kc)
+}
+static void pack_a_f64(const char *s, int64_t rs, int64_t cs, int64_t mc, int64_t kc, int mr, char *d)
+{
+    NDL_PACK_CASES(pack_a, 8, mr, s, rs, cs, mc, kc)
+}
+static void pack_b_f32(const char *s, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int nr, char *d)
+{
+    NDL_PACK_CASES(pack_b, 4, nr, s, rs, cs, kc, nc)
+}
+static void pack_b_f64(const char *s, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int nr, char *d)
+{
+    NDL_PACK_CASES(pack_b, 8, nr, s, rs, cs, kc, nc)
+}
+
+/* ---- one block of one product ------------------------------------------- */
+
+typedef struct {
+    const ndl_gemm_config *cfg;
+    size_t es;
+    void (*pack_a)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
+    void (*pack_b)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
+} ndl_gemm_ops;
+
+/* C (m x p, row stride ldc) = A (m x n) @ B (n x p), serially, n >= 1.
+ * a and b point at A[0][0] and B[0][0]; abuf and bbuf hold MC x KC and
+ * KC x NC elements (or less when the product is smaller). */
+static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
+                       const char *a, int64_t rsa, int64_t csa,
+                       const char *b, int64_t rsb, int64_t csb,
+                       char *c, int64_t ldc, char *abuf, char *bbuf)
+{
+    const ndl_gemm_config *cfg = ops->cfg;
+    const int64_t es = (int64_t)ops->es;
+    const int mr = cfg->mr, nr = cfg->nr;
+    for (int64_t jc = 0; jc < p; jc += cfg->nc) {
+        int64_t nc = p - jc < cfg->nc ? p - jc : cfg->nc;
+        for (int64_t pc = 0; pc < n; pc += cfg->kc) {
+            int64_t kc = n - pc < cfg->kc ? n - pc : cfg->kc;
+            int first = pc == 0;
+            ops->pack_b(b + (pc * rsb + jc * csb) * es, rsb, csb, kc, nc, nr, bbuf);
+            for (int64_t ic = 0; ic < m; ic += cfg->mc) {
+                int64_t mc = m - ic < cfg->mc ? m - ic : cfg->mc;
+                ops->pack_a(a + (ic * rsa + pc * csa) * es, rsa, csa, mc, kc, mr, abuf);
+                for (int64_t jr = 0; jr < nc; jr += nr) {
+                    int nrr = nc - jr < nr ? (int)(nc - jr) : nr;
+                    const char *bp = bbuf + jr * kc * es;
+                    for (int64_t ir = 0; ir < mc; ir += mr) {
+                        int mrr = mc - ir < mr ? (int)(mc - ir) : mr;
+                        cfg->kernel(kc, abuf + ir * kc * es, bp,
+                                    c + ((ic + ir) * ldc + jc + jr) * es, ldc, mrr, nrr, first);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* ---- the work split ------------------------------------------------------
+ * Note [Matmul work split]
+ *   A task is tile t of product b, task = b * ntiles + t; the tiles of a
+ *   product form a tm x tn grid whose edges fall on multiples of MR rows and
+ *   NR columns. Part q of nparts runs tasks [q*T/nparts, (q+1)*T/nparts)
+ *   with its own buffers. Every C element is computed by the same sequence
+ *   of operations whatever the split (Note [Packed panels]), so results do
+ *   not depend on the number of threads.
+ */
+
+typedef struct {
+    ndl_gemm_ops ops;
+    int64_t m, n, p;
+    const char *a, *b;
+    const int64_t *a_offsets, *b_offsets;
+    int64_t rsa, csa, rsb, csb;
+    char *c;
+    int64_t tm, tn, ntasks, nparts;
+    char *bufs;         /* nparts x (abytes + bbytes) */
+    size_t abytes, bbytes;
+} ndl_gemm_job;
+
+/* [lo, hi) of part `i` of `count` equal parts of `units` units of `unit`,
+ * clipped to len. */
+static void split_range(int64_t len, int64_t unit, int64_t i, int64_t count, int64_t *lo, int64_t *hi)
+{
+    int64_t units = (len + unit - 1) / unit;
+    *lo = units * i / count * unit;
+    *hi = units * (i + 1) / count * unit;
+    if (*lo > len)
+        *lo = len;
+    if (*hi > len)
+        *hi = len;
+}
+
+static void gemm_parts(void *ctx, int64_t begin, int64_t end)
+{
+    const ndl_gemm_job *job = ctx;
+    const int64_t es = (int64_t)job->ops.es;
+    const int64_t ntiles = job->tm * job->tn;
+    for (int64_t q = begin; q < end; q++) {
+        char *abuf = job->bufs + (size_t)q * (job->abytes + job->bbytes);
+        char *bbuf = abuf + job->abytes;
+        int64_t t0 = job->ntasks * q / job->nparts, t1 = job->ntasks * (q + 1) / job->nparts;
+        for (int64_t t = t0; t < t1; t++) {
+            int64_t bi = t / ntiles, tile = t % ntiles;
+            int64_t i0, i1, j0, j1;
+            split_range(job->m, job->ops.cfg->mr, tile / job->tn, job->tm, &i0, &i1);
+            split_range(job->p, job->ops.cfg->nr, tile % job->tn, job->tn, &j0, &j1);
+            if (i0 >= i1 || j0 >= j1)
+                continue;
+            int64_t ao = job->a_offsets ? job->a_offsets[bi] : 0;
+            int64_t bo = job->b_offsets ? job->b_offsets[bi] : 0;
+            gemm_block(&job->ops, i1 - i0, job->n, j1 - j0,
+                       job->a + (ao + i0 * job->rsa) * es, job->rsa, job->csa,
+                       job->b + (bo + j0 * job->csb) * es, job->rsb, job->csb,
+                       job->c + ((bi * job->m + i0) * job->p + j0) * es, job->p, abuf, bbuf);
+        }
+    }
+}
+
+/* Below this many multiply-adds in all, the pool is not woken: a wake-up
+ * costs a few microseconds, about what 2*10^5 FMAs take on one core. */
+#define NDL_MATMUL_PAR_MIN (72.0 * 72.0 * 72.0)
+/* A product is split into tiles only if each tile keeps this many. */
+#define NDL_MATMUL_TILE_MIN (48.0 * 48.0 * 48.0)
+
+static int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+/* Choose tm x tn = ntiles (a divisor pair), minimising the packing volume
+ * m/tm + p/tn, with at least one MR (NR) unit per tile row (column). */
+static void choose_grid(int64_t m, int64_t p, int mr, int nr, int64_t ntiles, int64_t *tm, int64_t *tn)
+{
+    int64_t um = (m + mr - 1) / mr, un = (p + nr - 1) / nr;
+    for (; ntiles > 1; ntiles--) {
+        double best = -1;
+        for (int64_t d = 1; d <= ntiles; d++) {
+            if (ntiles % d || d > um || ntiles / d > un)
+                continue;
+            double cost = (double)m / d + (double)p / (ntiles / d);
+            if (best < 0 || cost < best) {
+                best = cost;
+                *tm = d;
+                *tn = ntiles / d;
+            }
+        }
+        if (best >= 0)
+            return;
+    }
+    *tm = *tn = 1;
+}
+
+int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
+                   const void *a, const int64_t *a_offsets, int64_t rsa, int64_t csa,
+                   const void *b, const int64_t *b_offsets, int64_t rsb, int64_t csb,
+                   void *c)
+{
+    if ((unsigned)dt >= NDL_NUM_DTYPES || batch < 0 || m < 0 || n < 0 || p < 0)
+        return NDL_EINVAL;
+    if (batch == 0 || m == 0 || p == 0)
+        return NDL_OK;
+    const size_t es = ndl_itemsize(dt);
+    if (n == 0) {
+        memset(c, 0, (size_t)batch * (size_t)m * (size_t)p * es);
+        return NDL_OK;
+    }
+    if (p == 1 && m > 1) {
+        /* Matrix-vector: compute C^T = B^T @ A^T instead, which has the same
+         * memory (one column = one row) and wastes MR-1 rows of a tile
+         * rather than NR-1 columns. */
+        const void *t = a;
+        a = b;
+        b = t;
+        const int64_t *to = a_offsets;
+        a_offsets = b_offsets;
+        b_offsets = to;
+        int64_t r = rsa, s = csa;
+        rsa = csb;
+        csa = rsb;
+        rsb = s;
+        csb = r;
+        p = m;
+        m = 1;
+    }
+    const ndl_gemm_config *cfg = get_config(dt);
+    ndl_gemm_job job = {
+        .ops = {.cfg = cfg, .es = es,
+                .pack_a = dt == NDL_FLOAT32 ? pack_a_f32 : pack_a_f64,
+                .pack_b = dt == NDL_FLOAT32 ? pack_b_f32 : pack_b_f64},
+        .m = m, .n = n, .p = p,
+        .a = a, .b = b, .a_offsets = a_offsets, .b_offsets = b_offsets,
+        .rsa = rsa, .csa = csa, .rsb = rsb, .csb = csb, .c = c,
+        .tm = 1, .tn = 1,
+    };
+
+    /* Note [Matmul work split] */
+    double fmas = (double)m * (double)n * (double)p;
+    int64_t nthreads = ndl_get_num_threads();
+    if (nthreads > 1 && fmas * (double)batch >= NDL_MATMUL_PAR_MIN) {
+        /* whole products per part when the batch divides evenly or is large */
+        if (batch % nthreads != 0 && batch < 4 * nthreads) {
+            int64_t ntiles = nthreads;
+            while (ntiles > 1 && fmas / (double)ntiles < NDL_MATMUL_TILE_MIN)
+                ntiles--;
+            choose_grid(m, p, cfg->mr, cfg->nr, ntiles, &job.tm, &job.tn);
+        }
+        job.ntasks = batch * job.tm * job.tn;
+        job.nparts = job.ntasks < nthreads ? job.ntasks : nthreads;
+    } else {
+        job.ntasks = batch;
+        job.nparts = 1;
+    }
+
+    /* buffers sized for the largest tile any part will see */
+    int64_t mmax = round_up((m + job.tm - 1) / job.tm + cfg->mr, cfg->mr);
+    int64_t pmax = round_up((p + job.tn - 1) / job.tn + cfg->nr, cfg->nr);
+    int64_t mcap = mmax < cfg->mc ? mmax : cfg->mc;
+    int64_t ncap = pmax < cfg->nc ? pmax : cfg->nc;
+    int64_t kcap = n < cfg->kc ? n : cfg->kc;
+    job.abytes = (size_t)round_up(mcap * kcap * (int64_t)es, 64);
+    job.bbytes = (size_t)round_up(kcap * ncap * (int64_t)es, 64);
+    job.bufs = aligned_alloc(64, (size_t)job.nparts * (job.abytes + job.bbytes));
+    if (!job.bufs)
+        return NDL_ENOMEM;
+
+    ndl_parallel_for(job.nparts, 1, gemm_parts, &job);
+    free(job.bufs);
+    return NDL_OK;
+}

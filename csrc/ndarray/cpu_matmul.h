@@ -1,0 +1,61 @@
+/* cpu_matmul.h: private interface between the matmul driver (cpu_matmul.c)
+ * and its register-blocked micro-kernels (cpu_matmul_{generic,avx2,avx512}.c).
+ *
+ * Note [Packed panels]
+ *   The driver packs a block of A (mc x kc) into row panels of MR rows: panel
+ *   q holds, for k = 0..kc-1, the MR values A[q*MR + r][k] (r = 0..MR-1)
+ *   next to each other, rows past mc padded with zeros. A block of B
+ *   (kc x nc) is packed into column panels of NR columns: for k = 0..kc-1 the
+ *   NR values B[k][q*NR + j], columns past nc padded with zeros. A
+ *   micro-kernel therefore reads both operands strictly sequentially.
+ *
+ * Micro-kernel contract (one MR x NR tile of C):
+ *   acc[r][j] = sum_{k<kc} a[k*MR + r] * b[k*NR + j]   (FMA chain from 0, in k order)
+ *   first ? C[r][j] = acc[r][j] : C[r][j] += acc[r][j]  for r < mr, j < nr
+ *   C[r][j] is c[r*ldc + j]. mr <= MR and nr <= NR give the valid part of a
+ *   partial tile; nothing outside it is read or written. kc >= 1.
+ *   Because every C element gets the same chain of operations wherever its
+ *   tile lies, results do not depend on how the driver splits work between
+ *   threads.
+ */
+#ifndef NDL_CPU_MATMUL_H
+#define NDL_CPU_MATMUL_H
+
+#include <stdint.h>
+
+/* a and b are packed panels and c is C's tile, all of the kernel's element
+ * type (float for *_f32, double for *_f64); void pointers let the driver
+ * hold every kernel in one table. */
+typedef void (*ndl_ukernel)(int64_t kc, const void *a, const void *b, void *c, int64_t ldc,
+                            int mr, int nr, int first);
+
+/* Register tiles (rows x columns of C). */
+#define NDL_GENERIC_MR_F32 4
+#define NDL_GENERIC_NR_F32 8
+#define NDL_GENERIC_MR_F64 4
+#define NDL_GENERIC_NR_F64 4
+
+#define NDL_AVX2_MR_F32 6
+#define NDL_AVX2_NR_F32 16
+#define NDL_AVX2_MR_F64 6
+#define NDL_AVX2_NR_F64 8
+
+#define NDL_AVX512_MR_F32 14
+#define NDL_AVX512_NR_F32 32
+#define NDL_AVX512_MR_F64 14
+#define NDL_AVX512_NR_F64 16
+
+void ndl_ukernel_generic_f32(int64_t kc, const void *a, const void *b, void *c, int64_t ldc,
+                             int mr, int nr, int first);
+void ndl_ukernel_generic_f64(int64_t kc, const void *a, const void *b, void *c, int64_t ldc,
+                             int mr, int nr, int first);
+void ndl_ukernel_avx2_f32(int64_t kc, const void *a, const void *b, void *c, int64_t ldc,
+                          int mr, int nr, int first);
+void ndl_ukernel_avx2_f64(int64_t kc, const void *a, const void *b, void *c, int64_t ldc,
+                          int mr, int nr, int first);
+void ndl_ukernel_avx512_f32(int64_t kc, const void *a, const void *b, void *c, int64_t ldc,
+                            int mr, int nr, int first);
+void ndl_ukernel_avx512_f64(int64_t kc, const void *a, const void *b, void *c, int64_t ldc,
+                            int mr, int nr, int first);
+
+#endif /* NDL_CPU_MATMUL_H */

@@ -1,0 +1,269 @@
+"""Memory behaviour of the autograd layer (API.md 3.1, item 10.28; DESIGN 3 "Cycles
+are normal", Reliability rules; STYLE "Refcount and leak tests").
+
+- Graphs 100,000 ops deep are built, differentiated, sorted and freed without
+  recursion (each run in a child process so that a crash is a failure, not
+  the end of the test session).
+- Many forward+backward iterations keep TENSOR_COUNTER, the number of
+  GC-tracked objects and the resident set size flat.
+- Backward with recorded gradients makes reference cycles that only the cyclic
+  GC frees (the library must not break them eagerly); the no-graph backward
+  makes none.
+"""
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import needle as ndl
+import needle.autograd as ag
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def counter():
+    return ag.TENSOR_COUNTER
+
+
+# --------------------------------------------------------------------------
+# deep graphs (child process)
+# --------------------------------------------------------------------------
+
+DEEP = textwrap.dedent(r'''
+    import gc, sys
+    import numpy as np
+    import needle as ndl
+    import needle.autograd as ag
+
+    N = 100_000
+    mode = sys.argv[1]
+    sys.setrecursionlimit(1000)
+    gc.collect()
+    base = ag.TENSOR_COUNTER
+    x = ndl.Tensor(np.ones(3))
+    w = ndl.Tensor(np.ones(3))
+    y = x
+    if mode == "add":                       # gradient of AddScalar is g itself
+        for _ in range(N):
+            y = y + 1.0
+        y.backward()
+        assert np.array_equal(y.numpy(), np.full(3, N + 1.0)), y.numpy()
+        assert np.array_equal(x.grad.numpy(), np.ones(3))
+    elif mode == "mul_scalar":              # N detached gradient nodes
+        for _ in range(N):
+            y = y * 1.0
+        y.backward()
+        assert np.array_equal(x.grad.numpy(), np.ones(3))
+    elif mode == "mul_tensor":              # gradients form a recorded N-deep graph
+        for _ in range(N):
+            y = y * w
+        y.backward()
+        assert np.array_equal(x.grad.numpy(), np.ones(3))
+        assert np.array_equal(w.grad.numpy(), np.full(3, float(N)))
+        assert not x.grad.is_leaf()
+    elif mode == "no_graph":
+        for _ in range(N):
+            y = y * w
+        y.backward(create_graph=False)
+        assert np.array_equal(w.grad.numpy(), np.full(3, float(N)))
+        assert x.grad.is_leaf()
+    elif mode == "topo":
+        for _ in range(N):
+            y = y - w
+        order = ag.find_topo_sort([y])
+        assert len(order) == 2 * N + 2, len(order)
+        assert order[0] is x and order[-1] is y
+        del order
+    elif mode == "free_unused":             # never differentiated, freed by refcount
+        for _ in range(N):
+            y = ndl.exp(y * 0.0)
+    elif mode == "second_order":            # backward through an N-deep gradient graph
+        for _ in range(N):
+            y = y * w
+        y.backward()
+        x.grad.backward()
+        assert np.array_equal(w.grad.numpy(), np.full(3, float(N)))
+    else:
+        raise SystemExit("unknown mode " + mode)
+    del y, x, w
+    gc.collect()
+    assert ag.TENSOR_COUNTER == base, (ag.TENSOR_COUNTER, base)
+    print("OK")
+''')
+
+
+@pytest.mark.parametrize("mode", ["add", "mul_scalar", "mul_tensor", "no_graph", "topo",
+                                  "free_unused", "second_order"])
+def test_deep_chain(mode, tmp_path):
+    script = tmp_path / "deep.py"
+    script.write_text(DEEP)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("NEEDLE_BACKEND", None)
+    r = subprocess.run([sys.executable, str(script), mode], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), \
+        f"exit {r.returncode}\nstdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-3000:]}"
+
+
+# --------------------------------------------------------------------------
+# counters
+# --------------------------------------------------------------------------
+
+def test_tensor_counter_counts_values():
+    gc.collect()
+    base = counter()
+    a = ndl.Tensor([1.0, 2.0])
+    assert counter() == base + 1
+    b = ndl.Tensor([3.0, 4.0], requires_grad=False)
+    t = ndl.make_tuple(a, b)
+    assert counter() == base + 3
+    del t
+    assert counter() == base + 2
+    del a, b
+    assert counter() == base
+
+
+def test_tensors_are_gc_tracked():
+    a = ndl.Tensor([1.0])
+    assert gc.is_tracked(a)
+    assert gc.is_tracked(ndl.make_tuple(a, a))
+    assert gc.is_tracked(a * 2.0)
+
+
+@pytest.fixture
+def gc_disabled():
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
+
+
+def test_recorded_backward_leaves_cycles_for_the_gc(gc_disabled):
+    """Item 10.28: graphs are not broken eagerly; the cyclic GC reclaims them."""
+    base = counter()
+    x = ndl.Tensor(np.random.randn(4, 3))
+    y = ndl.exp(x).sum()
+    y.backward()
+    del x, y
+    assert counter() > base  # x <-> x.grad cycle keeps the graph alive
+    gc.collect()
+    assert counter() == base
+
+
+def test_no_graph_backward_frees_by_refcount(gc_disabled):
+    base = counter()
+    x = ndl.Tensor(np.random.randn(4, 3))
+    w = ndl.Tensor(np.random.randn(3, 2))
+    y = ndl.logsumexp(ndl.relu(x @ w), (1,)).sum()
+    y.backward(create_graph=False)
+    del x, w, y
+    assert counter() == base
+
+
+def test_no_grad_forward_frees_by_refcount(gc_disabled):
+    x = ndl.Tensor(np.random.randn(4, 3))
+    base = counter()
+    with ndl.no_grad():
+        y = ndl.exp(x * 2.0).sum()
+    assert y.is_leaf()
+    del y
+    assert counter() == base
+
+
+def test_refcounts_stable():
+    x = ndl.Tensor(np.random.randn(8, 4), dtype="float32")
+    w = ndl.Tensor(np.random.randn(4, 3), dtype="float32")
+    data = x.realize_cached_data()
+
+    def run(n):
+        for _ in range(n):
+            (ndl.relu(x @ w) * x.sum()).sum().backward(create_graph=False)
+
+    run(10)
+    gc.collect()
+    rx, rw, rd = sys.getrefcount(x), sys.getrefcount(w), sys.getrefcount(data)
+    run(500)
+    gc.collect()
+    assert (sys.getrefcount(x), sys.getrefcount(w), sys.getrefcount(data)) == (rx, rw, rd)
+
+
+# --------------------------------------------------------------------------
+# many iterations stay flat
+# --------------------------------------------------------------------------
+
+ITERS = 10_000
+CHECK_EVERY = 2_000
+
+
+def _loop(kind):
+    """Run ITERS small training-like steps; return per-checkpoint measurements."""
+    np.random.seed(0)
+    x = ndl.Tensor(np.random.randn(16, 64), requires_grad=False)
+    w = ndl.Tensor(np.random.randn(64, 32) * 0.1)
+    b = ndl.Tensor(np.zeros(32))
+    y1h = ndl.Tensor(np.eye(32)[np.random.randint(0, 32, 16)], requires_grad=False)
+    peak = 0
+    marks = []
+    for i in range(1, ITERS + 1):
+        z = ndl.relu(x @ w + b)
+        loss = (ndl.logsumexp(z, (1,)) - (z * y1h).sum((1,))).sum() / 16.0
+        if kind == "graph":
+            loss.backward()
+        elif kind == "no_graph":
+            loss.backward(create_graph=False)
+        elif kind == "sgd":
+            loss.backward()
+            with ndl.no_grad():
+                w.data = w - w.grad * 1e-3
+                b.data = b - b.grad * 1e-3
+        peak = max(peak, counter())
+        if i % CHECK_EVERY == 0:
+            gc.collect()
+            marks.append((counter(), len(gc.get_objects()), rss()))
+    del z, loss
+    return marks, peak
+
+
+@pytest.mark.parametrize("kind", ["graph", "no_graph", "sgd"])
+def test_many_iterations_stay_flat(kind):
+    gc.collect()
+    base = counter()
+    marks, peak = _loop(kind)
+    counts = [m[0] for m in marks]
+    objs = [m[1] for m in marks]
+    mem = [m[2] for m in marks]
+    # steady state: after gc.collect() the live tensors are the same every time
+    assert len(set(counts)) == 1, counts
+    assert counts[0] - base < 200, (counts[0], base)
+    # without explicit collection the counter stays bounded (cycles are reclaimed)
+    assert peak - base < 30_000, (peak, base)
+    assert max(objs) - objs[0] < 200, objs
+    # 4 MB over 8,000 iterations: ~500 bytes per iteration (one step allocates ~100 KB)
+    assert mem[-1] - mem[0] < 4 * 2 ** 20, [m / 2 ** 20 for m in mem]
+    gc.collect()
+    assert counter() == base, (counter(), base)
+
+
+def test_grad_graphs_do_not_chain_across_steps():
+    """Replacing weights via .data keeps the reachable graph size constant."""
+    w = ndl.Tensor(np.random.randn(5, 3))
+    x = ndl.Tensor(np.random.randn(4, 5), requires_grad=False)
+    sizes = []
+    for _ in range(20):
+        (x @ w).exp().sum().backward()
+        w.data = w.data - w.grad.data * 0.01
+        sizes.append(len(ag.find_topo_sort([w.grad])))
+    assert len(set(sizes)) == 1, sizes
