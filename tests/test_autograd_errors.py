@@ -9,6 +9,9 @@ import pytest
 
 import needle as ndl
 import needle.autograd as ag
+from needle import ops
+
+from autograd_isolation import run_forked
 
 
 def shape_in(shape, msg):
@@ -316,3 +319,85 @@ def test_data_setter_non_tensor():
     x = ndl.Tensor(np.ones(2))
     with pytest.raises((AssertionError, TypeError)):
         x.data = np.zeros(2)
+
+
+# --------------------------------------------------------------------------
+# misuse of op objects: an exception, never a crash (DESIGN "Reliability rules")
+# --------------------------------------------------------------------------
+
+OP_ARGS = {"AddScalar": (1.0,), "MulScalar": (1.0,), "PowerScalar": (2,), "DivScalar": (2.0,),
+           "Reshape": ((4,),), "BroadcastTo": ((2, 2),), "Stack": (0,), "Split": (0,),
+           "TupleGetItem": (0,), "FusedAddScalars": (1.0, 2.0), "Flip": ((0,),),
+           "Dilate": ((0,), 1), "UnDilate": ((0,), 1), "Summation": ((0,),),
+           "LogSumExp": ((0,),), "Transpose": ((0, 1),)}
+BINARY = ["EWiseAdd", "EWiseMul", "EWisePow", "EWiseDiv", "MatMul"]
+UNARY = ["AddScalar", "MulScalar", "PowerScalar", "DivScalar", "Negate", "Log", "Exp", "ReLU",
+         "Tanh", "Transpose", "Reshape", "BroadcastTo", "Summation", "Flip", "Dilate",
+         "UnDilate", "LogSoftmax", "LogSumExp", "FusedAddScalars", "Split"]
+ON_TUPLE = ["TupleGetItem", "Stack"]
+ALL_OPS = BINARY + UNARY + ON_TUPLE
+ERRORS = ("TypeError", "ValueError", "IndexError", "RuntimeError")
+
+
+def make_op(name):
+    return getattr(ops, name)(*OP_ARGS.get(name, ()))
+
+
+def arg_for(name):
+    x = ndl.Tensor(np.ones((2, 2)) + 1.0)
+    return ndl.make_tuple(x, x) if name in ON_TUPLE else x
+
+
+def outcome_ok(res):
+    return not res.startswith("signal") and not res.startswith("exit")
+
+
+def misuse_outcomes(make_call):
+    """{op name: outcome} of make_call(name)() run in a forked child, for every op."""
+    return {name: run_forked(make_call(name)) for name in ALL_OPS}
+
+
+def test_op_called_without_arguments():
+    out = misuse_outcomes(lambda name: lambda: make_op(name)())
+    crashed = {k: v for k, v in out.items() if not outcome_ok(v)}
+    accepted = {k: v for k, v in out.items() if outcome_ok(v) and v.split(":")[0] not in ERRORS}
+    assert not crashed and not accepted, f"crashed: {crashed}\nno error: {accepted}"
+
+
+def test_op_called_with_too_many_arguments():
+    """An extra input is an error, not silently ignored (nor kept in .inputs)."""
+    def make_call(name):
+        def call():
+            a = arg_for(name)
+            make_op(name)(*([a] * (3 if name in BINARY else 2)))
+        return call
+    out = misuse_outcomes(make_call)
+    crashed = {k: v for k, v in out.items() if not outcome_ok(v)}
+    accepted = sorted(k for k, v in out.items() if outcome_ok(v) and v.split(":")[0] not in ERRORS)
+    assert not crashed and not accepted, f"crashed: {crashed}\naccepted extra inputs: {accepted}"
+
+
+@pytest.mark.parametrize("node_kind", ["leaf", "unary_node", "binary_node", "tuple_node"])
+def test_builtin_gradient_with_foreign_node(node_kind):
+    """op.gradient(g, node) with a node this op did not make: an exception or a
+    result, never a crash."""
+    def make_call(name):
+        def call():
+            x = ndl.Tensor(np.ones((2, 2)) + 1.0)
+            node = {"leaf": x, "unary_node": x * 2.0, "binary_node": x + x,
+                    "tuple_node": ndl.make_tuple(x, x)}[node_kind]
+            make_op(name).gradient(ndl.Tensor(np.ones((2, 2))), node)
+        return call
+    out = misuse_outcomes(make_call)
+    crashed = {k: v for k, v in out.items() if not outcome_ok(v)}
+    assert not crashed, f"crashed: {crashed}"
+
+
+def test_self_referencing_node_does_not_crash():
+    def call():
+        t = ndl.Tensor.__new__(ndl.Tensor)
+        t._init(ops.Exp(), [t])
+        t.numpy()
+    res = run_forked(call)
+    assert outcome_ok(res), res
+    assert res != "ok"

@@ -87,6 +87,19 @@ DEEP = textwrap.dedent(r'''
     elif mode == "free_unused":             # never differentiated, freed by refcount
         for _ in range(N):
             y = ndl.exp(y * 0.0)
+    elif mode == "lazy_realize":            # LAZY_MODE: realizing an N-deep chain
+        ag.LAZY_MODE = True
+        for _ in range(N):
+            y = y + 1.0
+        assert y.cached_data is None
+        assert np.array_equal(y.numpy(), np.full(3, N + 1.0)), y.numpy()
+        y.backward()
+        assert np.array_equal(x.grad.numpy(), np.ones(3))
+        ag.LAZY_MODE = False
+    elif mode == "wide":                    # one leaf with N consumers
+        y = ag.sum_node_list([x * 1.0 for _ in range(N)])
+        y.backward()
+        assert np.array_equal(x.grad.numpy(), np.full(3, float(N)))
     elif mode == "second_order":            # backward through an N-deep gradient graph
         for _ in range(N):
             y = y * w
@@ -103,7 +116,7 @@ DEEP = textwrap.dedent(r'''
 
 
 @pytest.mark.parametrize("mode", ["add", "mul_scalar", "mul_tensor", "no_graph", "topo",
-                                  "free_unused", "second_order"])
+                                  "free_unused", "second_order", "lazy_realize", "wide"])
 def test_deep_chain(mode, tmp_path):
     script = tmp_path / "deep.py"
     script.write_text(DEEP)
@@ -251,8 +264,10 @@ def test_many_iterations_stay_flat(kind):
     # without explicit collection the counter stays bounded (cycles are reclaimed)
     assert peak - base < 30_000, (peak, base)
     assert max(objs) - objs[0] < 200, objs
-    # 4 MB over 8,000 iterations: ~500 bytes per iteration (one step allocates ~100 KB)
-    assert mem[-1] - mem[0] < 4 * 2 ** 20, [m / 2 ** 20 for m in mem]
+    # 4 MB over 8,000 iterations: ~500 bytes per iteration (one step allocates ~100 KB).
+    # Under AddressSanitizer (make asan) freed memory sits in a quarantine: RSS grows.
+    if not os.environ.get("NEEDLE_ASAN_RUN"):
+        assert mem[-1] - mem[0] < 4 * 2 ** 20, [m / 2 ** 20 for m in mem]
     gc.collect()
     assert counter() == base, (counter(), base)
 

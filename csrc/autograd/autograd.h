@@ -40,6 +40,7 @@ typedef struct {
     int num_outputs;
     char requires_grad;
     char counted;          /* counted in TENSOR_COUNTER */
+    char realizing;        /* on the stack of ndl_value_realize (cycle check) */
     /* scratch for the backward walk (backward.c) */
     uint64_t visit_mark;
     PyObject *partials;    /* list of partial adjoints during backward, else NULL */
@@ -126,6 +127,8 @@ extern ndl_opdef *const ndl_opdefs[];
 extern const int ndl_num_opdefs;
 
 int ndl_op_types_init(PyObject *module);
+/* 0, or -1 with an exception when node's inputs do not fit op's arity. */
+int ndl_check_node_arity(OpObject *op, ValueObject *node);
 /* A built-in op's gradients with every input needed, as a tuple. */
 PyObject *ndl_op_gradient_tuple(OpObject *op, ValueObject *g, ValueObject *node);
 /* Normalise a gradient() result (steals r): tuple kept, list converted,

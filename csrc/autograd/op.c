@@ -297,6 +297,24 @@ static PyObject *Op_compute(OpObject *self, PyObject *const *args, Py_ssize_t n)
     return self->def->forward(self, args, (int)n);
 }
 
+int ndl_check_node_arity(OpObject *op, ValueObject *node)
+{
+    Py_ssize_t n = node->inputs ? PyTuple_GET_SIZE(node->inputs) : 0;
+    if ((op->def->arity >= 0 && n != op->def->arity) || (op->def->arity < 0 && n == 0)) {
+        PyErr_Format(PyExc_ValueError, "%s.gradient: the node has %zd inputs, the op takes %d",
+                     op->def->name, n, op->def->arity);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!Value_Check(PyTuple_GET_ITEM(node->inputs, i))) {
+            PyErr_Format(PyExc_TypeError, "%s.gradient: input %zd of the node is not a Value",
+                         op->def->name, i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Run a built-in backward with every input needed; a tuple of gradients. */
 PyObject *ndl_op_gradient_tuple(OpObject *op, ValueObject *g, ValueObject *node)
 {
@@ -344,6 +362,8 @@ static PyObject *Op_gradient(OpObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "gradient(out_grad, node) takes two Values");
         return NULL;
     }
+    if (ndl_check_node_arity(self, (ValueObject *)node) < 0)
+        return NULL;
     t = ndl_op_gradient_tuple(self, (ValueObject *)g, (ValueObject *)node);
     if (t == NULL || PyTuple_GET_SIZE(t) != 1)
         return t;
@@ -460,11 +480,17 @@ static int builtin_tp_init(PyObject *self, PyObject *args, PyObject *kwds)
 static PyObject *TupleGetItem_call(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"value", "fold_const", NULL};
-    PyObject *a, *inputs;
-    int fold = 1;
+    PyObject *a, *inputs, *fold_obj = Py_True;
+    int fold;
     int64_t i = ((OpObject *)self)->i0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:TupleGetItem", kwlist, &a, &fold))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:TupleGetItem", kwlist, &a, &fold_obj))
         return NULL;
+    if (!PyBool_Check(fold_obj)) {
+        PyErr_Format(PyExc_TypeError, "TupleGetItem takes one TensorTuple; fold_const must be a "
+                     "bool, got %R", fold_obj);
+        return NULL;
+    }
+    fold = fold_obj == Py_True;
     if (!TensorTuple_Check(a)) {
         PyErr_Format(PyExc_TypeError, "TupleGetItem needs a TensorTuple, got %R", a);
         return NULL;

@@ -135,7 +135,12 @@ static PyObject *value_compute(PyObject *op, PyObject *inputs)
             goto done;
     }
     if (op_is_builtin(op)) {
-        res = ((OpObject *)op)->def->forward((OpObject *)op, arrays, (int)n);
+        const ndl_opdef *def = ((OpObject *)op)->def;
+        if (def->arity >= 0 && n != def->arity) {
+            PyErr_Format(PyExc_TypeError, "%s takes %d input(s), got %zd", def->name, def->arity, n);
+            goto done;
+        }
+        res = def->forward((OpObject *)op, arrays, (int)n);
         /* NOTE: NumPy returns scalars (np.float64) for 0-d results; np-mode
          * data are always genuine ndarrays (API.md 1.3). */
         if (res != NULL && ndl_np_mode && !PyTuple_Check(res) && !PyObject_TypeCheck(res, np_ndarray_type)) {
@@ -155,20 +160,90 @@ done:
     return res;
 }
 
+/* Compute v's data when every input has data. */
+static int realize_one(ValueObject *v)
+{
+    PyObject *data = value_compute(v->op, v->inputs);
+    if (data == NULL)
+        return -1;
+    v->cached_data = data;
+    return 0;
+}
+
+typedef struct {
+    ValueObject *node;
+    Py_ssize_t next;
+} realize_frame;
+
+/* Lazy graphs (LAZY_MODE) can be deep: realize them in post-order with an
+ * explicit stack, never recursing on depth, and refuse cycles. */
+static int realize_graph(ValueObject *root)
+{
+    Py_ssize_t cap = 64, top = 0;
+    realize_frame *stack = PyMem_Malloc(sizeof(realize_frame) * (size_t)cap);
+    int rc = -1;
+    if (stack == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    root->realizing = 1;
+    stack[top++] = (realize_frame){root, 0};
+    while (top > 0) {
+        realize_frame *f = &stack[top - 1];
+        ValueObject *child = NULL;
+        while (f->node->inputs && f->next < PyTuple_GET_SIZE(f->node->inputs)) {
+            PyObject *x = PyTuple_GET_ITEM(f->node->inputs, f->next++);
+            if (!Value_Check(x) || ((ValueObject *)x)->cached_data != NULL)
+                continue;
+            child = (ValueObject *)x;
+            break;
+        }
+        if (child == NULL) {
+            int err = f->node->cached_data == NULL && realize_one(f->node) < 0;
+            f->node->realizing = 0;
+            top--;
+            if (err)
+                goto fail;
+            continue;
+        }
+        if (child->realizing) {
+            PyErr_SetString(PyExc_RuntimeError, "cannot compute a Value whose graph has a cycle");
+            goto fail;
+        }
+        if (child->op == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "a leaf Value has no data");
+            goto fail;
+        }
+        if (top == cap) {
+            realize_frame *bigger = PyMem_Realloc(stack, sizeof(realize_frame) * (size_t)(cap *= 2));
+            if (bigger == NULL) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            stack = bigger;
+        }
+        child->realizing = 1;
+        stack[top++] = (realize_frame){child, 0};
+    }
+    rc = 0;
+fail:
+    while (top > 0)
+        stack[--top].node->realizing = 0;
+    PyMem_Free(stack);
+    return rc;
+}
+
 PyObject *ndl_value_realize(ValueObject *v)
 {
-    PyObject *data;
     if (v->cached_data != NULL)
         return v->cached_data;
     if (v->op == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "a leaf Value has no data");
         return NULL;
     }
-    data = value_compute(v->op, v->inputs);
-    if (data == NULL)
+    if (realize_graph(v) < 0)
         return NULL;
-    v->cached_data = data;
-    return data;
+    return v->cached_data;
 }
 
 PyObject *ndl_make_from_op(PyTypeObject *type, PyObject *op, PyObject *inputs)

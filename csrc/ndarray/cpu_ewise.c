@@ -25,11 +25,14 @@
 #include "scalar_ops.h"
 #include "cpu_strided.h"
 
-/* -DNDL_CPU_BASELINE_ONLY builds without the AVX2 variants (for tests). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(NDL_CPU_BASELINE_ONLY)
+#if defined(__x86_64__) && defined(__GNUC__)
 #define NDL_EW_X86 1
 #include <immintrin.h>
+/* -DNDL_CPU_BASELINE_ONLY builds without the AVX2 variants (for tests). */
+#ifndef NDL_CPU_BASELINE_ONLY
+#define NDL_EW_AVX2 1
 #include <stdatomic.h>
+#endif
 #endif
 
 typedef void (*ndl_ew_unary_loop)(const void *a, int64_t sa, void *out, int64_t n);
@@ -71,7 +74,7 @@ typedef void (*ndl_ew_binary_loop)(const void *a, int64_t sa, const void *b, int
 #endif
 #include "cpu_ewise_impl.h"
 
-#ifdef NDL_EW_X86
+#ifdef NDL_EW_AVX2
 #define T float
 #define EW_DT f32
 #define EW_SFX f32_avx2
@@ -96,9 +99,9 @@ typedef void (*ndl_ew_binary_loop)(const void *a, int64_t sa, const void *b, int
 #endif
 
 /* ---- ISA choice -------------------------------------------------------- */
+#ifdef NDL_EW_AVX2
 static int ew_use_avx2(void)
 {
-#ifdef NDL_EW_X86
     /* -1 unknown, else 0/1; computing it twice in a race is harmless. */
     static atomic_int cached = -1;
     int v = atomic_load_explicit(&cached, memory_order_relaxed);
@@ -108,14 +111,12 @@ static int ew_use_avx2(void)
         atomic_store_explicit(&cached, v, memory_order_relaxed);
     }
     return v;
-#else
-    return 0;
-#endif
 }
+#endif
 
 static ndl_ew_unary_loop ew_unary_loop(ndl_unop op, ndl_dtype dt)
 {
-#ifdef NDL_EW_X86
+#ifdef NDL_EW_AVX2
     if (ew_use_avx2())
         return dt == NDL_FLOAT32 ? ew_unary_loops_f32_avx2[op] : ew_unary_loops_f64_avx2[op];
 #endif
@@ -124,7 +125,7 @@ static ndl_ew_unary_loop ew_unary_loop(ndl_unop op, ndl_dtype dt)
 
 static ndl_ew_binary_loop ew_binary_loop(ndl_binop op, ndl_dtype dt)
 {
-#ifdef NDL_EW_X86
+#ifdef NDL_EW_AVX2
     if (ew_use_avx2())
         return dt == NDL_FLOAT32 ? ew_binary_loops_f32_avx2[op] : ew_binary_loops_f64_avx2[op];
 #endif
@@ -156,13 +157,12 @@ static int64_t ew_binary_grain(ndl_binop op, const ndl_layout *lb, const void *b
 {
     if (op != NDL_BIN_POW)
         return EW_GRAIN_CHEAP;
-    /* x ** 2 is x*x (see ew_pow_fast): cheap */
-    int64_t n = ndl_layout_size(lb);
+    /* x ** 2 is x*x (see ew_pow_fast): cheap. Called with a non-empty b. */
     for (int i = 0; i < lb->ndim; i++)
         if (lb->strides[i] != 0 && lb->shape[i] != 1)
             return EW_GRAIN_LIBM;
     double y = dt == NDL_FLOAT32 ? ((const float *)b)[lb->offset] : ((const double *)b)[lb->offset];
-    return n > 0 && y == 2.0 ? EW_GRAIN_CHEAP : EW_GRAIN_LIBM;
+    return y == 2.0 ? EW_GRAIN_CHEAP : EW_GRAIN_LIBM;
 }
 
 /* ---- driver ------------------------------------------------------------ */

@@ -70,8 +70,8 @@
 #undef X
 
 /* NOTE: `x ** 2` (a broadcast exponent equal to 2) is computed as x*x, as
- * np.power does for that case; it equals powf(x, 2) for every float32 (both
- * correctly rounded; checked exhaustively) and costs 1/20th. */
+ * NumPy's `x ** 2` does: 20x cheaper than powf, and correctly rounded,
+ * while glibc's powf(x, 2) is off by one ulp in rare near-halfway cases. */
 static EW_TARGET void EW_FN(ew_pow_fast)(const void *a_, int64_t sa, const void *b_, int64_t sb,
                                          void *out_, int64_t n)
 {

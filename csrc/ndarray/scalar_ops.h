@@ -20,8 +20,9 @@
  *     results may differ from the CPU's in the last bit.)
  *
  * exp, log and tanh of float32 are Cephes-style polynomials with integer
- * exponent bit tricks (max error measured over every float32 input against
- * double-precision libm: see test notes in cpu_ewise.c); float64 uses libm.
+ * exponent bit tricks that gcc vectorizes; float64 uses libm. Max error over
+ * every float32 input, against double-precision libm: exp 0.99 ulp, log
+ * 0.83 ulp, tanh 1.33 ulp, sigmoid 2.4 ulp (subnormal results included).
  */
 #ifndef NDL_SCALAR_OPS_H
 #define NDL_SCALAR_OPS_H

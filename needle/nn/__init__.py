@@ -1,1 +1,3 @@
-"""needle.nn (API.md 6): arrives with the nn/optim/data issue."""
+"""needle.nn: modules (API.md 6). Convolution, sequence and Transformer
+modules join here with their issues (nn_conv, nn_sequence, nn_transformer)."""
+from .nn_basic import *  # noqa: F401,F403

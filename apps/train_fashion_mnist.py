@@ -1,0 +1,210 @@
+"""The main job: train MLPResNet on Fashion-MNIST with needle.
+
+    python apps/train_fashion_mnist.py                       # train, report, plot, checkpoint
+    python apps/train_fashion_mnist.py --evaluate checkpoints/fashion_mlp.npz
+
+Prints a progress bar per epoch (loss, accuracy, samples/s), the final test
+accuracy, writes a PNG of the loss/accuracy curves and a checkpoint that
+`--evaluate` loads. Data: the IDX files of Debian's dataset-fashion-mnist
+(`apt-get install dataset-fashion-mnist`) or any directory holding the four
+MNIST-format files.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "apps")]
+
+import needle as ndl  # noqa: E402
+import needle.nn as nn  # noqa: E402
+from mlp_resnet import MLPResNet  # noqa: E402
+
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+DEFAULT_DIRS = ["data/fashion-mnist", "/usr/share/dataset-fashion-mnist",
+                "/usr/share/fashion-mnist", "/usr/share/datasets/fashion-mnist"]
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+           "Bag", "Ankle boot"]
+
+
+def find_files(data_dir: str | None) -> dict:
+    """Paths of the four IDX files (gzipped or not), or exit with one clear line."""
+    dirs = [data_dir] if data_dir else DEFAULT_DIRS
+    for d in dirs:
+        found = {}
+        for key, name in FILES.items():
+            hits = sorted(glob.glob(os.path.join(d, "**", name + "*"), recursive=True))
+            if hits:
+                found[key] = hits[0]
+        if len(found) == len(FILES):
+            return found
+    sys.exit(f"error: no Fashion-MNIST IDX files ({', '.join(FILES.values())}[.gz]) found in "
+             f"{', '.join(dirs)}; install them with `apt-get install dataset-fashion-mnist` "
+             f"or pass --data-dir DIR")
+
+
+class Progress:
+    """A one-line progress bar: updated in place, finished with a newline."""
+
+    def __init__(self, total: int, label: str, width: int = 28):
+        self.total, self.label, self.width = total, label, width
+        self.start = time.perf_counter()
+        self.tty = sys.stdout.isatty()
+        self.last = 0.0
+
+    def update(self, done: int, loss: float, acc: float, final: bool = False):
+        now = time.perf_counter()
+        if not final and now - self.last < (0.1 if self.tty else 5.0):
+            return
+        self.last = now
+        frac = done / self.total
+        bar = "#" * int(frac * self.width) + "-" * (self.width - int(frac * self.width))
+        rate = done / max(now - self.start, 1e-9)
+        line = (f"{self.label} [{bar}] {100 * frac:5.1f}% loss {loss:.4f} acc {100 * acc:5.2f}% "
+                f"{rate:,.0f} samples/s")
+        end = "\n" if final or not self.tty else ""
+        print(("\r" if self.tty else "") + line, end=end, flush=True)
+
+
+def run_epoch(loader, model, n, opt=None, label=""):
+    """One pass; returns (loss, accuracy) averaged over the samples."""
+    loss_fn = nn.SoftmaxLoss()
+    model.train() if opt is not None else model.eval()
+    bar = Progress(n, label)
+    correct, loss_sum, seen = 0, 0.0, 0
+    for X, y in loader:
+        if opt is None:
+            with ndl.no_grad():
+                logits = model(X)
+                loss = loss_fn(logits, y)
+        else:
+            logits = model(X)
+            loss = loss_fn(logits, y)
+            opt.reset_grad()
+            loss.backward(create_graph=False)
+            opt.step()
+        b = y.shape[0]
+        correct += int((logits.numpy().argmax(axis=1) == y.numpy()).sum())
+        loss_sum += float(loss.numpy()) * b
+        seen += b
+        bar.update(seen, loss_sum / seen, correct / seen)
+    bar.update(seen, loss_sum / seen, correct / seen, final=True)
+    return loss_sum / seen, correct / seen
+
+
+def save_checkpoint(path: str, model, config: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    arrays = {f"param_{i}": p.numpy() for i, p in enumerate(model.parameters())}
+    norms = [m for m in model._children() if isinstance(m, nn.BatchNorm1d)]
+    for i, m in enumerate(norms):
+        arrays[f"running_mean_{i}"] = m.running_mean.numpy()
+        arrays[f"running_var_{i}"] = m.running_var.numpy()
+    np.savez(path, config=json.dumps(config), **arrays)
+
+
+def load_checkpoint(path: str):
+    with np.load(path) as ckpt:
+        config = json.loads(str(ckpt["config"]))
+        model = MLPResNet(784, config["hidden"], num_blocks=config["blocks"])
+        for i, p in enumerate(model.parameters()):
+            p.data = ndl.Tensor(ckpt[f"param_{i}"], requires_grad=False)
+        norms = [m for m in model._children() if isinstance(m, nn.BatchNorm1d)]
+        for i, m in enumerate(norms):
+            m.running_mean = ndl.Tensor(ckpt[f"running_mean_{i}"], requires_grad=False)
+            m.running_var = ndl.Tensor(ckpt[f"running_var_{i}"], requires_grad=False)
+    return model, config
+
+
+def plot(history: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = range(1, len(history["train_loss"]) + 1)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, history["train_loss"], "o-", label="train")
+    ax1.plot(epochs, history["test_loss"], "o-", label="test")
+    ax1.set(xlabel="epoch", ylabel="softmax loss", title="Loss")
+    ax2.plot(epochs, [100 * a for a in history["train_acc"]], "o-", label="train")
+    ax2.plot(epochs, [100 * a for a in history["test_acc"]], "o-", label="test")
+    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("needle MLPResNet on Fashion-MNIST")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None) -> float:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.002)
+    ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    ap.add_argument("--hidden", type=int, default=256, help="MLPResNet hidden size")
+    ap.add_argument("--blocks", type=int, default=3)
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--data-dir", default=None, help="directory with the four IDX files")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint", default="checkpoints/fashion_mlp.npz")
+    ap.add_argument("--plot", default="checkpoints/fashion_mlp.png")
+    ap.add_argument("--evaluate", metavar="CHECKPOINT", help="only evaluate a saved checkpoint")
+    args = ap.parse_args(argv)
+
+    files = find_files(args.data_dir)
+    test_set = ndl.data.MNISTDataset(files["test_images"], files["test_labels"])
+    test_loader = ndl.data.DataLoader(test_set, 1000)
+    if args.evaluate:
+        model, config = load_checkpoint(args.evaluate)
+        loss, acc = run_epoch(test_loader, model, len(test_set), label="test ")
+        print(f"checkpoint {args.evaluate} ({config}): test accuracy {100 * acc:.2f}%, "
+              f"loss {loss:.4f}")
+        return acc
+
+    np.random.seed(args.seed)
+    train_set = ndl.data.MNISTDataset(files["train_images"], files["train_labels"])
+    train_loader = ndl.data.DataLoader(train_set, args.batch_size, shuffle=True)
+    model = MLPResNet(784, args.hidden, num_blocks=args.blocks, drop_prob=args.dropout)
+    if args.optimizer == "adam":
+        opt = ndl.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    else:
+        opt = ndl.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9,
+                            weight_decay=args.weight_decay)
+    print(f"needle MLPResNet(784, hidden={args.hidden}, blocks={args.blocks}) on Fashion-MNIST: "
+          f"{len(train_set)} train / {len(test_set)} test images, {args.optimizer} lr={args.lr}, "
+          f"batch {args.batch_size}, {ndl.backend_ndarray.get_num_threads()} threads")
+    history = {"train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
+    start = time.perf_counter()
+    for e in range(1, args.epochs + 1):
+        tl, ta = run_epoch(train_loader, model, len(train_set), opt, label=f"epoch {e}/{args.epochs}")
+        vl, va = run_epoch(test_loader, model, len(test_set), label=f"  test {e}/{args.epochs}")
+        for k, v in zip(history, (tl, ta, vl, va)):
+            history[k].append(v)
+    elapsed = time.perf_counter() - start
+    config = {"hidden": args.hidden, "blocks": args.blocks}
+    save_checkpoint(args.checkpoint, model, config)
+    plot(history, args.plot)
+    print(f"final test accuracy {100 * history['test_acc'][-1]:.2f}% after {args.epochs} epochs "
+          f"in {elapsed:.0f} s; checkpoint {args.checkpoint}, curves {args.plot}")
+    print(f"evaluate again with: python apps/train_fashion_mnist.py --evaluate {args.checkpoint}")
+    return history["test_acc"][-1]
+
+
+if __name__ == "__main__":
+    main()
