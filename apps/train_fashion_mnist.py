@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import sys
 import time
@@ -78,8 +79,11 @@ class Progress:
         print(("\r" if self.tty else "") + line, end=end, flush=True)
 
 
-def run_epoch(loader, model, n, opt=None, label=""):
-    """One pass; returns (loss, accuracy) averaged over the samples."""
+def run_epoch(loader, model, n, opt=None, label="", lr_at=None):
+    """One pass; returns (loss, accuracy) averaged over the samples.
+
+    lr_at(fraction_of_epoch_done), if given, sets the optimizer's learning rate
+    before every step (the cosine schedule of main)."""
     loss_fn = nn.SoftmaxLoss()
     model.train() if opt is not None else model.eval()
     bar = Progress(n, label)
@@ -94,6 +98,8 @@ def run_epoch(loader, model, n, opt=None, label=""):
             loss = loss_fn(logits, y)
             opt.reset_grad()
             loss.backward(create_graph=False)
+            if lr_at is not None:
+                opt.lr = lr_at(seen / n)
             opt.step()
         b = y.shape[0]
         correct += int((logits.numpy().argmax(axis=1) == y.numpy()).sum())
@@ -152,12 +158,14 @@ def plot(history: dict, path: str) -> None:
 
 def main(argv=None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.002)
+    ap.add_argument("--lr", type=float, default=0.002, help="peak learning rate")
+    ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
+                    help="learning rate over the run: cosine decay to 0, or constant")
     ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    ap.add_argument("--hidden", type=int, default=256, help="MLPResNet hidden size")
+    ap.add_argument("--hidden", type=int, default=512, help="MLPResNet hidden size")
     ap.add_argument("--blocks", type=int, default=3)
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--data-dir", default=None, help="directory with the four IDX files")
@@ -192,7 +200,12 @@ def main(argv=None) -> float:
     history = {"train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
     start = time.perf_counter()
     for e in range(1, args.epochs + 1):
-        tl, ta = run_epoch(train_loader, model, len(train_set), opt, label=f"epoch {e}/{args.epochs}")
+        def lr_at(frac, e=e):
+            if args.schedule == "constant":
+                return args.lr
+            return 0.5 * args.lr * (1 + math.cos(math.pi * (e - 1 + frac) / args.epochs))
+        tl, ta = run_epoch(train_loader, model, len(train_set), opt,
+                           label=f"epoch {e}/{args.epochs}", lr_at=lr_at)
         vl, va = run_epoch(test_loader, model, len(test_set), label=f"  test {e}/{args.epochs}")
         for k, v in zip(history, (tl, ta, vl, va)):
             history[k].append(v)

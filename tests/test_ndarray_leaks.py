@@ -4,6 +4,7 @@ reference counts, the number of GC-tracked objects and the process RSS stay
 flat.
 """
 import gc
+import os
 import sys
 
 import numpy as np
@@ -86,4 +87,6 @@ def test_no_leak(name):
     after = (sys.getrefcount(A), sys.getrefcount(B), sys.getrefcount(X), len(gc.get_objects()))
     assert after[:3] == before[:3]
     assert after[3] - before[3] < 50
-    assert rss_mb() - mem < 10
+    # Under AddressSanitizer (make asan) freed memory sits in a quarantine: RSS grows.
+    if not os.environ.get("NEEDLE_ASAN_RUN"):
+        assert rss_mb() - mem < 10

@@ -666,22 +666,18 @@ static PyObject *NDArray_compact(NDArrayObject *self, PyObject *Py_UNUSED(unused
     return (PyObject *)ndl_array_compact(self);
 }
 
-/* Accept f(shape_tuple) as well as f(*shape). */
-static PyObject *single_or_varargs(PyObject *args)
+/* A shape given as f(shape_tuple) or as f(*shape). */
+static int parse_shape_args(PyObject *args, int *ndim, int64_t *shape, const char *what)
 {
-    if (PyTuple_GET_SIZE(args) == 1)
-        return Py_NewRef(PyTuple_GET_ITEM(args, 0));
-    return Py_NewRef(args);
+    PyObject *s = PyTuple_GET_SIZE(args) == 1 ? PyTuple_GET_ITEM(args, 0) : args;
+    return ndl_parse_shape(s, ndim, shape, what);
 }
 
 static PyObject *NDArray_reshape(NDArrayObject *self, PyObject *args)
 {
     int64_t shape[NDL_MAX_DIMS];
-    int ndim, rc;
-    PyObject *s = single_or_varargs(args);
-    rc = ndl_parse_shape(s, &ndim, shape, "reshape: new_shape");
-    Py_DECREF(s);
-    if (rc < 0)
+    int ndim;
+    if (parse_shape_args(args, &ndim, shape, "reshape: new_shape") < 0)
         return NULL;
     return (PyObject *)ndl_array_reshape(self, ndim, shape);
 }
@@ -689,11 +685,8 @@ static PyObject *NDArray_reshape(NDArrayObject *self, PyObject *args)
 static PyObject *NDArray_broadcast_to(NDArrayObject *self, PyObject *args)
 {
     int64_t shape[NDL_MAX_DIMS];
-    int ndim, rc;
-    PyObject *s = single_or_varargs(args);
-    rc = ndl_parse_shape(s, &ndim, shape, "broadcast_to: new_shape");
-    Py_DECREF(s);
-    if (rc < 0)
+    int ndim;
+    if (parse_shape_args(args, &ndim, shape, "broadcast_to: new_shape") < 0)
         return NULL;
     return (PyObject *)ndl_array_broadcast_to(self, ndim, shape);
 }
@@ -703,7 +696,7 @@ static PyObject *NDArray_permute(NDArrayObject *self, PyObject *args)
     int64_t axes[NDL_MAX_DIMS];
     int naxes, rc, ax[NDL_MAX_DIMS], seen[NDL_MAX_DIMS] = {0};
     int ndim = self->layout.ndim;
-    PyObject *s = single_or_varargs(args);
+    PyObject *s = Py_NewRef(PyTuple_GET_SIZE(args) == 1 ? PyTuple_GET_ITEM(args, 0) : args);
     rc = ndl_parse_shape(s, &naxes, axes, "permute: new_axes");
     if (rc < 0)
         goto fail;

@@ -148,26 +148,28 @@ PyObject *NDArray_richcompare(PyObject *a, PyObject *b, int op)
     return binop(codes[op], a, b);
 }
 
-PyObject *NDArray_maximum(NDArrayObject *self, PyObject *other)
+/* a.maximum(b) / a.minimum(b): like the operators, but a TypeError (not
+ * NotImplemented) for an operand that is neither an NDArray nor a scalar. */
+static PyObject *named_binop(ndl_binop op, NDArrayObject *self, PyObject *other)
 {
-    PyObject *r = binop(NDL_BIN_MAXIMUM, (PyObject *)self, other);
+    PyObject *r = binop(op, (PyObject *)self, other);
     if (r == Py_NotImplemented) {
         Py_DECREF(r);
-        PyErr_Format(PyExc_TypeError, "maximum: expected an NDArray or a scalar, got %R", other);
+        PyErr_Format(PyExc_TypeError, "%s: expected an NDArray or a scalar, got %R",
+                     ndl_binop_names[op], other);
         return NULL;
     }
     return r;
 }
 
+PyObject *NDArray_maximum(NDArrayObject *self, PyObject *other)
+{
+    return named_binop(NDL_BIN_MAXIMUM, self, other);
+}
+
 PyObject *NDArray_minimum(NDArrayObject *self, PyObject *other)
 {
-    PyObject *r = binop(NDL_BIN_MINIMUM, (PyObject *)self, other);
-    if (r == Py_NotImplemented) {
-        Py_DECREF(r);
-        PyErr_Format(PyExc_TypeError, "minimum: expected an NDArray or a scalar, got %R", other);
-        return NULL;
-    }
-    return r;
+    return named_binop(NDL_BIN_MINIMUM, self, other);
 }
 
 #define UNARY_METHOD(Name, CODE)                                                                   \
