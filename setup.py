@@ -25,7 +25,7 @@ def c_sources() -> list:
 
 compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                 "-Wno-missing-field-initializers", "-Wno-cast-function-type",
-                "-pthread", "-fno-strict-aliasing"]
+                "-pthread", "-fno-strict-aliasing", "-fno-math-errno"]
 link_args = ["-pthread", "-lm"]
 if _flag("NEEDLE_ASAN"):
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",

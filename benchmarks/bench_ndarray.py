@@ -13,6 +13,12 @@ Ratios are speed ratios: above 1 means needle is faster.
 Each figure is the best of several timed repeats after a warm-up; every
 result is checked against NumPy once before it is timed. NumPy runs on its
 bundled OpenBLAS, whose kernel and thread count are printed at the top.
+
+NOTE: all three libraries keep worker threads that spin for a while after a
+parallel call before they sleep (OpenBLAS ~0.1 s, PyTorch's OpenMP ~0.2 s,
+needle ~0.1 ms). On a machine with few cores a library timed right after
+another one competes with those spinning threads and looks several times
+slower than it is, so each measurement starts with a short pause.
 """
 import os
 import sys
@@ -42,11 +48,13 @@ EWISE_N = 16 * 1024 * 1024
 REDUCE_N = 4096
 REPEATS = 3 if QUICK else 7
 MIN_TIME = 0.05 if QUICK else 0.2  # seconds per timed repeat
+SETTLE = 0.5  # seconds for the previous library's spinning threads to sleep
 
 
 def best_time(fn):
     """Best seconds per call of fn(): warm up, pick a call count that takes
     about MIN_TIME, then keep the best of REPEATS such runs."""
+    time.sleep(SETTLE)
     fn()
     t0 = time.perf_counter()
     fn()

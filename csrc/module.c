@@ -62,6 +62,11 @@ static PyMethodDef module_methods[] = {
     {"get_num_threads", m_get_num_threads, METH_NOARGS, "Number of CPU kernel threads."},
     {"matmul_kernel_name", m_matmul_kernel_name, METH_NOARGS,
      "The CPU matmul micro-kernel in use: 'avx512', 'avx2' or 'generic'."},
+    {"adam_update", ndl_py_adam_update, METH_VARARGS,
+     "adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t) -> (p, m, v): one fused "
+     "Adam step on NDArrays (m, v None on the first step)."},
+    {"sgd_update", ndl_py_sgd_update, METH_VARARGS,
+     "sgd_update(p, g, u, lr, momentum, weight_decay) -> (p, u): one fused SGD step."},
     {NULL, NULL, 0, NULL},
 };
 

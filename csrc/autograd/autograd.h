@@ -183,7 +183,9 @@ int ndl_value_shape(ValueObject *v, int *ndim, int64_t *shape);
 
 /* ---- backward (backward.c) ---------------------------------------------- */
 PyObject *ndl_find_topo_sort(PyObject *node_list); /* list, forward order */
-int ndl_compute_gradients(ValueObject *out, PyObject *out_grad);
+/* Set .grad on every node that requires grad (leaves only when leaves_only,
+ * the no-graph backward). */
+int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only);
 
 /* np mode state (value.c), set by _C._set_backend. */
 extern int ndl_np_mode;

@@ -139,7 +139,7 @@ static int node_gradients(ValueObject *node, PyObject *g, char *needs, PyObject 
     return 0;
 }
 
-int ndl_compute_gradients(ValueObject *out, PyObject *out_grad)
+int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only)
 {
     PyObject *roots, *order;
     Py_ssize_t n;
@@ -169,9 +169,16 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad)
         Py_DECREF(partials);
         if (g == NULL)
             goto done;
-        Py_XSETREF(node->grad, g); /* .grad is overwritten, never accumulated */
-        if (node->op == NULL)
+        if (node->op == NULL) {
+            Py_XSETREF(node->grad, g); /* .grad is overwritten, never accumulated */
             continue;
+        }
+        /* NOTE: a no-graph backward keeps .grad on leaves only (as PyTorch
+         * does), so intermediate gradients are freed as soon as they are used. */
+        if (leaves_only)
+            Py_CLEAR(node->grad);
+        else
+            Py_XSETREF(node->grad, Py_NewRef(g));
         ni = PyTuple_GET_SIZE(node->inputs);
         if (ni > NDL_OP_MAX_ARITY) {
             needs = PyMem_Malloc((size_t)ni);
@@ -202,6 +209,7 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad)
             PyMem_Free(needs);
         if (grads != grads_s)
             PyMem_Free(grads);
+        Py_DECREF(g);
         if (err)
             goto done;
     }
@@ -223,7 +231,7 @@ PyObject *ndl_py_compute_gradient_of_variables(PyObject *m, PyObject *args)
     PyObject *out, *g;
     if (!PyArg_ParseTuple(args, "O!O:compute_gradient_of_variables", &Value_Type, &out, &g))
         return NULL;
-    if (ndl_compute_gradients((ValueObject *)out, g) < 0)
+    if (ndl_compute_gradients((ValueObject *)out, g, 0) < 0)
         return NULL;
     Py_RETURN_NONE;
 }

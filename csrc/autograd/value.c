@@ -666,7 +666,7 @@ static PyObject *Tensor_backward(ValueObject *self, PyObject *args, PyObject *kw
     }
     if (!create_graph)
         ndl_grad_enabled = 0;
-    rc = ndl_compute_gradients(self, seed);
+    rc = ndl_compute_gradients(self, seed, !create_graph);
     ndl_grad_enabled = saved;
     Py_DECREF(seed);
     if (rc < 0)
@@ -711,8 +711,9 @@ static PyMethodDef Value_methods[] = {
 static PyMethodDef Tensor_methods[] = {
     {"numpy", (PyCFunction)Tensor_numpy, METH_NOARGS, "A NumPy copy of the data."},
     {"backward", (PyCFunction)(void (*)(void))Tensor_backward, METH_VARARGS | METH_KEYWORDS,
-     "backward(out_grad=None, *, create_graph=True): set .grad on every tensor that requires "
-     "grad. With create_graph=False the gradients record no graph."},
+     "backward(out_grad=None, create_graph=True): set .grad on every tensor that requires "
+     "grad. With create_graph=False the gradients record no graph and only leaves keep .grad "
+     "(as in PyTorch), for speed and memory."},
     {NULL, NULL, 0, NULL},
 };
 

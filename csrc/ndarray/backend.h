@@ -32,6 +32,10 @@ typedef struct ndl_backend {
                   const void *a, const int64_t *a_offsets, int64_t rsa, int64_t csa,
                   const void *b, const int64_t *b_offsets, int64_t rsb, int64_t csb,
                   void *c);
+    int (*adam)(ndl_dtype dt, int64_t n, const void *p, const void *g, const void *m,
+                const void *v, void *po, void *mo, void *vo, const ndl_adam_hparams *h);
+    int (*sgd)(ndl_dtype dt, int64_t n, const void *p, const void *g, const void *u, void *po,
+               void *uo, const ndl_sgd_hparams *h);
 } ndl_backend;
 
 extern const ndl_backend ndl_cpu_backend;

@@ -39,4 +39,6 @@ const ndl_backend ndl_cpu_backend = {
     .binary = ndl_cpu_binary,
     .reduce = ndl_cpu_reduce,
     .matmul = ndl_cpu_matmul,
+    .adam = ndl_cpu_adam,
+    .sgd = ndl_cpu_sgd,
 };

@@ -199,7 +199,8 @@ int ndl_cpu_copy(ndl_dtype dst_dt, void *dst, const ndl_layout *ld, ndl_dtype sr
 
     if (j.it.ndim <= 1) {
         int64_t sd = ndl_iter_inner_stride(&j.it, 0), ss = ndl_iter_inner_stride(&j.it, 1);
-        ndl_range_fn fn = (dst_dt == src_dt && sd == 1 && ss == 1) ? copy_run_memcpy : copy_run_flat;
+        int same = dst_dt == src_dt && sd == 1 && ss == 1;
+        ndl_range_fn fn = same ? copy_run_memcpy : copy_run_flat;
         if (n == 1 || n < 2 * COPY_GRAIN)
             fn(&j, 0, n);
         else

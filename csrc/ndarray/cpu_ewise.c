@@ -161,7 +161,8 @@ static int64_t ew_binary_grain(ndl_binop op, const ndl_layout *lb, const void *b
     for (int i = 0; i < lb->ndim; i++)
         if (lb->strides[i] != 0 && lb->shape[i] != 1)
             return EW_GRAIN_LIBM;
-    double y = dt == NDL_FLOAT32 ? ((const float *)b)[lb->offset] : ((const double *)b)[lb->offset];
+    double y = dt == NDL_FLOAT32 ? ((const float *)b)[lb->offset]
+                                 : ((const double *)b)[lb->offset];
     return y == 2.0 ? EW_GRAIN_CHEAP : EW_GRAIN_LIBM;
 }
 
@@ -253,7 +254,8 @@ int ndl_cpu_binary(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *
     int64_t n = ndl_layout_size(la);
     if (n == 0)
         return NDL_OK;
-    ew_job j = {.bin = ew_binary_loop(op, dt), .isz = (int64_t)ndl_itemsize(dt), .out = (char *)out};
+    ew_job j = {.bin = ew_binary_loop(op, dt), .isz = (int64_t)ndl_itemsize(dt),
+                .out = (char *)out};
     j.a = (const char *)a + la->offset * j.isz;
     j.b = (const char *)b + lb->offset * j.isz;
     const int64_t *strides[2] = {la->strides, lb->strides};

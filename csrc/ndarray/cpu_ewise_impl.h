@@ -111,14 +111,17 @@ static EW_TARGET void EW_FN(ew_sqrt_simd)(const void *a_, int64_t sa, void *out_
 #define EW_SQRT_LOOP EW_FN(ew_sqrt)
 #endif
 
+/* Tables by op code; sqrt and pow take their special loops above. */
 static const ndl_ew_unary_loop EW_FN(ew_unary_loops)[NDL_NUM_UNARY] = {
-#define X(NAME, name) [NDL_UN_##NAME] = NDL_UN_##NAME == NDL_UN_SQRT ? EW_SQRT_LOOP : EW_FN(ew_##name),
+#define X(NAME, name) \
+    [NDL_UN_##NAME] = NDL_UN_##NAME == NDL_UN_SQRT ? EW_SQRT_LOOP : EW_FN(ew_##name),
 #include "unary_ops.def"
 #undef X
 };
 
 static const ndl_ew_binary_loop EW_FN(ew_binary_loops)[NDL_NUM_BINARY] = {
-#define X(NAME, name) [NDL_BIN_##NAME] = NDL_BIN_##NAME == NDL_BIN_POW ? EW_FN(ew_pow_fast) : EW_FN(ew_##name),
+#define X(NAME, name) \
+    [NDL_BIN_##NAME] = NDL_BIN_##NAME == NDL_BIN_POW ? EW_FN(ew_pow_fast) : EW_FN(ew_##name),
 #include "binary_ops.def"
 #undef X
 };

@@ -41,15 +41,14 @@ typedef struct {
     int64_t mc, kc, nc;  /* cache blocks; mc % mr == 0, nc % nr == 0 */
 } ndl_gemm_config;
 
-/* Indexed [kernel][dtype]. Block sizes: an A block (MC x KC) fills about
- * half of a 512 KiB-1 MiB L2, a B panel (KC x NR) a third of L1; NC bounds
- * the B block kept in L3. */
+/* Indexed [kernel][dtype]. Block sizes: a B micro-panel (KC x NR) takes
+ * about half of a 32 KiB L1 (16 KiB), leaving room for the A micro-panels
+ * streaming past it; an A block (MC x KC) about 150-170 KiB of L2; NC bounds
+ * the B block (3 MiB for float32) kept in L3. The AVX2 sizes were measured
+ * on Zen 3 (flat within a few % for KC 256-512, MC 72-336); the AVX-512
+ * ones follow the same rules, untested (no AVX-512 machine). */
 enum { K_GENERIC, K_AVX2, K_AVX512, K_COUNT };
-#ifdef NDL_MATMUL_TUNE
-static ndl_gemm_config g_configs[K_COUNT][NDL_NUM_DTYPES] = {
-#else
 static const ndl_gemm_config g_configs[K_COUNT][NDL_NUM_DTYPES] = {
-#endif
     [K_GENERIC] = {
         [NDL_FLOAT32] = {"generic", ndl_ukernel_generic_f32, NDL_GENERIC_MR_F32, NDL_GENERIC_NR_F32, 128, 256, 2048},
         [NDL_FLOAT64] = {"generic", ndl_ukernel_generic_f64, NDL_GENERIC_MR_F64, NDL_GENERIC_NR_F64, 64, 256, 2048},
@@ -59,8 +58,8 @@ static const ndl_gemm_config g_configs[K_COUNT][NDL_NUM_DTYPES] = {
         [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 72, 256, 3072},
     },
     [K_AVX512] = {
-        [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32, 168, 256, 3072},
-        [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64, 84, 256, 3072},
+        [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32, 336, 128, 3072},
+        [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64, 168, 128, 3072},
     },
 };
 
@@ -81,13 +80,6 @@ static int kernel_supported(int k)
 
 static void choose_kernel(void)
 {
-#ifdef NDL_MATMUL_TUNE
-    for (int k = 0; k < K_COUNT; k++) for (int d = 0; d < 2; d++) {
-        if (getenv("MC")) g_configs[k][d].mc = atoi(getenv("MC"));
-        if (getenv("KC")) g_configs[k][d].kc = atoi(getenv("KC"));
-        if (getenv("NC")) g_configs[k][d].nc = atoi(getenv("NC"));
-    }
-#endif
     const char *env = getenv("NEEDLE_MATMUL_KERNEL");
     if (env && *env) {
         for (int k = 0; k < K_COUNT; k++)

@@ -65,7 +65,10 @@ static inline void ndl_iter_init(ndl_iter *it, int ndim, const int64_t *shape, i
 }
 
 /* Length and per-operand strides of the inner loop (1 and 0 for a 0-d space). */
-static inline int64_t ndl_iter_inner(const ndl_iter *it) { return it->ndim ? it->shape[it->ndim - 1] : 1; }
+static inline int64_t ndl_iter_inner(const ndl_iter *it)
+{
+    return it->ndim ? it->shape[it->ndim - 1] : 1;
+}
 static inline int64_t ndl_iter_inner_stride(const ndl_iter *it, int k)
 {
     return it->ndim ? it->strides[k][it->ndim - 1] : 0;

@@ -155,6 +155,10 @@ extern PyBufferProcs ndl_storage_as_buffer;
     } while (0)
 int ndl_raise_status(int status, const char *what);
 
+/* Fused optimizer updates (ndarray_optim.c), module-level functions. */
+PyObject *ndl_py_adam_update(PyObject *mod, PyObject *args);
+PyObject *ndl_py_sgd_update(PyObject *mod, PyObject *args);
+
 /* Module setup hooks */
 int ndl_ndarray_methods_init(PyTypeObject *type); /* number/mapping slots */
 PyObject *ndl_kernel_module_create(void);         /* needle._C.cpu_kernels */

@@ -102,6 +102,21 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
                    const void *b, const int64_t *b_offsets, int64_t rsb, int64_t csb,
                    void *c);
 
+/* Fused optimizer updates (optim_ops.h has the math): compact buffers of n
+ * elements; m/v (Adam) and u (SGD) may be NULL, meaning zeros; outputs are
+ * fresh buffers (uo may be NULL when there is no momentum). */
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay;
+    double bias1, bias2; /* 1 - beta1^t, 1 - beta2^t */
+} ndl_adam_hparams;
+typedef struct {
+    double lr, momentum, weight_decay;
+} ndl_sgd_hparams;
+int ndl_cpu_adam(ndl_dtype dt, int64_t n, const void *p, const void *g, const void *m,
+                 const void *v, void *po, void *mo, void *vo, const ndl_adam_hparams *h);
+int ndl_cpu_sgd(ndl_dtype dt, int64_t n, const void *p, const void *g, const void *u, void *po,
+                void *uo, const ndl_sgd_hparams *h);
+
 /* Which micro-kernel ndl_cpu_matmul uses: "avx512", "avx2" or "generic". */
 const char *ndl_cpu_matmul_kernel_name(void);
 

@@ -34,8 +34,12 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 
-#define NDL_POOL_SPIN 4000 /* pause iterations (~20-40 us) before sleeping */
+/* How long a thread spins (with `pause`) on a condition before it sleeps:
+ * long enough to bridge the gap between back-to-back kernels, short enough
+ * not to steal a core from other work. */
+#define NDL_POOL_SPIN_NS 50000
 
 typedef struct ndl_pool {
     int nthreads; /* including the caller */
@@ -72,6 +76,30 @@ static inline void cpu_relax(void)
     __builtin_ia32_pause();
 #endif
 }
+
+static int64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Spin with `pause` for up to NDL_POOL_SPIN_NS while `waiting` holds, so
+ * that a wake-up that comes soon costs no futex call. */
+#define NDL_SPIN_WHILE(waiting)                                                 \
+    do {                                                                        \
+        int64_t deadline_ = 0;                                                  \
+        for (unsigned i_ = 1; (waiting); i_++) {                                \
+            cpu_relax();                                                        \
+            if (i_ % 64 == 0) { /* the clock costs ~20 ns: read it rarely */   \
+                int64_t t_ = now_ns();                                          \
+                if (deadline_ == 0)                                             \
+                    deadline_ = t_ + NDL_POOL_SPIN_NS;                          \
+                else if (t_ > deadline_)                                        \
+                    break;                                                      \
+            }                                                                   \
+        }                                                                       \
+    } while (0)
 
 static int default_num_threads(void)
 {
@@ -113,8 +141,7 @@ static void *worker_main(void *arg)
     uint64_t seen = atomic_load(&p->gen);
     tls_in_job = 1; /* anything a worker runs that calls parallel_for runs inline */
     for (;;) {
-        for (int i = 0; i < NDL_POOL_SPIN && atomic_load_explicit(&p->gen, memory_order_relaxed) == seen; i++)
-            cpu_relax();
+        NDL_SPIN_WHILE(atomic_load_explicit(&p->gen, memory_order_relaxed) == seen);
         pthread_mutex_lock(&p->lock);
         while (atomic_load(&p->gen) == seen && !p->shutdown)
             pthread_cond_wait(&p->work, &p->lock);
@@ -303,8 +330,7 @@ void ndl_parallel_for(int64_t n, int64_t grain, ndl_range_fn fn, void *ctx)
     run_chunks(p, fn, ctx, n, nchunks);
     tls_in_job = 0;
 
-    for (int i = 0; i < NDL_POOL_SPIN && atomic_load(&p->done) < nchunks; i++)
-        cpu_relax();
+    NDL_SPIN_WHILE(atomic_load(&p->done) < nchunks);
     if (atomic_load(&p->done) < nchunks) {
         pthread_mutex_lock(&p->lock);
         while (atomic_load(&p->done) < nchunks)

@@ -3,6 +3,9 @@
 Updates read detached values (`p.grad.data`, `p.data`), assign through the
 `data` setter and store state detached, so no graph survives a step, and
 compute in the parameters' own dtype (Python floats never promote float32).
+In nd mode each parameter's update is one fused C pass (`_C.adam_update`,
+`_C.sgd_update`: the same formula, computed in the same order); np mode, and
+any array that is not an NDArray, runs the formula with tensor ops.
 
 >>> opt = ndl.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 >>> loss.backward(); opt.step(); opt.reset_grad()
@@ -12,9 +15,18 @@ from __future__ import annotations
 import math
 from typing import Dict, List
 
+from needle import _C
 from needle.autograd import Tensor, no_grad
+from needle.backend_ndarray import NDArray
 
 __all__ = ["Optimizer", "SGD", "Adam"]
+
+
+def _fusable(p: Tensor) -> bool:
+    """True when p and its gradient are NDArrays of one dtype (the fused C path applies)."""
+    data, grad = p.cached_data, p.grad.cached_data
+    return (isinstance(data, NDArray) and isinstance(grad, NDArray) and data.dtype == grad.dtype
+            and data.shape == grad.shape)
 
 
 class Optimizer:
@@ -56,6 +68,15 @@ class SGD(Optimizer):
             for p in self.params:
                 if p.grad is None:
                     continue
+                if _fusable(p):
+                    u = self.u.get(p)
+                    new_p, new_u = _C.sgd_update(p.cached_data, p.grad.cached_data,
+                                                 None if u is None else u.cached_data, self.lr,
+                                                 self.momentum, self.weight_decay)
+                    if new_u is not None:
+                        self.u[p] = Tensor.make_const(new_u)
+                    p.data = Tensor.make_const(new_p)
+                    continue
                 grad = p.grad.data
                 if self.weight_decay:
                     grad = grad + p.data * self.weight_decay
@@ -92,10 +113,18 @@ class Adam(Optimizer):
             for p in self.params:
                 if p.grad is None:
                     continue
+                m, v = self.m.get(p), self.v.get(p)
+                if _fusable(p):
+                    new_p, new_m, new_v = _C.adam_update(
+                        p.cached_data, p.grad.cached_data, None if m is None else m.cached_data,
+                        None if v is None else v.cached_data, self.lr, b1, b2, self.eps,
+                        self.weight_decay, self.t)
+                    self.m[p], self.v[p] = Tensor.make_const(new_m), Tensor.make_const(new_v)
+                    p.data = Tensor.make_const(new_p)
+                    continue
                 grad = p.grad.data
                 if self.weight_decay:
                     grad = grad + p.data * self.weight_decay
-                m, v = self.m.get(p), self.v.get(p)
                 m = grad * (1 - b1) if m is None else m * b1 + grad * (1 - b1)
                 v = (grad * grad) * (1 - b2) if v is None else v * b2 + (grad * grad) * (1 - b2)
                 self.m[p], self.v[p] = m, v

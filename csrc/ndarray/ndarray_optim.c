@@ -1,0 +1,118 @@
+/* ndarray_optim.c: the fused optimizer updates, seen from Python.
+ *
+ * Python equivalent (needle.optim uses these in nd mode, API.md 7):
+ *     adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t) -> (p', m', v')
+ *     sgd_update(p, g, u, lr, momentum, weight_decay)                 -> (p', u' or None)
+ * p, g and the states (None on the first step) are NDArrays of one shape,
+ * dtype and device; the results are new compact arrays (out of place, so a
+ * parameter's old data, its .grad and the old state are never written).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "ndarray.h"
+
+/* A compact version of x (None -> NULL), checked against p. */
+static int operand(NDArrayObject *p, PyObject *x, const char *name, NDArrayObject **out)
+{
+    NDArrayObject *a;
+    *out = NULL;
+    if (x == Py_None)
+        return 0;
+    if (!NDArray_Check(x)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an NDArray or None, got %R", name, x);
+        return -1;
+    }
+    a = (NDArrayObject *)x;
+    if (a->dtype != p->dtype || a->layout.ndim != p->layout.ndim ||
+        memcmp(a->layout.shape, p->layout.shape, sizeof(int64_t) * p->layout.ndim) != 0) {
+        PyObject *sa = ndl_shape_tuple(a->layout.ndim, a->layout.shape);
+        PyObject *sp = ndl_shape_tuple(p->layout.ndim, p->layout.shape);
+        if (sa && sp)
+            PyErr_Format(PyExc_ValueError, "%s has shape %R and dtype %s; the parameter %R and %s",
+                         name, sa, ndl_dtype_name(a->dtype), sp, ndl_dtype_name(p->dtype));
+        Py_XDECREF(sa);
+        Py_XDECREF(sp);
+        return -1;
+    }
+    if (ndl_check_same_device(p, a, name) < 0)
+        return -1;
+    *out = ndl_array_compact(a);
+    return *out ? 0 : -1;
+}
+
+static void *data_of(NDArrayObject *a)
+{
+    return a ? (char *)a->storage->data + a->layout.offset * ndl_itemsize(a->dtype) : NULL;
+}
+
+static NDArrayObject *like(NDArrayObject *p)
+{
+    return ndl_array_empty(p->device, p->dtype, p->layout.ndim, p->layout.shape);
+}
+
+PyObject *ndl_py_adam_update(PyObject *mod, PyObject *args)
+{
+    PyObject *p_obj, *g_obj, *m_obj, *v_obj, *res = NULL;
+    ndl_adam_hparams h;
+    long long t;
+    NDArrayObject *p = NULL, *g = NULL, *m = NULL, *v = NULL, *po = NULL, *mo = NULL, *vo = NULL;
+    int status;
+    if (!PyArg_ParseTuple(args, "O!OOOdddddL:adam_update", &NDArray_Type, &p_obj, &g_obj, &m_obj,
+                          &v_obj, &h.lr, &h.beta1, &h.beta2, &h.eps, &h.weight_decay, &t))
+        return NULL;
+    if (t < 1) {
+        PyErr_Format(PyExc_ValueError, "adam_update: step t must be >= 1, got %lld", t);
+        return NULL;
+    }
+    h.bias1 = 1 - pow(h.beta1, (double)t);
+    h.bias2 = 1 - pow(h.beta2, (double)t);
+    p = ndl_array_compact((NDArrayObject *)p_obj);
+    if (p == NULL || operand(p, g_obj, "grad", &g) < 0 || operand(p, m_obj, "m", &m) < 0 ||
+        operand(p, v_obj, "v", &v) < 0)
+        goto done;
+    if (g == NULL) {
+        PyErr_SetString(PyExc_TypeError, "adam_update: grad must be an NDArray");
+        goto done;
+    }
+    if ((po = like(p)) == NULL || (mo = like(p)) == NULL || (vo = like(p)) == NULL)
+        goto done;
+    NDL_KERNEL_CALL(ndl_array_size(p), status,
+                    p->device->backend->adam(p->dtype, ndl_array_size(p), data_of(p), data_of(g),
+                                             data_of(m), data_of(v), data_of(po), data_of(mo),
+                                             data_of(vo), &h));
+    if (ndl_raise_status(status, "adam_update") == 0)
+        res = PyTuple_Pack(3, po, mo, vo);
+done:
+    Py_XDECREF(p), Py_XDECREF(g), Py_XDECREF(m), Py_XDECREF(v);
+    Py_XDECREF(po), Py_XDECREF(mo), Py_XDECREF(vo);
+    return res;
+}
+
+PyObject *ndl_py_sgd_update(PyObject *mod, PyObject *args)
+{
+    PyObject *p_obj, *g_obj, *u_obj, *res = NULL;
+    ndl_sgd_hparams h;
+    NDArrayObject *p = NULL, *g = NULL, *u = NULL, *po = NULL, *uo = NULL;
+    int status;
+    if (!PyArg_ParseTuple(args, "O!OOddd:sgd_update", &NDArray_Type, &p_obj, &g_obj, &u_obj, &h.lr,
+                          &h.momentum, &h.weight_decay))
+        return NULL;
+    p = ndl_array_compact((NDArrayObject *)p_obj);
+    if (p == NULL || operand(p, g_obj, "grad", &g) < 0 || operand(p, u_obj, "u", &u) < 0)
+        goto done;
+    if (g == NULL) {
+        PyErr_SetString(PyExc_TypeError, "sgd_update: grad must be an NDArray");
+        goto done;
+    }
+    if ((po = like(p)) == NULL || (h.momentum != 0 && (uo = like(p)) == NULL))
+        goto done;
+    NDL_KERNEL_CALL(ndl_array_size(p), status,
+                    p->device->backend->sgd(p->dtype, ndl_array_size(p), data_of(p), data_of(g),
+                                            data_of(u), data_of(po), data_of(uo), &h));
+    if (ndl_raise_status(status, "sgd_update") == 0)
+        res = PyTuple_Pack(2, po, uo ? (PyObject *)uo : Py_None);
+done:
+    Py_XDECREF(p), Py_XDECREF(g), Py_XDECREF(u), Py_XDECREF(po), Py_XDECREF(uo);
+    return res;
+}
