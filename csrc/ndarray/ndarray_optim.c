@@ -4,8 +4,12 @@
  *     adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t) -> (p', m', v')
  *     sgd_update(p, g, u, lr, momentum, weight_decay)                 -> (p', u' or None)
  * p, g and the states (None on the first step) are NDArrays of one shape,
- * dtype and device; the results are new compact arrays (out of place, so a
- * parameter's old data, its .grad and the old state are never written).
+ * dtype and device. The new parameter is a new array (a parameter's old
+ * data and its .grad are never written: other tensors may share them); the
+ * state arrays belong to the optimizer and are updated in place, as
+ * PyTorch's optimizers do, which saves two allocations and their memory per
+ * parameter and step (a state that is not compact, or that shares storage
+ * with p or g, gets a fresh array instead).
  */
 #include <math.h>
 #include <string.h>
@@ -51,6 +55,17 @@ static NDArrayObject *like(NDArrayObject *p)
     return ndl_array_empty(p->device, p->dtype, p->layout.ndim, p->layout.shape);
 }
 
+/* Where the new state goes: the state array itself when it can be updated in
+ * place (a compact, private buffer), else a fresh array. */
+static NDArrayObject *state_out(NDArrayObject *p, NDArrayObject *g, NDArrayObject *state,
+                                PyObject *given)
+{
+    if (state != NULL && (PyObject *)state == given && state->storage != p->storage &&
+        state->storage != g->storage)
+        return (NDArrayObject *)Py_NewRef(state);
+    return like(p);
+}
+
 PyObject *ndl_py_adam_update(PyObject *mod, PyObject *args)
 {
     PyObject *p_obj, *g_obj, *m_obj, *v_obj, *res = NULL;
@@ -75,8 +90,19 @@ PyObject *ndl_py_adam_update(PyObject *mod, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "adam_update: grad must be an NDArray");
         goto done;
     }
-    if ((po = like(p)) == NULL || (mo = like(p)) == NULL || (vo = like(p)) == NULL)
+    if (m != NULL && v != NULL && m->storage == v->storage) {
+        PyErr_SetString(PyExc_ValueError, "adam_update: m and v share one buffer");
         goto done;
+    }
+    if ((po = like(p)) == NULL || (mo = state_out(p, g, m, m_obj)) == NULL ||
+        (vo = state_out(p, g, v, v_obj)) == NULL)
+        goto done;
+    if ((mo == m) != (vo == v)) { /* both in place, or neither */
+        Py_SETREF(mo, like(p));
+        Py_SETREF(vo, like(p));
+        if (mo == NULL || vo == NULL)
+            goto done;
+    }
     NDL_KERNEL_CALL(ndl_array_size(p), status,
                     p->device->backend->adam(p->dtype, ndl_array_size(p), data_of(p), data_of(g),
                                              data_of(m), data_of(v), data_of(po), data_of(mo),
@@ -105,7 +131,7 @@ PyObject *ndl_py_sgd_update(PyObject *mod, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "sgd_update: grad must be an NDArray");
         goto done;
     }
-    if ((po = like(p)) == NULL || (h.momentum != 0 && (uo = like(p)) == NULL))
+    if ((po = like(p)) == NULL || (h.momentum != 0 && (uo = state_out(p, g, u, u_obj)) == NULL))
         goto done;
     NDL_KERNEL_CALL(ndl_array_size(p), status,
                     p->device->backend->sgd(p->dtype, ndl_array_size(p), data_of(p), data_of(g),
