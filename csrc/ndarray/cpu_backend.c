@@ -1,7 +1,9 @@
 /* cpu_backend.c: the CPU entry of the backend table (backend.h). Memory is
- * 64-byte aligned host memory; kernels are the ndl_cpu_* functions. */
+ * 64-byte aligned host memory (2 MiB and huge pages for big buffers);
+ * kernels are the ndl_cpu_* functions. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "backend.h"
 
@@ -12,6 +14,18 @@ static void *cpu_alloc(size_t nbytes)
     size_t rounded = (nbytes + 63) & ~(size_t)63;
     if (rounded == 0)
         rounded = 64;
+    if (rounded >= ((size_t)4 << 20)) {
+        /* NOTE: big buffers are 2 MiB aligned and ask for transparent huge
+         * pages, as NumPy does: a fresh 64 MB result otherwise takes 16K
+         * page faults, which cost more than the kernel that fills it. */
+        rounded = (rounded + ((size_t)2 << 20) - 1) & ~(((size_t)2 << 20) - 1);
+        if (posix_memalign(&p, (size_t)2 << 20, rounded) != 0)
+            return NULL;
+#ifdef MADV_HUGEPAGE
+        madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+        return p;
+    }
     if (posix_memalign(&p, 64, rounded) != 0)
         return NULL;
     return p;

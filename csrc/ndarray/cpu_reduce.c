@@ -141,9 +141,9 @@ static int rd_run3(ndl_redop op, ndl_dtype dt, const char *a, int64_t no, int64_
 {
     const rd_kernels *k = rd_kernels_for(dt);
     int64_t isz = (int64_t)ndl_itemsize(dt);
-    int nthreads = ndl_get_num_threads();
     int64_t total = no * nr * ni;
-    int parallel = nthreads > 1 && total >= 2 * RD_GRAIN;
+    int nthreads = total >= 2 * RD_GRAIN ? ndl_get_num_threads() : 1; /* it takes a lock */
+    int parallel = nthreads > 1;
     rd_job j = {.op = op, .a = a, .out = out, .no = no, .so = so, .nr = nr, .sr = sr,
                 .ni = ni, .si = si, .rchunk = nr, .nchunks = 1, .tile = 1, .ntiles = 1};
     int64_t abs_si = si < 0 ? -si : si;
