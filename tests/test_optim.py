@@ -300,6 +300,105 @@ def test_adam_t_counts_steps_with_skipped_params():
 
 
 # --------------------------------------------------------------------------
+# gradients and parameters with non-compact layouts (broadcast, transposed)
+# --------------------------------------------------------------------------
+
+_C6 = np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5
+
+LAYOUTS = [
+    # id, loss of a (3, 2) parameter, its gradient
+    ("sum_stride0", lambda p: p.sum(), lambda: np.ones((3, 2))),
+    ("transposed", lambda p: (p.transpose() * ndl.Tensor(_C6, requires_grad=False)).sum(),
+     lambda: _C6.T),
+    ("broadcast", lambda p: p.reshape((3, 2, 1)).broadcast_to((3, 2, 4)).sum(),
+     lambda: np.full((3, 2), 4.0)),
+]
+
+FIRST_STEP = [
+    # id, optimizer, first-step update as a function of the gradient (theta starts at 0)
+    ("sgd", lambda ps: optim.SGD(ps, lr=0.1), lambda g: -0.1 * g),
+    ("sgd_momentum", lambda ps: optim.SGD(ps, lr=0.1, momentum=0.5), lambda g: -0.05 * g),
+    ("adam", lambda ps: optim.Adam(ps, lr=0.1), lambda g: -0.1 * g / (np.abs(g) + 1e-8)),
+]
+
+
+@pytest.mark.parametrize("name, make_opt, update", FIRST_STEP, ids=[c[0] for c in FIRST_STEP])
+@pytest.mark.parametrize("lname, loss, grad", LAYOUTS, ids=[c[0] for c in LAYOUTS])
+def test_step_with_noncompact_gradient(name, make_opt, update, lname, loss, grad):
+    p = nn.Parameter(ndl.Tensor(np.zeros((3, 2), np.float32)))
+    opt = make_opt([p])
+    loss(p).backward()
+    np.testing.assert_allclose(p.grad.numpy(), grad())
+    opt.step()
+    np.testing.assert_allclose(p.numpy(), update(grad()), rtol=1e-5, atol=1e-7)
+    check_float32_leaf(p)
+
+
+@pytest.mark.parametrize("name, make_opt, update", FIRST_STEP, ids=[c[0] for c in FIRST_STEP])
+def test_step_with_noncompact_parameter(name, make_opt, update):
+    base = np.random.randn(2, 3).astype(np.float32)
+    p = nn.Parameter(ndl.Tensor(base, requires_grad=False).transpose())   # (3, 2) view
+    c = np.random.randn(3, 2).astype(np.float32)
+    opt = make_opt([p])
+    (p * ndl.Tensor(c, requires_grad=False)).sum().backward()
+    opt.step()
+    np.testing.assert_allclose(p.numpy(), base.T + update(c), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_parameter_listed_twice_is_updated_twice(kind):
+    # parameters() does not de-duplicate (a shared module appears twice): each
+    # occurrence applies the rule once, in order, with the same gradient
+    g = np.array([1.0, -2.0, 0.5], np.float32)
+    p = nn.Parameter(ndl.Tensor(np.ones(3, np.float32)))
+    opt = (optim.SGD([p, p], lr=0.1, momentum=0.9, weight_decay=0.1) if kind == "sgd"
+           else optim.Adam([p, p], lr=0.1, weight_decay=0.1))
+    th, u, m, v = np.ones(3), np.zeros(3), np.zeros(3), np.zeros(3)
+    for t in range(1, 4):
+        (p * ndl.Tensor(g, requires_grad=False)).sum().backward()
+        opt.step()
+        for _ in range(2):
+            gt = g + 0.1 * th
+            if kind == "sgd":
+                u = 0.9 * u + 0.1 * gt
+                th = th - 0.1 * u
+            else:
+                m, v = 0.9 * m + 0.1 * gt, 0.999 * v + 0.001 * gt * gt
+                th = th - 0.1 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        np.testing.assert_allclose(p.numpy(), th, rtol=1e-5, atol=1e-6)
+    if kind == "adam":
+        assert opt.t == 3
+
+
+def test_hyperparameters_read_at_each_step():
+    # learning-rate schedules assign opt.lr between steps
+    p = nn.Parameter(ndl.Tensor(np.zeros(2, np.float32)))
+    opt = optim.SGD([p], lr=1.0)
+    expected = 0.0
+    for lr in [1.0, 0.5, 0.25, 0.0]:
+        opt.lr = lr
+        (p * 2.0).sum().backward()
+        opt.step()
+        expected -= 2.0 * lr
+        np.testing.assert_allclose(p.numpy(), [expected] * 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: optim.SGD(ps, lr=1, momentum=0, weight_decay=0),
+    lambda ps: optim.Adam(ps, lr=1, beta1=0, beta2=0, eps=0, weight_decay=0),
+], ids=["SGD", "Adam"])
+def test_integer_hyperparameters(make_opt):
+    p = nn.Parameter(ndl.Tensor(np.ones(2, np.float32)))
+    opt = make_opt([p])
+    (p * ndl.Tensor([3.0, -3.0], requires_grad=False)).sum().backward()
+    opt.step()
+    # SGD: 1 - 1 * (+-3); Adam with beta1 = beta2 = eps = 0: 1 - sign(g)
+    expected = [-2.0, 4.0] if isinstance(opt, optim.SGD) else [0.0, 2.0]
+    np.testing.assert_allclose(p.numpy(), expected, rtol=1e-6)
+    check_float32_leaf(p)
+
+
+# --------------------------------------------------------------------------
 # float32 is kept even when float64 scalars sneak in
 # --------------------------------------------------------------------------
 
@@ -324,10 +423,6 @@ def test_params_stay_float32(make_opt):
 # clip_grad_norm
 # --------------------------------------------------------------------------
 
-def _clip(opt, max_norm):
-    return opt.clip_grad_norm(max_norm)
-
-
 @pytest.mark.parametrize("max_norm", [0.25, 1.0, 5.0, 1e3])
 def test_clip_grad_norm(max_norm):
     c1 = np.random.randn(3, 2).astype(np.float32)
@@ -341,7 +436,7 @@ def test_clip_grad_norm(max_norm):
     total = np.sqrt((c1.astype(np.float64) ** 2).sum() + (c2.astype(np.float64) ** 2).sum())
     factor = max_norm / (total + 1e-6)
     scale = factor if factor < 1 else 1.0
-    _clip(opt, max_norm)
+    opt.clip_grad_norm(max_norm)
     np.testing.assert_allclose(p1.grad.numpy(), c1 * scale, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(p2.grad.numpy(), c2 * scale, rtol=1e-5, atol=1e-7)
     assert unused.grad is None
