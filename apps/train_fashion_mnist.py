@@ -171,7 +171,8 @@ def main(argv=None) -> float:
     ap.add_argument("--data-dir", default=None, help="directory with the four IDX files")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", default="checkpoints/fashion_mlp.npz")
-    ap.add_argument("--plot", default="checkpoints/fashion_mlp.png")
+    ap.add_argument("--plot", default="checkpoints/fashion_mlp.png",
+                    help="PNG of the curves ('' for none)")
     ap.add_argument("--evaluate", metavar="CHECKPOINT", help="only evaluate a saved checkpoint")
     args = ap.parse_args(argv)
 
@@ -212,7 +213,8 @@ def main(argv=None) -> float:
     elapsed = time.perf_counter() - start
     config = {"hidden": args.hidden, "blocks": args.blocks}
     save_checkpoint(args.checkpoint, model, config)
-    plot(history, args.plot)
+    if args.plot:
+        plot(history, args.plot)
     print(f"final test accuracy {100 * history['test_acc'][-1]:.2f}% after {args.epochs} epochs "
           f"in {elapsed:.0f} s; checkpoint {args.checkpoint}, curves {args.plot}")
     print(f"evaluate again with: python apps/train_fashion_mnist.py --evaluate {args.checkpoint}")
