@@ -50,6 +50,10 @@ static int get_item_bwd(OpObject *op, ValueObject *g, ValueObject *node, const c
     Py_ssize_t n;
     if (data == NULL)
         return -1;
+    if (!PyTuple_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "TupleGetItem.gradient: the node's input is not a TensorTuple");
+        return -1;
+    }
     n = PyTuple_GET_SIZE(data);
     items = PyTuple_New(n);
     if (items == NULL)

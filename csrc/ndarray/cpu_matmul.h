@@ -10,10 +10,14 @@
  *   micro-kernel therefore reads both operands strictly sequentially.
  *
  * Micro-kernel contract (one MR x NR tile of C):
- *   acc[r][j] = sum_{k<kc} a[k*MR + r] * b[k*NR + j]   (FMA chain from 0, in k order)
+ *   A[r][k] = a[r*ars + k*acs]: a packed panel (ars = 1, acs = MR), or A
+ *   read in place (Note [Reading A in place] in cpu_matmul.c)
+ *   acc[r][j] = sum_{k<kc} A[r][k] * b[k*NR + j]   (FMA chain from 0, in k order)
  *   first ? C[r][j] = acc[r][j] : C[r][j] += acc[r][j]  for r < mr, j < nr
  *   C[r][j] is c[r*ldc + j]. mr <= MR and nr <= NR give the valid part of a
- *   partial tile; nothing outside it is read or written. kc >= 1.
+ *   partial tile; nothing outside it is read or written (rows r >= mr of A
+ *   are not read either: the kernel computes them from row 0 and drops
+ *   them). kc >= 1.
  *   Because every C element gets the same chain of operations wherever its
  *   tile lies, results do not depend on how the driver splits work between
  *   threads.
@@ -23,11 +27,11 @@
 
 #include <stdint.h>
 
-/* a and b are packed panels and c is C's tile, all of the kernel's element
+/* b is a packed panel and c is C's tile, all of the kernel's element
  * type (float for *_f32, double for *_f64); void pointers let the driver
  * hold every kernel in one table. */
-typedef void (*ndl_ukernel)(int64_t kc, const void *a, const void *b, void *c, int64_t ldc,
-                            int mr, int nr, int first);
+typedef void (*ndl_ukernel)(int64_t kc, const void *a, int64_t ars, int64_t acs, const void *b,
+                            void *c, int64_t ldc, int mr, int nr, int first);
 
 /* Register tiles (rows x columns of C). */
 #define NDL_GENERIC_MR_F32 4
@@ -45,17 +49,17 @@ typedef void (*ndl_ukernel)(int64_t kc, const void *a, const void *b, void *c, i
 #define NDL_AVX512_MR_F64 14
 #define NDL_AVX512_NR_F64 16
 
-void ndl_ukernel_generic_f32(int64_t kc, const void *a, const void *b, void *c, int64_t ldc,
-                             int mr, int nr, int first);
-void ndl_ukernel_generic_f64(int64_t kc, const void *a, const void *b, void *c, int64_t ldc,
-                             int mr, int nr, int first);
-void ndl_ukernel_avx2_f32(int64_t kc, const void *a, const void *b, void *c, int64_t ldc,
-                          int mr, int nr, int first);
-void ndl_ukernel_avx2_f64(int64_t kc, const void *a, const void *b, void *c, int64_t ldc,
-                          int mr, int nr, int first);
-void ndl_ukernel_avx512_f32(int64_t kc, const void *a, const void *b, void *c, int64_t ldc,
-                            int mr, int nr, int first);
-void ndl_ukernel_avx512_f64(int64_t kc, const void *a, const void *b, void *c, int64_t ldc,
-                            int mr, int nr, int first);
+void ndl_ukernel_generic_f32(int64_t kc, const void *a, int64_t ars, int64_t acs, const void *b,
+                             void *c, int64_t ldc, int mr, int nr, int first);
+void ndl_ukernel_generic_f64(int64_t kc, const void *a, int64_t ars, int64_t acs, const void *b,
+                             void *c, int64_t ldc, int mr, int nr, int first);
+void ndl_ukernel_avx2_f32(int64_t kc, const void *a, int64_t ars, int64_t acs, const void *b,
+                          void *c, int64_t ldc, int mr, int nr, int first);
+void ndl_ukernel_avx2_f64(int64_t kc, const void *a, int64_t ars, int64_t acs, const void *b,
+                          void *c, int64_t ldc, int mr, int nr, int first);
+void ndl_ukernel_avx512_f32(int64_t kc, const void *a, int64_t ars, int64_t acs, const void *b,
+                            void *c, int64_t ldc, int mr, int nr, int first);
+void ndl_ukernel_avx512_f64(int64_t kc, const void *a, int64_t ars, int64_t acs, const void *b,
+                            void *c, int64_t ldc, int mr, int nr, int first);
 
 #endif /* NDL_CPU_MATMUL_H */

@@ -20,6 +20,9 @@
 
 #define NDL_TARGET __attribute__((target("avx2,fma")))
 
+/* row r of A (rows past mr read row 0, see cpu_matmul.h) */
+#define APTR(r) const __typeof__(*a) *a##r = a + (r < mr ? r : 0) * ars;
+
 /* X(r) for every row of the tile */
 #define NDL_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
 
@@ -30,7 +33,7 @@
 #define DECL(r) __m256 c##r##_0 = _mm256_setzero_ps(), c##r##_1 = _mm256_setzero_ps();
 #define STEP(r)                                                                     \
     {                                                                               \
-        __m256 ar = _mm256_broadcast_ss(a + r);                                     \
+        __m256 ar = _mm256_broadcast_ss(a##r + off);                                \
         c##r##_0 = _mm256_fmadd_ps(ar, b0, c##r##_0);                               \
         c##r##_1 = _mm256_fmadd_ps(ar, b1, c##r##_1);                               \
     }
@@ -39,37 +42,46 @@
         _mm256_storeu_ps(c + r * ldc, c##r##_0);                                    \
         _mm256_storeu_ps(c + r * ldc + 8, c##r##_1);                                \
     } else {                                                                        \
-        _mm256_storeu_ps(c + r * ldc, _mm256_add_ps(_mm256_loadu_ps(c + r * ldc), c##r##_0));         \
+        _mm256_storeu_ps(c + r * ldc, _mm256_add_ps(_mm256_loadu_ps(c + r * ldc), c##r##_0)); \
         _mm256_storeu_ps(c + r * ldc + 8, _mm256_add_ps(_mm256_loadu_ps(c + r * ldc + 8), c##r##_1)); \
     }
-#define SPILL(r)                                                                    \
-    _mm256_store_ps(tile + r * NR, c##r##_0);                                       \
-    _mm256_store_ps(tile + r * NR + 8, c##r##_1);
+#define STORE_PARTIAL(r)                                                            \
+    if (r < mr) {                                                                   \
+        __m256 v0 = c##r##_0, v1 = c##r##_1;                                        \
+        if (!first) {                                                               \
+            v0 = _mm256_add_ps(_mm256_maskload_ps(c + r * ldc, m0), v0);            \
+            v1 = _mm256_add_ps(_mm256_maskload_ps(c + r * ldc + 8, m1), v1);        \
+        }                                                                           \
+        _mm256_maskstore_ps(c + r * ldc, m0, v0);                                   \
+        _mm256_maskstore_ps(c + r * ldc + 8, m1, v1);                               \
+    }
 
-NDL_TARGET void ndl_ukernel_avx2_f32(int64_t kc, const void *a_, const void *b_, void *c_, int64_t ldc,
-                                     int mr, int nr, int first)
+NDL_TARGET void ndl_ukernel_avx2_f32(int64_t kc, const void *a_, int64_t ars, int64_t acs, const void *b_,
+                                     void *c_, int64_t ldc, int mr, int nr, int first)
 {
     const float *a = a_, *b = b_;
     float *c = c_;
     NDL_ROWS(DECL)
+    NDL_ROWS(APTR)
+    int64_t off = 0; /* k * acs */
     for (int r = 0; r < mr; r++)
         _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
     for (int64_t k = 0; k < kc; k++) {
         __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
         NDL_ROWS(STEP)
-        a += MR;
+        off += acs;
         b += NR;
     }
     if (mr == MR && nr == NR) {
         NDL_ROWS(STORE)
         return;
     }
-    /* partial tile: spill the accumulators, touch only the valid part of C */
-    float tile[MR * NR] __attribute__((aligned(32)));
-    NDL_ROWS(SPILL)
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < nr; j++)
-            c[r * ldc + j] = first ? tile[r * NR + j] : c[r * ldc + j] + tile[r * NR + j];
+    /* partial tile: rows r < mr only, and masked loads and stores (which never
+     * fault on the masked-out lanes) for columns j < nr */
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), iota);
+    const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8), iota);
+    NDL_ROWS(STORE_PARTIAL)
 }
 
 #undef MR
@@ -77,7 +89,7 @@ NDL_TARGET void ndl_ukernel_avx2_f32(int64_t kc, const void *a_, const void *b_,
 #undef DECL
 #undef STEP
 #undef STORE
-#undef SPILL
+#undef STORE_PARTIAL
 
 /* ---- float64, 6 x 8 ----------------------------------------------------- */
 #define MR NDL_AVX2_MR_F64
@@ -86,7 +98,7 @@ NDL_TARGET void ndl_ukernel_avx2_f32(int64_t kc, const void *a_, const void *b_,
 #define DECL(r) __m256d c##r##_0 = _mm256_setzero_pd(), c##r##_1 = _mm256_setzero_pd();
 #define STEP(r)                                                                     \
     {                                                                               \
-        __m256d ar = _mm256_broadcast_sd(a + r);                                    \
+        __m256d ar = _mm256_broadcast_sd(a##r + off);                               \
         c##r##_0 = _mm256_fmadd_pd(ar, b0, c##r##_0);                               \
         c##r##_1 = _mm256_fmadd_pd(ar, b1, c##r##_1);                               \
     }
@@ -95,50 +107,58 @@ NDL_TARGET void ndl_ukernel_avx2_f32(int64_t kc, const void *a_, const void *b_,
         _mm256_storeu_pd(c + r * ldc, c##r##_0);                                    \
         _mm256_storeu_pd(c + r * ldc + 4, c##r##_1);                                \
     } else {                                                                        \
-        _mm256_storeu_pd(c + r * ldc, _mm256_add_pd(_mm256_loadu_pd(c + r * ldc), c##r##_0));         \
+        _mm256_storeu_pd(c + r * ldc, _mm256_add_pd(_mm256_loadu_pd(c + r * ldc), c##r##_0)); \
         _mm256_storeu_pd(c + r * ldc + 4, _mm256_add_pd(_mm256_loadu_pd(c + r * ldc + 4), c##r##_1)); \
     }
-#define SPILL(r)                                                                    \
-    _mm256_store_pd(tile + r * NR, c##r##_0);                                       \
-    _mm256_store_pd(tile + r * NR + 4, c##r##_1);
+#define STORE_PARTIAL(r)                                                            \
+    if (r < mr) {                                                                   \
+        __m256d v0 = c##r##_0, v1 = c##r##_1;                                       \
+        if (!first) {                                                               \
+            v0 = _mm256_add_pd(_mm256_maskload_pd(c + r * ldc, m0), v0);            \
+            v1 = _mm256_add_pd(_mm256_maskload_pd(c + r * ldc + 4, m1), v1);        \
+        }                                                                           \
+        _mm256_maskstore_pd(c + r * ldc, m0, v0);                                   \
+        _mm256_maskstore_pd(c + r * ldc + 4, m1, v1);                               \
+    }
 
-NDL_TARGET void ndl_ukernel_avx2_f64(int64_t kc, const void *a_, const void *b_, void *c_, int64_t ldc,
-                                     int mr, int nr, int first)
+NDL_TARGET void ndl_ukernel_avx2_f64(int64_t kc, const void *a_, int64_t ars, int64_t acs, const void *b_,
+                                     void *c_, int64_t ldc, int mr, int nr, int first)
 {
     const double *a = a_, *b = b_;
     double *c = c_;
     NDL_ROWS(DECL)
+    NDL_ROWS(APTR)
+    int64_t off = 0; /* k * acs */
     for (int r = 0; r < mr; r++)
         _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
     for (int64_t k = 0; k < kc; k++) {
         __m256d b0 = _mm256_loadu_pd(b), b1 = _mm256_loadu_pd(b + 4);
         NDL_ROWS(STEP)
-        a += MR;
+        off += acs;
         b += NR;
     }
     if (mr == MR && nr == NR) {
         NDL_ROWS(STORE)
         return;
     }
-    double tile[MR * NR] __attribute__((aligned(32)));
-    NDL_ROWS(SPILL)
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < nr; j++)
-            c[r * ldc + j] = first ? tile[r * NR + j] : c[r * ldc + j] + tile[r * NR + j];
+    const __m256i iota = _mm256_setr_epi64x(0, 1, 2, 3);
+    const __m256i m0 = _mm256_cmpgt_epi64(_mm256_set1_epi64x(nr), iota);
+    const __m256i m1 = _mm256_cmpgt_epi64(_mm256_set1_epi64x(nr - 4), iota);
+    NDL_ROWS(STORE_PARTIAL)
 }
 
 #else /* not x86: never selected; keep the symbols so the driver links */
 
-void ndl_ukernel_avx2_f32(int64_t kc, const void *a_, const void *b_, void *c_, int64_t ldc,
-                          int mr, int nr, int first)
+void ndl_ukernel_avx2_f32(int64_t kc, const void *a_, int64_t ars, int64_t acs, const void *b_,
+                          void *c_, int64_t ldc, int mr, int nr, int first)
 {
-    ndl_ukernel_generic_f32(kc, a_, b_, c_, ldc, mr, nr, first);
+    ndl_ukernel_generic_f32(kc, a_, ars, acs, b_, c_, ldc, mr, nr, first);
 }
 
-void ndl_ukernel_avx2_f64(int64_t kc, const void *a_, const void *b_, void *c_, int64_t ldc,
-                          int mr, int nr, int first)
+void ndl_ukernel_avx2_f64(int64_t kc, const void *a_, int64_t ars, int64_t acs, const void *b_,
+                          void *c_, int64_t ldc, int mr, int nr, int first)
 {
-    ndl_ukernel_generic_f64(kc, a_, b_, c_, ldc, mr, nr, first);
+    ndl_ukernel_generic_f64(kc, a_, ars, acs, b_, c_, ldc, mr, nr, first);
 }
 
 #endif
