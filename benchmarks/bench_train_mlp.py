@@ -22,10 +22,8 @@ import subprocess
 import sys
 import time
 
-# Compare against the real OpenBLAS: this machine's OPENBLAS_* overrides slow it.
-if any(k in os.environ for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")):
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import real_openblas  # noqa: E402,F401  (restarts without the OPENBLAS_* overrides)
 
 import numpy as np  # noqa: E402
 
@@ -144,10 +142,7 @@ def main() -> None:
     env = dict(os.environ)
     if args.threads:
         env.update(NEEDLE_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
-    from threadpoolctl import threadpool_info
-
-    blas = [f"{i['internal_api']} {i.get('architecture')} x{i['num_threads']}" for i in threadpool_info()]
-    print(f"NumPy BLAS: {', '.join(blas) or 'none'}; one epoch = 60,000 images, "
+    print(f"NumPy BLAS: {real_openblas.describe()}; one epoch = 60,000 images, "
           f"batch {args.batch_size}, Adam")
     print(f"{'hidden':>6} {'library':>8} {'s/epoch':>8} {'samples/s':>10} {'peak MB':>8} "
           f"{'train MB':>8} {'threads':>7}")
