@@ -401,3 +401,18 @@ def test_self_referencing_node_does_not_crash():
     res = run_forked(call)
     assert outcome_ok(res), res
     assert res != "ok"
+
+
+def test_op_assigned_to_uninitialised_tensor_does_not_crash():
+    """Tensor.__new__ then attribute assignments (no _init): inputs is () not NULL."""
+    def call():
+        t = ndl.Tensor.__new__(ndl.Tensor)
+        assert t.inputs == ()
+        t.op = ops.Exp()
+        t.cached_data = ndl.Tensor([1.0]).cached_data
+        t.requires_grad = True
+        t.backward()
+        find = ndl.autograd.find_topo_sort([t])
+        assert find == [t]
+    res = run_forked(call)
+    assert outcome_ok(res), res

@@ -94,7 +94,17 @@ static int value_init(ValueObject *self, PyObject *op, PyObject *inputs, int num
 
 static ValueObject *value_alloc(PyTypeObject *type)
 {
-    return (ValueObject *)type->tp_alloc(type, 0);
+    ValueObject *v = (ValueObject *)type->tp_alloc(type, 0);
+    /* NOTE: inputs is never NULL, even before _init (Tensor.__new__(Tensor)
+     * then attribute assignments is a pattern course code uses). */
+    if (v != NULL)
+        v->inputs = Py_NewRef(np_empty_tuple);
+    return v;
+}
+
+static PyObject *Value_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    return (PyObject *)value_alloc(type);
 }
 
 ValueObject *ndl_tensor_leaf(PyTypeObject *type, PyObject *data, int requires_grad)
@@ -723,7 +733,7 @@ PyTypeObject Value_Type = {
     .tp_doc = "A node of the computational graph.",
     .tp_basicsize = sizeof(ValueObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Value_new,
     .tp_dealloc = (destructor)Value_dealloc,
     .tp_traverse = (traverseproc)Value_traverse,
     .tp_clear = (inquiry)Value_clear,
