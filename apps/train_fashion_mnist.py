@@ -177,7 +177,13 @@ def main(argv=None) -> float:
     args = ap.parse_args(argv)
 
     files = find_files(args.data_dir)
-    test_set = ndl.data.MNISTDataset(files["test_images"], files["test_labels"])
+    try:
+        test_set = ndl.data.MNISTDataset(files["test_images"], files["test_labels"])
+        train_set = None if args.evaluate else ndl.data.MNISTDataset(files["train_images"],
+                                                                      files["train_labels"])
+    except (OSError, ValueError) as e:  # corrupt or truncated IDX files: one clear line
+        sys.exit(f"error: cannot read Fashion-MNIST from {os.path.dirname(files['test_images'])}: "
+                 f"{e}")
     test_loader = ndl.data.DataLoader(test_set, 1000)
     if args.evaluate:
         model, config = load_checkpoint(args.evaluate)
@@ -187,7 +193,6 @@ def main(argv=None) -> float:
         return acc
 
     np.random.seed(args.seed)
-    train_set = ndl.data.MNISTDataset(files["train_images"], files["train_labels"])
     train_loader = ndl.data.DataLoader(train_set, args.batch_size, shuffle=True)
     model = MLPResNet(784, args.hidden, num_blocks=args.blocks, drop_prob=args.dropout)
     if args.optimizer == "adam":

@@ -177,3 +177,13 @@ def test_fashion_job_missing_data_is_one_clear_line(tmp_path):
         job.main(["--data-dir", str(tmp_path / "nowhere"), "--epochs", "1"])
     msg = str(e.value)
     assert "nowhere" in msg and "dataset-fashion-mnist" in msg and "\n" not in msg
+
+
+def test_fashion_job_corrupt_data_is_one_clear_line(tmp_path):
+    toy_mnist(str(tmp_path))
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">4i", 1234, 10, 28, 28))  # wrong magic, no data
+    with pytest.raises(SystemExit) as e:
+        job.main(["--data-dir", str(tmp_path), "--epochs", "1"])
+    msg = str(e.value)
+    assert msg.startswith("error: cannot read Fashion-MNIST") and "\n" not in msg, msg
