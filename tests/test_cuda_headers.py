@@ -41,6 +41,8 @@ int main() {{ return 0; }}
 """
     cu = tmp_path / "every_op.cu"
     cu.write_text(src)
+    # NOTE: under `make asan` the sanitizer runtime is preloaded; nvcc must not inherit it
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     res = subprocess.run(["nvcc", "-I", ND, "-o", str(tmp_path / "every_op"), str(cu)],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
