@@ -343,3 +343,4 @@ def test_huge_slice_step(step):
     w = nd.array(x)[1::step]
     assert w.shape == (1,)
     np.testing.assert_array_equal(w.numpy(), x[1::step])
+

@@ -10,7 +10,7 @@ static PyObject *np_mod;
 static PyObject *np_binary[NDL_NUM_BINARY];
 static PyObject *np_unary[NDL_NUM_UNARY];
 static PyObject *np_sum, *np_max, *np_reshape, *np_broadcast_to, *np_transpose, *np_matmul,
-    *np_flip, *np_full, *np_finfo, *np_ascontiguousarray;
+    *np_flip, *np_full, *np_empty, *np_finfo, *np_ascontiguousarray;
 
 int nda_init(void)
 {
@@ -45,6 +45,7 @@ int nda_init(void)
     GET(np_matmul, "matmul")
     GET(np_flip, "flip")
     GET(np_full, "full")
+    GET(np_empty, "empty")
     GET(np_finfo, "finfo")
     GET(np_ascontiguousarray, "ascontiguousarray")
 #undef GET
@@ -235,6 +236,22 @@ PyObject *nda_flip(PyObject *a, int naxes, const int64_t *axes)
     res = f ? PyObject_CallFunctionObjArgs(np_ascontiguousarray, f, NULL) : NULL;
     Py_XDECREF(f);
     Py_DECREF(t);
+    return res;
+}
+
+PyObject *nda_empty_like(PyObject *like, int ndim, const int64_t *shape)
+{
+    PyObject *t, *dtype, *res = NULL;
+    if (NDArray_Check(like)) {
+        NDArrayObject *x = (NDArrayObject *)like;
+        return (PyObject *)ndl_array_empty(x->device, x->dtype, ndim, shape);
+    }
+    t = ndl_shape_tuple(ndim, shape);
+    dtype = t ? PyObject_GetAttrString(like, "dtype") : NULL;
+    if (dtype != NULL)
+        res = PyObject_CallFunctionObjArgs(np_empty, t, dtype, NULL);
+    Py_XDECREF(t);
+    Py_XDECREF(dtype);
     return res;
 }
 

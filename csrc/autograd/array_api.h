@@ -28,6 +28,8 @@ PyObject *nda_broadcast_to(PyObject *a, int ndim, const int64_t *shape);
 PyObject *nda_permute(PyObject *a, const int *axes);
 PyObject *nda_matmul(PyObject *a, PyObject *b);
 PyObject *nda_flip(PyObject *a, int naxes, const int64_t *axes);
+/* A new uninitialised array shaped `shape`, on like's device and dtype. */
+PyObject *nda_empty_like(PyObject *like, int ndim, const int64_t *shape);
 /* A new array shaped `shape` filled with value, on like's device and dtype. */
 PyObject *nda_full_like(PyObject *like, int ndim, const int64_t *shape, double value);
 /* The view a[start_i : start_i + len_i * step_i : step_i] along every axis,

@@ -135,7 +135,7 @@ static PyObject *stack_fwd(OpObject *op, PyObject *const *x, int n)
     }
     for (int i = 0, j = 0; i <= ndim; i++)
         oshape[i] = i == axis ? k : shape[j++];
-    out = nda_full_like(PyTuple_GET_ITEM(items, 0), ndim + 1, oshape, 0.0);
+    out = nda_empty_like(PyTuple_GET_ITEM(items, 0), ndim + 1, oshape); /* every slot is written */
     if (out == NULL)
         return NULL;
     for (int i = 0; i <= ndim; i++)

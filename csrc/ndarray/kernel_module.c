@@ -24,20 +24,6 @@ static NDArrayObject *view_of(StorageObject *st, const ndl_layout *l)
     return ndl_array_over(st, ndl_device_cpu(), l, "kernel");
 }
 
-static int parse_layout(PyObject *shape, PyObject *strides, long long offset, ndl_layout *l)
-{
-    int ns;
-    if (ndl_parse_shape(shape, &l->ndim, l->shape, "shape") < 0 ||
-        ndl_parse_shape(strides, &ns, l->strides, "strides") < 0)
-        return -1;
-    if (ns != l->ndim) {
-        PyErr_Format(PyExc_ValueError, "shape %R and strides %R differ in length", shape, strides);
-        return -1;
-    }
-    l->offset = offset;
-    return 0;
-}
-
 static void flat_layout(int64_t n, ndl_layout *l)
 {
     l->ndim = 1, l->shape[0] = n, l->strides[0] = 1, l->offset = 0;
@@ -68,7 +54,7 @@ static PyObject *km_to_numpy(PyObject *m, PyObject *args)
     ndl_layout l;
     NDArrayObject *v;
     if (!PyArg_ParseTuple(args, "O!OOL:to_numpy", &Storage_Type, &a, &shape, &strides, &offset) ||
-        parse_layout(shape, strides, offset, &l) < 0 || (v = view_of(a, &l)) == NULL)
+        ndl_parse_layout(shape, strides, offset, &l, "kernel") < 0 || (v = view_of(a, &l)) == NULL)
         return NULL;
     res = ndl_array_to_numpy(v);
     Py_DECREF(v);
@@ -120,7 +106,7 @@ static PyObject *strided_copy(PyObject *args, int scatter, const char *fmt)
     int rc = -1;
     if (!PyArg_ParseTuple(args, fmt, &Storage_Type, &a, &Storage_Type, &out, &shape, &strides,
                           &offset) ||
-        parse_layout(shape, strides, offset, &l) < 0)
+        ndl_parse_layout(shape, strides, offset, &l, "kernel") < 0)
         return NULL;
     flat_layout(ndl_layout_size(&l), &flat);
     src = view_of(a, scatter ? &flat : &l);
@@ -154,7 +140,7 @@ static PyObject *km_scalar_setitem(PyObject *m, PyObject *args)
     NDArrayObject *dst;
     if (!PyArg_ParseTuple(args, "LdO!OOL:scalar_setitem", &size, &v, &Storage_Type, &out, &shape,
                           &strides, &offset) ||
-        parse_layout(shape, strides, offset, &l) < 0 || (dst = view_of(out, &l)) == NULL)
+        ndl_parse_layout(shape, strides, offset, &l, "kernel") < 0 || (dst = view_of(out, &l)) == NULL)
         return NULL;
     Py_DECREF(dst); /* only the bounds check was needed */
     return done(out->backend->fill(out->dtype, out->data, &l, v), "scalar_setitem");

@@ -56,7 +56,11 @@ int ndl_as_double(PyObject *obj, double *out)
         PyErr_Clear();
         return 0;
     }
-    one = PyLong_Check(size) && PyLong_AsLong(size) == 1;
+    /* NOTE: AndOverflow: a huge size must not leave an OverflowError set. */
+    {
+        int overflow = 0;
+        one = PyLong_Check(size) && PyLong_AsLongAndOverflow(size, &overflow) == 1 && !overflow;
+    }
     Py_DECREF(size);
     if (!one || !PyObject_HasAttrString(obj, "item") || NDArray_Check(obj))
         return 0;
@@ -200,6 +204,28 @@ PyObject *ndl_shape_tuple(int ndim, const int64_t *v)
         PyTuple_SET_ITEM(t, i, x);
     }
     return t;
+}
+
+int ndl_parse_layout(PyObject *shape, PyObject *strides, int64_t offset, ndl_layout *l,
+                     const char *what)
+{
+    int ns;
+    if (ndl_parse_shape(shape, &l->ndim, l->shape, "shape") < 0 ||
+        check_nonnegative(l->ndim, l->shape, "shape") < 0)
+        return -1;
+    l->offset = offset;
+    if (strides == Py_None) {
+        ndl_compact_strides(l->ndim, l->shape, l->strides);
+        return 0;
+    }
+    if (ndl_parse_shape(strides, &ns, l->strides, "strides") < 0)
+        return -1;
+    if (ns != l->ndim) {
+        PyErr_Format(PyExc_ValueError, "%s: shape %R and strides %R differ in length", what, shape,
+                     strides);
+        return -1;
+    }
+    return 0;
 }
 
 int ndl_normalize_axis(int64_t ax, int ndim, int64_t *out)
@@ -571,28 +597,14 @@ static PyObject *NDArray_make(PyObject *Py_UNUSED(cls), PyObject *args, PyObject
     PyObject *dtype_obj = Py_None;
     long long offset = 0;
     ndl_layout l;
-    int nstrides;
     DeviceObject *dev;
     StorageObject *st;
     ndl_dtype dt;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOOLO:make", kwlist, &shape_obj, &strides_obj,
                                      &dev_obj, &handle_obj, &offset, &dtype_obj))
         return NULL;
-    if (ndl_parse_shape(shape_obj, &l.ndim, l.shape, "shape") < 0 ||
-        check_nonnegative(l.ndim, l.shape, "shape") < 0)
+    if (ndl_parse_layout(shape_obj, strides_obj, offset, &l, "make") < 0)
         return NULL;
-    if (strides_obj == Py_None)
-        ndl_compact_strides(l.ndim, l.shape, l.strides);
-    else {
-        if (ndl_parse_shape(strides_obj, &nstrides, l.strides, "strides") < 0)
-            return NULL;
-        if (nstrides != l.ndim) {
-            PyErr_Format(PyExc_ValueError, "make: shape %R and strides %R differ in length",
-                         shape_obj, strides_obj);
-            return NULL;
-        }
-    }
-    l.offset = offset;
     if (handle_obj == Py_None) {
         NDArrayObject *res;
         if (ndl_parse_dtype(dtype_obj, &dt) < 0 || (dev = ndl_device_resolve(dev_obj)) == NULL)
@@ -728,19 +740,10 @@ fail:
 static PyObject *NDArray_as_strided(NDArrayObject *self, PyObject *args)
 {
     PyObject *shape_obj, *strides_obj;
-    ndl_layout l = self->layout;
-    int ns;
-    if (!PyArg_ParseTuple(args, "OO:as_strided", &shape_obj, &strides_obj))
+    ndl_layout l;
+    if (!PyArg_ParseTuple(args, "OO:as_strided", &shape_obj, &strides_obj) ||
+        ndl_parse_layout(shape_obj, strides_obj, self->layout.offset, &l, "as_strided") < 0)
         return NULL;
-    if (ndl_parse_shape(shape_obj, &l.ndim, l.shape, "shape") < 0 ||
-        ndl_parse_shape(strides_obj, &ns, l.strides, "strides") < 0 ||
-        check_nonnegative(l.ndim, l.shape, "shape") < 0)
-        return NULL;
-    if (ns != l.ndim) {
-        PyErr_Format(PyExc_ValueError, "as_strided: shape %R and strides %R differ in length",
-                     shape_obj, strides_obj);
-        return NULL;
-    }
     if (check_inside(&l, self->storage->size, "as_strided") < 0)
         return NULL;
     return (PyObject *)ndl_array_view(self, &l);

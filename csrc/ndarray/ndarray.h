@@ -123,6 +123,10 @@ const char *ndl_dtype_name(ndl_dtype dt);
 /* A tuple/list of ints (or, when allow_int, a bare int) into shape. */
 int ndl_parse_shape(PyObject *obj, int *ndim, int64_t *shape, const char *what);
 PyObject *ndl_shape_tuple(int ndim, const int64_t *v);
+/* A layout from Python shape and strides (None: compact) and an offset;
+ * -1 with ValueError naming `what` on negative dims or a length mismatch. */
+int ndl_parse_layout(PyObject *shape, PyObject *strides, int64_t offset, ndl_layout *l,
+                     const char *what);
 /* slice(start, stop, step) with int fields. */
 PyObject *ndl_slice_new(int64_t start, int64_t stop, int64_t step);
 /* Normalise axis `ax` for rank ndim; -1 with ValueError when out of range. */
