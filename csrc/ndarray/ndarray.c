@@ -239,6 +239,36 @@ int ndl_normalize_axis(int64_t ax, int ndim, int64_t *out)
     return 0;
 }
 
+int ndl_normalize_axes(int naxes, const int64_t *axes, int ndim, int skip_large, const char *what,
+                       int *nout, int64_t *out, uint64_t *mask)
+{
+    uint64_t seen = 0;
+    int k = 0;
+    if (naxes < 0) { /* None: every axis */
+        for (int i = 0; i < ndim; i++)
+            out[i] = i, seen |= (uint64_t)1 << i;
+        k = ndim;
+    }
+    for (int i = 0; i < naxes; i++) {
+        int64_t ax;
+        if (skip_large && axes[i] >= ndim)
+            continue;
+        if (ndl_normalize_axis(axes[i], ndim, &ax) < 0)
+            return -1;
+        if (seen & ((uint64_t)1 << ax)) {
+            PyErr_Format(PyExc_ValueError, "%s: axis %lld is repeated", what, (long long)ax);
+            return -1;
+        }
+        seen |= (uint64_t)1 << ax;
+        out[k++] = ax;
+    }
+    if (nout != NULL)
+        *nout = k;
+    if (mask != NULL)
+        *mask = seen;
+    return 0;
+}
+
 int ndl_broadcast_shapes(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout,
                          int64_t *out)
 {

@@ -131,6 +131,13 @@ int ndl_parse_layout(PyObject *shape, PyObject *strides, int64_t offset, ndl_lay
 PyObject *ndl_slice_new(int64_t start, int64_t stop, int64_t step);
 /* Normalise axis `ax` for rank ndim; -1 with ValueError when out of range. */
 int ndl_normalize_axis(int64_t ax, int ndim, int64_t *out);
+/* Normalise `naxes` axes for rank ndim (naxes < 0: every axis, as for
+ * axes=None) into out[*nout] (0 <= ax < ndim, in the order given) and the bit
+ * mask *mask (either output may be NULL). A repeated or out-of-range axis is
+ * a ValueError naming `what`; with skip_large, axes >= ndim are dropped
+ * instead (Dilate's rule). */
+int ndl_normalize_axes(int naxes, const int64_t *axes, int ndim, int skip_large, const char *what,
+                       int *nout, int64_t *out, uint64_t *mask);
 /* Broadcast two shapes (NumPy rules); -1 with ValueError naming both. */
 int ndl_broadcast_shapes(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout,
                          int64_t *out);
