@@ -87,7 +87,8 @@ PyMODINIT_FUNC PyInit__C(void)
         PyType_Ready(&NDArray_Type) < 0)
         return NULL;
     /* NumPy defers to NDArray's reflected operators (np_scalar * a). */
-    if (PyDict_SetItemString(NDArray_Type.tp_dict, "__array_ufunc__", Py_None) < 0)
+    if (PyDict_SetItemString(NDArray_Type.tp_dict, "__array_ufunc__", Py_None) < 0 ||
+        ndl_ndarray_methods_init(&NDArray_Type) < 0)
         return NULL;
     PyType_Modified(&NDArray_Type);
     m = PyModule_Create(&module_def);

@@ -70,7 +70,12 @@ def g_wide(shape):
     return np.asarray(np.random.randn(*shape) * 10)
 
 
-GENS = {"n": g_normal, "pos": g_pos, "nz": g_nonzero, "zero": g_zeros, "exp": g_exps,
+def g_ties(shape):
+    """Small integers: maxima tie, and Max shares the gradient among the ties."""
+    return np.asarray(np.round(np.random.randn(*shape)))
+
+
+GENS = {"ties": g_ties, "n": g_normal, "pos": g_pos, "nz": g_nonzero, "zero": g_zeros, "exp": g_exps,
         "big": g_big, "wide": g_wide}
 
 
@@ -463,6 +468,49 @@ add("size0-broadcast_to", lambda a: ndl.broadcast_to(a, (2, 0)), lambda a: a.exp
     lambda a: np.broadcast_to(a, (2, 0)), [(1, 0)])
 add("size0-transpose", lambda a: ndl.transpose(a), lambda a: a.transpose(-1, -2),
     lambda a: np.swapaxes(a, -1, -2), [(0, 3)])
+
+# -- the ops added as rows of csrc/ops.def (extensions: Sin, Cos, Sigmoid, Max,
+#    Permute) --------------------------------------------------------------
+def np_sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def t_amax(x, axes):
+    return torch.amax(x, dim=tuple(range(x.dim())) if axes is None else axes)
+
+
+add("sin", lambda a: ndl.sin(a), torch.sin, np.sin, [(3, 4)])
+add("sin-method", lambda a: a.sin(), torch.sin, np.sin, [(2, 3, 4)])
+add("cos", lambda a: ndl.cos(a), torch.cos, np.cos, [(3, 4)])
+add("cos-method-0d", lambda a: a.cos(), torch.cos, np.cos, [()])
+add("sin-cos-chain", lambda a: ndl.sin(ndl.cos(a) * 2.0), lambda a: torch.sin(torch.cos(a) * 2.0),
+    lambda a: np.sin(np.cos(a) * 2.0), [(4, 3)], gens="wide")
+add("sigmoid", lambda a: ndl.sigmoid(a), torch.sigmoid, np_sigmoid, [(3, 4)])
+add("sigmoid-wide", lambda a: ndl.sigmoid(a), torch.sigmoid, np_sigmoid, [(5, 4)], gens="wide")
+add("sigmoid-method", lambda a: a.sigmoid(), torch.sigmoid, np_sigmoid, [(2, 3, 4)])
+for axes in [None, (1,), (0, 2), (2, 0), 1, (-1,)]:
+    ax = (axes,) if isinstance(axes, int) else axes
+    add(f"max-{axes}", lambda a, axes=axes: ndl.max(a, axes),
+        lambda a, ax=ax: t_amax(a, ax), lambda a, ax=ax: np.max(a, axis=ax), [(3, 4, 5)])
+add("max-method", lambda a: a.max((1,)), lambda a: torch.amax(a, 1), lambda a: a.max(1),
+    [(3, 4)])
+add("max-class", lambda a: ndl.ops.Max(axes=(0,))(a), lambda a: torch.amax(a, 0),
+    lambda a: a.max(0), [(3, 4)])
+add("max-ties", lambda a: ndl.max(a, (1,)), lambda a: torch.amax(a, 1), lambda a: a.max(1),
+    [(6, 7)], gens="ties", fd=False)
+add("max-ties-all", lambda a: ndl.max(a), lambda a: a.amax((0, 1)), np.max, [(4, 5)],
+    gens="ties", fd=False)
+add("max-times-input", lambda a: ndl.max(a * a, (0,)) * 2.0, lambda a: torch.amax(a * a, 0) * 2.0,
+    lambda a: (a * a).max(0) * 2.0, [(4, 3)])
+for perm in [(2, 0, 1), (1, 0, 2), (0, 1, 2), (-1, 0, 1), None]:
+    tp = tuple(range(2, -1, -1)) if perm is None else tuple(p % 3 for p in perm)
+    add(f"permute-{perm}", lambda a, perm=perm: ndl.permute(a, perm),
+        lambda a, tp=tp: a.permute(*tp), lambda a, tp=tp: np.transpose(a, tp), [(2, 3, 4)])
+add("permute-method", lambda a: a.permute((1, 0)), lambda a: a.permute(1, 0),
+    lambda a: a.T, [(3, 5)])
+add("permute-then-matmul", lambda a, b: ndl.permute(a, (0, 2, 1)) @ b,
+    lambda a, b: a.permute(0, 2, 1) @ b, lambda a, b: np.transpose(a, (0, 2, 1)) @ b,
+    [(2, 4, 3), (4, 5)])
 
 CASE_BY_ID = {c.id: c for c in CASES}
 assert len(CASE_BY_ID) == len(CASES), "duplicate case ids"

@@ -7,48 +7,53 @@
 #include "array_api.h"
 
 static PyObject *np_mod;
+/* NumPy's function for each kernel row of ../ops.def; NULL where the row
+ * names none (relu, sigmoid: composed in nda_unary). */
 static PyObject *np_binary[NDL_NUM_BINARY];
 static PyObject *np_unary[NDL_NUM_UNARY];
-static PyObject *np_sum, *np_max, *np_reshape, *np_broadcast_to, *np_transpose, *np_matmul,
-    *np_flip, *np_full, *np_empty, *np_finfo, *np_ascontiguousarray;
+static PyObject *np_reduce[NDL_NUM_REDUCE];
+static PyObject *np_reshape, *np_broadcast_to, *np_transpose, *np_matmul, *np_flip, *np_full,
+    *np_empty, *np_finfo, *np_ascontiguousarray;
+
+/* *slot = numpy.<name>, or NULL when name is NULL. */
+static int get_np(PyObject **slot, const char *name)
+{
+    *slot = name ? PyObject_GetAttrString(np_mod, name) : NULL;
+    return name && *slot == NULL ? -1 : 0;
+}
 
 int nda_init(void)
 {
-    static const char *bin_names[NDL_NUM_BINARY] = {
-        [NDL_BIN_ADD] = "add",         [NDL_BIN_SUB] = "subtract",    [NDL_BIN_MUL] = "multiply",
-        [NDL_BIN_DIV] = "true_divide", [NDL_BIN_POW] = "power",       [NDL_BIN_MAXIMUM] = "maximum",
-        [NDL_BIN_MINIMUM] = "minimum", [NDL_BIN_EQ] = "equal",        [NDL_BIN_NE] = "not_equal",
-        [NDL_BIN_GT] = "greater",      [NDL_BIN_GE] = "greater_equal", [NDL_BIN_LT] = "less",
-        [NDL_BIN_LE] = "less_equal",
+    static const char *const un_names[NDL_NUM_UNARY] = {
+#define NDL_UNARY_KERNEL(KERNEL, kernel, numpy, method) [NDL_UN_##KERNEL] = numpy,
+#include "ops.def"
     };
-    static const char *un_names[NDL_NUM_UNARY] = {
-        [NDL_UN_NEG] = "negative", [NDL_UN_LOG] = "log",   [NDL_UN_EXP] = "exp",
-        [NDL_UN_TANH] = "tanh",    [NDL_UN_SQRT] = "sqrt", [NDL_UN_ABS] = "absolute",
+    static const char *const bin_names[NDL_NUM_BINARY] = {
+#define NDL_BINARY_KERNEL(KERNEL, kernel, numpy, method) [NDL_BIN_##KERNEL] = numpy,
+#include "ops.def"
+    };
+    static const char *const red_names[NDL_NUM_REDUCE] = {
+#define NDL_REDUCE(Class, func, KERNEL, numpy, method) [NDL_RED_##KERNEL] = numpy,
+#include "ops.def"
     };
     np_mod = PyImport_ImportModule("numpy");
     if (np_mod == NULL)
         return -1;
     for (int i = 0; i < NDL_NUM_BINARY; i++)
-        if ((np_binary[i] = PyObject_GetAttrString(np_mod, bin_names[i])) == NULL)
+        if (get_np(&np_binary[i], bin_names[i]) < 0)
             return -1;
     for (int i = 0; i < NDL_NUM_UNARY; i++)
-        if (un_names[i] && (np_unary[i] = PyObject_GetAttrString(np_mod, un_names[i])) == NULL)
+        if (get_np(&np_unary[i], un_names[i]) < 0)
             return -1;
-#define GET(var, name)                                                                             \
-    if ((var = PyObject_GetAttrString(np_mod, name)) == NULL)                                      \
+    for (int i = 0; i < NDL_NUM_REDUCE; i++)
+        if (get_np(&np_reduce[i], red_names[i]) < 0)
+            return -1;
+    if (get_np(&np_reshape, "reshape") < 0 || get_np(&np_broadcast_to, "broadcast_to") < 0 ||
+        get_np(&np_transpose, "transpose") < 0 || get_np(&np_matmul, "matmul") < 0 ||
+        get_np(&np_flip, "flip") < 0 || get_np(&np_full, "full") < 0 ||
+        get_np(&np_empty, "empty") < 0 || get_np(&np_finfo, "finfo") < 0 ||
+        get_np(&np_ascontiguousarray, "ascontiguousarray") < 0)
         return -1;
-    GET(np_sum, "sum")
-    GET(np_max, "max")
-    GET(np_reshape, "reshape")
-    GET(np_broadcast_to, "broadcast_to")
-    GET(np_transpose, "transpose")
-    GET(np_matmul, "matmul")
-    GET(np_flip, "flip")
-    GET(np_full, "full")
-    GET(np_empty, "empty")
-    GET(np_finfo, "finfo")
-    GET(np_ascontiguousarray, "ascontiguousarray")
-#undef GET
     return 0;
 }
 
@@ -128,6 +133,11 @@ PyObject *nda_unary(ndl_unop op, PyObject *a)
         Py_XDECREF(t);
         return res;
     default:
+        if (np_unary[op] == NULL) {
+            PyErr_Format(PyExc_NotImplementedError, "%s has no NumPy function for np mode",
+                         ndl_unop_names[op]);
+            return NULL;
+        }
         return PyObject_CallFunctionObjArgs(np_unary[op], a, NULL);
     }
 }
@@ -150,7 +160,7 @@ PyObject *nda_reduce(ndl_redop op, PyObject *a, int naxes, const int64_t *axes, 
     args = PyTuple_Pack(1, a);
     kw = Py_BuildValue("{sOsO}", "axis", ax, "keepdims", keepdims ? Py_True : Py_False);
     if (args && kw)
-        res = PyObject_Call(op == NDL_RED_SUM ? np_sum : np_max, args, kw);
+        res = PyObject_Call(np_reduce[op], args, kw);
     Py_DECREF(ax);
     Py_XDECREF(args);
     Py_XDECREF(kw);

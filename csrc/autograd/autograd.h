@@ -70,70 +70,120 @@ PyObject *ndl_make_from_op(PyTypeObject *result_type, PyObject *op, PyObject *in
 
 struct ndl_opdef;
 
-/* The constructor parameters of a built-in op, and the attribute names
- * they are visible under (API.md 4.1: stored under the same names). */
+/* The constructor parameters of a built-in op (the `params` of its row in
+ * ../ops.def), stored under the same names as attributes (API.md 4.1). */
 typedef enum {
     NDL_P_NONE,          /* () */
-    NDL_P_SCALAR,        /* (scalar) -> s0, scalar_obj */
-    NDL_P_C0_C1,         /* (c0, c1) -> s0, s1 */
-    NDL_P_AXES,          /* (axes=None) -> has_axes, naxes, axes */
-    NDL_P_SHAPE,         /* (shape) -> nshape, shape */
-    NDL_P_INDEX,         /* (index) -> i0 */
-    NDL_P_AXIS,          /* (axis) -> i0 */
-    NDL_P_AXES_DILATION, /* (axes, dilation) -> axes, i1 */
-    NDL_P_STRIDE_PADDING /* (stride=1, padding=0) -> i0, i1 */
+    NDL_P_SCALAR,        /* (scalar) -> scalar, scalar_obj */
+    NDL_P_C0_C1,         /* (c0, c1) -> c0, c1 */
+    NDL_P_AXES,          /* (axes=None) -> axes */
+    NDL_P_SHAPE,         /* (shape) -> shape */
+    NDL_P_INDEX,         /* (index) -> index */
+    NDL_P_AXIS,          /* (axis) -> axis */
+    NDL_P_AXES_DILATION, /* (axes, dilation) -> axes, dilation */
+    NDL_P_STRIDE_PADDING /* (stride=1, padding=0) -> stride, padding */
 } ndl_params;
+
+/* Axes as an op was given them: given == 0 for axes=None. */
+typedef struct {
+    int given;
+    int n;
+    int64_t v[NDL_MAX_DIMS];
+} ndl_axes_param;
 
 typedef struct {
     PyObject_HEAD
     const struct ndl_opdef *def; /* NULL for Python-defined ops */
     PyObject *dict;              /* the constructor's parameters, by name */
-    /* Parsed parameters (which ones are used depends on the op). */
-    double s0, s1;
-    PyObject *scalar_obj;        /* the scalar as given (np mode keeps NumPy rules) */
-    int has_axes;                /* axes given (not None) */
-    int naxes;
-    int64_t axes[NDL_MAX_DIMS];
-    int nshape;
-    int64_t shape[NDL_MAX_DIMS];
-    int64_t i0, i1;              /* index / axis / stride, dilation / padding */
+    PyObject *scalar_obj;        /* NDL_P_SCALAR: the scalar as given (np mode keeps NumPy's rules) */
+    union {                      /* the parsed parameters, by def->params */
+        double scalar;                             /* NDL_P_SCALAR */
+        struct { double c0, c1; };                 /* NDL_P_C0_C1 */
+        struct {                                   /* NDL_P_AXES, NDL_P_AXES_DILATION */
+            ndl_axes_param axes;
+            int64_t dilation;
+        };
+        struct { int ndim; int64_t dims[NDL_MAX_DIMS]; } shape; /* NDL_P_SHAPE */
+        int64_t index;                             /* NDL_P_INDEX */
+        int64_t axis;                              /* NDL_P_AXIS */
+        struct { int64_t stride, padding; };       /* NDL_P_STRIDE_PADDING */
+    };
 } OpObject;
 
 extern PyTypeObject Op_Type, TensorOp_Type, TensorTupleOp_Type;
 #define Op_Check(o) PyObject_TypeCheck(o, &Op_Type)
+/* Op's GC slots, shared by every op class (op.c). */
+int ndl_op_traverse(OpObject *self, visitproc visit, void *arg);
+int ndl_op_clear(OpObject *self);
 
-/* One built-in op (one table row: name, arity, parameters, forward, backward).
- * forward: arrays -> array (new reference). backward: out_grad, node ->
- * fills grads[k] with a new reference for every k with needs[k] set
- * (others may be left NULL); 0 or -1 with an exception. */
+/* forward: the input arrays -> the output array (new reference or NULL).
+ * backward: out_grad g, the node -> grads[k] (a new reference) for every k
+ * with needs[k] set (others may be left NULL); 0, or -1 with an exception. */
+typedef PyObject *(*ndl_forward_fn)(OpObject *op, PyObject *const *x, int n);
+typedef int (*ndl_backward_fn)(OpObject *op, ValueObject *g, ValueObject *node, const char *needs,
+                               PyObject **grads);
+#define NDL_FORWARD(Class) PyObject *ndl_fwd_##Class(OpObject *op, PyObject *const *x, int n)
+#define NDL_BACKWARD(Class)                                                                        \
+    int ndl_bwd_##Class(OpObject *op, ValueObject *g, ValueObject *node, const char *needs,        \
+                        PyObject **grads)
+
+/* One built-in op: its row of ../ops.def, as data (op_table.c). */
 typedef struct ndl_opdef {
-    const char *name;      /* class name, e.g. "EWiseAdd" */
-    const char *func;      /* function name, e.g. "add" */
-    int arity;             /* inputs; -1 = variadic (MakeTensorTuple) */
-    int tuple_result;      /* a TensorTupleOp */
-    ndl_params params;     /* which constructor parameters it takes */
-    PyObject *(*forward)(OpObject *op, PyObject *const *x, int n);
-    int (*backward)(OpObject *op, ValueObject *g, ValueObject *node, const char *needs,
-                    PyObject **grads);
-    PyTypeObject *type;    /* set at module init */
-    OpObject *instance;    /* shared instance of a parameterless op (tensor_ops.c) */
+    const char *name;        /* class name, e.g. "EWiseAdd" */
+    const char *func;        /* function name in needle.ops, e.g. "add" */
+    const char *method;      /* Tensor method, or NULL */
+    int arity;               /* inputs; -1 = variadic (MakeTensorTuple) */
+    int tuple_result;        /* a TensorTupleOp */
+    ndl_params params;       /* which constructor parameters it takes */
+    int kernel;              /* NDL_UN_* / NDL_BIN_* / NDL_RED_* of kernel rows, else -1 */
+    ndl_forward_fn forward;
+    ndl_backward_fn backward;
+    PyTypeObject *type;      /* set at module init */
+    PyObject *function;      /* needle.ops.<func>, set at module init (a strong reference) */
+    OpObject *instance;      /* shared instance of a parameterless op (tensor_ops.c) */
 } ndl_opdef;
 
-/* The table (ops.def lists the rows; each family file defines its rows). */
-#define X(NAME, FAMILY) extern ndl_opdef ndl_op_##NAME;
+/* The table, generated from the rows (op_table.c): ndl_op_<Class> for each
+ * op, the forward and backward of each, and the generic forwards of the
+ * kernel rows (ops_ewise.c, ops_shape.c). */
+#define NDL_OP_ROW(Class, func) extern ndl_opdef ndl_op_##Class; NDL_BACKWARD(Class);
 #include "ops.def"
-#undef X
+#define NDL_OP(Class, func, family, arity, params, method) NDL_FORWARD(Class);
+#define NDL_TUPLE_OP(Class, func, family, arity, params) NDL_FORWARD(Class);
+#include "ops.def"
+NDL_FORWARD(unary);
+NDL_FORWARD(binary);
+NDL_FORWARD(scalar);
+NDL_FORWARD(reduce);
 extern ndl_opdef *const ndl_opdefs[];
 extern const int ndl_num_opdefs;
 
 int ndl_op_types_init(PyObject *module);
+/* Install the Tensor methods generated from the op rows (tensor_ops.c). */
+int ndl_tensor_methods_init(PyTypeObject *type);
 /* 0, or -1 with an exception when node's inputs do not fit op's arity. */
 int ndl_check_node_arity(OpObject *op, ValueObject *node);
 /* A built-in op's gradients with every input needed, as a tuple. */
 PyObject *ndl_op_gradient_tuple(OpObject *op, ValueObject *g, ValueObject *node);
-/* Normalise a gradient() result (steals r): tuple kept, list converted,
- * anything else (a TensorTuple included) wrapped in a 1-tuple. */
+/* A gradient() result as a tuple (new reference; r is borrowed): a tuple
+ * itself, a list converted, anything else (a TensorTuple included) wrapped
+ * in a 1-tuple. */
 PyObject *ndl_as_grad_tuple(PyObject *r);
+/* Parse a built-in op's constructor arguments into its fields (op_params.c);
+ * param_attr reads one back by name (NULL, no exception, if none). */
+int ndl_op_parse_params(OpObject *op, PyObject *args, PyObject *kwds);
+PyObject *ndl_op_param_attr(OpObject *op, const char *name);
+
+/* An int argument (anything with __index__) into *out; -1 with TypeError
+ * naming `name` otherwise. */
+int ndl_parse_int(PyObject *obj, int64_t *out, const char *name);
+/* The row of a built-in op class or of a subclass of one; NULL for ops
+ * defined in Python (op_table.c). */
+const ndl_opdef *ndl_opdef_of_type(PyTypeObject *t);
+/* The Python entry points of the tuple ops (ops_tuple.c): TupleGetItem's
+ * tp_call (constant folding, API.md 4.2) and the function stack(args, axis). */
+PyObject *ndl_tuple_get_item_call(PyObject *self, PyObject *args, PyObject *kwds);
+extern PyMethodDef ndl_stack_function_def;
 
 /* Make the op `def`(params) with C values (no Python parsing): for the
  * backward rules, which build their graphs with ops. */
@@ -142,24 +192,20 @@ OpObject *ndl_op_new(const ndl_opdef *def);
 /* ---- Tensor-level constructors used by backward rules (tensor_ops.c).
  * Each returns a new Tensor reference (recorded or not, per make_from_op)
  * or NULL with an exception. Arguments are borrowed. */
-PyObject *ndl_t_add(PyObject *a, PyObject *b);
-PyObject *ndl_t_mul(PyObject *a, PyObject *b);
-PyObject *ndl_t_div(PyObject *a, PyObject *b);
-PyObject *ndl_t_neg(PyObject *a);
-PyObject *ndl_t_add_scalar(PyObject *a, double s);
-PyObject *ndl_t_mul_scalar(PyObject *a, double s);
-PyObject *ndl_t_div_scalar(PyObject *a, double s);
-PyObject *ndl_t_power_scalar(PyObject *a, double s);
-PyObject *ndl_t_pow(PyObject *a, PyObject *b);
+/* ndl_t_<func>(a) / (a, b) / (a, s) for every elementwise and scalar row */
+#define NDL_UNARY(Class, func, KERNEL, kernel, numpy, method) PyObject *ndl_t_##func(PyObject *a);
+#define NDL_BINARY(Class, func, KERNEL, kernel, numpy)                                             \
+    PyObject *ndl_t_##func(PyObject *a, PyObject *b);
+#define NDL_SCALAR(Class, func, KERNEL) PyObject *ndl_t_##func(PyObject *a, double s);
+#include "ops.def"
 /* A scalar op (AddScalar, MulScalar, DivScalar, PowerScalar) of a; s_obj,
  * if not NULL, is the scalar as a Python object (np mode keeps its type). */
 PyObject *ndl_t_scalar_op(ndl_opdef *def, PyObject *a, double s, PyObject *s_obj);
-PyObject *ndl_t_log(PyObject *a);
-PyObject *ndl_t_exp(PyObject *a);
 PyObject *ndl_t_reshape(PyObject *a, int ndim, const int64_t *shape);
 PyObject *ndl_t_broadcast_to(PyObject *a, int ndim, const int64_t *shape);
 PyObject *ndl_t_summation(PyObject *a, int naxes, const int64_t *axes); /* naxes<0: all */
 PyObject *ndl_t_transpose(PyObject *a, int64_t ax0, int64_t ax1);
+PyObject *ndl_t_permute(PyObject *a, int naxes, const int64_t *axes);
 PyObject *ndl_t_matmul(PyObject *a, PyObject *b);
 PyObject *ndl_t_stack(PyObject *list, int64_t axis);
 PyObject *ndl_t_split(PyObject *a, int64_t axis);

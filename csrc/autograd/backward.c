@@ -117,14 +117,18 @@ static int node_gradients(ValueObject *node, PyObject *g, char *needs, PyObject 
 {
     OpObject *op = (OpObject *)node->op;
     Py_ssize_t n = PyTuple_GET_SIZE(node->inputs);
-    PyObject *t;
+    PyObject *r, *t;
     if (Op_Check(node->op) && op->def != NULL && Py_TYPE(op) == op->def->type) {
         if (ndl_check_node_arity(op, node) < 0)
             return -1;
         return op->def->backward(op, (ValueObject *)g, node, needs, grads);
     }
     /* A Python-defined op: its gradient_as_tuple, called through Python. */
-    t = ndl_as_grad_tuple(PyObject_CallMethod(node->op, "gradient", "OO", g, (PyObject *)node));
+    r = PyObject_CallMethod(node->op, "gradient", "OO", g, (PyObject *)node);
+    if (r == NULL)
+        return -1;
+    t = ndl_as_grad_tuple(r);
+    Py_DECREF(r);
     if (t == NULL)
         return -1;
     if (PyTuple_GET_SIZE(t) != n) {

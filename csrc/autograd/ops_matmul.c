@@ -6,7 +6,7 @@
 #define IN(k) PyTuple_GET_ITEM(node->inputs, (k))
 #define G ((PyObject *)g)
 
-static PyObject *matmul_fwd(OpObject *op, PyObject *const *x, int n)
+NDL_FORWARD(MatMul)
 {
     int64_t s[NDL_MAX_DIMS];
     int na, nb;
@@ -23,8 +23,7 @@ static PyObject *matmul_fwd(OpObject *op, PyObject *const *x, int n)
 }
 
 /* (unbroadcast(g @ b^T, a.shape), unbroadcast(a^T @ g, b.shape)) */
-static int matmul_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *needs,
-                      PyObject **grads)
+NDL_BACKWARD(MatMul)
 {
     for (int k = 0; k < 2; k++) {
         int64_t shape[NDL_MAX_DIMS];
@@ -44,4 +43,3 @@ static int matmul_bwd(OpObject *op, ValueObject *g, ValueObject *node, const cha
     }
     return 0;
 }
-ndl_opdef ndl_op_MatMul = {"MatMul", "matmul", 2, 0, NDL_P_NONE, matmul_fwd, matmul_bwd};

@@ -1,7 +1,8 @@
-/* ops_shape.c: ops that move elements without arithmetic, and Summation
- * (API.md 4.1, 4.5): Transpose, Reshape, BroadcastTo, Summation, Flip,
- * Dilate, UnDilate. Forward and backward of each sit together; the
- * backward of each is the op's "inverse" applied to g.
+/* ops_shape.c: ops that move elements without arithmetic, and the
+ * reductions (API.md 4.1, 4.5): Transpose, Permute, Reshape, BroadcastTo,
+ * Flip, Dilate, UnDilate; the forward of every reduction row and the
+ * backward of Summation and Max. Forward and backward of each sit together;
+ * the backward of a move is the op's "inverse" applied to g.
  */
 #include <string.h>
 
@@ -14,29 +15,8 @@
  * skip_large: drop axes >= ndim silently (Dilate's rule) instead of failing. */
 static int op_axes(OpObject *op, int ndim, int *naxes, int64_t *out, int skip_large)
 {
-    uint64_t seen = 0;
-    int k = 0;
-    if (!op->has_axes) {
-        for (int i = 0; i < ndim; i++)
-            out[i] = i;
-        *naxes = ndim;
-        return 0;
-    }
-    for (int i = 0; i < op->naxes; i++) {
-        int64_t ax;
-        if (skip_large && op->axes[i] >= ndim)
-            continue;
-        if (ndl_normalize_axis(op->axes[i], ndim, &ax) < 0)
-            return -1;
-        if (seen & ((uint64_t)1 << ax)) {
-            PyErr_Format(PyExc_ValueError, "%s: axis %lld is repeated", op->def->name, (long long)ax);
-            return -1;
-        }
-        seen |= (uint64_t)1 << ax;
-        out[k++] = ax;
-    }
-    *naxes = k;
-    return 0;
+    return ndl_normalize_axes(op->axes.given ? op->axes.n : -1, op->axes.v, ndim, skip_large,
+                              op->def->name, naxes, out, NULL);
 }
 
 static int input_shape(ValueObject *node, int k, int *ndim, int64_t *shape)
@@ -47,7 +27,7 @@ static int input_shape(ValueObject *node, int k, int *ndim, int64_t *shape)
 /* ---- Transpose(axes=None): swap two axes (the last two by default) -------- */
 static int transpose_axes(OpObject *op, int ndim, int64_t *ax0, int64_t *ax1)
 {
-    if (!op->has_axes) {
+    if (!op->axes.given) {
         if (ndim < 2) {
             PyErr_Format(PyExc_ValueError, "Transpose: needs at least 2 dimensions, got %d", ndim);
             return -1;
@@ -55,15 +35,16 @@ static int transpose_axes(OpObject *op, int ndim, int64_t *ax0, int64_t *ax1)
         *ax0 = ndim - 2, *ax1 = ndim - 1;
         return 0;
     }
-    if (op->naxes != 2) {
-        PyErr_Format(PyExc_ValueError, "Transpose: axes must be a pair, got %d axes", op->naxes);
+    if (op->axes.n != 2) {
+        PyErr_Format(PyExc_ValueError, "Transpose: axes must be a pair, got %d axes", op->axes.n);
         return -1;
     }
-    if (ndl_normalize_axis(op->axes[0], ndim, ax0) < 0 || ndl_normalize_axis(op->axes[1], ndim, ax1) < 0)
+    if (ndl_normalize_axis(op->axes.v[0], ndim, ax0) < 0 ||
+        ndl_normalize_axis(op->axes.v[1], ndim, ax1) < 0)
         return -1;
     return 0;
 }
-static PyObject *transpose_fwd(OpObject *op, PyObject *const *x, int n)
+NDL_FORWARD(Transpose)
 {
     int64_t shape[NDL_MAX_DIMS], a0, a1;
     int ndim, perm[NDL_MAX_DIMS];
@@ -74,8 +55,7 @@ static PyObject *transpose_fwd(OpObject *op, PyObject *const *x, int n)
     perm[a0] = (int)a1, perm[a1] = (int)a0;
     return nda_permute(x[0], perm);
 }
-static int transpose_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *needs,
-                         PyObject **grads)
+NDL_BACKWARD(Transpose)
 {
     int64_t shape[NDL_MAX_DIMS], a0, a1;
     int ndim;
@@ -84,14 +64,55 @@ static int transpose_bwd(OpObject *op, ValueObject *g, ValueObject *node, const 
     grads[0] = ndl_t_transpose(G, a0, a1);
     return grads[0] ? 0 : -1;
 }
-ndl_opdef ndl_op_Transpose = {"Transpose", "transpose", 1, 0, NDL_P_AXES, transpose_fwd, transpose_bwd};
+
+/* ---- Permute(axes=None): reorder all axes (reversed when None) ------------ */
+static int permute_axes(OpObject *op, int ndim, int *perm)
+{
+    int64_t axes[NDL_MAX_DIMS];
+    int naxes;
+    if (!op->axes.given) {
+        for (int i = 0; i < ndim; i++)
+            perm[i] = ndim - 1 - i;
+        return 0;
+    }
+    if (op->axes.n != ndim) {
+        PyErr_Format(PyExc_ValueError, "Permute: axes has %d entries for an input of %d dimensions",
+                     op->axes.n, ndim);
+        return -1;
+    }
+    if (ndl_normalize_axes(op->axes.n, op->axes.v, ndim, 0, "Permute", &naxes, axes, NULL) < 0)
+        return -1;
+    for (int i = 0; i < ndim; i++)
+        perm[i] = (int)axes[i];
+    return 0;
+}
+NDL_FORWARD(Permute)
+{
+    int64_t shape[NDL_MAX_DIMS];
+    int ndim, perm[NDL_MAX_DIMS];
+    if (nda_shape(x[0], &ndim, shape) < 0 || permute_axes(op, ndim, perm) < 0)
+        return NULL;
+    return nda_permute(x[0], perm);
+}
+/* -> permute(g, the inverse permutation) */
+NDL_BACKWARD(Permute)
+{
+    int64_t shape[NDL_MAX_DIMS], inv[NDL_MAX_DIMS];
+    int ndim, perm[NDL_MAX_DIMS];
+    if (input_shape(node, 0, &ndim, shape) < 0 || permute_axes(op, ndim, perm) < 0)
+        return -1;
+    for (int i = 0; i < ndim; i++)
+        inv[perm[i]] = i;
+    grads[0] = ndl_t_permute(G, ndim, inv);
+    return grads[0] ? 0 : -1;
+}
 
 /* ---- Reshape(shape) -> reshape(g, a.shape) --------------------------------- */
-static PyObject *reshape_fwd(OpObject *op, PyObject *const *x, int n)
+NDL_FORWARD(Reshape)
 {
-    return nda_reshape(x[0], op->nshape, op->shape);
+    return nda_reshape(x[0], op->shape.ndim, op->shape.dims);
 }
-static int reshape_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *needs, PyObject **grads)
+NDL_BACKWARD(Reshape)
 {
     int64_t shape[NDL_MAX_DIMS];
     int ndim;
@@ -100,15 +121,13 @@ static int reshape_bwd(OpObject *op, ValueObject *g, ValueObject *node, const ch
     grads[0] = ndl_t_reshape(G, ndim, shape);
     return grads[0] ? 0 : -1;
 }
-ndl_opdef ndl_op_Reshape = {"Reshape", "reshape", 1, 0, NDL_P_SHAPE, reshape_fwd, reshape_bwd};
 
 /* ---- BroadcastTo(shape) -> unbroadcast(g, a.shape) ------------------------- */
-static PyObject *broadcast_fwd(OpObject *op, PyObject *const *x, int n)
+NDL_FORWARD(BroadcastTo)
 {
-    return nda_broadcast_to(x[0], op->nshape, op->shape);
+    return nda_broadcast_to(x[0], op->shape.ndim, op->shape.dims);
 }
-static int broadcast_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *needs,
-                         PyObject **grads)
+NDL_BACKWARD(BroadcastTo)
 {
     int64_t shape[NDL_MAX_DIMS];
     int ndim;
@@ -117,19 +136,18 @@ static int broadcast_bwd(OpObject *op, ValueObject *g, ValueObject *node, const 
     grads[0] = ndl_t_unbroadcast(G, ndim, shape);
     return grads[0] ? 0 : -1;
 }
-ndl_opdef ndl_op_BroadcastTo = {"BroadcastTo", "broadcast_to", 1, 0, NDL_P_SHAPE, broadcast_fwd,
-                                broadcast_bwd};
 
-/* ---- Summation(axes=None) -> broadcast(reshape(g, keepdims shape), a.shape) - */
-static PyObject *summation_fwd(OpObject *op, PyObject *const *x, int n)
+/* ---- the reductions: Summation(axes=None), Max(axes=None) ----------------- */
+NDL_FORWARD(reduce)
 {
     int64_t shape[NDL_MAX_DIMS], axes[NDL_MAX_DIMS];
     int ndim, naxes;
     if (nda_shape(x[0], &ndim, shape) < 0 || op_axes(op, ndim, &naxes, axes, 0) < 0)
         return NULL;
     /* NOTE: axes=None gives shape () (unlike NDArray.sum, which gives (1,)). */
-    return nda_reduce(NDL_RED_SUM, x[0], op->has_axes ? naxes : -1, axes, 0);
+    return nda_reduce((ndl_redop)op->def->kernel, x[0], op->axes.given ? naxes : -1, axes, 0);
 }
+
 int ndl_grad_of_reduction(ValueObject *g, int ndim, const int64_t *shape, int naxes,
                           const int64_t *axes, PyObject **out)
 {
@@ -143,8 +161,9 @@ int ndl_grad_of_reduction(ValueObject *g, int ndim, const int64_t *shape, int na
     Py_XDECREF(r);
     return *out ? 0 : -1;
 }
-static int summation_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *needs,
-                         PyObject **grads)
+
+/* sum over axes -> broadcast(reshape(g, keepdims shape), a.shape) */
+NDL_BACKWARD(Summation)
 {
     int64_t shape[NDL_MAX_DIMS], axes[NDL_MAX_DIMS];
     int ndim, naxes;
@@ -152,10 +171,56 @@ static int summation_bwd(OpObject *op, ValueObject *g, ValueObject *node, const 
         return -1;
     return ndl_grad_of_reduction(g, ndim, shape, naxes, axes, &grads[0]);
 }
-ndl_opdef ndl_op_Summation = {"Summation", "summation", 1, 0, NDL_P_AXES, summation_fwd, summation_bwd};
+
+/* The weights of Max's gradient: 1[a == max] / (number of maxima), a
+ * constant taken from the data. NOTE: ties share the gradient equally, as
+ * torch.amax does (the result is then the same whichever maximum is kept). */
+static PyObject *max_weights(ValueObject *node, int ndim, const int64_t *shape, int naxes,
+                             const int64_t *axes)
+{
+    int64_t kshape[NDL_MAX_DIMS];
+    PyObject *a = ndl_value_realize((ValueObject *)IN(0)), *y = ndl_value_realize(node);
+    PyObject *yk = NULL, *yb = NULL, *eq = NULL, *cnt = NULL, *w = NULL;
+    if (a == NULL || y == NULL)
+        return NULL;
+    memcpy(kshape, shape, sizeof(int64_t) * ndim);
+    for (int i = 0; i < naxes; i++)
+        kshape[axes[i]] = 1;
+    yk = nda_reshape(y, ndim, kshape);
+    yb = yk ? nda_broadcast_to(yk, ndim, shape) : NULL;
+    eq = yb ? nda_binary(NDL_BIN_EQ, a, yb) : NULL;
+    cnt = eq ? nda_reduce(NDL_RED_SUM, eq, naxes, axes, 1) : NULL;
+    w = cnt ? nda_binary(NDL_BIN_DIV, eq, cnt) : NULL;
+    Py_XDECREF(yk);
+    Py_XDECREF(yb);
+    Py_XDECREF(eq);
+    Py_XDECREF(cnt);
+    return w;
+}
+
+/* max over axes -> broadcast(reshape(g, keepdims shape), a.shape) * weights */
+NDL_BACKWARD(Max)
+{
+    int64_t shape[NDL_MAX_DIMS], axes[NDL_MAX_DIMS];
+    int ndim, naxes, rc = -1;
+    PyObject *gb = NULL, *w = NULL, *wt = NULL;
+    if (input_shape(node, 0, &ndim, shape) < 0 || op_axes(op, ndim, &naxes, axes, 0) < 0)
+        return -1;
+    w = max_weights(node, ndim, shape, naxes, axes);
+    wt = w ? ndl_t_const(w) : NULL;
+    if (wt == NULL || ndl_grad_of_reduction(g, ndim, shape, naxes, axes, &gb) < 0)
+        goto fail;
+    grads[0] = ndl_t_multiply(gb, wt);
+    rc = grads[0] ? 0 : -1;
+fail:
+    Py_XDECREF(gb);
+    Py_XDECREF(w);
+    Py_XDECREF(wt);
+    return rc;
+}
 
 /* ---- Flip(axes=None) -> flip(g, axes) ------------------------------------- */
-static PyObject *flip_fwd(OpObject *op, PyObject *const *x, int n)
+NDL_FORWARD(Flip)
 {
     int64_t shape[NDL_MAX_DIMS], axes[NDL_MAX_DIMS];
     int ndim, naxes;
@@ -163,12 +228,11 @@ static PyObject *flip_fwd(OpObject *op, PyObject *const *x, int n)
         return NULL;
     return nda_flip(x[0], naxes, axes);
 }
-static int flip_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *needs, PyObject **grads)
+NDL_BACKWARD(Flip)
 {
-    grads[0] = ndl_t_flip(G, op->has_axes ? op->naxes : -1, op->axes);
+    grads[0] = ndl_t_flip(G, op->axes.given ? op->axes.n : -1, op->axes.v);
     return grads[0] ? 0 : -1;
 }
-ndl_opdef ndl_op_Flip = {"Flip", "flip", 1, 0, NDL_P_AXES, flip_fwd, flip_bwd};
 
 /* ---- Dilate(axes, d): d zeros after every element along axes (4.5) -------- */
 static void dilated_view(OpObject *op, int ndim, const int64_t *shape, int naxes, const int64_t *axes,
@@ -177,11 +241,11 @@ static void dilated_view(OpObject *op, int ndim, const int64_t *shape, int naxes
     for (int i = 0; i < ndim; i++)
         start[i] = 0, len[i] = shape[i], step[i] = 1, big[i] = shape[i];
     for (int i = 0; i < naxes; i++) {
-        step[axes[i]] = op->i1 + 1;
-        big[axes[i]] = shape[axes[i]] * (op->i1 + 1);
+        step[axes[i]] = op->dilation + 1;
+        big[axes[i]] = shape[axes[i]] * (op->dilation + 1);
     }
 }
-static PyObject *dilate_fwd(OpObject *op, PyObject *const *x, int n)
+NDL_FORWARD(Dilate)
 {
     int64_t shape[NDL_MAX_DIMS], axes[NDL_MAX_DIMS], start[NDL_MAX_DIMS], len[NDL_MAX_DIMS],
         step[NDL_MAX_DIMS], big[NDL_MAX_DIMS];
@@ -199,15 +263,14 @@ static PyObject *dilate_fwd(OpObject *op, PyObject *const *x, int n)
     Py_XDECREF(view);
     return out;
 }
-static int dilate_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *needs, PyObject **grads)
+NDL_BACKWARD(Dilate)
 {
-    grads[0] = ndl_t_undilate(G, op->naxes, op->axes, op->i1);
+    grads[0] = ndl_t_undilate(G, op->axes.n, op->axes.v, op->dilation);
     return grads[0] ? 0 : -1;
 }
-ndl_opdef ndl_op_Dilate = {"Dilate", "dilate", 1, 0, NDL_P_AXES_DILATION, dilate_fwd, dilate_bwd};
 
 /* ---- UnDilate(axes, d): every (d+1)-th element along axes, the inverse ---- */
-static PyObject *undilate_fwd(OpObject *op, PyObject *const *x, int n)
+NDL_FORWARD(UnDilate)
 {
     int64_t shape[NDL_MAX_DIMS], axes[NDL_MAX_DIMS], start[NDL_MAX_DIMS], len[NDL_MAX_DIMS],
         step[NDL_MAX_DIMS];
@@ -218,19 +281,16 @@ static PyObject *undilate_fwd(OpObject *op, PyObject *const *x, int n)
     for (int i = 0; i < ndim; i++)
         start[i] = 0, len[i] = shape[i], step[i] = 1;
     for (int i = 0; i < naxes; i++) {
-        step[axes[i]] = op->i1 + 1;
-        len[axes[i]] = (shape[axes[i]] + op->i1) / (op->i1 + 1);
+        step[axes[i]] = op->dilation + 1;
+        len[axes[i]] = (shape[axes[i]] + op->dilation) / (op->dilation + 1);
     }
     view = nda_view(x[0], start, len, step, -1);
     out = view ? nda_copy(view) : NULL;
     Py_XDECREF(view);
     return out;
 }
-static int undilate_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *needs,
-                        PyObject **grads)
+NDL_BACKWARD(UnDilate)
 {
-    grads[0] = ndl_t_dilate(G, op->naxes, op->axes, op->i1);
+    grads[0] = ndl_t_dilate(G, op->axes.n, op->axes.v, op->dilation);
     return grads[0] ? 0 : -1;
 }
-ndl_opdef ndl_op_UnDilate = {"UnDilate", "undilate", 1, 0, NDL_P_AXES_DILATION, undilate_fwd,
-                             undilate_bwd};

@@ -17,7 +17,6 @@
 /* axes of op (all when None / LogSoftmax: the last one) for rank ndim */
 static int reduce_axes(OpObject *op, int ndim, int *naxes, int64_t *axes)
 {
-    uint64_t seen = 0;
     if (op->def == &ndl_op_LogSoftmax) {
         if (ndim < 1) {
             PyErr_SetString(PyExc_ValueError, "LogSoftmax: needs at least 1 dimension");
@@ -26,23 +25,8 @@ static int reduce_axes(OpObject *op, int ndim, int *naxes, int64_t *axes)
         *naxes = 1, axes[0] = ndim - 1;
         return 0;
     }
-    if (!op->has_axes) {
-        for (int i = 0; i < ndim; i++)
-            axes[i] = i;
-        *naxes = ndim;
-        return 0;
-    }
-    for (int i = 0; i < op->naxes; i++) {
-        if (ndl_normalize_axis(op->axes[i], ndim, &axes[i]) < 0)
-            return -1;
-        if (seen & ((uint64_t)1 << axes[i])) {
-            PyErr_Format(PyExc_ValueError, "LogSumExp: axis %lld is repeated", (long long)axes[i]);
-            return -1;
-        }
-        seen |= (uint64_t)1 << axes[i];
-    }
-    *naxes = op->naxes;
-    return 0;
+    return ndl_normalize_axes(op->axes.given ? op->axes.n : -1, op->axes.v, ndim, 0, "LogSumExp",
+                              naxes, axes, NULL);
 }
 
 /* max of z over axes, keepdims, clamped to the finite range */
@@ -100,7 +84,7 @@ static PyObject *softmax_tensor(PyObject *zt, int ndim, const int64_t *shape, in
     if (e != NULL)
         s = ndl_t_summation(e, naxes, axes);
     if (s != NULL && ndl_grad_of_reduction((ValueObject *)s, ndim, shape, naxes, axes, &sb) == 0)
-        res = ndl_t_div(e, sb);
+        res = ndl_t_divide(e, sb);
     Py_XDECREF(c);
     Py_XDECREF(zc);
     Py_XDECREF(e);
@@ -110,7 +94,7 @@ static PyObject *softmax_tensor(PyObject *zt, int ndim, const int64_t *shape, in
 }
 
 /* ---- LogSumExp(axes=None): log sum exp z over axes, reduced axes removed -- */
-static PyObject *lse_fwd(OpObject *op, PyObject *const *x, int n)
+NDL_FORWARD(LogSumExp)
 {
     int64_t shape[NDL_MAX_DIMS], axes[NDL_MAX_DIMS], oshape[NDL_MAX_DIMS];
     int ndim, naxes, ond = 0;
@@ -119,7 +103,7 @@ static PyObject *lse_fwd(OpObject *op, PyObject *const *x, int n)
     if (nda_shape(x[0], &ndim, shape) < 0 || reduce_axes(op, ndim, &naxes, axes) < 0)
         return NULL;
     for (int i = 0; i < naxes; i++)
-        mask |= (uint64_t)1 << axes[i];
+        mask |= (uint64_t)1 << axes[i]; /* NOTE: normalised, so every shift is < ndim */
     for (int i = 0; i < ndim; i++)
         if (!(mask & ((uint64_t)1 << i)))
             oshape[ond++] = shape[i];
@@ -132,7 +116,7 @@ static PyObject *lse_fwd(OpObject *op, PyObject *const *x, int n)
     Py_XDECREF(r);
     return out;
 }
-static int lse_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *needs, PyObject **grads)
+NDL_BACKWARD(LogSumExp)
 {
     int64_t shape[NDL_MAX_DIMS], axes[NDL_MAX_DIMS];
     int ndim, naxes;
@@ -142,15 +126,14 @@ static int lse_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *
         return -1;
     sm = softmax_tensor(IN(0), ndim, shape, naxes, axes);
     if (sm != NULL && ndl_grad_of_reduction(g, ndim, shape, naxes, axes, &gb) == 0)
-        grads[0] = ndl_t_mul(gb, sm);
+        grads[0] = ndl_t_multiply(gb, sm);
     Py_XDECREF(sm);
     Py_XDECREF(gb);
     return grads[0] ? 0 : -1;
 }
-ndl_opdef ndl_op_LogSumExp = {"LogSumExp", "logsumexp", 1, 0, NDL_P_AXES, lse_fwd, lse_bwd};
 
 /* ---- LogSoftmax(): z - logsumexp(z) over the last axis --------------------- */
-static PyObject *logsoftmax_fwd(OpObject *op, PyObject *const *x, int n)
+NDL_FORWARD(LogSoftmax)
 {
     int64_t shape[NDL_MAX_DIMS], axes[1];
     int ndim, naxes;
@@ -166,8 +149,7 @@ static PyObject *logsoftmax_fwd(OpObject *op, PyObject *const *x, int n)
     return out;
 }
 /* g - softmax(z) * broadcast(sum(g, axis)) */
-static int logsoftmax_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *needs,
-                          PyObject **grads)
+NDL_BACKWARD(LogSoftmax)
 {
     int64_t shape[NDL_MAX_DIMS], axes[1];
     int ndim, naxes;
@@ -179,9 +161,9 @@ static int logsoftmax_bwd(OpObject *op, ValueObject *g, ValueObject *node, const
     if (sm != NULL)
         gs = ndl_t_summation(G, naxes, axes);
     if (gs != NULL && ndl_grad_of_reduction((ValueObject *)gs, ndim, shape, naxes, axes, &gb) == 0)
-        p = ndl_t_mul(sm, gb);
+        p = ndl_t_multiply(sm, gb);
     if (p != NULL)
-        np_ = ndl_t_neg(p);
+        np_ = ndl_t_negate(p);
     if (np_ != NULL)
         grads[0] = ndl_t_add(G, np_);
     Py_XDECREF(sm);
@@ -191,5 +173,3 @@ static int logsoftmax_bwd(OpObject *op, ValueObject *g, ValueObject *node, const
     Py_XDECREF(np_);
     return grads[0] ? 0 : -1;
 }
-ndl_opdef ndl_op_LogSoftmax = {"LogSoftmax", "logsoftmax", 1, 0, NDL_P_NONE, logsoftmax_fwd,
-                               logsoftmax_bwd};

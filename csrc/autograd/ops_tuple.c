@@ -9,7 +9,7 @@
 #define G ((PyObject *)g)
 
 /* ---- MakeTensorTuple(*args) -> (g[0], g[1], ...) --------------------------- */
-static PyObject *make_tuple_fwd(OpObject *op, PyObject *const *x, int n)
+NDL_FORWARD(MakeTensorTuple)
 {
     PyObject *t = PyTuple_New(n);
     if (t == NULL)
@@ -18,33 +18,29 @@ static PyObject *make_tuple_fwd(OpObject *op, PyObject *const *x, int n)
         PyTuple_SET_ITEM(t, i, Py_NewRef(x[i]));
     return t;
 }
-static int make_tuple_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *needs,
-                          PyObject **grads)
+NDL_BACKWARD(MakeTensorTuple)
 {
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(node->inputs); i++)
         if (needs[i] && (grads[i] = ndl_t_tuple_get_item(G, i)) == NULL)
             return -1;
     return 0;
 }
-ndl_opdef ndl_op_MakeTensorTuple = {"MakeTensorTuple", "make_tuple", -1, 1, NDL_P_NONE,
-                                    make_tuple_fwd, make_tuple_bwd};
 
 /* ---- TupleGetItem(index): a[index] -> make_tuple(0, ..., g, ..., 0) ------- */
-static PyObject *get_item_fwd(OpObject *op, PyObject *const *x, int n)
+NDL_FORWARD(TupleGetItem)
 {
     if (!PyTuple_Check(x[0])) {
         PyErr_SetString(PyExc_TypeError, "TupleGetItem needs a TensorTuple input");
         return NULL;
     }
-    if (op->i0 < 0 || op->i0 >= PyTuple_GET_SIZE(x[0])) {
+    if (op->index < 0 || op->index >= PyTuple_GET_SIZE(x[0])) {
         PyErr_Format(PyExc_IndexError, "tuple index %lld out of range for length %zd",
-                     (long long)op->i0, PyTuple_GET_SIZE(x[0]));
+                     (long long)op->index, PyTuple_GET_SIZE(x[0]));
         return NULL;
     }
-    return Py_NewRef(PyTuple_GET_ITEM(x[0], op->i0));
+    return Py_NewRef(PyTuple_GET_ITEM(x[0], op->index));
 }
-static int get_item_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *needs,
-                        PyObject **grads)
+NDL_BACKWARD(TupleGetItem)
 {
     PyObject *data = ndl_value_realize((ValueObject *)IN(0)), *items;
     Py_ssize_t n;
@@ -60,7 +56,7 @@ static int get_item_bwd(OpObject *op, ValueObject *g, ValueObject *node, const c
         return -1;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *t;
-        if (i == op->i0) {
+        if (i == op->index) {
             t = Py_NewRef(G);
         } else {
             int64_t shape[NDL_MAX_DIMS];
@@ -81,20 +77,18 @@ static int get_item_bwd(OpObject *op, ValueObject *g, ValueObject *node, const c
     Py_DECREF(items);
     return grads[0] ? 0 : -1;
 }
-ndl_opdef ndl_op_TupleGetItem = {"TupleGetItem", "tuple_get_item", 1, 0, NDL_P_INDEX, get_item_fwd,
-                                 get_item_bwd};
 
 /* ---- FusedAddScalars(c0, c1): (a + c0, a + c1) -> g[0] + g[1] -------------- */
-static PyObject *fused_fwd(OpObject *op, PyObject *const *x, int n)
+NDL_FORWARD(FusedAddScalars)
 {
-    PyObject *a = nda_scalar(NDL_BIN_ADD, x[0], op->s0, NULL, 0);
-    PyObject *b = a ? nda_scalar(NDL_BIN_ADD, x[0], op->s1, NULL, 0) : NULL;
+    PyObject *a = nda_scalar(NDL_BIN_ADD, x[0], op->c0, NULL, 0);
+    PyObject *b = a ? nda_scalar(NDL_BIN_ADD, x[0], op->c1, NULL, 0) : NULL;
     PyObject *t = b ? PyTuple_Pack(2, a, b) : NULL;
     Py_XDECREF(a);
     Py_XDECREF(b);
     return t;
 }
-static int fused_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *needs, PyObject **grads)
+NDL_BACKWARD(FusedAddScalars)
 {
     PyObject *g0 = ndl_t_tuple_get_item(G, 0), *g1 = g0 ? ndl_t_tuple_get_item(G, 1) : NULL;
     grads[0] = g1 ? ndl_t_add(g0, g1) : NULL;
@@ -102,11 +96,9 @@ static int fused_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char
     Py_XDECREF(g1);
     return grads[0] ? 0 : -1;
 }
-ndl_opdef ndl_op_FusedAddScalars = {"FusedAddScalars", "fused_add_scalars", 1, 1, NDL_P_C0_C1,
-                                    fused_fwd, fused_bwd};
 
 /* ---- Stack(axis): a new axis of length len(args) -> split(g, axis) ---------- */
-static PyObject *stack_fwd(OpObject *op, PyObject *const *x, int n)
+NDL_FORWARD(Stack)
 {
     PyObject *items = x[0], *out = NULL;
     int64_t shape[NDL_MAX_DIMS], s2[NDL_MAX_DIMS], oshape[NDL_MAX_DIMS], start[NDL_MAX_DIMS],
@@ -119,7 +111,7 @@ static PyObject *stack_fwd(OpObject *op, PyObject *const *x, int n)
     }
     if (nda_shape(PyTuple_GET_ITEM(items, 0), &ndim, shape) < 0)
         return NULL;
-    if (ndl_normalize_axis(op->i0, ndim + 1, &axis) < 0)
+    if (ndl_normalize_axis(op->axis, ndim + 1, &axis) < 0)
         return NULL;
     for (Py_ssize_t i = 1; i < k; i++) {
         if (nda_shape(PyTuple_GET_ITEM(items, i), &nd2, s2) < 0)
@@ -154,20 +146,19 @@ static PyObject *stack_fwd(OpObject *op, PyObject *const *x, int n)
     }
     return out;
 }
-static int stack_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *needs, PyObject **grads)
+NDL_BACKWARD(Stack)
 {
-    grads[0] = ndl_t_split(G, op->i0);
+    grads[0] = ndl_t_split(G, op->axis);
     return grads[0] ? 0 : -1;
 }
-ndl_opdef ndl_op_Stack = {"Stack", "stack", 1, 0, NDL_P_AXIS, stack_fwd, stack_bwd};
 
 /* ---- Split(axis): the slices along axis, axis removed -> stack(g, axis) ---- */
-static PyObject *split_fwd(OpObject *op, PyObject *const *x, int n)
+NDL_FORWARD(Split)
 {
     int64_t shape[NDL_MAX_DIMS], start[NDL_MAX_DIMS], len[NDL_MAX_DIMS], step[NDL_MAX_DIMS], axis;
     int ndim;
     PyObject *t;
-    if (nda_shape(x[0], &ndim, shape) < 0 || ndl_normalize_axis(op->i0, ndim, &axis) < 0)
+    if (nda_shape(x[0], &ndim, shape) < 0 || ndl_normalize_axis(op->axis, ndim, &axis) < 0)
         return NULL;
     t = PyTuple_New(shape[axis]);
     if (t == NULL)
@@ -189,7 +180,7 @@ static PyObject *split_fwd(OpObject *op, PyObject *const *x, int n)
     }
     return t;
 }
-static int split_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char *needs, PyObject **grads)
+NDL_BACKWARD(Split)
 {
     Py_ssize_t n = PySequence_Length(G);
     PyObject *items;
@@ -206,8 +197,66 @@ static int split_bwd(OpObject *op, ValueObject *g, ValueObject *node, const char
         }
         PyTuple_SET_ITEM(items, i, gi);
     }
-    grads[0] = ndl_t_stack(items, op->i0);
+    grads[0] = ndl_t_stack(items, op->axis);
     Py_DECREF(items);
     return grads[0] ? 0 : -1;
 }
-ndl_opdef ndl_op_Split = {"Split", "split", 1, 1, NDL_P_AXIS, split_fwd, split_bwd};
+
+/* ---- the Python-side entry points of the tuple ops -------------------------- */
+
+/* TupleGetItem(i)(a, fold_const=True): a's i-th input itself when a was made
+ * by MakeTensorTuple (API.md 4.2). TupleGetItem's tp_call. */
+PyObject *ndl_tuple_get_item_call(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"value", "fold_const", NULL};
+    PyObject *a, *inputs, *fold_obj = Py_True;
+    int64_t i = ((OpObject *)self)->index;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:TupleGetItem", kwlist, &a, &fold_obj))
+        return NULL;
+    if (!PyBool_Check(fold_obj)) {
+        PyErr_Format(PyExc_TypeError, "TupleGetItem takes one TensorTuple; fold_const must be a "
+                     "bool, got %R", fold_obj);
+        return NULL;
+    }
+    if (!TensorTuple_Check(a)) {
+        PyErr_Format(PyExc_TypeError, "TupleGetItem needs a TensorTuple, got %R", a);
+        return NULL;
+    }
+    if (fold_obj == Py_True && ((ValueObject *)a)->op != NULL &&
+        Py_TYPE(((ValueObject *)a)->op) == ndl_op_MakeTensorTuple.type) {
+        Py_ssize_t n = PyTuple_GET_SIZE(((ValueObject *)a)->inputs);
+        if (i < 0 || i >= n) {
+            PyErr_Format(PyExc_IndexError, "tuple index %lld out of range for length %zd",
+                         (long long)i, n);
+            return NULL;
+        }
+        return Py_NewRef(PyTuple_GET_ITEM(((ValueObject *)a)->inputs, i));
+    }
+    inputs = PyTuple_Pack(1, a);
+    if (inputs == NULL)
+        return NULL;
+    a = ndl_make_from_op(&Tensor_Type, self, inputs);
+    Py_DECREF(inputs);
+    return a;
+}
+
+/* stack(args, axis) = Stack(axis)(make_tuple(*args)) */
+static PyObject *stack_function(PyObject *m, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"args", "axis", NULL};
+    PyObject *list, *axis, *tup, *res;
+    int64_t ax;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:stack", kwlist, &list, &axis) ||
+        ndl_parse_int(axis, &ax, "axis") < 0)
+        return NULL;
+    tup = PySequence_Tuple(list);
+    if (tup == NULL)
+        return NULL;
+    res = ndl_t_stack(tup, ax);
+    Py_DECREF(tup);
+    return res;
+}
+
+PyMethodDef ndl_stack_function_def = {"stack", (PyCFunction)(void (*)(void))stack_function,
+                                      METH_VARARGS | METH_KEYWORDS,
+                                      "stack(args, axis): Stack(axis)(make_tuple(*args))."};

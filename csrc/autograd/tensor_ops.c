@@ -59,31 +59,31 @@ static PyObject *apply1_owned(OpObject *op, PyObject *a)
     return r;
 }
 
-PyObject *ndl_t_add(PyObject *a, PyObject *b) { return apply2(shared(&ndl_op_EWiseAdd), a, b); }
-PyObject *ndl_t_mul(PyObject *a, PyObject *b) { return apply2(shared(&ndl_op_EWiseMul), a, b); }
-PyObject *ndl_t_div(PyObject *a, PyObject *b) { return apply2(shared(&ndl_op_EWiseDiv), a, b); }
-PyObject *ndl_t_pow(PyObject *a, PyObject *b) { return apply2(shared(&ndl_op_EWisePow), a, b); }
+/* The builders of the elementwise and scalar rows (../ops.def). */
+#define NDL_UNARY(Class, func, KERNEL, kernel, numpy, method)                                      \
+    PyObject *ndl_t_##func(PyObject *a) { return apply1(shared(&ndl_op_##Class), a); }
+#define NDL_BINARY(Class, func, KERNEL, kernel, numpy)                                             \
+    PyObject *ndl_t_##func(PyObject *a, PyObject *b)                                               \
+    {                                                                                              \
+        return apply2(shared(&ndl_op_##Class), a, b);                                              \
+    }
+#define NDL_SCALAR(Class, func, KERNEL)                                                            \
+    PyObject *ndl_t_##func(PyObject *a, double s)                                                  \
+    {                                                                                              \
+        return ndl_t_scalar_op(&ndl_op_##Class, a, s, NULL);                                       \
+    }
+#include "ops.def"
+
 PyObject *ndl_t_matmul(PyObject *a, PyObject *b) { return apply2(shared(&ndl_op_MatMul), a, b); }
-PyObject *ndl_t_neg(PyObject *a) { return apply1(shared(&ndl_op_Negate), a); }
-PyObject *ndl_t_log(PyObject *a) { return apply1(shared(&ndl_op_Log), a); }
-PyObject *ndl_t_exp(PyObject *a) { return apply1(shared(&ndl_op_Exp), a); }
 
 PyObject *ndl_t_scalar_op(ndl_opdef *def, PyObject *a, double s, PyObject *s_obj)
 {
     OpObject *op = ndl_op_new(def);
     if (op == NULL)
         return NULL;
-    op->s0 = s;
+    op->scalar = s;
     op->scalar_obj = Py_XNewRef(s_obj);
     return apply1_owned(op, a);
-}
-
-PyObject *ndl_t_add_scalar(PyObject *a, double s) { return ndl_t_scalar_op(&ndl_op_AddScalar, a, s, NULL); }
-PyObject *ndl_t_mul_scalar(PyObject *a, double s) { return ndl_t_scalar_op(&ndl_op_MulScalar, a, s, NULL); }
-PyObject *ndl_t_div_scalar(PyObject *a, double s) { return ndl_t_scalar_op(&ndl_op_DivScalar, a, s, NULL); }
-PyObject *ndl_t_power_scalar(PyObject *a, double s)
-{
-    return ndl_t_scalar_op(&ndl_op_PowerScalar, a, s, NULL);
 }
 
 static PyObject *shape_op(ndl_opdef *def, PyObject *a, int ndim, const int64_t *shape)
@@ -91,8 +91,8 @@ static PyObject *shape_op(ndl_opdef *def, PyObject *a, int ndim, const int64_t *
     OpObject *op = ndl_op_new(def);
     if (op == NULL)
         return NULL;
-    op->nshape = ndim;
-    memcpy(op->shape, shape, sizeof(int64_t) * ndim);
+    op->shape.ndim = ndim;
+    memcpy(op->shape.dims, shape, sizeof(int64_t) * ndim);
     return apply1_owned(op, a);
 }
 
@@ -111,10 +111,10 @@ static OpObject *axes_op(ndl_opdef *def, int naxes, const int64_t *axes)
     OpObject *op = ndl_op_new(def);
     if (op == NULL)
         return NULL;
-    op->has_axes = naxes >= 0;
-    op->naxes = naxes < 0 ? 0 : naxes;
+    op->axes.given = naxes >= 0;
+    op->axes.n = naxes < 0 ? 0 : naxes;
     if (naxes > 0)
-        memcpy(op->axes, axes, sizeof(int64_t) * naxes);
+        memcpy(op->axes.v, axes, sizeof(int64_t) * naxes);
     return op;
 }
 
@@ -129,6 +129,11 @@ PyObject *ndl_t_transpose(PyObject *a, int64_t ax0, int64_t ax1)
     return apply1_owned(axes_op(&ndl_op_Transpose, 2, axes), a);
 }
 
+PyObject *ndl_t_permute(PyObject *a, int naxes, const int64_t *axes)
+{
+    return apply1_owned(axes_op(&ndl_op_Permute, naxes, axes), a);
+}
+
 PyObject *ndl_t_flip(PyObject *a, int naxes, const int64_t *axes)
 {
     return apply1_owned(axes_op(&ndl_op_Flip, naxes, axes), a);
@@ -138,7 +143,7 @@ static PyObject *dilate_op(ndl_opdef *def, PyObject *a, int naxes, const int64_t
 {
     OpObject *op = axes_op(def, naxes, axes);
     if (op != NULL)
-        op->i1 = d;
+        op->dilation = d;
     return apply1_owned(op, a);
 }
 
@@ -168,7 +173,7 @@ PyObject *ndl_t_tuple_get_item(PyObject *t, int64_t i)
     op = ndl_op_new(&ndl_op_TupleGetItem);
     if (op == NULL)
         return NULL;
-    op->i0 = i;
+    op->index = i;
     return apply1_owned(op, t);
 }
 
@@ -180,7 +185,7 @@ PyObject *ndl_t_stack(PyObject *items, int64_t axis)
         return NULL;
     op = ndl_op_new(&ndl_op_Stack);
     if (op != NULL)
-        op->i0 = axis;
+        op->axis = axis;
     r = apply1_owned(op, tup);
     Py_DECREF(tup);
     return r;
@@ -190,7 +195,7 @@ PyObject *ndl_t_split(PyObject *a, int64_t axis)
 {
     OpObject *op = ndl_op_new(&ndl_op_Split);
     if (op != NULL)
-        op->i0 = axis;
+        op->axis = axis;
     return apply1_owned(op, a);
 }
 
@@ -247,16 +252,16 @@ static PyObject *tensor_binop_apply(tensor_binop kind, PyObject *x, PyObject *y)
         case T_ADD:
             return ndl_t_add(x, y);
         case T_SUB:
-            t = ndl_t_neg(y);
+            t = ndl_t_negate(y);
             r = t ? ndl_t_add(x, t) : NULL;
             Py_XDECREF(t);
             return r;
         case T_MUL:
-            return ndl_t_mul(x, y);
+            return ndl_t_multiply(x, y);
         case T_DIV:
-            return ndl_t_div(x, y);
+            return ndl_t_divide(x, y);
         case T_POW:
-            return ndl_t_pow(x, y);
+            return ndl_t_power(x, y);
         }
     }
     if (Tensor_Check(x)) { /* tensor op scalar */
@@ -292,7 +297,7 @@ static PyObject *tensor_binop_apply(tensor_binop kind, PyObject *x, PyObject *y)
         case T_MUL:
             return ndl_t_scalar_op(&ndl_op_MulScalar, y, s, x);
         case T_SUB: /* s - a = AddScalar(s)(Negate(a)) */
-            t = ndl_t_neg(y);
+            t = ndl_t_negate(y);
             r = t ? ndl_t_scalar_op(&ndl_op_AddScalar, t, s, x) : NULL;
             Py_XDECREF(t);
             return r;
@@ -324,7 +329,7 @@ static PyObject *nb_pow(PyObject *x, PyObject *y, PyObject *z)
     }
     return tensor_binop_apply(T_POW, x, y);
 }
-static PyObject *nb_neg(PyObject *x) { return ndl_t_neg(x); }
+static PyObject *nb_neg(PyObject *x) { return ndl_t_negate(x); }
 static PyObject *nb_matmul(PyObject *x, PyObject *y)
 {
     if (!Tensor_Check(x) || !Tensor_Check(y))
@@ -344,65 +349,56 @@ PyNumberMethods ndl_tensor_as_number = {
 
 /* ---- Tensor op methods -------------------------------------------------- */
 
-/* self.<method>(*args, **kwds) = Op(*args, **kwds)(self) */
+/* t.method(*args, **kwds) = func(t, *args, **kwds) for the op `def`. A
+ * parameterless op of one input is applied through its shared instance. */
 static PyObject *method_op(ndl_opdef *def, PyObject *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *op = PyObject_Call((PyObject *)def->type, args, kwds);
-    PyObject *r = op ? apply1((OpObject *)op, self) : NULL;
-    Py_XDECREF(op);
-    return r;
-}
-
-/* reshape((2, 3)) and reshape(2, 3) alike */
-static PyObject *shape_args(PyObject *args)
-{
-    if (PyTuple_GET_SIZE(args) == 1 && !PyLong_Check(PyTuple_GET_ITEM(args, 0)))
-        return Py_NewRef(args);
-    return PyTuple_Pack(1, args);
-}
-
-static PyObject *T_sum(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    return method_op(&ndl_op_Summation, self, args, kwds);
-}
-static PyObject *T_reshape(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    PyObject *a = kwds ? Py_NewRef(args) : shape_args(args), *r;
-    if (a == NULL)
+    PyObject *full, *r;
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    if (def->params == NDL_P_NONE && def->arity == 1 && n == 0 &&
+        (kwds == NULL || !PyDict_GET_SIZE(kwds)))
+        return apply1(shared(def), self);
+    /* NOTE: reshape(2, 3) means reshape((2, 3)), as in NumPy and PyTorch. */
+    if (def->params == NDL_P_SHAPE && kwds == NULL &&
+        (n > 1 || (n == 1 && PyLong_Check(PyTuple_GET_ITEM(args, 0))))) {
+        PyObject *shape = Py_NewRef(args);
+        full = PyTuple_Pack(2, self, shape);
+        Py_DECREF(shape);
+    } else {
+        full = PyTuple_New(n + 1);
+        if (full != NULL) {
+            PyTuple_SET_ITEM(full, 0, Py_NewRef(self));
+            for (Py_ssize_t i = 0; i < n; i++)
+                PyTuple_SET_ITEM(full, i + 1, Py_NewRef(PyTuple_GET_ITEM(args, i)));
+        }
+    }
+    if (full == NULL)
         return NULL;
-    r = method_op(&ndl_op_Reshape, self, a, kwds);
-    Py_DECREF(a);
+    r = PyObject_Call(def->function, full, kwds);
+    Py_DECREF(full);
     return r;
 }
-static PyObject *T_broadcast_to(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    PyObject *a = kwds ? Py_NewRef(args) : shape_args(args), *r;
-    if (a == NULL)
-        return NULL;
-    r = method_op(&ndl_op_BroadcastTo, self, a, kwds);
-    Py_DECREF(a);
-    return r;
-}
-static PyObject *T_transpose(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    return method_op(&ndl_op_Transpose, self, args, kwds);
-}
-static PyObject *T_matmul(PyObject *self, PyObject *other) { return nb_matmul(self, other); }
-static PyObject *T_exp(PyObject *self, PyObject *u) { return ndl_t_exp(self); }
-static PyObject *T_log(PyObject *self, PyObject *u) { return ndl_t_log(self); }
-static PyObject *T_relu(PyObject *self, PyObject *u) { return apply1(shared(&ndl_op_ReLU), self); }
-static PyObject *T_tanh(PyObject *self, PyObject *u) { return apply1(shared(&ndl_op_Tanh), self); }
 
-#define KW(f) (PyCFunction)(void (*)(void))(f), METH_VARARGS | METH_KEYWORDS
-PyMethodDef ndl_tensor_op_methods[] = {
-    {"sum", KW(T_sum), "sum(axes=None): Summation(axes)(self)."},
-    {"reshape", KW(T_reshape), "reshape(shape): Reshape(shape)(self)."},
-    {"broadcast_to", KW(T_broadcast_to), "broadcast_to(shape): BroadcastTo(shape)(self)."},
-    {"transpose", KW(T_transpose), "transpose(axes=None): Transpose(axes)(self)."},
-    {"matmul", (PyCFunction)T_matmul, METH_O, "matmul(other): self @ other."},
-    {"exp", (PyCFunction)T_exp, METH_NOARGS, "Exp()(self)."},
-    {"log", (PyCFunction)T_log, METH_NOARGS, "Log()(self)."},
-    {"relu", (PyCFunction)T_relu, METH_NOARGS, "ReLU()(self)."},
-    {"tanh", (PyCFunction)T_tanh, METH_NOARGS, "Tanh()(self)."},
-    {NULL, NULL, 0, NULL},
+/* One method per row that names one. */
+#define NDL_OP_ROW(Class, func)                                                                    \
+    static PyObject *Tensor_##Class(PyObject *self, PyObject *args, PyObject *kwds)                \
+    {                                                                                              \
+        return method_op(&ndl_op_##Class, self, args, kwds);                                       \
+    }
+#include "ops.def"
+
+static PyMethodDef op_methods[] = {
+#define NDL_OP_ROW(Class, func)                                                                    \
+    {NULL, (PyCFunction)(void (*)(void))Tensor_##Class, METH_VARARGS | METH_KEYWORDS,             \
+     "needle.ops." #func "(self, ...)"},
+#include "ops.def"
 };
+
+int ndl_tensor_methods_init(PyTypeObject *type)
+{
+    size_t n = sizeof(op_methods) / sizeof(op_methods[0]);
+    /* NOTE: op_methods and ndl_opdefs list the same rows in the same order. */
+    for (size_t i = 0; i < n; i++)
+        op_methods[i].ml_name = ndl_opdefs[i]->method; /* NULL: the row has none */
+    return ndl_type_add_methods(type, op_methods, n);
+}

@@ -700,8 +700,7 @@ static PyObject *Tensor_repr(ValueObject *self)
     return r;
 }
 
-/* Tensor methods that build ops live in tensor_ops.c. */
-extern PyMethodDef ndl_tensor_op_methods[];
+/* Tensor's operators live in tensor_ops.c. */
 extern PyNumberMethods ndl_tensor_as_number;
 
 static PyMethodDef Value_methods[] = {
@@ -902,14 +901,7 @@ int ndl_value_types_init(void)
         PyType_Ready(&TensorTuple_Type) < 0)
         return -1;
     /* The op-building methods (sum, reshape, ...) join Tensor's dict. */
-    for (PyMethodDef *m = ndl_tensor_op_methods; m->ml_name; m++) {
-        PyObject *descr = PyDescr_NewMethod(&Tensor_Type, m);
-        if (descr == NULL || PyDict_SetItemString(Tensor_Type.tp_dict, m->ml_name, descr) < 0) {
-            Py_XDECREF(descr);
-            return -1;
-        }
-        Py_DECREF(descr);
-    }
-    PyType_Modified(&Tensor_Type);
+    if (ndl_tensor_methods_init(&Tensor_Type) < 0)
+        return -1;
     return 0;
 }

@@ -23,7 +23,7 @@
 #define EW_FN(stem) EW_PASTE(stem##_, EW_SFX)                    /* ew_exp_f32_avx2 */
 #define EW_MATH(name) EW_PASTE(ndl_##name##_, EW_DT)             /* ndl_exp_f32 */
 
-#define X(NAME, name)                                                                  \
+#define NDL_UNARY_KERNEL(NAME, name, numpy, method)                                    \
     static EW_TARGET void EW_FN(ew_##name)(const void *a_, int64_t sa, void *out_, int64_t n) \
     {                                                                                  \
         const T *a = (const T *)a_;                                                    \
@@ -40,10 +40,9 @@
                 out[i] = EW_MATH(name)(a[i * sa]);                                     \
         }                                                                              \
     }
-#include "unary_ops.def"
-#undef X
+#include "ops.def"
 
-#define X(NAME, name)                                                                  \
+#define NDL_BINARY_KERNEL(NAME, name, numpy, method)                                   \
     static EW_TARGET void EW_FN(ew_##name)(const void *a_, int64_t sa, const void *b_,     \
                                            int64_t sb, void *out_, int64_t n)          \
     {                                                                                  \
@@ -66,8 +65,7 @@
                 out[i] = EW_MATH(name)(a[i * sa], b[i * sb]);                          \
         }                                                                              \
     }
-#include "binary_ops.def"
-#undef X
+#include "ops.def"
 
 /* NOTE: `x ** 2` (a broadcast exponent equal to 2) is computed as x*x, as
  * NumPy's `x ** 2` does: 20x cheaper than powf, and correctly rounded,
@@ -113,17 +111,15 @@ static EW_TARGET void EW_FN(ew_sqrt_simd)(const void *a_, int64_t sa, void *out_
 
 /* Tables by op code; sqrt and pow take their special loops above. */
 static const ndl_ew_unary_loop EW_FN(ew_unary_loops)[NDL_NUM_UNARY] = {
-#define X(NAME, name) \
+#define NDL_UNARY_KERNEL(NAME, name, numpy, method) \
     [NDL_UN_##NAME] = NDL_UN_##NAME == NDL_UN_SQRT ? EW_SQRT_LOOP : EW_FN(ew_##name),
-#include "unary_ops.def"
-#undef X
+#include "ops.def"
 };
 
 static const ndl_ew_binary_loop EW_FN(ew_binary_loops)[NDL_NUM_BINARY] = {
-#define X(NAME, name) \
+#define NDL_BINARY_KERNEL(NAME, name, numpy, method) \
     [NDL_BIN_##NAME] = NDL_BIN_##NAME == NDL_BIN_POW ? EW_FN(ew_pow_fast) : EW_FN(ew_##name),
-#include "binary_ops.def"
-#undef X
+#include "ops.def"
 };
 
 #undef EW_SQRT_LOOP

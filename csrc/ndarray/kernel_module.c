@@ -204,8 +204,8 @@ static PyObject *km_unary(ndl_unop op, PyObject *args)
     return done(out->backend->unary(op, out->dtype, a->data, &l, out->data), ndl_unop_names[op]);
 }
 
-/* One wrapper per op row, generated from the .def tables. */
-#define X(NAME, name)                                                                              \
+/* One wrapper per kernel row of ../ops.def. */
+#define NDL_BINARY_KERNEL(NAME, name, numpy, method)                                               \
     static PyObject *km_ewise_##name(PyObject *m, PyObject *args)                                  \
     {                                                                                              \
         return km_ewise(NDL_BIN_##NAME, args);                                                     \
@@ -214,15 +214,13 @@ static PyObject *km_unary(ndl_unop op, PyObject *args)
     {                                                                                              \
         return km_scalar(NDL_BIN_##NAME, args);                                                    \
     }
-#include "binary_ops.def"
-#undef X
-#define X(NAME, name)                                                                              \
+#include "ops.def"
+#define NDL_UNARY_KERNEL(NAME, name, numpy, method)                                                \
     static PyObject *km_ewise_##name(PyObject *m, PyObject *args)                                  \
     {                                                                                              \
         return km_unary(NDL_UN_##NAME, args);                                                      \
     }
-#include "unary_ops.def"
-#undef X
+#include "ops.def"
 
 static int parse_mnp(PyObject *args, const char *fmt, StorageObject **a, StorageObject **b,
                      StorageObject **out, long long *m, long long *n, long long *p)
@@ -358,14 +356,13 @@ static PyMethodDef km_methods[] = {
     {"ewise_setitem", km_ewise_setitem, METH_VARARGS, "ewise_setitem(a, out, shape, strides, offset)"},
     {"scalar_setitem", km_scalar_setitem, METH_VARARGS,
      "scalar_setitem(size, val, out, shape, strides, offset)"},
-#define X(NAME, name)                                                                              \
+#define NDL_BINARY_KERNEL(NAME, name, numpy, method)                                               \
     {"ewise_" #name, km_ewise_##name, METH_VARARGS, "ewise_" #name "(a, b, out)"},                 \
         {"scalar_" #name, km_scalar_##name, METH_VARARGS, "scalar_" #name "(a, val, out)"},
-#include "binary_ops.def"
-#undef X
-#define X(NAME, name) {"ewise_" #name, km_ewise_##name, METH_VARARGS, "ewise_" #name "(a, out)"},
-#include "unary_ops.def"
-#undef X
+#include "ops.def"
+#define NDL_UNARY_KERNEL(NAME, name, numpy, method)                                                \
+    {"ewise_" #name, km_ewise_##name, METH_VARARGS, "ewise_" #name "(a, out)"},
+#include "ops.def"
     /* the course's names for pow */
     {"scalar_power", km_scalar_pow, METH_VARARGS, "scalar_power(a, val, out)"},
     {"ewise_power", km_ewise_pow, METH_VARARGS, "ewise_power(a, b, out)"},

@@ -171,7 +171,10 @@ PyObject *ndl_py_adam_update(PyObject *mod, PyObject *args);
 PyObject *ndl_py_sgd_update(PyObject *mod, PyObject *args);
 
 /* Module setup hooks */
-int ndl_ndarray_methods_init(PyTypeObject *type); /* number/mapping slots */
+/* Install the NDArray methods generated from the op rows (after PyType_Ready). */
+int ndl_ndarray_methods_init(PyTypeObject *type);
+/* Add the methods of defs[0..n) whose ml_name is not NULL to a ready type. */
+int ndl_type_add_methods(PyTypeObject *type, PyMethodDef *defs, size_t n);
 PyObject *ndl_kernel_module_create(void);         /* needle._C.cpu_kernels */
 
 #endif

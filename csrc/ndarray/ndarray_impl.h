@@ -14,17 +14,6 @@ int NDArray_ass_subscript(NDArrayObject *self, PyObject *idx, PyObject *value);
 /* ndarray_ops.c */
 extern PyNumberMethods ndl_ndarray_as_number;
 PyObject *NDArray_richcompare(PyObject *a, PyObject *b, int op);
-PyObject *NDArray_maximum(NDArrayObject *self, PyObject *other);
-PyObject *NDArray_minimum(NDArrayObject *self, PyObject *other);
-PyObject *NDArray_log(NDArrayObject *self, PyObject *unused);
-PyObject *NDArray_exp(NDArrayObject *self, PyObject *unused);
-PyObject *NDArray_tanh(NDArrayObject *self, PyObject *unused);
-PyObject *NDArray_sqrt(NDArrayObject *self, PyObject *unused);
-PyObject *NDArray_relu(NDArrayObject *self, PyObject *unused);
-PyObject *NDArray_sigmoid(NDArrayObject *self, PyObject *unused);
-PyObject *NDArray_abs(NDArrayObject *self, PyObject *unused);
-PyObject *NDArray_sum(NDArrayObject *self, PyObject *args, PyObject *kwds);
-PyObject *NDArray_max(NDArrayObject *self, PyObject *args, PyObject *kwds);
 PyObject *NDArray_flip(NDArrayObject *self, PyObject *args);
 PyObject *NDArray_pad(NDArrayObject *self, PyObject *args);
 

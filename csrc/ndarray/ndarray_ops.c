@@ -162,30 +162,6 @@ static PyObject *named_binop(ndl_binop op, NDArrayObject *self, PyObject *other)
     return r;
 }
 
-PyObject *NDArray_maximum(NDArrayObject *self, PyObject *other)
-{
-    return named_binop(NDL_BIN_MAXIMUM, self, other);
-}
-
-PyObject *NDArray_minimum(NDArrayObject *self, PyObject *other)
-{
-    return named_binop(NDL_BIN_MINIMUM, self, other);
-}
-
-#define UNARY_METHOD(Name, CODE)                                                                   \
-    PyObject *NDArray_##Name(NDArrayObject *self, PyObject *unused)                                \
-    {                                                                                              \
-        return (PyObject *)ndl_array_unary(CODE, self);                                            \
-    }
-UNARY_METHOD(log, NDL_UN_LOG)
-UNARY_METHOD(exp, NDL_UN_EXP)
-UNARY_METHOD(tanh, NDL_UN_TANH)
-UNARY_METHOD(sqrt, NDL_UN_SQRT)
-UNARY_METHOD(relu, NDL_UN_RELU)
-UNARY_METHOD(sigmoid, NDL_UN_SIGMOID)
-UNARY_METHOD(abs, NDL_UN_ABS)
-#undef UNARY_METHOD
-
 /* ---- reductions --------------------------------------------------------- */
 
 NDArrayObject *ndl_array_reduce(ndl_redop op, NDArrayObject *a, uint64_t mask, int keepdims)
@@ -223,7 +199,7 @@ NDArrayObject *ndl_array_reduce(ndl_redop op, NDArrayObject *a, uint64_t mask, i
     NDL_KERNEL_CALL(ndl_array_size(a), status,
                     a->device->backend->reduce(op, a->dtype, a->storage->data, l, mask,
                                                out->storage->data));
-    if (ndl_raise_status(status, op == NDL_RED_SUM ? "sum" : "max") < 0)
+    if (ndl_raise_status(status, ndl_redop_names[op]) < 0)
         Py_CLEAR(out);
     return out;
 }
@@ -259,31 +235,13 @@ static PyObject *reduce_method(ndl_redop op, NDArrayObject *self, PyObject *args
             return NULL;
         if (naxes == 0) {
             PyErr_Format(PyExc_ValueError, "%s: axis must name at least one axis, got %R",
-                         op == NDL_RED_SUM ? "sum" : "max", axis);
+                         ndl_redop_names[op], axis);
             return NULL;
         }
-        for (int i = 0; i < naxes; i++) {
-            int64_t ax;
-            if (ndl_normalize_axis(axes[i], ndim, &ax) < 0)
-                return NULL;
-            if (mask & ((uint64_t)1 << ax)) {
-                PyErr_Format(PyExc_ValueError, "axis %lld is repeated in %R", (long long)ax, axis);
-                return NULL;
-            }
-            mask |= (uint64_t)1 << ax;
-        }
+        if (ndl_normalize_axes(naxes, axes, ndim, 0, ndl_redop_names[op], NULL, axes, &mask) < 0)
+            return NULL;
     }
     return (PyObject *)ndl_array_reduce(op, self, mask, keepdims);
-}
-
-PyObject *NDArray_sum(NDArrayObject *self, PyObject *args, PyObject *kwds)
-{
-    return reduce_method(NDL_RED_SUM, self, args, kwds);
-}
-
-PyObject *NDArray_max(NDArrayObject *self, PyObject *args, PyObject *kwds)
-{
-    return reduce_method(NDL_RED_MAX, self, args, kwds);
 }
 
 /* ---- matmul ------------------------------------------------------------- */
@@ -413,6 +371,64 @@ fail:
     return res;
 }
 
+/* ---- methods generated from the op rows (../ops.def) -------------------- */
+
+#define NDL_UNARY_KERNEL(KERNEL, kernel, numpy, method)                                            \
+    static PyObject *NDArray_##kernel(NDArrayObject *self, PyObject *unused)                       \
+    {                                                                                              \
+        return (PyObject *)ndl_array_unary(NDL_UN_##KERNEL, self);                                 \
+    }
+#include "ops.def"
+
+#define NDL_BINARY_KERNEL(KERNEL, kernel, numpy, method)                                           \
+    static PyObject *NDArray_##kernel(NDArrayObject *self, PyObject *other)                        \
+    {                                                                                              \
+        return named_binop(NDL_BIN_##KERNEL, self, other);                                         \
+    }
+#include "ops.def"
+
+#define NDL_REDUCE(Class, func, KERNEL, numpy, method)                                             \
+    static PyObject *NDArray_##func(NDArrayObject *self, PyObject *args, PyObject *kwds)           \
+    {                                                                                              \
+        return reduce_method(NDL_RED_##KERNEL, self, args, kwds);                                  \
+    }
+#include "ops.def"
+
+/* Every row's method; rows without one (method NULL) are skipped when the
+ * table is installed. */
+static PyMethodDef op_methods[] = {
+#define NDL_UNARY_KERNEL(KERNEL, kernel, numpy, method)                                            \
+    {method, (PyCFunction)NDArray_##kernel, METH_NOARGS, "Elementwise " #kernel " (op row)."},
+#define NDL_BINARY_KERNEL(KERNEL, kernel, numpy, method)                                           \
+    {method, (PyCFunction)NDArray_##kernel, METH_O, #kernel "(other): with an array or a scalar."},
+#define NDL_REDUCE(Class, func, KERNEL, numpy, method)                                             \
+    {method, (PyCFunction)(void (*)(void))NDArray_##func, METH_VARARGS | METH_KEYWORDS,          \
+     method "(axis=None, keepdims=False)."},
+#include "ops.def"
+};
+
+int ndl_type_add_methods(PyTypeObject *type, PyMethodDef *defs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        PyObject *descr;
+        if (defs[i].ml_name == NULL)
+            continue;
+        descr = PyDescr_NewMethod(type, &defs[i]);
+        if (descr == NULL || PyDict_SetItemString(type->tp_dict, defs[i].ml_name, descr) < 0) {
+            Py_XDECREF(descr);
+            return -1;
+        }
+        Py_DECREF(descr);
+    }
+    PyType_Modified(type);
+    return 0;
+}
+
+int ndl_ndarray_methods_init(PyTypeObject *type)
+{
+    return ndl_type_add_methods(type, op_methods, sizeof(op_methods) / sizeof(op_methods[0]));
+}
+
 /* ---- flip and pad ------------------------------------------------------- */
 
 NDArrayObject *ndl_array_flip(NDArrayObject *a, uint64_t mask)
@@ -448,16 +464,8 @@ PyObject *NDArray_flip(NDArrayObject *self, PyObject *args)
     } else if (ndl_parse_shape(s, &naxes, axes, "flip: axes") < 0) {
         return NULL;
     }
-    for (int i = 0; i < naxes; i++) {
-        int64_t ax;
-        if (ndl_normalize_axis(axes[i], ndim, &ax) < 0)
-            return NULL;
-        if (mask & ((uint64_t)1 << ax)) {
-            PyErr_Format(PyExc_ValueError, "flip: axis %lld is repeated", (long long)ax);
-            return NULL;
-        }
-        mask |= (uint64_t)1 << ax;
-    }
+    if (ndl_normalize_axes(naxes, axes, ndim, 0, "flip", NULL, axes, &mask) < 0)
+        return NULL;
     return (PyObject *)ndl_array_flip(self, mask);
 }
 

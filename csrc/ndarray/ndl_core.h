@@ -1,7 +1,7 @@
 /* ndl_core.h: the vocabulary every layer of needle's array code shares.
  *
- * Owns: element types, strided layouts, op codes (generated from the .def
- * tables beside this file), status codes, and the kernel entry points of the
+ * Owns: element types, strided layouts, kernel codes (generated from the op
+ * rows, ../ops.def), status codes, and the kernel entry points of the
  * CPU backend. Nothing here touches Python: kernels take raw pointers,
  * shapes and strides (in elements) and return a status code; the binding
  * layer (ndarray.c) turns a status into an exception.
@@ -34,26 +34,30 @@ typedef struct {
 
 typedef enum { NDL_OK = 0, NDL_ENOMEM = 1, NDL_EINVAL = 2 } ndl_status;
 
-/* Op codes. Each .def row is X(ENUM_SUFFIX, lower_name); the per-element math
- * for lower_name lives in scalar_ops.h (ndl_<lower_name>_f32/_f64). */
+/* Kernel codes, one per row of ../ops.def (Note [One op, one row]); the
+ * per-element math of NDL_UN_<K> / NDL_BIN_<K> is ndl_<k>_f32/_f64 in
+ * scalar_ops.h. */
 typedef enum {
-#define X(NAME, name) NDL_UN_##NAME,
-#include "unary_ops.def"
-#undef X
+#define NDL_UNARY_KERNEL(KERNEL, kernel, numpy, method) NDL_UN_##KERNEL,
+#include "ops.def"
     NDL_NUM_UNARY
 } ndl_unop;
 
 typedef enum {
-#define X(NAME, name) NDL_BIN_##NAME,
-#include "binary_ops.def"
-#undef X
+#define NDL_BINARY_KERNEL(KERNEL, kernel, numpy, method) NDL_BIN_##KERNEL,
+#include "ops.def"
     NDL_NUM_BINARY
 } ndl_binop;
 
-typedef enum { NDL_RED_SUM = 0, NDL_RED_MAX = 1, NDL_NUM_REDUCE } ndl_redop;
+typedef enum {
+#define NDL_REDUCE(Class, func, KERNEL, numpy, method) NDL_RED_##KERNEL,
+#include "ops.def"
+    NDL_NUM_REDUCE
+} ndl_redop;
 
 extern const char *const ndl_unop_names[NDL_NUM_UNARY];
 extern const char *const ndl_binop_names[NDL_NUM_BINARY];
+extern const char *const ndl_redop_names[NDL_NUM_REDUCE];
 
 /* ---- layout helpers (ndl_layout.c) ------------------------------------- */
 int64_t ndl_layout_size(const ndl_layout *l);            /* prod(shape), 1 for 0-d */

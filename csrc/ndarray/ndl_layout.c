@@ -1,17 +1,21 @@
 /* ndl_layout.c: helpers on strided layouts (Note [Layouts] in ndl_core.h)
- * and the op-name tables generated from the .def files. */
+ * and the kernel-name tables generated from the op rows (../ops.def). */
 #include "ndl_core.h"
 
 const char *const ndl_unop_names[NDL_NUM_UNARY] = {
-#define X(NAME, name) #name,
-#include "unary_ops.def"
-#undef X
+#define NDL_UNARY_KERNEL(KERNEL, kernel, numpy, method) #kernel,
+#include "ops.def"
 };
 
 const char *const ndl_binop_names[NDL_NUM_BINARY] = {
-#define X(NAME, name) #name,
-#include "binary_ops.def"
-#undef X
+#define NDL_BINARY_KERNEL(KERNEL, kernel, numpy, method) #kernel,
+#include "ops.def"
+};
+
+/* NOTE: a reduction's kernel name is its lower-case NumPy name (sum, max). */
+const char *const ndl_redop_names[NDL_NUM_REDUCE] = {
+#define NDL_REDUCE(Class, func, KERNEL, numpy, method) numpy,
+#include "ops.def"
 };
 
 int64_t ndl_layout_size(const ndl_layout *l)

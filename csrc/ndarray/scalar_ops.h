@@ -1,7 +1,8 @@
 /* scalar_ops.h: the per-element math of every elementwise op, written once.
  *
- * Owns: ndl_<name>_f32 / ndl_<name>_f64 for every row X(NAME, name) of
- * unary_ops.def (one argument) and binary_ops.def (two arguments). The CPU
+ * Owns: ndl_<kernel>_f32 / ndl_<kernel>_f64 for every elementwise row of
+ * ../ops.def (Note [One op, one row]): one argument for the unary rows, two
+ * for the binary ones. The CPU
  * loops (cpu_ewise.c) and the CUDA kernels (csrc/cuda) both call these, so
  * the CPU tests check the math the GPU runs. Python equivalent: the NumPy
  * ufunc of the same name (np.negative, np.log, ..., np.maximum, np.less_equal).
@@ -248,6 +249,14 @@ NDL_HD double ndl_sigmoid_f64(double x)
     double e = exp(-fabs(x));
     return (x >= 0.0 ? 1.0 : e) / (1.0 + e);
 }
+
+/* NOTE: sin and cos call libm (correctly rounded within 1 ulp, argument
+ * reduction exact for huge |x|); gcc does not vectorize them, which is fine
+ * for ops that are rare in networks. */
+NDL_HD float ndl_sin_f32(float x) { return sinf(x); }
+NDL_HD double ndl_sin_f64(double x) { return sin(x); }
+NDL_HD float ndl_cos_f32(float x) { return cosf(x); }
+NDL_HD double ndl_cos_f64(double x) { return cos(x); }
 
 /* ---- binary ------------------------------------------------------------ */
 NDL_HD float ndl_add_f32(float a, float b) { return a + b; }

@@ -118,10 +118,11 @@ class ReLU(Module):
 
 
 class Sigmoid(Module):
-    """1 / (1 + exp(-x)), built from ops."""
+    """1 / (1 + exp(-x)) as one op (ops.Sigmoid): the contract's numbers and
+    gradient, y * (1 - y), without the four-op graph; stable for large |x|."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.power_scalar(ops.add_scalar(ops.exp(ops.negate(x)), 1.0), -1.0)
+        return ops.sigmoid(x)
 
 
 class Tanh(Module):
