@@ -1,5 +1,6 @@
 /* cpu_matmul.h: private interface between the matmul driver (cpu_matmul.c)
- * and its register-blocked micro-kernels (cpu_matmul_{generic,avx2,avx512}.c).
+ * and its register-blocked micro-kernels (cpu_matmul_{generic,avx2,avx512}.c;
+ * the AVX2 and AVX-512 ones share one body, cpu_matmul_simd_impl.h).
  *
  * Note [Packed panels]
  *   The driver packs a block of A (mc x kc) into row panels of MR rows: panel

@@ -1,0 +1,134 @@
+/* cpu_matmul_simd_impl.h: the SIMD micro-kernel of ndl_cpu_matmul for ONE
+ * instruction set and ONE element type. Template header:
+ * cpu_matmul_avx2.c and cpu_matmul_avx512.c include it once per dtype;
+ * never include it anywhere else. Contract and packed layout: Note [Packed
+ * panels] in cpu_matmul.h.
+ *
+ * Register plan: the MR x NR tile of C lives in 2 * MR vector accumulators
+ * (a row of NR is two vectors); each k step loads 2 vectors of B and
+ * broadcasts A[r][k] once per row.
+ *
+ * Expects, for the whole ISA (defined once by the including file, kept):
+ *   UK_ISA           name part of the kernels (avx2 / avx512)
+ *   UK_TARGET        function attribute selecting the ISA
+ *   UK_ROWS(X)       X(0) X(1) ... X(MR - 1)
+ *   and for each dtype dt (f32 / f64):
+ *   UK_VEC_dt        its vector type, e.g. __m256
+ *   UK_OP_dt(op)     intrinsic `op` on that vector type, e.g. _mm256_fmadd_ps
+ *   UK_BCAST_dt(p)   the vector with *p in every lane
+ *   uk_lanes_dt(n)   mask selecting the first n lanes (none for n <= 0)
+ *   UK_MASKLOAD(p, m), UK_MASKSTORE(p, m, v)
+ *                    load / store of the lanes in mask m, which never fault
+ *                    on the others; written with MM(op), the dtype's UK_OP
+ * and per dtype (#undef'd again at the end):
+ *   T                element type (float / double)
+ *   UK_DT            dtype suffix (f32 / f64)
+ *   UK_MR, UK_NR     the tile, from cpu_matmul.h
+ * Defines ndl_ukernel_<UK_ISA>_<UK_DT>. Elsewhere than on x86 that is a stub
+ * calling the generic kernel, only there so that the driver links: it is
+ * never chosen.
+ *
+ * NOTE: the accumulators are named variables (c<row>_<vec>), not an array:
+ * gcc 12 keeps an array of vectors in memory and stores it back on every k
+ * step, which halves the kernel's speed.
+ */
+
+#define UK_PASTE_(a, b) a##b
+#define UK_PASTE(a, b) UK_PASTE_(a, b)
+#define UK_KERNEL UK_PASTE(UK_PASTE(ndl_ukernel_, UK_ISA), UK_PASTE(_, UK_DT))
+
+#if defined(__x86_64__) || defined(__i386__)
+
+#define V UK_PASTE(UK_VEC_, UK_DT)
+#define MM(op) UK_PASTE(UK_OP_, UK_DT)(op)
+#define BCAST UK_PASTE(UK_BCAST_, UK_DT)
+#define LANES UK_PASTE(uk_lanes_, UK_DT)
+#define VW ((int)(sizeof(V) / sizeof(T))) /* lanes of V */
+
+#define UK_ONE(r) +1
+_Static_assert(0 UK_ROWS(UK_ONE) == UK_MR && UK_NR == 2 * VW, "tile does not match UK_ROWS, V");
+
+/* row r of A (rows past mr read row 0, see cpu_matmul.h) */
+#define APTR(r) const T *a##r = a + (r < mr ? r : 0) * ars;
+#define DECL(r) V c##r##_0 = MM(setzero)(), c##r##_1 = MM(setzero)();
+#define STEP(r)                                                                    \
+    {                                                                              \
+        V ar = BCAST(a##r + off);                                                  \
+        c##r##_0 = MM(fmadd)(ar, b0, c##r##_0);                                    \
+        c##r##_1 = MM(fmadd)(ar, b1, c##r##_1);                                    \
+    }
+#define STORE(r)                                                                   \
+    if (first) {                                                                   \
+        MM(storeu)(c + r * ldc, c##r##_0);                                         \
+        MM(storeu)(c + r * ldc + VW, c##r##_1);                                    \
+    } else {                                                                       \
+        MM(storeu)(c + r * ldc, MM(add)(MM(loadu)(c + r * ldc), c##r##_0));        \
+        MM(storeu)(c + r * ldc + VW, MM(add)(MM(loadu)(c + r * ldc + VW), c##r##_1)); \
+    }
+#define STORE_PARTIAL(r)                                                           \
+    if (r < mr) {                                                                  \
+        V v0 = c##r##_0, v1 = c##r##_1;                                            \
+        if (!first) {                                                              \
+            v0 = MM(add)(UK_MASKLOAD(c + r * ldc, m0), v0);                        \
+            v1 = MM(add)(UK_MASKLOAD(c + r * ldc + VW, m1), v1);                   \
+        }                                                                          \
+        UK_MASKSTORE(c + r * ldc, m0, v0);                                         \
+        UK_MASKSTORE(c + r * ldc + VW, m1, v1);                                    \
+    }
+
+UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, const void *b_,
+                         void *c_, int64_t ldc, int mr, int nr, int first)
+{
+    const T *a = a_, *b = b_;
+    T *c = c_;
+    UK_ROWS(DECL)
+    UK_ROWS(APTR)
+    int64_t off = 0; /* k * acs */
+    for (int r = 0; r < mr; r++)
+        _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
+    for (int64_t k = 0; k < kc; k++) {
+        V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);
+        UK_ROWS(STEP)
+        off += acs;
+        b += UK_NR;
+    }
+    if (mr == UK_MR && nr == UK_NR) {
+        UK_ROWS(STORE)
+        return;
+    }
+    /* partial tile: rows r < mr only, and masked loads and stores for
+     * columns j < nr */
+    const __auto_type m0 = LANES(nr);
+    const __auto_type m1 = LANES(nr - VW);
+    UK_ROWS(STORE_PARTIAL)
+}
+
+#undef STORE_PARTIAL
+#undef STORE
+#undef STEP
+#undef DECL
+#undef APTR
+#undef UK_ONE
+#undef VW
+#undef LANES
+#undef BCAST
+#undef MM
+#undef V
+
+#else /* not x86 */
+
+void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, const void *b_, void *c_,
+               int64_t ldc, int mr, int nr, int first)
+{
+    UK_PASTE(ndl_ukernel_generic_, UK_DT)(kc, a_, ars, acs, b_, c_, ldc, mr, nr, first);
+}
+
+#endif
+
+#undef UK_KERNEL
+#undef UK_PASTE
+#undef UK_PASTE_
+#undef T
+#undef UK_DT
+#undef UK_MR
+#undef UK_NR
