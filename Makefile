@@ -30,7 +30,7 @@ asan: deps
 	  $(PYTHON) -m pytest -q -p no:cacheprovider tests; \
 	  status=$$?; $(PYTHON) setup.py -q build_ext --inplace --force; exit $$status
 
-bench: build
+bench: build data
 	$(PYTHON) benchmarks/bench_ndarray.py
 	$(PYTHON) benchmarks/bench_autograd.py
 	$(PYTHON) benchmarks/bench_train_mlp.py

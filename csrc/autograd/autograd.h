@@ -238,7 +238,7 @@ extern int ndl_np_mode;
 extern PyObject *ndl_np_device;
 int ndl_value_types_init(void);
 
-/* ---- Python-visible functions (module.c registers them) ----------------- */
+/* ---- Python-visible functions (autograd_module.c registers them) -------- */
 PyObject *ndl_py_find_topo_sort(PyObject *m, PyObject *arg);
 PyObject *ndl_py_compute_gradient_of_variables(PyObject *m, PyObject *args);
 PyObject *ndl_py_sum_node_list(PyObject *m, PyObject *arg);

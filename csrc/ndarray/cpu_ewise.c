@@ -5,8 +5,8 @@
  *
  * Shape of the code (NumPy's, without .c.src):
  *   - the per-element math is scalar_ops.h, shared with CUDA;
- *   - cpu_ewise_impl.h turns every .def row into an inner loop with one
- *     signature (n elements, input strides, contiguous output) and fast
+ *   - cpu_ewise_impl.h turns every elementwise row of ../ops.def into an
+ *     inner loop with one signature (n elements, input strides, contiguous output) and fast
  *     paths for unit-stride and broadcast operands; it is instantiated here
  *     per dtype and per ISA (AVX2 and the x86-64 baseline; only the
  *     baseline elsewhere), and the AVX2 tables are picked at run time;
@@ -41,11 +41,11 @@ typedef void (*ndl_ew_binary_loop)(const void *a, int64_t sa, const void *b, int
 
 /* Note [sqrt]
  *   gcc keeps errno semantics for sqrtf/sqrt unless built with
- *   -fno-math-errno (which needle's build does not pass and which no
- *   function attribute turns off in gcc 12), so a loop over ndl_sqrt_*
- *   never vectorizes. The contiguous sqrt loop therefore uses the SSE2/AVX
- *   sqrt instructions directly; they are IEEE correctly rounded, exactly
- *   like sqrtf, so results do not change. */
+ *   -fno-math-errno (which setup.py passes, but which no function attribute
+ *   can turn on in gcc 12, so a build without the flag would not vectorize
+ *   a loop over ndl_sqrt_*). The contiguous sqrt loop therefore also uses
+ *   the SSE2/AVX sqrt instructions directly; they are IEEE correctly
+ *   rounded, exactly like sqrtf, so results are the same either way. */
 
 /* ---- instantiations ---------------------------------------------------- */
 #define T float
