@@ -150,8 +150,10 @@ PyObject *nda_reduce(ndl_redop op, PyObject *a, int naxes, const int64_t *axes, 
         uint64_t mask = 0;
         if (naxes < 0)
             mask = x->layout.ndim ? (((uint64_t)1 << x->layout.ndim) - 1) : 0;
-        for (int i = 0; i < naxes; i++)
+        for (int i = 0; i < naxes; i++) {
+            NDL_ASSERT(axes[i] >= 0 && axes[i] < x->layout.ndim); /* normalised by the caller */
             mask |= (uint64_t)1 << axes[i];
+        }
         return (PyObject *)ndl_array_reduce(op, x, mask, keepdims);
     }
     ax = axes_tuple(naxes, axes);

@@ -26,6 +26,8 @@
 #ifndef NDL_AUTOGRAD_H
 #define NDL_AUTOGRAD_H
 
+#include <string.h>
+
 #include "../ndarray/ndarray.h"
 
 /* ---- Values ------------------------------------------------------------- */
@@ -69,6 +71,28 @@ PyObject *ndl_make_from_op(PyTypeObject *result_type, PyObject *op, PyObject *in
 #define NDL_OP_MAX_ARITY 4
 
 struct ndl_opdef;
+
+/* Per-input scratch of an op call (arrays, gradients, flags): a zeroed array
+ * of n elements of `size` bytes in `stack` (room for NDL_OP_MAX_ARITY) when
+ * it fits, else on the heap; NULL with MemoryError. Release it with
+ * ndl_small_array_free(p, stack). */
+static inline void *ndl_small_array(void *stack, size_t size, Py_ssize_t n)
+{
+    void *p;
+    if (n <= NDL_OP_MAX_ARITY) {
+        memset(stack, 0, size * NDL_OP_MAX_ARITY);
+        return stack;
+    }
+    p = PyMem_Calloc((size_t)n, size);
+    if (p == NULL)
+        PyErr_NoMemory();
+    return p;
+}
+static inline void ndl_small_array_free(void *p, void *stack)
+{
+    if (p != stack)
+        PyMem_Free(p);
+}
 
 /* The constructor parameters of a built-in op (the `params` of its row in
  * ../ops.def), stored under the same names as attributes (API.md 4.1). */

@@ -163,8 +163,8 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only)
         ValueObject *node = (ValueObject *)PyList_GET_ITEM(order, k);
         PyObject *g, *partials = node->partials;
         Py_ssize_t ni;
-        char needs_s[NDL_OP_MAX_ARITY], *needs = needs_s;
-        PyObject *grads_s[NDL_OP_MAX_ARITY], **grads = grads_s;
+        char needs_s[NDL_OP_MAX_ARITY], *needs;
+        PyObject *grads_s[NDL_OP_MAX_ARITY], **grads;
         int err = 0;
         if (partials == NULL)
             continue; /* no gradient flows here */
@@ -184,14 +184,9 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only)
         else
             Py_XSETREF(node->grad, Py_NewRef(g));
         ni = PyTuple_GET_SIZE(node->inputs);
-        if (ni > NDL_OP_MAX_ARITY) {
-            needs = PyMem_Malloc((size_t)ni);
-            grads = PyMem_Calloc((size_t)ni, sizeof(PyObject *));
-            if (needs == NULL || grads == NULL) {
-                PyErr_NoMemory();
-                err = 1;
-            }
-        }
+        needs = ndl_small_array(needs_s, sizeof(char), ni);
+        grads = needs ? ndl_small_array(grads_s, sizeof(PyObject *), ni) : NULL;
+        err = grads == NULL;
         if (!err) {
             int any = 0;
             for (Py_ssize_t i = 0; i < ni; i++) {
@@ -209,10 +204,10 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only)
                 Py_XDECREF(grads[i]);
             }
         }
-        if (needs != needs_s)
-            PyMem_Free(needs);
-        if (grads != grads_s)
-            PyMem_Free(grads);
+        if (needs != NULL)
+            ndl_small_array_free(needs, needs_s);
+        if (grads != NULL)
+            ndl_small_array_free(grads, grads_s);
         Py_DECREF(g);
         if (err)
             goto done;

@@ -110,35 +110,30 @@ int ndl_check_node_arity(OpObject *op, ValueObject *node)
 PyObject *ndl_op_gradient_tuple(OpObject *op, ValueObject *g, ValueObject *node)
 {
     Py_ssize_t n = PyTuple_GET_SIZE(node->inputs);
-    char needs_s[NDL_OP_MAX_ARITY] = {0};
-    PyObject *grads_s[NDL_OP_MAX_ARITY], **grads = grads_s, *res = NULL;
-    char *needs = needs_s;
-    if (n > NDL_OP_MAX_ARITY) {
-        needs = PyMem_Malloc((size_t)n);
-        grads = PyMem_Calloc((size_t)n, sizeof(PyObject *));
-        if (needs == NULL || grads == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
-    }
+    char needs_s[NDL_OP_MAX_ARITY];
+    PyObject *grads_s[NDL_OP_MAX_ARITY], *res = NULL;
+    char *needs = ndl_small_array(needs_s, sizeof(char), n);
+    PyObject **grads = needs ? ndl_small_array(grads_s, sizeof(PyObject *), n) : NULL;
+    if (grads == NULL)
+        goto fail;
     for (Py_ssize_t i = 0; i < n; i++)
-        needs[i] = 1, grads[i] = NULL;
+        needs[i] = 1;
     if (op->def->backward(op, g, node, needs, grads) < 0)
-        goto done;
+        goto fail;
     res = PyTuple_New(n);
     if (res == NULL)
-        goto done;
+        goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyTuple_SET_ITEM(res, i, grads[i] ? grads[i] : Py_NewRef(Py_None));
         grads[i] = NULL;
     }
-done:
+fail:
     for (Py_ssize_t i = 0; i < n && grads; i++)
         Py_XDECREF(grads[i]);
-    if (needs != needs_s)
-        PyMem_Free(needs);
-    if (grads != grads_s)
-        PyMem_Free(grads);
+    if (needs != NULL)
+        ndl_small_array_free(needs, needs_s);
+    if (grads != NULL)
+        ndl_small_array_free(grads, grads_s);
     return res;
 }
 

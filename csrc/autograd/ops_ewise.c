@@ -12,9 +12,17 @@
 
 /* ---- forwards of the kernel rows ----------------------------------------- */
 
-NDL_FORWARD(unary) { return nda_unary((ndl_unop)op->def->kernel, x[0]); }
+NDL_FORWARD(unary)
+{
+    NDL_ASSERT(op->def->kernel >= 0 && op->def->kernel < NDL_NUM_UNARY);
+    return nda_unary((ndl_unop)op->def->kernel, x[0]);
+}
 
-NDL_FORWARD(binary) { return nda_binary((ndl_binop)op->def->kernel, x[0], x[1]); }
+NDL_FORWARD(binary)
+{
+    NDL_ASSERT(op->def->kernel >= 0 && op->def->kernel < NDL_NUM_BINARY);
+    return nda_binary((ndl_binop)op->def->kernel, x[0], x[1]);
+}
 
 /* a ** s for the exponents BatchNorm and LayerNorm use every step, or NULL
  * (no exception) for any other. NOTE: as NumPy does, x**2 is x*x, x**0.5 is

@@ -398,6 +398,7 @@ int ndl_tensor_methods_init(PyTypeObject *type)
 {
     size_t n = sizeof(op_methods) / sizeof(op_methods[0]);
     /* NOTE: op_methods and ndl_opdefs list the same rows in the same order. */
+    NDL_ASSERT(n == (size_t)ndl_num_opdefs);
     for (size_t i = 0; i < n; i++)
         op_methods[i].ml_name = ndl_opdefs[i]->method; /* NULL: the row has none */
     return ndl_type_add_methods(type, op_methods, n);

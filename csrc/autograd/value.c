@@ -128,12 +128,10 @@ static int op_is_builtin(PyObject *op)
 static PyObject *value_compute(PyObject *op, PyObject *inputs)
 {
     Py_ssize_t n = PyTuple_GET_SIZE(inputs);
-    PyObject *stack_arrays[NDL_OP_MAX_ARITY], **arrays = stack_arrays, *res = NULL;
-    if (n > NDL_OP_MAX_ARITY) {
-        arrays = PyMem_Malloc(sizeof(PyObject *) * (size_t)n);
-        if (arrays == NULL)
-            return PyErr_NoMemory();
-    }
+    PyObject *stack_arrays[NDL_OP_MAX_ARITY], *res = NULL;
+    PyObject **arrays = ndl_small_array(stack_arrays, sizeof(PyObject *), n);
+    if (arrays == NULL)
+        return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *x = PyTuple_GET_ITEM(inputs, i);
         if (!Value_Check(x)) {
@@ -165,8 +163,7 @@ static PyObject *value_compute(PyObject *op, PyObject *inputs)
         }
     }
 done:
-    if (arrays != stack_arrays)
-        PyMem_Free(arrays);
+    ndl_small_array_free(arrays, stack_arrays);
     return res;
 }
 

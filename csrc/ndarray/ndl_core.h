@@ -21,6 +21,16 @@
 
 #define NDL_MAX_DIMS 16
 
+/* NDL_ASSERT(cond): an invariant the code itself guarantees (never a check
+ * of user input, which raises). Active in debug and ASan builds (no
+ * NDEBUG): a failure prints the file and line and aborts. */
+#ifdef NDEBUG
+#define NDL_ASSERT(cond) ((void)0)
+#else
+void ndl_assert_fail(const char *cond, const char *file, int line);
+#define NDL_ASSERT(cond) ((cond) ? (void)0 : ndl_assert_fail(#cond, __FILE__, __LINE__))
+#endif
+
 typedef enum { NDL_FLOAT32 = 0, NDL_FLOAT64 = 1, NDL_NUM_DTYPES } ndl_dtype;
 
 static inline size_t ndl_itemsize(ndl_dtype dt) { return dt == NDL_FLOAT64 ? 8 : 4; }

@@ -1,6 +1,17 @@
 /* ndl_layout.c: helpers on strided layouts (Note [Layouts] in ndl_core.h)
  * and the kernel-name tables generated from the op rows (../ops.def). */
+#include <stdio.h>
+#include <stdlib.h>
+
 #include "ndl_core.h"
+
+#ifndef NDEBUG
+void ndl_assert_fail(const char *cond, const char *file, int line)
+{
+    fprintf(stderr, "needle: internal invariant failed: %s (%s:%d)\n", cond, file, line);
+    abort();
+}
+#endif
 
 const char *const ndl_unop_names[NDL_NUM_UNARY] = {
 #define NDL_UNARY_KERNEL(KERNEL, kernel, numpy, method) #kernel,
