@@ -12,7 +12,7 @@ static PyObject *np_mod;
 static PyObject *np_binary[NDL_NUM_BINARY];
 static PyObject *np_unary[NDL_NUM_UNARY];
 static PyObject *np_reduce[NDL_NUM_REDUCE];
-static PyObject *np_reshape, *np_broadcast_to, *np_transpose, *np_matmul, *np_flip, *np_full,
+static PyObject *np_asarray, *np_ndarray, *np_reshape, *np_broadcast_to, *np_transpose, *np_matmul, *np_flip, *np_full,
     *np_empty, *np_finfo, *np_ascontiguousarray;
 
 /* *slot = numpy.<name>, or NULL when name is NULL. */
@@ -48,7 +48,8 @@ int nda_init(void)
     for (int i = 0; i < NDL_NUM_REDUCE; i++)
         if (get_np(&np_reduce[i], red_names[i]) < 0)
             return -1;
-    if (get_np(&np_reshape, "reshape") < 0 || get_np(&np_broadcast_to, "broadcast_to") < 0 ||
+    if (get_np(&np_asarray, "asarray") < 0 || get_np(&np_ndarray, "ndarray") < 0 ||
+        get_np(&np_reshape, "reshape") < 0 || get_np(&np_broadcast_to, "broadcast_to") < 0 ||
         get_np(&np_transpose, "transpose") < 0 || get_np(&np_matmul, "matmul") < 0 ||
         get_np(&np_flip, "flip") < 0 || get_np(&np_full, "full") < 0 ||
         get_np(&np_empty, "empty") < 0 || get_np(&np_finfo, "finfo") < 0 ||
@@ -58,6 +59,13 @@ int nda_init(void)
 }
 
 int nda_is_nd(PyObject *a) { return NDArray_Check(a); }
+
+PyObject *nda_as_np_array(PyObject *res)
+{
+    if (PyObject_TypeCheck(res, (PyTypeObject *)np_ndarray))
+        return Py_NewRef(res);
+    return PyObject_CallFunctionObjArgs(np_asarray, res, NULL);
+}
 
 int nda_shape(PyObject *a, int *ndim, int64_t *shape)
 {

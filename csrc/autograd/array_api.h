@@ -13,6 +13,9 @@
 #include "autograd.h"
 
 int nda_init(void);
+/* np mode: a NumPy result as a genuine ndarray (numpy.asarray), since NumPy
+ * returns scalars such as np.float64 for 0-d results (API.md 1.3). */
+PyObject *nda_as_np_array(PyObject *res);
 int nda_shape(PyObject *a, int *ndim, int64_t *shape);
 int nda_is_nd(PyObject *a);
 

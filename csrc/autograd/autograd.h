@@ -57,8 +57,19 @@ extern PyTypeObject Value_Type, Tensor_Type, TensorTuple_Type;
 extern int64_t ndl_tensor_counter;
 extern int ndl_lazy_mode;
 extern _Thread_local int ndl_grad_enabled;
+extern PyObject *ndl_empty_tuple; /* () */
 
-/* Data of a Value, computing it if needed. Borrowed reference or NULL. */
+/* A Value's lifetime (value.c). ndl_value_alloc: a fresh Value of `type`
+ * with empty inputs. ndl_value_init fills its fields (references taken,
+ * nothing stolen; requires_grad < 0: whether any input requires grad). */
+ValueObject *ndl_value_alloc(PyTypeObject *type);
+void ndl_value_init(ValueObject *self, PyObject *op, PyObject *inputs, int num_outputs,
+                    PyObject *cached_data, int requires_grad);
+int ndl_value_traverse(ValueObject *self, visitproc visit, void *arg);
+int ndl_value_clear(ValueObject *self);
+int ndl_value_state_init(void);
+
+/* Data of a Value, computing it if needed (op.c). Borrowed reference or NULL. */
 PyObject *ndl_value_realize(ValueObject *v);
 /* A new leaf Tensor holding `data` (not copied). */
 ValueObject *ndl_tensor_leaf(PyTypeObject *type, PyObject *data, int requires_grad);
@@ -213,7 +224,7 @@ extern PyMethodDef ndl_stack_function_def;
  * backward rules, which build their graphs with ops. */
 OpObject *ndl_op_new(const ndl_opdef *def);
 
-/* ---- Tensor-level constructors used by backward rules (tensor_ops.c).
+/* ---- Tensor-level constructors used by backward rules (op_builders.c).
  * Each returns a new Tensor reference (recorded or not, per make_from_op)
  * or NULL with an exception. Arguments are borrowed. */
 /* ndl_t_<func>(a) / (a, b) / (a, s) for every elementwise and scalar row */
@@ -225,6 +236,8 @@ OpObject *ndl_op_new(const ndl_opdef *def);
 /* A scalar op (AddScalar, MulScalar, DivScalar, PowerScalar) of a; s_obj,
  * if not NULL, is the scalar as a Python object (np mode keeps its type). */
 PyObject *ndl_t_scalar_op(ndl_opdef *def, PyObject *a, double s, PyObject *s_obj);
+/* The shared instance of the parameterless one-input op `def` applied to a. */
+PyObject *ndl_t_apply_shared(ndl_opdef *def, PyObject *a);
 PyObject *ndl_t_reshape(PyObject *a, int ndim, const int64_t *shape);
 PyObject *ndl_t_broadcast_to(PyObject *a, int ndim, const int64_t *shape);
 PyObject *ndl_t_summation(PyObject *a, int naxes, const int64_t *axes); /* naxes<0: all */
@@ -260,7 +273,12 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only)
 /* np mode state (value.c), set by _C._set_backend. */
 extern int ndl_np_mode;
 extern PyObject *ndl_np_device;
-int ndl_value_types_init(void);
+
+/* ---- the Python face of the Value types (tensor.c, tensor_ops.c) -------- */
+extern PyNumberMethods ndl_tensor_as_number;
+/* Fill the Python-facing slots of Value_Type, Tensor_Type and
+ * TensorTuple_Type and ready them. */
+int ndl_tensor_types_init(void);
 
 /* ---- Python-visible functions (autograd_module.c registers them) -------- */
 PyObject *ndl_py_find_topo_sort(PyObject *m, PyObject *arg);

@@ -72,7 +72,7 @@ static PyMethodDef autograd_methods[] = {
 
 int ndl_autograd_init(PyObject *module)
 {
-    if (nda_init() < 0 || ndl_value_types_init() < 0 || ndl_op_types_init(module) < 0)
+    if (nda_init() < 0 || ndl_tensor_types_init() < 0 || ndl_op_types_init(module) < 0)
         return -1;
     if (PyModule_AddObjectRef(module, "Value", (PyObject *)&Value_Type) < 0 ||
         PyModule_AddObjectRef(module, "Tensor", (PyObject *)&Tensor_Type) < 0 ||

@@ -1,4 +1,5 @@
-/* op.c: Op, TensorOp and TensorTupleOp, the base classes of every op.
+/* op.c: Op, TensorOp and TensorTupleOp, the base classes of every op, and
+ * applying an op: make_from_op and the (lazy) realization of values.
  *
  * Python equivalent (API.md 3.2, 4.1):
  *     class Op:
@@ -8,11 +9,187 @@
  *         def gradient_as_tuple(self, out_grad, node): ...  # always a tuple
  *     class TensorOp(Op):      __call__ = lambda self, *args: Tensor.make_from_op(self, args)
  *     class TensorTupleOp(Op): __call__ = lambda self, *args: TensorTuple.make_from_op(self, args)
+ *     Value.make_from_op(op, inputs), Value.realize_cached_data()
  * A built-in op (op_table.c) carries its row's ndl_opdef, which supplies
  * compute and gradient; a Python subclass of TensorOp (def == NULL) is called
  * through its Python methods by the engine.
  */
 #include "array_api.h"
+
+/* ---- computing ---------------------------------------------------------- */
+
+static int op_is_builtin(PyObject *op)
+{
+    return Op_Check(op) && ((OpObject *)op)->def != NULL &&
+           Py_TYPE(op) == ((OpObject *)op)->def->type;
+}
+
+/* op.compute(*[x.realize_cached_data() for x in inputs]), new reference. */
+static PyObject *value_compute(PyObject *op, PyObject *inputs)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(inputs);
+    PyObject *stack_arrays[NDL_OP_MAX_ARITY], *res = NULL;
+    PyObject **arrays = ndl_small_array(stack_arrays, sizeof(PyObject *), n);
+    if (arrays == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *x = PyTuple_GET_ITEM(inputs, i);
+        if (!Value_Check(x)) {
+            PyErr_Format(PyExc_TypeError, "op inputs must be Tensors, got %R", x);
+            goto done;
+        }
+        arrays[i] = ndl_value_realize((ValueObject *)x); /* borrowed */
+        if (arrays[i] == NULL)
+            goto done;
+    }
+    if (op_is_builtin(op)) {
+        const ndl_opdef *def = ((OpObject *)op)->def;
+        if (def->arity >= 0 && n != def->arity) {
+            PyErr_Format(PyExc_TypeError, "%s takes %d input(s), got %zd", def->name, def->arity, n);
+            goto done;
+        }
+        res = def->forward((OpObject *)op, arrays, (int)n);
+        if (res != NULL && ndl_np_mode && !PyTuple_Check(res))
+            Py_SETREF(res, nda_as_np_array(res));
+    } else {
+        PyObject *compute = PyObject_GetAttrString(op, "compute");
+        if (compute != NULL) {
+            res = PyObject_Vectorcall(compute, arrays, (size_t)n, NULL);
+            Py_DECREF(compute);
+        }
+    }
+done:
+    ndl_small_array_free(arrays, stack_arrays);
+    return res;
+}
+
+/* Compute v's data when every input has data. */
+static int realize_one(ValueObject *v)
+{
+    PyObject *data = value_compute(v->op, v->inputs);
+    if (data == NULL)
+        return -1;
+    v->cached_data = data;
+    return 0;
+}
+
+typedef struct {
+    ValueObject *node;
+    Py_ssize_t next;
+} realize_frame;
+
+/* Lazy graphs (LAZY_MODE) can be deep: realize them in post-order with an
+ * explicit stack, never recursing on depth, and refuse cycles. */
+static int realize_graph(ValueObject *root)
+{
+    Py_ssize_t cap = 64, top = 0;
+    realize_frame *stack = PyMem_Malloc(sizeof(realize_frame) * (size_t)cap);
+    int rc = -1;
+    if (stack == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    root->realizing = 1;
+    stack[top++] = (realize_frame){root, 0};
+    while (top > 0) {
+        realize_frame *f = &stack[top - 1];
+        ValueObject *child = NULL;
+        while (f->node->inputs && f->next < PyTuple_GET_SIZE(f->node->inputs)) {
+            PyObject *x = PyTuple_GET_ITEM(f->node->inputs, f->next++);
+            if (!Value_Check(x) || ((ValueObject *)x)->cached_data != NULL)
+                continue;
+            child = (ValueObject *)x;
+            break;
+        }
+        if (child == NULL) {
+            int err = f->node->cached_data == NULL && realize_one(f->node) < 0;
+            f->node->realizing = 0;
+            top--;
+            if (err)
+                goto fail;
+            continue;
+        }
+        if (child->realizing) {
+            PyErr_SetString(PyExc_RuntimeError, "cannot compute a Value whose graph has a cycle");
+            goto fail;
+        }
+        if (child->op == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "a leaf Value has no data");
+            goto fail;
+        }
+        if (top == cap) {
+            realize_frame *bigger = PyMem_Realloc(stack, sizeof(realize_frame) * (size_t)(cap *= 2));
+            if (bigger == NULL) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            stack = bigger;
+        }
+        child->realizing = 1;
+        stack[top++] = (realize_frame){child, 0};
+    }
+    rc = 0;
+fail:
+    while (top > 0)
+        stack[--top].node->realizing = 0;
+    PyMem_Free(stack);
+    return rc;
+}
+
+PyObject *ndl_value_realize(ValueObject *v)
+{
+    if (v->cached_data != NULL)
+        return v->cached_data;
+    if (v->op == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "a leaf Value has no data");
+        return NULL;
+    }
+    if (realize_graph(v) < 0)
+        return NULL;
+    return v->cached_data;
+}
+
+PyObject *ndl_make_from_op(PyTypeObject *type, PyObject *op, PyObject *inputs)
+{
+    ValueObject *v;
+    PyObject *data;
+    int requires_grad = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(inputs) && ndl_grad_enabled; i++) {
+        PyObject *x = PyTuple_GET_ITEM(inputs, i);
+        if (Value_Check(x) && ((ValueObject *)x)->requires_grad) {
+            requires_grad = 1;
+            break;
+        }
+    }
+    v = ndl_value_alloc(type);
+    if (v == NULL)
+        return NULL;
+    if (ndl_lazy_mode) {
+        ndl_value_init(v, op, inputs, 1, NULL, requires_grad);
+        return (PyObject *)v;
+    }
+    data = value_compute(op, inputs);
+    if (data == NULL) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    /* NOTE: a result that needs no gradient is a detached leaf at once
+     * (API.md 3.8), so inference keeps no graph. */
+    if (requires_grad)
+        ndl_value_init(v, op, inputs, 1, data, 1);
+    else
+        ndl_value_init(v, NULL, ndl_empty_tuple, 1, data, 0);
+    Py_DECREF(data);
+    return (PyObject *)v;
+}
+
+int ndl_value_shape(ValueObject *v, int *ndim, int64_t *shape)
+{
+    PyObject *data = ndl_value_realize(v);
+    if (data == NULL)
+        return -1;
+    return nda_shape(data, ndim, shape);
+}
 
 /* ---- lifetime ----------------------------------------------------------- */
 
