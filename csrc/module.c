@@ -81,7 +81,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC PyInit__C(void)
 {
     PyObject *m = NULL, *kernels = NULL, *bases = NULL;
-    if (ndl_numpy_init() < 0)
+    if (ndl_ndarray_init() < 0)
         return NULL;
     if (PyType_Ready(&Storage_Type) < 0 || PyType_Ready(&Device_Type) < 0 ||
         PyType_Ready(&NDArray_Type) < 0)

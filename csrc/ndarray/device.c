@@ -3,18 +3,23 @@
  * Python equivalent (API.md 2.1):
  *     class BackendDevice:
  *         def __init__(self, name, mod): self.name, self.mod = name, mod
- *         def __eq__(self, other): return isinstance(other, BackendDevice) and self.name == other.name
+ *         def __eq__(self, other):
+ *             return isinstance(other, BackendDevice) and self.name == other.name
  *         def __repr__(self): return self.name + "()"
  *         def __getattr__(self, attr): return getattr(self.mod, attr)
  *         def enabled(self): return self.mod is not None
- *         def randn(self, *shape, dtype="float32"): return NDArray(np.random.randn(*shape).astype(dtype), device=self)
+ *         def randn(self, *shape, dtype="float32"):
+ *             return NDArray(np.random.randn(*shape).astype(dtype), device=self)
  *         ... rand, one_hot, empty, full
  * The three devices are process-wide singletons; `mod` is imported on first
- * use, so creating a device never imports anything.
+ * use, so creating a device never imports anything. The methods that build
+ * arrays reach the array layer through a table it fills at init (Note
+ * [Device factories], device.h).
  */
 #include <string.h>
 
-#include "ndarray.h"
+#include "device.h"
+#include "ndl_args.h"
 
 static DeviceObject *device_new(const char *name, const char *mod_name, const ndl_backend *backend)
 {
@@ -200,13 +205,19 @@ static PyObject *Device_enabled(DeviceObject *self, PyObject *Py_UNUSED(ignored)
     return PyBool_FromLong(self->backend != NULL);
 }
 
+/* ---- methods that build arrays (Note [Device factories]) ---------------- */
+
+static const ndl_device_factories *factories; /* set by ndl_ndarray_init */
+
+void ndl_device_set_factories(const ndl_device_factories *f) { factories = f; }
+
 /* NDArray(np.random.<fn>(*shape).astype(dtype), device=self): one float64
  * draw of the full shape, then a cast (API.md 2.1). */
 static PyObject *device_random(DeviceObject *self, const char *fn, PyObject *shape, PyObject *kwds)
 {
     static char *kwlist[] = {"dtype", NULL};
     PyObject *dtype_obj = Py_None, *nprandom = NULL, *func = NULL, *draw = NULL, *empty = NULL;
-    NDArrayObject *res = NULL;
+    struct NDArrayObject *res = NULL;
     ndl_dtype dt;
     if (ndl_device_check_enabled(self) < 0)
         return NULL;
@@ -226,7 +237,7 @@ static PyObject *device_random(DeviceObject *self, const char *fn, PyObject *sha
     draw = PyObject_CallObject(func, shape);
     if (draw == NULL)
         goto fail;
-    res = ndl_array_from_object(draw, self, dt);
+    res = factories->from_object(draw, self, dt);
 fail:
     Py_XDECREF(empty);
     Py_XDECREF(nprandom);
@@ -250,7 +261,7 @@ static PyObject *Device_one_hot(DeviceObject *self, PyObject *args, PyObject *kw
 {
     static char *kwlist[] = {"n", "i", "dtype", NULL};
     PyObject *n, *i, *dtype_obj = Py_None, *np = NULL, *eye = NULL, *idx = NULL, *rows = NULL;
-    NDArrayObject *res = NULL;
+    struct NDArrayObject *res = NULL;
     ndl_dtype dt;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O:one_hot", kwlist, &n, &i, &dtype_obj))
         return NULL;
@@ -268,7 +279,7 @@ static PyObject *Device_one_hot(DeviceObject *self, PyObject *args, PyObject *kw
     rows = PyObject_GetItem(eye, idx);
     if (rows == NULL)
         goto fail;
-    res = ndl_array_from_object(rows, self, dt);
+    res = factories->from_object(rows, self, dt);
 fail:
     Py_XDECREF(np);
     Py_XDECREF(eye);
@@ -289,7 +300,7 @@ static PyObject *Device_empty(DeviceObject *self, PyObject *args, PyObject *kwds
     if (ndl_device_check_enabled(self) < 0 || ndl_parse_dtype(dtype_obj, &dt) < 0 ||
         ndl_parse_shape(shape_obj, &ndim, shape, "shape") < 0)
         return NULL;
-    return (PyObject *)ndl_array_empty(self, dt, ndim, shape);
+    return (PyObject *)factories->empty(self, dt, ndim, shape);
 }
 
 static PyObject *Device_full(DeviceObject *self, PyObject *args, PyObject *kwds)
@@ -306,8 +317,10 @@ static PyObject *Device_full(DeviceObject *self, PyObject *args, PyObject *kwds)
     if (ndl_device_check_enabled(self) < 0 || ndl_parse_dtype(dtype_obj, &dt) < 0 ||
         ndl_parse_shape(shape_obj, &ndim, shape, "shape") < 0)
         return NULL;
-    return (PyObject *)ndl_array_full(self, dt, ndim, shape, value);
+    return (PyObject *)factories->full(self, dt, ndim, shape, value);
 }
+
+/* ---- the Python type ---------------------------------------------------- */
 
 static PyMethodDef Device_methods[] = {
     {"enabled", (PyCFunction)Device_enabled, METH_NOARGS, "True if the device can be used."},

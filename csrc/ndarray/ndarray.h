@@ -4,12 +4,35 @@
  *   Storage  = device.Array(size): one buffer on one device; `size`, `ptr()`.
  *   Device   = BackendDevice(name, mod): a name, a kernel module, a backend.
  *   NDArray  = a strided view (storage, dtype, shape, strides, offset).
+ * Storage and Device have headers of their own (storage.h, device.h), and the
+ * argument helpers shared with csrc/autograd are in ndl_args.h; this header
+ * includes all three, so a file of another layer needs only this one.
  *
  * Note [Views share storage]
  *   Every NDArray holds a strong reference to its Storage and to nothing
  *   else: a view of a view points straight at the storage (views never
  *   chain), so dropping intermediate views frees nothing early and keeps no
  *   chain alive.
+ *
+ * Note [One-way order]
+ *   The files of this layer call downwards only, from the Python type to the
+ *   argument helpers:
+ *     ndarray_type.c   NDArray's Python face: __new__, make, methods, properties
+ *     ndarray_index.c, ndarray_ops.c   indexing, arithmetic, reductions
+ *     ndarray_numpy.c  NumPy interop and NDArray's buffer protocol
+ *     ndarray.c        the NDArray object and its C API: construction, views, copies
+ *     device.c         BackendDevice and the device singletons
+ *     storage.c        Array: one buffer on one device
+ *     ndl_args.c       parsing and shape helpers (also used by csrc/autograd)
+ *   kernel_module.c and ndarray_optim.c stand on the array API beside the
+ *   type. Where a lower file would have to name a higher one, the higher one
+ *   hands itself down at init instead (ndl_ndarray_init, ndarray_type.c):
+ *   - the device methods that build arrays (device.empty, full, rand, ...)
+ *     call through a table of array builders (Note [Device factories],
+ *     device.h);
+ *   - NDArray_Type is defined in ndarray.c, beside the code that allocates
+ *     its instances and under every NDArray_Check, and gets its Python face
+ *     (methods, properties, operator and buffer slots) from ndarray_type.c.
  *
  * Ownership: functions returning PyObject* / NDArrayObject* return a new
  * reference or NULL with an exception set; functions returning int return 0
@@ -22,45 +45,13 @@
 #include <Python.h>
 
 #include "backend.h"
+#include "device.h"
+#include "ndl_args.h"
 #include "ndl_core.h"
+#include "storage.h"
 
-/* ---- Storage ------------------------------------------------------------ */
-typedef struct {
-    PyObject_HEAD
-    const ndl_backend *backend;
-    void *data;
-    int64_t size; /* elements */
-    ndl_dtype dtype;
-} StorageObject;
-
-extern PyTypeObject Storage_Type;
-#define Storage_Check(o) PyObject_TypeCheck(o, &Storage_Type)
-
-StorageObject *ndl_storage_new(const ndl_backend *backend, ndl_dtype dt, int64_t size);
-
-/* ---- Device ------------------------------------------------------------- */
-typedef struct {
-    PyObject_HEAD
-    PyObject *name;       /* str */
-    PyObject *mod;        /* kernel module, resolved lazily; NULL until then */
-    const char *mod_name; /* dotted module name, or NULL when unavailable */
-    const ndl_backend *backend; /* NULL when the device is disabled */
-} DeviceObject;
-
-extern PyTypeObject Device_Type;
-#define Device_Check(o) PyObject_TypeCheck(o, &Device_Type)
-
-/* Borrowed references to the process-wide device singletons. */
-DeviceObject *ndl_device_cpu(void);
-DeviceObject *ndl_device_cuda(void);
-DeviceObject *ndl_device_cpu_numpy(void);
-/* Resolve a `device=` argument: None -> default device (cpu). Returns a
- * borrowed reference, or NULL with TypeError/RuntimeError (disabled device). */
-DeviceObject *ndl_device_resolve(PyObject *obj);
-int ndl_device_check_enabled(DeviceObject *dev);
-
-/* ---- NDArray ------------------------------------------------------------ */
-typedef struct {
+/* ---- NDArray (ndarray.c) ------------------------------------------------ */
+typedef struct NDArrayObject {
     PyObject_HEAD
     StorageObject *storage; /* owned; the `_handle` */
     DeviceObject *device;   /* owned */
@@ -68,6 +59,7 @@ typedef struct {
     ndl_layout layout;
 } NDArrayObject;
 
+/* Defined in ndarray.c; ndl_ndarray_init gives it its Python face. */
 extern PyTypeObject NDArray_Type;
 #define NDArray_Check(o) PyObject_TypeCheck(o, &NDArray_Type)
 
@@ -99,6 +91,12 @@ NDArrayObject *ndl_array_reshape(NDArrayObject *a, int ndim, const int64_t *shap
 NDArrayObject *ndl_array_permute(NDArrayObject *a, const int *axes);
 NDArrayObject *ndl_array_broadcast_to(NDArrayObject *a, int ndim, const int64_t *shape);
 
+/* Scalar operands */
+/* 1 and *out if obj is a scalar (anything float() accepts, or a size-1
+ * array-like that is not an NDArray); 0 if it is not (no exception); -1 on
+ * error. */
+int ndl_as_double(PyObject *obj, double *out);
+
 /* Compute (ndarray_ops.c) */
 NDArrayObject *ndl_array_unary(ndl_unop op, NDArrayObject *a);
 NDArrayObject *ndl_array_binary(ndl_binop op, NDArrayObject *a, NDArrayObject *b);
@@ -114,47 +112,18 @@ int ndl_check_same_device(NDArrayObject *a, NDArrayObject *b, const char *what);
 /* dst view <- src (same element count, row-major order). */
 int ndl_array_assign(NDArrayObject *dst, NDArrayObject *src);
 
-/* Argument parsing helpers */
-/* 1 and *out if obj is a scalar (anything float() accepts, or a size-1
- * array-like); 0 if it is not (no exception); -1 on error. */
-int ndl_as_double(PyObject *obj, double *out);
-int ndl_parse_dtype(PyObject *obj, ndl_dtype *out); /* None -> float32 */
-const char *ndl_dtype_name(ndl_dtype dt);
-/* A tuple/list of ints (or, when allow_int, a bare int) into shape. */
-int ndl_parse_shape(PyObject *obj, int *ndim, int64_t *shape, const char *what);
-PyObject *ndl_shape_tuple(int ndim, const int64_t *v);
-/* A layout from Python shape and strides (None: compact) and an offset;
- * -1 with ValueError naming `what` on negative dims or a length mismatch. */
-int ndl_parse_layout(PyObject *shape, PyObject *strides, int64_t offset, ndl_layout *l,
-                     const char *what);
-/* slice(start, stop, step) with int fields. */
-PyObject *ndl_slice_new(int64_t start, int64_t stop, int64_t step);
-/* Normalise axis `ax` for rank ndim; -1 with ValueError when out of range. */
-int ndl_normalize_axis(int64_t ax, int ndim, int64_t *out);
-/* Normalise `naxes` axes for rank ndim (naxes < 0: every axis, as for
- * axes=None) into out[*nout] (0 <= ax < ndim, in the order given) and the bit
- * mask *mask (either output may be NULL). A repeated or out-of-range axis is
- * a ValueError naming `what`; with skip_large, axes >= ndim are dropped
- * instead (Dilate's rule). */
-int ndl_normalize_axes(int naxes, const int64_t *axes, int ndim, int skip_large, const char *what,
-                       int *nout, int64_t *out, uint64_t *mask);
-/* Broadcast two shapes (NumPy rules); -1 with ValueError naming both. */
-int ndl_broadcast_shapes(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout,
-                         int64_t *out);
-/* A layout of a's view broadcast to (ndim, shape); a.ndim <= ndim. */
-void ndl_layout_broadcast(const ndl_layout *a, int ndim, const int64_t *shape, ndl_layout *out);
-
 /* NumPy interop (ndarray_numpy.c) */
-int ndl_numpy_init(void);
+/* Imports NumPy's C API; ndl_ndarray_init calls it first. */
+int ndl_numpy_import(void);
 NDArrayObject *ndl_array_from_object(PyObject *obj, DeviceObject *dev, ndl_dtype dt);
 PyObject *ndl_array_to_numpy(NDArrayObject *a);
 extern PyBufferProcs ndl_ndarray_as_buffer;
-extern PyBufferProcs ndl_storage_as_buffer;
 
 /* Release the GIL around kernels at least this many elements long. */
 #define NDL_GIL_RELEASE_MIN 32768
 /* status = call, with the GIL released when work (elements) is large. The
- * caller holds references to every array the call touches. */
+ * caller holds references to every array the call touches; the status
+ * becomes an exception with ndl_raise_status (ndl_args.h). */
 #define NDL_KERNEL_CALL(work, status, call)                                                        \
     do {                                                                                           \
         if ((work) >= NDL_GIL_RELEASE_MIN) {                                                       \
@@ -164,17 +133,20 @@ extern PyBufferProcs ndl_storage_as_buffer;
             (status) = (call);                                                                     \
         }                                                                                          \
     } while (0)
-int ndl_raise_status(int status, const char *what);
 
 /* Fused optimizer updates (ndarray_optim.c), module-level functions. */
 PyObject *ndl_py_adam_update(PyObject *mod, PyObject *args);
 PyObject *ndl_py_sgd_update(PyObject *mod, PyObject *args);
 
 /* Module setup hooks */
+/* Readies the NDArray layer; PyInit calls it first, before PyType_Ready
+ * (ndarray_type.c). It imports NumPy's C API and hands down what lower files
+ * reach only through init (Note [One-way order]). */
+int ndl_ndarray_init(void);
 /* Install the NDArray methods generated from the op rows (after PyType_Ready). */
 int ndl_ndarray_methods_init(PyTypeObject *type);
 /* Add the methods of defs[0..n) whose ml_name is not NULL to a ready type. */
 int ndl_type_add_methods(PyTypeObject *type, PyMethodDef *defs, size_t n);
-PyObject *ndl_kernel_module_create(void);         /* needle._C.cpu_kernels */
+PyObject *ndl_kernel_module_create(void); /* needle._C.cpu_kernels */
 
 #endif

@@ -1,6 +1,7 @@
 /* ndarray_impl.h: private to csrc/ndarray: the NDArray methods defined in
- * one file and listed in the type's tables in ndarray.c. Each is a plain
- * CPython method function (new reference or NULL with an exception). */
+ * one file and listed in the type's tables in another, ndarray_type.c. Each
+ * is a plain CPython method function (new reference or NULL with an
+ * exception). */
 #ifndef NDL_NDARRAY_IMPL_H
 #define NDL_NDARRAY_IMPL_H
 

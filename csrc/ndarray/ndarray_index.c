@@ -90,18 +90,6 @@ PyObject *NDArray_process_slice(NDArrayObject *self, PyObject *args)
     return ndl_slice_new(r.start, r.stop, r.step);
 }
 
-PyObject *ndl_slice_new(int64_t start, int64_t stop, int64_t step)
-{
-    PyObject *a = PyLong_FromLongLong(start), *b = PyLong_FromLongLong(stop);
-    PyObject *c = PyLong_FromLongLong(step), *res = NULL;
-    if (a && b && c)
-        res = PySlice_New(a, b, c);
-    Py_XDECREF(a);
-    Py_XDECREF(b);
-    Py_XDECREF(c);
-    return res;
-}
-
 /* The view self[idx] as a layout (API.md 2.5). */
 static int index_layout(NDArrayObject *self, PyObject *idx, ndl_layout *out)
 {

@@ -5,14 +5,17 @@
  *     a.numpy()                    # a copy with the logical contents
  *     np.asarray(a)                # zero-copy: the buffer protocol (host arrays)
  *     a.__array__(dtype=None, copy=None), a.astype(dtype)
- * Host storages export a flat buffer too, so the NumPy kernel module
- * (ndarray_backend_numpy.py) can work on handles with np.frombuffer.
+ * NDArray's buffer is a window of its storage's, filled by storage.c
+ * (ndl_storage_export_view), which also exports a host storage as a flat
+ * buffer for the NumPy kernel module (ndarray_backend_numpy.py). Above the
+ * array C API, below NDArray's Python type (Note [One-way order], ndarray.h).
  */
 #define PY_ARRAY_UNIQUE_SYMBOL NDL_ARRAY_API
 #include "ndarray_impl.h"
 #include <numpy/arrayobject.h>
 
-int ndl_numpy_init(void)
+/* Called once, by ndl_ndarray_init, before anything here runs. */
+int ndl_numpy_import(void)
 {
     import_array1(-1);
     return 0;
@@ -129,42 +132,6 @@ PyObject *NDArray_astype(NDArrayObject *self, PyObject *args)
 
 /* ---- buffer protocol ---------------------------------------------------- */
 
-static int fill_buffer(Py_buffer *view, PyObject *owner, char *buf, ndl_dtype dt, int ndim,
-                       const int64_t *shape, const int64_t *strides, int contiguous, int flags)
-{
-    Py_ssize_t itemsize = (Py_ssize_t)ndl_itemsize(dt), len = itemsize;
-    Py_ssize_t *meta;
-    if (!(flags & PyBUF_STRIDES) && !contiguous) {
-        PyErr_SetString(PyExc_BufferError,
-                        "NDArray is not C-contiguous: request a strided buffer or call compact()");
-        return -1;
-    }
-    meta = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(2 * ndim + 1));
-    if (meta == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (int i = 0; i < ndim; i++) {
-        meta[i] = (Py_ssize_t)shape[i];
-        meta[ndim + i] = (Py_ssize_t)(strides[i] * itemsize);
-        len *= meta[i];
-    }
-    view->buf = buf;
-    view->obj = Py_NewRef(owner);
-    view->len = len;
-    view->readonly = 0;
-    view->itemsize = itemsize;
-    view->format = (flags & PyBUF_FORMAT) ? (dt == NDL_FLOAT64 ? "d" : "f") : NULL;
-    view->ndim = ndim;
-    view->shape = (flags & PyBUF_ND) ? meta : NULL;
-    view->strides = (flags & PyBUF_STRIDES) ? meta + ndim : NULL;
-    view->suboffsets = NULL;
-    view->internal = meta;
-    return 0;
-}
-
-static void release_buffer(PyObject *self, Py_buffer *view) { PyMem_Free(view->internal); }
-
 static int ndarray_getbuffer(NDArrayObject *self, Py_buffer *view, int flags)
 {
     const ndl_layout *l = &self->layout;
@@ -173,29 +140,10 @@ static int ndarray_getbuffer(NDArrayObject *self, Py_buffer *view, int flags)
                      (PyObject *)self->device);
         return -1;
     }
-    return fill_buffer(view, (PyObject *)self,
-                       (char *)self->storage->data + l->offset * ndl_itemsize(self->dtype),
-                       self->dtype, l->ndim, l->shape, l->strides, ndl_layout_is_contiguous(l),
-                       flags);
-}
-
-static int storage_getbuffer(StorageObject *self, Py_buffer *view, int flags)
-{
-    int64_t one = 1;
-    if (!self->backend->host_accessible) {
-        PyErr_SetString(PyExc_BufferError, "a device Array has no host buffer");
-        return -1;
-    }
-    return fill_buffer(view, (PyObject *)self, self->data, self->dtype, 1, &self->size, &one, 1,
-                       flags);
+    return ndl_storage_export_view(self->storage, (PyObject *)self, l, view, flags);
 }
 
 PyBufferProcs ndl_ndarray_as_buffer = {
     .bf_getbuffer = (getbufferproc)ndarray_getbuffer,
-    .bf_releasebuffer = (releasebufferproc)release_buffer,
-};
-
-PyBufferProcs ndl_storage_as_buffer = {
-    .bf_getbuffer = (getbufferproc)storage_getbuffer,
-    .bf_releasebuffer = (releasebufferproc)release_buffer,
+    .bf_releasebuffer = (releasebufferproc)ndl_storage_release_view,
 };

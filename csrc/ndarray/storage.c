@@ -5,11 +5,15 @@
  *         def __init__(self, size, dtype="float32"): ...  # uninitialised, on cpu
  *         size: int          # elements
  *         def ptr(self): ... # address of the buffer start
+ *         memoryview(a)      # host storages: a flat 1-D buffer
  * Arrays (views) hold a strong reference; the buffer is freed with the last
  * one (Note [Views share storage] in ndarray.h). A host storage exports the
- * buffer protocol as a flat 1-D array (the numpy kernel module uses it).
+ * buffer protocol as a flat 1-D array (the numpy kernel module uses it);
+ * NDArray exports a strided window of its storage through the same helper
+ * (ndl_storage_export_view). Below devices and arrays (Note [One-way order]).
  */
-#include "ndarray.h"
+#include "ndl_args.h"
+#include "storage.h"
 
 StorageObject *ndl_storage_new(const ndl_backend *backend, ndl_dtype dt, int64_t size)
 {
@@ -79,6 +83,62 @@ static PyObject *Storage_repr(StorageObject *self)
                                 ndl_dtype_name(self->dtype), self->backend->name);
 }
 
+/* ---- buffer protocol ---------------------------------------------------- */
+
+int ndl_storage_export_view(StorageObject *st, PyObject *owner, const ndl_layout *l,
+                            Py_buffer *view, int flags)
+{
+    Py_ssize_t itemsize = (Py_ssize_t)ndl_itemsize(st->dtype), len = itemsize;
+    Py_ssize_t *meta;
+    int ndim = l->ndim;
+    if (!(flags & PyBUF_STRIDES) && !ndl_layout_is_contiguous(l)) {
+        PyErr_SetString(PyExc_BufferError,
+                        "NDArray is not C-contiguous: request a strided buffer or call compact()");
+        return -1;
+    }
+    meta = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(2 * ndim + 1));
+    if (meta == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int i = 0; i < ndim; i++) {
+        meta[i] = (Py_ssize_t)l->shape[i];
+        meta[ndim + i] = (Py_ssize_t)(l->strides[i] * itemsize);
+        len *= meta[i];
+    }
+    view->buf = (char *)st->data + l->offset * itemsize;
+    view->obj = Py_NewRef(owner);
+    view->len = len;
+    view->readonly = 0;
+    view->itemsize = itemsize;
+    view->format = (flags & PyBUF_FORMAT) ? (st->dtype == NDL_FLOAT64 ? "d" : "f") : NULL;
+    view->ndim = ndim;
+    view->shape = (flags & PyBUF_ND) ? meta : NULL;
+    view->strides = (flags & PyBUF_STRIDES) ? meta + ndim : NULL;
+    view->suboffsets = NULL;
+    view->internal = meta;
+    return 0;
+}
+
+void ndl_storage_release_view(PyObject *owner, Py_buffer *view) { PyMem_Free(view->internal); }
+
+static int Storage_getbuffer(StorageObject *self, Py_buffer *view, int flags)
+{
+    ndl_layout flat = {.ndim = 1, .shape = {self->size}, .strides = {1}, .offset = 0};
+    if (!self->backend->host_accessible) {
+        PyErr_SetString(PyExc_BufferError, "a device Array has no host buffer");
+        return -1;
+    }
+    return ndl_storage_export_view(self, (PyObject *)self, &flat, view, flags);
+}
+
+static PyBufferProcs Storage_as_buffer = {
+    .bf_getbuffer = (getbufferproc)Storage_getbuffer,
+    .bf_releasebuffer = (releasebufferproc)ndl_storage_release_view,
+};
+
+/* ---- the Python type ---------------------------------------------------- */
+
 static PyMethodDef Storage_methods[] = {
     {"ptr", (PyCFunction)Storage_ptr, METH_NOARGS, "Integer address of the buffer start."},
     {NULL, NULL, 0, NULL},
@@ -101,5 +161,5 @@ PyTypeObject Storage_Type = {
     .tp_repr = (reprfunc)Storage_repr,
     .tp_methods = Storage_methods,
     .tp_getset = Storage_getset,
-    .tp_as_buffer = &ndl_storage_as_buffer,
+    .tp_as_buffer = &Storage_as_buffer,
 };
