@@ -12,8 +12,8 @@ static PyObject *np_mod;
 static PyObject *np_binary[NDL_NUM_BINARY];
 static PyObject *np_unary[NDL_NUM_UNARY];
 static PyObject *np_reduce[NDL_NUM_REDUCE];
-static PyObject *np_asarray, *np_ndarray, *np_reshape, *np_broadcast_to, *np_transpose, *np_matmul, *np_flip, *np_full,
-    *np_empty, *np_finfo, *np_ascontiguousarray;
+static PyObject *np_asarray, *np_ndarray, *np_reshape, *np_broadcast_to, *np_transpose, *np_matmul,
+    *np_flip, *np_full, *np_empty, *np_finfo, *np_ascontiguousarray;
 
 /* *slot = numpy.<name>, or NULL when name is NULL. */
 static int get_np(PyObject **slot, const char *name)

@@ -130,7 +130,7 @@ typedef struct {
     PyObject_HEAD
     const struct ndl_opdef *def; /* NULL for Python-defined ops */
     PyObject *dict;              /* the constructor's parameters, by name */
-    PyObject *scalar_obj;        /* NDL_P_SCALAR: the scalar as given (np mode keeps NumPy's rules) */
+    PyObject *scalar_obj;        /* NDL_P_SCALAR: the scalar as given (for np mode) */
     union {                      /* the parsed parameters, by def->params */
         double scalar;                             /* NDL_P_SCALAR */
         struct { double c0, c1; };                 /* NDL_P_C0_C1 */

@@ -23,7 +23,10 @@ static PyObject *m_set_lazy_mode(PyObject *m, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-static PyObject *m_get_lazy_mode(PyObject *m, PyObject *u) { return PyBool_FromLong(ndl_lazy_mode); }
+static PyObject *m_get_lazy_mode(PyObject *m, PyObject *u)
+{
+    return PyBool_FromLong(ndl_lazy_mode);
+}
 
 static PyObject *m_set_grad_enabled(PyObject *m, PyObject *arg)
 {

@@ -45,7 +45,8 @@ static PyObject *value_compute(PyObject *op, PyObject *inputs)
     if (op_is_builtin(op)) {
         const ndl_opdef *def = ((OpObject *)op)->def;
         if (def->arity >= 0 && n != def->arity) {
-            PyErr_Format(PyExc_TypeError, "%s takes %d input(s), got %zd", def->name, def->arity, n);
+            PyErr_Format(PyExc_TypeError, "%s takes %d input(s), got %zd", def->name, def->arity,
+                         n);
             goto done;
         }
         res = def->forward((OpObject *)op, arrays, (int)n);
@@ -118,7 +119,8 @@ static int realize_graph(ValueObject *root)
             goto fail;
         }
         if (top == cap) {
-            realize_frame *bigger = PyMem_Realloc(stack, sizeof(realize_frame) * (size_t)(cap *= 2));
+            realize_frame *bigger =
+                PyMem_Realloc(stack, sizeof(realize_frame) * (size_t)(cap *= 2));
             if (bigger == NULL) {
                 PyErr_NoMemory();
                 goto fail;

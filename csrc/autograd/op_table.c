@@ -13,9 +13,14 @@
 /* ---- the table ---------------------------------------------------------- */
 
 #define NDL_UNARY(Class, func_, KERNEL, kernel_, numpy, method_)                                   \
-    ndl_opdef ndl_op_##Class = {.name = #Class, .func = #func_, .method = method_, .arity = 1,      \
-                                .params = NDL_P_NONE, .kernel = NDL_UN_##KERNEL,                   \
-                                .forward = ndl_fwd_unary, .backward = ndl_bwd_##Class};
+    ndl_opdef ndl_op_##Class = {.name = #Class,                                                    \
+                                .func = #func_,                                                    \
+                                .method = method_,                                                 \
+                                .arity = 1,                                                        \
+                                .params = NDL_P_NONE,                                              \
+                                .kernel = NDL_UN_##KERNEL,                                         \
+                                .forward = ndl_fwd_unary,                                          \
+                                .backward = ndl_bwd_##Class};
 #define NDL_BINARY(Class, func_, KERNEL, kernel_, numpy)                                           \
     ndl_opdef ndl_op_##Class = {.name = #Class, .func = #func_, .arity = 2, .params = NDL_P_NONE,  \
                                 .kernel = NDL_BIN_##KERNEL, .forward = ndl_fwd_binary,             \
@@ -25,9 +30,14 @@
                                 .params = NDL_P_SCALAR, .kernel = NDL_BIN_##KERNEL,                \
                                 .forward = ndl_fwd_scalar, .backward = ndl_bwd_##Class};
 #define NDL_REDUCE(Class, func_, KERNEL, numpy, method_)                                           \
-    ndl_opdef ndl_op_##Class = {.name = #Class, .func = #func_, .method = method_, .arity = 1,      \
-                                .params = NDL_P_AXES, .kernel = NDL_RED_##KERNEL,                  \
-                                .forward = ndl_fwd_reduce, .backward = ndl_bwd_##Class};
+    ndl_opdef ndl_op_##Class = {.name = #Class,                                                    \
+                                .func = #func_,                                                    \
+                                .method = method_,                                                 \
+                                .arity = 1,                                                        \
+                                .params = NDL_P_AXES,                                              \
+                                .kernel = NDL_RED_##KERNEL,                                        \
+                                .forward = ndl_fwd_reduce,                                         \
+                                .backward = ndl_bwd_##Class};
 #define NDL_OP(Class, func_, family, arity_, params_, method_)                                     \
     ndl_opdef ndl_op_##Class = {.name = #Class, .func = #func_, .method = method_,                 \
                                 .arity = arity_, .params = NDL_P_##params_, .kernel = -1,          \

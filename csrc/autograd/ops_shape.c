@@ -235,8 +235,9 @@ NDL_BACKWARD(Flip)
 }
 
 /* ---- Dilate(axes, d): d zeros after every element along axes (4.5) -------- */
-static void dilated_view(OpObject *op, int ndim, const int64_t *shape, int naxes, const int64_t *axes,
-                         int64_t *start, int64_t *len, int64_t *step, int64_t *big)
+static void dilated_view(OpObject *op, int ndim, const int64_t *shape, int naxes,
+                         const int64_t *axes, int64_t *start, int64_t *len, int64_t *step,
+                         int64_t *big)
 {
     for (int i = 0; i < ndim; i++)
         start[i] = 0, len[i] = shape[i], step[i] = 1, big[i] = shape[i];

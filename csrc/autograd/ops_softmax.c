@@ -44,7 +44,8 @@ static PyObject *shift_of(PyObject *z, int naxes, const int64_t *axes)
 }
 
 /* log(sum(exp(z - m))) with the reduced axes kept as 1; *zm_out = z - m */
-static PyObject *shifted_lse(PyObject *z, PyObject *m, int naxes, const int64_t *axes, PyObject **zm_out)
+static PyObject *shifted_lse(PyObject *z, PyObject *m, int naxes, const int64_t *axes,
+                             PyObject **zm_out)
 {
     PyObject *zm = nda_binary(NDL_BIN_SUB, z, m), *e = NULL, *s = NULL, *l = NULL;
     if (zm != NULL)

@@ -47,7 +47,8 @@ NDL_BACKWARD(TupleGetItem)
     if (data == NULL)
         return -1;
     if (!PyTuple_Check(data)) {
-        PyErr_SetString(PyExc_TypeError, "TupleGetItem.gradient: the node's input is not a TensorTuple");
+        PyErr_SetString(PyExc_TypeError,
+                        "TupleGetItem.gradient: the node's input is not a TensorTuple");
         return -1;
     }
     n = PyTuple_GET_SIZE(data);
@@ -119,7 +120,8 @@ NDL_FORWARD(Stack)
         if (nd2 != ndim || memcmp(s2, shape, sizeof(int64_t) * ndim) != 0) {
             PyObject *a = ndl_shape_tuple(ndim, shape), *b = ndl_shape_tuple(nd2, s2);
             if (a && b)
-                PyErr_Format(PyExc_ValueError, "Stack: all inputs need one shape, got %R and %R", a, b);
+                PyErr_Format(PyExc_ValueError, "Stack: all inputs need one shape, got %R and %R", a,
+                             b);
             Py_XDECREF(a);
             Py_XDECREF(b);
             return NULL;

@@ -26,7 +26,8 @@ static PyObject *np_array_fn; /* numpy.array, for Tensor(...) in np mode */
 static PyObject *array_from(PyObject *obj, PyObject *device, PyObject *dtype)
 {
     if (ndl_np_mode) {
-        PyObject *kw = Py_BuildValue("{sO}", "dtype", dtype), *args = PyTuple_Pack(1, obj), *r = NULL;
+        PyObject *kw = Py_BuildValue("{sO}", "dtype", dtype), *args = PyTuple_Pack(1, obj),
+                 *r = NULL;
         if (kw && args)
             r = PyObject_Call(np_array_fn, args, kw);
         Py_XDECREF(kw);
@@ -69,7 +70,8 @@ static int Tensor_init(ValueObject *self, PyObject *args, PyObject *kwds)
     if (Tensor_Check(array)) {
         ValueObject *t = (ValueObject *)array;
         PyObject *tdev = tensor_device(t), *tdt = tensor_dtype(t);
-        int same = tdev && tdt && (device == Py_None || PyObject_RichCompareBool(device, tdev, Py_EQ) == 1) &&
+        int same = tdev && tdt &&
+                   (device == Py_None || PyObject_RichCompareBool(device, tdev, Py_EQ) == 1) &&
                    (dtype == Py_None || PyObject_RichCompareBool(dtype, tdt, Py_EQ) == 1);
         if (!PyErr_Occurred()) {
             if (same) {
@@ -182,7 +184,10 @@ static PyObject *Value_detach(ValueObject *self, PyObject *u)
 
 /* ---- attributes --------------------------------------------------------- */
 
-static PyObject *get_op(ValueObject *self, void *c) { return Py_NewRef(self->op ? self->op : Py_None); }
+static PyObject *get_op(ValueObject *self, void *c)
+{
+    return Py_NewRef(self->op ? self->op : Py_None);
+}
 static int set_op(ValueObject *self, PyObject *v, void *c)
 {
     Py_XSETREF(self->op, (v == NULL || v == Py_None) ? NULL : Py_NewRef(v));
@@ -293,7 +298,8 @@ static int set_data(ValueObject *self, PyObject *value, void *c)
     PyObject *mine, *theirs, *data;
     int eq;
     if (value == NULL || !Tensor_Check(value)) {
-        PyErr_Format(PyExc_AssertionError, "value must be a Tensor, got %R", value ? value : Py_None);
+        PyErr_Format(PyExc_AssertionError, "value must be a Tensor, got %R",
+                     value ? value : Py_None);
         return -1;
     }
     mine = tensor_dtype(self);
@@ -324,8 +330,10 @@ static PyGetSetDef Value_getset[] = {
 };
 
 static PyGetSetDef Tensor_getset[] = {
-    {"grad", (getter)get_grad, (setter)set_grad, "The adjoint set by backward (None before).", NULL},
-    {"data", (getter)get_data, (setter)set_data, "detach(); assigning replaces the data in place.", NULL},
+    {"grad", (getter)get_grad, (setter)set_grad, "The adjoint set by backward (None before).",
+     NULL},
+    {"data", (getter)get_data, (setter)set_data, "detach(); assigning replaces the data in place.",
+     NULL},
     {"shape", (getter)get_shape, NULL, "Shape of the data.", NULL},
     {"ndim", (getter)get_ndim, NULL, "Number of dimensions.", NULL},
     {"dtype", (getter)get_dtype, NULL, "Element type of the data.", NULL},
@@ -372,7 +380,8 @@ static PyObject *Tensor_backward(ValueObject *self, PyObject *args, PyObject *kw
             PyErr_Format(PyExc_TypeError, "backward: out_grad must be a Tensor, got %R", out_grad);
             return NULL;
         }
-        if (ndl_value_shape(self, &n1, s1) < 0 || ndl_value_shape((ValueObject *)out_grad, &n2, s2) < 0)
+        if (ndl_value_shape(self, &n1, s1) < 0 ||
+            ndl_value_shape((ValueObject *)out_grad, &n2, s2) < 0)
             return NULL;
         if (n1 != n2 || memcmp(s1, s2, sizeof(int64_t) * n1) != 0) {
             PyObject *a = ndl_shape_tuple(n1, s1), *b = ndl_shape_tuple(n2, s2);
@@ -384,7 +393,8 @@ static PyObject *Tensor_backward(ValueObject *self, PyObject *args, PyObject *kw
             return NULL;
         }
         {
-            PyObject *d1 = tensor_device(self), *d2 = d1 ? tensor_device((ValueObject *)out_grad) : NULL;
+            PyObject *d1 = tensor_device(self),
+                     *d2 = d1 ? tensor_device((ValueObject *)out_grad) : NULL;
             int same = d2 ? PyObject_RichCompareBool(d1, d2, Py_EQ) : -1;
             if (same == 0)
                 PyErr_Format(PyExc_RuntimeError,

@@ -1,4 +1,7 @@
 /* cpu_matmul.c: ndl_cpu_matmul, the CPU matrix product (contract in ndl_core.h).
+ * (Over 600 lines on purpose: kernel choice, packing, the gemv paths and the
+ * blocked driver share one job struct and its notes; split, each part would
+ * need the others' internals.)
  *
  * Python equivalent:
  *     for b in range(batch): C[b] = A[b] @ B[b]   # A[b], B[b] any strided views
@@ -55,16 +58,22 @@ typedef struct {
 enum { K_GENERIC, K_AVX2, K_AVX512, K_COUNT };
 static const ndl_gemm_config g_configs[K_COUNT][NDL_NUM_DTYPES] = {
     [K_GENERIC] = {
-        [NDL_FLOAT32] = {"generic", ndl_ukernel_generic_f32, NDL_GENERIC_MR_F32, NDL_GENERIC_NR_F32, 128, 256, 2048},
-        [NDL_FLOAT64] = {"generic", ndl_ukernel_generic_f64, NDL_GENERIC_MR_F64, NDL_GENERIC_NR_F64, 64, 256, 2048},
+        [NDL_FLOAT32] = {"generic", ndl_ukernel_generic_f32, NDL_GENERIC_MR_F32,
+                         NDL_GENERIC_NR_F32, 128, 256, 2048},
+        [NDL_FLOAT64] = {"generic", ndl_ukernel_generic_f64, NDL_GENERIC_MR_F64,
+                         NDL_GENERIC_NR_F64, 64, 256, 2048},
     },
     [K_AVX2] = {
-        [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 144, 256, 3072},
-        [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 72, 256, 3072},
+        [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32,
+                         144, 256, 3072},
+        [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64,
+                         72, 256, 3072},
     },
     [K_AVX512] = {
-        [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32, 336, 128, 3072},
-        [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64, 168, 128, 3072},
+        [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
+                         336, 128, 3072},
+        [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
+                         168, 128, 3072},
     },
 };
 
@@ -94,7 +103,9 @@ static void choose_kernel(void)
             }
         /* unknown or unsupported name: fall through to the best one */
     }
-    g_kernel = kernel_supported(K_AVX512) ? K_AVX512 : kernel_supported(K_AVX2) ? K_AVX2 : K_GENERIC;
+    g_kernel = kernel_supported(K_AVX512) ? K_AVX512
+               : kernel_supported(K_AVX2) ? K_AVX2
+                                          : K_GENERIC;
 }
 
 static const ndl_gemm_config *get_config(ndl_dtype dt)
@@ -114,8 +125,9 @@ const char *ndl_cpu_matmul_kernel_name(void)
  * (4 or 8), so each memcpy below compiles to a single move. */
 
 /* src is A[i0][k0]; packs mc x kc into panels of mr rows. */
-static inline __attribute__((always_inline)) void
-pack_a(size_t es, const char *src, int64_t rs, int64_t cs, int64_t mc, int64_t kc, int mr, char *dst)
+static inline __attribute__((always_inline)) void pack_a(size_t es, const char *src, int64_t rs,
+                                                         int64_t cs, int64_t mc, int64_t kc, int mr,
+                                                         char *dst)
 {
     for (int64_t i0 = 0; i0 < mc; i0 += mr) {
         int rows = mc - i0 < mr ? (int)(mc - i0) : mr;
@@ -145,8 +157,9 @@ pack_a(size_t es, const char *src, int64_t rs, int64_t cs, int64_t mc, int64_t k
 }
 
 /* src is B[k0][j0]; packs kc x nc into panels of nr columns. */
-static inline __attribute__((always_inline)) void
-pack_b(size_t es, const char *src, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int nr, char *dst)
+static inline __attribute__((always_inline)) void pack_b(size_t es, const char *src, int64_t rs,
+                                                         int64_t cs, int64_t kc, int64_t nc, int nr,
+                                                         char *dst)
 {
     for (int64_t j0 = 0; j0 < nc; j0 += nr) {
         int cols = nc - j0 < nr ? (int)(nc - j0) : nr;
@@ -188,19 +201,23 @@ pack_b(size_t es, const char *src, int64_t rs, int64_t cs, int64_t kc, int64_t n
     default: pack(es, __VA_ARGS__, w, d); break;                                \
     }
 
-static void pack_a_f32(const char *s, int64_t rs, int64_t cs, int64_t mc, int64_t kc, int mr, char *d)
+static void pack_a_f32(const char *s, int64_t rs, int64_t cs, int64_t mc, int64_t kc, int mr,
+                       char *d)
 {
     NDL_PACK_CASES(pack_a, 4, mr, s, rs, cs, mc, kc)
 }
-static void pack_a_f64(const char *s, int64_t rs, int64_t cs, int64_t mc, int64_t kc, int mr, char *d)
+static void pack_a_f64(const char *s, int64_t rs, int64_t cs, int64_t mc, int64_t kc, int mr,
+                       char *d)
 {
     NDL_PACK_CASES(pack_a, 8, mr, s, rs, cs, mc, kc)
 }
-static void pack_b_f32(const char *s, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int nr, char *d)
+static void pack_b_f32(const char *s, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int nr,
+                       char *d)
 {
     NDL_PACK_CASES(pack_b, 4, nr, s, rs, cs, kc, nc)
 }
-static void pack_b_f64(const char *s, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int nr, char *d)
+static void pack_b_f64(const char *s, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int nr,
+                       char *d)
 {
     NDL_PACK_CASES(pack_b, 8, nr, s, rs, cs, kc, nc)
 }
@@ -288,7 +305,8 @@ typedef struct {
 
 /* [lo, hi) of part `i` of `count` equal parts of `units` units of `unit`,
  * clipped to len. */
-static void split_range(int64_t len, int64_t unit, int64_t i, int64_t count, int64_t *lo, int64_t *hi)
+static void split_range(int64_t len, int64_t unit, int64_t i, int64_t count, int64_t *lo,
+                        int64_t *hi)
 {
     int64_t units = (len + unit - 1) / unit;
     *lo = units * i / count * unit;
@@ -412,14 +430,18 @@ static void gemv_tasks(void *ctx, int64_t begin, int64_t end)
         char *c = job->c + bi * job->p * es;
         if (job->dt == NDL_FLOAT32) {
             if (job->dot)
-                gemv_dot_f32(job->n, (const float *)a, (const float *)b, job->csb, (float *)c, j0, j1);
+                gemv_dot_f32(job->n, (const float *)a, (const float *)b, job->csb, (float *)c, j0,
+                             j1);
             else
-                gemv_axpy_f32(job->n, (const float *)a, job->csa, (const float *)b, job->rsb, (float *)c, j0, j1);
+                gemv_axpy_f32(job->n, (const float *)a, job->csa, (const float *)b, job->rsb,
+                              (float *)c, j0, j1);
         } else {
             if (job->dot)
-                gemv_dot_f64(job->n, (const double *)a, (const double *)b, job->csb, (double *)c, j0, j1);
+                gemv_dot_f64(job->n, (const double *)a, (const double *)b, job->csb, (double *)c,
+                             j0, j1);
             else
-                gemv_axpy_f64(job->n, (const double *)a, job->csa, (const double *)b, job->rsb, (double *)c, j0, j1);
+                gemv_axpy_f64(job->n, (const double *)a, job->csa, (const double *)b, job->rsb,
+                              (double *)c, j0, j1);
         }
     }
 }
@@ -434,7 +456,8 @@ static int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; 
 
 /* Choose tm x tn = ntiles (a divisor pair), minimising the packing volume
  * m/tm + p/tn, with at least one MR (NR) unit per tile row (column). */
-static void choose_grid(int64_t m, int64_t p, int mr, int nr, int64_t ntiles, int64_t *tm, int64_t *tn)
+static void choose_grid(int64_t m, int64_t p, int mr, int nr, int64_t ntiles, int64_t *tm,
+                        int64_t *tn)
 {
     int64_t um = (m + mr - 1) / mr, un = (p + nr - 1) / nr;
     for (; ntiles > 1; ntiles--) {
@@ -498,7 +521,8 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
         if (nthreads > 1 && work * (double)batch >= NDL_MATMUL_PAR_MIN && batch < nthreads)
             job.nparts = p / 64 < nthreads ? (p / 64 > 1 ? p / 64 : 1) : nthreads;
         job.ntasks = batch * job.nparts;
-        ndl_parallel_for(job.ntasks, work * (double)batch >= NDL_MATMUL_PAR_MIN ? 1 : job.ntasks, gemv_tasks, &job);
+        ndl_parallel_for(job.ntasks, work * (double)batch >= NDL_MATMUL_PAR_MIN ? 1 : job.ntasks,
+                         gemv_tasks, &job);
         return NDL_OK;
     }
     const ndl_gemm_config *cfg = get_config(dt);
@@ -536,7 +560,9 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
     int64_t mcap = mmax < cfg->mc ? mmax : cfg->mc;
     int64_t ncap = pmax < cfg->nc ? pmax : cfg->nc;
     int64_t kcap = n < cfg->kc ? n : cfg->kc;
-    job.abytes = csa == 1 ? 0 : (size_t)round_up(mcap * kcap * (int64_t)es, 64); /* Note [Reading A in place] */
+    job.abytes =
+        csa == 1 ? 0
+                 : (size_t)round_up(mcap * kcap * (int64_t)es, 64); /* Note [Reading A in place] */
     job.bbytes = (size_t)round_up(kcap * ncap * (int64_t)es, 64);
     job.bufs = aligned_alloc(64, (size_t)job.nparts * (job.abytes + job.bbytes));
     if (!job.bufs)

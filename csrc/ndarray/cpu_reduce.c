@@ -1,4 +1,6 @@
 /* cpu_reduce.c: sum and max over any set of axes, on the CPU.
+ * (About 600 lines: the layout simplification, the threading split and the
+ * dtype instantiations belong to one driver.)
  *
  * Owns ndl_cpu_reduce (ndl_core.h). Python equivalent:
  *     out = np.ascontiguousarray(np.sum(a, axis=axes))    # or np.max
