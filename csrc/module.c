@@ -94,6 +94,9 @@ PyMODINIT_FUNC PyInit__C(void)
     m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
+    /* _dilate, _im2col, _skip_optional_slots (ndarray/ndarray_conv.c) */
+    if (PyModule_AddFunctions(m, ndl_conv_functions) < 0)
+        goto fail;
     bases = PyTuple_Pack(2, PyExc_IndexError, PyExc_AssertionError);
     if (bases == NULL)
         goto fail;

@@ -3,8 +3,33 @@
  * NDArray code never calls a kernel by name: it asks the array's device for
  * its backend and calls through this table, so the CUDA backend
  * (csrc/cuda/) slots in beside the CPU one without touching ndarray*.c.
- * Every pointer is a buffer start on that device; layouts are as in
- * Note [Layouts] (ndl_core.h). Functions return an ndl_status.
+ *
+ * Conventions for every kernel slot (everything below `free`):
+ *   - pointers are buffer starts on the backend's device; the kernel applies
+ *     the layout's offset; layouts are as in Note [Layouts] (ndl_core.h),
+ *     strides in elements, any sign, 0 for broadcast;
+ *   - an output is a fresh compact row-major buffer that overlaps no input,
+ *     unless the slot says otherwise;
+ *   - kernels never call Python and run with the GIL released, from any
+ *     thread; they return an ndl_status: NDL_OK, NDL_EINVAL for arguments
+ *     the NDArray layer should have rejected (a bug, raised as RuntimeError),
+ *     NDL_ENOMEM for scratch they could not get;
+ *   - one dtype per call (float32 or float64) unless the slot takes two.
+ *
+ * Note [Optional backend slots]
+ *   A slot marked (optional) may be NULL: the NDArray layer then composes the
+ *   same result from required slots (the fallback named at the slot), within
+ *   float rounding for the optimizer updates and exactly for the data
+ *   movement. A new backend runs everything once its required slots work and
+ *   adds the optional ones for speed. The NDArray layer reads an optional slot
+ *   only through NDL_OPTIONAL_SLOT (ndarray.h), which the tests can switch to
+ *   NULL to run every fallback on the CPU.
+ *
+ * Example: the CPU's pad of a (2, 3) float32 array by one zero on each side:
+ *     ndl_layout la = {.ndim = 2, .shape = {2, 3}, .strides = {3, 1}};
+ *     int64_t lo[] = {1, 1}, hi[] = {1, 1};
+ *     float out[4 * 5];
+ *     int st = ndl_cpu_backend.pad(NDL_FLOAT32, a, &la, lo, hi, out);
  */
 #ifndef NDL_BACKEND_H
 #define NDL_BACKEND_H
@@ -12,32 +37,100 @@
 #include "ndl_core.h"
 
 typedef struct ndl_backend {
-    const char *name;
+    const char *name; /* "cpu", "cuda": the device's name in messages */
     int host_accessible; /* buffers are plain host memory (buffer protocol ok) */
 
-    void *(*alloc)(size_t nbytes);  /* NULL on failure; 64-byte aligned */
-    void (*free)(void *ptr);
+    /* ---- memory ---------------------------------------------------------- */
+    void *(*alloc)(size_t nbytes);  /* NULL on failure; 64-byte aligned; 0 bytes is ok */
+    void (*free)(void *ptr);        /* ptr from alloc */
+    /* Whole-buffer copies between host memory and this device (0 or status). */
     int (*to_host)(void *host_dst, const void *src, size_t nbytes);
     int (*from_host)(void *dst, const void *host_src, size_t nbytes);
 
+    /* ---- strided data movement ------------------------------------------ */
+    /* Every element of the dst view <- value (rounded to dt first). */
     int (*fill)(ndl_dtype dt, void *dst, const ndl_layout *ld, double value);
+    /* dst view <- src view, element by element (ld, ls of one shape),
+     * converting dtype; backs compact(), setitem, astype and every fallback
+     * below. dst is a view here (not compact), and must not overlap src. */
     int (*copy)(ndl_dtype dst_dt, void *dst, const ndl_layout *ld,
                 ndl_dtype src_dt, const void *src, const ndl_layout *ls);
+
+    /* ---- arithmetic ------------------------------------------------------- */
+    /* out = op(a); out compact with a's shape. */
     int (*unary)(ndl_unop op, ndl_dtype dt, const void *a, const ndl_layout *la, void *out);
+    /* out = op(a, b); la, lb of one ndim and shape (broadcast dims carry
+     * stride 0, a scalar is one element with all strides 0). */
     int (*binary)(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *la,
                   const void *b, const ndl_layout *lb, void *out);
+    /* Reduce the axes in axes_mask (at least one; every reduced axis >= 1
+     * long for MAX); out compact with those axes dropped. */
     int (*reduce)(ndl_redop op, ndl_dtype dt, const void *a, const ndl_layout *la,
                   uint64_t axes_mask, void *out);
+    /* batch products C_b = A_b @ B_b: A_b (m, n) at a + a_offsets[b] with row
+     * and column strides rsa, csa; B_b (n, p) likewise; C compact
+     * (batch, m, p). n may be 0 (C zeroed). As ndl_cpu_matmul (ndl_core.h). */
     int (*matmul)(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
                   const void *a, const int64_t *a_offsets, int64_t rsa, int64_t csa,
                   const void *b, const int64_t *b_offsets, int64_t rsb, int64_t csb,
                   void *c);
+
+    /* ---- fused optimizer updates (optim_ops.h has the math) --------------
+     * Compact buffers of n elements; a NULL state (m, v, u) means zeros. The
+     * output states may be the input states themselves (updated in place,
+     * element i read before it is written); po is always a fresh buffer. */
+    /* (optional) fallback: the formula as ~12 NDArray ops (ndarray_optim.c). */
     int (*adam)(ndl_dtype dt, int64_t n, const void *p, const void *g, const void *m,
                 const void *v, void *po, void *mo, void *vo, const ndl_adam_hparams *h);
+    /* uo is NULL when there is no momentum (then u is ignored).
+     * (optional) fallback: the formula as NDArray ops (ndarray_optim.c). */
     int (*sgd)(ndl_dtype dt, int64_t n, const void *p, const void *g, const void *u, void *po,
                void *uo, const ndl_sgd_hparams *h);
+
+    /* ---- convolution's data movement (cpu_conv.c) ------------------------ */
+    /* out = a with lo[j] zeros before and hi[j] zeros after it along every
+     * axis j (lo, hi >= 0, la->ndim entries each); out compact with shape
+     * la->shape[j] + lo[j] + hi[j]. Any rank, any input strides.
+     * (optional) fallback: fill out with 0, then copy a into the interior. */
+    int (*pad)(ndl_dtype dt, const void *a, const ndl_layout *la, const int64_t *lo,
+               const int64_t *hi, void *out);
+    /* out = a with the axes in axes_mask reversed (bits >= la->ndim clear);
+     * out compact with a's shape.
+     * (optional) fallback: copy from the view with those strides negated. */
+    int (*flip)(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t axes_mask,
+                void *out);
+    /* out = zeros with a's element i placed at i*(d+1) along every axis in
+     * axes_mask (d >= 0 zeros after each element, API.md 4.5); out compact
+     * with shape la->shape[j] * (d+1) on those axes, la->shape[j] elsewhere.
+     * (optional) fallback: fill out with 0, then copy a into the view of out
+     * with those strides times d+1. */
+    int (*dilate)(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t axes_mask,
+                  int64_t d, void *out);
+    /* a is (N, H, W, C), any strides, already padded; k >= 1 the kernel size,
+     * s >= 1 the stride, k <= H, k <= W; Ho = (H-k)/s + 1, Wo = (W-k)/s + 1.
+     * The im2col matrix is (N*Ho*Wo, k*k*C): row (n, y, x), column (i, j, c)
+     * holds a[n, y*s + i, x*s + j, c]. Writes its rows [row0, row0 + nrows)
+     * to out, compact (nrows, k*k*C); all rows make the compact copy of the
+     * course's as_strided view (N, Ho, Wo, k, k, C). A row range lets a
+     * convolution pack the matmul's A panel by panel, never the whole matrix.
+     * (optional) fallback: copy from the as_strided view, one copy per run of
+     * rows with one (n, y). */
+    int (*im2col)(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k, int64_t s,
+                  int64_t row0, int64_t nrows, void *out);
 } ndl_backend;
 
 extern const ndl_backend ndl_cpu_backend;
+
+/* ---- CPU kernels of the convolution slots (cpu_conv.c) -------------------
+ * Same contracts as the slots above; pure data movement, so results are
+ * exact. Large jobs split over the thread pool. */
+int ndl_cpu_pad(ndl_dtype dt, const void *a, const ndl_layout *la, const int64_t *lo,
+                const int64_t *hi, void *out);
+int ndl_cpu_flip(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t axes_mask,
+                 void *out);
+int ndl_cpu_dilate(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t axes_mask,
+                   int64_t d, void *out);
+int ndl_cpu_im2col(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k, int64_t s,
+                   int64_t row0, int64_t nrows, void *out);
 
 #endif

@@ -1,6 +1,7 @@
 /* cpu_backend.c: the CPU entry of the backend table (backend.h). Memory is
  * 64-byte aligned host memory (2 MiB and huge pages for big buffers);
- * kernels are the ndl_cpu_* functions. */
+ * kernels are the ndl_cpu_* functions (ndl_core.h, and backend.h for the
+ * convolution ones). The CPU fills every slot, optional ones included. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -55,4 +56,8 @@ const ndl_backend ndl_cpu_backend = {
     .matmul = ndl_cpu_matmul,
     .adam = ndl_cpu_adam,
     .sgd = ndl_cpu_sgd,
+    .pad = ndl_cpu_pad,
+    .flip = ndl_cpu_flip,
+    .dilate = ndl_cpu_dilate,
+    .im2col = ndl_cpu_im2col,
 };

@@ -107,6 +107,26 @@ NDArrayObject *ndl_array_reduce(ndl_redop op, NDArrayObject *a, uint64_t mask, i
 NDArrayObject *ndl_array_matmul(NDArrayObject *a, NDArrayObject *b);
 /* A compact copy with the axes in mask reversed. */
 NDArrayObject *ndl_array_flip(NDArrayObject *a, uint64_t mask);
+/* Convolution's data movement (ndarray_conv.c, which holds ndl_array_flip
+ * too): each calls the backend slot of its name (backend.h) and returns a
+ * new compact array; bad arguments are a ValueError naming shape and axes.
+ * pad: lo[j] zeros before and hi[j] after axis j (a->layout.ndim pairs). */
+NDArrayObject *ndl_array_pad(NDArrayObject *a, const int64_t *lo, const int64_t *hi);
+/* d >= 0 zeros after every element along the axes in axes_mask (API.md 4.5). */
+NDArrayObject *ndl_array_dilate(NDArrayObject *a, uint64_t axes_mask, int64_t d);
+/* a is (N, H, W, C), already padded; k <= H, W. The compact copy of the
+ * as_strided view (N, Ho, Wo, k, k, C), Ho = (H - k) // stride + 1. */
+NDArrayObject *ndl_array_im2col(NDArrayObject *a, int64_t k, int64_t stride);
+/* Private functions for needle._C: _dilate, _im2col and the test switch
+ * _skip_optional_slots (module.c adds them to the module). */
+extern PyMethodDef ndl_conv_functions[];
+/* Note [Optional backend slots] (backend.h): NDArray code reads an optional
+ * slot as NDL_OPTIONAL_SLOT(be, name) and composes the result when it is
+ * NULL. ndl_skip_optional_slots (0 unless a test sets it through
+ * _C._skip_optional_slots) makes every optional slot read as NULL, so the
+ * CPU runs the fallbacks a backend without those slots would. */
+extern int ndl_skip_optional_slots;
+#define NDL_OPTIONAL_SLOT(be, slot) (ndl_skip_optional_slots ? NULL : (be)->slot)
 /* 0, or -1 with RuntimeError naming both devices and `what`. */
 int ndl_check_same_device(NDArrayObject *a, NDArrayObject *b, const char *what);
 /* dst view <- src (same element count, row-major order). */

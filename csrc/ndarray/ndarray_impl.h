@@ -15,6 +15,8 @@ int NDArray_ass_subscript(NDArrayObject *self, PyObject *idx, PyObject *value);
 /* ndarray_ops.c */
 extern PyNumberMethods ndl_ndarray_as_number;
 PyObject *NDArray_richcompare(PyObject *a, PyObject *b, int op);
+
+/* ndarray_conv.c */
 PyObject *NDArray_flip(NDArrayObject *self, PyObject *args);
 PyObject *NDArray_pad(NDArrayObject *self, PyObject *args);
 

@@ -1,5 +1,6 @@
 /* ndarray_ops.c: NDArray arithmetic: elementwise, scalar, comparison,
- * reductions, matmul, flip and pad, and the operator slots that reach them.
+ * reductions and matmul, and the operator slots that reach them (flip and
+ * pad live in ndarray_conv.c).
  *
  * Python equivalent (API.md 2.8-2.11):
  *     a + b, a - b, a * b, a / b, a ** b, -a, a @ b, a == b, a >= b, ...
@@ -427,92 +428,4 @@ int ndl_type_add_methods(PyTypeObject *type, PyMethodDef *defs, size_t n)
 int ndl_ndarray_methods_init(PyTypeObject *type)
 {
     return ndl_type_add_methods(type, op_methods, sizeof(op_methods) / sizeof(op_methods[0]));
-}
-
-/* ---- flip and pad ------------------------------------------------------- */
-
-NDArrayObject *ndl_array_flip(NDArrayObject *a, uint64_t mask)
-{
-    ndl_layout l = a->layout;
-    NDArrayObject *view, *res;
-    for (int ax = 0; ax < l.ndim; ax++) {
-        if (!(mask & ((uint64_t)1 << ax)))
-            continue;
-        if (l.shape[ax] > 0)
-            l.offset += (l.shape[ax] - 1) * l.strides[ax];
-        l.strides[ax] = -l.strides[ax];
-    }
-    view = ndl_array_view(a, &l);
-    if (view == NULL)
-        return NULL;
-    /* A copy even when nothing moved: flip always returns a new array. */
-    res = ndl_array_copy(view, view->dtype);
-    Py_DECREF(view);
-    return res;
-}
-
-PyObject *NDArray_flip(NDArrayObject *self, PyObject *args)
-{
-    int64_t axes[NDL_MAX_DIMS];
-    int naxes, ndim = self->layout.ndim;
-    uint64_t mask = 0;
-    PyObject *s = PyTuple_GET_SIZE(args) == 1 ? PyTuple_GET_ITEM(args, 0) : args;
-    if (s == Py_None) {
-        naxes = ndim;
-        for (int i = 0; i < ndim; i++)
-            axes[i] = i;
-    } else if (ndl_parse_shape(s, &naxes, axes, "flip: axes") < 0) {
-        return NULL;
-    }
-    if (ndl_normalize_axes(naxes, axes, ndim, 0, "flip", NULL, axes, &mask) < 0)
-        return NULL;
-    return (PyObject *)ndl_array_flip(self, mask);
-}
-
-PyObject *NDArray_pad(NDArrayObject *self, PyObject *args)
-{
-    PyObject *axes, *seq = NULL;
-    int ndim = self->layout.ndim;
-    int64_t shape[NDL_MAX_DIMS], left[NDL_MAX_DIMS];
-    NDArrayObject *out = NULL, *inner = NULL;
-    ndl_layout l;
-    if (!PyArg_ParseTuple(args, "O:pad", &axes))
-        return NULL;
-    seq = PySequence_Fast(axes, "pad: axes must be a sequence of (left, right) pairs");
-    if (seq == NULL)
-        return NULL;
-    if (PySequence_Fast_GET_SIZE(seq) != ndim) {
-        PyErr_Format(PyExc_ValueError, "pad: need one (left, right) pair per dimension (%d), got %R",
-                     ndim, axes);
-        goto fail;
-    }
-    for (int i = 0; i < ndim; i++) {
-        long long lo, hi;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "LL", &lo, &hi)) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_ValueError, "pad: entry %d of %R is not a (left, right) pair", i, axes);
-            goto fail;
-        }
-        if (lo < 0 || hi < 0) {
-            PyErr_Format(PyExc_ValueError, "pad: negative padding in %R", axes);
-            goto fail;
-        }
-        left[i] = lo;
-        shape[i] = self->layout.shape[i] + lo + hi;
-    }
-    out = ndl_array_full(self->device, self->dtype, ndim, shape, 0.0);
-    if (out == NULL)
-        goto fail;
-    l = out->layout;
-    for (int i = 0; i < ndim; i++) {
-        l.offset += left[i] * l.strides[i];
-        l.shape[i] = self->layout.shape[i];
-    }
-    inner = ndl_array_view(out, &l);
-    if (inner == NULL || ndl_array_assign(inner, self) < 0)
-        Py_CLEAR(out);
-fail:
-    Py_XDECREF(inner);
-    Py_DECREF(seq);
-    return (PyObject *)out;
 }
