@@ -251,9 +251,15 @@ NDL_FORWARD(Dilate)
     int64_t shape[NDL_MAX_DIMS], axes[NDL_MAX_DIMS], start[NDL_MAX_DIMS], len[NDL_MAX_DIMS],
         step[NDL_MAX_DIMS], big[NDL_MAX_DIMS];
     int ndim, naxes;
+    uint64_t mask = 0;
     PyObject *out, *view;
     if (nda_shape(x[0], &ndim, shape) < 0 || op_axes(op, ndim, &naxes, axes, 1) < 0)
         return NULL;
+    if (nda_is_nd(x[0])) { /* the backend's dilate slot */
+        for (int i = 0; i < naxes; i++)
+            mask |= (uint64_t)1 << axes[i];
+        return (PyObject *)ndl_array_dilate((NDArrayObject *)x[0], mask, op->dilation);
+    }
     dilated_view(op, ndim, shape, naxes, axes, start, len, step, big);
     out = nda_full_like(x[0], ndim, big, 0.0);
     if (out == NULL)
