@@ -24,7 +24,8 @@ elif BACKEND == "np":
 
     NDArray = array_api.ndarray
 else:
-    raise RuntimeError(f"Unknown needle array backend {BACKEND!r}: set NEEDLE_BACKEND to 'nd' or 'np'")
+    raise RuntimeError(
+        f"Unknown needle array backend {BACKEND!r}: set NEEDLE_BACKEND to 'nd' or 'np'")
 
 from needle import _C as _core  # noqa: E402
 

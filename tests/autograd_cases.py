@@ -75,8 +75,8 @@ def g_ties(shape):
     return np.asarray(np.round(np.random.randn(*shape)))
 
 
-GENS = {"ties": g_ties, "n": g_normal, "pos": g_pos, "nz": g_nonzero, "zero": g_zeros, "exp": g_exps,
-        "big": g_big, "wide": g_wide}
+GENS = {"ties": g_ties, "n": g_normal, "pos": g_pos, "nz": g_nonzero, "zero": g_zeros,
+        "exp": g_exps, "big": g_big, "wide": g_wide}
 
 
 # --------------------------------------------------------------------------

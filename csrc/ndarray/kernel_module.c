@@ -140,7 +140,8 @@ static PyObject *km_scalar_setitem(PyObject *m, PyObject *args)
     NDArrayObject *dst;
     if (!PyArg_ParseTuple(args, "LdO!OOL:scalar_setitem", &size, &v, &Storage_Type, &out, &shape,
                           &strides, &offset) ||
-        ndl_parse_layout(shape, strides, offset, &l, "kernel") < 0 || (dst = view_of(out, &l)) == NULL)
+        ndl_parse_layout(shape, strides, offset, &l, "kernel") < 0 ||
+        (dst = view_of(out, &l)) == NULL)
         return NULL;
     Py_DECREF(dst); /* only the bounds check was needed */
     return done(out->backend->fill(out->dtype, out->data, &l, v), "scalar_setitem");
@@ -353,7 +354,8 @@ static PyMethodDef km_methods[] = {
     {"from_numpy", km_from_numpy, METH_VARARGS, "from_numpy(np_array, out)"},
     {"fill", km_fill, METH_VARARGS, "fill(out, val)"},
     {"compact", km_compact, METH_VARARGS, "compact(a, out, shape, strides, offset)"},
-    {"ewise_setitem", km_ewise_setitem, METH_VARARGS, "ewise_setitem(a, out, shape, strides, offset)"},
+    {"ewise_setitem", km_ewise_setitem, METH_VARARGS,
+     "ewise_setitem(a, out, shape, strides, offset)"},
     {"scalar_setitem", km_scalar_setitem, METH_VARARGS,
      "scalar_setitem(size, val, out, shape, strides, offset)"},
 #define NDL_BINARY_KERNEL(NAME, name, numpy, method)                                               \

@@ -122,7 +122,10 @@ static PyObject *nb_pow(PyObject *x, PyObject *y, PyObject *mod)
     }
     return binop(NDL_BIN_POW, x, y);
 }
-static PyObject *nb_neg(PyObject *x) { return (PyObject *)ndl_array_unary(NDL_UN_NEG, (NDArrayObject *)x); }
+static PyObject *nb_neg(PyObject *x)
+{
+    return (PyObject *)ndl_array_unary(NDL_UN_NEG, (NDArrayObject *)x);
+}
 static PyObject *nb_matmul(PyObject *x, PyObject *y)
 {
     if (!NDArray_Check(x) || !NDArray_Check(y))
@@ -225,7 +228,8 @@ static PyObject *reduce_method(ndl_redop op, NDArrayObject *self, PyObject *args
         r = ndl_array_reduce(op, self, mask, 0);
         if (r == NULL)
             return NULL;
-        flat = keepdims && ndim > 0 ? ndl_array_reshape(r, ndim, ones) : ndl_array_reshape(r, 1, &one);
+        flat = keepdims && ndim > 0 ? ndl_array_reshape(r, ndim, ones)
+                                    : ndl_array_reshape(r, 1, &one);
         Py_DECREF(r);
         return (PyObject *)flat;
     }
