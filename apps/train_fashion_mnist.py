@@ -1,7 +1,8 @@
-"""The main job: train MLPResNet on Fashion-MNIST with needle.
+"""The main job: train MLPResNet (or a convolutional ResNet) on Fashion-MNIST with needle.
 
     python apps/train_fashion_mnist.py                       # train, report, plot, checkpoint
     python apps/train_fashion_mnist.py --evaluate checkpoints/fashion_mlp.npz
+    python apps/train_fashion_mnist.py --model cnn           # ResNet9's design, 1x28x28
 
 Prints a progress bar per epoch (loss, accuracy, samples/s), the final test
 accuracy, writes a PNG of the loss/accuracy curves and a checkpoint that
@@ -27,6 +28,20 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "apps")]
 import needle as ndl  # noqa: E402
 import needle.nn as nn  # noqa: E402
 from mlp_resnet import MLPResNet  # noqa: E402
+
+# --model cnn settings that differ from the MLP's
+CNN_DEFAULTS = {"epochs": 4, "lr": 0.003, "checkpoint": "checkpoints/fashion_cnn.npz",
+                "plot": "checkpoints/fashion_cnn.png"}
+MLP_DEFAULTS = {"epochs": 10, "lr": 0.002, "checkpoint": "checkpoints/fashion_mlp.npz",
+                "plot": "checkpoints/fashion_mlp.png"}
+
+
+def build_model(config: dict, drop_prob: float = 0.0):
+    if config.get("model", "mlp") == "cnn":
+        from models import FashionResNet
+
+        return FashionResNet(tuple(config["channels"]))
+    return MLPResNet(784, config["hidden"], num_blocks=config["blocks"], drop_prob=drop_prob)
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -59,8 +74,10 @@ def find_files(data_dir: str | None) -> dict:
 class Progress:
     """A one-line progress bar: updated in place, finished with a newline."""
 
-    def __init__(self, total: int, label: str, width: int = 28):
+    def __init__(self, total: int, label: str, width: int = 28, metric=None):
         self.total, self.label, self.width = total, label, width
+        # metric(loss, value) -> the text after the loss; accuracy by default
+        self.metric = metric or (lambda loss, acc: f"acc {100 * acc:5.2f}%")
         self.start = time.perf_counter()
         self.tty = sys.stdout.isatty()
         self.last = 0.0
@@ -73,8 +90,8 @@ class Progress:
         frac = done / self.total
         bar = "#" * int(frac * self.width) + "-" * (self.width - int(frac * self.width))
         rate = done / max(now - self.start, 1e-9)
-        line = (f"{self.label} [{bar}] {100 * frac:5.1f}% loss {loss:.4f} acc {100 * acc:5.2f}% "
-                f"{rate:,.0f} samples/s")
+        line = (f"{self.label} [{bar}] {100 * frac:5.1f}% loss {loss:.4f} "
+                f"{self.metric(loss, acc)} {rate:,.0f} samples/s")
         end = "\n" if final or not self.tty else ""
         print(("\r" if self.tty else "") + line, end=end, flush=True)
 
@@ -123,7 +140,7 @@ def save_checkpoint(path: str, model, config: dict) -> None:
 def load_checkpoint(path: str):
     with np.load(path) as ckpt:
         config = json.loads(str(ckpt["config"]))
-        model = MLPResNet(784, config["hidden"], num_blocks=config["blocks"])
+        model = build_model(config)
         for i, p in enumerate(model.parameters()):
             p.data = ndl.Tensor(ckpt[f"param_{i}"], requires_grad=False)
         norms = [m for m in model._children() if isinstance(m, nn.BatchNorm1d)]
@@ -133,7 +150,7 @@ def load_checkpoint(path: str):
     return model, config
 
 
-def plot(history: dict, path: str) -> None:
+def plot(history: dict, path: str, title: str = "MLPResNet") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,7 +167,7 @@ def plot(history: dict, path: str) -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("needle MLPResNet on Fashion-MNIST")
+    fig.suptitle(f"needle {title} on Fashion-MNIST")
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -158,9 +175,12 @@ def plot(history: dict, path: str) -> None:
 
 def main(argv=None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--model", choices=["mlp", "cnn"], default="mlp",
+                    help="MLPResNet, or ResNet9's convolutional design adapted to 28x28")
+    ap.add_argument("--epochs", type=int, default=None, help="default 10 (mlp), 4 (cnn)")
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.002, help="peak learning rate")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="peak learning rate; default 0.002 (mlp), 0.003 (cnn)")
     ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
                     help="learning rate over the run: cosine decay to 0, or constant")
     ap.add_argument("--weight-decay", type=float, default=1e-4)
@@ -168,13 +188,18 @@ def main(argv=None) -> float:
     ap.add_argument("--hidden", type=int, default=512, help="MLPResNet hidden size")
     ap.add_argument("--blocks", type=int, default=3)
     ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--channels", default="16,32,64,128", help="cnn: the four conv widths")
     ap.add_argument("--data-dir", default=None, help="directory with the four IDX files")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--checkpoint", default="checkpoints/fashion_mlp.npz")
-    ap.add_argument("--plot", default="checkpoints/fashion_mlp.png",
-                    help="PNG of the curves ('' for none)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="default checkpoints/fashion_<model>.npz")
+    ap.add_argument("--plot", default=None, help="PNG of the curves ('' for none); default "
+                    "checkpoints/fashion_<model>.png")
     ap.add_argument("--evaluate", metavar="CHECKPOINT", help="only evaluate a saved checkpoint")
     args = ap.parse_args(argv)
+    for k, v in (CNN_DEFAULTS if args.model == "cnn" else MLP_DEFAULTS).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
 
     files = find_files(args.data_dir)
     try:
@@ -194,13 +219,19 @@ def main(argv=None) -> float:
 
     np.random.seed(args.seed)
     train_loader = ndl.data.DataLoader(train_set, args.batch_size, shuffle=True)
-    model = MLPResNet(784, args.hidden, num_blocks=args.blocks, drop_prob=args.dropout)
+    if args.model == "cnn":
+        config = {"model": "cnn", "channels": [int(c) for c in args.channels.split(",")]}
+        title = f"FashionResNet(channels={tuple(config['channels'])})"
+    else:
+        config = {"model": "mlp", "hidden": args.hidden, "blocks": args.blocks}
+        title = f"MLPResNet(784, hidden={args.hidden}, blocks={args.blocks})"
+    model = build_model(config, drop_prob=args.dropout)
     if args.optimizer == "adam":
         opt = ndl.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     else:
         opt = ndl.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9,
                             weight_decay=args.weight_decay)
-    print(f"needle MLPResNet(784, hidden={args.hidden}, blocks={args.blocks}) on Fashion-MNIST: "
+    print(f"needle {title} on Fashion-MNIST: "
           f"{len(train_set)} train / {len(test_set)} test images, {args.optimizer} lr={args.lr}, "
           f"batch {args.batch_size}, {ndl.backend_ndarray.get_num_threads()} threads")
     history = {"train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
@@ -216,10 +247,9 @@ def main(argv=None) -> float:
         for k, v in zip(history, (tl, ta, vl, va)):
             history[k].append(v)
     elapsed = time.perf_counter() - start
-    config = {"hidden": args.hidden, "blocks": args.blocks}
     save_checkpoint(args.checkpoint, model, config)
     if args.plot:
-        plot(history, args.plot)
+        plot(history, args.plot, title.split("(")[0])
     print(f"final test accuracy {100 * history['test_acc'][-1]:.2f}% after {args.epochs} epochs "
           f"in {elapsed:.0f} s; checkpoint {args.checkpoint}, curves {args.plot}")
     print(f"evaluate again with: python apps/train_fashion_mnist.py --evaluate {args.checkpoint}")
