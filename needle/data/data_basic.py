@@ -22,6 +22,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..autograd import Tensor
+from .data_transforms import apply_transforms_batch
 
 __all__ = ["Dataset", "DataLoader"]
 
@@ -56,13 +57,27 @@ class Dataset:
                 x = tform(x)
         return x
 
+    def apply_transforms_batch(self, xs):
+        """``apply_transforms`` of each item of ``xs`` (axis 0), in order, stacked (EXT).
+
+        The same random draws in the same order as the per-item calls; the
+        built-in transforms run on the whole batch at once (see
+        ``data_transforms.apply_transforms_batch``). ``xs`` itself when there
+        are no transforms or no items.
+        """
+        if not self.transforms or len(xs) == 0:
+            return xs
+        if type(self).apply_transforms is not Dataset.apply_transforms:
+            return np.stack([np.asarray(self.apply_transforms(x)) for x in xs])
+        return apply_transforms_batch(self.transforms, xs)
+
     def _fetch_batch(self, indices: np.ndarray) -> Optional[Tuple[np.ndarray, ...]]:
         """Fields of the items at ``indices``, each stacked along axis 0, or None.
 
         None means "fetch item by item" (the default). Built-in datasets
-        override this to index their arrays once per batch when no transform
-        has to draw per sample; the result must equal stacking
-        ``self[i]`` for each ``i`` in ``indices``.
+        override this to index their arrays once per batch (and transform the
+        batch with ``apply_transforms_batch``); the result, and the random
+        draws made, must equal stacking ``self[i]`` for each ``i`` in ``indices``.
         """
         return None
 

@@ -108,17 +108,24 @@ class CIFAR10Dataset(Dataset):
         out = self.apply_transforms(x.transpose(1, 2, 0))
         return np.ascontiguousarray(np.asarray(out).transpose(2, 0, 1))
 
+    def _transform_nchw(self, X: np.ndarray) -> np.ndarray:
+        """(k, 3, 32, 32) -> same: ``_transform_chw`` of each image, with the same draws."""
+        out = self.apply_transforms_batch(X.transpose(0, 2, 3, 1))
+        return np.ascontiguousarray(np.asarray(out).transpose(0, 3, 1, 2))
+
     def __getitem__(self, index):
         X, y = self.X[index], self.y[index]
         if self.transforms:
             if X.ndim == 3:
                 X = self._transform_chw(X)
             elif len(X):  # one draw sequence per image, in index order
-                X = np.stack([self._transform_chw(x) for x in X])
+                X = self._transform_nchw(X)
         return X, y
 
     def _fetch_batch(self, indices: np.ndarray):
-        if (type(self).__getitem__ is not CIFAR10Dataset.__getitem__
-                or getattr(self, "transforms", None)):
+        if type(self).__getitem__ is not CIFAR10Dataset.__getitem__:
             return None
-        return _fields_at((self.X, self.y), indices)
+        X, y = _fields_at((self.X, self.y), indices)
+        if getattr(self, "transforms", None) and len(X):
+            X = self._transform_nchw(X)
+        return X, y

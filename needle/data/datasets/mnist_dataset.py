@@ -138,17 +138,24 @@ class MNISTDataset(Dataset):
     def _transform_flat(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.apply_transforms(x.reshape(self.image_shape))).reshape(-1)
 
+    def _transform_rows(self, X: np.ndarray) -> np.ndarray:
+        """(k, 784) -> (k, 784): ``_transform_flat`` of each row, with the same draws."""
+        imgs = X.reshape((X.shape[0],) + self.image_shape)
+        return np.asarray(self.apply_transforms_batch(imgs)).reshape(X.shape[0], -1)
+
     def __getitem__(self, index):
         X, y = self.X[index], self.y[index]
         if self.transforms:
             if X.ndim == 1:
                 X = self._transform_flat(X)
-            else:  # one draw sequence per image, in index order
-                X = np.stack([self._transform_flat(x) for x in X]) if len(X) else X
+            elif len(X):  # one draw sequence per image, in index order
+                X = self._transform_rows(X)
         return X, y
 
     def _fetch_batch(self, indices: np.ndarray):
-        if (type(self).__getitem__ is not MNISTDataset.__getitem__
-                or getattr(self, "transforms", None)):
+        if type(self).__getitem__ is not MNISTDataset.__getitem__:
             return None
-        return _fields_at((self.X, self.y), indices)
+        X, y = _fields_at((self.X, self.y), indices)
+        if getattr(self, "transforms", None) and len(X):
+            X = self._transform_rows(X)
+        return X, y
