@@ -5,7 +5,7 @@ PIP ?= $(PYTHON) -m pip
 STAMP := build/.deps-stamp
 ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
 
-.PHONY: all deps build test asan bench demo data ndarray-demo clean
+.PHONY: all deps build test asan bench demo demo-cnn demo-lm data ndarray-demo clean
 
 all: build
 
@@ -34,6 +34,7 @@ bench: build data
 	$(PYTHON) benchmarks/bench_ndarray.py
 	$(PYTHON) benchmarks/bench_autograd.py
 	$(PYTHON) benchmarks/bench_train_mlp.py
+	$(PYTHON) benchmarks/bench_conv_seq.py
 
 # The main job: Fashion-MNIST from Debian's dataset-fashion-mnist (installed
 # here if missing), MLPResNet trained with a progress bar, final accuracy,
@@ -49,6 +50,20 @@ $(FASHION_DIR)/t10k-labels-idx1-ubyte.gz:
 
 demo: build data
 	$(PYTHON) apps/train_fashion_mnist.py $(DEMO_ARGS)
+
+# The real-data runs beside the main job: a convolutional network on
+# Fashion-MNIST, and a word-level LSTM language model on Debian's fortunes.
+FORTUNES := /usr/share/games/fortunes/fortunes
+
+$(FORTUNES):
+	@command -v apt-get >/dev/null || { echo "need Debian's fortunes (or pass DEMO_ARGS=--data-dir DIR)"; exit 1; }
+	apt-get update -qq && apt-get install -y -qq fortunes
+
+demo-cnn: build data
+	$(PYTHON) apps/train_fashion_mnist.py --model cnn $(DEMO_ARGS)
+
+demo-lm: build $(FORTUNES)
+	$(PYTHON) apps/train_lm.py $(DEMO_ARGS)
 
 ndarray-demo: build
 	$(PYTHON) apps/ndarray_demo.py

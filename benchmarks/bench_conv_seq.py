@@ -1,0 +1,194 @@
+"""Convolution and sequence models: needle vs PyTorch, side by side.
+
+    python benchmarks/bench_conv_seq.py [--quick] [--threads N]
+
+Every case runs in its own process per library (the two thread pools spin and
+would disturb each other on 2 cores) and reports the best of several timed
+repetitions after a warm-up, in ms, and the ratio needle / torch (target at
+most 1.5x):
+  - conv forward+backward, batch 32, 32x32, 3x3, padding 1: 16->32 and
+    64->128 channels (needle NHWC/KKIO, torch NCHW/OIHW: each library's own
+    layout, the same arithmetic);
+  - a ResNet9 training step at batch 64 on CIFAR-shaped input (Adam);
+  - an LSTM language-model step: 2 layers, hidden 256, sequence 40, batch 32,
+    vocabulary 10,000 (Embedding 256 -> LSTM -> Linear -> softmax loss, SGD).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import real_openblas  # noqa: E402,F401  (restarts without the OPENBLAS_* overrides)
+
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = 1.5
+CASES = ["conv 16->32", "conv 64->128", "resnet9 step", "lstm lm step"]
+
+
+def best_ms(fn, reps: int) -> float:
+    fn()  # warm-up (allocations, kernel choice, thread pool)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def needle_case(case: str, reps: int) -> float:
+    sys.path[:0] = [ROOT, os.path.join(ROOT, "apps")]
+    import needle as ndl
+    import needle.nn as nn
+
+    rng = np.random.default_rng(0)
+    if case.startswith("conv"):
+        cin, cout = (16, 32) if "16" in case else (64, 128)
+        x = ndl.Tensor(rng.standard_normal((32, 32, 32, cin)).astype("float32"))
+        w = ndl.Tensor(rng.standard_normal((3, 3, cin, cout)).astype("float32"))
+
+        def step():
+            ndl.conv(x, w, stride=1, padding=1).sum().backward(create_graph=False)
+        return best_ms(step, reps)
+    if case == "resnet9 step":
+        from models import ResNet9
+
+        model = ResNet9()
+        opt = ndl.optim.Adam(model.parameters(), lr=1e-3)
+        x = ndl.Tensor(rng.random((64, 3, 32, 32)).astype("float32"), requires_grad=False)
+        y = ndl.Tensor(rng.integers(0, 10, 64).astype("float32"), requires_grad=False)
+        loss_fn = nn.SoftmaxLoss()
+
+        def step():
+            opt.reset_grad()
+            loss_fn(model(x), y).backward(create_graph=False)
+            opt.step()
+        return best_ms(step, reps)
+    from models import LanguageModel
+
+    vocab, T, bs = 10000, 40, 32
+    model = LanguageModel(256, vocab, 256, num_layers=2, seq_model="lstm")
+    opt = ndl.optim.SGD(model.parameters(), lr=0.1)
+    x = ndl.Tensor(rng.integers(0, vocab, (T, bs)).astype("float32"), requires_grad=False)
+    y = ndl.Tensor(rng.integers(0, vocab, T * bs).astype("float32"), requires_grad=False)
+    loss_fn = nn.SoftmaxLoss()
+
+    def step():
+        opt.reset_grad()
+        out, _ = model(x)
+        loss_fn(out, y).backward(create_graph=False)
+        opt.step()
+    return best_ms(step, reps)
+
+
+def torch_case(case: str, reps: int) -> float:
+    import torch
+    import torch.nn as tnn
+
+    torch.manual_seed(0)
+    if case.startswith("conv"):
+        cin, cout = (16, 32) if "16" in case else (64, 128)
+        x = torch.randn(32, cin, 32, 32, requires_grad=True)
+        w = torch.randn(cout, cin, 3, 3, requires_grad=True)
+
+        def step():
+            torch.nn.functional.conv2d(x, w, padding=1).sum().backward()
+            x.grad = w.grad = None
+        return best_ms(step, reps)
+    if case == "resnet9 step":
+        def cbn(a, b, k, s):
+            return tnn.Sequential(tnn.Conv2d(a, b, k, s, k // 2), tnn.BatchNorm2d(b), tnn.ReLU())
+
+        class Res(tnn.Module):
+            def __init__(self, f):
+                super().__init__()
+                self.f = f
+
+            def forward(self, x):
+                return self.f(x) + x
+        model = tnn.Sequential(cbn(3, 16, 7, 4), cbn(16, 32, 3, 2),
+                               Res(tnn.Sequential(cbn(32, 32, 3, 1), cbn(32, 32, 3, 1))),
+                               cbn(32, 64, 3, 2), cbn(64, 128, 3, 2),
+                               Res(tnn.Sequential(cbn(128, 128, 3, 1), cbn(128, 128, 3, 1))),
+                               tnn.Flatten(), tnn.Linear(128, 128), tnn.ReLU(),
+                               tnn.Linear(128, 10))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        x = torch.rand(64, 3, 32, 32)
+        y = torch.randint(0, 10, (64,))
+        loss_fn = tnn.CrossEntropyLoss()
+
+        def step():
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        return best_ms(step, reps)
+
+    vocab, T, bs = 10000, 40, 32
+
+    class LM(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = tnn.Embedding(vocab, 256)
+            self.lstm = tnn.LSTM(256, 256, 2)
+            self.lin = tnn.Linear(256, vocab)
+
+        def forward(self, x):
+            out, _ = self.lstm(self.emb(x))
+            return self.lin(out.reshape(T * bs, 256))
+    model = LM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randint(0, vocab, (T, bs))
+    y = torch.randint(0, vocab, (T * bs,))
+    loss_fn = tnn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return best_ms(step, reps)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--threads", type=int, default=None, help="threads for both libraries")
+    ap.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
+    ap.add_argument("--child", nargs=3, metavar=("IMPL", "CASE", "REPS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        impl, case, reps = args.child[0], args.child[1], int(args.child[2])
+        ms = (needle_case if impl == "needle" else torch_case)(case, reps)
+        print(json.dumps({"ms": ms}))
+        return
+    env = dict(os.environ)
+    if args.threads:
+        env.update(NEEDLE_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    reps = 3 if args.quick else 8
+    print(f"NumPy BLAS: {real_openblas.describe()}; best of {reps} after a warm-up, "
+          f"each library in its own process")
+    print(f"  {'case':<16}{'needle ms':>11}{'torch ms':>11}{'ratio':>8}")
+    missed = 0
+    for case in args.cases:
+        ms = {}
+        for impl in ("needle", "torch"):
+            out = subprocess.run([sys.executable, __file__, "--child", impl, case, str(reps)],
+                                 env=env, capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"{impl} {case} failed:\n{out.stderr[-3000:]}")
+            ms[impl] = json.loads(out.stdout.strip().splitlines()[-1])["ms"]
+        r = ms["needle"] / ms["torch"]
+        ok = r <= TARGET
+        missed += not ok
+        print(f"  {case:<16}{ms['needle']:>11.1f}{ms['torch']:>11.1f}{r:>7.2f}x  "
+              f"{'ok' if ok else 'MISSED'} (target <= {TARGET}x)")
+    print(f"summary: {missed} target(s) missed")
+
+
+if __name__ == "__main__":
+    main()
