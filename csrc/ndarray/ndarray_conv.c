@@ -383,25 +383,39 @@ NDArrayObject *ndl_array_im2col(NDArrayObject *a, int64_t k, int64_t stride)
  *
  * Note [Conv in blocks of rows]
  *   out (N, Ho, Wo, Co) viewed as (N*Ho*Wo, Co) is the im2col matrix of the
- *   padded input (N*Ho*Wo, Kh*Kw*C) times the weight viewed as
+ *   padded input, (N*Ho*Wo, Kh*Kw*C), times the weight viewed as
  *   (Kh*Kw*C, Co). That matrix is Kh*Kw times the input, so it is never
  *   built whole: the input is padded once, then for each block of `br` rows
  *   the im2col slot writes the block into a scratch buffer sized to stay in
- *   cache and the matmul slot multiplies it into the same rows of out. The
- *   loop calls only backend slots, so it runs with the GIL released; each
- *   slot spreads its own work over the thread pool. A 1x1 kernel with stride
- *   1 and no padding needs no im2col at all: the input viewed as
- *   (N*H*W, C) is the matrix. Kernels that are not square (only the weight
- *   gradient's convolutions, Note [Conv's gradients are convs] in
- *   ../autograd/ops_conv.c) take the composed im2col (copy slot).
+ *   cache, and the matmul slot multiplies it into the same rows of out.
+ *   The loops call only backend slots, so they run with the GIL released;
+ *   each slot spreads its own work over the thread pool.
+ *   - 1x1 kernel, stride 1, no padding: no im2col; the input viewed as
+ *     (N*H*W, C) is the matrix.
+ *   - Dual form, for stride 1 when the output has fewer rows (N*Ho*Wo) than
+ *     the kernel has entries (Kh*Kw*C), as in the weight gradient's convs
+ *     (Note [Conv's gradients are convs], ../autograd/ops_conv.c), whose
+ *     kernel is as large as the input: rows that long would not fit a
+ *     block. The same sums are
+ *       out[n, i, j, o] = sum over (c, t, u) of X[n, i+t, j+u, c] w[t, u, c, o]
+ *     where the (c, t, u) rows of the im2col matrix of X^T = (C, Hp, Wp, N)
+ *     with an Ho x Wo window hold X[n, i+t, j+u, c] at column (i, j, n).
+ *     So blocks of those rows (each only Ho*Wo*N long) are multiplied,
+ *     transposed, by the matching rows of w as a (C*Kh*Kw, Co) matrix, and
+ *     the (Ho*Wo*N, Co) products are summed block by block (split-K; the
+ *     binary slot adds them). The weight gradient's X^T is the forward's
+ *     input itself, so its im2col is the forward's, with square windows.
+ *   - A window that is not square takes the composed im2col (copy slot).
  *   NOTE: the matmul writes block b at row r0 of out, an interior pointer:
  *   plain pointer arithmetic on the buffer, valid for host and CUDA memory.
  */
 
-/* The bytes of a scratch block, and the fewest rows a block has (so the
- * matmul's register tiles stay full when a row is long). */
+/* The bytes of a scratch block, and the fewest rows a block has: enough to
+ * keep the matmul's register tiles full (direct), and to keep the adds of
+ * the dual form small beside the products. */
 #define NDL_CONV_BLOCK_BYTES (256 * 1024)
 #define NDL_CONV_BLOCK_MIN_ROWS 96
+#define NDL_CONV_DUAL_MIN_ROWS 256
 
 /* ValueError "conv: <detail> (input shape <a>, weight shape <w>)". */
 static int conv_error(int andim, const int64_t *ash, int wndim, const int64_t *wsh,
@@ -464,32 +478,61 @@ int ndl_conv_check(int andim, const int64_t *ash, int wndim, const int64_t *wsh,
 typedef struct {
     const ndl_backend *be;
     ndl_dtype dt;
-    int use_slot;            /* the im2col slot (square kernel, slot present) */
-    const void *a;           /* the padded input (N, Hp, Wp, C), any strides */
-    ndl_layout la;
-    int64_t kh, kw, s;
-    int64_t rows, kkc, co;   /* out is (rows, co) = (rows, kkc) @ (kkc, co) */
-    int64_t br;              /* rows per block */
-    void *col;               /* scratch (br, kkc) */
-    const void *w;           /* the weight as a (kkc, co) matrix */
+    int use_slot;          /* im2col by the slot (square window), else composed */
+    const void *x;         /* im2col's input (B, Hp, Wp, C), any strides */
+    ndl_layout lx;
+    int64_t kh, kw, s;     /* its window and stride */
+    int64_t rows, len, co; /* the im2col matrix is (rows, len); co output channels */
+    int64_t br;            /* rows per block */
+    void *col;             /* scratch (br, len) */
+    const void *w;         /* weight matrix, (len, co) direct, (rows, co) dual */
     int64_t woff, rsw, csw;
-    char *out;               /* compact (rows, co) */
+    char *out;             /* direct: compact (rows, co) */
+    void *acc[3];          /* dual: (len, co) each: a product, the sum, the next sum */
 } conv_job;
 
-/* Note [Conv in blocks of rows]; touches no Python. */
-static int conv_blocks(const conv_job *j)
+static int im2col_block(const conv_job *j, int64_t r0, int64_t nr)
+{
+    if (j->use_slot)
+        return j->be->im2col(j->dt, j->x, &j->lx, j->kh, j->s, r0, nr, j->col);
+    return im2col_composed(j->be, j->dt, j->x, &j->lx, j->kh, j->kw, j->s, r0, nr, j->col);
+}
+
+/* Note [Conv in blocks of rows], direct: out[r0:r0+nr] = col @ w.
+ * Touches no Python. */
+static int conv_direct(const conv_job *j)
 {
     const int64_t zero = 0, es = (int64_t)ndl_itemsize(j->dt);
     int status = NDL_OK;
     for (int64_t r0 = 0; r0 < j->rows && status == NDL_OK; r0 += j->br) {
         int64_t nr = j->rows - r0 < j->br ? j->rows - r0 : j->br;
-        status = j->use_slot
-                     ? j->be->im2col(j->dt, j->a, &j->la, j->kh, j->s, r0, nr, j->col)
-                     : im2col_composed(j->be, j->dt, j->a, &j->la, j->kh, j->kw, j->s, r0, nr,
-                                       j->col);
+        status = im2col_block(j, r0, nr);
         if (status == NDL_OK)
-            status = j->be->matmul(j->dt, 1, nr, j->kkc, j->co, j->col, &zero, j->kkc, 1, j->w,
+            status = j->be->matmul(j->dt, 1, nr, j->len, j->co, j->col, &zero, j->len, 1, j->w,
                                    &j->woff, j->rsw, j->csw, j->out + r0 * j->co * es);
+    }
+    return status;
+}
+
+/* Note [Conv in blocks of rows], dual: *sum = the sum over blocks of
+ * col^T @ w[r0:r0+nr], (len, co), one of j->acc. Touches no Python. */
+static int conv_dual(const conv_job *j, void **sum)
+{
+    const int64_t zero = 0;
+    ndl_layout l = {.ndim = 1, .shape = {j->len * j->co}, .strides = {1}};
+    void *prod = j->acc[0], *next = j->acc[2], *t;
+    int status = NDL_OK;
+    *sum = j->acc[1];
+    for (int64_t r0 = 0; r0 < j->rows && status == NDL_OK; r0 += j->br) {
+        int64_t nr = j->rows - r0 < j->br ? j->rows - r0 : j->br, woff = j->woff + r0 * j->rsw;
+        status = im2col_block(j, r0, nr);
+        if (status == NDL_OK)
+            status = j->be->matmul(j->dt, 1, j->len, nr, j->co, j->col, &zero, 1, j->len, j->w,
+                                   &woff, j->rsw, j->csw, r0 == 0 ? *sum : prod);
+        if (status == NDL_OK && r0 > 0) {
+            status = j->be->binary(NDL_BIN_ADD, j->dt, *sum, &l, prod, &l, next);
+            t = *sum, *sum = next, next = t;
+        }
     }
     return status;
 }
@@ -511,28 +554,54 @@ static int64_t merged_stride(const ndl_layout *l, int first, int n)
     return stride == 0 ? 1 : stride;
 }
 
+/* l with its axes reordered: axis i of the result is axis perm[i] of l. */
+static ndl_layout permuted(const ndl_layout *l, const int *perm)
+{
+    ndl_layout r = *l;
+    for (int i = 0; i < l->ndim; i++)
+        r.shape[i] = l->shape[perm[i]], r.strides[i] = l->strides[perm[i]];
+    return r;
+}
+
+/* j's weight matrix from w, with w's axes in the order perm: its first three
+ * axes merged into rows (a compact copy when they do not merge). The copy,
+ * if any, is kept in *keep. */
+static int conv_weight(conv_job *j, NDArrayObject *w, const int *perm, NDArrayObject **keep)
+{
+    ndl_layout l = permuted(&w->layout, perm);
+    NDArrayObject *v;
+    if (merged_stride(&l, 0, 3) == 0) {
+        v = ndl_array_view(w, &l);
+        *keep = v ? ndl_array_compact(v) : NULL;
+        Py_XDECREF(v);
+        if (*keep == NULL)
+            return -1;
+        w = *keep;
+        l = w->layout;
+    }
+    j->w = w->storage->data, j->woff = l.offset;
+    j->rsw = merged_stride(&l, 0, 3), j->csw = l.strides[3];
+    return 0;
+}
+
 /* a and w checked, of one dtype and device; lo/hi any sign. */
 static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, const int64_t *lo,
                                const int64_t *hi, const int64_t *oshape)
 {
+    static const int same[4] = {0, 1, 2, 3}, swap03[4] = {3, 1, 2, 0}, ctuo[4] = {2, 0, 1, 3};
     const ndl_backend *be = a->device->backend;
     const int64_t kh = w->layout.shape[0], kw = w->layout.shape[1], ci = w->layout.shape[2];
-    int64_t plo[4] = {0}, phi[4] = {0}, sshape[2];
-    ndl_layout la = a->layout;
-    NDArrayObject *cw = NULL, *view = NULL, *padded = NULL, *col = NULL, *out = NULL, *res = NULL;
-    conv_job j = {.be = be, .dt = a->dtype, .kh = kh, .kw = kw, .s = s, .kkc = kh * kw * ci,
-                  .co = w->layout.shape[3], .rows = oshape[0] * oshape[1] * oshape[2]};
-    int status = NDL_OK, pad = 0;
+    const int64_t es = (int64_t)ndl_itemsize(a->dtype), nrows = oshape[0] * oshape[1] * oshape[2];
+    int64_t plo[4] = {0}, phi[4] = {0}, shape[2];
+    ndl_layout la = a->layout, lsum, lout;
+    NDArrayObject *cw = NULL, *view = NULL, *x = NULL, *col = NULL, *out = NULL, *res = NULL;
+    NDArrayObject *acc = NULL;
+    conv_job j = {.be = be, .dt = a->dtype, .s = s, .co = w->layout.shape[3]};
+    int status = NDL_OK, pad = 0, dual = s == 1 && nrows < kh * kw * ci;
+    void *sum;
     out = ndl_array_empty(a->device, a->dtype, 4, oshape);
-    if (out == NULL || j.rows == 0 || j.co == 0)
+    if (out == NULL || nrows == 0 || j.co == 0)
         goto done;
-    /* the weight as a (kkc, co) matrix: its first three axes must merge */
-    cw = merged_stride(&w->layout, 0, 3) ? (NDArrayObject *)Py_NewRef(w) : ndl_array_compact(w);
-    if (cw == NULL)
-        goto fail;
-    j.w = cw->storage->data, j.woff = cw->layout.offset;
-    j.rsw = merged_stride(&cw->layout, 0, 3), j.csw = cw->layout.strides[3];
-    j.out = out->storage->data;
     /* negative padding crops (a view); positive padding is one pad */
     for (int k = 0; k < 2; k++) {
         if (lo[k] < 0)
@@ -542,39 +611,70 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, co
         plo[1 + k] = lo[k] > 0 ? lo[k] : 0, phi[1 + k] = hi[k] > 0 ? hi[k] : 0;
         pad |= lo[k] > 0 || hi[k] > 0;
     }
+    if (conv_weight(&j, w, dual ? ctuo : same, &cw) < 0)
+        goto fail;
+    j.out = out->storage->data;
     if (kh == 1 && kw == 1 && s == 1 && !pad && merged_stride(&la, 0, 3)) {
         /* 1x1: the input itself is the (rows, C) matrix */
         int64_t aoff = la.offset, rsa = merged_stride(&la, 0, 3);
-        NDL_KERNEL_CALL(j.rows * j.kkc * j.co / 8, status,
-                        be->matmul(j.dt, 1, j.rows, j.kkc, j.co, a->storage->data, &aoff, rsa,
+        NDL_KERNEL_CALL(nrows * ci * j.co / 8, status,
+                        be->matmul(j.dt, 1, nrows, ci, j.co, a->storage->data, &aoff, rsa,
                                    la.strides[3], j.w, &j.woff, j.rsw, j.csw, j.out));
         goto done;
     }
+    /* im2col's input: the padded input, or (dual) its transpose (C, Hp, Wp, N) */
+    if (dual)
+        la = permuted(&la, swap03);
     view = ndl_array_view(a, &la);
-    padded = view && pad ? ndl_array_pad(view, plo, phi) : (NDArrayObject *)Py_XNewRef(view);
-    if (padded == NULL)
+    x = view && pad ? ndl_array_pad(view, plo, phi) : (NDArrayObject *)Py_XNewRef(view);
+    if (x == NULL)
         goto fail;
-    j.a = padded->storage->data, j.la = padded->layout;
-    j.br = j.kkc ? NDL_CONV_BLOCK_BYTES / (j.kkc * (int64_t)ndl_itemsize(j.dt)) : j.rows;
-    if (j.br < NDL_CONV_BLOCK_MIN_ROWS)
-        j.br = NDL_CONV_BLOCK_MIN_ROWS;
+    j.x = x->storage->data, j.lx = x->layout;
+    j.kh = dual ? oshape[1] : kh, j.kw = dual ? oshape[2] : kw;
+    j.rows = dual ? ci * kh * kw : nrows;
+    j.len = dual ? nrows : kh * kw * ci;
+    j.use_slot = j.kh == j.kw && NDL_OPTIONAL_SLOT(be, im2col) != NULL;
+    j.br = j.len ? NDL_CONV_BLOCK_BYTES / (j.len * es) : j.rows;
+    if (j.br < (dual ? NDL_CONV_DUAL_MIN_ROWS : NDL_CONV_BLOCK_MIN_ROWS))
+        j.br = dual ? NDL_CONV_DUAL_MIN_ROWS : NDL_CONV_BLOCK_MIN_ROWS;
     if (j.br > j.rows)
         j.br = j.rows;
-    sshape[0] = j.br, sshape[1] = j.kkc;
-    col = ndl_array_empty(a->device, a->dtype, 2, sshape);
-    if (col == NULL)
+    shape[0] = j.br, shape[1] = j.len;
+    col = ndl_array_empty(a->device, a->dtype, 2, shape);
+    shape[0] = 3, shape[1] = j.len * j.co;
+    acc = col && dual ? ndl_array_empty(a->device, a->dtype, 2, shape) : NULL;
+    if (col == NULL || (dual && acc == NULL))
         goto fail;
     j.col = col->storage->data;
-    j.use_slot = kh == kw && NDL_OPTIONAL_SLOT(be, im2col) != NULL;
-    NDL_KERNEL_CALL(j.rows * j.kkc * j.co / 8, status, conv_blocks(&j));
+    if (!dual) {
+        NDL_KERNEL_CALL(nrows * j.len * j.co / 8, status, conv_direct(&j));
+        goto done;
+    }
+    if (j.rows == 0) { /* no input channels: zeros */
+        NDL_KERNEL_CALL(nrows * j.co, status, be->fill(j.dt, j.out, &out->layout, 0.0));
+        goto done;
+    }
+    for (int k = 0; k < 3; k++)
+        j.acc[k] = (char *)acc->storage->data + k * j.len * j.co * es;
+    NDL_KERNEL_CALL(j.rows * j.len * j.co / 8, status, conv_dual(&j, &sum));
+    if (status != NDL_OK)
+        goto done;
+    /* the sum is (Ho, Wo, N, Co); out is (N, Ho, Wo, Co) */
+    lsum = (ndl_layout){.ndim = 4, .shape = {oshape[1], oshape[2], oshape[0], j.co},
+                        .offset = ((char *)sum - (char *)acc->storage->data) / es};
+    ndl_compact_strides(4, lsum.shape, lsum.strides);
+    lout = permuted(&out->layout, (const int[]){1, 2, 0, 3});
+    NDL_KERNEL_CALL(nrows * j.co, status,
+                    be->copy(j.dt, j.out, &lout, j.dt, acc->storage->data, &lsum));
 done:
     if (out != NULL && ndl_raise_status(status, "conv") == 0)
         res = (NDArrayObject *)Py_NewRef(out);
 fail:
     Py_XDECREF(cw);
     Py_XDECREF(view);
-    Py_XDECREF(padded);
+    Py_XDECREF(x);
     Py_XDECREF(col);
+    Py_XDECREF(acc);
     Py_XDECREF(out);
     return res;
 }
