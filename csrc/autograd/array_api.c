@@ -13,7 +13,8 @@ static PyObject *np_binary[NDL_NUM_BINARY];
 static PyObject *np_unary[NDL_NUM_UNARY];
 static PyObject *np_reduce[NDL_NUM_REDUCE];
 static PyObject *np_asarray, *np_ndarray, *np_reshape, *np_broadcast_to, *np_transpose, *np_matmul,
-    *np_flip, *np_full, *np_empty, *np_finfo, *np_ascontiguousarray;
+    *np_flip, *np_full, *np_empty, *np_finfo, *np_ascontiguousarray, *np_pad, *np_tensordot,
+    *np_sliding_window_view;
 
 /* *slot = numpy.<name>, or NULL when name is NULL. */
 static int get_np(PyObject **slot, const char *name)
@@ -53,8 +54,17 @@ int nda_init(void)
         get_np(&np_transpose, "transpose") < 0 || get_np(&np_matmul, "matmul") < 0 ||
         get_np(&np_flip, "flip") < 0 || get_np(&np_full, "full") < 0 ||
         get_np(&np_empty, "empty") < 0 || get_np(&np_finfo, "finfo") < 0 ||
-        get_np(&np_ascontiguousarray, "ascontiguousarray") < 0)
+        get_np(&np_ascontiguousarray, "ascontiguousarray") < 0 || get_np(&np_pad, "pad") < 0 ||
+        get_np(&np_tensordot, "tensordot") < 0)
         return -1;
+    {
+        PyObject *tricks = PyImport_ImportModule("numpy.lib.stride_tricks");
+        np_sliding_window_view =
+            tricks ? PyObject_GetAttrString(tricks, "sliding_window_view") : NULL;
+        Py_XDECREF(tricks);
+        if (np_sliding_window_view == NULL)
+            return -1;
+    }
     return 0;
 }
 
@@ -257,6 +267,79 @@ PyObject *nda_flip(PyObject *a, int naxes, const int64_t *axes)
     Py_XDECREF(f);
     Py_DECREF(t);
     return res;
+}
+
+/* np mode: crop the negative padding (a view), np.pad the positive, then
+ * sliding_window_view(x, (Kh, Kw), axis=(1, 2)) -> (N, Ho', Wo', C, Kh, Kw),
+ * every stride-th window, and np.tensordot over (Kh, Kw, C). */
+static PyObject *np_conv(PyObject *a, PyObject *w, int64_t s, const int64_t *lo,
+                         const int64_t *hi, const int64_t *ash, const int64_t *wsh,
+                         const int64_t *oshape)
+{
+    int64_t start[6] = {0}, len[6], step[6] = {1, 1, 1, 1, 1, 1};
+    int pad = 0;
+    PyObject *v = NULL, *p = NULL, *win = NULL, *sv = NULL, *args = NULL, *kw = NULL;
+    PyObject *res = NULL;
+    memcpy(len, ash, sizeof(int64_t) * 4);
+    for (int j = 0; j < 2; j++) {
+        start[1 + j] = lo[j] < 0 ? -lo[j] : 0;
+        len[1 + j] += (lo[j] < 0 ? lo[j] : 0) + (hi[j] < 0 ? hi[j] : 0);
+        pad |= lo[j] > 0 || hi[j] > 0;
+    }
+    v = nda_view(a, start, len, step, -1);
+    if (v == NULL)
+        goto fail;
+    if (pad) {
+        PyObject *widths = Py_BuildValue("((ii)(LL)(LL)(ii))", 0, 0,
+                                         (long long)(lo[0] > 0 ? lo[0] : 0),
+                                         (long long)(hi[0] > 0 ? hi[0] : 0),
+                                         (long long)(lo[1] > 0 ? lo[1] : 0),
+                                         (long long)(hi[1] > 0 ? hi[1] : 0), 0, 0);
+        p = widths ? PyObject_CallFunctionObjArgs(np_pad, v, widths, NULL) : NULL;
+        Py_XDECREF(widths);
+    } else {
+        p = Py_NewRef(v);
+    }
+    args = p ? Py_BuildValue("(O(LL))", p, (long long)wsh[0], (long long)wsh[1]) : NULL;
+    kw = args ? Py_BuildValue("{s(ii)}", "axis", 1, 2) : NULL;
+    win = kw ? PyObject_Call(np_sliding_window_view, args, kw) : NULL;
+    if (win == NULL)
+        goto fail;
+    /* every s-th window: (N, Ho, Wo, C, Kh, Kw) */
+    len[0] = oshape[0], len[1] = oshape[1], len[2] = oshape[2], len[3] = ash[3];
+    len[4] = wsh[0], len[5] = wsh[1];
+    memset(start, 0, sizeof start);
+    step[1] = step[2] = s;
+    sv = nda_view(win, start, len, step, -1);
+    if (sv == NULL)
+        goto fail;
+    Py_CLEAR(args);
+    args = Py_BuildValue("(OO((iii)(iii)))", sv, w, 4, 5, 3, 0, 1, 2);
+    res = args ? PyObject_Call(np_tensordot, args, NULL) : NULL;
+fail:
+    Py_XDECREF(v);
+    Py_XDECREF(p);
+    Py_XDECREF(win);
+    Py_XDECREF(sv);
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
+    return res;
+}
+
+PyObject *nda_conv(PyObject *a, PyObject *w, int64_t stride, const int64_t *lo, const int64_t *hi,
+                   int general)
+{
+    int64_t ash[NDL_MAX_DIMS], wsh[NDL_MAX_DIMS], oshape[4];
+    int an, wn;
+    if (check_kinds(a, w, "conv") < 0)
+        return NULL;
+    if (NDArray_Check(a))
+        return (PyObject *)ndl_array_conv_general((NDArrayObject *)a, (NDArrayObject *)w,
+                                                  stride, lo, hi, general);
+    if (nda_shape(a, &an, ash) < 0 || nda_shape(w, &wn, wsh) < 0 ||
+        ndl_conv_check(an, ash, wn, wsh, stride, lo, hi, general, oshape) < 0)
+        return NULL;
+    return np_conv(a, w, stride, lo, hi, ash, wsh, oshape);
 }
 
 PyObject *nda_empty_like(PyObject *like, int ndim, const int64_t *shape)

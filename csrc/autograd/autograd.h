@@ -137,11 +137,24 @@ typedef struct {
         struct {                                   /* NDL_P_AXES, NDL_P_AXES_DILATION */
             ndl_axes_param axes;
             int64_t dilation;
+            /* Dilate made by ndl_t_dilate_to only (has_length): the output
+             * length along axes.v[i] is length[i], the dilated length less
+             * some trailing zeros (Note [Dilate to a length], ops_shape.c). */
+            int has_length;
+            int64_t length[NDL_MAX_DIMS];
         };
         struct { int ndim; int64_t dims[NDL_MAX_DIMS]; } shape; /* NDL_P_SHAPE */
         int64_t index;                             /* NDL_P_INDEX */
         int64_t axis;                              /* NDL_P_AXIS */
-        struct { int64_t stride, padding; };       /* NDL_P_STRIDE_PADDING */
+        struct {                                   /* NDL_P_STRIDE_PADDING */
+            int64_t stride, padding;
+            /* Conv made by ndl_t_conv only (general): padding pad_lo[j]
+             * before and pad_hi[j] after spatial axis j (H, W), either sign
+             * (negative crops), and any Kh x Kw kernel (Note [Conv's
+             * gradients are convs], ops_conv.c). */
+            int general;
+            int64_t pad_lo[2], pad_hi[2];
+        };
     };
 } OpObject;
 
@@ -219,6 +232,9 @@ const ndl_opdef *ndl_opdef_of_type(PyTypeObject *t);
  * tp_call (constant folding, API.md 4.2) and the function stack(args, axis). */
 PyObject *ndl_tuple_get_item_call(PyObject *self, PyObject *args, PyObject *kwds);
 extern PyMethodDef ndl_stack_function_def;
+/* The function conv(a, b, stride=1, padding=1) (ops_conv.c): its padding
+ * defaults to 1 while the class Conv's defaults to 0 (API.md 4.1). */
+extern PyMethodDef ndl_conv_function_def;
 
 /* Make the op `def`(params) with C values (no Python parsing): for the
  * backward rules, which build their graphs with ops. */
@@ -251,6 +267,15 @@ PyObject *ndl_t_tuple_get_item(PyObject *t, int64_t i);
 PyObject *ndl_t_flip(PyObject *a, int naxes, const int64_t *axes);
 PyObject *ndl_t_dilate(PyObject *a, int naxes, const int64_t *axes, int64_t d);
 PyObject *ndl_t_undilate(PyObject *a, int naxes, const int64_t *axes, int64_t d);
+/* dilate(a, axes, d) cut to length[i] along axes[i] (naxes >= 0 axes, in
+ * range): drops trailing zeros, so (n-1)(d+1) < length[i] <= n(d+1)
+ * (Note [Dilate to a length], ops_shape.c). */
+PyObject *ndl_t_dilate_to(PyObject *a, int naxes, const int64_t *axes, int64_t d,
+                          const int64_t *length);
+/* Conv with stride s, lo[j] / hi[j] padding before / after spatial axis j
+ * (negative crops) and any Kh x Kw kernel: the general Conv the gradients
+ * of Conv are made of (Note [Conv's gradients are convs], ops_conv.c). */
+PyObject *ndl_t_conv(PyObject *a, PyObject *b, int64_t s, const int64_t *lo, const int64_t *hi);
 /* A constant leaf (requires_grad False) holding array `data`. */
 PyObject *ndl_t_const(PyObject *data);
 /* Sum G over broadcast axes back to `shape` (API.md 4.3). */

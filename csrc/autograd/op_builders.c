@@ -168,6 +168,37 @@ PyObject *ndl_t_undilate(PyObject *a, int naxes, const int64_t *axes, int64_t d)
     return dilate_op(&ndl_op_UnDilate, a, naxes, axes, d);
 }
 
+PyObject *ndl_t_dilate_to(PyObject *a, int naxes, const int64_t *axes, int64_t d,
+                          const int64_t *length)
+{
+    OpObject *op = axes_op(&ndl_op_Dilate, naxes, axes);
+    PyObject *r;
+    if (op != NULL) {
+        op->dilation = d;
+        op->has_length = 1;
+        memcpy(op->length, length, sizeof(int64_t) * naxes);
+    }
+    r = apply1(op, a);
+    Py_XDECREF(op);
+    return r;
+}
+
+PyObject *ndl_t_conv(PyObject *a, PyObject *b, int64_t s, const int64_t *lo, const int64_t *hi)
+{
+    OpObject *op = ndl_op_new(&ndl_op_Conv);
+    PyObject *r;
+    if (op == NULL)
+        return NULL;
+    op->stride = s;
+    op->padding = lo[0]; /* only for the attribute; pad_lo / pad_hi rule */
+    op->general = 1;
+    memcpy(op->pad_lo, lo, sizeof op->pad_lo);
+    memcpy(op->pad_hi, hi, sizeof op->pad_hi);
+    r = apply2(op, a, b);
+    Py_DECREF(op);
+    return r;
+}
+
 PyObject *ndl_t_make_tuple(PyObject *items)
 {
     OpObject *op = shared(&ndl_op_MakeTensorTuple);

@@ -147,6 +147,8 @@ int ndl_op_types_init(PyObject *module)
             return -1;
         if (def == &ndl_op_Stack) {
             f = PyCFunction_NewEx(&ndl_stack_function_def, NULL, NULL);
+        } else if (def == &ndl_op_Conv) { /* its own default padding */
+            f = PyCFunction_NewEx(&ndl_conv_function_def, (PyObject *)t, NULL);
         } else {
             op_function_defs[i] = (PyMethodDef){def->func, (PyCFunction)(void (*)(void))op_function,
                                                 METH_VARARGS | METH_KEYWORDS, def->name};

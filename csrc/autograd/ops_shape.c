@@ -234,37 +234,69 @@ NDL_BACKWARD(Flip)
     return grads[0] ? 0 : -1;
 }
 
-/* ---- Dilate(axes, d): d zeros after every element along axes (4.5) -------- */
-static void dilated_view(OpObject *op, int ndim, const int64_t *shape, int naxes,
-                         const int64_t *axes, int64_t *start, int64_t *len, int64_t *step,
-                         int64_t *big)
+/* ---- Dilate(axes, d): d zeros after every element along axes (4.5) --------
+ *
+ * Note [Dilate to a length]
+ *   A Dilate made by ndl_t_dilate_to (never by the class) also has a length
+ *   per listed axis, and keeps only the first length[i] entries along
+ *   axes.v[i]. The length must lie in ((n-1)(d+1), n(d+1)], so only trailing
+ *   zeros are dropped and undilate(g) still has n entries: the backward is
+ *   the same. It exists for two gradients: UnDilate's, whose input of
+ *   length m gives n = ceil(m/(d+1)) entries, so dilate(g) alone would be
+ *   n(d+1) >= m long; and Conv's, whose strided output gradient is spread
+ *   back to exactly (Ho-1)*s + 1 rows (Note [Conv's gradients are convs],
+ *   ops_conv.c). */
+
+/* big: the output shape, the input's with n*(d+1) (or the op's length) on
+ * the dilated axes; -1 with ValueError when a length is out of its range. */
+static int dilated_shape(OpObject *op, int ndim, const int64_t *shape, int naxes,
+                         const int64_t *axes, int64_t *big)
 {
-    for (int i = 0; i < ndim; i++)
-        start[i] = 0, len[i] = shape[i], step[i] = 1, big[i] = shape[i];
-    for (int i = 0; i < naxes; i++) {
-        step[axes[i]] = op->dilation + 1;
-        big[axes[i]] = shape[axes[i]] * (op->dilation + 1);
+    const int64_t d1 = op->dilation + 1;
+    memcpy(big, shape, sizeof(int64_t) * ndim);
+    for (int i = 0; i < naxes; i++)
+        big[axes[i]] = shape[axes[i]] * d1;
+    for (int i = 0; op->has_length && i < op->axes.n; i++) {
+        int64_t ax = op->axes.v[i] < 0 ? op->axes.v[i] + ndim : op->axes.v[i];
+        int64_t n, len = op->length[i];
+        if (ax < 0 || ax >= ndim)
+            continue;
+        n = shape[ax];
+        if (len > n * d1 || len <= (n - 1) * d1 || (n == 0 && len != 0)) {
+            PyErr_Format(PyExc_ValueError,
+                         "Dilate: length %lld along axis %lld is not in ((n-1)*(d+1), n*(d+1)] "
+                         "for n=%lld, d=%lld", (long long)len, (long long)ax, (long long)n,
+                         (long long)op->dilation);
+            return -1;
+        }
+        big[ax] = len;
     }
+    return 0;
 }
 NDL_FORWARD(Dilate)
 {
-    int64_t shape[NDL_MAX_DIMS], axes[NDL_MAX_DIMS], start[NDL_MAX_DIMS], len[NDL_MAX_DIMS],
-        step[NDL_MAX_DIMS], big[NDL_MAX_DIMS];
+    int64_t shape[NDL_MAX_DIMS], axes[NDL_MAX_DIMS], start[NDL_MAX_DIMS], step[NDL_MAX_DIMS],
+        big[NDL_MAX_DIMS];
     int ndim, naxes;
     uint64_t mask = 0;
     PyObject *out, *view;
-    if (nda_shape(x[0], &ndim, shape) < 0 || op_axes(op, ndim, &naxes, axes, 1) < 0)
+    if (nda_shape(x[0], &ndim, shape) < 0 || op_axes(op, ndim, &naxes, axes, 1) < 0 ||
+        dilated_shape(op, ndim, shape, naxes, axes, big) < 0)
         return NULL;
-    if (nda_is_nd(x[0])) { /* the backend's dilate slot */
+    if (nda_is_nd(x[0]) && !op->has_length) { /* the backend's dilate slot */
         for (int i = 0; i < naxes; i++)
             mask |= (uint64_t)1 << axes[i];
         return (PyObject *)ndl_array_dilate((NDArrayObject *)x[0], mask, op->dilation);
     }
-    dilated_view(op, ndim, shape, naxes, axes, start, len, step, big);
+    /* zeros, then the input into every (d+1)-th entry */
+    for (int i = 0; i < ndim; i++)
+        start[i] = 0, step[i] = 1;
+    for (int i = 0; i < naxes; i++)
+        step[axes[i]] = op->dilation + 1;
     out = nda_full_like(x[0], ndim, big, 0.0);
     if (out == NULL)
         return NULL;
-    view = nda_view(out, start, len, step, -1);
+    view = nda_view(out, start, shape, step, -1);
     if (view == NULL || nda_assign(view, x[0]) < 0)
         Py_CLEAR(out);
     Py_XDECREF(view);
@@ -296,8 +328,20 @@ NDL_FORWARD(UnDilate)
     Py_XDECREF(view);
     return out;
 }
+/* -> dilate(g) with the input's length along each axis: when that length m
+ * is not a multiple of d+1, dilate(g) alone would be too long, so it is cut
+ * (Note [Dilate to a length]). */
 NDL_BACKWARD(UnDilate)
 {
-    grads[0] = ndl_t_dilate(G, op->axes.n, op->axes.v, op->dilation);
+    int64_t shape[NDL_MAX_DIMS], axes[NDL_MAX_DIMS], length[NDL_MAX_DIMS];
+    int ndim, naxes, cut = 0;
+    if (input_shape(node, 0, &ndim, shape) < 0 || op_axes(op, ndim, &naxes, axes, 1) < 0)
+        return -1;
+    for (int i = 0; i < naxes; i++) {
+        length[i] = shape[axes[i]];
+        cut |= length[i] % (op->dilation + 1) != 0;
+    }
+    grads[0] = cut ? ndl_t_dilate_to(G, naxes, axes, op->dilation, length)
+                   : ndl_t_dilate(G, op->axes.n, op->axes.v, op->dilation);
     return grads[0] ? 0 : -1;
 }

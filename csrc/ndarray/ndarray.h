@@ -117,7 +117,26 @@ NDArrayObject *ndl_array_dilate(NDArrayObject *a, uint64_t axes_mask, int64_t d)
 /* a is (N, H, W, C), already padded; k <= H, W. The compact copy of the
  * as_strided view (N, Ho, Wo, k, k, C), Ho = (H - k) // stride + 1. */
 NDArrayObject *ndl_array_im2col(NDArrayObject *a, int64_t k, int64_t stride);
-/* Private functions for needle._C: _dilate, _im2col and the test switch
+/* The convolution of API.md 4.6: a (N, H, W, C_in) zero-padded by `padding`
+ * on both sides of H and W, cross-correlated with w (K, K, C_in, C_out) at
+ * `stride`: (N, (H+2p-K)//stride + 1, (W+2p-K)//stride + 1, C_out). A
+ * float32/float64 mix computes in float64. Pads once, then im2col and
+ * matmul block by block (Note [Conv in blocks of rows], ndarray_conv.c).
+ * ValueError naming both shapes for a bad rank, a kernel that is not square
+ * or does not fit in the padded input, a channel mismatch, stride < 1 or
+ * padding < 0. */
+NDArrayObject *ndl_array_conv(NDArrayObject *a, NDArrayObject *w, int64_t stride,
+                              int64_t padding);
+/* The same with padding lo[j] before and hi[j] after spatial axis j (H, W);
+ * with `general`, paddings of either sign (negative crops) and any
+ * Kh x Kw kernel are allowed (the convolutions of Conv's gradients). */
+NDArrayObject *ndl_array_conv_general(NDArrayObject *a, NDArrayObject *w, int64_t stride,
+                                      const int64_t *lo, const int64_t *hi, int general);
+/* The argument checks of those two on shapes alone (np mode shares them):
+ * 0 and the output shape in oshape[4], or -1 with ValueError. */
+int ndl_conv_check(int andim, const int64_t *ash, int wndim, const int64_t *wsh, int64_t stride,
+                   const int64_t *lo, const int64_t *hi, int general, int64_t *oshape);
+/* Private functions for needle._C: _dilate, _im2col, _conv and the test switch
  * _skip_optional_slots (module.c adds them to the module). */
 extern PyMethodDef ndl_conv_functions[];
 /* Note [Optional backend slots] (backend.h): NDArray code reads an optional

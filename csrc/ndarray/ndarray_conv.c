@@ -123,35 +123,49 @@ static int dilate_composed(const ndl_backend *be, ndl_dtype dt, const void *a,
     return be->copy(dt, out, &l, dt, a, la);
 }
 
-/* All rows: one copy of the 6-d as_strided view. A row range: one copy per
- * run of rows sharing (n, y), each a 4-d view (x, i, j, c). */
+/* The im2col rows of a kh x kw kernel (the slot's contract, backend.h, with
+ * a rectangular kernel). All rows: one copy of the 6-d as_strided view. A
+ * row range: one copy per stretch of rows, a 5-d view (y, x, i, j, c) for
+ * whole output rows of one image, else a 4-d view (x, i, j, c) for a run of
+ * rows sharing (n, y). */
 static int im2col_composed(const ndl_backend *be, ndl_dtype dt, const void *a,
-                           const ndl_layout *la, int64_t k, int64_t s, int64_t row0,
+                           const ndl_layout *la, int64_t kh, int64_t kw, int64_t s, int64_t row0,
                            int64_t nrows, void *out)
 {
     const int64_t n = la->shape[0], c = la->shape[3];
-    const int64_t ho = (la->shape[1] - k) / s + 1, wo = (la->shape[2] - k) / s + 1;
-    const int64_t *st = la->strides;
+    const int64_t ho = (la->shape[1] - kh) / s + 1, wo = (la->shape[2] - kw) / s + 1;
+    const int64_t *st = la->strides, kkc = kh * kw * c, end = row0 + nrows;
     ndl_layout src, dst;
     int status = NDL_OK;
     if (row0 == 0 && nrows == n * ho * wo) {
-        int64_t shape[6] = {n, ho, wo, k, k, c};
+        int64_t shape[6] = {n, ho, wo, kh, kw, c};
         int64_t strides[6] = {st[0], s * st[1], s * st[2], st[1], st[2], st[3]};
         compact_layout(6, shape, la->offset, &src);
         memcpy(src.strides, strides, sizeof strides);
         compact_layout(6, shape, 0, &dst);
         return be->copy(dt, out, &dst, dt, a, &src);
     }
-    for (int64_t r = row0, done = 0; r < row0 + nrows && status == NDL_OK;) {
+    for (int64_t r = row0, done = 0, len; r < end && status == NDL_OK; r += len, done += len) {
         int64_t x = r % wo, y = (r / wo) % ho, b = r / wo / ho;
-        int64_t len = wo - x < row0 + nrows - r ? wo - x : row0 + nrows - r;
-        int64_t shape[4] = {len, k, k, c};
-        compact_layout(4, shape, la->offset + b * st[0] + y * s * st[1] + x * s * st[2], &src);
-        src.strides[0] = s * st[2], src.strides[1] = st[1];
-        src.strides[2] = st[2], src.strides[3] = st[3];
-        compact_layout(4, shape, done * k * k * c, &dst);
+        int64_t off = la->offset + b * st[0] + y * s * st[1] + x * s * st[2];
+        if (x == 0 && end - r >= wo) { /* whole rows y, y+1, ... of image b */
+            int64_t ny = (end - r) / wo < ho - y ? (end - r) / wo : ho - y;
+            int64_t shape[5] = {ny, wo, kh, kw, c};
+            int64_t strides[5] = {s * st[1], s * st[2], st[1], st[2], st[3]};
+            compact_layout(5, shape, off, &src);
+            memcpy(src.strides, strides, sizeof strides);
+            compact_layout(5, shape, done * kkc, &dst);
+            len = ny * wo;
+        } else {
+            int64_t shape[4];
+            len = wo - x < end - r ? wo - x : end - r;
+            shape[0] = len, shape[1] = kh, shape[2] = kw, shape[3] = c;
+            compact_layout(4, shape, off, &src);
+            src.strides[0] = s * st[2], src.strides[1] = st[1];
+            src.strides[2] = st[2], src.strides[3] = st[3];
+            compact_layout(4, shape, done * kkc, &dst);
+        }
         status = be->copy(dt, out, &dst, dt, a, &src);
-        r += len, done += len;
     }
     return status;
 }
@@ -345,8 +359,8 @@ static NDArrayObject *im2col_run(NDArrayObject *a, int64_t k, int64_t s, int64_t
                     NDL_OPTIONAL_SLOT(be, im2col)
                         ? be->im2col(a->dtype, a->storage->data, &a->layout, k, s, row0, nrows,
                                      out->storage->data)
-                        : im2col_composed(be, a->dtype, a->storage->data, &a->layout, k, s, row0,
-                                          nrows, out->storage->data));
+                        : im2col_composed(be, a->dtype, a->storage->data, &a->layout, k, k, s,
+                                          row0, nrows, out->storage->data));
     return finish(out, status, "im2col");
 }
 
@@ -363,6 +377,332 @@ NDArrayObject *ndl_array_im2col(NDArrayObject *a, int64_t k, int64_t stride)
     if (out == NULL)
         return NULL;
     return im2col_run(a, k, stride, 0, dm.rows, dm.kkc, out);
+}
+
+/* ---- conv (API.md 4.6) ----------------------------------------------------
+ *
+ * Note [Conv in blocks of rows]
+ *   out (N, Ho, Wo, Co) viewed as (N*Ho*Wo, Co) is the im2col matrix of the
+ *   padded input, (N*Ho*Wo, Kh*Kw*C), times the weight viewed as
+ *   (Kh*Kw*C, Co). That matrix is Kh*Kw times the input, so it is never
+ *   built whole: the input is padded once, then for each block of `br` rows
+ *   the im2col slot writes the block into a scratch buffer sized to stay in
+ *   cache, and the matmul slot multiplies it into the same rows of out.
+ *   The loops call only backend slots, so they run with the GIL released;
+ *   each slot spreads its own work over the thread pool.
+ *   - 1x1 kernel, stride 1, no padding: no im2col; the input viewed as
+ *     (N*H*W, C) is the matrix.
+ *   - Dual form, for stride 1 when the output has fewer rows (N*Ho*Wo) than
+ *     the kernel has entries (Kh*Kw*C), as in the weight gradient's convs
+ *     (Note [Conv's gradients are convs], ../autograd/ops_conv.c), whose
+ *     kernel is as large as the input: rows that long would not fit a
+ *     block. The same sums are
+ *       out[n, i, j, o] = sum over (c, t, u) of X[n, i+t, j+u, c] w[t, u, c, o]
+ *     where the (c, t, u) rows of the im2col matrix of X^T = (C, Hp, Wp, N)
+ *     with an Ho x Wo window hold X[n, i+t, j+u, c] at column (i, j, n).
+ *     So blocks of those rows (each only Ho*Wo*N long) are multiplied,
+ *     transposed, by the matching rows of w as a (C*Kh*Kw, Co) matrix, and
+ *     the (Ho*Wo*N, Co) products are summed block by block (split-K; the
+ *     binary slot adds them). The weight gradient's X^T is the forward's
+ *     input itself, so its im2col is the forward's, with square windows.
+ *   - A window that is not square takes the composed im2col (copy slot).
+ *   NOTE: the matmul writes block b at row r0 of out, an interior pointer:
+ *   plain pointer arithmetic on the buffer, valid for host and CUDA memory.
+ */
+
+/* The bytes of a scratch block, and the fewest rows a block has: enough to
+ * keep the matmul's register tiles full (direct), and to keep the adds of
+ * the dual form small beside the products. */
+#define NDL_CONV_BLOCK_BYTES (256 * 1024)
+#define NDL_CONV_BLOCK_MIN_ROWS 96
+#define NDL_CONV_DUAL_MIN_ROWS 256
+
+/* ValueError "conv: <detail> (input shape <a>, weight shape <w>)". */
+static int conv_error(int andim, const int64_t *ash, int wndim, const int64_t *wsh,
+                      const char *fmt, ...)
+{
+    va_list va;
+    PyObject *detail, *ta = ndl_shape_tuple(andim, ash), *tw = ndl_shape_tuple(wndim, wsh);
+    va_start(va, fmt);
+    detail = PyUnicode_FromFormatV(fmt, va);
+    va_end(va);
+    if (detail != NULL && ta != NULL && tw != NULL)
+        PyErr_Format(PyExc_ValueError, "conv: %U (input shape %R, weight shape %R)", detail, ta,
+                     tw);
+    Py_XDECREF(detail);
+    Py_XDECREF(ta);
+    Py_XDECREF(tw);
+    return -1;
+}
+
+int ndl_conv_check(int andim, const int64_t *ash, int wndim, const int64_t *wsh, int64_t stride,
+                   const int64_t *lo, const int64_t *hi, int general, int64_t *oshape)
+{
+    const int64_t limit = (int64_t)1 << 40; /* keeps every sum below exact */
+    if (andim != 4)
+        return conv_error(andim, ash, wndim, wsh, "the input must be 4-D (N, H, W, C_in)");
+    if (wndim != 4)
+        return conv_error(andim, ash, wndim, wsh, "the weight must be 4-D (K, K, C_in, C_out)");
+    if (!general && wsh[0] != wsh[1])
+        return conv_error(andim, ash, wndim, wsh, "the kernel must be square, got %lld x %lld",
+                          (long long)wsh[0], (long long)wsh[1]);
+    if (wsh[2] != ash[3])
+        return conv_error(andim, ash, wndim, wsh,
+                          "the input has C_in = %lld channels but the weight expects %lld",
+                          (long long)ash[3], (long long)wsh[2]);
+    if (stride < 1)
+        return conv_error(andim, ash, wndim, wsh, "stride must be >= 1, got %lld",
+                          (long long)stride);
+    for (int j = 0; j < 2; j++) {
+        int64_t hp;
+        if (!general && (lo[j] < 0 || hi[j] < 0))
+            return conv_error(andim, ash, wndim, wsh, "padding must be >= 0, got %lld",
+                              (long long)(lo[j] < 0 ? lo[j] : hi[j]));
+        if (lo[j] > limit || hi[j] > limit || lo[j] < -limit || hi[j] < -limit)
+            return conv_error(andim, ash, wndim, wsh, "padding %lld is too large",
+                              (long long)(lo[j] > limit || lo[j] < -limit ? lo[j] : hi[j]));
+        hp = ash[1 + j] + lo[j] + hi[j];
+        if (wsh[j] < 1 || wsh[j] > hp)
+            return conv_error(andim, ash, wndim, wsh,
+                              "the %lld x %lld kernel does not fit in the padded input, "
+                              "%lld x %lld (padding %lld)",
+                              (long long)wsh[0], (long long)wsh[1],
+                              (long long)(ash[1] + lo[0] + hi[0]),
+                              (long long)(ash[2] + lo[1] + hi[1]), (long long)lo[j]);
+        oshape[1 + j] = (hp - wsh[j]) / stride + 1;
+    }
+    oshape[0] = ash[0], oshape[3] = wsh[3];
+    return 0;
+}
+
+typedef struct {
+    const ndl_backend *be;
+    ndl_dtype dt;
+    int use_slot;          /* im2col by the slot (square window), else composed */
+    const void *x;         /* im2col's input (B, Hp, Wp, C), any strides */
+    ndl_layout lx;
+    int64_t kh, kw, s;     /* its window and stride */
+    int64_t rows, len, co; /* the im2col matrix is (rows, len); co output channels */
+    int64_t br;            /* rows per block */
+    void *col;             /* scratch (br, len) */
+    const void *w;         /* weight matrix, (len, co) direct, (rows, co) dual */
+    int64_t woff, rsw, csw;
+    char *out;             /* direct: compact (rows, co) */
+    void *acc[3];          /* dual: (len, co) each: a product, the sum, the next sum */
+} conv_job;
+
+static int im2col_block(const conv_job *j, int64_t r0, int64_t nr)
+{
+    if (j->use_slot)
+        return j->be->im2col(j->dt, j->x, &j->lx, j->kh, j->s, r0, nr, j->col);
+    return im2col_composed(j->be, j->dt, j->x, &j->lx, j->kh, j->kw, j->s, r0, nr, j->col);
+}
+
+/* Note [Conv in blocks of rows], direct: out[r0:r0+nr] = col @ w.
+ * Touches no Python. */
+static int conv_direct(const conv_job *j)
+{
+    const int64_t zero = 0, es = (int64_t)ndl_itemsize(j->dt);
+    int status = NDL_OK;
+    for (int64_t r0 = 0; r0 < j->rows && status == NDL_OK; r0 += j->br) {
+        int64_t nr = j->rows - r0 < j->br ? j->rows - r0 : j->br;
+        status = im2col_block(j, r0, nr);
+        if (status == NDL_OK)
+            status = j->be->matmul(j->dt, 1, nr, j->len, j->co, j->col, &zero, j->len, 1, j->w,
+                                   &j->woff, j->rsw, j->csw, j->out + r0 * j->co * es);
+    }
+    return status;
+}
+
+/* Note [Conv in blocks of rows], dual: *sum = the sum over blocks of
+ * col^T @ w[r0:r0+nr], (len, co), one of j->acc. Touches no Python. */
+static int conv_dual(const conv_job *j, void **sum)
+{
+    const int64_t zero = 0;
+    ndl_layout l = {.ndim = 1, .shape = {j->len * j->co}, .strides = {1}};
+    void *prod = j->acc[0], *next = j->acc[2], *t;
+    int status = NDL_OK;
+    *sum = j->acc[1];
+    for (int64_t r0 = 0; r0 < j->rows && status == NDL_OK; r0 += j->br) {
+        int64_t nr = j->rows - r0 < j->br ? j->rows - r0 : j->br, woff = j->woff + r0 * j->rsw;
+        status = im2col_block(j, r0, nr);
+        if (status == NDL_OK)
+            status = j->be->matmul(j->dt, 1, j->len, nr, j->co, j->col, &zero, 1, j->len, j->w,
+                                   &woff, j->rsw, j->csw, r0 == 0 ? *sum : prod);
+        if (status == NDL_OK && r0 > 0) {
+            status = j->be->binary(NDL_BIN_ADD, j->dt, *sum, &l, prod, &l, next);
+            t = *sum, *sum = next, next = t;
+        }
+    }
+    return status;
+}
+
+/* The stride of axes [first, first + n) of l merged into one (row-major), or
+ * 0 when they do not merge; size-1 axes merge with anything. */
+static int64_t merged_stride(const ndl_layout *l, int first, int n)
+{
+    int64_t stride = 0, extent = 1; /* stride of the last non-unit axis seen */
+    for (int i = first + n - 1; i >= first; i--) {
+        if (l->shape[i] == 1)
+            continue;
+        if (stride == 0)
+            stride = l->strides[i];
+        else if (l->strides[i] != stride * extent)
+            return 0;
+        extent *= l->shape[i];
+    }
+    return stride == 0 ? 1 : stride;
+}
+
+/* l with its axes reordered: axis i of the result is axis perm[i] of l. */
+static ndl_layout permuted(const ndl_layout *l, const int *perm)
+{
+    ndl_layout r = *l;
+    for (int i = 0; i < l->ndim; i++)
+        r.shape[i] = l->shape[perm[i]], r.strides[i] = l->strides[perm[i]];
+    return r;
+}
+
+/* j's weight matrix from w, with w's axes in the order perm: its first three
+ * axes merged into rows (a compact copy when they do not merge). The copy,
+ * if any, is kept in *keep. */
+static int conv_weight(conv_job *j, NDArrayObject *w, const int *perm, NDArrayObject **keep)
+{
+    ndl_layout l = permuted(&w->layout, perm);
+    NDArrayObject *v;
+    if (merged_stride(&l, 0, 3) == 0) {
+        v = ndl_array_view(w, &l);
+        *keep = v ? ndl_array_compact(v) : NULL;
+        Py_XDECREF(v);
+        if (*keep == NULL)
+            return -1;
+        w = *keep;
+        l = w->layout;
+    }
+    j->w = w->storage->data, j->woff = l.offset;
+    j->rsw = merged_stride(&l, 0, 3), j->csw = l.strides[3];
+    return 0;
+}
+
+/* a and w checked, of one dtype and device; lo/hi any sign. */
+static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, const int64_t *lo,
+                               const int64_t *hi, const int64_t *oshape)
+{
+    static const int same[4] = {0, 1, 2, 3}, swap03[4] = {3, 1, 2, 0}, ctuo[4] = {2, 0, 1, 3};
+    const ndl_backend *be = a->device->backend;
+    const int64_t kh = w->layout.shape[0], kw = w->layout.shape[1], ci = w->layout.shape[2];
+    const int64_t es = (int64_t)ndl_itemsize(a->dtype), nrows = oshape[0] * oshape[1] * oshape[2];
+    int64_t plo[4] = {0}, phi[4] = {0}, shape[2];
+    ndl_layout la = a->layout, lsum, lout;
+    NDArrayObject *cw = NULL, *view = NULL, *x = NULL, *col = NULL, *out = NULL, *res = NULL;
+    NDArrayObject *acc = NULL;
+    conv_job j = {.be = be, .dt = a->dtype, .s = s, .co = w->layout.shape[3]};
+    int status = NDL_OK, pad = 0, dual = s == 1 && nrows < kh * kw * ci;
+    void *sum;
+    out = ndl_array_empty(a->device, a->dtype, 4, oshape);
+    if (out == NULL || nrows == 0 || j.co == 0)
+        goto done;
+    /* negative padding crops (a view); positive padding is one pad */
+    for (int k = 0; k < 2; k++) {
+        if (lo[k] < 0)
+            la.offset -= lo[k] * la.strides[1 + k], la.shape[1 + k] += lo[k];
+        if (hi[k] < 0)
+            la.shape[1 + k] += hi[k];
+        plo[1 + k] = lo[k] > 0 ? lo[k] : 0, phi[1 + k] = hi[k] > 0 ? hi[k] : 0;
+        pad |= lo[k] > 0 || hi[k] > 0;
+    }
+    if (conv_weight(&j, w, dual ? ctuo : same, &cw) < 0)
+        goto fail;
+    j.out = out->storage->data;
+    if (kh == 1 && kw == 1 && s == 1 && !pad && merged_stride(&la, 0, 3)) {
+        /* 1x1: the input itself is the (rows, C) matrix */
+        int64_t aoff = la.offset, rsa = merged_stride(&la, 0, 3);
+        NDL_KERNEL_CALL(nrows * ci * j.co / 8, status,
+                        be->matmul(j.dt, 1, nrows, ci, j.co, a->storage->data, &aoff, rsa,
+                                   la.strides[3], j.w, &j.woff, j.rsw, j.csw, j.out));
+        goto done;
+    }
+    /* im2col's input: the padded input, or (dual) its transpose (C, Hp, Wp, N) */
+    if (dual)
+        la = permuted(&la, swap03);
+    view = ndl_array_view(a, &la);
+    x = view && pad ? ndl_array_pad(view, plo, phi) : (NDArrayObject *)Py_XNewRef(view);
+    if (x == NULL)
+        goto fail;
+    j.x = x->storage->data, j.lx = x->layout;
+    j.kh = dual ? oshape[1] : kh, j.kw = dual ? oshape[2] : kw;
+    j.rows = dual ? ci * kh * kw : nrows;
+    j.len = dual ? nrows : kh * kw * ci;
+    j.use_slot = j.kh == j.kw && NDL_OPTIONAL_SLOT(be, im2col) != NULL;
+    j.br = j.len ? NDL_CONV_BLOCK_BYTES / (j.len * es) : j.rows;
+    if (j.br < (dual ? NDL_CONV_DUAL_MIN_ROWS : NDL_CONV_BLOCK_MIN_ROWS))
+        j.br = dual ? NDL_CONV_DUAL_MIN_ROWS : NDL_CONV_BLOCK_MIN_ROWS;
+    if (j.br > j.rows)
+        j.br = j.rows;
+    shape[0] = j.br, shape[1] = j.len;
+    col = ndl_array_empty(a->device, a->dtype, 2, shape);
+    shape[0] = 3, shape[1] = j.len * j.co;
+    acc = col && dual ? ndl_array_empty(a->device, a->dtype, 2, shape) : NULL;
+    if (col == NULL || (dual && acc == NULL))
+        goto fail;
+    j.col = col->storage->data;
+    if (!dual) {
+        NDL_KERNEL_CALL(nrows * j.len * j.co / 8, status, conv_direct(&j));
+        goto done;
+    }
+    if (j.rows == 0) { /* no input channels: zeros */
+        NDL_KERNEL_CALL(nrows * j.co, status, be->fill(j.dt, j.out, &out->layout, 0.0));
+        goto done;
+    }
+    for (int k = 0; k < 3; k++)
+        j.acc[k] = (char *)acc->storage->data + k * j.len * j.co * es;
+    NDL_KERNEL_CALL(j.rows * j.len * j.co / 8, status, conv_dual(&j, &sum));
+    if (status != NDL_OK)
+        goto done;
+    /* the sum is (Ho, Wo, N, Co); out is (N, Ho, Wo, Co) */
+    lsum = (ndl_layout){.ndim = 4, .shape = {oshape[1], oshape[2], oshape[0], j.co},
+                        .offset = ((char *)sum - (char *)acc->storage->data) / es};
+    ndl_compact_strides(4, lsum.shape, lsum.strides);
+    lout = permuted(&out->layout, (const int[]){1, 2, 0, 3});
+    NDL_KERNEL_CALL(nrows * j.co, status,
+                    be->copy(j.dt, j.out, &lout, j.dt, acc->storage->data, &lsum));
+done:
+    if (out != NULL && ndl_raise_status(status, "conv") == 0)
+        res = (NDArrayObject *)Py_NewRef(out);
+fail:
+    Py_XDECREF(cw);
+    Py_XDECREF(view);
+    Py_XDECREF(x);
+    Py_XDECREF(col);
+    Py_XDECREF(acc);
+    Py_XDECREF(out);
+    return res;
+}
+
+NDArrayObject *ndl_array_conv_general(NDArrayObject *a, NDArrayObject *w, int64_t stride,
+                                      const int64_t *lo, const int64_t *hi, int general)
+{
+    int64_t oshape[4];
+    ndl_dtype dt = a->dtype > w->dtype ? a->dtype : w->dtype;
+    NDArrayObject *ca, *cw, *out = NULL;
+    if (ndl_conv_check(a->layout.ndim, a->layout.shape, w->layout.ndim, w->layout.shape, stride,
+                       lo, hi, general, oshape) < 0 ||
+        ndl_check_same_device(a, w, "conv") < 0)
+        return NULL;
+    ca = ndl_array_astype(a, dt); /* a float32/float64 mix computes in float64 */
+    cw = ca ? ndl_array_astype(w, dt) : NULL;
+    if (cw != NULL)
+        out = conv_run(ca, cw, stride, lo, hi, oshape);
+    Py_XDECREF(ca);
+    Py_XDECREF(cw);
+    return out;
+}
+
+NDArrayObject *ndl_array_conv(NDArrayObject *a, NDArrayObject *w, int64_t stride,
+                              int64_t padding)
+{
+    int64_t p[2] = {padding, padding};
+    return ndl_array_conv_general(a, w, stride, p, p, 0);
 }
 
 /* ---- private module functions --------------------------------------------- */
@@ -414,6 +754,18 @@ static PyObject *py_im2col(PyObject *mod, PyObject *args)
     return (PyObject *)im2col_run(a, k, s, row0, nrows, dm.kkc, out);
 }
 
+/* _conv(a, w, stride=1, padding=0): ndl_array_conv. */
+static PyObject *py_conv(PyObject *mod, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"a", "w", "stride", "padding", NULL};
+    NDArrayObject *a, *w;
+    long long s = 1, p = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!|LL:_conv", kwlist, &NDArray_Type, &a,
+                                     &NDArray_Type, &w, &s, &p))
+        return NULL;
+    return (PyObject *)ndl_array_conv(a, w, s, p);
+}
+
 /* _skip_optional_slots(flag) -> the previous flag. Tests only: while set,
  * NDArray code takes the fallback of every optional backend slot. */
 static PyObject *py_skip_optional_slots(PyObject *mod, PyObject *arg)
@@ -431,6 +783,9 @@ PyMethodDef ndl_conv_functions[] = {
     {"_im2col", py_im2col, METH_VARARGS,
      "_im2col(a, k, stride[, row0, nrows]): a (N, H, W, C) -> the compact (N, Ho, Wo, k, k, C) "
      "im2col view, or rows [row0, row0 + nrows) of it as an (nrows, k*k*C) array."},
+    {"_conv", (PyCFunction)(void (*)(void))py_conv, METH_VARARGS | METH_KEYWORDS,
+     "_conv(a, w, stride=1, padding=0): a (N, H, W, C_in) convolved with w (K, K, C_in, C_out), "
+     "cross-correlation, zero padding on both sides (API.md 4.6)."},
     {"_skip_optional_slots", py_skip_optional_slots, METH_O,
      "_skip_optional_slots(flag) -> previous flag. Tests only: use the composed fallback of "
      "every optional backend slot (adam, sgd, pad, flip, dilate, im2col)."},

@@ -1,0 +1,134 @@
+/* ops_conv.c: Conv (API.md 4.1, 4.6), the convolution of NHWC activations
+ * with KKIO weights, and its function conv(a, b, stride=1, padding=1).
+ *
+ * Python equivalent:
+ *     class Conv(TensorOp):
+ *         def __init__(self, stride=1, padding=0): ...
+ *         def compute(self, A, B):       # A (N, H, W, C_in), B (K, K, C_in, C_out)
+ *             Apad = pad(A, padding on H and W)
+ *             return einsum("nyxijc,ijco->nyxo", windows(Apad, K, stride), B)
+ *         def gradient(self, g, node):   # both built from ops (below)
+ *     def conv(a, b, stride=1, padding=1): return Conv(stride, padding)(a, b)
+ * The forward is nda_conv (nd: ndl_array_conv_general, im2col and matmul in
+ * blocks; np: NumPy). The gradients are convolutions again, so they are
+ * exact for every size and differentiable any number of times.
+ *
+ * Note [Conv's gradients are convs]
+ *   Write one spatial axis (H; W is the same): input length H, kernel K,
+ *   stride s, padding lo before and hi after (the class pads p on both
+ *   sides), Hp = H + lo + hi, Ho = (Hp - K) // s + 1 outputs and
+ *   r = (Hp - K) mod s rows of the padded input that no window reaches.
+ *   gd = g dilated by s - 1 on (H, W) and cut to Lg = (Ho - 1) s + 1 rows
+ *   (Note [Dilate to a length], ops_shape.c), so gd[y s] = g[y].
+ *     dA[h] = sum over y s + i = h + lo of g[y] B[i]
+ *           = conv(gd, flip(B, (0, 1)) with axes 2, 3 swapped,
+ *                  padding K-1-lo before and K-1-hi+r after)
+ *     (output length Lg + 2K-2-lo-hi+r - K + 1 = H exactly);
+ *     dB[i] = sum over n, y of Apad[y s + i] g[y]
+ *           = conv(A with axes 0, 3 swapped (C_in, H, W, N),
+ *                  gd as an (Lg, Lg', N, C_out) kernel,
+ *                  padding lo before and hi-r after), axes permuted back
+ *     (output length H + lo + hi - r - Lg + 1 = K exactly).
+ *   These are API.md 4.6's constructions with the crops folded into the
+ *   padding: a padding may be negative (a crop) and differ between the two
+ *   sides and axes, and dB's kernel is Lg x Lg', not square. Conv keeps
+ *   those in fields only ndl_t_conv sets (`general`, pad_lo, pad_hi); the
+ *   class itself checks the contract (square kernel, padding >= 0). A
+ *   general Conv's gradients are again general Convs with stride 1, so
+ *   grad of grad needs nothing new.
+ */
+#include "array_api.h"
+
+#define IN(k) PyTuple_GET_ITEM(node->inputs, (k))
+#define G ((PyObject *)g)
+
+/* The op's padding before (lo) and after (hi) axes H and W. */
+static void conv_padding(OpObject *op, int64_t *lo, int64_t *hi)
+{
+    for (int j = 0; j < 2; j++) {
+        lo[j] = op->general ? op->pad_lo[j] : op->padding;
+        hi[j] = op->general ? op->pad_hi[j] : op->padding;
+    }
+}
+
+NDL_FORWARD(Conv)
+{
+    int64_t lo[2], hi[2];
+    conv_padding(op, lo, hi);
+    return nda_conv(x[0], x[1], op->stride, lo, hi, op->general);
+}
+
+/* Note [Conv's gradients are convs] */
+NDL_BACKWARD(Conv)
+{
+    static const int64_t hw[2] = {1, 2}, a_t[4] = {3, 1, 2, 0}, g_t[4] = {1, 2, 0, 3};
+    int64_t ash[NDL_MAX_DIMS], bsh[NDL_MAX_DIMS], gsh[NDL_MAX_DIMS], lo[2], hi[2], r[2],
+        lg[2], plo[2], phi[2];
+    int an, bn, gn, rc = -1;
+    const int64_t s = op->stride;
+    PyObject *gd = NULL, *bf = NULL, *bt = NULL, *at = NULL, *gt = NULL, *db = NULL;
+    if (ndl_value_shape((ValueObject *)IN(0), &an, ash) < 0 ||
+        ndl_value_shape((ValueObject *)IN(1), &bn, bsh) < 0 || ndl_value_shape(g, &gn, gsh) < 0)
+        return -1;
+    conv_padding(op, lo, hi);
+    for (int j = 0; j < 2; j++) {
+        r[j] = (ash[1 + j] + lo[j] + hi[j] - bsh[j]) % s;
+        lg[j] = (gsh[1 + j] - 1) * s + 1;
+    }
+    gd = s > 1 ? ndl_t_dilate_to(G, 2, hw, s - 1, lg) : Py_NewRef(G);
+    if (gd == NULL)
+        goto fail;
+    if (needs[0]) {
+        for (int j = 0; j < 2; j++)
+            plo[j] = bsh[j] - 1 - lo[j], phi[j] = bsh[j] - 1 - hi[j] + r[j];
+        bf = ndl_t_flip(IN(1), 2, (const int64_t[]){0, 1});
+        bt = bf ? ndl_t_transpose(bf, 2, 3) : NULL;
+        grads[0] = bt ? ndl_t_conv(gd, bt, 1, plo, phi) : NULL;
+        if (grads[0] == NULL)
+            goto fail;
+    }
+    if (needs[1]) {
+        for (int j = 0; j < 2; j++)
+            phi[j] = hi[j] - r[j];
+        at = ndl_t_permute(IN(0), 4, a_t);
+        gt = at ? ndl_t_permute(gd, 4, g_t) : NULL;
+        db = gt ? ndl_t_conv(at, gt, 1, lo, phi) : NULL; /* (C_in, K, K, C_out) */
+        grads[1] = db ? ndl_t_permute(db, 4, g_t) : NULL;
+        if (grads[1] == NULL)
+            goto fail;
+    }
+    rc = 0;
+fail:
+    Py_XDECREF(gd);
+    Py_XDECREF(bf);
+    Py_XDECREF(bt);
+    Py_XDECREF(at);
+    Py_XDECREF(gt);
+    Py_XDECREF(db);
+    return rc;
+}
+
+/* conv(a, b, stride=1, padding=1) = Conv(stride, padding)(a, b); `self` is
+ * the class Conv. */
+static PyObject *conv_function(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"a", "b", "stride", "padding", NULL};
+    PyObject *a, *b, *stride = NULL, *padding = NULL, *one = NULL, *op = NULL, *res = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OO:conv", kwlist, &a, &b, &stride,
+                                     &padding))
+        return NULL;
+    one = PyLong_FromLong(1);
+    if (one == NULL)
+        return NULL;
+    op = PyObject_CallFunctionObjArgs(self, stride ? stride : one, padding ? padding : one, NULL);
+    if (op != NULL)
+        res = PyObject_CallFunctionObjArgs(op, a, b, NULL);
+    Py_DECREF(one);
+    Py_XDECREF(op);
+    return res;
+}
+
+PyMethodDef ndl_conv_function_def = {
+    "conv", (PyCFunction)(void (*)(void))conv_function, METH_VARARGS | METH_KEYWORDS,
+    "conv(a, b, stride=1, padding=1): Conv(stride, padding)(a, b); a (N, H, W, C_in), "
+    "b (K, K, C_in, C_out) (API.md 4.6)."};

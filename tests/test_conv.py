@@ -1,0 +1,469 @@
+"""Conv (API.md 4.6) and the shape ops its gradients are made of (4.5).
+
+- forward and gradients vs torch.nn.functional.conv2d over a thinned grid of
+  batch, H, W (odd, even, smaller than the kernel), K, stride, padding,
+  channels and dtype, on plain and non-compact inputs;
+- float64 finite differences for Conv, Dilate, UnDilate (lengths that are
+  not multiples of d+1 too), Flip, Stack and Split;
+- gradients of gradients vs torch.autograd.grad(create_graph=True);
+- the array-level function (needle._C._conv), its blocked and dual paths,
+  the backend fallbacks, dtype mixing, and the errors;
+- np mode: this file and test_nn_conv.py run again in a child process with
+  NEEDLE_BACKEND=np (tests marked nd-only skip there).
+
+Layouts: NHWC activations (N, H, W, C_in), KKIO weights (K, K, C_in, C_out);
+PyTorch gets them permuted to NCHW / OIHW.
+"""
+import itertools
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+import needle as ndl
+
+IS_NP = ndl.BACKEND == "np"
+nd_only = pytest.mark.skipif(IS_NP, reason="nd mode only (NDArray internals)")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOL = {"float32": dict(rtol=2e-4, atol=2e-4), "float64": dict(rtol=1e-9, atol=1e-9)}
+NP_DT = {"float32": np.float32, "float64": np.float64}
+
+
+def torch_conv(a, b, stride, padding):
+    """a (N, H, W, C), b (K, K, C, O) torch tensors -> (N, Ho, Wo, O)."""
+    return torch.nn.functional.conv2d(a.permute(0, 3, 1, 2).contiguous(),
+                                      b.permute(3, 2, 0, 1).contiguous(),
+                                      stride=stride, padding=padding).permute(0, 2, 3, 1)
+
+
+def fits(h, w, k, p):
+    return h + 2 * p >= k and w + 2 * p >= k
+
+
+def thinned(grid, keep, salt=""):
+    """A deterministic ~1/keep sample of itertools.product(*grid)."""
+    return [c for c in itertools.product(*grid)
+            if zlib.crc32((salt + repr(c)).encode()) % keep == 0]
+
+
+# --------------------------------------------------------------------------
+# forward and first gradients vs PyTorch
+# --------------------------------------------------------------------------
+
+GRID = [
+    [1, 2, 3],                        # N
+    [1, 2, 3, 4, 5, 6, 7, 8, 11],     # H
+    [1, 2, 3, 4, 5, 6, 7, 8, 10],     # W
+    [1, 2, 3, 4, 5, 6, 7],            # K
+    [1, 2, 3],                        # stride
+    [0, 1, 2, 3],                     # padding
+    [(1, 1), (2, 3), (3, 2), (4, 5)],  # (C_in, C_out)
+    ["float32", "float64"],
+    ["plain", "T"],                   # T: input and weight are non-compact views
+]
+CASES = thinned(GRID, 900 if not IS_NP else 4000)
+FITTING = [c for c in CASES if fits(c[1], c[2], c[3], c[5])]
+TOO_SMALL = [c for c in CASES if not fits(c[1], c[2], c[3], c[5])]
+# just fitting: H + 2p == K (one output row), and a few classic shapes
+EXACT = [(2, 3, 5, 5, 1, 1, (2, 3), "float64", "plain"),
+         (1, 1, 1, 3, 2, 1, (1, 2), "float64", "plain"),
+         (2, 7, 7, 7, 1, 0, (3, 2), "float32", "plain"),
+         (3, 8, 8, 3, 1, 1, (4, 5), "float32", "T"),
+         (2, 9, 6, 3, 2, 1, (3, 4), "float64", "T"),
+         (2, 10, 10, 4, 3, 3, (2, 2), "float64", "plain"),  # padding > K-1
+         (2, 6, 9, 1, 1, 0, (5, 3), "float64", "plain"),    # 1x1 fast path
+         (2, 6, 9, 1, 1, 0, (5, 3), "float32", "T"),
+         (2, 5, 4, 1, 2, 2, (3, 3), "float64", "plain")]
+
+
+def test_grid_is_broad():
+    assert len(FITTING) >= (200 if not IS_NP else 40) and len(TOO_SMALL) >= (5 if not IS_NP else 1)
+    for axis in (0, 3, 4, 5, 7):
+        assert len({c[axis] for c in FITTING}) == len(GRID[axis]), axis
+
+
+def make_inputs(n, h, w, k, ci, co, dtype, layout):
+    """Leaves and the NHWC / KKIO tensors built from them, in needle (dtype)
+    and torch (always float64, on the same rounded values: the float64 path
+    also avoids oneDNN, which gets some float32 1x1 strided weight gradients
+    wrong in torch 2.x)."""
+    a = np.random.randn(n, h, w, ci).astype(NP_DT[dtype])
+    b = np.random.randn(k, k, ci, co).astype(NP_DT[dtype])
+    if layout == "T":  # leaves (N, W, H, C) and (C_in, K, K, C_out), then permuted views
+        la, lb = np.ascontiguousarray(a.transpose(0, 2, 1, 3)), \
+            np.ascontiguousarray(b.transpose(2, 1, 0, 3))
+        x_leaf, w_leaf = ndl.Tensor(la, dtype=dtype), ndl.Tensor(lb, dtype=dtype)
+        x, wt = x_leaf.transpose((1, 2)), w_leaf.transpose((0, 2))
+        tx_leaf = torch.tensor(la, dtype=torch.float64, requires_grad=True)
+        tw_leaf = torch.tensor(lb, dtype=torch.float64, requires_grad=True)
+        tx, tw = tx_leaf.transpose(1, 2), tw_leaf.transpose(0, 2)
+    else:
+        x_leaf, w_leaf = ndl.Tensor(a, dtype=dtype), ndl.Tensor(b, dtype=dtype)
+        x, wt = x_leaf, w_leaf
+        tx_leaf = torch.tensor(a, dtype=torch.float64, requires_grad=True)
+        tw_leaf = torch.tensor(b, dtype=torch.float64, requires_grad=True)
+        tx, tw = tx_leaf, tw_leaf
+    return (x_leaf, w_leaf, x, wt), (tx_leaf, tw_leaf, tx, tw)
+
+
+def check_against_torch(n, h, w, k, s, p, chans, dtype, layout):
+    ci, co = chans
+    (x_leaf, w_leaf, x, wt), (tx_leaf, tw_leaf, tx, tw) = make_inputs(n, h, w, k, ci, co, dtype,
+                                                                      layout)
+    ref = torch_conv(tx, tw, s, p)
+    y = ndl.conv(x, wt, stride=s, padding=p)
+    assert y.shape == tuple(ref.shape) and y.dtype == dtype
+    np.testing.assert_allclose(y.numpy(), ref.detach().numpy(), **TOL[dtype])
+    g = np.random.randn(*ref.shape).astype(NP_DT[dtype])
+    ref.backward(torch.tensor(g, dtype=torch.float64))
+    y.backward(ndl.Tensor(g, dtype=dtype))
+    for mine, theirs in ((x_leaf, tx_leaf), (w_leaf, tw_leaf)):
+        assert mine.grad.shape == mine.shape and mine.grad.dtype == dtype
+        np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("n, h, w, k, s, p, chans, dtype, layout", FITTING + EXACT)
+def test_conv_vs_torch(n, h, w, k, s, p, chans, dtype, layout):
+    check_against_torch(n, h, w, k, s, p, chans, dtype, layout)
+
+
+@pytest.mark.parametrize("n, h, w, k, s, p, chans, dtype, layout", TOO_SMALL)
+def test_kernel_larger_than_padded_input_raises(n, h, w, k, s, p, chans, dtype, layout):
+    ci, co = chans
+    x = ndl.Tensor(np.zeros((n, h, w, ci)), dtype=dtype)
+    wt = ndl.Tensor(np.zeros((k, k, ci, co)), dtype=dtype)
+    with pytest.raises(ValueError, match=r"does not fit in the padded input.*\(%d, %d, %d, %d\)"
+                       % (n, h, w, ci)):
+        ndl.conv(x, wt, s, p)
+
+
+@nd_only
+@pytest.mark.parametrize("n, h, w, k, s, p, chans, dtype, layout", FITTING[::4] + EXACT[:6])
+def test_conv_vs_torch_on_backend_fallbacks(n, h, w, k, s, p, chans, dtype, layout):
+    """With the optional slots (pad, im2col, ...) switched off: the composed
+    im2col (copy slot) and pad give the same results."""
+    prev = ndl._C._skip_optional_slots(True)
+    try:
+        check_against_torch(n, h, w, k, s, p, chans, dtype, layout)
+    finally:
+        ndl._C._skip_optional_slots(prev)
+
+
+@pytest.mark.parametrize("n, h, w, k, s, p, ci, co", [
+    (4, 17, 19, 3, 1, 1, 8, 16),   # many blocks of rows (forward, dA)
+    (4, 12, 12, 3, 1, 1, 32, 4),   # dual form in several blocks (dB: 576 rows)
+    (3, 13, 9, 5, 2, 2, 6, 7),     # strided, non-square input
+    (2, 16, 16, 3, 3, 0, 16, 8),
+])
+def test_conv_vs_torch_larger(n, h, w, k, s, p, ci, co):
+    check_against_torch(n, h, w, k, s, p, (ci, co), "float32", "plain")
+    check_against_torch(n, h, w, k, s, p, (ci, co), "float64", "T")
+
+
+def test_function_default_padding_is_one_and_class_default_is_zero():
+    x = ndl.Tensor(np.random.randn(2, 5, 5, 3))
+    w = ndl.Tensor(np.random.randn(3, 3, 3, 4))
+    assert ndl.conv(x, w).shape == (2, 5, 5, 4)
+    assert ndl.ops.conv(x, w, 2).shape == (2, 3, 3, 4)
+    assert ndl.conv(x, w).op.padding == 1 and ndl.conv(x, w).op.stride == 1
+    assert ndl.conv(x, w, 2, 0).op.padding == 0 and ndl.conv(x, w, 2, 0).op.stride == 2
+    assert ndl.ops.Conv()(x, w).shape == (2, 3, 3, 4)
+    assert ndl.ops.Conv(stride=2, padding=1)(x, w).shape == (2, 3, 3, 4)
+    assert ndl.ops.Conv(1, 2).padding == 2 and ndl.ops.Conv(3, 2).stride == 3
+    ref = torch_conv(torch.tensor(x.numpy()), torch.tensor(w.numpy()), 1, 1)
+    np.testing.assert_allclose(ndl.conv(x, w).numpy(), ref.numpy(), **TOL[str(x.dtype)])
+    with pytest.raises(TypeError):
+        ndl.conv(x)
+
+
+# --------------------------------------------------------------------------
+# bad arguments
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("xs, ws, s, p, match", [
+    ((5, 5, 3), (3, 3, 3, 2), 1, 1, r"input must be 4-D.*\(5, 5, 3\)"),
+    ((1, 5, 5, 3), (3, 3, 3), 1, 1, r"weight must be 4-D.*\(3, 3, 3\)"),
+    ((1, 5, 5, 3), (3, 2, 3, 2), 1, 1, r"square, got 3 x 2.*\(3, 2, 3, 2\)"),
+    ((1, 5, 5, 3), (3, 3, 4, 2), 1, 1, r"C_in = 3 channels but the weight expects 4"),
+    ((1, 5, 5, 3), (3, 3, 3, 2), 0, 1, r"stride must be >= 1, got 0"),
+    ((1, 5, 5, 3), (3, 3, 3, 2), -2, 1, r"stride must be >= 1, got -2"),
+    ((1, 5, 5, 3), (3, 3, 3, 2), 1, -1, r"padding must be >= 0, got -1"),
+    ((1, 2, 5, 3), (5, 5, 3, 2), 1, 1, r"5 x 5 kernel does not fit .* 4 x 7"),
+])
+def test_bad_arguments_raise_value_errors_naming_the_shapes(xs, ws, s, p, match):
+    x, w = ndl.Tensor(np.zeros(xs)), ndl.Tensor(np.zeros(ws))
+    with pytest.raises(ValueError, match=match):
+        ndl.conv(x, w, s, p)
+    with pytest.raises(ValueError, match=match):
+        ndl.ops.Conv(s, p)(x, w)
+
+
+@nd_only
+def test_array_level_conv_errors_and_devices():
+    nd = ndl.backend_ndarray
+    a, w = nd.array(np.zeros((1, 5, 5, 3))), nd.array(np.zeros((3, 3, 3, 2)))
+    assert ndl._C._conv(a, w, 1, 1).shape == (1, 5, 5, 2)
+    with pytest.raises(ValueError, match=r"padding must be >= 0"):
+        ndl._C._conv(a, w, 1, -1)
+    with pytest.raises(ValueError, match=r"weight must be 4-D"):
+        ndl._C._conv(a, nd.array(np.zeros((3, 3, 3))), 1, 0)
+    with pytest.raises(ValueError, match=r"padding .* is too large"):
+        ndl._C._conv(a, w, 1, 2 ** 50)
+    with pytest.raises(TypeError):
+        ndl._C._conv(np.zeros((1, 5, 5, 3)), w)
+    b = nd.array(np.zeros((3, 3, 3, 2)), device=ndl.cpu_numpy())
+    with pytest.raises(RuntimeError, match="conv"):
+        ndl._C._conv(a, b)
+
+
+# --------------------------------------------------------------------------
+# the array-level function: paths and dtypes
+# --------------------------------------------------------------------------
+
+def np_conv(a, b, s, lo, hi):
+    """Reference: a (N, H, W, C), b (Kh, Kw, C, O), paddings of either sign."""
+    kh, kw = b.shape[:2]
+    for ax, (l, r) in ((1, (lo[0], hi[0])), (2, (lo[1], hi[1]))):
+        sl = [slice(None)] * 4
+        sl[ax] = slice(max(-l, 0), a.shape[ax] - max(-r, 0))
+        a = a[tuple(sl)]
+        pad = [(0, 0)] * 4
+        pad[ax] = (max(l, 0), max(r, 0))
+        a = np.pad(a, pad)
+    win = np.lib.stride_tricks.sliding_window_view(a, (kh, kw), axis=(1, 2))[:, ::s, ::s]
+    return np.einsum("nyxcij,ijco->nyxo", win, b)
+
+
+@nd_only
+@pytest.mark.parametrize("shape_a, shape_w, s, p", [
+    ((2, 9, 9, 3), (9, 9, 3, 4), 1, 0),     # kernel = input: output 1x1 (dual form)
+    ((1, 6, 6, 40), (5, 5, 40, 3), 1, 1),   # few output rows, long kernel (dual form)
+    ((3, 30, 30, 4), (3, 3, 4, 5), 1, 1),   # many blocks (direct)
+    ((2, 8, 8, 3), (1, 1, 3, 5), 1, 0),     # 1x1
+    ((2, 8, 8, 3), (1, 1, 3, 5), 2, 1),     # 1x1 with stride and padding: im2col
+    ((2, 8, 8, 0), (3, 3, 0, 5), 1, 1),     # no input channels: zeros
+    ((0, 8, 8, 2), (3, 3, 2, 5), 1, 1),     # empty batch
+    ((2, 8, 8, 2), (3, 3, 2, 0), 1, 1),     # no output channels
+])
+@pytest.mark.parametrize("skip_slots", [False, True])
+def test_array_conv_paths(shape_a, shape_w, s, p, skip_slots):
+    nd = ndl.backend_ndarray
+    a = np.random.randn(*shape_a)
+    w = np.random.randn(*shape_w)
+    prev = ndl._C._skip_optional_slots(skip_slots)
+    try:
+        got = ndl._C._conv(nd.array(a, dtype="float64"), nd.array(w, dtype="float64"), s, p)
+    finally:
+        ndl._C._skip_optional_slots(prev)
+    ref = np_conv(a, w, s, (p, p), (p, p))
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-10)
+
+
+@nd_only
+def test_array_conv_reads_strided_views_and_mixes_dtypes_to_float64():
+    nd = ndl.backend_ndarray
+    a = np.random.randn(2, 7, 6, 3)
+    w = np.random.randn(3, 3, 3, 4)
+    av = nd.array(a.transpose(0, 2, 1, 3).copy(), dtype="float32").permute((0, 2, 1, 3))
+    wv = nd.array(w.transpose(3, 2, 1, 0).copy(), dtype="float64").permute((3, 2, 1, 0))
+    got = ndl._C._conv(av, wv, 2, 1)
+    assert got.dtype == "float64"
+    ref = np_conv(a.astype(np.float32).astype(np.float64), w, 2, (1, 1), (1, 1))
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-12, atol=1e-12)
+    x32 = ndl.Tensor(a, dtype="float32")
+    w64 = ndl.Tensor(w, dtype="float64")
+    y = ndl.conv(x32, w64, 1, 1)
+    assert y.dtype == "float64"
+    y.sum().backward()
+    assert x32.grad.shape == x32.shape and w64.grad.shape == w64.shape
+
+
+@nd_only
+def test_array_conv_float32_matches_float64_closely():
+    nd = ndl.backend_ndarray
+    a = np.random.randn(4, 16, 16, 32)
+    w = np.random.randn(3, 3, 32, 16) / 17
+    got = ndl._C._conv(nd.array(a, dtype="float32"), nd.array(w, dtype="float32"), 1, 1).numpy()
+    ref = np_conv(a, w, 1, (1, 1), (1, 1))
+    assert np.max(np.abs(got - ref)) < 2e-5 * np.max(np.abs(ref))
+
+
+# --------------------------------------------------------------------------
+# float64 finite differences
+# --------------------------------------------------------------------------
+
+def fd_check(f, arrays, eps=1e-6, max_entries=40):
+    """Gradients of sum(f(*inputs) * W) vs central differences, float64.
+    f returns a Tensor or a TensorTuple; up to max_entries entries per input."""
+    def outputs(arrs):
+        r = f(*[ndl.Tensor(a, dtype="float64") for a in arrs])
+        return [r] if isinstance(r, ndl.Tensor) else [r[i] for i in range(len(r))]
+
+    outs = outputs(arrays)
+    ws = [np.random.randn(*o.shape) for o in outs]
+
+    def loss(arrs):
+        return sum(float(np.sum(o.numpy() * w)) for o, w in zip(outputs(arrs), ws))
+
+    leaves = [ndl.Tensor(a, dtype="float64") for a in arrays]
+    r = f(*leaves)
+    outs = [r] if isinstance(r, ndl.Tensor) else [r[i] for i in range(len(r))]
+    total = None
+    for o, w in zip(outs, ws):
+        t = (o * ndl.Tensor(w, dtype="float64")).sum()
+        total = t if total is None else total + t
+    total.backward()
+    rng = np.random.RandomState(0)
+    for i, x in enumerate(arrays):
+        got = leaves[i].grad.numpy()
+        assert got.shape == x.shape, (got.shape, x.shape)
+        idx = range(x.size) if x.size <= max_entries else rng.choice(x.size, max_entries, False)
+        for j in idx:
+            xp, xm = x.copy(), x.copy()
+            xp.flat[j] += eps
+            xm.flat[j] -= eps
+            num = (loss(arrays[:i] + [xp] + arrays[i + 1:]) -
+                   loss(arrays[:i] + [xm] + arrays[i + 1:])) / (2 * eps)
+            assert abs(got.flat[j] - num) <= 1e-6 * max(1.0, abs(num)), (i, j, got.flat[j], num)
+
+
+@pytest.mark.parametrize("n, h, w, k, s, p, ci, co", [
+    (2, 5, 4, 3, 1, 1, 2, 3),
+    (1, 7, 6, 3, 2, 1, 2, 2),
+    (2, 6, 7, 2, 3, 0, 1, 2),
+    (1, 4, 5, 3, 2, 3, 2, 1),   # padding larger than K-1
+    (1, 5, 5, 5, 1, 0, 3, 2),   # one output pixel
+    (2, 3, 2, 1, 2, 1, 2, 2),
+])
+def test_conv_finite_differences(n, h, w, k, s, p, ci, co):
+    fd_check(lambda a, b: ndl.conv(a, b, s, p),
+             [np.random.randn(n, h, w, ci), np.random.randn(k, k, ci, co)])
+
+
+@pytest.mark.parametrize("shape, axes, d", [
+    ((3, 4), (0,), 1), ((3, 4), (0, 1), 2), ((2, 3, 2), (1, 2), 0), ((2, 5), (1, 7), 1)])
+def test_dilate_finite_differences(shape, axes, d):
+    fd_check(lambda a: ndl.dilate(a, axes, d), [np.random.randn(*shape)])
+
+
+@pytest.mark.parametrize("shape, axes, d", [
+    ((6, 4), (0,), 1),       # multiples of d+1
+    ((7, 5), (0, 1), 1),     # not multiples: the gradient must keep 7 x 5
+    ((8, 5), (0, 1), 2),
+    ((3, 10), (1,), 3),
+    ((2, 5, 3), (1, 2, 5), 4),
+])
+def test_undilate_finite_differences(shape, axes, d):
+    fd_check(lambda a: ndl.undilate(a, axes, d), [np.random.randn(*shape)])
+
+
+@pytest.mark.parametrize("length, d", [(7, 1), (8, 2), (9, 2), (10, 3), (1, 2), (6, 5)])
+def test_undilate_gradient_has_the_input_length(length, d):
+    x = ndl.Tensor(np.random.randn(3, length), dtype="float64")
+    y = ndl.undilate(x, (1,), d)
+    n = (length + d) // (d + 1)
+    assert y.shape == (3, n)
+    np.testing.assert_array_equal(y.numpy(), x.numpy()[:, ::d + 1])
+    g = np.random.randn(3, n)
+    y.backward(ndl.Tensor(g, dtype="float64"))
+    expect = np.zeros((3, length))
+    expect[:, ::d + 1] = g
+    assert x.grad.shape == (3, length)
+    np.testing.assert_array_equal(x.grad.numpy(), expect)
+    # differentiable again: the gradient's own gradient is undilate back
+    x.grad = None
+    y = ndl.undilate(x, (1,), d)
+    gt = ndl.Tensor(g, dtype="float64")
+    y.backward(gt)
+    (x.grad * ndl.Tensor(np.ones((3, length)), dtype="float64")).sum().backward()
+    # contract numbers: dilate/undilate themselves are unchanged
+    assert ndl.dilate(ndl.Tensor(np.ones((2, 3))), (1,), 2).shape == (2, 9)
+
+
+@pytest.mark.parametrize("shape, axes", [((3, 4), (0,)), ((2, 3, 4), (0, 2)), ((5,), None)])
+def test_flip_finite_differences(shape, axes):
+    fd_check(lambda a: ndl.flip(a, axes), [np.random.randn(*shape)])
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_stack_and_split_finite_differences(axis):
+    fd_check(lambda a, b, c: ndl.stack([a, b, c], axis),
+             [np.random.randn(2, 3), np.random.randn(2, 3), np.random.randn(2, 3)])
+    shape = [2, 3, 4]
+    fd_check(lambda a: ndl.split(a, axis), [np.random.randn(*shape)])
+
+
+# --------------------------------------------------------------------------
+# gradients of gradients
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, h, w, k, s, p, ci, co", [
+    (2, 5, 5, 3, 1, 1, 2, 3),
+    (2, 7, 6, 3, 2, 1, 3, 2),
+    (1, 8, 5, 2, 3, 0, 2, 2),
+    (2, 4, 5, 3, 2, 3, 1, 2),   # padding larger than K-1
+    (1, 6, 6, 1, 2, 0, 2, 3),
+    (2, 9, 7, 4, 3, 2, 2, 2),   # (C_out = 1 here breaks torch's own third derivative)
+])
+def test_grad_of_grad_vs_torch(n, h, w, k, s, p, ci, co):
+    a, b = np.random.randn(n, h, w, ci), np.random.randn(k, k, ci, co)
+    ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    out = torch_conv(ta, tb, s, p)
+    g = np.random.randn(*out.shape)
+    ga, gb = torch.autograd.grad((out * torch.tensor(g)).sum(), (ta, tb), create_graph=True)
+    c1, c2 = np.random.randn(*a.shape), np.random.randn(*b.shape)
+    l2 = (ga ** 2 * torch.tensor(c1)).sum() + (gb ** 2 * torch.tensor(c2)).sum()
+    gga, ggb = torch.autograd.grad(l2, (ta, tb), create_graph=True)
+    l3 = (gga ** 2).sum() + (ggb ** 2).sum()
+    ggga, gggb = torch.autograd.grad(l3, (ta, tb))
+
+    x, wt = ndl.Tensor(a, dtype="float64"), ndl.Tensor(b, dtype="float64")
+    y = ndl.conv(x, wt, s, p)
+    (y * ndl.Tensor(g, dtype="float64")).sum().backward()
+    xg, wg = x.grad, wt.grad
+    np.testing.assert_allclose(xg.numpy(), ga.detach().numpy(), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(wg.numpy(), gb.detach().numpy(), rtol=1e-9, atol=1e-9)
+    x.grad = wt.grad = None
+    ((xg ** 2 * ndl.Tensor(c1, dtype="float64")).sum() +
+     (wg ** 2 * ndl.Tensor(c2, dtype="float64")).sum()).backward()
+    xgg, wgg = x.grad, wt.grad
+    np.testing.assert_allclose(xgg.numpy(), gga.detach().numpy(), rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(wgg.numpy(), ggb.detach().numpy(), rtol=1e-8, atol=1e-9)
+    x.grad = wt.grad = None
+    ((xgg ** 2).sum() + (wgg ** 2).sum()).backward()
+    np.testing.assert_allclose(x.grad.numpy(), ggga.numpy(), rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(wt.grad.numpy(), gggb.numpy(), rtol=1e-8, atol=1e-8)
+
+
+def test_gradient_graph_is_made_of_ops():
+    """The gradients are graph nodes built from Conv, Dilate, Flip, Permute ..."""
+    x = ndl.Tensor(np.random.randn(2, 7, 6, 2))
+    w = ndl.Tensor(np.random.randn(3, 3, 2, 3))
+    y = ndl.conv(x, w, 2, 1)
+    y.backward(ndl.Tensor(np.ones(y.shape), requires_grad=True))  # a g that records nodes
+    names = {type(v.op).__name__ for v in ndl.autograd.find_topo_sort([x.grad, w.grad])
+             if v.op is not None}
+    assert {"Conv", "Dilate", "Flip", "Permute"} <= names, names
+
+
+# --------------------------------------------------------------------------
+# np mode: this file and test_nn_conv.py again, in a child process
+# --------------------------------------------------------------------------
+
+@nd_only
+def test_np_mode_in_a_child_process():
+    env = dict(os.environ, NEEDLE_BACKEND="np")
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+         os.path.join("tests", "test_conv.py"), os.path.join("tests", "test_nn_conv.py")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    tail = r.stdout[-3000:] + r.stderr[-2000:]
+    assert r.returncode == 0, tail
+    summary = r.stdout.strip().splitlines()[-1]
+    passed = int(summary.split(" passed")[0].split()[-1])
+    assert passed >= 60, tail
