@@ -251,6 +251,12 @@ PyObject *ndl_t_tuple_get_item(PyObject *t, int64_t i);
 PyObject *ndl_t_flip(PyObject *a, int naxes, const int64_t *axes);
 PyObject *ndl_t_dilate(PyObject *a, int naxes, const int64_t *axes, int64_t d);
 PyObject *ndl_t_undilate(PyObject *a, int naxes, const int64_t *axes, int64_t d);
+/* lstm_gates(z, c): the TensorTuple (h', c') (ops_rnn.c) */
+PyObject *ndl_t_lstm_gates(PyObject *z, PyObject *c);
+/* gather_rows(a, idx) / scatter_rows(g, idx, shape): rows of a picked by
+ * idx, and its gradient (rows of g added into zeros of `shape`). */
+PyObject *ndl_t_gather_rows(PyObject *a, PyObject *idx);
+PyObject *ndl_t_scatter_rows(PyObject *g, PyObject *idx, int ndim, const int64_t *shape);
 /* A constant leaf (requires_grad False) holding array `data`. */
 PyObject *ndl_t_const(PyObject *data);
 /* Sum G over broadcast axes back to `shape` (API.md 4.3). */
