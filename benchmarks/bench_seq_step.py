@@ -2,7 +2,7 @@
 
     python benchmarks/bench_seq_step.py [--layers 2] [--hidden 256] [--embed 256]
         [--seq-len 40] [--batch 32] [--vocab 10000] [--steps 5] [--threads N]
-        [--model lstm|rnn] [--create-graph] [--profile]
+        [--model lstm|rnn] [--create-graph] [--profile] [--fast-one-hot]
 
 Embedding -> LSTM (or RNN) -> Linear -> softmax cross-entropy, then
 backward and one SGD step, on random token ids (float32, initial state
@@ -12,7 +12,9 @@ printed (target: at most 1.5x). needle's backward is backward(create_graph=
 False) unless --create-graph (the course's plain backward(), which also
 records the gradient graph). --profile prints needle's top functions
 (cProfile, with the time spent inside C ops attributed to their Python
-callers).
+callers). --fast-one-hot replaces needle's init.one_hot (which SoftmaxLoss
+calls, and which builds np.eye(vocab)) by a same-valued scatter, to show the
+step without that cost.
 """
 from __future__ import annotations
 
@@ -43,6 +45,18 @@ def run_needle(a) -> dict:
     sys.path.insert(0, ROOT)
     import needle as ndl
     import needle.nn as nn
+
+    if a.fast_one_hot:
+        # NOTE: the device's one_hot is np.eye(n)[i] (n x n float64, 800 MB for
+        # n = 10,000) and dominates SoftmaxLoss; this stand-in gives the same
+        # values, to show the step without that cost.
+        def one_hot(n, i, device=None, dtype="float32", requires_grad=False):
+            labels = i.numpy().astype("int64").reshape(-1)
+            rows = np.zeros((labels.size, n), dtype=dtype)
+            rows[np.arange(labels.size), labels] = 1
+            return ndl.Tensor(rows.reshape(tuple(i.shape) + (n,)), device=device,
+                              dtype=dtype, requires_grad=requires_grad)
+        ndl.init.one_hot = one_hot
 
     np.random.seed(0)
     emb = nn.Embedding(a.vocab, a.embed)
@@ -124,6 +138,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="threads for both libraries")
     ap.add_argument("--create-graph", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--fast-one-hot", action="store_true",
+                    help="needle: SoftmaxLoss's one_hot without np.eye(vocab) (same values)")
     ap.add_argument("--child", choices=("needle", "torch"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
