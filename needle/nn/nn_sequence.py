@@ -345,10 +345,10 @@ class Embedding(Module):
             bad = idx[(idx != np.floor(idx)) | ~np.isfinite(idx)] \
                 if idx.dtype.kind == "f" else idx[:0]
             if bad.size:
-                raise ValueError(f"Embedding: indices must be integers, got {bad.flat[0]!r} "
+                raise ValueError(f"Embedding: indices must be integers, got {bad.flat[0].item()} "
                                  f"in x of shape {tuple(x.shape)}")
             out = idx[(idx < 0) | (idx >= n)]
             if out.size:
-                raise IndexError(f"Embedding: index {out.flat[0]!r} is out of range for "
+                raise IndexError(f"Embedding: index {int(out.flat[0])} is out of range for "
                                  f"num_embeddings={n} (x of shape {tuple(x.shape)})")
         return ops.gather_rows(self.weight, x)
