@@ -575,6 +575,7 @@ def test_wrong_state_and_input_shapes_are_named():
         (lambda: nn.LSTM(3, 4, 2)(X3, (ndl.init.zeros(2, 2, 4), ndl.init.zeros(2, 2, 5))),
          r"c0 must have shape \(2, 2, 4\), got \(2, 2, 5\)"),
         (lambda: nn.LSTM(3, 4)(ndl.init.zeros(5, 2, 7)), r"input_size=3, got shape \(5, 2, 7\)"),
+        (lambda: nn.LSTM(3, 4)(ndl.init.zeros(0, 2, 3)), r"empty.*\(0, 2, 3\)"),
     ]
     for call, msg in cases:
         with pytest.raises(ValueError, match=msg):

@@ -55,6 +55,8 @@ def _check_input(name: str, X: Tensor, ndim: int, input_size: int) -> None:
     if shape[-1] != input_size:
         raise ValueError(f"{name}: the input must be {layout} with input_size={input_size}, "
                          f"got shape {shape}")
+    if ndim == 3 and shape[0] == 0:
+        raise ValueError(f"{name}: the sequence is empty (seq_len 0), got shape {shape}")
 
 
 def _check_state(name: str, what: str, h, shape: Tuple[int, ...]) -> None:
@@ -107,7 +109,7 @@ def _input_steps(X: Tensor, W_ih: Tensor, bias_ih: Optional[Tensor]) -> List[Ten
     T, bs, n_in = X.shape
     n = W_ih.shape[1]
     if bs == 1:
-        steps = [x @ W_ih for x in _split_steps(X.reshape((T, 1, n_in)))]
+        steps = [x @ W_ih for x in _split_steps(X)]
         if bias_ih is not None:
             b = _row(bias_ih, 1)
             steps = [s + b for s in steps]
