@@ -382,81 +382,78 @@ double nda_max_finite(PyObject *a)
 
 /* ---- rows picked by integer indices ------------------------------------- */
 
-/* idx's elements as a host buffer of doubles (*buf, PyMem_Free it), or -1.
- * NOTE: doubles hold every integer below 2**53 exactly, far beyond any row
- * count; float32 indices (nd mode's Tensors) convert exactly. */
+/* idx's elements as a host buffer of doubles (*buf, PyMem_Free it; NULL on
+ * error), or -1. NOTE: doubles hold every integer below 2**53 exactly, far
+ * beyond any row count; float32 indices (nd mode's Tensors) convert exactly. */
 static int indices_as_doubles(PyObject *idx, double **buf, int64_t *n)
 {
+    NDArrayObject *c = NULL;
+    PyObject *args = NULL, *kw = NULL, *arr = NULL;
+    Py_buffer view = {0};
+    const void *src = NULL;
+    int rc = -1, st = NDL_OK;
     *buf = NULL;
-    if (NDArray_Check(idx)) {
-        NDArrayObject *c = ndl_array_copy((NDArrayObject *)idx, NDL_FLOAT64);
-        int st;
-        if (c == NULL)
-            return -1;
+    if (NDArray_Check(idx)) { /* a compact float64 copy, read from its device */
+        if ((c = ndl_array_copy((NDArrayObject *)idx, NDL_FLOAT64)) == NULL)
+            goto fail;
         *n = ndl_array_size(c);
-        *buf = PyMem_Malloc((size_t)(*n ? *n : 1) * sizeof(double));
-        if (*buf == NULL) {
-            Py_DECREF(c);
-            PyErr_NoMemory();
-            return -1;
-        }
-        st = c->storage->backend->to_host(*buf, (double *)c->storage->data + c->layout.offset,
-                                          (size_t)*n * sizeof(double));
-        Py_DECREF(c);
-        if (ndl_raise_status(st, "reading indices") < 0) {
-            PyMem_Free(*buf);
-            *buf = NULL;
-            return -1;
-        }
-        return 0;
+        src = (const double *)c->storage->data + c->layout.offset;
+    } else { /* numpy.ascontiguousarray(idx, dtype="float64") */
+        args = PyTuple_Pack(1, idx);
+        kw = args ? Py_BuildValue("{ss}", "dtype", "float64") : NULL;
+        arr = kw ? PyObject_Call(np_ascontiguousarray, args, kw) : NULL;
+        if (arr == NULL || PyObject_GetBuffer(arr, &view, PyBUF_C_CONTIGUOUS) < 0)
+            goto fail;
+        *n = (int64_t)(view.len / (Py_ssize_t)sizeof(double));
+        src = view.buf;
     }
-    PyObject *args = PyTuple_Pack(1, idx), *kw = Py_BuildValue("{ss}", "dtype", "float64");
-    PyObject *arr = args && kw ? PyObject_Call(np_ascontiguousarray, args, kw) : NULL;
-    Py_buffer view;
-    int rc = -1;
-    Py_XDECREF(args);
-    Py_XDECREF(kw);
-    if (arr == NULL || PyObject_GetBuffer(arr, &view, PyBUF_C_CONTIGUOUS) < 0) {
-        Py_XDECREF(arr);
-        return -1;
-    }
-    *n = (int64_t)(view.len / (Py_ssize_t)sizeof(double));
     *buf = PyMem_Malloc((size_t)(*n ? *n : 1) * sizeof(double));
     if (*buf == NULL) {
         PyErr_NoMemory();
-    } else {
-        memcpy(*buf, view.buf, (size_t)*n * sizeof(double));
-        rc = 0;
+        goto fail;
     }
-    PyBuffer_Release(&view);
-    Py_DECREF(arr);
+    if (c != NULL)
+        st = c->storage->backend->to_host(*buf, src, (size_t)*n * sizeof(double));
+    else
+        memcpy(*buf, src, (size_t)*n * sizeof(double));
+    if (ndl_raise_status(st, "reading indices") < 0) {
+        PyMem_Free(*buf);
+        *buf = NULL;
+        goto fail;
+    }
+    rc = 0;
+fail:
+    if (view.obj != NULL)
+        PyBuffer_Release(&view);
+    Py_XDECREF(c);
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
+    Py_XDECREF(arr);
     return rc;
 }
 
 int nda_indices(PyObject *idx, int64_t bound, const char *what, int64_t **out, int64_t *n)
 {
-    double *d;
-    int64_t *r;
+    double *d = NULL;
+    int64_t *r = NULL;
+    int rc = -1;
     *out = NULL;
     if (indices_as_doubles(idx, &d, n) < 0)
-        return -1;
-    r = PyMem_Malloc((size_t)(*n ? *n : 1) * sizeof(int64_t));
-    if (r == NULL) {
-        PyMem_Free(d);
+        goto fail;
+    if ((r = PyMem_Malloc((size_t)(*n ? *n : 1) * sizeof(int64_t))) == NULL) {
         PyErr_NoMemory();
-        return -1;
+        goto fail;
     }
     for (int64_t k = 0; k < *n; k++) {
+        PyObject *v;
         if (!(d[k] == floor(d[k])) || isinf(d[k])) { /* NaN fails the test too */
-            PyObject *v = PyFloat_FromDouble(d[k]);
-            if (v != NULL)
+            if ((v = PyFloat_FromDouble(d[k])) != NULL)
                 PyErr_Format(PyExc_ValueError, "%s: indices must be integers, got %R", what, v);
             Py_XDECREF(v);
             goto fail;
         }
         if (d[k] < 0 || d[k] >= (double)bound) {
-            PyObject *v = PyLong_FromDouble(d[k]);
-            if (v != NULL)
+            if ((v = PyLong_FromDouble(d[k])) != NULL)
                 PyErr_Format(PyExc_IndexError, "%s: index %R is out of range for %lld rows", what,
                              v, (long long)bound);
             Py_XDECREF(v);
@@ -464,13 +461,13 @@ int nda_indices(PyObject *idx, int64_t bound, const char *what, int64_t **out, i
         }
         r[k] = (int64_t)d[k];
     }
-    PyMem_Free(d);
     *out = r;
-    return 0;
+    r = NULL;
+    rc = 0;
 fail:
     PyMem_Free(d);
     PyMem_Free(r);
-    return -1;
+    return rc;
 }
 
 /* The shape idx.shape + a_shape[1:] into *ndim, shape; -1 if too many dims. */
@@ -494,10 +491,30 @@ static int rows_shape(PyObject *idx, int an, const int64_t *ashape, int *ndim, i
     return 0;
 }
 
-/* np mode: idx as a numpy int64 array (its values already checked). */
-static PyObject *np_int_indices(PyObject *idx)
+/* np mode: numpy.take(a, idx.astype("int64"), axis=0), idx already checked. */
+static PyObject *np_take_rows(PyObject *a, PyObject *idx)
 {
-    return PyObject_CallMethod(idx, "astype", "s", "int64");
+    PyObject *ii = PyObject_CallMethod(idx, "astype", "s", "int64");
+    PyObject *r = ii ? PyObject_CallFunction(np_take, "OOi", a, ii, 0) : NULL;
+    PyObject *res = r ? nda_as_np_array(r) : NULL;
+    Py_XDECREF(ii);
+    Py_XDECREF(r);
+    return res;
+}
+
+/* np mode: numpy.add.at(zeros(shape), idx.astype("int64"), g), idx already checked. */
+static PyObject *np_scatter_rows(PyObject *g, PyObject *idx, int ndim, const int64_t *shape)
+{
+    PyObject *ii = PyObject_CallMethod(idx, "astype", "s", "int64");
+    PyObject *out = ii ? nda_full_like(g, ndim, shape, 0.0) : NULL;
+    PyObject *at = out ? PyObject_GetAttrString(np_binary[NDL_BIN_ADD], "at") : NULL;
+    PyObject *r = at ? PyObject_CallFunctionObjArgs(at, out, ii, g, NULL) : NULL;
+    if (r == NULL)
+        Py_CLEAR(out);
+    Py_XDECREF(ii);
+    Py_XDECREF(at);
+    Py_XDECREF(r);
+    return out;
 }
 
 /* The row r of a compact array of `row` elements per row, as a 1-D layout. */
@@ -513,35 +530,31 @@ PyObject *nda_take_rows(PyObject *a, PyObject *idx)
     int64_t ashape[NDL_MAX_DIMS], shape[NDL_MAX_DIMS], *ix = NULL, n, row = 1;
     int an, ndim, st = NDL_OK;
     NDArrayObject *ac = NULL, *out = NULL;
-    PyObject *ii, *res;
     if (nda_shape(a, &an, ashape) < 0 ||
         rows_shape(idx, an, ashape, &ndim, shape, "gather_rows") < 0 ||
         nda_indices(idx, ashape[0], "gather_rows", &ix, &n) < 0)
-        return NULL;
+        goto fail;
     if (!NDArray_Check(a)) {
-        ii = np_int_indices(idx);
-        res = ii ? PyObject_CallFunction(np_take, "OOi", a, ii, 0) : NULL;
-        Py_XDECREF(ii);
         PyMem_Free(ix);
-        Py_XSETREF(res, res ? nda_as_np_array(res) : NULL);
-        return res;
+        return np_take_rows(a, idx);
     }
     for (int i = 1; i < an; i++)
         row *= ashape[i];
     ac = ndl_array_compact((NDArrayObject *)a);
     out = ac ? ndl_array_empty(ac->device, ac->dtype, ndim, shape) : NULL;
-    if (out != NULL && row > 0) {
-        const ndl_backend *be = ac->storage->backend;
-        /* One copy per row through the backend's copy slot, so any backend works. */
-        Py_BEGIN_ALLOW_THREADS
-        for (int64_t k = 0; k < n && st == NDL_OK; k++) {
-            ndl_layout ls = row_layout(ac, ix[k], row), ld = row_layout(out, k, row);
-            st = be->copy(ac->dtype, out->storage->data, &ld, ac->dtype, ac->storage->data, &ls);
-        }
-        Py_END_ALLOW_THREADS
-        if (ndl_raise_status(st, "gather_rows") < 0)
-            Py_CLEAR(out);
+    if (out == NULL)
+        goto fail;
+    /* One copy per row through the backend's copy slot, so any backend works. */
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t k = 0; k < n && row > 0 && st == NDL_OK; k++) {
+        ndl_layout ls = row_layout(ac, ix[k], row), ld = row_layout(out, k, row);
+        st = ac->storage->backend->copy(ac->dtype, out->storage->data, &ld, ac->dtype,
+                                        ac->storage->data, &ls);
     }
+    Py_END_ALLOW_THREADS
+    if (ndl_raise_status(st, "gather_rows") < 0)
+        Py_CLEAR(out);
+fail:
     Py_XDECREF(ac);
     PyMem_Free(ix);
     return (PyObject *)out;
@@ -552,10 +565,11 @@ PyObject *nda_scatter_rows(PyObject *g, PyObject *idx, int ndim, const int64_t *
     int64_t gshape[NDL_MAX_DIMS], want[NDL_MAX_DIMS], *ix = NULL, n, row = 1;
     int gnd, wnd, st = NDL_OK;
     NDArrayObject *gc = NULL, *out = NULL;
-    PyObject *res = NULL;
-    if (nda_shape(g, &gnd, gshape) < 0 || rows_shape(idx, ndim, shape, &wnd, want,
-                                                     "scatter_rows") < 0)
-        return NULL;
+    const ndl_backend *be;
+    void *tmp = NULL;
+    if (nda_shape(g, &gnd, gshape) < 0 ||
+        rows_shape(idx, ndim, shape, &wnd, want, "scatter_rows") < 0)
+        goto fail;
     if (gnd != wnd || memcmp(gshape, want, sizeof(int64_t) * (size_t)gnd) != 0) {
         PyObject *a = ndl_shape_tuple(gnd, gshape), *b = ndl_shape_tuple(wnd, want);
         if (a && b)
@@ -563,53 +577,43 @@ PyObject *nda_scatter_rows(PyObject *g, PyObject *idx, int ndim, const int64_t *
                          "the table need %R", a, b);
         Py_XDECREF(a);
         Py_XDECREF(b);
-        return NULL;
+        goto fail;
     }
     if (nda_indices(idx, shape[0], "scatter_rows", &ix, &n) < 0)
-        return NULL;
+        goto fail;
     if (!NDArray_Check(g)) {
-        PyObject *ii = np_int_indices(idx), *at = NULL, *r;
-        res = ii ? nda_full_like(g, ndim, shape, 0.0) : NULL;
-        at = res ? PyObject_GetAttrString(np_binary[NDL_BIN_ADD], "at") : NULL;
-        r = at ? PyObject_CallFunctionObjArgs(at, res, ii, g, NULL) : NULL;
-        if (r == NULL)
-            Py_CLEAR(res);
-        Py_XDECREF(r);
-        Py_XDECREF(at);
-        Py_XDECREF(ii);
         PyMem_Free(ix);
-        return res;
+        return np_scatter_rows(g, idx, ndim, shape);
     }
     for (int i = 1; i < ndim; i++)
         row *= shape[i];
     gc = ndl_array_compact((NDArrayObject *)g);
     out = gc ? ndl_array_full(gc->device, gc->dtype, ndim, shape, 0.0) : NULL;
-    if (out != NULL && row > 0 && n > 0) {
-        const ndl_backend *be = gc->storage->backend;
-        size_t nbytes = (size_t)row * ndl_itemsize(gc->dtype);
-        void *tmp = be->alloc(nbytes);
-        if (tmp == NULL) {
-            PyErr_NoMemory();
-            Py_CLEAR(out);
-            goto done;
-        }
-        /* out[ix[k]] = out[ix[k]] + g[k] for k in order, through the backend's
-         * binary and copy slots (a binary result never overlaps its inputs). */
-        Py_BEGIN_ALLOW_THREADS
-        ndl_layout lt = {.ndim = 1, .shape = {row}, .strides = {1}};
-        for (int64_t k = 0; k < n && st == NDL_OK; k++) {
-            ndl_layout lo = row_layout(out, ix[k], row), lg = row_layout(gc, k, row);
-            st = be->binary(NDL_BIN_ADD, gc->dtype, out->storage->data, &lo, gc->storage->data,
-                            &lg, tmp);
-            if (st == NDL_OK)
-                st = be->copy(gc->dtype, out->storage->data, &lo, gc->dtype, tmp, &lt);
-        }
-        Py_END_ALLOW_THREADS
-        be->free(tmp);
-        if (ndl_raise_status(st, "scatter_rows") < 0)
-            Py_CLEAR(out);
+    if (out == NULL)
+        goto fail;
+    be = gc->storage->backend;
+    if (row > 0 && n > 0 && (tmp = be->alloc((size_t)row * ndl_itemsize(gc->dtype))) == NULL) {
+        PyErr_NoMemory();
+        Py_CLEAR(out);
+        goto fail;
     }
-done:
+    /* out[ix[k]] = out[ix[k]] + g[k] for k in order, through the backend's
+     * binary and copy slots (a binary result never overlaps its inputs). */
+    Py_BEGIN_ALLOW_THREADS
+    ndl_layout lt = {.ndim = 1, .shape = {row}, .strides = {1}};
+    for (int64_t k = 0; k < n && tmp != NULL && st == NDL_OK; k++) {
+        ndl_layout lo = row_layout(out, ix[k], row), lg = row_layout(gc, k, row);
+        st = be->binary(NDL_BIN_ADD, gc->dtype, out->storage->data, &lo, gc->storage->data, &lg,
+                        tmp);
+        if (st == NDL_OK)
+            st = be->copy(gc->dtype, out->storage->data, &lo, gc->dtype, tmp, &lt);
+    }
+    Py_END_ALLOW_THREADS
+    if (tmp != NULL)
+        be->free(tmp);
+    if (ndl_raise_status(st, "scatter_rows") < 0)
+        Py_CLEAR(out);
+fail:
     Py_XDECREF(gc);
     PyMem_Free(ix);
     return (PyObject *)out;

@@ -24,6 +24,17 @@
  *   backward rules of Sigmoid (g * y * (1 - y)), Tanh (g * (1 - y^2)) and
  *   the products, so gradients of gradients work and match the composition
  *   to float rounding.
+ *
+ * Note [Rows by index]
+ *   Embedding's contract is one_hot(x) @ weight; over a 10,000-word
+ *   vocabulary that matmul (and its gradient one_hot^T @ g) is ~99.99%
+ *   multiplications by zero. GatherRows copies the picked rows (the same
+ *   values) and ScatterRows adds rows of g into zeros in index order (the
+ *   same sums, in another order). Each is the other's gradient, so gradients
+ *   of gradients stay ops. Indices are a Tensor of integer values (float32
+ *   in nd mode, exact below 2**24), read to the host and checked
+ *   (nda_indices); the rows move through the backend's copy and binary
+ *   slots, so every backend runs them. An index input gets a zero gradient.
  */
 #include <string.h>
 
