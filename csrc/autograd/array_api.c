@@ -2,6 +2,7 @@
  * (array_api.h). nd mode calls the C array layer directly; np mode calls
  * NumPy's functions (looked up once, at init) from C. */
 #include <float.h>
+#include <math.h>
 #include <string.h>
 
 #include "array_api.h"
@@ -14,7 +15,7 @@ static PyObject *np_unary[NDL_NUM_UNARY];
 static PyObject *np_reduce[NDL_NUM_REDUCE];
 static PyObject *np_asarray, *np_ndarray, *np_reshape, *np_broadcast_to, *np_transpose, *np_matmul,
     *np_flip, *np_full, *np_empty, *np_finfo, *np_ascontiguousarray, *np_pad, *np_tensordot,
-    *np_sliding_window_view;
+    *np_sliding_window_view, *np_take;
 
 /* *slot = numpy.<name>, or NULL when name is NULL. */
 static int get_np(PyObject **slot, const char *name)
@@ -55,7 +56,7 @@ int nda_init(void)
         get_np(&np_flip, "flip") < 0 || get_np(&np_full, "full") < 0 ||
         get_np(&np_empty, "empty") < 0 || get_np(&np_finfo, "finfo") < 0 ||
         get_np(&np_ascontiguousarray, "ascontiguousarray") < 0 || get_np(&np_pad, "pad") < 0 ||
-        get_np(&np_tensordot, "tensordot") < 0)
+        get_np(&np_tensordot, "tensordot") < 0 || get_np(&np_take, "take") < 0)
         return -1;
     {
         PyObject *tricks = PyImport_ImportModule("numpy.lib.stride_tricks");
@@ -460,4 +461,243 @@ double nda_max_finite(PyObject *a)
     Py_XDECREF(info);
     Py_XDECREF(mx);
     return v;
+}
+
+/* ---- rows picked by integer indices ------------------------------------- */
+
+/* idx's elements as a host buffer of doubles (*buf, PyMem_Free it; NULL on
+ * error), or -1. NOTE: doubles hold every integer below 2**53 exactly, far
+ * beyond any row count; float32 indices (nd mode's Tensors) convert exactly. */
+static int indices_as_doubles(PyObject *idx, double **buf, int64_t *n)
+{
+    NDArrayObject *c = NULL;
+    PyObject *args = NULL, *kw = NULL, *arr = NULL;
+    Py_buffer view = {0};
+    const void *src = NULL;
+    int rc = -1, st = NDL_OK;
+    *buf = NULL;
+    if (NDArray_Check(idx)) { /* a compact float64 copy, read from its device */
+        if ((c = ndl_array_copy((NDArrayObject *)idx, NDL_FLOAT64)) == NULL)
+            goto fail;
+        *n = ndl_array_size(c);
+        src = (const double *)c->storage->data + c->layout.offset;
+    } else { /* numpy.ascontiguousarray(idx, dtype="float64") */
+        args = PyTuple_Pack(1, idx);
+        kw = args ? Py_BuildValue("{ss}", "dtype", "float64") : NULL;
+        arr = kw ? PyObject_Call(np_ascontiguousarray, args, kw) : NULL;
+        if (arr == NULL || PyObject_GetBuffer(arr, &view, PyBUF_C_CONTIGUOUS) < 0)
+            goto fail;
+        *n = (int64_t)(view.len / (Py_ssize_t)sizeof(double));
+        src = view.buf;
+    }
+    *buf = PyMem_Malloc((size_t)(*n ? *n : 1) * sizeof(double));
+    if (*buf == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    if (c != NULL)
+        st = c->storage->backend->to_host(*buf, src, (size_t)*n * sizeof(double));
+    else
+        memcpy(*buf, src, (size_t)*n * sizeof(double));
+    if (ndl_raise_status(st, "reading indices") < 0) {
+        PyMem_Free(*buf);
+        *buf = NULL;
+        goto fail;
+    }
+    rc = 0;
+fail:
+    if (view.obj != NULL)
+        PyBuffer_Release(&view);
+    Py_XDECREF(c);
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
+    Py_XDECREF(arr);
+    return rc;
+}
+
+int nda_indices(PyObject *idx, int64_t bound, const char *what, int64_t **out, int64_t *n)
+{
+    double *d = NULL;
+    int64_t *r = NULL;
+    int rc = -1;
+    *out = NULL;
+    if (indices_as_doubles(idx, &d, n) < 0)
+        goto fail;
+    if ((r = PyMem_Malloc((size_t)(*n ? *n : 1) * sizeof(int64_t))) == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (int64_t k = 0; k < *n; k++) {
+        PyObject *v;
+        if (!(d[k] == floor(d[k])) || isinf(d[k])) { /* NaN fails the test too */
+            if ((v = PyFloat_FromDouble(d[k])) != NULL)
+                PyErr_Format(PyExc_ValueError, "%s: indices must be integers, got %R", what, v);
+            Py_XDECREF(v);
+            goto fail;
+        }
+        if (d[k] < 0 || d[k] >= (double)bound) {
+            if ((v = PyLong_FromDouble(d[k])) != NULL)
+                PyErr_Format(PyExc_IndexError, "%s: index %R is out of range for %lld rows", what,
+                             v, (long long)bound);
+            Py_XDECREF(v);
+            goto fail;
+        }
+        r[k] = (int64_t)d[k];
+    }
+    *out = r;
+    r = NULL;
+    rc = 0;
+fail:
+    PyMem_Free(d);
+    PyMem_Free(r);
+    return rc;
+}
+
+/* The shape idx.shape + a_shape[1:] into *ndim, shape; -1 if too many dims. */
+static int rows_shape(PyObject *idx, int an, const int64_t *ashape, int *ndim, int64_t *shape,
+                      const char *what)
+{
+    int ni;
+    if (an < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: the table needs at least one dimension", what);
+        return -1;
+    }
+    if (nda_shape(idx, &ni, shape) < 0)
+        return -1;
+    if (ni + an - 1 > NDL_MAX_DIMS) {
+        PyErr_Format(PyExc_ValueError, "%s: the result would have %d dimensions (at most %d)",
+                     what, ni + an - 1, NDL_MAX_DIMS);
+        return -1;
+    }
+    memcpy(shape + ni, ashape + 1, sizeof(int64_t) * (size_t)(an - 1));
+    *ndim = ni + an - 1;
+    return 0;
+}
+
+/* np mode: numpy.take(a, idx.astype("int64"), axis=0), idx already checked. */
+static PyObject *np_take_rows(PyObject *a, PyObject *idx)
+{
+    PyObject *ii = PyObject_CallMethod(idx, "astype", "s", "int64");
+    PyObject *r = ii ? PyObject_CallFunction(np_take, "OOi", a, ii, 0) : NULL;
+    PyObject *res = r ? nda_as_np_array(r) : NULL;
+    Py_XDECREF(ii);
+    Py_XDECREF(r);
+    return res;
+}
+
+/* np mode: numpy.add.at(zeros(shape), idx.astype("int64"), g), idx already checked. */
+static PyObject *np_scatter_rows(PyObject *g, PyObject *idx, int ndim, const int64_t *shape)
+{
+    PyObject *ii = PyObject_CallMethod(idx, "astype", "s", "int64");
+    PyObject *out = ii ? nda_full_like(g, ndim, shape, 0.0) : NULL;
+    PyObject *at = out ? PyObject_GetAttrString(np_binary[NDL_BIN_ADD], "at") : NULL;
+    PyObject *r = at ? PyObject_CallFunctionObjArgs(at, out, ii, g, NULL) : NULL;
+    if (r == NULL)
+        Py_CLEAR(out);
+    Py_XDECREF(ii);
+    Py_XDECREF(at);
+    Py_XDECREF(r);
+    return out;
+}
+
+/* The row r of a compact array of `row` elements per row, as a 1-D layout. */
+static ndl_layout row_layout(const NDArrayObject *a, int64_t r, int64_t row)
+{
+    ndl_layout l = {.ndim = 1, .shape = {row}, .strides = {1}};
+    l.offset = a->layout.offset + r * row;
+    return l;
+}
+
+PyObject *nda_take_rows(PyObject *a, PyObject *idx)
+{
+    int64_t ashape[NDL_MAX_DIMS], shape[NDL_MAX_DIMS], *ix = NULL, n, row = 1;
+    int an, ndim, st = NDL_OK;
+    NDArrayObject *ac = NULL, *out = NULL;
+    if (nda_shape(a, &an, ashape) < 0 ||
+        rows_shape(idx, an, ashape, &ndim, shape, "gather_rows") < 0 ||
+        nda_indices(idx, ashape[0], "gather_rows", &ix, &n) < 0)
+        goto fail;
+    if (!NDArray_Check(a)) {
+        PyMem_Free(ix);
+        return np_take_rows(a, idx);
+    }
+    for (int i = 1; i < an; i++)
+        row *= ashape[i];
+    ac = ndl_array_compact((NDArrayObject *)a);
+    out = ac ? ndl_array_empty(ac->device, ac->dtype, ndim, shape) : NULL;
+    if (out == NULL)
+        goto fail;
+    /* One copy per row through the backend's copy slot, so any backend works. */
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t k = 0; k < n && row > 0 && st == NDL_OK; k++) {
+        ndl_layout ls = row_layout(ac, ix[k], row), ld = row_layout(out, k, row);
+        st = ac->storage->backend->copy(ac->dtype, out->storage->data, &ld, ac->dtype,
+                                        ac->storage->data, &ls);
+    }
+    Py_END_ALLOW_THREADS
+    if (ndl_raise_status(st, "gather_rows") < 0)
+        Py_CLEAR(out);
+fail:
+    Py_XDECREF(ac);
+    PyMem_Free(ix);
+    return (PyObject *)out;
+}
+
+PyObject *nda_scatter_rows(PyObject *g, PyObject *idx, int ndim, const int64_t *shape)
+{
+    int64_t gshape[NDL_MAX_DIMS], want[NDL_MAX_DIMS], *ix = NULL, n, row = 1;
+    int gnd, wnd, st = NDL_OK;
+    NDArrayObject *gc = NULL, *out = NULL;
+    const ndl_backend *be;
+    void *tmp = NULL;
+    if (nda_shape(g, &gnd, gshape) < 0 ||
+        rows_shape(idx, ndim, shape, &wnd, want, "scatter_rows") < 0)
+        goto fail;
+    if (gnd != wnd || memcmp(gshape, want, sizeof(int64_t) * (size_t)gnd) != 0) {
+        PyObject *a = ndl_shape_tuple(gnd, gshape), *b = ndl_shape_tuple(wnd, want);
+        if (a && b)
+            PyErr_Format(PyExc_ValueError, "scatter_rows: the rows have shape %R, the indices and "
+                         "the table need %R", a, b);
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        goto fail;
+    }
+    if (nda_indices(idx, shape[0], "scatter_rows", &ix, &n) < 0)
+        goto fail;
+    if (!NDArray_Check(g)) {
+        PyMem_Free(ix);
+        return np_scatter_rows(g, idx, ndim, shape);
+    }
+    for (int i = 1; i < ndim; i++)
+        row *= shape[i];
+    gc = ndl_array_compact((NDArrayObject *)g);
+    out = gc ? ndl_array_full(gc->device, gc->dtype, ndim, shape, 0.0) : NULL;
+    if (out == NULL)
+        goto fail;
+    be = gc->storage->backend;
+    if (row > 0 && n > 0 && (tmp = be->alloc((size_t)row * ndl_itemsize(gc->dtype))) == NULL) {
+        PyErr_NoMemory();
+        Py_CLEAR(out);
+        goto fail;
+    }
+    /* out[ix[k]] = out[ix[k]] + g[k] for k in order, through the backend's
+     * binary and copy slots (a binary result never overlaps its inputs). */
+    Py_BEGIN_ALLOW_THREADS
+    ndl_layout lt = {.ndim = 1, .shape = {row}, .strides = {1}};
+    for (int64_t k = 0; k < n && tmp != NULL && st == NDL_OK; k++) {
+        ndl_layout lo = row_layout(out, ix[k], row), lg = row_layout(gc, k, row);
+        st = be->binary(NDL_BIN_ADD, gc->dtype, out->storage->data, &lo, gc->storage->data, &lg,
+                        tmp);
+        if (st == NDL_OK)
+            st = be->copy(gc->dtype, out->storage->data, &lo, gc->dtype, tmp, &lt);
+    }
+    Py_END_ALLOW_THREADS
+    if (tmp != NULL)
+        be->free(tmp);
+    if (ndl_raise_status(st, "scatter_rows") < 0)
+        Py_CLEAR(out);
+fail:
+    Py_XDECREF(gc);
+    PyMem_Free(ix);
+    return (PyObject *)out;
 }

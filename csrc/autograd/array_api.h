@@ -51,4 +51,17 @@ int nda_assign(PyObject *dst, PyObject *src);
 /* Largest finite value of a's floating dtype (for clamping the max shift). */
 double nda_max_finite(PyObject *a);
 
+/* ---- rows picked by integer indices (GatherRows, ScatterRows) ----------- */
+/* Every element of the index array idx (NDArray or numpy.ndarray, any dtype
+ * and shape) as int64, in row-major order, into *out (free it with
+ * PyMem_Free); *n is their number. ValueError for a value that is not an
+ * integer, IndexError for one outside [0, bound); `what` names the caller. */
+int nda_indices(PyObject *idx, int64_t bound, const char *what, int64_t **out, int64_t *n);
+/* numpy.take(a, idx, axis=0): shape idx.shape + a.shape[1:], row k of the
+ * result is row idx[k] of a. */
+PyObject *nda_take_rows(PyObject *a, PyObject *idx);
+/* Zeros shaped `shape` (on g's device and dtype) with row k of g added to
+ * row idx[k], for k in order (numpy.add.at); g is idx.shape + shape[1:]. */
+PyObject *nda_scatter_rows(PyObject *g, PyObject *idx, int ndim, const int64_t *shape);
+
 #endif

@@ -276,6 +276,12 @@ PyObject *ndl_t_dilate_to(PyObject *a, int naxes, const int64_t *axes, int64_t d
  * (negative crops) and any Kh x Kw kernel: the general Conv the gradients
  * of Conv are made of (Note [Conv's gradients are convs], ops_conv.c). */
 PyObject *ndl_t_conv(PyObject *a, PyObject *b, int64_t s, const int64_t *lo, const int64_t *hi);
+/* lstm_gates(z, c): the TensorTuple (h', c') (ops_rnn.c) */
+PyObject *ndl_t_lstm_gates(PyObject *z, PyObject *c);
+/* gather_rows(a, idx) / scatter_rows(g, idx, shape): rows of a picked by
+ * idx, and its gradient (rows of g added into zeros of `shape`). */
+PyObject *ndl_t_gather_rows(PyObject *a, PyObject *idx);
+PyObject *ndl_t_scatter_rows(PyObject *g, PyObject *idx, int ndim, const int64_t *shape);
 /* A constant leaf (requires_grad False) holding array `data`. */
 PyObject *ndl_t_const(PyObject *data);
 /* Sum G over broadcast axes back to `shape` (API.md 4.3). */

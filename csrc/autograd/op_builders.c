@@ -278,3 +278,25 @@ PyObject *ndl_t_unbroadcast(PyObject *g, int ndim, const int64_t *shape)
 
 
 PyObject *ndl_t_apply_shared(ndl_opdef *def, PyObject *a) { return apply1(shared(def), a); }
+
+PyObject *ndl_t_lstm_gates(PyObject *z, PyObject *c)
+{
+    return apply2(shared(&ndl_op_LSTMGates), z, c);
+}
+
+PyObject *ndl_t_gather_rows(PyObject *a, PyObject *idx)
+{
+    return apply2(shared(&ndl_op_GatherRows), a, idx);
+}
+
+PyObject *ndl_t_scatter_rows(PyObject *g, PyObject *idx, int ndim, const int64_t *shape)
+{
+    OpObject *op = ndl_op_new(&ndl_op_ScatterRows);
+    if (op == NULL)
+        return NULL;
+    op->shape.ndim = ndim;
+    memcpy(op->shape.dims, shape, sizeof(int64_t) * ndim);
+    PyObject *r = apply2(op, g, idx);
+    Py_DECREF(op);
+    return r;
+}
