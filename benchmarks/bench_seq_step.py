@@ -152,7 +152,7 @@ def main() -> None:
         env.update(NEEDLE_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
     print(f"{a.model.upper()} language model step: vocab {a.vocab}, embed {a.embed}, "
           f"hidden {a.hidden}, {a.layers} layers, seq {a.seq_len}, batch {a.batch}; "
-          f"median of {a.steps} steps")
+          f"{a.steps} steps per run, {a.repeats} runs each")
     res = {"needle": [], "torch": []}
     for _ in range(a.repeats):  # alternate, so that both see the same machine load
         for impl in ("needle", "torch"):
