@@ -256,11 +256,16 @@ static PyObject *Device_rand(DeviceObject *self, PyObject *args, PyObject *kwds)
     return device_random(self, "rand", args, kwds);
 }
 
-/* Rows of the n x n identity selected by i: np.eye(n)[np.asarray(i)]. */
+/* Rows of the n x n identity selected by i: np.eye(n)[np.asarray(i)].
+ * NOTE: computed as arange(n)[i][..., None] == arange(n), which indexes
+ * exactly as eye(n)[i] does (same wrap of negative indices, same IndexError
+ * for out-of-range or non-integer ones) without building the n x n matrix
+ * (800 MB for a 10,000-word vocabulary). */
 static PyObject *Device_one_hot(DeviceObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"n", "i", "dtype", NULL};
-    PyObject *n, *i, *dtype_obj = Py_None, *np = NULL, *eye = NULL, *idx = NULL, *rows = NULL;
+    PyObject *n, *i, *dtype_obj = Py_None, *np = NULL, *ar = NULL, *idx = NULL, *sel = NULL;
+    PyObject *col = NULL, *rows = NULL;
     struct NDArrayObject *res = NULL;
     ndl_dtype dt;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O:one_hot", kwlist, &n, &i, &dtype_obj))
@@ -270,20 +275,20 @@ static PyObject *Device_one_hot(DeviceObject *self, PyObject *args, PyObject *kw
     np = PyImport_ImportModule("numpy");
     if (np == NULL)
         goto fail;
-    eye = PyObject_CallMethod(np, "eye", "O", n);
-    if (eye == NULL)
-        goto fail;
-    idx = PyObject_CallMethod(np, "asarray", "O", i);
-    if (idx == NULL)
-        goto fail;
-    rows = PyObject_GetItem(eye, idx);
+    ar = PyObject_CallMethod(np, "arange", "O", n);
+    idx = ar ? PyObject_CallMethod(np, "asarray", "O", i) : NULL;
+    sel = idx ? PyObject_GetItem(ar, idx) : NULL;
+    col = sel ? PyObject_CallMethod(np, "expand_dims", "Oi", sel, -1) : NULL;
+    rows = col ? PyObject_CallMethod(np, "equal", "OO", col, ar) : NULL;
     if (rows == NULL)
         goto fail;
     res = factories->from_object(rows, self, dt);
 fail:
     Py_XDECREF(np);
-    Py_XDECREF(eye);
+    Py_XDECREF(ar);
     Py_XDECREF(idx);
+    Py_XDECREF(sel);
+    Py_XDECREF(col);
     Py_XDECREF(rows);
     return (PyObject *)res;
 }
