@@ -537,21 +537,24 @@ static int conv_dual(const conv_job *j, void **sum)
     return status;
 }
 
-/* The stride of axes [first, first + n) of l merged into one (row-major), or
- * 0 when they do not merge; size-1 axes merge with anything. */
-static int64_t merged_stride(const ndl_layout *l, int first, int n)
+/* 1 and *stride when axes [first, first + n) of l merge into one axis of
+ * that stride (row-major; size-1 axes merge with anything, and the stride
+ * may be 0, a broadcast), else 0. */
+static int merged_stride(const ndl_layout *l, int first, int n, int64_t *stride)
 {
-    int64_t stride = 0, extent = 1; /* stride of the last non-unit axis seen */
+    int64_t extent = 1; /* elements spanned by the axes after i */
+    int seen = 0;
+    *stride = 1;
     for (int i = first + n - 1; i >= first; i--) {
         if (l->shape[i] == 1)
             continue;
-        if (stride == 0)
-            stride = l->strides[i];
-        else if (l->strides[i] != stride * extent)
+        if (!seen)
+            *stride = l->strides[i], seen = 1;
+        else if (l->strides[i] != *stride * extent)
             return 0;
         extent *= l->shape[i];
     }
-    return stride == 0 ? 1 : stride;
+    return 1;
 }
 
 /* l with its axes reordered: axis i of the result is axis perm[i] of l. */
@@ -570,7 +573,7 @@ static int conv_weight(conv_job *j, NDArrayObject *w, const int *perm, NDArrayOb
 {
     ndl_layout l = permuted(&w->layout, perm);
     NDArrayObject *v;
-    if (merged_stride(&l, 0, 3) == 0) {
+    if (!merged_stride(&l, 0, 3, &j->rsw)) {
         v = ndl_array_view(w, &l);
         *keep = v ? ndl_array_compact(v) : NULL;
         Py_XDECREF(v);
@@ -580,7 +583,8 @@ static int conv_weight(conv_job *j, NDArrayObject *w, const int *perm, NDArrayOb
         l = w->layout;
     }
     j->w = w->storage->data, j->woff = l.offset;
-    j->rsw = merged_stride(&l, 0, 3), j->csw = l.strides[3];
+    merged_stride(&l, 0, 3, &j->rsw);
+    j->csw = l.strides[3];
     return 0;
 }
 
@@ -592,7 +596,7 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, co
     const ndl_backend *be = a->device->backend;
     const int64_t kh = w->layout.shape[0], kw = w->layout.shape[1], ci = w->layout.shape[2];
     const int64_t es = (int64_t)ndl_itemsize(a->dtype), nrows = oshape[0] * oshape[1] * oshape[2];
-    int64_t plo[4] = {0}, phi[4] = {0}, shape[2];
+    int64_t plo[4] = {0}, phi[4] = {0}, shape[2], rsa;
     ndl_layout la = a->layout, lsum, lout;
     NDArrayObject *cw = NULL, *view = NULL, *x = NULL, *col = NULL, *out = NULL, *res = NULL;
     NDArrayObject *acc = NULL;
@@ -614,9 +618,9 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, co
     if (conv_weight(&j, w, dual ? ctuo : same, &cw) < 0)
         goto fail;
     j.out = out->storage->data;
-    if (kh == 1 && kw == 1 && s == 1 && !pad && merged_stride(&la, 0, 3)) {
+    if (kh == 1 && kw == 1 && s == 1 && !pad && merged_stride(&la, 0, 3, &rsa)) {
         /* 1x1: the input itself is the (rows, C) matrix */
-        int64_t aoff = la.offset, rsa = merged_stride(&la, 0, 3);
+        int64_t aoff = la.offset;
         NDL_KERNEL_CALL(nrows * ci * j.co / 8, status,
                         be->matmul(j.dt, 1, nrows, ci, j.co, a->storage->data, &aoff, rsa,
                                    la.strides[3], j.w, &j.woff, j.rsw, j.csw, j.out));
