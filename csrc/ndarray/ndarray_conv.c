@@ -1,5 +1,6 @@
-/* ndarray_conv.c: the data movement a convolution lowers to, on NDArrays:
- * flip, pad, dilate and im2col, each through the backend slot of its name.
+/* ndarray_conv.c: the convolution on NDArrays, and the data movement it
+ * lowers to: flip, pad, dilate and im2col, each through the backend slot of
+ * its name, and conv itself through the pad, im2col and matmul slots.
  *
  * Python equivalent (API.md 2.11, 4.5, 4.6):
  *     a.flip(axes)                  np.flip(a, axes).copy()
@@ -10,13 +11,16 @@
  *     _C._im2col(a, k, stride, row0, nrows)
  *                                   rows [row0, row0 + nrows) of that copy
  *                                   reshaped to (N*Ho*Wo, k*k*C)
- * Every function validates its arguments first (ValueError naming the
- * shape, the axes or the sizes), makes a compact output, then makes one
- * backend call: the slot, or, where the backend leaves that optional slot
- * NULL, the composition of fill and copy below (Note [Optional backend
- * slots], backend.h). _dilate and _im2col are private (tests, and the conv
- * ops until they call the C functions directly); _skip_optional_slots is a
- * test switch.
+ *     _C._conv(a, w, stride, padding)
+ *                                   np.tensordot(im2col(np.pad(a, padding on
+ *                                     H and W), K, stride), w, 3)
+ * Every data-movement function validates its arguments first (ValueError
+ * naming the shape, the axes or the sizes), makes a compact output, then
+ * makes one backend call: the slot, or, where the backend leaves that
+ * optional slot NULL, the composition of fill and copy below (Note
+ * [Optional backend slots], backend.h). conv makes one pad, then a loop of
+ * im2col and matmul calls (Note [Conv in blocks of rows]). _dilate, _im2col
+ * and _conv are private (tests); _skip_optional_slots is a test switch.
  */
 #include <stdarg.h>
 #include <string.h>
