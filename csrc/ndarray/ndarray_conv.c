@@ -605,7 +605,9 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, co
     NDArrayObject *cw = NULL, *view = NULL, *x = NULL, *col = NULL, *out = NULL, *res = NULL;
     NDArrayObject *acc = NULL;
     conv_job j = {.be = be, .dt = a->dtype, .s = s, .co = w->layout.shape[3]};
+    /* dual needs ci >= 1 (rows of its im2col); work counts multiply-adds */
     int status = NDL_OK, pad = 0, dual = s == 1 && nrows < kh * kw * ci;
+    double work = (double)nrows * (double)(kh * kw * ci) * (double)j.co;
     void *sum;
     out = ndl_array_empty(a->device, a->dtype, 4, oshape);
     if (out == NULL || nrows == 0 || j.co == 0)
@@ -625,7 +627,7 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, co
     if (kh == 1 && kw == 1 && s == 1 && !pad && merged_stride(&la, 0, 3, &rsa)) {
         /* 1x1: the input itself is the (rows, C) matrix */
         int64_t aoff = la.offset;
-        NDL_KERNEL_CALL(nrows * ci * j.co / 8, status,
+        NDL_KERNEL_CALL(work / 8, status,
                         be->matmul(j.dt, 1, nrows, ci, j.co, a->storage->data, &aoff, rsa,
                                    la.strides[3], j.w, &j.woff, j.rsw, j.csw, j.out));
         goto done;
@@ -655,16 +657,12 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, co
         goto fail;
     j.col = col->storage->data;
     if (!dual) {
-        NDL_KERNEL_CALL(nrows * j.len * j.co / 8, status, conv_direct(&j));
-        goto done;
-    }
-    if (j.rows == 0) { /* no input channels: zeros */
-        NDL_KERNEL_CALL(nrows * j.co, status, be->fill(j.dt, j.out, &out->layout, 0.0));
+        NDL_KERNEL_CALL(work / 8, status, conv_direct(&j));
         goto done;
     }
     for (int k = 0; k < 3; k++)
         j.acc[k] = (char *)acc->storage->data + k * j.len * j.co * es;
-    NDL_KERNEL_CALL(j.rows * j.len * j.co / 8, status, conv_dual(&j, &sum));
+    NDL_KERNEL_CALL(work / 8, status, conv_dual(&j, &sum));
     if (status != NDL_OK)
         goto done;
     /* the sum is (Ho, Wo, N, Co); out is (N, Ho, Wo, Co) */
