@@ -164,6 +164,27 @@ def test_conv_vs_torch_larger(n, h, w, k, s, p, ci, co):
     check_against_torch(n, h, w, k, s, p, (ci, co), "float64", "T")
 
 
+@pytest.mark.parametrize("n, h, w, k, s, p, ci, co", [
+    (2, 6, 5, 3, 1, 1, 3, 4), (2, 4, 8, 1, 2, 0, 1, 1), (1, 5, 5, 5, 1, 0, 2, 3),
+    (3, 7, 7, 1, 1, 0, 4, 2), (2, 9, 6, 3, 2, 2, 2, 2)])
+def test_broadcast_operands(n, h, w, k, s, p, ci, co):
+    """y.sum().backward() hands Conv a broadcast (stride-0) gradient, which the
+    gradients' convs take as input and as weight; inputs may be broadcast too."""
+    a = np.random.randn(1, h, w, ci)
+    b = np.random.randn(k, k, ci, co)
+    x_leaf, w_leaf = ndl.Tensor(a, dtype="float64"), ndl.Tensor(b, dtype="float64")
+    x = ndl.broadcast_to(x_leaf, (n, h, w, ci))
+    y = ndl.conv(x, w_leaf, s, p)
+    y.sum().backward()
+    ta = torch.tensor(a, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True)
+    ref = torch_conv(ta.expand(n, h, w, ci), tb, s, p)
+    ref.sum().backward()
+    np.testing.assert_allclose(y.numpy(), ref.detach().numpy(), **TOL["float64"])
+    np.testing.assert_allclose(x_leaf.grad.numpy(), ta.grad.numpy(), **TOL["float64"])
+    np.testing.assert_allclose(w_leaf.grad.numpy(), tb.grad.numpy(), **TOL["float64"])
+
+
 def test_function_default_padding_is_one_and_class_default_is_zero():
     x = ndl.Tensor(np.random.randn(2, 5, 5, 3))
     w = ndl.Tensor(np.random.randn(3, 3, 3, 4))

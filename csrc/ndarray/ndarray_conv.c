@@ -1,5 +1,6 @@
-/* ndarray_conv.c: the data movement a convolution lowers to, on NDArrays:
- * flip, pad, dilate and im2col, each through the backend slot of its name.
+/* ndarray_conv.c: the convolution on NDArrays, and the data movement it
+ * lowers to: flip, pad, dilate and im2col, each through the backend slot of
+ * its name, and conv itself through the pad, im2col and matmul slots.
  *
  * Python equivalent (API.md 2.11, 4.5, 4.6):
  *     a.flip(axes)                  np.flip(a, axes).copy()
@@ -10,13 +11,16 @@
  *     _C._im2col(a, k, stride, row0, nrows)
  *                                   rows [row0, row0 + nrows) of that copy
  *                                   reshaped to (N*Ho*Wo, k*k*C)
- * Every function validates its arguments first (ValueError naming the
- * shape, the axes or the sizes), makes a compact output, then makes one
- * backend call: the slot, or, where the backend leaves that optional slot
- * NULL, the composition of fill and copy below (Note [Optional backend
- * slots], backend.h). _dilate and _im2col are private (tests, and the conv
- * ops until they call the C functions directly); _skip_optional_slots is a
- * test switch.
+ *     _C._conv(a, w, stride, padding)
+ *                                   np.tensordot(im2col(np.pad(a, padding on
+ *                                     H and W), K, stride), w, 3)
+ * Every data-movement function validates its arguments first (ValueError
+ * naming the shape, the axes or the sizes), makes a compact output, then
+ * makes one backend call: the slot, or, where the backend leaves that
+ * optional slot NULL, the composition of fill and copy below (Note
+ * [Optional backend slots], backend.h). conv makes one pad, then a loop of
+ * im2col and matmul calls (Note [Conv in blocks of rows]). _dilate, _im2col
+ * and _conv are private (tests); _skip_optional_slots is a test switch.
  */
 #include <stdarg.h>
 #include <string.h>
@@ -537,21 +541,24 @@ static int conv_dual(const conv_job *j, void **sum)
     return status;
 }
 
-/* The stride of axes [first, first + n) of l merged into one (row-major), or
- * 0 when they do not merge; size-1 axes merge with anything. */
-static int64_t merged_stride(const ndl_layout *l, int first, int n)
+/* 1 and *stride when axes [first, first + n) of l merge into one axis of
+ * that stride (row-major; size-1 axes merge with anything, and the stride
+ * may be 0, a broadcast), else 0. */
+static int merged_stride(const ndl_layout *l, int first, int n, int64_t *stride)
 {
-    int64_t stride = 0, extent = 1; /* stride of the last non-unit axis seen */
+    int64_t extent = 1; /* elements spanned by the axes after i */
+    int seen = 0;
+    *stride = 1;
     for (int i = first + n - 1; i >= first; i--) {
         if (l->shape[i] == 1)
             continue;
-        if (stride == 0)
-            stride = l->strides[i];
-        else if (l->strides[i] != stride * extent)
+        if (!seen)
+            *stride = l->strides[i], seen = 1;
+        else if (l->strides[i] != *stride * extent)
             return 0;
         extent *= l->shape[i];
     }
-    return stride == 0 ? 1 : stride;
+    return 1;
 }
 
 /* l with its axes reordered: axis i of the result is axis perm[i] of l. */
@@ -570,7 +577,7 @@ static int conv_weight(conv_job *j, NDArrayObject *w, const int *perm, NDArrayOb
 {
     ndl_layout l = permuted(&w->layout, perm);
     NDArrayObject *v;
-    if (merged_stride(&l, 0, 3) == 0) {
+    if (!merged_stride(&l, 0, 3, &j->rsw)) {
         v = ndl_array_view(w, &l);
         *keep = v ? ndl_array_compact(v) : NULL;
         Py_XDECREF(v);
@@ -580,7 +587,8 @@ static int conv_weight(conv_job *j, NDArrayObject *w, const int *perm, NDArrayOb
         l = w->layout;
     }
     j->w = w->storage->data, j->woff = l.offset;
-    j->rsw = merged_stride(&l, 0, 3), j->csw = l.strides[3];
+    merged_stride(&l, 0, 3, &j->rsw);
+    j->csw = l.strides[3];
     return 0;
 }
 
@@ -592,12 +600,14 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, co
     const ndl_backend *be = a->device->backend;
     const int64_t kh = w->layout.shape[0], kw = w->layout.shape[1], ci = w->layout.shape[2];
     const int64_t es = (int64_t)ndl_itemsize(a->dtype), nrows = oshape[0] * oshape[1] * oshape[2];
-    int64_t plo[4] = {0}, phi[4] = {0}, shape[2];
+    int64_t plo[4] = {0}, phi[4] = {0}, shape[2], rsa;
     ndl_layout la = a->layout, lsum, lout;
     NDArrayObject *cw = NULL, *view = NULL, *x = NULL, *col = NULL, *out = NULL, *res = NULL;
     NDArrayObject *acc = NULL;
     conv_job j = {.be = be, .dt = a->dtype, .s = s, .co = w->layout.shape[3]};
+    /* dual needs ci >= 1 (rows of its im2col); work counts multiply-adds */
     int status = NDL_OK, pad = 0, dual = s == 1 && nrows < kh * kw * ci;
+    double work = (double)nrows * (double)(kh * kw * ci) * (double)j.co;
     void *sum;
     out = ndl_array_empty(a->device, a->dtype, 4, oshape);
     if (out == NULL || nrows == 0 || j.co == 0)
@@ -614,10 +624,10 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, co
     if (conv_weight(&j, w, dual ? ctuo : same, &cw) < 0)
         goto fail;
     j.out = out->storage->data;
-    if (kh == 1 && kw == 1 && s == 1 && !pad && merged_stride(&la, 0, 3)) {
+    if (kh == 1 && kw == 1 && s == 1 && !pad && merged_stride(&la, 0, 3, &rsa)) {
         /* 1x1: the input itself is the (rows, C) matrix */
-        int64_t aoff = la.offset, rsa = merged_stride(&la, 0, 3);
-        NDL_KERNEL_CALL(nrows * ci * j.co / 8, status,
+        int64_t aoff = la.offset;
+        NDL_KERNEL_CALL(work / 8, status,
                         be->matmul(j.dt, 1, nrows, ci, j.co, a->storage->data, &aoff, rsa,
                                    la.strides[3], j.w, &j.woff, j.rsw, j.csw, j.out));
         goto done;
@@ -647,16 +657,12 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, co
         goto fail;
     j.col = col->storage->data;
     if (!dual) {
-        NDL_KERNEL_CALL(nrows * j.len * j.co / 8, status, conv_direct(&j));
-        goto done;
-    }
-    if (j.rows == 0) { /* no input channels: zeros */
-        NDL_KERNEL_CALL(nrows * j.co, status, be->fill(j.dt, j.out, &out->layout, 0.0));
+        NDL_KERNEL_CALL(work / 8, status, conv_direct(&j));
         goto done;
     }
     for (int k = 0; k < 3; k++)
         j.acc[k] = (char *)acc->storage->data + k * j.len * j.co * es;
-    NDL_KERNEL_CALL(j.rows * j.len * j.co / 8, status, conv_dual(&j, &sum));
+    NDL_KERNEL_CALL(work / 8, status, conv_dual(&j, &sum));
     if (status != NDL_OK)
         goto done;
     /* the sum is (Ho, Wo, N, Co); out is (N, Ho, Wo, Co) */
