@@ -88,6 +88,8 @@ def test_op_parameters_are_attributes_of_the_same_names():
     x = ndl.Tensor(np.ones((2, 3)))
     assert ndl.permute(x, (1, 0)).op.axes == (1, 0)
     assert ndl.max(x, (0,)).op.axes == (0,)
+    assert (ndl.ops.Conv().stride, ndl.ops.Conv().padding) == (1, 0)
+    assert (ndl.ops.Conv(2, padding=3).stride, ndl.ops.Conv(2, padding=3).padding) == (2, 3)
 
 
 def test_bad_arguments_raise_clear_errors():

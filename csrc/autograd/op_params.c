@@ -126,6 +126,11 @@ int ndl_op_parse_params(OpObject *self, PyObject *args, PyObject *kwds)
                      (b != Py_None && ndl_parse_int(b, &self->padding, "padding") < 0)
                  ? -1
                  : 0;
+        /* NOTE: a default is not stored: the attribute reads the parsed value. */
+        if (a == Py_None)
+            a = NULL;
+        if (b == Py_None)
+            b = NULL;
         break;
     }
     if (rc < 0)
