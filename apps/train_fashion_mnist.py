@@ -30,10 +30,10 @@ import needle.nn as nn  # noqa: E402
 from mlp_resnet import MLPResNet  # noqa: E402
 
 # --model cnn settings that differ from the MLP's
-CNN_DEFAULTS = {"epochs": 4, "lr": 0.003, "checkpoint": "checkpoints/fashion_cnn.npz",
-                "plot": "checkpoints/fashion_cnn.png"}
-MLP_DEFAULTS = {"epochs": 10, "lr": 0.002, "checkpoint": "checkpoints/fashion_mlp.npz",
-                "plot": "checkpoints/fashion_mlp.png"}
+CNN_DEFAULTS = {"epochs": 4, "lr": 0.003, "channels": "12,24,48,64",
+                "checkpoint": "checkpoints/fashion_cnn.npz", "plot": "checkpoints/fashion_cnn.png"}
+MLP_DEFAULTS = {"epochs": 10, "lr": 0.002, "channels": None,
+                "checkpoint": "checkpoints/fashion_mlp.npz", "plot": "checkpoints/fashion_mlp.png"}
 
 
 def build_model(config: dict, drop_prob: float = 0.0):
@@ -188,7 +188,7 @@ def main(argv=None) -> float:
     ap.add_argument("--hidden", type=int, default=512, help="MLPResNet hidden size")
     ap.add_argument("--blocks", type=int, default=3)
     ap.add_argument("--dropout", type=float, default=0.1)
-    ap.add_argument("--channels", default="16,32,64,128", help="cnn: the four conv widths")
+    ap.add_argument("--channels", default=None, help="cnn: the four conv widths (12,24,48,64)")
     ap.add_argument("--data-dir", default=None, help="directory with the four IDX files")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", default=None,

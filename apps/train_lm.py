@@ -167,7 +167,7 @@ def plot(history, path, title):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seq-model", choices=["lstm", "rnn", "transformer"], default="lstm")
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=35)
     ap.add_argument("--embedding", type=int, default=128)

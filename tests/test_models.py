@@ -114,3 +114,30 @@ def test_lm_job_missing_data_is_one_clear_line(tmp_path):
     with pytest.raises(SystemExit) as e:
         train_lm.main(["--data-dir", str(tmp_path / "none")])
     assert "fortunes" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_simple_ml_cifar_and_ptb_helpers(tmp_path):
+    """The course's training helpers (API.md 9.2) on tiny data: they train (the
+    loss falls) and evaluation is deterministic."""
+    import simple_ml
+
+    np.random.seed(0)
+    X = np.random.rand(16, 3, 32, 32).astype("float32")
+    y = np.arange(16) % 2
+    loader = ndl.data.DataLoader(ndl.data.NDArrayDataset(X, y), 8)
+    model = models.ResNet9()
+    acc1, loss1 = simple_ml.train_cifar10(model, loader, n_epochs=1, lr=0.01)
+    acc2, loss2 = simple_ml.train_cifar10(model, loader, n_epochs=3, lr=0.01)
+    assert 0.0 <= acc1 <= 1.0 and loss2 < loss1
+    assert simple_ml.evaluate_cifar10(model, loader) == simple_ml.evaluate_cifar10(model, loader)
+
+    ids = np.tile(np.arange(6), 40)  # a text that repeats: easy to learn
+    data = ndl.data.batchify(ids, 4)
+    lm = models.LanguageModel(8, 6, 16, seq_model="lstm")
+    _, l1 = simple_ml.train_ptb(lm, data, seq_len=5, n_epochs=1, optimizer=ndl.optim.Adam,
+                                lr=0.05)
+    acc, l2 = simple_ml.train_ptb(lm, data, seq_len=5, n_epochs=4, optimizer=ndl.optim.Adam,
+                                  lr=0.05)
+    assert l2 < l1 and acc > 0.5
+    ev = simple_ml.evaluate_ptb(lm, data, seq_len=5)
+    assert ev == simple_ml.evaluate_ptb(lm, data, seq_len=5)
