@@ -416,3 +416,23 @@ def test_op_assigned_to_uninitialised_tensor_does_not_crash():
         assert find == [t]
     res = run_forked(call)
     assert res == "ok", res
+
+
+@pytest.mark.parametrize("new_inputs", ["empty", "longer", "not_a_tuple"])
+def test_python_gradient_that_reassigns_node_inputs_does_not_crash(new_inputs):
+    """The walk keeps the inputs the node had: a Python op's gradient may
+    rebind node.inputs (to fewer, more or other values) without harm."""
+    class Rebinds(ndl.ops.TensorOp):
+        def compute(self, a, b):
+            return a + b
+
+        def gradient(self, g, node):
+            extra = ndl.Tensor([0.0, 0.0])
+            node.inputs = {"empty": (), "longer": (extra, extra, extra),
+                           "not_a_tuple": [extra]}[new_inputs]
+            return g, g * 2.0
+
+    x, y = ndl.Tensor([1.0, 2.0]), ndl.Tensor([3.0, 4.0])
+    Rebinds()(x, y).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [1.0, 1.0])
+    np.testing.assert_array_equal(y.grad.numpy(), [2.0, 2.0])

@@ -112,11 +112,12 @@ static int add_partial(ValueObject *v, PyObject *g)
     return PyList_Append(v->partials, g);
 }
 
-/* The input gradients of one node, into grads[0..n) (new refs or NULL). */
-static int node_gradients(ValueObject *node, PyObject *g, char *needs, PyObject **grads)
+/* The input gradients of one node with n inputs, into grads[0..n) (new refs
+ * or NULL). */
+static int node_gradients(ValueObject *node, Py_ssize_t n, PyObject *g, char *needs,
+                          PyObject **grads)
 {
     OpObject *op = (OpObject *)node->op;
-    Py_ssize_t n = PyTuple_GET_SIZE(node->inputs);
     PyObject *r, *t;
     if (Op_Check(node->op) && op->def != NULL && Py_TYPE(op) == op->def->type) {
         if (ndl_check_node_arity(op, node) < 0)
@@ -161,7 +162,7 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only)
         goto done;
     for (Py_ssize_t k = n - 1; k >= 0; k--) {
         ValueObject *node = (ValueObject *)PyList_GET_ITEM(order, k);
-        PyObject *g, *partials = node->partials;
+        PyObject *g, *partials = node->partials, *inputs;
         Py_ssize_t ni;
         char needs_s[NDL_OP_MAX_ARITY], *needs;
         PyObject *grads_s[NDL_OP_MAX_ARITY], **grads;
@@ -183,23 +184,27 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only)
             Py_CLEAR(node->grad);
         else
             Py_XSETREF(node->grad, Py_NewRef(g));
-        ni = PyTuple_GET_SIZE(node->inputs);
+        /* NOTE: the walk holds its own reference to the inputs: a Python op's
+         * gradient may reassign node.inputs, and the gradients it returns
+         * belong to the inputs the node had. */
+        inputs = Py_NewRef(node->inputs);
+        ni = PyTuple_GET_SIZE(inputs);
         needs = ndl_small_array(needs_s, sizeof(char), ni);
         grads = needs ? ndl_small_array(grads_s, sizeof(PyObject *), ni) : NULL;
         err = grads == NULL;
         if (!err) {
             int any = 0;
             for (Py_ssize_t i = 0; i < ni; i++) {
-                PyObject *x = PyTuple_GET_ITEM(node->inputs, i);
+                PyObject *x = PyTuple_GET_ITEM(inputs, i);
                 needs[i] = Value_Check(x) && ((ValueObject *)x)->requires_grad;
                 any |= needs[i];
                 grads[i] = NULL;
             }
-            if (any && node_gradients(node, g, needs, grads) < 0)
+            if (any && node_gradients(node, ni, g, needs, grads) < 0)
                 err = 1;
             for (Py_ssize_t i = 0; i < ni; i++) {
                 if (!err && needs[i] && grads[i] != NULL && grads[i] != Py_None &&
-                    add_partial((ValueObject *)PyTuple_GET_ITEM(node->inputs, i), grads[i]) < 0)
+                    add_partial((ValueObject *)PyTuple_GET_ITEM(inputs, i), grads[i]) < 0)
                     err = 1;
                 Py_XDECREF(grads[i]);
             }
@@ -208,6 +213,7 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only)
             ndl_small_array_free(needs, needs_s);
         if (grads != NULL)
             ndl_small_array_free(grads, grads_s);
+        Py_DECREF(inputs);
         Py_DECREF(g);
         if (err)
             goto done;
