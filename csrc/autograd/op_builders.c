@@ -103,84 +103,65 @@ PyObject *ndl_t_broadcast_to(PyObject *a, int ndim, const int64_t *shape)
     return shape_op(&ndl_op_BroadcastTo, a, ndim, shape);
 }
 
-static OpObject *axes_op(ndl_opdef *def, int naxes, const int64_t *axes)
+/* def(axes[, dilation])(a) for the ops whose parameters are axes (naxes < 0:
+ * axes=None); length, if not NULL, is Dilate's internal output length per
+ * axis. The op is made here and released. */
+static PyObject *apply_axes_op(ndl_opdef *def, PyObject *a, int naxes, const int64_t *axes,
+                               int64_t dilation, const int64_t *length)
 {
     OpObject *op = ndl_op_new(def);
+    PyObject *r;
     if (op == NULL)
         return NULL;
     op->axes.given = naxes >= 0;
     op->axes.n = naxes < 0 ? 0 : naxes;
     if (naxes > 0)
         memcpy(op->axes.v, axes, sizeof(int64_t) * naxes);
-    return op;
+    op->dilation = dilation;
+    if (length != NULL) {
+        op->has_length = 1;
+        memcpy(op->length, length, sizeof(int64_t) * naxes);
+    }
+    r = apply1(op, a);
+    Py_DECREF(op);
+    return r;
 }
 
 PyObject *ndl_t_summation(PyObject *a, int naxes, const int64_t *axes)
 {
-    OpObject *op = axes_op(&ndl_op_Summation, naxes, axes);
-    PyObject *r = apply1(op, a);
-    Py_XDECREF(op);
-    return r;
+    return apply_axes_op(&ndl_op_Summation, a, naxes, axes, 0, NULL);
 }
 
 PyObject *ndl_t_transpose(PyObject *a, int64_t ax0, int64_t ax1)
 {
     int64_t axes[2] = {ax0, ax1};
-    OpObject *op = axes_op(&ndl_op_Transpose, 2, axes);
-    PyObject *r = apply1(op, a);
-    Py_XDECREF(op);
-    return r;
+    return apply_axes_op(&ndl_op_Transpose, a, 2, axes, 0, NULL);
 }
 
 PyObject *ndl_t_permute(PyObject *a, int naxes, const int64_t *axes)
 {
-    OpObject *op = axes_op(&ndl_op_Permute, naxes, axes);
-    PyObject *r = apply1(op, a);
-    Py_XDECREF(op);
-    return r;
+    return apply_axes_op(&ndl_op_Permute, a, naxes, axes, 0, NULL);
 }
 
 PyObject *ndl_t_flip(PyObject *a, int naxes, const int64_t *axes)
 {
-    OpObject *op = axes_op(&ndl_op_Flip, naxes, axes);
-    PyObject *r = apply1(op, a);
-    Py_XDECREF(op);
-    return r;
-}
-
-static PyObject *dilate_op(ndl_opdef *def, PyObject *a, int naxes, const int64_t *axes, int64_t d)
-{
-    OpObject *op = axes_op(def, naxes, axes);
-    if (op != NULL)
-        op->dilation = d;
-    PyObject *r = apply1(op, a);
-    Py_XDECREF(op);
-    return r;
+    return apply_axes_op(&ndl_op_Flip, a, naxes, axes, 0, NULL);
 }
 
 PyObject *ndl_t_dilate(PyObject *a, int naxes, const int64_t *axes, int64_t d)
 {
-    return dilate_op(&ndl_op_Dilate, a, naxes, axes, d);
+    return apply_axes_op(&ndl_op_Dilate, a, naxes, axes, d, NULL);
 }
 
 PyObject *ndl_t_undilate(PyObject *a, int naxes, const int64_t *axes, int64_t d)
 {
-    return dilate_op(&ndl_op_UnDilate, a, naxes, axes, d);
+    return apply_axes_op(&ndl_op_UnDilate, a, naxes, axes, d, NULL);
 }
 
 PyObject *ndl_t_dilate_to(PyObject *a, int naxes, const int64_t *axes, int64_t d,
                           const int64_t *length)
 {
-    OpObject *op = axes_op(&ndl_op_Dilate, naxes, axes);
-    PyObject *r;
-    if (op != NULL) {
-        op->dilation = d;
-        op->has_length = 1;
-        memcpy(op->length, length, sizeof(int64_t) * naxes);
-    }
-    r = apply1(op, a);
-    Py_XDECREF(op);
-    return r;
+    return apply_axes_op(&ndl_op_Dilate, a, naxes, axes, d, length);
 }
 
 PyObject *ndl_t_conv(PyObject *a, PyObject *b, int64_t s, const int64_t *lo, const int64_t *hi)
