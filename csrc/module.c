@@ -67,6 +67,8 @@ static PyMethodDef module_methods[] = {
      "Adam step on NDArrays (m, v None on the first step)."},
     {"sgd_update", ndl_py_sgd_update, METH_VARARGS,
      "sgd_update(p, g, u, lr, momentum, weight_decay) -> (p, u): one fused SGD step."},
+    {"_set_repr_hook", ndl_py_set_repr_hook, METH_VARARGS,
+     "_set_repr_hook(kind, fn): fn(x, kind) gives repr ('repr') or _repr_html_ ('html')."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -301,6 +301,18 @@ PyObject *ndl_find_topo_sort(PyObject *node_list); /* list, forward order */
  * the no-graph backward). */
 int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only);
 
+/* ---- the tools' hook (op_hook.c) ---------------------------------------- */
+/* ndl_hook_start: a start time when a hook is set, else -1 (then the others
+ * do nothing). ndl_hook_forward reports op(inputs) = out; the backward pair
+ * brackets one node's gradient rule (node NULL: the rule failed). The ints are 0, or -1 with the hook's
+ * exception set. */
+double ndl_hook_start(void);
+int ndl_hook_forward(PyObject *op, PyObject *inputs, PyObject *out, double t0);
+double ndl_hook_enter_backward(void);
+int ndl_hook_backward(double t0, ValueObject *node, PyObject *g, Py_ssize_t n,
+                      PyObject *const *grads);
+PyObject *ndl_py_set_op_hook(PyObject *m, PyObject *fn);
+
 /* np mode state (value.c), set by _C._set_backend. */
 extern int ndl_np_mode;
 extern PyObject *ndl_np_device;

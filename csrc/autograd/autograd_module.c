@@ -69,6 +69,8 @@ static PyMethodDef autograd_methods[] = {
     {"set_grad_enabled", m_set_grad_enabled, METH_O,
      "Turn graph recording on or off; returns the previous setting."},
     {"is_grad_enabled", m_is_grad_enabled, METH_NOARGS, "Whether op results record a graph."},
+    {"_set_op_hook", ndl_py_set_op_hook, METH_O,
+     "_set_op_hook(fn): fn is told of every forward and gradient (needle.tools)."},
     {"_set_backend", m_set_backend, METH_VARARGS, "_set_backend('nd' | 'np', np_device)."},
     {NULL, NULL, 0, NULL},
 };

@@ -200,8 +200,12 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only)
                 any |= needs[i];
                 grads[i] = NULL;
             }
-            if (any && node_gradients(node, ni, g, needs, grads) < 0)
-                err = 1;
+            if (any) {
+                double t0 = ndl_hook_enter_backward(); /* the tools' hook, op_hook.c */
+                err = node_gradients(node, ni, g, needs, grads) < 0;
+                if (ndl_hook_backward(t0, err ? NULL : node, g, ni, grads) < 0)
+                    err = 1;
+            }
             for (Py_ssize_t i = 0; i < ni; i++) {
                 if (!err && needs[i] && grads[i] != NULL && grads[i] != Py_None &&
                     add_partial((ValueObject *)PyTuple_GET_ITEM(inputs, i), grads[i]) < 0)

@@ -156,6 +156,7 @@ PyObject *ndl_make_from_op(PyTypeObject *type, PyObject *op, PyObject *inputs)
     ValueObject *v;
     PyObject *data;
     int requires_grad = 0;
+    double t0;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(inputs) && ndl_grad_enabled; i++) {
         PyObject *x = PyTuple_GET_ITEM(inputs, i);
         if (Value_Check(x) && ((ValueObject *)x)->requires_grad) {
@@ -170,6 +171,7 @@ PyObject *ndl_make_from_op(PyTypeObject *type, PyObject *op, PyObject *inputs)
         ndl_value_init(v, op, inputs, 1, NULL, requires_grad);
         return (PyObject *)v;
     }
+    t0 = ndl_hook_start();
     data = value_compute(op, inputs);
     if (data == NULL) {
         Py_DECREF(v);
@@ -182,6 +184,8 @@ PyObject *ndl_make_from_op(PyTypeObject *type, PyObject *op, PyObject *inputs)
     else
         ndl_value_init(v, NULL, ndl_empty_tuple, 1, data, 0);
     Py_DECREF(data);
+    if (ndl_hook_forward(op, inputs, (PyObject *)v, t0) < 0)
+        Py_CLEAR(v); /* the tools' verdict (detect_anomaly) */
     return (PyObject *)v;
 }
 

@@ -424,7 +424,10 @@ static PyObject *Value_str(ValueObject *self)
 
 static PyObject *Tensor_repr(ValueObject *self)
 {
-    PyObject *s = Value_str(self), *r;
+    PyObject *s = ndl_repr_via_hook((PyObject *)self, "repr"), *r;
+    if (s == NULL || PyUnicode_Check(s))
+        return s; /* the hook's text (needle.set_printoptions) */
+    Py_SETREF(s, Value_str(self));
     if (s == NULL)
         return NULL;
     r = PyUnicode_FromFormat("needle.Tensor(%U)", s);
@@ -449,6 +452,7 @@ static PyMethodDef Value_methods[] = {
 
 static PyMethodDef Tensor_methods[] = {
     {"numpy", (PyCFunction)Tensor_numpy, METH_NOARGS, "A NumPy copy of the data."},
+    {"_repr_html_", ndl_py_repr_html, METH_NOARGS, "An HTML summary and table (notebooks)."},
     {"backward", (PyCFunction)(void (*)(void))Tensor_backward, METH_VARARGS | METH_KEYWORDS,
      "backward(out_grad=None, create_graph=True): set .grad on every tensor that requires "
      "grad. With create_graph=False the gradients record no graph and only leaves keep .grad "

@@ -188,4 +188,11 @@ int ndl_ndarray_methods_init(PyTypeObject *type);
 int ndl_type_add_methods(PyTypeObject *type, PyMethodDef *defs, size_t n);
 PyObject *ndl_kernel_module_create(void); /* needle._C.cpu_kernels */
 
+/* The Python hooks of repr and _repr_html_ (repr_hook.c). ndl_repr_via_hook:
+ * hook(obj, kind), or None when no hook of that kind ("repr", "html") is set.
+ * ndl_py_repr_html is the _repr_html_ method of NDArray and Tensor. */
+PyObject *ndl_repr_via_hook(PyObject *obj, const char *kind);
+PyObject *ndl_py_set_repr_hook(PyObject *m, PyObject *args);
+PyObject *ndl_py_repr_html(PyObject *self, PyObject *unused);
+
 #endif

@@ -279,7 +279,10 @@ static PyObject *NDArray_str(NDArrayObject *self)
 
 static PyObject *NDArray_repr(NDArrayObject *self)
 {
-    PyObject *s = NDArray_str(self), *r;
+    PyObject *s = ndl_repr_via_hook((PyObject *)self, "repr"), *r;
+    if (s == NULL || PyUnicode_Check(s))
+        return s; /* the hook's text (needle.set_printoptions) */
+    Py_SETREF(s, NDArray_str(self));
     if (s == NULL)
         return NULL;
     r = PyUnicode_FromFormat("NDArray(%U, device=%R)", s, (PyObject *)self->device);
@@ -341,6 +344,7 @@ static PyGetSetDef NDArray_getset[] = {
 #define METH_KW(f) (PyCFunction)(void (*)(void))(f), METH_VARARGS | METH_KEYWORDS
 
 static PyMethodDef NDArray_methods[] = {
+    {"_repr_html_", ndl_py_repr_html, METH_NOARGS, "An HTML summary and table (notebooks)."},
     {"make", METH_KW(NDArray_make) | METH_STATIC,
      "make(shape, strides=None, device=None, handle=None, offset=0): an array over a handle."},
     {"compact_strides", (PyCFunction)NDArray_compact_strides, METH_O | METH_STATIC,
