@@ -5,7 +5,8 @@ PIP ?= $(PYTHON) -m pip
 STAMP := build/.deps-stamp
 ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
 
-.PHONY: all deps build test asan bench demo demo-cnn demo-lm data ndarray-demo clean
+PHONY_NB := notebook-deps
+.PHONY: $(PHONY_NB) all deps build test asan bench demo demo-cnn demo-lm data ndarray-demo clean
 
 all: build
 
@@ -18,7 +19,7 @@ deps: $(STAMP)
 build: deps
 	$(PYTHON) setup.py -q build_ext --inplace
 
-test: build
+test: build notebook-deps
 	$(PYTHON) -m pytest -q tests
 
 # The extension built with AddressSanitizer + UBSan and the suite run under it;
@@ -70,3 +71,15 @@ ndarray-demo: build
 
 clean:
 	rm -rf build needle/*.so *.egg-info
+
+# What the notebooks and needle.viz need beyond the Python packages: the data
+# the notebooks read, Graphviz's dot program (draws needle.viz graphs) and the
+# Jupyter kernel that nbclient starts.
+DOT := /usr/bin/dot
+
+$(DOT):
+	@command -v apt-get >/dev/null || { echo "need Graphviz's dot (apt-get install graphviz)"; exit 1; }
+	apt-get update -qq && apt-get install -y -qq graphviz
+
+notebook-deps: deps data $(FORTUNES) $(DOT)
+	$(PYTHON) -m ipykernel install --user --name python3 >/dev/null

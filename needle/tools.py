@@ -316,7 +316,8 @@ def _compare(fn: Callable[..., Any], arrays: List[np.ndarray], eps: float, atol:
     out = fn(*leaves)
     if not isinstance(out, Tensor):
         raise TypeError(f"gradcheck: fn must return a Tensor, got {type(out).__name__}")
-    w = rng.standard_normal(_shape(out))
+    shape = _shape(out)
+    w = rng.standard_normal(shape) if shape else np.ones(())  # a scalar output as it is
     out.backward(Tensor(w, dtype="float64"))
 
     def loss(xs: List[np.ndarray]) -> float:
