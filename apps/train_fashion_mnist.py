@@ -21,6 +21,7 @@ import sys
 import time
 
 import numpy as np
+from tqdm.auto import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "apps")]
@@ -72,28 +73,22 @@ def find_files(data_dir: str | None) -> dict:
 
 
 class Progress:
-    """A one-line progress bar: updated in place, finished with a newline."""
+    """The epoch's progress bar, drawn by tqdm.auto (a widget in notebooks): samples done,
+    samples/s, the running loss and metric."""
 
-    def __init__(self, total: int, label: str, width: int = 28, metric=None):
-        self.total, self.label, self.width = total, label, width
+    def __init__(self, total: int, label: str, metric=None):
         # metric(loss, value) -> the text after the loss; accuracy by default
         self.metric = metric or (lambda loss, acc: f"acc {100 * acc:5.2f}%")
-        self.start = time.perf_counter()
-        self.tty = sys.stdout.isatty()
-        self.last = 0.0
+        self.done = 0
+        self.bar = tqdm(total=total, desc=label, unit="samples", unit_scale=True, file=sys.stdout,
+                        mininterval=0.1 if sys.stdout.isatty() else 5.0, dynamic_ncols=True)
 
     def update(self, done: int, loss: float, acc: float, final: bool = False):
-        now = time.perf_counter()
-        if not final and now - self.last < (0.1 if self.tty else 5.0):
-            return
-        self.last = now
-        frac = done / self.total
-        bar = "#" * int(frac * self.width) + "-" * (self.width - int(frac * self.width))
-        rate = done / max(now - self.start, 1e-9)
-        line = (f"{self.label} [{bar}] {100 * frac:5.1f}% loss {loss:.4f} "
-                f"{self.metric(loss, acc)} {rate:,.0f} samples/s")
-        end = "\n" if final or not self.tty else ""
-        print(("\r" if self.tty else "") + line, end=end, flush=True)
+        self.bar.set_postfix_str(f"loss {loss:.4f} {self.metric(loss, acc)}", refresh=False)
+        self.bar.update(done - self.done)
+        self.done = done
+        if final:
+            self.bar.close()
 
 
 def run_epoch(loader, model, n, opt=None, label="", lr_at=None):
