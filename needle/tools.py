@@ -79,7 +79,10 @@ def _where(skip_tools: bool = True) -> str:
             break
         f = f.f_back
     def fmt(fr: Any) -> str:
-        return f"{os.path.basename(fr.f_code.co_filename)}:{fr.f_lineno} in {fr.f_code.co_name}"
+        name = fr.f_code.co_filename
+        if "ipykernel_" in name or name.startswith("<ipython-input"):
+            return f"line {fr.f_lineno} of the notebook cell"  # IPython's cells are temp files
+        return f"{os.path.basename(name)}:{fr.f_lineno} in {fr.f_code.co_name}"
     if user is None and inner is None:
         return "<unknown>"
     if user is None or user is inner:
