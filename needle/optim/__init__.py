@@ -7,8 +7,13 @@ In nd mode each parameter's update is one fused C pass (`_C.adam_update`,
 `_C.sgd_update`: the same formula, computed in the same order); np mode, and
 any array that is not an NDArray, runs the formula with tensor ops.
 
+>>> import needle as ndl
+>>> model = ndl.nn.Linear(3, 1)
 >>> opt = ndl.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+>>> loss = (model(ndl.init.ones(4, 3)) ** 2).sum()
 >>> loss.backward(); opt.step(); opt.reset_grad()
+>>> model.weight.grad is None
+True
 """
 from __future__ import annotations
 
