@@ -5,8 +5,7 @@ PIP ?= $(PYTHON) -m pip
 STAMP := build/.deps-stamp
 ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
 
-PHONY_NB := notebook-deps
-.PHONY: $(PHONY_NB) all deps build test asan bench demo demo-cnn demo-lm data ndarray-demo clean
+.PHONY: all deps build test asan bench demo demo-cnn demo-lm data ndarray-demo clean
 
 all: build
 
@@ -81,5 +80,7 @@ $(DOT):
 	@command -v apt-get >/dev/null || { echo "need Graphviz's dot (apt-get install graphviz)"; exit 1; }
 	apt-get update -qq && apt-get install -y -qq graphviz
 
+
+.PHONY: notebook-deps
 notebook-deps: deps data $(FORTUNES) $(DOT)
 	$(PYTHON) -m ipykernel install --user --name python3 >/dev/null

@@ -27,7 +27,12 @@ __all__ = [
 
 
 class Parameter(Tensor):
-    """A Tensor that is a module's trainable parameter (a marker subclass)."""
+    """A Tensor that is a module's trainable parameter (a marker subclass).
+
+    >>> import needle as ndl
+    >>> isinstance(ndl.nn.Linear(2, 3).weight, ndl.nn.Parameter)
+    True
+    """
 
 
 def _unpack_params(value: Any) -> List[Tensor]:
@@ -53,7 +58,21 @@ def _child_modules(value: Any) -> List["Module"]:
 
 
 class Module:
-    """Base class: parameters() walks the attributes in insertion order."""
+    """Base class: parameters() walks the attributes in insertion order.
+
+    >>> import needle as ndl
+    >>> class TwoLayer(ndl.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.a, self.b = ndl.nn.Linear(4, 8), ndl.nn.Linear(8, 2)
+    ...     def forward(self, x):
+    ...         return self.b(self.a(x).relu())
+    >>> m = TwoLayer()
+    >>> [p.shape for p in m.parameters()]
+    [(4, 8), (1, 8), (8, 2), (1, 2)]
+    >>> m.eval().training
+    False
+    """
 
     def __init__(self):
         self.training = True
@@ -82,12 +101,26 @@ class Module:
 
 
 class Identity(Module):
+    """The input unchanged.
+
+    >>> import needle as ndl
+    >>> ndl.nn.Identity()(ndl.Tensor([1.0, 2.0]))
+    needle.Tensor([1. 2.])
+    """
     def forward(self, x: Tensor) -> Tensor:
         return x
 
 
 class Linear(Module):
-    """y = x @ weight + bias; weight (in, out), bias (1, out)."""
+    """y = x @ weight + bias; weight (in, out), bias (1, out).
+
+    >>> import needle as ndl
+    >>> layer = ndl.nn.Linear(3, 2)
+    >>> layer.weight.shape, layer.bias.shape
+    ((3, 2), (1, 2))
+    >>> layer(ndl.init.ones(5, 3)).shape
+    (5, 2)
+    """
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype="float32"):
         super().__init__()
@@ -107,30 +140,62 @@ class Linear(Module):
 
 
 class Flatten(Module):
+    """Keep the first axis, flatten the rest: (B, d1, d2, ...) -> (B, d1 * d2 * ...).
+
+    >>> import needle as ndl
+    >>> ndl.nn.Flatten()(ndl.init.ones(2, 3, 4)).shape
+    (2, 12)
+    """
     def forward(self, X: Tensor) -> Tensor:
         shape = X.shape
         return X.reshape((shape[0], math.prod(shape[1:])))
 
 
 class ReLU(Module):
+    """max(x, 0), elementwise.
+
+    >>> import needle as ndl
+    >>> ndl.nn.ReLU()(ndl.Tensor([-1.0, 0.0, 2.0]))
+    needle.Tensor([0. 0. 2.])
+    """
     def forward(self, x: Tensor) -> Tensor:
         return ops.relu(x)
 
 
 class Sigmoid(Module):
     """1 / (1 + exp(-x)) as one op (ops.Sigmoid): the contract's numbers and
-    gradient, y * (1 - y), without the four-op graph; stable for large |x|."""
+    gradient, y * (1 - y), without the four-op graph; stable for large |x|.
+
+    >>> import needle as ndl
+    >>> ndl.nn.Sigmoid()(ndl.Tensor([0.0]))
+    needle.Tensor([0.5])
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.sigmoid(x)
 
 
 class Tanh(Module):
+    """tanh(x), elementwise.
+
+    >>> import needle as ndl
+    >>> ndl.nn.Tanh()(ndl.Tensor([0.0]))
+    needle.Tensor([0.])
+    """
     def forward(self, x: Tensor) -> Tensor:
         return ops.tanh(x)
 
 
 class Sequential(Module):
+    """The modules applied one after the other.
+
+    >>> import needle as ndl
+    >>> model = ndl.nn.Sequential(ndl.nn.Linear(4, 8), ndl.nn.ReLU(), ndl.nn.Linear(8, 3))
+    >>> model(ndl.init.ones(2, 4)).shape
+    (2, 3)
+    >>> len(model.parameters())
+    4
+    """
     def __init__(self, *modules):
         super().__init__()
         self.modules = modules
@@ -142,6 +207,15 @@ class Sequential(Module):
 
 
 class Residual(Module):
+    """fn(x) + x.
+
+    >>> import needle as ndl
+    >>> block = ndl.nn.Residual(ndl.nn.Sequential(ndl.nn.Linear(4, 4), ndl.nn.ReLU()))
+    >>> block(ndl.init.ones(2, 4)).shape
+    (2, 4)
+    >>> ndl.nn.Residual(ndl.nn.Identity())(ndl.Tensor([1.0, 2.0]))
+    needle.Tensor([2. 4.])
+    """
     def __init__(self, fn: Module):
         super().__init__()
         self.fn = fn
@@ -151,7 +225,14 @@ class Residual(Module):
 
 
 class SoftmaxLoss(Module):
-    """Mean softmax cross-entropy of logits (B, k) against integer labels y (B,)."""
+    """Mean softmax cross-entropy of logits (B, k) against integer labels y (B,).
+
+    >>> import numpy as np, needle as ndl
+    >>> logits = ndl.Tensor([[0.0, 0.0], [10.0, 0.0]])
+    >>> loss = ndl.nn.SoftmaxLoss()(logits, ndl.Tensor([0, 0]))
+    >>> round(float(loss.numpy()), 4)  # (log 2 + ~0) / 2
+    0.3466
+    """
 
     def forward(self, logits: Tensor, y: Tensor) -> Tensor:
         batch, k = logits.shape
@@ -170,7 +251,13 @@ def _row(t: Tensor, like: Tensor) -> Tensor:
 
 
 class LayerNorm1d(Module):
-    """Normalise each row over its last axis: w * (x - mean) / sqrt(var + eps) + b."""
+    """Normalise each row over its last axis: w * (x - mean) / sqrt(var + eps) + b.
+
+    >>> import needle as ndl
+    >>> y = ndl.nn.LayerNorm1d(3)(ndl.Tensor([[1.0, 2.0, 3.0]]))
+    >>> [round(v, 3) for v in y.numpy()[0].tolist()]
+    [-1.225, 0.0, 1.225]
+    """
 
     def __init__(self, dim, eps=1e-5, device=None, dtype="float32"):
         super().__init__()
@@ -191,7 +278,16 @@ class LayerNorm1d(Module):
 
 
 class BatchNorm1d(Module):
-    """Per-feature normalisation over the batch, with running statistics (API.md 6.3)."""
+    """Per-feature normalisation over the batch, with running statistics (API.md 6.3).
+
+    >>> import needle as ndl
+    >>> bn = ndl.nn.BatchNorm1d(2)
+    >>> y = bn(ndl.Tensor([[1.0, 10.0], [3.0, 30.0]]))
+    >>> [round(v, 3) for v in y.numpy()[:, 0].tolist()]
+    [-1.0, 1.0]
+    >>> bn.running_mean
+    needle.Tensor([0.2 2. ])
+    """
 
     def __init__(self, dim, eps=1e-5, momentum=0.1, device=None, dtype="float32"):
         super().__init__()
@@ -222,7 +318,12 @@ class BatchNorm1d(Module):
 
 
 class BatchNorm2d(BatchNorm1d):
-    """BatchNorm over the channels of an NCHW input."""
+    """BatchNorm over the channels of an NCHW input.
+
+    >>> import needle as ndl
+    >>> ndl.nn.BatchNorm2d(3)(ndl.init.randn(2, 3, 4, 4)).shape
+    (2, 3, 4, 4)
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
@@ -232,7 +333,16 @@ class BatchNorm2d(BatchNorm1d):
 
 
 class Dropout(Module):
-    """Zero each element with probability p in training, scale the rest by 1/(1-p)."""
+    """Zero each element with probability p in training, scale the rest by 1/(1-p).
+
+    >>> import needle as ndl
+    >>> drop = ndl.nn.Dropout(0.5)
+    >>> y = drop(ndl.init.ones(1000))
+    >>> sorted(set(y.numpy().tolist()))    # dropped, or scaled by 1 / (1 - p)
+    [0.0, 2.0]
+    >>> drop.eval()(ndl.init.ones(3))      # the identity in evaluation
+    needle.Tensor([1. 1. 1.])
+    """
 
     def __init__(self, p=0.5):
         super().__init__()

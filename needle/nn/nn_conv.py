@@ -28,6 +28,13 @@ class Conv(Module):
 
     Padding is K // 2 ("same" output size for odd K at stride 1). Tuple
     `kernel_size` / `stride` use their first element (square kernels only).
+
+    >>> import needle as ndl
+    >>> conv = ndl.nn.Conv(3, 8, kernel_size=3, stride=2)
+    >>> conv.weight.shape
+    (3, 3, 3, 8)
+    >>> conv(ndl.init.ones(2, 3, 28, 28)).shape
+    (2, 8, 14, 14)
     """
 
     def __init__(self, in_channels: int, out_channels: int,

@@ -35,6 +35,14 @@ def _fusable(p: Tensor) -> bool:
 
 
 class Optimizer:
+    """Base class: holds the parameters; step() updates them, reset_grad() clears .grad.
+
+    >>> import needle as ndl
+    >>> p = ndl.nn.Parameter(ndl.Tensor([1.0]))
+    >>> opt = ndl.optim.Optimizer([p])
+    >>> p.grad = ndl.Tensor([0.5]); opt.reset_grad(); p.grad is None
+    True
+    """
     def __init__(self, params: List[Tensor]):
         self.params = params
 
@@ -59,7 +67,15 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """u = m * u + (1 - m) * (grad + wd * p);  p -= lr * u  (note the (1 - m))."""
+    """u = m * u + (1 - m) * (grad + wd * p);  p -= lr * u  (note the (1 - m)).
+
+    >>> import needle as ndl
+    >>> w = ndl.nn.Parameter(ndl.Tensor([1.0, -2.0]))
+    >>> opt = ndl.optim.SGD([w], lr=0.1)
+    >>> (w * w).sum().backward(); opt.step()     # w -= 0.1 * 2 w
+    >>> w
+    needle.Tensor([ 0.8 -1.6])
+    """
 
     def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0):
         super().__init__(params)
@@ -97,7 +113,15 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam with bias correction; weight decay is added to the gradient (API.md 7)."""
+    """Adam with bias correction; weight decay is added to the gradient (API.md 7).
+
+    >>> import needle as ndl
+    >>> w = ndl.nn.Parameter(ndl.Tensor([1.0, -2.0]))
+    >>> opt = ndl.optim.Adam([w], lr=0.1)
+    >>> (w * w).sum().backward(); opt.step()     # the first step moves each weight by lr
+    >>> w
+    needle.Tensor([ 0.9 -1.9])
+    """
 
     def __init__(self, params, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
         super().__init__(params)
