@@ -56,6 +56,14 @@ class Transform:
     path by defining ``_draw``, ``_draw_key`` and ``_apply_drawn`` next to
     ``__call__`` (as the built-in transforms do); others are applied image by
     image.
+
+    >>> import numpy as np, needle as ndl
+    >>> class Invert(ndl.data.Transform):
+    ...     def __call__(self, img):
+    ...         return 1.0 - img
+    >>> Invert()(np.zeros((2, 2, 1)))[..., 0]
+    array([[1., 1.],
+           [1., 1.]])
     """
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -79,6 +87,12 @@ class RandomFlipHorizontal(Transform):
     """Reverse the image along W (axis 1) with probability ``p``.
 
     Draws ``np.random.rand()`` once per call; flips when the draw is ``< p``.
+
+    >>> import numpy as np, needle as ndl
+    >>> img = np.arange(6.0).reshape(2, 3, 1)
+    >>> ndl.data.RandomFlipHorizontal(p=1.0)(img)[..., 0]
+    array([[2., 1., 0.],
+           [5., 4., 3.]])
     """
 
     def __init__(self, p: float = 0.5):
@@ -126,6 +140,12 @@ class RandomCrop(Transform):
     Draws ``shift_x, shift_y = np.random.randint(low=-padding, high=padding + 1,
     size=2)`` once per call; ``shift_x`` moves the window along H, ``shift_y``
     along W. The output has the input's shape; pixels shifted in are 0.
+
+    >>> import numpy as np, needle as ndl
+    >>> img = np.ones((4, 4, 1))
+    >>> out = ndl.data.RandomCrop(padding=2)(img)
+    >>> out.shape, bool(out.sum() <= 16)   # same shape; zeros shifted in
+    ((4, 4, 1), True)
     """
 
     def __init__(self, padding: int = 3):

@@ -86,6 +86,15 @@ class CIFAR10Dataset(Dataset):
     ``(X[i], y[i])``. Transforms (API.md 8.2) work on H x W x C images, so
     each image is transposed to (32, 32, 3), transformed, and transposed back.
     ``p`` is accepted for the course's signature and unused.
+
+    >>> import os, pickle, tempfile, numpy as np, needle as ndl
+    >>> d = tempfile.mkdtemp()
+    >>> for name in ["data_batch_%d" % k for k in range(1, 6)] + ["test_batch"]:
+    ...     with open(os.path.join(d, name), "wb") as f:   # two tiny images per batch file
+    ...         pickle.dump({b"data": np.full((2, 3072), 255, np.uint8), b"labels": [3, 7]}, f)
+    >>> ds = ndl.data.CIFAR10Dataset(d, train=True)
+    >>> len(ds), ds.X.shape, float(ds.X.max()), int(ds[1][1])
+    (10, (10, 3, 32, 32), 1.0, 7)
     """
 
     def __init__(self, base_folder: str, train: bool, p: Optional[float] = 0.5,

@@ -19,6 +19,12 @@ class NDArrayDataset(Dataset):
 
     Indexing is NumPy's, so slices and index arrays work. All arrays must
     have the same first dimension.
+
+    >>> import numpy as np, needle as ndl
+    >>> ds = ndl.data.NDArrayDataset(np.arange(10.0).reshape(5, 2), np.arange(5))
+    >>> x, y = ds[3]
+    >>> len(ds), x.tolist(), int(y)
+    (5, [6.0, 7.0], 3)
     """
 
     def __init__(self, *arrays):

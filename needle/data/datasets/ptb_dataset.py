@@ -48,6 +48,17 @@ class Corpus:
     ``train`` is tokenized first, so ids follow first appearance in train,
     then in test. Each line contributes its whitespace-separated words and
     ``'<eos>'``; ``max_lines`` limits the lines read from each file.
+
+    >>> import os, tempfile, needle as ndl
+    >>> d = tempfile.mkdtemp()
+    >>> for name, lines in [("train.txt", ["the cat sat", "the dog"]), ("test.txt", ["a cat"])]:
+    ...     with open(os.path.join(d, name), "w") as f:
+    ...         print(*lines, sep=os.linesep, file=f)
+    >>> corpus = ndl.data.Corpus(d)
+    >>> corpus.train, corpus.test
+    ([0, 1, 2, 3, 0, 4, 3], [5, 1, 3])
+    >>> corpus.dictionary.idx2word[:4]
+    ['the', 'cat', 'sat', '<eos>']
     """
 
     def __init__(self, base_dir: str, max_lines: Optional[int] = None):
@@ -100,6 +111,16 @@ def get_batch(batches: np.ndarray, i: int, bptt: int, device=None,
     ``L = min(bptt, len(batches) - 1 - i)``. Returns ``(X (L, bs), y (L*bs,))`` as
     Tensors on ``device`` with ``dtype`` ("float32" when None); y is flattened
     row-major, so ``y[t*bs + j]`` is the token after ``X[t, j]``.
+
+    >>> import numpy as np, needle as ndl
+    >>> batches = ndl.data.batchify(np.arange(12), 2)      # (6, 2)
+    >>> X, y = ndl.data.get_batch(batches, 0, 3)
+    >>> X
+    needle.Tensor([[0. 6.]
+     [1. 7.]
+     [2. 8.]])
+    >>> y
+    needle.Tensor([1. 7. 2. 8. 3. 9.])
     """
     i = operator.index(i)
     bptt = operator.index(bptt)
