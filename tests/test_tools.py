@@ -205,3 +205,27 @@ def test_repr_html_shows_shape_dtype_device_and_a_truncated_table():
     assert h.count("<tr>") == 9  # 8 rows and the ellipsis row
     assert "showing [0, :, :]" in h
     assert "shape=(3,)" in ndl.init.ones(3).cached_data._repr_html_()
+
+
+# -- the hooks hold no references ------------------------------------------------
+
+def test_hooks_leak_nothing():
+    import gc
+    import sys
+    a = ndl.Tensor(np.ones((3, 3)), requires_grad=True)
+    op = ndl.ops.EWiseMul()
+
+    def run():
+        with ndl.profile(peak=False), ndl.detect_anomaly():
+            for _ in range(50):
+                op(a, a).sum().backward()
+        a.grad = None
+
+    run()
+    gc.collect()
+    refs, count = sys.getrefcount(op), ndl.autograd.TENSOR_COUNTER
+    for _ in range(3):
+        run()
+    gc.collect()
+    assert sys.getrefcount(op) == refs
+    assert ndl.autograd.TENSOR_COUNTER == count
