@@ -84,3 +84,8 @@ $(DOT):
 .PHONY: notebook-deps
 notebook-deps: deps data $(FORTUNES) $(DOT)
 	$(PYTHON) -m ipykernel install --user --name python3 >/dev/null
+
+# Clear the notebooks' outputs before committing (tests/test_notebooks.py checks).
+.PHONY: strip-notebooks
+strip-notebooks: deps
+	$(PYTHON) notebooks/strip_outputs.py notebooks/*.ipynb
