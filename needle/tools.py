@@ -254,7 +254,7 @@ def _repr_hook(obj: Any, kind: str) -> Optional[str]:
     if a.dtype != np.float32:
         extra.append(f"dtype={a.dtype}")
     dev = getattr(obj, "device", None)
-    if dev is not None and str(dev) != "cpu()":
+    if dev is not None and str(dev) not in ("cpu()", "needle.cpu()"):
         extra.append(f"device={dev}")
     return f"{prefix}{', '.join([body] + extra + _grad_info(obj))})"
 

@@ -9,7 +9,9 @@
  * depth counts the gradient rules running (an op computed inside a gradient
  * rule has depth > 0). A hook that raises fails the op or the backward. The
  * hook is off while it runs (ops it computes are not reported), and with no
- * hook set the engine pays one pointer test per op.
+ * hook set the engine pays one pointer test per op. Ops are reported where
+ * they are computed eagerly (ndl_make_from_op); LAZY_MODE's deferred
+ * realizations are not reported.
  */
 #include <time.h>
 
