@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import math
 import os
 import sys
 import time
@@ -48,7 +49,10 @@ def _nbytes(x: Any) -> int:
     size = getattr(d, "size", None)
     if size is None:
         return 0
-    return int(size) * np.dtype(str(getattr(d, "dtype", "float32"))).itemsize
+    return int(size) * _ITEMSIZE.get(str(d.dtype), 4)
+
+
+_ITEMSIZE = {"float32": 4, "float64": 8, "int64": 8, "int32": 4, "bool": 1}
 
 
 def _shape(x: Any) -> Tuple[int, ...]:
@@ -62,32 +66,45 @@ def _op_name(op: Any) -> str:
     return type(op).__name__
 
 
-def _where(skip_tools: bool = True) -> str:
-    """The Python line that is creating an op: the innermost frame outside needle's own
-    tensor plumbing, and the first frame outside the needle package (the user's line)."""
+_FILE_KIND: Dict[str, int] = {}  # co_filename -> 0 user code, 1 needle, 2 this module
+
+
+def _file_kind(name: str) -> int:
+    kind = _FILE_KIND.get(name)
+    if kind is None:
+        path = os.path.abspath(name)
+        kind = 2 if path == os.path.abspath(__file__) else (
+            1 if path.startswith(_PKG_DIR + os.sep) else 0)
+        _FILE_KIND[name] = kind
+    return kind
+
+
+def _fmt_frame(fr: Any) -> str:
+    name = fr.f_code.co_filename
+    if "ipykernel_" in name or name.startswith("<ipython-input"):
+        return f"line {fr.f_lineno} of the notebook cell"  # IPython's cells are temp files
+    return f"{os.path.basename(name)}:{fr.f_lineno} in {fr.f_code.co_name}"
+
+
+def _where() -> str:
+    """The Python line that is creating an op: the first frame outside the needle package
+    (the user's line), and the innermost frame outside this module when that is inside
+    needle (a module's forward, say)."""
     f = sys._getframe(1)
-    inner = user = None
+    inner = None
     while f is not None:
-        fn = os.path.abspath(f.f_code.co_filename)
-        if skip_tools and fn == os.path.abspath(__file__):
-            f = f.f_back
-            continue
-        if inner is None:
-            inner = f
-        if not fn.startswith(_PKG_DIR + os.sep):
-            user = f
-            break
+        kind = _file_kind(f.f_code.co_filename)
+        if kind != 2:
+            if inner is None:
+                inner = f
+            if kind == 0:
+                break
         f = f.f_back
-    def fmt(fr: Any) -> str:
-        name = fr.f_code.co_filename
-        if "ipykernel_" in name or name.startswith("<ipython-input"):
-            return f"line {fr.f_lineno} of the notebook cell"  # IPython's cells are temp files
-        return f"{os.path.basename(name)}:{fr.f_lineno} in {fr.f_code.co_name}"
-    if user is None and inner is None:
+    if f is None and inner is None:
         return "<unknown>"
-    if user is None or user is inner:
-        return fmt(user or inner)
-    return f"{fmt(user)} (inside {fmt(inner)})"
+    if f is None or f is inner:
+        return _fmt_frame(f or inner)
+    return f"{_fmt_frame(f)} (inside {_fmt_frame(inner)})"
 
 
 # ---------------------------------------------------------------------------
@@ -438,6 +455,8 @@ def _bad_counts(x: Any) -> Tuple[int, int]:
             nan, inf = nan + a, inf + b
         return nan, inf
     a = np.asarray(d)
+    if a.dtype.kind != "f" or np.isfinite(a).all():
+        return 0, 0
     return int(np.isnan(a).sum()), int(np.isinf(a).sum())
 
 
@@ -477,8 +496,8 @@ class detect_anomaly(contextlib.ContextDecorator):
             if depth:
                 return  # an op inside a gradient rule: the rule's result is checked
             nan, inf = _bad_counts(out)
-            where = _where()
-            if isinstance(out, _C.Value) and out.op is not None:
+            where = _where() if nan or inf or out.op is not None else ""
+            if out.op is not None:
                 out._created_at = where
             if nan or inf:
                 ins = [_bad_counts(x) for x in inputs]
@@ -532,16 +551,16 @@ def op_flops(op: Any, inputs: Sequence[Any], out: Any) -> int:
         return 0
     if name == "MatMul":
         sa, so = _shape(inputs[0]), _shape(out)
-        return 2 * int(np.prod(so)) * int(sa[-1])
+        return 2 * math.prod(so) * int(sa[-1])
     if name == "Conv":
         w = _shape(inputs[1])
-        return 2 * int(np.prod(_shape(out))) * int(w[0] * w[1] * w[2])
+        return 2 * math.prod(_shape(out)) * int(w[0] * w[1] * w[2])
     if name in _REDUCTIONS:
-        return int(np.prod(_shape(inputs[0])))
+        return math.prod(_shape(inputs[0]))
     d = _data(out)
     if isinstance(d, tuple):
-        return sum(int(np.prod(_shape(e))) for e in d)
-    return int(np.prod(_shape(out)))
+        return sum(math.prod(_shape(e)) for e in d)
+    return math.prod(d.shape)
 
 
 def op_bytes(op: Any, inputs: Sequence[Any], out: Any) -> int:
