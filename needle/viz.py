@@ -2,7 +2,7 @@
 
 Every Value reachable from the tensor is one node: a leaf shows its shape and dtype (filled
 blue when it requires grad), an op node its op, shape, dtype and the bytes its saved output
-holds; an edge runs from each input to its user. In a notebook the result draws itself as SVG
+holds (or that it is a view of an input's buffer); an edge runs from each input to its user. In a notebook the result draws itself as SVG
 (``_repr_svg_``) when the ``graphviz`` package and its ``dot`` program are installed, and
 says what is missing when they are not. Graphs longer than ``max_nodes`` have their repeated
 blocks (repeated layers) drawn once, in a box marked with the repeat count.
@@ -75,18 +75,47 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def _itemsize(dtype: Any) -> int:
+    return 8 if str(dtype) in ("float64", "int64") else 4
+
+
 def _info(v: Any) -> Tuple[str, str, int]:
-    """(shape text, dtype, saved bytes) of a Value's data."""
+    """(shape text, dtype, bytes of its elements) of a Value's data."""
     d = v.cached_data
     if d is None:
         return "?", "?", 0
     if isinstance(d, tuple):
         shapes = [tuple(getattr(e, "shape", ())) for e in d]
-        nbytes = sum(int(e.size) * (8 if str(e.dtype) == "float64" else 4) for e in d)
+        nbytes = sum(int(e.size) * _itemsize(e.dtype) for e in d)
         dt = str(d[0].dtype) if d else "?"
         return "tuple" + str(shapes), dt, nbytes
     dt = str(d.dtype)
-    return str(tuple(d.shape)), dt, int(d.size) * (8 if dt == "float64" else 4)
+    return str(tuple(d.shape)), dt, int(d.size) * _itemsize(dt)
+
+
+def _storages(v: Any) -> Dict[int, int]:
+    """{buffer address: bytes} of the buffers a Value's data lives in (views share them)."""
+    d = v.cached_data
+    out: Dict[int, int] = {}
+    for e in (d if isinstance(d, tuple) else (d,)):
+        if e is None:
+            continue
+        h = getattr(e, "_handle", None)
+        if h is not None:
+            out[h.ptr()] = int(h.size) * _itemsize(e.dtype)
+            continue
+        root = e
+        while getattr(root, "base", None) is not None and hasattr(root.base, "nbytes"):
+            root = root.base
+        if hasattr(root, "__array_interface__"):
+            out[root.__array_interface__["data"][0]] = int(root.nbytes)
+    return out
+
+
+def _is_view(v: Any) -> bool:
+    """True when the op's output shares a buffer with one of its inputs (no copy made)."""
+    mine = _storages(v)
+    return any(k in mine for x in v.inputs for k in _storages(x))
 
 
 def _label_key(v: Any) -> Tuple[Any, ...]:
@@ -173,7 +202,8 @@ def graph(tensor: Any, max_nodes: int = 200, collapse: bool = True,
             attrs = 'shape=ellipse, style=filled, fillcolor="#cfe2ff"' if v.requires_grad \
                 else 'shape=ellipse, style=filled, fillcolor="#eeeeee"'
         else:
-            label = f"{type(v.op).__name__}\\n{shape} {dt}\\nsaved {_fmt_bytes(nbytes)}"
+            held = "a view, no copy" if _is_view(v) else f"saved {_fmt_bytes(nbytes)}"
+            label = f"{type(v.op).__name__}\\n{shape} {dt}\\n{held}"
             attrs = "shape=box"
             if v.requires_grad:
                 attrs += ', color="#1f5fbf"'
@@ -211,7 +241,11 @@ def graph(tensor: Any, max_nodes: int = 200, collapse: bool = True,
                 continue  # collapsed: one edge stands for its repetitions
             edges.add(edge)
             lines.append(f"  {src} -> n{mv}" + (" [style=dashed];" if dashed else ";"))
-    saved = sum(_info(v)[2] for v in order if v.op is not None)
+    held: Dict[int, int] = {}  # the buffers op outputs keep alive, each counted once
+    leaves: Dict[int, int] = {}
+    for v in order:
+        (held if v.op is not None else leaves).update(_storages(v))
+    saved = sum(b for k, b in held.items() if k not in leaves)
     lines.append(f'  label="{n} nodes; op outputs hold {_fmt_bytes(saved)}";')
     lines.append("}")
     out = DotGraph("\n".join(lines) + "\n")

@@ -102,3 +102,12 @@ def test_clear_message_without_dot(monkeypatch):
     with pytest.raises(RuntimeError, match=r"'dot' program is not on PATH"):
         g.svg()
     assert "apt-get install graphviz" in g._repr_svg_()
+
+
+def test_views_are_marked_and_held_bytes_count_each_buffer_once():
+    x = ndl.Tensor([[1.0, 2.0]], requires_grad=True)
+    b = x.broadcast_to((3, 2))           # a stride-0 view of x's buffer: no bytes of its own
+    out = (b * 2.0 + b).sum()            # MulScalar (3, 2), EWiseAdd (3, 2), Summation ()
+    labels, _ = parse(viz.graph(out))
+    assert r"BroadcastTo\n(3, 2) float32\na view, no copy" in labels.values()
+    assert 'label="5 nodes; op outputs hold 52 B"' in viz.graph(out)  # 24 + 24 + 4
