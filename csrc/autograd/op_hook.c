@@ -52,10 +52,9 @@ static int call_hook(PyObject *args)
 
 int ndl_hook_forward(PyObject *op, PyObject *inputs, PyObject *out, double t0)
 {
-    double dt = now() - t0;
     if (t0 < 0)
         return 0;
-    return call_hook(Py_BuildValue("(sOOOdi)", "forward", op, inputs, out, dt, depth));
+    return call_hook(Py_BuildValue("(sOOOdi)", "forward", op, inputs, out, now() - t0, depth));
 }
 
 double ndl_hook_enter_backward(void)
@@ -70,9 +69,10 @@ int ndl_hook_backward(double t0, ValueObject *node, PyObject *g, Py_ssize_t n,
                       PyObject *const *grads)
 {
     PyObject *t;
-    double dt = now() - t0;
+    double dt;
     if (t0 < 0)
         return 0;
+    dt = now() - t0;
     depth--;
     if (hook == NULL || node == NULL) /* no hook, or the rule failed */
         return 0;
