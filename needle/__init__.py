@@ -16,3 +16,6 @@ from . import init
 from .init import ones, ones_like, zeros, zeros_like  # noqa: F401
 from . import data, nn, optim  # noqa: F401
 from .backend_selection import *  # noqa: F401,F403
+from .serialization import load, save  # noqa: F401
+from . import interop  # noqa: F401
+from .interop import from_dlpack  # noqa: F401
