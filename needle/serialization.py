@@ -98,7 +98,11 @@ copyreg.pickle(backend_ndarray.BackendDevice, lambda d: (_device_named, (d.name,
 
 
 class _BadFile(ValueError):
-    pass
+    """The file is not valid safetensors."""
+
+
+class _BadMeta(ValueError):
+    """The file is safetensors, but needle's metadata does not describe it."""
 
 
 def _rebuild(node: Any, tensors: Dict[str, np.ndarray], used: set) -> Any:
@@ -106,54 +110,92 @@ def _rebuild(node: Any, tensors: Dict[str, np.ndarray], used: set) -> Any:
         if "__tensor__" in node:
             key = node["__tensor__"]
             if key not in tensors:
-                raise _BadFile(f"the metadata names tensor '{key}', which the file lacks")
+                raise _BadMeta(f"the metadata names tensor '{key}', which the file lacks")
             used.add(key)
             arr = tensors[key]
             kind = node.get("kind")
             if kind == "numpy":
                 return arr
             if arr.dtype not in (np.float32, np.float64):
-                raise _BadFile(f"tensor '{key}' has dtype {arr.dtype}; a needle {kind} "
+                raise _BadMeta(f"tensor '{key}' has dtype {arr.dtype}; a needle {kind} "
                                "holds float32 or float64")
             if kind == "NDArray":
                 return NDArray(arr, dtype=str(arr.dtype))
             if kind == "Tensor":
                 return Tensor(arr, dtype=str(arr.dtype),
                               requires_grad=bool(node.get("requires_grad", False)))
-            raise _BadFile(f"unknown kind {kind!r} for tensor '{key}'")
+            raise _BadMeta(f"unknown kind {kind!r} for tensor '{key}'")
         if "__dict__" in node:
             return {k: _rebuild(v, tensors, used) for k, v in node["__dict__"]}
         if "__list__" in node:
             return [_rebuild(v, tensors, used) for v in node["__list__"]]
         if "__tuple__" in node:
             return tuple(_rebuild(v, tensors, used) for v in node["__tuple__"])
-        raise _BadFile(f"unexpected metadata entry {node!r}")
+        raise _BadMeta(f"unexpected metadata entry {node!r}")
     if isinstance(node, list):
-        raise _BadFile("unexpected list in the metadata")
+        raise _BadMeta("unexpected list in the metadata")
     return node
 
 
-def _reason(err: Exception) -> str:
-    msg = str(err)
-    hints = {
-        "HeaderTooLarge": "the header length is larger than the file (truncated or not "
-                          "a safetensors file)",
-        "HeaderTooSmall": "the file is too short for a safetensors header",
-        "InvalidHeaderLength": "the header length does not fit the file (truncated or "
-                               "not a safetensors file)",
-        "InvalidHeaderDeserialization": "the header is not valid safetensors JSON (a wrong "
-                                        "dtype string, a bad field or not a safetensors file)",
-        "InvalidHeaderStart": "the header does not start with '{' (not a safetensors file)",
-        "InvalidHeader": "the header is not valid UTF-8 JSON",
-        "MetadataIncompleteBuffer": "the data is shorter than the header says (truncated)",
-        "InvalidOffset": "a tensor's byte range is out of order or outside the data",
-        "TensorInvalidInfo": "a tensor's shape and dtype do not match its byte range",
-        "ValidationOverflow": "a tensor's shape overflows",
-    }
-    for name, hint in hints.items():
-        if name in msg:
-            return f"{hint} [{msg}]"
-    return msg
+# Bytes per element of the safetensors dtype strings (the sub-byte float
+# formats are left to the safetensors package's own checks).
+_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+             "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+             "I32": 4, "U32": 4, "F32": 4, "C64": 8, "F64": 8, "I64": 8, "U64": 8}
+_SUBBYTE = {"F4", "F6_E2M3", "F6_E3M2"}
+
+
+def _check_header(path: str) -> None:
+    """Raise _BadFile saying what is wrong with the file's framing and header: the
+    safetensors package's own messages do not name the tensor at fault."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise _BadFile(f"the file is {size} bytes, too short for the 8-byte header length "
+                           "(truncated, or not a safetensors file)")
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            raise _BadFile(f"the header length says {n} bytes but {size - 8} follow "
+                           "(truncated, a wrong header length, or not a safetensors file)")
+        text = f.read(n)
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _BadFile(f"the {n}-byte header is not JSON ({err}): a wrong header length, "
+                       "or not a safetensors file") from None
+    if not isinstance(header, dict):
+        raise _BadFile("the header is not a JSON object")
+    data_len, covered = size - 8 - n, 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise _BadFile(f"tensor '{name}' has a malformed entry {info!r}")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in _ITEMSIZE and dtype not in _SUBBYTE:
+            raise _BadFile(f"tensor '{name}' has an unknown dtype string {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0
+                                                  for d in shape):
+            raise _BadFile(f"tensor '{name}' has a bad shape {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) for o in offsets) or not
+                0 <= offsets[0] <= offsets[1]):
+            raise _BadFile(f"tensor '{name}' has bad data_offsets {offsets!r}")
+        begin, end = offsets
+        if dtype in _ITEMSIZE:
+            need = _ITEMSIZE[dtype] * int(np.prod(shape, dtype=object))
+            if end - begin != need:
+                raise _BadFile(f"tensor '{name}' of shape {tuple(shape)} and dtype {dtype} "
+                               f"needs {need} bytes, its data_offsets [{begin}, {end}] hold "
+                               f"{end - begin}")
+        if end > data_len:
+            raise _BadFile(f"tensor '{name}' ends at byte {end} of the data, which has "
+                           f"{data_len} bytes (truncated)")
+        covered += end - begin
+    if covered != data_len:
+        raise _BadFile(f"the tensors cover {covered} bytes of data but the file holds "
+                       f"{data_len} (truncated data, a wrong header length, or bytes of no tensor)")
 
 
 def load(path: PathLike) -> Any:
@@ -166,22 +208,22 @@ def load(path: PathLike) -> Any:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"needle.load: no such file: '{path}'")
     try:
+        _check_header(path)
         tensors = load_file(path)
-        with open(path, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(header_len))
-        meta = header.get("__metadata__") or {}
-        if meta.get("format") != _FORMAT or "needle" not in meta:
-            return tensors  # a foreign safetensors file: its arrays by name
-        skeleton = json.loads(meta["needle"])
+    except (_BadFile, SafetensorError) as err:
+        raise ValueError(f"needle.load: '{path}' is not a valid safetensors file: "
+                         f"{err}") from None
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != _FORMAT or "needle" not in meta:
+        return tensors  # a foreign safetensors file: its arrays by name
+    try:
         used: set = set()
-        obj = _rebuild(skeleton, tensors, used)
+        obj = _rebuild(json.loads(meta["needle"]), tensors, used)
         extra = sorted(set(tensors) - used)
         if extra:
-            raise _BadFile(f"tensors {extra} are not named by the metadata")
-        return obj
-    except SafetensorError as err:
-        raise ValueError(f"needle.load: '{path}' is not a valid safetensors file: "
-                         f"{_reason(err)}") from None
+            raise _BadMeta(f"tensors {extra} are not named by the metadata")
     except (ValueError, TypeError, KeyError, RecursionError) as err:
         raise ValueError(f"needle.load: '{path}' has bad needle metadata: {err}") from None
+    return obj
