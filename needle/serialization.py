@@ -24,9 +24,6 @@ import os
 from typing import Any, Dict, Union
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
-
 from needle import backend_ndarray
 from needle.autograd import Tensor
 from needle.backend_ndarray import NDArray
@@ -82,6 +79,7 @@ def save(obj: Dict[str, Any], path: PathLike) -> None:
             raise TypeError(f"needle.save: tensor '{key}' has dtype {arr.dtype}, which "
                             "safetensors cannot store")
     meta = {"format": _FORMAT, "needle": json.dumps(skeleton, allow_nan=True)}
+    from safetensors.numpy import save_file
     save_file(tensors, os.fspath(path), metadata=meta)
 
 
@@ -204,6 +202,8 @@ def load(path: PathLike) -> Any:
 
     A file that is not valid safetensors raises ValueError naming the file and
     the problem; a missing file raises FileNotFoundError."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"needle.load: no such file: '{path}'")

@@ -20,6 +20,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -306,3 +307,25 @@ def test_model_sent_to_another_process():
     out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps((model, x)),
                          capture_output=True, cwd=ROOT, check=True, timeout=120).stdout
     assert out == model(ndl.Tensor(x)).numpy().tobytes()
+
+
+def test_np_mode(tmp_path):
+    """state_dict, needle.save/load and pickling with NEEDLE_BACKEND=np."""
+    code = textwrap.dedent(f"""
+        import copy, pickle, numpy as np, needle as ndl
+        m = ndl.nn.Sequential(ndl.nn.Linear(3, 4), ndl.nn.BatchNorm1d(4))
+        path = {str(tmp_path / "np.safetensors")!r}
+        ndl.save({{"model": m.state_dict()}}, path)
+        m2 = ndl.nn.Sequential(ndl.nn.Linear(3, 4), ndl.nn.BatchNorm1d(4))
+        m2.load_state_dict(ndl.load(path)["model"])
+        for k, v in m.state_dict().items():
+            assert m2.state_dict()[k].numpy().tobytes() == v.numpy().tobytes(), k
+        t = pickle.loads(pickle.dumps(m.parameters()[0]))
+        assert t.numpy().tobytes() == m.parameters()[0].numpy().tobytes()
+        copy.deepcopy(m)
+        print("ok")
+    """)
+    env = dict(os.environ, NEEDLE_BACKEND="np")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
