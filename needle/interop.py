@@ -21,6 +21,9 @@ The layouts that differ (README, "Weights from and to PyTorch"):
 | Embedding | nn.Embedding | same |
 | RNNCell, LSTMCell | nn.RNNCell, nn.LSTMCell | W_ih (in, G) -> weight_ih (G, in), W_hh likewise |
 | RNN, LSTM | nn.RNN, nn.LSTM | rnn_cells.{l}.W_ih -> weight_ih_l{l} transposed, ... |
+| TransformerLayer | nn.TransformerEncoderLayer | q/k/v projections -> in_proj_weight |
+|   | (norm_first=True, | (3F, F), transposed and stacked; prenorm_q/k/v (equal) |
+|   | batch_first=True) | -> norm1; layernorm -> norm2; attention biases zero |
 
 Modules not in the table keep their names and layouts. The table is
 `TORCH_LAYOUTS` (class -> rows); `register_torch_layout` adds a row set.
@@ -31,7 +34,7 @@ NDArray) and returns a needle Tensor over the same memory (no copy).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -47,14 +50,24 @@ Array = np.ndarray
 
 
 class Row(NamedTuple):
-    """One tensor of a module: its needle name and torch name (local to the module),
-    needle -> torch and torch -> needle conversions of the array. A row without a
-    needle name is torch-only: to_torch makes its value from nothing and the torch
-    value is ignored on the way in (BatchNorm's num_batches_tracked)."""
-    needle: Optional[str]
+    """One torch tensor of a module: its needle name(s) and torch name (local to the
+    module), needle -> torch and torch -> needle conversions of the arrays.
+
+    `needle` is a name (to_torch(a) -> array, to_needle(t) -> array), a tuple of
+    names (to_torch(*arrays) -> array, to_needle(t) -> tuple of arrays: torch's
+    packed in_proj_weight from three projections), or None for a torch-only tensor
+    (to_torch() makes its value; to_needle(t) checks it and returns None: BatchNorm's
+    num_batches_tracked, attention biases needle does not have). A conversion that
+    would lose information raises ValueError."""
+    needle: Union[str, Tuple[str, ...], None]
     torch: str
-    to_torch: Callable[[Array], Array]
-    to_needle: Callable[[Array], Array]
+    to_torch: Callable[..., Array]
+    to_needle: Callable[[Array], Any]
+
+    def names(self) -> Tuple[str, ...]:
+        if self.needle is None:
+            return ()
+        return (self.needle,) if isinstance(self.needle, str) else tuple(self.needle)
 
 
 def _same(a: Array) -> Array:
@@ -84,7 +97,8 @@ def _conv_rows(m: Any) -> List[Row]:
 
 def _batchnorm_rows(m: Any) -> List[Row]:
     rows = [Row(n, n, _same, _same) for n in ("weight", "bias", "running_mean", "running_var")]
-    rows.append(Row(None, "num_batches_tracked", lambda a: np.array(0, dtype=np.int64), _same))
+    rows.append(Row(None, "num_batches_tracked", lambda: np.array(0, dtype=np.int64),
+                    lambda t: None))
     return rows
 
 
@@ -112,6 +126,57 @@ def _stack_rows(attr: str) -> Callable[[Any], List[Row]]:
     return rows
 
 
+def _all_equal(what: str) -> Callable[..., Array]:
+    """needle -> torch for one torch tensor that several needle tensors must share."""
+    def to_torch(*arrays: Array) -> Array:
+        if any(a.shape != arrays[0].shape or not np.array_equal(a, arrays[0])
+               for a in arrays[1:]):
+            raise ValueError(f"{what}: torch has one tensor where needle's differ")
+        return arrays[0]
+    return to_torch
+
+
+def _zero(shape: Tuple[int, ...], what: str) -> Tuple[Callable[[], Array], Callable]:
+    """A torch-only bias needle does not have: written as zeros, must come in zero."""
+    def to_needle(t: Array) -> None:
+        if np.any(t != 0):
+            raise ValueError(f"{what} is not zero: needle's layer has no such bias, "
+                             "so it would be lost")
+    return (lambda: np.zeros(shape, np.float32)), to_needle
+
+
+def _transformer_layer_rows(m: Any) -> List[Row]:
+    """TransformerLayer <-> torch.nn.TransformerEncoderLayer(d_model=F, nhead=H,
+    dim_feedforward=hidden, dropout=0, batch_first=True, norm_first=True) with its
+    attention biases zero; the three pre-norms of needle's attention share torch's
+    norm1 (equal weights), and q/k/v projections pack into in_proj_weight."""
+    a = m.attention
+    f = a.q_features
+    if not (a.k_features == a.v_features == a.out_features == f == a.num_head * a.dim_head):
+        raise ValueError(f"{type(m).__name__}: torch's TransformerEncoderLayer needs "
+                         "q/k/v/out features == num_head * dim_head, got "
+                         f"{(a.q_features, a.k_features, a.v_features, a.out_features)} and "
+                         f"{a.num_head} * {a.dim_head}")
+    norms = tuple(f"attention.prenorm_{x}" for x in "qkv")
+    projections = tuple(f"attention.{x}_projection.weight" for x in "qkv")
+    in_bias = _zero((3 * f,), "self_attn.in_proj_bias")
+    out_bias = _zero((f,), "self_attn.out_proj.bias")
+    # in torch's order: self_attn, linear1, linear2, norm1, norm2
+    rows = [Row(projections, "self_attn.in_proj_weight",
+                lambda q, k, v: np.concatenate([q.T, k.T, v.T]),
+                lambda t: tuple(x.T for x in np.split(t, 3))),
+            Row(None, "self_attn.in_proj_bias", *in_bias),
+            Row("attention.out_projection.weight", "self_attn.out_proj.weight", _t, _t),
+            Row(None, "self_attn.out_proj.bias", *out_bias)]
+    rows += [Row(f"{lin}.{r.needle}", f"{lin}.{r.torch}", r.to_torch, r.to_needle)
+             for lin in ("linear1", "linear2") for r in _linear_rows(getattr(m, lin))]
+    rows += [Row(tuple(f"{n}.{p}" for n in norms), f"norm1.{p}",
+                 _all_equal(f"attention.prenorm_q/k/v.{p}"), lambda t: (t, t, t))
+             for p in ("weight", "bias")]
+    rows += [Row(f"layernorm.{p}", f"norm2.{p}", _same, _same) for p in ("weight", "bias")]
+    return rows
+
+
 TORCH_LAYOUTS: Dict[type, Callable[[Any], List[Row]]] = {
     nn.Linear: _linear_rows,
     nn.Conv: _conv_rows,
@@ -123,6 +188,8 @@ TORCH_LAYOUTS: Dict[type, Callable[[Any], List[Row]]] = {
     nn.RNN: _stack_rows("rnn_cells"),
     nn.LSTM: _stack_rows("lstm_cells"),
 }
+if hasattr(nn, "TransformerLayer"):  # issue 9's modules, once merged
+    TORCH_LAYOUTS[nn.TransformerLayer] = _transformer_layer_rows
 
 
 def register_torch_layout(cls: type, rows: Callable[[Any], List[Row]]) -> None:
@@ -142,13 +209,13 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _plan(module: "nn.Module") -> List[Tuple[Row, Optional[Tensor]]]:
-    """Every row of module with full names, and the current needle value."""
+def _plan(module: "nn.Module") -> List[Tuple[Row, Tuple[Tensor, ...]]]:
+    """Every row of module with full names, and the current needle values."""
     current = module._state_owners()
-    plan: List[Tuple[Row, Optional[Tensor]]] = []
+    plan: List[Tuple[Row, Tuple[Tensor, ...]]] = []
     covered: List[str] = []
     for prefix, m in module.named_modules():
-        if any(prefix == c or prefix.startswith(c + ".") or c == "" for c in covered):
+        if any(c == "" or prefix == c or prefix.startswith(c + ".") for c in covered):
             continue
         fn = _rows_for(m)
         if fn is not None:
@@ -157,12 +224,14 @@ def _plan(module: "nn.Module") -> List[Tuple[Row, Optional[Tensor]]]:
         else:
             own = [k for k, _ in m._named_attrs(prefix, False) if k in current]
             own += [_join(prefix, n) for n, _ in m._own_buffers(True)]
-            rows = [Row(k[len(prefix) + 1:] if prefix else k, k[len(prefix) + 1:] if prefix
-                        else k, _same, _same) for k in own]
+            local = [k[len(prefix) + 1:] if prefix else k for k in own]
+            rows = [Row(k, k, _same, _same) for k in local]
         for r in rows:
-            full = Row(None if r.needle is None else _join(prefix, r.needle),
-                       _join(prefix, r.torch), r.to_torch, r.to_needle)
-            plan.append((full, None if full.needle is None else current[full.needle][2]))
+            names = r.names()
+            full = tuple(_join(prefix, n) for n in names)
+            needle = None if r.needle is None else full[0] if isinstance(r.needle, str) else full
+            plan.append((Row(needle, _join(prefix, r.torch), r.to_torch, r.to_needle),
+                         tuple(current[n][2] for n in full)))
     return plan
 
 
@@ -178,9 +247,8 @@ def to_torch_state_dict(module: "nn.Module") -> "OrderedDict[str, Array]":
     """{torch name: NumPy array} in torch's layouts, ready for torch's
     load_state_dict after torch.from_numpy."""
     out: "OrderedDict[str, Array]" = OrderedDict()
-    for row, value in _plan(module):
-        data = np.zeros(()) if value is None else value.numpy()
-        out[row.torch] = np.ascontiguousarray(row.to_torch(data))
+    for row, values in _plan(module):
+        out[row.torch] = np.ascontiguousarray(row.to_torch(*(v.numpy() for v in values)))
     return out
 
 
@@ -194,22 +262,25 @@ def from_torch_state_dict(module: "nn.Module", state_dict: Mapping[str, Any],
     errors: List[str] = []
     missing: List[str] = []
     seen = set()
-    for row, value in _plan(module):
+    for row, values in _plan(module):
         if row.torch not in state_dict:
             if row.needle is not None:
                 missing.append(row.torch)
             continue
         seen.add(row.torch)
-        if row.needle is None:
-            continue
         given = _as_numpy(state_dict[row.torch])
-        expected = row.to_torch(value.numpy()).shape
+        expected = row.to_torch(*(v.numpy() for v in values)).shape
         if tuple(given.shape) != tuple(expected):
             errors.append(f"size mismatch for {row.torch}: copying a param with shape "
                           f"{tuple(given.shape)} from checkpoint, the shape in current model "
                           f"is {tuple(expected)}.")
             continue
-        converted[row.needle] = row.to_needle(given)
+        out = row.to_needle(given)
+        if row.needle is None:
+            continue
+        outs = (out,) if isinstance(row.needle, str) else tuple(out)
+        for name, arr in zip(row.names(), outs, strict=True):
+            converted[name] = arr
     unexpected = [k for k in state_dict if k not in seen]
     if strict:
         if unexpected:

@@ -236,3 +236,57 @@ def test_requires_grad_torch_tensors_are_accepted():
     m = nn.Linear(3, 2)
     from_torch_state_dict(m, dict(tm.named_parameters()))
     np.testing.assert_array_equal(m.weight.numpy(), tm.weight.detach().numpy().T)
+
+
+HAS_TRANSFORMER = hasattr(nn, "TransformerLayer")
+
+
+def torch_layer(F, H, hidden):
+    return tnn.TransformerEncoderLayer(F, H, hidden, dropout=0.0, batch_first=True,
+                                       norm_first=True).eval()
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMER, reason="needle.nn.TransformerLayer (issue 9) absent")
+def test_transformer_layer_both_ways():
+    F, H, D, hidden, B, T = 16, 4, 4, 32, 2, 5
+    torch.manual_seed(0)
+    tl = torch_layer(F, H, hidden)
+    with torch.no_grad():  # needle's attention has no biases: torch's must be zero
+        tl.self_attn.in_proj_bias.zero_()
+        tl.self_attn.out_proj.bias.zero_()
+        for norm in (tl.norm1, tl.norm2):
+            norm.weight.normal_()
+            norm.bias.normal_()
+    mask = tnn.Transformer.generate_square_subsequent_mask(T)
+    x = np.random.randn(B, T, F).astype(np.float32)
+
+    def torch_out(layer):
+        with torch.no_grad():
+            return layer(torch.from_numpy(x), src_mask=mask, is_causal=True).numpy()
+
+    m = nn.TransformerLayer(F, H, D, hidden, dropout=0.0, causal=True)
+    from_torch_state_dict(m, tl.state_dict())
+    np.testing.assert_allclose(m(T_(x)).numpy(), torch_out(tl), **TOL)
+
+    m2 = nn.TransformerLayer(F, H, D, hidden, dropout=0.0, causal=True)
+    sd = to_torch_state_dict(m2)
+    assert list(sd) == list(tl.state_dict())
+    tl2 = torch_layer(F, H, hidden)
+    tl2.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    np.testing.assert_allclose(m2(T_(x)).numpy(), torch_out(tl2), **TOL)
+
+    # lossy conversions are refused
+    m2.attention.prenorm_k.weight.data = m2.attention.prenorm_k.weight.data * 2
+    with pytest.raises(ValueError, match="prenorm_q/k/v.weight"):
+        to_torch_state_dict(m2)
+    sd = dict(tl.state_dict())
+    sd["self_attn.in_proj_bias"] = torch.ones(3 * F)
+    with pytest.raises(ValueError, match="in_proj_bias is not zero"):
+        from_torch_state_dict(m, sd)
+    names = list(to_torch_state_dict(nn.Transformer(F, hidden, 2, num_head=H, dim_head=D)))
+    assert names[0] == "positional_embedding.weight"
+    assert names[1] == "layers.0.self_attn.in_proj_weight" and names[-1] == "layers.1.norm2.bias"
+
+
+def T_(x):
+    return ndl.Tensor(x, requires_grad=False)
