@@ -56,7 +56,8 @@ def test_round_trip_is_bit_exact(tmp_path, dtype):
     x = special(dtype)
     obj = {"t": ndl.Tensor(x, dtype=np.dtype(dtype).name, requires_grad=True),
            "nd": NDArray(x, dtype=np.dtype(dtype).name).permute((1, 0)),
-           "np_int": np.arange(5, dtype=np.int64), "scalar": ndl.Tensor(np.array(2.5, dtype), dtype=np.dtype(dtype).name)}
+           "np_int": np.arange(5, dtype=np.int64),
+           "scalar": ndl.Tensor(np.array(2.5, dtype), dtype=np.dtype(dtype).name)}
     ndl.save(obj, path)
     back = ndl.load(path)
     assert set(back) == set(obj)
@@ -99,7 +100,8 @@ def test_file_is_standard_safetensors(tmp_path):
     assert sorted(arrays) == sorted(model.state_dict())
     from safetensors.torch import load_file as torch_load
     tensors = torch_load(path)
-    np.testing.assert_array_equal(tensors["2.weight"].numpy(), model.state_dict()["2.weight"].numpy())
+    np.testing.assert_array_equal(tensors["2.weight"].numpy(),
+                                  model.state_dict()["2.weight"].numpy())
 
 
 def test_foreign_safetensors_loads_as_arrays(tmp_path):

@@ -150,8 +150,8 @@ def test_error_messages_match_torch():
     nsd["1.weight"], tsd["1.weight"] = np.zeros((5, 5)), torch.zeros(5, 5)
     t_msg = torch_message(tm, tsd, strict=False)
     n_msg = torch_message(nm, nsd, strict=False)  # a shape mismatch is an error even so
-    t_msg = re.sub(r"torch\.Size\((\[[^\]]*\])\)", lambda m: str(tuple(ast.literal_eval(m.group(1)))),
-                   t_msg)
+    t_msg = re.sub(r"torch\.Size\((\[[^\]]*\])\)",
+                   lambda m: str(tuple(ast.literal_eval(m.group(1)))), t_msg)
     assert n_msg == t_msg
     assert "size mismatch for 1.weight" in n_msg and "(5, 5)" in n_msg and "(3,)" in n_msg
 
