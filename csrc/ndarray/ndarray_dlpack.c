@@ -20,7 +20,10 @@
  *   Import: the capsule is renamed only once a Storage owns the managed
  *   tensor (ndl_storage_wrap); the storage's last reference calls the
  *   producer's deleter, exactly once. A read-only producer (the versioned
- *   READ_ONLY flag) is copied, since every NDArray is writable.
+ *   READ_ONLY flag) is copied, since every NDArray is writable. The storage
+ *   spans the producer's memory from the view's lowest to its highest
+ *   element, so fill() (which writes a whole storage, API.md 2.12) on an
+ *   imported strided view also writes the producer's elements in between.
  * The DLPack structs are written out here from the spec (dlpack.h, v1.0).
  */
 #include <stdlib.h>
@@ -90,12 +93,20 @@ typedef struct {
     PyObject *owner; /* the StorageObject, a strong reference */
 } ndl_dl_export;
 
-/* Safe without the GIL (Note [DLPack lifetimes]). */
+#if PY_VERSION_HEX >= 0x030D0000
+#define NDL_FINALIZING() Py_IsFinalizing()
+#else
+#define NDL_FINALIZING() _Py_IsFinalizing()
+#endif
+
+/* Safe without the GIL (Note [DLPack lifetimes]). Once the interpreter is
+ * finalizing, the storage's reference is left to it rather than taking the
+ * GIL from a foreign thread. */
 static void dl_export_free(ndl_dl_export *e)
 {
     if (e == NULL)
         return;
-    if (Py_IsInitialized()) {
+    if (Py_IsInitialized() && !NDL_FINALIZING()) {
         PyGILState_STATE gil = PyGILState_Ensure();
         Py_XDECREF(e->owner);
         PyGILState_Release(gil);
