@@ -248,7 +248,8 @@ def to_torch_state_dict(module: "nn.Module") -> "OrderedDict[str, Array]":
     load_state_dict after torch.from_numpy."""
     out: "OrderedDict[str, Array]" = OrderedDict()
     for row, values in _plan(module):
-        out[row.torch] = np.ascontiguousarray(row.to_torch(*(v.numpy() for v in values)))
+        arr = np.asarray(row.to_torch(*(v.numpy() for v in values)))
+        out[row.torch] = arr if arr.flags.c_contiguous else arr.copy(order="C")  # 0-d stays
     return out
 
 
@@ -310,14 +311,21 @@ def ndarray_from_dlpack(x: Any) -> NDArray:
         raise TypeError(f"from_dlpack: {type(x).__name__} does not implement __dlpack__")
     if isinstance(x, Tensor):
         x = x.realize_cached_data()
-    device = tuple(x.__dlpack_device__())
-    if device[0] not in _HOST_DEVICES:
-        raise BufferError(f"from_dlpack: needle's NDArray lives on the CPU; the producer is on "
-                          f"DLPack device {device} (type {device[0]})")
     try:
-        capsule = x.__dlpack__(stream=None, max_version=(1, 0))
-    except TypeError:  # a producer older than DLPack 1.0's Python protocol
+        # NOTE: asking for the CPU without a copy spares a __dlpack_device__ call
+        # (torch's costs more than the hand-over); a producer elsewhere refuses.
+        capsule = x.__dlpack__(stream=None, max_version=(1, 0), dl_device=(1, 0), copy=False)
+    except TypeError:  # a producer older than DLPack 1.0's Python keywords
+        device = tuple(x.__dlpack_device__())
+        if device[0] not in _HOST_DEVICES:
+            raise BufferError(f"from_dlpack: needle's NDArray takes CPU memory; the "
+                              f"{type(x).__name__} is on DLPack device {device}") from None
         capsule = x.__dlpack__()
+    except BufferError as err:
+        raise BufferError(f"from_dlpack: needle's NDArray takes CPU memory; the "
+                          f"{type(x).__name__} is on DLPack device "
+                          f"{tuple(x.__dlpack_device__())} and cannot be exported to the CPU "
+                          f"without a copy ({err})") from None
     return NDArray._from_dlpack_capsule(capsule)
 
 

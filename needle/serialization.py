@@ -27,11 +27,31 @@ import numpy as np
 from needle import backend_ndarray
 from needle.autograd import Tensor
 from needle.backend_ndarray import NDArray
+from needle.backend_selection import BACKEND
+from needle.interop import ndarray_from_dlpack
 
 __all__ = ["save", "load"]
 
 _FORMAT = "needle-1"
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _host_array(obj: Any) -> np.ndarray:
+    """obj's data as a C-contiguous NumPy array, without a copy where DLPack allows
+    (safetensors copies it into the file at once)."""
+    try:
+        arr = np.from_dlpack(obj)
+        return arr if arr.flags.c_contiguous else arr.copy(order="C")  # 0-d stays 0-d
+    except (BufferError, TypeError, RuntimeError):  # not on the CPU: a copy
+        return obj.numpy()
+
+
+def _needle_array(arr: np.ndarray) -> NDArray:
+    """An NDArray over a freshly loaded array (zero-copy; a copy if misaligned)."""
+    try:
+        return ndarray_from_dlpack(arr)
+    except BufferError:
+        return NDArray(arr, dtype=str(arr.dtype))
 
 
 def _flatten(obj: Any, key: str, tensors: Dict[str, np.ndarray]) -> Any:
@@ -43,12 +63,12 @@ def _flatten(obj: Any, key: str, tensors: Dict[str, np.ndarray]) -> Any:
         if key in tensors:
             raise ValueError(f"needle.save: two tensors would be stored under key '{key}'")
         if isinstance(obj, Tensor):
-            tensors[key] = obj.numpy()
+            tensors[key] = _host_array(obj)
             return {"__tensor__": key, "kind": "Tensor", "requires_grad": obj.requires_grad}
         if isinstance(obj, NDArray):
-            tensors[key] = obj.numpy()
+            tensors[key] = _host_array(obj)
             return {"__tensor__": key, "kind": "NDArray"}
-        tensors[key] = np.ascontiguousarray(obj)
+        tensors[key] = obj if obj.flags.c_contiguous else obj.copy(order="C")
         return {"__tensor__": key, "kind": "numpy"}
     if isinstance(obj, dict):
         items = []
@@ -118,10 +138,10 @@ def _rebuild(node: Any, tensors: Dict[str, np.ndarray], used: set) -> Any:
                 raise _BadMeta(f"tensor '{key}' has dtype {arr.dtype}; a needle {kind} "
                                "holds float32 or float64")
             if kind == "NDArray":
-                return NDArray(arr, dtype=str(arr.dtype))
+                return _needle_array(arr)
             if kind == "Tensor":
-                return Tensor(arr, dtype=str(arr.dtype),
-                              requires_grad=bool(node.get("requires_grad", False)))
+                data = arr if BACKEND == "np" else _needle_array(arr)
+                return Tensor.make_const(data, requires_grad=bool(node.get("requires_grad")))
             raise _BadMeta(f"unknown kind {kind!r} for tensor '{key}'")
         if "__dict__" in node:
             return {k: _rebuild(v, tensors, used) for k, v in node["__dict__"]}

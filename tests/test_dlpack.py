@@ -289,16 +289,27 @@ def test_unsupported_dtypes(value, name):
 
 
 class FakeDevice:
+    """A conformant producer on a CUDA device: refuses to export to the CPU."""
     def __dlpack_device__(self):
         return (2, 0)
 
-    def __dlpack__(self, **kwargs):
-        raise AssertionError("must not be asked for a capsule")
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        if dl_device != (2, 0):
+            raise BufferError(f"cannot export to {dl_device} with copy={copy}")
+        raise AssertionError("needle must not take a CUDA capsule")
+
+
+class OldFakeDevice(FakeDevice):
+    """A producer from before DLPack 1.0's keywords, on a CUDA device."""
+    def __dlpack__(self, stream=None):
+        raise AssertionError("needle must not ask it for a capsule")
 
 
 def test_unsupported_device_and_objects():
-    with pytest.raises(BufferError, match=r"device \(2, 0\)"):
+    with pytest.raises(BufferError, match=r"FakeDevice is on DLPack device \(2, 0\)"):
         ndl.from_dlpack(FakeDevice())
+    with pytest.raises(BufferError, match=r"OldFakeDevice is on DLPack device \(2, 0\)"):
+        ndl.from_dlpack(OldFakeDevice())
     with pytest.raises(TypeError, match="list does not implement __dlpack__"):
         ndl.from_dlpack([1.0, 2.0])
     cap = nd(np.ones(2)).__dlpack__()

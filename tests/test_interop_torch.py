@@ -164,7 +164,8 @@ def test_layouts_in_the_table():
                           for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
     assert lstm["weight_ih_l1"].shape == (20, 5)
     bn = to_torch_state_dict(nn.BatchNorm1d(3))
-    assert bn["num_batches_tracked"].dtype == np.int64 and bn["num_batches_tracked"] == 0
+    assert bn["num_batches_tracked"].dtype == np.int64 and bn["num_batches_tracked"].shape == ()
+    assert bn["num_batches_tracked"] == 0
 
 
 def test_modules_outside_the_table_keep_names():
