@@ -42,6 +42,7 @@ from needle import nn
 from needle.autograd import Tensor
 from needle.backend_ndarray import NDArray
 from needle.backend_selection import BACKEND
+from needle.nn.nn_basic import _as_numpy
 
 __all__ = ["from_torch_state_dict", "to_torch_state_dict", "register_torch_layout",
            "TORCH_LAYOUTS", "from_dlpack", "ndarray_from_dlpack"]
@@ -233,14 +234,6 @@ def _plan(module: "nn.Module") -> List[Tuple[Row, Tuple[Tensor, ...]]]:
             plan.append((Row(needle, _join(prefix, r.torch), r.to_torch, r.to_needle),
                          tuple(current[n][2] for n in full)))
     return plan
-
-
-def _as_numpy(value: Any) -> Array:
-    if isinstance(value, (Tensor, NDArray)):
-        return value.numpy()
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, duck-typed
-        value = value.detach().cpu()
-    return np.asarray(value)
 
 
 def to_torch_state_dict(module: "nn.Module") -> "OrderedDict[str, Array]":

@@ -161,8 +161,9 @@ class Module:
         return [b for _, b in self.named_buffers()]
 
     def state_dict(self) -> "OrderedDict[str, Tensor]":
-        """Parameters, then persistent buffers, by dotted name: detached Tensors
-        sharing the module's data (as torch's; copy before training on)."""
+        """Parameters and persistent buffers by dotted name, module by module as in
+        torch: detached Tensors sharing the module's data (as torch's: copy them, or
+        save them, before training on)."""
         sd: "OrderedDict[str, Tensor]" = OrderedDict()
         for name, (_, _, value) in self._state_owners().items():
             sd[name] = value.detach()
