@@ -294,8 +294,11 @@ def test_deepcopy_module_and_optimizer_together():
     model2.parameters()[0].data = model2.parameters()[0].data * 0  # independent
     assert np.abs(model.parameters()[0].numpy()).sum() > 0
     model.eval(), model2.eval()
-    y = pickle.loads(pickle.dumps(model))
-    assert same_bits(y(x), model(x))
+    model3, opt3 = pickle.loads(pickle.dumps((model, opt)))
+    assert all(p is q for p, q in zip(opt3.params, model3.parameters()))
+    assert same_bits(model3(x), model(x))
+    for p, q in zip(opt.params, opt3.params):
+        assert same_bits(opt3.u[q], opt.u[p])
 
 
 def test_model_sent_to_another_process():
