@@ -35,6 +35,7 @@ bench: build data
 	$(PYTHON) benchmarks/bench_autograd.py
 	$(PYTHON) benchmarks/bench_train_mlp.py
 	$(PYTHON) benchmarks/bench_conv_seq.py
+	$(PYTHON) benchmarks/bench_interop.py
 
 # The main job: Fashion-MNIST from Debian's dataset-fashion-mnist (installed
 # here if missing), MLPResNet trained with a progress bar, final accuracy,

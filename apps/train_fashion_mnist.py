@@ -1,7 +1,7 @@
 """The main job: train MLPResNet (or a convolutional ResNet) on Fashion-MNIST with needle.
 
     python apps/train_fashion_mnist.py                       # train, report, plot, checkpoint
-    python apps/train_fashion_mnist.py --evaluate checkpoints/fashion_mlp.npz
+    python apps/train_fashion_mnist.py --evaluate checkpoints/fashion_mlp.safetensors
     python apps/train_fashion_mnist.py --model cnn           # ResNet9's design, 1x28x28
 
 Prints a progress bar per epoch (loss, accuracy, samples/s), the final test
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import math
 import os
 import sys
@@ -32,9 +31,11 @@ from mlp_resnet import MLPResNet  # noqa: E402
 
 # --model cnn settings that differ from the MLP's
 CNN_DEFAULTS = {"epochs": 4, "lr": 0.003, "channels": "12,24,48,64",
-                "checkpoint": "checkpoints/fashion_cnn.npz", "plot": "checkpoints/fashion_cnn.png"}
+                "checkpoint": "checkpoints/fashion_cnn.safetensors",
+                "plot": "checkpoints/fashion_cnn.png"}
 MLP_DEFAULTS = {"epochs": 10, "lr": 0.002, "channels": None,
-                "checkpoint": "checkpoints/fashion_mlp.npz", "plot": "checkpoints/fashion_mlp.png"}
+                "checkpoint": "checkpoints/fashion_mlp.safetensors",
+                "plot": "checkpoints/fashion_mlp.png"}
 
 
 def build_model(config: dict, drop_prob: float = 0.0):
@@ -123,26 +124,19 @@ def run_epoch(loader, model, n, opt=None, label="", lr_at=None):
 
 
 def save_checkpoint(path: str, model, config: dict) -> None:
+    """The model's state_dict and its config in one safetensors file (needle.save)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    arrays = {f"param_{i}": p.numpy() for i, p in enumerate(model.parameters())}
-    norms = [m for m in model._children() if isinstance(m, nn.BatchNorm1d)]
-    for i, m in enumerate(norms):
-        arrays[f"running_mean_{i}"] = m.running_mean.numpy()
-        arrays[f"running_var_{i}"] = m.running_var.numpy()
-    np.savez(path, config=json.dumps(config), **arrays)
+    ndl.save({"config": config, "model": model.state_dict()}, path)
 
 
 def load_checkpoint(path: str):
-    with np.load(path) as ckpt:
-        config = json.loads(str(ckpt["config"]))
-        model = build_model(config)
-        for i, p in enumerate(model.parameters()):
-            p.data = ndl.Tensor(ckpt[f"param_{i}"], requires_grad=False)
-        norms = [m for m in model._children() if isinstance(m, nn.BatchNorm1d)]
-        for i, m in enumerate(norms):
-            m.running_mean = ndl.Tensor(ckpt[f"running_mean_{i}"], requires_grad=False)
-            m.running_var = ndl.Tensor(ckpt[f"running_var_{i}"], requires_grad=False)
-    return model, config
+    """(model, config) from a save_checkpoint file; needle.load runs no code from it."""
+    ckpt = ndl.load(path)
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path}: not a checkpoint of this job (no 'config' and 'model')")
+    model = build_model(ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt["config"]
 
 
 def plot(history: dict, path: str, title: str = "MLPResNet") -> None:
@@ -187,7 +181,7 @@ def main(argv=None) -> float:
     ap.add_argument("--data-dir", default=None, help="directory with the four IDX files")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", default=None,
-                    help="default checkpoints/fashion_<model>.npz")
+                    help="default checkpoints/fashion_<model>.safetensors")
     ap.add_argument("--plot", default=None, help="PNG of the curves ('' for none); default "
                     "checkpoints/fashion_<model>.png")
     ap.add_argument("--evaluate", metavar="CHECKPOINT", help="only evaluate a saved checkpoint")

@@ -2,7 +2,7 @@
 
     python apps/train_lm.py                          # LSTM on Debian's fortunes
     python apps/train_lm.py --seq-model rnn --epochs 2
-    python apps/train_lm.py --evaluate checkpoints/fortunes_lstm.npz --temperature 0.8
+    python apps/train_lm.py --evaluate checkpoints/fortunes_lstm.safetensors --temperature 0.8
 
 The text is every fortune of Debian's `fortunes` package (`dpkg -L fortunes`,
 installed with apt-get when missing), lower-cased, with punctuation split
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import math
 import os
 import re
@@ -122,18 +121,19 @@ def sample(model, dictionary, n_words: int, temperature: float, rng) -> str:
 
 
 def save_checkpoint(path, model, config, words):
+    """State dict, config and vocabulary in one safetensors file (needle.save)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    arrays = {f"param_{i}": p.numpy() for i, p in enumerate(model.parameters())}
-    np.savez(path, config=json.dumps(config), words=np.array(words), **arrays)
+    ndl.save({"config": config, "words": list(words), "model": model.state_dict()}, path)
 
 
 def load_checkpoint(path):
-    with np.load(path) as ckpt:
-        config = json.loads(str(ckpt["config"]))
-        words = [str(w) for w in ckpt["words"]]
-        model = build_model(config, len(words))
-        for i, p in enumerate(model.parameters()):
-            p.data = ndl.Tensor(ckpt[f"param_{i}"], requires_grad=False)
+    """(model, config, dictionary) from a save_checkpoint file (no code runs from it)."""
+    ckpt = ndl.load(path)
+    if not isinstance(ckpt, dict) or not {"config", "words", "model"} <= set(ckpt):
+        raise ValueError(f"{path}: not a checkpoint of this job (no 'config', 'words', 'model')")
+    config, words = ckpt["config"], [str(w) for w in ckpt["words"]]
+    model = build_model(config, len(words))
+    model.load_state_dict(ckpt["model"])
     dictionary = ndl.data.Dictionary()
     for w in words:
         dictionary.add_word(w)
@@ -181,7 +181,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sample-words", type=int, default=60)
     ap.add_argument("--temperature", type=float, default=0.8)
-    ap.add_argument("--checkpoint", default=None, help="default checkpoints/fortunes_<model>.npz")
+    ap.add_argument("--checkpoint", default=None,
+                    help="default checkpoints/fortunes_<model>.safetensors")
     ap.add_argument("--plot", default=None, help="PNG of the curves; default beside the checkpoint")
     ap.add_argument("--evaluate", metavar="CHECKPOINT", help="only sample from a saved checkpoint")
     args = ap.parse_args(argv)
@@ -190,7 +191,7 @@ def main(argv=None) -> dict:
         model, config, dictionary = load_checkpoint(args.evaluate)
         print(sample(model, dictionary, args.sample_words, args.temperature, rng))
         return config
-    ckpt = args.checkpoint or f"checkpoints/fortunes_{args.seq_model}.npz"
+    ckpt = args.checkpoint or f"checkpoints/fortunes_{args.seq_model}.safetensors"
     png = args.plot if args.plot is not None else ckpt.rsplit(".", 1)[0] + ".png"
 
     np.random.seed(args.seed)

@@ -19,3 +19,6 @@ from .backend_selection import *  # noqa: F401,F403
 from . import tools, viz  # noqa: F401,E402
 from .tools import (detect_anomaly, get_printoptions, gradcheck, printoptions,  # noqa: F401,E402
                     profile, set_printoptions)
+from .serialization import load, save  # noqa: F401
+from . import interop  # noqa: F401
+from .interop import from_dlpack  # noqa: F401

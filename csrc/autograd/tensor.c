@@ -450,6 +450,51 @@ static PyMethodDef Value_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* ---- DLPack and pickling (the array's own, Note [DLPack lifetimes]) ------ */
+
+/* data.name(*args, **kwds) on the realized data array. */
+static PyObject *call_on_data(ValueObject *self, const char *name, PyObject *args,
+                              PyObject *kwds)
+{
+    PyObject *data = ndl_value_realize(self), *meth, *res; /* data: borrowed */
+    if (data == NULL)
+        return NULL;
+    meth = PyObject_GetAttrString(data, name);
+    if (meth == NULL)
+        return NULL;
+    res = args != NULL ? PyObject_Call(meth, args, kwds) : PyObject_CallNoArgs(meth);
+    Py_DECREF(meth);
+    return res;
+}
+
+static PyObject *Tensor_dlpack(ValueObject *self, PyObject *args, PyObject *kwds)
+{
+    return call_on_data(self, "__dlpack__", args, kwds);
+}
+
+static PyObject *Tensor_dlpack_device(ValueObject *self, PyObject *args)
+{
+    return call_on_data(self, "__dlpack_device__", args, NULL);
+}
+
+/* (type(t).make_const, (data, requires_grad), __dict__ or None): the data,
+ * dtype, device and requires_grad, not the graph (a leaf comes back). */
+static PyObject *Tensor_reduce(ValueObject *self, PyObject *Py_UNUSED(u))
+{
+    PyObject *data = ndl_value_realize(self), *make = NULL, *res = NULL; /* data: borrowed */
+    PyObject *state;
+    if (data == NULL)
+        return NULL;
+    make = PyObject_GetAttrString((PyObject *)Py_TYPE(self), "make_const");
+    if (make == NULL)
+        goto fail;
+    state = self->dict != NULL && PyDict_GET_SIZE(self->dict) > 0 ? self->dict : Py_None;
+    res = Py_BuildValue("(O(OO)O)", make, data, self->requires_grad ? Py_True : Py_False, state);
+fail:
+    Py_XDECREF(make);
+    return res;
+}
+
 static PyMethodDef Tensor_methods[] = {
     {"numpy", (PyCFunction)Tensor_numpy, METH_NOARGS, "A NumPy copy of the data."},
     {"_repr_html_", ndl_py_repr_html, METH_NOARGS, "An HTML summary and table (notebooks)."},
@@ -457,6 +502,12 @@ static PyMethodDef Tensor_methods[] = {
      "backward(out_grad=None, create_graph=True): set .grad on every tensor that requires "
      "grad. With create_graph=False the gradients record no graph and only leaves keep .grad "
      "(as in PyTorch), for speed and memory."},
+    {"__dlpack__", (PyCFunction)(void (*)(void))Tensor_dlpack, METH_VARARGS | METH_KEYWORDS,
+     "The data array's __dlpack__: a DLPack capsule over the tensor's memory."},
+    {"__dlpack_device__", (PyCFunction)Tensor_dlpack_device, METH_NOARGS,
+     "The data array's DLPack device, (1, 0) on the CPU."},
+    {"__reduce__", (PyCFunction)Tensor_reduce, METH_NOARGS,
+     "Pickling and deepcopy: data, dtype, device and requires_grad (not the graph)."},
     {NULL, NULL, 0, NULL},
 };
 

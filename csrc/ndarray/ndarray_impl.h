@@ -25,4 +25,10 @@ PyObject *NDArray_numpy(NDArrayObject *self, PyObject *unused);
 PyObject *NDArray_array(NDArrayObject *self, PyObject *args, PyObject *kwds);
 PyObject *NDArray_astype(NDArrayObject *self, PyObject *args);
 
+/* ndarray_dlpack.c */
+PyObject *NDArray_dlpack(NDArrayObject *self, PyObject *args, PyObject *kwds);
+PyObject *NDArray_dlpack_device(NDArrayObject *self, PyObject *unused);
+PyObject *NDArray_from_dlpack_capsule(PyObject *cls, PyObject *capsule);
+PyObject *NDArray_reduce(NDArrayObject *self, PyObject *unused);
+
 #endif

@@ -13,7 +13,7 @@
  *         def compact(self): self if compact else a compact copy
  * The method table also lists methods defined elsewhere (ndarray_impl.h):
  * indexing in ndarray_index.c, arithmetic and reductions in ndarray_ops.c,
- * NumPy interop in ndarray_numpy.c. The top of Note [One-way order]
+ * NumPy interop in ndarray_numpy.c, DLPack and pickling in ndarray_dlpack.c. The top of Note [One-way order]
  * (ndarray.h): nothing in csrc/ndarray calls into this file.
  */
 #include "ndarray_impl.h"
@@ -370,6 +370,16 @@ static PyMethodDef NDArray_methods[] = {
     /* the elementwise and reduction methods come from the op rows (ndarray_ops.c) */
     {"flip", (PyCFunction)NDArray_flip, METH_VARARGS, "flip(axes): a compact reversed copy."},
     {"pad", (PyCFunction)NDArray_pad, METH_VARARGS, "pad(axes): zero padding, one pair per dim."},
+    /* DLPack and pickling (ndarray_dlpack.c) */
+    {"__dlpack__", METH_KW(NDArray_dlpack),
+     "__dlpack__(*, stream=None, max_version=None, dl_device=None, copy=None): a DLPack "
+     "capsule over this array's memory."},
+    {"__dlpack_device__", (PyCFunction)NDArray_dlpack_device, METH_NOARGS,
+     "(device type, device id) as DLPack numbers them: (1, 0) for the CPU."},
+    {"_from_dlpack_capsule", (PyCFunction)NDArray_from_dlpack_capsule, METH_O | METH_STATIC,
+     "An NDArray over the memory of a DLPack capsule (needle.from_dlpack negotiates)."},
+    {"__reduce__", (PyCFunction)NDArray_reduce, METH_NOARGS,
+     "Pickling and deepcopy: a compact copy with the same device and dtype."},
     {NULL, NULL, 0, NULL},
 };
 

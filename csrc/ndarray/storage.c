@@ -32,6 +32,8 @@ StorageObject *ndl_storage_new(const ndl_backend *backend, ndl_dtype dt, int64_t
     self->backend = backend;
     self->size = size;
     self->dtype = dt;
+    self->release = NULL;
+    self->release_ctx = NULL;
     self->data = backend->alloc((size_t)size * ndl_itemsize(dt));
     if (self->data == NULL) {
         Py_DECREF(self);
@@ -42,9 +44,28 @@ StorageObject *ndl_storage_new(const ndl_backend *backend, ndl_dtype dt, int64_t
     return self;
 }
 
+StorageObject *ndl_storage_wrap(const ndl_backend *backend, ndl_dtype dt, void *data,
+                                int64_t size, void (*release)(void *ctx), void *ctx)
+{
+    StorageObject *self = PyObject_New(StorageObject, &Storage_Type);
+    if (self == NULL) {
+        release(ctx);
+        return NULL;
+    }
+    self->backend = backend;
+    self->size = size;
+    self->dtype = dt;
+    self->data = data;
+    self->release = release;
+    self->release_ctx = ctx;
+    return self;
+}
+
 static void Storage_dealloc(StorageObject *self)
 {
-    if (self->data != NULL)
+    if (self->release != NULL)
+        self->release(self->release_ctx);
+    else if (self->data != NULL)
         self->backend->free(self->data);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }

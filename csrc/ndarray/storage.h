@@ -17,12 +17,20 @@ typedef struct {
     void *data;
     int64_t size; /* elements */
     ndl_dtype dtype;
+    /* Foreign memory (ndl_storage_wrap): freed by release(release_ctx), which
+     * may run without the GIL, instead of backend->free; NULL otherwise. */
+    void (*release)(void *ctx);
+    void *release_ctx;
 } StorageObject;
 
 extern PyTypeObject Storage_Type;
 #define Storage_Check(o) PyObject_TypeCheck(o, &Storage_Type)
 
 StorageObject *ndl_storage_new(const ndl_backend *backend, ndl_dtype dt, int64_t size);
+/* A storage over `size` elements of memory it does not own (DLPack): the
+ * storage's last reference calls release(ctx), even when this call fails. */
+StorageObject *ndl_storage_wrap(const ndl_backend *backend, ndl_dtype dt, void *data,
+                                int64_t size, void (*release)(void *ctx), void *ctx);
 
 /* Buffer protocol. Fill `view` with the window l (Note [Layouts]) of host
  * storage st, kept alive through `owner` (st itself, or an array over it);

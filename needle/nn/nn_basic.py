@@ -12,7 +12,8 @@ random draws, so seeded models reproduce the course's numbers.
 from __future__ import annotations
 
 import math
-from typing import Any, List
+from collections import OrderedDict
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -57,6 +58,46 @@ def _child_modules(value: Any) -> List["Module"]:
     return []
 
 
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def _named_items(value: Any, name: str, into_modules: bool) -> Iterator[Tuple[str, Any]]:
+    """(dotted name, Parameter or Module) in the order of parameters() and _children().
+
+    Names follow PyTorch's: attribute names, list and tuple indices, dict keys;
+    the attributes a class lists in `_unnamed_attrs` add no name of their own
+    (Sequential's `modules` tuple gives "0.weight" as in torch.nn.Sequential).
+    """
+    if isinstance(value, Parameter):
+        yield name, value
+    elif isinstance(value, Module):
+        yield name, value
+        if into_modules:
+            yield from value._named_attrs(name, into_modules)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _named_items(v, _join(name, str(k)), into_modules)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _named_items(v, _join(name, str(i)), into_modules)
+
+
+class _IncompatibleKeys(NamedTuple):
+    missing_keys: List[str]
+    unexpected_keys: List[str]
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    """The data of a Tensor, NDArray, NumPy array or array-like (a torch CPU tensor:
+    detached by duck typing, needle never imports torch)."""
+    if isinstance(value, Tensor):
+        return value.numpy()
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu()
+    return np.asarray(value)
+
+
 class Module:
     """Base class: parameters() walks the attributes in insertion order.
 
@@ -72,7 +113,15 @@ class Module:
     [(4, 8), (1, 8), (8, 2), (1, 2)]
     >>> m.eval().training
     False
+
+    state_dict() / load_state_dict() use PyTorch's dotted names for parameters
+    and for the buffers a module registers (register_buffer: BatchNorm's
+    running statistics), so that checkpoints and torch weights line up:
+    ``model.state_dict()`` is ``{"0.weight": Tensor, ...}`` and
+    ``model.load_state_dict(sd)`` (strict) wants the same keys and shapes.
     """
+
+    _unnamed_attrs: Tuple[str, ...] = ()
 
     def __init__(self):
         self.training = True
@@ -83,6 +132,115 @@ class Module:
 
     def _children(self) -> List["Module"]:
         return _child_modules(self.__dict__)
+
+    def _named_attrs(self, prefix: str, into_modules: bool) -> Iterator[Tuple[str, Any]]:
+        for key, value in self.__dict__.items():
+            name = prefix if key in self._unnamed_attrs else _join(prefix, key)
+            yield from _named_items(value, name, into_modules)
+
+    def named_parameters(self, prefix: str = "") -> List[Tuple[str, Parameter]]:
+        """(name, Parameter) pairs in the order of parameters() (no de-duplication)."""
+        return [(n, p) for n, p in self._named_attrs(prefix, True) if isinstance(p, Parameter)]
+
+    def named_modules(self, prefix: str = "") -> List[Tuple[str, "Module"]]:
+        """(name, Module) pairs: self ("") first, then _children()'s order."""
+        return [(prefix, self)] + [(n, m) for n, m in self._named_attrs(prefix, True)
+                                   if isinstance(m, Module)]
+
+    def register_buffer(self, name: str, tensor: Optional[Tensor],
+                        persistent: bool = True) -> None:
+        """Make attribute `name` a buffer: state that is saved and loaded with the
+        parameters but is not one (a plain Tensor, outside parameters()).
+        Assigning the attribute later keeps it a buffer."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"buffer name must be a non-empty string without '.', got {name!r}")
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"cannot assign {type(tensor).__name__} as buffer '{name}' "
+                            "(a needle Tensor or None is required)")
+        if isinstance(tensor, Parameter):
+            raise KeyError(f"'{name}' is a Parameter, not a buffer")
+        self.__dict__.setdefault("_buffer_names", {})[name] = persistent
+        setattr(self, name, tensor)
+
+    def _own_buffers(self, persistent_only: bool) -> Iterator[Tuple[str, Tensor]]:
+        for name, persistent in self.__dict__.get("_buffer_names", {}).items():
+            value = getattr(self, name, None)
+            if value is not None and (persistent or not persistent_only):
+                yield name, value
+
+    def named_buffers(self, prefix: str = "",
+                      persistent_only: bool = False) -> List[Tuple[str, Tensor]]:
+        """(name, Tensor) for the buffers of self and of every submodule."""
+        return [(_join(mp, n), b) for mp, m in self.named_modules(prefix)
+                for n, b in m._own_buffers(persistent_only)]
+
+    def buffers(self) -> List[Tensor]:
+        return [b for _, b in self.named_buffers()]
+
+    def state_dict(self) -> "OrderedDict[str, Tensor]":
+        """Parameters and persistent buffers by dotted name, module by module as in
+        torch: detached Tensors sharing the module's data (as torch's: copy them, or
+        save them, before training on)."""
+        sd: "OrderedDict[str, Tensor]" = OrderedDict()
+        for name, (_, _, value) in self._state_owners().items():
+            sd[name] = value.detach()
+        return sd
+
+    def _state_owners(self) -> Dict[str, Tuple["Module", str, Tensor]]:
+        """name -> (owning module, buffer name or "" for a Parameter, current value),
+        module by module (its parameters, then its buffers), as torch orders them."""
+        owners: Dict[str, Tuple[Module, str, Tensor]] = {}
+        for mp, m in self.named_modules():
+            for key, value in m._named_attrs(mp, False):
+                if isinstance(value, Parameter):
+                    owners[key] = (m, "", value)
+            for name, b in m._own_buffers(True):
+                owners[_join(mp, name)] = (m, name, b)
+        return owners
+
+    def load_state_dict(self, state_dict: Mapping[str, Any],
+                        strict: bool = True) -> _IncompatibleKeys:
+        """Copy values (Tensors, NDArrays, NumPy arrays) into the parameters (in
+        place: optimizers keep working) and buffers, cast to their dtype.
+
+        A shape mismatch is always an error; with strict, so are missing and
+        unexpected keys. Raises RuntimeError with PyTorch's messages; returns
+        (missing_keys, unexpected_keys)."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"expected a mapping of names to arrays, got "
+                            f"{type(state_dict).__name__}")
+        owners = self._state_owners()
+        errors: List[str] = []
+        loaded: List[Tuple[Module, str, Tensor, np.ndarray]] = []
+        for key, (m, buffer_name, current) in owners.items():
+            if key not in state_dict:
+                continue
+            value = _as_numpy(state_dict[key])
+            if tuple(value.shape) != tuple(current.shape):
+                errors.append(f"size mismatch for {key}: copying a param with shape "
+                              f"{_shape_str(value.shape)} from checkpoint, the shape in "
+                              f"current model is {_shape_str(current.shape)}.")
+                continue
+            loaded.append((m, buffer_name, current, value))
+        missing = [k for k in owners if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in owners]
+        if strict:
+            if unexpected:
+                errors.insert(0, "Unexpected key(s) in state_dict: "
+                              + ", ".join(f'"{k}"' for k in unexpected) + ". ")
+            if missing:
+                errors.insert(0, "Missing key(s) in state_dict: "
+                              + ", ".join(f'"{k}"' for k in missing) + ". ")
+        if errors:
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
+                               + "\n\t".join(errors))
+        for m, buffer_name, current, value in loaded:
+            new = Tensor(value, device=current.device, dtype=current.dtype, requires_grad=False)
+            if buffer_name:
+                setattr(m, buffer_name, new)
+            else:
+                current.data = new
+        return _IncompatibleKeys(missing, unexpected)
 
     def eval(self) -> "Module":
         self.training = False
@@ -98,6 +256,10 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+
+def _shape_str(shape) -> str:
+    return str(tuple(int(d) for d in shape))
 
 
 class Identity(Module):
@@ -196,6 +358,9 @@ class Sequential(Module):
     >>> len(model.parameters())
     4
     """
+
+    _unnamed_attrs = ("modules",)  # state_dict names "0.weight", as torch.nn.Sequential
+
     def __init__(self, *modules):
         super().__init__()
         self.modules = modules
@@ -296,8 +461,9 @@ class BatchNorm1d(Module):
         self.momentum = momentum
         self.weight = Parameter(init.ones(dim, device=device, dtype=dtype))
         self.bias = Parameter(init.zeros(dim, device=device, dtype=dtype))
-        self.running_mean = init.zeros(dim, device=device, dtype=dtype)
-        self.running_var = init.ones(dim, device=device, dtype=dtype)
+        # Buffers: in state_dict(), outside parameters() (API.md 6.1).
+        self.register_buffer("running_mean", init.zeros(dim, device=device, dtype=dtype))
+        self.register_buffer("running_var", init.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:

@@ -18,7 +18,9 @@ True
 from __future__ import annotations
 
 import math
-from typing import Dict, List
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
 
 from needle import _C
 from needle.autograd import Tensor, no_grad
@@ -34,6 +36,17 @@ def _fusable(p: Tensor) -> bool:
             and data.shape == grad.shape)
 
 
+def _state_copy(value: Any, like: Tensor, what: str) -> Tensor:
+    """A detached copy of value (Tensor, NDArray or NumPy array) with like's device and
+    dtype, after checking its shape (the fused updates write states in place, so a
+    state dict never aliases live state)."""
+    data = value.numpy() if isinstance(value, (Tensor, NDArray)) else np.asarray(value)
+    if tuple(data.shape) != tuple(like.shape):
+        raise ValueError(f"optimizer state {what} has shape {tuple(data.shape)}, "
+                         f"its parameter has shape {tuple(like.shape)}")
+    return Tensor(data, device=like.device, dtype=like.dtype, requires_grad=False)
+
+
 class Optimizer:
     """Base class: holds the parameters; step() updates them, reset_grad() clears .grad.
 
@@ -42,9 +55,60 @@ class Optimizer:
     >>> opt = ndl.optim.Optimizer([p])
     >>> p.grad = ndl.Tensor([0.5]); opt.reset_grad(); p.grad is None
     True
+
+    state_dict() / load_state_dict() follow torch.optim's layout:
+    {"state": {param index: {name: Tensor}}, "param_groups": [{hyperparameters...,
+    "params": [indices]}]}, so that training resumes exactly.
     """
+
+    _state_names: Tuple[str, ...] = ()   # the dicts of per-parameter state tensors
+    _hyper_names: Tuple[str, ...] = ()   # scalars saved in the param group
+
     def __init__(self, params: List[Tensor]):
         self.params = params
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Copies of the per-parameter state, keyed by the parameter's index."""
+        index = {id(p): i for i, p in enumerate(self.params)}
+        state: Dict[int, Dict[str, Tensor]] = {}
+        for name in self._state_names:
+            for p, value in getattr(self, name).items():
+                if id(p) not in index:
+                    raise RuntimeError(f"optimizer state '{name}' holds a tensor that is not "
+                                       "one of its parameters")
+                state.setdefault(index[id(p)], {})[name] = _state_copy(value, p, name)
+        group = {h: getattr(self, h) for h in self._hyper_names}
+        group["params"] = list(range(len(self.params)))
+        return {"state": dict(sorted(state.items())), "param_groups": [group]}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restore hyperparameters and state (copied) from state_dict()'s output."""
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if not isinstance(groups, list) or "state" not in state_dict:
+            raise ValueError("optimizer state dict must have 'state' and 'param_groups'")
+        if len(groups) != 1:
+            raise ValueError(f"loaded state dict has {len(groups)} parameter groups, "
+                             "this optimizer has 1")
+        n = len(groups[0].get("params", ()))
+        if n != len(self.params):
+            raise ValueError("loaded state dict contains a parameter group that doesn't match "
+                             f"the size of optimizer's group ({n} != {len(self.params)})")
+        stores: Dict[str, Dict[Tensor, Tensor]] = {name: {} for name in self._state_names}
+        for key, entry in state_dict["state"].items():
+            i = int(key)
+            if not 0 <= i < n:
+                raise ValueError(f"optimizer state for parameter {i}, of {n}")
+            for name, value in entry.items():
+                if name not in stores:
+                    raise ValueError(f"unexpected optimizer state '{name}' for parameter {i} "
+                                     f"({type(self).__name__} keeps {self._state_names})")
+                p = self.params[i]
+                stores[name][p] = _state_copy(value, p, f"'{name}' of parameter {i}")
+        for h in self._hyper_names:
+            if h in groups[0]:
+                setattr(self, h, groups[0][h])
+        for name, store in stores.items():
+            setattr(self, name, store)
 
     def step(self):
         raise NotImplementedError()
@@ -76,6 +140,9 @@ class SGD(Optimizer):
     >>> w
     needle.Tensor([ 0.8 -1.6])
     """
+
+    _state_names = ("u",)
+    _hyper_names = ("lr", "momentum", "weight_decay")
 
     def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0):
         super().__init__(params)
@@ -122,6 +189,9 @@ class Adam(Optimizer):
     >>> w
     needle.Tensor([ 0.9 -1.9])
     """
+
+    _state_names = ("m", "v")
+    _hyper_names = ("lr", "beta1", "beta2", "eps", "weight_decay", "t")
 
     def __init__(self, params, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
         super().__init__(params)
