@@ -515,6 +515,16 @@ class DistributedDataParallel(Module):
         return self._state.comm_wait_s if self._state is not None else 0.0
 
     @property
+    def overlap(self) -> bool:
+        """Reduce a bucket during the walk as soon as it is full (else all after the walk)."""
+        return self._state.overlap if self._state is not None else False
+
+    @overlap.setter
+    def overlap(self, value: bool) -> None:
+        if self._state is not None:
+            self._state.overlap = bool(value)
+
+    @property
     def launched_early(self) -> int:
         """Buckets whose reduction started before the last backward walk ended."""
         return self._state.launched_early if self._state is not None else 0
