@@ -165,6 +165,17 @@ def test_grad_ready_hook_sees_final_gradients_in_reverse_parameter_order():
         np.testing.assert_array_equal(g, t.grad.numpy())  # final when reported
 
 
+def test_grad_ready_hook_holds_one_reference():
+    def hook(t):
+        pass
+
+    before = sys.getrefcount(hook)
+    old = _C.set_grad_ready_hook(hook)
+    assert sys.getrefcount(hook) == before + 1
+    assert _C.set_grad_ready_hook(old) is hook
+    assert sys.getrefcount(hook) == before
+
+
 def test_grad_ready_hook_errors():
     with pytest.raises(TypeError, match="callable or None, got int"):
         _C.set_grad_ready_hook(3)
