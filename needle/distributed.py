@@ -161,7 +161,18 @@ def _buffer(x: Any, what: str) -> np.ndarray:
 
 
 def _check_same(what: str, view: np.ndarray) -> None:
-    """Raise the same ValueError on every rank when the ranks' arrays differ."""
+    """Raise the same ValueError on every rank when the ranks' arrays differ.
+
+    One small all-reduce (the max of the shape and dtype codes and of their
+    negatives: equal everywhere only if the ranks agree); the messages are
+    gathered only to word the error."""
+    meta = np.full(2 + 32, -1, np.int64)  # ndim, dtype, up to 32 dims (NumPy's limit)
+    meta[0], meta[1] = view.ndim, view.dtype.num
+    meta[2:2 + view.ndim] = view.shape
+    both = np.concatenate([meta, -meta])
+    _comm.Allreduce(_MPI.IN_PLACE, both, op=_MPI.MAX)
+    if np.array_equal(both[:meta.size], meta) and np.array_equal(-both[meta.size:], meta):
+        return
     metas = _comm.allgather((view.shape, view.dtype.name))
     if any(m != metas[0] for m in metas):
         held = ", ".join(f"rank {r} {s} {d}" for r, (s, d) in enumerate(metas))
