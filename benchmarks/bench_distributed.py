@@ -9,9 +9,10 @@ and prints:
 1. one epoch of MLPResNet on Fashion-MNIST (global batch 128: 128 on one
    rank, 64 per rank on two), samples/s and the speed-up of 2 ranks;
 2. the all-reduce of a float32 buffer the size of the model's gradients on
-   loopback: needle's `all_reduce` (in place on an NDArray), DDP's bucketed
-   `Iallreduce` path, and mpi4py's own `Allreduce` of the same buffer
-   (algorithm bandwidth = bytes / time; best of N, interleaved);
+   loopback: needle's `all_reduce` (in place on an NDArray), DDP's buckets
+   (blocking `Allreduce` each, as after the walk; `Iallreduce` each, as
+   during it), and mpi4py's own `Allreduce` of the same buffer (algorithm
+   bandwidth = bytes / time; best and median of N, interleaved);
 3. the communication hidden behind backward, for a few bucket sizes: steps
    alternate between overlap on and off; the time spent waiting for the
    reductions after the walk, and hidden = 1 - that wait with overlap / the
@@ -100,21 +101,27 @@ def measure_comm(args, dist, ddp, step, loader, MPI, nparams) -> dict:
     buf = np.ones(nparams, np.float32)
     buckets = ddp._state.buckets
 
-    def ddp_path():
-        reqs = [comm.Iallreduce(MPI.IN_PLACE, b.view, op=MPI.SUM) for b in buckets]
-        MPI.Request.Waitall(reqs)
+    def blocking():  # DDP's path for the buckets left when the walk ends
+        for b in buckets:
+            comm.Allreduce(MPI.IN_PLACE, b.view, op=MPI.SUM)
+
+    def nonblocking():  # DDP's path for the buckets started during the walk
+        MPI.Request.Waitall([comm.Iallreduce(MPI.IN_PLACE, b.view, op=MPI.SUM)
+                             for b in buckets])
 
     runs = {"needle all_reduce": lambda: dist.all_reduce(nd),
-            "DDP buckets (Iallreduce)": ddp_path,
+            "DDP buckets, Allreduce": blocking,
+            "DDP buckets, Iallreduce": nonblocking,
             "mpi4py Allreduce": lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)}
-    best = {k: float("inf") for k in runs}
+    times = {k: [] for k in runs}
     for _ in range(args.repeats):
         for name, fn in runs.items():  # interleaved
             comm.Barrier()
             t = time.perf_counter()
             fn()
-            best[name] = min(best[name], time.perf_counter() - t)
-    return {"allreduce_s": best, "bytes": 4 * nparams,
+            times[name].append(time.perf_counter() - t)
+    return {"allreduce_s": {k: (min(v), float(np.median(v))) for k, v in times.items()},
+            "bytes": 4 * nparams,
             "overlap": [measure_overlap(args, dist, ddp.module, step, loader, comm, mb)
                         for mb in args.bucket_mb]}
 
@@ -185,10 +192,11 @@ def main() -> None:
     print(f"speed-up of 2 ranks: {rate[1] / rate[0]:.2f}x")
     mb = two["bytes"] / 2**20
     base = two["allreduce_s"]["mpi4py Allreduce"]
-    print(f"\nall-reduce of {mb:.1f} MB float32 on 2 ranks (loopback), best of {args.repeats}:")
-    for name, s in two["allreduce_s"].items():
-        print(f"  {name:<26} {1e3 * s:8.2f} ms {mb / 1024 / s:7.2f} GB/s   "
-              f"needle / mpi4py time {s / base:5.2f}")
+    print(f"\nall-reduce of {mb:.1f} MB float32 on 2 ranks (loopback), {args.repeats} runs "
+          f"interleaved: best (GB/s), median; needle / mpi4py time ratios")
+    for name, (best, med) in two["allreduce_s"].items():
+        print(f"  {name:<26} best {1e3 * best:7.2f} ms ({mb / 1024 / best:5.2f} GB/s, "
+              f"{best / base[0]:5.2f}x)  median {1e3 * med:7.2f} ms ({med / base[1]:5.2f}x)")
     print(f"\nDDP on 2 ranks, steps alternating overlap on/off, median of "
           f"{args.overlap_steps} each: the wait for the reductions after backward")
     print(f"{'bucket MB':>9} {'buckets':>7} {'wait, overlap':>14} {'wait, after':>12} "

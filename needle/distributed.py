@@ -25,8 +25,9 @@ flat buckets (one dtype each; about 25 MB, the first 1 MB) in reverse parameter
 order; the backward walk tells (`_C.set_grad_ready_hook`, Note [Grad-ready
 hook] in csrc/autograd/backward.c) when a parameter's gradient is final, and a
 bucket whose gradients are all final starts a non-blocking `Iallreduce` while
-the walk goes on. When the walk ends, the remaining buckets are reduced, all
-are waited for, and each parameter's `.grad` becomes a view of its bucket.
+the walk goes on. When the walk ends, the remaining buckets are reduced (with
+the blocking `Allreduce`), all are waited for, and each parameter's `.grad`
+becomes a view of its bucket.
 """
 from __future__ import annotations
 
@@ -433,9 +434,15 @@ class _DDPState:
                     if not done:
                         bucket.slots[s][...] = 0
         self.launched_early = self.next_launch
-        self.launch(full_only=False)
         wait = time.perf_counter()
-        _MPI.Request.Waitall([bucket.request for bucket in self.buckets])
+        # NOTE: what is left is reduced with the blocking Allreduce, in bucket order after the
+        # non-blocking ones (the same order on every rank): nothing is left to overlap with,
+        # and OpenMPI's blocking algorithms beat its non-blocking ones (libnbc) by far on
+        # shared memory (bench_distributed.py).
+        for bucket in self.buckets[self.next_launch:]:
+            _comm.Allreduce(_MPI.IN_PLACE, bucket.view, op=_MPI.SUM)
+        self.next_launch = len(self.buckets)
+        _MPI.Request.Waitall([b.request for b in self.buckets if b.request is not None])
         self.comm_wait_s = time.perf_counter() - wait
         n = _comm.Get_size()
         for bucket in self.buckets:
