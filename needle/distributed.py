@@ -25,9 +25,8 @@ flat buckets (one dtype each; about 25 MB, the first 1 MB) in reverse parameter
 order; the backward walk tells (`_C.set_grad_ready_hook`, Note [Grad-ready
 hook] in csrc/autograd/backward.c) when a parameter's gradient is final, and a
 bucket whose gradients are all final starts a non-blocking `Iallreduce` while
-the walk goes on. When the walk ends, the remaining buckets are reduced (with
-the blocking `Allreduce`), all are waited for, and each parameter's `.grad`
-becomes a view of its bucket.
+the walk goes on. When the walk ends, the remaining buckets are started, all
+are waited for, and each parameter's `.grad` becomes a view of its bucket.
 """
 from __future__ import annotations
 
@@ -435,14 +434,13 @@ class _DDPState:
                         bucket.slots[s][...] = 0
         self.launched_early = self.next_launch
         wait = time.perf_counter()
-        # NOTE: what is left is reduced with the blocking Allreduce, in bucket order after the
-        # non-blocking ones (the same order on every rank): nothing is left to overlap with,
-        # and OpenMPI's blocking algorithms beat its non-blocking ones (libnbc) by far on
-        # shared memory (bench_distributed.py).
-        for bucket in self.buckets[self.next_launch:]:
-            _comm.Allreduce(_MPI.IN_PLACE, bucket.view, op=_MPI.SUM)
-        self.next_launch = len(self.buckets)
-        _MPI.Request.Waitall([b.request for b in self.buckets if b.request is not None])
+        # NOTE: what is left is started non-blocking too and all are waited for at once: one
+        # blocking Allreduce per bucket would wait for the other rank once per bucket, which
+        # on a loaded machine costs a scheduling delay each (bench_distributed.py: 2x to 10x
+        # slower than Iallreduce + Waitall), though an idle machine reduces one large buffer
+        # faster with the blocking algorithms than OpenMPI's non-blocking ones (libnbc).
+        self.launch(full_only=False)
+        _MPI.Request.Waitall([b.request for b in self.buckets])
         self.comm_wait_s = time.perf_counter() - wait
         n = _comm.Get_size()
         for bucket in self.buckets:
