@@ -398,6 +398,8 @@ class _DDPState:
                 if entry is not None and entry[0]() in (self, None):
                     del _slots[id(p)]
         _active.discard(self)
+        if not _slots:  # no DDP left: backward walks no longer call into Python
+            _C.set_grad_ready_hook(None)
 
     def ready(self, b: int, s: int, t: Tensor) -> None:
         bucket = self.buckets[b]

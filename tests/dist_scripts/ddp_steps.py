@@ -49,3 +49,12 @@ for sync in (False, True):
     res[f"running_mean_sync{int(sync)}"] = bn.running_mean.numpy()
     res[f"running_var_sync{int(sync)}"] = bn.running_var.numpy()
 np.savez(f"{out}/rank{r}.npz", **res)
+
+# a DDP that is gone takes the backward hook with it
+del ddp, bddp
+import gc  # noqa: E402
+
+gc.collect()
+from needle import _C  # noqa: E402
+
+assert _C.set_grad_ready_hook(None) is None, "the grad-ready hook outlived every DDP"
