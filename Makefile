@@ -6,6 +6,7 @@ STAMP := build/.deps-stamp
 ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
 
 .PHONY: all deps build test asan bench demo demo-cnn demo-lm data ndarray-demo clean
+.PHONY: mpi bench-distributed
 
 all: build
 
@@ -18,8 +19,16 @@ deps: $(STAMP)
 build: deps
 	$(PYTHON) setup.py -q build_ext --inplace
 
-test: build notebook-deps
+test: mpi build notebook-deps
 	$(PYTHON) -m pytest -q tests
+
+# OpenMPI for needle.distributed and its tests (Debian's openmpi-bin and
+# libopenmpi-dev, with apt-get where it exists; mpi4py comes from
+# requirements-dev.txt). Without either, the multi-rank tests skip and say why.
+mpi:
+	@command -v mpirun >/dev/null || { command -v apt-get >/dev/null && \
+	  apt-get update -qq && apt-get install -y -qq openmpi-bin libopenmpi-dev; } || \
+	  echo "make mpi: no OpenMPI and no apt-get; the multi-rank tests will skip"
 
 # The extension built with AddressSanitizer + UBSan and the suite run under it;
 # the normal build is restored afterwards.
@@ -30,12 +39,16 @@ asan: deps
 	  $(PYTHON) -m pytest -q -p no:cacheprovider tests; \
 	  status=$$?; $(PYTHON) setup.py -q build_ext --inplace --force; exit $$status
 
-bench: build data
+bench: mpi build data
 	$(PYTHON) benchmarks/bench_ndarray.py
 	$(PYTHON) benchmarks/bench_autograd.py
 	$(PYTHON) benchmarks/bench_train_mlp.py
 	$(PYTHON) benchmarks/bench_conv_seq.py
 	$(PYTHON) benchmarks/bench_interop.py
+	$(PYTHON) benchmarks/bench_distributed.py
+
+bench-distributed: mpi build data
+	$(PYTHON) benchmarks/bench_distributed.py
 
 # The main job: Fashion-MNIST from Debian's dataset-fashion-mnist (installed
 # here if missing), MLPResNet trained with a progress bar, final accuracy,

@@ -3,6 +3,7 @@
     python apps/train_fashion_mnist.py                       # train, report, plot, checkpoint
     python apps/train_fashion_mnist.py --evaluate checkpoints/fashion_mlp.safetensors
     python apps/train_fashion_mnist.py --model cnn           # ResNet9's design, 1x28x28
+    mpirun -np 2 python apps/train_fashion_mnist.py --distributed   # data-parallel over MPI
 
 Prints a progress bar per epoch (loss, accuracy, samples/s), the final test
 accuracy, writes a PNG of the loss/accuracy curves and a checkpoint that
@@ -162,6 +163,20 @@ def plot(history: dict, path: str, title: str = "MLPResNet") -> None:
     fig.savefig(path, dpi=100)
 
 
+def setup_distributed() -> None:
+    """Join the MPI world; ranks other than 0 print nothing; one rank's share of the cores."""
+    ndl.distributed.init()
+    if ndl.distributed.rank() != 0:
+        sys.stdout = open(os.devnull, "w")
+        os.environ["TQDM_DISABLE"] = "1"
+    local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", ndl.distributed.world_size()))
+    if "NEEDLE_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        if cores >= (os.cpu_count() or 1):  # not bound to cores of its own: share them
+            cores //= local
+        ndl.backend_ndarray.set_num_threads(max(1, cores))
+
+
 def main(argv=None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["mlp", "cnn"], default="mlp",
@@ -185,7 +200,12 @@ def main(argv=None) -> float:
     ap.add_argument("--plot", default=None, help="PNG of the curves ('' for none); default "
                     "checkpoints/fashion_<model>.png")
     ap.add_argument("--evaluate", metavar="CHECKPOINT", help="only evaluate a saved checkpoint")
+    ap.add_argument("--distributed", action="store_true",
+                    help="data-parallel over the MPI ranks (launch with mpirun -np N); "
+                    "--batch-size is per rank, only rank 0 prints and writes files")
     args = ap.parse_args(argv)
+    if args.distributed:
+        setup_distributed()
     for k, v in (CNN_DEFAULTS if args.model == "cnn" else MLP_DEFAULTS).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -207,7 +227,13 @@ def main(argv=None) -> float:
         return acc
 
     np.random.seed(args.seed)
-    train_loader = ndl.data.DataLoader(train_set, args.batch_size, shuffle=True)
+    sampler, n_train = None, len(train_set)
+    if args.distributed:  # each rank its share of a seed-plus-epoch shuffle
+        sampler = ndl.distributed.DistributedSampler(train_set, shuffle=True, seed=args.seed)
+        n_train = len(sampler)
+        train_loader = ndl.data.DataLoader(train_set, args.batch_size, sampler=sampler)
+    else:
+        train_loader = ndl.data.DataLoader(train_set, args.batch_size, shuffle=True)
     if args.model == "cnn":
         config = {"model": "cnn", "channels": [int(c) for c in args.channels.split(",")]}
         title = f"FashionResNet(channels={tuple(config['channels'])})"
@@ -215,6 +241,8 @@ def main(argv=None) -> float:
         config = {"model": "mlp", "hidden": args.hidden, "blocks": args.blocks}
         title = f"MLPResNet(784, hidden={args.hidden}, blocks={args.blocks})"
     model = build_model(config, drop_prob=args.dropout)
+    if args.distributed:
+        model = ndl.distributed.DistributedDataParallel(model)
     if args.optimizer == "adam":
         opt = ndl.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     else:
@@ -222,7 +250,8 @@ def main(argv=None) -> float:
                             weight_decay=args.weight_decay)
     print(f"needle {title} on Fashion-MNIST: "
           f"{len(train_set)} train / {len(test_set)} test images, {args.optimizer} lr={args.lr}, "
-          f"batch {args.batch_size}, {ndl.backend_ndarray.get_num_threads()} threads")
+          f"batch {args.batch_size}, {ndl.backend_ndarray.get_num_threads()} threads"
+          + (f" x {ndl.distributed.world_size()} ranks" if args.distributed else ""))
     history = {"train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
     start = time.perf_counter()
     for e in range(1, args.epochs + 1):
@@ -230,12 +259,18 @@ def main(argv=None) -> float:
             if args.schedule == "constant":
                 return args.lr
             return 0.5 * args.lr * (1 + math.cos(math.pi * (e - 1 + frac) / args.epochs))
-        tl, ta = run_epoch(train_loader, model, len(train_set), opt,
+        if sampler is not None:
+            sampler.set_epoch(e)
+        tl, ta = run_epoch(train_loader, model, n_train, opt,
                            label=f"epoch {e}/{args.epochs}", lr_at=lr_at)
         vl, va = run_epoch(test_loader, model, len(test_set), label=f"  test {e}/{args.epochs}")
         for k, v in zip(history, (tl, ta, vl, va)):
             history[k].append(v)
     elapsed = time.perf_counter() - start
+    if args.distributed:
+        model = model.module  # the checkpoint loads without DDP
+        if ndl.distributed.rank() != 0:
+            return history["test_acc"][-1]
     save_checkpoint(args.checkpoint, model, config)
     if args.plot:
         plot(history, args.plot, title.split("(")[0])

@@ -15,6 +15,7 @@ from .autograd import Tensor, all_devices, cpu, no_grad  # noqa: F401
 from . import init
 from .init import ones, ones_like, zeros, zeros_like  # noqa: F401
 from . import data, nn, optim  # noqa: F401
+from . import distributed  # noqa: F401
 from .backend_selection import *  # noqa: F401,F403
 from . import tools, viz  # noqa: F401,E402
 from .tools import (detect_anomaly, get_printoptions, gradcheck, printoptions,  # noqa: F401,E402

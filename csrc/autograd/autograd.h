@@ -327,6 +327,7 @@ int ndl_tensor_types_init(void);
 PyObject *ndl_py_find_topo_sort(PyObject *m, PyObject *arg);
 PyObject *ndl_py_compute_gradient_of_variables(PyObject *m, PyObject *args);
 PyObject *ndl_py_sum_node_list(PyObject *m, PyObject *arg);
+PyObject *ndl_py_set_grad_ready_hook(PyObject *m, PyObject *hook);
 int ndl_autograd_init(PyObject *module);
 
 #endif

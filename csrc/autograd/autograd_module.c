@@ -63,6 +63,9 @@ static PyMethodDef autograd_methods[] = {
     {"compute_gradient_of_variables", ndl_py_compute_gradient_of_variables, METH_VARARGS,
      "compute_gradient_of_variables(output_tensor, out_grad): set .grad by reverse-mode AD."},
     {"sum_node_list", ndl_py_sum_node_list, METH_O, "Left fold of a list with +."},
+    {"set_grad_ready_hook", ndl_py_set_grad_ready_hook, METH_O,
+     "set_grad_ready_hook(fn or None): fn(leaf) once a leaf's .grad is final in a backward walk,"
+     " fn(None) when the walk ends; returns the previous hook."},
     {"tensor_count", m_tensor_count, METH_NOARGS, "Values made and not yet freed."},
     {"set_lazy_mode", m_set_lazy_mode, METH_O, "Set LAZY_MODE."},
     {"get_lazy_mode", m_get_lazy_mode, METH_NOARGS, "LAZY_MODE."},

@@ -22,6 +22,28 @@
 
 static uint64_t epoch;
 
+/* Note [Grad-ready hook]: distributed data parallel overlaps its gradient
+ * all-reduce with the rest of the walk. A leaf's partials are all summed when
+ * the walk reaches it (every user comes before it in reverse topological
+ * order), so its .grad is final there: the hook, if set, is called as
+ * hook(leaf) at that moment and as hook(None) when the walk has finished. An
+ * exception from the hook ends the walk with that exception. */
+static PyObject *grad_ready_hook;
+
+static int call_grad_ready_hook(PyObject *arg)
+{
+    PyObject *hook, *r;
+    if (grad_ready_hook == NULL)
+        return 0;
+    hook = Py_NewRef(grad_ready_hook); /* the hook may unset itself */
+    r = PyObject_CallOneArg(hook, arg);
+    Py_DECREF(hook);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 typedef struct {
     ValueObject *node;
     Py_ssize_t next; /* next input to visit */
@@ -176,6 +198,8 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only)
             goto done;
         if (node->op == NULL) {
             Py_XSETREF(node->grad, g); /* .grad is overwritten, never accumulated */
+            if (call_grad_ready_hook((PyObject *)node) < 0)
+                goto done;
             continue;
         }
         /* NOTE: a no-graph backward keeps .grad on leaves only (as PyTorch
@@ -222,7 +246,7 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only)
         if (err)
             goto done;
     }
-    rc = 0;
+    rc = call_grad_ready_hook(Py_None);
 done:
     /* Partials never outlive the walk, even on error. */
     for (Py_ssize_t k = 0; k < n; k++)
@@ -253,4 +277,17 @@ PyObject *ndl_py_sum_node_list(PyObject *m, PyObject *arg)
     r = sum_list(list);
     Py_DECREF(list);
     return r;
+}
+
+PyObject *ndl_py_set_grad_ready_hook(PyObject *m, PyObject *hook)
+{
+    PyObject *old;
+    if (hook != Py_None && !PyCallable_Check(hook)) {
+        PyErr_Format(PyExc_TypeError, "set_grad_ready_hook expects a callable or None, got %.100s",
+                     Py_TYPE(hook)->tp_name);
+        return NULL;
+    }
+    old = grad_ready_hook != NULL ? grad_ready_hook : Py_NewRef(Py_None);
+    grad_ready_hook = hook == Py_None ? NULL : Py_NewRef(hook);
+    return old;
 }

@@ -98,7 +98,9 @@ class DataLoader:
     """Iterate over ``dataset`` in batches of ``batch_size``, as tuples of Tensors.
 
     ``shuffle=True`` draws a new ``np.random.permutation(len(dataset))`` each
-    time iteration starts. Each batch field is ``Tensor(array)`` with the
+    time iteration starts; ``sampler`` (an iterable of indices with a length,
+    such as ``needle.distributed.DistributedSampler``) gives the order instead,
+    read anew each time iteration starts. Each batch field is ``Tensor(array)`` with the
     default device and dtype (float32 in nd mode).
 
     >>> loader = ndl.data.DataLoader(ndl.data.NDArrayDataset(np.arange(6.0)),
@@ -108,7 +110,7 @@ class DataLoader:
     """
 
     def __init__(self, dataset: Dataset, batch_size: Optional[int] = 1,
-                 shuffle: bool = False):
+                 shuffle: bool = False, sampler: Optional[Iterable[int]] = None):
         if isinstance(batch_size, bool):
             raise TypeError("DataLoader: batch_size must be an int, got bool")
         try:
@@ -118,13 +120,17 @@ class DataLoader:
                             f"{type(batch_size).__name__}") from None
         if batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: sampler option is mutually exclusive with shuffle=True "
+                             "(the sampler decides the order)")
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
+        self.sampler = sampler
         self.ordering: Optional[List[np.ndarray]] = None
         self._ordering_key = None
         self._pos = 0
-        if not self.shuffle:
+        if not self.shuffle and sampler is None:
             self._sequential_ordering()
 
     def _split(self, indices: np.ndarray) -> List[np.ndarray]:
@@ -141,7 +147,11 @@ class DataLoader:
             self._ordering_key = key
 
     def __iter__(self) -> "DataLoader":
-        if self.shuffle:
+        if self.sampler is not None:
+            # the sampler's indices for this epoch (e.g. needle.distributed.DistributedSampler)
+            self.ordering = self._split(np.fromiter(iter(self.sampler), dtype=np.int64))
+            self._ordering_key = None
+        elif self.shuffle:
             # the one random draw of an epoch (API.md 10.19)
             self.ordering = self._split(np.random.permutation(len(self.dataset)))
             self._ordering_key = None
@@ -163,7 +173,7 @@ class DataLoader:
 
     def __len__(self) -> int:
         """Number of batches per epoch (EXT)."""
-        n = len(self.dataset)
+        n = len(self.sampler) if self.sampler is not None else len(self.dataset)
         return (n + self.batch_size - 1) // self.batch_size
 
 
