@@ -159,8 +159,8 @@ def test_fashion_job_end_to_end(tmp_path, capsys):
     ckpt, plot = str(tmp_path / "m.npz"), str(tmp_path / "m.png")
     # NOTE: matplotlib's own C extensions abort under AddressSanitizer (make asan): no plot there
     asan = bool(os.environ.get("NEEDLE_ASAN_RUN"))
-    acc = job.main(["--data-dir", str(data), "--epochs", "2", "--hidden", "32", "--batch-size", "50",
-                    "--checkpoint", ckpt, "--plot", "" if asan else plot])
+    acc = job.main(["--data-dir", str(data), "--epochs", "2", "--hidden", "32",
+                    "--batch-size", "50", "--checkpoint", ckpt, "--plot", "" if asan else plot])
     out = capsys.readouterr().out
     assert "epoch 2/2" in out and "samples/s" in out and "final test accuracy" in out
     assert acc > 0.8, out
