@@ -4,8 +4,9 @@ Every Value reachable from the tensor is one node: a leaf shows its shape and dt
 blue when it requires grad), an op node its op, shape, dtype and the bytes its saved output
 holds (or that it is a view of an input's buffer); an edge runs from each input to its
 user. In a notebook the result draws itself as SVG (``_repr_svg_``) when the ``graphviz``
-package and its ``dot`` program are installed, and says what is missing when they are not. Graphs longer than ``max_nodes`` have their repeated
-blocks (repeated layers) drawn once, in a box marked with the repeat count.
+package and its ``dot`` program are installed, and says what is missing when they are not.
+Graphs longer than ``max_nodes`` have their repeated blocks (repeated layers) drawn once, in
+a box marked with the repeat count.
 
 >>> import needle as ndl
 >>> x = ndl.Tensor([1.0, 2.0], requires_grad=True)
