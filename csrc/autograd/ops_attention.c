@@ -1,0 +1,338 @@
+/* ops_attention.c: the ops behind attention (API.md 6.6,
+ * needle/nn/nn_transformer.py): Softmax over the last axis, one fused node,
+ * and SoftmaxGrad, its gradient, another fused node.
+ *
+ * Python equivalent:
+ *     def softmax(z):                     # over the last axis, any rank >= 1
+ *         m = z.max(axis=-1, keepdims=True)           # a constant
+ *         e = exp(z - m)
+ *         return e / e.sum(axis=-1, keepdims=True)
+ *     def softmax_grad(y, g):             # y = softmax(z), g its out_grad
+ *         return y * (g - (g * y).sum(axis=-1, keepdims=True))
+ *
+ * Note [Fused softmax]
+ *   The contract's MultiHeadAttention.softmax is five nodes over a (B, H, T, T)
+ *   tensor (shift, exp, sum, broadcast, divide), each a full pass and a
+ *   stored array; its gradient is as many again. Here the forward is one
+ *   node and one pass per row over host memory (max, exp(z - m) with the Exp
+ *   kernel's per-element math, sum, divide), and the backward is one node
+ *   (SoftmaxGrad) and one pass per row. The row max is clamped to the finite
+ *   range (as LogSoftmax does), so a row of -inf and finite values is exact
+ *   and a row of the causal mask's -FLT_MAX gives zeros, not NaN. np mode,
+ *   devices the host cannot read and the tests (_C._skip_optional_slots)
+ *   compose the same formula from nda_* calls.
+ *   SoftmaxGrad's own backward is built from ops, so gradients of gradients
+ *   work: with upstream u, s = sum(g*y), t = sum(u*y) (per row),
+ *     d/dg = softmax_grad(y, u),   d/dy = u * (g - s) - g * t.
+ */
+#include <float.h>
+#include <string.h>
+
+#include "array_api.h"
+#include "scalar_ops.h"
+#include "threadpool.h"
+
+#define IN(k) PyTuple_GET_ITEM(node->inputs, (k))
+#define G ((PyObject *)g)
+#define NODE ((PyObject *)node)
+
+/* ---- the row loops ------------------------------------------------------- */
+
+/* Eight partial maxima / sums so that gcc vectorizes the reductions without
+ * -ffast-math; the results do not depend on the threads. */
+#define NDL_SOFTMAX_ROWS(T, sfx, BIG)                                                              \
+    static void softmax_row_##sfx(const T *restrict z, T *restrict y, int64_t n)                   \
+    {                                                                                              \
+        T mx[8], acc[8], m, s;                                                                     \
+        int64_t i = 0;                                                                             \
+        for (int k = 0; k < 8; k++)                                                                \
+            mx[k] = -(BIG), acc[k] = 0;                                                            \
+        for (; i + 8 <= n; i += 8)                                                                 \
+            for (int k = 0; k < 8; k++)                                                            \
+                mx[k] = z[i + k] > mx[k] ? z[i + k] : mx[k];                                       \
+        for (; i < n; i++)                                                                         \
+            mx[0] = z[i] > mx[0] ? z[i] : mx[0];                                                   \
+        m = mx[0];                                                                                 \
+        for (int k = 1; k < 8; k++)                                                                \
+            m = mx[k] > m ? mx[k] : m;                                                             \
+        m = m < (BIG) ? m : (BIG); /* +inf rows: inf - BIG stays inf, then NaN as numpy */         \
+        for (i = 0; i < n; i++)                                                                    \
+            y[i] = ndl_exp_##sfx(z[i] - m);                                                        \
+        for (i = 0; i + 8 <= n; i += 8)                                                            \
+            for (int k = 0; k < 8; k++)                                                            \
+                acc[k] += y[i + k];                                                                \
+        for (; i < n; i++)                                                                         \
+            acc[0] += y[i];                                                                        \
+        s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));     \
+        for (i = 0; i < n; i++)                                                                    \
+            y[i] = y[i] / s;                                                                       \
+    }                                                                                              \
+    static void softmax_grad_row_##sfx(const T *restrict y, const T *restrict g, T *restrict o,    \
+                                       int64_t n)                                                  \
+    {                                                                                              \
+        T acc[8] = {0}, s;                                                                         \
+        int64_t i = 0;                                                                             \
+        for (; i + 8 <= n; i += 8)                                                                 \
+            for (int k = 0; k < 8; k++)                                                            \
+                acc[k] += g[i + k] * y[i + k];                                                     \
+        for (; i < n; i++)                                                                         \
+            acc[0] += g[i] * y[i];                                                                 \
+        s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));     \
+        for (i = 0; i < n; i++)                                                                    \
+            o[i] = y[i] * (g[i] - s);                                                              \
+    }
+NDL_SOFTMAX_ROWS(float, f32, FLT_MAX)
+NDL_SOFTMAX_ROWS(double, f64, DBL_MAX)
+
+typedef struct {
+    ndl_dtype dt;
+    const void *a, *b; /* z (Softmax) or y, g (SoftmaxGrad) */
+    void *out;
+    int64_t n;         /* row length */
+} rows_job;
+
+static void softmax_rows(void *ctx, int64_t r0, int64_t r1)
+{
+    const rows_job *j = ctx;
+    for (int64_t r = r0; r < r1; r++) {
+        if (j->dt == NDL_FLOAT32)
+            softmax_row_f32((const float *)j->a + r * j->n, (float *)j->out + r * j->n, j->n);
+        else
+            softmax_row_f64((const double *)j->a + r * j->n, (double *)j->out + r * j->n, j->n);
+    }
+}
+
+static void softmax_grad_rows(void *ctx, int64_t r0, int64_t r1)
+{
+    const rows_job *j = ctx;
+    for (int64_t r = r0; r < r1; r++) {
+        if (j->dt == NDL_FLOAT32)
+            softmax_grad_row_f32((const float *)j->a + r * j->n, (const float *)j->b + r * j->n,
+                                 (float *)j->out + r * j->n, j->n);
+        else
+            softmax_grad_row_f64((const double *)j->a + r * j->n, (const double *)j->b + r * j->n,
+                                 (double *)j->out + r * j->n, j->n);
+    }
+}
+
+static void *host_ptr(NDArrayObject *a)
+{
+    return (char *)a->storage->data + a->layout.offset * (int64_t)ndl_itemsize(a->dtype);
+}
+
+/* The arrays x[0..n) as NDArrays of one float dtype on one host-readable
+ * device (the fused loops can run on them), unless tests skip those paths. */
+static int fusable(PyObject *const *x, int n)
+{
+    NDArrayObject *a;
+    if (ndl_skip_optional_slots || !NDArray_Check(x[0]))
+        return 0;
+    a = (NDArrayObject *)x[0];
+    if (!a->storage->backend->host_accessible ||
+        (a->dtype != NDL_FLOAT32 && a->dtype != NDL_FLOAT64))
+        return 0;
+    for (int k = 1; k < n; k++) {
+        NDArrayObject *b = (NDArrayObject *)x[k];
+        if (!NDArray_Check(x[k]) || b->dtype != a->dtype || b->device != a->device ||
+            b->storage->backend != a->storage->backend)
+            return 0;
+    }
+    return 1;
+}
+
+/* out = fn over the rows of the compact copies of x[0..n) (n = 1 or 2). */
+static PyObject *rows_host(PyObject *const *x, int n, ndl_range_fn fn)
+{
+    NDArrayObject *c[2] = {NULL, NULL}, *out = NULL;
+    PyObject *res = NULL;
+    const ndl_layout *l = &((NDArrayObject *)x[0])->layout;
+    int64_t len = l->ndim > 0 ? l->shape[l->ndim - 1] : 1, total = 1, rows;
+    for (int i = 0; i < l->ndim; i++)
+        total *= l->shape[i];
+    for (int k = 0; k < n; k++)
+        if ((c[k] = ndl_array_compact((NDArrayObject *)x[k])) == NULL)
+            goto fail;
+    out = ndl_array_empty(c[0]->device, c[0]->dtype, l->ndim, l->shape);
+    if (out == NULL)
+        goto fail;
+    rows = len > 0 ? total / len : 0;
+    if (rows > 0) {
+        rows_job job = {c[0]->dtype, host_ptr(c[0]), n > 1 ? host_ptr(c[1]) : NULL,
+                        host_ptr(out), len};
+        /* about 16k elements per task: below that waking the pool costs more */
+        int64_t grain = len < 16384 ? 16384 / len : 1;
+        if (total >= NDL_GIL_RELEASE_MIN) {
+            Py_BEGIN_ALLOW_THREADS
+            ndl_parallel_for(rows, grain, fn, &job);
+            Py_END_ALLOW_THREADS
+        } else {
+            ndl_parallel_for(rows, grain, fn, &job);
+        }
+    }
+    res = Py_NewRef(out);
+fail:
+    Py_XDECREF(c[0]);
+    Py_XDECREF(c[1]);
+    Py_XDECREF(out);
+    return res;
+}
+
+/* ---- the compositions (np mode, other devices) ---------------------------- */
+
+/* The row sums of a (keepdims), a of rank ndim >= 1. */
+static PyObject *row_sum(PyObject *a, int ndim)
+{
+    int64_t axis = ndim - 1;
+    return nda_reduce(NDL_RED_SUM, a, 1, &axis, 1);
+}
+
+static PyObject *softmax_composed(PyObject *z, int ndim)
+{
+    int64_t axis = ndim - 1;
+    double big = nda_max_finite(z);
+    PyObject *m = nda_reduce(NDL_RED_MAX, z, 1, &axis, 1), *lo = NULL, *mc = NULL, *zm = NULL, *e = NULL,
+             *s = NULL, *res = NULL;
+    if (m == NULL)
+        return NULL;
+    lo = nda_scalar(NDL_BIN_MAXIMUM, m, -big, NULL, 0);
+    mc = lo ? nda_scalar(NDL_BIN_MINIMUM, lo, big, NULL, 0) : NULL;
+    zm = mc ? nda_binary(NDL_BIN_SUB, z, mc) : NULL;
+    e = zm ? nda_unary(NDL_UN_EXP, zm) : NULL;
+    s = e ? row_sum(e, ndim) : NULL;
+    res = s ? nda_binary(NDL_BIN_DIV, e, s) : NULL;
+    Py_DECREF(m);
+    Py_XDECREF(lo);
+    Py_XDECREF(mc);
+    Py_XDECREF(zm);
+    Py_XDECREF(e);
+    Py_XDECREF(s);
+    return res;
+}
+
+static PyObject *softmax_grad_composed(PyObject *y, PyObject *g, int ndim)
+{
+    PyObject *gy = nda_binary(NDL_BIN_MUL, g, y), *s = NULL, *d = NULL, *res = NULL;
+    s = gy ? row_sum(gy, ndim) : NULL;
+    d = s ? nda_binary(NDL_BIN_SUB, g, s) : NULL;
+    res = d ? nda_binary(NDL_BIN_MUL, y, d) : NULL;
+    Py_XDECREF(gy);
+    Py_XDECREF(s);
+    Py_XDECREF(d);
+    return res;
+}
+
+/* ---- builders ------------------------------------------------------------ */
+
+static PyObject *apply_shared(ndl_opdef *def, PyObject *inputs)
+{
+    if (def->instance == NULL && (def->instance = ndl_op_new(def)) == NULL)
+        return NULL;
+    return ndl_make_from_op(&Tensor_Type, (PyObject *)def->instance, inputs);
+}
+
+static PyObject *t_softmax_grad(PyObject *y, PyObject *g)
+{
+    PyObject *in = PyTuple_Pack(2, y, g), *r;
+    if (in == NULL)
+        return NULL;
+    r = apply_shared(&ndl_op_SoftmaxGrad, in);
+    Py_DECREF(in);
+    return r;
+}
+
+/* sum(a * b) over the last axis, broadcast back to a's shape (a Tensor) */
+static PyObject *t_row_dot(PyObject *a, PyObject *b, int ndim, const int64_t *shape)
+{
+    int64_t axis = ndim - 1;
+    PyObject *ab = ndl_t_multiply(a, b), *s = NULL, *sb = NULL;
+    s = ab ? ndl_t_summation(ab, 1, &axis) : NULL;
+    if (s != NULL)
+        ndl_grad_of_reduction((ValueObject *)s, ndim, shape, 1, &axis, &sb);
+    Py_XDECREF(ab);
+    Py_XDECREF(s);
+    return sb;
+}
+
+/* ---- shapes -------------------------------------------------------------- */
+
+static int check_rank(const char *name, int ndim)
+{
+    if (ndim >= 1)
+        return 0;
+    PyErr_Format(PyExc_ValueError, "%s: needs at least 1 dimension (softmax over the last axis), "
+                 "got a 0-d array", name);
+    return -1;
+}
+
+/* ---- Softmax(): softmax over the last axis --------------------------------- */
+NDL_FORWARD(Softmax)
+{
+    int64_t shape[NDL_MAX_DIMS];
+    int ndim;
+    (void)op, (void)n;
+    if (nda_shape(x[0], &ndim, shape) < 0 || check_rank("Softmax", ndim) < 0)
+        return NULL;
+    if (fusable(x, 1))
+        return rows_host(x, 1, softmax_rows);
+    return softmax_composed(x[0], ndim);
+}
+NDL_BACKWARD(Softmax)
+{
+    (void)op, (void)needs;
+    grads[0] = t_softmax_grad(NODE, G);
+    return grads[0] ? 0 : -1;
+}
+
+/* ---- SoftmaxGrad(y, g): y * (g - sum(g * y, last axis)) -------------------- */
+NDL_FORWARD(SoftmaxGrad)
+{
+    int64_t ys[NDL_MAX_DIMS], gs[NDL_MAX_DIMS];
+    int yn, gn;
+    (void)op, (void)n;
+    if (nda_shape(x[0], &yn, ys) < 0 || nda_shape(x[1], &gn, gs) < 0 ||
+        check_rank("SoftmaxGrad", yn) < 0)
+        return NULL;
+    if (yn != gn || memcmp(ys, gs, sizeof(int64_t) * (size_t)yn) != 0) {
+        PyObject *a = ndl_shape_tuple(yn, ys), *b = ndl_shape_tuple(gn, gs);
+        if (a && b)
+            PyErr_Format(PyExc_ValueError,
+                         "SoftmaxGrad: y and g must have one shape, got %R and %R", a, b);
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        return NULL;
+    }
+    if (fusable(x, 2))
+        return rows_host(x, 2, softmax_grad_rows);
+    return softmax_grad_composed(x[0], x[1], yn);
+}
+/* u the out_grad: y -> u * (g - s) - g * t, g -> softmax_grad(y, u) */
+NDL_BACKWARD(SoftmaxGrad)
+{
+    int64_t shape[NDL_MAX_DIMS];
+    int ndim;
+    PyObject *y = IN(0), *gin = IN(1), *s = NULL, *t = NULL, *ns = NULL, *gs = NULL, *a = NULL,
+             *b = NULL, *nb = NULL;
+    (void)op;
+    if (needs[1] && (grads[1] = t_softmax_grad(y, G)) == NULL)
+        return -1;
+    if (!needs[0])
+        return 0;
+    if (ndl_value_shape((ValueObject *)y, &ndim, shape) < 0)
+        return -1;
+    s = t_row_dot(gin, y, ndim, shape);
+    t = s ? t_row_dot(G, y, ndim, shape) : NULL;
+    ns = t ? ndl_t_negate(s) : NULL;
+    gs = ns ? ndl_t_add(gin, ns) : NULL;
+    a = gs ? ndl_t_multiply(G, gs) : NULL;
+    b = a ? ndl_t_multiply(gin, t) : NULL;
+    nb = b ? ndl_t_negate(b) : NULL;
+    grads[0] = nb ? ndl_t_add(a, nb) : NULL;
+    Py_XDECREF(s);
+    Py_XDECREF(t);
+    Py_XDECREF(ns);
+    Py_XDECREF(gs);
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_XDECREF(nb);
+    return grads[0] ? 0 : -1;
+}
