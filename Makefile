@@ -5,7 +5,7 @@ PIP ?= $(PYTHON) -m pip
 STAMP := build/.deps-stamp
 ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
 
-.PHONY: all deps build test asan bench demo demo-cnn demo-lm data ndarray-demo clean
+.PHONY: all deps build test asan bench demo demo-cnn demo-lm demo-lm-transformer data ndarray-demo clean
 
 all: build
 
@@ -64,6 +64,9 @@ demo-cnn: build data
 
 demo-lm: build $(FORTUNES)
 	$(PYTHON) apps/train_lm.py $(DEMO_ARGS)
+
+demo-lm-transformer: build $(FORTUNES)
+	$(PYTHON) apps/train_lm.py --seq-model transformer $(DEMO_ARGS)
 
 ndarray-demo: build
 	$(PYTHON) apps/ndarray_demo.py

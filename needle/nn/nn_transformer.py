@@ -221,12 +221,12 @@ class Transformer(Module):
         if len(x.shape) != 3 or x.shape[2] != self.embedding_size:
             raise _shape_error(name, f"x must be {layout} with features="
                                f"{self.embedding_size}", x.shape)
+        if x.shape[1 if self.batch_first else 0] > self.sequence_len:
+            raise _shape_error(name, f"the sequence is longer than sequence_len="
+                               f"{self.sequence_len} (x is {layout})", x.shape)
         if not self.batch_first:
             x = ops.transpose(x, (0, 1))
         B, T, _ = x.shape
-        if T > self.sequence_len:
-            raise _shape_error(name, f"the sequence is longer than sequence_len="
-                               f"{self.sequence_len} (x is {layout})", x.shape)
         ids = np.broadcast_to(np.arange(T, dtype=np.float32).reshape((T, 1)), (T, B))
         ids = Tensor(np.ascontiguousarray(ids), device=x.device, requires_grad=False)
         x = x + ops.transpose(self.positional_embedding(ids), (0, 1))
