@@ -10,6 +10,7 @@
 - np mode (a child process: NEEDLE_BACKEND is read once per process).
 - Bad input: a 0-d input, y and g of different shapes.
 """
+import math
 import os
 import subprocess
 import sys
@@ -163,3 +164,42 @@ def test_np_mode():
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+
+
+# ---- AttentionSoftmax: softmax(x / c0 + causal mask) ----------------------------
+
+def causal_mask(T, S):
+    return -F32_MAX * np.triu(np.ones((T, S)), S - T + 1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 5), (1, 2, 4, 9), (2, 1, 6, 3), (7, 7), (3, 1, 1)])
+def test_attention_softmax_is_the_contracts_three_steps(path, dtype, causal, shape):
+    """Bit for bit the nodes it replaces: x / c0, + mask, softmax; and torch's values."""
+    x = np.random.randn(*shape) * 4
+    c0 = math.sqrt(8)
+    X = nd(x, dtype)
+    y = ops.attention_softmax(X, c0, 1.0 if causal else 0.0)
+    z = X / c0
+    if causal:
+        z = z + nd(causal_mask(*shape[-2:]), dtype, False).broadcast_to(shape)
+    np.testing.assert_array_equal(y.numpy(), ops.softmax(z).numpy())
+    tx = th(x, dtype)
+    tz = tx / c0 + (th(causal_mask(*shape[-2:]), dtype, False) if causal else 0)
+    ty = torch.softmax(tz, -1)
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), **TOL[dtype])
+    g = np.random.randn(*shape)
+    (y * nd(g, dtype, False)).sum().backward()
+    (ty * th(g, dtype, False)).sum().backward()
+    np.testing.assert_allclose(X.grad.numpy(), tx.grad.numpy(), **GTOL[dtype])
+
+
+@pytest.mark.parametrize("causal", [0.0, 1.0])
+def test_attention_softmax_finite_differences(path, causal):
+    fd_check(lambda a: ops.attention_softmax(a, 1.7, causal), [np.random.randn(2, 4, 5)])
+
+
+def test_attention_softmax_bad_input():
+    with pytest.raises(ValueError, match="at least 2 dimensions, got 1"):
+        ops.attention_softmax(nd(np.ones(3)), 1.0, 1.0)

@@ -3,6 +3,10 @@
  * and SoftmaxGrad, its gradient, another fused node.
  *
  * Python equivalent:
+ *     def attention_softmax(x, c0, c1):   # c0 = sqrt(D), c1 = 1.0 when causal
+ *         T, S = x.shape[-2:]
+ *         mask = -FLT_MAX * numpy.triu(ones((T, S)), S - T + 1) if c1 else 0
+ *         return softmax(x / c0 + mask)   # MultiHeadAttention's logits -> probs
  *     def softmax(z):                     # over the last axis, any rank >= 1
  *         m = z.max(axis=-1, keepdims=True)           # a constant
  *         e = exp(z - m)
@@ -21,6 +25,12 @@
  *   and a row of the causal mask's -FLT_MAX gives zeros, not NaN. np mode,
  *   devices the host cannot read and the tests (_C._skip_optional_slots)
  *   compose the same formula from nda_* calls.
+ *   AttentionSoftmax is the same loop with the contract's two preceding steps
+ *   folded in, per element and in the same arithmetic (x / c0 with c0 rounded
+ *   to the array's type as DivScalar does, then + (-FLT_MAX) where the causal
+ *   mask has it), so its numbers are those of the three nodes, and it stores
+ *   one (B, H, T, S) array where they store three; its gradient is
+ *   softmax_grad(y, g) / c0 (the mask's addition passes g through).
  *   SoftmaxGrad's own backward is built from ops, so gradients of gradients
  *   work: with upstream u, s = sum(g*y), t = sum(u*y) (per row),
  *     d/dg = softmax_grad(y, u),   d/dy = u * (g - s) - g * t.
@@ -41,7 +51,7 @@
 /* Eight partial maxima / sums so that gcc vectorizes the reductions without
  * -ffast-math; the results do not depend on the threads. */
 #define NDL_SOFTMAX_ROWS(T, sfx, BIG)                                                              \
-    static void softmax_row_##sfx(const T *restrict z, T *restrict y, int64_t n)                   \
+    static void softmax_row_##sfx(const T *z, T *y, int64_t n) /* y may be z */                  \
     {                                                                                              \
         T mx[8], acc[8], m, s;                                                                     \
         int64_t i = 0;                                                                             \
@@ -81,6 +91,18 @@
         for (i = 0; i < n; i++)                                                                    \
             o[i] = y[i] * (g[i] - s);                                                              \
     }
+/* x / c + (-FLT_MAX where j >= keep): the logits of one attention row */
+#define NDL_LOGITS_ROW(T, sfx)                                                                     \
+    static void logits_row_##sfx(const T *restrict x, T *restrict z, int64_t n, T c,            \
+                                 int64_t keep)                                                     \
+    {                                                                                              \
+        for (int64_t i = 0; i < n; i++)                                                            \
+            z[i] = x[i] / c;                                                                       \
+        for (int64_t i = keep < 0 ? 0 : keep; i < n; i++)                                          \
+            z[i] = z[i] + (T)(-FLT_MAX);                                                           \
+    }
+NDL_LOGITS_ROW(float, f32)
+NDL_LOGITS_ROW(double, f64)
 NDL_SOFTMAX_ROWS(float, f32, FLT_MAX)
 NDL_SOFTMAX_ROWS(double, f64, DBL_MAX)
 
@@ -89,7 +111,29 @@ typedef struct {
     const void *a, *b; /* z (Softmax) or y, g (SoftmaxGrad) */
     void *out;
     int64_t n;         /* row length */
+    /* AttentionSoftmax: divide by scale; if causal, row r (query r % rows
+     * of a (rows, n) matrix) keeps columns j <= r % rows + n - rows */
+    double scale;
+    int causal;
+    int64_t rows;
 } rows_job;
+
+static void attention_softmax_rows(void *ctx, int64_t r0, int64_t r1)
+{
+    const rows_job *j = ctx;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t keep = j->causal ? r % j->rows + j->n - j->rows + 1 : j->n;
+        if (j->dt == NDL_FLOAT32) {
+            float *y = (float *)j->out + r * j->n;
+            logits_row_f32((const float *)j->a + r * j->n, y, j->n, (float)j->scale, keep);
+            softmax_row_f32(y, y, j->n);
+        } else {
+            double *y = (double *)j->out + r * j->n;
+            logits_row_f64((const double *)j->a + r * j->n, y, j->n, j->scale, keep);
+            softmax_row_f64(y, y, j->n);
+        }
+    }
+}
 
 static void softmax_rows(void *ctx, int64_t r0, int64_t r1)
 {
@@ -140,8 +184,9 @@ static int fusable(PyObject *const *x, int n)
     return 1;
 }
 
-/* out = fn over the rows of the compact copies of x[0..n) (n = 1 or 2). */
-static PyObject *rows_host(PyObject *const *x, int n, ndl_range_fn fn)
+/* out = fn over the rows of the compact copies of x[0..n) (n = 1 or 2);
+ * op: AttentionSoftmax's parameters, or NULL. */
+static PyObject *rows_host(PyObject *const *x, int n, ndl_range_fn fn, const OpObject *op)
 {
     NDArrayObject *c[2] = {NULL, NULL}, *out = NULL;
     PyObject *res = NULL;
@@ -158,7 +203,9 @@ static PyObject *rows_host(PyObject *const *x, int n, ndl_range_fn fn)
     rows = len > 0 ? total / len : 0;
     if (rows > 0) {
         rows_job job = {c[0]->dtype, host_ptr(c[0]), n > 1 ? host_ptr(c[1]) : NULL,
-                        host_ptr(out), len};
+                        host_ptr(out), len, 1.0, 0, 1};
+        if (op != NULL)
+            job.scale = op->c0, job.causal = op->c1 != 0, job.rows = l->shape[l->ndim - 2];
         /* about 16k elements per task: below that waking the pool costs more */
         int64_t grain = len < 16384 ? 16384 / len : 1;
         if (total >= NDL_GIL_RELEASE_MIN) {
@@ -206,6 +253,33 @@ static PyObject *softmax_composed(PyObject *z, int ndim)
     Py_XDECREF(zm);
     Py_XDECREF(e);
     Py_XDECREF(s);
+    return res;
+}
+
+/* x / c0, plus the causal mask (T, S) when c1 != 0 */
+static PyObject *logits_composed(PyObject *x, int ndim, const int64_t *shape, double c0, int causal)
+{
+    int64_t T = shape[ndim - 2], S = shape[ndim - 1], ms[2] = {T, S}, step[2] = {1, 1};
+    PyObject *z = nda_scalar(NDL_BIN_DIV, x, c0, NULL, 0), *mask = NULL, *res = NULL;
+    if (z == NULL || !causal)
+        return z;
+    mask = nda_full_like(x, 2, ms, 0.0);
+    for (int64_t i = 0; mask != NULL && i < T; i++) {
+        int64_t j0 = i + S - T + 1 < 0 ? 0 : i + S - T + 1;
+        int64_t start[2] = {i, j0}, len[2] = {1, S - j0};
+        PyObject *view, *fill;
+        if (j0 >= S)
+            continue;
+        view = nda_view(mask, start, len, step, -1);
+        fill = view ? nda_full_like(x, 2, len, -FLT_MAX) : NULL;
+        if (fill == NULL || nda_assign(view, fill) < 0)
+            Py_CLEAR(mask);
+        Py_XDECREF(view);
+        Py_XDECREF(fill);
+    }
+    res = mask ? nda_binary(NDL_BIN_ADD, z, mask) : NULL;
+    Py_DECREF(z);
+    Py_XDECREF(mask);
     return res;
 }
 
@@ -273,13 +347,43 @@ NDL_FORWARD(Softmax)
     if (nda_shape(x[0], &ndim, shape) < 0 || check_rank("Softmax", ndim) < 0)
         return NULL;
     if (fusable(x, 1))
-        return rows_host(x, 1, softmax_rows);
+        return rows_host(x, 1, softmax_rows, NULL);
     return softmax_composed(x[0], ndim);
 }
 NDL_BACKWARD(Softmax)
 {
     (void)op, (void)needs;
     grads[0] = t_softmax_grad(NODE, G);
+    return grads[0] ? 0 : -1;
+}
+
+/* ---- AttentionSoftmax(c0, c1): softmax(x / c0 + causal mask if c1) --------- */
+NDL_FORWARD(AttentionSoftmax)
+{
+    int64_t shape[NDL_MAX_DIMS];
+    int ndim;
+    PyObject *z, *res;
+    (void)n;
+    if (nda_shape(x[0], &ndim, shape) < 0)
+        return NULL;
+    if (ndim < 2) {
+        PyErr_Format(PyExc_ValueError, "AttentionSoftmax: needs logits (..., T, S) of at least "
+                     "2 dimensions, got %d", ndim);
+        return NULL;
+    }
+    if (fusable(x, 1))
+        return rows_host(x, 1, attention_softmax_rows, op);
+    z = logits_composed(x[0], ndim, shape, op->c0, op->c1 != 0);
+    res = z ? softmax_composed(z, ndim) : NULL;
+    Py_XDECREF(z);
+    return res;
+}
+NDL_BACKWARD(AttentionSoftmax)
+{
+    PyObject *d = t_softmax_grad(NODE, G);
+    (void)needs;
+    grads[0] = d ? ndl_t_divide_scalar(d, op->c0) : NULL;
+    Py_XDECREF(d);
     return grads[0] ? 0 : -1;
 }
 
@@ -302,7 +406,7 @@ NDL_FORWARD(SoftmaxGrad)
         return NULL;
     }
     if (fusable(x, 2))
-        return rows_host(x, 2, softmax_grad_rows);
+        return rows_host(x, 2, softmax_grad_rows, NULL);
     return softmax_grad_composed(x[0], x[1], yn);
 }
 /* u the out_grad: y -> u * (g - s) - g * t, g -> softmax_grad(y, u) */
