@@ -338,3 +338,26 @@ def test_additive_mask_matches_reference():
     out, probs = attn(nd(q), nd(q), nd(q), mask=mask)
     logits = T(q) @ T(q).transpose(-1, -2) / 2.0 + T(mask)
     np.testing.assert_allclose(probs.numpy(), torch.softmax(logits, -1).numpy(), **FWD)
+
+
+def test_lm_job_transformer_end_to_end(tmp_path, capsys):
+    """apps/train_lm.py --seq-model transformer on a tiny made-up fortunes directory."""
+    sys.path[:0] = [ROOT, os.path.join(ROOT, "apps")]
+    import train_lm
+    d = tmp_path / "fortunes"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far"]
+    (d / "wisdom").write_text("\n%\n".join(" ".join(rng.choice(words, 12)) + "."
+                                            for _ in range(120)))
+    ckpt = str(tmp_path / "lm.npz")
+    res = train_lm.main(["--seq-model", "transformer", "--data-dir", str(d), "--epochs", "2",
+                         "--hidden", "16", "--embedding", "8", "--heads", "2", "--layers", "1",
+                         "--batch-size", "4", "--seq-len", "8", "--checkpoint", ckpt,
+                         "--plot", "", "--sample-words", "12"])
+    out = capsys.readouterr().out
+    assert "epoch 2: train perplexity" in out and "transformer" in out
+    hist = res["history"]
+    assert hist["train"][1] < 0.5 * hist["train"][0]  # learning
+    train_lm.main(["--evaluate", ckpt, "--sample-words", "5"])
+    assert len(capsys.readouterr().out.split()) >= 1
