@@ -361,3 +361,31 @@ def test_lm_job_transformer_end_to_end(tmp_path, capsys):
     assert hist["train"][1] < 0.5 * hist["train"][0]  # learning
     train_lm.main(["--evaluate", ckpt, "--sample-words", "5"])
     assert len(capsys.readouterr().out.split()) >= 1
+
+
+def test_np_mode_gives_the_same_model():
+    """The same seeded Transformer in np mode (float64 arrays) and nd mode (float32)."""
+    import json
+    import subprocess
+    import textwrap
+    code = textwrap.dedent("""
+        import json, numpy as np, needle as ndl
+        np.random.seed(7)
+        m = ndl.nn.Transformer(8, 12, 2, num_head=2, dim_head=4, dropout=0.2, sequence_len=6)
+        x = ndl.Tensor(np.random.randn(5, 3, 8))
+        out, _ = m(x)
+        out.sum().backward()
+        print(json.dumps([out.numpy().tolist(), m.parameters()[5].grad.numpy().tolist()]))
+    """)
+    env = dict(os.environ, NEEDLE_BACKEND="np")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    np_out, np_grad = (np.array(a) for a in json.loads(res.stdout.strip().splitlines()[-1]))
+    np.random.seed(7)
+    m = nn.Transformer(8, 12, 2, num_head=2, dim_head=4, dropout=0.2, sequence_len=6)
+    x = ndl.Tensor(np.random.randn(5, 3, 8).astype(np.float32))
+    out, _ = m(x)
+    out.sum().backward()
+    np.testing.assert_allclose(out.numpy(), np_out, **FWD)
+    np.testing.assert_allclose(m.parameters()[5].grad.numpy(), np_grad, **BWD)
