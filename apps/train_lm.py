@@ -238,7 +238,8 @@ def main(argv=None) -> dict:
     opt = ndl.optim.Adam(model.parameters(), lr=args.lr)
     n_params = sum(int(np.prod(p.shape)) for p in model.parameters())
     print(f"needle LanguageModel({args.seq_model}, embedding {args.embedding}, hidden "
-          f"{args.hidden}, {args.layers} layer(s), {n_params:,} parameters) on fortunes: {stats['fortunes']} fortunes, "
+          f"{args.hidden}, {args.layers} layer(s), {n_params:,} parameters) on fortunes: "
+          f"{stats['fortunes']} fortunes, "
           f"{stats['train']:,} train / {stats['test']:,} held-out tokens, vocabulary "
           f"{len(corpus.dictionary)} of {stats['distinct words']:,} words")
     history = {"train": [], "test": []}

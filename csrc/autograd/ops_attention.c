@@ -237,8 +237,8 @@ static PyObject *softmax_composed(PyObject *z, int ndim)
 {
     int64_t axis = ndim - 1;
     double big = nda_max_finite(z);
-    PyObject *m = nda_reduce(NDL_RED_MAX, z, 1, &axis, 1), *lo = NULL, *mc = NULL, *zm = NULL, *e = NULL,
-             *s = NULL, *res = NULL;
+    PyObject *m = nda_reduce(NDL_RED_MAX, z, 1, &axis, 1), *lo = NULL, *mc = NULL, *zm = NULL,
+             *e = NULL, *s = NULL, *res = NULL;
     if (m == NULL)
         return NULL;
     lo = nda_scalar(NDL_BIN_MAXIMUM, m, -big, NULL, 0);
