@@ -203,3 +203,58 @@ def test_attention_softmax_finite_differences(path, causal):
 def test_attention_softmax_bad_input():
     with pytest.raises(ValueError, match="at least 2 dimensions, got 1"):
         ops.attention_softmax(nd(np.ones(3)), 1.0, 1.0)
+
+
+# ---- AttentionProbs: attention_softmax(q @ k^T) ----------------------------------
+
+@pytest.mark.parametrize("causal", [0.0, 1.0])
+@pytest.mark.parametrize("qs,ks", [((2, 3, 5, 4), (2, 3, 5, 4)), ((1, 2, 3, 8), (1, 2, 6, 8)),
+                                   ((4, 6, 2), (4, 3, 2))])
+def test_attention_probs_is_matmul_then_attention_softmax(path, causal, qs, ks):
+    q, k = np.random.randn(*qs), np.random.randn(*ks)
+    Q, K = nd(q, "float32"), nd(k, "float32")
+    y = ops.attention_probs(Q, K, 2.0, causal)
+    n = len(ks)
+    ref = ops.attention_softmax(nd(q, "float32") @ ops.transpose(nd(k, "float32"), (n - 2, n - 1)),
+                                2.0, causal)
+    np.testing.assert_array_equal(y.numpy(), ref.numpy())
+    tq, tk = th(q, "float32"), th(k, "float32")
+    tz = tq @ tk.transpose(-1, -2) / 2.0
+    if causal:
+        tz = tz + th(causal_mask(qs[-2], ks[-2]), "float32", False)
+    ty = torch.softmax(tz, -1)
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+    g = np.random.randn(*y.shape)
+    (y * nd(g, "float32", False)).sum().backward()
+    (ty * th(g, "float32", False)).sum().backward()
+    np.testing.assert_allclose(Q.grad.numpy(), tq.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(K.grad.numpy(), tk.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [0.0, 1.0])
+def test_attention_probs_finite_differences(path, causal):
+    fd_check(lambda a, b: ops.attention_probs(a, b, 1.3, causal),
+             [np.random.randn(2, 3, 2), np.random.randn(2, 4, 2)])
+
+
+def test_attention_probs_gradient_of_gradient():
+    """d/d(q, k) of sum(dL/dq * V): needle against torch's double backward."""
+    q, k = np.random.randn(2, 3, 4), np.random.randn(2, 3, 4)
+    G, V = np.random.randn(2, 3, 3), np.random.randn(2, 3, 4)
+    Q, K = nd(q), nd(k)
+    (ops.attention_probs(Q, K, 2.0, 1.0) * nd(G, requires_grad=False)).sum().backward()
+    (Q.grad * nd(V, requires_grad=False)).sum().backward()
+    tq, tk = th(q), th(k)
+    tz = tq @ tk.transpose(-1, -2) / 2.0 + th(causal_mask(3, 3), requires_grad=False)
+    (gq,) = torch.autograd.grad((torch.softmax(tz, -1) * th(G, requires_grad=False)).sum(), tq,
+                                create_graph=True)
+    (gq * th(V, requires_grad=False)).sum().backward()
+    np.testing.assert_allclose(Q.grad.numpy(), tq.grad.numpy(), rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(K.grad.numpy(), tk.grad.numpy(), rtol=1e-9, atol=1e-11)
+
+
+def test_attention_probs_bad_shapes():
+    with pytest.raises(ValueError, match=r"\(2, 3, 4\) and \(2, 3, 5\)"):
+        ops.attention_probs(nd(np.ones((2, 3, 4))), nd(np.ones((2, 3, 5))), 1.0, 0.0)
+    with pytest.raises(ValueError, match=r"\(2, 3, 4\) and \(3, 3, 4\)"):
+        ops.attention_probs(nd(np.ones((2, 3, 4))), nd(np.ones((3, 3, 4))), 1.0, 0.0)

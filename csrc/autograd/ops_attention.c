@@ -7,6 +7,8 @@
  *         T, S = x.shape[-2:]
  *         mask = -FLT_MAX * numpy.triu(ones((T, S)), S - T + 1) if c1 else 0
  *         return softmax(x / c0 + mask)   # MultiHeadAttention's logits -> probs
+ *     def attention_probs(q, k, c0, c1):  # q (..., T, D), k (..., S, D)
+ *         return attention_softmax(q @ k.swapaxes(-1, -2), c0, c1)
  *     def softmax(z):                     # over the last axis, any rank >= 1
  *         m = z.max(axis=-1, keepdims=True)           # a constant
  *         e = exp(z - m)
@@ -31,6 +33,11 @@
  *   mask has it), so its numbers are those of the three nodes, and it stores
  *   one (B, H, T, S) array where they store three; its gradient is
  *   softmax_grad(y, g) / c0 (the mask's addition passes g through).
+ *   AttentionProbs adds the product q @ k^T in front (the batched packed
+ *   matmul reading k transposed in place), so the (B, H, T, S) scores are a
+ *   temporary of the forward and the graph stores only the probabilities:
+ *   the backward needs d = softmax_grad(y, g) / c0, then g_q = d @ k and
+ *   g_k = d^T @ q, both ops (so gradients of gradients work).
  *   SoftmaxGrad's own backward is built from ops, so gradients of gradients
  *   work: with upstream u, s = sum(g*y), t = sum(u*y) (per row),
  *     d/dg = softmax_grad(y, u),   d/dy = u * (g - s) - g * t.
@@ -385,6 +392,62 @@ NDL_BACKWARD(AttentionSoftmax)
     grads[0] = d ? ndl_t_divide_scalar(d, op->c0) : NULL;
     Py_XDECREF(d);
     return grads[0] ? 0 : -1;
+}
+
+/* ---- AttentionProbs(c0, c1): attention_softmax(q @ k^T, c0, c1) ------------- */
+static int probs_shapes(int qn, const int64_t *qs, int kn, const int64_t *ks)
+{
+    int ok = qn >= 2 && qn == kn && qs[qn - 1] == ks[kn - 1];
+    PyObject *a, *b;
+    for (int i = 0; ok && i < qn - 2; i++)
+        ok = qs[i] == ks[i];
+    if (ok)
+        return 0;
+    a = ndl_shape_tuple(qn, qs);
+    b = ndl_shape_tuple(kn, ks);
+    if (a && b)
+        PyErr_Format(PyExc_ValueError, "AttentionProbs: q must be (..., T, D) and k (..., S, D) "
+                     "with the same leading dimensions and D, got %R and %R", a, b);
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    return -1;
+}
+
+NDL_FORWARD(AttentionProbs)
+{
+    int64_t qs[NDL_MAX_DIMS], ks[NDL_MAX_DIMS];
+    int qn, kn, perm[NDL_MAX_DIMS];
+    PyObject *kt, *scores, *res;
+    (void)n;
+    if (nda_shape(x[0], &qn, qs) < 0 || nda_shape(x[1], &kn, ks) < 0 ||
+        probs_shapes(qn, qs, kn, ks) < 0)
+        return NULL;
+    for (int i = 0; i < kn; i++)
+        perm[i] = i;
+    perm[kn - 2] = kn - 1, perm[kn - 1] = kn - 2;
+    kt = nda_permute(x[1], perm); /* a view: the matmul reads it in place */
+    scores = kt ? nda_matmul(x[0], kt) : NULL;
+    res = scores ? ndl_fwd_AttentionSoftmax(op, &scores, 1) : NULL;
+    Py_XDECREF(kt);
+    Py_XDECREF(scores);
+    return res;
+}
+NDL_BACKWARD(AttentionProbs)
+{
+    PyObject *s = t_softmax_grad(NODE, G), *d = s ? ndl_t_divide_scalar(s, op->c0) : NULL;
+    PyObject *dt = NULL;
+    Py_XDECREF(s);
+    if (d == NULL)
+        return -1;
+    if (needs[0])
+        grads[0] = ndl_t_matmul(d, IN(1));
+    if (needs[1] && (!needs[0] || grads[0] != NULL)) {
+        dt = ndl_t_transpose(d, -2, -1);
+        grads[1] = dt ? ndl_t_matmul(dt, IN(0)) : NULL;
+    }
+    Py_DECREF(d);
+    Py_XDECREF(dt);
+    return (needs[0] && grads[0] == NULL) || (needs[1] && grads[1] == NULL) ? -1 : 0;
 }
 
 /* ---- SoftmaxGrad(y, g): y * (g - sum(g * y, last axis)) -------------------- */

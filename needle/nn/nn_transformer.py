@@ -11,10 +11,11 @@ where the numbers agree to float32 rounding:
   broadcast product over a 5-D (..., T, S, D) intermediate and a sum;
 - `MultiHeadAttention.softmax` is one fused C op over the last axis
   (`ops.softmax`), whose gradient is one fused C op (`ops.softmax_grad`);
-- `forward` runs the scaling, the causal mask and the softmax as one fused C op
-  (`ops.attention_softmax`: the same per-element arithmetic, one stored
-  (B, H, T, S) array instead of three), and multiplies `probs @ v`, which is
-  `matmul(probs, transpose(v))`.
+- `forward` runs q @ k^T, the scaling, the causal mask and the softmax as one
+  fused C op (`ops.attention_probs`: the batched matmul, then the same
+  per-element arithmetic as the contract's nodes; the graph stores the
+  (B, H, T, S) probabilities only, where the contract's four nodes store four
+  such arrays), and multiplies `probs @ v`, which is `matmul(probs, transpose(v))`.
 
 >>> import numpy as np, needle as ndl
 >>> model = ndl.nn.Transformer(16, 32, 2, num_head=2, dim_head=8, sequence_len=10)
@@ -85,12 +86,11 @@ class MultiHeadAttention(Module):
         if k.shape[:2] != (B, H) or k.shape[3] != D or v.shape[:3] != (B, H, S):
             raise _shape_error(name, "q (B, H, T, D), k (B, H, S, D) and v (B, H, S, Dv) "
                                "must agree", q.shape, k.shape, v.shape)
-        scores = self.matmul(q, k)
         if mask is None:
-            # NOTE: = softmax(scores / sqrt(D) + causal mask), the contract's numbers
-            probs = ops.attention_softmax(scores, math.sqrt(D), 1.0 if self.causal else 0.0)
+            # NOTE: = softmax(matmul(q, k) / sqrt(D) + causal mask), the contract's numbers
+            probs = ops.attention_probs(q, k, math.sqrt(D), 1.0 if self.causal else 0.0)
         else:
-            logits = scores / math.sqrt(D)
+            logits = self.matmul(q, k) / math.sqrt(D)
             if self.causal:
                 m = Tensor(self.create_causal_mask(T, S, q.device), device=q.device,
                            dtype=logits.dtype, requires_grad=False)
