@@ -6,7 +6,7 @@ STAMP := build/.deps-stamp
 ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
 
 .PHONY: all deps build test asan bench demo demo-cnn demo-lm data ndarray-demo clean
-.PHONY: mpi bench-distributed
+.PHONY: mpi bench-distributed demo-lm-transformer
 
 all: build
 
@@ -78,6 +78,9 @@ demo-cnn: build data
 
 demo-lm: build $(FORTUNES)
 	$(PYTHON) apps/train_lm.py $(DEMO_ARGS)
+
+demo-lm-transformer: build $(FORTUNES)
+	$(PYTHON) apps/train_lm.py --seq-model transformer $(DEMO_ARGS)
 
 ndarray-demo: build
 	$(PYTHON) apps/ndarray_demo.py

@@ -85,12 +85,17 @@ class LanguageModel(nn.Module):
     """Embedding -> sequence model -> Linear over (T, bs) token indices.
 
     forward(x (T, bs), h=None) -> (logits (T*bs, output_size), h), where h is
-    the sequence model's final state ((h, c) for an LSTM).
+    the sequence model's final state ((h, c) for an LSTM; zeros for a
+    Transformer, which keeps no state between calls).
+    EXT, for seq_model='transformer' only: `num_head` (dim_head defaults to
+    embedding_size // num_head, which must divide), `dim_head` and `dropout`;
+    left out, the contract's Transformer defaults (8 heads of 32, dropout 0).
     """
 
     def __init__(self, embedding_size: int, output_size: int, hidden_size: int,
                  num_layers: int = 1, seq_model: str = "rnn", seq_len: int = 40,
-                 device=None, dtype: str = "float32"):
+                 device=None, dtype: str = "float32", *, num_head: Optional[int] = None,
+                 dim_head: Optional[int] = None, dropout: float = 0.0):
         super().__init__()
         kw = dict(device=device, dtype=dtype)
         self.embedding = nn.Embedding(output_size, embedding_size, **kw)
@@ -99,11 +104,18 @@ class LanguageModel(nn.Module):
         elif seq_model == "lstm":
             self.seq_model = nn.LSTM(embedding_size, hidden_size, num_layers, **kw)
         elif seq_model == "transformer":
-            if not hasattr(nn, "Transformer"):
-                raise NotImplementedError("seq_model='transformer' needs nn.Transformer, "
-                                          "which is not built yet")
+            heads = {}
+            if num_head is not None:
+                if dim_head is None and (num_head < 1 or embedding_size % num_head):
+                    raise ValueError(f"LanguageModel: num_head={num_head} does not divide "
+                                     f"embedding_size={embedding_size} (or pass dim_head)")
+                heads = dict(num_head=num_head,
+                             dim_head=dim_head or embedding_size // num_head)
+            elif dim_head is not None:
+                heads = dict(dim_head=dim_head)
             self.seq_model = nn.Transformer(embedding_size, hidden_size, num_layers,
-                                            sequence_len=seq_len, **kw)
+                                            sequence_len=seq_len, dropout=dropout, **heads,
+                                            **kw)
         else:
             raise ValueError(f"seq_model must be 'rnn', 'lstm' or 'transformer', "
                              f"got {seq_model!r}")

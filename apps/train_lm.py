@@ -2,6 +2,7 @@
 
     python apps/train_lm.py                          # LSTM on Debian's fortunes
     python apps/train_lm.py --seq-model rnn --epochs 2
+    python apps/train_lm.py --seq-model transformer  # a causal Transformer, same text
     python apps/train_lm.py --evaluate checkpoints/fortunes_lstm.safetensors --temperature 0.8
 
 The text is every fortune of Debian's `fortunes` package (`dpkg -L fortunes`,
@@ -107,14 +108,19 @@ def sample(model, dictionary, n_words: int, temperature: float, rng) -> str:
     """Words drawn one by one from the model's softmax at `temperature`."""
     model.eval()
     word = dictionary.word2idx["<eos>"]
-    h, out = None, []
+    h, out, context = None, [], [word]
+    # a Transformer keeps no state: it reads the last `sequence_len` words each step
+    window = getattr(model.seq_model, "sequence_len", None)
     with ndl.no_grad():
         for _ in range(n_words):
-            X = ndl.Tensor(np.array([[word]], dtype=np.float32), requires_grad=False)
-            logits, h = model(X, h)
-            z = logits.numpy()[0].astype(np.float64) / max(temperature, 1e-6)
+            ids = context[-window:] if window else [word]
+            X = ndl.Tensor(np.array(ids, dtype=np.float32).reshape((-1, 1)),
+                           requires_grad=False)
+            logits, h = model(X, None if window else h)
+            z = logits.numpy()[-1].astype(np.float64) / max(temperature, 1e-6)
             p = np.exp(z - z.max())
             word = int(rng.choice(len(p), p=p / p.sum()))
+            context.append(word)
             token = dictionary.idx2word[word]
             out.append("\n" if token == "<eos>" else token)
     return " ".join(out).replace(" \n ", "\n").strip()
@@ -140,10 +146,25 @@ def load_checkpoint(path):
     return model, config, dictionary
 
 
+# Defaults per sequence model. The Transformer's (2 layers of width 128, 4 heads of
+# 32, MLP 512, dropout 0.1, context 64) has ~2.0M parameters against the LSTM's ~2.7M,
+# most of both in the embedding and the output layer over the 6,000 words.
+DEFAULTS = {
+    "lstm": dict(embedding=128, hidden=256, layers=1, seq_len=35, lr=0.003, heads=None,
+                 dropout=0.0),
+    "transformer": dict(embedding=128, hidden=512, layers=2, seq_len=64, lr=0.003, heads=4,
+                        dropout=0.1),
+}
+DEFAULTS["rnn"] = DEFAULTS["lstm"]
+
+
 def build_model(config, vocab_size):
+    extra = {}
+    if config["seq_model"] == "transformer":
+        extra = dict(num_head=config.get("heads"), dropout=config.get("dropout", 0.0))
     return LanguageModel(config["embedding"], vocab_size, config["hidden"],
                          num_layers=config["layers"], seq_model=config["seq_model"],
-                         seq_len=config["seq_len"])
+                         seq_len=config["seq_len"], **extra)
 
 
 def plot(history, path, title):
@@ -169,12 +190,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--seq-model", choices=["lstm", "rnn", "transformer"], default="lstm")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--seq-len", type=int, default=35)
-    ap.add_argument("--embedding", type=int, default=128)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=1)
+    per_model = " (default: per --seq-model, see DEFAULTS)"
+    ap.add_argument("--seq-len", type=int, default=None,
+                    help="BPTT length; a Transformer's context" + per_model)
+    ap.add_argument("--embedding", type=int, default=None, help="word vector size" + per_model)
+    ap.add_argument("--hidden", type=int, default=None,
+                    help="RNN/LSTM state; a Transformer's MLP width" + per_model)
+    ap.add_argument("--layers", type=int, default=None, help=per_model.strip())
+    ap.add_argument("--heads", type=int, default=None,
+                    help="Transformer attention heads (of width embedding/heads)" + per_model)
+    ap.add_argument("--dropout", type=float, default=None,
+                    help="Transformer dropout" + per_model)
     ap.add_argument("--vocab", type=int, default=6000, help="words kept; the rest are <unk>")
-    ap.add_argument("--lr", type=float, default=0.003)
+    ap.add_argument("--lr", type=float, default=None, help="Adam's" + per_model)
     ap.add_argument("--clip", type=float, default=0.5, help="gradient norm clip (0: none)")
     ap.add_argument("--max-fortunes", type=int, default=None, help="use only the first N")
     ap.add_argument("--data-dir", default=FORTUNE_DIR)
@@ -186,6 +214,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--plot", default=None, help="PNG of the curves; default beside the checkpoint")
     ap.add_argument("--evaluate", metavar="CHECKPOINT", help="only sample from a saved checkpoint")
     args = ap.parse_args(argv)
+    for key, value in DEFAULTS[args.seq_model].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     rng = np.random.default_rng(args.seed)
     if args.evaluate:
         model, config, dictionary = load_checkpoint(args.evaluate)
@@ -202,10 +233,14 @@ def main(argv=None) -> dict:
     test = ndl.data.batchify(corpus.test, args.batch_size)
     config = {"seq_model": args.seq_model, "embedding": args.embedding, "hidden": args.hidden,
               "layers": args.layers, "seq_len": args.seq_len}
+    if args.seq_model == "transformer":
+        config.update(heads=args.heads, dropout=args.dropout)
     model = build_model(config, len(corpus.dictionary))
     opt = ndl.optim.Adam(model.parameters(), lr=args.lr)
+    n_params = sum(int(np.prod(p.shape)) for p in model.parameters())
     print(f"needle LanguageModel({args.seq_model}, embedding {args.embedding}, hidden "
-          f"{args.hidden}, {args.layers} layer(s)) on fortunes: {stats['fortunes']} fortunes, "
+          f"{args.hidden}, {args.layers} layer(s), {n_params:,} parameters) on fortunes: "
+          f"{stats['fortunes']} fortunes, "
           f"{stats['train']:,} train / {stats['test']:,} held-out tokens, vocabulary "
           f"{len(corpus.dictionary)} of {stats['distinct words']:,} words")
     history = {"train": [], "test": []}
