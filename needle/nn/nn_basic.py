@@ -405,6 +405,8 @@ class SoftmaxLoss(Module):
         if labels.size and (labels.min() < 0 or labels.max() >= k):
             bad = labels[(labels < 0) | (labels >= k)][0]
             raise ValueError(f"SoftmaxLoss: label {bad} is out of range for {k} classes")
+        if len(logits.shape) == 2:  # one fused node (Note [Fused softmax loss], ops_softmax.c)
+            return ops.softmax_cross_entropy(logits, y)
         y_one_hot = init.one_hot(k, y, device=logits.device, dtype=logits.dtype)
         lse = ops.summation(ops.logsumexp(logits, axes=(1,)))
         return (lse - ops.summation(logits * y_one_hot)) / batch
