@@ -327,11 +327,42 @@ static PyObject *xent_composed(PyObject *z, PyObject *y, int64_t B, int64_t k)
     return res;
 }
 
-/* *B, *k from logits (B, k) and labels of B elements; their labels as int64 in *y
+/* y's n labels as int64 into labels[0..n), checked to be integers in [0, k) */
+static int read_labels(PyObject *y, int64_t n, int64_t k, int64_t *labels)
+{
+    PyObject *host = NDArray_Check(y) ? PyObject_CallMethod(y, "numpy", NULL) : Py_NewRef(y);
+    PyObject *d = host ? PyObject_CallMethod(host, "astype", "s", "float64") : NULL, *v;
+    Py_buffer view = {0};
+    int rc = -1;
+    if (d == NULL || PyObject_GetBuffer(d, &view, PyBUF_C_CONTIGUOUS) < 0)
+        goto fail;
+    for (int64_t i = 0; i < n; i++) {
+        double l = ((const double *)view.buf)[i];
+        if (l == floor(l) && l >= 0 && l < (double)k) {
+            labels[i] = (int64_t)l;
+            continue;
+        }
+        int integral = isfinite(l) && l == floor(l);
+        if ((v = integral ? PyLong_FromDouble(l) : PyFloat_FromDouble(l)) != NULL)
+            PyErr_Format(PyExc_ValueError, "SoftmaxCrossEntropy: label %R is %s for %lld classes",
+                         v, integral ? "out of range" : "not an integer", (long long)k);
+        Py_XDECREF(v);
+        goto fail;
+    }
+    rc = 0;
+fail:
+    if (view.obj != NULL)
+        PyBuffer_Release(&view);
+    Py_XDECREF(host);
+    Py_XDECREF(d);
+    return rc;
+}
+
+/* *B, *k from logits (B, k) and labels (B,); the labels as int64 in *labels
  * (PyMem_Free it), checked to be integers in [0, k). */
 static int xent_inputs(PyObject *z, PyObject *y, int64_t *B, int64_t *k, int64_t **labels)
 {
-    int64_t zs[NDL_MAX_DIMS], ys[NDL_MAX_DIMS], n;
+    int64_t zs[NDL_MAX_DIMS], ys[NDL_MAX_DIMS];
     int zn, yn;
     PyObject *a, *b;
     *labels = NULL;
@@ -339,17 +370,15 @@ static int xent_inputs(PyObject *z, PyObject *y, int64_t *B, int64_t *k, int64_t
         return -1;
     if (zn == 2 && yn == 1 && ys[0] == zs[0]) {
         *B = zs[0], *k = zs[1];
-        if (nda_indices(y, INT64_MAX, "SoftmaxCrossEntropy: labels", labels, &n) < 0)
+        if ((*labels = PyMem_Malloc((size_t)(*B ? *B : 1) * sizeof(int64_t))) == NULL) {
+            PyErr_NoMemory();
             return -1;
-        for (int64_t i = 0; i < n; i++)
-            if ((*labels)[i] >= *k) {
-                PyErr_Format(PyExc_ValueError, "SoftmaxCrossEntropy: label %lld is out of range "
-                             "for %lld classes", (long long)(*labels)[i], (long long)*k);
-                PyMem_Free(*labels);
-                *labels = NULL;
-                return -1;
-            }
-        return 0;
+        }
+        if (read_labels(y, *B, *k, *labels) == 0)
+            return 0;
+        PyMem_Free(*labels);
+        *labels = NULL;
+        return -1;
     }
     a = ndl_shape_tuple(zn, zs);
     b = ndl_shape_tuple(yn, ys);
