@@ -197,7 +197,7 @@ NDL_BACKWARD(LogSoftmax)
  *   double), the rows' losses summed in order, so the value does not depend
  *   on the threads. np mode, other devices and the tests
  *   (_C._skip_optional_slots) compute the composite formula from nda_*
- *   calls, the one-hot built as scatter_rows(eye(B), y, (k, B))^T.
+ *   calls, the one-hot built by B one-element assignments.
  *   The backward is built from ops: the fused Softmax op (ops_attention.c)
  *   minus a constant one-hot, times g / B broadcast; the one-hot exists only
  *   while the backward runs (unless create_graph keeps it), and gradients of
@@ -281,29 +281,29 @@ fail:
     return res;
 }
 
-/* (B, k) with `value` at (b, y_b), zeros elsewhere: scatter_rows(value * eye(B), y, (k, B))^T */
-static PyObject *one_hot_of(PyObject *like, PyObject *y, int64_t B, int64_t k, double value)
+/* (B, k) with `value` at (b, y_b), zeros elsewhere: B one-element assignments
+ * into a flat array, through nda_* calls so that every mode and device works */
+static PyObject *one_hot_of(PyObject *like, const int64_t *y, int64_t B, int64_t k, double value)
 {
-    int64_t n = B * B, start = 0, step = B + 1, ks[2] = {k, B}, bs[2] = {B, B}, len = B;
-    int perm[2] = {1, 0};
-    PyObject *flat = nda_full_like(like, 1, &n, 0.0), *diag = NULL, *fill = NULL, *eye = NULL,
-             *oh = NULL, *res = NULL;
-    diag = flat ? nda_view(flat, &start, &len, &step, -1) : NULL;
-    fill = diag ? nda_full_like(like, 1, &len, value) : NULL;
-    if (fill != NULL && nda_assign(diag, fill) == 0)
-        eye = nda_reshape(flat, 2, bs);
-    oh = eye ? nda_scatter_rows(eye, y, 2, ks) : NULL;
-    res = oh ? nda_permute(oh, perm) : NULL;
+    int64_t n = B * k, one = 1, shape[2] = {B, k};
+    PyObject *flat = nda_full_like(like, 1, &n, 0.0), *fill = NULL, *res = NULL;
+    fill = flat ? nda_full_like(like, 1, &one, value) : NULL;
+    for (int64_t b = 0; fill != NULL && b < B; b++) {
+        int64_t start = b * k + y[b];
+        PyObject *cell = nda_view(flat, &start, &one, &one, -1);
+        int rc = cell ? nda_assign(cell, fill) : -1;
+        Py_XDECREF(cell);
+        if (rc < 0)
+            Py_CLEAR(fill);
+    }
+    res = fill ? nda_reshape(flat, 2, shape) : NULL;
     Py_XDECREF(flat);
-    Py_XDECREF(diag);
     Py_XDECREF(fill);
-    Py_XDECREF(eye);
-    Py_XDECREF(oh);
     return res;
 }
 
 /* the composite formula from nda_* calls, y the (B,) labels */
-static PyObject *xent_composed(PyObject *z, PyObject *y, int64_t B, int64_t k)
+static PyObject *xent_composed(PyObject *z, const int64_t *y, int64_t B, int64_t k)
 {
     int64_t axis = 1;
     PyObject *m = shift_of(z, 1, &axis), *l = NULL, *lse = NULL, *ls = NULL, *oh = NULL,
@@ -403,14 +403,14 @@ NDL_FORWARD(SoftmaxCrossEntropy)
          ((NDArrayObject *)x[0])->dtype == NDL_FLOAT64))
         res = xent_host((NDArrayObject *)x[0], labels, B, k);
     else
-        res = xent_composed(x[0], x[1], B, k);
+        res = xent_composed(x[0], labels, B, k);
     PyMem_Free(labels);
     return res;
 }
 /* z -> (softmax(z) + const(-one_hot)) * broadcast(g / B); labels -> zeros */
 NDL_BACKWARD(SoftmaxCrossEntropy)
 {
-    int64_t shape[NDL_MAX_DIMS], one[2] = {1, 1};
+    int64_t shape[NDL_MAX_DIMS], one[2] = {1, 1}, *labels;
     int ndim;
     PyObject *z, *y, *sm = NULL, *noh = NULL, *c = NULL, *d = NULL, *gs = NULL, *g1 = NULL,
              *gb = NULL, *zeros;
@@ -430,10 +430,21 @@ NDL_BACKWARD(SoftmaxCrossEntropy)
     }
     if (!needs[0])
         return 0;
-    sm = ndl_t_apply_shared(&ndl_op_Softmax, IN(0));
-    noh = sm ? one_hot_of(z, y, shape[0], shape[1], -1.0) : NULL;
+    if ((labels = PyMem_Malloc((size_t)(shape[0] ? shape[0] : 1) * sizeof(int64_t))) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (read_labels(y, shape[0], shape[1], labels) == 0)
+        sm = ndl_t_apply_shared(&ndl_op_Softmax, IN(0));
+    noh = sm ? one_hot_of(z, labels, shape[0], shape[1], -1.0) : NULL;
+    PyMem_Free(labels);
     c = noh ? ndl_t_const(noh) : NULL;
     d = c ? ndl_t_add(sm, c) : NULL;
+    /* NOTE: released now, so that without create_graph at most two (B, k)
+     * arrays (d and the result) are alive at once */
+    Py_CLEAR(sm);
+    Py_CLEAR(noh);
+    Py_CLEAR(c);
     gs = d ? ndl_t_divide_scalar(G, (double)shape[0]) : NULL;
     g1 = gs ? ndl_t_reshape(gs, 2, one) : NULL;
     gb = g1 ? ndl_t_broadcast_to(g1, 2, shape) : NULL;
