@@ -212,4 +212,6 @@ def _conv(a: NDArray, w: NDArray, stride: int = 1, padding: int = 0) -> NDArray:
 # re-exports exactly these).
 OP_CLASSES: Tuple[str, ...]
 OP_FUNCTIONS: Tuple[str, ...]
+# nn.SoftmaxLoss over logits (B, k) and integer labels (B,): a 0-d Tensor (ops_softmax.c)
+def softmax_cross_entropy(logits: Tensor, y: Tensor) -> Tensor: ...
 def __getattr__(name: str) -> Any: ...
