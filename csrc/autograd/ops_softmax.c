@@ -274,7 +274,7 @@ static PyObject *xent_host(NDArrayObject *z, const int64_t *y, int64_t B, int64_
     }
     for (int64_t r = 0; r < B; r++)
         total += loss[r];
-    res = (PyObject *)ndl_array_full(c->device, c->dtype, 0, NULL, total / (double)B);
+    res = (PyObject *)ndl_array_full(c->device, c->dtype, 0, &B, total / (double)B); /* 0-d */
 fail:
     PyMem_Free(loss);
     Py_DECREF(c);
