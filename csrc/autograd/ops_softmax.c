@@ -1,4 +1,5 @@
-/* ops_softmax.c: LogSumExp and LogSoftmax, computed stably (API.md 4.4).
+/* ops_softmax.c: LogSumExp and LogSoftmax, computed stably (API.md 4.4), and
+ * SoftmaxCrossEntropy, nn.SoftmaxLoss as one node (Note [Fused softmax loss]).
  *
  * Forward: m = max(z) over the axes (a constant, clamped to the finite
  * range so that all -inf or +inf rows give -inf / +inf, not NaN), then
