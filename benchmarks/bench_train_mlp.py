@@ -121,8 +121,62 @@ def run_torch(hidden: int, batch: int) -> dict:
             "loss": float(loss)}
 
 
+def run_natural_needle(hidden: int, batch: int) -> dict:
+    """The loop as a user writes it: DataLoader over MNISTDataset, reset_grad, backward, step."""
+    sys.path.insert(0, ROOT)
+    import needle as ndl
+
+    ds = ndl.data.MNISTDataset(os.path.join(DATA, "train-images-idx3-ubyte.gz"),
+                               os.path.join(DATA, "train-labels-idx1-ubyte.gz"))
+    loader = ndl.data.DataLoader(ds, batch_size=batch, shuffle=True)
+    nn = ndl.nn
+    model = nn.Sequential(nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                          nn.Linear(hidden, 10))
+    opt = ndl.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.SoftmaxLoss()
+    base = reset_peak()
+    start = time.perf_counter()
+    for xb, yb in loader:
+        opt.reset_grad()
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "base_mb": base, "threads": ndl.backend_ndarray.get_num_threads(),
+            "loss": float(loss.numpy())}
+
+
+def run_natural_torch(hidden: int, batch: int) -> dict:
+    """The same MLP in PyTorch over pre-stacked tensors (as its users write it)."""
+    import torch
+    import torch.nn as tnn
+
+    X, y = load("train")
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
+    model = tnn.Sequential(tnn.Linear(784, hidden), tnn.ReLU(), tnn.Linear(hidden, hidden),
+                           tnn.ReLU(), tnn.Linear(hidden, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = tnn.CrossEntropyLoss()
+    base = reset_peak()
+    start = time.perf_counter()
+    perm = torch.randperm(len(Xt))
+    for i in range(0, len(Xt), batch):
+        idx = perm[i:i + batch]
+        opt.zero_grad()
+        loss = loss_fn(model(Xt[idx]), yt[idx])
+        loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "base_mb": base, "threads": torch.get_num_threads(),
+            "loss": float(loss)}
+
+
+RUNNERS = {"needle": run_needle, "torch": run_torch,
+           "natural-needle": run_natural_needle, "natural-torch": run_natural_torch}
+
+
 def child(impl: str, hidden: int, batch: int) -> None:
-    res = (run_needle if impl == "needle" else run_torch)(hidden, batch)
+    res = RUNNERS[impl](hidden, batch)
     res["peak_mb"] = peak_mb()
     res["train_mb"] = res["peak_mb"] - res["base_mb"]
     res["samples_per_s"] = 60000 / res["seconds"]
