@@ -1,6 +1,8 @@
 """The CPU allocator's size-class free list (Note [Size-class free list], storage.c).
 
-A freed buffer is given to the next array of its size class (same address);
+A freed buffer is given to the next array of its size class (same address)
+while the cache stays under an eighth of the live buffers' bytes (the tests
+hold a big untouched ballast array for that);
 buffers stay correct (no stale data shows through an op's result); the cache
 is bounded by NEEDLE_CPU_CACHE_MB (checked on the resident set size in a
 child process) and turned off by 0. AddressSanitizer builds turn it off.
@@ -20,9 +22,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASAN = bool(os.environ.get("NEEDLE_ASAN_RUN"))
 
 
+@pytest.fixture
+def ballast():
+    """256 MB of live, never touched (so not resident) buffer: room for the cache."""
+    big = cpu.Array(64 << 20)
+    yield big
+    del big
+
+
 @pytest.mark.skipif(ASAN, reason="the free list is off under AddressSanitizer")
 @pytest.mark.parametrize("n, m", [(1000, 1000), (1000, 1010), ((3 << 20) - 8192, (3 << 20) - 4096)])
-def test_a_freed_buffer_serves_the_next_array_of_its_class(n, m):
+def test_a_freed_buffer_serves_the_next_array_of_its_class(n, m, ballast):
     a = cpu.Array(n)
     ptr = a.ptr()
     del a
@@ -31,7 +41,7 @@ def test_a_freed_buffer_serves_the_next_array_of_its_class(n, m):
 
 
 @pytest.mark.skipif(ASAN, reason="the free list is off under AddressSanitizer")
-def test_a_different_class_gets_another_buffer():
+def test_a_different_class_gets_another_buffer(ballast):
     a = cpu.Array(1000)
     ptr = a.ptr()
     del a
@@ -54,9 +64,11 @@ RSS_CHILD = textwrap.dedent(r'''
     import os, sys
     sys.path.insert(0, sys.argv[1])
     from needle import backend_ndarray as nd
+    from needle.backend_ndarray import ndarray_backend_cpu as cpu
     def rss():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    ballast = cpu.Array(256 << 20)  # 1 GB live, untouched: only NEEDLE_CPU_CACHE_MB limits
     base = rss()
     # 40 buffers of different classes, 2-5 MB each, written, then all freed
     arrays = [nd.array([float(i)]).broadcast_to((int((1.5 + i / 16) * 2 ** 18),)).compact()

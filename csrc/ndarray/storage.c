@@ -26,8 +26,10 @@
  * the lists: no malloc, no page faults for the big ones (which malloc gives
  * back to the kernel with munmap and takes again zero-filled). The lists
  * hold at most NEEDLE_CPU_CACHE_MB megabytes (default 64; 0 turns the cache
- * off; always off under AddressSanitizer); a buffer that would pass the
- * limit is freed at once. A freed buffer stores the list link in its first
+ * off; always off under AddressSanitizer) and at most an eighth of the bytes
+ * of the live CPU buffers, so that the peak memory of a program grows by
+ * 12.5% at most (malloc reuses freed memory for any size; a list only for
+ * its class); a buffer that would pass either limit is freed at once. A freed buffer stores the list link in its first
  * bytes. The lock makes the lists safe from any thread; storages are made
  * and freed with the GIL held anyway. */
 #define POOL_STEPS 8 /* classes per power of two */
@@ -38,7 +40,7 @@ typedef struct pool_block {
 } pool_block;
 
 static pool_block *pool_lists[POOL_CLASSES];
-static size_t pool_bytes, pool_limit = (size_t)-1; /* -1: not read from the environment yet */
+static size_t pool_bytes, live_bytes, pool_limit = (size_t)-1; /* -1: not read from the environment yet */
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* The class of a request of nbytes, and the class's size in *class_bytes. */
@@ -93,8 +95,14 @@ static void *storage_alloc(const ndl_backend *backend, size_t nbytes)
         pool_lists[c] = pool_lists[c]->next;
         pool_bytes -= class_bytes;
     }
+    live_bytes += class_bytes;
     pthread_mutex_unlock(&pool_lock);
-    return p != NULL ? p : backend->alloc(class_bytes);
+    if (p == NULL && (p = backend->alloc(class_bytes)) == NULL) {
+        pthread_mutex_lock(&pool_lock);
+        live_bytes -= class_bytes;
+        pthread_mutex_unlock(&pool_lock);
+    }
+    return p;
 }
 
 /* Give back a buffer storage_alloc made for nbytes. */
@@ -108,7 +116,9 @@ static void storage_free(const ndl_backend *backend, void *p, size_t nbytes)
     }
     c = pool_class(nbytes, &class_bytes);
     pthread_mutex_lock(&pool_lock);
-    if (pool_bytes + class_bytes <= pool_limit_bytes()) {
+    live_bytes -= class_bytes;
+    if (pool_bytes + class_bytes <= pool_limit_bytes() &&
+        pool_bytes + class_bytes <= live_bytes / 8) {
         ((pool_block *)p)->next = pool_lists[c];
         pool_lists[c] = p;
         pool_bytes += class_bytes;
