@@ -9,7 +9,11 @@ shuffled batches of pre-stacked arrays, needle with backward(create_graph=False)
 "natural" (issue 14 item 2): a 784-H-H-10 MLP at each --natural-hidden,
 needle written as a user writes it (DataLoader over MNISTDataset with
 shuffle=True, opt.reset_grad(), loss.backward(), opt.step()), PyTorch over
-pre-stacked tensors as its users write it (zero_grad, backward, step). Adam
+pre-stacked tensors as its users write it (zero_grad, backward, step).
+"nograph": the same with needle's loss.backward(create_graph=False). The
+default backward records the gradients' graph (API.md 3.7), whose reference
+cycles wait for Python's cyclic GC (API.md 3.1 requires them): its "train
+MB" is that garbage; create_graph=False makes none. Adam
 lr 1e-3, batch 128, float32, on Debian's dataset-fashion-mnist.
 
 Each (loop, library, size) runs in its own process so that peak memory is
@@ -131,8 +135,10 @@ def run_torch(hidden: int, batch: int) -> dict:
             "loss": float(loss)}
 
 
-def run_natural_needle(hidden: int, batch: int) -> dict:
-    """The loop as a user writes it: DataLoader over MNISTDataset, reset_grad, backward, step."""
+def run_natural_needle(hidden: int, batch: int, create_graph: bool = True) -> dict:
+    """The loop as a user writes it: DataLoader over MNISTDataset, reset_grad, backward, step.
+
+    create_graph=False: the same with ``loss.backward(create_graph=False)``."""
     sys.path.insert(0, ROOT)
     import needle as ndl
 
@@ -149,7 +155,7 @@ def run_natural_needle(hidden: int, batch: int) -> dict:
     for xb, yb in loader:
         opt.reset_grad()
         loss = loss_fn(model(xb), yb)
-        loss.backward()
+        loss.backward(create_graph=create_graph)
         opt.step()
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "base_mb": base, "threads": ndl.backend_ndarray.get_num_threads(),
@@ -182,7 +188,9 @@ def run_natural_torch(hidden: int, batch: int) -> dict:
 
 
 RUNNERS = {"needle": run_needle, "torch": run_torch,
-           "natural-needle": run_natural_needle, "natural-torch": run_natural_torch}
+           "natural-needle": run_natural_needle, "natural-torch": run_natural_torch,
+           "nograph-needle": lambda h, b: run_natural_needle(h, b, create_graph=False),
+           "nograph-torch": run_natural_torch}
 
 
 def child(impl: str, hidden: int, batch: int) -> None:
@@ -203,7 +211,7 @@ def run_child(impl: str, hidden: int, batch: int, env: dict) -> dict:
 
 def compare(loop: str, hidden: int, args, env: dict) -> dict:
     """Both libraries' best-of-N figures for one loop and size, printed."""
-    impls = ("needle", "torch") if loop == "resnet" else ("natural-needle", "natural-torch")
+    impls = ("needle", "torch") if loop == "resnet" else (f"{loop}-needle", f"{loop}-torch")
     runs = {impl: [] for impl in impls}
     for _ in range(args.repeat):
         for impl in impls:
@@ -251,7 +259,8 @@ def main() -> None:
     print(f"{'loop':>8} {'hidden':>6} {'library':>8} {'s/epoch':>8} {'samples/s':>10} "
           f"{'peak MB':>8} {'train MB':>8} {'threads':>7}")
     results = [compare("resnet", h, args, env) for h in args.hidden]
-    results += [compare("natural", h, args, env) for h in args.natural_hidden]
+    results += [compare(loop, h, args, env) for loop in ("natural", "nograph")
+                for h in args.natural_hidden]
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"benchmark": "bench_train_mlp", "threads": args.threads,
