@@ -78,6 +78,7 @@ RSS_CHILD = textwrap.dedent(r'''
 ''')
 
 
+@pytest.mark.skipif(ASAN, reason="AddressSanitizer keeps freed memory in its quarantine")
 @pytest.mark.parametrize("limit_mb", [0, 16])
 def test_the_cache_is_bounded(limit_mb):
     env = dict(os.environ, NEEDLE_CPU_CACHE_MB=str(limit_mb))
