@@ -27,11 +27,12 @@
  * back to the kernel with munmap and takes again zero-filled). The lists
  * hold at most NEEDLE_CPU_CACHE_MB megabytes (default 64; 0 turns the cache
  * off; always off under AddressSanitizer) and at most an eighth of the bytes
- * of the live CPU buffers, so that the peak memory of a program grows by
- * 12.5% at most (malloc reuses freed memory for any size; a list only for
- * its class); a buffer that would pass either limit is freed at once. A freed buffer stores the list link in its first
- * bytes. The lock makes the lists safe from any thread; storages are made
- * and freed with the GIL held anyway. */
+ * of the live CPU buffers, so that what the lists keep adds 12.5% at most
+ * to a program's peak (malloc reuses freed memory for any size; a list only
+ * for its class); a buffer that would pass either limit is freed at once. A
+ * freed buffer stores the list link in its first bytes. The lock makes the
+ * lists safe from any thread; storages are made and freed with the GIL held
+ * anyway. */
 #define POOL_STEPS 8 /* classes per power of two */
 #define POOL_CLASSES (POOL_STEPS * 65)
 
@@ -40,7 +41,8 @@ typedef struct pool_block {
 } pool_block;
 
 static pool_block *pool_lists[POOL_CLASSES];
-static size_t pool_bytes, live_bytes, pool_limit = (size_t)-1; /* -1: not read from the environment yet */
+static size_t pool_bytes, live_bytes;
+static size_t pool_limit = (size_t)-1; /* -1: not read from the environment yet */
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* The class of a request of nbytes, and the class's size in *class_bytes. */
