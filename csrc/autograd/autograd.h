@@ -43,6 +43,7 @@ typedef struct {
     char requires_grad;
     char counted;          /* counted in TENSOR_COUNTER */
     char realizing;        /* on the stack of ndl_value_realize (cycle check) */
+    char graph_freed;      /* backward freed its inputs (Note [Freeing the graph]) */
     /* scratch for the backward walk (backward.c) */
     uint64_t visit_mark;
     PyObject *partials;    /* list of partial adjoints during backward, else NULL */

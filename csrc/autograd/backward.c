@@ -156,9 +156,8 @@ static int node_gradients(ValueObject *node, Py_ssize_t n, PyObject *g, char *ne
 /* A node whose graph an earlier backward freed (Note [Freeing the graph]). */
 static int graph_freed(ValueObject *node)
 {
-    return node->op != NULL && node->inputs != NULL && PyTuple_GET_SIZE(node->inputs) == 0 &&
-           !(Op_Check(node->op) && ((OpObject *)node->op)->def != NULL &&
-             ((OpObject *)node->op)->def->arity == 0);
+    return node->graph_freed && node->op != NULL && node->inputs != NULL &&
+           PyTuple_GET_SIZE(node->inputs) == 0;
 }
 
 int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int flags)
@@ -244,6 +243,7 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int flags)
         if (!err && empty != NULL && node->cached_data != NULL) {
             /* Note [Freeing the graph]; the inputs reference is still ours. */
             Py_SETREF(node->inputs, Py_NewRef(empty));
+            node->graph_freed = 1;
             PyList_SET_ITEM(order, k, Py_NewRef(Py_None));
             Py_DECREF(node);
         }
