@@ -282,3 +282,72 @@ def test_grad_graphs_do_not_chain_across_steps():
         w.data = w.data - w.grad.data * 0.01
         sizes.append(len(ag.find_topo_sort([w.grad])))
     assert len(set(sizes)) == 1, sizes
+
+
+# --------------------------------------------------------------------------
+# Note [Freeing the graph]: backward(create_graph=False) frees saved inputs
+# --------------------------------------------------------------------------
+
+def test_no_graph_backward_frees_the_graph_during_backward(gc_disabled):
+    """As PyTorch frees saved tensors: only leaves, the output and the grads survive."""
+    base = counter()
+    x = ndl.Tensor(np.random.randn(4, 3))
+    w = ndl.Tensor(np.random.randn(3, 2))
+    y = ndl.logsumexp(ndl.relu(x @ w) * 2.0, (1,)).sum()
+    assert counter() - base > 5  # the intermediate nodes are alive, held by y
+    value = y.numpy()
+    y.backward(create_graph=False)
+    # x, w, y, x.grad, w.grad: the rest was freed by reference counting
+    assert counter() - base == 5
+    assert y.inputs == () and y.op is not None and not y.is_leaf()
+    np.testing.assert_array_equal(y.numpy(), value)
+
+
+def test_no_graph_backward_keeps_inputs_the_user_holds(gc_disabled):
+    x = ndl.Tensor(np.random.randn(4, 3))
+    h = ndl.exp(x)
+    y = (h * h).sum()
+    y.backward(create_graph=False)
+    np.testing.assert_allclose(h.numpy(), np.exp(x.numpy()), rtol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), 2 * np.exp(2 * x.numpy()), rtol=1e-5)
+
+
+def test_second_backward_through_a_freed_graph_raises():
+    x = ndl.Tensor(np.random.randn(3))
+    y = (ndl.exp(x) * x).sum()
+    y.backward(create_graph=False)
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        y.backward(create_graph=False)
+    z = ndl.exp(x)
+    a, b = z.sum(), (z * 2.0).sum()  # two losses sharing z
+    a.backward(create_graph=False)
+    with pytest.raises(RuntimeError, match="freed"):
+        b.backward(create_graph=False)
+
+
+def test_retain_graph_keeps_it_for_another_backward():
+    torch = pytest.importorskip("torch")
+    xn = np.random.randn(3, 4)
+    x, w = ndl.Tensor(xn), ndl.Tensor(np.ones((4, 2)))
+    y = ndl.relu(x @ w).sum()
+    y.backward(create_graph=False, retain_graph=True)
+    assert len(y.inputs) == 1
+    y.backward(create_graph=False)
+    xt = torch.tensor(xn, requires_grad=True)
+    yt = torch.relu(xt @ torch.ones(4, 2, dtype=torch.float64)).sum()
+    yt.backward(retain_graph=True)
+    xt.grad = None
+    yt.backward()
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-6)
+
+
+def test_default_backward_keeps_the_graph():
+    """create_graph=True (the course's default) retains the graph: second derivatives."""
+    xn = np.random.randn(4)
+    x = ndl.Tensor(xn, dtype="float64")
+    y = (ndl.exp(x) * x).sum()
+    y.backward()
+    assert len(y.inputs) == 1
+    y.backward()  # again, through the same graph
+    x.grad.backward()
+    np.testing.assert_allclose(x.grad.numpy(), np.exp(xn) * (2 + xn), rtol=1e-10)

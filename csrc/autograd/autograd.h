@@ -43,6 +43,7 @@ typedef struct {
     char requires_grad;
     char counted;          /* counted in TENSOR_COUNTER */
     char realizing;        /* on the stack of ndl_value_realize (cycle check) */
+    char graph_freed;      /* backward freed its inputs (Note [Freeing the graph]) */
     /* scratch for the backward walk (backward.c) */
     uint64_t visit_mark;
     PyObject *partials;    /* list of partial adjoints during backward, else NULL */
@@ -297,9 +298,13 @@ int ndl_value_shape(ValueObject *v, int *ndim, int64_t *shape);
 
 /* ---- backward (backward.c) ---------------------------------------------- */
 PyObject *ndl_find_topo_sort(PyObject *node_list); /* list, forward order */
-/* Set .grad on every node that requires grad (leaves only when leaves_only,
- * the no-graph backward). */
-int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only);
+/* Set .grad on every node that requires grad. flags: NDL_GRAD_LEAVES_ONLY
+ * (the no-graph backward: leaves alone keep .grad), NDL_GRAD_FREE_GRAPH (each
+ * node lets go of its inputs once its gradients are computed, as PyTorch
+ * frees saved tensors when retain_graph is False). */
+#define NDL_GRAD_LEAVES_ONLY 1
+#define NDL_GRAD_FREE_GRAPH 2
+int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int flags);
 
 /* ---- the tools' hook (op_hook.c) ---------------------------------------- */
 /* ndl_hook_start: a start time when a hook is set, else -1 (then the others

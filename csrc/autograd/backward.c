@@ -17,6 +17,15 @@
  * node (ValueObject.partials) for the walk and are always cleared after it.
  * Only inputs that require grad receive partials: a constant's gradient is
  * never computed.
+ *
+ * Note [Freeing the graph]: with NDL_GRAD_FREE_GRAPH (backward with
+ * retain_graph False, the default of create_graph=False), a node's inputs
+ * are replaced by an empty tuple as soon as its gradients are computed, and
+ * the walk drops its own reference to the node, so the activations that only
+ * the graph held are freed during backward instead of when the loss tensor
+ * is next rebound (PyTorch frees its saved tensors the same way). The node
+ * keeps its op and data; a later backward through it raises RuntimeError.
+ * Unrealized nodes (LAZY_MODE) keep their inputs: their data needs them.
  */
 #include "array_api.h"
 
@@ -166,11 +175,18 @@ static int node_gradients(ValueObject *node, Py_ssize_t n, PyObject *g, char *ne
     return 0;
 }
 
-int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only)
+/* A node whose graph an earlier backward freed (Note [Freeing the graph]). */
+static int graph_freed(ValueObject *node)
 {
-    PyObject *roots, *order;
+    return node->graph_freed && node->op != NULL && node->inputs != NULL &&
+           PyTuple_GET_SIZE(node->inputs) == 0;
+}
+
+int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int flags)
+{
+    PyObject *roots, *order, *empty = NULL;
     Py_ssize_t n;
-    int rc = -1;
+    int rc = -1, leaves_only = flags & NDL_GRAD_LEAVES_ONLY;
     roots = PyList_New(1);
     if (roots == NULL)
         return -1;
@@ -180,6 +196,8 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only)
     if (order == NULL)
         return -1;
     n = PyList_GET_SIZE(order);
+    if ((flags & NDL_GRAD_FREE_GRAPH) && (empty = PyTuple_New(0)) == NULL)
+        goto done;
     if (add_partial(out, out_grad) < 0)
         goto done;
     for (Py_ssize_t k = n - 1; k >= 0; k--) {
@@ -191,6 +209,14 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only)
         int err = 0;
         if (partials == NULL)
             continue; /* no gradient flows here */
+        if (graph_freed(node)) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "backward: a %s made by %R is part of a graph that an earlier "
+                         "backward(create_graph=False) freed; pass retain_graph=True to "
+                         "that backward to run backward through the graph again",
+                         Py_TYPE(node)->tp_name, node->op);
+            goto done;
+        }
         node->partials = NULL;
         g = sum_list(partials);
         Py_DECREF(partials);
@@ -241,16 +267,27 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int leaves_only)
             ndl_small_array_free(needs, needs_s);
         if (grads != NULL)
             ndl_small_array_free(grads, grads_s);
-        Py_DECREF(inputs);
         Py_DECREF(g);
+        if (!err && empty != NULL && node->cached_data != NULL) {
+            /* Note [Freeing the graph]; the inputs reference is still ours. */
+            Py_SETREF(node->inputs, Py_NewRef(empty));
+            node->graph_freed = 1;
+            PyList_SET_ITEM(order, k, Py_NewRef(Py_None));
+            Py_DECREF(node);
+        }
+        Py_DECREF(inputs);
         if (err)
             goto done;
     }
     rc = call_grad_ready_hook(Py_None);
 done:
     /* Partials never outlive the walk, even on error. */
-    for (Py_ssize_t k = 0; k < n; k++)
-        Py_CLEAR(((ValueObject *)PyList_GET_ITEM(order, k))->partials);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *v = PyList_GET_ITEM(order, k);
+        if (v != Py_None)
+            Py_CLEAR(((ValueObject *)v)->partials);
+    }
+    Py_XDECREF(empty);
     Py_DECREF(order);
     return rc;
 }

@@ -355,10 +355,15 @@ static PyObject *Tensor_numpy(ValueObject *self, PyObject *u)
 
 static PyObject *Tensor_backward(ValueObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"out_grad", "create_graph", NULL};
-    PyObject *out_grad = Py_None, *seed = NULL;
-    int create_graph = 1, rc, saved = ndl_grad_enabled;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|Op:backward", kwlist, &out_grad, &create_graph))
+    static char *kwlist[] = {"out_grad", "create_graph", "retain_graph", NULL};
+    PyObject *out_grad = Py_None, *seed = NULL, *retain_obj = Py_None;
+    int create_graph = 1, retain_graph, rc, saved = ndl_grad_enabled;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OpO:backward", kwlist, &out_grad,
+                                     &create_graph, &retain_obj))
+        return NULL;
+    /* retain_graph defaults to create_graph, as in PyTorch (Note [Freeing the graph]) */
+    retain_graph = retain_obj == Py_None ? create_graph : PyObject_IsTrue(retain_obj);
+    if (retain_graph < 0)
         return NULL;
     if (out_grad == Py_None) {
         int64_t shape[NDL_MAX_DIMS];
@@ -408,7 +413,9 @@ static PyObject *Tensor_backward(ValueObject *self, PyObject *args, PyObject *kw
     }
     if (!create_graph)
         ndl_grad_enabled = 0;
-    rc = ndl_compute_gradients(self, seed, !create_graph);
+    rc = ndl_compute_gradients(self, seed,
+                               (create_graph ? 0 : NDL_GRAD_LEAVES_ONLY) |
+                                   (retain_graph ? 0 : NDL_GRAD_FREE_GRAPH));
     ndl_grad_enabled = saved;
     Py_DECREF(seed);
     if (rc < 0)
@@ -499,9 +506,11 @@ static PyMethodDef Tensor_methods[] = {
     {"numpy", (PyCFunction)Tensor_numpy, METH_NOARGS, "A NumPy copy of the data."},
     {"_repr_html_", ndl_py_repr_html, METH_NOARGS, "An HTML summary and table (notebooks)."},
     {"backward", (PyCFunction)(void (*)(void))Tensor_backward, METH_VARARGS | METH_KEYWORDS,
-     "backward(out_grad=None, create_graph=True): set .grad on every tensor that requires "
-     "grad. With create_graph=False the gradients record no graph and only leaves keep .grad "
-     "(as in PyTorch), for speed and memory."},
+     "backward(out_grad=None, create_graph=True, retain_graph=None): set .grad on every tensor "
+     "that requires grad. With create_graph=False the gradients record no graph and only "
+     "leaves keep .grad (as in PyTorch), for speed and memory. retain_graph (default: "
+     "create_graph) False frees the graph's saved inputs as backward uses them; a second "
+     "backward through it then raises RuntimeError."},
     {"__dlpack__", (PyCFunction)(void (*)(void))Tensor_dlpack, METH_VARARGS | METH_KEYWORDS,
      "The data array's __dlpack__: a DLPack capsule over the tensor's memory."},
     {"__dlpack_device__", (PyCFunction)Tensor_dlpack_device, METH_NOARGS,

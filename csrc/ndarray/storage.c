@@ -12,8 +12,124 @@
  * NDArray exports a strided window of its storage through the same helper
  * (ndl_storage_export_view). Below devices and arrays (Note [One-way order]).
  */
+#include <pthread.h>
+#include <stdlib.h>
+
 #include "ndl_args.h"
 #include "storage.h"
+
+/* Note [Size-class free list]: CPU buffers are rounded up to a size class
+ * (eight classes per power of two from 64 bytes, so at most 12.5% more than
+ * asked) and, when freed, kept on that class's list for the next buffer of
+ * the class instead of going back to malloc. A training step allocates the
+ * same sizes every iteration, so after the first one its buffers come from
+ * the lists: no malloc, no page faults for the big ones (which malloc gives
+ * back to the kernel with munmap and takes again zero-filled). The lists
+ * hold at most NEEDLE_CPU_CACHE_MB megabytes (default 64; 0 turns the cache
+ * off; always off under AddressSanitizer) and at most an eighth of the bytes
+ * of the live CPU buffers, so that what the lists keep adds 12.5% at most
+ * to a program's peak (malloc reuses freed memory for any size; a list only
+ * for its class); a buffer that would pass either limit is freed at once. A
+ * freed buffer stores the list link in its first bytes. The lock makes the
+ * lists safe from any thread; storages are made and freed with the GIL held
+ * anyway. */
+#define POOL_STEPS 8 /* classes per power of two */
+#define POOL_CLASSES (POOL_STEPS * 65)
+
+typedef struct pool_block {
+    struct pool_block *next;
+} pool_block;
+
+static pool_block *pool_lists[POOL_CLASSES];
+static size_t pool_bytes, live_bytes;
+static size_t pool_limit = (size_t)-1; /* -1: not read from the environment yet */
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The class of a request of nbytes, and the class's size in *class_bytes. */
+static int pool_class(size_t nbytes, size_t *class_bytes)
+{
+    int k = 6; /* the smallest class is 64 bytes */
+    size_t step;
+    while (k < 63 && ((size_t)1 << (k + 1)) < nbytes)
+        k++;
+    /* classes (POOL_STEPS + j) * 2^k / POOL_STEPS for j = 0 .. POOL_STEPS - 1,
+     * and 2^(k+1), the first of the next power */
+    if (nbytes <= ((size_t)1 << k)) {
+        *class_bytes = (size_t)1 << k;
+        return k * POOL_STEPS;
+    }
+    step = ((size_t)1 << k) / POOL_STEPS;
+    for (int j = 1; j < POOL_STEPS; j++) {
+        if (nbytes <= ((size_t)1 << k) + j * step) {
+            *class_bytes = ((size_t)1 << k) + j * step;
+            return k * POOL_STEPS + j;
+        }
+    }
+    *class_bytes = (size_t)1 << (k + 1);
+    return (k + 1) * POOL_STEPS;
+}
+
+static size_t pool_limit_bytes(void)
+{
+    if (pool_limit == (size_t)-1) {
+        const char *env = getenv("NEEDLE_CPU_CACHE_MB");
+        long long mb = env != NULL && *env != '\0' ? atoll(env) : 64;
+#ifdef __SANITIZE_ADDRESS__
+        mb = 0; /* AddressSanitizer sees every free: a reused buffer would hide a use after it */
+#endif
+        pool_limit = mb > 0 ? (size_t)mb << 20 : 0;
+    }
+    return pool_limit;
+}
+
+/* A buffer for nbytes from the backend, through the free list on the CPU. */
+static void *storage_alloc(const ndl_backend *backend, size_t nbytes)
+{
+    size_t class_bytes;
+    int c;
+    void *p = NULL;
+    if (backend != &ndl_cpu_backend)
+        return backend->alloc(nbytes);
+    c = pool_class(nbytes, &class_bytes);
+    pthread_mutex_lock(&pool_lock);
+    if (pool_lists[c] != NULL) {
+        p = pool_lists[c];
+        pool_lists[c] = pool_lists[c]->next;
+        pool_bytes -= class_bytes;
+    }
+    live_bytes += class_bytes;
+    pthread_mutex_unlock(&pool_lock);
+    if (p == NULL && (p = backend->alloc(class_bytes)) == NULL) {
+        pthread_mutex_lock(&pool_lock);
+        live_bytes -= class_bytes;
+        pthread_mutex_unlock(&pool_lock);
+    }
+    return p;
+}
+
+/* Give back a buffer storage_alloc made for nbytes. */
+static void storage_free(const ndl_backend *backend, void *p, size_t nbytes)
+{
+    size_t class_bytes;
+    int c, kept = 0;
+    if (backend != &ndl_cpu_backend) {
+        backend->free(p);
+        return;
+    }
+    c = pool_class(nbytes, &class_bytes);
+    pthread_mutex_lock(&pool_lock);
+    live_bytes -= class_bytes;
+    if (pool_bytes + class_bytes <= pool_limit_bytes() &&
+        pool_bytes + class_bytes <= live_bytes / 8) {
+        ((pool_block *)p)->next = pool_lists[c];
+        pool_lists[c] = p;
+        pool_bytes += class_bytes;
+        kept = 1;
+    }
+    pthread_mutex_unlock(&pool_lock);
+    if (!kept)
+        backend->free(p);
+}
 
 StorageObject *ndl_storage_new(const ndl_backend *backend, ndl_dtype dt, int64_t size)
 {
@@ -34,7 +150,7 @@ StorageObject *ndl_storage_new(const ndl_backend *backend, ndl_dtype dt, int64_t
     self->dtype = dt;
     self->release = NULL;
     self->release_ctx = NULL;
-    self->data = backend->alloc((size_t)size * ndl_itemsize(dt));
+    self->data = storage_alloc(backend, (size_t)size * ndl_itemsize(dt));
     if (self->data == NULL) {
         Py_DECREF(self);
         PyErr_Format(PyExc_MemoryError, "cannot allocate %lld elements on %s", (long long)size,
@@ -66,7 +182,8 @@ static void Storage_dealloc(StorageObject *self)
     if (self->release != NULL)
         self->release(self->release_ctx);
     else if (self->data != NULL)
-        self->backend->free(self->data);
+        storage_free(self->backend, self->data,
+                     (size_t)self->size * ndl_itemsize(self->dtype));
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 

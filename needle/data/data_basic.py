@@ -13,11 +13,30 @@ Tensors, one per field of the dataset's items:
 Random draws (API.md 10.19): when shuffling, exactly one
 ``np.random.permutation(N)`` per ``__iter__``; none in the constructor or in
 ``__next__``. Seeded runs therefore reproduce the course.
+
+Array-backed datasets (``MNISTDataset``, ``NDArrayDataset``, ``CIFAR10Dataset``)
+fetch a batch with one NumPy fancy index per field (``_fetch_batch``), with no
+Python work per sample; other datasets are read item by item and stacked.
+
+``num_workers=N`` (EXT, PyTorch's meaning) fetches and collates the batches in
+N worker processes (forked where the platform can), batch ``i`` in worker
+``i % N``, at most ``2 * N`` batches ahead, and hands them out in order: the
+same batches as ``num_workers=0``, and the main process's random stream is
+left as it would be there. Random transforms in a worker draw from that
+worker's own ``np.random``, seeded each epoch from the main generator's state
+(read, not drawn from) and the worker's number, so they are reproducible for
+a seed but differ from ``num_workers=0``'s, as in PyTorch. An exception in a
+worker is raised in the main process with the worker's traceback; a worker
+that dies makes ``__next__`` raise RuntimeError instead of waiting forever.
 """
 from __future__ import annotations
 
+import multiprocessing
 import operator
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+import queue
+import random
+import traceback
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -110,7 +129,14 @@ class DataLoader:
     """
 
     def __init__(self, dataset: Dataset, batch_size: Optional[int] = 1,
-                 shuffle: bool = False, sampler: Optional[Iterable[int]] = None):
+                 shuffle: bool = False, sampler: Optional[Iterable[int]] = None,
+                 num_workers: int = 0,
+                 worker_init_fn: Optional[Callable[[int], None]] = None):
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"DataLoader: num_workers must be an int >= 0, got {num_workers!r}")
+        self.num_workers = num_workers
+        self.worker_init_fn = worker_init_fn
+        self._pool: Optional[_WorkerPool] = None
         if isinstance(batch_size, bool):
             raise TypeError("DataLoader: batch_size must be an int, got bool")
         try:
@@ -158,18 +184,38 @@ class DataLoader:
         else:
             self._sequential_ordering()
         self._pos = 0
+        self._shutdown_workers()
+        if self.num_workers > 0 and self.ordering:
+            self._pool = _WorkerPool(self.dataset, self.ordering, self.num_workers,
+                                     self.worker_init_fn)
         return self
 
     def __next__(self) -> Tuple[Tensor, ...]:
         if self.ordering is None or self._pos >= len(self.ordering):
+            self._shutdown_workers()
             raise StopIteration
-        group = self.ordering[self._pos]
+        if self._pool is not None:
+            fields = self._pool.get(self._pos)
+        else:
+            fields = _fetch(self.dataset, self.ordering[self._pos])
         self._pos += 1
-        fetch = getattr(self.dataset, "_fetch_batch", None)
-        fields = fetch(group) if fetch is not None else None
-        if fields is None:
-            fields = _collate([self.dataset[i] for i in group])
         return tuple(Tensor(f) for f in fields)
+
+    def _shutdown_workers(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def __del__(self):
+        try:
+            self._shutdown_workers()
+        except Exception:  # noqa: BLE001 (interpreter shutdown)
+            pass
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_pool"] = None  # worker processes stay with the loader that started them
+        return state
 
     def __len__(self) -> int:
         """Number of batches per epoch (EXT)."""
@@ -184,3 +230,110 @@ def _fields_at(arrays: Iterable[np.ndarray], indices: np.ndarray) -> Tuple[np.nd
         sel = slice(int(indices[0]), int(indices[0]) + n)
         return tuple(a[sel] for a in arrays)
     return tuple(a[indices] for a in arrays)
+
+
+def _fetch(dataset: Dataset, group: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """The collated fields of the items at ``group``: ``_fetch_batch`` or item by item."""
+    fetch = getattr(dataset, "_fetch_batch", None)
+    fields = fetch(group) if fetch is not None else None
+    if fields is None:
+        fields = _collate([dataset[i] for i in group])
+    return fields
+
+
+def _worker_loop(dataset, tasks, results, seed: int, worker_id: int, init_fn) -> None:
+    """A worker process: fetch the groups it is sent until it gets None."""
+    # None comes after the main process has taken every batch it wants, so an
+    # exit need not wait for unread batches to be flushed into the pipe
+    results.cancel_join_thread()
+    try:
+        np.random.seed(seed)
+        random.seed(seed)
+        if init_fn is not None:
+            init_fn(worker_id)
+    except BaseException:  # noqa: BLE001 (reported to the main process)
+        results.put((-1, None, f"worker {worker_id} start-up:\n{traceback.format_exc()}"))
+        return
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        i, group = task
+        try:
+            results.put((i, tuple(np.asarray(f) for f in _fetch(dataset, group)), None))
+        except BaseException:  # noqa: BLE001
+            results.put((i, None, f"worker {worker_id}, batch {i}:\n{traceback.format_exc()}"))
+
+
+def _mp_context():
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else methods[0])
+
+
+class _WorkerPool:
+    """The worker processes of one epoch of a DataLoader (module docstring)."""
+
+    PREFETCH = 2  # batches in flight per worker
+    POLL_S = 1.0  # how often a waiting __next__ checks that the workers live
+
+    def __init__(self, dataset, ordering: List[np.ndarray], num_workers: int, init_fn):
+        ctx = _mp_context()
+        # the seeds come from the main generator's state without drawing from it
+        entropy = [int(w) for w in np.random.get_state()[1]]
+        seeds = np.random.SeedSequence(entropy).spawn(num_workers)
+        self.ordering = ordering
+        self.results = ctx.Queue()
+        self.tasks = [ctx.SimpleQueue() for _ in range(num_workers)]
+        self.workers = []
+        for k in range(num_workers):
+            seed = int(seeds[k].generate_state(1)[0])
+            w = ctx.Process(target=_worker_loop, daemon=True,
+                            args=(dataset, self.tasks[k], self.results, seed, k, init_fn))
+            w.start()
+            self.workers.append(w)
+        self.sent = 0
+        self.ready: Dict[int, Tuple[np.ndarray, ...]] = {}
+        for _ in range(min(len(ordering), self.PREFETCH * num_workers)):
+            self._send()
+
+    def _send(self) -> None:
+        i = self.sent
+        self.tasks[i % len(self.workers)].put((i, self.ordering[i]))
+        self.sent += 1
+
+    def get(self, i: int) -> Tuple[np.ndarray, ...]:
+        """The fields of batch i (batches are asked for in order)."""
+        while i not in self.ready:
+            try:
+                j, fields, err = self.results.get(timeout=self.POLL_S)
+            except queue.Empty:
+                dead = [k for k, w in enumerate(self.workers) if not w.is_alive()]
+                if dead:
+                    codes = [self.workers[k].exitcode for k in dead]
+                    self.close()
+                    raise RuntimeError(f"DataLoader: worker(s) {dead} exited unexpectedly "
+                                       f"(exit codes {codes}) while batch {i} was awaited"
+                                       ) from None
+                continue
+            if err is not None:
+                self.close()
+                raise RuntimeError(f"DataLoader: exception in worker process {err}")
+            self.ready[j] = fields
+        if self.sent < len(self.ordering):
+            self._send()
+        return self.ready.pop(i)
+
+    def close(self) -> None:
+        for t, w in zip(self.tasks, self.workers):
+            if w.is_alive():
+                try:
+                    t.put(None)
+                except (OSError, ValueError):
+                    pass
+        for w in self.workers:
+            w.join(timeout=5)
+            if w.is_alive():
+                w.terminate()
+                w.join()
+        self.workers = []
+        self.results.close()

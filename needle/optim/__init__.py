@@ -161,7 +161,7 @@ class SGD(Optimizer):
                     new_p, new_u = _C.sgd_update(p.cached_data, p.grad.cached_data,
                                                  None if u is None else u.cached_data, self.lr,
                                                  self.momentum, self.weight_decay)
-                    if new_u is not None:
+                    if new_u is not None and (u is None or new_u is not u.cached_data):
                         self.u[p] = Tensor.make_const(new_u)
                     p.data = Tensor.make_const(new_p)
                     continue
@@ -218,7 +218,11 @@ class Adam(Optimizer):
                         p.cached_data, p.grad.cached_data, None if m is None else m.cached_data,
                         None if v is None else v.cached_data, self.lr, b1, b2, self.eps,
                         self.weight_decay, self.t)
-                    self.m[p], self.v[p] = Tensor.make_const(new_m), Tensor.make_const(new_v)
+                    # states updated in place (the usual case) keep their Tensors
+                    if m is None or new_m is not m.cached_data:
+                        self.m[p] = Tensor.make_const(new_m)
+                    if v is None or new_v is not v.cached_data:
+                        self.v[p] = Tensor.make_const(new_v)
                     p.data = Tensor.make_const(new_p)
                     continue
                 grad = p.grad.data

@@ -1,0 +1,90 @@
+"""The CPU allocator's size-class free list (Note [Size-class free list], storage.c).
+
+A freed buffer is given to the next array of its size class (same address)
+while the cache stays under an eighth of the live buffers' bytes (the tests
+hold a big untouched ballast array for that);
+buffers stay correct (no stale data shows through an op's result); the cache
+is bounded by NEEDLE_CPU_CACHE_MB (checked on the resident set size in a
+child process) and turned off by 0. AddressSanitizer builds turn it off.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from needle import backend_ndarray as nd
+from needle.backend_ndarray import ndarray_backend_cpu as cpu
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ASAN = bool(os.environ.get("NEEDLE_ASAN_RUN"))
+
+
+@pytest.fixture
+def ballast():
+    """256 MB of live, never touched (so not resident) buffer: room for the cache."""
+    big = cpu.Array(64 << 20)
+    yield big
+    del big
+
+
+@pytest.mark.skipif(ASAN, reason="the free list is off under AddressSanitizer")
+@pytest.mark.parametrize("n, m", [(1000, 1000), (1000, 1010), ((3 << 20) - 8192, (3 << 20) - 4096)])
+def test_a_freed_buffer_serves_the_next_array_of_its_class(n, m, ballast):
+    a = cpu.Array(n)
+    ptr = a.ptr()
+    del a
+    b = cpu.Array(m)
+    assert b.ptr() == ptr
+
+
+@pytest.mark.skipif(ASAN, reason="the free list is off under AddressSanitizer")
+def test_a_different_class_gets_another_buffer(ballast):
+    a = cpu.Array(1000)
+    ptr = a.ptr()
+    del a
+    b = cpu.Array(2000)  # 8000 bytes: another class than 4000
+    assert b.ptr() != ptr
+
+
+def test_reused_buffers_give_correct_results():
+    rng = np.random.RandomState(0)
+    for _ in range(50):
+        xn = rng.randn(37, 53).astype(np.float32)
+        yn = rng.randn(53, 19).astype(np.float32)
+        x, y = nd.array(xn), nd.array(yn)
+        np.testing.assert_allclose((x @ y).numpy(), xn @ yn, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal((x + 1.0).numpy(), xn + np.float32(1.0))
+        del x, y
+
+
+RSS_CHILD = textwrap.dedent(r'''
+    import os, sys
+    sys.path.insert(0, sys.argv[1])
+    from needle import backend_ndarray as nd
+    from needle.backend_ndarray import ndarray_backend_cpu as cpu
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    ballast = cpu.Array(256 << 20)  # 1 GB live, untouched: only NEEDLE_CPU_CACHE_MB limits
+    base = rss()
+    # 40 buffers of different classes, 2-5 MB each, written, then all freed
+    arrays = [nd.array([float(i)]).broadcast_to((int((1.5 + i / 16) * 2 ** 18),)).compact()
+              for i in range(40)]
+    del arrays
+    print(rss() - base)
+''')
+
+
+@pytest.mark.skipif(ASAN, reason="AddressSanitizer keeps freed memory in its quarantine")
+@pytest.mark.parametrize("limit_mb", [0, 16])
+def test_the_cache_is_bounded(limit_mb):
+    env = dict(os.environ, NEEDLE_CPU_CACHE_MB=str(limit_mb))
+    out = subprocess.run([sys.executable, "-c", RSS_CHILD, ROOT], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    kept_mb = float(out.stdout.split()[-1])
+    # about 130 MB were allocated and freed; at most the limit stays (plus a little slack)
+    assert kept_mb < limit_mb + 8, kept_mb
