@@ -34,9 +34,11 @@
 #include "cpu_matmul.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_info.h"
 #include "ndl_core.h"
 #include "threadpool.h"
 
@@ -49,74 +51,119 @@ typedef struct {
     int64_t mc, kc, nc;  /* cache blocks; mc % mr == 0, nc % nr == 0 */
 } ndl_gemm_config;
 
-/* Indexed [kernel][dtype]. Block sizes: a B micro-panel (KC x NR) takes
- * about half of a 32 KiB L1 (16 KiB), leaving room for the A micro-panels
- * streaming past it; an A block (MC x KC) about 150-170 KiB of L2; NC bounds
- * the B block (3 MiB for float32) kept in L3. The AVX2 sizes were measured
- * on Zen 3 (flat within a few % for KC 256-512, MC 72-336); the AVX-512
- * ones follow the same rules, untested (no AVX-512 machine). */
+/* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
+ * (Note [Block sizes]) once the kernel is chosen. */
 enum { K_GENERIC, K_AVX2, K_AVX512, K_COUNT };
-static const ndl_gemm_config g_configs[K_COUNT][NDL_NUM_DTYPES] = {
+static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
     [K_GENERIC] = {
         [NDL_FLOAT32] = {"generic", ndl_ukernel_generic_f32, NDL_GENERIC_MR_F32,
-                         NDL_GENERIC_NR_F32, 128, 256, 2048},
+                         NDL_GENERIC_NR_F32, 0, 0, 0},
         [NDL_FLOAT64] = {"generic", ndl_ukernel_generic_f64, NDL_GENERIC_MR_F64,
-                         NDL_GENERIC_NR_F64, 64, 256, 2048},
+                         NDL_GENERIC_NR_F64, 0, 0, 0},
     },
     [K_AVX2] = {
-        [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32,
-                         144, 256, 3072},
-        [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64,
-                         72, 256, 3072},
+        [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 0, 0, 0},
+        [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
-                         336, 128, 3072},
+                         0, 0, 0},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
-                         168, 128, 3072},
+                         0, 0, 0},
     },
 };
 
 static pthread_once_t g_kernel_once = PTHREAD_ONCE_INIT;
-static int g_kernel = K_GENERIC;
+static ndl_gemm_config g_config[NDL_NUM_DTYPES]; /* the chosen kernel, with its blocks */
 
+/* Note [Usable SIMD] in cpu_info.c: CPU flag and OS support both. */
 static int kernel_supported(int k)
 {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
+    const ndl_cpu_info *info = ndl_get_cpu_info();
     if (k == K_AVX512)
-        return __builtin_cpu_supports("avx512f");
+        return info->avx512f;
     if (k == K_AVX2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
+        return info->avx2_fma;
     return k == K_GENERIC;
+}
+
+static int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : x > hi ? hi : x; }
+
+/* Note [Block sizes]
+ *   Derived from the cache sizes the CPU reports (cpu_info.h), with the
+ *   rules of the GotoBLAS/BLIS analytical model, the same for every kernel:
+ *     KC: one packed B micro-panel (KC x NR) fills half of L1d, leaving the
+ *         other half to the MR-row A micro-panels streaming past it and to
+ *         the C tile;                      KC = L1d / 2 / (NR * size)
+ *     MC: the A block (MC x KC) takes a third of L2, so that it stays there
+ *         while B panels and C lines pass through;
+ *                                          MC = L2 / 3 / (KC * size), MR multiple
+ *     NC: the B block (KC x NC) takes half of this core's share of L3;
+ *                                          NC = L3 / 2 / (KC * size), NR multiple
+ *   KC is a multiple of 8 within [64, 1024], MC within [MR, 2048], NC
+ *   within [4 NR, 8192]. Zen 3 (32 KiB L1d, 512 KiB L2), AVX2 float32:
+ *   KC 256, MC 168, NC 8192; Zen 4 / Skylake-X (32 KiB, 1 MiB), AVX-512
+ *   float32: KC 128, MC 672; Ice Lake (48 KiB, 1.25 MiB): KC 192, MC 560.
+ *   KC depends on nothing but L1d and the tile, never on the thread count,
+ *   so results stay independent of it. NEEDLE_MATMUL_BLOCKS=MC,KC,NC
+ *   overrides the three (rounded to the tile) for tuning experiments.
+ */
+static void derive_blocks(ndl_gemm_config *cfg, int64_t es, const ndl_cpu_info *info)
+{
+    cfg->kc = clamp64(info->l1d / 2 / (cfg->nr * es) / 8 * 8, 64, 1024);
+    cfg->mc = clamp64(info->l2 / 3 / (cfg->kc * es) / cfg->mr * cfg->mr, cfg->mr,
+                      2048 / cfg->mr * cfg->mr);
+    int64_t l3 = info->l3 > 0 ? info->l3 : info->l2;
+    cfg->nc = clamp64(l3 / 2 / (cfg->kc * es) / cfg->nr * cfg->nr, 4 * cfg->nr,
+                      8192 / cfg->nr * cfg->nr);
+    const char *env = getenv("NEEDLE_MATMUL_BLOCKS");
+    long long mc, kc, nc;
+    if (env && sscanf(env, "%lld,%lld,%lld", &mc, &kc, &nc) == 3 && mc > 0 && kc > 0 && nc > 0) {
+        cfg->mc = (mc + cfg->mr - 1) / cfg->mr * cfg->mr;
+        cfg->kc = kc;
+        cfg->nc = (nc + cfg->nr - 1) / cfg->nr * cfg->nr;
+    }
 }
 
 static void choose_kernel(void)
 {
+    int chosen = kernel_supported(K_AVX512) ? K_AVX512
+                 : kernel_supported(K_AVX2) ? K_AVX2
+                                            : K_GENERIC;
     const char *env = getenv("NEEDLE_MATMUL_KERNEL");
-    if (env && *env) {
+    if (env && *env) /* unknown or unsupported names keep the best one */
         for (int k = 0; k < K_COUNT; k++)
-            if (strcmp(env, g_configs[k][0].name) == 0 && kernel_supported(k)) {
-                g_kernel = k;
-                return;
-            }
-        /* unknown or unsupported name: fall through to the best one */
+            if (strcmp(env, g_kernels[k][0].name) == 0 && kernel_supported(k))
+                chosen = k;
+    const ndl_cpu_info *info = ndl_get_cpu_info();
+    for (int dt = 0; dt < NDL_NUM_DTYPES; dt++) {
+        g_config[dt] = g_kernels[chosen][dt];
+        derive_blocks(&g_config[dt], (int64_t)ndl_itemsize((ndl_dtype)dt), info);
     }
-    g_kernel = kernel_supported(K_AVX512) ? K_AVX512
-               : kernel_supported(K_AVX2) ? K_AVX2
-                                          : K_GENERIC;
 }
 
 static const ndl_gemm_config *get_config(ndl_dtype dt)
 {
     pthread_once(&g_kernel_once, choose_kernel);
-    return &g_configs[g_kernel][dt];
+    return &g_config[dt];
 }
 
 const char *ndl_cpu_matmul_kernel_name(void)
 {
     return get_config(NDL_FLOAT32)->name;
+}
+
+int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[5])
+{
+    if ((unsigned)dt >= NDL_NUM_DTYPES)
+        return NDL_EINVAL;
+    const ndl_gemm_config *cfg = get_config(dt);
+    out[0] = cfg->mr;
+    out[1] = cfg->nr;
+    out[2] = cfg->mc;
+    out[3] = cfg->kc;
+    out[4] = cfg->nc;
+    return NDL_OK;
 }
 
 /* ---- packing (Note [Packed panels]) ------------------------------------- */
@@ -224,9 +271,32 @@ static void pack_b_f64(const char *s, int64_t rs, int64_t cs, int64_t kc, int64_
 
 /* ---- one block of one product ------------------------------------------- */
 
+/* Note [Reading A in place]
+ *   When A's rows are contiguous (csa == 1) the kernels can read A where it
+ *   lies: MR sequential streams that the hardware prefetchers follow,
+ *   measured faster than packing for narrow products (Zen 3: 64^3 +25%,
+ *   4096x4096x256 +13%), where packing A costs as much as the arithmetic
+ *   it feeds; at p >= 512 packing costs under 2% and both are equal.
+ *   Rows whose byte stride is a multiple of 1 KiB (power-of-two widths such
+ *   as 1024 or 2048) map to a few cache sets only: MR of them exceed L1's
+ *   ways (14 AVX-512 rows against 8 or 12 ways) and the MC rows of a block
+ *   exceed L2's, so such A blocks thrash. A is therefore read in place only
+ *   when p <= 2 NR (each A panel meets at most two B panels), or when its
+ *   rows are contiguous, p < 512 and the row stride is not a multiple of
+ *   1 KiB; otherwise it is packed.
+ */
+static int read_a_in_place(int64_t rsa, int64_t csa, int64_t p, int nr, size_t es)
+{
+    if (p <= 2 * nr)
+        return 1;
+    int64_t stride = rsa * (int64_t)es;
+    return csa == 1 && p < 512 && stride % 1024 != 0;
+}
+
 typedef struct {
     const ndl_gemm_config *cfg;
     size_t es;
+    int pack_a_block; /* !read_a_in_place(): pack every A block */
     void (*pack_a)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
     void (*pack_b)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
 } ndl_gemm_ops;
@@ -242,13 +312,7 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
     const ndl_gemm_config *cfg = ops->cfg;
     const int64_t es = (int64_t)ops->es;
     const int mr = cfg->mr, nr = cfg->nr;
-    /* Note [Reading A in place]: when A's rows are contiguous (csa == 1) the
-     * kernels read A where it lies: six (or fourteen) sequential streams
-     * that the hardware prefetchers follow, measured as fast as packed
-     * panels or faster (Zen 3: 64^3 +25%, 4096x4096x256 +13%, 2048^3 equal).
-     * Other layouts are packed, unless the product is so thin (p <= 2 NR)
-     * that each A panel meets at most two B panels. */
-    const int pack_a = csa != 1 && p > 2 * nr;
+    const int pack_a = ops->pack_a_block;
     for (int64_t jc = 0; jc < p; jc += cfg->nc) {
         int64_t nc = p - jc < cfg->nc ? p - jc : cfg->nc;
         for (int64_t pc = 0; pc < n; pc += cfg->kc) {
@@ -560,9 +624,10 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
     int64_t mcap = mmax < cfg->mc ? mmax : cfg->mc;
     int64_t ncap = pmax < cfg->nc ? pmax : cfg->nc;
     int64_t kcap = n < cfg->kc ? n : cfg->kc;
-    job.abytes =
-        csa == 1 ? 0
-                 : (size_t)round_up(mcap * kcap * (int64_t)es, 64); /* Note [Reading A in place] */
+    /* Note [Reading A in place], decided on the widest tile */
+    job.ops.pack_a_block =
+        !read_a_in_place(rsa, csa, round_up((p + job.tn - 1) / job.tn, cfg->nr), cfg->nr, es);
+    job.abytes = job.ops.pack_a_block ? (size_t)round_up(mcap * kcap * (int64_t)es, 64) : 0;
     job.bbytes = (size_t)round_up(kcap * ncap * (int64_t)es, 64);
     job.bufs = aligned_alloc(64, (size_t)job.nparts * (job.abytes + job.bbytes));
     if (!job.bufs)

@@ -19,6 +19,10 @@ typedef void (*ndl_range_fn)(void *ctx, int64_t begin, int64_t end);
  * each chunk across the pool and wait for all of them. */
 void ndl_parallel_for(int64_t n, int64_t grain, ndl_range_fn fn, void *ctx);
 
+/* Note [Denormals] (threadpool.c): 1 when kernels run with flush-to-zero and
+ * denormals-are-zero set (the default), 0 after NEEDLE_FLUSH_DENORMALS=0. */
+int ndl_flush_denormals_enabled(void);
+
 int ndl_get_num_threads(void);
 /* n >= 1; takes effect for the next parallel_for. */
 void ndl_set_num_threads(int n);
