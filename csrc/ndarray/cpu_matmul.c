@@ -49,6 +49,9 @@ typedef struct {
     ndl_ukernel kernel;
     int mr, nr;          /* register tile */
     int64_t mc, kc, nc;  /* cache blocks; mc % mr == 0, nc % nr == 0 */
+    int64_t nc_l2;       /* NC when m <= MC: the B block fits half of L2 */
+    ndl_small_axpy axpy; /* the skinny products, same instruction set */
+    ndl_small_dot dot;
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -57,19 +60,23 @@ enum { K_GENERIC, K_AVX2, K_AVX512, K_COUNT };
 static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
     [K_GENERIC] = {
         [NDL_FLOAT32] = {"generic", ndl_ukernel_generic_f32, NDL_GENERIC_MR_F32,
-                         NDL_GENERIC_NR_F32, 0, 0, 0},
+                         NDL_GENERIC_NR_F32, 0, 0, 0, 0,
+                         ndl_small_axpy_generic_f32, ndl_small_dot_generic_f32},
         [NDL_FLOAT64] = {"generic", ndl_ukernel_generic_f64, NDL_GENERIC_MR_F64,
-                         NDL_GENERIC_NR_F64, 0, 0, 0},
+                         NDL_GENERIC_NR_F64, 0, 0, 0, 0,
+                         ndl_small_axpy_generic_f64, ndl_small_dot_generic_f64},
     },
     [K_AVX2] = {
-        [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 0, 0, 0},
-        [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0},
+        [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 0, 0, 0, 0,
+                         ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32},
+        [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0, 0,
+                         ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
-                         0, 0, 0},
+                         0, 0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
-                         0, 0, 0},
+                         0, 0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64},
     },
 };
 
@@ -100,6 +107,11 @@ static int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo :
  *                                          MC = L2 / 3 / (KC * size), MR multiple
  *     NC: the B block (KC x NC) takes half of this core's share of L3;
  *                                          NC = L3 / 2 / (KC * size), NR multiple
+ *   When all of A fits one block (m <= MC) the B block is used by one A
+ *   block only, right after it is packed: it then only has to stay in L2
+ *   from packing to use, and NC = L2 / 2 / (KC * size) keeps it there
+ *   (the skinny products, m = 1..64, are bound by reading B; a B block
+ *   that spills to L3 reads it twice more).
  *   KC is a multiple of 8 within [64, 1024], MC within [MR, 2048], NC
  *   within [4 NR, 8192]. Zen 3 (32 KiB L1d, 512 KiB L2), AVX2 float32:
  *   KC 256, MC 168, NC 8192; Zen 4 / Skylake-X (32 KiB, 1 MiB), AVX-512
@@ -116,12 +128,13 @@ static void derive_blocks(ndl_gemm_config *cfg, int64_t es, const ndl_cpu_info *
     int64_t l3 = info->l3 > 0 ? info->l3 : info->l2;
     cfg->nc = clamp64(l3 / 2 / (cfg->kc * es) / cfg->nr * cfg->nr, 4 * cfg->nr,
                       8192 / cfg->nr * cfg->nr);
+    cfg->nc_l2 = clamp64(info->l2 / 2 / (cfg->kc * es) / cfg->nr * cfg->nr, 4 * cfg->nr, cfg->nc);
     const char *env = getenv("NEEDLE_MATMUL_BLOCKS");
     long long mc, kc, nc;
     if (env && sscanf(env, "%lld,%lld,%lld", &mc, &kc, &nc) == 3 && mc > 0 && kc > 0 && nc > 0) {
         cfg->mc = (mc + cfg->mr - 1) / cfg->mr * cfg->mr;
         cfg->kc = kc;
-        cfg->nc = (nc + cfg->nr - 1) / cfg->nr * cfg->nr;
+        cfg->nc = cfg->nc_l2 = (nc + cfg->nr - 1) / cfg->nr * cfg->nr;
     }
 }
 
@@ -204,17 +217,32 @@ static inline __attribute__((always_inline)) void pack_a(size_t es, const char *
 }
 
 /* src is B[k0][j0]; packs kc x nc into panels of nr columns. */
+#define NDL_PACK_ROWS 8
 static inline __attribute__((always_inline)) void pack_b(size_t es, const char *src, int64_t rs,
                                                          int64_t cs, int64_t kc, int64_t nc, int nr,
                                                          char *dst)
 {
-    for (int64_t j0 = 0; j0 < nc; j0 += nr) {
+    int64_t j0 = 0;
+    if (cs == 1) {
+        /* Rows contiguous: the full panels are filled NDL_PACK_ROWS rows at
+         * a time, so that B is read as that many sequential streams, which
+         * the prefetchers follow; panel by panel, the reads would jump a
+         * row ahead at every step (kc streams) and wait on memory. */
+        int64_t full = nc / nr * nr;
+        for (int64_t k0 = 0; k0 < kc; k0 += NDL_PACK_ROWS) {
+            int64_t k1 = kc - k0 < NDL_PACK_ROWS ? kc : k0 + NDL_PACK_ROWS;
+            for (int64_t j = 0; j < full; j += nr)
+                for (int64_t k = k0; k < k1; k++)
+                    memcpy(dst + (j * kc + k * nr) * es, src + (k * rs + j) * (int64_t)es,
+                           (size_t)nr * es);
+        }
+        j0 = full;
+        dst += (size_t)full * kc * es;
+    }
+    for (; j0 < nc; j0 += nr) {
         int cols = nc - j0 < nr ? (int)(nc - j0) : nr;
         const char *s = src + j0 * cs * (int64_t)es;
-        if (cs == 1 && cols == nr) {
-            for (int64_t k = 0; k < kc; k++)
-                memcpy(dst + k * nr * es, s + k * rs * (int64_t)es, (size_t)nr * es);
-        } else if (cs == 1) {
+        if (cs == 1) {
             for (int64_t k = 0; k < kc; k++)
                 memcpy(dst + k * nr * es, s + k * rs * (int64_t)es, cols * es);
         } else if (rs == 1) { /* each column contiguous in k */
@@ -313,8 +341,9 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
     const int64_t es = (int64_t)ops->es;
     const int mr = cfg->mr, nr = cfg->nr;
     const int pack_a = ops->pack_a_block;
-    for (int64_t jc = 0; jc < p; jc += cfg->nc) {
-        int64_t nc = p - jc < cfg->nc ? p - jc : cfg->nc;
+    const int64_t ncb = m <= cfg->mc ? cfg->nc_l2 : cfg->nc; /* Note [Block sizes] */
+    for (int64_t jc = 0; jc < p; jc += ncb) {
+        int64_t nc = p - jc < ncb ? p - jc : ncb;
         for (int64_t pc = 0; pc < n; pc += cfg->kc) {
             int64_t kc = n - pc < cfg->kc ? n - pc : cfg->kc;
             int first = pc == 0;
@@ -407,106 +436,45 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
     }
 }
 
-/* ---- matrix-vector (m == 1) ---------------------------------------------
- * c[j] = sum_k a[k] * B[k][j], j < p. Packing would copy all of B to use
- * one row of each tile, so this case has its own loops:
- *   dot  (B's columns contiguous, rsb == 1, and a contiguous):
- *        c[j] = dot(a, B[:, j]) with 16 partial sums (vectorised over k);
- *   axpy (B's rows contiguous, csb == 1):
- *        c[j0:j1] += a[k] * B[k][j0:j1], four rows of B per pass over a
- *        block of c that stays in L1 (vectorised over j).
- * Any other layout takes the general path. Each c[j] is summed in an order
- * fixed by n alone, so results do not depend on the number of threads.
+/* ---- skinny products (m <= NDL_SMALL_M) ----------------------------------
+ * cpu_matmul_small.c has the loops and their notes: B read in place (rows
+ * or columns contiguous), never packed. Any other layout of B takes the
+ * general path. The columns of each product are cut into `nparts` ranges;
+ * each element's sum does not depend on the cut.
  */
-#define NDL_GEMV_LANES 16
-#define NDL_GEMV_JBLOCK 1024
-
-#define NDL_DEFINE_GEMV(T, sfx)                                                          \
-    static void gemv_dot_##sfx(int64_t n, const T *a, const T *b, int64_t csb, T *c,      \
-                               int64_t j0, int64_t j1)                                    \
-    {                                                                                     \
-        for (int64_t j = j0; j < j1; j++) {                                               \
-            const T *col = b + j * csb;                                                   \
-            T acc[NDL_GEMV_LANES] = {0};                                                  \
-            int64_t k = 0;                                                                \
-            for (; k + NDL_GEMV_LANES <= n; k += NDL_GEMV_LANES)                          \
-                for (int l = 0; l < NDL_GEMV_LANES; l++)                                  \
-                    acc[l] += a[k + l] * col[k + l];                                      \
-            for (int l = 0; k < n; k++, l++)                                              \
-                acc[l] += a[k] * col[k];                                                  \
-            for (int w = NDL_GEMV_LANES / 2; w > 0; w /= 2) /* pairwise */                \
-                for (int l = 0; l < w; l++)                                               \
-                    acc[l] += acc[l + w];                                                 \
-            c[j] = acc[0];                                                                \
-        }                                                                                 \
-    }                                                                                     \
-    static void gemv_axpy_##sfx(int64_t n, const T *a, int64_t sa, const T *b,            \
-                                int64_t rsb, T *c, int64_t j0, int64_t j1)                \
-    {                                                                                     \
-        for (int64_t jb = j0; jb < j1; jb += NDL_GEMV_JBLOCK) {                           \
-            int64_t len = j1 - jb < NDL_GEMV_JBLOCK ? j1 - jb : NDL_GEMV_JBLOCK;          \
-            T *cj = c + jb;                                                               \
-            const T *bj = b + jb;                                                         \
-            for (int64_t j = 0; j < len; j++)                                             \
-                cj[j] = 0;                                                                \
-            int64_t k = 0;                                                                \
-            for (; k + 4 <= n; k += 4) {                                                  \
-                const T a0 = a[k * sa], a1 = a[(k + 1) * sa];                             \
-                const T a2 = a[(k + 2) * sa], a3 = a[(k + 3) * sa];                       \
-                const T *b0 = bj + k * rsb, *b1 = b0 + rsb, *b2 = b1 + rsb, *b3 = b2 + rsb; \
-                for (int64_t j = 0; j < len; j++)                                         \
-                    cj[j] += (a0 * b0[j] + a1 * b1[j]) + (a2 * b2[j] + a3 * b3[j]);       \
-            }                                                                             \
-            for (; k < n; k++) {                                                          \
-                const T ak = a[k * sa], *bk = bj + k * rsb;                               \
-                for (int64_t j = 0; j < len; j++)                                         \
-                    cj[j] += ak * bk[j];                                                  \
-            }                                                                             \
-        }                                                                                 \
-    }
-
-NDL_DEFINE_GEMV(float, f32)
-NDL_DEFINE_GEMV(double, f64)
+#define NDL_SMALL_M 16
 
 typedef struct {
-    ndl_dtype dt;
+    const ndl_gemm_config *cfg;
     int dot;
-    int64_t n, p, nparts; /* each product's columns cut into nparts ranges */
-    int64_t ntasks;       /* batch * nparts */
+    int64_t m, n, p, nparts; /* each product's columns cut into nparts ranges */
+    int64_t ntasks;          /* batch * nparts */
+    int64_t jl2;             /* axpy: columns per block whose C rows fit half of L2 */
+    size_t es;
     const char *a, *b;
     const int64_t *a_offsets, *b_offsets;
-    int64_t csa, rsb, csb;
+    int64_t rsa, csa, rsb, csb;
     char *c;
-} ndl_gemv_job;
+} ndl_small_job;
 
-static void gemv_tasks(void *ctx, int64_t begin, int64_t end)
+static void small_tasks(void *ctx, int64_t begin, int64_t end)
 {
-    const ndl_gemv_job *job = ctx;
-    const int64_t es = (int64_t)ndl_itemsize(job->dt);
+    const ndl_small_job *job = ctx;
+    const int64_t es = (int64_t)job->es;
     for (int64_t t = begin; t < end; t++) {
         int64_t bi = t / job->nparts, q = t % job->nparts;
         int64_t j0, j1;
-        split_range(job->p, 16, q, job->nparts, &j0, &j1);
+        split_range(job->p, 64, q, job->nparts, &j0, &j1);
         if (j0 >= j1)
             continue;
         const char *a = job->a + (job->a_offsets ? job->a_offsets[bi] : 0) * es;
         const char *b = job->b + (job->b_offsets ? job->b_offsets[bi] : 0) * es;
-        char *c = job->c + bi * job->p * es;
-        if (job->dt == NDL_FLOAT32) {
-            if (job->dot)
-                gemv_dot_f32(job->n, (const float *)a, (const float *)b, job->csb, (float *)c, j0,
-                             j1);
-            else
-                gemv_axpy_f32(job->n, (const float *)a, job->csa, (const float *)b, job->rsb,
-                              (float *)c, j0, j1);
-        } else {
-            if (job->dot)
-                gemv_dot_f64(job->n, (const double *)a, (const double *)b, job->csb, (double *)c,
-                             j0, j1);
-            else
-                gemv_axpy_f64(job->n, (const double *)a, job->csa, (const double *)b, job->rsb,
-                              (double *)c, j0, j1);
-        }
+        char *c = job->c + bi * job->m * job->p * es;
+        if (job->dot)
+            job->cfg->dot(job->m, job->n, a, job->rsa, b, job->csb, c, job->p, j0, j1);
+        else
+            job->cfg->axpy(job->m, job->n, a, job->rsa, job->csa, b, job->rsb, c, job->p, j0, j1,
+                           job->jl2);
     }
 }
 
@@ -574,22 +542,26 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
         p = m;
         m = 1;
     }
-    if (m == 1 && ((rsb == 1 && csa == 1) || csb == 1)) {
-        ndl_gemv_job job = {
-            .dt = dt, .dot = rsb == 1 && csa == 1, .n = n, .p = p, .nparts = 1,
+    const ndl_gemm_config *cfg = get_config(dt);
+    if (m <= NDL_SMALL_M && (csb == 1 || (rsb == 1 && csa == 1))) {
+        ndl_small_job job = {
+            .cfg = cfg, .dot = csb != 1, .m = m, .n = n, .p = p, .nparts = 1, .es = es,
             .a = a, .b = b, .a_offsets = a_offsets, .b_offsets = b_offsets,
-            .csa = csa, .rsb = rsb, .csb = csb, .c = c,
+            .rsa = rsa, .csa = csa, .rsb = rsb, .csb = csb, .c = c,
         };
+        int64_t jb = 1024 / (int64_t)es; /* JB_BYTES in cpu_matmul_small.c */
+        job.jl2 = ndl_get_cpu_info()->l2 / 2 / (m * (int64_t)es) / jb * jb;
+        if (job.jl2 < jb)
+            job.jl2 = jb;
         int64_t nthreads = ndl_get_num_threads();
-        double work = (double)n * (double)p;
-        if (nthreads > 1 && work * (double)batch >= NDL_MATMUL_PAR_MIN && batch < nthreads)
+        double work = (double)m * (double)n * (double)p * (double)batch;
+        if (nthreads > 1 && work >= NDL_MATMUL_PAR_MIN && batch < nthreads)
             job.nparts = p / 64 < nthreads ? (p / 64 > 1 ? p / 64 : 1) : nthreads;
         job.ntasks = batch * job.nparts;
-        ndl_parallel_for(job.ntasks, work * (double)batch >= NDL_MATMUL_PAR_MIN ? 1 : job.ntasks,
-                         gemv_tasks, &job);
+        ndl_parallel_for(job.ntasks, work >= NDL_MATMUL_PAR_MIN ? 1 : job.ntasks, small_tasks,
+                         &job);
         return NDL_OK;
     }
-    const ndl_gemm_config *cfg = get_config(dt);
     ndl_gemm_job job = {
         .ops = {.cfg = cfg, .es = es,
                 .pack_a = dt == NDL_FLOAT32 ? pack_a_f32 : pack_a_f64,
