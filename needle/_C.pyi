@@ -1,5 +1,5 @@
 # Type stub for needle._C, the C core (csrc/). Editors and notebooks complete from it.
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
