@@ -49,7 +49,6 @@ typedef struct {
     ndl_ukernel kernel;
     int mr, nr;          /* register tile */
     int64_t mc, kc, nc;  /* cache blocks; mc % mr == 0, nc % nr == 0 */
-    int64_t nc_l2;       /* NC when m <= MC: the B block fits half of L2 */
     ndl_small_axpy axpy; /* the skinny products, same instruction set */
     ndl_small_dot dot;
 } ndl_gemm_config;
@@ -60,23 +59,23 @@ enum { K_GENERIC, K_AVX2, K_AVX512, K_COUNT };
 static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
     [K_GENERIC] = {
         [NDL_FLOAT32] = {"generic", ndl_ukernel_generic_f32, NDL_GENERIC_MR_F32,
-                         NDL_GENERIC_NR_F32, 0, 0, 0, 0,
+                         NDL_GENERIC_NR_F32, 0, 0, 0,
                          ndl_small_axpy_generic_f32, ndl_small_dot_generic_f32},
         [NDL_FLOAT64] = {"generic", ndl_ukernel_generic_f64, NDL_GENERIC_MR_F64,
-                         NDL_GENERIC_NR_F64, 0, 0, 0, 0,
+                         NDL_GENERIC_NR_F64, 0, 0, 0,
                          ndl_small_axpy_generic_f64, ndl_small_dot_generic_f64},
     },
     [K_AVX2] = {
-        [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 0, 0, 0, 0,
+        [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 0, 0, 0,
                          ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32},
-        [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0, 0,
+        [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0,
                          ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
-                         0, 0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32},
+                         0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
-                         0, 0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64},
+                         0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64},
     },
 };
 
@@ -107,11 +106,6 @@ static int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo :
  *                                          MC = L2 / 3 / (KC * size), MR multiple
  *     NC: the B block (KC x NC) takes half of this core's share of L3;
  *                                          NC = L3 / 2 / (KC * size), NR multiple
- *   When all of A fits one block (m <= MC) the B block is used by one A
- *   block only, right after it is packed: it then only has to stay in L2
- *   from packing to use, and NC = L2 / 2 / (KC * size) keeps it there
- *   (the skinny products, m = 1..64, are bound by reading B; a B block
- *   that spills to L3 reads it twice more).
  *   KC is a multiple of 8 within [64, 1024], MC within [MR, 2048], NC
  *   within [4 NR, 8192]. Zen 3 (32 KiB L1d, 512 KiB L2), AVX2 float32:
  *   KC 256, MC 168, NC 8192; Zen 4 / Skylake-X (32 KiB, 1 MiB), AVX-512
@@ -128,13 +122,12 @@ static void derive_blocks(ndl_gemm_config *cfg, int64_t es, const ndl_cpu_info *
     int64_t l3 = info->l3 > 0 ? info->l3 : info->l2;
     cfg->nc = clamp64(l3 / 2 / (cfg->kc * es) / cfg->nr * cfg->nr, 4 * cfg->nr,
                       8192 / cfg->nr * cfg->nr);
-    cfg->nc_l2 = clamp64(info->l2 / 2 / (cfg->kc * es) / cfg->nr * cfg->nr, 4 * cfg->nr, cfg->nc);
     const char *env = getenv("NEEDLE_MATMUL_BLOCKS");
     long long mc, kc, nc;
     if (env && sscanf(env, "%lld,%lld,%lld", &mc, &kc, &nc) == 3 && mc > 0 && kc > 0 && nc > 0) {
         cfg->mc = (mc + cfg->mr - 1) / cfg->mr * cfg->mr;
         cfg->kc = kc;
-        cfg->nc = cfg->nc_l2 = (nc + cfg->nr - 1) / cfg->nr * cfg->nr;
+        cfg->nc = (nc + cfg->nr - 1) / cfg->nr * cfg->nr;
     }
 }
 
@@ -341,9 +334,8 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
     const int64_t es = (int64_t)ops->es;
     const int mr = cfg->mr, nr = cfg->nr;
     const int pack_a = ops->pack_a_block;
-    const int64_t ncb = m <= cfg->mc ? cfg->nc_l2 : cfg->nc; /* Note [Block sizes] */
-    for (int64_t jc = 0; jc < p; jc += ncb) {
-        int64_t nc = p - jc < ncb ? p - jc : ncb;
+    for (int64_t jc = 0; jc < p; jc += cfg->nc) {
+        int64_t nc = p - jc < cfg->nc ? p - jc : cfg->nc;
         for (int64_t pc = 0; pc < n; pc += cfg->kc) {
             int64_t kc = n - pc < cfg->kc ? n - pc : cfg->kc;
             int first = pc == 0;
