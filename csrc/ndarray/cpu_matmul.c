@@ -1,7 +1,8 @@
 /* cpu_matmul.c: ndl_cpu_matmul, the CPU matrix product (contract in ndl_core.h).
- * (Over 600 lines on purpose: kernel choice, packing, the gemv paths and the
+ * (Over 600 lines on purpose: kernel choice, packing, the work split and the
  * blocked driver share one job struct and its notes; split, each part would
- * need the others' internals.)
+ * need the others' internals. The skinny products' loops live in
+ * cpu_matmul_small.c, the CPU's description in cpu_info.c.)
  *
  * Python equivalent:
  *     for b in range(batch): C[b] = A[b] @ B[b]   # A[b], B[b] any strided views
@@ -17,11 +18,14 @@
  * Packing reads A and B through their element strides (Note [Layouts]), so
  * transposed and broadcast operands are never copied first; panels and
  * micro-kernels are described in Note [Packed panels] (cpu_matmul.h).
- * Matrix-vector products (m == 1, or p == 1 computed as C^T = B^T A^T) skip
- * all of this for plain dot / axpy loops.
+ * Skinny products (m <= 16, and p == 1 computed as C^T = B^T A^T) whose B
+ * has contiguous rows or columns skip all of this: B is read in place
+ * (cpu_matmul_small.c).
  *
  * Kernels: AVX-512F (14x32 float32, 14x16 float64), AVX2+FMA (6x16, 6x8) or
- * portable C (4x8, 4x4), chosen once from the CPU's flags;
+ * portable C (4x8, 4x4): the widest one that the CPU has and the OS enables
+ * (Note [Usable SIMD] in cpu_info.c), chosen once; its cache blocks come from
+ * the cache sizes the CPU reports (Note [Block sizes]).
  * NEEDLE_MATMUL_KERNEL=generic|avx2|avx512 forces one (if the CPU has it).
  *
  * Threads (Note [Matmul work split]): the work is cut into `nparts` parts,
