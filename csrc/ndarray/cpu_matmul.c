@@ -326,6 +326,29 @@ typedef struct {
     void (*pack_b)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
 } ndl_gemm_ops;
 
+/* Note [Prefetching the next B block]
+ *   Packing a B block reads it from memory in one burst, and the kernels
+ *   that follow leave the memory bus idle; when each B element meets few
+ *   rows of A (m up to a few hundred) those bursts are a large part of the
+ *   time. So while the kernels run on panel jr of the current block, the
+ *   same columns of the next block (the next KC rows, or the first KC rows
+ *   of the next NC columns) are prefetched into the outer caches: one line
+ *   per row when B's rows are contiguous, the column's lines when its
+ *   columns are. Packing then reads from cache.
+ */
+static void prefetch_b_panel(const char *b, int64_t rsb, int64_t csb, int64_t kc, int nr,
+                             int64_t es)
+{
+    if (csb == 1) {
+        for (int64_t k = 0; k < kc; k++)
+            __builtin_prefetch(b + k * rsb * es, 0, 1);
+    } else if (rsb == 1) {
+        for (int j = 0; j < nr; j++)
+            for (int64_t k = 0; k < kc * es; k += 64)
+                __builtin_prefetch(b + j * csb * es + k, 0, 1);
+    }
+}
+
 /* C (m x p, row stride ldc) = A (m x n) @ B (n x p), serially, n >= 1.
  * a and b point at A[0][0] and B[0][0]; abuf and bbuf hold MC x KC and
  * KC x NC elements (or less when the product is smaller). */
@@ -343,6 +366,11 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
         for (int64_t pc = 0; pc < n; pc += cfg->kc) {
             int64_t kc = n - pc < cfg->kc ? n - pc : cfg->kc;
             int first = pc == 0;
+            /* the B block after this one: rows next_k.., columns next_j.. */
+            int64_t next_k = pc + kc < n ? pc + kc : 0;
+            int64_t next_j = pc + kc < n ? jc : jc + nc;
+            if (next_k == 0 && next_j >= p)
+                next_k = n; /* none */
             ops->pack_b(b + (pc * rsb + jc * csb) * es, rsb, csb, kc, nc, nr, bbuf);
             for (int64_t ic = 0; ic < m; ic += cfg->mc) {
                 int64_t mc = m - ic < cfg->mc ? m - ic : cfg->mc;
@@ -359,6 +387,10 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int nrr = nc - jr < nr ? (int)(nc - jr) : nr;
                     const char *bp = bbuf + jr * kc * es;
+                    if (ic == 0 && next_k < n && next_j + jr < p) /* Note [Prefetching ...] */
+                        prefetch_b_panel(b + (next_k * rsb + (next_j + jr) * csb) * es, rsb, csb,
+                                         n - next_k < cfg->kc ? n - next_k : cfg->kc,
+                                         p - next_j - jr < nr ? (int)(p - next_j - jr) : nr, es);
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int mrr = mc - ir < mr ? (int)(mc - ir) : mr;
                         cfg->kernel(kc, ablk + ir / mr * apanel * es, ars, acs, bp,
