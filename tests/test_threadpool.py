@@ -1,7 +1,7 @@
 """The CPU thread pool's manners (threadpool.c): workers sleep soon after a
-kernel instead of spinning, and kernels run with denormals flushed
+kernel instead of spinning, and matmul kernels run with denormals flushed
 (NEEDLE_FLUSH_DENORMALS=0 turns that off) without changing the caller's
-floating-point mode."""
+floating-point mode or the other kernels' IEEE results."""
 import os
 import subprocess
 import sys
@@ -74,6 +74,15 @@ def test_denormal_inputs_are_flushed_in_kernels():
     np.testing.assert_array_equal((nd.array(big) @ nd.array(y)).numpy(), 0)
     # the caller's mode is restored: NumPy in this thread still sees denormals
     assert np.float32(TINY32) * np.float32(1.5) > 0
+    # and so do the elementwise kernels, on 1 or several threads
+    before = nd.get_num_threads()
+    try:
+        v = np.full(1 << 20, TINY32, np.float32)
+        for threads in (1, 2):
+            nd.set_num_threads(threads)
+            np.testing.assert_array_equal((nd.array(v) * 1.5).numpy(), v * np.float32(1.5))
+    finally:
+        nd.set_num_threads(before)
 
 
 def test_flush_switch_off():

@@ -441,6 +441,7 @@ static void split_range(int64_t len, int64_t unit, int64_t i, int64_t count, int
 static void gemm_parts(void *ctx, int64_t begin, int64_t end)
 {
     const ndl_gemm_job *job = ctx;
+    unsigned fpmode = ndl_flush_denormals_enter(); /* Note [Denormals] in threadpool.c */
     const int64_t es = (int64_t)job->ops.es;
     const int64_t ntiles = job->tm * job->tn;
     for (int64_t q = begin; q < end; q++) {
@@ -462,6 +463,7 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
                        job->c + ((bi * job->m + i0) * job->p + j0) * es, job->p, abuf, bbuf);
         }
     }
+    ndl_flush_denormals_leave(fpmode);
 }
 
 /* ---- skinny products (m <= NDL_SMALL_M) ----------------------------------
@@ -488,6 +490,7 @@ typedef struct {
 static void small_tasks(void *ctx, int64_t begin, int64_t end)
 {
     const ndl_small_job *job = ctx;
+    unsigned fpmode = ndl_flush_denormals_enter(); /* Note [Denormals] in threadpool.c */
     const int64_t es = (int64_t)job->es;
     for (int64_t t = begin; t < end; t++) {
         int64_t bi = t / job->nparts, q = t % job->nparts;
@@ -504,6 +507,7 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
             job->cfg->axpy(job->m, job->n, a, job->rsa, job->csa, b, job->rsb, c, job->p, j0, j1,
                            job->jl2);
     }
+    ndl_flush_denormals_leave(fpmode);
 }
 
 /* Below this many multiply-adds in all, the pool is not woken: a wake-up

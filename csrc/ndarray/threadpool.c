@@ -27,14 +27,16 @@
  *   Arithmetic on denormal (subnormal) floats takes a microcode assist on
  *   x86, up to ~100x slower per instruction; a matmul fed a few of them
  *   (weights decaying towards zero, underflowing activations) slows down by
- *   that much. So every range that parallel_for runs, on the pool threads
- *   and on the caller alike, runs with MXCSR's flush-to-zero (FTZ: denormal
- *   results become 0) and denormals-are-zero (DAZ: denormal inputs read as
- *   0) bits set; the caller's own MXCSR is restored before parallel_for
- *   returns, so Python code and other libraries see no change. Because
- *   every participant uses the same mode, results stay independent of the
- *   thread count. NEEDLE_FLUSH_DENORMALS=0 (read once, at the first kernel)
- *   turns this off for exact IEEE gradual underflow, as NumPy computes.
+ *   that much. So the matmul kernels run their ranges, on pool threads and
+ *   on the caller alike, between ndl_flush_denormals_enter and _leave, which
+ *   set MXCSR's flush-to-zero (FTZ: denormal results become 0) and
+ *   denormals-are-zero (DAZ: denormal inputs read as 0) bits and then put
+ *   the thread's previous mode back, so Python code, other libraries and
+ *   needle's other kernels (elementwise results stay bitwise equal to NumPy
+ *   and between fused and composed ops) see no change. Every thread of a
+ *   matmul uses the same mode, so its results stay independent of the
+ *   thread count. NEEDLE_FLUSH_DENORMALS=0 (read once, at the first
+ *   kernel) turns this off, for IEEE gradual underflow as NumPy computes.
  *   Elsewhere than on x86 this is a no-op.
  *
  * Fork: the atfork child handler forgets the pool (its threads do not exist
@@ -125,7 +127,7 @@ static int64_t now_ns(void)
     } while (0)
 
 /* Note [Denormals] */
-static pthread_once_t g_flush_once = PTHREAD_ONCE_INIT;
+static pthread_once_t g_flush_once = PTHREAD_ONCE_INIT; /* read_env */
 static int g_flush = 1;
 
 static void read_env(void)
@@ -147,8 +149,7 @@ int ndl_flush_denormals_enabled(void)
     return g_flush;
 }
 
-/* Sets FTZ and DAZ if enabled; returns the MXCSR to restore with flush_leave. */
-static unsigned flush_enter(void)
+unsigned ndl_flush_denormals_enter(void)
 {
 #ifdef NDL_MXCSR_FLUSH
     if (ndl_flush_denormals_enabled()) {
@@ -161,7 +162,7 @@ static unsigned flush_enter(void)
     return 0;
 }
 
-static void flush_leave(unsigned saved)
+void ndl_flush_denormals_leave(unsigned saved)
 {
 #ifdef NDL_MXCSR_FLUSH
     if (ndl_flush_denormals_enabled() && (saved & NDL_MXCSR_FLUSH) != NDL_MXCSR_FLUSH)
@@ -210,7 +211,6 @@ static void *worker_main(void *arg)
     ndl_pool *p = arg;
     uint64_t seen = atomic_load(&p->gen);
     tls_in_job = 1; /* anything a worker runs that calls parallel_for runs inline */
-    (void)flush_enter(); /* for the thread's life: Note [Denormals] */
     for (;;) {
         NDL_SPIN_WHILE(atomic_load_explicit(&p->gen, memory_order_relaxed) == seen);
         pthread_mutex_lock(&p->lock);
@@ -318,6 +318,7 @@ static ndl_pool *get_pool(void)
     if (p)
         return p;
     pthread_once(&g_atfork_once, register_atfork);
+    pthread_once(&g_flush_once, read_env); /* NEEDLE_POOL_SPIN_US before any spin */
     pthread_mutex_lock(&g_cfg_lock);
     if (g_nthreads == 0)
         g_nthreads = default_num_threads();
@@ -364,16 +365,13 @@ void ndl_parallel_for(int64_t n, int64_t grain, ndl_range_fn fn, void *ctx)
         return;
     if (grain < 1)
         grain = 1;
-    unsigned csr = flush_enter();
     if (n < 2 * grain || tls_in_job) {
         fn(ctx, 0, n);
-        flush_leave(csr);
         return;
     }
     ndl_pool *p = get_pool();
     if (!p || pthread_mutex_trylock(&g_run_lock) != 0) {
         fn(ctx, 0, n);
-        flush_leave(csr);
         return;
     }
     /* g_pool cannot change while we hold g_run_lock; re-read it. */
@@ -381,7 +379,6 @@ void ndl_parallel_for(int64_t n, int64_t grain, ndl_range_fn fn, void *ctx)
     if (!p) {
         pthread_mutex_unlock(&g_run_lock);
         fn(ctx, 0, n);
-        flush_leave(csr);
         return;
     }
     int64_t nchunks = n / grain;
@@ -413,5 +410,4 @@ void ndl_parallel_for(int64_t n, int64_t grain, ndl_range_fn fn, void *ctx)
         pthread_mutex_unlock(&p->lock);
     }
     pthread_mutex_unlock(&g_run_lock);
-    flush_leave(csr);
 }
