@@ -39,8 +39,13 @@ asan: deps
 	  $(PYTHON) -m pytest -q -p no:cacheprovider tests; \
 	  status=$$?; $(PYTHON) setup.py -q build_ext --inplace --force; exit $$status
 
+# bench_ndarray.py: each library in its own process, 1 and 2 threads; its
+# figures go to benchmarks/results/ as JSON and are plotted there (plot.py).
+# `python benchmarks/bench_ndarray.py --quick` is the few-minute version.
+BENCH_OUT := benchmarks/results
 bench: mpi build data
-	$(PYTHON) benchmarks/bench_ndarray.py
+	$(PYTHON) benchmarks/bench_ndarray.py --json $(BENCH_OUT)/bench_ndarray.json
+	$(PYTHON) benchmarks/plot.py $(BENCH_OUT)/bench_ndarray.json
 	$(PYTHON) benchmarks/bench_autograd.py
 	$(PYTHON) benchmarks/bench_train_mlp.py
 	$(PYTHON) benchmarks/bench_conv_seq.py

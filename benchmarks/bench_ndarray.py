@@ -1,64 +1,84 @@
-"""CPU array kernels: needle beside NumPy and PyTorch.
+"""CPU array kernels: needle beside NumPy (OpenBLAS) and PyTorch.
 
-    python benchmarks/bench_ndarray.py [--quick]
+    python benchmarks/bench_ndarray.py [--quick] [--threads 1,2] [--json PATH]
 
-(a) float32 matmul, n x n @ n x n for n = 64, 256, 1024, 2048, in GFLOP/s
-    (2 n^3 flops). Target: needle at least 0.8x NumPy's speed at n >= 1024.
-(b) elementwise add and exp on 16M float32 values, in GB/s counting the bytes
-    read and written (add: 3 x 4 bytes per element, exp: 2 x 4).
-(c) sum over axis 0 and over axis 1 of a 4096 x 4096 float32 array, in GB/s
-    (input read + output written).
+(a) matmul in GFLOP/s (2 m k n flops), float32 and float64:
+    square n x n @ n x n, n = 64 .. 4096 (2048 with --quick);
+    skinny m x K @ K x N, m = 1 .. 64, K = N = 1024 and 4096;
+    transposed operands read in place: x @ W.T (skinny and square), A.T @ B.
+(b) elementwise add and exp on 16M float32 values, GB/s (bytes read + written).
+(c) sum over each axis of a 4096 x 4096 float32 array, GB/s.
 Ratios are speed ratios: above 1 means needle is faster.
 
-Each figure is the best of several timed repeats after a warm-up, taken
-over two interleaved passes over the three libraries; every
-result is checked against NumPy once before it is timed. NumPy runs on its
-bundled OpenBLAS, whose kernel and thread count are printed at the top.
+Each library runs in its own process (its thread pool cannot slow the others
+down by spinning) with the thread count set for all three (NEEDLE_NUM_THREADS,
+OPENBLAS_NUM_THREADS, torch.set_num_threads); the children are run in
+interleaved rounds (needle, numpy, torch, needle, ...) and each figure is the
+best of its rounds, itself the best of several timed repeats after a warm-up,
+so that a burst of load from elsewhere does not land on one library only.
+Every needle result is checked against a float64 NumPy product first.
 
-NOTE: all three libraries keep worker threads that spin for a while after a
-parallel call before they sleep (OpenBLAS ~0.1 s, PyTorch's OpenMP ~0.2 s,
-needle ~0.1 ms). On a machine with few cores a library timed right after
-another one competes with those spinning threads and looks several times
-slower than it is, so each measurement starts with a short pause.
+OpenBLAS: each child is started without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE
+(set on some machines to hold it back), so NumPy runs the kernel OpenBLAS
+picks for this CPU; the kernel is printed. Needle prints the micro-kernel,
+tile and cache blocks it chose and the cache sizes they come from.
+
+--json writes every figure (and the machine description) to PATH;
+`python benchmarks/plot.py PATH` plots it. `make bench` does both.
 """
+from __future__ import annotations
+
+import argparse
+import json
 import os
+import subprocess
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import real_openblas  # noqa: E402,F401  (restarts without the OPENBLAS_* overrides)
-
-import time  # noqa: E402
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+LIBS = ("needle", "numpy", "torch")
+BAD_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import needle.backend_ndarray as nd  # noqa: E402
-
-QUICK = "--quick" in sys.argv
-MATMUL_SIZES = (64, 256, 1024, 2048)
-MATMUL_TARGET = 0.8  # needle / NumPy speed at n >= 1024
 EWISE_N = 16 * 1024 * 1024
 REDUCE_N = 4096
-REPEATS = 3 if QUICK else 5
-ROUNDS = 1 if QUICK else 2  # passes over the three libraries, best kept
-MIN_TIME = 0.05 if QUICK else 0.2  # seconds per timed repeat
-SETTLE = 0.5  # seconds for the previous library's spinning threads to sleep
 
 
-def best_time(fn):
+def matmul_cases(quick: bool) -> list[dict]:
+    """Each case: name, m, k, n, layout ('nn': A @ B, 'nt': A @ B.T view of a
+    contiguous (n, k) array, 'tn': A.T view @ B), dtype."""
+    cases = []
+    squares = (64, 256, 1024, 2048) if quick else (64, 128, 256, 512, 1024, 2048, 4096)
+    skinny_m = (1, 8, 64) if quick else (1, 4, 8, 16, 32, 64)
+    dtypes = ("float32", "float64")
+    for dt in dtypes:
+        for s in squares:
+            cases.append(dict(name=f"square {s}", m=s, k=s, n=s, layout="nn", dtype=dt))
+        for kn in (1024, 4096):
+            for m in skinny_m:
+                cases.append(dict(name=f"m={m} K=N={kn}", m=m, k=kn, n=kn, layout="nn", dtype=dt))
+        for m in ((8, 64) if quick else (1, 8, 64)):
+            cases.append(dict(name=f"m={m} @ W.T 4096", m=m, k=4096, n=4096, layout="nt",
+                              dtype=dt))
+        cases.append(dict(name="square 1024 A @ B.T", m=1024, k=1024, n=1024, layout="nt",
+                          dtype=dt))
+        cases.append(dict(name="square 1024 A.T @ B", m=1024, k=1024, n=1024, layout="tn",
+                          dtype=dt))
+    return cases
+
+
+# ---- child: one library, one thread count -----------------------------------
+
+def best_time(fn, min_time: float, repeats: int, settle: float) -> float:
     """Best seconds per call of fn(): warm up, pick a call count that takes
-    about MIN_TIME, then keep the best of REPEATS such runs."""
-    time.sleep(SETTLE)
+    about min_time, then keep the best of `repeats` such runs."""
+    time.sleep(settle)
     fn()
     t0 = time.perf_counter()
     fn()
     once = max(time.perf_counter() - t0, 1e-7)
-    number = max(1, int(MIN_TIME / once))
+    number = max(1, int(min_time / once))
     best = float("inf")
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(number):
             fn()
@@ -66,100 +86,225 @@ def best_time(fn):
     return best
 
 
-def best_of_rounds(*fns):
-    """best_time of each fn, measured in ROUNDS interleaved passes so that a
-    burst of load from elsewhere does not land on one library only."""
-    best = [float("inf")] * len(fns)
-    for _ in range(ROUNDS):
-        for i, fn in enumerate(fns):
-            best[i] = min(best[i], best_time(fn))
-    return best
-
-
-def check(name, got, want, rtol):
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    scale = np.abs(want).max() + 1e-30
-    err = np.abs(got - want).max() / scale
-    if not err <= rtol:
-        raise SystemExit(f"{name}: needle differs from NumPy (max error {err:.2e} of max |value|)")
-
-
-def openblas_info():
-    return real_openblas.describe()
-
-
-def row(label, unit, ours, numpy_v, torch_v):
-    print(f"  {label:<22} {ours:9.1f} {numpy_v:9.1f} {torch_v:9.1f}   {ours / numpy_v:6.2f}x {ours / torch_v:6.2f}x  {unit}")
-
-
-def header(title, unit):
-    print(f"\n{title}")
-    print(f"  {'':<22} {'needle':>9} {'numpy':>9} {'torch':>9}   {'/numpy':>7} {'/torch':>7}  ({unit})")
-
-
-def bench_matmul():
-    header("(a) float32 matmul (n x n) @ (n x n)", "GFLOP/s")
-    verdicts = []
+def operands(case: dict, np):
     rng = np.random.default_rng(0)
-    for n in MATMUL_SIZES:
-        a = rng.standard_normal((n, n), dtype=np.float32)
-        b = rng.standard_normal((n, n), dtype=np.float32)
-        na, nb = nd.array(a), nd.array(b)
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        check(f"matmul {n}", (na @ nb).numpy(), a @ b, 1e-4)
-        flops = 2.0 * n ** 3
-        ours, theirs, torch_v = (flops / t / 1e9 for t in best_of_rounds(
-            lambda: na @ nb, lambda: a @ b, lambda: ta @ tb))
-        row(f"n = {n}", "", ours, theirs, torch_v)
-        if n >= 1024:
-            verdicts.append((n, ours / theirs))
-    return verdicts
+    m, k, n, dt = case["m"], case["k"], case["n"], case["dtype"]
+    a = rng.standard_normal((k, m) if case["layout"] == "tn" else (m, k)).astype(dt)
+    b = rng.standard_normal((n, k) if case["layout"] == "nt" else (k, n)).astype(dt)
+    return a, b
 
 
-def bench_ewise():
-    header(f"(b) elementwise, {EWISE_N // (1024 * 1024)}M float32", "GB/s, bytes read + written")
+def child(lib: str, threads: int, quick: bool) -> dict:
+    import numpy as np
+
+    min_time, repeats, settle = (0.05, 3, 0.2) if quick else (0.2, 5, 0.3)
+    info: dict = {"lib": lib, "threads": threads}
+    if lib == "needle":
+        sys.path.insert(0, ROOT)
+        import needle.backend_ndarray as nd
+        from needle import _C
+
+        info["config"] = _C.matmul_config()
+        info["threads_used"] = nd.get_num_threads()
+
+        def wrap(x):
+            return nd.array(x, dtype=str(x.dtype))
+
+        def view(x, layout_t):  # the transposed view, no copy
+            return x.permute((1, 0)) if layout_t else x
+
+        def matmul(a, b):
+            return lambda: a @ b
+
+        def add(a, b):
+            return lambda: a + b
+
+        def exp(a):
+            return lambda: a.exp()
+
+        def total(a, axis):
+            return lambda: a.sum(axis=axis)
+    elif lib == "numpy":
+        import real_openblas
+
+        info["blas"] = real_openblas.describe()
+
+        def wrap(x):
+            return x
+
+        def view(x, layout_t):
+            return x.T if layout_t else x
+
+        def matmul(a, b):
+            return lambda: a @ b
+
+        def add(a, b):
+            return lambda: a + b
+
+        def exp(a):
+            return lambda: np.exp(a)
+
+        def total(a, axis):
+            return lambda: a.sum(axis=axis)
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+        info["torch"] = f"{torch.__version__}, {torch.get_num_threads()} threads"
+
+        def wrap(x):
+            return torch.from_numpy(x)
+
+        def view(x, layout_t):
+            return x.t() if layout_t else x
+
+        def matmul(a, b):
+            return lambda: a @ b
+
+        def add(a, b):
+            return lambda: a + b
+
+        def exp(a):
+            return lambda: torch.exp(a)
+
+        def total(a, axis):
+            return lambda: a.sum(dim=axis)
+
+    results = {}
+    for case in matmul_cases(quick):
+        a, b = operands(case, np)
+        x, y = view(wrap(a), case["layout"] == "tn"), view(wrap(b), case["layout"] == "nt")
+        fn = matmul(x, y)
+        if lib == "needle":
+            got = np.asarray(fn().numpy(), dtype=np.float64)
+            aa = a.T if case["layout"] == "tn" else a
+            bb = b.T if case["layout"] == "nt" else b
+            want = aa.astype(np.float64) @ bb.astype(np.float64)
+            err = np.abs(got - want).max() / (np.abs(want).max() + 1e-30)
+            if not err <= (1e-4 if case["dtype"] == "float32" else 1e-10):
+                raise SystemExit(f"{case['name']} {case['dtype']}: needle differs from NumPy "
+                                 f"(max error {err:.2e} of max |value|)")
+        t = best_time(fn, min_time, repeats, settle)
+        key = f"matmul|{case['name']}|{case['dtype']}"
+        results[key] = 2.0 * case["m"] * case["k"] * case["n"] / t / 1e9
+
     rng = np.random.default_rng(1)
     a = rng.standard_normal(EWISE_N, dtype=np.float32)
     b = rng.standard_normal(EWISE_N, dtype=np.float32)
-    na, nb = nd.array(a), nd.array(b)
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    check("add", (na + nb).numpy(), a + b, 1e-6)
-    check("exp", na.exp().numpy(), np.exp(a), 1e-6)
-    gb = 3 * 4 * EWISE_N / 1e9
-    row("add  a + b", "", *(gb / t for t in best_of_rounds(
-        lambda: na + nb, lambda: a + b, lambda: ta + tb)))
-    gb = 2 * 4 * EWISE_N / 1e9
-    row("exp  a.exp()", "", *(gb / t for t in best_of_rounds(
-        lambda: na.exp(), lambda: np.exp(a), lambda: torch.exp(ta))))
-
-
-def bench_reduce():
-    n = REDUCE_N
-    header(f"(c) sum of a {n} x {n} float32 array", "GB/s, bytes read + written")
-    a = np.random.default_rng(2).standard_normal((n, n), dtype=np.float32)
-    na, ta = nd.array(a), torch.from_numpy(a)
-    gb = 4 * (n * n + n) / 1e9
+    x, y = wrap(a), wrap(b)
+    results["ewise|add a + b|float32"] = 3 * 4 * EWISE_N / 1e9 / best_time(
+        add(x, y), min_time, repeats, settle)
+    results["ewise|exp a.exp()|float32"] = 2 * 4 * EWISE_N / 1e9 / best_time(
+        exp(x), min_time, repeats, settle)
+    a = rng.standard_normal((REDUCE_N, REDUCE_N), dtype=np.float32)
+    x = wrap(a)
     for axis in (0, 1):
-        check(f"sum axis {axis}", na.sum(axis=axis).numpy().reshape(-1), a.sum(axis=axis, dtype=np.float64), 1e-4)
-        row(f"sum(axis={axis})", "", *(gb / t for t in best_of_rounds(
-            lambda: na.sum(axis=axis), lambda: a.sum(axis=axis), lambda: ta.sum(dim=axis))))
+        results[f"reduce|sum(axis={axis}) 4096x4096|float32"] = (
+            4 * (REDUCE_N * REDUCE_N + REDUCE_N) / 1e9
+            / best_time(total(x, axis), min_time, repeats, settle))
+    info["results"] = results
+    return info
 
 
-def main():
-    kernel = nd.matmul_kernel_name() if hasattr(nd, "matmul_kernel_name") else "unknown"
-    threads = nd.get_num_threads() if hasattr(nd, "get_num_threads") else "unknown"
-    print("needle CPU kernels beside NumPy and PyTorch" + (" (quick)" if QUICK else ""))
-    print(f"  numpy {np.__version__}: {openblas_info()}")
-    print(f"  torch {torch.__version__}: {torch.get_num_threads()} threads")
-    print(f"  needle: {threads} threads, matmul kernel {kernel}")
-    verdicts = bench_matmul()
-    bench_ewise()
-    bench_reduce()
-    print()
-    for n, ratio in verdicts:
-        status = "ok" if ratio >= MATMUL_TARGET else "MISSED"
-        print(f"matmul n={n}: needle at {ratio:.2f}x NumPy's speed (target >= {MATMUL_TARGET}x): {status}")
+# ---- parent: run the children, print, write JSON ----------------------------
+
+def run_child(lib: str, threads: int, quick: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in BAD_ENV}
+    t = str(threads)
+    env.update(NEEDLE_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t, OMP_NUM_THREADS=t,
+               MKL_NUM_THREADS=t, PYTHONPATH=ROOT)
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", lib, "--threads", t]
+    if quick:
+        cmd.append("--quick")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{lib} child ({threads} threads) failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def print_tables(threads: int, best: dict[str, dict[str, float]]) -> None:
+    sections = {"matmul": "GFLOP/s", "ewise": "GB/s, read + written",
+                "reduce": "GB/s, read + written"}
+    for section, unit in sections.items():
+        keys = [k for k in best["needle"] if k.startswith(section + "|")]
+        print(f"\n{section}, {threads} thread(s) ({unit})")
+        print(f"  {'case':<26} {'dtype':<8} {'needle':>8} {'numpy':>8} {'torch':>8}"
+              f"   {'/numpy':>6} {'/torch':>6}")
+        for k in keys:
+            _, name, dt = k.split("|")
+            ours, theirs, tv = (best[lib][k] for lib in LIBS)
+            print(f"  {name:<26} {dt:<8} {ours:8.1f} {theirs:8.1f} {tv:8.1f}"
+                  f"   {ours / theirs:6.2f} {ours / tv:6.2f}")
+
+
+def parent(args) -> None:
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    rounds = args.rounds or (1 if args.quick else 2)
+    report: dict = {"quick": args.quick, "rounds": rounds,
+                    "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                    "cpu": cpu_model(), "runs": []}
+    print("needle CPU kernels beside NumPy and PyTorch, each library in its own process"
+          + (" (quick)" if args.quick else ""))
+    print(f"  cpu: {report['cpu']}; load average {os.getloadavg()[0]:.1f} at the start")
+    for threads in thread_counts:
+        best: dict[str, dict[str, float]] = {}
+        infos: dict[str, dict] = {}
+        for _ in range(rounds):
+            for lib in LIBS:
+                info = run_child(lib, threads, args.quick)
+                infos[lib] = info
+                prev = best.setdefault(lib, {})
+                for k, v in info["results"].items():
+                    prev[k] = max(prev.get(k, 0.0), v)
+        if threads == thread_counts[0]:
+            cfg = infos["needle"]["config"]
+            print(f"  numpy: {infos['numpy']['blas']}")
+            print(f"  torch: {infos['torch']['torch']}")
+            blocks = ", ".join(f"{dt} MRxNR {c['mr']}x{c['nr']} MC {c['mc']} KC {c['kc']} "
+                               f"NC {c['nc']}" for dt in ("float32", "float64")
+                               for c in [cfg[dt]])
+            print(f"  needle: matmul kernel {cfg['kernel']} ({blocks}); caches from "
+                  f"{cfg['cache_source']}: L1d {cfg['l1d'] >> 10} KiB, L2 {cfg['l2'] >> 10} KiB, "
+                  f"L3 {cfg['l3'] >> 10} KiB per core; flush denormals {cfg['flush_denormals']}")
+            report["needle_config"] = cfg
+            report["numpy_blas"] = infos["numpy"]["blas"]
+            report["torch"] = infos["torch"]["torch"]
+        print_tables(threads, best)
+        for k in best["needle"]:
+            section, name, dt = k.split("|")
+            report["runs"].append(dict(section=section, case=name, dtype=dt, threads=threads,
+                                       **{lib: best[lib][k] for lib in LIBS}))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"\nwrote {args.json}")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
+    except OSError:
+        pass
+    return f"unknown, {os.cpu_count()} CPUs"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats (minutes)")
+    ap.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2")
+    ap.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default 2, 1 quick)")
+    ap.add_argument("--json", default="", help="write the figures to this JSON file")
+    ap.add_argument("--child", choices=LIBS, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        print(json.dumps(child(args.child, int(args.threads), args.quick)))
+    else:
+        parent(args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
  */
 #include "autograd/autograd.h"
 #include "ndarray/ndarray.h"
+#include "ndarray/cpu_info.h"
 #include "ndarray/threadpool.h"
 
 static PyObject *device_or_null(DeviceObject *d) { return d ? Py_NewRef(d) : NULL; }
@@ -52,6 +53,32 @@ static PyObject *m_matmul_kernel_name(PyObject *m, PyObject *u)
     return PyUnicode_FromString(ndl_cpu_matmul_kernel_name());
 }
 
+/* {"kernel", "float32": {mr, nr, mc, kc, nc}, "float64": {...}, "l1d", "l2", "l3",
+ *  "cache_source", "flush_denormals"}: what ndl_cpu_matmul chose and why. */
+static PyObject *m_matmul_config(PyObject *m, PyObject *u)
+{
+    const ndl_cpu_info *info = ndl_get_cpu_info();
+    PyObject *res = NULL, *blocks[NDL_NUM_DTYPES] = {NULL, NULL};
+    for (int dt = 0; dt < NDL_NUM_DTYPES; dt++) {
+        int64_t b[5];
+        ndl_cpu_matmul_blocks((ndl_dtype)dt, b);
+        blocks[dt] = Py_BuildValue("{sLsLsLsLsL}", "mr", (long long)b[0], "nr", (long long)b[1],
+                                   "mc", (long long)b[2], "kc", (long long)b[3], "nc",
+                                   (long long)b[4]);
+        if (!blocks[dt])
+            goto fail;
+    }
+    res = Py_BuildValue("{sssOsOsLsLsLsssi}", "kernel", ndl_cpu_matmul_kernel_name(), "float32",
+                        blocks[NDL_FLOAT32], "float64", blocks[NDL_FLOAT64], "l1d",
+                        (long long)info->l1d, "l2", (long long)info->l2, "l3",
+                        (long long)info->l3, "cache_source", info->source, "flush_denormals",
+                        ndl_flush_denormals_enabled());
+fail:
+    Py_XDECREF(blocks[0]);
+    Py_XDECREF(blocks[1]);
+    return res;
+}
+
 static PyMethodDef module_methods[] = {
     {"cpu", m_cpu, METH_NOARGS, "The CPU device."},
     {"cuda", m_cuda, METH_NOARGS, "The CUDA device (enabled() is False without a GPU backend)."},
@@ -62,6 +89,9 @@ static PyMethodDef module_methods[] = {
     {"get_num_threads", m_get_num_threads, METH_NOARGS, "Number of CPU kernel threads."},
     {"matmul_kernel_name", m_matmul_kernel_name, METH_NOARGS,
      "The CPU matmul micro-kernel in use: 'avx512', 'avx2' or 'generic'."},
+    {"matmul_config", m_matmul_config, METH_NOARGS,
+     "The CPU matmul kernel, its tile and cache blocks per dtype, the cache sizes they were "
+     "derived from, and whether kernels flush denormals."},
     {"adam_update", ndl_py_adam_update, METH_VARARGS,
      "adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t) -> (p, m, v): one fused "
      "Adam step on NDArrays (m, v None on the first step)."},

@@ -1,7 +1,8 @@
 /* cpu_matmul.c: ndl_cpu_matmul, the CPU matrix product (contract in ndl_core.h).
- * (Over 600 lines on purpose: kernel choice, packing, the gemv paths and the
+ * (Over 600 lines on purpose: kernel choice, packing, the work split and the
  * blocked driver share one job struct and its notes; split, each part would
- * need the others' internals.)
+ * need the others' internals. The skinny products' loops live in
+ * cpu_matmul_small.c, the CPU's description in cpu_info.c.)
  *
  * Python equivalent:
  *     for b in range(batch): C[b] = A[b] @ B[b]   # A[b], B[b] any strided views
@@ -17,11 +18,14 @@
  * Packing reads A and B through their element strides (Note [Layouts]), so
  * transposed and broadcast operands are never copied first; panels and
  * micro-kernels are described in Note [Packed panels] (cpu_matmul.h).
- * Matrix-vector products (m == 1, or p == 1 computed as C^T = B^T A^T) skip
- * all of this for plain dot / axpy loops.
+ * Skinny products (m <= 16, and p == 1 computed as C^T = B^T A^T) whose B
+ * has contiguous rows or columns skip all of this: B is read in place
+ * (cpu_matmul_small.c).
  *
  * Kernels: AVX-512F (14x32 float32, 14x16 float64), AVX2+FMA (6x16, 6x8) or
- * portable C (4x8, 4x4), chosen once from the CPU's flags;
+ * portable C (4x8, 4x4): the widest one that the CPU has and the OS enables
+ * (Note [Usable SIMD] in cpu_info.c), chosen once; its cache blocks come from
+ * the cache sizes the CPU reports (Note [Block sizes]).
  * NEEDLE_MATMUL_KERNEL=generic|avx2|avx512 forces one (if the CPU has it).
  *
  * Threads (Note [Matmul work split]): the work is cut into `nparts` parts,
@@ -34,9 +38,11 @@
 #include "cpu_matmul.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_info.h"
 #include "ndl_core.h"
 #include "threadpool.h"
 
@@ -47,76 +53,127 @@ typedef struct {
     ndl_ukernel kernel;
     int mr, nr;          /* register tile */
     int64_t mc, kc, nc;  /* cache blocks; mc % mr == 0, nc % nr == 0 */
+    ndl_small_axpy axpy; /* the skinny products, same instruction set */
+    ndl_small_dot dot;
 } ndl_gemm_config;
 
-/* Indexed [kernel][dtype]. Block sizes: a B micro-panel (KC x NR) takes
- * about half of a 32 KiB L1 (16 KiB), leaving room for the A micro-panels
- * streaming past it; an A block (MC x KC) about 150-170 KiB of L2; NC bounds
- * the B block (3 MiB for float32) kept in L3. The AVX2 sizes were measured
- * on Zen 3 (flat within a few % for KC 256-512, MC 72-336); the AVX-512
- * ones follow the same rules, untested (no AVX-512 machine). */
+/* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
+ * (Note [Block sizes]) once the kernel is chosen. */
 enum { K_GENERIC, K_AVX2, K_AVX512, K_COUNT };
-static const ndl_gemm_config g_configs[K_COUNT][NDL_NUM_DTYPES] = {
+static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
     [K_GENERIC] = {
         [NDL_FLOAT32] = {"generic", ndl_ukernel_generic_f32, NDL_GENERIC_MR_F32,
-                         NDL_GENERIC_NR_F32, 128, 256, 2048},
+                         NDL_GENERIC_NR_F32, 0, 0, 0,
+                         ndl_small_axpy_generic_f32, ndl_small_dot_generic_f32},
         [NDL_FLOAT64] = {"generic", ndl_ukernel_generic_f64, NDL_GENERIC_MR_F64,
-                         NDL_GENERIC_NR_F64, 64, 256, 2048},
+                         NDL_GENERIC_NR_F64, 0, 0, 0,
+                         ndl_small_axpy_generic_f64, ndl_small_dot_generic_f64},
     },
     [K_AVX2] = {
-        [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32,
-                         144, 256, 3072},
-        [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64,
-                         72, 256, 3072},
+        [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 0, 0, 0,
+                         ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32},
+        [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0,
+                         ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
-                         336, 128, 3072},
+                         0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
-                         168, 128, 3072},
+                         0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64},
     },
 };
 
 static pthread_once_t g_kernel_once = PTHREAD_ONCE_INIT;
-static int g_kernel = K_GENERIC;
+static ndl_gemm_config g_config[NDL_NUM_DTYPES]; /* the chosen kernel, with its blocks */
 
+/* Note [Usable SIMD] in cpu_info.c: CPU flag and OS support both. */
 static int kernel_supported(int k)
 {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
+    const ndl_cpu_info *info = ndl_get_cpu_info();
     if (k == K_AVX512)
-        return __builtin_cpu_supports("avx512f");
+        return info->avx512f;
     if (k == K_AVX2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
+        return info->avx2_fma;
     return k == K_GENERIC;
+}
+
+static int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : x > hi ? hi : x; }
+
+/* Note [Block sizes]
+ *   Derived from the cache sizes the CPU reports (cpu_info.h), with the
+ *   rules of the GotoBLAS/BLIS analytical model, the same for every kernel:
+ *     KC: one packed B micro-panel (KC x NR) fills half of L1d, leaving the
+ *         other half to the MR-row A micro-panels streaming past it and to
+ *         the C tile;                      KC = L1d / 2 / (NR * size)
+ *     MC: the A block (MC x KC) takes a third of L2, so that it stays there
+ *         while B panels and C lines pass through;
+ *                                          MC = L2 / 3 / (KC * size), MR multiple
+ *     NC: the B block (KC x NC) takes half of this core's share of L3;
+ *                                          NC = L3 / 2 / (KC * size), NR multiple
+ *   KC is a multiple of 8 within [64, 1024], MC within [MR, 2048], NC
+ *   within [4 NR, 8192]. Zen 3 (32 KiB L1d, 512 KiB L2), AVX2 float32:
+ *   KC 256, MC 168, NC 8192; Zen 4 / Skylake-X (32 KiB, 1 MiB), AVX-512
+ *   float32: KC 128, MC 672; Ice Lake (48 KiB, 1.25 MiB): KC 192, MC 560.
+ *   KC depends on nothing but L1d and the tile, never on the thread count,
+ *   so results stay independent of it. NEEDLE_MATMUL_BLOCKS=MC,KC,NC
+ *   overrides the three (rounded to the tile) for tuning experiments.
+ */
+static void derive_blocks(ndl_gemm_config *cfg, int64_t es, const ndl_cpu_info *info)
+{
+    cfg->kc = clamp64(info->l1d / 2 / (cfg->nr * es) / 8 * 8, 64, 1024);
+    cfg->mc = clamp64(info->l2 / 3 / (cfg->kc * es) / cfg->mr * cfg->mr, cfg->mr,
+                      2048 / cfg->mr * cfg->mr);
+    int64_t l3 = info->l3 > 0 ? info->l3 : info->l2;
+    cfg->nc = clamp64(l3 / 2 / (cfg->kc * es) / cfg->nr * cfg->nr, 4 * cfg->nr,
+                      8192 / cfg->nr * cfg->nr);
+    const char *env = getenv("NEEDLE_MATMUL_BLOCKS");
+    long long mc, kc, nc;
+    if (env && sscanf(env, "%lld,%lld,%lld", &mc, &kc, &nc) == 3 && mc > 0 && kc > 0 && nc > 0) {
+        cfg->mc = (mc + cfg->mr - 1) / cfg->mr * cfg->mr;
+        cfg->kc = kc;
+        cfg->nc = (nc + cfg->nr - 1) / cfg->nr * cfg->nr;
+    }
 }
 
 static void choose_kernel(void)
 {
+    int chosen = kernel_supported(K_AVX512) ? K_AVX512
+                 : kernel_supported(K_AVX2) ? K_AVX2
+                                            : K_GENERIC;
     const char *env = getenv("NEEDLE_MATMUL_KERNEL");
-    if (env && *env) {
+    if (env && *env) /* unknown or unsupported names keep the best one */
         for (int k = 0; k < K_COUNT; k++)
-            if (strcmp(env, g_configs[k][0].name) == 0 && kernel_supported(k)) {
-                g_kernel = k;
-                return;
-            }
-        /* unknown or unsupported name: fall through to the best one */
+            if (strcmp(env, g_kernels[k][0].name) == 0 && kernel_supported(k))
+                chosen = k;
+    const ndl_cpu_info *info = ndl_get_cpu_info();
+    for (int dt = 0; dt < NDL_NUM_DTYPES; dt++) {
+        g_config[dt] = g_kernels[chosen][dt];
+        derive_blocks(&g_config[dt], (int64_t)ndl_itemsize((ndl_dtype)dt), info);
     }
-    g_kernel = kernel_supported(K_AVX512) ? K_AVX512
-               : kernel_supported(K_AVX2) ? K_AVX2
-                                          : K_GENERIC;
 }
 
 static const ndl_gemm_config *get_config(ndl_dtype dt)
 {
     pthread_once(&g_kernel_once, choose_kernel);
-    return &g_configs[g_kernel][dt];
+    return &g_config[dt];
 }
 
 const char *ndl_cpu_matmul_kernel_name(void)
 {
     return get_config(NDL_FLOAT32)->name;
+}
+
+int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[5])
+{
+    if ((unsigned)dt >= NDL_NUM_DTYPES)
+        return NDL_EINVAL;
+    const ndl_gemm_config *cfg = get_config(dt);
+    out[0] = cfg->mr;
+    out[1] = cfg->nr;
+    out[2] = cfg->mc;
+    out[3] = cfg->kc;
+    out[4] = cfg->nc;
+    return NDL_OK;
 }
 
 /* ---- packing (Note [Packed panels]) ------------------------------------- */
@@ -157,17 +214,32 @@ static inline __attribute__((always_inline)) void pack_a(size_t es, const char *
 }
 
 /* src is B[k0][j0]; packs kc x nc into panels of nr columns. */
+#define NDL_PACK_ROWS 8
 static inline __attribute__((always_inline)) void pack_b(size_t es, const char *src, int64_t rs,
                                                          int64_t cs, int64_t kc, int64_t nc, int nr,
                                                          char *dst)
 {
-    for (int64_t j0 = 0; j0 < nc; j0 += nr) {
+    int64_t j0 = 0;
+    if (cs == 1) {
+        /* Rows contiguous: the full panels are filled NDL_PACK_ROWS rows at
+         * a time, so that B is read as that many sequential streams, which
+         * the prefetchers follow; panel by panel, the reads would jump a
+         * row ahead at every step (kc streams) and wait on memory. */
+        int64_t full = nc / nr * nr;
+        for (int64_t k0 = 0; k0 < kc; k0 += NDL_PACK_ROWS) {
+            int64_t k1 = kc - k0 < NDL_PACK_ROWS ? kc : k0 + NDL_PACK_ROWS;
+            for (int64_t j = 0; j < full; j += nr)
+                for (int64_t k = k0; k < k1; k++)
+                    memcpy(dst + (j * kc + k * nr) * es, src + (k * rs + j) * (int64_t)es,
+                           (size_t)nr * es);
+        }
+        j0 = full;
+        dst += (size_t)full * kc * es;
+    }
+    for (; j0 < nc; j0 += nr) {
         int cols = nc - j0 < nr ? (int)(nc - j0) : nr;
         const char *s = src + j0 * cs * (int64_t)es;
-        if (cs == 1 && cols == nr) {
-            for (int64_t k = 0; k < kc; k++)
-                memcpy(dst + k * nr * es, s + k * rs * (int64_t)es, (size_t)nr * es);
-        } else if (cs == 1) {
+        if (cs == 1) {
             for (int64_t k = 0; k < kc; k++)
                 memcpy(dst + k * nr * es, s + k * rs * (int64_t)es, cols * es);
         } else if (rs == 1) { /* each column contiguous in k */
@@ -224,12 +296,58 @@ static void pack_b_f64(const char *s, int64_t rs, int64_t cs, int64_t kc, int64_
 
 /* ---- one block of one product ------------------------------------------- */
 
+/* Note [Reading A in place]
+ *   When A's rows are contiguous (csa == 1) the kernels can read A where it
+ *   lies: MR sequential streams that the hardware prefetchers follow,
+ *   measured faster than packing for narrow products (Zen 3: 64^3 +25%,
+ *   4096x4096x256 +13%), where packing A costs as much as the arithmetic
+ *   it feeds; at p >= 512 packing costs under 2% and both are equal.
+ *   Rows whose byte stride is a multiple of 1 KiB (power-of-two widths such
+ *   as 1024 or 2048) map to a few cache sets only: MR of them exceed L1's
+ *   ways (14 AVX-512 rows against 8 or 12 ways) and the MC rows of a block
+ *   exceed L2's, so such A blocks thrash. A is therefore read in place only
+ *   when p <= 2 NR (each A panel meets at most two B panels), or when its
+ *   rows are contiguous, p < 512 and the row stride is not a multiple of
+ *   1 KiB; otherwise it is packed.
+ */
+static int read_a_in_place(int64_t rsa, int64_t csa, int64_t p, int nr, size_t es)
+{
+    if (p <= 2 * nr)
+        return 1;
+    int64_t stride = rsa * (int64_t)es;
+    return csa == 1 && p < 512 && stride % 1024 != 0;
+}
+
 typedef struct {
     const ndl_gemm_config *cfg;
     size_t es;
+    int pack_a_block; /* !read_a_in_place(): pack every A block */
     void (*pack_a)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
     void (*pack_b)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
 } ndl_gemm_ops;
+
+/* Note [Prefetching the next B block]
+ *   Packing a B block reads it from memory in one burst, and the kernels
+ *   that follow leave the memory bus idle; when each B element meets few
+ *   rows of A (m up to a few hundred) those bursts are a large part of the
+ *   time. So while the kernels run on panel jr of the current block, the
+ *   same columns of the next block (the next KC rows, or the first KC rows
+ *   of the next NC columns) are prefetched into the outer caches: one line
+ *   per row when B's rows are contiguous, the column's lines when its
+ *   columns are. Packing then reads from cache.
+ */
+static void prefetch_b_panel(const char *b, int64_t rsb, int64_t csb, int64_t kc, int nr,
+                             int64_t es)
+{
+    if (csb == 1) {
+        for (int64_t k = 0; k < kc; k++)
+            __builtin_prefetch(b + k * rsb * es, 0, 1);
+    } else if (rsb == 1) {
+        for (int j = 0; j < nr; j++)
+            for (int64_t k = 0; k < kc * es; k += 64)
+                __builtin_prefetch(b + j * csb * es + k, 0, 1);
+    }
+}
 
 /* C (m x p, row stride ldc) = A (m x n) @ B (n x p), serially, n >= 1.
  * a and b point at A[0][0] and B[0][0]; abuf and bbuf hold MC x KC and
@@ -242,18 +360,17 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
     const ndl_gemm_config *cfg = ops->cfg;
     const int64_t es = (int64_t)ops->es;
     const int mr = cfg->mr, nr = cfg->nr;
-    /* Note [Reading A in place]: when A's rows are contiguous (csa == 1) the
-     * kernels read A where it lies: six (or fourteen) sequential streams
-     * that the hardware prefetchers follow, measured as fast as packed
-     * panels or faster (Zen 3: 64^3 +25%, 4096x4096x256 +13%, 2048^3 equal).
-     * Other layouts are packed, unless the product is so thin (p <= 2 NR)
-     * that each A panel meets at most two B panels. */
-    const int pack_a = csa != 1 && p > 2 * nr;
+    const int pack_a = ops->pack_a_block;
     for (int64_t jc = 0; jc < p; jc += cfg->nc) {
         int64_t nc = p - jc < cfg->nc ? p - jc : cfg->nc;
         for (int64_t pc = 0; pc < n; pc += cfg->kc) {
             int64_t kc = n - pc < cfg->kc ? n - pc : cfg->kc;
             int first = pc == 0;
+            /* the B block after this one: rows next_k.., columns next_j.. */
+            int64_t next_k = pc + kc < n ? pc + kc : 0;
+            int64_t next_j = pc + kc < n ? jc : jc + nc;
+            if (next_k == 0 && next_j >= p)
+                next_k = n; /* none */
             ops->pack_b(b + (pc * rsb + jc * csb) * es, rsb, csb, kc, nc, nr, bbuf);
             for (int64_t ic = 0; ic < m; ic += cfg->mc) {
                 int64_t mc = m - ic < cfg->mc ? m - ic : cfg->mc;
@@ -270,6 +387,10 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int nrr = nc - jr < nr ? (int)(nc - jr) : nr;
                     const char *bp = bbuf + jr * kc * es;
+                    if (ic == 0 && next_k < n && next_j + jr < p) /* Note [Prefetching ...] */
+                        prefetch_b_panel(b + (next_k * rsb + (next_j + jr) * csb) * es, rsb, csb,
+                                         n - next_k < cfg->kc ? n - next_k : cfg->kc,
+                                         p - next_j - jr < nr ? (int)(p - next_j - jr) : nr, es);
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int mrr = mc - ir < mr ? (int)(mc - ir) : mr;
                         cfg->kernel(kc, ablk + ir / mr * apanel * es, ars, acs, bp,
@@ -320,6 +441,7 @@ static void split_range(int64_t len, int64_t unit, int64_t i, int64_t count, int
 static void gemm_parts(void *ctx, int64_t begin, int64_t end)
 {
     const ndl_gemm_job *job = ctx;
+    unsigned fpmode = ndl_flush_denormals_enter(); /* Note [Denormals] in threadpool.c */
     const int64_t es = (int64_t)job->ops.es;
     const int64_t ntiles = job->tm * job->tn;
     for (int64_t q = begin; q < end; q++) {
@@ -341,109 +463,51 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
                        job->c + ((bi * job->m + i0) * job->p + j0) * es, job->p, abuf, bbuf);
         }
     }
+    ndl_flush_denormals_leave(fpmode);
 }
 
-/* ---- matrix-vector (m == 1) ---------------------------------------------
- * c[j] = sum_k a[k] * B[k][j], j < p. Packing would copy all of B to use
- * one row of each tile, so this case has its own loops:
- *   dot  (B's columns contiguous, rsb == 1, and a contiguous):
- *        c[j] = dot(a, B[:, j]) with 16 partial sums (vectorised over k);
- *   axpy (B's rows contiguous, csb == 1):
- *        c[j0:j1] += a[k] * B[k][j0:j1], four rows of B per pass over a
- *        block of c that stays in L1 (vectorised over j).
- * Any other layout takes the general path. Each c[j] is summed in an order
- * fixed by n alone, so results do not depend on the number of threads.
+/* ---- skinny products (m <= NDL_SMALL_M) ----------------------------------
+ * cpu_matmul_small.c has the loops and their notes: B read in place (rows
+ * or columns contiguous), never packed. Any other layout of B takes the
+ * general path. The columns of each product are cut into `nparts` ranges;
+ * each element's sum does not depend on the cut.
  */
-#define NDL_GEMV_LANES 16
-#define NDL_GEMV_JBLOCK 1024
-
-#define NDL_DEFINE_GEMV(T, sfx)                                                          \
-    static void gemv_dot_##sfx(int64_t n, const T *a, const T *b, int64_t csb, T *c,      \
-                               int64_t j0, int64_t j1)                                    \
-    {                                                                                     \
-        for (int64_t j = j0; j < j1; j++) {                                               \
-            const T *col = b + j * csb;                                                   \
-            T acc[NDL_GEMV_LANES] = {0};                                                  \
-            int64_t k = 0;                                                                \
-            for (; k + NDL_GEMV_LANES <= n; k += NDL_GEMV_LANES)                          \
-                for (int l = 0; l < NDL_GEMV_LANES; l++)                                  \
-                    acc[l] += a[k + l] * col[k + l];                                      \
-            for (int l = 0; k < n; k++, l++)                                              \
-                acc[l] += a[k] * col[k];                                                  \
-            for (int w = NDL_GEMV_LANES / 2; w > 0; w /= 2) /* pairwise */                \
-                for (int l = 0; l < w; l++)                                               \
-                    acc[l] += acc[l + w];                                                 \
-            c[j] = acc[0];                                                                \
-        }                                                                                 \
-    }                                                                                     \
-    static void gemv_axpy_##sfx(int64_t n, const T *a, int64_t sa, const T *b,            \
-                                int64_t rsb, T *c, int64_t j0, int64_t j1)                \
-    {                                                                                     \
-        for (int64_t jb = j0; jb < j1; jb += NDL_GEMV_JBLOCK) {                           \
-            int64_t len = j1 - jb < NDL_GEMV_JBLOCK ? j1 - jb : NDL_GEMV_JBLOCK;          \
-            T *cj = c + jb;                                                               \
-            const T *bj = b + jb;                                                         \
-            for (int64_t j = 0; j < len; j++)                                             \
-                cj[j] = 0;                                                                \
-            int64_t k = 0;                                                                \
-            for (; k + 4 <= n; k += 4) {                                                  \
-                const T a0 = a[k * sa], a1 = a[(k + 1) * sa];                             \
-                const T a2 = a[(k + 2) * sa], a3 = a[(k + 3) * sa];                       \
-                const T *b0 = bj + k * rsb, *b1 = b0 + rsb, *b2 = b1 + rsb, *b3 = b2 + rsb; \
-                for (int64_t j = 0; j < len; j++)                                         \
-                    cj[j] += (a0 * b0[j] + a1 * b1[j]) + (a2 * b2[j] + a3 * b3[j]);       \
-            }                                                                             \
-            for (; k < n; k++) {                                                          \
-                const T ak = a[k * sa], *bk = bj + k * rsb;                               \
-                for (int64_t j = 0; j < len; j++)                                         \
-                    cj[j] += ak * bk[j];                                                  \
-            }                                                                             \
-        }                                                                                 \
-    }
-
-NDL_DEFINE_GEMV(float, f32)
-NDL_DEFINE_GEMV(double, f64)
+#define NDL_SMALL_M 16
 
 typedef struct {
-    ndl_dtype dt;
+    const ndl_gemm_config *cfg;
     int dot;
-    int64_t n, p, nparts; /* each product's columns cut into nparts ranges */
-    int64_t ntasks;       /* batch * nparts */
+    int64_t m, n, p, nparts; /* each product's columns cut into nparts ranges */
+    int64_t ntasks;          /* batch * nparts */
+    int64_t jl2;             /* axpy: columns per block whose C rows fit half of L2 */
+    size_t es;
     const char *a, *b;
     const int64_t *a_offsets, *b_offsets;
-    int64_t csa, rsb, csb;
+    int64_t rsa, csa, rsb, csb;
     char *c;
-} ndl_gemv_job;
+} ndl_small_job;
 
-static void gemv_tasks(void *ctx, int64_t begin, int64_t end)
+static void small_tasks(void *ctx, int64_t begin, int64_t end)
 {
-    const ndl_gemv_job *job = ctx;
-    const int64_t es = (int64_t)ndl_itemsize(job->dt);
+    const ndl_small_job *job = ctx;
+    unsigned fpmode = ndl_flush_denormals_enter(); /* Note [Denormals] in threadpool.c */
+    const int64_t es = (int64_t)job->es;
     for (int64_t t = begin; t < end; t++) {
         int64_t bi = t / job->nparts, q = t % job->nparts;
         int64_t j0, j1;
-        split_range(job->p, 16, q, job->nparts, &j0, &j1);
+        split_range(job->p, 64, q, job->nparts, &j0, &j1);
         if (j0 >= j1)
             continue;
         const char *a = job->a + (job->a_offsets ? job->a_offsets[bi] : 0) * es;
         const char *b = job->b + (job->b_offsets ? job->b_offsets[bi] : 0) * es;
-        char *c = job->c + bi * job->p * es;
-        if (job->dt == NDL_FLOAT32) {
-            if (job->dot)
-                gemv_dot_f32(job->n, (const float *)a, (const float *)b, job->csb, (float *)c, j0,
-                             j1);
-            else
-                gemv_axpy_f32(job->n, (const float *)a, job->csa, (const float *)b, job->rsb,
-                              (float *)c, j0, j1);
-        } else {
-            if (job->dot)
-                gemv_dot_f64(job->n, (const double *)a, (const double *)b, job->csb, (double *)c,
-                             j0, j1);
-            else
-                gemv_axpy_f64(job->n, (const double *)a, job->csa, (const double *)b, job->rsb,
-                              (double *)c, j0, j1);
-        }
+        char *c = job->c + bi * job->m * job->p * es;
+        if (job->dot)
+            job->cfg->dot(job->m, job->n, a, job->rsa, b, job->csb, c, job->p, j0, j1);
+        else
+            job->cfg->axpy(job->m, job->n, a, job->rsa, job->csa, b, job->rsb, c, job->p, j0, j1,
+                           job->jl2);
     }
+    ndl_flush_denormals_leave(fpmode);
 }
 
 /* Below this many multiply-adds in all, the pool is not woken: a wake-up
@@ -510,22 +574,26 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
         p = m;
         m = 1;
     }
-    if (m == 1 && ((rsb == 1 && csa == 1) || csb == 1)) {
-        ndl_gemv_job job = {
-            .dt = dt, .dot = rsb == 1 && csa == 1, .n = n, .p = p, .nparts = 1,
+    const ndl_gemm_config *cfg = get_config(dt);
+    if (m <= NDL_SMALL_M && (csb == 1 || (rsb == 1 && csa == 1))) {
+        ndl_small_job job = {
+            .cfg = cfg, .dot = csb != 1, .m = m, .n = n, .p = p, .nparts = 1, .es = es,
             .a = a, .b = b, .a_offsets = a_offsets, .b_offsets = b_offsets,
-            .csa = csa, .rsb = rsb, .csb = csb, .c = c,
+            .rsa = rsa, .csa = csa, .rsb = rsb, .csb = csb, .c = c,
         };
+        int64_t jb = 1024 / (int64_t)es; /* JB_BYTES in cpu_matmul_small.c */
+        job.jl2 = ndl_get_cpu_info()->l2 / 2 / (m * (int64_t)es) / jb * jb;
+        if (job.jl2 < jb)
+            job.jl2 = jb;
         int64_t nthreads = ndl_get_num_threads();
-        double work = (double)n * (double)p;
-        if (nthreads > 1 && work * (double)batch >= NDL_MATMUL_PAR_MIN && batch < nthreads)
+        double work = (double)m * (double)n * (double)p * (double)batch;
+        if (nthreads > 1 && work >= NDL_MATMUL_PAR_MIN && batch < nthreads)
             job.nparts = p / 64 < nthreads ? (p / 64 > 1 ? p / 64 : 1) : nthreads;
         job.ntasks = batch * job.nparts;
-        ndl_parallel_for(job.ntasks, work * (double)batch >= NDL_MATMUL_PAR_MIN ? 1 : job.ntasks,
-                         gemv_tasks, &job);
+        ndl_parallel_for(job.ntasks, work >= NDL_MATMUL_PAR_MIN ? 1 : job.ntasks, small_tasks,
+                         &job);
         return NDL_OK;
     }
-    const ndl_gemm_config *cfg = get_config(dt);
     ndl_gemm_job job = {
         .ops = {.cfg = cfg, .es = es,
                 .pack_a = dt == NDL_FLOAT32 ? pack_a_f32 : pack_a_f64,
@@ -560,9 +628,10 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
     int64_t mcap = mmax < cfg->mc ? mmax : cfg->mc;
     int64_t ncap = pmax < cfg->nc ? pmax : cfg->nc;
     int64_t kcap = n < cfg->kc ? n : cfg->kc;
-    job.abytes =
-        csa == 1 ? 0
-                 : (size_t)round_up(mcap * kcap * (int64_t)es, 64); /* Note [Reading A in place] */
+    /* Note [Reading A in place], decided on the widest tile */
+    job.ops.pack_a_block =
+        !read_a_in_place(rsa, csa, round_up((p + job.tn - 1) / job.tn, cfg->nr), cfg->nr, es);
+    job.abytes = job.ops.pack_a_block ? (size_t)round_up(mcap * kcap * (int64_t)es, 64) : 0;
     job.bbytes = (size_t)round_up(kcap * ncap * (int64_t)es, 64);
     job.bufs = aligned_alloc(64, (size_t)job.nparts * (job.abytes + job.bbytes));
     if (!job.bufs)

@@ -63,4 +63,25 @@ void ndl_ukernel_avx512_f32(int64_t kc, const void *a, int64_t ars, int64_t acs,
 void ndl_ukernel_avx512_f64(int64_t kc, const void *a, int64_t ars, int64_t acs, const void *b,
                             void *c, int64_t ldc, int mr, int nr, int first);
 
+/* Skinny products (cpu_matmul_small.c): C[r][j] for r < m, j0 <= j < j1.
+ * axpy: B's rows contiguous (B[k][j] = b[k*rsb + j]); jl2 columns at a time.
+ * dot: B's columns contiguous (B[k][j] = b[j*csb + k]), A's rows too. */
+typedef void (*ndl_small_axpy)(int64_t m, int64_t n, const void *a, int64_t rsa, int64_t csa,
+                               const void *b, int64_t rsb, void *c, int64_t ldc, int64_t j0,
+                               int64_t j1, int64_t jl2);
+typedef void (*ndl_small_dot)(int64_t m, int64_t n, const void *a, int64_t rsa, const void *b,
+                              int64_t csb, void *c, int64_t ldc, int64_t j0, int64_t j1);
+#define NDL_DECLARE_SMALL(SFX)                                                                     \
+    void ndl_small_axpy_##SFX(int64_t m, int64_t n, const void *a, int64_t rsa, int64_t csa,      \
+                              const void *b, int64_t rsb, void *c, int64_t ldc, int64_t j0,       \
+                              int64_t j1, int64_t jl2);                                           \
+    void ndl_small_dot_##SFX(int64_t m, int64_t n, const void *a, int64_t rsa, const void *b,     \
+                             int64_t csb, void *c, int64_t ldc, int64_t j0, int64_t j1);
+NDL_DECLARE_SMALL(generic_f32)
+NDL_DECLARE_SMALL(generic_f64)
+NDL_DECLARE_SMALL(avx2_f32)
+NDL_DECLARE_SMALL(avx2_f64)
+NDL_DECLARE_SMALL(avx512_f32)
+NDL_DECLARE_SMALL(avx512_f64)
+
 #endif /* NDL_CPU_MATMUL_H */

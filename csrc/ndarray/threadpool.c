@@ -23,6 +23,22 @@
  * runs nested calls inline. Concurrent callers: `run_lock` is taken with
  * trylock; a caller that finds the pool busy runs its range inline.
  *
+ * Note [Denormals]
+ *   Arithmetic on denormal (subnormal) floats takes a microcode assist on
+ *   x86, up to ~100x slower per instruction; a matmul fed a few of them
+ *   (weights decaying towards zero, underflowing activations) slows down by
+ *   that much. So the matmul kernels run their ranges, on pool threads and
+ *   on the caller alike, between ndl_flush_denormals_enter and _leave, which
+ *   set MXCSR's flush-to-zero (FTZ: denormal results become 0) and
+ *   denormals-are-zero (DAZ: denormal inputs read as 0) bits and then put
+ *   the thread's previous mode back, so Python code, other libraries and
+ *   needle's other kernels (elementwise results stay bitwise equal to NumPy
+ *   and between fused and composed ops) see no change. Every thread of a
+ *   matmul uses the same mode, so its results stay independent of the
+ *   thread count. NEEDLE_FLUSH_DENORMALS=0 (read once, at the first
+ *   kernel) turns this off, for IEEE gradual underflow as NumPy computes.
+ *   Elsewhere than on x86 this is a no-op.
+ *
  * Fork: the atfork child handler forgets the pool (its threads do not exist
  * in the child) and re-initialises the global mutexes; the next call creates
  * a fresh pool. The old pool's memory is deliberately leaked in the child.
@@ -35,11 +51,20 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#define NDL_MXCSR_FLUSH 0x8040u /* FTZ (bit 15) | DAZ (bit 6) */
+#endif
 
 /* How long a thread spins (with `pause`) on a condition before it sleeps:
- * long enough to bridge the gap between back-to-back kernels, short enough
- * not to steal a core from other work. */
+ * long enough to bridge the gap between back-to-back kernels (a training
+ * step issues them microseconds apart), short enough not to steal a core
+ * from other work: OpenBLAS spins ~0.1 s and PyTorch's OpenMP ~0.2 s after
+ * a kernel, which costs any other pool sharing the core; needle's workers
+ * sleep on a futex 50 us after their last chunk. NEEDLE_POOL_SPIN_US
+ * (0 to 100000, read once) changes the bound; 0 never spins. */
 #define NDL_POOL_SPIN_NS 50000
+static int64_t g_spin_ns = NDL_POOL_SPIN_NS;
 
 typedef struct ndl_pool {
     int nthreads; /* including the caller */
@@ -84,22 +109,68 @@ static int64_t now_ns(void)
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-/* Spin with `pause` for up to NDL_POOL_SPIN_NS while `waiting` holds, so
+/* Spin with `pause` for up to g_spin_ns while `waiting` holds, so
  * that a wake-up that comes soon costs no futex call. */
 #define NDL_SPIN_WHILE(waiting)                                                 \
     do {                                                                        \
         int64_t deadline_ = 0;                                                  \
-        for (unsigned i_ = 1; (waiting); i_++) {                                \
+        for (unsigned i_ = 1; g_spin_ns > 0 && (waiting); i_++) {               \
             cpu_relax();                                                        \
             if (i_ % 64 == 0) { /* the clock costs ~20 ns: read it rarely */   \
                 int64_t t_ = now_ns();                                          \
                 if (deadline_ == 0)                                             \
-                    deadline_ = t_ + NDL_POOL_SPIN_NS;                          \
+                    deadline_ = t_ + g_spin_ns;                         \
                 else if (t_ > deadline_)                                        \
                     break;                                                      \
             }                                                                   \
         }                                                                       \
     } while (0)
+
+/* Note [Denormals] */
+static pthread_once_t g_flush_once = PTHREAD_ONCE_INIT; /* read_env */
+static int g_flush = 1;
+
+static void read_env(void)
+{
+    const char *env = getenv("NEEDLE_FLUSH_DENORMALS");
+    g_flush = !(env && env[0] == '0' && env[1] == '\0');
+    env = getenv("NEEDLE_POOL_SPIN_US");
+    if (env && *env) {
+        char *end = NULL;
+        long us = strtol(env, &end, 10);
+        if (end != env && *end == '\0' && us >= 0 && us <= 100000)
+            g_spin_ns = (int64_t)us * 1000;
+    }
+}
+
+int ndl_flush_denormals_enabled(void)
+{
+    pthread_once(&g_flush_once, read_env);
+    return g_flush;
+}
+
+unsigned ndl_flush_denormals_enter(void)
+{
+#ifdef NDL_MXCSR_FLUSH
+    if (ndl_flush_denormals_enabled()) {
+        unsigned csr = _mm_getcsr();
+        if ((csr & NDL_MXCSR_FLUSH) != NDL_MXCSR_FLUSH)
+            _mm_setcsr(csr | NDL_MXCSR_FLUSH);
+        return csr;
+    }
+#endif
+    return 0;
+}
+
+void ndl_flush_denormals_leave(unsigned saved)
+{
+#ifdef NDL_MXCSR_FLUSH
+    if (ndl_flush_denormals_enabled() && (saved & NDL_MXCSR_FLUSH) != NDL_MXCSR_FLUSH)
+        _mm_setcsr(saved);
+#else
+    (void)saved;
+#endif
+}
 
 static int default_num_threads(void)
 {
@@ -247,6 +318,7 @@ static ndl_pool *get_pool(void)
     if (p)
         return p;
     pthread_once(&g_atfork_once, register_atfork);
+    pthread_once(&g_flush_once, read_env); /* NEEDLE_POOL_SPIN_US before any spin */
     pthread_mutex_lock(&g_cfg_lock);
     if (g_nthreads == 0)
         g_nthreads = default_num_threads();

@@ -1,0 +1,151 @@
+/* cpu_matmul_small.c: the skinny products of ndl_cpu_matmul, C = A @ B with
+ * few rows (m <= NDL_SMALL_M, m = 1 being matrix-vector), where packing B
+ * would copy all of B to use each element m times only. Such products are
+ * bound by reading B once from memory, so these loops read B where it lies,
+ * in long sequential streams, and keep the reused operands in L1:
+ *
+ *   axpy (B's rows contiguous, csb == 1):
+ *       for each block of columns whose C rows fit half of L2:
+ *         for k in steps of KU (8 rows of B, 8 sequential streams):
+ *           for jb in the block by JB (8 x JB of B: 8 KiB, stays in L1):
+ *             for r < m:  C[r][jb:+JB] += sum_u A[r][k+u] * B[k+u][jb:+JB]
+ *       Every B element is loaded from memory once and from L1 m times;
+ *       each C element gets its k terms in k order, KU at a time.
+ *   dot (B's columns contiguous, rsb == 1, and A's rows contiguous):
+ *       for each column j, four rows of A at a time (then one at a time):
+ *         C[r][j] = sum_k A[r][k] * B[k][j] in 16 partial sums (vectorised
+ *         over k), added pairwise at the end.
+ *       Column j of B is read from memory once and from L1 for the other
+ *       row groups.
+ *
+ * Each function computes the columns [j0, j1) of all m rows; each C element
+ * is summed in an order fixed by n alone, so the driver may split columns
+ * between threads without changing results. One body, compiled once per
+ * instruction set (target attributes: the loops are vectorised by the
+ * compiler, FMAs contracted where the ISA has them) and dtype; cpu_matmul.c
+ * calls the one of the kernel it chose.
+ */
+#include "cpu_matmul.h"
+
+#include <string.h>
+
+#define KU 8           /* rows of B per pass (axpy) */
+#define JB_BYTES 1024  /* columns of B per L1 chunk, in bytes (axpy) */
+#define LANES 16       /* partial sums per dot */
+#define DOT_ROWS 4     /* rows of A per dot pass */
+
+#define NDL_DEFINE_SMALL(T, SFX, TARGET)                                                    \
+    TARGET void ndl_small_axpy_##SFX(int64_t m, int64_t n, const void *a_, int64_t rsa,     \
+                                     int64_t csa, const void *b_, int64_t rsb, void *c_,    \
+                                     int64_t ldc, int64_t j0, int64_t j1, int64_t jl2)      \
+    {                                                                                       \
+        const T *a = a_, *b = b_;                                                           \
+        T *c = c_;                                                                          \
+        const int64_t jb_len = JB_BYTES / (int64_t)sizeof(T);                               \
+        for (int64_t jl = j0; jl < j1; jl += jl2) {                                         \
+            int64_t je = j1 - jl < jl2 ? j1 : jl + jl2;                                     \
+            for (int64_t r = 0; r < m; r++)                                                 \
+                memset(c + r * ldc + jl, 0, (size_t)(je - jl) * sizeof(T));                 \
+            int64_t k = 0;                                                                  \
+            for (; k + KU <= n; k += KU) {                                                  \
+                const T *b0 = b + k * rsb;                                                  \
+                for (int64_t jb = jl; jb < je; jb += jb_len) {                              \
+                    int64_t len = je - jb < jb_len ? je - jb : jb_len;                      \
+                    const T *restrict p0 = b0 + jb, *restrict p1 = p0 + rsb;                \
+                    const T *restrict p2 = p1 + rsb, *restrict p3 = p2 + rsb;               \
+                    const T *restrict p4 = p3 + rsb, *restrict p5 = p4 + rsb;               \
+                    const T *restrict p6 = p5 + rsb, *restrict p7 = p6 + rsb;               \
+                    for (int64_t r = 0; r < m; r++) {                                       \
+                        const T *ar = a + r * rsa + k * csa;                                \
+                        const T a0 = ar[0], a1 = ar[csa], a2 = ar[2 * csa];                 \
+                        const T a3 = ar[3 * csa], a4 = ar[4 * csa], a5 = ar[5 * csa];       \
+                        const T a6 = ar[6 * csa], a7 = ar[7 * csa];                         \
+                        T *restrict cr = c + r * ldc + jb;                                  \
+                        for (int64_t j = 0; j < len; j++)                                   \
+                            cr[j] = cr[j] + a0 * p0[j] + a1 * p1[j] + a2 * p2[j] +          \
+                                    a3 * p3[j] + a4 * p4[j] + a5 * p5[j] + a6 * p6[j] +     \
+                                    a7 * p7[j];                                             \
+                    }                                                                       \
+                }                                                                           \
+            }                                                                               \
+            for (; k < n; k++)                                                              \
+                for (int64_t r = 0; r < m; r++) {                                           \
+                    const T ak = a[r * rsa + k * csa], *restrict bk = b + k * rsb;          \
+                    T *restrict cr = c + r * ldc;                                           \
+                    for (int64_t j = jl; j < je; j++)                                       \
+                        cr[j] = cr[j] + ak * bk[j];                                         \
+                }                                                                           \
+        }                                                                                   \
+    }                                                                                       \
+                                                                                            \
+    TARGET void ndl_small_dot_##SFX(int64_t m, int64_t n, const void *a_, int64_t rsa,      \
+                                    const void *b_, int64_t csb, void *c_, int64_t ldc,     \
+                                    int64_t j0, int64_t j1)                                 \
+    {                                                                                       \
+        const T *a = a_, *b = b_;                                                           \
+        T *c = c_;                                                                          \
+        for (int64_t j = j0; j < j1; j++) {                                                 \
+            const T *restrict col = b + j * csb;                                            \
+            int64_t r0 = 0;                                                                 \
+            for (; r0 + DOT_ROWS <= m; r0 += DOT_ROWS) {                                    \
+                const T *restrict x0 = a + r0 * rsa, *restrict x1 = x0 + rsa;               \
+                const T *restrict x2 = x1 + rsa, *restrict x3 = x2 + rsa;                   \
+                T s0[LANES] = {0}, s1[LANES] = {0}, s2[LANES] = {0}, s3[LANES] = {0};       \
+                int64_t k = 0;                                                              \
+                for (; k + LANES <= n; k += LANES)                                          \
+                    for (int l = 0; l < LANES; l++) {                                       \
+                        const T v = col[k + l];                                             \
+                        s0[l] += x0[k + l] * v;                                             \
+                        s1[l] += x1[k + l] * v;                                             \
+                        s2[l] += x2[k + l] * v;                                             \
+                        s3[l] += x3[k + l] * v;                                             \
+                    }                                                                       \
+                for (int l = 0; k < n; k++, l++) {                                          \
+                    const T v = col[k];                                                     \
+                    s0[l] += x0[k] * v;                                                     \
+                    s1[l] += x1[k] * v;                                                     \
+                    s2[l] += x2[k] * v;                                                     \
+                    s3[l] += x3[k] * v;                                                     \
+                }                                                                           \
+                for (int w = LANES / 2; w > 0; w /= 2) /* pairwise */                       \
+                    for (int l = 0; l < w; l++) {                                           \
+                        s0[l] += s0[l + w];                                                 \
+                        s1[l] += s1[l + w];                                                 \
+                        s2[l] += s2[l + w];                                                 \
+                        s3[l] += s3[l + w];                                                 \
+                    }                                                                       \
+                c[r0 * ldc + j] = s0[0];                                                    \
+                c[(r0 + 1) * ldc + j] = s1[0];                                              \
+                c[(r0 + 2) * ldc + j] = s2[0];                                              \
+                c[(r0 + 3) * ldc + j] = s3[0];                                              \
+            }                                                                               \
+            for (; r0 < m; r0++) { /* the same sums, one row at a time */                   \
+                const T *restrict x0 = a + r0 * rsa;                                        \
+                T s0[LANES] = {0};                                                          \
+                int64_t k = 0;                                                              \
+                for (; k + LANES <= n; k += LANES)                                          \
+                    for (int l = 0; l < LANES; l++)                                         \
+                        s0[l] += x0[k + l] * col[k + l];                                    \
+                for (int l = 0; k < n; k++, l++)                                            \
+                    s0[l] += x0[k] * col[k];                                                \
+                for (int w = LANES / 2; w > 0; w /= 2)                                      \
+                    for (int l = 0; l < w; l++)                                             \
+                        s0[l] += s0[l + w];                                                 \
+                c[r0 * ldc + j] = s0[0];                                                    \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+NDL_DEFINE_SMALL(float, generic_f32, )
+NDL_DEFINE_SMALL(double, generic_f64, )
+#if defined(__x86_64__) || defined(__i386__)
+NDL_DEFINE_SMALL(float, avx2_f32, __attribute__((target("avx2,fma"))))
+NDL_DEFINE_SMALL(double, avx2_f64, __attribute__((target("avx2,fma"))))
+NDL_DEFINE_SMALL(float, avx512_f32, __attribute__((target("avx512f"))))
+NDL_DEFINE_SMALL(double, avx512_f64, __attribute__((target("avx512f"))))
+#else /* only there so that the driver links: never chosen */
+NDL_DEFINE_SMALL(float, avx2_f32, )
+NDL_DEFINE_SMALL(double, avx2_f64, )
+NDL_DEFINE_SMALL(float, avx512_f32, )
+NDL_DEFINE_SMALL(double, avx512_f64, )
+#endif

@@ -1,0 +1,207 @@
+"""The paths of the CPU matmul that tests/test_ndarray_matmul.py's sizes do
+not reach: skinny products (m = 1..64 with K and N in the thousands, the rows
+or the columns of B read in place), the power-of-two row strides for which A
+is packed, transposed operands at those sizes, and the block sizes the
+driver derives from the cache sizes the CPU reports (`_C.matmul_config()`).
+
+Reference: float64 NumPy on the same inputs, with the rounding bound
+(2 sqrt(n) + 2) * eps * (|A| @ |B|) of test_ndarray_matmul.py.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import needle.backend_ndarray as nd
+from needle import _C
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(np.float64).eps)}
+
+
+def check(c, x, y, dtype):
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    ref = x64 @ y64
+    got = c.numpy()
+    assert got.shape == ref.shape and got.dtype == np.dtype(dtype)
+    bound = (2 * np.sqrt(x.shape[-1]) + 2) * EPS[dtype] * (np.abs(x64) @ np.abs(y64))
+    err = np.abs(got.astype(np.float64) - ref)
+    assert np.all(err <= bound), f"max err {err.max()} vs bound {bound.max()}"
+
+
+def operand(shape, dtype, kind):
+    """(NDArray, NumPy values): 'rows' compact, 'cols' a transposed view of a
+    compact array (columns contiguous), 'strided' every other column."""
+    r, c = shape
+    if kind == "rows":
+        x = np.random.randn(r, c).astype(dtype)
+        return nd.array(x, dtype=dtype), x
+    if kind == "cols":
+        x = np.random.randn(c, r).astype(dtype)
+        return nd.array(x, dtype=dtype).permute((1, 0)), x.T
+    x = np.random.randn(r, 2 * c).astype(dtype)
+    return nd.array(x, dtype=dtype)[:, ::2], x[:, ::2]
+
+
+SKINNY = [(m, k, n) for m in (1, 2, 3, 5, 8, 15, 16, 17, 31, 64)
+          for k, n in ((1031, 517), (64, 1000), (9, 2053))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind_b", ["rows", "cols", "strided"])
+@pytest.mark.parametrize("kind_a", ["rows", "cols"])
+@pytest.mark.parametrize("mkn", SKINNY, ids=[f"{m}x{k}x{n}" for m, k, n in SKINNY])
+def test_skinny(mkn, kind_a, kind_b, dtype):
+    m, k, n = mkn
+    a, x = operand((m, k), dtype, kind_a)
+    b, y = operand((k, n), dtype, kind_b)
+    check(a @ b, x, y, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m", [1, 8, 64])
+def test_skinny_large_b(m, dtype):
+    # K = N = 4096 as in the benchmark: several L2-sized column blocks
+    x = np.random.randn(m, 4096).astype(dtype)
+    y = np.random.randn(4096, 4096).astype(dtype)
+    check(nd.array(x, dtype=dtype) @ nd.array(y, dtype=dtype), x, y, dtype)
+    wt = nd.array(y.T.copy(), dtype=dtype).permute((1, 0))  # x @ W.T, read in place
+    check(nd.array(x, dtype=dtype) @ wt, x, y, dtype)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("kind_b", ["rows", "cols"])
+def test_skinny_thread_count_independent(threads, kind_b):
+    a, x = operand((8, 700), "float32", "rows")
+    b, y = operand((700, 3001), "float32", kind_b)
+    before = nd.get_num_threads()
+    try:
+        nd.set_num_threads(1)
+        one = (a @ b).numpy()
+        nd.set_num_threads(threads)
+        many = (a @ b).numpy()
+    finally:
+        nd.set_num_threads(before)
+    np.testing.assert_array_equal(one, many)
+    check(a @ b, x, y, "float32")
+
+
+def test_skinny_batched_broadcast():
+    x = np.random.randn(3, 1, 4, 300).astype(np.float32)
+    y = np.random.randn(5, 300, 70).astype(np.float32)
+    check(nd.array(x) @ nd.array(y), x, y, "float32")
+    yt = np.random.randn(5, 70, 300).astype(np.float32)
+    check(nd.array(x) @ nd.array(yt).permute((0, 2, 1)), x, yt.transpose(0, 2, 1), "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind_a", ["rows", "cols"])
+@pytest.mark.parametrize("mkn", [(300, 1024, 600), (100, 512, 40), (70, 2048, 513)], ids=str)
+def test_power_of_two_strides(mkn, kind_a, dtype):
+    # row strides that are multiples of 1 KiB: A is packed, not read in place
+    m, k, n = mkn
+    a, x = operand((m, k), dtype, kind_a)
+    b, y = operand((k, n), dtype, "rows")
+    check(a @ b, x, y, dtype)
+
+
+def test_config_reports_the_chosen_blocks():
+    cfg = _C.matmul_config()
+    assert cfg["kernel"] == nd.matmul_kernel_name()
+    assert cfg["cache_source"] in ("cpuid", "sysfs", "default", "env")
+    for dt, size in (("float32", 4), ("float64", 8)):
+        b = cfg[dt]
+        assert b["mc"] % b["mr"] == 0 and b["nc"] % b["nr"] == 0
+        # Note [Block sizes]: a packed B micro-panel fits half of L1d, an A block
+        # a third of L2
+        assert b["kc"] * b["nr"] * size <= cfg["l1d"] // 2 or b["kc"] == 64
+        assert b["mc"] * b["kc"] * size <= cfg["l2"] // 3 or b["mc"] == b["mr"]
+    assert cfg["flush_denormals"] in (0, 1)
+
+
+def sysfs_cache(level, kind):
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    for idx in sorted(os.listdir(base)):
+        d = os.path.join(base, idx)
+        with open(os.path.join(d, "level")) as f:
+            lv = int(f.read())
+        with open(os.path.join(d, "type")) as f:
+            ty = f.read().strip()
+        if lv == level and ty == kind:
+            with open(os.path.join(d, "size")) as f:
+                s = f.read().strip()
+            return int(s[:-1]) * 1024 if s.endswith("K") else int(s)
+    return None
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/devices/system/cpu/cpu0/cache"),
+                    reason="no sysfs cache description on this machine")
+def test_cache_sizes_match_the_kernel():
+    # cpuid and the kernel's sysfs description of the same caches agree
+    cfg = _C.matmul_config()
+    if cfg["cache_source"] == "env":
+        pytest.skip("NEEDLE_CACHE_SIZES is set")
+    assert cfg["l1d"] == sysfs_cache(1, "Data")
+    assert cfg["l2"] == sysfs_cache(2, "Unified")
+
+
+def run_child(code, **env):
+    full = dict(os.environ, PYTHONPATH=ROOT, **env)
+    res = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout.strip()
+
+
+CONFIG_CHILD = (
+    "import json, needle._C as C, needle.backend_ndarray as nd, numpy as np\n"
+    "x = np.random.randn(130, 300).astype('float32'); y = np.random.randn(300, 200)"
+    ".astype('float32')\n"
+    "err = np.abs((nd.array(x) @ nd.array(y)).numpy() - x.astype('f8') @ y).max()\n"
+    "assert err < 1e-3, err\n"
+    "print(json.dumps(C.matmul_config()))"
+)
+
+
+@pytest.mark.parametrize("kernel", ["generic", "avx2", "avx512"])
+def test_blocks_follow_the_reported_caches(kernel):
+    # another machine's caches (Ice Lake: 48 KiB L1d, 1.25 MiB L2) give that
+    # machine's blocks, for every kernel this CPU can run
+    import json
+
+    out = json.loads(run_child(CONFIG_CHILD, NEEDLE_MATMUL_KERNEL=kernel,
+                               NEEDLE_CACHE_SIZES="48K,1280K,2M"))
+    if out["kernel"] != kernel:
+        pytest.skip(f"this CPU cannot run the {kernel} kernel")
+    assert out["cache_source"] == "env" and out["l1d"] == 48 << 10
+    nr = {"generic": 8, "avx2": 16, "avx512": 32}[kernel]
+    b = out["float32"]
+    assert b["nr"] == nr
+    assert b["kc"] == (48 << 10) // 2 // (nr * 4) // 8 * 8
+    assert b["mc"] == (1280 << 10) // 3 // (b["kc"] * 4) // b["mr"] * b["mr"]
+
+
+def test_blocks_override():
+    import json
+
+    out = json.loads(run_child(CONFIG_CHILD, NEEDLE_MATMUL_BLOCKS="100,128,1000"))
+    b = out["float32"]
+    assert b["kc"] == 128 and b["mc"] % b["mr"] == 0 and 100 <= b["mc"] < 100 + b["mr"]
+    assert b["nc"] % b["nr"] == 0 and 1000 <= b["nc"] < 1000 + b["nr"]
+
+
+def test_best_kernel_is_what_the_os_allows():
+    # /proc/cpuinfo lists avx512f only when the kernel enabled its state in XCR0
+    with open("/proc/cpuinfo") as f:
+        flags = f.read()
+    want = ("avx512" if " avx512f" in flags else
+            "avx2" if " avx2" in flags and " fma" in flags else "generic")
+    env = {k: v for k, v in os.environ.items() if k != "NEEDLE_MATMUL_KERNEL"}
+    res = subprocess.run([sys.executable, "-c", "import needle.backend_ndarray as nd;"
+                          "print(nd.matmul_kernel_name())"],
+                         env=dict(env, PYTHONPATH=ROOT), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == want
