@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "ndarray_impl.h"
+#include "ndl_checked.h"
 
 #define TILE 8
 
@@ -29,8 +30,16 @@ static void flat_layout(int64_t n, ndl_layout *l)
     l->ndim = 1, l->shape[0] = n, l->strides[0] = 1, l->offset = 0;
 }
 
-static int need_size(StorageObject *h, int64_t n, const char *name)
+/* -1 with ValueError unless h holds rows * cols elements (rows, cols >= 0;
+ * the product checked, Note [Checked sizes] in ndl_checked.h). */
+static int need_size(StorageObject *h, int64_t rows, int64_t cols, const char *name)
 {
+    int64_t n;
+    if (ndl_mul_checked(rows, cols, &n) < 0) {
+        PyErr_Format(PyExc_ValueError, "%s would need %lld x %lld elements, beyond the int64 range",
+                     name, (long long)rows, (long long)cols);
+        return -1;
+    }
     if (h->size >= n)
         return 0;
     PyErr_Format(PyExc_ValueError, "%s has %lld elements, %lld needed", name, (long long)h->size,
@@ -154,7 +163,7 @@ static PyObject *km_ewise(ndl_binop op, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O!O!", &Storage_Type, &a, &Storage_Type, &b, &Storage_Type,
                           &out))
         return NULL;
-    if (need_size(a, out->size, "a") < 0 || need_size(b, out->size, "b") < 0)
+    if (need_size(a, out->size, 1, "a") < 0 || need_size(b, out->size, 1, "b") < 0)
         return NULL;
     if (a->dtype != out->dtype || b->dtype != out->dtype) {
         PyErr_SetString(PyExc_TypeError, "ewise kernels need a, b and out of one dtype");
@@ -173,7 +182,7 @@ static PyObject *km_scalar(ndl_binop op, PyObject *args)
     ndl_layout l, ls;
     if (!PyArg_ParseTuple(args, "O!dO!", &Storage_Type, &a, &v, &Storage_Type, &out))
         return NULL;
-    if (need_size(a, out->size, "a") < 0)
+    if (need_size(a, out->size, 1, "a") < 0)
         return NULL;
     if (a->dtype != out->dtype) {
         PyErr_SetString(PyExc_TypeError, "scalar kernels need a and out of one dtype");
@@ -195,7 +204,7 @@ static PyObject *km_unary(ndl_unop op, PyObject *args)
     ndl_layout l;
     if (!PyArg_ParseTuple(args, "O!O!", &Storage_Type, &a, &Storage_Type, &out))
         return NULL;
-    if (need_size(a, out->size, "a") < 0)
+    if (need_size(a, out->size, 1, "a") < 0)
         return NULL;
     if (a->dtype != out->dtype) {
         PyErr_SetString(PyExc_TypeError, "unary kernels need a and out of one dtype");
@@ -234,8 +243,8 @@ static int parse_mnp(PyObject *args, const char *fmt, StorageObject **a, Storage
                      *n, *p);
         return -1;
     }
-    if (need_size(*a, *m * *n, "a") < 0 || need_size(*b, *n * *p, "b") < 0 ||
-        need_size(*out, *m * *p, "out") < 0)
+    if (need_size(*a, *m, *n, "a") < 0 || need_size(*b, *n, *p, "b") < 0 ||
+        need_size(*out, *m, *p, "out") < 0)
         return -1;
     if ((*a)->dtype != (*out)->dtype || (*b)->dtype != (*out)->dtype) {
         PyErr_SetString(PyExc_TypeError, "matmul needs a, b and out of one dtype");
@@ -326,7 +335,7 @@ static PyObject *km_reduce(ndl_redop op, PyObject *args, const char *fmt)
         PyErr_Format(PyExc_ValueError, "reduce_size must be positive, got %lld", rs);
         return NULL;
     }
-    if (need_size(a, out->size * rs, "a") < 0)
+    if (need_size(a, out->size, rs, "a") < 0)
         return NULL;
     if (a->dtype != out->dtype) {
         PyErr_SetString(PyExc_TypeError, "reduce kernels need a and out of one dtype");

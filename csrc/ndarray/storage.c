@@ -13,16 +13,19 @@
  * (ndl_storage_export_view). Below devices and arrays (Note [One-way order]).
  */
 #include "ndl_args.h"
+#include "ndl_checked.h"
 #include "storage.h"
 
 StorageObject *ndl_storage_new(const ndl_backend *backend, ndl_dtype dt, int64_t size)
 {
     StorageObject *self = NULL;
+    int64_t nbytes;
     if (size < 0) {
         PyErr_Format(PyExc_ValueError, "Array size must be >= 0, got %lld", (long long)size);
         return NULL;
     }
-    if ((uint64_t)size > (uint64_t)PY_SSIZE_T_MAX / 8) {
+    /* Note [Checked sizes] (ndl_checked.h): at most 2**56 elements. */
+    if (size > NDL_MAX_ELEMS || ndl_checked_nbytes(size, dt, &nbytes) < 0) {
         PyErr_Format(PyExc_MemoryError, "Array of %lld elements is too large", (long long)size);
         return NULL;
     }
@@ -32,7 +35,7 @@ StorageObject *ndl_storage_new(const ndl_backend *backend, ndl_dtype dt, int64_t
     self->backend = backend;
     self->size = size;
     self->dtype = dt;
-    self->data = backend->alloc((size_t)size * ndl_itemsize(dt));
+    self->data = backend->alloc((size_t)nbytes);
     if (self->data == NULL) {
         Py_DECREF(self);
         PyErr_Format(PyExc_MemoryError, "cannot allocate %lld elements on %s", (long long)size,
@@ -102,11 +105,18 @@ int ndl_storage_export_view(StorageObject *st, PyObject *owner, const ndl_layout
         return -1;
     }
     for (int i = 0; i < ndim; i++) {
+        int64_t stride;
         meta[i] = (Py_ssize_t)l->shape[i];
-        meta[ndim + i] = (Py_ssize_t)(l->strides[i] * itemsize);
+        /* Note [Checked sizes]: only an empty view's made-up strides can
+         * overflow here; they are never followed, so 0 does. */
+        if (ndl_mul_checked(l->strides[i], itemsize, &stride) < 0)
+            stride = 0;
+        meta[ndim + i] = (Py_ssize_t)stride;
         len *= meta[i];
     }
-    view->buf = (char *)st->data + l->offset * itemsize;
+    /* An empty view's offset may point anywhere: its buffer starts at the
+     * storage's. */
+    view->buf = (char *)st->data + (len == 0 ? 0 : l->offset * itemsize);
     view->obj = Py_NewRef(owner);
     view->len = len;
     view->readonly = 0;
