@@ -36,6 +36,8 @@ EDGES = [0, 1, -1, 2, 3, 7, 8, 2**31 - 1, 2**31, 2**32, 2**32 + 1, 2**40, 2**55,
          2**56 + 1, 2**57, 2**62, 2**62 + 1, 2**63 - 1, -2**63, -2**62, -2**31]
 TMP = tempfile.mkdtemp(prefix="needle_fuzz_", dir="/dev/shm" if os.path.isdir("/dev/shm")
                        else None)
+# NEEDLE_FUZZ_NO_STRIDED=1: views without as_strided (fuzz/README.md: the revert check).
+NO_STRIDED = os.environ.get("NEEDLE_FUZZ_NO_STRIDED", "0") not in ("", "0")
 # Bigger arrays than this are never computed (a legal 4 GB result is no finding).
 MAX_WORK = 1 << 16
 
@@ -109,7 +111,7 @@ def random_view(fdp, a):
             shape = tuple(fdp.ConsumeIntInRange(0, 3) for _ in range(fdp.ConsumeIntInRange(0, 2)))
             a = a.broadcast_to(shape + tuple(d if d != 1 or fdp.ConsumeBool() else 3
                                               for d in a.shape))
-        elif k == 3:
+        elif k == 3 and not NO_STRIDED:
             a = a.as_strided(wild_shape(fdp) if fdp.ConsumeBool() else a.shape,
                              tuple(edge_int(fdp) for _ in range(a.ndim)))
         elif k == 4:

@@ -346,3 +346,16 @@ def test_conv_gradient_with_stride_past_the_padded_input(stride, padding, hw, k)
     np.testing.assert_allclose(y.numpy(), yt.detach().numpy().transpose(0, 2, 3, 1), atol=1e-12)
     np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy().transpose(0, 2, 3, 1), atol=1e-12)
     np.testing.assert_allclose(w.grad.numpy(), wt.grad.numpy().transpose(2, 3, 1, 0), atol=1e-12)
+
+
+@pytest.mark.parametrize("n, c_out", [(3, 0), (0, 2), (0, 0)])
+def test_conv_with_empty_output_and_huge_padding(n, c_out):
+    """fuzz finding 2: an empty batch or C_out let a padding of 2**40 through, and
+    the output's row count overflowed; the output shape is now checked."""
+    x = ndl.Tensor(np.zeros((n, 3, 3, 3), np.float32))
+    w = ndl.Tensor(np.zeros((4, 4, 3, c_out), np.float32))
+    with pytest.raises(ValueError, match="conv: output shape .* too many elements"):
+        ndl.ops.conv(x, w, stride=4, padding=2**40)
+    # within the limit, an empty conv is fine, as in PyTorch
+    side = (3 + 2 * 2**20 - 4) // 4 + 1
+    assert ndl.ops.conv(x, w, stride=4, padding=2**20).shape == (n, side, side, c_out)

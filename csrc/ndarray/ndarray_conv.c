@@ -476,7 +476,9 @@ int ndl_conv_check(int andim, const int64_t *ash, int wndim, const int64_t *wsh,
         oshape[1 + j] = (hp - wsh[j]) / stride + 1;
     }
     oshape[0] = ash[0], oshape[3] = wsh[3];
-    return 0;
+    /* Note [Checked sizes] (ndl_checked.h): a zero C_out or N must not let a
+     * huge padding through (found by fuzz/). */
+    return ndl_check_nonnegative(4, oshape, "conv: output shape");
 }
 
 typedef struct {
