@@ -24,7 +24,7 @@ export PYTHONPATH="$PWD/$build" PYTHONMALLOC=malloc
 export LD_PRELOAD="$atheris_dir/asan_with_fuzzer.so"
 # Leaks are LeakSanitizer's business in `make asan`; big legal allocations
 # return NULL (MemoryError) instead of taking the machine's memory.
-export ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:max_allocation_size_mb=512:abort_on_error=0
+export ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:max_allocation_size_mb=512
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 shift $(( $# > 2 ? 2 : $# ))
 exec "$py" fuzz/fuzz_needle.py -max_total_time="$seconds" -timeout=30 -rss_limit_mb=3072 \

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import needle.backend_ndarray as nd
 
-settings.register_profile("ci", max_examples=25, derandomize=True, deadline=None,
+settings.register_profile("ci", max_examples=25, derandomize=True, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow,
                                                  HealthCheck.data_too_large])
 settings.register_profile("big", max_examples=1000, deadline=None,

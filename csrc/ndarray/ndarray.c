@@ -74,10 +74,12 @@ NDArrayObject *ndl_array_full(DeviceObject *dev, ndl_dtype dt, int ndim, const i
                               double value)
 {
     NDArrayObject *res = ndl_array_empty(dev, dt, ndim, shape);
+    int status;
     if (res == NULL)
         return NULL;
-    if (ndl_raise_status(dev->backend->fill(dt, res->storage->data, &res->layout, value),
-                         "full") < 0)
+    NDL_KERNEL_CALL(ndl_array_size(res), status,
+                    dev->backend->fill(dt, res->storage->data, &res->layout, value));
+    if (ndl_raise_status(status, "full") < 0)
         Py_CLEAR(res);
     return res;
 }

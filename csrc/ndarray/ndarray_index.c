@@ -186,8 +186,10 @@ int NDArray_ass_subscript(NDArrayObject *self, PyObject *idx, PyObject *value)
         double v;
         int is_scalar = ndl_as_double(value, &v);
         if (is_scalar == 1) {
-            rc = ndl_raise_status(
-                self->device->backend->fill(self->dtype, self->storage->data, &l, v), "setitem");
+            int status;
+            NDL_KERNEL_CALL(ndl_array_size(view), status,
+                            self->device->backend->fill(self->dtype, self->storage->data, &l, v));
+            rc = ndl_raise_status(status, "setitem");
         } else if (is_scalar == 0) {
             /* Not a scalar: an array-like (NumPy array, list) of matching size. */
             if (value == Py_None)
