@@ -330,7 +330,9 @@ def test_million_op_chain_backward_and_free(tmp_path):
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stride, padding, hw, k", [(40, 16, 3, 1), (2**40, 16, 3, 1),
-                                                    (9, 2, 5, 2), (6, 4, 2, 3)], ids=str)
+                                                    (9, 2, 5, 2), (6, 4, 2, 3),
+                                                    (2**62, 8, 2, 1), (2**62 + 1, 4, 3, 1)],
+                         ids=str)
 def test_conv_gradient_with_stride_past_the_padded_input(stride, padding, hw, k):
     """fuzz finding 1: a stride above Hp - K left the input gradient's conv a crop
     longer than its input (pad: kernel failed); gradients against PyTorch."""
@@ -359,3 +361,23 @@ def test_conv_with_empty_output_and_huge_padding(n, c_out):
     # within the limit, an empty conv is fine, as in PyTorch
     side = (3 + 2 * 2**20 - 4) // 4 + 1
     assert ndl.ops.conv(x, w, stride=4, padding=2**20).shape == (n, side, side, c_out)
+
+
+@pytest.mark.parametrize("shape, d", [((0, 5), 2**62), ((0, 0, 2), 2**62), ((1, 2), 2**20)],
+                         ids=str)
+def test_dilate_with_huge_dilation_on_empty_or_unit_axes(shape, d):
+    """fuzz finding 3: Dilate's output shape n*(d+1) and its view's strides
+    overflowed for d near 2**63 (also inside conv's gradient with a huge stride)."""
+    x = np.random.randn(*shape)
+    y = ndl.ops.dilate(ndl.Tensor(x), (0,), d)
+    want = (shape[0] * (d + 1),) + shape[1:]
+    assert y.shape == want
+    if x.size:
+        np.testing.assert_array_equal(y.numpy()[0], x[0].astype(np.float32))
+
+
+@pytest.mark.parametrize("shape, d", [((0, 5), 2**63 - 1), ((1, 3), 2**63 - 1),
+                                      ((4, 2), 2**62), ((3,), 2**61)], ids=str)
+def test_dilate_output_that_overflows_is_an_error(shape, d):
+    with pytest.raises(ValueError, match="Dilate: .*(overflow int64|too many elements)"):
+        ndl.ops.dilate(ndl.Tensor(np.ones(shape)), (0,), d)
