@@ -3,7 +3,7 @@
 Profiles (HYPOTHESIS_PROFILE, default "ci"):
 - ci: deterministic (derandomize) and bounded (max_examples=25 per test), so the default
   suite stays well inside its time; the same examples on every run and machine.
-- big: 1,000 examples per test, random: `make proptest`.
+- big: 500 examples per test, random: `make proptest`.
 
 `views()` draws an NDArray view beside the NumPy array it must equal: a base of rank 0
 to 6 (size-0 and size-1 dims included), float32 or float64, then up to three views of
@@ -22,7 +22,7 @@ import needle.backend_ndarray as nd
 settings.register_profile("ci", max_examples=25, derandomize=True, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow,
                                                  HealthCheck.data_too_large])
-settings.register_profile("big", max_examples=1000, deadline=None,
+settings.register_profile("big", max_examples=500, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow,
                                                  HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
