@@ -11,10 +11,11 @@ build=fuzz/_build
 py=${PYTHON:-python3}
 mkdir -p "$build" fuzz/findings "$corpus"
 if [ ! -f "$build/.stamp" ] || [ -n "$(find csrc -newer "$build/.stamp" -print -quit)" ]; then
+    touch "$build/.stamp.new"  # before the build: a source edited during it rebuilds next time
     NEEDLE_ASAN=1 CC=clang LDSHARED="clang -shared -pthread" \
         CFLAGS="-fsanitize=fuzzer-no-link -Wno-unused-command-line-argument" \
         "$py" setup.py -q build_ext --build-lib "$build" --build-temp "$build/tmp" --force
-    touch "$build/.stamp"
+    mv "$build/.stamp.new" "$build/.stamp"
 fi
 # The Python package beside the instrumented extension.
 (cd needle && find . -name '*.py' -exec install -D -m 644 {} "../$build/needle/{}" \;)
