@@ -27,7 +27,7 @@ test: build
 # the normal build is restored afterwards. Big legal allocations that cannot be
 # met return NULL (MemoryError) as they do without ASan.
 ASAN_OPTIONS_RUN = detect_leaks=1:abort_on_error=1:allocator_may_return_null=1
-LSAN_OPTIONS_RUN = suppressions=$(CURDIR)/.ci/lsan.supp:print_suppressions=0
+LSAN_OPTIONS_RUN = suppressions=$(CURDIR)/.ci/lsan.supp:print_suppressions=0:use_tls=0
 ASAN_TESTS ?= tests
 # The interpreter itself, not a wrapper script (a shell under LD_PRELOAD leaks).
 PY_EXE = $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
