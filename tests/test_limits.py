@@ -381,3 +381,13 @@ def test_dilate_with_huge_dilation_on_empty_or_unit_axes(shape, d):
 def test_dilate_output_that_overflows_is_an_error(shape, d):
     with pytest.raises(ValueError, match="Dilate: .*(overflow int64|too many elements)"):
         ndl.ops.dilate(ndl.Tensor(np.ones(shape)), (0,), d)
+
+
+def test_batched_matmul_of_empty_view_with_made_up_strides():
+    """fuzz finding 4: the batch offsets of an empty operand (any strides) overflowed."""
+    a = NDArray.make((3, 0, 3), strides=(2**62, 2**62, 2**62), handle=km.Array(4))
+    b = nd.array(np.ones((3, 3, 4), np.float32))
+    assert (a @ b).numpy().shape == (3, 0, 4)
+    c = NDArray.make((3, 2, 0), strides=(2**62, 1, 2**62), handle=km.Array(4))
+    d = NDArray.make((3, 0, 2), strides=(2**62, 2**62, 1), handle=km.Array(4))
+    np.testing.assert_array_equal((c @ d).numpy(), np.zeros((3, 2, 2), np.float32))
