@@ -7,6 +7,7 @@ ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
 
 .PHONY: all deps build test asan bench demo demo-cnn demo-lm data ndarray-demo clean
 .PHONY: mpi bench-distributed demo-lm-transformer
+.PHONY: proptest fuzz fuzz-deps soak
 
 all: build
 
@@ -30,14 +31,43 @@ mpi:
 	  apt-get update -qq && apt-get install -y -qq openmpi-bin libopenmpi-dev; } || \
 	  echo "make mpi: no OpenMPI and no apt-get; the multi-rank tests will skip"
 
-# The extension built with AddressSanitizer + UBSan and the suite run under it;
-# the normal build is restored afterwards.
+# The extension built with AddressSanitizer + UBSan and the suite run under it,
+# LeakSanitizer on (.ci/lsan.supp: CPython's own allocations, each explained);
+# the normal build is restored afterwards. Big legal allocations that cannot be
+# met return NULL (MemoryError) as they do without ASan.
+ASAN_OPTIONS_RUN = detect_leaks=1:abort_on_error=1:allocator_may_return_null=1
+LSAN_OPTIONS_RUN = suppressions=$(CURDIR)/.ci/lsan.supp:print_suppressions=0:use_tls=0
+ASAN_TESTS ?= tests
+# The interpreter itself, not a wrapper script (a shell under LD_PRELOAD leaks).
+PY_EXE = $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
 asan: deps
 	NEEDLE_ASAN=1 $(PYTHON) setup.py -q build_ext --inplace --force
 	LD_PRELOAD=$(ASAN_LIB) PYTHONMALLOC=malloc NEEDLE_ASAN_RUN=1 \
-	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  $(PYTHON) -m pytest -q -p no:cacheprovider tests; \
+	  ASAN_OPTIONS=$(ASAN_OPTIONS_RUN) LSAN_OPTIONS=$(LSAN_OPTIONS_RUN) \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(PY_EXE) -m pytest -q -p no:cacheprovider $(ASAN_TESTS); \
 	  status=$$?; $(PYTHON) setup.py -q build_ext --inplace --force; exit $$status
+
+# Issue 13. proptest: the property tests with the big hypothesis profile (the
+# suite runs them with the small, deterministic "ci" one) and the 1,000,000-op
+# chain. fuzz: atheris over the C entry points for FUZZ_SECONDS at nice 19
+# (fuzz/README.md), clang installed here if missing. soak: benchmarks/soak.py.
+FUZZ_SECONDS ?= 60
+proptest: build
+	HYPOTHESIS_PROFILE=big NEEDLE_SLOW=1 $(PYTHON) -m pytest -q tests/test_property_ndarray.py \
+	  tests/test_property_autograd.py tests/test_limits.py
+
+fuzz-deps: deps
+	$(PIP) install -q -r fuzz/requirements.txt
+	@command -v clang >/dev/null || { command -v apt-get >/dev/null || \
+	  { echo "make fuzz needs clang (apt-get install clang)"; exit 1; }; \
+	  apt-get update -qq && apt-get install -y -qq clang; }
+
+fuzz: fuzz-deps
+	nice -n 19 fuzz/run.sh $(FUZZ_SECONDS)
+
+soak: build
+	$(PYTHON) benchmarks/soak.py
 
 # bench_ndarray.py: each library in its own process, 1 and 2 threads; its
 # figures go to benchmarks/results/ as JSON and are plotted there (plot.py).

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "array_api.h"
+#include "ndl_checked.h"
 
 #define IN(k) PyTuple_GET_ITEM(node->inputs, (k))
 #define G ((PyObject *)g)
@@ -252,17 +253,23 @@ NDL_BACKWARD(Flip)
 static int dilated_shape(OpObject *op, int ndim, const int64_t *shape, int naxes,
                          const int64_t *axes, int64_t *big)
 {
-    const int64_t d1 = op->dilation + 1;
+    int64_t d1;
     memcpy(big, shape, sizeof(int64_t) * ndim);
+    /* Note [Checked sizes] (ndl_checked.h): found by fuzz/ with d near 2**63 */
+    if (ndl_add_checked(op->dilation, 1, &d1) < 0)
+        goto overflow;
     for (int i = 0; i < naxes; i++)
-        big[axes[i]] = shape[axes[i]] * d1;
+        if (ndl_mul_checked(shape[axes[i]], d1, &big[axes[i]]) < 0)
+            goto overflow;
     for (int i = 0; op->has_length && i < op->axes.n; i++) {
         int64_t ax = op->axes.v[i] < 0 ? op->axes.v[i] + ndim : op->axes.v[i];
-        int64_t n, len = op->length[i];
+        int64_t n, len = op->length[i], hi, lo;
         if (ax < 0 || ax >= ndim)
             continue;
         n = shape[ax];
-        if (len > n * d1 || len <= (n - 1) * d1 || (n == 0 && len != 0)) {
+        if (ndl_mul_checked(n, d1, &hi) < 0 || ndl_mul_checked(n - 1, d1, &lo) < 0)
+            goto overflow;
+        if (len > hi || len <= lo || (n == 0 && len != 0)) {
             PyErr_Format(PyExc_ValueError,
                          "Dilate: length %lld along axis %lld is not in ((n-1)*(d+1), n*(d+1)] "
                          "for n=%lld, d=%lld", (long long)len, (long long)ax, (long long)n,
@@ -271,12 +278,16 @@ static int dilated_shape(OpObject *op, int ndim, const int64_t *shape, int naxes
         }
         big[ax] = len;
     }
-    return 0;
+    return ndl_check_nonnegative(ndim, big, "Dilate: output shape");
+overflow:
+    PyErr_Format(PyExc_ValueError, "Dilate: dilation %lld makes the output shape overflow int64",
+                 (long long)op->dilation);
+    return -1;
 }
 NDL_FORWARD(Dilate)
 {
     int64_t shape[NDL_MAX_DIMS], axes[NDL_MAX_DIMS], start[NDL_MAX_DIMS], step[NDL_MAX_DIMS],
-        big[NDL_MAX_DIMS];
+        big[NDL_MAX_DIMS], size;
     int ndim, naxes;
     uint64_t mask = 0;
     PyObject *out, *view;
@@ -291,11 +302,11 @@ NDL_FORWARD(Dilate)
     /* zeros, then the input into every (d+1)-th entry */
     for (int i = 0; i < ndim; i++)
         start[i] = 0, step[i] = 1;
-    for (int i = 0; i < naxes; i++)
-        step[axes[i]] = op->dilation + 1;
+    for (int i = 0; i < naxes; i++) /* a length-1 axis needs no step (it may be huge) */
+        step[axes[i]] = shape[axes[i]] > 1 ? op->dilation + 1 : 1;
     out = nda_full_like(x[0], ndim, big, 0.0);
-    if (out == NULL)
-        return NULL;
+    if (out == NULL || ndl_checked_size(ndim, shape, &size) < 0 || size == 0)
+        return out; /* an empty input: no view of out, whose steps may be huge */
     view = nda_view(out, start, shape, step, -1);
     if (view == NULL || nda_assign(view, x[0]) < 0)
         Py_CLEAR(out);

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "ndarray_impl.h"
+#include "ndl_checked.h"
 
 #define TILE 8
 
@@ -29,8 +30,16 @@ static void flat_layout(int64_t n, ndl_layout *l)
     l->ndim = 1, l->shape[0] = n, l->strides[0] = 1, l->offset = 0;
 }
 
-static int need_size(StorageObject *h, int64_t n, const char *name)
+/* -1 with ValueError unless h holds rows * cols elements (rows, cols >= 0;
+ * the product checked, Note [Checked sizes] in ndl_checked.h). */
+static int need_size(StorageObject *h, int64_t rows, int64_t cols, const char *name)
 {
+    int64_t n;
+    if (ndl_mul_checked(rows, cols, &n) < 0) {
+        PyErr_Format(PyExc_ValueError, "%s would need %lld x %lld elements, beyond the int64 range",
+                     name, (long long)rows, (long long)cols);
+        return -1;
+    }
     if (h->size >= n)
         return 0;
     PyErr_Format(PyExc_ValueError, "%s has %lld elements, %lld needed", name, (long long)h->size,
@@ -88,10 +97,12 @@ static PyObject *km_fill(PyObject *m, PyObject *args)
     StorageObject *out;
     double v;
     ndl_layout l;
+    int status;
     if (!PyArg_ParseTuple(args, "O!d:fill", &Storage_Type, &out, &v))
         return NULL;
     flat_layout(out->size, &l);
-    return done(out->backend->fill(out->dtype, out->data, &l, v), "fill");
+    NDL_KERNEL_CALL(out->size, status, out->backend->fill(out->dtype, out->data, &l, v));
+    return done(status, "fill");
 }
 
 /* compact(a, out, ...) gathers a's strided view into out; ewise_setitem
@@ -138,31 +149,35 @@ static PyObject *km_scalar_setitem(PyObject *m, PyObject *args)
     double v;
     ndl_layout l;
     NDArrayObject *dst;
+    int status;
     if (!PyArg_ParseTuple(args, "LdO!OOL:scalar_setitem", &size, &v, &Storage_Type, &out, &shape,
                           &strides, &offset) ||
         ndl_parse_layout(shape, strides, offset, &l, "kernel") < 0 ||
         (dst = view_of(out, &l)) == NULL)
         return NULL;
     Py_DECREF(dst); /* only the bounds check was needed */
-    return done(out->backend->fill(out->dtype, out->data, &l, v), "scalar_setitem");
+    NDL_KERNEL_CALL(ndl_layout_size(&l), status, out->backend->fill(out->dtype, out->data, &l, v));
+    return done(status, "scalar_setitem");
 }
 
 static PyObject *km_ewise(ndl_binop op, PyObject *args)
 {
     StorageObject *a, *b, *out;
     ndl_layout l;
+    int status;
     if (!PyArg_ParseTuple(args, "O!O!O!", &Storage_Type, &a, &Storage_Type, &b, &Storage_Type,
                           &out))
         return NULL;
-    if (need_size(a, out->size, "a") < 0 || need_size(b, out->size, "b") < 0)
+    if (need_size(a, out->size, 1, "a") < 0 || need_size(b, out->size, 1, "b") < 0)
         return NULL;
     if (a->dtype != out->dtype || b->dtype != out->dtype) {
         PyErr_SetString(PyExc_TypeError, "ewise kernels need a, b and out of one dtype");
         return NULL;
     }
     flat_layout(out->size, &l);
-    return done(out->backend->binary(op, out->dtype, a->data, &l, b->data, &l, out->data),
-                ndl_binop_names[op]);
+    NDL_KERNEL_CALL(out->size, status,
+                    out->backend->binary(op, out->dtype, a->data, &l, b->data, &l, out->data));
+    return done(status, ndl_binop_names[op]);
 }
 
 static PyObject *km_scalar(ndl_binop op, PyObject *args)
@@ -171,9 +186,10 @@ static PyObject *km_scalar(ndl_binop op, PyObject *args)
     double v;
     float vf;
     ndl_layout l, ls;
+    int status;
     if (!PyArg_ParseTuple(args, "O!dO!", &Storage_Type, &a, &v, &Storage_Type, &out))
         return NULL;
-    if (need_size(a, out->size, "a") < 0)
+    if (need_size(a, out->size, 1, "a") < 0)
         return NULL;
     if (a->dtype != out->dtype) {
         PyErr_SetString(PyExc_TypeError, "scalar kernels need a and out of one dtype");
@@ -183,26 +199,29 @@ static PyObject *km_scalar(ndl_binop op, PyObject *args)
     flat_layout(out->size, &l);
     ls = l;
     ls.strides[0] = 0;
-    return done(out->backend->binary(op, out->dtype, a->data, &l,
-                                     out->dtype == NDL_FLOAT64 ? (void *)&v : (void *)&vf, &ls,
-                                     out->data),
-                ndl_binop_names[op]);
+    NDL_KERNEL_CALL(out->size, status,
+                    out->backend->binary(op, out->dtype, a->data, &l,
+                                         out->dtype == NDL_FLOAT64 ? (void *)&v : (void *)&vf,
+                                         &ls, out->data));
+    return done(status, ndl_binop_names[op]);
 }
 
 static PyObject *km_unary(ndl_unop op, PyObject *args)
 {
     StorageObject *a, *out;
     ndl_layout l;
+    int status;
     if (!PyArg_ParseTuple(args, "O!O!", &Storage_Type, &a, &Storage_Type, &out))
         return NULL;
-    if (need_size(a, out->size, "a") < 0)
+    if (need_size(a, out->size, 1, "a") < 0)
         return NULL;
     if (a->dtype != out->dtype) {
         PyErr_SetString(PyExc_TypeError, "unary kernels need a and out of one dtype");
         return NULL;
     }
     flat_layout(out->size, &l);
-    return done(out->backend->unary(op, out->dtype, a->data, &l, out->data), ndl_unop_names[op]);
+    NDL_KERNEL_CALL(out->size, status, out->backend->unary(op, out->dtype, a->data, &l, out->data));
+    return done(status, ndl_unop_names[op]);
 }
 
 /* One wrapper per kernel row of ../ops.def. */
@@ -234,8 +253,8 @@ static int parse_mnp(PyObject *args, const char *fmt, StorageObject **a, Storage
                      *n, *p);
         return -1;
     }
-    if (need_size(*a, *m * *n, "a") < 0 || need_size(*b, *n * *p, "b") < 0 ||
-        need_size(*out, *m * *p, "out") < 0)
+    if (need_size(*a, *m, *n, "a") < 0 || need_size(*b, *n, *p, "b") < 0 ||
+        need_size(*out, *m, *p, "out") < 0)
         return -1;
     if ((*a)->dtype != (*out)->dtype || (*b)->dtype != (*out)->dtype) {
         PyErr_SetString(PyExc_TypeError, "matmul needs a, b and out of one dtype");
@@ -249,11 +268,14 @@ static PyObject *km_matmul(PyObject *mod, PyObject *args)
     StorageObject *a, *b, *out;
     long long m, n, p;
     int64_t zero = 0;
+    int status;
     if (parse_mnp(args, "O!O!O!LLL:matmul", &a, &b, &out, &m, &n, &p) < 0)
         return NULL;
-    return done(out->backend->matmul(out->dtype, 1, m, n, p, a->data, &zero, n, 1, b->data, &zero,
-                                     p, 1, out->data),
-                "matmul");
+    /* work: m*p + n*p fit (checked by parse_mnp); m*n*p in double */
+    NDL_KERNEL_CALL((double)m * (double)n * (double)p / 8, status,
+                    out->backend->matmul(out->dtype, 1, m, n, p, a->data, &zero, n, 1, b->data,
+                                         &zero, p, 1, out->data));
+    return done(status, "matmul");
 }
 
 /* Tiled layout (API.md 2.3): a is (m/T, n/T, T, T), tile [i][k] the T x T
@@ -320,13 +342,14 @@ static PyObject *km_reduce(ndl_redop op, PyObject *args, const char *fmt)
     StorageObject *a, *out;
     long long rs;
     ndl_layout l;
+    int status;
     if (!PyArg_ParseTuple(args, fmt, &Storage_Type, &a, &Storage_Type, &out, &rs))
         return NULL;
     if (rs <= 0) {
         PyErr_Format(PyExc_ValueError, "reduce_size must be positive, got %lld", rs);
         return NULL;
     }
-    if (need_size(a, out->size * rs, "a") < 0)
+    if (need_size(a, out->size, rs, "a") < 0)
         return NULL;
     if (a->dtype != out->dtype) {
         PyErr_SetString(PyExc_TypeError, "reduce kernels need a and out of one dtype");
@@ -336,7 +359,9 @@ static PyObject *km_reduce(ndl_redop op, PyObject *args, const char *fmt)
     ndl_compact_strides(2, l.shape, l.strides);
     if (out->size == 0)
         Py_RETURN_NONE;
-    return done(out->backend->reduce(op, out->dtype, a->data, &l, 2, out->data), "reduce");
+    NDL_KERNEL_CALL(out->size * rs, status,
+                    out->backend->reduce(op, out->dtype, a->data, &l, 2, out->data));
+    return done(status, "reduce");
 }
 
 static PyObject *km_reduce_sum(PyObject *m, PyObject *args)

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "ndarray.h"
+#include "ndl_checked.h"
 
 PyObject *ndl_SliceError;
 
@@ -73,10 +74,12 @@ NDArrayObject *ndl_array_full(DeviceObject *dev, ndl_dtype dt, int ndim, const i
                               double value)
 {
     NDArrayObject *res = ndl_array_empty(dev, dt, ndim, shape);
+    int status;
     if (res == NULL)
         return NULL;
-    if (ndl_raise_status(dev->backend->fill(dt, res->storage->data, &res->layout, value),
-                         "full") < 0)
+    NDL_KERNEL_CALL(ndl_array_size(res), status,
+                    dev->backend->fill(dt, res->storage->data, &res->layout, value));
+    if (ndl_raise_status(status, "full") < 0)
         Py_CLEAR(res);
     return res;
 }
@@ -182,22 +185,30 @@ int ndl_array_assign(NDArrayObject *dst, NDArrayObject *src)
 NDArrayObject *ndl_array_reshape(NDArrayObject *a, int ndim, const int64_t *shape)
 {
     ndl_layout l;
-    int64_t known = 1, size = ndl_array_size(a);
+    int64_t known, size = ndl_array_size(a);
     int infer = -1;
+    const char *why = NULL;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] == -1 && infer < 0)
             infer = i;
-        else if (shape[i] < 0) {
-            PyObject *t = ndl_shape_tuple(ndim, shape);
-            if (t)
-                PyErr_Format(PyExc_ValueError, "reshape: invalid target shape %R", t);
-            Py_XDECREF(t);
-            return NULL;
-        } else
-            known *= shape[i];
+        else if (shape[i] < 0)
+            why = "reshape: invalid target shape %R";
     }
     l.ndim = ndim;
     memcpy(l.shape, shape, sizeof(int64_t) * ndim);
+    if (why == NULL && infer >= 0)
+        l.shape[infer] = 1;
+    /* Note [Checked sizes]: a size-0 array must not take a shape whose
+     * element count only wraps around to 0. */
+    if (why == NULL && ndl_checked_size(ndim, l.shape, &known) < 0)
+        why = "reshape: target shape %R has too many elements (above 2**56)";
+    if (why != NULL) {
+        PyObject *t = ndl_shape_tuple(ndim, shape);
+        if (t)
+            PyErr_Format(PyExc_ValueError, why, t);
+        Py_XDECREF(t);
+        return NULL;
+    }
     if (infer >= 0)
         l.shape[infer] = known == 0 ? 0 : size / known;
     if (ndl_layout_size(&l) != size) {
@@ -260,23 +271,24 @@ bad : {
 }
 }
 
-/* -1 with ValueError when a non-empty view would reach outside [0, size). */
+/* -1 with ValueError when a non-empty view would reach outside [0, size),
+ * its range computed with checked arithmetic (Note [Checked sizes]). */
 static int check_inside(const ndl_layout *l, int64_t size, const char *what)
 {
-    int64_t lo = l->offset, hi = l->offset;
+    int64_t lo = 0, hi = 0;
+    int overflow;
     if (ndl_layout_size(l) == 0)
         return 0;
-    for (int i = 0; i < l->ndim; i++) {
-        int64_t span = (l->shape[i] - 1) * l->strides[i];
-        if (span < 0)
-            lo += span;
-        else
-            hi += span;
-    }
-    if (lo >= 0 && hi < size)
+    overflow = ndl_checked_extent(l, &lo, &hi) < 0;
+    if (!overflow && lo >= 0 && hi < size)
         return 0;
     PyObject *sh = ndl_shape_tuple(l->ndim, l->shape), *st = ndl_shape_tuple(l->ndim, l->strides);
-    if (sh && st)
+    if (sh && st && overflow)
+        PyErr_Format(PyExc_ValueError,
+                     "%s: shape %R with strides %R and offset %lld reaches beyond the int64 "
+                     "range, outside the buffer of %lld elements",
+                     what, sh, st, (long long)l->offset, (long long)size);
+    else if (sh && st)
         PyErr_Format(PyExc_ValueError,
                      "%s: shape %R with strides %R and offset %lld reaches elements [%lld, %lld], "
                      "outside the buffer of %lld elements",

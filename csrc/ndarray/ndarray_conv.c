@@ -476,7 +476,9 @@ int ndl_conv_check(int andim, const int64_t *ash, int wndim, const int64_t *wsh,
         oshape[1 + j] = (hp - wsh[j]) / stride + 1;
     }
     oshape[0] = ash[0], oshape[3] = wsh[3];
-    return 0;
+    /* Note [Checked sizes] (ndl_checked.h): a zero C_out or N must not let a
+     * huge padding through (found by fuzz/). */
+    return ndl_check_nonnegative(4, oshape, "conv: output shape");
 }
 
 typedef struct {
@@ -612,14 +614,20 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, co
     out = ndl_array_empty(a->device, a->dtype, 4, oshape);
     if (out == NULL || nrows == 0 || j.co == 0)
         goto done;
-    /* negative padding crops (a view); positive padding is one pad */
+    /* negative padding crops (a view); positive padding is one pad. The
+     * padded axis holds the input at [lo, lo + n) of L = n + lo + hi >= 1;
+     * a crop may reach past the input into the other side's zeros (a
+     * gradient's padding, with a stride above Hp - K: found by fuzz/), and
+     * then no input is left and the axis is L zeros. */
     for (int k = 0; k < 2; k++) {
-        if (lo[k] < 0)
-            la.offset -= lo[k] * la.strides[1 + k], la.shape[1 + k] += lo[k];
-        if (hi[k] < 0)
-            la.shape[1 + k] += hi[k];
-        plo[1 + k] = lo[k] > 0 ? lo[k] : 0, phi[1 + k] = hi[k] > 0 ? hi[k] : 0;
-        pad |= lo[k] > 0 || hi[k] > 0;
+        int64_t n = la.shape[1 + k], len = n + lo[k] + hi[k];
+        int64_t first = lo[k] < 0 ? -lo[k] : 0, end = len - lo[k] < n ? len - lo[k] : n;
+        if (end <= first)
+            first = end = 0;
+        la.offset += first * la.strides[1 + k], la.shape[1 + k] = end - first;
+        plo[1 + k] = end > first ? (lo[k] > 0 ? lo[k] : 0) : len;
+        phi[1 + k] = len - plo[1 + k] - (end - first);
+        pad |= plo[1 + k] > 0 || phi[1 + k] > 0;
     }
     if (conv_weight(&j, w, dual ? ctuo : same, &cw) < 0)
         goto fail;

@@ -17,6 +17,7 @@
  * an AssertionError (course code asserts).
  */
 #include "ndarray_impl.h"
+#include "ndl_checked.h"
 
 typedef struct {
     int64_t start, stop, step;
@@ -95,7 +96,7 @@ static int index_layout(NDArrayObject *self, PyObject *idx, ndl_layout *out)
 {
     const ndl_layout *l = &self->layout;
     Py_ssize_t nidx;
-    int ndim = l->ndim;
+    int ndim = l->ndim, overflow = 0;
     PyObject *items = PyTuple_Check(idx) ? Py_NewRef(idx) : PyTuple_Pack(1, idx);
     if (items == NULL)
         return -1;
@@ -136,8 +137,19 @@ static int index_layout(NDArrayObject *self, PyObject *idx, ndl_layout *out)
         }
         /* NOTE: (stop - start + step - 1) / step overflows for huge steps. */
         out->shape[d] = r.stop > r.start ? (r.stop - r.start - 1) / r.step + 1 : 0;
-        out->strides[d] = l->strides[d] * r.step;
-        out->offset += r.start * l->strides[d];
+        /* A length-1 axis may keep any stride, so a huge step must not
+         * overflow there; past that, only an empty view over made-up
+         * strides can overflow (Note [Checked sizes], ndl_checked.h). */
+        overflow = ndl_mul_checked(l->strides[d], r.step, &out->strides[d]) < 0;
+        if (overflow && out->shape[d] <= 1)
+            out->strides[d] = l->strides[d], overflow = 0;
+        if (overflow || ndl_muladd_checked(r.start, l->strides[d], out->offset, &out->offset) < 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "index: axis %d (stride %lld, step %lld, start %lld) takes the view's "
+                         "offset or stride beyond the int64 range",
+                         d, (long long)l->strides[d], (long long)r.step, (long long)r.start);
+            goto fail;
+        }
     }
     Py_DECREF(items);
     return 0;
@@ -174,8 +186,10 @@ int NDArray_ass_subscript(NDArrayObject *self, PyObject *idx, PyObject *value)
         double v;
         int is_scalar = ndl_as_double(value, &v);
         if (is_scalar == 1) {
-            rc = ndl_raise_status(
-                self->device->backend->fill(self->dtype, self->storage->data, &l, v), "setitem");
+            int status;
+            NDL_KERNEL_CALL(ndl_array_size(view), status,
+                            self->device->backend->fill(self->dtype, self->storage->data, &l, v));
+            rc = ndl_raise_status(status, "setitem");
         } else if (is_scalar == 0) {
             /* Not a scalar: an array-like (NumPy array, list) of matching size. */
             if (value == Py_None)

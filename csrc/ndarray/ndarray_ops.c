@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "ndarray_impl.h"
+#include "ndl_checked.h"
 
 /* ---- elementwise -------------------------------------------------------- */
 
@@ -336,8 +337,14 @@ NDArrayObject *ndl_array_matmul(NDArrayObject *a, NDArrayObject *b)
         ndl_layout_broadcast(&tb, nb, bshape, &bb);
         for (int64_t t = 0; t < batch; t++) {
             int64_t oa = la.offset, ob = lb.offset;
-            for (int i = 0; i < nb; i++)
-                oa += idx[i] * ba.strides[i], ob += idx[i] * bb.strides[i];
+            /* Only an empty operand's made-up strides can overflow (Note [Checked
+             * sizes]); then the product is empty or zero and never reads it. */
+            for (int i = 0; i < nb; i++) {
+                if (ndl_muladd_checked(idx[i], ba.strides[i], oa, &oa) < 0)
+                    oa = 0;
+                if (ndl_muladd_checked(idx[i], bb.strides[i], ob, &ob) < 0)
+                    ob = 0;
+            }
             aoff[t] = oa, boff[t] = ob;
             for (int i = nb - 1; i >= 0; i--) {
                 if (++idx[i] < bshape[i])

@@ -130,7 +130,8 @@ static PyObject *NDArray_compact_strides(PyObject *Py_UNUSED(cls), PyObject *sha
 {
     int64_t shape[NDL_MAX_DIMS], strides[NDL_MAX_DIMS];
     int ndim;
-    if (ndl_parse_shape(shape_obj, &ndim, shape, "shape") < 0)
+    if (ndl_parse_shape(shape_obj, &ndim, shape, "shape") < 0 ||
+        ndl_check_nonnegative(ndim, shape, "shape") < 0)
         return NULL;
     ndl_compact_strides(ndim, shape, strides);
     return ndl_shape_tuple(ndim, strides);

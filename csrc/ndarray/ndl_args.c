@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ndl_args.h"
+#include "ndl_checked.h"
 
 /* ---- dtypes ------------------------------------------------------------- */
 
@@ -99,23 +100,20 @@ fail:
 
 int ndl_check_nonnegative(int ndim, const int64_t *shape, const char *what)
 {
-    int64_t n = 1;
-    int bad = 0, zero = 0;
+    int64_t n;
+    int bad = 0;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0)
             bad = 1;
-        else if (shape[i] == 0)
-            zero = 1;
     }
-    for (int i = 0; i < ndim && !bad && !zero; i++) {
-        if (__builtin_mul_overflow(n, shape[i], &n) || n > ((int64_t)1 << 56))
-            bad = 2;
-    }
+    if (!bad && ndl_checked_size(ndim, shape, &n) < 0)
+        bad = 2; /* Note [Checked sizes]: zero dims do not excuse the others */
     if (bad) {
         PyObject *t = ndl_shape_tuple(ndim, shape);
         if (t != NULL) {
             PyErr_Format(PyExc_ValueError, bad == 1 ? "%s %R has a negative dimension"
-                                                    : "%s %R has too many elements",
+                                                    : "%s %R has too many elements (the product "
+                                                      "of its non-zero dimensions is above 2**56)",
                          what, t);
             Py_DECREF(t);
         }

@@ -33,8 +33,9 @@ const char *ndl_dtype_name(ndl_dtype dt); /* "float32" or "float64" */
  * most NDL_MAX_DIMS entries, which may be negative (callers check). TypeError
  * or ValueError naming `what`. */
 int ndl_parse_shape(PyObject *obj, int *ndim, int64_t *shape, const char *what);
-/* -1 with ValueError naming `what` if a dimension is negative or the element
- * count is above 2**56. */
+/* -1 with ValueError naming `what` if a dimension is negative or the product
+ * of the non-zero dimensions is above 2**56 (Note [Checked sizes],
+ * ndl_checked.h). */
 int ndl_check_nonnegative(int ndim, const int64_t *shape, const char *what);
 PyObject *ndl_shape_tuple(int ndim, const int64_t *v);
 /* A layout from Python shape and strides (None: compact) and an offset;

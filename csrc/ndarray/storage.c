@@ -16,6 +16,7 @@
 #include <stdlib.h>
 
 #include "ndl_args.h"
+#include "ndl_checked.h"
 #include "storage.h"
 
 /* Note [Size-class free list]: CPU buffers are rounded up to a size class
@@ -134,11 +135,13 @@ static void storage_free(const ndl_backend *backend, void *p, size_t nbytes)
 StorageObject *ndl_storage_new(const ndl_backend *backend, ndl_dtype dt, int64_t size)
 {
     StorageObject *self = NULL;
+    int64_t nbytes;
     if (size < 0) {
         PyErr_Format(PyExc_ValueError, "Array size must be >= 0, got %lld", (long long)size);
         return NULL;
     }
-    if ((uint64_t)size > (uint64_t)PY_SSIZE_T_MAX / 8) {
+    /* Note [Checked sizes] (ndl_checked.h): at most 2**56 elements. */
+    if (size > NDL_MAX_ELEMS || ndl_checked_nbytes(size, dt, &nbytes) < 0) {
         PyErr_Format(PyExc_MemoryError, "Array of %lld elements is too large", (long long)size);
         return NULL;
     }
@@ -150,7 +153,7 @@ StorageObject *ndl_storage_new(const ndl_backend *backend, ndl_dtype dt, int64_t
     self->dtype = dt;
     self->release = NULL;
     self->release_ctx = NULL;
-    self->data = storage_alloc(backend, (size_t)size * ndl_itemsize(dt));
+    self->data = storage_alloc(backend, (size_t)nbytes);
     if (self->data == NULL) {
         Py_DECREF(self);
         PyErr_Format(PyExc_MemoryError, "cannot allocate %lld elements on %s", (long long)size,
@@ -240,11 +243,18 @@ int ndl_storage_export_view(StorageObject *st, PyObject *owner, const ndl_layout
         return -1;
     }
     for (int i = 0; i < ndim; i++) {
+        int64_t stride;
         meta[i] = (Py_ssize_t)l->shape[i];
-        meta[ndim + i] = (Py_ssize_t)(l->strides[i] * itemsize);
+        /* Note [Checked sizes]: only an empty view's made-up strides can
+         * overflow here; they are never followed, so 0 does. */
+        if (ndl_mul_checked(l->strides[i], itemsize, &stride) < 0)
+            stride = 0;
+        meta[ndim + i] = (Py_ssize_t)stride;
         len *= meta[i];
     }
-    view->buf = (char *)st->data + l->offset * itemsize;
+    /* An empty view's offset may point anywhere: its buffer starts at the
+     * storage's. */
+    view->buf = (char *)st->data + (len == 0 ? 0 : l->offset * itemsize);
     view->obj = Py_NewRef(owner);
     view->len = len;
     view->readonly = 0;

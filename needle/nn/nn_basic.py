@@ -12,6 +12,7 @@ random draws, so seeded models reproduce the course's numbers.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
 from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
@@ -262,6 +263,20 @@ def _shape_str(shape) -> str:
     return str(tuple(int(d) for d in shape))
 
 
+def _check_input(module: str, x, layout: str, ndim: int, *, min_ndim: bool = False,
+                 features: Optional[int] = None, axis: int = -1) -> None:
+    """ValueError naming the module, the expected layout and x's shape unless x has ndim
+    dimensions (at least ndim with min_ndim) and, if given, `features` along `axis`."""
+    shape = tuple(getattr(x, "shape", ()))
+    ok = len(shape) >= ndim if min_ndim else len(shape) == ndim
+    if ok and (features is None or shape[axis] == features):
+        return
+    want = f"{'at least ' if min_ndim else ''}{ndim}-d input of shape {layout}"
+    if features is not None:
+        want += f" with {features} features along axis {axis}"
+    raise ValueError(f"{module}: expected a {want}, got shape {shape}")
+
+
 class Identity(Module):
     """The input unchanged.
 
@@ -295,6 +310,8 @@ class Linear(Module):
                               .reshape((1, out_features))) if bias else None
 
     def forward(self, X: Tensor) -> Tensor:
+        _check_input(f"Linear({self.in_features}, {self.out_features})", X, "(..., in_features)",
+                     1, min_ndim=True, features=self.in_features)
         y = X @ self.weight
         if self.bias is not None:
             y = y + self.bias.broadcast_to(y.shape)
@@ -309,6 +326,7 @@ class Flatten(Module):
     (2, 12)
     """
     def forward(self, X: Tensor) -> Tensor:
+        _check_input("Flatten", X, "(N, ...)", 1, min_ndim=True)
         shape = X.shape
         return X.reshape((shape[0], math.prod(shape[1:])))
 
@@ -400,6 +418,9 @@ class SoftmaxLoss(Module):
     """
 
     def forward(self, logits: Tensor, y: Tensor) -> Tensor:
+        _check_input("SoftmaxLoss", logits, "(batch, classes)", 2)
+        _check_input(f"SoftmaxLoss labels for logits of shape {tuple(logits.shape)}", y,
+                     "(batch,)", 1, features=logits.shape[0], axis=0)
         batch, k = logits.shape
         labels = y.numpy()
         if labels.size and (labels.min() < 0 or labels.max() >= k):
@@ -434,6 +455,8 @@ class LayerNorm1d(Module):
         self.bias = Parameter(init.zeros(dim, device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_input(f"LayerNorm1d({self.dim})", x, "(..., dim)", 1, min_ndim=True,
+                     features=self.dim)
         shape = x.shape
         x2 = x.reshape((math.prod(shape[:-1]), shape[-1])) if len(shape) != 2 else x
         rows, n = x2.shape
@@ -468,6 +491,7 @@ class BatchNorm1d(Module):
         self.register_buffer("running_var", init.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_input(f"{type(self).__name__}({self.dim})", x, "(N, dim)", 2, features=self.dim)
         if not self.training:
             xc = x - _row(self.running_mean, x)
             std = _row((self.running_var + self.eps) ** 0.5, x)
@@ -494,6 +518,7 @@ class BatchNorm2d(BatchNorm1d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_input(f"BatchNorm2d({self.dim})", x, "(N, C, H, W)", 4, features=self.dim, axis=1)
         n, c, h, w = x.shape
         nhwc = x.transpose((1, 2)).transpose((2, 3))
         y = super().forward(nhwc.reshape((n * h * w, c))).reshape((n, h, w, c))
@@ -514,6 +539,9 @@ class Dropout(Module):
 
     def __init__(self, p=0.5):
         super().__init__()
+        # NOTE: PyTorch's range, [0, 1]: p = 1 zeroes everything (forward's p >= 1 branch).
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
