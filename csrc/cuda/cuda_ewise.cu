@@ -1,0 +1,109 @@
+/* cuda_ewise.cu: the elementwise kernels, generated from the op rows.
+ *
+ * One functor per NDL_UNARY_KERNEL / NDL_BINARY_KERNEL row of ops.def
+ * (Note [One op, one row]), calling the same ndl_<kernel>_f32/_f64 of
+ * scalar_ops.h the CPU loops call; the slot dispatches on the kernel code.
+ * Contiguous inputs take a flat loop, anything else the strided one. */
+#include "cuda_common.cuh"
+#include "scalar_ops.h"
+
+#define NDL_UNARY_KERNEL(KERNEL, kernel, numpy, method)                                            \
+    struct Un_##KERNEL {                                                                           \
+        __device__ float operator()(float x) const { return ndl_##kernel##_f32(x); }              \
+        __device__ double operator()(double x) const { return ndl_##kernel##_f64(x); }            \
+    };
+#define NDL_BINARY_KERNEL(KERNEL, kernel, numpy, method)                                           \
+    struct Bin_##KERNEL {                                                                          \
+        __device__ float operator()(float x, float y) const { return ndl_##kernel##_f32(x, y); }  \
+        __device__ double operator()(double x, double y) const                                     \
+        {                                                                                          \
+            return ndl_##kernel##_f64(x, y);                                                       \
+        }                                                                                          \
+    };
+#include "ops.def"
+
+// a is the view la (n elements), out compact (n)
+template <typename F, typename T>
+__global__ void unary_kernel(const T *a, ndl_layout la, T *out, int64_t n, int flat)
+{
+    F f;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = f(a[flat ? la.offset + i : ndl_cu_offset(la, i)]);
+}
+
+// a, b are views la, lb of one shape (n elements), out compact (n)
+template <typename F, typename T>
+__global__ void binary_kernel(const T *a, ndl_layout la, const T *b, ndl_layout lb, T *out,
+                              int64_t n, int flat)
+{
+    F f;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t ia = flat ? la.offset + i : ndl_cu_offset(la, i);
+        int64_t ib = flat ? lb.offset + i : ndl_cu_offset(lb, i);
+        out[i] = f(a[ia], b[ib]);
+    }
+}
+
+template <typename F>
+static int launch_unary(ndl_dtype dt, const void *a, const ndl_layout *la, void *out)
+{
+    int64_t n = ndl_cu_size(la);
+    int flat = ndl_cu_contiguous(la);
+    if (n == 0)
+        return NDL_OK;
+    if (dt == NDL_FLOAT64)
+        unary_kernel<F, double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+            (const double *)a, *la, (double *)out, n, flat);
+    else
+        unary_kernel<F, float><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>((const float *)a, *la,
+                                                                     (float *)out, n, flat);
+    NDL_CUDA_LAUNCHED();
+    return NDL_OK;
+}
+
+template <typename F>
+static int launch_binary(ndl_dtype dt, const void *a, const ndl_layout *la, const void *b,
+                         const ndl_layout *lb, void *out)
+{
+    int64_t n = ndl_cu_size(la);
+    int flat = ndl_cu_contiguous(la) && ndl_cu_contiguous(lb);
+    if (la->ndim != lb->ndim || n != ndl_cu_size(lb))
+        return NDL_EINVAL;
+    if (n == 0)
+        return NDL_OK;
+    if (dt == NDL_FLOAT64)
+        binary_kernel<F, double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+            (const double *)a, *la, (const double *)b, *lb, (double *)out, n, flat);
+    else
+        binary_kernel<F, float><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+            (const float *)a, *la, (const float *)b, *lb, (float *)out, n, flat);
+    NDL_CUDA_LAUNCHED();
+    return NDL_OK;
+}
+
+int ndl_cuda_unary(ndl_unop op, ndl_dtype dt, const void *a, const ndl_layout *la, void *out)
+{
+    switch (op) {
+#define NDL_UNARY_KERNEL(KERNEL, kernel, numpy, method)                                            \
+    case NDL_UN_##KERNEL:                                                                          \
+        return launch_unary<Un_##KERNEL>(dt, a, la, out);
+#include "ops.def"
+    default:
+        return NDL_EINVAL;
+    }
+}
+
+int ndl_cuda_binary(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *la,
+                    const void *b, const ndl_layout *lb, void *out)
+{
+    switch (op) {
+#define NDL_BINARY_KERNEL(KERNEL, kernel, numpy, method)                                           \
+    case NDL_BIN_##KERNEL:                                                                         \
+        return launch_binary<Bin_##KERNEL>(dt, a, la, b, lb, out);
+#include "ops.def"
+    default:
+        return NDL_EINVAL;
+    }
+}
