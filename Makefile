@@ -103,3 +103,13 @@ notebook-deps: deps data $(FORTUNES) $(DOT)
 .PHONY: strip-notebooks
 strip-notebooks: deps
 	$(PYTHON) notebooks/strip_outputs.py notebooks/*.ipynb
+
+# The GPU check (issue 10), for a machine with a CUDA GPU: build needle._cuda
+# with warnings as errors, refuse to pass vacuously without a GPU, then every
+# kernel against NumPy/the CPU (tests/test_cuda.py). Under 10 minutes on an H200.
+.PHONY: cuda-check
+cuda-check: deps
+	NEEDLE_CUDA=1 NEEDLE_WERROR=1 $(PYTHON) setup.py -q build_ext --inplace
+	$(PYTHON) -c "import needle as n, needle._cuda as c; \
+	  assert n.cuda().enabled(), c.probe(); print('cuda-check on', c.device_name())"
+	timeout 540 $(PYTHON) -m pytest -q -rs tests/test_cuda.py tests/test_cuda_headers.py

@@ -258,3 +258,33 @@ def test_optimizer_step_matches_cpu(device, opt):
         return [p.numpy() for p in model.parameters()]
     for got, want in zip(run(device), run(nd.cpu())):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_convolution_data_movement(device, dtype):
+    """pad, flip, dilate and im2col, on compact and transposed inputs."""
+    from needle import _C
+    x = rand(2, 7, 6, 3, dtype=dtype)
+    for a, v in ((nd.array(x, dtype=dtype, device=device), x),
+                 (nd.array(x.transpose(0, 2, 1, 3).copy(), dtype=dtype,
+                           device=device).permute((0, 2, 1, 3)), x)):
+        np.testing.assert_array_equal(a.pad(((0, 0), (1, 2), (2, 1), (0, 0))).numpy(),
+                                      np.pad(v, ((0, 0), (1, 2), (2, 1), (0, 0))))
+        np.testing.assert_array_equal(a.flip((1, 2)).numpy(), v[:, ::-1, ::-1])
+        got = _C._dilate(a, (1,), 1).numpy()
+        want = np.zeros((2, 14, 6, 3), dtype)
+        want[:, ::2] = v
+        np.testing.assert_array_equal(got, want)
+        want = np.zeros((2, 21, 18, 3), dtype)
+        want[:, ::3, ::3] = v
+        np.testing.assert_array_equal(_C._dilate(a, (1, 2), 2).numpy(), want)
+        for k, s in ((3, 1), (2, 2), (1, 3)):
+            ho, wo = (7 - k) // s + 1, (6 - k) // s + 1
+            ref = np.lib.stride_tricks.as_strided(
+                v, (2, ho, wo, k, k, 3),
+                (v.strides[0], v.strides[1] * s, v.strides[2] * s, v.strides[1], v.strides[2],
+                 v.strides[3])).reshape(2 * ho * wo, k * k * 3)
+            np.testing.assert_array_equal(_C._im2col(a, k, s).numpy().reshape(ref.shape), ref)
+            np.testing.assert_array_equal(
+                _C._im2col(a, k, s, 3, 5).numpy().reshape(5, -1), ref[3:8])

@@ -1,7 +1,6 @@
 /* cuda_backend.cu: the CUDA entry of the backend table (backend.h), and the
- * probe that says whether it can run here. The convolution slots (pad, flip,
- * dilate, im2col) are left NULL: the array layer composes them from fill and
- * copy (Note [Optional backend slots]). */
+ * probe that says whether it can run here. Every slot is filled, optional
+ * ones included. */
 #include <stdio.h>
 
 #include "cuda_common.cuh"
@@ -21,10 +20,10 @@ extern "C" const ndl_backend ndl_cuda_backend = {
     ndl_cuda_matmul,
     ndl_cuda_adam,
     ndl_cuda_sgd,
-    NULL, /* pad */
-    NULL, /* flip */
-    NULL, /* dilate */
-    NULL, /* im2col */
+    ndl_cuda_pad,
+    ndl_cuda_flip,
+    ndl_cuda_dilate,
+    ndl_cuda_im2col,
     ndl_cuda_last_error,
 };
 

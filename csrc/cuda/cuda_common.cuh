@@ -99,6 +99,14 @@ int ndl_cuda_adam(ndl_dtype dt, int64_t n, const void *p, const void *g, const v
                   const void *v, void *po, void *mo, void *vo, const ndl_adam_hparams *h);
 int ndl_cuda_sgd(ndl_dtype dt, int64_t n, const void *p, const void *g, const void *u, void *po,
                  void *uo, const ndl_sgd_hparams *h);
+int ndl_cuda_pad(ndl_dtype dt, const void *a, const ndl_layout *la, const int64_t *lo,
+                 const int64_t *hi, void *out);
+int ndl_cuda_flip(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t axes_mask,
+                  void *out);
+int ndl_cuda_dilate(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t axes_mask,
+                    int64_t d, void *out);
+int ndl_cuda_im2col(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k, int64_t s,
+                    int64_t row0, int64_t nrows, void *out);
 void *ndl_cuda_alloc(size_t nbytes);
 void ndl_cuda_free(void *ptr);
 int ndl_cuda_to_host(void *host_dst, const void *src, size_t nbytes);
