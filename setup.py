@@ -108,6 +108,7 @@ class build_ext_cuda(build_ext):
                     subprocess.run(cmd, check=True, env=env)
                 objs.append(obj)
             ext.extra_objects = objs
+            ext.depends = ext.depends + cu + objs  # a rebuilt object relinks the module
         super().build_extension(ext)
 
 

@@ -182,6 +182,9 @@ def test_binary_and_scalar_kernels(device, dtype, name):
         np.testing.assert_allclose(_binary(a, 1.5, name).numpy(),
                                    ref(x, dtype == "float32" and np.float32(1.5) or 1.5)
                                    .astype(dtype), **tol(dtype))
+    if name in ("sub", "truediv", "add", "mul"):  # reflected: the scalar on the left
+        np.testing.assert_allclose(_binary(1.5, a, name).numpy(),
+                                   _binary(np.asarray(1.5, dtype), x, name), **tol(dtype))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -3,7 +3,14 @@
  * One functor per NDL_UNARY_KERNEL / NDL_BINARY_KERNEL row of ops.def
  * (Note [One op, one row]), calling the same ndl_<kernel>_f32/_f64 of
  * scalar_ops.h the CPU loops call; the slot dispatches on the kernel code.
- * Contiguous inputs take a flat loop, anything else the strided one. */
+ * Contiguous inputs take a flat loop, anything else the strided one.
+ *
+ * Note [Host scalars]
+ *   The array layer passes the scalar of `a + 2.0` as a pointer to one
+ *   float on the *host* stack, with all strides 0 (ndl_array_scalar,
+ *   kernel_module.c), as the CPU contract allows. A GPU cannot read it, so an
+ *   operand whose strides are all 0 is looked up (cudaPointerGetAttributes):
+ *   host memory is read here and passed to the kernel by value. */
 #include "cuda_common.cuh"
 #include "scalar_ops.h"
 
@@ -63,6 +70,42 @@ static int launch_unary(ndl_dtype dt, const void *a, const ndl_layout *la, void 
     return NDL_OK;
 }
 
+// a is the view la (n elements); s the other operand, on the left when s_left
+template <typename F, typename T>
+__global__ void binary_scalar_kernel(const T *a, ndl_layout la, T s, int s_left, T *out,
+                                     int64_t n, int flat)
+{
+    F f;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        T x = a[flat ? la.offset + i : ndl_cu_offset(la, i)];
+        out[i] = s_left ? f(s, x) : f(x, s);
+    }
+}
+
+/* 1 when p (the buffer of a view with all strides 0) is host memory. */
+static int is_host_scalar(const void *p, const ndl_layout *l)
+{
+    cudaPointerAttributes attr;
+    for (int d = 0; d < l->ndim; d++)
+        if (l->strides[d] != 0)
+            return 0;
+    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+        cudaGetLastError(); /* NOTE: older runtimes fail on plain host pointers */
+        return 1;
+    }
+    return attr.type == cudaMemoryTypeUnregistered || attr.type == cudaMemoryTypeHost;
+}
+
+template <typename F, typename T>
+static void launch_scalar(const void *a, const ndl_layout *la, const void *s, int s_left,
+                          void *out, int64_t n)
+{
+    binary_scalar_kernel<F, T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+        (const T *)a, *la, *(const T *)s, s_left, (T *)out, n,
+        ndl_cu_contiguous(la));
+}
+
 template <typename F>
 static int launch_binary(ndl_dtype dt, const void *a, const ndl_layout *la, const void *b,
                          const ndl_layout *lb, void *out)
@@ -73,7 +116,17 @@ static int launch_binary(ndl_dtype dt, const void *a, const ndl_layout *la, cons
         return NDL_EINVAL;
     if (n == 0)
         return NDL_OK;
-    if (dt == NDL_FLOAT64)
+    int host_a = is_host_scalar(a, la), host_b = !host_a && is_host_scalar(b, lb);
+    if (host_a || host_b) {
+        const ndl_layout *l = host_a ? lb : la, *ls = host_a ? la : lb;
+        const void *arr = host_a ? b : a;
+        size_t isz = dt == NDL_FLOAT64 ? 8 : 4;
+        const char *s = (const char *)(host_a ? a : b) + ls->offset * isz;
+        if (dt == NDL_FLOAT64)
+            launch_scalar<F, double>(arr, l, s, host_a, out, n);
+        else
+            launch_scalar<F, float>(arr, l, s, host_a, out, n);
+    } else if (dt == NDL_FLOAT64)
         binary_kernel<F, double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
             (const double *)a, *la, (const double *)b, *lb, (double *)out, n, flat);
     else
