@@ -56,17 +56,21 @@ void *ndl_cuda_alloc(size_t nbytes)
     } else if (cudaMalloc(&p, sz) != cudaSuccess) {
         cudaGetLastError(); /* clear it: the retry decides */
         release_cache();
-        if (cudaMalloc(&p, sz) != cudaSuccess) {
-            cudaError_t err = cudaGetLastError();
+        cudaError_t err = cudaMalloc(&p, sz);
+        if (err == cudaErrorMemoryAllocation) {
+            cudaGetLastError();
             size_t free_b = 0, total_b = 0;
             cudaMemGetInfo(&free_b, &total_b);
             char msg[400];
             snprintf(msg, sizeof msg,
                      "CUDA out of memory: asked %zu bytes (%.1f MiB), %zu of %zu bytes free "
-                     "(%.1f MiB), %zu bytes held by needle arrays (%s)",
-                     sz, sz / 1048576.0, free_b, total_b, free_b / 1048576.0, bytes_live,
-                     cudaGetErrorString(err));
+                     "(%.1f MiB), %zu bytes held by needle arrays",
+                     sz, sz / 1048576.0, free_b, total_b, free_b / 1048576.0, bytes_live);
             ndl_cuda_set_error(msg);
+            return NULL;
+        }
+        if (err != cudaSuccess) { /* not memory: a broken context, a lost device, ... */
+            ndl_cuda_fail(err, __FILE__, __LINE__, "cudaMalloc");
             return NULL;
         }
     }
