@@ -113,3 +113,4 @@ cuda-check: deps
 	$(PYTHON) -c "import needle as n, needle._cuda as c; \
 	  assert n.cuda().enabled(), c.probe(); print('cuda-check on', c.device_name())"
 	timeout 540 $(PYTHON) -m pytest -q -rs tests/test_cuda.py tests/test_cuda_headers.py
+	$(PYTHON) benchmarks/bench_cuda.py --quick
