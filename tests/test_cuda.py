@@ -291,3 +291,15 @@ def test_convolution_data_movement(device, dtype):
             np.testing.assert_array_equal(_C._im2col(a, k, s).numpy().reshape(ref.shape), ref)
             np.testing.assert_array_equal(
                 _C._im2col(a, k, s, 3, 5).numpy().reshape(5, -1), ref[3:8])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_moves_between_devices_and_refuses_mixing(device):
+    x = rand(3, 4)
+    a = nd.array(x, device=nd.cpu()).to(device)
+    assert a.device == device
+    np.testing.assert_array_equal(a.to(nd.cpu()).numpy(), x)
+    np.testing.assert_array_equal(nd.array(a.permute((1, 0)), device=nd.cpu()).numpy(), x.T)
+    if device != nd.cpu():
+        with pytest.raises(RuntimeError, match="different devices"):
+            a + nd.array(x, device=nd.cpu())
