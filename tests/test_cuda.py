@@ -79,6 +79,20 @@ def test_module_is_built_where_nvcc_is():
     assert set(cu.memory_stats()) == {"allocated", "cached"}
 
 
+def test_default_device_can_be_cuda():
+    """NEEDLE_DEFAULT_DEVICE=cuda (make cuda-check) puts device-less tensors on cuda()."""
+    code = ("import needle as ndl, needle.init as init\n"
+            "assert ndl.default_device() == ndl.cuda(), ndl.default_device()\n"
+            "try:\n    t = init.rand(2)\nexcept RuntimeError as e:\n    print('refused', e)\n"
+            "else:\n    print('on', t.device)\n")
+    env = dict(os.environ, NEEDLE_DEFAULT_DEVICE="cuda")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("on cuda()" if WHY is None else "refused"), out.stdout
+    assert nd.default_device() == nd.cpu()  # unset here
+
+
 def test_forced_cuda_without_nvcc_fails_the_build():
     env = dict(os.environ, NEEDLE_CUDA="1", CUDA_HOME="/nonexistent-cuda")
     out = subprocess.run([sys.executable, "setup.py", "--name"], capture_output=True, text=True,

@@ -17,6 +17,7 @@
  * [Device factories], device.h).
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "device.h"
@@ -125,6 +126,18 @@ DeviceObject *ndl_device_cpu_numpy(void)
     return cpu_numpy_dev;
 }
 
+DeviceObject *ndl_device_default(void)
+{
+    static int read;
+    static DeviceObject *dflt;
+    if (!read) {
+        const char *e = getenv("NEEDLE_DEFAULT_DEVICE");
+        read = 1;
+        dflt = (e != NULL && strcmp(e, "cuda") == 0) ? ndl_device_cuda() : NULL;
+    }
+    return dflt != NULL ? dflt : ndl_device_cpu();
+}
+
 int ndl_device_check_enabled(DeviceObject *dev)
 {
     if (dev == cuda_dev && !cuda_probed)
@@ -147,7 +160,7 @@ DeviceObject *ndl_device_resolve(PyObject *obj)
 {
     DeviceObject *dev;
     if (obj == NULL || obj == Py_None)
-        dev = ndl_device_cpu();
+        dev = ndl_device_default();
     else if (Device_Check(obj))
         dev = (DeviceObject *)obj;
     else {
