@@ -30,8 +30,11 @@ static PyObject *cu_probe(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     char buf[256];
     const char *why;
-    Py_BEGIN_ALLOW_THREADS why = ndl_cuda_probe(buf, sizeof buf);
-    Py_END_ALLOW_THREADS if (why == NULL) Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS
+    why = ndl_cuda_probe(buf, sizeof buf);
+    Py_END_ALLOW_THREADS
+    if (why == NULL)
+        Py_RETURN_NONE;
     return PyUnicode_FromString(why);
 }
 
@@ -46,8 +49,11 @@ static PyObject *cu_device_name(PyObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *cu_synchronize(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     int st;
-    Py_BEGIN_ALLOW_THREADS st = ndl_cuda_synchronize();
-    Py_END_ALLOW_THREADS if (st != NDL_OK) return raise_last();
+    Py_BEGIN_ALLOW_THREADS
+    st = ndl_cuda_synchronize();
+    Py_END_ALLOW_THREADS
+    if (st != NDL_OK)
+        return raise_last();
     Py_RETURN_NONE;
 }
 
