@@ -75,10 +75,11 @@ static void cuda_probe(DeviceObject *dev)
         int missing = PyErr_ExceptionMatches(PyExc_ModuleNotFoundError);
         PyErr_Fetch(&type, &value, &tb);
         s = value ? PyObject_Str(value) : NULL;
+        const char *msg = s ? PyUnicode_AsUTF8(s) : NULL;
         PyErr_Clear();
         snprintf(cuda_why, sizeof cuda_why, missing ? "needle was built without CUDA (%s; "
                  "rebuild with nvcc on PATH, or NEEDLE_CUDA=1 to make that an error)" :
-                 "needle._cuda failed to load (%s)", s ? PyUnicode_AsUTF8(s) : "?");
+                 "needle._cuda failed to load (%s)", msg ? msg : "?");
         PyErr_Clear();
         goto fail;
     }
