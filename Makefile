@@ -141,3 +141,19 @@ notebook-deps: deps data $(FORTUNES) $(DOT)
 .PHONY: strip-notebooks
 strip-notebooks: deps
 	$(PYTHON) notebooks/strip_outputs.py notebooks/*.ipynb
+
+# The GPU check (issue 10), for a machine with a CUDA GPU: build needle._cuda
+# with warnings as errors, refuse to pass vacuously without a GPU, every kernel
+# against NumPy/the CPU (tests/test_cuda.py), the cuda benchmarks, then the op,
+# module, optimizer and model tests with cuda() as the default device. Meant to
+# fit 10 minutes on an H200 (not yet timed on one).
+CUDA_SUITE = tests/test_autograd_ops.py tests/test_nn_basic.py tests/test_optim.py \
+  tests/test_nn_conv.py tests/test_nn_sequence.py tests/test_models.py
+.PHONY: cuda-check
+cuda-check: deps
+	NEEDLE_CUDA=1 NEEDLE_WERROR=1 $(PYTHON) setup.py -q build_ext --inplace
+	$(PYTHON) -c "import needle as n, needle._cuda as c; \
+	  assert n.cuda().enabled(), c.probe(); print('cuda-check on', c.device_name())"
+	timeout 180 $(PYTHON) -m pytest -q -rs tests/test_cuda.py tests/test_cuda_headers.py
+	timeout 60 $(PYTHON) benchmarks/bench_cuda.py --quick
+	NEEDLE_DEFAULT_DEVICE=cuda timeout 300 $(PYTHON) -m pytest -q -p no:cacheprovider $(CUDA_SUITE)

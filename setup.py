@@ -4,12 +4,15 @@ Environment switches:
   NEEDLE_WERROR=1   warnings are errors (CI)
   NEEDLE_ASAN=1     build with AddressSanitizer + UBSan (see `make asan`)
   NEEDLE_DEBUG=1    -O0 -g, asserts on
+  NEEDLE_CUDA=0     do not build needle._cuda; =1: nvcc missing is an error;
+                    unset: build it when nvcc is found (CUDA block below)
 """
 import glob
 import os
 
 import numpy as np
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -49,4 +52,83 @@ ext = Extension(
     depends=glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.def", recursive=True),
 )
 
-setup(ext_modules=[ext])
+# ---- CUDA: needle._cuda (csrc/cuda) ---------------------------------------
+# The .cu kernels are compiled by nvcc (sm_80, sm_90, PTX for newer GPUs),
+# module.c by the C compiler; cudart is linked statically, so the module
+# imports on a machine with no driver and reports why in probe().
+CUDA_ARCHS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+              "-gencode=arch=compute_90,code=compute_90"]
+
+
+def cuda_home():
+    """The CUDA toolkit root (CUDA_HOME, else from nvcc's location), or None."""
+    import shutil
+    import subprocess
+    if os.environ.get("NEEDLE_CUDA", None) == "0":
+        return None
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    nvcc = os.path.join(home, "bin", "nvcc") if home else shutil.which("nvcc")
+    if nvcc and os.path.exists(nvcc) and not home:
+        # NOTE: nvcc may be a wrapper script; ask it where its toolkit is.
+        out = subprocess.run([nvcc, "-dryrun", "-c", "x.cu"], capture_output=True, text=True)
+        tops = [ln.split("=", 1)[1].strip() for ln in out.stderr.splitlines()
+                if ln.startswith("#$ TOP=")]
+        home = os.path.normpath(tops[0]) if tops else os.path.dirname(
+            os.path.dirname(os.path.realpath(nvcc)))
+    if not home or not os.path.exists(os.path.join(home, "bin", "nvcc")):
+        if _flag("NEEDLE_CUDA"):
+            raise SystemExit("NEEDLE_CUDA=1 but nvcc was not found (set CUDA_HOME or PATH)")
+        return None
+    return home
+
+
+class build_ext_cuda(build_ext):
+    """build_ext that compiles an extension's .cu sources with nvcc first."""
+
+    def build_extension(self, ext):
+        cu = [s for s in ext.sources if s.endswith(".cu")]
+        if cu:
+            import subprocess
+            ext.sources = [s for s in ext.sources if not s.endswith(".cu")]
+            home, objs = ext.cuda_home, []
+            flags = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-Icsrc", "-Icsrc/ndarray",
+                     "-Icsrc/cuda", "--expt-relaxed-constexpr", "-lineinfo",
+                     "-Xcompiler", "-Wall,-Wextra,-Wno-unused-parameter"] + CUDA_ARCHS
+            if _flag("NEEDLE_WERROR"):  # host and device warnings are errors (CI)
+                flags += ["-Werror=all-warnings", "-Xcompiler", "-Werror"]
+            env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+            for src in cu:
+                obj = os.path.join(self.build_temp, src[:-3] + ".o")
+                os.makedirs(os.path.dirname(obj), exist_ok=True)
+                deps = [src] + ext.depends
+                if self.force or not os.path.exists(obj) or any(
+                        os.path.getmtime(d) > os.path.getmtime(obj) for d in deps):
+                    cmd = [os.path.join(home, "bin", "nvcc"), "-c", src, "-o", obj] + flags
+                    print(" ".join(cmd))
+                    subprocess.run(cmd, check=True, env=env)
+                objs.append(obj)
+            ext.extra_objects = objs
+            ext.depends = ext.depends + cu + objs  # a rebuilt object relinks the module
+        super().build_extension(ext)
+
+
+extensions = [ext]
+CUDA_HOME = cuda_home()
+if CUDA_HOME is not None:
+    cuda_lib = next((d for d in ("lib64", "lib", "lib/x64") if os.path.exists(
+        os.path.join(CUDA_HOME, d, "libcudart_static.a"))), "lib64")
+    cuda_ext = Extension(
+        "needle._cuda",
+        sources=sorted(glob.glob("csrc/cuda/*.c") + glob.glob("csrc/cuda/*.cu")),
+        include_dirs=["csrc", "csrc/ndarray", "csrc/cuda", os.path.join(CUDA_HOME, "include")],
+        extra_compile_args=[a for a in compile_args if not a.startswith("-fsanitize")],
+        extra_link_args=["-pthread"],
+        library_dirs=[os.path.join(CUDA_HOME, cuda_lib)],
+        libraries=["cudart_static", "dl", "rt", "stdc++"],
+        depends=glob.glob("csrc/cuda/*.h") + glob.glob("csrc/cuda/*.cuh")
+        + glob.glob("csrc/ndarray/*.h") + ["csrc/ops.def"],
+    )
+    cuda_ext.cuda_home = CUDA_HOME
+    extensions.append(cuda_ext)
+
+setup(ext_modules=extensions, cmdclass={"build_ext": build_ext_cuda})

@@ -17,6 +17,10 @@ static PyObject *device_or_null(DeviceObject *d) { return d ? Py_NewRef(d) : NUL
 
 static PyObject *m_cpu(PyObject *m, PyObject *u) { return device_or_null(ndl_device_cpu()); }
 static PyObject *m_cuda(PyObject *m, PyObject *u) { return device_or_null(ndl_device_cuda()); }
+static PyObject *m_default(PyObject *m, PyObject *u)
+{
+    return device_or_null(ndl_device_default());
+}
 static PyObject *m_cpu_numpy(PyObject *m, PyObject *u)
 {
     return device_or_null(ndl_device_cpu_numpy());
@@ -83,7 +87,8 @@ static PyMethodDef module_methods[] = {
     {"cpu", m_cpu, METH_NOARGS, "The CPU device."},
     {"cuda", m_cuda, METH_NOARGS, "The CUDA device (enabled() is False without a GPU backend)."},
     {"cpu_numpy", m_cpu_numpy, METH_NOARGS, "The host device with NumPy kernel functions."},
-    {"default_device", m_cpu, METH_NOARGS, "The default device: cpu()."},
+    {"default_device", m_default, METH_NOARGS,
+     "The default device: cpu() (cuda() under NEEDLE_DEFAULT_DEVICE=cuda)."},
     {"all_devices", m_all_devices, METH_NOARGS, "[cpu(), cuda(), cpu_numpy()]"},
     {"set_num_threads", m_set_num_threads, METH_O, "Set the number of CPU kernel threads."},
     {"get_num_threads", m_get_num_threads, METH_NOARGS, "Number of CPU kernel threads."},

@@ -19,7 +19,7 @@ from .autograd import Tensor
 
 
 def _device(device):
-    return ndl.cpu() if device is None else device
+    return ndl.default_device() if device is None else device
 
 
 def rand(*shape, low=0.0, high=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:

@@ -117,6 +117,11 @@ typedef struct ndl_backend {
      * rows with one (n, y). */
     int (*im2col)(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k, int64_t s,
                   int64_t row0, int64_t nrows, void *out);
+
+    /* ---- errors ----------------------------------------------------------- */
+    /* (optional) The message of this thread's last NDL_EDEVICE status or
+     * failed alloc ("file:line: call: CUDA message"); NULL slot: none. */
+    const char *(*last_error)(void);
 } ndl_backend;
 
 extern const ndl_backend ndl_cpu_backend;

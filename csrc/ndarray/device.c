@@ -16,6 +16,8 @@
  * arrays reach the array layer through a table it fills at init (Note
  * [Device factories], device.h).
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "device.h"
@@ -47,10 +49,69 @@ DeviceObject *ndl_device_cpu(void)
     return cpu_dev;
 }
 
+/* Note [The cuda device]
+ *   The CUDA backend lives in a separate module, needle._cuda (csrc/cuda),
+ *   built only where nvcc is. On first use (enabled(), or any check) the
+ *   cuda device imports it, asks probe() whether a GPU can run, and takes
+ *   its backend table from the capsule; otherwise it stays disabled and
+ *   cuda_why says why (no module built, no driver, no GPU), which every
+ *   later use raises. Importing needle never touches CUDA. */
+static int cuda_probed;
+static char cuda_why[512];
+static const char *(*cuda_last_error)(void);
+
+static const char *cuda_error_message(void)
+{
+    return cuda_last_error ? cuda_last_error() : "device error";
+}
+
+static void cuda_probe(DeviceObject *dev)
+{
+    PyObject *mod, *why = NULL, *cap = NULL, *type = NULL, *value = NULL, *tb = NULL, *s = NULL;
+    const ndl_backend *be;
+    cuda_probed = 1;
+    mod = PyImport_ImportModule("needle._cuda");
+    if (mod == NULL) {
+        int missing = PyErr_ExceptionMatches(PyExc_ModuleNotFoundError);
+        PyErr_Fetch(&type, &value, &tb);
+        s = value ? PyObject_Str(value) : NULL;
+        const char *msg = s ? PyUnicode_AsUTF8(s) : NULL;
+        PyErr_Clear();
+        snprintf(cuda_why, sizeof cuda_why, missing ? "needle was built without CUDA (%s; "
+                 "rebuild with nvcc on PATH, or NEEDLE_CUDA=1 to make that an error)" :
+                 "needle._cuda failed to load (%s)", msg ? msg : "?");
+        PyErr_Clear();
+        goto fail;
+    }
+    why = PyObject_CallMethod(mod, "probe", NULL);
+    if (why == NULL || why != Py_None) {
+        const char *w = why ? PyUnicode_AsUTF8(why) : NULL;
+        snprintf(cuda_why, sizeof cuda_why, "%s", w ? w : "needle._cuda.probe() failed");
+        PyErr_Clear();
+        goto fail;
+    }
+    cap = PyObject_GetAttrString(mod, "backend");
+    be = cap ? PyCapsule_GetPointer(cap, "needle._cuda.backend") : NULL;
+    if (be == NULL) {
+        snprintf(cuda_why, sizeof cuda_why, "needle._cuda has no backend capsule");
+        PyErr_Clear();
+        goto fail;
+    }
+    cuda_last_error = be->last_error;
+    ndl_device_error_hook = cuda_error_message;
+    dev->backend = be;
+fail:
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    Py_XDECREF(s);
+    Py_XDECREF(cap);
+    Py_XDECREF(why);
+    Py_XDECREF(mod); /* NOTE: the module stays in sys.modules, so be stays valid */
+}
+
 DeviceObject *ndl_device_cuda(void)
 {
-    /* NOTE: no CUDA backend is linked yet: the device exists and reports
-     * enabled() False; every use raises RuntimeError (ndl_device_check_enabled). */
     if (cuda_dev == NULL)
         cuda_dev = device_new("cuda", NULL, NULL);
     return cuda_dev;
@@ -66,8 +127,26 @@ DeviceObject *ndl_device_cpu_numpy(void)
     return cpu_numpy_dev;
 }
 
+DeviceObject *ndl_device_default(void)
+{
+    static int read;
+    static DeviceObject *dflt;
+    if (!read) {
+        const char *e = getenv("NEEDLE_DEFAULT_DEVICE");
+        read = 1;
+        dflt = (e != NULL && strcmp(e, "cuda") == 0) ? ndl_device_cuda() : NULL;
+    }
+    return dflt != NULL ? dflt : ndl_device_cpu();
+}
+
 int ndl_device_check_enabled(DeviceObject *dev)
 {
+    if (dev == cuda_dev && !cuda_probed)
+        cuda_probe(dev);
+    if (dev->backend == NULL && dev == cuda_dev) {
+        PyErr_Format(PyExc_RuntimeError, "device cuda() is not available: %s", cuda_why);
+        return -1;
+    }
     if (dev->backend == NULL) {
         PyErr_Format(PyExc_RuntimeError,
                      "device %U() is not available: needle was built without its backend or "
@@ -82,7 +161,7 @@ DeviceObject *ndl_device_resolve(PyObject *obj)
 {
     DeviceObject *dev;
     if (obj == NULL || obj == Py_None)
-        dev = ndl_device_cpu();
+        dev = ndl_device_default();
     else if (Device_Check(obj))
         dev = (DeviceObject *)obj;
     else {
@@ -202,6 +281,8 @@ static PyObject *Device_getattro(DeviceObject *self, PyObject *attr)
 
 static PyObject *Device_enabled(DeviceObject *self, PyObject *Py_UNUSED(ignored))
 {
+    if (self == cuda_dev && !cuda_probed)
+        cuda_probe(self);
     return PyBool_FromLong(self->backend != NULL);
 }
 

@@ -27,6 +27,9 @@ extern PyTypeObject Device_Type;
 DeviceObject *ndl_device_cpu(void);
 DeviceObject *ndl_device_cuda(void);
 DeviceObject *ndl_device_cpu_numpy(void);
+/* cpu(), or cuda() when NEEDLE_DEFAULT_DEVICE=cuda (read once): the device of
+ * arrays and tensors that name none (make cuda-check runs the suite so). */
+DeviceObject *ndl_device_default(void);
 /* Resolve a `device=` argument: None -> default device (cpu). Returns a
  * borrowed reference, or NULL with TypeError/RuntimeError (disabled device). */
 DeviceObject *ndl_device_resolve(PyObject *obj);

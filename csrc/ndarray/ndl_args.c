@@ -254,12 +254,17 @@ void ndl_layout_broadcast(const ndl_layout *a, int ndim, const int64_t *shape, n
 
 /* ---- kernel status ------------------------------------------------------ */
 
+const char *(*ndl_device_error_hook)(void);
+
 int ndl_raise_status(int status, const char *what)
 {
     if (status == NDL_OK)
         return 0;
     if (status == NDL_ENOMEM)
         PyErr_Format(PyExc_MemoryError, "%s: out of memory", what);
+    else if (status == NDL_EDEVICE)
+        PyErr_Format(PyExc_RuntimeError, "%s: %s", what,
+                     ndl_device_error_hook ? ndl_device_error_hook() : "device error");
     else
         PyErr_Format(PyExc_RuntimeError, "%s: kernel failed (status %d)", what, status);
     return -1;

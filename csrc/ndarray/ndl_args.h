@@ -65,5 +65,7 @@ void ndl_layout_broadcast(const ndl_layout *a, int ndim, const int64_t *shape, n
 /* 0 for NDL_OK; else -1 with MemoryError (NDL_ENOMEM) or RuntimeError, naming
  * `what`. */
 int ndl_raise_status(int status, const char *what);
+/* The message of the last NDL_EDEVICE (set when the cuda device loads). */
+extern const char *(*ndl_device_error_hook)(void);
 
 #endif /* NDL_ARGS_H */

@@ -42,7 +42,9 @@ typedef struct {
     int64_t offset;                /* in elements from the buffer start */
 } ndl_layout;
 
-typedef enum { NDL_OK = 0, NDL_ENOMEM = 1, NDL_EINVAL = 2 } ndl_status;
+/* NDL_EDEVICE: a device call failed (CUDA); the backend's last_error()
+ * has the message (Note [CUDA errors], csrc/cuda/cuda_common.cuh). */
+typedef enum { NDL_OK = 0, NDL_ENOMEM = 1, NDL_EINVAL = 2, NDL_EDEVICE = 3 } ndl_status;
 
 /* Kernel codes, one per row of ../ops.def (Note [One op, one row]); the
  * per-element math of NDL_UN_<K> / NDL_BIN_<K> is ndl_<k>_f32/_f64 in

@@ -156,8 +156,9 @@ StorageObject *ndl_storage_new(const ndl_backend *backend, ndl_dtype dt, int64_t
     self->data = storage_alloc(backend, (size_t)nbytes);
     if (self->data == NULL) {
         Py_DECREF(self);
-        PyErr_Format(PyExc_MemoryError, "cannot allocate %lld elements on %s", (long long)size,
-                     backend->name);
+        PyErr_Format(PyExc_MemoryError, "cannot allocate %lld elements on %s%s%s",
+                     (long long)size, backend->name, backend->last_error ? ": " : "",
+                     backend->last_error ? backend->last_error() : "");
         return NULL;
     }
     return self;

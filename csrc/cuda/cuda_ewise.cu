@@ -1,0 +1,162 @@
+/* cuda_ewise.cu: the elementwise kernels, generated from the op rows.
+ *
+ * One functor per NDL_UNARY_KERNEL / NDL_BINARY_KERNEL row of ops.def
+ * (Note [One op, one row]), calling the same ndl_<kernel>_f32/_f64 of
+ * scalar_ops.h the CPU loops call; the slot dispatches on the kernel code.
+ * Contiguous inputs take a flat loop, anything else the strided one.
+ *
+ * Note [Host scalars]
+ *   The array layer passes the scalar of `a + 2.0` as a pointer to one
+ *   float on the *host* stack, with all strides 0 (ndl_array_scalar,
+ *   kernel_module.c), as the CPU contract allows. A GPU cannot read it, so an
+ *   operand whose strides are all 0 is looked up (cudaPointerGetAttributes):
+ *   host memory is read here and passed to the kernel by value. */
+#include "cuda_common.cuh"
+#include "scalar_ops.h"
+
+#define NDL_UNARY_KERNEL(KERNEL, kernel, numpy, method)                                            \
+    struct Un_##KERNEL {                                                                           \
+        __device__ float operator()(float x) const { return ndl_##kernel##_f32(x); }              \
+        __device__ double operator()(double x) const { return ndl_##kernel##_f64(x); }            \
+    };
+#define NDL_BINARY_KERNEL(KERNEL, kernel, numpy, method)                                           \
+    struct Bin_##KERNEL {                                                                          \
+        __device__ float operator()(float x, float y) const { return ndl_##kernel##_f32(x, y); }  \
+        __device__ double operator()(double x, double y) const                                     \
+        {                                                                                          \
+            return ndl_##kernel##_f64(x, y);                                                       \
+        }                                                                                          \
+    };
+#include "ops.def"
+
+// a is the view la (n elements), out compact (n)
+template <typename F, typename T>
+__global__ void unary_kernel(const T *a, ndl_layout la, T *out, int64_t n, int flat)
+{
+    F f;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = f(a[flat ? la.offset + i : ndl_cu_offset(la, i)]);
+}
+
+// a, b are views la, lb of one shape (n elements), out compact (n)
+template <typename F, typename T>
+__global__ void binary_kernel(const T *a, ndl_layout la, const T *b, ndl_layout lb, T *out,
+                              int64_t n, int flat)
+{
+    F f;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t ia = flat ? la.offset + i : ndl_cu_offset(la, i);
+        int64_t ib = flat ? lb.offset + i : ndl_cu_offset(lb, i);
+        out[i] = f(a[ia], b[ib]);
+    }
+}
+
+template <typename F>
+static int launch_unary(ndl_dtype dt, const void *a, const ndl_layout *la, void *out)
+{
+    int64_t n = ndl_cu_size(la);
+    int flat = ndl_cu_contiguous(la);
+    if (n == 0)
+        return NDL_OK;
+    if (dt == NDL_FLOAT64)
+        unary_kernel<F, double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+            (const double *)a, *la, (double *)out, n, flat);
+    else
+        unary_kernel<F, float><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>((const float *)a, *la,
+                                                                     (float *)out, n, flat);
+    NDL_CUDA_LAUNCHED();
+    return NDL_OK;
+}
+
+// a is the view la (n elements); s the other operand, on the left when s_left
+template <typename F, typename T>
+__global__ void binary_scalar_kernel(const T *a, ndl_layout la, T s, int s_left, T *out,
+                                     int64_t n, int flat)
+{
+    F f;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        T x = a[flat ? la.offset + i : ndl_cu_offset(la, i)];
+        out[i] = s_left ? f(s, x) : f(x, s);
+    }
+}
+
+/* 1 when p (the buffer of a view with all strides 0) is host memory. */
+static int is_host_scalar(const void *p, const ndl_layout *l)
+{
+    cudaPointerAttributes attr;
+    for (int d = 0; d < l->ndim; d++)
+        if (l->strides[d] != 0)
+            return 0;
+    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+        cudaGetLastError(); /* NOTE: older runtimes fail on plain host pointers */
+        return 1;
+    }
+    return attr.type == cudaMemoryTypeUnregistered || attr.type == cudaMemoryTypeHost;
+}
+
+template <typename F, typename T>
+static void launch_scalar(const void *a, const ndl_layout *la, const void *s, int s_left,
+                          void *out, int64_t n)
+{
+    binary_scalar_kernel<F, T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+        (const T *)a, *la, *(const T *)s, s_left, (T *)out, n,
+        ndl_cu_contiguous(la));
+}
+
+template <typename F>
+static int launch_binary(ndl_dtype dt, const void *a, const ndl_layout *la, const void *b,
+                         const ndl_layout *lb, void *out)
+{
+    int64_t n = ndl_cu_size(la);
+    int flat = ndl_cu_contiguous(la) && ndl_cu_contiguous(lb);
+    if (la->ndim != lb->ndim || n != ndl_cu_size(lb))
+        return NDL_EINVAL;
+    if (n == 0)
+        return NDL_OK;
+    int host_a = is_host_scalar(a, la), host_b = !host_a && is_host_scalar(b, lb);
+    if (host_a || host_b) {
+        const ndl_layout *l = host_a ? lb : la, *ls = host_a ? la : lb;
+        const void *arr = host_a ? b : a;
+        size_t isz = dt == NDL_FLOAT64 ? 8 : 4;
+        const char *s = (const char *)(host_a ? a : b) + ls->offset * isz;
+        if (dt == NDL_FLOAT64)
+            launch_scalar<F, double>(arr, l, s, host_a, out, n);
+        else
+            launch_scalar<F, float>(arr, l, s, host_a, out, n);
+    } else if (dt == NDL_FLOAT64)
+        binary_kernel<F, double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+            (const double *)a, *la, (const double *)b, *lb, (double *)out, n, flat);
+    else
+        binary_kernel<F, float><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+            (const float *)a, *la, (const float *)b, *lb, (float *)out, n, flat);
+    NDL_CUDA_LAUNCHED();
+    return NDL_OK;
+}
+
+int ndl_cuda_unary(ndl_unop op, ndl_dtype dt, const void *a, const ndl_layout *la, void *out)
+{
+    switch (op) {
+#define NDL_UNARY_KERNEL(KERNEL, kernel, numpy, method)                                            \
+    case NDL_UN_##KERNEL:                                                                          \
+        return launch_unary<Un_##KERNEL>(dt, a, la, out);
+#include "ops.def"
+    default:
+        return NDL_EINVAL;
+    }
+}
+
+int ndl_cuda_binary(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *la,
+                    const void *b, const ndl_layout *lb, void *out)
+{
+    switch (op) {
+#define NDL_BINARY_KERNEL(KERNEL, kernel, numpy, method)                                           \
+    case NDL_BIN_##KERNEL:                                                                         \
+        return launch_binary<Bin_##KERNEL>(dt, a, la, b, lb, out);
+#include "ops.def"
+    default:
+        return NDL_EINVAL;
+    }
+}

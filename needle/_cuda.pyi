@@ -1,0 +1,10 @@
+"""Stubs for needle._cuda, the CUDA backend module (csrc/cuda/module.c)."""
+from typing import Dict, Optional
+
+backend: object  # PyCapsule "needle._cuda.backend": the ndl_backend table
+
+def probe() -> Optional[str]: ...  # None when a GPU is usable, else why not
+def device_name() -> str: ...
+def synchronize() -> None: ...
+def empty_cache() -> None: ...
+def memory_stats() -> Dict[str, int]: ...  # {"allocated": bytes, "cached": bytes}

@@ -1,0 +1,319 @@
+"""The cuda device (issue 10): its build, when it is enabled and what it says
+when it is not, and every kernel slot against NumPy. The kernel tests are
+parametrized over devices: the cpu cases run everywhere (they check the tests
+themselves), the cuda cases only where a GPU is usable, and say why not."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import needle as ndl
+import needle.backend_ndarray as nd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cuda_unusable():
+    """None when the cuda device can run kernels here, else why not."""
+    try:
+        import needle._cuda as cu
+    except ImportError as e:
+        return f"needle._cuda is not built ({e})"
+    return cu.probe()
+
+
+WHY = _cuda_unusable()
+DEVICES = [pytest.param(nd.cpu(), id="cpu"),
+           pytest.param(nd.cuda(), id="cuda",
+                        marks=pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}"))]
+DTYPES = ["float32", "float64"]
+RNG = np.random.default_rng(0)
+
+
+def rand(*shape, dtype="float32"):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+def tol(dtype):
+    return dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
+
+
+# ---- build and device semantics (run without a GPU) ----------------------
+
+def test_enabled_iff_module_loads_and_gpu_present():
+    assert nd.cuda().enabled() is (WHY is None)
+
+
+def test_disabled_cuda_names_the_reason():
+    if WHY is None:
+        pytest.skip("a GPU is usable here")
+    for use in (lambda: nd.array(np.ones(3), device=nd.cuda()),
+                lambda: nd.cuda().randn(2, 3),
+                lambda: ndl.Tensor([1.0, 2.0], device=ndl.cuda())):
+        with pytest.raises(RuntimeError, match=r"cuda\(\) is not available") as e:
+            use()
+        assert WHY.split(" (")[0] in str(e.value)
+
+
+def test_without_the_module_says_it_was_not_built():
+    code = ("import sys; sys.modules['needle._cuda'] = None\n"
+            "import needle as ndl\n"
+            "assert ndl.cuda().enabled() is False\n"
+            "try:\n    ndl.cuda().empty((2,))\nexcept RuntimeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "built without CUDA" in out.stdout, out.stdout
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None or os.environ.get("NEEDLE_CUDA") == "0",
+                    reason="nvcc not installed (or NEEDLE_CUDA=0): needle._cuda is not built")
+def test_module_is_built_where_nvcc_is():
+    import needle._cuda as cu
+    assert type(cu.backend).__name__ == "PyCapsule"
+    why = cu.probe()
+    assert why is None or isinstance(why, str) and why
+    assert set(cu.memory_stats()) == {"allocated", "cached"}
+
+
+def test_default_device_can_be_cuda():
+    """NEEDLE_DEFAULT_DEVICE=cuda (make cuda-check) puts device-less tensors on cuda()."""
+    code = ("import needle as ndl, needle.init as init\n"
+            "assert ndl.default_device() == ndl.cuda(), ndl.default_device()\n"
+            "try:\n    t = init.rand(2)\nexcept RuntimeError as e:\n    print('refused', e)\n"
+            "else:\n    print('on', t.device)\n")
+    env = dict(os.environ, NEEDLE_DEFAULT_DEVICE="cuda")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("on cuda()" if WHY is None else "refused"), out.stdout
+    assert nd.default_device() == nd.cpu()  # unset here
+
+
+def test_forced_cuda_without_nvcc_fails_the_build():
+    env = dict(os.environ, NEEDLE_CUDA="1", CUDA_HOME="/nonexistent-cuda")
+    out = subprocess.run([sys.executable, "setup.py", "--name"], capture_output=True, text=True,
+                         cwd=ROOT, env=env, timeout=120)
+    assert out.returncode != 0
+    assert "NEEDLE_CUDA=1 but nvcc was not found" in out.stderr
+
+
+def test_skipped_cuda_build_is_clean():
+    env = dict(os.environ, NEEDLE_CUDA="0", CUDA_HOME="/nonexistent-cuda")
+    out = subprocess.run([sys.executable, "setup.py", "--name"], capture_output=True, text=True,
+                         cwd=ROOT, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+# ---- every kernel slot against NumPy -------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(0,), (1,), (7, 33), (2, 3, 300)])
+def test_roundtrip_fill_and_astype(device, dtype, shape):
+    x = rand(*shape, dtype=dtype)
+    a = nd.array(x, dtype=dtype, device=device)
+    np.testing.assert_array_equal(a.numpy(), x)
+    other = "float64" if dtype == "float32" else "float32"
+    np.testing.assert_array_equal(nd.array(a, dtype=other).numpy(), x.astype(other))
+    np.testing.assert_array_equal(device.full(shape, 2.5, dtype=dtype).numpy(),
+                                  np.full(shape, 2.5, dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compact_and_setitem_of_views(device, dtype):
+    x = rand(4, 5, 6, dtype=dtype)
+    a = nd.array(x, dtype=dtype, device=device)
+    np.testing.assert_array_equal(a.permute((2, 0, 1)).compact().numpy(), x.transpose(2, 0, 1))
+    np.testing.assert_array_equal(a[1:4:2, 1:, 3].compact().numpy(), x[1:4:2, 1:, 3:4])
+    # flip: the cuda backend leaves the slot NULL, so this copies from negative strides
+    np.testing.assert_array_equal(a.flip((0, 2)).numpy(), x[::-1, :, ::-1])
+    np.testing.assert_array_equal(a.pad(((1, 0), (0, 2), (0, 0))).numpy(),
+                                  np.pad(x, ((1, 0), (0, 2), (0, 0))))
+    b = nd.array(x[:1], dtype=dtype, device=device).broadcast_to((4, 5, 6))
+    np.testing.assert_array_equal(b.compact().numpy(), np.broadcast_to(x[:1], (4, 5, 6)))
+    y = rand(2, 5, 3, dtype=dtype)
+    a[::2, :, 1::2] = nd.array(y, dtype=dtype, device=device)
+    a[3, 1:3, :] = 7.0
+    x[::2, :, 1::2] = y
+    x[3, 1:3, :] = 7.0
+    np.testing.assert_array_equal(a.numpy(), x)
+
+
+UNARY = {"exp": np.exp, "log": np.log, "tanh": np.tanh, "sin": np.sin, "cos": np.cos,
+         "sqrt": np.sqrt, "abs": np.abs, "relu": lambda v: np.maximum(v, 0),
+         "sigmoid": lambda v: 1 / (1 + np.exp(-v))}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_unary_kernels(device, dtype, name):
+    x = rand(37, 41, dtype=dtype)
+    if name in ("log", "sqrt"):
+        x = np.abs(x) + 0.1
+    a = nd.array(x, dtype=dtype, device=device)
+    np.testing.assert_allclose(getattr(a, name)().numpy(), UNARY[name](x), **tol(dtype))
+    # a strided input takes the strided loop
+    np.testing.assert_allclose(getattr(a.permute((1, 0)), name)().numpy(), UNARY[name](x.T),
+                               **tol(dtype))
+    np.testing.assert_allclose((-a).numpy(), -x, **tol(dtype))
+
+
+BINARY = ["add", "sub", "mul", "truediv", "pow", "maximum", "minimum", "eq", "ne", "gt", "ge",
+          "lt", "le"]
+
+
+def _binary(a, b, name):
+    if name in ("maximum", "minimum"):
+        return getattr(a, name)(b)
+    import operator
+    return getattr(operator, name)(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", BINARY)
+def test_binary_and_scalar_kernels(device, dtype, name):
+    x, y = rand(13, 70, dtype=dtype), rand(13, 70, dtype=dtype)
+    if name == "pow":
+        x = np.abs(x) + 0.5
+    y[0, :5] = x[0, :5]  # equal elements for the comparisons
+    a, b = (nd.array(v, dtype=dtype, device=device) for v in (x, y))
+    npf = {"maximum": np.maximum, "minimum": np.minimum}.get(name)
+    ref = (lambda u, v: npf(u, v)) if npf else (lambda u, v: _binary(u, v, name))
+    np.testing.assert_allclose(_binary(a, b, name).numpy(), ref(x, y).astype(dtype),
+                               **tol(dtype))
+    # broadcast (stride 0) and transposed operands
+    row = nd.array(y[:1], dtype=dtype, device=device).broadcast_to((13, 70))
+    np.testing.assert_allclose(_binary(a, row, name).numpy(), ref(x, np.broadcast_to(y[:1],
+                               (13, 70))).astype(dtype), **tol(dtype))
+    if name not in ("maximum", "minimum"):
+        np.testing.assert_allclose(_binary(a, 1.5, name).numpy(),
+                                   ref(x, dtype == "float32" and np.float32(1.5) or 1.5)
+                                   .astype(dtype), **tol(dtype))
+    if name in ("sub", "truediv", "add", "mul"):  # reflected: the scalar on the left
+        np.testing.assert_allclose(_binary(1.5, a, name).numpy(),
+                                   _binary(np.asarray(1.5, dtype), x, name), **tol(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [None, 0, 1, 2, (0, 2), (1, 2)])
+@pytest.mark.parametrize("op", ["sum", "max"])
+def test_reductions(device, dtype, axis, op):
+    x = rand(5, 300, 7, dtype=dtype)
+    a = nd.array(x, dtype=dtype, device=device)
+    ref = getattr(x, op)(axis=axis, keepdims=True)
+    np.testing.assert_allclose(getattr(a, op)(axis=axis, keepdims=True).numpy(), ref,
+                               rtol=1e-4 if dtype == "float32" else 1e-12, atol=1e-4)
+    t = a.permute((2, 1, 0))
+    np.testing.assert_allclose(getattr(t, op)(axis=0).numpy(),
+                               getattr(x.transpose(2, 1, 0), op)(axis=0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_max_propagates_nan(device):
+    x = np.ones((3, 4), "float32")
+    x[1, 2] = np.nan
+    np.testing.assert_array_equal(nd.array(x, device=device).max(axis=1).numpy(), x.max(axis=1))
+
+
+MATMUL_SHAPES = [(1, 1, 1), (2, 3, 4), (63, 65, 67), (128, 16, 130), (1, 300, 1), (3, 0, 4),
+                 (0, 5, 2), (200, 129, 64)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,p", MATMUL_SHAPES)
+def test_matmul(device, dtype, m, n, p):
+    x, y = rand(m, n, dtype=dtype), rand(n, p, dtype=dtype)
+    a, b = (nd.array(v, dtype=dtype, device=device) for v in (x, y))
+    t = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose((a @ b).numpy(), x @ y, **t)
+    # transposed operands are read through their strides
+    at = nd.array(x.T.copy(), dtype=dtype, device=device).permute((1, 0))
+    bt = nd.array(y.T.copy(), dtype=dtype, device=device).permute((1, 0))
+    np.testing.assert_allclose((at @ bt).numpy(), x @ y, **t)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batched_and_broadcast_matmul(device, dtype):
+    x, y = rand(3, 17, 33, dtype=dtype), rand(3, 33, 70, dtype=dtype)
+    a, b = (nd.array(v, dtype=dtype, device=device) for v in (x, y))
+    t = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose((a @ b).numpy(), x @ y, **t)
+    w = rand(33, 5, dtype=dtype)
+    np.testing.assert_allclose((a @ nd.array(w, dtype=dtype, device=device)).numpy(), x @ w, **t)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("opt", ["sgd", "sgd_momentum", "adam"])
+def test_optimizer_step_matches_cpu(device, opt):
+    """A few steps of a small model on the device land where the CPU's do."""
+    def run(dev):
+        np.random.seed(3)
+        model = ndl.nn.Sequential(ndl.nn.Linear(8, 16, device=dev), ndl.nn.ReLU(),
+                                  ndl.nn.Linear(16, 3, device=dev))
+        o = {"sgd": lambda p: ndl.optim.SGD(p, lr=0.1, weight_decay=0.01),
+             "sgd_momentum": lambda p: ndl.optim.SGD(p, lr=0.1, momentum=0.9),
+             "adam": lambda p: ndl.optim.Adam(p, lr=0.01, weight_decay=0.01)}[opt](
+                 model.parameters())
+        xs = np.random.default_rng(1).standard_normal((6, 10, 8)).astype("float32")
+        ys = np.random.default_rng(2).integers(0, 3, (6, 10))
+        for xb, yb in zip(xs, ys):
+            loss = ndl.nn.SoftmaxLoss()(model(ndl.Tensor(xb, device=dev)),
+                                        ndl.Tensor(yb, device=dev))
+            o.reset_grad()
+            loss.backward()
+            o.step()
+        return [p.numpy() for p in model.parameters()]
+    for got, want in zip(run(device), run(nd.cpu())):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_convolution_data_movement(device, dtype):
+    """pad, flip, dilate and im2col, on compact and transposed inputs."""
+    from needle import _C
+    x = rand(2, 7, 6, 3, dtype=dtype)
+    for a, v in ((nd.array(x, dtype=dtype, device=device), x),
+                 (nd.array(x.transpose(0, 2, 1, 3).copy(), dtype=dtype,
+                           device=device).permute((0, 2, 1, 3)), x)):
+        np.testing.assert_array_equal(a.pad(((0, 0), (1, 2), (2, 1), (0, 0))).numpy(),
+                                      np.pad(v, ((0, 0), (1, 2), (2, 1), (0, 0))))
+        np.testing.assert_array_equal(a.flip((1, 2)).numpy(), v[:, ::-1, ::-1])
+        got = _C._dilate(a, (1,), 1).numpy()
+        want = np.zeros((2, 14, 6, 3), dtype)
+        want[:, ::2] = v
+        np.testing.assert_array_equal(got, want)
+        want = np.zeros((2, 21, 18, 3), dtype)
+        want[:, ::3, ::3] = v
+        np.testing.assert_array_equal(_C._dilate(a, (1, 2), 2).numpy(), want)
+        for k, s in ((3, 1), (2, 2), (1, 3)):
+            ho, wo = (7 - k) // s + 1, (6 - k) // s + 1
+            ref = np.lib.stride_tricks.as_strided(
+                v, (2, ho, wo, k, k, 3),
+                (v.strides[0], v.strides[1] * s, v.strides[2] * s, v.strides[1], v.strides[2],
+                 v.strides[3])).reshape(2 * ho * wo, k * k * 3)
+            np.testing.assert_array_equal(_C._im2col(a, k, s).numpy().reshape(ref.shape), ref)
+            np.testing.assert_array_equal(
+                _C._im2col(a, k, s, 3, 5).numpy().reshape(5, -1), ref[3:8])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_moves_between_devices_and_refuses_mixing(device):
+    x = rand(3, 4)
+    a = nd.array(x, device=nd.cpu()).to(device)
+    assert a.device == device
+    np.testing.assert_array_equal(a.to(nd.cpu()).numpy(), x)
+    np.testing.assert_array_equal(nd.array(a.permute((1, 0)), device=nd.cpu()).numpy(), x.T)
+    if device != nd.cpu():
+        with pytest.raises(RuntimeError, match="different devices"):
+            a + nd.array(x, device=nd.cpu())
