@@ -276,16 +276,7 @@ def from_torch_state_dict(module: "nn.Module", state_dict: Mapping[str, Any],
         for name, arr in zip(row.names(), outs, strict=True):
             converted[name] = arr
     unexpected = [k for k in state_dict if k not in seen]
-    if strict:
-        if unexpected:
-            errors.insert(0, "Unexpected key(s) in state_dict: "
-                          + ", ".join(f'"{k}"' for k in unexpected) + ". ")
-        if missing:
-            errors.insert(0, "Missing key(s) in state_dict: "
-                          + ", ".join(f'"{k}"' for k in missing) + ". ")
-    if errors:
-        raise RuntimeError(f"Error(s) in loading state_dict for {type(module).__name__}:\n\t"
-                           + "\n\t".join(errors))
+    nn.nn_basic._raise_load_errors(module, errors, missing, unexpected, strict)
     module.load_state_dict(converted, strict=False)
     return nn.nn_basic._IncompatibleKeys(missing, unexpected)
 

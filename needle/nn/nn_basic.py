@@ -225,16 +225,7 @@ class Module:
             loaded.append((m, buffer_name, current, value))
         missing = [k for k in owners if k not in state_dict]
         unexpected = [k for k in state_dict if k not in owners]
-        if strict:
-            if unexpected:
-                errors.insert(0, "Unexpected key(s) in state_dict: "
-                              + ", ".join(f'"{k}"' for k in unexpected) + ". ")
-            if missing:
-                errors.insert(0, "Missing key(s) in state_dict: "
-                              + ", ".join(f'"{k}"' for k in missing) + ". ")
-        if errors:
-            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
-                               + "\n\t".join(errors))
+        _raise_load_errors(self, errors, missing, unexpected, strict)
         for m, buffer_name, current, value in loaded:
             new = Tensor(value, device=current.device, dtype=current.dtype, requires_grad=False)
             if buffer_name:
@@ -257,6 +248,22 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+
+def _raise_load_errors(module: "Module", errors: List[str], missing: List[str],
+                       unexpected: List[str], strict: bool) -> None:
+    """torch's RuntimeError for a state dict that does not fit module (strict: the missing
+    and unexpected keys first), or nothing when it fits."""
+    if strict:
+        if unexpected:
+            errors.insert(0, "Unexpected key(s) in state_dict: "
+                          + ", ".join(f'"{k}"' for k in unexpected) + ". ")
+        if missing:
+            errors.insert(0, "Missing key(s) in state_dict: "
+                          + ", ".join(f'"{k}"' for k in missing) + ". ")
+    if errors:
+        raise RuntimeError(f"Error(s) in loading state_dict for {type(module).__name__}:\n\t"
+                           + "\n\t".join(errors))
 
 
 def _shape_str(shape) -> str:
