@@ -46,6 +46,7 @@
 #include <string.h>
 
 #include "array_api.h"
+#include "row_reduce.h"
 #include "scalar_ops.h"
 #include "threadpool.h"
 
@@ -60,19 +61,8 @@
 #define NDL_SOFTMAX_ROWS(T, sfx, BIG)                                                              \
     static void softmax_row_##sfx(const T *z, T *y, int64_t n) /* y may be z */                  \
     {                                                                                              \
-        T mx[8], acc[8], m, s;                                                                     \
-        int64_t i = 0;                                                                             \
-        for (int k = 0; k < 8; k++)                                                                \
-            mx[k] = -(BIG), acc[k] = 0;                                                            \
-        for (; i + 8 <= n; i += 8)                                                                 \
-            for (int k = 0; k < 8; k++)                                                            \
-                mx[k] = z[i + k] > mx[k] ? z[i + k] : mx[k];                                       \
-        for (; i < n; i++)                                                                         \
-            mx[0] = z[i] > mx[0] ? z[i] : mx[0];                                                   \
-        m = mx[0];                                                                                 \
-        for (int k = 1; k < 8; k++)                                                                \
-            m = mx[k] > m ? mx[k] : m;                                                             \
-        m = m < (BIG) ? m : (BIG); /* +inf rows: inf - BIG stays inf, then NaN as numpy */         \
+        T acc[8] = {0}, m = row_max_##sfx(z, n), s;                                                \
+        int64_t i;                                                                                 \
         for (i = 0; i < n; i++)                                                                    \
             y[i] = ndl_exp_##sfx(z[i] - m);                                                        \
         for (i = 0; i + 8 <= n; i += 8)                                                            \
@@ -80,7 +70,7 @@
                 acc[k] += y[i + k];                                                                \
         for (; i < n; i++)                                                                         \
             acc[0] += y[i];                                                                        \
-        s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));     \
+        s = NDL_SUM8(acc);                                                                         \
         for (i = 0; i < n; i++)                                                                    \
             y[i] = y[i] / s;                                                                       \
     }                                                                                              \
@@ -94,7 +84,7 @@
                 acc[k] += g[i + k] * y[i + k];                                                     \
         for (; i < n; i++)                                                                         \
             acc[0] += g[i] * y[i];                                                                 \
-        s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));     \
+        s = NDL_SUM8(acc);                                                                         \
         for (i = 0; i < n; i++)                                                                    \
             o[i] = y[i] * (g[i] - s);                                                              \
     }

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "array_api.h"
+#include "row_reduce.h"
 #include "scalar_ops.h"
 #include "threadpool.h"
 
@@ -208,25 +209,14 @@ NDL_BACKWARD(LogSoftmax)
 #define NDL_XENT_ROW(T, sfx, BIG)                                                                 \
     static double xent_row_##sfx(const T *z, int64_t n, int64_t y)                                 \
     {                                                                                              \
-        T mx[8], acc[8], m, s;                                                                     \
-        int64_t i = 0;                                                                             \
-        for (int k = 0; k < 8; k++)                                                                \
-            mx[k] = -(BIG), acc[k] = 0;                                                            \
-        for (; i + 8 <= n; i += 8)                                                                 \
-            for (int k = 0; k < 8; k++)                                                            \
-                mx[k] = z[i + k] > mx[k] ? z[i + k] : mx[k];                                       \
-        for (; i < n; i++)                                                                         \
-            mx[0] = z[i] > mx[0] ? z[i] : mx[0];                                                   \
-        m = mx[0];                                                                                 \
-        for (int k = 1; k < 8; k++)                                                                \
-            m = mx[k] > m ? mx[k] : m;                                                             \
-        m = m < (BIG) ? m : (BIG);                                                                 \
+        T acc[8] = {0}, m = row_max_##sfx(z, n), s;                                                \
+        int64_t i;                                                                                 \
         for (i = 0; i + 8 <= n; i += 8)                                                            \
             for (int k = 0; k < 8; k++)                                                            \
                 acc[k] += ndl_exp_##sfx(z[i + k] - m);                                             \
         for (; i < n; i++)                                                                         \
             acc[0] += ndl_exp_##sfx(z[i] - m);                                                     \
-        s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));     \
+        s = NDL_SUM8(acc);                                                                         \
         return ((double)m - (double)z[y]) + log((double)s);                                        \
     }
 NDL_XENT_ROW(float, f32, FLT_MAX)
