@@ -114,9 +114,11 @@ def test_config_reports_the_chosen_blocks():
     for dt, size in (("float32", 4), ("float64", 8)):
         b = cfg[dt]
         assert b["mc"] % b["mr"] == 0 and b["nc"] % b["nr"] == 0
-        # Note [Block sizes]: a packed B micro-panel fits half of L1d, an A block
-        # a third of L2
-        assert b["kc"] * b["nr"] * size <= cfg["l1d"] // 2 or b["kc"] == 64
+        # Note [Block sizes]: a packed B micro-panel fits half of L1d, or KC is
+        # the 24 MR that amortise the C tile; an A block fits a third of L2
+        kc_l1 = max(64, cfg["l1d"] // 2 // (b["nr"] * size) // 8 * 8)
+        kc_tile = (24 * b["mr"] + 7) // 8 * 8
+        assert b["kc"] == min(1024, max(kc_l1, kc_tile))
         assert b["mc"] * b["kc"] * size <= cfg["l2"] // 3 or b["mc"] == b["mr"]
     assert cfg["flush_denormals"] in (0, 1)
 
@@ -176,10 +178,12 @@ def test_blocks_follow_the_reported_caches(kernel):
     if out["kernel"] != kernel:
         pytest.skip(f"this CPU cannot run the {kernel} kernel")
     assert out["cache_source"] == "env" and out["l1d"] == 48 << 10
-    nr = {"generic": 8, "avx2": 16, "avx512": 32}[kernel]
+    nr, mr = {"generic": (8, 4), "avx2": (16, 6), "avx512": (32, 14)}[kernel]
     b = out["float32"]
-    assert b["nr"] == nr
-    assert b["kc"] == (48 << 10) // 2 // (nr * 4) // 8 * 8
+    assert (b["nr"], b["mr"]) == (nr, mr)
+    # Note [Block sizes]: half of L1d for the B micro-panel, at least 24 MR
+    assert b["kc"] == max((48 << 10) // 2 // (nr * 4) // 8 * 8, (24 * mr + 7) // 8 * 8)
+    assert b["kc"] == {"generic": 768, "avx2": 384, "avx512": 336}[kernel]
     assert b["mc"] == (1280 << 10) // 3 // (b["kc"] * 4) // b["mr"] * b["mr"]
 
 
@@ -205,3 +209,19 @@ def test_best_kernel_is_what_the_os_allows():
                          timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == want
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("k", [5, 300, 1000], ids=lambda k: f"k{k}")
+def test_a_row_gets_the_same_bits_whatever_the_batch(k, dtype):
+    # Note [One chain per element] (cpu_matmul.h): B read by rows, the skinny
+    # path (m <= 16) and the packed one (m > 16, KC blocks) sum alike, so the
+    # first rows of a product do not depend on how many rows follow them
+    x = np.random.randn(70, k).astype(dtype)
+    y = np.random.randn(k, 90).astype(dtype)
+    b = nd.array(y, dtype=dtype)
+    full = (nd.array(x, dtype=dtype) @ b).numpy()
+    np.testing.assert_allclose(full, x.astype(np.float64) @ y, rtol=1e-4, atol=1e-4)
+    for m in (1, 2, 3, 15, 16, 17, 18, 40):
+        part = (nd.array(x[:m], dtype=dtype) @ b).numpy()
+        assert np.array_equal(part, full[:m]), f"rows of a {m}-row product differ"

@@ -55,6 +55,7 @@ typedef struct {
     int64_t mc, kc, nc;  /* cache blocks; mc % mr == 0, nc % nr == 0 */
     ndl_small_axpy axpy; /* the skinny products, same instruction set */
     ndl_small_dot dot;
+    ndl_pack_bt pack_bt; /* B blocks with contiguous columns; NULL: pack_b */
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -71,15 +72,17 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
     },
     [K_AVX2] = {
         [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 0, 0, 0,
-                         ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32},
+                         ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32, ndl_pack_bt_f32},
         [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0,
-                         ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64},
+                         ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
-                         0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32},
+                         0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32,
+                         ndl_pack_bt_f32},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
-                         0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64},
+                         0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64,
+                         ndl_pack_bt_f64},
     },
 };
 
@@ -105,6 +108,15 @@ static int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo :
  *     KC: one packed B micro-panel (KC x NR) fills half of L1d, leaving the
  *         other half to the MR-row A micro-panels streaming past it and to
  *         the C tile;                      KC = L1d / 2 / (NR * size)
+ *         but at least 24 MR: each micro-kernel call reads and writes back
+ *         its MR x NR tile of C (MR rows that are often 4 KiB apart and then
+ *         share one L1 set), and KC k-steps must amortise that. The
+ *         AVX-512 tiles (14 x 32 float32) are 4.7x the AVX2 ones (6 x 16),
+ *         so on a 32 KiB L1d the first rule alone gives them KC = 128 and a
+ *         tile write-back every 128 steps, measured 10-15% slower than KC =
+ *         336-384 on Zen 4 (1 thread, n = 1000..2048); the B micro-panel
+ *         then streams from L2, which at 128 + 56 bytes per 28 FMAs is far
+ *         below any x86 L2's bandwidth.
  *     MC: the A block (MC x KC) takes a third of L2, so that it stays there
  *         while B panels and C lines pass through;
  *                                          MC = L2 / 3 / (KC * size), MR multiple
@@ -112,15 +124,18 @@ static int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo :
  *                                          NC = L3 / 2 / (KC * size), NR multiple
  *   KC is a multiple of 8 within [64, 1024], MC within [MR, 2048], NC
  *   within [4 NR, 8192]. Zen 3 (32 KiB L1d, 512 KiB L2), AVX2 float32:
- *   KC 256, MC 168, NC 8192; Zen 4 / Skylake-X (32 KiB, 1 MiB), AVX-512
- *   float32: KC 128, MC 672; Ice Lake (48 KiB, 1.25 MiB): KC 192, MC 560.
- *   KC depends on nothing but L1d and the tile, never on the thread count,
- *   so results stay independent of it. NEEDLE_MATMUL_BLOCKS=MC,KC,NC
- *   overrides the three (rounded to the tile) for tuning experiments.
+ *   KC 256, MC 168, NC 8192; Zen 4 (32 KiB, 1 MiB, 16 MiB L3 a core),
+ *   AVX-512 float32: KC 336, MC 252, NC 6240; Skylake-X (32 KiB, 1 MiB):
+ *   the same KC and MC; Ice Lake (48 KiB, 1.25 MiB): KC 336, MC 322.
+ *   KC depends on nothing but L1d and the tile, never on the thread count
+ *   or the shape, so results stay independent of them (Note [One chain per
+ *   element] in cpu_matmul.h). NEEDLE_MATMUL_BLOCKS=MC,KC,NC overrides the
+ *   three (rounded to the tile) for tuning experiments.
  */
 static void derive_blocks(ndl_gemm_config *cfg, int64_t es, const ndl_cpu_info *info)
 {
-    cfg->kc = clamp64(info->l1d / 2 / (cfg->nr * es) / 8 * 8, 64, 1024);
+    int64_t kc_l1 = info->l1d / 2 / (cfg->nr * es), kc_tile = 24 * (int64_t)cfg->mr;
+    cfg->kc = clamp64((kc_l1 > kc_tile ? kc_l1 : kc_tile + 7) / 8 * 8, 64, 1024);
     cfg->mc = clamp64(info->l2 / 3 / (cfg->kc * es) / cfg->mr * cfg->mr, cfg->mr,
                       2048 / cfg->mr * cfg->mr);
     int64_t l3 = info->l3 > 0 ? info->l3 : info->l2;
@@ -371,7 +386,10 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
             int64_t next_j = pc + kc < n ? jc : jc + nc;
             if (next_k == 0 && next_j >= p)
                 next_k = n; /* none */
-            ops->pack_b(b + (pc * rsb + jc * csb) * es, rsb, csb, kc, nc, nr, bbuf);
+            if (rsb == 1 && csb != 1 && cfg->pack_bt) /* B = W.T: transposed in registers */
+                cfg->pack_bt(b + (pc + jc * csb) * es, csb, kc, nc, nr, bbuf);
+            else
+                ops->pack_b(b + (pc * rsb + jc * csb) * es, rsb, csb, kc, nc, nr, bbuf);
             for (int64_t ic = 0; ic < m; ic += cfg->mc) {
                 int64_t mc = m - ic < cfg->mc ? m - ic : cfg->mc;
                 const char *ablk = a + (ic * rsa + pc * csa) * es;
@@ -501,11 +519,16 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
         const char *a = job->a + (job->a_offsets ? job->a_offsets[bi] : 0) * es;
         const char *b = job->b + (job->b_offsets ? job->b_offsets[bi] : 0) * es;
         char *c = job->c + bi * job->m * job->p * es;
-        if (job->dot)
+        if (job->dot) {
             job->cfg->dot(job->m, job->n, a, job->rsa, b, job->csb, c, job->p, j0, j1);
-        else
-            job->cfg->axpy(job->m, job->n, a, job->rsa, job->csa, b, job->rsb, c, job->p, j0, j1,
-                           job->jl2);
+            continue;
+        }
+        /* Note [One chain per element] in cpu_matmul.h: KC blocks of k */
+        int64_t w = j1 - j0 < job->jl2 ? j1 - j0 : job->jl2;
+        void *scratch = job->n > job->cfg->kc ? malloc((size_t)(job->m * w) * job->es) : NULL;
+        job->cfg->axpy(job->m, job->n, a, job->rsa, job->csa, b, job->rsb, c, job->p, j0, j1,
+                       job->jl2, job->cfg->kc, scratch);
+        free(scratch);
     }
     ndl_flush_denormals_leave(fpmode);
 }

@@ -13,20 +13,45 @@
  * Micro-kernel contract (one MR x NR tile of C):
  *   A[r][k] = a[r*ars + k*acs]: a packed panel (ars = 1, acs = MR), or A
  *   read in place (Note [Reading A in place] in cpu_matmul.c)
- *   acc[r][j] = sum_{k<kc} A[r][k] * b[k*NR + j]   (FMA chain from 0, in k order)
+ *   acc[r][j] = fma(A[r][k], b[k*NR + j], acc[r][j])   for k < kc in order, from 0
  *   first ? C[r][j] = acc[r][j] : C[r][j] += acc[r][j]  for r < mr, j < nr
  *   C[r][j] is c[r*ldc + j]. mr <= MR and nr <= NR give the valid part of a
  *   partial tile; nothing outside it is read or written (rows r >= mr of A
  *   are not read either: the kernel computes them from row 0 and drops
  *   them). kc >= 1.
- *   Because every C element gets the same chain of operations wherever its
- *   tile lies, results do not depend on how the driver splits work between
- *   threads.
+ *
+ * Note [One chain per element]
+ *   Every path of ndl_cpu_matmul that reads B by rows (the packed kernels,
+ *   and the skinny axpy loops of cpu_matmul_small.c) computes C[i][j] the
+ *   same way: for each KC block of k (KC of the dtype's configuration), one
+ *   chain of fused multiply-adds from zero over the block's k in order;
+ *   C[i][j] is the first block's chain, plus the second's, and so on. (The
+ *   blocks' partial sums keep long products more accurate than one chain:
+ *   n = 2048 in float32, 3e-7 against 2e-6 relative error.) So an element's
+ *   value depends on A's row i, B's column j and the configuration alone:
+ *   not on how many rows A has (m = 1 gives the bits of m = 1000), on which
+ *   path was taken, nor on how the work was split between threads. Layers
+ *   rely on it (a recurrent layer over the whole sequence equals its cells
+ *   applied step by step, bit for bit; a batch of 1 gives the numbers of
+ *   a batch of 64). The fused multiply-add is explicit everywhere
+ *   (intrinsics, __builtin_fma, NDL_MADD), never left to the compiler's
+ *   contraction, which it may or may not apply. The skinny dot loops (B read
+ *   by columns, m <= 16) sum in 16 lanes and do not share the guarantee;
+ *   nor, of course, do two instruction sets.
  */
 #ifndef NDL_CPU_MATMUL_H
 #define NDL_CPU_MATMUL_H
 
 #include <stdint.h>
+
+/* Multiply-add of the portable kernels: fused where the target's baseline
+ * has it (aarch64), else a rounded product then a sum (the compiler cannot
+ * contract without FMA instructions). */
+#if defined(__FP_FAST_FMA) && defined(__FP_FAST_FMAF)
+#define NDL_MADD(a, b, c) _Generic((a), float: __builtin_fmaf, default: __builtin_fma)(a, b, c)
+#else
+#define NDL_MADD(a, b, c) ((a) * (b) + (c))
+#endif
 
 /* b is a packed panel and c is C's tile, all of the kernel's element
  * type (float for *_f32, double for *_f64); void pointers let the driver
@@ -64,17 +89,20 @@ void ndl_ukernel_avx512_f64(int64_t kc, const void *a, int64_t ars, int64_t acs,
                             void *c, int64_t ldc, int mr, int nr, int first);
 
 /* Skinny products (cpu_matmul_small.c): C[r][j] for r < m, j0 <= j < j1.
- * axpy: B's rows contiguous (B[k][j] = b[k*rsb + j]); jl2 columns at a time.
+ * axpy: B's rows contiguous (B[k][j] = b[k*rsb + j]); jl2 columns at a time;
+ * k in blocks of kc, the second and later blocks summed in scratch (m x
+ * min(jl2, j1 - j0) elements; NULL when n <= kc, or to sum straight into C
+ * when it could not be allocated: the same value, other last bits).
  * dot: B's columns contiguous (B[k][j] = b[j*csb + k]), A's rows too. */
 typedef void (*ndl_small_axpy)(int64_t m, int64_t n, const void *a, int64_t rsa, int64_t csa,
                                const void *b, int64_t rsb, void *c, int64_t ldc, int64_t j0,
-                               int64_t j1, int64_t jl2);
+                               int64_t j1, int64_t jl2, int64_t kc, void *scratch);
 typedef void (*ndl_small_dot)(int64_t m, int64_t n, const void *a, int64_t rsa, const void *b,
                               int64_t csb, void *c, int64_t ldc, int64_t j0, int64_t j1);
 #define NDL_DECLARE_SMALL(SFX)                                                                     \
     void ndl_small_axpy_##SFX(int64_t m, int64_t n, const void *a, int64_t rsa, int64_t csa,      \
                               const void *b, int64_t rsb, void *c, int64_t ldc, int64_t j0,       \
-                              int64_t j1, int64_t jl2);                                           \
+                              int64_t j1, int64_t jl2, int64_t kc, void *scratch);                \
     void ndl_small_dot_##SFX(int64_t m, int64_t n, const void *a, int64_t rsa, const void *b,     \
                              int64_t csb, void *c, int64_t ldc, int64_t j0, int64_t j1);
 NDL_DECLARE_SMALL(generic_f32)
@@ -83,5 +111,12 @@ NDL_DECLARE_SMALL(avx2_f32)
 NDL_DECLARE_SMALL(avx2_f64)
 NDL_DECLARE_SMALL(avx512_f32)
 NDL_DECLARE_SMALL(avx512_f64)
+
+/* Packing a B block whose columns are contiguous (B[k][j] = src[j*cs + k])
+ * into nr-column panels, kc x nc (cpu_matmul_pack_avx2.c; x86 with AVX2). */
+typedef void (*ndl_pack_bt)(const void *src, int64_t cs, int64_t kc, int64_t nc, int nr,
+                            void *dst);
+void ndl_pack_bt_f32(const void *src, int64_t cs, int64_t kc, int64_t nc, int nr, void *dst);
+void ndl_pack_bt_f64(const void *src, int64_t cs, int64_t kc, int64_t nc, int nr, void *dst);
 
 #endif /* NDL_CPU_MATMUL_H */

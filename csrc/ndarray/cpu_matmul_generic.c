@@ -21,7 +21,7 @@
         for (int64_t k = 0; k < kc; k++) {                                                         \
             for (int r = 0; r < MR; r++)                                                           \
                 for (int j = 0; j < NR; j++)                                                       \
-                    acc[r][j] += a[arow[r] + k * acs] * b[j];                                      \
+                    acc[r][j] = NDL_MADD(a[arow[r] + k * acs], b[j], acc[r][j]);                  \
             b += NR;                                                                               \
         }                                                                                          \
         for (int r = 0; r < mr; r++)                                                               \

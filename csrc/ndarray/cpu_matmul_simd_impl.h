@@ -84,8 +84,10 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
     UK_ROWS(DECL)
     UK_ROWS(APTR)
     int64_t off = 0; /* k * acs */
-    for (int r = 0; r < mr; r++)
+    for (int r = 0; r < mr; r++) { /* the tile's row: its first and last line */
         _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + r * ldc + UK_NR - 1), _MM_HINT_T0);
+    }
     for (int64_t k = 0; k < kc; k++) {
         V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);
         UK_ROWS(STEP)

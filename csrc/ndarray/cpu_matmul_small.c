@@ -6,6 +6,9 @@
  *
  *   axpy (B's rows contiguous, csb == 1):
  *       for each block of columns whose C rows fit half of L2:
+ *        for each KC block of k (Note [One chain per element]: the first
+ *        block's sums go to C, the next ones' to a scratch block of the
+ *        same shape, then are added to C):
  *         for k in steps of KU (8 rows of B, 8 sequential streams):
  *           for jb in the block by JB (8 x JB of B: 8 KiB, stays in L1):
  *             for r < m:  C[r][jb:+JB] += sum_u A[r][k+u] * B[k+u][jb:+JB]
@@ -19,7 +22,8 @@
  *       row groups.
  *
  * Each function computes the columns [j0, j1) of all m rows; each C element
- * is summed in an order fixed by n alone, so the driver may split columns
+ * is summed in an order fixed by n alone (axpy: the one FMA chain of Note
+ * [One chain per element] in cpu_matmul.h, as the packed kernels do), so the driver may split columns
  * between threads without changing results. One body, compiled once per
  * instruction set (target attributes: the loops are vectorised by the
  * compiler, FMAs contracted where the ISA has them) and dtype; cpu_matmul.c
@@ -34,47 +38,65 @@
 #define LANES 16       /* partial sums per dot */
 #define DOT_ROWS 4     /* rows of A per dot pass */
 
-#define NDL_DEFINE_SMALL(T, SFX, TARGET)                                                    \
+/* MADD(a, b, c): a * b + c, fused on the SIMD instantiations */
+#define NDL_DEFINE_SMALL(T, SFX, TARGET, MADD)                                              \
     TARGET void ndl_small_axpy_##SFX(int64_t m, int64_t n, const void *a_, int64_t rsa,     \
                                      int64_t csa, const void *b_, int64_t rsb, void *c_,    \
-                                     int64_t ldc, int64_t j0, int64_t j1, int64_t jl2)      \
+                                     int64_t ldc, int64_t j0, int64_t j1, int64_t jl2,      \
+                                     int64_t kc, void *scratch)                             \
     {                                                                                       \
         const T *a = a_, *b = b_;                                                           \
         T *c = c_;                                                                          \
         const int64_t jb_len = JB_BYTES / (int64_t)sizeof(T);                               \
         for (int64_t jl = j0; jl < j1; jl += jl2) {                                         \
             int64_t je = j1 - jl < jl2 ? j1 : jl + jl2;                                     \
-            for (int64_t r = 0; r < m; r++)                                                 \
-                memset(c + r * ldc + jl, 0, (size_t)(je - jl) * sizeof(T));                 \
-            int64_t k = 0;                                                                  \
-            for (; k + KU <= n; k += KU) {                                                  \
-                const T *b0 = b + k * rsb;                                                  \
-                for (int64_t jb = jl; jb < je; jb += jb_len) {                              \
-                    int64_t len = je - jb < jb_len ? je - jb : jb_len;                      \
-                    const T *restrict p0 = b0 + jb, *restrict p1 = p0 + rsb;                \
-                    const T *restrict p2 = p1 + rsb, *restrict p3 = p2 + rsb;               \
-                    const T *restrict p4 = p3 + rsb, *restrict p5 = p4 + rsb;               \
-                    const T *restrict p6 = p5 + rsb, *restrict p7 = p6 + rsb;               \
-                    for (int64_t r = 0; r < m; r++) {                                       \
-                        const T *ar = a + r * rsa + k * csa;                                \
-                        const T a0 = ar[0], a1 = ar[csa], a2 = ar[2 * csa];                 \
-                        const T a3 = ar[3 * csa], a4 = ar[4 * csa], a5 = ar[5 * csa];       \
-                        const T a6 = ar[6 * csa], a7 = ar[7 * csa];                         \
-                        T *restrict cr = c + r * ldc + jb;                                  \
-                        for (int64_t j = 0; j < len; j++)                                   \
-                            cr[j] = cr[j] + a0 * p0[j] + a1 * p1[j] + a2 * p2[j] +          \
-                                    a3 * p3[j] + a4 * p4[j] + a5 * p5[j] + a6 * p6[j] +     \
-                                    a7 * p7[j];                                             \
+            for (int64_t k0 = 0; k0 < n; k0 += kc) {                                        \
+                int64_t k1 = n - k0 < kc ? n : k0 + kc;                                     \
+                /* Note [One chain per element]: the first KC block's chains                \
+                 * go to C, the others' to scratch, then are added to C */                  \
+                int sep = k0 > 0 && scratch;                                                \
+                T *acc = sep ? (T *)scratch - jl : c;                                       \
+                int64_t lda = sep ? je - jl : ldc;                                          \
+                if (k0 == 0 || sep)                                                         \
+                    for (int64_t r = 0; r < m; r++)                                         \
+                        memset(acc + r * lda + jl, 0, (size_t)(je - jl) * sizeof(T));       \
+                int64_t k = k0;                                                             \
+                for (; k + KU <= k1; k += KU) {                                             \
+                    const T *b0 = b + k * rsb;                                              \
+                    for (int64_t jb = jl; jb < je; jb += jb_len) {                          \
+                        int64_t len = je - jb < jb_len ? je - jb : jb_len;                  \
+                        const T *restrict p0 = b0 + jb, *restrict p1 = p0 + rsb;            \
+                        const T *restrict p2 = p1 + rsb, *restrict p3 = p2 + rsb;           \
+                        const T *restrict p4 = p3 + rsb, *restrict p5 = p4 + rsb;           \
+                        const T *restrict p6 = p5 + rsb, *restrict p7 = p6 + rsb;           \
+                        for (int64_t r = 0; r < m; r++) {                                   \
+                            const T *ar = a + r * rsa + k * csa;                            \
+                            const T a0 = ar[0], a1 = ar[csa], a2 = ar[2 * csa];             \
+                            const T a3 = ar[3 * csa], a4 = ar[4 * csa], a5 = ar[5 * csa];   \
+                            const T a6 = ar[6 * csa], a7 = ar[7 * csa];                     \
+                            T *restrict cr = acc + r * lda + jb;                            \
+                            for (int64_t j = 0; j < len; j++)                               \
+                                cr[j] = MADD(a7, p7[j], MADD(a6, p6[j], MADD(a5, p5[j],     \
+                                        MADD(a4, p4[j], MADD(a3, p3[j], MADD(a2, p2[j],     \
+                                        MADD(a1, p1[j], MADD(a0, p0[j], cr[j]))))))));      \
+                        }                                                                   \
                     }                                                                       \
                 }                                                                           \
+                for (; k < k1; k++)                                                         \
+                    for (int64_t r = 0; r < m; r++) {                                       \
+                        const T ak = a[r * rsa + k * csa], *restrict bk = b + k * rsb;      \
+                        T *restrict cr = acc + r * lda;                                     \
+                        for (int64_t j = jl; j < je; j++)                                   \
+                            cr[j] = MADD(ak, bk[j], cr[j]);                                 \
+                    }                                                                       \
+                if (sep)                                                                    \
+                    for (int64_t r = 0; r < m; r++) {                                       \
+                        T *restrict cr = c + r * ldc;                                       \
+                        const T *restrict sr = acc + r * lda;                               \
+                        for (int64_t j = jl; j < je; j++)                                   \
+                            cr[j] = cr[j] + sr[j];                                          \
+                    }                                                                       \
             }                                                                               \
-            for (; k < n; k++)                                                              \
-                for (int64_t r = 0; r < m; r++) {                                           \
-                    const T ak = a[r * rsa + k * csa], *restrict bk = b + k * rsb;          \
-                    T *restrict cr = c + r * ldc;                                           \
-                    for (int64_t j = jl; j < je; j++)                                       \
-                        cr[j] = cr[j] + ak * bk[j];                                         \
-                }                                                                           \
         }                                                                                   \
     }                                                                                       \
                                                                                             \
@@ -95,17 +117,17 @@
                 for (; k + LANES <= n; k += LANES)                                          \
                     for (int l = 0; l < LANES; l++) {                                       \
                         const T v = col[k + l];                                             \
-                        s0[l] += x0[k + l] * v;                                             \
-                        s1[l] += x1[k + l] * v;                                             \
-                        s2[l] += x2[k + l] * v;                                             \
-                        s3[l] += x3[k + l] * v;                                             \
+                        s0[l] = MADD(x0[k + l], v, s0[l]);                                  \
+                        s1[l] = MADD(x1[k + l], v, s1[l]);                                  \
+                        s2[l] = MADD(x2[k + l], v, s2[l]);                                  \
+                        s3[l] = MADD(x3[k + l], v, s3[l]);                                  \
                     }                                                                       \
                 for (int l = 0; k < n; k++, l++) {                                          \
                     const T v = col[k];                                                     \
-                    s0[l] += x0[k] * v;                                                     \
-                    s1[l] += x1[k] * v;                                                     \
-                    s2[l] += x2[k] * v;                                                     \
-                    s3[l] += x3[k] * v;                                                     \
+                    s0[l] = MADD(x0[k], v, s0[l]);                                          \
+                    s1[l] = MADD(x1[k], v, s1[l]);                                          \
+                    s2[l] = MADD(x2[k], v, s2[l]);                                          \
+                    s3[l] = MADD(x3[k], v, s3[l]);                                          \
                 }                                                                           \
                 for (int w = LANES / 2; w > 0; w /= 2) /* pairwise */                       \
                     for (int l = 0; l < w; l++) {                                           \
@@ -125,9 +147,9 @@
                 int64_t k = 0;                                                              \
                 for (; k + LANES <= n; k += LANES)                                          \
                     for (int l = 0; l < LANES; l++)                                         \
-                        s0[l] += x0[k + l] * col[k + l];                                    \
+                        s0[l] = MADD(x0[k + l], col[k + l], s0[l]);                         \
                 for (int l = 0; k < n; k++, l++)                                            \
-                    s0[l] += x0[k] * col[k];                                                \
+                    s0[l] = MADD(x0[k], col[k], s0[l]);                                     \
                 for (int w = LANES / 2; w > 0; w /= 2)                                      \
                     for (int l = 0; l < w; l++)                                             \
                         s0[l] += s0[l + w];                                                 \
@@ -136,16 +158,17 @@
         }                                                                                   \
     }
 
-NDL_DEFINE_SMALL(float, generic_f32, )
-NDL_DEFINE_SMALL(double, generic_f64, )
+NDL_DEFINE_SMALL(float, generic_f32, , NDL_MADD)
+NDL_DEFINE_SMALL(double, generic_f64, , NDL_MADD)
 #if defined(__x86_64__) || defined(__i386__)
-NDL_DEFINE_SMALL(float, avx2_f32, __attribute__((target("avx2,fma"))))
-NDL_DEFINE_SMALL(double, avx2_f64, __attribute__((target("avx2,fma"))))
-NDL_DEFINE_SMALL(float, avx512_f32, __attribute__((target("avx512f"))))
-NDL_DEFINE_SMALL(double, avx512_f64, __attribute__((target("avx512f"))))
+/* Note [One chain per element] (cpu_matmul.h): explicit fused multiply-adds */
+NDL_DEFINE_SMALL(float, avx2_f32, __attribute__((target("avx2,fma"))), __builtin_fmaf)
+NDL_DEFINE_SMALL(double, avx2_f64, __attribute__((target("avx2,fma"))), __builtin_fma)
+NDL_DEFINE_SMALL(float, avx512_f32, __attribute__((target("avx512f,fma"))), __builtin_fmaf)
+NDL_DEFINE_SMALL(double, avx512_f64, __attribute__((target("avx512f,fma"))), __builtin_fma)
 #else /* only there so that the driver links: never chosen */
-NDL_DEFINE_SMALL(float, avx2_f32, )
-NDL_DEFINE_SMALL(double, avx2_f64, )
-NDL_DEFINE_SMALL(float, avx512_f32, )
-NDL_DEFINE_SMALL(double, avx512_f64, )
+NDL_DEFINE_SMALL(float, avx2_f32, , NDL_MADD)
+NDL_DEFINE_SMALL(double, avx2_f64, , NDL_MADD)
+NDL_DEFINE_SMALL(float, avx512_f32, , NDL_MADD)
+NDL_DEFINE_SMALL(double, avx512_f64, , NDL_MADD)
 #endif

@@ -1,0 +1,103 @@
+/* cpu_matmul_pack_avx2.c: packing a block of B whose COLUMNS are contiguous
+ * (B = W.T for a row-major W, as in x @ W.T) into the column panels of
+ * Note [Packed panels] (cpu_matmul.h), with AVX registers: the packing
+ * transposes, 8 x 8 float32 (4 x 4 float64) elements at a time in
+ * registers, where element-wise copies would store one value per
+ * instruction.
+ *
+ * Python equivalent, for each panel q of nr columns:
+ *     dst[q][k][j] = B[k][q*nr + j]  (= src[(q*nr + j)*cs + k]),  0 past nc
+ *
+ * Used by the AVX2 and AVX-512 configurations (every AVX-512 CPU has AVX2);
+ * the driver calls it only after choosing one of them.
+ */
+#include "cpu_matmul.h"
+
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#define TARGET __attribute__((target("avx2")))
+
+/* rows r[0..7] (8 floats each) -> their transpose, in place */
+static inline TARGET void transpose8_ps(__m256 r[8])
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
+
+/* rows r[0..3] (4 doubles each) -> their transpose, in place */
+static inline TARGET void transpose4_pd(__m256d r[4])
+{
+    __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
+/* One body for both types: W x W squares (W = 8 floats or 4 doubles) go
+ * through the registers, the ragged edges (kc % W rows, nc % W columns)
+ * element by element; columns past nc of the last panel are zeros. */
+#define DEFINE_PACK_BT(T, SFX, W, VEC, LOAD, STORE, TRANSPOSE)                                  \
+    TARGET void ndl_pack_bt_##SFX(const void *src_, int64_t cs, int64_t kc, int64_t nc, int nr, \
+                                  void *dst_)                                                   \
+    {                                                                                           \
+        const T *src = src_;                                                                    \
+        T *dst = dst_;                                                                          \
+        for (int64_t j0 = 0; j0 < nc; j0 += nr, dst += (int64_t)nr * kc) {                      \
+            int cols = nc - j0 < nr ? (int)(nc - j0) : nr;                                      \
+            const T *s = src + j0 * cs;                                                         \
+            int j = 0;                                                                          \
+            for (; j + W <= cols; j += W) {                                                     \
+                int64_t k = 0;                                                                  \
+                for (; k + W <= kc; k += W) {                                                   \
+                    VEC r[W];                                                                   \
+                    for (int i = 0; i < W; i++)                                                 \
+                        r[i] = LOAD(s + (j + i) * cs + k);                                      \
+                    TRANSPOSE(r);                                                               \
+                    for (int i = 0; i < W; i++)                                                 \
+                        STORE(dst + (k + i) * nr + j, r[i]);                                    \
+                }                                                                               \
+                for (; k < kc; k++)                                                             \
+                    for (int i = 0; i < W; i++)                                                 \
+                        dst[k * nr + j + i] = s[(j + i) * cs + k];                              \
+            }                                                                                   \
+            for (; j < cols; j++)                                                               \
+                for (int64_t k = 0; k < kc; k++)                                                \
+                    dst[k * nr + j] = s[j * cs + k];                                            \
+            if (cols < nr)                                                                      \
+                for (int64_t k = 0; k < kc; k++)                                                \
+                    memset(dst + k * nr + cols, 0, (size_t)(nr - cols) * sizeof(T));            \
+        }                                                                                       \
+    }
+
+DEFINE_PACK_BT(float, f32, 8, __m256, _mm256_loadu_ps, _mm256_storeu_ps, transpose8_ps)
+DEFINE_PACK_BT(double, f64, 4, __m256d, _mm256_loadu_pd, _mm256_storeu_pd, transpose4_pd)
+
+#else /* only there so that the driver links: never chosen */
+
+void ndl_pack_bt_f32(const void *src, int64_t cs, int64_t kc, int64_t nc, int nr, void *dst)
+{
+    (void)src, (void)cs, (void)kc, (void)nc, (void)nr, (void)dst;
+}
+void ndl_pack_bt_f64(const void *src, int64_t cs, int64_t kc, int64_t nc, int nr, void *dst)
+{
+    (void)src, (void)cs, (void)kc, (void)nc, (void)nr, (void)dst;
+}
+#endif
