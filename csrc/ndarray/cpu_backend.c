@@ -60,4 +60,7 @@ const ndl_backend ndl_cpu_backend = {
     .flip = ndl_cpu_flip,
     .dilate = ndl_cpu_dilate,
     .im2col = ndl_cpu_im2col,
+    .softmax = ndl_cpu_softmax,
+    .softmax_grad = ndl_cpu_softmax_grad,
+    .softmax_xent = ndl_cpu_softmax_xent,
 };
