@@ -24,6 +24,9 @@ extern "C" const ndl_backend ndl_cuda_backend = {
     ndl_cuda_flip,
     ndl_cuda_dilate,
     ndl_cuda_im2col,
+    ndl_cuda_softmax,
+    ndl_cuda_softmax_grad,
+    ndl_cuda_softmax_xent,
     ndl_cuda_last_error,
 };
 

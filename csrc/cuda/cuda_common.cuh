@@ -107,6 +107,12 @@ int ndl_cuda_dilate(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t 
                     int64_t d, void *out);
 int ndl_cuda_im2col(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k, int64_t s,
                     int64_t row0, int64_t nrows, void *out);
+int ndl_cuda_softmax(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
+                     const ndl_attention_mask *mask, void *out);
+int ndl_cuda_softmax_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *y, const void *g,
+                          void *out);
+int ndl_cuda_softmax_xent(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
+                          const int64_t *labels, double *loss);
 void *ndl_cuda_alloc(size_t nbytes);
 void ndl_cuda_free(void *ptr);
 int ndl_cuda_to_host(void *host_dst, const void *src, size_t nbytes);
