@@ -410,3 +410,51 @@ def test_fused_softmax_slots_match_the_cpu(dtype):
     eps = np.finfo(dtype).eps
     for a, b in zip(*res):  # atol: the gradient's g - s cancels
         np.testing.assert_allclose(b, a, rtol=4 * eps, atol=4 * eps * np.abs(a).max())
+
+
+# ---- the TF32 switch (Note [TF32 switch], cuda_matmul.cu) -------------------
+
+@pytest.mark.skipif(shutil.which("nvcc") is None or os.environ.get("NEEDLE_CUDA") == "0",
+                    reason="nvcc not installed (or NEEDLE_CUDA=0): needle._cuda is not built")
+def test_tf32_is_off_by_default_and_switched_by_env_or_call():
+    import needle._cuda as cu
+    code = "import needle._cuda as c; print(c.tf32())"
+    for value, want in ((None, "False"), ("1", "True"), ("0", "False"), ("yes", "False")):
+        env = {k: v for k, v in os.environ.items() if k != "NEEDLE_CUDA_TF32"}
+        if value is not None:
+            env["NEEDLE_CUDA_TF32"] = value
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=ROOT, env=env, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == want, (value, out)
+    prev = cu.set_tf32(True)
+    try:
+        assert cu.tf32() is True and cu.set_tf32(False) is True and cu.tf32() is False
+    finally:
+        cu.set_tf32(prev)
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+@pytest.mark.parametrize("m,n,p", [(1, 1, 1), (17, 33, 65), (64, 16, 64), (130, 300, 70),
+                                   (3, 1, 200), (65, 513, 129)])
+def test_tf32_matmul_within_tf32_rounding(m, n, p):
+    import needle._cuda as cu
+    x, y = rand(2, m, n), rand(n, p)
+    ref = x.astype(np.float64) @ y.astype(np.float64)
+    # each input rounded to a 10-bit mantissa (2^-11 relative), sums in float32
+    bound = 2.0 ** -9 * (np.abs(x).astype(np.float64) @ np.abs(y)) + 1e-30
+    prev = cu.set_tf32(True)
+    try:
+        a = nd.array(x, device=nd.cuda())
+        bt = nd.array(y.T.copy(), device=nd.cuda()).permute((1, 0))  # strided B
+        c1, c2 = (a @ nd.array(y, device=nd.cuda())).numpy(), (a @ bt).numpy()
+        c64 = (nd.array(x, dtype="float64", device=nd.cuda()) @
+               nd.array(y, dtype="float64", device=nd.cuda())).numpy()
+    finally:
+        cu.set_tf32(prev)
+    for c in (c1, c2):
+        assert np.all(np.abs(c - ref) <= bound), np.max(np.abs(c - ref) / bound)
+    np.testing.assert_allclose(c64, ref, rtol=1e-11, atol=1e-11)  # float64 never uses it
+    if n >= 300:  # the tensor cores did run: float32 FMA would be ~1e-6 off
+        assert np.max(np.abs(c1 - ref)) > 1e-5 * np.max(np.abs(ref))
+    c_off = (nd.array(x, device=nd.cuda()) @ nd.array(y, device=nd.cuda())).numpy()
+    np.testing.assert_allclose(c_off, ref, rtol=1e-4, atol=1e-4)  # off again
