@@ -16,6 +16,7 @@ extern "C" const ndl_backend ndl_cuda_backend = {
     ndl_cuda_copy,
     ndl_cuda_unary,
     ndl_cuda_binary,
+    ndl_cuda_scalar,
     ndl_cuda_reduce,
     ndl_cuda_matmul,
     ndl_cuda_adam,

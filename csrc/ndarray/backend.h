@@ -70,9 +70,16 @@ typedef struct ndl_backend {
     /* out = op(a); out compact with a's shape. */
     int (*unary)(ndl_unop op, ndl_dtype dt, const void *a, const ndl_layout *la, void *out);
     /* out = op(a, b); la, lb of one ndim and shape (broadcast dims carry
-     * stride 0, a scalar is one element with all strides 0). */
+     * stride 0). Both are buffers on the device: a Python scalar goes to
+     * `scalar` below. */
     int (*binary)(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *la,
                   const void *b, const ndl_layout *lb, void *out);
+    /* out = op(a, s), or op(s, a) when reflected; out compact with a's shape.
+     * The scalar is passed by value, already rounded to dt by the caller
+     * (API.md 2.8). NOTE: it used to reach binary as a pointer to one host
+     * element with all strides 0, which a GPU cannot read. */
+    int (*scalar)(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *la, double s,
+                  int reflected, void *out);
     /* Reduce the axes in axes_mask (at least one; every reduced axis >= 1
      * long for MAX); out compact with those axes dropped. */
     int (*reduce)(ndl_redop op, ndl_dtype dt, const void *a, const ndl_layout *la,
