@@ -26,6 +26,8 @@ if ROOT not in sys.path:
 
 def _cuda_unusable():
     """None when cuda() runs kernels here, else why not."""
+    if not hasattr(ndl, "cuda"):
+        return "np mode (NEEDLE_BACKEND=np) has no cuda()"
     if ndl.cuda().enabled():
         return None
     try:
