@@ -1,6 +1,7 @@
 """needle on the GPU beside PyTorch (issue 10): matmul GFLOP/s against cuBLAS
-through torch, elementwise GB/s against the GPU's memory bandwidth, and one
-training step of an MLP. Needs a usable needle.cuda(); torch's columns are
+through torch (float32, float64, and float32 with TF32 tensor cores on both
+sides), elementwise and fused-softmax GB/s against the GPU's memory bandwidth,
+and one training step of an MLP. Needs a usable needle.cuda(); torch's columns are
 printed where torch sees a GPU. Best of N; the ratio is needle / torch.
 
     python benchmarks/bench_cuda.py [--quick]
@@ -58,6 +59,42 @@ def bench_matmul(reps, torch):
             print(f"{dt + f' {n}^3':<24}{ours:>16.1f}{theirs:>16.1f}{ours / theirs:>8.2f}")
 
 
+def bench_tf32(reps, torch):
+    import needle._cuda as cu
+    print(f"{'matmul, TF32 on':<24}{'needle GFLOP/s':>16}{'torch GFLOP/s':>16}{'ratio':>8}")
+    prev = cu.set_tf32(True)
+    if torch is not None:
+        prev_t, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, True
+    try:
+        for n in (1024, 4096):
+            x = np.random.randn(n, n).astype("float32")
+            a = nd.array(x, device=nd.cuda())
+            ours = 2 * n ** 3 / best(lambda: a @ a, reps, sync) / 1e9
+            theirs = float("nan")
+            if torch is not None:
+                ta = torch.tensor(x, device="cuda")
+                theirs = 2 * n ** 3 / best(lambda: ta @ ta, reps, torch.cuda.synchronize) / 1e9
+            print(f"{f'float32 {n}^3':<24}{ours:>16.1f}{theirs:>16.1f}{ours / theirs:>8.2f}")
+    finally:
+        cu.set_tf32(prev)
+        if torch is not None:
+            torch.backends.cuda.matmul.allow_tf32 = prev_t
+
+
+def bench_softmax(reps, torch):
+    print(f"{'fused softmax':<24}{'needle GB/s':>16}{'torch GB/s':>16}{'ratio':>8}")
+    for rows, n in ((32768, 512), (1024, 32000)):
+        x = np.random.randn(rows, n).astype("float32")
+        t = ndl.Tensor(x, device=ndl.cuda())
+        ours = 8 * x.size / best(lambda: ndl.ops.softmax(t), reps, sync) / 1e9
+        theirs = float("nan")
+        if torch is not None:
+            tt = torch.tensor(x, device="cuda")
+            theirs = 8 * x.size / best(lambda: torch.softmax(tt, -1), reps,
+                                       torch.cuda.synchronize) / 1e9
+        print(f"{f'({rows}, {n})':<24}{ours:>16.1f}{theirs:>16.1f}{ours / theirs:>8.2f}")
+
+
 def bench_ewise(reps, torch):
     import needle._cuda as cu
     print(f"{'elementwise (1<<26)':<24}{'needle GB/s':>16}{'torch GB/s':>16}{'ratio':>8}"
@@ -104,7 +141,9 @@ def main():
     reps = 3 if args.quick else 10
     torch = torch_cuda()
     bench_matmul(reps, torch)
+    bench_tf32(reps, torch)
     bench_ewise(reps, torch)
+    bench_softmax(reps, torch)
     bench_mlp_step(reps)
 
 

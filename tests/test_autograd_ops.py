@@ -21,8 +21,8 @@ from autograd_cases import (CASES, case_params, check_against_references,
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case, layout", case_params())
-def test_op_vs_numpy_and_torch(case, layout, dtype):
-    check_against_references(case, layout, dtype)
+def test_op_vs_numpy_and_torch(case, layout, dtype, device):
+    check_against_references(case, layout, dtype, device=device)
 
 
 @pytest.mark.parametrize("case, layout", case_params(layouts=False))

@@ -317,3 +317,144 @@ def test_moves_between_devices_and_refuses_mixing(device):
     if device != nd.cpu():
         with pytest.raises(RuntimeError, match="different devices"):
             a + nd.array(x, device=nd.cpu())
+
+
+# ---- the fused softmax slots (cpu_softmax.c / cuda_softmax.cu) --------------
+# Shapes cross the warp (32), the 8-way sum and the 256-element rounds of the
+# ordered row sum (Note [CPU order on the GPU]), and empty rows and arrays.
+SOFTMAX_SHAPES = [(0, 5), (3, 0), (1, 1), (4, 7), (2, 3, 33), (3, 300), (2, 1029)]
+STOL = {"float32": dict(rtol=1e-5, atol=1e-7), "float64": dict(rtol=1e-12, atol=1e-15)}
+SGTOL = {"float32": dict(rtol=1e-4, atol=1e-6), "float64": dict(rtol=1e-10, atol=1e-13)}
+
+
+def _torch(a, dtype, grad=False):
+    import torch
+    return torch.tensor(a, dtype=getattr(torch, dtype), requires_grad=grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES)
+def test_fused_softmax_and_its_gradient(device, dtype, shape):
+    import torch
+    z = (np.random.randn(*shape) * np.random.choice([0.1, 1, 30], size=shape)).astype(dtype)
+    g = np.random.randn(*shape).astype(dtype)
+    if z.size:
+        z.reshape(-1, shape[-1])[0, -1] = -np.inf      # a -inf entry
+        z.reshape(-1, shape[-1])[-1, :] += 1e30 if dtype == "float64" else 1e20
+    Z = ndl.Tensor(z, device=device, dtype=dtype, requires_grad=True)
+    y = ndl.ops.softmax(Z)
+    (y * ndl.Tensor(g, device=device, dtype=dtype)).sum().backward()
+    TZ = _torch(z, dtype, True)
+    ty = torch.softmax(TZ, -1)
+    (ty * _torch(g, dtype)).sum().backward()
+    assert y.device == device and Z.grad.device == device
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), **STOL[dtype])
+    np.testing.assert_allclose(Z.grad.numpy(), TZ.grad.numpy(), **SGTOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("T,S", [(5, 5), (3, 40), (1, 300)])
+def test_fused_attention_softmax(device, dtype, causal, T, S):
+    import torch
+    x = np.random.randn(2, 3, T, S).astype(dtype) * 4
+    c0 = 1.7
+    y = ndl.ops.attention_softmax(ndl.Tensor(x, device=device, dtype=dtype), c0,
+                                  1.0 if causal else 0.0)
+    tx = _torch(x, dtype) / torch.tensor(c0, dtype=getattr(torch, dtype))
+    if causal:
+        tx = tx.masked_fill(torch.ones(T, S, dtype=torch.bool).triu(S - T + 1),
+                            float(-np.finfo(np.float32).max))
+    np.testing.assert_allclose(y.numpy(), torch.softmax(tx, -1).numpy(), **STOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,k", [(0, 4), (1, 1), (5, 7), (9, 300), (3, 1029)])
+def test_fused_softmax_cross_entropy(device, dtype, B, k):
+    import torch
+    z = (np.random.randn(B, k) * 5).astype(dtype)
+    y = np.random.randint(0, k, size=B).astype(dtype)
+    Z = ndl.Tensor(z, device=device, dtype=dtype, requires_grad=True)
+    loss = ndl.ops.softmax_cross_entropy(Z, ndl.Tensor(y, device=device, dtype=dtype))
+    loss.backward()
+    TZ = _torch(z, dtype, True)
+    tl = torch.nn.functional.cross_entropy(TZ, torch.tensor(y).long())
+    if B == 0:
+        assert np.isnan(loss.numpy()) and np.isnan(tl.item())
+        return
+    tl.backward()
+    np.testing.assert_allclose(loss.numpy(), tl.item(), **STOL[dtype])
+    np.testing.assert_allclose(Z.grad.numpy(), TZ.grad.numpy(), **SGTOL[dtype])
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_softmax_slots_match_the_cpu(dtype):
+    """Same formulation and sum order on both devices: within an ulp or two
+    (nvcc's fma inside exp is the difference). Inputs from NumPy; the CPU
+    results are themselves checked against torch above."""
+    z = np.random.randn(6, 1029).astype(dtype) * 3
+    g = np.random.randn(6, 1029).astype(dtype)
+    lab = np.random.randint(0, 1029, size=6).astype(dtype)
+    res = []
+    for dev in (nd.cpu(), nd.cuda()):
+        Z = ndl.Tensor(z, device=dev, dtype=dtype)
+        res.append((ndl.ops.softmax(Z).numpy(),
+                    ndl.ops.softmax_grad(ndl.ops.softmax(Z),
+                                         ndl.Tensor(g, device=dev, dtype=dtype)).numpy(),
+                    ndl.ops.softmax_cross_entropy(Z, ndl.Tensor(lab, device=dev,
+                                                                dtype=dtype)).numpy()))
+    eps = np.finfo(dtype).eps
+    for a, b in zip(*res):  # atol: the gradient's g - s cancels
+        np.testing.assert_allclose(b, a, rtol=4 * eps, atol=4 * eps * np.abs(a).max())
+
+
+# ---- the TF32 switch (Note [TF32 switch], cuda_matmul.cu) -------------------
+
+@pytest.mark.skipif(shutil.which("nvcc") is None or os.environ.get("NEEDLE_CUDA") == "0",
+                    reason="nvcc not installed (or NEEDLE_CUDA=0): needle._cuda is not built")
+def test_tf32_is_off_by_default_and_switched_by_env_or_call():
+    import needle._cuda as cu
+    code = "import needle._cuda as c; print(c.tf32())"
+    for value, want in ((None, "False"), ("1", "True"), ("0", "False"), ("yes", "False")):
+        env = {k: v for k, v in os.environ.items() if k != "NEEDLE_CUDA_TF32"}
+        if value is not None:
+            env["NEEDLE_CUDA_TF32"] = value
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=ROOT, env=env, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == want, (value, out)
+    prev = cu.set_tf32(True)
+    try:
+        assert cu.tf32() is True and cu.set_tf32(False) is True and cu.tf32() is False
+    finally:
+        cu.set_tf32(prev)
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+@pytest.mark.parametrize("m,n,p", [(1, 1, 1), (17, 33, 65), (64, 16, 64), (130, 300, 70),
+                                   (3, 1, 200), (65, 513, 129)])
+def test_tf32_matmul_within_tf32_rounding(m, n, p):
+    import needle._cuda as cu
+    x, y = rand(2, m, n), rand(n, p)
+    ref = x.astype(np.float64) @ y.astype(np.float64)
+    # each input rounded to a 10-bit mantissa (2^-11 relative), sums in float32
+    bound = 2.0 ** -9 * (np.abs(x).astype(np.float64) @ np.abs(y)) + 1e-30
+    prev = cu.set_tf32(True)
+    try:
+        a = nd.array(x, device=nd.cuda())
+        bt = nd.array(y.T.copy(), device=nd.cuda()).permute((1, 0))  # strided B
+        c1, c2 = (a @ nd.array(y, device=nd.cuda())).numpy(), (a @ bt).numpy()
+        c64 = (nd.array(x, dtype="float64", device=nd.cuda()) @
+               nd.array(y, dtype="float64", device=nd.cuda())).numpy()
+    finally:
+        cu.set_tf32(prev)
+    for c in (c1, c2):
+        assert np.all(np.abs(c - ref) <= bound), np.max(np.abs(c - ref) / bound)
+    np.testing.assert_allclose(c64, ref, rtol=1e-11, atol=1e-11)  # float64 never uses it
+    if n >= 300:  # the tensor cores did run: float32 FMA would be ~1e-6 off
+        assert np.max(np.abs(c1 - ref)) > 1e-5 * np.max(np.abs(ref))
+    c_off = (nd.array(x, device=nd.cuda()) @ nd.array(y, device=nd.cuda())).numpy()
+    np.testing.assert_allclose(c_off, ref, rtol=1e-4, atol=1e-4)  # off again

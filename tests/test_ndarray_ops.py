@@ -57,24 +57,24 @@ def exponents(shape):
     return np.asarray(np.random.rand(*shape)) * 4 - 2
 
 
-def make_input(kind, shape, dtype, gen=normal):
-    """(NDArray of `shape` laid out as `kind`, NumPy array with the same values)."""
+def make_input(kind, shape, dtype, gen=normal, device=None):
+    """(NDArray of `shape` laid out as `kind` on `device`, NumPy array with the same values)."""
     t = NP_DTYPE[dtype]
     if kind == "compact":
         x = gen(shape).astype(t)
-        return nd.array(x, dtype=dtype), x
+        return nd.array(x, dtype=dtype, device=device), x
     if kind == "transposed":
         perm = tuple(reversed(range(len(shape))))
         x = gen(tuple(reversed(shape))).astype(t)
-        a = nd.array(x, dtype=dtype).permute(perm)
+        a = nd.array(x, dtype=dtype, device=device).permute(perm)
         ref = x.transpose(perm)
     elif kind == "sliced":
         x = gen(tuple(2 * s + 1 for s in shape)).astype(t)
         idx = tuple(slice(1, 1 + 2 * s, 2) for s in shape)
-        a, ref = nd.array(x, dtype=dtype)[idx], x[idx]
+        a, ref = nd.array(x, dtype=dtype, device=device)[idx], x[idx]
     elif kind == "broadcast":
         x = gen((1,) + tuple(shape[1:])).astype(t)
-        a = nd.array(x, dtype=dtype).broadcast_to(shape)
+        a = nd.array(x, dtype=dtype, device=device).broadcast_to(shape)
         ref = np.broadcast_to(x, shape)
     else:
         raise AssertionError(kind)
@@ -122,13 +122,13 @@ BINARY = {
 @pytest.mark.parametrize("kind_b", KINDS)
 @pytest.mark.parametrize("kind_a", KINDS)
 @pytest.mark.parametrize("op", sorted(BINARY))
-def test_binary_ops(op, kind_a, kind_b, dtype):
+def test_binary_ops(op, kind_a, kind_b, dtype, device):
     f, npf, ga, gb, tk = BINARY[op]
     shape = (4, 5)
-    a, x = make_input(kind_a, shape, dtype, ga)
-    b, y = make_input(kind_b, shape, dtype, gb)
+    a, x = make_input(kind_a, shape, dtype, ga, device)
+    b, y = make_input(kind_b, shape, dtype, gb, device)
     a_before, b_before = a.numpy(), b.numpy()
-    check(f(a, b), npf(x, y), dtype, tk)
+    check(f(a, b), npf(x, y), dtype, tk, device)
     # inputs are not modified
     np.testing.assert_array_equal(a.numpy(), a_before)
     np.testing.assert_array_equal(b.numpy(), b_before)
@@ -161,13 +161,13 @@ SCALAR = {
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("op", sorted(SCALAR))
-def test_scalar_ops(op, kind, dtype):
+def test_scalar_ops(op, kind, dtype, device):
     f, npf, gen, scalars, tk = SCALAR[op]
     t = NP_DTYPE[dtype]
-    a, x = make_input(kind, (3, 4, 5), dtype, gen)
+    a, x = make_input(kind, (3, 4, 5), dtype, gen, device)
     for s in scalars:
         expected = npf(x, t(float(s)))  # the scalar is rounded to the array's type first
-        check(f(a, s), expected, dtype, tk)
+        check(f(a, s), expected, dtype, tk, device)
 
 
 POW_EXPONENTS = [2.0, 3, 0.5, -1.0, 0, 5.0, np.float32(1.5), -2, 0.1]
@@ -175,15 +175,15 @@ POW_EXPONENTS = [2.0, 3, 0.5, -1.0, 0, 5.0, np.float32(1.5), -2, 0.1]
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_scalar_power(kind, dtype):
+def test_scalar_power(kind, dtype, device):
     t = NP_DTYPE[dtype]
-    a, x = make_input(kind, (4, 5), dtype, normal)
-    base = nd.array(np.array([0.0, -2.0, 2.0, -0.5, 1.0, -1.0, 3.0]), dtype=dtype)
+    a, x = make_input(kind, (4, 5), dtype, normal, device)
+    base = nd.array(np.array([0.0, -2.0, 2.0, -0.5, 1.0, -1.0, 3.0]), dtype=dtype, device=device)
     xb = np.array([0.0, -2.0, 2.0, -0.5, 1.0, -1.0, 3.0]).astype(t)
     with np.errstate(all="ignore"):
         for s in POW_EXPONENTS:
-            check(a ** s, np.power(x, t(float(s))), dtype, "ulps")
-            check(base ** s, np.power(xb, t(float(s))), dtype, "ulps")
+            check(a ** s, np.power(x, t(float(s))), dtype, "ulps", device)
+            check(base ** s, np.power(xb, t(float(s))), dtype, "ulps", device)
     # C powf: negative base with non-integral exponent is NaN, integral keeps the sign
     assert np.isnan((base ** 0.5).numpy()[1])
     assert (base ** 5.0).numpy()[1] == -32.0
@@ -204,10 +204,10 @@ UNARY = {
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("op", sorted(UNARY))
-def test_unary_ops(op, kind, dtype):
+def test_unary_ops(op, kind, dtype, device):
     f, npf, gen, tk = UNARY[op]
-    a, x = make_input(kind, (3, 4, 5), dtype, gen)
-    check(f(a), npf(x), dtype, tk)
+    a, x = make_input(kind, (3, 4, 5), dtype, gen, device)
+    check(f(a), npf(x), dtype, tk, device)
 
 
 def test_unary_special_values():
@@ -301,11 +301,12 @@ BROADCAST_PAIRS = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "maximum", "eq", "ge", "lt", "pow"])
 @pytest.mark.parametrize("sa, sb", BROADCAST_PAIRS, ids=[f"{a}-{b}" for a, b in BROADCAST_PAIRS])
-def test_broadcasting_binary(sa, sb, op, dtype):
+def test_broadcasting_binary(sa, sb, op, dtype, device):
     f, npf, ga, gb, tk = BINARY[op]
     t = NP_DTYPE[dtype]
     x, y = ga(sa).astype(t), gb(sb).astype(t)
-    check(f(nd.array(x, dtype=dtype), nd.array(y, dtype=dtype)), npf(x, y), dtype, tk)
+    check(f(nd.array(x, dtype=dtype, device=device), nd.array(y, dtype=dtype, device=device)),
+          npf(x, y), dtype, tk, device)
 
 
 def test_broadcasting_non_compact_operands():
@@ -418,13 +419,13 @@ def check_reduction(r, op, x, axis, keepdims, dtype, device=None):
 @pytest.mark.parametrize("keepdims", [False, True])
 @pytest.mark.parametrize("axis", AXES, ids=str)
 @pytest.mark.parametrize("op", ["sum", "max"])
-def test_reductions(op, axis, keepdims, kind, dtype):
-    a, x = make_input(kind, (4, 5, 6), dtype, normal)
+def test_reductions(op, axis, keepdims, kind, dtype, device):
+    a, x = make_input(kind, (4, 5, 6), dtype, normal, device)
     r = getattr(a, op)(axis=axis, keepdims=keepdims)
-    check_reduction(r, op, x, axis, keepdims, dtype)
+    check_reduction(r, op, x, axis, keepdims, dtype, device)
     if op == "sum":
         r2 = nd.sum(a, axis=axis, keepdims=keepdims)
-        check_reduction(r2, op, x, axis, keepdims, dtype)
+        check_reduction(r2, op, x, axis, keepdims, dtype, device)
 
 
 def test_reduction_default_arguments():
@@ -495,14 +496,14 @@ def test_max_with_infinities_and_negative_values():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("axes", [(0,), (1,), (2,), (0, 1), (2, 0), (0, 1, 2), ()], ids=str)
-def test_flip(axes, kind, dtype):
-    a, x = make_input(kind, (3, 4, 5), dtype, normal)
+def test_flip(axes, kind, dtype, device):
+    a, x = make_input(kind, (3, 4, 5), dtype, normal, device)
     before = a.numpy()
     r = a.flip(axes)
-    check(r, np.flip(x, axes) if axes else x, dtype, "exact")
+    check(r, np.flip(x, axes) if axes else x, dtype, "exact", device)
     assert r._handle.ptr() != a._handle.ptr()
     np.testing.assert_array_equal(a.numpy(), before)
-    check(nd.flip(a, axes), np.flip(x, axes) if axes else x, dtype, "exact")
+    check(nd.flip(a, axes), np.flip(x, axes) if axes else x, dtype, "exact", device)
 
 
 @pytest.mark.parametrize("shape, axes", [((), ()), ((0, 3), (1,)), ((3, 0, 2), (0, 2)),
@@ -524,10 +525,10 @@ PADS = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shape, axes", PADS, ids=[str(p[1]) for p in PADS])
-def test_pad(shape, axes, kind, dtype):
-    a, x = make_input(kind, shape, dtype, positive)
+def test_pad(shape, axes, kind, dtype, device):
+    a, x = make_input(kind, shape, dtype, positive, device)
     r = a.pad(tuple(tuple(p) for p in axes))
-    check(r, np.pad(x, axes), dtype, "exact")
+    check(r, np.pad(x, axes), dtype, "exact", device)
     assert r._handle.ptr() != a._handle.ptr()
 
 

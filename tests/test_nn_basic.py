@@ -25,8 +25,8 @@ BWD = dict(rtol=1e-4, atol=1e-5)
 # helpers
 # --------------------------------------------------------------------------
 
-def nd(a, requires_grad=True):
-    return ndl.Tensor(np.asarray(a, dtype=np.float32), requires_grad=requires_grad)
+def nd(a, requires_grad=True, device=None):
+    return ndl.Tensor(np.asarray(a, dtype=np.float32), requires_grad=requires_grad, device=device)
 
 
 def th(a, requires_grad=True):
@@ -42,7 +42,7 @@ def backward_with(y, g):
     if isinstance(y, torch.Tensor):
         (y * th(g, False)).sum().backward()
     else:
-        (y * nd(g, False)).sum().backward()
+        (y * nd(g, False, y.device)).sum().backward()
 
 
 def assert_close(a, b, tol=FWD):
@@ -51,8 +51,8 @@ def assert_close(a, b, tol=FWD):
     np.testing.assert_allclose(a, b, **tol)
 
 
-def set_param(module, name, value):
-    setattr(module, name, nn.Parameter(nd(value)))
+def set_param(module, name, value, device=None):
+    setattr(module, name, nn.Parameter(nd(value, device=device)))
 
 
 def ku_bound(fan_in):
@@ -216,12 +216,12 @@ LINEAR_CASES = [
 
 
 @pytest.mark.parametrize("fin, fout, bias, xshape", LINEAR_CASES)
-def test_linear_vs_torch(fin, fout, bias, xshape):
-    lin = nn.Linear(fin, fout, bias=bias)
+def test_linear_vs_torch(fin, fout, bias, xshape, device):
+    lin = nn.Linear(fin, fout, bias=bias, device=device)
     x = np.random.randn(*xshape)
     g = np.random.randn(*xshape[:-1], fout)
 
-    xn = nd(x)
+    xn = nd(x, device=device)
     y = lin(xn)
     backward_with(y, g)
 
@@ -287,13 +287,13 @@ ACTIVATIONS = [
 
 @pytest.mark.parametrize("name, make, ref", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
 @pytest.mark.parametrize("shape", [(3, 4), (2, 3, 5), (7,)])
-def test_activation_vs_torch(name, make, ref, shape):
+def test_activation_vs_torch(name, make, ref, shape, device):
     x = np.random.randn(*shape) * 3
     x.flat[0] = 0.0                       # boundary: relu'(0) = 0 in both
     x.flat[-1] = 12.0                     # saturation region
     g = np.random.randn(*shape)
     m = make()
-    xn, xt = nd(x), th(x)
+    xn, xt = nd(x, device=device), th(x)
     y, yt = m(xn), ref(xt)
     backward_with(y, g)
     backward_with(yt, g)
@@ -386,11 +386,11 @@ def test_residual_vs_torch():
 
 @pytest.mark.parametrize("batch, k, scale", [(5, 3, 1.0), (1, 4, 1.0), (8, 10, 5.0),
                                              (4, 2, 100.0), (6, 1, 1.0)])
-def test_softmax_loss_vs_torch(batch, k, scale):
+def test_softmax_loss_vs_torch(batch, k, scale, device):
     logits = np.random.randn(batch, k) * scale
     labels = np.random.randint(0, k, size=batch)
-    ln = nd(logits)
-    loss = nn.SoftmaxLoss()(ln, ndl.Tensor(labels, requires_grad=False))
+    ln = nd(logits, device=device)
+    loss = nn.SoftmaxLoss()(ln, ndl.Tensor(labels, requires_grad=False, device=device))
     loss.backward()
     lt = th(logits)
     ref = F.cross_entropy(lt, torch.from_numpy(labels).long())
@@ -425,8 +425,8 @@ def test_softmax_loss_bad_label_raises(labels, bad):
 # any implementation, torch's included)
 @pytest.mark.parametrize("n, dim, scale, offset", [(4, 6, 1.0, 2.0), (1, 5, 1.0, 0.0),
                                                    (7, 3, 10.0, 2.0), (3, 16, 0.01, 0.0)])
-def test_layernorm1d_vs_torch(n, dim, scale, offset):
-    ln = nn.LayerNorm1d(dim)
+def test_layernorm1d_vs_torch(n, dim, scale, offset, device):
+    ln = nn.LayerNorm1d(dim, device=device)
     assert ln.weight.shape == (dim,) and ln.bias.shape == (dim,)
     np.testing.assert_array_equal(ln.weight.numpy(), np.ones(dim))
     np.testing.assert_array_equal(ln.bias.numpy(), np.zeros(dim))
@@ -434,11 +434,11 @@ def test_layernorm1d_vs_torch(n, dim, scale, offset):
     assert len(ps) == 2 and ps[0] is ln.weight and ps[1] is ln.bias
 
     w, b = np.random.randn(dim), np.random.randn(dim)
-    set_param(ln, "weight", w)
-    set_param(ln, "bias", b)
+    set_param(ln, "weight", w, device)
+    set_param(ln, "bias", b, device)
     x = np.random.randn(n, dim) * scale + offset
     g = np.random.randn(n, dim)
-    xn, xt, wt, bt = nd(x), th(x), th(w), th(b)
+    xn, xt, wt, bt = nd(x, device=device), th(x), th(w), th(b)
     y = ln(xn)
     yt = F.layer_norm(xt, (dim,), wt, bt, eps=1e-5)
     backward_with(y, g)
@@ -477,14 +477,14 @@ def test_batchnorm1d_construction():
 
 
 @pytest.mark.parametrize("n, dim", [(8, 4), (2, 3), (16, 1), (5, 7)])
-def test_batchnorm1d_train_vs_torch(n, dim):
-    bn = nn.BatchNorm1d(dim)
+def test_batchnorm1d_train_vs_torch(n, dim, device):
+    bn = nn.BatchNorm1d(dim, device=device)
     w, b = np.random.randn(dim), np.random.randn(dim)
-    set_param(bn, "weight", w)
-    set_param(bn, "bias", b)
+    set_param(bn, "weight", w, device)
+    set_param(bn, "bias", b, device)
     x = np.random.randn(n, dim) * 3 + 1
     g = np.random.randn(n, dim)
-    xn, xt, wt, bt = nd(x), th(x), th(w), th(b)
+    xn, xt, wt, bt = nd(x, device=device), th(x), th(w), th(b)
     y = bn(xn)
     yt = F.batch_norm(xt, None, None, wt, bt, training=True, eps=1e-5)
     backward_with(y, g)
@@ -566,13 +566,13 @@ def test_batchnorm1d_train_ignores_running_stats():
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (4, 2, 3, 3), (1, 4, 2, 2), (3, 1, 5, 2)])
-def test_batchnorm2d_train_vs_torch(shape):
+def test_batchnorm2d_train_vs_torch(shape, device):
     c = shape[1]
-    bn = nn.BatchNorm2d(c)
+    bn = nn.BatchNorm2d(c, device=device)
     assert isinstance(bn, nn.BatchNorm1d)
     w, b = np.random.randn(c), np.random.randn(c)
-    set_param(bn, "weight", w)
-    set_param(bn, "bias", b)
+    set_param(bn, "weight", w, device)
+    set_param(bn, "bias", b, device)
     x = np.random.randn(*shape) * 2 + 0.5
     g = np.random.randn(*shape)
     tbn = torch.nn.BatchNorm2d(c, eps=1e-5, momentum=0.1)
@@ -580,7 +580,7 @@ def test_batchnorm2d_train_vs_torch(shape):
         tbn.weight.copy_(torch.from_numpy(w))
         tbn.bias.copy_(torch.from_numpy(b))
     tbn.train()
-    xn, xt = nd(x), th(x)
+    xn, xt = nd(x, device=device), th(x)
     y, yt = bn(xn), tbn(xt)
     backward_with(y, g)
     backward_with(yt, g)

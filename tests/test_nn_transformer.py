@@ -100,13 +100,13 @@ def t_transformer(P, x, H, D, causal, batch_first, num_layers):
     return x.transpose(0, 1) if not batch_first else x
 
 
-def nd(a, requires_grad=True):
-    return ndl.Tensor(np.asarray(a, dtype=np.float32), requires_grad=requires_grad)
+def nd(a, requires_grad=True, device=None):
+    return ndl.Tensor(np.asarray(a, dtype=np.float32), requires_grad=requires_grad, device=device)
 
 
 def backward_both(out, tout):
     G = np.random.randn(*out.shape)
-    (out * nd(G, False)).sum().backward()
+    (out * nd(G, False, out.device)).sum().backward()
     (tout * T(G)).sum().backward()
 
 
@@ -114,11 +114,11 @@ def backward_both(out, tout):
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("B,H,Tq,S,D", [(2, 3, 5, 5, 4), (1, 2, 3, 7, 8), (2, 1, 6, 4, 5)])
-def test_multihead_attention(causal, B, H, Tq, S, D):
+def test_multihead_attention(causal, B, H, Tq, S, D, device):
     q, k, v = np.random.randn(B, H, Tq, D), np.random.randn(B, H, S, D), \
         np.random.randn(B, H, S, D)
-    attn = nn.MultiHeadAttention(causal=causal)
-    Q, K, V = nd(q), nd(k), nd(v)
+    attn = nn.MultiHeadAttention(causal=causal, device=device)
+    Q, K, V = nd(q, device=device), nd(k, device=device), nd(v, device=device)
     out, probs = attn(Q, K, V)
     tq, tk, tv = (T(a).requires_grad_(True) for a in (q, k, v))
     tout, tprobs = t_mha(tq, tk, tv, causal)
@@ -154,19 +154,20 @@ def test_matmul_and_softmax_are_the_contracts_formulas():
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("cross", [False, True])
-def test_attention_layer(causal, cross):
+def test_attention_layer(causal, cross, device):
     B, L, S, F, H, D = 2, 5, 7, 6, 3, 4
     kf, vf, of = (5, 3, 8) if cross else (None, None, None)
     layer = nn.AttentionLayer(F, H, D, k_features=kf, v_features=vf, out_features=of,
-                              causal=causal)
+                              causal=causal, device=device)
     # non-trivial norm weights, so that their gradients are tested too
     for p in layer.parameters()[:6]:
-        p.data = p.data + nd(np.random.randn(*p.shape) * 0.3, False)
+        p.data = p.data + nd(np.random.randn(*p.shape) * 0.3, False, device)
     q = np.random.randn(B, L, F)
     k = np.random.randn(B, S, kf) if cross else None
     v = np.random.randn(B, S, vf) if cross else None
-    Q = nd(q)
-    out = layer(Q, nd(k) if cross else None, nd(v) if cross else None)
+    Q = nd(q, device=device)
+    out = layer(Q, nd(k, device=device) if cross else None,
+                nd(v, device=device) if cross else None)
     P = params_to_torch(layer)
     tq = T(q).requires_grad_(True)
     tout = t_attention(P, tq, T(k) if cross else tq, T(v) if cross else tq, H, D, causal)
@@ -198,11 +199,11 @@ def test_attention_layer_construction_order_and_draws():
 # ---- TransformerLayer and Transformer ---------------------------------------------
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_transformer_layer(causal):
+def test_transformer_layer(causal, device):
     B, L, F, H, D, hidden = 2, 6, 8, 2, 3, 12
-    layer = nn.TransformerLayer(F, H, D, hidden, causal=causal)
+    layer = nn.TransformerLayer(F, H, D, hidden, causal=causal, device=device)
     x = np.random.randn(B, L, F)
-    X = nd(x)
+    X = nd(x, device=device)
     out = layer(X)
     P = params_to_torch(layer)
     tx = T(x).requires_grad_(True)
@@ -235,12 +236,12 @@ def test_transformer_layer_dropout_draws_in_the_contracts_order():
 
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("causal", [False, True])
-def test_transformer(batch_first, causal):
+def test_transformer(batch_first, causal, device):
     B, L, F, H, D, hidden, layers = 3, 5, 8, 2, 4, 16, 2
     model = nn.Transformer(F, hidden, layers, num_head=H, dim_head=D, causal=causal,
-                           batch_first=batch_first, sequence_len=7)
+                           batch_first=batch_first, sequence_len=7, device=device)
     x = np.random.randn(*((B, L, F) if batch_first else (L, B, F)))
-    X = nd(x)
+    X = nd(x, device=device)
     out, h = model(X)
     assert isinstance(h, ndl.Tensor) and h.shape == out.shape and not h.numpy().any()
     P = params_to_torch(model)

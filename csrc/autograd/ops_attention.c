@@ -20,12 +20,13 @@
  *   The contract's MultiHeadAttention.softmax is five nodes over a (B, H, T, T)
  *   tensor (shift, exp, sum, broadcast, divide), each a full pass and a
  *   stored array; its gradient is as many again. Here the forward is one
- *   node and one pass per row over host memory (max, exp(z - m) with the Exp
- *   kernel's per-element math, sum, divide), and the backward is one node
- *   (SoftmaxGrad) and one pass per row. The row max is clamped to the finite
+ *   node and one pass per row (max, exp(z - m) with the Exp kernel's
+ *   per-element math, sum, divide: the backend's softmax slot, cpu_softmax.c
+ *   and cuda_softmax.cu), and the backward is one node (SoftmaxGrad) and one
+ *   pass per row (the softmax_grad slot). The row max is clamped to the finite
  *   range (as LogSoftmax does), so a row of -inf and finite values is exact
  *   and a row of the causal mask's -FLT_MAX gives zeros, not NaN. np mode,
- *   devices the host cannot read and the tests (_C._skip_optional_slots)
+ *   backends without the slots and the tests (_C._skip_optional_slots)
  *   compose the same formula from nda_* calls.
  *   AttentionSoftmax is the same loop with the contract's two preceding steps
  *   folded in, per element and in the same arithmetic (x / c0 with c0 rounded
@@ -46,130 +47,29 @@
 #include <string.h>
 
 #include "array_api.h"
-#include "row_reduce.h"
-#include "scalar_ops.h"
-#include "threadpool.h"
 
 #define IN(k) PyTuple_GET_ITEM(node->inputs, (k))
 #define G ((PyObject *)g)
 #define NODE ((PyObject *)node)
 
-/* ---- the row loops ------------------------------------------------------- */
+/* ---- the fused path: the backend's softmax slots (cpu_softmax.c) ----------- */
 
-/* Eight partial maxima / sums so that gcc vectorizes the reductions without
- * -ffast-math; the results do not depend on the threads. */
-#define NDL_SOFTMAX_ROWS(T, sfx, BIG)                                                              \
-    static void softmax_row_##sfx(const T *z, T *y, int64_t n) /* y may be z */                  \
-    {                                                                                              \
-        T acc[8] = {0}, m = row_max_##sfx(z, n), s;                                                \
-        int64_t i;                                                                                 \
-        for (i = 0; i < n; i++)                                                                    \
-            y[i] = ndl_exp_##sfx(z[i] - m);                                                        \
-        for (i = 0; i + 8 <= n; i += 8)                                                            \
-            for (int k = 0; k < 8; k++)                                                            \
-                acc[k] += y[i + k];                                                                \
-        for (; i < n; i++)                                                                         \
-            acc[0] += y[i];                                                                        \
-        s = NDL_SUM8(acc);                                                                         \
-        for (i = 0; i < n; i++)                                                                    \
-            y[i] = y[i] / s;                                                                       \
-    }                                                                                              \
-    static void softmax_grad_row_##sfx(const T *restrict y, const T *restrict g, T *restrict o,    \
-                                       int64_t n)                                                  \
-    {                                                                                              \
-        T acc[8] = {0}, s;                                                                         \
-        int64_t i = 0;                                                                             \
-        for (; i + 8 <= n; i += 8)                                                                 \
-            for (int k = 0; k < 8; k++)                                                            \
-                acc[k] += g[i + k] * y[i + k];                                                     \
-        for (; i < n; i++)                                                                         \
-            acc[0] += g[i] * y[i];                                                                 \
-        s = NDL_SUM8(acc);                                                                         \
-        for (i = 0; i < n; i++)                                                                    \
-            o[i] = y[i] * (g[i] - s);                                                              \
-    }
-/* x / c + (-FLT_MAX where j >= keep): the logits of one attention row */
-#define NDL_LOGITS_ROW(T, sfx)                                                                     \
-    static void logits_row_##sfx(const T *restrict x, T *restrict z, int64_t n, T c,            \
-                                 int64_t keep)                                                     \
-    {                                                                                              \
-        for (int64_t i = 0; i < n; i++)                                                            \
-            z[i] = x[i] / c;                                                                       \
-        for (int64_t i = keep < 0 ? 0 : keep; i < n; i++)                                          \
-            z[i] = z[i] + (T)(-FLT_MAX);                                                           \
-    }
-NDL_LOGITS_ROW(float, f32)
-NDL_LOGITS_ROW(double, f64)
-NDL_SOFTMAX_ROWS(float, f32, FLT_MAX)
-NDL_SOFTMAX_ROWS(double, f64, DBL_MAX)
-
-typedef struct {
-    ndl_dtype dt;
-    const void *a, *b; /* z (Softmax) or y, g (SoftmaxGrad) */
-    void *out;
-    int64_t n;         /* row length */
-    /* AttentionSoftmax: divide by scale; if causal, row r (query r % rows
-     * of a (rows, n) matrix) keeps columns j <= r % rows + n - rows */
-    double scale;
-    int causal;
-    int64_t rows;
-} rows_job;
-
-static void attention_softmax_rows(void *ctx, int64_t r0, int64_t r1)
-{
-    const rows_job *j = ctx;
-    for (int64_t r = r0; r < r1; r++) {
-        int64_t keep = j->causal ? r % j->rows + j->n - j->rows + 1 : j->n;
-        if (j->dt == NDL_FLOAT32) {
-            float *y = (float *)j->out + r * j->n;
-            logits_row_f32((const float *)j->a + r * j->n, y, j->n, (float)j->scale, keep);
-            softmax_row_f32(y, y, j->n);
-        } else {
-            double *y = (double *)j->out + r * j->n;
-            logits_row_f64((const double *)j->a + r * j->n, y, j->n, j->scale, keep);
-            softmax_row_f64(y, y, j->n);
-        }
-    }
-}
-
-static void softmax_rows(void *ctx, int64_t r0, int64_t r1)
-{
-    const rows_job *j = ctx;
-    for (int64_t r = r0; r < r1; r++) {
-        if (j->dt == NDL_FLOAT32)
-            softmax_row_f32((const float *)j->a + r * j->n, (float *)j->out + r * j->n, j->n);
-        else
-            softmax_row_f64((const double *)j->a + r * j->n, (double *)j->out + r * j->n, j->n);
-    }
-}
-
-static void softmax_grad_rows(void *ctx, int64_t r0, int64_t r1)
-{
-    const rows_job *j = ctx;
-    for (int64_t r = r0; r < r1; r++) {
-        if (j->dt == NDL_FLOAT32)
-            softmax_grad_row_f32((const float *)j->a + r * j->n, (const float *)j->b + r * j->n,
-                                 (float *)j->out + r * j->n, j->n);
-        else
-            softmax_grad_row_f64((const double *)j->a + r * j->n, (const double *)j->b + r * j->n,
-                                 (double *)j->out + r * j->n, j->n);
-    }
-}
-
-static void *host_ptr(NDArrayObject *a)
+static void *data_ptr(NDArrayObject *a)
 {
     return (char *)a->storage->data + a->layout.offset * (int64_t)ndl_itemsize(a->dtype);
 }
 
-/* The arrays x[0..n) as NDArrays of one float dtype on one host-readable
- * device (the fused loops can run on them), unless tests skip those paths. */
+/* The arrays x[0..n) as NDArrays of one float dtype on one device whose
+ * backend has the fused slot (softmax for n = 1, softmax_grad for n = 2),
+ * unless tests skip those paths (NDL_OPTIONAL_SLOT). */
 static int fusable(PyObject *const *x, int n)
 {
     NDArrayObject *a;
-    if (ndl_skip_optional_slots || !NDArray_Check(x[0]))
+    if (!NDArray_Check(x[0]))
         return 0;
     a = (NDArrayObject *)x[0];
-    if (!a->storage->backend->host_accessible ||
+    if ((n == 1 ? NDL_OPTIONAL_SLOT(a->storage->backend, softmax) == NULL
+                : NDL_OPTIONAL_SLOT(a->storage->backend, softmax_grad) == NULL) ||
         (a->dtype != NDL_FLOAT32 && a->dtype != NDL_FLOAT64))
         return 0;
     for (int k = 1; k < n; k++) {
@@ -181,14 +81,17 @@ static int fusable(PyObject *const *x, int n)
     return 1;
 }
 
-/* out = fn over the rows of the compact copies of x[0..n) (n = 1 or 2);
- * op: AttentionSoftmax's parameters, or NULL. */
-static PyObject *rows_host(PyObject *const *x, int n, ndl_range_fn fn, const OpObject *op)
+/* out = the softmax slot (n = 1) or the softmax_grad slot (n = 2) over the
+ * rows of the compact copies of x[0..n); op: AttentionSoftmax's parameters,
+ * or NULL. */
+static PyObject *rows_fused(PyObject *const *x, int n, const OpObject *op)
 {
     NDArrayObject *c[2] = {NULL, NULL}, *out = NULL;
     PyObject *res = NULL;
     const ndl_layout *l = &((NDArrayObject *)x[0])->layout;
+    const ndl_backend *be = ((NDArrayObject *)x[0])->storage->backend;
     int64_t len = l->ndim > 0 ? l->shape[l->ndim - 1] : 1, total = 1, rows;
+    int status = NDL_OK;
     for (int i = 0; i < l->ndim; i++)
         total *= l->shape[i];
     for (int k = 0; k < n; k++)
@@ -198,22 +101,17 @@ static PyObject *rows_host(PyObject *const *x, int n, ndl_range_fn fn, const OpO
     if (out == NULL)
         goto fail;
     rows = len > 0 ? total / len : 0;
-    if (rows > 0) {
-        rows_job job = {c[0]->dtype, host_ptr(c[0]), n > 1 ? host_ptr(c[1]) : NULL,
-                        host_ptr(out), len, 1.0, 0, 1};
-        if (op != NULL)
-            job.scale = op->c0, job.causal = op->c1 != 0, job.rows = l->shape[l->ndim - 2];
-        /* about 16k elements per task: below that waking the pool costs more */
-        int64_t grain = len < 16384 ? 16384 / len : 1;
-        if (total >= NDL_GIL_RELEASE_MIN) {
-            Py_BEGIN_ALLOW_THREADS
-            ndl_parallel_for(rows, grain, fn, &job);
-            Py_END_ALLOW_THREADS
-        } else {
-            ndl_parallel_for(rows, grain, fn, &job);
-        }
+    if (rows > 0 && n == 2) {
+        NDL_KERNEL_CALL(total, status, be->softmax_grad(c[0]->dtype, rows, len, data_ptr(c[0]),
+                                                        data_ptr(c[1]), data_ptr(out)));
+    } else if (rows > 0) {
+        ndl_attention_mask mask = {op ? op->c0 : 1.0, op ? op->c1 != 0 : 0,
+                                   op ? l->shape[l->ndim - 2] : 1};
+        NDL_KERNEL_CALL(total, status, be->softmax(c[0]->dtype, rows, len, data_ptr(c[0]),
+                                                   op ? &mask : NULL, data_ptr(out)));
     }
-    res = Py_NewRef(out);
+    if (ndl_raise_status(status, n == 2 ? "SoftmaxGrad" : "Softmax") == 0)
+        res = Py_NewRef(out);
 fail:
     Py_XDECREF(c[0]);
     Py_XDECREF(c[1]);
@@ -344,7 +242,7 @@ NDL_FORWARD(Softmax)
     if (nda_shape(x[0], &ndim, shape) < 0 || check_rank("Softmax", ndim) < 0)
         return NULL;
     if (fusable(x, 1))
-        return rows_host(x, 1, softmax_rows, NULL);
+        return rows_fused(x, 1, NULL);
     return softmax_composed(x[0], ndim);
 }
 NDL_BACKWARD(Softmax)
@@ -369,7 +267,7 @@ NDL_FORWARD(AttentionSoftmax)
         return NULL;
     }
     if (fusable(x, 1))
-        return rows_host(x, 1, attention_softmax_rows, op);
+        return rows_fused(x, 1, op);
     z = logits_composed(x[0], ndim, shape, op->c0, op->c1 != 0);
     res = z ? softmax_composed(z, ndim) : NULL;
     Py_XDECREF(z);
@@ -459,7 +357,7 @@ NDL_FORWARD(SoftmaxGrad)
         return NULL;
     }
     if (fusable(x, 2))
-        return rows_host(x, 2, softmax_grad_rows, NULL);
+        return rows_fused(x, 2, NULL);
     return softmax_grad_composed(x[0], x[1], yn);
 }
 /* u the out_grad: y -> u * (g - s) - g * t, g -> softmax_grad(y, u) */

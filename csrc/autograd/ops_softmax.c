@@ -13,9 +13,6 @@
 #include <string.h>
 
 #include "array_api.h"
-#include "row_reduce.h"
-#include "scalar_ops.h"
-#include "threadpool.h"
 
 #define IN(k) PyTuple_GET_ITEM(node->inputs, (k))
 #define G ((PyObject *)g)
@@ -194,10 +191,11 @@ NDL_BACKWARD(LogSoftmax)
  *   LogSumExp's arrays in the graph; over a 10,000-word vocabulary each is
  *   80 MB for B = 2048. This op is one node that stores nothing but its two
  *   inputs (the logits are stored by whoever made them anyway). In nd mode
- *   on host memory the forward is one pass per row (max, sum of exp(z - m)
- *   with the Exp kernel's per-element math, then m + log(s) - z[y] in
- *   double), the rows' losses summed in order, so the value does not depend
- *   on the threads. np mode, other devices and the tests
+ *   the forward is one pass per row (the backend's softmax_xent slot,
+ *   cpu_softmax.c / cuda_softmax.cu: max, sum of exp(z - m) with the Exp
+ *   kernel's per-element math, then m + log(s) - z[y] in double), the rows'
+ *   losses summed in order on the host, so the value does not depend on the
+ *   threads. np mode, backends without the slot and the tests
  *   (_C._skip_optional_slots) compute the composite formula from nda_*
  *   calls, the one-hot built by B one-element assignments.
  *   The backward is built from ops: the fused Softmax op (ops_attention.c)
@@ -206,63 +204,24 @@ NDL_BACKWARD(LogSoftmax)
  *   gradients work. Labels are checked in the forward: integers in [0, k).
  */
 
-#define NDL_XENT_ROW(T, sfx, BIG)                                                                 \
-    static double xent_row_##sfx(const T *z, int64_t n, int64_t y)                                 \
-    {                                                                                              \
-        T acc[8] = {0}, m = row_max_##sfx(z, n), s;                                                \
-        int64_t i;                                                                                 \
-        for (i = 0; i + 8 <= n; i += 8)                                                            \
-            for (int k = 0; k < 8; k++)                                                            \
-                acc[k] += ndl_exp_##sfx(z[i + k] - m);                                             \
-        for (; i < n; i++)                                                                         \
-            acc[0] += ndl_exp_##sfx(z[i] - m);                                                     \
-        s = NDL_SUM8(acc);                                                                         \
-        return ((double)m - (double)z[y]) + log((double)s);                                        \
-    }
-NDL_XENT_ROW(float, f32, FLT_MAX)
-NDL_XENT_ROW(double, f64, DBL_MAX)
-
-typedef struct {
-    ndl_dtype dt;
-    const void *z;
-    const int64_t *y;
-    double *loss; /* one per row */
-    int64_t k;
-} xent_job;
-
-static void xent_rows(void *ctx, int64_t r0, int64_t r1)
-{
-    const xent_job *j = ctx;
-    for (int64_t r = r0; r < r1; r++) {
-        if (j->dt == NDL_FLOAT32)
-            j->loss[r] = xent_row_f32((const float *)j->z + r * j->k, j->k, j->y[r]);
-        else
-            j->loss[r] = xent_row_f64((const double *)j->z + r * j->k, j->k, j->y[r]);
-    }
-}
-
-/* the fused forward: a 0-d array of z's dtype on z's device */
-static PyObject *xent_host(NDArrayObject *z, const int64_t *y, int64_t B, int64_t k)
+/* the fused forward through the backend's softmax_xent slot: a 0-d array of
+ * z's dtype on z's device, the rows' losses summed in order on the host */
+static PyObject *xent_fused(NDArrayObject *z, const int64_t *y, int64_t B, int64_t k)
 {
     NDArrayObject *c = ndl_array_compact(z);
     double *loss = NULL, total = 0;
     PyObject *res = NULL;
+    int status;
     if (c == NULL)
         return NULL;
     if ((loss = PyMem_Malloc((size_t)(B ? B : 1) * sizeof(double))) == NULL) {
         PyErr_NoMemory();
         goto fail;
     }
-    xent_job job = {c->dtype, (char *)c->storage->data + c->layout.offset * (int64_t)ndl_itemsize(
-                                  c->dtype), y, loss, k};
-    int64_t grain = k < 16384 ? 16384 / k : 1;
-    if (B * k >= NDL_GIL_RELEASE_MIN) {
-        Py_BEGIN_ALLOW_THREADS
-        ndl_parallel_for(B, grain, xent_rows, &job);
-        Py_END_ALLOW_THREADS
-    } else {
-        ndl_parallel_for(B, grain, xent_rows, &job);
-    }
+    const char *zp = (char *)c->storage->data + c->layout.offset * (int64_t)ndl_itemsize(c->dtype);
+    NDL_KERNEL_CALL(B * k, status, c->storage->backend->softmax_xent(c->dtype, B, k, zp, y, loss));
+    if (ndl_raise_status(status, "SoftmaxCrossEntropy") < 0)
+        goto fail;
     for (int64_t r = 0; r < B; r++)
         total += loss[r];
     res = (PyObject *)ndl_array_full(c->device, c->dtype, 0, &B, total / (double)B); /* 0-d */
@@ -388,11 +347,11 @@ NDL_FORWARD(SoftmaxCrossEntropy)
     (void)op, (void)n;
     if (xent_inputs(x[0], x[1], &B, &k, &labels) < 0)
         return NULL;
-    if (!ndl_skip_optional_slots && NDArray_Check(x[0]) &&
-        ((NDArrayObject *)x[0])->storage->backend->host_accessible &&
+    if (NDArray_Check(x[0]) &&
+        NDL_OPTIONAL_SLOT(((NDArrayObject *)x[0])->storage->backend, softmax_xent) != NULL &&
         (((NDArrayObject *)x[0])->dtype == NDL_FLOAT32 ||
          ((NDArrayObject *)x[0])->dtype == NDL_FLOAT64))
-        res = xent_host((NDArrayObject *)x[0], labels, B, k);
+        res = xent_fused((NDArrayObject *)x[0], labels, B, k);
     else
         res = xent_composed(x[0], labels, B, k);
     PyMem_Free(labels);

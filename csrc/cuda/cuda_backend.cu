@@ -16,6 +16,7 @@ extern "C" const ndl_backend ndl_cuda_backend = {
     ndl_cuda_copy,
     ndl_cuda_unary,
     ndl_cuda_binary,
+    ndl_cuda_scalar,
     ndl_cuda_reduce,
     ndl_cuda_matmul,
     ndl_cuda_adam,
@@ -24,6 +25,9 @@ extern "C" const ndl_backend ndl_cuda_backend = {
     ndl_cuda_flip,
     ndl_cuda_dilate,
     ndl_cuda_im2col,
+    ndl_cuda_softmax,
+    ndl_cuda_softmax_grad,
+    ndl_cuda_softmax_xent,
     ndl_cuda_last_error,
 };
 

@@ -90,6 +90,8 @@ int ndl_cuda_copy(ndl_dtype dst_dt, void *dst, const ndl_layout *ld, ndl_dtype s
 int ndl_cuda_unary(ndl_unop op, ndl_dtype dt, const void *a, const ndl_layout *la, void *out);
 int ndl_cuda_binary(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *la,
                     const void *b, const ndl_layout *lb, void *out);
+int ndl_cuda_scalar(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *la, double s,
+                    int reflected, void *out);
 int ndl_cuda_reduce(ndl_redop op, ndl_dtype dt, const void *a, const ndl_layout *la,
                     uint64_t axes_mask, void *out);
 int ndl_cuda_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p, const void *a,
@@ -107,6 +109,12 @@ int ndl_cuda_dilate(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t 
                     int64_t d, void *out);
 int ndl_cuda_im2col(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k, int64_t s,
                     int64_t row0, int64_t nrows, void *out);
+int ndl_cuda_softmax(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
+                     const ndl_attention_mask *mask, void *out);
+int ndl_cuda_softmax_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *y, const void *g,
+                          void *out);
+int ndl_cuda_softmax_xent(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
+                          const int64_t *labels, double *loss);
 void *ndl_cuda_alloc(size_t nbytes);
 void ndl_cuda_free(void *ptr);
 int ndl_cuda_to_host(void *host_dst, const void *src, size_t nbytes);

@@ -3,14 +3,10 @@
  * One functor per NDL_UNARY_KERNEL / NDL_BINARY_KERNEL row of ops.def
  * (Note [One op, one row]), calling the same ndl_<kernel>_f32/_f64 of
  * scalar_ops.h the CPU loops call; the slot dispatches on the kernel code.
- * Contiguous inputs take a flat loop, anything else the strided one.
- *
- * Note [Host scalars]
- *   The array layer passes the scalar of `a + 2.0` as a pointer to one
- *   float on the *host* stack, with all strides 0 (ndl_array_scalar,
- *   kernel_module.c), as the CPU contract allows. A GPU cannot read it, so an
- *   operand whose strides are all 0 is looked up (cudaPointerGetAttributes):
- *   host memory is read here and passed to the kernel by value. */
+ * Contiguous inputs take a flat loop, anything else the strided one. The
+ * scalar of `a + 2.0` comes by value through the scalar slot (backend.h) and
+ * goes to the kernel as an argument; both operands of binary are device
+ * buffers. */
 #include "cuda_common.cuh"
 #include "scalar_ops.h"
 
@@ -83,27 +79,22 @@ __global__ void binary_scalar_kernel(const T *a, ndl_layout la, T s, int s_left,
     }
 }
 
-/* 1 when p (the buffer of a view with all strides 0) is host memory. */
-static int is_host_scalar(const void *p, const ndl_layout *l)
+template <typename F>
+static int launch_scalar(ndl_dtype dt, const void *a, const ndl_layout *la, double s, int s_left,
+                         void *out)
 {
-    cudaPointerAttributes attr;
-    for (int d = 0; d < l->ndim; d++)
-        if (l->strides[d] != 0)
-            return 0;
-    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
-        cudaGetLastError(); /* NOTE: older runtimes fail on plain host pointers */
-        return 1;
-    }
-    return attr.type == cudaMemoryTypeUnregistered || attr.type == cudaMemoryTypeHost;
-}
-
-template <typename F, typename T>
-static void launch_scalar(const void *a, const ndl_layout *la, const void *s, int s_left,
-                          void *out, int64_t n)
-{
-    binary_scalar_kernel<F, T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
-        (const T *)a, *la, *(const T *)s, s_left, (T *)out, n,
-        ndl_cu_contiguous(la));
+    int64_t n = ndl_cu_size(la);
+    int flat = ndl_cu_contiguous(la);
+    if (n == 0)
+        return NDL_OK;
+    if (dt == NDL_FLOAT64)
+        binary_scalar_kernel<F, double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+            (const double *)a, *la, s, s_left, (double *)out, n, flat);
+    else
+        binary_scalar_kernel<F, float><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+            (const float *)a, *la, (float)s, s_left, (float *)out, n, flat);
+    NDL_CUDA_LAUNCHED();
+    return NDL_OK;
 }
 
 template <typename F>
@@ -116,17 +107,7 @@ static int launch_binary(ndl_dtype dt, const void *a, const ndl_layout *la, cons
         return NDL_EINVAL;
     if (n == 0)
         return NDL_OK;
-    int host_a = is_host_scalar(a, la), host_b = !host_a && is_host_scalar(b, lb);
-    if (host_a || host_b) {
-        const ndl_layout *l = host_a ? lb : la, *ls = host_a ? la : lb;
-        const void *arr = host_a ? b : a;
-        size_t isz = dt == NDL_FLOAT64 ? 8 : 4;
-        const char *s = (const char *)(host_a ? a : b) + ls->offset * isz;
-        if (dt == NDL_FLOAT64)
-            launch_scalar<F, double>(arr, l, s, host_a, out, n);
-        else
-            launch_scalar<F, float>(arr, l, s, host_a, out, n);
-    } else if (dt == NDL_FLOAT64)
+    if (dt == NDL_FLOAT64)
         binary_kernel<F, double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
             (const double *)a, *la, (const double *)b, *lb, (double *)out, n, flat);
     else
@@ -142,6 +123,19 @@ int ndl_cuda_unary(ndl_unop op, ndl_dtype dt, const void *a, const ndl_layout *l
 #define NDL_UNARY_KERNEL(KERNEL, kernel, numpy, method)                                            \
     case NDL_UN_##KERNEL:                                                                          \
         return launch_unary<Un_##KERNEL>(dt, a, la, out);
+#include "ops.def"
+    default:
+        return NDL_EINVAL;
+    }
+}
+
+int ndl_cuda_scalar(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *la, double s,
+                    int reflected, void *out)
+{
+    switch (op) {
+#define NDL_BINARY_KERNEL(KERNEL, kernel, numpy, method)                                           \
+    case NDL_BIN_##KERNEL:                                                                         \
+        return launch_scalar<Bin_##KERNEL>(dt, a, la, s, reflected, out);
 #include "ops.def"
     default:
         return NDL_EINVAL;

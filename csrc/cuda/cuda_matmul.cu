@@ -9,7 +9,34 @@
  * along columns for B when those are the unit-stride axes; As is stored
  * k-major with a row of AS_LD words, so that the 16 k's x 2 rows a warp
  * stores land in 32 distinct banks (float: 66 words; double: 65). Blocks
- * cover (p/64, m/64, batch) in grid-stride loops, so any size is covered. */
+ * cover (p/64, m/64, batch) in grid-stride loops, so any size is covered.
+ *
+ * Note [TF32 switch]
+ *   float32 products may run on the tensor cores (sm_80+) with TF32 inputs
+ *   (10-bit mantissa, float32 accumulation): about 8x the FMA path's
+ *   throughput, relative error ~ 2^-11 per product instead of 2^-24. It is
+ *   off by default, so results match the CPU's; NEEDLE_CUDA_TF32=1 (read on
+ *   the first matmul) or needle._cuda.set_tf32(True) turns it on. float64
+ *   never uses it. matmul_tf32_kernel: 64x64 tiles per block of 4 warps,
+ *   16 deep; each warp a 32x32 quadrant as 2x2 WMMA m16n16k8 fragments.
+ *   Inputs are rounded to TF32 (wmma::__float_to_tf32) as they are stored to
+ *   shared memory. Shared-memory layouts (bank = word index mod 32):
+ *   - As[64][20]: a warp stores rows i and i + 4 (20 * 4 = 80 = 16 mod 32
+ *     words apart), 16 k each: 32 distinct banks. For the fragment loads,
+ *     whose lane mapping WMMA leaves unspecified, 20 is the usual choice: with
+ *     mma.sync's m16n8k8 layout (lane reads row lane/4, column lane%4) the rows
+ *     0..7 start at banks 0, 20, 8, 28, 16, 4, 24, 12: 32 distinct banks.
+ *   - Bs[16][72]: a warp stores 32 consecutive columns of one k row; with
+ *     mma.sync's B layout (row lane%4, column lane/4) 72 = 8 mod 32 gives
+ *     banks 8 (lane%4) + lane/4: 32 distinct.
+ *   - Cs[warp][16][20]: the accumulators out through shared memory (any m,
+ *     p, alignment), read back as rows r and r + 4 like As, written to C
+ *     with bounds checks and coalesced along p. */
+#include <atomic>
+#include <stdlib.h>
+
+#include <mma.h>
+
 #include "cuda_common.cuh"
 
 #define BM 64
@@ -78,6 +105,113 @@ __global__ void __launch_bounds__(256)
     }
 }
 
+/* ---- the TF32 tensor-core path (Note [TF32 switch]) ---------------------- */
+
+#define TM 64
+#define TN 64
+#define TK 16
+#define A_LD 20
+#define B_LD 72
+#define C_LD 20
+
+static std::atomic<int> tf32_mode{-1}; /* -1: NEEDLE_CUDA_TF32 not read yet */
+
+static int tf32_on(void)
+{
+    int v = tf32_mode.load(std::memory_order_relaxed);
+    if (v < 0) {
+        const char *e = getenv("NEEDLE_CUDA_TF32");
+        int expect = -1;
+        tf32_mode.compare_exchange_strong(expect, e != NULL && e[0] == '1' && e[1] == 0);
+        v = tf32_mode.load(std::memory_order_relaxed);
+    }
+    return v;
+}
+
+/* Sets the switch; returns the previous setting. */
+extern "C" int ndl_cuda_set_tf32(int on)
+{
+    int prev = tf32_on();
+    tf32_mode.store(on ? 1 : 0, std::memory_order_relaxed);
+    return prev;
+}
+extern "C" int ndl_cuda_tf32(void) { return tf32_on(); }
+
+// A_b is (m, n) at a + aoff[b] (strides rsa, csa); B_b is (n, p) at b + boff[b]
+// (strides rsb, csb); C is (batch, m, p) compact; 128 threads per block
+__global__ void __launch_bounds__(128)
+    matmul_tf32_kernel(int64_t batch, int64_t m, int64_t n, int64_t p, const float *a,
+                       const int64_t *aoff, int64_t rsa, int64_t csa, const float *b,
+                       const int64_t *boff, int64_t rsb, int64_t csb, float *c)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    using namespace nvcuda;
+    __shared__ __align__(32) float As[TM * A_LD];
+    __shared__ __align__(32) float Bs[TK * B_LD];
+    __shared__ __align__(32) float Cs[4][16 * C_LD];
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int wm = warp / 2, wn = warp % 2; /* the warp's 32x32 quadrant */
+    const int64_t mtiles = (m + TM - 1) / TM;
+    for (int64_t bz = blockIdx.z; bz < batch; bz += gridDim.z) {
+        const float *ab = a + aoff[bz], *bb = b + boff[bz];
+        float *cb = c + bz * m * p;
+        for (int64_t by = blockIdx.y; by < mtiles; by += gridDim.y) {
+            const int64_t row0 = by * TM, col0 = (int64_t)blockIdx.x * TN;
+            wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[2][2];
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 2; j++)
+                    wmma::fill_fragment(acc[i][j], 0.0f);
+            for (int64_t k0 = 0; k0 < n; k0 += TK) {
+#pragma unroll
+                for (int q = 0; q < 8; q++) { /* A: rows i, i + 4 per warp, k fastest */
+                    const int pr = warp + 4 * q, i = (pr / 4) * 8 + pr % 4 + 4 * (lane / 16);
+                    const int k = lane % 16;
+                    const int64_t r = row0 + i, kk = k0 + k;
+                    As[i * A_LD + k] =
+                        wmma::__float_to_tf32(r < m && kk < n ? ab[r * rsa + kk * csa] : 0.0f);
+                }
+#pragma unroll
+                for (int q = 0; q < 8; q++) { /* B: columns fastest */
+                    const int e = tid + 128 * q, j = e % TN, kb = e / TN;
+                    const int64_t cj = col0 + j, kr = k0 + kb;
+                    Bs[kb * B_LD + j] =
+                        wmma::__float_to_tf32(cj < p && kr < n ? bb[kr * rsb + cj * csb] : 0.0f);
+                }
+                __syncthreads();
+#pragma unroll
+                for (int kk = 0; kk < TK; kk += 8) {
+                    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32,
+                                   wmma::row_major> fa[2];
+                    wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32,
+                                   wmma::row_major> fb[2];
+                    for (int i = 0; i < 2; i++)
+                        wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * A_LD + kk, A_LD);
+                    for (int j = 0; j < 2; j++)
+                        wmma::load_matrix_sync(fb[j], Bs + kk * B_LD + wn * 32 + j * 16, B_LD);
+                    for (int i = 0; i < 2; i++)
+                        for (int j = 0; j < 2; j++)
+                            wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+                }
+                __syncthreads();
+            }
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 2; j++) {
+                    wmma::store_matrix_sync(Cs[warp], acc[i][j], C_LD, wmma::mem_row_major);
+                    __syncwarp();
+                    for (int t = 0; t < 8; t++) { /* rows rr, rr + 4: as A's stores */
+                        const int rr = (t / 4) * 8 + t % 4 + 4 * (lane / 16), cc = lane % 16;
+                        const int64_t r = row0 + wm * 32 + i * 16 + rr;
+                        const int64_t cj = col0 + wn * 32 + j * 16 + cc;
+                        if (r < m && cj < p)
+                            cb[r * p + cj] = Cs[warp][rr * C_LD + cc];
+                    }
+                    __syncwarp(); /* Cs[warp] is rewritten by the next fragment */
+                }
+        }
+    }
+#endif
+}
+
 int ndl_cuda_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p, const void *a,
                     const int64_t *a_offsets, int64_t rsa, int64_t csa, const void *b,
                     const int64_t *b_offsets, int64_t rsb, int64_t csb, void *c)
@@ -104,7 +238,11 @@ int ndl_cuda_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p
     if (st == NDL_OK) {
         dim3 grid((unsigned)ptiles, (unsigned)(mtiles < 65535 ? mtiles : 65535),
                   (unsigned)(batch < 65535 ? batch : 65535));
-        if (dt == NDL_FLOAT64)
+        if (dt == NDL_FLOAT32 && tf32_on())
+            matmul_tf32_kernel<<<grid, 128>>>(batch, m, n, p, (const float *)a, offs, rsa, csa,
+                                              (const float *)b, offs + batch, rsb, csb,
+                                              (float *)c);
+        else if (dt == NDL_FLOAT64)
             matmul_kernel<double><<<grid, 256>>>(batch, m, n, p, (const double *)a, offs, rsa,
                                                  csa, (const double *)b, offs + batch, rsb, csb,
                                                  (double *)c);

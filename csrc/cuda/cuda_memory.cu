@@ -12,6 +12,7 @@
  *   (ndl_cuda_last_error) and alloc returns NULL. Blocks are never split.
  */
 #include <mutex>
+#include <stdint.h>
 #include <stdio.h>
 #include <unordered_map>
 #include <vector>
@@ -24,20 +25,27 @@ std::unordered_map<size_t, std::vector<void *>> cached; /* class size -> free bl
 std::unordered_map<void *, size_t> live;                /* block -> class size */
 size_t bytes_live, bytes_cached;
 
+const size_t BIG_STEP = (size_t)2 << 20;
+
+/* The class of an n-byte request; n <= SIZE_MAX - BIG_STEP (alloc checks). */
 size_t size_class(size_t n)
 {
-    const size_t small = 512, big = (size_t)2 << 20;
+    const size_t small = 512;
     if (n == 0)
         n = 1;
-    return n < ((size_t)1 << 20) ? (n + small - 1) / small * small : (n + big - 1) / big * big;
+    return n < ((size_t)1 << 20) ? (n + small - 1) / small * small
+                                 : (n + BIG_STEP - 1) / BIG_STEP * BIG_STEP;
 }
 
-/* With the lock held. */
+/* With the lock held. NOTE: a failing cudaFree (a context already broken by
+ * an earlier fault) leaves nothing to undo: its error is cleared, and the
+ * call that follows (the retried cudaMalloc) reports the state. */
 void release_cache(void)
 {
     for (auto &kv : cached)
         for (void *p : kv.second)
-            cudaFree(p); /* NOTE: a failure here leaves nothing to undo */
+            if (cudaFree(p) != cudaSuccess)
+                cudaGetLastError();
     cached.clear();
     bytes_cached = 0;
 }
@@ -45,8 +53,14 @@ void release_cache(void)
 
 void *ndl_cuda_alloc(size_t nbytes)
 {
-    size_t sz = size_class(nbytes);
     void *p = NULL;
+    if (nbytes > SIZE_MAX - BIG_STEP) { /* rounding up would wrap to a small class */
+        char msg[160];
+        snprintf(msg, sizeof msg, "CUDA out of memory: asked %zu bytes", nbytes);
+        ndl_cuda_set_error(msg);
+        return NULL;
+    }
+    size_t sz = size_class(nbytes);
     std::lock_guard<std::mutex> g(lock);
     auto it = cached.find(sz);
     if (it != cached.end() && !it->second.empty()) {
@@ -60,7 +74,8 @@ void *ndl_cuda_alloc(size_t nbytes)
         if (err == cudaErrorMemoryAllocation) {
             cudaGetLastError();
             size_t free_b = 0, total_b = 0;
-            cudaMemGetInfo(&free_b, &total_b);
+            if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess)
+                cudaGetLastError(); /* the report then says 0 of 0 free */
             char msg[400];
             snprintf(msg, sizeof msg,
                      "CUDA out of memory: asked %zu bytes (%.1f MiB), %zu of %zu bytes free "

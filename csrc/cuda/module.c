@@ -6,6 +6,8 @@
  *     probe() -> None | str      # None: a GPU is usable; else why not
  *     device_name() -> str; synchronize(); empty_cache()
  *     memory_stats() -> {"allocated": bytes, "cached": bytes}
+ *     set_tf32(on) -> bool        # the previous setting (Note [TF32 switch],
+ *     tf32() -> bool              #   cuda_matmul.cu); off unless NEEDLE_CUDA_TF32=1
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -19,6 +21,8 @@ int ndl_cuda_synchronize(void);
 const char *ndl_cuda_last_error(void);
 void ndl_cuda_empty_cache(void);
 void ndl_cuda_memory_stats(size_t *live_b, size_t *cached_b);
+int ndl_cuda_set_tf32(int on);
+int ndl_cuda_tf32(void);
 
 static PyObject *raise_last(void)
 {
@@ -71,12 +75,29 @@ static PyObject *cu_memory_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
                          (Py_ssize_t)cached_b);
 }
 
+static PyObject *cu_set_tf32(PyObject *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    return PyBool_FromLong(ndl_cuda_set_tf32(on));
+}
+
+static PyObject *cu_tf32(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(ndl_cuda_tf32());
+}
+
 static PyMethodDef methods[] = {
     {"probe", cu_probe, METH_NOARGS, "None when a CUDA GPU is usable, else the reason (str)."},
     {"device_name", cu_device_name, METH_NOARGS, "Name of GPU 0."},
     {"synchronize", cu_synchronize, METH_NOARGS, "Wait for every queued kernel."},
     {"empty_cache", cu_empty_cache, METH_NOARGS, "Free the allocator's cached blocks."},
     {"memory_stats", cu_memory_stats, METH_NOARGS, "Bytes held by arrays and in the cache."},
+    {"set_tf32", cu_set_tf32, METH_O,
+     "set_tf32(on) -> previous setting. float32 matmul on the tensor cores with TF32 inputs "
+     "(sm_80+; ~1e-3 relative error). Off by default; NEEDLE_CUDA_TF32=1 turns it on."},
+    {"tf32", cu_tf32, METH_NOARGS, "Whether float32 matmul uses TF32 tensor cores."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -36,6 +36,16 @@
 
 #include "ndl_core.h"
 
+/* The attention softmax's logits (API.md 6.6): row r of x becomes
+ * x / scale (scale rounded to the dtype first, as DivScalar does), plus
+ * -FLT_MAX (in the dtype) at the columns j >= r % rows + n - rows + 1 when
+ * causal (row r is query r % rows of a (rows, n) score matrix). */
+typedef struct ndl_attention_mask {
+    double scale;
+    int causal;
+    int64_t rows;
+} ndl_attention_mask;
+
 typedef struct ndl_backend {
     const char *name; /* "cpu", "cuda": the device's name in messages */
     int host_accessible; /* buffers are plain host memory (buffer protocol ok) */
@@ -60,9 +70,16 @@ typedef struct ndl_backend {
     /* out = op(a); out compact with a's shape. */
     int (*unary)(ndl_unop op, ndl_dtype dt, const void *a, const ndl_layout *la, void *out);
     /* out = op(a, b); la, lb of one ndim and shape (broadcast dims carry
-     * stride 0, a scalar is one element with all strides 0). */
+     * stride 0). Both are buffers on the device: a Python scalar goes to
+     * `scalar` below. */
     int (*binary)(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *la,
                   const void *b, const ndl_layout *lb, void *out);
+    /* out = op(a, s), or op(s, a) when reflected; out compact with a's shape.
+     * The scalar is passed by value, already rounded to dt by the caller
+     * (API.md 2.8). NOTE: it used to reach binary as a pointer to one host
+     * element with all strides 0, which a GPU cannot read. */
+    int (*scalar)(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *la, double s,
+                  int reflected, void *out);
     /* Reduce the axes in axes_mask (at least one; every reduced axis >= 1
      * long for MAX); out compact with those axes dropped. */
     int (*reduce)(ndl_redop op, ndl_dtype dt, const void *a, const ndl_layout *la,
@@ -118,6 +135,30 @@ typedef struct ndl_backend {
     int (*im2col)(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k, int64_t s,
                   int64_t row0, int64_t nrows, void *out);
 
+    /* ---- fused softmax rows (cpu_softmax.c; Note [Fused softmax],
+     * ops_attention.c, and Note [Fused softmax loss], ops_softmax.c) -------
+     * z, y, g and out are compact (rows, n) buffers, pointers to their first
+     * element. Each row: m = its max, clamped to [-BIG, BIG] (BIG the dtype's
+     * largest finite value; -BIG for an empty row), then exp(z - m) with
+     * scalar_ops.h's ndl_exp, summed in the row's own fixed order. */
+    /* out = softmax of each row of z; with mask, of x / scale + the causal
+     * mask (ndl_attention_mask). out does not overlap z.
+     * (optional) fallback: the formula as NDArray ops (ops_attention.c). */
+    int (*softmax)(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
+                   const ndl_attention_mask *mask, void *out);
+    /* out = y * (g - sum(g * y)) per row (softmax's gradient, y = softmax(z)).
+     * (optional) fallback: the formula as NDArray ops (ops_attention.c). */
+    int (*softmax_grad)(ndl_dtype dt, int64_t rows, int64_t n, const void *y, const void *g,
+                        void *out);
+    /* loss[r] = (m - z[r, labels[r]]) + log(sum(exp(z[r] - m))), the sum in
+     * dt, the rest in double. NOTE: labels (rows int64, each in [0, n)) and
+     * loss (rows doubles) are HOST arrays: the array layer reads and checks the
+     * labels on the host and sums the losses there in row order, so the loss
+     * does not depend on the device's threads.
+     * (optional) fallback: the composite formula (ops_softmax.c). */
+    int (*softmax_xent)(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
+                        const int64_t *labels, double *loss);
+
     /* ---- errors ----------------------------------------------------------- */
     /* (optional) The message of this thread's last NDL_EDEVICE status or
      * failed alloc ("file:line: call: CUDA message"); NULL slot: none. */
@@ -137,5 +178,13 @@ int ndl_cpu_dilate(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t a
                    int64_t d, void *out);
 int ndl_cpu_im2col(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k, int64_t s,
                    int64_t row0, int64_t nrows, void *out);
+
+/* ---- CPU kernels of the fused softmax slots (cpu_softmax.c) ------------- */
+int ndl_cpu_softmax(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
+                    const ndl_attention_mask *mask, void *out);
+int ndl_cpu_softmax_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *y, const void *g,
+                         void *out);
+int ndl_cpu_softmax_xent(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
+                         const int64_t *labels, double *loss);
 
 #endif

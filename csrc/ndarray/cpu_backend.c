@@ -34,6 +34,22 @@ static void *cpu_alloc(size_t nbytes)
 
 static void cpu_free(void *p) { free(p); }
 
+/* The scalar slot: s as one element of dt with all strides 0, through the
+ * binary loops (so the numbers are ndl_cpu_binary's). */
+static int cpu_scalar(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *la, double s,
+                      int reflected, void *out)
+{
+    float sf = (float)s;
+    double sd = s;
+    const void *sp = dt == NDL_FLOAT64 ? (const void *)&sd : (const void *)&sf;
+    ndl_layout ls = *la;
+    ls.offset = 0;
+    memset(ls.strides, 0, sizeof ls.strides);
+    if (reflected)
+        return ndl_cpu_binary(op, dt, sp, &ls, a, la, out);
+    return ndl_cpu_binary(op, dt, a, la, sp, &ls, out);
+}
+
 static int cpu_memcpy(void *dst, const void *src, size_t nbytes)
 {
     if (nbytes)
@@ -52,6 +68,7 @@ const ndl_backend ndl_cpu_backend = {
     .copy = ndl_cpu_copy,
     .unary = ndl_cpu_unary,
     .binary = ndl_cpu_binary,
+    .scalar = cpu_scalar,
     .reduce = ndl_cpu_reduce,
     .matmul = ndl_cpu_matmul,
     .adam = ndl_cpu_adam,
@@ -60,4 +77,7 @@ const ndl_backend ndl_cpu_backend = {
     .flip = ndl_cpu_flip,
     .dilate = ndl_cpu_dilate,
     .im2col = ndl_cpu_im2col,
+    .softmax = ndl_cpu_softmax,
+    .softmax_grad = ndl_cpu_softmax_grad,
+    .softmax_xent = ndl_cpu_softmax_xent,
 };

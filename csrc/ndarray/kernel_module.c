@@ -184,8 +184,7 @@ static PyObject *km_scalar(ndl_binop op, PyObject *args)
 {
     StorageObject *a, *out;
     double v;
-    float vf;
-    ndl_layout l, ls;
+    ndl_layout l;
     int status;
     if (!PyArg_ParseTuple(args, "O!dO!", &Storage_Type, &a, &v, &Storage_Type, &out))
         return NULL;
@@ -195,14 +194,11 @@ static PyObject *km_scalar(ndl_binop op, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "scalar kernels need a and out of one dtype");
         return NULL;
     }
-    vf = (float)v;
     flat_layout(out->size, &l);
-    ls = l;
-    ls.strides[0] = 0;
     NDL_KERNEL_CALL(out->size, status,
-                    out->backend->binary(op, out->dtype, a->data, &l,
-                                         out->dtype == NDL_FLOAT64 ? (void *)&v : (void *)&vf,
-                                         &ls, out->data));
+                    out->backend->scalar(op, out->dtype, a->data, &l,
+                                         out->dtype == NDL_FLOAT64 ? v : (double)(float)v, 0,
+                                         out->data));
     return done(status, ndl_binop_names[op]);
 }
 

@@ -67,24 +67,14 @@ NDArrayObject *ndl_array_scalar(ndl_binop op, NDArrayObject *a, double s, int re
 {
     /* NOTE: the scalar is rounded to the array's dtype first (API.md 2.8), so
      * `a == float(x[i, j])` finds the float32 element that x[i, j] became. */
-    float sf = (float)s;
-    double sd = s;
-    const void *sp = a->dtype == NDL_FLOAT64 ? (const void *)&sd : (const void *)&sf;
-    ndl_layout ls = {.ndim = a->layout.ndim, .offset = 0};
+    double sr = a->dtype == NDL_FLOAT64 ? s : (double)(float)s;
     int status;
     NDArrayObject *out = ndl_array_empty(a->device, a->dtype, a->layout.ndim, a->layout.shape);
     if (out == NULL)
         return NULL;
-    memcpy(ls.shape, a->layout.shape, sizeof(int64_t) * a->layout.ndim);
-    memset(ls.strides, 0, sizeof ls.strides);
-    if (reflected)
-        NDL_KERNEL_CALL(ndl_array_size(a), status,
-                        a->device->backend->binary(op, a->dtype, sp, &ls, a->storage->data,
-                                                   &a->layout, out->storage->data));
-    else
-        NDL_KERNEL_CALL(ndl_array_size(a), status,
-                        a->device->backend->binary(op, a->dtype, a->storage->data, &a->layout, sp,
-                                                   &ls, out->storage->data));
+    NDL_KERNEL_CALL(ndl_array_size(a), status,
+                    a->device->backend->scalar(op, a->dtype, a->storage->data, &a->layout, sr,
+                                               reflected, out->storage->data));
     if (ndl_raise_status(status, ndl_binop_names[op]) < 0)
         Py_CLEAR(out);
     return out;

@@ -1,5 +1,5 @@
-/* row_reduce.h: the row reductions the fused softmax ops share (ops_attention.c's
- * softmax rows, ops_softmax.c's cross-entropy rows). Eight partial results so that
+/* row_reduce.h: the row reductions the fused softmax slots share (cpu_softmax.c: the
+ * softmax and the cross-entropy rows). Eight partial results so that
  * gcc vectorizes them without -ffast-math; the order of the sums is fixed, so the
  * results do not depend on the threads.
  */
