@@ -73,14 +73,23 @@ def run_child(argv: list, env: Optional[dict] = None, what: str = "child",
 
 
 def cpu_model() -> str:
+    """The model name, family/model/stepping and widest vector ISA (/proc/cpuinfo),
+    e.g. "AMD EPYC (family 25 model 17 stepping 1, avx512f), 2 CPUs"."""
+    fields: dict = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
+                if not line.strip():
+                    break  # the first CPU is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return f"unknown, {os.cpu_count()} CPUs"
+    flags = fields.get("flags", "").split()
+    isa = next((x for x in ("avx512f", "avx2", "avx") if x in flags), "sse")
+    return (f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')} "
+            f"model {fields.get('model', '?')} stepping {fields.get('stepping', '?')}, {isa}), "
+            f"{os.cpu_count()} CPUs")
 
 
 def machine() -> dict:

@@ -42,7 +42,8 @@ def bars(ax, labels: list, series: dict, ylabel: str, one: bool) -> None:
         offset = (k - (len(series) - 1) / 2) * width
         ax.bar([x + offset for x in range(len(labels))], values, width, label=name,
                color=COLORS.get(name.split(" / ")[-1], None))
-    if one:
+    if one:  # ratios: a log scale, so that 2x and 0.5x are as far from 1.0
+        ax.set_yscale("log")
         ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(list(range(len(labels))), labels, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
