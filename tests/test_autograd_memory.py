@@ -360,7 +360,7 @@ def test_default_backward_keeps_the_graph():
 # --------------------------------------------------------------------------
 
 def _values_by_id(ids):
-    return {id(o): o for o in gc.get_objects() if id(o) in ids and isinstance(o, ag.Value)}
+    return {id(o): o for o in gc.get_objects() if id(o) in ids and issubclass(type(o), ag.Value)}
 
 
 def test_unreachable_graph_loses_its_data_at_the_next_backward(gc_disabled):
@@ -443,7 +443,7 @@ def test_reachable_nodes_keep_their_data(how, gc_disabled):
 @pytest.mark.parametrize("seed", range(6))
 def test_random_graphs_keep_exactly_what_is_held(seed, gc_disabled):
     """Random graphs, random nodes held: held nodes keep data and grads (vs NumPy and
-    PyTorch); the rest lose their data."""
+    PyTorch); once none is held, all lose their data (the Values wait for the GC)."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(seed)
     leaves_np = [rng.standard_normal((3, 3)) for _ in range(3)]
@@ -468,21 +468,27 @@ def test_random_graphs_keep_exactly_what_is_held(seed, gc_disabled):
     for t in tnodes:
         t.retain_grad()
     loss = ndl.summation(nodes[-1] * nodes[-2])
+    loss.backward()
     (tnodes[-1] * tnodes[-2]).sum().backward(create_graph=True)
     held = {k: nodes[k] for k in range(len(nodes)) if rng.random() < 0.3}
-    dropped = {id(nodes[k]) for k in range(len(nodes)) if k not in held}
+    every = {id(n) for n in nodes}
     del nodes, loss
     ndl.Tensor(np.ones(2)).sum().backward()
     for k, v in held.items():
         np.testing.assert_allclose(v.numpy(), vals[k], rtol=1e-12)
-        if v.grad is not None and tnodes[k].grad is not None:
+        if tnodes[k].grad is None:  # no path to the loss
+            assert v.grad is None
+        else:
             np.testing.assert_allclose(v.grad.numpy(), tnodes[k].grad.detach().numpy(),
                                        rtol=1e-10, atol=1e-12)
-    # what nothing holds (and nothing held reaches) has lost its data
-    reach = {id(n) for n in ag.find_topo_sort(list(held.values()) +
-                                              [v.grad for v in held.values() if v.grad is not None])}
-    freed = [v for v in _values_by_id(dropped - reach).values()]
-    assert all(v.cached_data is None for v in freed)
+    # once nothing is held, the next backwards free every array of the graph (a scan
+    # runs once the Values listed since the last one are a quarter of those it kept)
+    del held, v
+    for _ in range(30):
+        ndl.Tensor(np.ones(2)).sum().backward()
+    garbage = _values_by_id(every).values()
+    assert len(garbage) > 0  # the cycles wait for the GC (API.md 3.1)
+    assert [v.shape for v in garbage if v.cached_data is not None] == []
 
 
 def _natural_steps(n):
@@ -506,7 +512,7 @@ def _natural_steps(n):
 def _bytes_held_by_values():
     total = 0
     for o in gc.get_objects():
-        if isinstance(o, ag.Value) and o.cached_data is not None and isinstance(o, ndl.Tensor):
+        if issubclass(type(o), ndl.Tensor) and o.cached_data is not None:
             total += int(np.prod(o.shape)) * 4
     return total
 

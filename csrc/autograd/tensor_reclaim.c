@@ -32,15 +32,17 @@
  *   Listed: every Value that got a .grad from a recorded backward (only
  *   those can close a cycle; everything else is freed by reference
  *   counting). A Value leaves the list when it is freed or found
- *   unreachable. A scan runs when the list has more than doubled since the
- *   last one's survivors, so a loop that keeps every graph alive costs
- *   amortized O(1) per node.
+ *   unreachable. A scan runs once the Values listed since the last one
+ *   number at least a quarter of those it kept, so a loop that keeps every
+ *   graph alive costs amortized O(1) per node, and graphs dropped after being
+ *   kept for a while are reached within a few backward calls.
  */
 #include "array_api.h"
 
 static ValueObject *listed;      /* head of the doubly linked list */
 static Py_ssize_t n_listed;      /* its length */
 static Py_ssize_t survivors;     /* listed Values the last scan kept, still listed */
+static Py_ssize_t added;         /* Values listed since the last scan */
 static uint64_t scan_epoch;
 
 void ndl_reclaim_list(ValueObject *v)
@@ -49,6 +51,7 @@ void ndl_reclaim_list(ValueObject *v)
         return;
     v->reclaim_listed = 1;
     v->scan_reachable = 0; /* not one of the last scan's survivors */
+    added++;
     v->reclaim_prev = NULL;
     v->reclaim_next = listed;
     if (listed != NULL)
@@ -203,7 +206,7 @@ int ndl_reclaim_scan(void)
     vset s = {0}, stack = {0};
     uint64_t mark;
     int rc = -1;
-    if (n_listed == 0 || n_listed <= 2 * survivors)
+    if (n_listed == 0 || 4 * added < survivors)
         return 0;
     mark = ++scan_epoch;
     if (collect(&s, mark) < 0 || mark_reachable(&s, &stack, mark) < 0) {
@@ -212,6 +215,7 @@ int ndl_reclaim_scan(void)
     }
     release(&s);
     survivors = n_listed;
+    added = 0;
     rc = 0;
 fail:
     PyMem_Free(s.v);
