@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import textwrap
 
 import matplotlib
 
@@ -51,7 +52,7 @@ def bars(ax, labels: list, series: dict, ylabel: str, one: bool) -> None:
 
 
 def save(fig, report: dict, out: str) -> None:
-    fig.suptitle(title(report), fontsize=9)
+    fig.suptitle(textwrap.fill(title(report), 110), fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -94,7 +95,7 @@ def training_rows(report: dict) -> list:
 
 def plot_training(report: dict, out: str) -> None:
     rows = training_rows(report)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4.2))
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(rows)), 4.6))
     bars(ax, [label for label, _ in rows],
          {m: [r[m] for _, r in rows] for m in ("seconds", "peak_mb", "train_mb")},
          "needle / PyTorch (below 1: needle better)", True)
