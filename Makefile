@@ -69,18 +69,27 @@ fuzz: fuzz-deps
 soak: build
 	$(PYTHON) benchmarks/soak.py
 
-# bench_ndarray.py: each library in its own process, 1 and 2 threads; its
-# figures go to benchmarks/results/ as JSON and are plotted there (plot.py).
-# `python benchmarks/bench_ndarray.py --quick` is the few-minute version.
+# bench_ndarray.py: each library in its own process, 1 and 2 threads. Each
+# benchmark's figures go to benchmarks/results/ as JSON beside its printed
+# table (the text tables of those without --json), and plot.py draws the PNGs
+# that README.md's performance section shows. `make bench BENCH_QUICK=1` is
+# the few-minute version (the --quick of those that have one).
 BENCH_OUT := benchmarks/results
+BENCH_QUICK ?=
+BQ = $(if $(BENCH_QUICK),--quick)
 bench: mpi build data
-	$(PYTHON) benchmarks/bench_ndarray.py --json $(BENCH_OUT)/bench_ndarray.json
-	$(PYTHON) benchmarks/plot.py $(BENCH_OUT)/bench_ndarray.json
-	$(PYTHON) benchmarks/bench_autograd.py
-	$(PYTHON) benchmarks/bench_train_mlp.py
-	$(PYTHON) benchmarks/bench_conv_seq.py
-	$(PYTHON) benchmarks/bench_interop.py
-	$(PYTHON) benchmarks/bench_distributed.py
+	$(PYTHON) benchmarks/bench_ndarray.py $(BQ) --json $(BENCH_OUT)/bench_ndarray.json
+	$(PYTHON) benchmarks/bench_autograd.py $(BQ) --json $(BENCH_OUT)/bench_autograd.json
+	$(PYTHON) benchmarks/bench_train_mlp.py --json $(BENCH_OUT)/bench_train_mlp.json
+	$(PYTHON) benchmarks/bench_seq_step.py --json $(BENCH_OUT)/bench_seq_step.json
+	$(PYTHON) benchmarks/plot.py $(BENCH_OUT)/bench_ndarray.json \
+	  $(BENCH_OUT)/bench_train_mlp.json $(BENCH_OUT)/bench_seq_step.json
+	$(PYTHON) benchmarks/bench_conv_seq.py $(BQ) > $(BENCH_OUT)/bench_conv_seq.txt; \
+	  status=$$?; cat $(BENCH_OUT)/bench_conv_seq.txt; exit $$status
+	$(PYTHON) benchmarks/bench_interop.py $(BQ) > $(BENCH_OUT)/bench_interop.txt; \
+	  status=$$?; cat $(BENCH_OUT)/bench_interop.txt; exit $$status
+	$(PYTHON) benchmarks/bench_distributed.py > $(BENCH_OUT)/bench_distributed.txt; \
+	  status=$$?; cat $(BENCH_OUT)/bench_distributed.txt; exit $$status
 
 bench-distributed: mpi build data
 	$(PYTHON) benchmarks/bench_distributed.py

@@ -1,8 +1,9 @@
 """Autograd overhead and a small MLP training step: needle beside PyTorch.
 
-    python benchmarks/bench_autograd.py [--quick] [--threads N]
+    python benchmarks/bench_autograd.py [--quick] [--threads N] [--json PATH]
 
---threads N sets both libraries' thread counts (default: each library's own).
+--threads N sets both libraries' thread counts (default: each library's own);
+--json writes the figures to PATH (`make bench`: benchmarks/results/).
 
 (a) Cost of one op on 1-element tensors that require grad: a chain of 1000
     ops (`y = y * b`, `y = y + 1.0`, `y = y.exp()`), forward only and forward
@@ -21,6 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import real_openblas  # noqa: E402,F401  (restarts without the OPENBLAS_* overrides)
+from _common import best_time, write_json  # noqa: E402
 
 import time  # noqa: E402
 
@@ -35,20 +37,10 @@ import needle.backend_ndarray as nd  # noqa: E402
 
 QUICK = "--quick" in sys.argv
 THREADS = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else None
+JSON = sys.argv[sys.argv.index("--json") + 1] if "--json" in sys.argv else None
 OP_CHAIN = 1000
 OP_TARGET = 0.5
 MLP_TARGET = 1.2
-
-
-def best_time(fn, repeats, number=1):
-    """Best wall time of `number` calls of fn(), over `repeats` runs (seconds per call)."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / number)
-    return best
 
 
 def verdict(ratio, target):
@@ -111,8 +103,8 @@ def bench_ops():
                       torch_chain(top, True))]
             for mode, nf, tf in cases:
                 nf(), tf()  # warm-up
-                tn = best_time(nf, repeats) / OP_CHAIN * 1e6
-                tt = best_time(tf, repeats) / OP_CHAIN * 1e6
+                tn = best_time(nf, repeats, 1) / OP_CHAIN * 1e6
+                tt = best_time(tf, repeats, 1) / OP_CHAIN * 1e6
                 r = tn / tt
                 judged = mode != "fwd+bwd (create_graph)"
                 mark = verdict(r, OP_TARGET) if judged else "(info: torch builds no grad graph)"
@@ -216,6 +208,13 @@ def main():
     missed = [r for r in ops_rows if r[5] and r[4] > OP_TARGET]
     missed += [r for r in mlp_rows if r[4] > MLP_TARGET]
     print(f"summary: {len(missed)} target(s) missed")
+    if JSON:
+        write_json(JSON, "bench_autograd", {
+            "threads": {"needle": nd.get_num_threads(), "torch": torch.get_num_threads()},
+            "ops_us": [dict(op=r[0], mode=r[1], needle=r[2], torch=r[3], ratio=r[4])
+                       for r in ops_rows],
+            "mlp_ms": [dict(batch=r[0], mode=r[1], needle=r[2], torch=r[3], ratio=r[4])
+                       for r in mlp_rows]})
 
 
 if __name__ == "__main__":

@@ -31,9 +31,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import best_time, cpu_model, run_child as run_json, write_json  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBS = ("needle", "numpy", "torch")
@@ -68,24 +70,6 @@ def matmul_cases(quick: bool) -> list[dict]:
 
 # ---- child: one library, one thread count -----------------------------------
 
-def best_time(fn, min_time: float, repeats: int, settle: float) -> float:
-    """Best seconds per call of fn(): warm up, pick a call count that takes
-    about min_time, then keep the best of `repeats` such runs."""
-    time.sleep(settle)
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-7)
-    number = max(1, int(min_time / once))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / number)
-    return best
-
-
 def operands(case: dict, np):
     rng = np.random.default_rng(0)
     m, k, n, dt = case["m"], case["k"], case["n"], case["dtype"]
@@ -99,6 +83,9 @@ def child(lib: str, threads: int, quick: bool) -> dict:
 
     min_time, repeats, settle = (0.05, 3, 0.2) if quick else (0.2, 5, 0.3)
     info: dict = {"lib": lib, "threads": threads}
+    # Per library: wrap (a NumPy array as the library's array), t (the
+    # transposed view, no copy), exp and total (sum over an axis); matmul is
+    # `a @ b` and add `a + b` in all three.
     if lib == "needle":
         sys.path.insert(0, ROOT)
         import needle.backend_ndarray as nd
@@ -106,75 +93,30 @@ def child(lib: str, threads: int, quick: bool) -> dict:
 
         info["config"] = _C.matmul_config()
         info["threads_used"] = nd.get_num_threads()
-
-        def wrap(x):
-            return nd.array(x, dtype=str(x.dtype))
-
-        def view(x, layout_t):  # the transposed view, no copy
-            return x.permute((1, 0)) if layout_t else x
-
-        def matmul(a, b):
-            return lambda: a @ b
-
-        def add(a, b):
-            return lambda: a + b
-
-        def exp(a):
-            return lambda: a.exp()
-
-        def total(a, axis):
-            return lambda: a.sum(axis=axis)
+        wrap, t = (lambda x: nd.array(x, dtype=str(x.dtype))), (lambda x: x.permute((1, 0)))
+        exp, total = (lambda x: x.exp()), (lambda x, axis: x.sum(axis=axis))
     elif lib == "numpy":
         import real_openblas
 
         info["blas"] = real_openblas.describe()
-
-        def wrap(x):
-            return x
-
-        def view(x, layout_t):
-            return x.T if layout_t else x
-
-        def matmul(a, b):
-            return lambda: a @ b
-
-        def add(a, b):
-            return lambda: a + b
-
-        def exp(a):
-            return lambda: np.exp(a)
-
-        def total(a, axis):
-            return lambda: a.sum(axis=axis)
+        wrap, t, exp = (lambda x: x), (lambda x: x.T), np.exp
+        total = (lambda x, axis: x.sum(axis=axis))
     else:
         import torch
 
         torch.set_num_threads(threads)
         info["torch"] = f"{torch.__version__}, {torch.get_num_threads()} threads"
+        wrap, t, exp = torch.from_numpy, (lambda x: x.t()), torch.exp
+        total = (lambda x, axis: x.sum(dim=axis))
 
-        def wrap(x):
-            return torch.from_numpy(x)
-
-        def view(x, layout_t):
-            return x.t() if layout_t else x
-
-        def matmul(a, b):
-            return lambda: a @ b
-
-        def add(a, b):
-            return lambda: a + b
-
-        def exp(a):
-            return lambda: torch.exp(a)
-
-        def total(a, axis):
-            return lambda: a.sum(dim=axis)
+    def view(x, layout_t):
+        return t(x) if layout_t else x
 
     results = {}
     for case in matmul_cases(quick):
         a, b = operands(case, np)
         x, y = view(wrap(a), case["layout"] == "tn"), view(wrap(b), case["layout"] == "nt")
-        fn = matmul(x, y)
+        fn = (lambda x=x, y=y: x @ y)
         if lib == "needle":
             got = np.asarray(fn().numpy(), dtype=np.float64)
             aa = a.T if case["layout"] == "tn" else a
@@ -184,24 +126,24 @@ def child(lib: str, threads: int, quick: bool) -> dict:
             if not err <= (1e-4 if case["dtype"] == "float32" else 1e-10):
                 raise SystemExit(f"{case['name']} {case['dtype']}: needle differs from NumPy "
                                  f"(max error {err:.2e} of max |value|)")
-        t = best_time(fn, min_time, repeats, settle)
+        secs = best_time(fn, repeats, min_time=min_time, settle=settle)
         key = f"matmul|{case['name']}|{case['dtype']}"
-        results[key] = 2.0 * case["m"] * case["k"] * case["n"] / t / 1e9
+        results[key] = 2.0 * case["m"] * case["k"] * case["n"] / secs / 1e9
 
     rng = np.random.default_rng(1)
     a = rng.standard_normal(EWISE_N, dtype=np.float32)
     b = rng.standard_normal(EWISE_N, dtype=np.float32)
     x, y = wrap(a), wrap(b)
     results["ewise|add a + b|float32"] = 3 * 4 * EWISE_N / 1e9 / best_time(
-        add(x, y), min_time, repeats, settle)
+        lambda: x + y, repeats, min_time=min_time, settle=settle)
     results["ewise|exp a.exp()|float32"] = 2 * 4 * EWISE_N / 1e9 / best_time(
-        exp(x), min_time, repeats, settle)
+        lambda: exp(x), repeats, min_time=min_time, settle=settle)
     a = rng.standard_normal((REDUCE_N, REDUCE_N), dtype=np.float32)
     x = wrap(a)
     for axis in (0, 1):
         results[f"reduce|sum(axis={axis}) 4096x4096|float32"] = (
             4 * (REDUCE_N * REDUCE_N + REDUCE_N) / 1e9
-            / best_time(total(x, axis), min_time, repeats, settle))
+            / best_time(lambda: total(x, axis), repeats, min_time=min_time, settle=settle))
     info["results"] = results
     return info
 
@@ -213,13 +155,8 @@ def run_child(lib: str, threads: int, quick: bool) -> dict:
     t = str(threads)
     env.update(NEEDLE_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t, OMP_NUM_THREADS=t,
                MKL_NUM_THREADS=t, PYTHONPATH=ROOT)
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", lib, "--threads", t]
-    if quick:
-        cmd.append("--quick")
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"{lib} child ({threads} threads) failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    argv = [os.path.abspath(__file__), "--child", lib, "--threads", t] + ["--quick"] * quick
+    return run_json(argv, env, f"{lib} child ({threads} threads)")
 
 
 def print_tables(threads: int, best: dict[str, dict[str, float]]) -> None:
@@ -275,21 +212,7 @@ def parent(args) -> None:
             report["runs"].append(dict(section=section, case=name, dtype=dt, threads=threads,
                                        **{lib: best[lib][k] for lib in LIBS}))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"\nwrote {args.json}")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
-    except OSError:
-        pass
-    return f"unknown, {os.cpu_count()} CPUs"
+        write_json(args.json, "bench_ndarray", report)
 
 
 def main() -> None:

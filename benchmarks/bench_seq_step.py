@@ -2,7 +2,7 @@
 
     python benchmarks/bench_seq_step.py [--layers 2] [--hidden 256] [--embed 256]
         [--seq-len 40] [--batch 32] [--vocab 10000] [--steps 5] [--repeats 2] [--threads N]
-        [--model lstm|rnn] [--create-graph] [--profile] [--fast-one-hot]
+        [--model lstm|rnn] [--create-graph] [--profile] [--fast-one-hot] [--json PATH]
 
 Embedding -> LSTM (or RNN) -> Linear -> softmax cross-entropy, then
 backward and one SGD step, on random token ids (float32, initial state
@@ -15,7 +15,10 @@ records the gradient graph). --profile prints needle's top functions
 (cProfile, with the time spent inside C ops attributed to their Python
 callers). --fast-one-hot replaces needle's init.one_hot (which SoftmaxLoss
 calls, and which builds np.eye(vocab)) by a same-valued scatter, to show the
-step without that cost.
+step without that cost. Memory: the peak resident set during the steps
+("peak MB") and what the steps added to it ("train MB": that peak minus the
+RSS before the first step, with model and data loaded), best of the runs.
+--json writes the figures to PATH (`make bench`: benchmarks/results/).
 """
 from __future__ import annotations
 
@@ -23,12 +26,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import real_openblas  # noqa: E402,F401  (restarts without the OPENBLAS_* overrides)
+from _common import peak_mb, reset_peak, run_child, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -40,6 +43,19 @@ def data(a):
     x = rng.integers(0, a.vocab, size=(a.seq_len, a.batch))
     y = rng.integers(0, a.vocab, size=(a.seq_len * a.batch,))
     return x, y
+
+
+def timed_steps(step, steps: int) -> dict:
+    """steps + 1 calls of step() (the first a warm-up): seconds of the rest, the last
+    loss, and the memory the steps took."""
+    base = reset_peak()
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - start)
+    peak = peak_mb()
+    return {"times": times[1:], "loss": loss, "peak_mb": peak, "train_mb": peak - base}
 
 
 def run_needle(a) -> dict:
@@ -81,19 +97,15 @@ def run_needle(a) -> dict:
         opt.step()
         return loss
 
-    times = []
-    for _ in range(a.steps + 1):
-        start = time.perf_counter()
-        loss = step()
-        times.append(time.perf_counter() - start)
+    res = timed_steps(step, a.steps)
     if a.profile:
         import cProfile
         import pstats
         prof = cProfile.Profile()
         prof.runcall(step)
         pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(15)
-    return {"times": times[1:], "loss": float(loss.numpy()),
-            "threads": ndl.backend_ndarray.get_num_threads()}
+    return dict(res, loss=float(res["loss"].numpy()),
+                threads=ndl.backend_ndarray.get_num_threads())
 
 
 def run_torch(a) -> dict:
@@ -118,12 +130,8 @@ def run_torch(a) -> dict:
         opt.step()
         return loss
 
-    times = []
-    for _ in range(a.steps + 1):
-        start = time.perf_counter()
-        loss = step()
-        times.append(time.perf_counter() - start)
-    return {"times": times[1:], "loss": float(loss), "threads": torch.get_num_threads()}
+    res = timed_steps(step, a.steps)
+    return dict(res, loss=float(res["loss"]), threads=torch.get_num_threads())
 
 
 def main() -> None:
@@ -142,6 +150,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--fast-one-hot", action="store_true",
                     help="needle: SoftmaxLoss's one_hot without np.eye(vocab) (same values)")
+    ap.add_argument("--json", default=None, help="write the figures to this file")
     ap.add_argument("--child", choices=("needle", "torch"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -154,22 +163,34 @@ def main() -> None:
           f"hidden {a.hidden}, {a.layers} layers, seq {a.seq_len}, batch {a.batch}; "
           f"{a.steps} steps per run, {a.repeats} runs each")
     res = {"needle": [], "torch": []}
+    mem = {"needle": [], "torch": []}
     for _ in range(a.repeats):  # alternate, so that both see the same machine load
         for impl in ("needle", "torch"):
-            out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", impl],
-                                 env=env, capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f"{impl} run failed:\n{out.stderr}")
-            if a.profile and impl == "needle":
-                print(out.stderr)
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            argv = [__file__, *[x for x in sys.argv[1:] if x != "--json" and x != a.json],
+                    "--child", impl]
+            r = run_child(argv, env, f"{impl} run", echo_stderr=a.profile and impl == "needle")
             res[impl] += r["times"]
+            mem[impl].append((r["peak_mb"], r["train_mb"]))
             print(f"{impl:>7}: {statistics.median(r['times']) * 1e3:8.1f} ms/step median, "
                   f"{min(r['times']) * 1e3:8.1f} min, loss {r['loss']:.3f}, "
-                  f"{r['threads']} threads")
+                  f"{r['threads']} threads, peak {r['peak_mb']:.0f} MB, "
+                  f"train {r['train_mb']:.1f} MB")
     n, t = res["needle"], res["torch"]
-    print(f"  ratio needle / torch: {statistics.median(n) / statistics.median(t):.2f}x median, "
-          f"{min(n) / min(t):.2f}x best step (target <= 1.5x)")
+    (npk, ntr), (tpk, ttr) = (tuple(min(m[i] for m in mem[k]) for i in (0, 1))
+                              for k in ("needle", "torch"))
+    ratio = {"median": statistics.median(n) / statistics.median(t), "best": min(n) / min(t),
+             "peak_mb": npk / tpk, "train_mb": ntr / max(ttr, 1e-9)}
+    print(f"  ratio needle / torch: {ratio['median']:.2f}x median, {ratio['best']:.2f}x best "
+          f"step (target <= 1.5x); memory {ratio['peak_mb']:.2f}x peak, "
+          f"{ratio['train_mb']:.2f}x train (best of runs)")
+    if a.json:
+        write_json(a.json, "bench_seq_step", {
+            "config": {k: v for k, v in vars(a).items() if k not in ("child", "json")},
+            "needle": {"median_s": statistics.median(n), "best_s": min(n), "peak_mb": npk,
+                       "train_mb": ntr},
+            "torch": {"median_s": statistics.median(t), "best_s": min(t), "peak_mb": tpk,
+                      "train_mb": ttr},
+            "ratio": ratio})
 
 
 if __name__ == "__main__":

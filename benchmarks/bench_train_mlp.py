@@ -12,8 +12,9 @@ shuffle=True, opt.reset_grad(), loss.backward(), opt.step()), PyTorch over
 pre-stacked tensors as its users write it (zero_grad, backward, step).
 "nograph": the same with needle's loss.backward(create_graph=False). The
 default backward records the gradients' graph (API.md 3.7), whose reference
-cycles wait for Python's cyclic GC (API.md 3.1 requires them): its "train
-MB" is that garbage; create_graph=False makes none. Adam
+cycles wait for Python's cyclic GC (API.md 3.1 requires them); their arrays
+are freed at the next backward (Note [Reclaiming garbage graphs' data],
+csrc/autograd/tensor_reclaim.c), so both loops' "train MB" is one step's. Adam
 lr 1e-3, batch 128, float32, on Debian's dataset-fashion-mnist.
 
 Each (loop, library, size) runs in its own process so that peak memory is
@@ -31,38 +32,17 @@ import argparse
 import gzip
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import real_openblas  # noqa: E402,F401  (restarts without the OPENBLAS_* overrides)
+from _common import peak_mb, reset_peak, run_child as run_json, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = "/usr/share/datasets/fashion-mnist"
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-def reset_peak() -> float:
-    """Restart the kernel's peak-RSS count (VmHWM) here; returns the current RSS."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return rss_mb()
-
-
-def peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load(kind: str):
@@ -71,6 +51,15 @@ def load(kind: str):
     with gzip.open(os.path.join(DATA, f"{kind}-labels-idx1-ubyte.gz")) as f:
         y = np.frombuffer(f.read()[8:], np.uint8).copy()
     return X, y
+
+
+def timed(epoch, threads: int) -> dict:
+    """Run epoch() once, from a reset peak-RSS count: seconds, RSS before, last loss."""
+    base = reset_peak()
+    start = time.perf_counter()
+    loss = epoch()
+    return {"seconds": time.perf_counter() - start, "base_mb": base, "threads": threads,
+            "loss": float(loss)}
 
 
 def run_needle(hidden: int, batch: int) -> dict:
@@ -84,16 +73,15 @@ def run_needle(hidden: int, batch: int) -> dict:
     opt = ndl.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = ndl.nn.SoftmaxLoss()
     model.train()
-    base = reset_peak()
-    start = time.perf_counter()
-    for xb, yb in loader:
-        loss = loss_fn(model(xb), yb)
-        opt.reset_grad()
-        loss.backward(create_graph=False)
-        opt.step()
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "base_mb": base, "threads": ndl.backend_ndarray.get_num_threads(),
-            "loss": float(loss.numpy())}
+
+    def epoch():
+        for xb, yb in loader:
+            loss = loss_fn(model(xb), yb)
+            opt.reset_grad()
+            loss.backward(create_graph=False)
+            opt.step()
+        return loss.numpy()
+    return timed(epoch, ndl.backend_ndarray.get_num_threads())
 
 
 def run_torch(hidden: int, batch: int) -> dict:
@@ -121,18 +109,17 @@ def run_torch(hidden: int, batch: int) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = tnn.CrossEntropyLoss()
     model.train()
-    base = reset_peak()
-    start = time.perf_counter()
-    perm = torch.from_numpy(np.random.permutation(len(X)))
-    for i in range(0, len(X), batch):
-        idx = perm[i:i + batch]
-        loss = loss_fn(model(Xt[idx]), yt[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "base_mb": base, "threads": torch.get_num_threads(),
-            "loss": float(loss)}
+
+    def epoch():
+        perm = torch.from_numpy(np.random.permutation(len(X)))
+        for i in range(0, len(X), batch):
+            idx = perm[i:i + batch]
+            loss = loss_fn(model(Xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return loss.detach()
+    return timed(epoch, torch.get_num_threads())
 
 
 def run_natural_needle(hidden: int, batch: int, create_graph: bool = True) -> dict:
@@ -150,16 +137,15 @@ def run_natural_needle(hidden: int, batch: int, create_graph: bool = True) -> di
                           nn.Linear(hidden, 10))
     opt = ndl.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.SoftmaxLoss()
-    base = reset_peak()
-    start = time.perf_counter()
-    for xb, yb in loader:
-        opt.reset_grad()
-        loss = loss_fn(model(xb), yb)
-        loss.backward(create_graph=create_graph)
-        opt.step()
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "base_mb": base, "threads": ndl.backend_ndarray.get_num_threads(),
-            "loss": float(loss.numpy())}
+
+    def epoch():
+        for xb, yb in loader:
+            opt.reset_grad()
+            loss = loss_fn(model(xb), yb)
+            loss.backward(create_graph=create_graph)
+            opt.step()
+        return loss.numpy()
+    return timed(epoch, ndl.backend_ndarray.get_num_threads())
 
 
 def run_natural_torch(hidden: int, batch: int) -> dict:
@@ -173,18 +159,17 @@ def run_natural_torch(hidden: int, batch: int) -> dict:
                            tnn.ReLU(), tnn.Linear(hidden, 10))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = tnn.CrossEntropyLoss()
-    base = reset_peak()
-    start = time.perf_counter()
-    perm = torch.randperm(len(Xt))
-    for i in range(0, len(Xt), batch):
-        idx = perm[i:i + batch]
-        opt.zero_grad()
-        loss = loss_fn(model(Xt[idx]), yt[idx])
-        loss.backward()
-        opt.step()
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "base_mb": base, "threads": torch.get_num_threads(),
-            "loss": float(loss.detach())}
+
+    def epoch():
+        perm = torch.randperm(len(Xt))
+        for i in range(0, len(Xt), batch):
+            idx = perm[i:i + batch]
+            opt.zero_grad()
+            loss = loss_fn(model(Xt[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+        return loss.detach()
+    return timed(epoch, torch.get_num_threads())
 
 
 RUNNERS = {"needle": run_needle, "torch": run_torch,
@@ -202,11 +187,7 @@ def child(impl: str, hidden: int, batch: int) -> None:
 
 
 def run_child(impl: str, hidden: int, batch: int, env: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", impl, str(hidden), str(batch)],
-                         env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{impl} run failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json([__file__, "--child", impl, str(hidden), str(batch)], env, f"{impl} run")
 
 
 def compare(loop: str, hidden: int, args, env: dict) -> dict:
@@ -262,9 +243,9 @@ def main() -> None:
     results += [compare(loop, h, args, env) for loop in ("natural", "nograph")
                 for h in args.natural_hidden]
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"benchmark": "bench_train_mlp", "threads": args.threads,
-                       "blas": real_openblas.describe(), "results": results}, f, indent=1)
+        write_json(args.json, "bench_train_mlp", {"threads": args.threads,
+                                                  "blas": real_openblas.describe(),
+                                                  "results": results})
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@
 #include "../ndarray/ndarray.h"
 
 /* ---- Values ------------------------------------------------------------- */
-typedef struct {
+typedef struct ValueObject {
     PyObject_HEAD
     PyObject *op;          /* Op or NULL (a leaf) */
     PyObject *inputs;      /* tuple of Values (empty for leaves) */
@@ -47,6 +47,11 @@ typedef struct {
     /* scratch for the backward walk (backward.c) */
     uint64_t visit_mark;
     PyObject *partials;    /* list of partial adjoints during backward, else NULL */
+    /* Note [Reclaiming garbage graphs' data] (tensor_reclaim.c) */
+    struct ValueObject *reclaim_prev, *reclaim_next;
+    Py_ssize_t scan_refs;
+    uint64_t scan_mark;
+    char reclaim_listed, scan_reachable;
 } ValueObject;
 
 extern PyTypeObject Value_Type, Tensor_Type, TensorTuple_Type;
@@ -305,6 +310,11 @@ PyObject *ndl_find_topo_sort(PyObject *node_list); /* list, forward order */
 #define NDL_GRAD_LEAVES_ONLY 1
 #define NDL_GRAD_FREE_GRAPH 2
 int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int flags);
+
+/* ---- data of unreachable gradient graphs (tensor_reclaim.c) -------------- */
+void ndl_reclaim_list(ValueObject *v);   /* v got a recorded .grad: may join a cycle */
+void ndl_reclaim_unlist(ValueObject *v); /* v is being freed */
+int ndl_reclaim_scan(void);              /* free the data of unreachable listed graphs */
 
 /* ---- the tools' hook (op_hook.c) ---------------------------------------- */
 /* ndl_hook_start: a start time when a hook is set, else -1 (then the others

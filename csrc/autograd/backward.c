@@ -187,6 +187,10 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int flags)
     PyObject *roots, *order, *empty = NULL;
     Py_ssize_t n;
     int rc = -1, leaves_only = flags & NDL_GRAD_LEAVES_ONLY;
+    /* Note [Reclaiming garbage graphs' data]: earlier steps' graphs are
+     * unreachable by now in a training loop. */
+    if (ndl_reclaim_scan() < 0)
+        return -1;
     roots = PyList_New(1);
     if (roots == NULL)
         return -1;
@@ -222,6 +226,8 @@ int ndl_compute_gradients(ValueObject *out, PyObject *out_grad, int flags)
         Py_DECREF(partials);
         if (g == NULL)
             goto done;
+        if (!leaves_only)
+            ndl_reclaim_list(node); /* its recorded .grad may close a cycle */
         if (node->op == NULL) {
             Py_XSETREF(node->grad, g); /* .grad is overwritten, never accumulated */
             if (call_grad_ready_hook((PyObject *)node) < 0)

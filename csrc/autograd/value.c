@@ -55,6 +55,7 @@ static void Value_dealloc(ValueObject *self)
         PyObject_ClearWeakRefs((PyObject *)self);
     if (self->counted)
         ndl_tensor_counter--;
+    ndl_reclaim_unlist(self);
     ndl_value_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
     Py_TRASHCAN_END

@@ -1,0 +1,105 @@
+"""What the benchmarks share: timing, memory, child processes and JSON results.
+
+- best_time(fn, ...): the best seconds per call over several timed runs.
+- rss_mb(), reset_peak(), peak_mb(): this process's memory (Linux /proc).
+- run_child(argv, env): run a child process, return the JSON of its last line.
+- machine(): the CPU model, core count and load, for every JSON file.
+- write_json(path, benchmark, payload): payload + machine() as JSON (the
+  files `make bench` leaves in benchmarks/results/ for plot.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Callable, Optional
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def best_time(fn: Callable[[], object], repeats: int, number: Optional[int] = None,
+              min_time: float = 0.0, settle: float = 0.0) -> float:
+    """Best seconds per call of fn() over `repeats` runs of `number` calls.
+
+    number None: one warm-up call, then as many calls as take about min_time."""
+    if settle:
+        time.sleep(settle)
+    if number is None:
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        number = max(1, int(min_time / max(time.perf_counter() - t0, 1e-7)))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / number)
+    return best
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def reset_peak() -> float:
+    """Restart the kernel's peak-RSS count (VmHWM) here; returns the current RSS."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return rss_mb()
+
+
+def peak_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(argv: list, env: Optional[dict] = None, what: str = "child",
+              echo_stderr: bool = False) -> dict:
+    """Run `python argv...`; the JSON object its last line of stdout prints."""
+    out = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{what} failed:\n{out.stderr[-3000:]}")
+    if echo_stderr:
+        print(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cpu_model() -> str:
+    """The model name, family/model/stepping and widest vector ISA (/proc/cpuinfo),
+    e.g. "AMD EPYC (family 25 model 17 stepping 1, avx512f), 2 CPUs"."""
+    fields: dict = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first CPU is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    flags = fields.get("flags", "").split()
+    isa = next((x for x in ("avx512f", "avx2", "avx") if x in flags), "sse")
+    return (f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')} "
+            f"model {fields.get('model', '?')} stepping {fields.get('stepping', '?')}, {isa}), "
+            f"{os.cpu_count()} CPUs")
+
+
+def machine() -> dict:
+    return {"cpu": cpu_model(), "load_average": round(os.getloadavg()[0], 2),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+
+def write_json(path: str, benchmark: str, payload: dict) -> None:
+    """Write payload with the benchmark's name and machine() to path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"benchmark": benchmark, **machine(), **payload}, f, indent=1)
+    print(f"wrote {path}")
