@@ -319,6 +319,8 @@ class Linear(Module):
     def forward(self, X: Tensor) -> Tensor:
         _check_input(f"Linear({self.in_features}, {self.out_features})", X, "(..., in_features)",
                      1, min_ndim=True, features=self.in_features)
+        if self.bias is not None and len(X.shape) == 2:  # one node (Note [Fused Linear])
+            return ops.linear(X, self.weight, self.bias)
         y = X @ self.weight
         if self.bias is not None:
             y = y + self.bias.broadcast_to(y.shape)
@@ -558,4 +560,4 @@ class Dropout(Module):
         mask = init.randb(*x.shape, p=1 - self.p, device=x.device, dtype=x.dtype)
         if self.p >= 1:
             return x * mask
-        return x * mask / (1 - self.p)
+        return ops.masked_scale(x, mask, 1 - self.p)  # x * mask / (1 - p), one node
