@@ -79,6 +79,7 @@ bench: mpi build data
 	$(PYTHON) benchmarks/bench_autograd.py
 	$(PYTHON) benchmarks/bench_train_mlp.py
 	$(PYTHON) benchmarks/bench_conv_seq.py
+	$(PYTHON) benchmarks/bench_transformer.py
 	$(PYTHON) benchmarks/bench_interop.py
 	$(PYTHON) benchmarks/bench_distributed.py
 
