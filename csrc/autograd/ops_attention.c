@@ -56,10 +56,24 @@
 
 /* ---- the row loops ------------------------------------------------------- */
 
-/* softmax_row_<sfx> is row_reduce.h's; y * (g - sum(g * y)) per row here. Eight
- * partial sums so that gcc vectorizes the reduction without -ffast-math; the
- * results do not depend on the threads. */
-#define NDL_SOFTMAX_GRAD_ROW(T, sfx)                                                               \
+/* Eight partial maxima / sums so that gcc vectorizes the reductions without
+ * -ffast-math; the results do not depend on the threads. */
+#define NDL_SOFTMAX_ROWS(T, sfx, BIG)                                                              \
+    static void softmax_row_##sfx(const T *z, T *y, int64_t n) /* y may be z */                  \
+    {                                                                                              \
+        T acc[8] = {0}, m = row_max_##sfx(z, n), s;                                                \
+        int64_t i;                                                                                 \
+        for (i = 0; i < n; i++)                                                                    \
+            y[i] = ndl_exp_##sfx(z[i] - m);                                                        \
+        for (i = 0; i + 8 <= n; i += 8)                                                            \
+            for (int k = 0; k < 8; k++)                                                            \
+                acc[k] += y[i + k];                                                                \
+        for (; i < n; i++)                                                                         \
+            acc[0] += y[i];                                                                        \
+        s = NDL_SUM8(acc);                                                                         \
+        for (i = 0; i < n; i++)                                                                    \
+            y[i] = y[i] / s;                                                                       \
+    }                                                                                              \
     static void softmax_grad_row_##sfx(const T *restrict y, const T *restrict g, T *restrict o,    \
                                        int64_t n)                                                  \
     {                                                                                              \
@@ -86,8 +100,8 @@
     }
 NDL_LOGITS_ROW(float, f32)
 NDL_LOGITS_ROW(double, f64)
-NDL_SOFTMAX_GRAD_ROW(float, f32)
-NDL_SOFTMAX_GRAD_ROW(double, f64)
+NDL_SOFTMAX_ROWS(float, f32, FLT_MAX)
+NDL_SOFTMAX_ROWS(double, f64, DBL_MAX)
 
 typedef struct {
     ndl_dtype dt;

@@ -1,15 +1,13 @@
 /* row_reduce.h: the row reductions the fused softmax ops share (ops_attention.c's
- * softmax rows, ops_softmax.c's cross-entropy rows and their gradient). Eight partial
- * results so that gcc vectorizes them without -ffast-math; the order of the sums is
- * fixed, so the results do not depend on the threads.
+ * softmax rows, ops_softmax.c's cross-entropy rows). Eight partial results so that
+ * gcc vectorizes them without -ffast-math; the order of the sums is fixed, so the
+ * results do not depend on the threads.
  */
 #ifndef NDL_ROW_REDUCE_H
 #define NDL_ROW_REDUCE_H
 
 #include <float.h>
 #include <stdint.h>
-
-#include "scalar_ops.h"
 
 /* The pairwise sum of eight partial sums acc[0..7]. */
 #define NDL_SUM8(acc)                                                                              \
@@ -37,27 +35,5 @@
     }
 NDL_ROW_MAX(float, f32, FLT_MAX)
 NDL_ROW_MAX(double, f64, DBL_MAX)
-
-/* softmax_row_<sfx>(z, y, n): y = softmax(z) over one row (y may be z): m the clamped
- * row max, exp(z - m) with the Exp kernel's per-element math, the eight-way sum, then
- * one division per element. */
-#define NDL_SOFTMAX_ROW(T, sfx)                                                                    \
-    static inline void softmax_row_##sfx(const T *z, T *y, int64_t n)                              \
-    {                                                                                              \
-        T acc[8] = {0}, m = row_max_##sfx(z, n), s;                                                \
-        int64_t i;                                                                                 \
-        for (i = 0; i < n; i++)                                                                    \
-            y[i] = ndl_exp_##sfx(z[i] - m);                                                        \
-        for (i = 0; i + 8 <= n; i += 8)                                                            \
-            for (int k = 0; k < 8; k++)                                                            \
-                acc[k] += y[i + k];                                                                \
-        for (; i < n; i++)                                                                         \
-            acc[0] += y[i];                                                                        \
-        s = NDL_SUM8(acc);                                                                         \
-        for (i = 0; i < n; i++)                                                                    \
-            y[i] = y[i] / s;                                                                       \
-    }
-NDL_SOFTMAX_ROW(float, f32)
-NDL_SOFTMAX_ROW(double, f64)
 
 #endif /* NDL_ROW_REDUCE_H */
