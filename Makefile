@@ -86,6 +86,8 @@ bench: mpi build data
 	  $(BENCH_OUT)/bench_train_mlp.json $(BENCH_OUT)/bench_seq_step.json
 	$(PYTHON) benchmarks/bench_conv_seq.py $(BQ) > $(BENCH_OUT)/bench_conv_seq.txt; \
 	  status=$$?; cat $(BENCH_OUT)/bench_conv_seq.txt; exit $$status
+	$(PYTHON) benchmarks/bench_transformer.py $(BQ) > $(BENCH_OUT)/bench_transformer.txt; \
+	  status=$$?; cat $(BENCH_OUT)/bench_transformer.txt; exit $$status
 	$(PYTHON) benchmarks/bench_interop.py $(BQ) > $(BENCH_OUT)/bench_interop.txt; \
 	  status=$$?; cat $(BENCH_OUT)/bench_interop.txt; exit $$status
 	$(PYTHON) benchmarks/bench_distributed.py > $(BENCH_OUT)/bench_distributed.txt; \

@@ -18,32 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import real_openblas  # noqa: E402,F401  (restarts without the OPENBLAS_* overrides)
 
 import numpy as np  # noqa: E402
+from _harness import best_ms, run_child, thread_env, use_repo  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = 1.5
 CASES = ["conv 16->32", "conv 64->128", "resnet9 step", "lstm lm step"]
 
 
-def best_ms(fn, reps: int) -> float:
-    fn()  # warm-up (allocations, kernel choice, thread pool)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
-
-
 def needle_case(case: str, reps: int) -> float:
-    sys.path[:0] = [ROOT, os.path.join(ROOT, "apps")]
+    use_repo()
     import needle as ndl
     import needle.nn as nn
 
@@ -166,22 +154,15 @@ def main() -> None:
         ms = (needle_case if impl == "needle" else torch_case)(case, reps)
         print(json.dumps({"ms": ms}))
         return
-    env = dict(os.environ)
-    if args.threads:
-        env.update(NEEDLE_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    env = thread_env(args.threads)
     reps = 3 if args.quick else 8
     print(f"NumPy BLAS: {real_openblas.describe()}; best of {reps} after a warm-up, "
           f"each library in its own process")
     print(f"  {'case':<16}{'needle ms':>11}{'torch ms':>11}{'ratio':>8}")
     missed = 0
     for case in args.cases:
-        ms = {}
-        for impl in ("needle", "torch"):
-            out = subprocess.run([sys.executable, __file__, "--child", impl, case, str(reps)],
-                                 env=env, capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f"{impl} {case} failed:\n{out.stderr[-3000:]}")
-            ms[impl] = json.loads(out.stdout.strip().splitlines()[-1])["ms"]
+        ms = {impl: run_child(__file__, [impl, case, str(reps)], env, f"{impl} {case}")["ms"]
+              for impl in ("needle", "torch")}
         r = ms["needle"] / ms["torch"]
         ok = r <= TARGET
         missed += not ok

@@ -26,47 +26,20 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import real_openblas  # noqa: E402,F401  (restarts without the OPENBLAS_* overrides)
 
 import numpy as np  # noqa: E402
+from _harness import measure, run_child, thread_env, use_repo  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = 1.5
 VOCAB, WIDTH, LAYERS, HEADS, HIDDEN, SEQ, BATCH = 10000, 256, 4, 8, 1024, 128, 16
 
 
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def measure(step, reps: int) -> dict:
-    step()  # warm-up (allocations, kernel choice, thread pool)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current resident size
-    except OSError:
-        pass
-    base = _status_kb("VmRSS")
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - t0)
-    return {"ms": best * 1e3, "peak_mb": (_status_kb("VmHWM") - base) / 1024,
-            "rss_mb": _status_kb("VmHWM") / 1024}
-
-
 def needle_case(reps: int, dropout: float) -> dict:
-    sys.path[:0] = [ROOT, os.path.join(ROOT, "apps")]
+    use_repo()
     import needle as ndl
     import needle.nn as nn
     from models import LanguageModel
@@ -159,23 +132,15 @@ def main() -> None:
         res = (needle_case if impl == "needle" else torch_case)(reps, args.dropout)
         print(json.dumps(res))
         return
-    env = dict(os.environ)
-    if args.threads:
-        env.update(NEEDLE_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    env = thread_env(args.threads)
     reps = 2 if args.quick else 5
     print(f"NumPy BLAS: {real_openblas.describe()}; best of {reps} after a warm-up, each "
           f"library in its own process; torch: the same model from torch primitives")
     print(f"Transformer LM training step (Adam): {LAYERS} layers, width {WIDTH}, {HEADS} heads, "
           f"MLP {HIDDEN}, sequence {SEQ}, batch {BATCH}, vocabulary {VOCAB:,}, "
           f"dropout {args.dropout}")
-    res = {}
-    for impl in ("needle", "torch"):
-        out = subprocess.run([sys.executable, __file__, "--child", impl, str(reps),
-                              "--dropout", str(args.dropout)],
-                             env=env, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"{impl} failed:\n{out.stderr[-3000:]}")
-        res[impl] = json.loads(out.stdout.strip().splitlines()[-1])
+    res = {impl: run_child(__file__, [impl, str(reps), "--dropout", str(args.dropout)], env, impl)
+           for impl in ("needle", "torch")}
     n, t = res["needle"], res["torch"]
     r, m = n["ms"] / t["ms"], n["peak_mb"] / max(t["peak_mb"], 1e-9)
     print(f"  {'':<22}{'needle':>10}{'torch':>10}{'ratio':>8}")

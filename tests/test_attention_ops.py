@@ -258,3 +258,117 @@ def test_attention_probs_bad_shapes():
         ops.attention_probs(nd(np.ones((2, 3, 4))), nd(np.ones((2, 3, 5))), 1.0, 0.0)
     with pytest.raises(ValueError, match=r"\(2, 3, 4\) and \(3, 3, 4\)"):
         ops.attention_probs(nd(np.ones((2, 3, 4))), nd(np.ones((3, 3, 4))), 1.0, 0.0)
+
+
+# ---- LayerNorm, Linear and MaskedScale: the Transformer's other fused nodes -----
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(9,), (5, 16), (2, 3, 7), (64, 256)])
+def test_layer_norm_against_torch(path, dtype, shape):
+    x = np.random.randn(*shape) * 3 + 1
+    w, b, g = np.random.randn(shape[-1]), np.random.randn(shape[-1]), np.random.randn(*shape)
+    X, W, B = nd(x, dtype), nd(w, dtype), nd(b, dtype)
+    y = ops.layer_norm(X, W, B, 1e-5)
+    (y * nd(g, dtype, False)).sum().backward()
+    TX, TW, TB = th(x, dtype), th(w, dtype), th(b, dtype)
+    ty = torch.nn.functional.layer_norm(TX, (shape[-1],), TW, TB, 1e-5)
+    (ty * th(g, dtype, False)).sum().backward()
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), **GTOL[dtype])
+    for a, t in ((X, TX), (W, TW), (B, TB)):
+        np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), **GTOL[dtype])
+
+
+def test_layer_norm_is_layernorm1d(path):
+    """The same numbers as the module's own formula: bit for bit where the composition
+    runs (it is that formula), to rounding in the fused loop (eight-lane sums)."""
+    x = np.random.randn(6, 5, 12).astype(np.float32)
+    ln = ndl.nn.LayerNorm1d(12)
+    ln.weight.data = nd(np.random.randn(12), "float32")
+    ln.bias.data = nd(np.random.randn(12), "float32")
+    want = ln(nd(x, "float32")).numpy()
+    got = ops.layer_norm(nd(x, "float32"), ln.weight, ln.bias, ln.eps).numpy()
+    if path == "composed":
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_norm_finite_differences(path):
+    fd_check(lambda x, w, b: ops.layer_norm(x, w, b, 1e-3),
+             [np.random.randn(3, 5), np.random.randn(5), np.random.randn(5)])
+
+
+def test_layer_norm_gradient_of_gradient(path):
+    x, w, b, G, V = (np.random.randn(4, 6), np.random.randn(6), np.random.randn(6),
+                     np.random.randn(4, 6), np.random.randn(4, 6))
+    X, W = nd(x), nd(w)
+    (ops.layer_norm(X, W, nd(b), 1e-5) * nd(G, requires_grad=False)).sum().backward()
+    (X.grad * nd(V, requires_grad=False)).sum().backward()
+    TX, TW = th(x), th(w)
+    ty = torch.nn.functional.layer_norm(TX, (6,), TW, th(b), 1e-5)
+    (gx,) = torch.autograd.grad((ty * th(G, requires_grad=False)).sum(), TX, create_graph=True)
+    (gx * th(V, requires_grad=False)).sum().backward()
+    np.testing.assert_allclose(X.grad.numpy(), TX.grad.numpy(), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(W.grad.numpy(), TW.grad.numpy(), rtol=1e-8, atol=1e-10)
+
+
+def test_linear_and_masked_scale_are_their_compositions_bit_for_bit(path):
+    x, w, b, g = (np.random.randn(7, 5), np.random.randn(5, 3), np.random.randn(1, 3),
+                  np.random.randn(7, 3))
+    m = (np.random.rand(7, 3) < 0.7).astype(np.float64)
+    for dtype in ("float32", "float64"):
+        fused = [nd(a, dtype) for a in (x, w, b)]
+        plain = [nd(a, dtype) for a in (x, w, b)]
+        y1 = ops.masked_scale(ops.linear(*fused), nd(m, dtype, False), 0.7, 0.0)
+        y2 = (plain[0] @ plain[1] + plain[2].broadcast_to((7, 3))) * nd(m, dtype, False) / 0.7
+        np.testing.assert_array_equal(y1.numpy(), y2.numpy())
+        (y1 * nd(g, dtype, False)).sum().backward()
+        (y2 * nd(g, dtype, False)).sum().backward()
+        for a, c in zip(fused, plain):
+            np.testing.assert_array_equal(a.grad.numpy(), c.grad.numpy())
+    tx, tw, tb = th(x), th(w), th(b)
+    ((tx @ tw + tb) * th(m, requires_grad=False) / 0.7 * th(g, requires_grad=False)).sum() \
+        .backward()
+    X, W, B = nd(x), nd(w), nd(b)
+    (ops.masked_scale(ops.linear(X, W, B), nd(m, requires_grad=False), 0.7, 0.0)
+     * nd(g, requires_grad=False)).sum().backward()
+    for a, t in ((X, tx), (W, tw), (B, tb)):
+        np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), rtol=1e-12, atol=1e-13)
+
+
+def test_linear_and_masked_scale_finite_differences(path):
+    fd_check(ops.linear, [np.random.randn(4, 3), np.random.randn(3, 2), np.random.randn(2)])
+    m = (np.random.rand(3, 4) < 0.5).astype(np.float64)
+    fd_check(lambda x: ops.masked_scale(x, nd(m, requires_grad=False), 0.5, 0.0),
+             [np.random.randn(3, 4)])
+
+
+def test_fused_nodes_bad_input_names_the_shapes():
+    with pytest.raises(ValueError, match=r"LayerNorm.*\(2, 5\).*\(4,\).*\(5,\)"):
+        ops.layer_norm(nd(np.ones((2, 5))), nd(np.ones(4)), nd(np.ones(5)), 1e-5)
+    with pytest.raises(ValueError, match=r"Linear.*\(2, 5\).*\(4, 3\).*\(1, 3\)"):
+        ops.linear(nd(np.ones((2, 5))), nd(np.ones((4, 3))), nd(np.ones((1, 3))))
+    with pytest.raises(ValueError, match=r"MaskedScale.*\(2, 5\) and \(5, 2\)"):
+        ops.masked_scale(nd(np.ones((2, 5))), nd(np.ones((5, 2))), 0.5, 0.0)
+    with pytest.raises(ValueError, match=r"packed mask must be a 1-d host array of 2 elements"):
+        ops.masked_scale(nd(np.ones((3, 7))), nd(np.ones(1)), 0.5, 1.0)
+
+
+@pytest.mark.parametrize("shape", [(1,), (3, 7), (2, 3, 16), (5, 33)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_masked_scale_with_a_packed_mask(shape, dtype):
+    """nn.Dropout's packed mask (16 bits to an element): the numbers of the float mask."""
+    x, g = np.random.randn(*shape), np.random.randn(*shape)
+    m = np.random.rand(*shape) < 0.6
+    flat = np.concatenate([m.reshape(-1), np.zeros((-m.size) % 16, dtype=bool)])
+    bits = np.packbits(flat, bitorder="little").view("<u2").astype(dtype)
+    outs = []
+    for mask, packed in ((m.astype(dtype), 0.0), (bits, 1.0)):
+        X = nd(x, dtype)
+        y = ops.masked_scale(X, nd(mask, dtype, False), 0.6, packed)
+        (y * nd(g, dtype, False)).sum().backward()
+        outs.append((y.numpy(), X.grad.numpy()))
+    np.testing.assert_array_equal(outs[1][0], outs[0][0])
+    np.testing.assert_array_equal(outs[1][1], outs[0][1])
+    np.testing.assert_allclose(outs[1][0], x * m / 0.6, **TOL[dtype])

@@ -359,7 +359,10 @@ def test_lm_job_transformer_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "epoch 2: train perplexity" in out and "transformer" in out
     hist = res["history"]
-    assert hist["train"][1] < 0.5 * hist["train"][0]  # learning
+    assert hist["train"][1] < hist["train"][0] and hist["test"][1] < hist["test"][0]  # learning
+    # the default final LayerNorm and the sliding-window held-out perplexity
+    assert "held-out perplexity with at least 4 words of context" in out
+    assert 1 < res["sliding"] < 1.5 * hist["test"][1]
     train_lm.main(["--evaluate", ckpt, "--sample-words", "5"])
     assert len(capsys.readouterr().out.split()) >= 1
 

@@ -66,6 +66,27 @@ def test_against_torch(B, k, scale, dtype, skip_slots):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,k,scale", CASES)
+def test_backward_without_graph_is_fused_with_the_same_numbers(B, k, scale, dtype):
+    """backward(create_graph=False) runs one fused pass per row; its gradient is the
+    composed backward's (create_graph=True) bit for bit, and torch's, for an upstream
+    gradient other than 1."""
+    rng = np.random.default_rng(B * k)
+    z = rng.standard_normal((B, k)) * scale
+    y = rng.integers(0, k, B).astype(np.float64)
+    grads = []
+    for create_graph in (True, False):
+        t = ndl.Tensor(z, dtype=dtype)
+        loss = ndl.nn.SoftmaxLoss()(t, ndl.Tensor(y, dtype=dtype))
+        (loss * 2.5).backward(create_graph=create_graph)
+        grads.append(t.grad.numpy())
+    np.testing.assert_array_equal(grads[1], grads[0])
+    tz = torch.tensor(z.astype(dtype), requires_grad=True)
+    (torch.nn.functional.cross_entropy(tz, torch.tensor(y).long()) * 2.5).backward()
+    np.testing.assert_allclose(grads[1], tz.grad.numpy(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_large_logits(dtype, skip_slots):
     """Logits near 1e8 (float32 keeps no fraction there): no overflow, no doubled gradient."""
     z = np.array([[1e8, 1e8 - 64, 0.0], [-1e8, 1e8, 1e8]], dtype=dtype)

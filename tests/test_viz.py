@@ -56,7 +56,8 @@ def mlp_graph(depth, width=8):
     for _ in range(depth):
         layers += [ndl.nn.Linear(width, width), ndl.nn.ReLU()]
     model = ndl.nn.Sequential(*layers)
-    return model(ndl.init.randn(2, width)).sum()
+    # a 3-d input: Linear's two nodes x @ W and + b (on 2-d input it is one fused node)
+    return model(ndl.init.randn(1, 2, width)).sum()
 
 
 def test_ten_thousand_nodes_collapse_to_one_drawn_layer():

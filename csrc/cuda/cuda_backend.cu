@@ -1,6 +1,6 @@
 /* cuda_backend.cu: the CUDA entry of the backend table (backend.h), and the
  * probe that says whether it can run here. Every slot is filled, optional
- * ones included. */
+ * ones included, but softmax_xent_grad (the loss's gradient is composed). */
 #include <stdio.h>
 
 #include "cuda_common.cuh"
@@ -28,6 +28,7 @@ extern "C" const ndl_backend ndl_cuda_backend = {
     ndl_cuda_softmax,
     ndl_cuda_softmax_grad,
     ndl_cuda_softmax_xent,
+    NULL, /* softmax_xent_grad: the composite formula */
     ndl_cuda_last_error,
 };
 

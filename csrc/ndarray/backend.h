@@ -158,6 +158,12 @@ typedef struct ndl_backend {
      * (optional) fallback: the composite formula (ops_softmax.c). */
     int (*softmax_xent)(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
                         const int64_t *labels, double *loss);
+    /* out = (softmax(z) + (-1 at labels[r], 0 elsewhere)) * gb per row: the
+     * loss's gradient for an upstream gradient g, gb = g / rows rounded to dt
+     * (labels a HOST array as above). (optional) fallback: the composite
+     * formula (Note [Fused loss backward], ops_softmax.c). */
+    int (*softmax_xent_grad)(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
+                             const int64_t *labels, double gb, void *out);
 
     /* ---- errors ----------------------------------------------------------- */
     /* (optional) The message of this thread's last NDL_EDEVICE status or
@@ -186,5 +192,7 @@ int ndl_cpu_softmax_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *y, c
                          void *out);
 int ndl_cpu_softmax_xent(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
                          const int64_t *labels, double *loss);
+int ndl_cpu_softmax_xent_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
+                              const int64_t *labels, double gb, void *out);
 
 #endif

@@ -80,4 +80,5 @@ const ndl_backend ndl_cpu_backend = {
     .softmax = ndl_cpu_softmax,
     .softmax_grad = ndl_cpu_softmax_grad,
     .softmax_xent = ndl_cpu_softmax_xent,
+    .softmax_xent_grad = ndl_cpu_softmax_xent_grad,
 };

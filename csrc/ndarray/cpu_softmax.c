@@ -1,6 +1,7 @@
 /* cpu_softmax.c: the CPU kernels of the fused softmax slots (backend.h):
  * softmax rows (plain, or attention's x / c + causal mask first), the rows of
- * softmax's gradient, and the rows of the softmax cross-entropy loss.
+ * softmax's gradient, and the rows of the softmax cross-entropy loss and of
+ * its gradient.
  *
  * Moved unchanged from ops_attention.c and ops_softmax.c, which now call them
  * through the backend table (Note [Fused softmax] there, Note [Fused softmax
@@ -83,6 +84,19 @@ NDL_SOFTMAX_ROWS(double, f64, DBL_MAX)
 NDL_XENT_ROW(float, f32, FLT_MAX)
 NDL_XENT_ROW(double, f64, DBL_MAX)
 
+/* (softmax(z) + (-1 at y, 0 elsewhere)) * gb of one row: the loss's gradient
+ * (Note [Fused loss backward], ops_softmax.c), the composition's numbers */
+#define NDL_XENT_GRAD_ROW(T, sfx)                                                                  \
+    static void xent_grad_row_##sfx(const T *z, T *o, int64_t n, int64_t y, T gb)                  \
+    {                                                                                              \
+        softmax_row_##sfx(z, o, n);                                                                \
+        o[y] = o[y] + (T)-1.0;                                                                     \
+        for (int64_t i = 0; i < n; i++)                                                            \
+            o[i] = o[i] * gb;                                                                      \
+    }
+NDL_XENT_GRAD_ROW(float, f32)
+NDL_XENT_GRAD_ROW(double, f64)
+
 /* ---- the jobs over the thread pool ---------------------------------------- */
 
 typedef struct {
@@ -157,6 +171,28 @@ static void xent_rows(void *ctx, int64_t r0, int64_t r1)
     }
 }
 
+typedef struct {
+    ndl_dtype dt;
+    const void *z;
+    const int64_t *y;
+    void *out; /* (rows, k) */
+    double gb;
+    int64_t k;
+} xent_grad_job;
+
+static void xent_grad_rows(void *ctx, int64_t r0, int64_t r1)
+{
+    const xent_grad_job *j = ctx;
+    for (int64_t r = r0; r < r1; r++) {
+        if (j->dt == NDL_FLOAT32)
+            xent_grad_row_f32((const float *)j->z + r * j->k, (float *)j->out + r * j->k, j->k,
+                              j->y[r], (float)j->gb);
+        else
+            xent_grad_row_f64((const double *)j->z + r * j->k, (double *)j->out + r * j->k,
+                              j->k, j->y[r], j->gb);
+    }
+}
+
 /* about 16k elements per task: below that waking the pool costs more */
 static int64_t grain_of(int64_t n) { return n < 16384 ? 16384 / n : 1; }
 
@@ -198,5 +234,18 @@ int ndl_cpu_softmax_xent(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
         if (labels[r] < 0 || labels[r] >= n)
             return NDL_EINVAL;
     ndl_parallel_for(rows, grain_of(n), xent_rows, &job);
+    return NDL_OK;
+}
+
+int ndl_cpu_softmax_xent_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
+                              const int64_t *labels, double gb, void *out)
+{
+    xent_grad_job job = {dt, z, labels, out, gb, n};
+    if (rows < 0 || n < 1)
+        return rows == 0 ? NDL_OK : NDL_EINVAL;
+    for (int64_t r = 0; r < rows; r++)
+        if (labels[r] < 0 || labels[r] >= n)
+            return NDL_EINVAL;
+    ndl_parallel_for(rows, grain_of(n), xent_grad_rows, &job);
     return NDL_OK;
 }

@@ -20,6 +20,7 @@ import numpy as np
 
 from needle import init, ops
 from needle.autograd import Tensor
+from needle.backend_selection import BACKEND, cpu
 
 __all__ = [
     "Parameter", "Module", "Identity", "Linear", "Flatten", "ReLU", "Sigmoid", "Tanh",
@@ -319,6 +320,8 @@ class Linear(Module):
     def forward(self, X: Tensor) -> Tensor:
         _check_input(f"Linear({self.in_features}, {self.out_features})", X, "(..., in_features)",
                      1, min_ndim=True, features=self.in_features)
+        if self.bias is not None and len(X.shape) == 2:  # one node (Note [Fused Linear])
+            return ops.linear(X, self.weight, self.bias)
         y = X @ self.weight
         if self.bias is not None:
             y = y + self.bias.broadcast_to(y.shape)
@@ -532,6 +535,17 @@ class BatchNorm2d(BatchNorm1d):
         return y.transpose((2, 3)).transpose((1, 2))
 
 
+def _packed_mask(mask: Tensor, x: Tensor) -> Tuple[Tensor, float]:
+    """(mask, 0.0), or on host NDArrays (bits, 1.0): 16 mask entries to an element of
+    bits, as the integers 0 .. 65535 in x's dtype (ops_dropout.c unpacks them)."""
+    if BACKEND != "nd" or x.device != cpu():
+        return mask, 0.0
+    flat = mask.numpy().reshape(-1) != 0
+    flat = np.concatenate([flat, np.zeros((-flat.size) % 16, dtype=bool)])
+    bits = np.packbits(flat, bitorder="little").view("<u2").astype(x.dtype)
+    return Tensor(bits, device=x.device, dtype=x.dtype, requires_grad=False), 1.0
+
+
 class Dropout(Module):
     """Zero each element with probability p in training, scale the rest by 1/(1-p).
 
@@ -558,4 +572,6 @@ class Dropout(Module):
         mask = init.randb(*x.shape, p=1 - self.p, device=x.device, dtype=x.dtype)
         if self.p >= 1:
             return x * mask
-        return x * mask / (1 - self.p)
+        # x * mask / (1 - p), one node storing the mask packed (Note [Fused dropout])
+        bits, packed = _packed_mask(mask, x)
+        return ops.masked_scale(x, bits, 1 - self.p, packed)

@@ -46,17 +46,24 @@ def _row(b: Tensor, rows: int) -> Tensor:
     return b.reshape((1, n)).broadcast_to((rows, n))
 
 
-def _check_input(name: str, X: Tensor, ndim: int, input_size: int) -> None:
-    layout = "(batch, input_size)" if ndim == 2 else "(seq_len, batch, input_size)"
+def _check_input(name: str, X: Tensor, layout: str, ndim: int, features: Optional[int] = None,
+                 *, what: str = "the input", feature_name: str = "input_size",
+                 nonempty: bool = False) -> None:
+    """ValueError naming the module, what X is, its layout and its shape unless X has
+    ndim dimensions, `features` along the last axis and (nonempty) a first axis > 0.
+    The sequence and transformer modules (nn_transformer.py) check their inputs here."""
     shape = tuple(X.shape)
     if len(shape) != ndim:
-        raise ValueError(f"{name}: the input must be {layout}, a {ndim}-D tensor, "
+        raise ValueError(f"{name}: {what} must be {layout}, a {ndim}-D tensor, "
                          f"got shape {shape}")
-    if shape[-1] != input_size:
-        raise ValueError(f"{name}: the input must be {layout} with input_size={input_size}, "
+    if features is not None and shape[-1] != features:
+        raise ValueError(f"{name}: {what} must be {layout} with {feature_name}={features}, "
                          f"got shape {shape}")
-    if ndim == 3 and shape[0] == 0:
+    if nonempty and shape[0] == 0:
         raise ValueError(f"{name}: the sequence is empty (seq_len 0), got shape {shape}")
+
+
+_CELL_IN, _SEQ_IN = "(batch, input_size)", "(seq_len, batch, input_size)"
 
 
 def _check_state(name: str, what: str, h, shape: Tuple[int, ...]) -> None:
@@ -161,7 +168,7 @@ class RNNCell(Module):
 
     def forward(self, X: Tensor, h: Optional[Tensor] = None) -> Tensor:
         """X (bs, input_size), h (bs, hidden_size) or None (zeros) -> h' (bs, hidden_size)."""
-        _check_input("RNNCell", X, 2, self.input_size)
+        _check_input("RNNCell", X, _CELL_IN, 2, self.input_size)
         bs, H = X.shape[0], self.hidden_size
         if h is None:
             h = init.zeros(bs, H, device=X.device, dtype=X.dtype)
@@ -202,7 +209,7 @@ class RNN(Module):
     def forward(self, X: Tensor, h0: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """X (T, bs, input_size), h0 (num_layers, bs, H) or None ->
         (output (T, bs, H): the last layer's states, h_n (num_layers, bs, H))."""
-        _check_input("RNN", X, 3, self.input_size)
+        _check_input("RNN", X, _SEQ_IN, 3, self.input_size, nonempty=True)
         T, bs, _ = X.shape
         H = self.hidden_size
         states = _state_steps(h0, "RNN", "the initial state h0", self.num_layers, bs, H, X)
@@ -246,7 +253,7 @@ class LSTMCell(Module):
 
     def forward(self, X: Tensor, h=None) -> Tuple[Tensor, Tensor]:
         """X (bs, input_size), h None (zeros) or a tuple (h0, c0) each (bs, H) -> (h', c')."""
-        _check_input("LSTMCell", X, 2, self.input_size)
+        _check_input("LSTMCell", X, _CELL_IN, 2, self.input_size)
         bs, H = X.shape[0], self.hidden_size
         if h is None:
             h0 = c0 = init.zeros(bs, H, device=X.device, dtype=X.dtype)
@@ -288,7 +295,7 @@ class LSTM(Module):
     def forward(self, X: Tensor, h=None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
         """X (T, bs, input_size), h None or (h0, c0) each (num_layers, bs, H) ->
         (output (T, bs, H), (h_n, c_n) each (num_layers, bs, H))."""
-        _check_input("LSTM", X, 3, self.input_size)
+        _check_input("LSTM", X, _SEQ_IN, 3, self.input_size, nonempty=True)
         T, bs, _ = X.shape
         L, H = self.num_layers, self.hidden_size
         h0 = c0 = None

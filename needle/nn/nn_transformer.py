@@ -34,7 +34,7 @@ from needle import init, ops
 from needle.autograd import Tensor
 
 from .nn_basic import Dropout, LayerNorm1d, Linear, Module, ReLU, Sequential
-from .nn_sequence import Embedding
+from .nn_sequence import Embedding, _check_input
 
 __all__ = ["MultiHeadAttention", "AttentionLayer", "TransformerLayer", "Transformer"]
 
@@ -43,6 +43,12 @@ _F32_MAX = float(np.finfo(np.float32).max)
 
 def _shape_error(name: str, what: str, *shapes) -> ValueError:
     return ValueError(f"{name}: {what}, got " + " and ".join(str(tuple(s)) for s in shapes))
+
+
+def _layer_norm(norm: LayerNorm1d, x: Tensor) -> Tensor:
+    """norm(x), LayerNorm1d's formula with its weight, bias and eps, as one node that
+    stores only its output (ops.layer_norm, Note [Fused LayerNorm] in ops_layernorm.c)."""
+    return ops.layer_norm(x, norm.weight, norm.bias, norm.eps)
 
 
 class MultiHeadAttention(Module):
@@ -78,9 +84,8 @@ class MultiHeadAttention(Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor,
                 mask=None) -> Tuple[Tensor, Tensor]:
         name = type(self).__name__
-        if len(q.shape) != 4 or len(k.shape) != 4 or len(v.shape) != 4:
-            raise _shape_error(name, "q, k and v must be 4-D (batch, heads, length, dim)",
-                               q.shape, k.shape, v.shape)
+        for t, what in ((q, "q"), (k, "k"), (v, "v")):
+            _check_input(name, t, "(batch, heads, length, dim)", 4, what=what)
         B, H, T, D = q.shape
         S = k.shape[2]
         if k.shape[:2] != (B, H) or k.shape[3] != D or v.shape[:3] != (B, H, S):
@@ -145,7 +150,7 @@ class AttentionLayer(Module):
 
     def _heads(self, x: Tensor, norm: LayerNorm1d, proj: Linear) -> Tensor:
         B, T, F = x.shape
-        y = proj(norm(x.reshape((B * T, F))))
+        y = proj(_layer_norm(norm, x.reshape((B * T, F))))
         return y.reshape((B, T, self.num_head, self.dim_head)).transpose((1, 2))
 
     def forward(self, q: Tensor, k: Optional[Tensor] = None, v: Optional[Tensor] = None,
@@ -155,9 +160,8 @@ class AttentionLayer(Module):
         name = type(self).__name__
         for t, f, what in ((q, self.q_features, "q"), (k, self.k_features, "k"),
                            (v, self.v_features, "v")):
-            if len(t.shape) != 3 or t.shape[2] != f:
-                raise _shape_error(name, f"{what} must be (batch, length, {what}_features={f})",
-                                   t.shape)
+            _check_input(name, t, f"(batch, length, {what}_features)", 3, f, what=what,
+                         feature_name=f"{what}_features")
         if k.shape[:2] != v.shape[:2] or k.shape[0] != q.shape[0]:
             raise _shape_error(name, "q, k and v must share the batch size, k and v the "
                                "length", q.shape, k.shape, v.shape)
@@ -189,12 +193,11 @@ class TransformerLayer(Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        if len(x.shape) != 3 or x.shape[2] != self.q_features:
-            raise _shape_error(type(self).__name__, f"x must be (batch, length, "
-                               f"q_features={self.q_features})", x.shape)
+        _check_input(type(self).__name__, x, "(batch, length, q_features)", 3, self.q_features,
+                     what="x", feature_name="q_features")
         B, T, F = x.shape
         x = x + self.dropout(self.attention(x))
-        y = self.linear1(self.layernorm(x.reshape((B * T, F))))
+        y = self.linear1(_layer_norm(self.layernorm, x.reshape((B * T, F))))
         y = self.dropout(self.linear2(self.dropout(self.relu(y))))
         return x + y.reshape((B, T, F))
 
@@ -225,9 +228,7 @@ class Transformer(Module):
         name = type(self).__name__
         layout = "(batch, length, features)" if self.batch_first else \
             "(length, batch, features)"
-        if len(x.shape) != 3 or x.shape[2] != self.embedding_size:
-            raise _shape_error(name, f"x must be {layout} with features="
-                               f"{self.embedding_size}", x.shape)
+        _check_input(name, x, layout, 3, self.embedding_size, what="x", feature_name="features")
         if x.shape[1 if self.batch_first else 0] > self.sequence_len:
             raise _shape_error(name, f"the sequence is longer than sequence_len="
                                f"{self.sequence_len} (x is {layout})", x.shape)
