@@ -8,8 +8,8 @@ count (needle.autograd.TENSOR_COUNTER, after gc.collect()) every `--every`
 steps, fits a line to the samples after the first quarter (warm-up: allocator
 pools, first-touch pages), and prints the slopes. It fails loudly (exit 1)
 when the live-tensor count grows at all, or the RSS fit grows by more than
-`--rss-mb` over the measured window. The Transformer runs when
-`needle.nn.Transformer` exists, and the script says it skipped it when not.
+`--rss-mb` over the measured window. The language models are apps/models.py's
+LanguageModel with seq_model='lstm' and 'transformer' (needle.nn.Transformer).
 Synthetic data (seeded), so the figures depend on nothing but the code.
 """
 import argparse
@@ -123,11 +123,8 @@ def main() -> int:
     args = ap.parse_args()
     np.random.seed(args.seed)
     runs = [("MLP", lambda: mlp_step_fn(args.seed), 10_000),
-            ("LSTM LM", lambda: lm_step_fn(args.seed, "lstm"), 1_000)]
-    if hasattr(nn, "Transformer"):
-        runs.append(("Transformer", lambda: lm_step_fn(args.seed, "transformer"), 500))
-    else:
-        print("Transformer: skipped (needle.nn.Transformer does not exist yet)")
+            ("LSTM LM", lambda: lm_step_fn(args.seed, "lstm"), 1_000),
+            ("Transformer", lambda: lm_step_fn(args.seed, "transformer"), 500)]
     ok = True
     for name, make, steps in runs:
         n = max(int(steps * args.scale), 4)

@@ -12,7 +12,7 @@ py=${PYTHON:-python3}
 mkdir -p "$build" fuzz/findings "$corpus"
 if [ ! -f "$build/.stamp" ] || [ -n "$(find csrc -newer "$build/.stamp" -print -quit)" ]; then
     touch "$build/.stamp.new"  # before the build: a source edited during it rebuilds next time
-    NEEDLE_ASAN=1 CC=clang LDSHARED="clang -shared -pthread" \
+    NEEDLE_ASAN=1 NEEDLE_CUDA=0 CC=clang LDSHARED="clang -shared -pthread" \
         CFLAGS="-fsanitize=fuzzer-no-link -Wno-unused-command-line-argument" \
         "$py" setup.py -q build_ext --build-lib "$build" --build-temp "$build/tmp" --force
     mv "$build/.stamp.new" "$build/.stamp"
