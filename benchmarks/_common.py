@@ -1,8 +1,11 @@
 """What the benchmarks share: timing, memory, child processes and JSON results.
 
-- best_time(fn, ...): the best seconds per call over several timed runs.
+- best_time(fn, ...): the best seconds per call over several timed runs;
+  measure(step, reps): the best time of a step and the peak memory it took.
 - rss_mb(), reset_peak(), peak_mb(): this process's memory (Linux /proc).
-- run_child(argv, env): run a child process, return the JSON of its last line.
+- run_child(argv, env): run a child process, return the JSON of its last line;
+  thread_env(threads): the environment that sets both libraries' threads.
+- use_repo(): import needle and apps/models.py from this checkout.
 - machine(): the CPU model, core count and load, for every JSON file.
 - write_json(path, benchmark, payload): payload + machine() as JSON (the
   files `make bench` leaves in benchmarks/results/ for plot.py).
@@ -18,6 +21,12 @@ import time
 from typing import Callable, Optional
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def use_repo() -> None:
+    """Import needle and apps/models.py from this checkout."""
+    sys.path[:0] = [ROOT, os.path.join(ROOT, "apps")]
 
 
 def best_time(fn: Callable[[], object], repeats: int, number: Optional[int] = None,
@@ -59,6 +68,27 @@ def peak_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(step: Callable[[], object], reps: int) -> dict:
+    """{"ms": the best of `reps` timed calls after one warm-up call, "peak_mb": the
+    peak resident size during the timed calls less the resident size before them,
+    "rss_mb": that peak}."""
+    step()  # warm-up (allocations, kernel choice, thread pool)
+    try:
+        base = reset_peak()
+    except OSError:
+        base = rss_mb()
+    best = best_time(step, reps, number=1)
+    return {"ms": best * 1e3, "peak_mb": peak_mb() - base, "rss_mb": peak_mb()}
+
+
+def thread_env(threads: Optional[int]) -> dict:
+    """This process's environment, with both libraries' thread counts set if given."""
+    env = dict(os.environ)
+    if threads:
+        env.update(NEEDLE_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    return env
 
 
 def run_child(argv: list, env: Optional[dict] = None, what: str = "child",

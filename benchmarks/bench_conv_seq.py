@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import real_openblas  # noqa: E402,F401  (restarts without the OPENBLAS_* overrides)
 
 import numpy as np  # noqa: E402
-from _harness import best_ms, run_child, thread_env, use_repo  # noqa: E402
+from _common import measure, run_child, thread_env, use_repo  # noqa: E402
 
 TARGET = 1.5
 CASES = ["conv 16->32", "conv 64->128", "resnet9 step", "lstm lm step"]
@@ -43,7 +43,7 @@ def needle_case(case: str, reps: int) -> float:
 
         def step():
             ndl.conv(x, w, stride=1, padding=1).sum().backward(create_graph=False)
-        return best_ms(step, reps)
+        return measure(step, reps)["ms"]
     if case == "resnet9 step":
         from models import ResNet9
 
@@ -57,7 +57,7 @@ def needle_case(case: str, reps: int) -> float:
             opt.reset_grad()
             loss_fn(model(x), y).backward(create_graph=False)
             opt.step()
-        return best_ms(step, reps)
+        return measure(step, reps)["ms"]
     from models import LanguageModel
 
     vocab, T, bs = 10000, 40, 32
@@ -72,7 +72,7 @@ def needle_case(case: str, reps: int) -> float:
         out, _ = model(x)
         loss_fn(out, y).backward(create_graph=False)
         opt.step()
-    return best_ms(step, reps)
+    return measure(step, reps)["ms"]
 
 
 def torch_case(case: str, reps: int) -> float:
@@ -88,7 +88,7 @@ def torch_case(case: str, reps: int) -> float:
         def step():
             torch.nn.functional.conv2d(x, w, padding=1).sum().backward()
             x.grad = w.grad = None
-        return best_ms(step, reps)
+        return measure(step, reps)["ms"]
     if case == "resnet9 step":
         def cbn(a, b, k, s):
             return tnn.Sequential(tnn.Conv2d(a, b, k, s, k // 2), tnn.BatchNorm2d(b), tnn.ReLU())
@@ -115,7 +115,7 @@ def torch_case(case: str, reps: int) -> float:
             opt.zero_grad()
             loss_fn(model(x), y).backward()
             opt.step()
-        return best_ms(step, reps)
+        return measure(step, reps)["ms"]
 
     vocab, T, bs = 10000, 40, 32
 
@@ -139,7 +139,7 @@ def torch_case(case: str, reps: int) -> float:
         opt.zero_grad()
         loss_fn(model(x), y).backward()
         opt.step()
-    return best_ms(step, reps)
+    return measure(step, reps)["ms"]
 
 
 def main() -> None:
@@ -161,7 +161,8 @@ def main() -> None:
     print(f"  {'case':<16}{'needle ms':>11}{'torch ms':>11}{'ratio':>8}")
     missed = 0
     for case in args.cases:
-        ms = {impl: run_child(__file__, [impl, case, str(reps)], env, f"{impl} {case}")["ms"]
+        ms = {impl: run_child([__file__, "--child", impl, case, str(reps)], env,
+                              f"{impl} {case}")["ms"]
               for impl in ("needle", "torch")}
         r = ms["needle"] / ms["torch"]
         ok = r <= TARGET

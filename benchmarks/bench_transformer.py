@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import real_openblas  # noqa: E402,F401  (restarts without the OPENBLAS_* overrides)
 
 import numpy as np  # noqa: E402
-from _harness import measure, run_child, thread_env, use_repo  # noqa: E402
+from _common import measure, run_child, thread_env, use_repo  # noqa: E402
 
 TARGET = 1.5
 VOCAB, WIDTH, LAYERS, HEADS, HIDDEN, SEQ, BATCH = 10000, 256, 4, 8, 1024, 128, 16
@@ -139,7 +139,8 @@ def main() -> None:
     print(f"Transformer LM training step (Adam): {LAYERS} layers, width {WIDTH}, {HEADS} heads, "
           f"MLP {HIDDEN}, sequence {SEQ}, batch {BATCH}, vocabulary {VOCAB:,}, "
           f"dropout {args.dropout}")
-    res = {impl: run_child(__file__, [impl, str(reps), "--dropout", str(args.dropout)], env, impl)
+    res = {impl: run_child([__file__, "--child", impl, str(reps), "--dropout",
+                            str(args.dropout)], env, impl)
            for impl in ("needle", "torch")}
     n, t = res["needle"], res["torch"]
     r, m = n["ms"] / t["ms"], n["peak_mb"] / max(t["peak_mb"], 1e-9)
