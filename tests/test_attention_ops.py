@@ -351,7 +351,7 @@ def test_fused_nodes_bad_input_names_the_shapes():
         ops.linear(nd(np.ones((2, 5))), nd(np.ones((4, 3))), nd(np.ones((1, 3))))
     with pytest.raises(ValueError, match=r"MaskedScale.*\(2, 5\) and \(5, 2\)"):
         ops.masked_scale(nd(np.ones((2, 5))), nd(np.ones((5, 2))), 0.5, 0.0)
-    with pytest.raises(ValueError, match=r"packed mask must be a 1-d host array of 2 elements"):
+    with pytest.raises(ValueError, match=r"packed mask must be a 1-d array .* with 2 elements"):
         ops.masked_scale(nd(np.ones((3, 7))), nd(np.ones(1)), 0.5, 1.0)
 
 

@@ -412,6 +412,105 @@ def test_fused_softmax_slots_match_the_cpu(dtype):
         np.testing.assert_allclose(b, a, rtol=4 * eps, atol=4 * eps * np.abs(a).max())
 
 
+# ---- the fused LayerNorm and dropout slots (cpu_layernorm.c / cuda_layernorm.cu,
+# cpu_dropout.c / cuda_dropout.cu) and the loss's gradient slot --------------
+# Rows cross the warp (32), the 8-way sum and the 256-element rounds; (0, 5) has
+# no rows (the weight's and bias's gradients are empty sums: zeros).
+LN_SHAPES = [(0, 5), (1, 3), (4, 7), (2, 3, 33), (3, 300), (2, 1029), (300, 8)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", LN_SHAPES)
+def test_fused_layer_norm_and_its_gradients(device, dtype, shape):
+    import torch
+    n = shape[-1]
+    x = np.random.randn(*shape) * 3 + 1
+    w, b, g = np.random.randn(n), np.random.randn(n), np.random.randn(*shape)
+    X, W, B = (ndl.Tensor(a, device=device, dtype=dtype, requires_grad=True) for a in (x, w, b))
+    y = ndl.ops.layer_norm(X, W, B, 1e-5)
+    (y * ndl.Tensor(g, device=device, dtype=dtype)).sum().backward()  # the layer_norm_grad slot
+    TX, TW, TB = (_torch(a.astype(dtype), dtype, True) for a in (x, w, b))
+    ty = torch.nn.functional.layer_norm(TX, (n,), TW, TB, 1e-5)
+    (ty * _torch(g.astype(dtype), dtype)).sum().backward()
+    assert y.device == device and X.grad.device == device and W.grad.device == device
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), **SGTOL[dtype])
+    for a, t in ((X, TX), (W, TW), (B, TB)):
+        np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), **SGTOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(0,), (1,), (3, 7), (2, 3, 16), (5, 33), (4099,)])
+def test_masked_scale_plain_and_packed_are_numpys_numbers(device, dtype, shape):
+    """x * m / c, the product then the quotient in the dtype: NumPy's numbers bit for
+    bit on every device (no sum, nothing to contract)."""
+    x, g = np.random.randn(*shape).astype(dtype), np.random.randn(*shape).astype(dtype)
+    m = np.random.rand(*shape) < 0.6
+    flat = np.concatenate([m.reshape(-1), np.zeros((-m.size) % 16, dtype=bool)])
+    bits = np.packbits(flat, bitorder="little").view("<u2").astype(dtype)
+    c = np.dtype(dtype).type(0.6)
+    want, gwant = (x * m.astype(dtype)) / c, (g * m.astype(dtype)) / c
+    for mask, packed in ((m.astype(dtype), 0.0), (bits, 1.0)):
+        X = ndl.Tensor(x, device=device, dtype=dtype, requires_grad=True)
+        y = ndl.ops.masked_scale(X, ndl.Tensor(mask, device=device, dtype=dtype), 0.6, packed)
+        (y * ndl.Tensor(g, device=device, dtype=dtype)).sum().backward()
+        assert y.device == device and X.grad.device == device
+        np.testing.assert_array_equal(y.numpy(), want)
+        np.testing.assert_array_equal(X.grad.numpy(), gwant)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dropout_draws_and_packs_its_mask_on_every_device(device):
+    """nn.Dropout packs its mask on any device (Note [Dropout mask on the device]):
+    seeded, the cuda case drops the elements the cpu case drops."""
+    x = np.random.randn(37, 19).astype("float32")
+    np.random.seed(5)
+    y = ndl.nn.Dropout(0.3)(ndl.Tensor(x, device=device)).numpy()
+    np.random.seed(5)
+    keep = (np.random.rand(37, 19) <= 0.7).astype("float32")
+    np.testing.assert_array_equal(y, x * keep / np.float32(0.7))
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_layer_norm_and_loss_gradient_slots_match_the_cpu(dtype):
+    """Same formulas and sum orders on both devices: within a few ulps (the device's
+    pow and exp are the difference). The CPU results are checked against torch above."""
+    x = np.random.randn(70, 1029) * 2 + 1
+    w, b, g = np.random.randn(1029), np.random.randn(1029), np.random.randn(70, 1029)
+    lab = np.random.randint(0, 1029, size=70).astype(dtype)
+    res = []
+    for dev in (nd.cpu(), nd.cuda()):
+        X, W, B = (ndl.Tensor(a, device=dev, dtype=dtype, requires_grad=True) for a in (x, w, b))
+        (ndl.ops.layer_norm(X, W, B, 1e-5) * ndl.Tensor(g, device=dev, dtype=dtype)).sum() \
+            .backward()
+        Z = ndl.Tensor(x, device=dev, dtype=dtype, requires_grad=True)
+        ndl.ops.softmax_cross_entropy(Z, ndl.Tensor(lab, device=dev, dtype=dtype)).backward()
+        res.append((ndl.ops.layer_norm(X, W, B, 1e-5).numpy(), X.grad.numpy(), W.grad.numpy(),
+                    B.grad.numpy(), Z.grad.numpy()))
+    eps = np.finfo(dtype).eps
+    for a, b_ in zip(*res):
+        np.testing.assert_allclose(b_, a, rtol=16 * eps, atol=16 * eps * np.abs(a).max())
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+def test_masked_scale_over_two_to_the_31_elements():
+    """The grid-stride loop's int64 index reaches past 2^31 (26 GB of float32 on the
+    device, nothing copied from the host but the packed mask's 0.5 GB)."""
+    n = 2 ** 31 + 40
+    try:
+        x = ndl.init.ones(n, device=nd.cuda())
+        bits = ndl.init.constant((n + 15) // 16, c=2.0 ** 16 - 1 - 2.0 ** 7, device=nd.cuda())
+        y = ndl.ops.masked_scale(x, bits, 0.5, 1.0).cached_data
+    except MemoryError as e:
+        pytest.skip(f"not enough GPU memory: {e}")
+    tail = y[n - 40:].numpy()  # every 16th element from bit 7 is dropped
+    want = np.where((np.arange(n - 40, n) % 16) == 7, 0.0, 2.0).astype("float32")
+    np.testing.assert_array_equal(tail, want)
+    np.testing.assert_array_equal(y[:16].numpy(), want[:16])  # n - 40 = 2^31: 16 | it
+
+
 # ---- the TF32 switch (Note [TF32 switch], cuda_matmul.cu) -------------------
 
 @pytest.mark.skipif(shutil.which("nvcc") is None or os.environ.get("NEEDLE_CUDA") == "0",

@@ -15,129 +15,121 @@
  *   quotient, the product, the sum) that the graph keeps until the backward:
  *   sixteen of them in a 4-layer Transformer were a third of its training
  *   step's memory. This op is one node that stores only its output (x, w and
- *   b are stored by whoever made them). In nd mode on host memory the forward
- *   is one pass per row: the mean and the variance summed in eight lanes (the
- *   Sum kernel sums pairwise: the two differ by rounding), then per element
+ *   b are stored by whoever made them). In nd mode the forward is the
+ *   backend's layer_norm slot (cpu_layernorm.c, cuda_layernorm.cu): one pass
+ *   per row, the mean and the variance summed in eight lanes (the Sum kernel
+ *   sums pairwise: the two differ by rounding), then per element
  *   w * ((x - mean) / (var + eps) ** 0.5) + b, the formula's arithmetic in the
- *   array's type (eps rounded to it as AddScalar does, powf as PowerScalar).
- *   np mode, other devices and the tests (_C._skip_optional_slots) compose
- *   the formula from nda_* calls.
- *   The backward is built from ops, so gradients of gradients work; it
- *   recomputes x_hat = (x - mean) * (var + eps) ** -0.5 from x, so its
- *   temporaries live only while it runs:
+ *   array's type (eps rounded to it as AddScalar does, pow as PowerScalar).
+ *   np mode, backends without the slot and the tests
+ *   (_C._skip_optional_slots) compose the formula from nda_* calls.
+ *   The backward with create_graph is built from ops, so gradients of
+ *   gradients work; it recomputes x_hat = (x - mean) * (var + eps) ** -0.5
+ *   from x, so its temporaries live only while it runs:
  *     g_b = sum(g, rows), g_w = sum(g * x_hat, rows), with h = g * w:
  *     g_x = (var + eps) ** -0.5 * (h - mean(h) - x_hat * mean(h * x_hat)).
+ *   Without create_graph (no graph is recorded while it runs) it is the
+ *   backend's layer_norm_grad slot instead: the same formula in two passes
+ *   (rows for g_x, then columns for g_w and g_b, rows added in order), with
+ *   no full-size temporary besides g_x; the composition keeps about ten.
  */
-#include <string.h>
-
 #include "array_api.h"
-#include "row_reduce.h"
-#include "scalar_ops.h"
-#include "threadpool.h"
 
 #define IN(k) PyTuple_GET_ITEM(node->inputs, (k))
 #define G ((PyObject *)g)
 
-/* ---- the row loop ---------------------------------------------------------- */
+/* ---- the fused path: the backend's layer_norm slots ------------------------- */
 
-#define NDL_LAYER_NORM_ROW(T, sfx)                                                                 \
-    static void layer_norm_row_##sfx(const T *restrict x, const T *restrict w,                    \
-                                     const T *restrict b, T *restrict y, int64_t n, T eps)         \
-    {                                                                                              \
-        T acc[8] = {0}, mean, var, den;                                                            \
-        int64_t i;                                                                                 \
-        for (i = 0; i + 8 <= n; i += 8)                                                            \
-            for (int k = 0; k < 8; k++)                                                            \
-                acc[k] += x[i + k];                                                                \
-        for (; i < n; i++)                                                                         \
-            acc[0] += x[i];                                                                        \
-        mean = NDL_SUM8(acc) / (T)n;                                                               \
-        for (int k = 0; k < 8; k++)                                                                \
-            acc[k] = 0;                                                                            \
-        for (i = 0; i + 8 <= n; i += 8)                                                            \
-            for (int k = 0; k < 8; k++)                                                            \
-                acc[k] += (x[i + k] - mean) * (x[i + k] - mean);                                   \
-        for (; i < n; i++)                                                                         \
-            acc[0] += (x[i] - mean) * (x[i] - mean);                                               \
-        var = NDL_SUM8(acc) / (T)n;                                                                \
-        den = ndl_pow_##sfx(var + eps, (T)0.5);                                                    \
-        for (i = 0; i < n; i++)                                                                    \
-            y[i] = w[i] * ((x[i] - mean) / den) + b[i];                                            \
-    }
-NDL_LAYER_NORM_ROW(float, f32)
-NDL_LAYER_NORM_ROW(double, f64)
-
-typedef struct {
-    ndl_dtype dt;
-    const void *x, *w, *b;
-    void *y;
-    int64_t n;
-    double eps;
-} ln_job;
-
-static void layer_norm_rows(void *ctx, int64_t r0, int64_t r1)
-{
-    const ln_job *j = ctx;
-    for (int64_t r = r0; r < r1; r++) {
-        if (j->dt == NDL_FLOAT32)
-            layer_norm_row_f32((const float *)j->x + r * j->n, j->w, j->b,
-                               (float *)j->y + r * j->n, j->n, (float)j->eps);
-        else
-            layer_norm_row_f64((const double *)j->x + r * j->n, j->w, j->b,
-                               (double *)j->y + r * j->n, j->n, j->eps);
-    }
-}
-
-static void *host_ptr(NDArrayObject *a)
+static void *data_ptr(NDArrayObject *a)
 {
     return (char *)a->storage->data + a->layout.offset * (int64_t)ndl_itemsize(a->dtype);
 }
 
-/* x, w, b NDArrays of one float dtype on one host-readable backend */
-static int fusable(PyObject *const *x)
+/* x[0..k) NDArrays of one float dtype on one backend that has the slot
+ * (layer_norm when grad is 0, layer_norm_grad when 1) */
+static int fusable(PyObject *const *x, int k, int grad)
 {
     NDArrayObject *a = (NDArrayObject *)x[0];
-    if (ndl_skip_optional_slots || !NDArray_Check(x[0]) || !a->storage->backend->host_accessible ||
-        (a->dtype != NDL_FLOAT32 && a->dtype != NDL_FLOAT64))
+    if (!NDArray_Check(x[0]) || (a->dtype != NDL_FLOAT32 && a->dtype != NDL_FLOAT64) ||
+        (grad ? NDL_OPTIONAL_SLOT(a->storage->backend, layer_norm_grad) == NULL
+              : NDL_OPTIONAL_SLOT(a->storage->backend, layer_norm) == NULL))
         return 0;
-    for (int k = 1; k < 3; k++) {
-        NDArrayObject *o = (NDArrayObject *)x[k];
-        if (!NDArray_Check(x[k]) || o->dtype != a->dtype || o->storage->backend != a->storage->backend)
+    for (int i = 1; i < k; i++) {
+        NDArrayObject *o = (NDArrayObject *)x[i];
+        if (!NDArray_Check(x[i]) || o->dtype != a->dtype || o->storage->backend != a->storage->backend)
             return 0;
     }
     return 1;
 }
 
-static PyObject *layer_norm_host(PyObject *const *x, int ndim, const int64_t *shape, double eps)
+/* rows and n of an (..., n) shape */
+static int64_t rows_of(int ndim, const int64_t *shape)
+{
+    int64_t rows = 1;
+    for (int i = 0; i < ndim - 1; i++)
+        rows *= shape[i];
+    return rows;
+}
+
+static PyObject *layer_norm_fused(PyObject *const *x, int ndim, const int64_t *shape, double eps)
 {
     NDArrayObject *c[3] = {NULL, NULL, NULL}, *out = NULL;
     PyObject *res = NULL;
-    int64_t n = shape[ndim - 1], rows = 1;
-    for (int i = 0; i < ndim - 1; i++)
-        rows *= shape[i];
+    int64_t n = shape[ndim - 1], rows = rows_of(ndim, shape);
+    int status = NDL_OK;
     for (int k = 0; k < 3; k++)
         if ((c[k] = ndl_array_compact((NDArrayObject *)x[k])) == NULL)
             goto fail;
     if ((out = ndl_array_empty(c[0]->device, c[0]->dtype, ndim, shape)) == NULL)
         goto fail;
-    if (rows > 0 && n > 0) {
-        ln_job job = {c[0]->dtype, host_ptr(c[0]), host_ptr(c[1]), host_ptr(c[2]), host_ptr(out),
-                      n, eps};
-        int64_t grain = n < 16384 ? 16384 / n : 1;
-        if (rows * n >= NDL_GIL_RELEASE_MIN) {
-            Py_BEGIN_ALLOW_THREADS
-            ndl_parallel_for(rows, grain, layer_norm_rows, &job);
-            Py_END_ALLOW_THREADS
-        } else {
-            ndl_parallel_for(rows, grain, layer_norm_rows, &job);
-        }
-    }
-    res = Py_NewRef(out);
+    if (rows > 0 && n > 0)
+        NDL_KERNEL_CALL(rows * n, status,
+                        c[0]->storage->backend->layer_norm(c[0]->dtype, rows, n, data_ptr(c[0]),
+                                                           data_ptr(c[1]), data_ptr(c[2]), eps,
+                                                           data_ptr(out)));
+    if (ndl_raise_status(status, "LayerNorm") == 0)
+        res = Py_NewRef(out);
 fail:
     for (int k = 0; k < 3; k++)
         Py_XDECREF(c[k]);
     Py_XDECREF(out);
     return res;
+}
+
+/* Note [Fused LayerNorm]: the wanted gradients (needs[0..3)) as constant
+ * Tensors from the layer_norm_grad slot; a = {x, w, g} as arrays. */
+static int layer_norm_grad_fused(PyObject *const *a, int ndim, const int64_t *shape, double eps,
+                                 const char *needs, PyObject **grads)
+{
+    NDArrayObject *c[3] = {NULL, NULL, NULL}, *o[3] = {NULL, NULL, NULL};
+    int64_t n = shape[ndim - 1], rows = rows_of(ndim, shape);
+    int status = NDL_OK, rc = -1;
+    for (int k = 0; k < 3; k++)
+        if ((c[k] = ndl_array_compact((NDArrayObject *)a[k])) == NULL)
+            goto fail;
+    for (int k = 0; k < 3; k++)
+        if (needs[k] && (o[k] = ndl_array_empty(c[0]->device, c[0]->dtype, k ? 1 : ndim,
+                                                k ? &n : shape)) == NULL)
+            goto fail;
+    NDL_KERNEL_CALL(rows * n, status,
+                    c[0]->storage->backend->layer_norm_grad(
+                        c[0]->dtype, rows, n, data_ptr(c[0]), data_ptr(c[1]), data_ptr(c[2]), eps,
+                        o[0] ? data_ptr(o[0]) : NULL, o[1] ? data_ptr(o[1]) : NULL,
+                        o[2] ? data_ptr(o[2]) : NULL));
+    if (ndl_raise_status(status, "LayerNorm") < 0)
+        goto fail;
+    for (int k = 0; k < 3; k++)
+        if (o[k] != NULL && (grads[k] = ndl_t_const((PyObject *)o[k])) == NULL)
+            goto fail;
+    rc = 0;
+fail:
+    for (int k = 0; k < 3; k++) {
+        Py_XDECREF(c[k]);
+        Py_XDECREF(o[k]);
+        if (rc < 0)
+            Py_CLEAR(grads[k]);
+    }
+    return rc;
 }
 
 /* The formula from nda_* calls (np mode, other devices, the tests). */
@@ -195,8 +187,8 @@ NDL_FORWARD(LayerNorm)
     (void)n;
     if (check_shapes(x, &ndim, shape) < 0)
         return NULL;
-    if (fusable(x))
-        return layer_norm_host(x, ndim, shape, op->scalar);
+    if (fusable(x, 3, 0))
+        return layer_norm_fused(x, ndim, shape, op->scalar);
     return layer_norm_composed(x, ndim, shape, op->scalar);
 }
 
@@ -238,6 +230,15 @@ NDL_BACKWARD(LayerNorm)
     } while (0)
     if (ndl_value_shape((ValueObject *)IN(0), &ndim, shape) < 0)
         return -1;
+    /* no graph is recorded (backward without create_graph): the slot */
+    if (!ndl_grad_enabled) {
+        PyObject *a[3] = {ndl_value_realize((ValueObject *)IN(0)),
+                          ndl_value_realize((ValueObject *)IN(1)), ndl_value_realize(g)};
+        if (a[0] == NULL || a[1] == NULL || a[2] == NULL)
+            return -1;
+        if (fusable(a, 3, 1))
+            return layer_norm_grad_fused(a, ndim, shape, op->scalar, needs, grads);
+    }
     if (needs[2] && (grads[2] = t_sum_rows(G, ndim)) == NULL)
         goto fail;
     if (!needs[0] && !needs[1])

@@ -201,7 +201,7 @@ NDL_BACKWARD(LogSoftmax)
  *   The backward with create_graph is built from ops: the fused Softmax op
  *   (ops_attention.c) minus a constant one-hot, times g / B broadcast, so
  *   gradients of gradients work. Without create_graph (no graph is recorded
- *   while it runs) and on host memory it is one pass per row instead, into
+ *   while it runs) it is the softmax_xent_grad slot, one pass per row, into
  *   the one (B, k) array it returns (Note [Fused loss backward]). Labels are
  *   checked in the forward: integers in [0, k).
  */
@@ -373,13 +373,13 @@ static void *host_data(NDArrayObject *a)
     return (char *)a->storage->data + a->layout.offset * (int64_t)ndl_itemsize(a->dtype);
 }
 
-/* z and the loss's out_grad g: host arrays of one float dtype (the row loop runs) */
+/* z and the loss's out_grad g: arrays of one float dtype on one backend with the slot */
 static int xent_grad_fusable(PyObject *z, PyObject *g)
 {
     NDArrayObject *a = (NDArrayObject *)z, *b = (NDArrayObject *)g;
     return NDArray_Check(z) && NDArray_Check(g) &&
            NDL_OPTIONAL_SLOT(a->storage->backend, softmax_xent_grad) != NULL &&
-           a->storage->backend->host_accessible && b->storage->backend == a->storage->backend &&
+           b->storage->backend == a->storage->backend &&
            (a->dtype == NDL_FLOAT32 || a->dtype == NDL_FLOAT64) && b->dtype == a->dtype;
 }
 
@@ -391,11 +391,19 @@ static PyObject *xent_grad_host(PyObject *z, PyObject *gdata, const int64_t *y, 
     NDArrayObject *ga = (NDArrayObject *)gdata;
     int64_t shape[2] = {B, k};
     PyObject *res = NULL;
-    double gb;
+    double gb, gv = 0;
+    float gf = 0;
+    int st;
     if (c == NULL)
         return NULL;
-    gb = ga->dtype == NDL_FLOAT32 ? (double)(*(const float *)host_data(ga) / (float)B)
-                                  : *(const double *)host_data(ga) / (double)B;
+    /* g is 0-d: its one element, read from its device */
+    st = ga->storage->backend->to_host(ga->dtype == NDL_FLOAT32 ? (void *)&gf : (void *)&gv,
+                                       host_data(ga), ndl_itemsize(ga->dtype));
+    if (ndl_raise_status(st, "SoftmaxCrossEntropy") < 0) {
+        Py_DECREF(c);
+        return NULL;
+    }
+    gb = ga->dtype == NDL_FLOAT32 ? (double)(gf / (float)B) : gv / (double)B;
     if ((out = ndl_array_empty(c->device, c->dtype, 2, shape)) != NULL) {
         int status;
         NDL_KERNEL_CALL(B * k, status,

@@ -1,6 +1,6 @@
 /* cuda_backend.cu: the CUDA entry of the backend table (backend.h), and the
  * probe that says whether it can run here. Every slot is filled, optional
- * ones included, but softmax_xent_grad (the loss's gradient is composed). */
+ * ones included. NOTE: positional initializers, in backend.h's order. */
 #include <stdio.h>
 
 #include "cuda_common.cuh"
@@ -28,7 +28,10 @@ extern "C" const ndl_backend ndl_cuda_backend = {
     ndl_cuda_softmax,
     ndl_cuda_softmax_grad,
     ndl_cuda_softmax_xent,
-    NULL, /* softmax_xent_grad: the composite formula */
+    ndl_cuda_softmax_xent_grad,
+    ndl_cuda_layer_norm,
+    ndl_cuda_layer_norm_grad,
+    ndl_cuda_masked_scale,
     ndl_cuda_last_error,
 };
 

@@ -18,6 +18,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 extern "C" {
 #include "backend.h"
 #include "ndl_core.h"
@@ -38,6 +40,27 @@ extern "C" const char *ndl_cuda_last_error(void);
 
 /* After a <<<...>>> launch: a bad configuration fails here. */
 #define NDL_CUDA_LAUNCHED() NDL_CUDA_TRY(cudaGetLastError())
+/* The same as a status, for a caller that has scratch to free first. */
+#define NDL_CUDA_LAUNCH_STATUS(what) ndl_cuda_launch_status(__FILE__, __LINE__, what)
+static inline int ndl_cuda_launch_status(const char *file, int line, const char *what)
+{
+    cudaError_t err = cudaGetLastError();
+    return err == cudaSuccess ? NDL_OK : ndl_cuda_fail(err, file, line, what);
+}
+
+/* The statement `launch` with T the C type of dt (double or float):
+ *     NDL_CU_DTYPE(dt, T, kernel<T><<<b, t>>>(n, (const T *)x, (T *)out));
+ * one line where each launch was written twice. */
+#define NDL_CU_DTYPE(dt, T, ...)                                                                   \
+    do {                                                                                           \
+        if ((dt) == NDL_FLOAT64) {                                                                 \
+            typedef double T;                                                                      \
+            __VA_ARGS__;                                                                           \
+        } else {                                                                                   \
+            typedef float T;                                                                       \
+            __VA_ARGS__;                                                                           \
+        }                                                                                          \
+    } while (0)
 
 #define NDL_CU_THREADS 256
 
@@ -83,41 +106,35 @@ static inline int64_t ndl_cu_size(const ndl_layout *l)
     return n;
 }
 
-/* The kernel slots (one file each), gathered in cuda_backend.cu. */
-int ndl_cuda_fill(ndl_dtype dt, void *dst, const ndl_layout *ld, double value);
-int ndl_cuda_copy(ndl_dtype dst_dt, void *dst, const ndl_layout *ld, ndl_dtype src_dt,
-                  const void *src, const ndl_layout *ls);
-int ndl_cuda_unary(ndl_unop op, ndl_dtype dt, const void *a, const ndl_layout *la, void *out);
-int ndl_cuda_binary(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *la,
-                    const void *b, const ndl_layout *lb, void *out);
-int ndl_cuda_scalar(ndl_binop op, ndl_dtype dt, const void *a, const ndl_layout *la, double s,
-                    int reflected, void *out);
-int ndl_cuda_reduce(ndl_redop op, ndl_dtype dt, const void *a, const ndl_layout *la,
-                    uint64_t axes_mask, void *out);
-int ndl_cuda_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p, const void *a,
-                    const int64_t *a_offsets, int64_t rsa, int64_t csa, const void *b,
-                    const int64_t *b_offsets, int64_t rsb, int64_t csb, void *c);
-int ndl_cuda_adam(ndl_dtype dt, int64_t n, const void *p, const void *g, const void *m,
-                  const void *v, void *po, void *mo, void *vo, const ndl_adam_hparams *h);
-int ndl_cuda_sgd(ndl_dtype dt, int64_t n, const void *p, const void *g, const void *u, void *po,
-                 void *uo, const ndl_sgd_hparams *h);
-int ndl_cuda_pad(ndl_dtype dt, const void *a, const ndl_layout *la, const int64_t *lo,
-                 const int64_t *hi, void *out);
-int ndl_cuda_flip(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t axes_mask,
-                  void *out);
-int ndl_cuda_dilate(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t axes_mask,
-                    int64_t d, void *out);
-int ndl_cuda_im2col(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k, int64_t s,
-                    int64_t row0, int64_t nrows, void *out);
-int ndl_cuda_softmax(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
-                     const ndl_attention_mask *mask, void *out);
-int ndl_cuda_softmax_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *y, const void *g,
-                          void *out);
-int ndl_cuda_softmax_xent(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
-                          const int64_t *labels, double *loss);
-void *ndl_cuda_alloc(size_t nbytes);
-void ndl_cuda_free(void *ptr);
-int ndl_cuda_to_host(void *host_dst, const void *src, size_t nbytes);
-int ndl_cuda_from_host(void *dst, const void *host_src, size_t nbytes);
+/* The kernel slots (one file each), gathered in cuda_backend.cu: each is
+ * declared with its slot's own type from backend.h, so a definition that
+ * drifts from the contract is not the declared function (the table then
+ * fails to link) rather than a silent mismatch. */
+#define NDL_CUDA_SLOT(slot)                                                                        \
+    std::remove_pointer<decltype(ndl_backend::slot)>::type ndl_cuda_##slot
+NDL_CUDA_SLOT(alloc);
+NDL_CUDA_SLOT(free);
+NDL_CUDA_SLOT(to_host);
+NDL_CUDA_SLOT(from_host);
+NDL_CUDA_SLOT(fill);
+NDL_CUDA_SLOT(copy);
+NDL_CUDA_SLOT(unary);
+NDL_CUDA_SLOT(binary);
+NDL_CUDA_SLOT(scalar);
+NDL_CUDA_SLOT(reduce);
+NDL_CUDA_SLOT(matmul);
+NDL_CUDA_SLOT(adam);
+NDL_CUDA_SLOT(sgd);
+NDL_CUDA_SLOT(pad);
+NDL_CUDA_SLOT(flip);
+NDL_CUDA_SLOT(dilate);
+NDL_CUDA_SLOT(im2col);
+NDL_CUDA_SLOT(softmax);
+NDL_CUDA_SLOT(softmax_grad);
+NDL_CUDA_SLOT(softmax_xent);
+NDL_CUDA_SLOT(softmax_xent_grad);
+NDL_CUDA_SLOT(layer_norm);
+NDL_CUDA_SLOT(layer_norm_grad);
+NDL_CUDA_SLOT(masked_scale);
 
 #endif

@@ -165,6 +165,34 @@ typedef struct ndl_backend {
     int (*softmax_xent_grad)(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
                              const int64_t *labels, double gb, void *out);
 
+    /* ---- fused LayerNorm and dropout rows (cpu_layernorm.c, cpu_dropout.c;
+     * Note [Fused LayerNorm], ops_layernorm.c, Note [Fused dropout],
+     * ops_dropout.c) --------------------------------------------------------
+     * x, y, g, gx are compact (rows, n) buffers, w, b, gw, gb compact (n,).
+     * Per row, in dt: mean = sum(x) / n and var = sum((x - mean)^2) / n, each
+     * sum in the row's fixed order (eight lanes, row_reduce.h), eps rounded to
+     * dt first (as AddScalar does). */
+    /* y = w * ((x - mean) / (var + eps) ** 0.5) + b per row.
+     * (optional) fallback: the formula as NDArray ops (ops_layernorm.c). */
+    int (*layer_norm)(ndl_dtype dt, int64_t rows, int64_t n, const void *x, const void *w,
+                      const void *b, double eps, void *y);
+    /* The gradients of layer_norm for the upstream gradient g: with
+     * r = (var + eps) ** -0.5, xh = (x - mean) * r, h = g * w,
+     *   gx = r * ((h - sum(h) / n) - xh * (sum(h * xh) / n))   per row,
+     *   gw = sum over rows of g * xh,  gb = sum over rows of g  (rows in order).
+     * Any of gx, gw, gb may be NULL (not wanted). rows may be 0 (gw, gb zeroed).
+     * (optional) fallback: the gradients built from ops (ops_layernorm.c). */
+    int (*layer_norm_grad)(ndl_dtype dt, int64_t rows, int64_t n, const void *x, const void *w,
+                           const void *g, double eps, void *gx, void *gw, void *gb);
+    /* out[i] = (x[i] * m_i) / c (c rounded to dt; the Mul then DivScalar
+     * kernels' numbers) for n compact elements; m_i = mask[i], or when packed
+     * bit i % 16 of mask[i / 16] (ceil(n / 16) elements of dt holding the
+     * integers 0 .. 65535: nn.Dropout's packed mask). mask is on this device.
+     * (optional) fallback: the mask unpacked by the array layer, then the Mul
+     * and DivScalar kernels (ops_dropout.c). */
+    int (*masked_scale)(ndl_dtype dt, int64_t n, const void *x, const void *mask, int packed,
+                        double c, void *out);
+
     /* ---- errors ----------------------------------------------------------- */
     /* (optional) The message of this thread's last NDL_EDEVICE status or
      * failed alloc ("file:line: call: CUDA message"); NULL slot: none. */
@@ -194,5 +222,13 @@ int ndl_cpu_softmax_xent(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
                          const int64_t *labels, double *loss);
 int ndl_cpu_softmax_xent_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
                               const int64_t *labels, double gb, void *out);
+
+/* ---- CPU kernels of the LayerNorm and dropout slots ---------------------- */
+int ndl_cpu_layer_norm(ndl_dtype dt, int64_t rows, int64_t n, const void *x, const void *w,
+                       const void *b, double eps, void *y);
+int ndl_cpu_layer_norm_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *x, const void *w,
+                            const void *g, double eps, void *gx, void *gw, void *gb);
+int ndl_cpu_masked_scale(ndl_dtype dt, int64_t n, const void *x, const void *mask, int packed,
+                         double c, void *out);
 
 #endif

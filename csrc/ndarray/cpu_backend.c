@@ -81,4 +81,7 @@ const ndl_backend ndl_cpu_backend = {
     .softmax_grad = ndl_cpu_softmax_grad,
     .softmax_xent = ndl_cpu_softmax_xent,
     .softmax_xent_grad = ndl_cpu_softmax_xent_grad,
+    .layer_norm = ndl_cpu_layer_norm,
+    .layer_norm_grad = ndl_cpu_layer_norm_grad,
+    .masked_scale = ndl_cpu_masked_scale,
 };

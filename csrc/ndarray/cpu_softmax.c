@@ -14,7 +14,7 @@
 #include <math.h>
 
 #include "backend.h"
-#include "row_reduce.h"
+#include "cpu_rows.h"
 #include "scalar_ops.h"
 #include "threadpool.h"
 
@@ -25,31 +25,19 @@
 #define NDL_SOFTMAX_ROWS(T, sfx, BIG)                                                              \
     static void softmax_row_##sfx(const T *z, T *y, int64_t n) /* y may be z */                  \
     {                                                                                              \
-        T acc[8] = {0}, m = row_max_##sfx(z, n), s;                                                \
-        int64_t i;                                                                                 \
-        for (i = 0; i < n; i++)                                                                    \
+        T m = row_max_##sfx(z, n), s;                                                              \
+        for (int64_t i = 0; i < n; i++)                                                            \
             y[i] = ndl_exp_##sfx(z[i] - m);                                                        \
-        for (i = 0; i + 8 <= n; i += 8)                                                            \
-            for (int k = 0; k < 8; k++)                                                            \
-                acc[k] += y[i + k];                                                                \
-        for (; i < n; i++)                                                                         \
-            acc[0] += y[i];                                                                        \
-        s = NDL_SUM8(acc);                                                                         \
-        for (i = 0; i < n; i++)                                                                    \
+        NDL_SUM8_OF(T, n, i, y[i], s);                                                             \
+        for (int64_t i = 0; i < n; i++)                                                            \
             y[i] = y[i] / s;                                                                       \
     }                                                                                              \
     static void softmax_grad_row_##sfx(const T *restrict y, const T *restrict g, T *restrict o,    \
                                        int64_t n)                                                  \
     {                                                                                              \
-        T acc[8] = {0}, s;                                                                         \
-        int64_t i = 0;                                                                             \
-        for (; i + 8 <= n; i += 8)                                                                 \
-            for (int k = 0; k < 8; k++)                                                            \
-                acc[k] += g[i + k] * y[i + k];                                                     \
-        for (; i < n; i++)                                                                         \
-            acc[0] += g[i] * y[i];                                                                 \
-        s = NDL_SUM8(acc);                                                                         \
-        for (i = 0; i < n; i++)                                                                    \
+        T s;                                                                                       \
+        NDL_SUM8_OF(T, n, i, g[i] * y[i], s);                                                      \
+        for (int64_t i = 0; i < n; i++)                                                            \
             o[i] = y[i] * (g[i] - s);                                                              \
     }
 /* x / c + (-FLT_MAX where j >= keep): the logits of one attention row */
@@ -71,14 +59,8 @@ NDL_SOFTMAX_ROWS(double, f64, DBL_MAX)
 #define NDL_XENT_ROW(T, sfx, BIG)                                                                 \
     static double xent_row_##sfx(const T *z, int64_t n, int64_t y)                                 \
     {                                                                                              \
-        T acc[8] = {0}, m = row_max_##sfx(z, n), s;                                                \
-        int64_t i;                                                                                 \
-        for (i = 0; i + 8 <= n; i += 8)                                                            \
-            for (int k = 0; k < 8; k++)                                                            \
-                acc[k] += ndl_exp_##sfx(z[i + k] - m);                                             \
-        for (; i < n; i++)                                                                         \
-            acc[0] += ndl_exp_##sfx(z[i] - m);                                                     \
-        s = NDL_SUM8(acc);                                                                         \
+        T m = row_max_##sfx(z, n), s;                                                              \
+        NDL_SUM8_OF(T, n, i, ndl_exp_##sfx(z[i] - m), s);                                          \
         return ((double)m - (double)z[y]) + log((double)s);                                        \
     }
 NDL_XENT_ROW(float, f32, FLT_MAX)
@@ -97,155 +79,91 @@ NDL_XENT_ROW(double, f64, DBL_MAX)
 NDL_XENT_GRAD_ROW(float, f32)
 NDL_XENT_GRAD_ROW(double, f64)
 
-/* ---- the jobs over the thread pool ---------------------------------------- */
+/* ---- the jobs over the thread pool (cpu_rows.h) --------------------------- */
 
-typedef struct {
-    ndl_dtype dt;
-    const void *a, *b; /* z (softmax) or y, g (softmax_grad) */
-    void *out;
-    int64_t n;         /* row length */
-    /* attention: divide by scale; if causal, row r (query r % rows of a
-     * (rows, n) matrix) keeps columns j <= r % rows + n - rows */
-    double scale;
-    int causal;
-    int64_t rows;
-} rows_job;
+/* attention: x / scale, then -FLT_MAX at the columns j >= keep when causal
+ * (row r is query r % mrows of a (mrows, n) matrix), then softmax in place */
+#define ATTENTION_ROW(T, sfx, j, r)                                                                \
+    do {                                                                                           \
+        T *y_ = NDL_ROW(T, (j)->out, j, r);                                                        \
+        int64_t keep_ = (j)->causal ? (r) % (j)->mrows + (j)->n - (j)->mrows + 1 : (j)->n;        \
+        logits_row_##sfx(NDL_CROW(T, (j)->a, j, r), y_, (j)->n, (T)(j)->s, keep_);                 \
+        softmax_row_##sfx(y_, y_, (j)->n);                                                         \
+    } while (0)
+#define SOFTMAX_ROW(T, sfx, j, r)                                                                  \
+    softmax_row_##sfx(NDL_CROW(T, (j)->a, j, r), NDL_ROW(T, (j)->out, j, r), (j)->n)
+#define SOFTMAX_GRAD_ROW(T, sfx, j, r)                                                             \
+    softmax_grad_row_##sfx(NDL_CROW(T, (j)->a, j, r), NDL_CROW(T, (j)->b, j, r),                  \
+                           NDL_ROW(T, (j)->out, j, r), (j)->n)
+#define XENT_ROW(T, sfx, j, r)                                                                     \
+    ((j)->loss[r] = xent_row_##sfx(NDL_CROW(T, (j)->a, j, r), (j)->n, (j)->labels[r]))
+#define XENT_GRAD_ROW(T, sfx, j, r)                                                                \
+    xent_grad_row_##sfx(NDL_CROW(T, (j)->a, j, r), NDL_ROW(T, (j)->out, j, r), (j)->n,            \
+                        (j)->labels[r], (T)(j)->s)
+NDL_ROWS_TASK(attention_softmax_rows, ATTENTION_ROW)
+NDL_ROWS_TASK(softmax_rows, SOFTMAX_ROW)
+NDL_ROWS_TASK(softmax_grad_rows, SOFTMAX_GRAD_ROW)
+NDL_ROWS_TASK(xent_rows, XENT_ROW)
+NDL_ROWS_TASK(xent_grad_rows, XENT_GRAD_ROW)
 
-static void attention_softmax_rows(void *ctx, int64_t r0, int64_t r1)
+/* 0 when every label is in [0, n) */
+static int bad_labels(int64_t rows, int64_t n, const int64_t *labels)
 {
-    const rows_job *j = ctx;
-    for (int64_t r = r0; r < r1; r++) {
-        int64_t keep = j->causal ? r % j->rows + j->n - j->rows + 1 : j->n;
-        if (j->dt == NDL_FLOAT32) {
-            float *y = (float *)j->out + r * j->n;
-            logits_row_f32((const float *)j->a + r * j->n, y, j->n, (float)j->scale, keep);
-            softmax_row_f32(y, y, j->n);
-        } else {
-            double *y = (double *)j->out + r * j->n;
-            logits_row_f64((const double *)j->a + r * j->n, y, j->n, j->scale, keep);
-            softmax_row_f64(y, y, j->n);
-        }
-    }
+    for (int64_t r = 0; r < rows; r++)
+        if (labels[r] < 0 || labels[r] >= n)
+            return 1;
+    return 0;
 }
-
-static void softmax_rows(void *ctx, int64_t r0, int64_t r1)
-{
-    const rows_job *j = ctx;
-    for (int64_t r = r0; r < r1; r++) {
-        if (j->dt == NDL_FLOAT32)
-            softmax_row_f32((const float *)j->a + r * j->n, (float *)j->out + r * j->n, j->n);
-        else
-            softmax_row_f64((const double *)j->a + r * j->n, (double *)j->out + r * j->n, j->n);
-    }
-}
-
-static void softmax_grad_rows(void *ctx, int64_t r0, int64_t r1)
-{
-    const rows_job *j = ctx;
-    for (int64_t r = r0; r < r1; r++) {
-        if (j->dt == NDL_FLOAT32)
-            softmax_grad_row_f32((const float *)j->a + r * j->n, (const float *)j->b + r * j->n,
-                                 (float *)j->out + r * j->n, j->n);
-        else
-            softmax_grad_row_f64((const double *)j->a + r * j->n, (const double *)j->b + r * j->n,
-                                 (double *)j->out + r * j->n, j->n);
-    }
-}
-
-typedef struct {
-    ndl_dtype dt;
-    const void *z;
-    const int64_t *y;
-    double *loss; /* one per row */
-    int64_t k;
-} xent_job;
-
-static void xent_rows(void *ctx, int64_t r0, int64_t r1)
-{
-    const xent_job *j = ctx;
-    for (int64_t r = r0; r < r1; r++) {
-        if (j->dt == NDL_FLOAT32)
-            j->loss[r] = xent_row_f32((const float *)j->z + r * j->k, j->k, j->y[r]);
-        else
-            j->loss[r] = xent_row_f64((const double *)j->z + r * j->k, j->k, j->y[r]);
-    }
-}
-
-typedef struct {
-    ndl_dtype dt;
-    const void *z;
-    const int64_t *y;
-    void *out; /* (rows, k) */
-    double gb;
-    int64_t k;
-} xent_grad_job;
-
-static void xent_grad_rows(void *ctx, int64_t r0, int64_t r1)
-{
-    const xent_grad_job *j = ctx;
-    for (int64_t r = r0; r < r1; r++) {
-        if (j->dt == NDL_FLOAT32)
-            xent_grad_row_f32((const float *)j->z + r * j->k, (float *)j->out + r * j->k, j->k,
-                              j->y[r], (float)j->gb);
-        else
-            xent_grad_row_f64((const double *)j->z + r * j->k, (double *)j->out + r * j->k,
-                              j->k, j->y[r], j->gb);
-    }
-}
-
-/* about 16k elements per task: below that waking the pool costs more */
-static int64_t grain_of(int64_t n) { return n < 16384 ? 16384 / n : 1; }
 
 /* ---- the slots ------------------------------------------------------------ */
 
 int ndl_cpu_softmax(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
                     const ndl_attention_mask *mask, void *out)
 {
-    rows_job job = {dt, z, NULL, out, n, 1.0, 0, 1};
+    ndl_rows_job job = {.dt = dt, .n = n, .a = z, .out = out, .s = 1.0, .mrows = 1};
     if (rows < 0 || n < 0 || (mask != NULL && mask->causal && mask->rows < 1))
         return NDL_EINVAL;
     if (rows == 0 || n == 0)
         return NDL_OK;
     if (mask != NULL)
-        job.scale = mask->scale, job.causal = mask->causal != 0, job.rows = mask->rows;
-    ndl_parallel_for(rows, grain_of(n), mask != NULL ? attention_softmax_rows : softmax_rows, &job);
+        job.s = mask->scale, job.causal = mask->causal != 0, job.mrows = mask->rows;
+    ndl_parallel_for(rows, ndl_rows_grain(n), mask != NULL ? attention_softmax_rows : softmax_rows,
+                     &job);
     return NDL_OK;
 }
 
 int ndl_cpu_softmax_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *y, const void *g,
                          void *out)
 {
-    rows_job job = {dt, y, g, out, n, 1.0, 0, 1};
+    ndl_rows_job job = {.dt = dt, .n = n, .a = y, .b = g, .out = out};
     if (rows < 0 || n < 0)
         return NDL_EINVAL;
     if (rows == 0 || n == 0)
         return NDL_OK;
-    ndl_parallel_for(rows, grain_of(n), softmax_grad_rows, &job);
+    ndl_parallel_for(rows, ndl_rows_grain(n), softmax_grad_rows, &job);
     return NDL_OK;
 }
 
 int ndl_cpu_softmax_xent(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
                          const int64_t *labels, double *loss)
 {
-    xent_job job = {dt, z, labels, loss, n};
+    ndl_rows_job job = {.dt = dt, .n = n, .a = z, .labels = labels, .loss = loss};
     if (rows < 0 || n < 1)
         return rows == 0 ? NDL_OK : NDL_EINVAL;
-    for (int64_t r = 0; r < rows; r++)
-        if (labels[r] < 0 || labels[r] >= n)
-            return NDL_EINVAL;
-    ndl_parallel_for(rows, grain_of(n), xent_rows, &job);
+    if (bad_labels(rows, n, labels))
+        return NDL_EINVAL;
+    ndl_parallel_for(rows, ndl_rows_grain(n), xent_rows, &job);
     return NDL_OK;
 }
 
 int ndl_cpu_softmax_xent_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
                               const int64_t *labels, double gb, void *out)
 {
-    xent_grad_job job = {dt, z, labels, out, gb, n};
+    ndl_rows_job job = {.dt = dt, .n = n, .a = z, .labels = labels, .out = out, .s = gb};
     if (rows < 0 || n < 1)
         return rows == 0 ? NDL_OK : NDL_EINVAL;
-    for (int64_t r = 0; r < rows; r++)
-        if (labels[r] < 0 || labels[r] >= n)
-            return NDL_EINVAL;
-    ndl_parallel_for(rows, grain_of(n), xent_grad_rows, &job);
+    if (bad_labels(rows, n, labels))
+        return NDL_EINVAL;
+    ndl_parallel_for(rows, ndl_rows_grain(n), xent_grad_rows, &job);
     return NDL_OK;
 }

@@ -20,7 +20,7 @@ import numpy as np
 
 from needle import init, ops
 from needle.autograd import Tensor
-from needle.backend_selection import BACKEND, cpu
+from needle.backend_selection import BACKEND
 
 __all__ = [
     "Parameter", "Module", "Identity", "Linear", "Flatten", "ReLU", "Sigmoid", "Tanh",
@@ -536,9 +536,10 @@ class BatchNorm2d(BatchNorm1d):
 
 
 def _packed_mask(mask: Tensor, x: Tensor) -> Tuple[Tensor, float]:
-    """(mask, 0.0), or on host NDArrays (bits, 1.0): 16 mask entries to an element of
-    bits, as the integers 0 .. 65535 in x's dtype (ops_dropout.c unpacks them)."""
-    if BACKEND != "nd" or x.device != cpu():
+    """(mask, 0.0), or for NDArrays (bits, 1.0): 16 mask entries to an element of
+    bits, as the integers 0 .. 65535 in x's dtype, on x's device (ops_dropout.c,
+    Note [Dropout mask on the device])."""
+    if BACKEND != "nd":
         return mask, 0.0
     flat = mask.numpy().reshape(-1) != 0
     flat = np.concatenate([flat, np.zeros((-flat.size) % 16, dtype=bool)])
