@@ -141,3 +141,59 @@ def test_simple_ml_cifar_and_ptb_helpers(tmp_path):
     assert l2 < l1 and acc > 0.5
     ev = simple_ml.evaluate_ptb(lm, data, seq_len=5)
     assert ev == simple_ml.evaluate_ptb(lm, data, seq_len=5)
+
+
+# ---- the models on cuda: the same steps as on the cpu (issue 10) ---------------
+from conftest import CUDA_WHY  # noqa: E402
+
+
+def _train_steps(make, x, y, device, steps=3):
+    """`steps` SGD steps of make(device) from the weights seed 0 draws (the same on
+    every device: init draws on the host), on batch (x, y); the losses and the final
+    parameters as NumPy."""
+    np.random.seed(0)
+    model = make(device)
+    opt = ndl.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    X = ndl.Tensor(x, device=device, requires_grad=False)
+    Y = ndl.Tensor(y, device=device, requires_grad=False)
+    losses = []
+    for _ in range(steps):
+        out = model(X)
+        loss = ndl.nn.SoftmaxLoss()(out[0] if isinstance(out, tuple) else out, Y)
+        opt.reset_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.numpy()))
+    assert all(p.device == device for p in model.parameters())
+    return losses, [p.numpy() for p in model.parameters()]
+
+
+_rng = np.random.default_rng(10)
+MODELS = {
+    "mlp": (lambda d: ndl.nn.Sequential(ndl.nn.Linear(784, 64, device=d), ndl.nn.ReLU(),
+                                        ndl.nn.Dropout(0.2), ndl.nn.Linear(64, 10, device=d)),
+            _rng.standard_normal((16, 784)).astype("float32"), _rng.integers(0, 10, 16)),
+    "resnet9": (lambda d: models.ResNet9(device=d),
+                _rng.random((4, 3, 32, 32)).astype("float32"), _rng.integers(0, 10, 4)),
+    "lstm_lm": (lambda d: models.LanguageModel(16, 50, 24, 2, "lstm", 6, device=d),
+                _rng.integers(0, 50, (6, 3)).astype("float32"), _rng.integers(0, 50, 18)),
+    "transformer_lm": (lambda d: models.LanguageModel(16, 50, 32, 2, "transformer", 6, device=d,
+                                                      num_head=2, dropout=0.1),
+                       _rng.integers(0, 50, (6, 3)).astype("float32"),
+                       _rng.integers(0, 50, 18)),
+}
+
+
+@pytest.mark.skipif(CUDA_WHY is not None, reason=f"no GPU: {CUDA_WHY}")
+@pytest.mark.parametrize("name", list(MODELS))
+def test_models_train_on_cuda_as_on_cpu(name):
+    """Three SGD steps of each model on cuda against the same steps on the cpu (the
+    cpu's numbers are checked against torch op by op elsewhere): float32 rounding
+    apart, the same losses and weights. Dropout draws its masks from the same
+    seeded generator on both devices."""
+    make, x, y = MODELS[name]
+    cpu_losses, cpu_params = _train_steps(make, x, y, ndl.cpu())
+    gpu_losses, gpu_params = _train_steps(make, x, y, ndl.cuda())
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-4, atol=1e-5)
+    for a, b in zip(gpu_params, cpu_params):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)

@@ -26,17 +26,21 @@ STEPS = 6
 # a small model and its independent (torch) twin
 # --------------------------------------------------------------------------
 
-def make_problem(n=16, d=4, h=8, k=3):
+def make_problem(n=16, d=4, h=8, k=3, device=None):
+    """The model on `device` (cpu() by default; the `device` fixture's cuda case
+    runs the same steps on the GPU, against the same NumPy/torch references)."""
     np.random.seed(SEED)
-    model = nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, k))
+    model = nn.Sequential(nn.Linear(d, h, device=device), nn.ReLU(),
+                          nn.Linear(h, k, device=device))
     X = np.random.randn(n, d).astype(np.float32)
     y = np.random.randint(0, k, size=n)
     return model, X, y
 
 
 def needle_loss(model, X, y):
-    return nn.SoftmaxLoss()(model(ndl.Tensor(X, requires_grad=False)),
-                            ndl.Tensor(y, requires_grad=False))
+    dev = model.parameters()[0].device
+    return nn.SoftmaxLoss()(model(ndl.Tensor(X, device=dev, requires_grad=False)),
+                            ndl.Tensor(y, device=dev, requires_grad=False))
 
 
 def torch_loss(thetas, X, y):
@@ -158,10 +162,10 @@ SGD_CASES = [
 
 
 @pytest.mark.parametrize("lr, momentum, wd", SGD_CASES)
-def test_sgd_vs_formula(lr, momentum, wd):
-    model, X, y = make_problem()
+def test_sgd_vs_formula(lr, momentum, wd, device):
+    model, X, y = make_problem(device=device)
     params = model.parameters()
-    unused = nn.Parameter(ndl.Tensor(np.ones((2, 2), np.float32)))   # grad stays None
+    unused = nn.Parameter(ndl.Tensor(np.ones((2, 2), np.float32), device=device))  # no grad
     opt = optim.SGD(params + [unused], lr=lr, momentum=momentum, weight_decay=wd)
     ref = sgd_reference([p.numpy() for p in params], X, y, lr, momentum, wd, STEPS)
     objects = [id(p) for p in params]
@@ -188,8 +192,8 @@ def test_sgd_vs_formula(lr, momentum, wd):
 
 
 @pytest.mark.parametrize("lr, wd", [(0.1, 0.0), (0.3, 0.0), (0.1, 0.2)])
-def test_sgd_vs_torch_without_momentum(lr, wd):
-    model, X, y = make_problem()
+def test_sgd_vs_torch_without_momentum(lr, wd, device):
+    model, X, y = make_problem(device=device)
     params = model.parameters()
     ts = [torch.tensor(p.numpy(), requires_grad=True) for p in params]
     topt = torch.optim.SGD(ts, lr=lr, weight_decay=wd)
@@ -241,10 +245,10 @@ ADAM_CASES = [
 
 
 @pytest.mark.parametrize("lr, b1, b2, eps, wd", ADAM_CASES)
-def test_adam_vs_formula(lr, b1, b2, eps, wd):
-    model, X, y = make_problem()
+def test_adam_vs_formula(lr, b1, b2, eps, wd, device):
+    model, X, y = make_problem(device=device)
     params = model.parameters()
-    unused = nn.Parameter(ndl.Tensor(np.ones(3, np.float32)))
+    unused = nn.Parameter(ndl.Tensor(np.ones(3, np.float32), device=device))
     opt = optim.Adam([unused] + params, lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=wd)
     ref = adam_reference([p.numpy() for p in params], X, y, lr, b1, b2, eps, wd, STEPS)
     for step in range(STEPS):
@@ -263,8 +267,8 @@ def test_adam_vs_formula(lr, b1, b2, eps, wd):
 
 
 @pytest.mark.parametrize("lr, b1, b2, eps, wd", ADAM_CASES)
-def test_adam_vs_torch(lr, b1, b2, eps, wd):
-    model, X, y = make_problem()
+def test_adam_vs_torch(lr, b1, b2, eps, wd, device):
+    model, X, y = make_problem(device=device)
     params = model.parameters()
     ts = [torch.tensor(p.numpy(), requires_grad=True) for p in params]
     topt = torch.optim.Adam(ts, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
@@ -335,12 +339,12 @@ def test_step_with_noncompact_gradient(name, make_opt, update, lname, loss, grad
 
 
 @pytest.mark.parametrize("name, make_opt, update", FIRST_STEP, ids=[c[0] for c in FIRST_STEP])
-def test_step_with_noncompact_parameter(name, make_opt, update):
+def test_step_with_noncompact_parameter(name, make_opt, update, device):
     base = np.random.randn(2, 3).astype(np.float32)
-    p = nn.Parameter(ndl.Tensor(base, requires_grad=False).transpose())   # (3, 2) view
+    p = nn.Parameter(ndl.Tensor(base, device=device, requires_grad=False).transpose())  # view
     c = np.random.randn(3, 2).astype(np.float32)
     opt = make_opt([p])
-    (p * ndl.Tensor(c, requires_grad=False)).sum().backward()
+    (p * ndl.Tensor(c, device=device, requires_grad=False)).sum().backward()
     opt.step()
     np.testing.assert_allclose(p.numpy(), base.T + update(c), rtol=1e-5, atol=1e-6)
 
@@ -473,17 +477,18 @@ TRAIN_CASES = [
 
 @pytest.mark.parametrize("name, make_opt, threshold", TRAIN_CASES,
                          ids=[c[0] for c in TRAIN_CASES])
-def test_training_run_converges(name, make_opt, threshold):
+def test_training_run_converges(name, make_opt, threshold, device):
     X, y = blobs()
     np.random.seed(SEED)
-    model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3))
+    model = nn.Sequential(nn.Linear(2, 16, device=device), nn.ReLU(),
+                          nn.Linear(16, 3, device=device))
     opt = make_opt(model.parameters())
     first = None
     for _ in range(200):
         loss = needle_step(opt, model, X, y)
         first = loss.numpy().item() if first is None else first
     final = needle_loss(model, X, y).numpy().item()
-    logits = model(ndl.Tensor(X, requires_grad=False)).numpy()
+    logits = model(ndl.Tensor(X, device=device, requires_grad=False)).numpy()
     assert first > 1.0, first          # not trivially solved at initialisation
     assert final < threshold, (first, final)
     assert (logits.argmax(1) == y).all()
