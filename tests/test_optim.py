@@ -101,6 +101,18 @@ def needle_step(opt, model, X, y):
     return loss
 
 
+def same_steps_as_torch(opt, topt, model, ts, X, y):
+    """STEPS steps of opt on model and of topt on its torch twin ts: the same values."""
+    for step in range(STEPS):
+        needle_step(opt, model, X, y)
+        topt.zero_grad()
+        torch_loss(ts, X, y).backward()
+        topt.step()
+        for p, t in zip(model.parameters(), ts):
+            np.testing.assert_allclose(p.numpy(), t.detach().numpy(), **PTOL,
+                                       err_msg=f"step {step}")
+
+
 def check_float32_leaf(p):
     assert p.dtype == "float32"
     assert p.numpy().dtype == np.float32
@@ -198,14 +210,7 @@ def test_sgd_vs_torch_without_momentum(lr, wd, device):
     ts = [torch.tensor(p.numpy(), requires_grad=True) for p in params]
     topt = torch.optim.SGD(ts, lr=lr, weight_decay=wd)
     opt = optim.SGD(params, lr=lr, weight_decay=wd)
-    for step in range(STEPS):
-        needle_step(opt, model, X, y)
-        topt.zero_grad()
-        torch_loss(ts, X, y).backward()
-        topt.step()
-        for p, t in zip(params, ts):
-            np.testing.assert_allclose(p.numpy(), t.detach().numpy(), **PTOL,
-                                       err_msg=f"step {step}")
+    same_steps_as_torch(opt, topt, model, ts, X, y)
 
 
 def test_sgd_momentum_first_step_has_one_minus_beta_factor():
@@ -273,14 +278,7 @@ def test_adam_vs_torch(lr, b1, b2, eps, wd, device):
     ts = [torch.tensor(p.numpy(), requires_grad=True) for p in params]
     topt = torch.optim.Adam(ts, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
     opt = optim.Adam(params, lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=wd)
-    for step in range(STEPS):
-        needle_step(opt, model, X, y)
-        topt.zero_grad()
-        torch_loss(ts, X, y).backward()
-        topt.step()
-        for p, t in zip(params, ts):
-            np.testing.assert_allclose(p.numpy(), t.detach().numpy(), **PTOL,
-                                       err_msg=f"step {step}")
+    same_steps_as_torch(opt, topt, model, ts, X, y)
 
 
 def test_adam_first_step_is_lr_times_sign():

@@ -96,6 +96,22 @@ int nda_shape(PyObject *a, int *ndim, int64_t *shape)
     return rc;
 }
 
+int ndl_raise_shapes(const char *fmt, int k, PyObject *const *x)
+{
+    PyObject *t[4] = {NULL, NULL, NULL, NULL};
+    int64_t shape[NDL_MAX_DIMS];
+    int ndim, i;
+    for (i = 0; i < k && i < 4; i++)
+        if (nda_shape(x[i], &ndim, shape) < 0 || (t[i] = ndl_shape_tuple(ndim, shape)) == NULL)
+            break;
+    /* NOTE: unused trailing arguments are allowed by varargs (fmt has k %R) */
+    if (i == k)
+        PyErr_Format(PyExc_ValueError, fmt, t[0], t[1], t[2], t[3]);
+    for (i = 0; i < 4; i++)
+        Py_XDECREF(t[i]);
+    return -1;
+}
+
 static PyObject *axes_tuple(int naxes, const int64_t *axes)
 {
     return naxes < 0 ? Py_NewRef(Py_None) : ndl_shape_tuple(naxes, axes);

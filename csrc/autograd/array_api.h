@@ -17,6 +17,10 @@ int nda_init(void);
  * returns scalars such as np.float64 for 0-d results (API.md 1.3). */
 PyObject *nda_as_np_array(PyObject *res);
 int nda_shape(PyObject *a, int *ndim, int64_t *shape);
+/* -1 with ValueError: `fmt` (PyErr_Format's) with one %R per array of
+ * x[0..k), k <= 4, each the array's shape as a tuple. The error of an op
+ * whose inputs' shapes do not fit together, naming all of them. */
+int ndl_raise_shapes(const char *fmt, int k, PyObject *const *x);
 int nda_is_nd(PyObject *a);
 
 PyObject *nda_binary(ndl_binop op, PyObject *a, PyObject *b);

@@ -157,12 +157,7 @@ NDL_FORWARD(MaskedScale)
         if (check_packed(x[0], x[1], size_of(xn, xs)) < 0)
             return NULL;
     } else if (xn != mn || memcmp(xs, ms, sizeof(int64_t) * (size_t)xn) != 0) {
-        PyObject *a = ndl_shape_tuple(xn, xs), *b = a ? ndl_shape_tuple(mn, ms) : NULL;
-        if (b != NULL)
-            PyErr_Format(PyExc_ValueError,
-                         "MaskedScale: x and the mask must have one shape, got %R and %R", a, b);
-        Py_XDECREF(a);
-        Py_XDECREF(b);
+        ndl_raise_shapes("MaskedScale: x and the mask must have one shape, got %R and %R", 2, x);
         return NULL;
     }
     res = masked_scale_fused(x[0], x[1], op->c1 != 0, op->c0, &ran);

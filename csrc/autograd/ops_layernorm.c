@@ -162,22 +162,13 @@ static int check_shapes(PyObject *const *x, int *ndim, int64_t *shape)
 {
     int64_t ws[NDL_MAX_DIMS], bs[NDL_MAX_DIMS];
     int wn, bn;
-    PyObject *a = NULL, *w = NULL, *b = NULL;
     if (nda_shape(x[0], ndim, shape) < 0 || nda_shape(x[1], &wn, ws) < 0 ||
         nda_shape(x[2], &bn, bs) < 0)
         return -1;
     if (*ndim >= 1 && wn == 1 && bn == 1 && ws[0] == shape[*ndim - 1] && bs[0] == ws[0])
         return 0;
-    a = ndl_shape_tuple(*ndim, shape);
-    w = a ? ndl_shape_tuple(wn, ws) : NULL;
-    b = w ? ndl_shape_tuple(bn, bs) : NULL;
-    if (b != NULL)
-        PyErr_Format(PyExc_ValueError, "LayerNorm: needs x (..., n) and a weight and a bias of "
-                     "shape (n,), got x %R, weight %R and bias %R", a, w, b);
-    Py_XDECREF(a);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    return -1;
+    return ndl_raise_shapes("LayerNorm: needs x (..., n) and a weight and a bias of shape (n,), "
+                            "got x %R, weight %R and bias %R", 3, x);
 }
 
 NDL_FORWARD(LayerNorm)

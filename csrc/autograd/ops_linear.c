@@ -23,23 +23,14 @@ static int check_shapes(PyObject *const *x)
 {
     int64_t xs[NDL_MAX_DIMS], ws[NDL_MAX_DIMS], bs[NDL_MAX_DIMS];
     int xn, wn, bn;
-    PyObject *a = NULL, *w = NULL, *b = NULL;
     if (nda_shape(x[0], &xn, xs) < 0 || nda_shape(x[1], &wn, ws) < 0 ||
         nda_shape(x[2], &bn, bs) < 0)
         return -1;
     if (xn == 2 && wn == 2 && xs[1] == ws[0] &&
         ((bn == 2 && bs[0] == 1 && bs[1] == ws[1]) || (bn == 1 && bs[0] == ws[1])))
         return 0;
-    a = ndl_shape_tuple(xn, xs);
-    w = a ? ndl_shape_tuple(wn, ws) : NULL;
-    b = w ? ndl_shape_tuple(bn, bs) : NULL;
-    if (b != NULL)
-        PyErr_Format(PyExc_ValueError, "Linear: needs x (N, in), weight (in, out) and bias "
-                     "(1, out) or (out,), got x %R, weight %R and bias %R", a, w, b);
-    Py_XDECREF(a);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    return -1;
+    return ndl_raise_shapes("Linear: needs x (N, in), weight (in, out) and bias (1, out) or "
+                            "(out,), got x %R, weight %R and bias %R", 3, x);
 }
 
 /* ---- Linear(): x @ w + b --------------------------------------------------- */

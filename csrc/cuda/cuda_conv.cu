@@ -97,12 +97,9 @@ int ndl_cuda_pad(ndl_dtype dt, const void *a, const ndl_layout *la, const int64_
     }
     if (n == 0)
         return NDL_OK;
-    if (dt == NDL_FLOAT64)
-        pad_kernel<double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<double>(a), *la, l, os,
-                                                                 (double *)out, n);
-    else
-        pad_kernel<float><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<float>(a), *la, l, os,
-                                                                (float *)out, n);
+    NDL_CU_DTYPE(dt, T,
+                 pad_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<T>(a), *la, l, os,
+                                                                     (T *)out, n));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }
@@ -113,12 +110,9 @@ int ndl_cuda_flip(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t ax
     int64_t n = ndl_cu_size(la);
     if (n == 0)
         return NDL_OK;
-    if (dt == NDL_FLOAT64)
-        flip_kernel<double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<double>(a), *la, axes_mask,
-                                                                  (double *)out, n);
-    else
-        flip_kernel<float><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<float>(a), *la, axes_mask,
-                                                                 (float *)out, n);
+    NDL_CU_DTYPE(dt, T,
+                 flip_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<T>(a), *la, axes_mask,
+                                                                      (T *)out, n));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }
@@ -136,13 +130,9 @@ int ndl_cuda_dilate(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t 
     }
     if (n == 0)
         return NDL_OK;
-    if (dt == NDL_FLOAT64)
-        dilate_kernel<double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<double>(a), *la,
-                                                                    axes_mask, d + 1, os,
-                                                                    (double *)out, n);
-    else
-        dilate_kernel<float><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<float>(a), *la, axes_mask,
-                                                                   d + 1, os, (float *)out, n);
+    NDL_CU_DTYPE(dt, T,
+                 dilate_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<T>(a), *la, axes_mask,
+                                                                        d + 1, os, (T *)out, n));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }
@@ -159,13 +149,10 @@ int ndl_cuda_im2col(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k
         return NDL_EINVAL;
     if (n == 0)
         return NDL_OK;
-    if (dt == NDL_FLOAT64)
-        im2col_kernel<double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<double>(a), *la, k, s, ho,
-                                                                    wo, row0, nrows,
-                                                                    (double *)out);
-    else
-        im2col_kernel<float><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<float>(a), *la, k, s, ho,
-                                                                   wo, row0, nrows, (float *)out);
+    NDL_CU_DTYPE(dt, T,
+                 im2col_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<T>(a), *la, k, s, ho,
+                                                                        wo, row0, nrows,
+                                                                        (T *)out));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }

@@ -33,11 +33,9 @@ int ndl_cuda_fill(ndl_dtype dt, void *dst, const ndl_layout *ld, double value)
     int64_t n = ndl_cu_size(ld);
     if (n == 0)
         return NDL_OK;
-    if (dt == NDL_FLOAT64)
-        fill_kernel<double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>((double *)dst, *ld, n, value);
-    else
-        fill_kernel<float><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>((float *)dst, *ld, n,
-                                                                (float)value);
+    NDL_CU_DTYPE(dt, T,
+                 fill_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>((T *)dst, *ld, n,
+                                                                      (T)value));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }

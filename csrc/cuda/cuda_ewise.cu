@@ -56,12 +56,9 @@ static int launch_unary(ndl_dtype dt, const void *a, const ndl_layout *la, void 
     int flat = ndl_cu_contiguous(la);
     if (n == 0)
         return NDL_OK;
-    if (dt == NDL_FLOAT64)
-        unary_kernel<F, double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
-            (const double *)a, *la, (double *)out, n, flat);
-    else
-        unary_kernel<F, float><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>((const float *)a, *la,
-                                                                     (float *)out, n, flat);
+    NDL_CU_DTYPE(dt, T,
+                 unary_kernel<F, T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>((const T *)a, *la,
+                                                                          (T *)out, n, flat));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }
@@ -87,12 +84,9 @@ static int launch_scalar(ndl_dtype dt, const void *a, const ndl_layout *la, doub
     int flat = ndl_cu_contiguous(la);
     if (n == 0)
         return NDL_OK;
-    if (dt == NDL_FLOAT64)
-        binary_scalar_kernel<F, double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
-            (const double *)a, *la, s, s_left, (double *)out, n, flat);
-    else
-        binary_scalar_kernel<F, float><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
-            (const float *)a, *la, (float)s, s_left, (float *)out, n, flat);
+    NDL_CU_DTYPE(dt, T,
+                 binary_scalar_kernel<F, T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+                     (const T *)a, *la, (T)s, s_left, (T *)out, n, flat));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }
@@ -107,12 +101,9 @@ static int launch_binary(ndl_dtype dt, const void *a, const ndl_layout *la, cons
         return NDL_EINVAL;
     if (n == 0)
         return NDL_OK;
-    if (dt == NDL_FLOAT64)
-        binary_kernel<F, double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
-            (const double *)a, *la, (const double *)b, *lb, (double *)out, n, flat);
-    else
-        binary_kernel<F, float><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
-            (const float *)a, *la, (const float *)b, *lb, (float *)out, n, flat);
+    NDL_CU_DTYPE(dt, T,
+                 binary_kernel<F, T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+                     (const T *)a, *la, (const T *)b, *lb, (T *)out, n, flat));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }

@@ -250,9 +250,7 @@ int ndl_cuda_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p
             matmul_kernel<float><<<grid, 256>>>(batch, m, n, p, (const float *)a, offs, rsa, csa,
                                                 (const float *)b, offs + batch, rsb, csb,
                                                 (float *)c);
-        cudaError_t err = cudaGetLastError();
-        if (err != cudaSuccess)
-            st = ndl_cuda_fail(err, __FILE__, __LINE__, "matmul_kernel<<<...>>>");
+        st = NDL_CUDA_LAUNCH_STATUS("matmul_kernel<<<...>>>");
     }
     ndl_cuda_free(offs); /* stream-ordered: the next user runs after this kernel */
     return st;

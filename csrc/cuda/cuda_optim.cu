@@ -69,14 +69,10 @@ int ndl_cuda_adam(ndl_dtype dt, int64_t n, const void *p, const void *g, const v
 {
     if (n <= 0)
         return n == 0 ? NDL_OK : NDL_EINVAL;
-    if (dt == NDL_FLOAT64)
-        adam_kernel<double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
-            n, (const double *)p, (const double *)g, (const double *)m, (const double *)v,
-            (double *)po, (double *)mo, (double *)vo, *h);
-    else
-        adam_kernel<float><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
-            n, (const float *)p, (const float *)g, (const float *)m, (const float *)v,
-            (float *)po, (float *)mo, (float *)vo, *h);
+    NDL_CU_DTYPE(dt, T,
+                 adam_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+                     n, (const T *)p, (const T *)g, (const T *)m, (const T *)v, (T *)po,
+                     (T *)mo, (T *)vo, *h));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }
@@ -86,14 +82,9 @@ int ndl_cuda_sgd(ndl_dtype dt, int64_t n, const void *p, const void *g, const vo
 {
     if (n <= 0)
         return n == 0 ? NDL_OK : NDL_EINVAL;
-    if (dt == NDL_FLOAT64)
-        sgd_kernel<double><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
-            n, (const double *)p, (const double *)g, (const double *)u, (double *)po,
-            (double *)uo, *h);
-    else
-        sgd_kernel<float><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
-            n, (const float *)p, (const float *)g, (const float *)u, (float *)po, (float *)uo,
-            *h);
+    NDL_CU_DTYPE(dt, T,
+                 sgd_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+                     n, (const T *)p, (const T *)g, (const T *)u, (T *)po, (T *)uo, *h));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }

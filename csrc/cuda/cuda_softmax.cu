@@ -129,12 +129,16 @@ int ndl_cuda_softmax_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *y, 
 }
 
 /* The labels (a HOST array, backend.h) checked and copied to a device
- * scratch of rows int64 plus `extra` bytes; NULL and *st set on failure.
- * Free it with ndl_cuda_free (stream-ordered, as in cuda_matmul.cu). */
+ * scratch of rows int64 plus `extra` bytes. NULL with *st NDL_OK when there
+ * is nothing to do (rows = 0), else with the failure's status. Free it with
+ * ndl_cuda_free (stream-ordered, as in cuda_matmul.cu). */
 static int64_t *device_labels(int64_t rows, int64_t n, const int64_t *labels, size_t extra,
                               int *st)
 {
     int64_t *dlab;
+    *st = rows < 0 || (rows > 0 && n < 1) ? NDL_EINVAL : NDL_OK;
+    if (rows <= 0 || *st != NDL_OK)
+        return NULL;
     for (int64_t r = 0; r < rows; r++)
         if (labels[r] < 0 || labels[r] >= n) {
             *st = NDL_EINVAL;
@@ -156,13 +160,9 @@ static int64_t *device_labels(int64_t rows, int64_t n, const int64_t *labels, si
 int ndl_cuda_softmax_xent(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
                           const int64_t *labels, double *loss)
 {
-    int64_t *dlab;
-    int st = NDL_OK;
-    if (rows < 0 || (rows > 0 && n < 1))
-        return NDL_EINVAL;
-    if (rows == 0)
-        return NDL_OK;
-    if ((dlab = device_labels(rows, n, labels, (size_t)rows * sizeof(double), &st)) == NULL)
+    int st;
+    int64_t *dlab = device_labels(rows, n, labels, (size_t)rows * sizeof(double), &st);
+    if (dlab == NULL)
         return st;
     double *dloss = (double *)(dlab + rows);
     NDL_CU_DTYPE(dt, T,
@@ -179,13 +179,9 @@ int ndl_cuda_softmax_xent(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
 int ndl_cuda_softmax_xent_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
                                const int64_t *labels, double gb, void *out)
 {
-    int64_t *dlab;
-    int st = NDL_OK;
-    if (rows < 0 || (rows > 0 && n < 1))
-        return NDL_EINVAL;
-    if (rows == 0)
-        return NDL_OK;
-    if ((dlab = device_labels(rows, n, labels, 0, &st)) == NULL)
+    int st;
+    int64_t *dlab = device_labels(rows, n, labels, 0, &st);
+    if (dlab == NULL)
         return st;
     NDL_CU_DTYPE(dt, T,
                  xent_grad_kernel<T><<<row_blocks(rows), NDL_CU_THREADS>>>(
