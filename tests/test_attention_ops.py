@@ -39,8 +39,18 @@ def path(request):
     _C._skip_optional_slots(prev)
 
 
-def nd(a, dtype="float64", requires_grad=True):
-    return ndl.Tensor(np.asarray(a), dtype=dtype, requires_grad=requires_grad)
+def nd(a, dtype="float64", requires_grad=True, device=None):
+    return ndl.Tensor(np.asarray(a), dtype=dtype, requires_grad=requires_grad, device=device)
+
+
+def assert_same(got, want, device):
+    """Bit for bit on the cpu; within 2 ulps on cuda, where nvcc may contract the
+    per-element math (scalar_ops.h) of two kernels differently."""
+    if device == ndl.cpu():
+        np.testing.assert_array_equal(got, want)
+    else:
+        eps = np.finfo(got.dtype).eps
+        np.testing.assert_allclose(got, want, rtol=2 * eps, atol=2 * eps * np.abs(want).max())
 
 
 def th(a, dtype="float64", requires_grad=True):
@@ -52,14 +62,14 @@ SHAPES = [(7,), (3, 1), (4, 9), (2, 3, 5, 17), (2, 2, 64, 64), (1, 1, 3, 300)]
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_softmax_against_torch(path, dtype, shape):
+def test_softmax_against_torch(path, dtype, shape, device):
     z = np.random.randn(*shape) * np.random.choice([0.1, 1, 30], size=shape)
     g = np.random.randn(*shape)
-    Z, TZ = nd(z, dtype), th(z, dtype)
+    Z, TZ = nd(z, dtype, device=device), th(z, dtype)
     y, ty = ops.softmax(Z), torch.softmax(TZ, -1)
     np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), **TOL[dtype])
     assert y.dtype == dtype and y.shape == shape
-    (y * nd(g, dtype, False)).sum().backward()
+    (y * nd(g, dtype, False, device=device)).sum().backward()
     (ty * th(g, dtype, False)).sum().backward()
     np.testing.assert_allclose(Z.grad.numpy(), TZ.grad.numpy(), **GTOL[dtype])
 
@@ -73,24 +83,24 @@ def test_softmax_of_a_transposed_view(path):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_softmax_masked_and_extreme_rows(path, dtype):
+def test_softmax_masked_and_extreme_rows(path, dtype, device):
     z = np.random.randn(5, 6)
     z[0, 3:] = -F32_MAX                      # the causal mask's value
     z[1, :5] = -np.inf                       # only one finite entry
     z[2] += 1e30                             # huge: uniform in float32
     z[3, :] = -F32_MAX                       # a fully masked row: uniform, as torch
     z[4, 0] = 80.0                           # exp would overflow float32 unshifted
-    y = ops.softmax(nd(z, dtype)).numpy()
+    y = ops.softmax(nd(z, dtype, device=device)).numpy()
     ref = torch.softmax(th(z, dtype, False), -1).numpy()
     np.testing.assert_allclose(y, ref, **TOL[dtype])
     assert np.all(y[0, 3:] == 0) and y[1, 5] == 1.0
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_softmax_grad_is_its_formula(path, dtype):
+def test_softmax_grad_is_its_formula(path, dtype, device):
     y = torch.softmax(torch.randn(3, 4, 11, dtype=torch.float64), -1).numpy()
     g = np.random.randn(3, 4, 11)
-    out = ops.softmax_grad(nd(y, dtype), nd(g, dtype)).numpy()
+    out = ops.softmax_grad(nd(y, dtype, device=device), nd(g, dtype, device=device)).numpy()
     ref = y * (g - (g * y).sum(-1, keepdims=True))
     np.testing.assert_allclose(out, ref, **(TOL[dtype] if dtype == "float64" else
                                             dict(rtol=1e-5, atol=1e-6)))
@@ -175,22 +185,22 @@ def causal_mask(T, S):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", [(2, 3, 5, 5), (1, 2, 4, 9), (2, 1, 6, 3), (7, 7), (3, 1, 1)])
-def test_attention_softmax_is_the_contracts_three_steps(path, dtype, causal, shape):
+def test_attention_softmax_is_the_contracts_three_steps(path, dtype, causal, shape, device):
     """Bit for bit the nodes it replaces: x / c0, + mask, softmax; and torch's values."""
     x = np.random.randn(*shape) * 4
     c0 = math.sqrt(8)
-    X = nd(x, dtype)
+    X = nd(x, dtype, device=device)
     y = ops.attention_softmax(X, c0, 1.0 if causal else 0.0)
     z = X / c0
     if causal:
-        z = z + nd(causal_mask(*shape[-2:]), dtype, False).broadcast_to(shape)
-    np.testing.assert_array_equal(y.numpy(), ops.softmax(z).numpy())
+        z = z + nd(causal_mask(*shape[-2:]), dtype, False, device=device).broadcast_to(shape)
+    assert_same(y.numpy(), ops.softmax(z).numpy(), device)
     tx = th(x, dtype)
     tz = tx / c0 + (th(causal_mask(*shape[-2:]), dtype, False) if causal else 0)
     ty = torch.softmax(tz, -1)
     np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), **TOL[dtype])
     g = np.random.randn(*shape)
-    (y * nd(g, dtype, False)).sum().backward()
+    (y * nd(g, dtype, False, device=device)).sum().backward()
     (ty * th(g, dtype, False)).sum().backward()
     np.testing.assert_allclose(X.grad.numpy(), tx.grad.numpy(), **GTOL[dtype])
 
@@ -210,14 +220,14 @@ def test_attention_softmax_bad_input():
 @pytest.mark.parametrize("causal", [0.0, 1.0])
 @pytest.mark.parametrize("qs,ks", [((2, 3, 5, 4), (2, 3, 5, 4)), ((1, 2, 3, 8), (1, 2, 6, 8)),
                                    ((4, 6, 2), (4, 3, 2))])
-def test_attention_probs_is_matmul_then_attention_softmax(path, causal, qs, ks):
+def test_attention_probs_is_matmul_then_attention_softmax(path, causal, qs, ks, device):
     q, k = np.random.randn(*qs), np.random.randn(*ks)
-    Q, K = nd(q, "float32"), nd(k, "float32")
+    Q, K = nd(q, "float32", device=device), nd(k, "float32", device=device)
     y = ops.attention_probs(Q, K, 2.0, causal)
     n = len(ks)
-    ref = ops.attention_softmax(nd(q, "float32") @ ops.transpose(nd(k, "float32"), (n - 2, n - 1)),
-                                2.0, causal)
-    np.testing.assert_array_equal(y.numpy(), ref.numpy())
+    kt = ops.transpose(nd(k, "float32", device=device), (n - 2, n - 1))
+    ref = ops.attention_softmax(nd(q, "float32", device=device) @ kt, 2.0, causal)
+    assert_same(y.numpy(), ref.numpy(), device)
     tq, tk = th(q, "float32"), th(k, "float32")
     tz = tq @ tk.transpose(-1, -2) / 2.0
     if causal:
@@ -225,7 +235,7 @@ def test_attention_probs_is_matmul_then_attention_softmax(path, causal, qs, ks):
     ty = torch.softmax(tz, -1)
     np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-5, atol=1e-6)
     g = np.random.randn(*y.shape)
-    (y * nd(g, "float32", False)).sum().backward()
+    (y * nd(g, "float32", False, device=device)).sum().backward()
     (ty * th(g, "float32", False)).sum().backward()
     np.testing.assert_allclose(Q.grad.numpy(), tq.grad.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(K.grad.numpy(), tk.grad.numpy(), rtol=1e-4, atol=1e-5)
@@ -264,12 +274,12 @@ def test_attention_probs_bad_shapes():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", [(9,), (5, 16), (2, 3, 7), (64, 256)])
-def test_layer_norm_against_torch(path, dtype, shape):
+def test_layer_norm_against_torch(path, dtype, shape, device):
     x = np.random.randn(*shape) * 3 + 1
     w, b, g = np.random.randn(shape[-1]), np.random.randn(shape[-1]), np.random.randn(*shape)
-    X, W, B = nd(x, dtype), nd(w, dtype), nd(b, dtype)
+    X, W, B = nd(x, dtype, device=device), nd(w, dtype, device=device), nd(b, dtype, device=device)
     y = ops.layer_norm(X, W, B, 1e-5)
-    (y * nd(g, dtype, False)).sum().backward()
+    (y * nd(g, dtype, False, device=device)).sum().backward()
     TX, TW, TB = th(x, dtype), th(w, dtype), th(b, dtype)
     ty = torch.nn.functional.layer_norm(TX, (shape[-1],), TW, TB, 1e-5)
     (ty * th(g, dtype, False)).sum().backward()
@@ -313,26 +323,27 @@ def test_layer_norm_gradient_of_gradient(path):
     np.testing.assert_allclose(W.grad.numpy(), TW.grad.numpy(), rtol=1e-8, atol=1e-10)
 
 
-def test_linear_and_masked_scale_are_their_compositions_bit_for_bit(path):
+def test_linear_and_masked_scale_are_their_compositions_bit_for_bit(path, device):
     x, w, b, g = (np.random.randn(7, 5), np.random.randn(5, 3), np.random.randn(1, 3),
                   np.random.randn(7, 3))
     m = (np.random.rand(7, 3) < 0.7).astype(np.float64)
     for dtype in ("float32", "float64"):
-        fused = [nd(a, dtype) for a in (x, w, b)]
-        plain = [nd(a, dtype) for a in (x, w, b)]
-        y1 = ops.masked_scale(ops.linear(*fused), nd(m, dtype, False), 0.7, 0.0)
-        y2 = (plain[0] @ plain[1] + plain[2].broadcast_to((7, 3))) * nd(m, dtype, False) / 0.7
-        np.testing.assert_array_equal(y1.numpy(), y2.numpy())
-        (y1 * nd(g, dtype, False)).sum().backward()
-        (y2 * nd(g, dtype, False)).sum().backward()
+        fused = [nd(a, dtype, device=device) for a in (x, w, b)]
+        plain = [nd(a, dtype, device=device) for a in (x, w, b)]
+        y1 = ops.masked_scale(ops.linear(*fused), nd(m, dtype, False, device=device), 0.7, 0.0)
+        mask = nd(m, dtype, False, device=device)
+        y2 = (plain[0] @ plain[1] + plain[2].broadcast_to((7, 3))) * mask / 0.7
+        assert_same(y1.numpy(), y2.numpy(), device)
+        (y1 * nd(g, dtype, False, device=device)).sum().backward()
+        (y2 * nd(g, dtype, False, device=device)).sum().backward()
         for a, c in zip(fused, plain):
-            np.testing.assert_array_equal(a.grad.numpy(), c.grad.numpy())
+            assert_same(a.grad.numpy(), c.grad.numpy(), device)
     tx, tw, tb = th(x), th(w), th(b)
     ((tx @ tw + tb) * th(m, requires_grad=False) / 0.7 * th(g, requires_grad=False)).sum() \
         .backward()
-    X, W, B = nd(x), nd(w), nd(b)
-    (ops.masked_scale(ops.linear(X, W, B), nd(m, requires_grad=False), 0.7, 0.0)
-     * nd(g, requires_grad=False)).sum().backward()
+    X, W, B = nd(x, device=device), nd(w, device=device), nd(b, device=device)
+    (ops.masked_scale(ops.linear(X, W, B), nd(m, requires_grad=False, device=device), 0.7, 0.0)
+     * nd(g, requires_grad=False, device=device)).sum().backward()
     for a, t in ((X, tx), (W, tw), (B, tb)):
         np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), rtol=1e-12, atol=1e-13)
 
@@ -357,7 +368,7 @@ def test_fused_nodes_bad_input_names_the_shapes():
 
 @pytest.mark.parametrize("shape", [(1,), (3, 7), (2, 3, 16), (5, 33)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_masked_scale_with_a_packed_mask(shape, dtype):
+def test_masked_scale_with_a_packed_mask(shape, dtype, device):
     """nn.Dropout's packed mask (16 bits to an element): the numbers of the float mask."""
     x, g = np.random.randn(*shape), np.random.randn(*shape)
     m = np.random.rand(*shape) < 0.6
@@ -365,10 +376,10 @@ def test_masked_scale_with_a_packed_mask(shape, dtype):
     bits = np.packbits(flat, bitorder="little").view("<u2").astype(dtype)
     outs = []
     for mask, packed in ((m.astype(dtype), 0.0), (bits, 1.0)):
-        X = nd(x, dtype)
-        y = ops.masked_scale(X, nd(mask, dtype, False), 0.6, packed)
-        (y * nd(g, dtype, False)).sum().backward()
+        X = nd(x, dtype, device=device)
+        y = ops.masked_scale(X, nd(mask, dtype, False, device=device), 0.6, packed)
+        (y * nd(g, dtype, False, device=device)).sum().backward()
         outs.append((y.numpy(), X.grad.numpy()))
-    np.testing.assert_array_equal(outs[1][0], outs[0][0])
-    np.testing.assert_array_equal(outs[1][1], outs[0][1])
+    assert_same(outs[1][0], outs[0][0], device)
+    assert_same(outs[1][1], outs[0][1], device)
     np.testing.assert_allclose(outs[1][0], x * m / 0.6, **TOL[dtype])

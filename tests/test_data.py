@@ -602,12 +602,13 @@ def test_batchify():
         data.batchify(seq, 0, None, None)
 
 
-def test_get_batch():
+def test_get_batch(device):
     batches = np.arange(5 * 3).reshape(5, 3) * 2               # rows 0..4, bs 3
-    X, y = data.get_batch(batches, np.int64(1), 2, device=ndl.cpu())
+    X, y = data.get_batch(batches, np.int64(1), 2, device=device)
     assert type(X) is ndl.Tensor and type(y) is ndl.Tensor
     assert X.shape == (2, 3) and y.shape == (6,)
-    assert X.dtype == "float32" and y.dtype == "float32" and X.device == ndl.cpu()
+    assert X.dtype == "float32" and y.dtype == "float32"
+    assert X.device == device and y.device == device
     assert isinstance(X.cached_data, ndl.NDArray)
     np.testing.assert_array_equal(X.numpy(), [[6, 8, 10], [12, 14, 16]])
     np.testing.assert_array_equal(y.numpy(), [12, 14, 16, 18, 20, 22])
