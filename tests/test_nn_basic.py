@@ -616,13 +616,15 @@ def test_batchnorm2d_eval():
 
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.9])
 @pytest.mark.parametrize("shape", [(4, 5), (2, 3, 4), (10,)])
-def test_dropout_train_mask_from_global_rng(p, shape):
+def test_dropout_train_mask_from_global_rng(p, shape, device):
+    """The mask drawn on the host, packed and used on x's device (Note [Dropout mask on
+    the device], ops_dropout.c)."""
     x = np.random.randn(*shape)
     g = np.random.randn(*shape)
     drop = nn.Dropout(p)
     assert drop.p == p and drop.training is True
     np.random.seed(SEED)
-    xn = nd(x)
+    xn = nd(x, device=device)
     y = drop(xn)
     after = np.random.rand()
     backward_with(y, g)
@@ -632,7 +634,7 @@ def test_dropout_train_mask_from_global_rng(p, shape):
     expected = x.astype(np.float32) * mask / np.float32(1 - p)
     np.testing.assert_allclose(y.numpy(), expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(xn.grad.numpy(), g * mask / (1 - p), rtol=1e-5, atol=1e-6)
-    assert y.shape == shape
+    assert y.shape == shape and y.device == device and xn.grad.device == device
 
 
 def test_dropout_default_p():
