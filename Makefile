@@ -169,7 +169,7 @@ strip-notebooks: deps
 # here); the cpu cases of DEVICE_SUITE take 48 s here under load, and their
 # cuda twins run the same Python with kernel launches instead of loops (at most
 # twice that); test_cuda.py takes 30 s here (cpu cases; its largest GPU case
-# fills 26 GB once, well under a second of H200 bandwidth); the steps' timeouts
+# fills 18 GB once, well under a second of H200 bandwidth); the steps' timeouts
 # add up to 14 minutes as a hard ceiling; the expected total is about 6.
 DEVICE_SUITE = tests/test_autograd_ops.py tests/test_ndarray_ops.py tests/test_nn_basic.py \
   tests/test_nn_transformer.py tests/test_optim.py tests/test_softmax_loss.py \

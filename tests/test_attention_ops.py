@@ -368,8 +368,9 @@ def test_fused_nodes_bad_input_names_the_shapes():
 
 @pytest.mark.parametrize("shape", [(1,), (3, 7), (2, 3, 16), (5, 33)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_masked_scale_with_a_packed_mask(shape, dtype, device):
-    """nn.Dropout's packed mask (16 bits to an element): the numbers of the float mask."""
+def test_masked_scale_with_a_packed_mask(path, shape, dtype, device):
+    """nn.Dropout's packed mask (16 bits to an element): the numbers of the float mask,
+    through the masked_scale slot or the fallback that unpacks it (via the host)."""
     x, g = np.random.randn(*shape), np.random.randn(*shape)
     m = np.random.rand(*shape) < 0.6
     flat = np.concatenate([m.reshape(-1), np.zeros((-m.size) % 16, dtype=bool)])
