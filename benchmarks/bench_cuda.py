@@ -129,7 +129,7 @@ def _ndl_step(model, opt, x, y):
         logits = out[0] if isinstance(out, tuple) else out
         loss = ndl.nn.SoftmaxLoss()(logits, y)
         opt.reset_grad()
-        loss.backward()
+        loss.backward(create_graph=False)  # as apps/ train, and as torch records no graph
         opt.step()
         return loss
     return step

@@ -373,13 +373,14 @@ def test_fused_attention_softmax(device, dtype, causal, T, S):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,k", [(0, 4), (1, 1), (5, 7), (9, 300), (3, 1029)])
-def test_fused_softmax_cross_entropy(device, dtype, B, k):
+@pytest.mark.parametrize("create_graph", [False, True], ids=["slot", "graph"])
+def test_fused_softmax_cross_entropy(device, dtype, B, k, create_graph):
     import torch
     z = (np.random.randn(B, k) * 5).astype(dtype)
     y = np.random.randint(0, k, size=B).astype(dtype)
     Z = ndl.Tensor(z, device=device, dtype=dtype, requires_grad=True)
     loss = ndl.ops.softmax_cross_entropy(Z, ndl.Tensor(y, device=device, dtype=dtype))
-    loss.backward()
+    loss.backward(create_graph=create_graph)  # False: the softmax_xent_grad slot
     TZ = _torch(z, dtype, True)
     tl = torch.nn.functional.cross_entropy(TZ, torch.tensor(y).long())
     if B == 0:
@@ -422,14 +423,17 @@ LN_SHAPES = [(0, 5), (1, 3), (4, 7), (2, 3, 33), (3, 300), (2, 1029), (300, 8)]
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", LN_SHAPES)
-def test_fused_layer_norm_and_its_gradients(device, dtype, shape):
+@pytest.mark.parametrize("create_graph", [False, True], ids=["slot", "graph"])
+def test_fused_layer_norm_and_its_gradients(device, dtype, shape, create_graph):
+    """backward(create_graph=False) runs the layer_norm_grad slot; with a graph, the
+    gradients are built from ops (Note [Fused LayerNorm])."""
     import torch
     n = shape[-1]
     x = np.random.randn(*shape) * 3 + 1
     w, b, g = np.random.randn(n), np.random.randn(n), np.random.randn(*shape)
     X, W, B = (ndl.Tensor(a, device=device, dtype=dtype, requires_grad=True) for a in (x, w, b))
     y = ndl.ops.layer_norm(X, W, B, 1e-5)
-    (y * ndl.Tensor(g, device=device, dtype=dtype)).sum().backward()  # the layer_norm_grad slot
+    (y * ndl.Tensor(g, device=device, dtype=dtype)).sum().backward(create_graph=create_graph)
     TX, TW, TB = (_torch(a.astype(dtype), dtype, True) for a in (x, w, b))
     ty = torch.nn.functional.layer_norm(TX, (n,), TW, TB, 1e-5)
     (ty * _torch(g.astype(dtype), dtype)).sum().backward()
@@ -484,9 +488,10 @@ def test_fused_layer_norm_and_loss_gradient_slots_match_the_cpu(dtype):
     for dev in (nd.cpu(), nd.cuda()):
         X, W, B = (ndl.Tensor(a, device=dev, dtype=dtype, requires_grad=True) for a in (x, w, b))
         (ndl.ops.layer_norm(X, W, B, 1e-5) * ndl.Tensor(g, device=dev, dtype=dtype)).sum() \
-            .backward()
+            .backward(create_graph=False)  # the slots: no graph
         Z = ndl.Tensor(x, device=dev, dtype=dtype, requires_grad=True)
-        ndl.ops.softmax_cross_entropy(Z, ndl.Tensor(lab, device=dev, dtype=dtype)).backward()
+        ndl.ops.softmax_cross_entropy(Z, ndl.Tensor(lab, device=dev, dtype=dtype)) \
+            .backward(create_graph=False)
         res.append((ndl.ops.layer_norm(X, W, B, 1e-5).numpy(), X.grad.numpy(), W.grad.numpy(),
                     B.grad.numpy(), Z.grad.numpy()))
     eps = np.finfo(dtype).eps
