@@ -174,7 +174,7 @@ MODELS = {
                                         ndl.nn.Dropout(0.2), ndl.nn.Linear(64, 10, device=d)),
             _rng.standard_normal((16, 784)).astype("float32"), _rng.integers(0, 10, 16)),
     "resnet9": (lambda d: models.ResNet9(device=d),
-                _rng.random((4, 3, 32, 32)).astype("float32"), _rng.integers(0, 10, 4)),
+                _rng.random((8, 3, 32, 32)).astype("float32"), _rng.integers(0, 10, 8)),
     "lstm_lm": (lambda d: models.LanguageModel(16, 50, 24, 2, "lstm", 6, device=d),
                 _rng.integers(0, 50, (6, 3)).astype("float32"), _rng.integers(0, 50, 18)),
     "transformer_lm": (lambda d: models.LanguageModel(16, 50, 32, 2, "transformer", 6, device=d,
