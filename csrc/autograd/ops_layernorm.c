@@ -223,12 +223,12 @@ NDL_BACKWARD(LayerNorm)
         return -1;
     /* no graph is recorded (backward without create_graph): the slot */
     if (!ndl_grad_enabled) {
-        PyObject *a[3] = {ndl_value_realize((ValueObject *)IN(0)),
-                          ndl_value_realize((ValueObject *)IN(1)), ndl_value_realize(g)};
-        if (a[0] == NULL || a[1] == NULL || a[2] == NULL)
+        PyObject *arr[3] = {ndl_value_realize((ValueObject *)IN(0)),
+                            ndl_value_realize((ValueObject *)IN(1)), ndl_value_realize(g)};
+        if (arr[0] == NULL || arr[1] == NULL || arr[2] == NULL)
             return -1;
-        if (fusable(a, 3, 1))
-            return layer_norm_grad_fused(a, ndim, shape, op->scalar, needs, grads);
+        if (fusable(arr, 3, 1))
+            return layer_norm_grad_fused(arr, ndim, shape, op->scalar, needs, grads);
     }
     if (needs[2] && (grads[2] = t_sum_rows(G, ndim)) == NULL)
         goto fail;
