@@ -4,7 +4,8 @@
 
 (a) matmul in GFLOP/s (2 m k n flops), float32 and float64:
     square n x n @ n x n, n = 64 .. 4096 (2048 with --quick);
-    skinny m x K @ K x N, m = 1 .. 64, K = N = 1024 and 4096;
+    skinny m x K @ K x N, m = 1 .. 64 (each side of the path limits: the axpy
+    loops up to m = 8, one A block of few rows beyond), K = N = 1024 and 4096;
     transposed operands read in place: x @ W.T (skinny and square), A.T @ B.
 (b) elementwise add and exp on 16M float32 values, GB/s (bytes read + written).
 (c) sum over each axis of a 4096 x 4096 float32 array, GB/s.
@@ -50,7 +51,7 @@ def matmul_cases(quick: bool) -> list[dict]:
     contiguous (n, k) array, 'tn': A.T view @ B), dtype."""
     cases = []
     squares = (64, 256, 1024, 2048) if quick else (64, 128, 256, 512, 1024, 2048, 4096)
-    skinny_m = (1, 8, 64) if quick else (1, 4, 8, 16, 32, 64)
+    skinny_m = (1, 8, 17, 64) if quick else (1, 4, 8, 9, 16, 17, 32, 64)
     dtypes = ("float32", "float64")
     for dt in dtypes:
         for s in squares:
@@ -58,7 +59,7 @@ def matmul_cases(quick: bool) -> list[dict]:
         for kn in (1024, 4096):
             for m in skinny_m:
                 cases.append(dict(name=f"m={m} K=N={kn}", m=m, k=kn, n=kn, layout="nn", dtype=dt))
-        for m in ((8, 64) if quick else (1, 8, 64)):
+        for m in ((2, 8, 64) if quick else (1, 2, 4, 8, 16, 64)):
             cases.append(dict(name=f"m={m} @ W.T 4096", m=m, k=4096, n=4096, layout="nt",
                               dtype=dt))
         cases.append(dict(name="square 1024 A @ B.T", m=1024, k=1024, n=1024, layout="nt",

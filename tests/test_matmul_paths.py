@@ -225,3 +225,41 @@ def test_a_row_gets_the_same_bits_whatever_the_batch(k, dtype):
     for m in (1, 2, 3, 15, 16, 17, 18, 40):
         part = (nd.array(x[:m], dtype=dtype) @ b).numpy()
         assert np.array_equal(part, full[:m]), f"rows of a {m}-row product differ"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind_b", ["rows", "cols"])
+def test_rows_get_the_same_bits_across_the_block_paths(kind_b, dtype):
+    # Note [Narrow B blocks for few rows] (cpu_matmul.c): products whose rows
+    # fit one A block (m <= MC) visit B's blocks in another order and width
+    # than those with more rows; both sum each element in KC blocks alike, so
+    # the first rows of a 200-row product (over MC for both dtypes on every
+    # kernel) are those of a 2-, 9- or 64-row one, for B by rows and B = W.T;
+    # K = 600 spans three KC blocks, N = 700 several narrow B blocks
+    mc = _C.matmul_config()[dtype]["mc"]
+    m_full = max(200, mc + 1)
+    x = np.random.randn(m_full, 600).astype(dtype)
+    b, y = operand((600, 700), dtype, kind_b)
+    full = (nd.array(x, dtype=dtype) @ b).numpy()
+    check(nd.array(x, dtype=dtype) @ b, x, y, dtype)
+    for m in (2, 9, 17, 64, mc):
+        part = (nd.array(x[:m], dtype=dtype) @ b).numpy()
+        assert np.array_equal(part, full[:m]), f"rows of a {m}-row product differ ({kind_b})"
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("m", [5, 40])
+def test_packed_skinny_thread_count_independent(m, threads):
+    # m = 5 with B = W.T and m = 40 (the few-row blocks) split by columns
+    a, x = operand((m, 900), "float64", "rows")
+    b, y = operand((900, 1500), "float64", "cols")
+    before = nd.get_num_threads()
+    try:
+        nd.set_num_threads(1)
+        one = (a @ b).numpy()
+        nd.set_num_threads(threads)
+        many = (a @ b).numpy()
+    finally:
+        nd.set_num_threads(before)
+    np.testing.assert_array_equal(one, many)
+    check(a @ b, x, y, "float64")

@@ -18,8 +18,11 @@
  * Packing reads A and B through their element strides (Note [Layouts]), so
  * transposed and broadcast operands are never copied first; panels and
  * micro-kernels are described in Note [Packed panels] (cpu_matmul.h).
- * Skinny products (m <= 16, and p == 1 computed as C^T = B^T A^T) whose B
- * has contiguous rows or columns skip all of this: B is read in place
+ * When C's rows fit one A block (m <= MC) the two outer loops are turned
+ * and B blocks are narrower (Note [Narrow B blocks for few rows]). Skinny
+ * products whose B has contiguous rows (m <= 8), and matrix-vector
+ * products (m = 1, or p == 1 computed as C^T = B^T A^T) whose B has
+ * contiguous columns, skip all of this: B is read in place
  * (cpu_matmul_small.c).
  *
  * Kernels: AVX-512F (14x32 float32, 14x16 float64), AVX2+FMA (6x16, 6x8) or
@@ -56,6 +59,7 @@ typedef struct {
     ndl_small_axpy axpy; /* the skinny products, same instruction set */
     ndl_small_dot dot;
     ndl_pack_bt pack_bt; /* B blocks with contiguous columns; NULL: pack_b */
+    int64_t nc1;         /* nc when m <= mc (Note [Narrow B blocks for few rows]) */
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -141,6 +145,7 @@ static void derive_blocks(ndl_gemm_config *cfg, int64_t es, const ndl_cpu_info *
     int64_t l3 = info->l3 > 0 ? info->l3 : info->l2;
     cfg->nc = clamp64(l3 / 2 / (cfg->kc * es) / cfg->nr * cfg->nr, 4 * cfg->nr,
                       8192 / cfg->nr * cfg->nr);
+    cfg->nc1 = clamp64(info->l2 / 2 / (cfg->kc * es) / cfg->nr * cfg->nr, 4 * cfg->nr, cfg->nc);
     const char *env = getenv("NEEDLE_MATMUL_BLOCKS");
     long long mc, kc, nc;
     if (env && sscanf(env, "%lld,%lld,%lld", &mc, &kc, &nc) == 3 && mc > 0 && kc > 0 && nc > 0) {
@@ -420,6 +425,87 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
     }
 }
 
+/* Note [Narrow B blocks for few rows]
+ *   gemm_block packs a KC x NC block of B (NC from L3: 8 MiB of float64 on
+ *   Zen 3) for MC-row blocks of A to run over, many times when m is large.
+ *   When C's rows fit one A block (m <= MC: skinny products, and row tiles
+ *   of a split) each B element meets only those m rows, once: the packed
+ *   block went out to L3 and came back for nothing, and a whole block was
+ *   read from memory in one burst before any arithmetic (Zen 3, 1 thread,
+ *   float64 m = 64, K = N = 4096: 16 GFLOP/s against NumPy's 31; m = 17:
+ *   7 against 17). gemm_block_few instead packs blocks of KC x NC1,
+ *   NC1 = L2 / 2 / (KC * size) (128 float64 or 256 float32 columns on
+ *   Zen 3), which stay in L2 until their panels are used while the next
+ *   block's lines are prefetched (Note [Prefetching the next B block]). It
+ *   visits them in the order that reads B along its contiguous axis, so
+ *   that B streams from memory in long runs over few pages:
+ *     rows contiguous (B):    for pc by KC: pack A once; for jc by NC1: ...
+ *     columns contiguous (W.T): for jc by NC1: for pc by KC: ...
+ *   (the second repacks the m x KC A block for each B block, m / NC1 of the
+ *   B packing). Each C element still gets its KC blocks' chains in k order,
+ *   so the bits are those of gemm_block (Note [One chain per element] in
+ *   cpu_matmul.h): m = 64 gives the rows of m = 1000.
+ */
+static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
+                           const char *a, int64_t rsa, int64_t csa,
+                           const char *b, int64_t rsb, int64_t csb,
+                           char *c, int64_t ldc, char *abuf, char *bbuf)
+{
+    const ndl_gemm_config *cfg = ops->cfg;
+    const int64_t es = (int64_t)ops->es;
+    const int mr = cfg->mr, nr = cfg->nr;
+    const int64_t ncb = cfg->nc1;
+    const int bt = rsb == 1 && csb != 1 && cfg->pack_bt; /* B = W.T: transposed in registers */
+    /* block t is (pc, jc), pc varying fastest when B's columns are contiguous */
+    const int k_inner = bt;
+    const int64_t nkb = (n + cfg->kc - 1) / cfg->kc, njb = (p + ncb - 1) / ncb;
+    int64_t packed_pc = -1;
+    const char *ablk = NULL;
+    int64_t ars = rsa, acs = csa, apanel = mr * rsa; /* in elements */
+    for (int64_t t = 0; t < nkb * njb; t++) {
+        int64_t pc = (k_inner ? t % nkb : t / njb) * cfg->kc;
+        int64_t jc = (k_inner ? t / nkb : t % njb) * ncb;
+        int64_t kc = n - pc < cfg->kc ? n - pc : cfg->kc;
+        int64_t nc = p - jc < ncb ? p - jc : ncb;
+        int first = pc == 0;
+        /* the B block after this one: rows next_k.., columns next_j.. */
+        int64_t next_k = n, next_j = 0;
+        if (t + 1 < nkb * njb) {
+            next_k = (k_inner ? (t + 1) % nkb : (t + 1) / njb) * cfg->kc;
+            next_j = (k_inner ? (t + 1) / nkb : (t + 1) % njb) * ncb;
+        }
+        int64_t next_kc = n - next_k < cfg->kc ? n - next_k : cfg->kc;
+        if (pc != packed_pc) {
+            ablk = a + pc * csa * es;
+            if (ops->pack_a_block) {
+                ops->pack_a(ablk, rsa, csa, m, kc, mr, abuf);
+                ablk = abuf;
+                ars = 1;
+                acs = mr;
+                apanel = mr * kc;
+            }
+            packed_pc = pc;
+        }
+        if (bt)
+            cfg->pack_bt(b + (pc + jc * csb) * es, csb, kc, nc, nr, bbuf);
+        else
+            ops->pack_b(b + (pc * rsb + jc * csb) * es, rsb, csb, kc, nc, nr, bbuf);
+        for (int64_t jr = 0; jr < nc; jr += nr) {
+            int nrr = nc - jr < nr ? (int)(nc - jr) : nr;
+            const char *bp = bbuf + jr * kc * es;
+            if (next_k < n && next_j + jr < p) /* Note [Prefetching the next B block] */
+                prefetch_b_panel(b + (next_k * rsb + (next_j + jr) * csb) * es, rsb, csb,
+                                 next_kc, p - next_j - jr < nr ? (int)(p - next_j - jr) : nr,
+                                 es);
+            for (int64_t ir = 0; ir < m; ir += mr) {
+                int mrr = m - ir < mr ? (int)(m - ir) : mr;
+                cfg->kernel(kc, ablk + ir / mr * apanel * es, ars, acs, bp,
+                            c + (ir * ldc + jc + jr) * es, ldc, mrr, nrr, first);
+            }
+        }
+    }
+}
+
 /* ---- the work split ------------------------------------------------------
  * Note [Matmul work split]
  *   A task is tile t of product b, task = b * ntiles + t; the tiles of a
@@ -475,7 +561,8 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
                 continue;
             int64_t ao = job->a_offsets ? job->a_offsets[bi] : 0;
             int64_t bo = job->b_offsets ? job->b_offsets[bi] : 0;
-            gemm_block(&job->ops, i1 - i0, job->n, j1 - j0,
+            (i1 - i0 <= job->ops.cfg->mc ? gemm_block_few : gemm_block)(
+                       &job->ops, i1 - i0, job->n, j1 - j0,
                        job->a + (ao + i0 * job->rsa) * es, job->rsa, job->csa,
                        job->b + (bo + j0 * job->csb) * es, job->rsb, job->csb,
                        job->c + ((bi * job->m + i0) * job->p + j0) * es, job->p, abuf, bbuf);
@@ -484,13 +571,22 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
     ndl_flush_denormals_leave(fpmode);
 }
 
-/* ---- skinny products (m <= NDL_SMALL_M) ----------------------------------
- * cpu_matmul_small.c has the loops and their notes: B read in place (rows
- * or columns contiguous), never packed. Any other layout of B takes the
- * general path. The columns of each product are cut into `nparts` ranges;
+/* ---- skinny products ------------------------------------------------------
+ * cpu_matmul_small.c has the loops and their notes: B read in place, never
+ * packed: the axpy loops when B's rows are contiguous and m <= NDL_SMALL_M,
+ * the dot loops when B's columns are and m = 1. Other products take the
+ * packed path. The columns of each product are cut into `nparts` ranges;
  * each element's sum does not depend on the cut.
+ *   Why these limits (Zen 3, 1 thread, K = N = 4096): the axpy loops keep
+ *   the one chain of the packed kernels and beat them up to m = 8, where a
+ *   6-row tile wastes a third of its rows; from m = 12 the packed kernels
+ *   (Note [Narrow B blocks for few rows]) are as fast or faster. The dot
+ *   loops sum in 16 lanes (outside Note [One chain per element]), so they
+ *   are kept for m = 1 only, where they run at memory speed (2.3x the
+ *   transposing pack and kernel); m = 2..16 with B = W.T are packed, at
+ *   1.0-1.5x NumPy and PyTorch, and get the bits of any other m.
  */
-#define NDL_SMALL_M 16
+#define NDL_SMALL_M 8
 
 typedef struct {
     const ndl_gemm_config *cfg;
@@ -510,6 +606,14 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
     const ndl_small_job *job = ctx;
     unsigned fpmode = ndl_flush_denormals_enter(); /* Note [Denormals] in threadpool.c */
     const int64_t es = (int64_t)job->es;
+    /* Note [One chain per element] in cpu_matmul.h: the axpy loops sum the
+     * second and later KC blocks in scratch, one buffer for all the tasks
+     * of this call, as wide as the widest column range (jl2 columns) */
+    void *scratch = NULL;
+    if (!job->dot && job->n > job->cfg->kc) {
+        int64_t w = job->p < job->jl2 ? job->p : job->jl2;
+        scratch = malloc((size_t)(job->m * w) * job->es);
+    }
     for (int64_t t = begin; t < end; t++) {
         int64_t bi = t / job->nparts, q = t % job->nparts;
         int64_t j0, j1;
@@ -523,13 +627,10 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
             job->cfg->dot(job->m, job->n, a, job->rsa, b, job->csb, c, job->p, j0, j1);
             continue;
         }
-        /* Note [One chain per element] in cpu_matmul.h: KC blocks of k */
-        int64_t w = j1 - j0 < job->jl2 ? j1 - j0 : job->jl2;
-        void *scratch = job->n > job->cfg->kc ? malloc((size_t)(job->m * w) * job->es) : NULL;
         job->cfg->axpy(job->m, job->n, a, job->rsa, job->csa, b, job->rsb, c, job->p, j0, j1,
                        job->jl2, job->cfg->kc, scratch);
-        free(scratch);
     }
+    free(scratch);
     ndl_flush_denormals_leave(fpmode);
 }
 
@@ -598,7 +699,7 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
         m = 1;
     }
     const ndl_gemm_config *cfg = get_config(dt);
-    if (m <= NDL_SMALL_M && (csb == 1 || (rsb == 1 && csa == 1))) {
+    if ((m <= NDL_SMALL_M && csb == 1) || (m == 1 && rsb == 1 && csa == 1)) {
         ndl_small_job job = {
             .cfg = cfg, .dot = csb != 1, .m = m, .n = n, .p = p, .nparts = 1, .es = es,
             .a = a, .b = b, .a_offsets = a_offsets, .b_offsets = b_offsets,
@@ -655,6 +756,10 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
     job.ops.pack_a_block =
         !read_a_in_place(rsa, csa, round_up((p + job.tn - 1) / job.tn, cfg->nr), cfg->nr, es);
     job.abytes = job.ops.pack_a_block ? (size_t)round_up(mcap * kcap * (int64_t)es, 64) : 0;
+    /* Note [Packing B panel by panel]: one panel when every tile has m <= MC */
+    int64_t tile_rows = ((m + cfg->mr - 1) / cfg->mr + job.tm - 1) / job.tm * cfg->mr;
+    if (tile_rows <= cfg->mc && ncap > cfg->nc1)
+        ncap = cfg->nc1;
     job.bbytes = (size_t)round_up(kcap * ncap * (int64_t)es, 64);
     job.bufs = aligned_alloc(64, (size_t)job.nparts * (job.abytes + job.bbytes));
     if (!job.bufs)

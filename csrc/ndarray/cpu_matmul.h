@@ -21,8 +21,8 @@
  *   them). kc >= 1.
  *
  * Note [One chain per element]
- *   Every path of ndl_cpu_matmul that reads B by rows (the packed kernels,
- *   and the skinny axpy loops of cpu_matmul_small.c) computes C[i][j] the
+ *   Every path of ndl_cpu_matmul but one (the packed kernels, whatever the
+ *   layouts, and the skinny axpy loops of cpu_matmul_small.c) computes C[i][j] the
  *   same way: for each KC block of k (KC of the dtype's configuration), one
  *   chain of fused multiply-adds from zero over the block's k in order;
  *   C[i][j] is the first block's chain, plus the second's, and so on. (The
@@ -35,9 +35,10 @@
  *   applied step by step, bit for bit; a batch of 1 gives the numbers of
  *   a batch of 64). The fused multiply-add is explicit everywhere
  *   (intrinsics, __builtin_fma, NDL_MADD), never left to the compiler's
- *   contraction, which it may or may not apply. The skinny dot loops (B read
- *   by columns, m <= 16) sum in 16 lanes and do not share the guarantee;
- *   nor, of course, do two instruction sets.
+ *   contraction, which it may or may not apply. B read by columns (x @ W.T)
+ *   is packed too, with the guarantee, except for matrix-vector products
+ *   (m = 1, or p = 1 with A's rows contiguous): their dot loops sum in 16
+ *   lanes and do not share it; nor, of course, do two instruction sets.
  */
 #ifndef NDL_CPU_MATMUL_H
 #define NDL_CPU_MATMUL_H

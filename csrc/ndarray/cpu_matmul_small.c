@@ -1,5 +1,6 @@
 /* cpu_matmul_small.c: the skinny products of ndl_cpu_matmul, C = A @ B with
- * few rows (m <= NDL_SMALL_M, m = 1 being matrix-vector), where packing B
+ * few rows (axpy: m <= NDL_SMALL_M; dot: m = 1, matrix-vector; the limits
+ * and their reasons are in cpu_matmul.c), where packing B
  * would copy all of B to use each element m times only. Such products are
  * bound by reading B once from memory, so these loops read B where it lies,
  * in long sequential streams, and keep the reused operands in L1:
@@ -15,7 +16,8 @@
  *       Every B element is loaded from memory once and from L1 m times;
  *       each C element gets its k terms in k order, KU at a time.
  *   dot (B's columns contiguous, rsb == 1, and A's rows contiguous):
- *       for each column j, four rows of A at a time (then one at a time):
+ *       for each column j, four rows of A at a time (then one at a time;
+ *       the driver calls it for m = 1 only, other m being packed):
  *         C[r][j] = sum_k A[r][k] * B[k][j] in 16 partial sums (vectorised
  *         over k), added pairwise at the end.
  *       Column j of B is read from memory once and from L1 for the other
