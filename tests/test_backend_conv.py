@@ -561,3 +561,44 @@ def test_bad_input_raises(call, exc, text, path):
     with pytest.raises(exc) as e:
         call()
     assert text in str(e.value), str(e.value)
+
+
+# --------------------------------------------------------------------------
+# conv with the padding read on the fly (Note [im2col with implicit padding])
+# --------------------------------------------------------------------------
+
+# (N, H, W, C_in), K, C_out, stride, padding: odd sizes, stride 2, padding 0,
+# padding beyond the kernel (windows wholly in the zeros), batch 1, 1 channel
+IMPLICIT_PAD = [
+    ((2, 7, 5, 3), 3, 4, 1, 1),
+    ((1, 6, 9, 1), 3, 1, 2, 1),
+    ((3, 5, 5, 2), 3, 2, 2, 0),
+    ((1, 4, 3, 2), 1, 3, 1, 2),
+    ((2, 5, 6, 1), 3, 2, 3, 3),
+    ((1, 9, 7, 4), 5, 3, 2, 2),
+]
+
+
+@pytest.mark.parametrize("kind", ["compact", "transposed", "sliced"])
+@pytest.mark.parametrize("shape, k, co, s, p", IMPLICIT_PAD, ids=[str(c) for c in IMPLICIT_PAD])
+def test_conv_with_padding_matches_torch(shape, k, co, s, p, kind, path, device):
+    """ops.conv forward and both gradients (themselves padded, cropped and
+    dual-form convs) against torch, float64: the slots path reads the padding
+    on the fly on the CPU, the fallback pads a copy first."""
+    import torch
+
+    a, x = make_input(kind, shape, "float64")
+    w = np.random.randn(k, k, shape[3], co)
+    X = ndl.Tensor(a, device=device) if device == ndl.cpu() else ndl.Tensor(x, device=device)
+    W = ndl.Tensor(w, device=device, dtype="float64")
+    y = ndl.conv(X, W, stride=s, padding=p)
+    G = np.random.randn(*y.shape)
+    (y * ndl.Tensor(G, device=device, dtype="float64", requires_grad=False)).sum().backward()
+    xt = torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), requires_grad=True)
+    wt = torch.tensor(w.transpose(3, 2, 0, 1).copy(), requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, stride=s, padding=p)
+    (yt * torch.tensor(G.transpose(0, 3, 1, 2))).sum().backward()
+    t = dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(y.numpy(), yt.detach().numpy().transpose(0, 2, 3, 1), **t)
+    np.testing.assert_allclose(X.grad.numpy(), xt.grad.numpy().transpose(0, 2, 3, 1), **t)
+    np.testing.assert_allclose(W.grad.numpy(), wt.grad.numpy().transpose(2, 3, 1, 0), **t)

@@ -25,6 +25,7 @@
 #include <stdarg.h>
 #include <string.h>
 
+#include "cpu_conv.h"
 #include "ndarray_impl.h"
 
 /* Test hook only (ndarray.h): read with the GIL held, before a kernel runs. */
@@ -392,6 +393,8 @@ NDArrayObject *ndl_array_im2col(NDArrayObject *a, int64_t k, int64_t stride)
  *   built whole: the input is padded once, then for each block of `br` rows
  *   the im2col slot writes the block into a scratch buffer sized to stay in
  *   cache, and the matmul slot multiplies it into the same rows of out.
+ *   On the CPU the padding is not a copy either: the im2col reads the
+ *   input as if padded (Note [im2col with implicit padding], cpu_conv.c).
  *   The loops call only backend slots, so they run with the GIL released;
  *   each slot spreads its own work over the thread pool.
  *   - 1x1 kernel, stride 1, no padding: no im2col; the input viewed as
@@ -485,6 +488,8 @@ typedef struct {
     const ndl_backend *be;
     ndl_dtype dt;
     int use_slot;          /* im2col by the slot (square window), else composed */
+    int implicit;          /* the CPU's im2col, padding x by plo/phi on the fly */
+    int64_t plo[2], phi[2];
     const void *x;         /* im2col's input (B, Hp, Wp, C), any strides */
     ndl_layout lx;
     int64_t kh, kw, s;     /* its window and stride */
@@ -499,6 +504,9 @@ typedef struct {
 
 static int im2col_block(const conv_job *j, int64_t r0, int64_t nr)
 {
+    if (j->implicit)
+        return ndl_cpu_im2col_padded(j->dt, j->x, &j->lx, j->kh, j->s, j->plo, j->phi, r0, nr,
+                                     j->col);
     if (j->use_slot)
         return j->be->im2col(j->dt, j->x, &j->lx, j->kh, j->s, r0, nr, j->col);
     return im2col_composed(j->be, j->dt, j->x, &j->lx, j->kh, j->kw, j->s, r0, nr, j->col);
@@ -643,15 +651,20 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, co
     /* im2col's input: the padded input, or (dual) its transpose (C, Hp, Wp, N) */
     if (dual)
         la = permuted(&la, swap03);
-    view = ndl_array_view(a, &la);
-    x = view && pad ? ndl_array_pad(view, plo, phi) : (NDArrayObject *)Py_XNewRef(view);
-    if (x == NULL)
-        goto fail;
-    j.x = x->storage->data, j.lx = x->layout;
     j.kh = dual ? oshape[1] : kh, j.kw = dual ? oshape[2] : kw;
     j.rows = dual ? ci * kh * kw : nrows;
     j.len = dual ? nrows : kh * kw * ci;
     j.use_slot = j.kh == j.kw && NDL_OPTIONAL_SLOT(be, im2col) != NULL;
+    /* Note [im2col with implicit padding] (cpu_conv.c): no padded copy */
+    j.implicit = pad && j.use_slot && be->im2col == ndl_cpu_im2col;
+    for (int k = 0; k < 2; k++)
+        j.plo[k] = plo[1 + k], j.phi[k] = phi[1 + k];
+    view = ndl_array_view(a, &la);
+    x = view && pad && !j.implicit ? ndl_array_pad(view, plo, phi)
+                                   : (NDArrayObject *)Py_XNewRef(view);
+    if (x == NULL)
+        goto fail;
+    j.x = x->storage->data, j.lx = x->layout;
     j.br = j.len ? NDL_CONV_BLOCK_BYTES / (j.len * es) : j.rows;
     if (j.br < (dual ? NDL_CONV_DUAL_MIN_ROWS : NDL_CONV_BLOCK_MIN_ROWS))
         j.br = dual ? NDL_CONV_DUAL_MIN_ROWS : NDL_CONV_BLOCK_MIN_ROWS;
