@@ -579,15 +579,26 @@ IMPLICIT_PAD = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["compact", "transposed", "sliced"])
+def conv_input(kind, shape):
+    """make_input's kinds, and "w-sliced": every other column, channels contiguous
+    (the implicit padding's path that copies one run of C per kernel column)."""
+    if kind != "w-sliced":
+        return make_input(kind, shape, "float64")
+    n, h, w, c = shape
+    x = np.random.randn(n, h, 2 * w, c)
+    return nd.array(x, dtype="float64")[:, :, ::2, :], x[:, :, ::2, :]
+
+
+@pytest.mark.parametrize("kind", ["compact", "w-sliced", "transposed", "sliced"])
 @pytest.mark.parametrize("shape, k, co, s, p", IMPLICIT_PAD, ids=[str(c) for c in IMPLICIT_PAD])
 def test_conv_with_padding_matches_torch(shape, k, co, s, p, kind, path, device):
     """ops.conv forward and both gradients (themselves padded, cropped and
     dual-form convs) against torch, float64: the slots path reads the padding
-    on the fly on the CPU, the fallback pads a copy first."""
+    on the fly on the CPU where the channels are contiguous, the fallback (and
+    other layouts) pads a copy first."""
     import torch
 
-    a, x = make_input(kind, shape, "float64")
+    a, x = conv_input(kind, shape)
     w = np.random.randn(k, k, shape[3], co)
     X = ndl.Tensor(a, device=device) if device == ndl.cpu() else ndl.Tensor(x, device=device)
     W = ndl.Tensor(w, device=device, dtype="float64")

@@ -649,14 +649,18 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, co
         goto done;
     }
     /* im2col's input: the padded input, or (dual) its transpose (C, Hp, Wp, N) */
-    if (dual)
-        la = permuted(&la, swap03);
     j.kh = dual ? oshape[1] : kh, j.kw = dual ? oshape[2] : kw;
     j.rows = dual ? ci * kh * kw : nrows;
     j.len = dual ? nrows : kh * kw * ci;
     j.use_slot = j.kh == j.kw && NDL_OPTIONAL_SLOT(be, im2col) != NULL;
-    /* Note [im2col with implicit padding] (cpu_conv.c): no padded copy */
-    j.implicit = pad && j.use_slot && be->im2col == ndl_cpu_im2col;
+    /* Note [im2col with implicit padding] (cpu_conv.c): no padded copy, when
+     * the channels are contiguous (runs of C elements to copy). Otherwise
+     * (the dual form's transposed input, NCHW input seen as NHWC) the
+     * padded copy also makes them contiguous, which im2col needs more. */
+    if (dual)
+        la = permuted(&la, swap03);
+    j.implicit = pad && j.use_slot && be->im2col == ndl_cpu_im2col &&
+                 (la.strides[3] == 1 || la.shape[3] == 1);
     for (int k = 0; k < 2; k++)
         j.plo[k] = plo[1 + k], j.phi[k] = phi[1 + k];
     view = ndl_array_view(a, &la);
