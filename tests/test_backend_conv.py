@@ -613,3 +613,27 @@ def test_conv_with_padding_matches_torch(shape, k, co, s, p, kind, path, device)
     np.testing.assert_allclose(y.numpy(), yt.detach().numpy().transpose(0, 2, 3, 1), **t)
     np.testing.assert_allclose(X.grad.numpy(), xt.grad.numpy().transpose(0, 2, 3, 1), **t)
     np.testing.assert_allclose(W.grad.numpy(), wt.grad.numpy().transpose(2, 3, 1, 0), **t)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_blocks_in_parallel_match_one_thread_and_torch(dtype):
+    """Note [Conv blocks in parallel] (ndarray_conv.c): rows long enough for
+    the smallest blocks, more than four of them and a partial last one; two
+    threads take whole blocks. The same numbers as one thread, and torch's."""
+    import torch
+
+    x = np.random.randn(2, 15, 17, 80).astype(NP_DTYPE[dtype])
+    w = np.random.randn(3, 3, 80, 5).astype(NP_DTYPE[dtype])
+    prev = nd.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            nd.set_num_threads(threads)
+            outs.append(_C._conv(nd.array(x, dtype=dtype), nd.array(w, dtype=dtype), 1, 1).numpy())
+    finally:
+        nd.set_num_threads(prev)
+    np.testing.assert_array_equal(outs[1], outs[0])
+    ref = torch.nn.functional.conv2d(torch.tensor(x.transpose(0, 3, 1, 2)),
+                                     torch.tensor(w.transpose(3, 2, 0, 1).copy()), padding=1)
+    t = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(outs[1], ref.numpy().transpose(0, 2, 3, 1), **t)
