@@ -12,6 +12,11 @@ most 1.5x):
   - a ResNet9 training step at batch 64 on CIFAR-shaped input (Adam);
   - an LSTM language-model step: 2 layers, hidden 256, sequence 40, batch 32,
     vocabulary 10,000 (Embedding 256 -> LSTM -> Linear -> softmax loss, SGD).
+Memory, per case and library: "peak MB", the process's peak resident set
+from the warm-up step on (model, data and the steps' working memory), and
+"train MB", that peak less the resident set just before the warm-up (what
+training takes beyond the model and data), with the ratios needle / torch
+(target: at most 1.0x). --json writes the figures.
 """
 from __future__ import annotations
 
@@ -24,13 +29,28 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import real_openblas  # noqa: E402,F401  (restarts without the OPENBLAS_* overrides)
 
 import numpy as np  # noqa: E402
-from _common import measure, run_child, thread_env, use_repo  # noqa: E402
+from _common import best_time, peak_mb, reset_peak, run_child, thread_env, use_repo, write_json  # noqa: E402
 
 TARGET = 1.5
+
+
+def measure(step, reps: int) -> dict:
+    """{"ms": the best of `reps` timed calls of step() after one warm-up call,
+    "rss_mb": the peak resident set from the warm-up on, "train_mb": that peak
+    less the resident set before the warm-up (model and data loaded)}.
+
+    The warm-up counts: an allocator that keeps freed memory (glibc's heap
+    does, for PyTorch) would otherwise hide the step's working set in the
+    base."""
+    base = reset_peak()
+    step()
+    best = best_time(step, reps, number=1)
+    peak = peak_mb()
+    return {"ms": best * 1e3, "rss_mb": peak, "train_mb": peak - base}
 CASES = ["conv 16->32", "conv 64->128", "resnet9 step", "lstm lm step"]
 
 
-def needle_case(case: str, reps: int) -> float:
+def needle_case(case: str, reps: int) -> dict:
     use_repo()
     import needle as ndl
     import needle.nn as nn
@@ -43,7 +63,7 @@ def needle_case(case: str, reps: int) -> float:
 
         def step():
             ndl.conv(x, w, stride=1, padding=1).sum().backward(create_graph=False)
-        return measure(step, reps)["ms"]
+        return measure(step, reps)
     if case == "resnet9 step":
         from models import ResNet9
 
@@ -57,7 +77,7 @@ def needle_case(case: str, reps: int) -> float:
             opt.reset_grad()
             loss_fn(model(x), y).backward(create_graph=False)
             opt.step()
-        return measure(step, reps)["ms"]
+        return measure(step, reps)
     from models import LanguageModel
 
     vocab, T, bs = 10000, 40, 32
@@ -72,10 +92,10 @@ def needle_case(case: str, reps: int) -> float:
         out, _ = model(x)
         loss_fn(out, y).backward(create_graph=False)
         opt.step()
-    return measure(step, reps)["ms"]
+    return measure(step, reps)
 
 
-def torch_case(case: str, reps: int) -> float:
+def torch_case(case: str, reps: int) -> dict:
     import torch
     import torch.nn as tnn
 
@@ -88,7 +108,7 @@ def torch_case(case: str, reps: int) -> float:
         def step():
             torch.nn.functional.conv2d(x, w, padding=1).sum().backward()
             x.grad = w.grad = None
-        return measure(step, reps)["ms"]
+        return measure(step, reps)
     if case == "resnet9 step":
         def cbn(a, b, k, s):
             return tnn.Sequential(tnn.Conv2d(a, b, k, s, k // 2), tnn.BatchNorm2d(b), tnn.ReLU())
@@ -115,7 +135,7 @@ def torch_case(case: str, reps: int) -> float:
             opt.zero_grad()
             loss_fn(model(x), y).backward()
             opt.step()
-        return measure(step, reps)["ms"]
+        return measure(step, reps)
 
     vocab, T, bs = 10000, 40, 32
 
@@ -139,7 +159,7 @@ def torch_case(case: str, reps: int) -> float:
         opt.zero_grad()
         loss_fn(model(x), y).backward()
         opt.step()
-    return measure(step, reps)["ms"]
+    return measure(step, reps)
 
 
 def main() -> None:
@@ -147,29 +167,41 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--threads", type=int, default=None, help="threads for both libraries")
     ap.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
+    ap.add_argument("--json", default=None, help="write the figures to this file")
     ap.add_argument("--child", nargs=3, metavar=("IMPL", "CASE", "REPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         impl, case, reps = args.child[0], args.child[1], int(args.child[2])
-        ms = (needle_case if impl == "needle" else torch_case)(case, reps)
-        print(json.dumps({"ms": ms}))
+        print(json.dumps((needle_case if impl == "needle" else torch_case)(case, reps)))
         return
     env = thread_env(args.threads)
     reps = 3 if args.quick else 8
     print(f"NumPy BLAS: {real_openblas.describe()}; best of {reps} after a warm-up, "
-          f"each library in its own process")
-    print(f"  {'case':<16}{'needle ms':>11}{'torch ms':>11}{'ratio':>8}")
+          f"each library in its own process; peak = the process's peak RSS over the "
+          f"steps, train = that peak less the RSS before the first step (MB)")
+    print(f"  {'case':<14}{'needle ms':>10}{'torch ms':>10}{'ratio':>7}   "
+          f"{'peak MB n/t':>15}{'ratio':>7}{'train MB n/t':>15}{'ratio':>7}")
     missed = 0
+    rows = {}
     for case in args.cases:
-        ms = {impl: run_child([__file__, "--child", impl, case, str(reps)], env,
-                              f"{impl} {case}")["ms"]
-              for impl in ("needle", "torch")}
-        r = ms["needle"] / ms["torch"]
-        ok = r <= TARGET
+        r = {impl: run_child([__file__, "--child", impl, case, str(reps)], env,
+                             f"{impl} {case}")
+             for impl in ("needle", "torch")}
+        n, t = r["needle"], r["torch"]
+        ratio = n["ms"] / t["ms"]
+        pk, tr = n["rss_mb"] / t["rss_mb"], n["train_mb"] / max(t["train_mb"], 1e-9)
+        ok = ratio <= TARGET
         missed += not ok
-        print(f"  {case:<16}{ms['needle']:>11.1f}{ms['torch']:>11.1f}{r:>7.2f}x  "
-              f"{'ok' if ok else 'MISSED'} (target <= {TARGET}x)")
-    print(f"summary: {missed} target(s) missed")
+        rows[case] = {"needle": n, "torch": t, "ratio": {"ms": ratio, "peak_mb": pk,
+                                                         "train_mb": tr}}
+        print(f"  {case:<14}{n['ms']:>10.1f}{t['ms']:>10.1f}{ratio:>6.2f}x   "
+              f"{n['rss_mb']:>7.0f}/{t['rss_mb']:<7.0f}{pk:>6.2f}x"
+              f"{n['train_mb']:>7.1f}/{t['train_mb']:<7.1f}{tr:>6.2f}x  "
+              f"{'ok' if ok else 'MISSED'} (time target <= {TARGET}x)")
+    print(f"summary: {missed} time target(s) missed")
+    if args.json:
+        write_json(args.json, "bench_conv_seq", {"reps": reps, "threads": args.threads,
+                                                 "cases": rows})
 
 
 if __name__ == "__main__":

@@ -526,3 +526,39 @@ def test_natural_loop_without_gc_holds_one_step_of_data(gc_disabled):
     model, opt, loss = _natural_steps(40)
     forty = _bytes_held_by_values()
     assert forty <= five, (five, forty)  # flat, where it grew with every step before
+
+
+def _graph_bytes(root):
+    """Bytes of the distinct buffers that root's graph holds, leaves excluded."""
+    seen, total, stack, visited = set(), 0, [root], set()
+    while stack:
+        v = stack.pop()
+        if id(v) in visited:
+            continue
+        visited.add(id(v))
+        if v.op is None:
+            continue
+        stack.extend(v.inputs)
+        data = v.cached_data
+        for a in data if isinstance(data, tuple) else (data,):
+            h = a._handle
+            if h.ptr() not in seen:
+                seen.add(h.ptr())
+                total += h.size * np.dtype(a.dtype).itemsize
+    return total
+
+
+def test_lstm_graph_keeps_what_its_backward_needs():
+    """Issue 14: an LSTM's graph holds, per step, the gate pre-activations z
+    (bs, 4H) and the states h', c', plus X @ W_ih + bias and the stacked
+    output: not the split's copies of X @ W_ih, h @ W_hh or the partial sums
+    of z (three more (bs, 4H) arrays per step, which it held before)."""
+    T, bs, I, H = 12, 4, 5, 8
+    lstm = ndl.nn.LSTM(I, H)
+    X = ndl.Tensor(np.random.randn(T, bs, I).astype(np.float32), requires_grad=False)
+    out, _ = lstm(X)
+    needed = 4 * (T * (bs * 4 * H + 2 * bs * H) + T * bs * 4 * H + T * bs * H)
+    held = _graph_bytes(out)
+    assert held <= needed + 4 * 4 * H, (held, needed)
+    out.sum().backward(create_graph=False)
+    assert lstm.lstm_cells[0].W_hh.grad is not None

@@ -561,3 +561,79 @@ def test_bad_input_raises(call, exc, text, path):
     with pytest.raises(exc) as e:
         call()
     assert text in str(e.value), str(e.value)
+
+
+# --------------------------------------------------------------------------
+# conv with the padding read on the fly (Note [im2col with implicit padding])
+# --------------------------------------------------------------------------
+
+# (N, H, W, C_in), K, C_out, stride, padding: odd sizes, stride 2, padding 0,
+# padding beyond the kernel (windows wholly in the zeros), batch 1, 1 channel
+IMPLICIT_PAD = [
+    ((2, 7, 5, 3), 3, 4, 1, 1),
+    ((1, 6, 9, 1), 3, 1, 2, 1),
+    ((3, 5, 5, 2), 3, 2, 2, 0),
+    ((1, 4, 3, 2), 1, 3, 1, 2),
+    ((2, 5, 6, 1), 3, 2, 3, 3),
+    ((1, 9, 7, 4), 5, 3, 2, 2),
+]
+
+
+def conv_input(kind, shape):
+    """make_input's kinds, and "w-sliced": every other column, channels contiguous
+    (the implicit padding's path that copies one run of C per kernel column)."""
+    if kind != "w-sliced":
+        return make_input(kind, shape, "float64")
+    n, h, w, c = shape
+    x = np.random.randn(n, h, 2 * w, c)
+    return nd.array(x, dtype="float64")[:, :, ::2, :], x[:, :, ::2, :]
+
+
+@pytest.mark.parametrize("kind", ["compact", "w-sliced", "transposed", "sliced"])
+@pytest.mark.parametrize("shape, k, co, s, p", IMPLICIT_PAD, ids=[str(c) for c in IMPLICIT_PAD])
+def test_conv_with_padding_matches_torch(shape, k, co, s, p, kind, path, device):
+    """ops.conv forward and both gradients (themselves padded, cropped and
+    dual-form convs) against torch, float64: the slots path reads the padding
+    on the fly on the CPU where the channels are contiguous, the fallback (and
+    other layouts) pads a copy first."""
+    import torch
+
+    a, x = conv_input(kind, shape)
+    w = np.random.randn(k, k, shape[3], co)
+    X = ndl.Tensor(a, device=device) if device == ndl.cpu() else ndl.Tensor(x, device=device)
+    W = ndl.Tensor(w, device=device, dtype="float64")
+    y = ndl.conv(X, W, stride=s, padding=p)
+    G = np.random.randn(*y.shape)
+    (y * ndl.Tensor(G, device=device, dtype="float64", requires_grad=False)).sum().backward()
+    xt = torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), requires_grad=True)
+    wt = torch.tensor(w.transpose(3, 2, 0, 1).copy(), requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, stride=s, padding=p)
+    (yt * torch.tensor(G.transpose(0, 3, 1, 2))).sum().backward()
+    t = dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(y.numpy(), yt.detach().numpy().transpose(0, 2, 3, 1), **t)
+    np.testing.assert_allclose(X.grad.numpy(), xt.grad.numpy().transpose(0, 2, 3, 1), **t)
+    np.testing.assert_allclose(W.grad.numpy(), wt.grad.numpy().transpose(2, 3, 1, 0), **t)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_blocks_in_parallel_match_one_thread_and_torch(dtype):
+    """Note [Conv blocks in parallel] (ndarray_conv.c): rows long enough for
+    the smallest blocks, more than four of them and a partial last one; two
+    threads take whole blocks. The same numbers as one thread, and torch's."""
+    import torch
+
+    x = np.random.randn(2, 15, 17, 80).astype(NP_DTYPE[dtype])
+    w = np.random.randn(3, 3, 80, 5).astype(NP_DTYPE[dtype])
+    prev = nd.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            nd.set_num_threads(threads)
+            outs.append(_C._conv(nd.array(x, dtype=dtype), nd.array(w, dtype=dtype), 1, 1).numpy())
+    finally:
+        nd.set_num_threads(prev)
+    np.testing.assert_array_equal(outs[1], outs[0])
+    ref = torch.nn.functional.conv2d(torch.tensor(x.transpose(0, 3, 1, 2)),
+                                     torch.tensor(w.transpose(3, 2, 0, 1).copy()), padding=1)
+    t = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(outs[1], ref.numpy().transpose(0, 2, 3, 1), **t)

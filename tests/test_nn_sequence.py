@@ -670,3 +670,71 @@ def test_np_mode():
     r = subprocess.run([sys.executable, "-c", NP_MODE_SCRIPT], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "NP MODE OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------
+# what a step keeps: split views, the step's one-node affine
+# --------------------------------------------------------------------------
+
+def _ptr(t):
+    return t.cached_data._handle.ptr()
+
+
+def test_split_returns_contiguous_slices_as_views():
+    """Note [Split keeps compact slices as views] (ops_tuple.c): axis-0 slices of
+    a compact array share its buffer; other slices are copies; values and
+    gradients are those of numpy either way."""
+    x = np.random.randn(4, 3, 5)
+    X = nd(x, "float64")
+    parts = ops.split(X, 0)
+    for t, p in enumerate(parts):
+        assert _ptr(p) == _ptr(X)
+        np.testing.assert_array_equal(p.numpy(), x[t])
+    cols = ops.split(X, 1)
+    for j, p in enumerate(cols):
+        assert _ptr(p) != _ptr(X)
+        np.testing.assert_array_equal(p.numpy(), x[:, j])
+    G = np.random.randn(3, 4, 5)
+    (ops.stack(list(parts), 1) * nd(G, "float64", False)).sum().backward()
+    np.testing.assert_array_equal(X.grad.numpy(), G.transpose(1, 0, 2))
+
+
+def test_split_steps_pieces_share_the_input_buffer():
+    X = nd(np.random.randn(12, 2, 3), "float32")
+    assert {_ptr(s) for s in _split_steps(X)} == {_ptr(X)}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_linear_with_a_full_bias_matches_torch(dtype, device):
+    """ops.linear(x, w, b) with b (N, out), as a step adds h @ W_hh to its slice
+    of X @ W_ih: values and all three gradients against torch."""
+    x, w, b, G = (np.random.randn(*s) for s in [(5, 3), (3, 4), (5, 4), (5, 4)])
+    X, W, B = (ndl.Tensor(a, dtype=dtype, device=device) for a in (x, w, b))
+    y = ops.linear(X, W, B)
+    (y * ndl.Tensor(G, dtype=dtype, device=device, requires_grad=False)).sum().backward()
+    Xt, Wt, Bt = (th(a, dtype) for a in (x, w, b))
+    yt = Xt @ Wt + Bt
+    (yt * th(G, dtype, False)).sum().backward()
+    tol = TOL[dtype]["bwd"]
+    close(y, yt, tol)
+    for a, at in ((X, Xt), (W, Wt), (B, Bt)):
+        close(a.grad, at.grad, tol)
+
+
+def test_linear_with_a_full_bias_finite_differences():
+    x, w, b = np.random.randn(3, 2), np.random.randn(2, 4), np.random.randn(3, 4)
+    G = np.random.randn(3, 4)
+
+    def f(x, w, b):
+        return float(((x @ w + b) * G).sum())
+    X, W, B = nd(x, "float64"), nd(w, "float64"), nd(b, "float64")
+    (ops.linear(X, W, B) * nd(G, "float64", False)).sum().backward()
+    for k, T in enumerate((X, W, B)):
+        np.testing.assert_allclose(T.grad.numpy(), numeric_grad(f, [x, w, b], k), rtol=1e-6,
+                                   atol=1e-8)
+
+
+def test_linear_rejects_a_bias_of_other_rows():
+    with pytest.raises(ValueError, match=r"Linear.*\(5, 3\).*\(3, 4\).*\(2, 4\)"):
+        ops.linear(nd(np.ones((5, 3)), "float32"), nd(np.ones((3, 4)), "float32"),
+                   nd(np.ones((2, 4)), "float32"))

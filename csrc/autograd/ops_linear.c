@@ -1,8 +1,8 @@
 /* ops_linear.c: nn.Linear with a bias as one node (API.md 6.2's x @ W + b).
  *
  * Python equivalent:
- *     def linear(x, w, b):        # x (N, in), w (in, out), b (1, out) or (out,)
- *         return x @ w + b        # b broadcast over the rows
+ *     def linear(x, w, b):        # x (N, in), w (in, out), b (1, out), (out,)
+ *         return x @ w + b        # or (N, out); b broadcast over the rows
  *
  * Note [Fused Linear]
  *   The contract's Linear is two nodes, x @ W and the bias add, each storing
@@ -12,7 +12,9 @@
  *   bias added into a new array (the product is a temporary), the same two
  *   kernels and so the same numbers bit for bit. The backward is MatMul's
  *   (g @ W^T, x^T @ g) and the bias add's (g summed over the rows), built
- *   from ops, so gradients of gradients work.
+ *   from ops, so gradients of gradients work. A full (N, out) b (an LSTM
+ *   step's x @ W_ih + bias, to which h @ W_hh is added: nn_sequence.py) gets
+ *   g itself, and the step keeps no h @ W_hh.
  */
 #include "array_api.h"
 
@@ -27,10 +29,11 @@ static int check_shapes(PyObject *const *x)
         nda_shape(x[2], &bn, bs) < 0)
         return -1;
     if (xn == 2 && wn == 2 && xs[1] == ws[0] &&
-        ((bn == 2 && bs[0] == 1 && bs[1] == ws[1]) || (bn == 1 && bs[0] == ws[1])))
+        ((bn == 2 && (bs[0] == 1 || bs[0] == xs[0]) && bs[1] == ws[1]) ||
+         (bn == 1 && bs[0] == ws[1])))
         return 0;
-    return ndl_raise_shapes("Linear: needs x (N, in), weight (in, out) and bias (1, out) or "
-                            "(out,), got x %R, weight %R and bias %R", 3, x);
+    return ndl_raise_shapes("Linear: needs x (N, in), weight (in, out) and bias (1, out), "
+                            "(out,) or (N, out), got x %R, weight %R and bias %R", 3, x);
 }
 
 /* ---- Linear(): x @ w + b --------------------------------------------------- */
@@ -62,9 +65,12 @@ NDL_BACKWARD(Linear)
         Py_CLEAR(t);
     }
     if (needs[2]) {
-        if (ndl_value_shape((ValueObject *)IN(2), &bn, bshape) < 0 ||
-            (s = ndl_t_summation(G, 1, &axis0)) == NULL ||
-            (grads[2] = ndl_t_reshape(s, bn, bshape)) == NULL)
+        if (ndl_value_shape((ValueObject *)IN(2), &bn, bshape) < 0)
+            goto fail;
+        if (bn == 2 && bshape[0] != 1) /* a full (N, out) bias */
+            grads[2] = Py_NewRef(G);
+        else if ((s = ndl_t_summation(G, 1, &axis0)) == NULL ||
+                 (grads[2] = ndl_t_reshape(s, bn, bshape)) == NULL)
             goto fail;
     }
     rc = 0;

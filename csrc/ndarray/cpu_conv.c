@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cpu_conv.h"
 #include "cpu_strided.h"
 #include "threadpool.h"
 
@@ -140,7 +141,15 @@ int ndl_cpu_dilate(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t a
     return ndl_cpu_copy(dt, out, &lout, dt, a, la);
 }
 
-/* ---- im2col --------------------------------------------------------------- */
+/* ---- im2col ---------------------------------------------------------------
+ *
+ * Note [im2col with implicit padding]
+ *   ndl_cpu_im2col_padded reads a (N, H, W, C) as if it were padded by lo
+ *   and hi zeros along H and W (>= 0), writing the zeros of a window that
+ *   hangs over an edge itself: the convolution (ndarray_conv.c) then needs
+ *   no padded copy of its input, which for a gradient's convolution is a
+ *   copy of the whole output gradient. The slot ndl_cpu_im2col is the case
+ *   lo = hi = 0. */
 
 enum { IM2COL_GRAIN = 1 << 16 }; /* output elements per task */
 
@@ -149,6 +158,7 @@ typedef struct {
     const char *a;            /* a's element (0, 0, 0, 0) */
     char *out;                /* row row0 */
     int64_t esz, k, s, c, ho, wo, row0;
+    int64_t h, w, plh, plw;   /* a's extent along H and W; zeros before it */
     int64_t sn, sh, sw, sc;   /* a's strides, in elements */
 } im2col_job;
 
@@ -171,8 +181,10 @@ static void gather(ndl_dtype dt, char *dst, const char *src, int64_t ss, int64_t
 }
 
 /* Output rows [begin, end) relative to row0. One row is k runs (one per
- * kernel row i) of k*C elements; each is one contiguous run of a when a's
- * (W, C) plane is compact, else k runs of C (strided when C's stride is not 1). */
+ * kernel row i) of k*C elements: zeros where row i is padding, else the
+ * kernel columns [j0, j1) inside a, between zeros for those outside. The
+ * columns inside are one contiguous run of a when a's (W, C) plane is
+ * compact, else runs of C (strided when C's stride is not 1). */
 static void im2col_range(void *ctx, int64_t begin, int64_t end)
 {
     const im2col_job *j = (const im2col_job *)ctx;
@@ -183,18 +195,27 @@ static void im2col_range(void *ctx, int64_t begin, int64_t end)
     int64_t x = r % j->wo, y = (r / j->wo) % j->ho, n = r / j->wo / j->ho;
     char *d = j->out + begin * k * kc * esz;
     for (int64_t row = begin; row < end; row++) {
-        const char *src = j->a + (n * j->sn + y * j->s * j->sh + x * j->s * j->sw) * esz;
-        for (int64_t i = 0; i < k; i++) {
-            const char *srow = src + i * j->sh * esz;
-            if (whole) {
-                memcpy(d, srow, (size_t)(kc * esz));
-                d += kc * esz;
+        const int64_t h0 = y * j->s - j->plh, w0 = x * j->s - j->plw;
+        const int64_t j0 = w0 < 0 ? (-w0 < k ? -w0 : k) : 0;
+        const int64_t j1 = j->w - w0 < k ? (j->w - w0 > j0 ? j->w - w0 : j0) : k;
+        for (int64_t i = 0; i < k; i++, d += kc * esz) {
+            const int64_t hh = h0 + i;
+            const char *src;
+            if (hh < 0 || hh >= j->h || j1 == j0) {
+                memset(d, 0, (size_t)(kc * esz));
                 continue;
             }
-            for (int64_t jj = 0; jj < k; jj++) {
-                gather(j->dt, d, srow + jj * j->sw * esz, j->sc, c);
-                d += c * esz;
+            src = j->a + (n * j->sn + hh * j->sh + (w0 + j0) * j->sw) * esz;
+            if (j0 > 0)
+                memset(d, 0, (size_t)(j0 * c * esz));
+            if (whole) {
+                memcpy(d + j0 * c * esz, src, (size_t)((j1 - j0) * c * esz));
+            } else {
+                for (int64_t jj = j0; jj < j1; jj++)
+                    gather(j->dt, d + jj * c * esz, src + (jj - j0) * j->sw * esz, j->sc, c);
             }
+            if (j1 < k)
+                memset(d + j1 * c * esz, 0, (size_t)((k - j1) * c * esz));
         }
         if (++x == j->wo) {
             x = 0;
@@ -204,13 +225,18 @@ static void im2col_range(void *ctx, int64_t begin, int64_t end)
     }
 }
 
-int ndl_cpu_im2col(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k, int64_t s,
-                   int64_t row0, int64_t nrows, void *out)
+int ndl_cpu_im2col_padded(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k,
+                          int64_t s, const int64_t *lo, const int64_t *hi, int64_t row0,
+                          int64_t nrows, void *out)
 {
-    int64_t rows, kkc, grain;
+    int64_t rows, kkc, grain, hp, wp;
     im2col_job j;
     if ((unsigned)dt >= NDL_NUM_DTYPES || !ndl_layout_ok(la) || la->ndim != 4 || k < 1 || s < 1 ||
-        k > la->shape[1] || k > la->shape[2] || row0 < 0 || nrows < 0)
+        lo[0] < 0 || lo[1] < 0 || hi[0] < 0 || hi[1] < 0 ||
+        __builtin_add_overflow(la->shape[1], lo[0], &hp) ||
+        __builtin_add_overflow(hp, hi[0], &hp) ||
+        __builtin_add_overflow(la->shape[2], lo[1], &wp) ||
+        __builtin_add_overflow(wp, hi[1], &wp) || k > hp || k > wp || row0 < 0 || nrows < 0)
         return NDL_EINVAL;
     j = (im2col_job){
         .dt = dt,
@@ -218,9 +244,13 @@ int ndl_cpu_im2col(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k,
         .k = k,
         .s = s,
         .c = la->shape[3],
-        .ho = (la->shape[1] - k) / s + 1,
-        .wo = (la->shape[2] - k) / s + 1,
+        .ho = (hp - k) / s + 1,
+        .wo = (wp - k) / s + 1,
         .row0 = row0,
+        .h = la->shape[1],
+        .w = la->shape[2],
+        .plh = lo[0],
+        .plw = lo[1],
         .sn = la->strides[0],
         .sh = la->strides[1],
         .sw = la->strides[2],
@@ -237,4 +267,11 @@ int ndl_cpu_im2col(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k,
     grain = IM2COL_GRAIN / kkc > 0 ? IM2COL_GRAIN / kkc : 1;
     ndl_parallel_for(nrows, grain, im2col_range, &j);
     return NDL_OK;
+}
+
+int ndl_cpu_im2col(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k, int64_t s,
+                   int64_t row0, int64_t nrows, void *out)
+{
+    static const int64_t zero[2] = {0, 0};
+    return ndl_cpu_im2col_padded(dt, a, la, k, s, zero, zero, row0, nrows, out);
 }

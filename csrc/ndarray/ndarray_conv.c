@@ -23,9 +23,12 @@
  * and _conv are private (tests); _skip_optional_slots is a test switch.
  */
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <string.h>
 
+#include "cpu_conv.h"
 #include "ndarray_impl.h"
+#include "threadpool.h"
 
 /* Test hook only (ndarray.h): read with the GIL held, before a kernel runs. */
 int ndl_skip_optional_slots = 0;
@@ -392,6 +395,8 @@ NDArrayObject *ndl_array_im2col(NDArrayObject *a, int64_t k, int64_t stride)
  *   built whole: the input is padded once, then for each block of `br` rows
  *   the im2col slot writes the block into a scratch buffer sized to stay in
  *   cache, and the matmul slot multiplies it into the same rows of out.
+ *   On the CPU the padding is not a copy either: the im2col reads the
+ *   input as if padded (Note [im2col with implicit padding], cpu_conv.c).
  *   The loops call only backend slots, so they run with the GIL released;
  *   each slot spreads its own work over the thread pool.
  *   - 1x1 kernel, stride 1, no padding: no im2col; the input viewed as
@@ -485,38 +490,90 @@ typedef struct {
     const ndl_backend *be;
     ndl_dtype dt;
     int use_slot;          /* im2col by the slot (square window), else composed */
+    int implicit;          /* the CPU's im2col, padding x by plo/phi on the fly */
+    int64_t plo[2], phi[2];
     const void *x;         /* im2col's input (B, Hp, Wp, C), any strides */
     ndl_layout lx;
     int64_t kh, kw, s;     /* its window and stride */
     int64_t rows, len, co; /* the im2col matrix is (rows, len); co output channels */
     int64_t br;            /* rows per block */
-    void *col;             /* scratch (br, len) */
+    void *col;             /* scratch (br, len), one per slot (direct, in parallel) */
+    int slots;             /* direct: blocks run in parallel on this many threads */
     const void *w;         /* weight matrix, (len, co) direct, (rows, co) dual */
     int64_t woff, rsw, csw;
     char *out;             /* direct: compact (rows, co) */
     void *acc[3];          /* dual: (len, co) each: a product, the sum, the next sum */
 } conv_job;
 
-static int im2col_block(const conv_job *j, int64_t r0, int64_t nr)
+static int im2col_block(const conv_job *j, int64_t r0, int64_t nr, void *col)
 {
+    if (j->implicit)
+        return ndl_cpu_im2col_padded(j->dt, j->x, &j->lx, j->kh, j->s, j->plo, j->phi, r0, nr,
+                                     col);
     if (j->use_slot)
-        return j->be->im2col(j->dt, j->x, &j->lx, j->kh, j->s, r0, nr, j->col);
-    return im2col_composed(j->be, j->dt, j->x, &j->lx, j->kh, j->kw, j->s, r0, nr, j->col);
+        return j->be->im2col(j->dt, j->x, &j->lx, j->kh, j->s, r0, nr, col);
+    return im2col_composed(j->be, j->dt, j->x, &j->lx, j->kh, j->kw, j->s, r0, nr, col);
+}
+
+/* out[r0:r0+nr] = (im2col rows [r0, r0 + nr)) @ w, through scratch col. */
+static int direct_block(const conv_job *j, int64_t r0, void *col)
+{
+    const int64_t zero = 0, es = (int64_t)ndl_itemsize(j->dt);
+    int64_t nr = j->rows - r0 < j->br ? j->rows - r0 : j->br;
+    int status = im2col_block(j, r0, nr, col);
+    if (status == NDL_OK)
+        status = j->be->matmul(j->dt, 1, nr, j->len, j->co, col, &zero, j->len, 1, j->w, &j->woff,
+                               j->rsw, j->csw, j->out + r0 * j->co * es);
+    return status;
+}
+
+/* Note [Conv blocks in parallel]
+ *   With several threads on the CPU, each thread takes whole blocks (its
+ *   own scratch, im2col and a one-thread matmul: the pool runs nested
+ *   calls inline) from a shared counter, instead of every block's im2col
+ *   and matmul being split over the pool in turn: two pool
+ *   synchronizations per block (hundreds per convolution), where a thread
+ *   that the OS has descheduled on a loaded machine stalls all the others
+ *   each time. Taking blocks from a counter also balances the load. */
+typedef struct {
+    const conv_job *j;
+    atomic_llong next_block, next_slot;
+    atomic_int status;
+} direct_par;
+
+static void direct_task(void *ctx, int64_t begin, int64_t end)
+{
+    direct_par *d = ctx;
+    const conv_job *j = d->j;
+    const int64_t es = (int64_t)ndl_itemsize(j->dt);
+    /* one slot per call: parallel_for makes at most j->slots chunks */
+    char *col = (char *)j->col + atomic_fetch_add(&d->next_slot, 1) * j->br * j->len * es;
+    (void)begin, (void)end;
+    for (;;) {
+        int64_t r0 = atomic_fetch_add(&d->next_block, 1) * j->br;
+        int status;
+        if (r0 >= j->rows || atomic_load(&d->status) != NDL_OK)
+            return;
+        if ((status = direct_block(j, r0, col)) != NDL_OK)
+            atomic_store(&d->status, status);
+    }
 }
 
 /* Note [Conv in blocks of rows], direct: out[r0:r0+nr] = col @ w.
  * Touches no Python. */
 static int conv_direct(const conv_job *j)
 {
-    const int64_t zero = 0, es = (int64_t)ndl_itemsize(j->dt);
     int status = NDL_OK;
-    for (int64_t r0 = 0; r0 < j->rows && status == NDL_OK; r0 += j->br) {
-        int64_t nr = j->rows - r0 < j->br ? j->rows - r0 : j->br;
-        status = im2col_block(j, r0, nr);
-        if (status == NDL_OK)
-            status = j->be->matmul(j->dt, 1, nr, j->len, j->co, j->col, &zero, j->len, 1, j->w,
-                                   &j->woff, j->rsw, j->csw, j->out + r0 * j->co * es);
+    if (j->slots > 1) { /* Note [Conv blocks in parallel] */
+        direct_par d = {.j = j};
+        atomic_init(&d.next_block, 0);
+        atomic_init(&d.next_slot, 0);
+        atomic_init(&d.status, NDL_OK);
+        ndl_parallel_for(j->slots, 1, direct_task, &d);
+        return atomic_load(&d.status);
     }
+    for (int64_t r0 = 0; r0 < j->rows && status == NDL_OK; r0 += j->br)
+        status = direct_block(j, r0, j->col);
     return status;
 }
 
@@ -531,7 +588,7 @@ static int conv_dual(const conv_job *j, void **sum)
     *sum = j->acc[1];
     for (int64_t r0 = 0; r0 < j->rows && status == NDL_OK; r0 += j->br) {
         int64_t nr = j->rows - r0 < j->br ? j->rows - r0 : j->br, woff = j->woff + r0 * j->rsw;
-        status = im2col_block(j, r0, nr);
+        status = im2col_block(j, r0, nr, j->col);
         if (status == NDL_OK)
             status = j->be->matmul(j->dt, 1, j->len, nr, j->co, j->col, &zero, 1, j->len, j->w,
                                    &woff, j->rsw, j->csw, r0 == 0 ? *sum : prod);
@@ -641,23 +698,36 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, co
         goto done;
     }
     /* im2col's input: the padded input, or (dual) its transpose (C, Hp, Wp, N) */
-    if (dual)
-        la = permuted(&la, swap03);
-    view = ndl_array_view(a, &la);
-    x = view && pad ? ndl_array_pad(view, plo, phi) : (NDArrayObject *)Py_XNewRef(view);
-    if (x == NULL)
-        goto fail;
-    j.x = x->storage->data, j.lx = x->layout;
     j.kh = dual ? oshape[1] : kh, j.kw = dual ? oshape[2] : kw;
     j.rows = dual ? ci * kh * kw : nrows;
     j.len = dual ? nrows : kh * kw * ci;
     j.use_slot = j.kh == j.kw && NDL_OPTIONAL_SLOT(be, im2col) != NULL;
+    /* Note [im2col with implicit padding] (cpu_conv.c): no padded copy, when
+     * the channels are contiguous (runs of C elements to copy). Otherwise
+     * (the dual form's transposed input, NCHW input seen as NHWC) the
+     * padded copy also makes them contiguous, which im2col needs more. */
+    if (dual)
+        la = permuted(&la, swap03);
+    j.implicit = pad && j.use_slot && be->im2col == ndl_cpu_im2col &&
+                 (la.strides[3] == 1 || la.shape[3] == 1);
+    for (int k = 0; k < 2; k++)
+        j.plo[k] = plo[1 + k], j.phi[k] = phi[1 + k];
+    view = ndl_array_view(a, &la);
+    x = view && pad && !j.implicit ? ndl_array_pad(view, plo, phi)
+                                   : (NDArrayObject *)Py_XNewRef(view);
+    if (x == NULL)
+        goto fail;
+    j.x = x->storage->data, j.lx = x->layout;
     j.br = j.len ? NDL_CONV_BLOCK_BYTES / (j.len * es) : j.rows;
     if (j.br < (dual ? NDL_CONV_DUAL_MIN_ROWS : NDL_CONV_BLOCK_MIN_ROWS))
         j.br = dual ? NDL_CONV_DUAL_MIN_ROWS : NDL_CONV_BLOCK_MIN_ROWS;
     if (j.br > j.rows)
         j.br = j.rows;
-    shape[0] = j.br, shape[1] = j.len;
+    /* Note [Conv blocks in parallel]: the CPU's threads, when each gets blocks */
+    j.slots = 1;
+    if (!dual && be->matmul == ndl_cpu_backend.matmul && j.rows >= 4 * j.br)
+        j.slots = ndl_get_num_threads();
+    shape[0] = j.slots * j.br, shape[1] = j.len;
     col = ndl_array_empty(a->device, a->dtype, 2, shape);
     shape[0] = 3, shape[1] = j.len * j.co;
     acc = col && dual ? ndl_array_empty(a->device, a->dtype, 2, shape) : NULL;

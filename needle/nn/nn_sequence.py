@@ -7,8 +7,9 @@ in that order, each uniform in [-1/sqrt(H), 1/sqrt(H)], layer by layer.
 States and outputs are plain Python tuples of Tensors.
 
 How a layer runs T steps (the numbers are those of the per-step formula):
-X @ W_ih + b_ih is one matmul for all steps, cut into steps once; each step
-adds h @ W_hh and b_hh, then applies tanh/relu (RNN) or the fused gate op
+X @ W_ih + (b_ih + b_hh) is one matmul and one add for all steps, cut into
+steps once (the slices are views); each step adds h @ W_hh (ops.linear, one
+node: h @ W_hh + that step's slice), then applies tanh/relu (RNN) or the fused gate op
 `ops.lstm_gates` (LSTM: sigmoid/tanh of the four blocks, c' = f*c + i*g,
 h' = o*tanh(c'), one graph node); the outputs are stacked once at the end.
 
@@ -38,12 +39,6 @@ _NONLINEARITIES = ("tanh", "relu")
 def _uniform(shape: Sequence[int], k: float, device, dtype) -> Parameter:
     return Parameter(init.rand(*shape, low=-k, high=k, device=device, dtype=dtype,
                                requires_grad=True))
-
-
-def _row(b: Tensor, rows: int) -> Tensor:
-    """A bias (n,) reshaped (1, n) and broadcast to (rows, n)."""
-    n = math.prod(b.shape)
-    return b.reshape((1, n)).broadcast_to((rows, n))
 
 
 def _check_input(name: str, X: Tensor, layout: str, ndim: int, features: Optional[int] = None,
@@ -95,18 +90,48 @@ def _split_steps(x: Tensor) -> List[Tensor]:
     consumer (TupleGetItem's gradient is zeros but for its own entry), so one
     split into T pieces costs O(T^2) slice-sized additions in the backward.
     Splitting in levels along the factors of T (40 = 2*2*2*5: 2, then 2, ...)
-    brings that to O(T * sum of factors); the values are the same copies.
+    brings that to O(T * sum of factors). x is reshaped once to (2, 2, 2, 5,
+    ...) and each level splits axis 0, so every piece is a contiguous slice,
+    which Split returns as a view (Note [Split keeps compact slices as views],
+    ops_tuple.c): the levels hold no copies of x.
     """
-    T = x.shape[0]
-    p = _smallest_factor(T)
-    if p == T:
+    T, rest = x.shape[0], tuple(x.shape[1:])
+    factors, n = [], T
+    while n > 1:
+        p = _smallest_factor(n)
+        factors.append(p)
+        n //= p
+    if len(factors) <= 1:
         return list(ops.split(x, 0))
-    parts = ops.split(x.reshape((p, T // p) + tuple(x.shape[1:])), 0)
-    return [s for part in parts for s in _split_steps(part)]
+    pieces = [x.reshape(tuple(factors) + rest)]
+    for _ in factors:
+        pieces = [s for piece in pieces for s in ops.split(piece, 0)]
+    return pieces
 
 
-def _input_steps(X: Tensor, W_ih: Tensor, bias_ih: Optional[Tensor]) -> List[Tensor]:
-    """[X[t] @ W_ih + bias_ih for t in range(T)] for X (T, bs, in).
+def _bias(cell) -> Optional[Tensor]:
+    """bias_ih + bias_hh (either alone when the other is None; None when both are).
+
+    NOTE: a step adds the two biases to X @ W_ih first, then h @ W_hh: the
+    formula's sum in another order. So the whole sequence's input term
+    X @ W_ih + bias is one node, and a step is one add of h @ W_hh, not three:
+    two (bs, G*H) arrays fewer kept for the backward per step (in the LSTM
+    language model of bench_seq_step, 10 MB per layer). Cells and layers add
+    in this same order, so a layer gives its cells' numbers bit for bit.
+    """
+    if cell.bias_ih is None or cell.bias_hh is None:
+        return cell.bias_ih if cell.bias_hh is None else cell.bias_hh
+    return cell.bias_ih + cell.bias_hh
+
+
+def _affine(X: Tensor, W: Tensor, b: Optional[Tensor]) -> Tensor:
+    """X @ W + b (b (n,) or (rows, n), or None): one node (ops.linear), which
+    keeps only its result for the backward, not X @ W too."""
+    return X @ W if b is None else ops.linear(X, W, b)
+
+
+def _input_steps(X: Tensor, W_ih: Tensor, bias: Optional[Tensor]) -> List[Tensor]:
+    """[X[t] @ W_ih + bias for t in range(T)] for X (T, bs, in).
 
     One (T*bs, in) @ (in, n) matmul: its rows are the per-step products bit
     for bit. NOTE: a one-row product (bs == 1) takes the matrix-vector path
@@ -116,14 +141,8 @@ def _input_steps(X: Tensor, W_ih: Tensor, bias_ih: Optional[Tensor]) -> List[Ten
     T, bs, n_in = X.shape
     n = W_ih.shape[1]
     if bs == 1:
-        steps = [x @ W_ih for x in _split_steps(X)]
-        if bias_ih is not None:
-            b = _row(bias_ih, 1)
-            steps = [s + b for s in steps]
-        return steps
-    xw = X.reshape((T * bs, n_in)) @ W_ih
-    if bias_ih is not None:
-        xw = xw + _row(bias_ih, T * bs)
+        return [_affine(x, W_ih, bias) for x in _split_steps(X)]
+    xw = _affine(X.reshape((T * bs, n_in)), W_ih, bias)
     return _split_steps(xw.reshape((T, bs, n)))
 
 
@@ -173,13 +192,7 @@ class RNNCell(Module):
         if h is None:
             h = init.zeros(bs, H, device=X.device, dtype=X.dtype)
         _check_state("RNNCell", "the hidden state h", h, (bs, H))
-        z = X @ self.W_ih
-        if self.bias_ih is not None:
-            z = z + _row(self.bias_ih, bs)
-        z = z + h @ self.W_hh
-        if self.bias_hh is not None:
-            z = z + _row(self.bias_hh, bs)
-        return self._act(z)
+        return self._act(_affine(h, self.W_hh, _affine(X, self.W_ih, _bias(self))))
 
 
 class RNN(Module):
@@ -215,13 +228,9 @@ class RNN(Module):
         states = _state_steps(h0, "RNN", "the initial state h0", self.num_layers, bs, H, X)
         layer_in, h_n = X, []
         for cell, h in zip(self.rnn_cells, states):
-            b_hh = _row(cell.bias_hh, bs) if cell.bias_hh is not None else None
             outs = []
-            for xw in _input_steps(layer_in, cell.W_ih, cell.bias_ih):
-                z = xw + h @ cell.W_hh
-                if b_hh is not None:
-                    z = z + b_hh
-                h = cell._act(z)
+            for xw in _input_steps(layer_in, cell.W_ih, _bias(cell)):
+                h = cell._act(_affine(h, cell.W_hh, xw))
                 outs.append(h)
             h_n.append(h)
             layer_in = ops.stack(outs, 0)
@@ -261,12 +270,7 @@ class LSTMCell(Module):
             h0, c0 = _lstm_state("LSTMCell", h)
             _check_state("LSTMCell", "the hidden state h", h0, (bs, H))
             _check_state("LSTMCell", "the cell state c", c0, (bs, H))
-        z = X @ self.W_ih
-        if self.bias_ih is not None:
-            z = z + _row(self.bias_ih, bs)
-        z = z + h0 @ self.W_hh
-        if self.bias_hh is not None:
-            z = z + _row(self.bias_hh, bs)
+        z = _affine(h0, self.W_hh, _affine(X, self.W_ih, _bias(self)))
         hc = ops.lstm_gates(z, c0)
         return hc[0], hc[1]
 
@@ -307,13 +311,9 @@ class LSTM(Module):
         cs = _state_steps(c0, "LSTM", "c0", L, bs, H, X)
         layer_in, h_n, c_n = X, [], []
         for cell, h_t, c_t in zip(self.lstm_cells, hs, cs):
-            b_hh = _row(cell.bias_hh, bs) if cell.bias_hh is not None else None
             outs = []
-            for xw in _input_steps(layer_in, cell.W_ih, cell.bias_ih):
-                z = xw + h_t @ cell.W_hh
-                if b_hh is not None:
-                    z = z + b_hh
-                hc = ops.lstm_gates(z, c_t)
+            for xw in _input_steps(layer_in, cell.W_ih, _bias(cell)):
+                hc = ops.lstm_gates(_affine(h_t, cell.W_hh, xw), c_t)
                 h_t, c_t = hc[0], hc[1]
                 outs.append(h_t)
             h_n.append(h_t)
