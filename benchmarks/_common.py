@@ -70,17 +70,25 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(step: Callable[[], object], reps: int) -> dict:
+def measure(step: Callable[[], object], reps: int, warmup_counts: bool = False) -> dict:
     """{"ms": the best of `reps` timed calls after one warm-up call, "peak_mb": the
     peak resident size during the timed calls less the resident size before them,
-    "rss_mb": that peak}."""
+    "rss_mb": that peak}.
+
+    warmup_counts: the base is taken before the warm-up instead, so "peak_mb" is the
+    step's whole working set. An allocator that keeps what it frees (glibc's heap
+    does, for PyTorch) otherwise hides that working set in the base."""
+    def base() -> float:
+        try:
+            return reset_peak()
+        except OSError:
+            return rss_mb()
+    before = base() if warmup_counts else None
     step()  # warm-up (allocations, kernel choice, thread pool)
-    try:
-        base = reset_peak()
-    except OSError:
-        base = rss_mb()
+    if before is None:
+        before = base()
     best = best_time(step, reps, number=1)
-    return {"ms": best * 1e3, "peak_mb": peak_mb() - base, "rss_mb": peak_mb()}
+    return {"ms": best * 1e3, "peak_mb": peak_mb() - before, "rss_mb": peak_mb()}
 
 
 def thread_env(threads: Optional[int]) -> dict:

@@ -29,24 +29,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import real_openblas  # noqa: E402,F401  (restarts without the OPENBLAS_* overrides)
 
 import numpy as np  # noqa: E402
-from _common import best_time, peak_mb, reset_peak, run_child, thread_env, use_repo, write_json  # noqa: E402
+import _common  # noqa: E402
+from _common import run_child, thread_env, use_repo, write_json  # noqa: E402
 
 TARGET = 1.5
 
 
 def measure(step, reps: int) -> dict:
-    """{"ms": the best of `reps` timed calls of step() after one warm-up call,
-    "rss_mb": the peak resident set from the warm-up on, "train_mb": that peak
-    less the resident set before the warm-up (model and data loaded)}.
+    """_common.measure with the warm-up counted; "train_mb" is its "peak_mb"."""
+    r = _common.measure(step, reps, warmup_counts=True)
+    return {"ms": r["ms"], "rss_mb": r["rss_mb"], "train_mb": r["peak_mb"]}
 
-    The warm-up counts: an allocator that keeps freed memory (glibc's heap
-    does, for PyTorch) would otherwise hide the step's working set in the
-    base."""
-    base = reset_peak()
-    step()
-    best = best_time(step, reps, number=1)
-    peak = peak_mb()
-    return {"ms": best * 1e3, "rss_mb": peak, "train_mb": peak - base}
+
 CASES = ["conv 16->32", "conv 64->128", "resnet9 step", "lstm lm step"]
 
 
