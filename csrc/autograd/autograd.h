@@ -46,7 +46,7 @@ typedef struct ValueObject {
     char graph_freed;      /* backward freed its inputs (Note [Freeing the graph]) */
     /* scratch for the backward walk (backward.c) */
     uint64_t visit_mark;
-    PyObject *partials;    /* list of partial adjoints during backward, else NULL */
+    PyObject *partials;    /* sum of the partial adjoints so far during backward, else NULL */
     /* Note [Reclaiming garbage graphs' data] (tensor_reclaim.c) */
     struct ValueObject *reclaim_prev, *reclaim_next;
     Py_ssize_t scan_refs;
