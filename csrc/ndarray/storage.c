@@ -14,6 +14,7 @@
  */
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 
 #include "ndl_args.h"
 #include "ndl_checked.h"
@@ -24,25 +25,30 @@
  * asked) and, when freed, kept on that class's list for the next buffer of
  * the class instead of going back to malloc. A training step allocates the
  * same sizes every iteration, so after the first one its buffers come from
- * the lists: no malloc, no page faults for the big ones (which malloc gives
- * back to the kernel with munmap and takes again zero-filled). The lists
+ * the lists: no malloc, no page faults for the big ones (Note [Big buffers
+ * from mmap]: those are mapped fresh, zero-filled page by page). The lists
  * hold at most NEEDLE_CPU_CACHE_MB megabytes (default 64; 0 turns the cache
- * off; always off under AddressSanitizer) and at most an eighth of the bytes
- * of the live CPU buffers, so that what the lists keep adds 12.5% at most
- * to a program's peak (malloc reuses freed memory for any size; a list only
- * for its class); a buffer that would pass either limit is freed at once. A
- * freed buffer stores the list link in its first bytes. The lock makes the
- * lists safe from any thread; storages are made and freed with the GIL held
- * anyway. */
+ * off; always off under AddressSanitizer), and never more than the peak the
+ * live CPU buffers have reached less the live bytes now: live + cached <=
+ * peak live, at all times, so the cache never raises a program's peak. A
+ * buffer freed beyond that is freed at once, and a new buffer that would
+ * pass it first frees cached buffers of other classes, the biggest first.
+ * (Bounding the cache by the live bytes now instead, an eighth of them, let
+ * it keep little at the end of a step, when the gradients and activations
+ * are freed and the next step wants them back: the LSTM language model then
+ * mapped 80 MB afresh per step.) A freed buffer stores the list link in its
+ * first bytes. The lock makes the lists safe from any thread; storages are
+ * made and freed with the GIL held anyway. */
 #define POOL_STEPS 8 /* classes per power of two */
 #define POOL_CLASSES (POOL_STEPS * 65)
 
 typedef struct pool_block {
     struct pool_block *next;
+    size_t bytes; /* the class's size, set when evicted (every class holds two words) */
 } pool_block;
 
 static pool_block *pool_lists[POOL_CLASSES];
-static size_t pool_bytes, live_bytes;
+static size_t pool_bytes, live_bytes, peak_live;
 static size_t pool_limit = (size_t)-1; /* -1: not read from the environment yet */
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -70,6 +76,13 @@ static int pool_class(size_t nbytes, size_t *class_bytes)
     return (k + 1) * POOL_STEPS;
 }
 
+/* The size of class c (the inverse of pool_class). */
+static size_t class_size(int c)
+{
+    size_t base = (size_t)1 << (c / POOL_STEPS);
+    return base + (size_t)(c % POOL_STEPS) * (base / POOL_STEPS);
+}
+
 static size_t pool_limit_bytes(void)
 {
     if (pool_limit == (size_t)-1) {
@@ -83,12 +96,100 @@ static size_t pool_limit_bytes(void)
     return pool_limit;
 }
 
+/* Note [Big buffers from mmap]: CPU buffers of BIG_BYTES and more are
+ * mapped here and unmapped when freed (unless the free list keeps them), not
+ * taken from malloc. glibc serves a request from its heap when it is below
+ * its mmap threshold, and it raises that threshold to the size of every
+ * mapped chunk freed (up to 32 MB), so after a training loop's first step
+ * its heap holds the 1-10 MB buffers of activations and gradients; freed,
+ * their pages stay resident (only the heap's top is trimmed) and the heap
+ * grows whenever a size fits none of its holes: the LSTM language model's
+ * heap reached 150 MB for 65 MB of live buffers. An unmapped buffer goes
+ * back to the kernel at once, so the resident set follows the live buffers
+ * and the free list. Mappings of 4 MB and more are 2 MB aligned and ask for
+ * transparent huge pages, as cpu_alloc does (a 512th of the page faults).
+ * Off under AddressSanitizer, which must see the buffers (cpu_alloc then
+ * serves them). */
+#define BIG_BYTES ((size_t)1 << 20)
+#define HUGE_BYTES ((size_t)4 << 20)
+#define HUGE_ALIGN ((size_t)2 << 20)
+#ifdef __SANITIZE_ADDRESS__
+#define USE_BIG_MAPS 0
+#else
+#define USE_BIG_MAPS 1
+#endif
+
+/* The mapping's length for a class of class_bytes >= BIG_BYTES (classes that
+ * big are multiples of the page size). */
+static size_t big_length(size_t class_bytes)
+{
+    if (class_bytes >= HUGE_BYTES)
+        return (class_bytes + HUGE_ALIGN - 1) & ~(HUGE_ALIGN - 1);
+    return class_bytes;
+}
+
+static void *big_alloc(size_t class_bytes)
+{
+    size_t len = big_length(class_bytes), extra = len >= HUGE_BYTES ? HUGE_ALIGN : 0;
+    char *p = mmap(NULL, len + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    char *start;
+    if (p == MAP_FAILED)
+        return NULL;
+    if (extra == 0)
+        return p;
+    /* keep the 2 MB aligned len bytes, unmap the rest */
+    start = (char *)(((uintptr_t)p + HUGE_ALIGN - 1) & ~(uintptr_t)(HUGE_ALIGN - 1));
+    if (start > p)
+        munmap(p, (size_t)(start - p));
+    if (start + len < p + len + extra)
+        munmap(start + len, (size_t)(p + len + extra - (start + len)));
+#ifdef MADV_HUGEPAGE
+    madvise(start, len, MADV_HUGEPAGE);
+#endif
+    return start;
+}
+
+/* A new CPU buffer of class_bytes: mapped when big, else from the backend. */
+static void *cpu_new(const ndl_backend *backend, size_t class_bytes)
+{
+    if (USE_BIG_MAPS && class_bytes >= BIG_BYTES)
+        return big_alloc(class_bytes);
+    return backend->alloc(class_bytes);
+}
+
+static void cpu_delete(const ndl_backend *backend, void *p, size_t class_bytes)
+{
+    if (USE_BIG_MAPS && class_bytes >= BIG_BYTES)
+        munmap(p, big_length(class_bytes));
+    else
+        backend->free(p);
+}
+
+/* With the lock held: take cached buffers off the lists, the biggest
+ * classes first, until live + cached <= peak live again; they are chained
+ * on *out for the caller to free without the lock. */
+static void pool_evict_locked(pool_block **out)
+{
+    for (int c = POOL_CLASSES - 1; c >= 0 && live_bytes + pool_bytes > peak_live; c--) {
+        size_t class_bytes = class_size(c);
+        while (pool_lists[c] != NULL && live_bytes + pool_bytes > peak_live) {
+            pool_block *b = pool_lists[c];
+            pool_lists[c] = b->next;
+            pool_bytes -= class_bytes;
+            b->bytes = class_bytes;
+            b->next = *out;
+            *out = b;
+        }
+    }
+}
+
 /* A buffer for nbytes from the backend, through the free list on the CPU. */
 static void *storage_alloc(const ndl_backend *backend, size_t nbytes)
 {
     size_t class_bytes;
     int c;
     void *p = NULL;
+    pool_block *evicted = NULL;
     if (backend != &ndl_cpu_backend)
         return backend->alloc(nbytes);
     c = pool_class(nbytes, &class_bytes);
@@ -99,8 +200,17 @@ static void *storage_alloc(const ndl_backend *backend, size_t nbytes)
         pool_bytes -= class_bytes;
     }
     live_bytes += class_bytes;
+    if (live_bytes > peak_live)
+        peak_live = live_bytes;
+    if (p == NULL)
+        pool_evict_locked(&evicted); /* Note [Size-class free list]: live + cached <= peak */
     pthread_mutex_unlock(&pool_lock);
-    if (p == NULL && (p = backend->alloc(class_bytes)) == NULL) {
+    while (evicted != NULL) {
+        pool_block *next = evicted->next;
+        cpu_delete(backend, evicted, evicted->bytes);
+        evicted = next;
+    }
+    if (p == NULL && (p = cpu_new(backend, class_bytes)) == NULL) {
         pthread_mutex_lock(&pool_lock);
         live_bytes -= class_bytes;
         pthread_mutex_unlock(&pool_lock);
@@ -120,8 +230,9 @@ static void storage_free(const ndl_backend *backend, void *p, size_t nbytes)
     c = pool_class(nbytes, &class_bytes);
     pthread_mutex_lock(&pool_lock);
     live_bytes -= class_bytes;
+    /* Note [Size-class free list]: live + cached <= peak live */
     if (pool_bytes + class_bytes <= pool_limit_bytes() &&
-        pool_bytes + class_bytes <= live_bytes / 8) {
+        live_bytes + pool_bytes + class_bytes <= peak_live) {
         ((pool_block *)p)->next = pool_lists[c];
         pool_lists[c] = p;
         pool_bytes += class_bytes;
@@ -129,7 +240,7 @@ static void storage_free(const ndl_backend *backend, void *p, size_t nbytes)
     }
     pthread_mutex_unlock(&pool_lock);
     if (!kept)
-        backend->free(p);
+        cpu_delete(backend, p, class_bytes);
 }
 
 StorageObject *ndl_storage_new(const ndl_backend *backend, ndl_dtype dt, int64_t size)
