@@ -562,3 +562,49 @@ def test_lstm_graph_keeps_what_its_backward_needs():
     assert held <= needed + 4 * 4 * H, (held, needed)
     out.sum().backward(create_graph=False)
     assert lstm.lstm_cells[0].W_hh.grad is not None
+
+
+class _TapW(ndl.autograd.TensorOp):
+    """x + w, whose gradient for w is a fresh tensor that `made` keeps a weak
+    reference to; `alive` records, at each gradient call, how many of the
+    earlier ones are still alive."""
+
+    def __init__(self, made, alive):
+        self.made, self.alive = made, alive
+
+    def compute(self, a, b):
+        return a + b
+
+    def gradient(self, out_grad, node):
+        import weakref
+        self.alive.append(sum(r() is not None for r in self.made))
+        g_w = out_grad * 1.0
+        self.made.append(weakref.ref(g_w))
+        return out_grad, g_w
+
+
+@pytest.mark.filterwarnings("ignore:Using backward.. with create_graph=True")
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_partials_are_summed_as_they_arrive(create_graph, gc_disabled):
+    """Issue 14, Note [Summing partials on arrival] (backward.c): a weight used
+    at every step of a chain (an RNN's W_hh) holds one running sum of its
+    gradient during backward, not one partial per use until the walk reaches
+    it. The sum is the same (vs NumPy)."""
+    n = 12
+    xn = np.random.randn(3, 4).astype(np.float32)
+    wn = np.random.randn(3, 4).astype(np.float32)
+    x, w = ndl.Tensor(xn), ndl.Tensor(wn)
+    made, alive = [], []
+    y = x
+    for _ in range(n):
+        y = _TapW(made, alive)(y, w)
+    (y * y).sum().backward(create_graph=create_graph)
+    assert len(alive) == n
+    if not create_graph:
+        # the first partial is the running sum until the second arrives; later
+        # ones are added and dropped (with a list, call k saw k - 1 alive).
+        # Recorded, the sums' graph keeps them, as it must.
+        assert max(alive) <= 1, alive
+    final = xn + n * wn
+    np.testing.assert_allclose(w.grad.numpy(), n * 2 * final, rtol=1e-5)
+    np.testing.assert_allclose(x.grad.numpy(), 2 * final, rtol=1e-5)
