@@ -12,6 +12,9 @@
  * NDArray exports a strided window of its storage through the same helper
  * (ndl_storage_export_view). Below devices and arrays (Note [One-way order]).
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1 /* mremap (pyconfig.h defines it the same way) */
+#endif
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -28,19 +31,25 @@
  * the lists: no malloc, no page faults for the big ones (Note [Big buffers
  * from mmap]: those are mapped fresh, zero-filled page by page). The lists
  * hold at most NEEDLE_CPU_CACHE_MB megabytes (default 64; 0 turns the cache
- * off; always off under AddressSanitizer), and never more than the peak the
- * live CPU buffers have reached less the live bytes now: live + cached <=
- * peak live, at all times, so the cache never raises a program's peak. A
- * buffer freed beyond that is freed at once, and a new buffer that would
- * pass it first frees cached buffers of other classes, the biggest first.
- * (Bounding the cache by the live bytes now instead, an eighth of them, let
- * it keep little at the end of a step, when the gradients and activations
- * are freed and the next step wants them back: the LSTM language model then
- * mapped 80 MB afresh per step.) A freed buffer stores the list link in its
- * first bytes. The lock makes the lists safe from any thread; storages are
- * made and freed with the GIL held anyway. */
+ * off; always off under AddressSanitizer), and:
+ *  - small buffers (below 1 MB, from malloc) at most an eighth of the live
+ *    buffers' bytes, as malloc keeps what it is given back anyway;
+ *  - big ones (mapped) only while live + cached bytes stay within the peak
+ *    the live buffers have reached plus PEAK_SLACK (8 MB), so the cache
+ *    raises a program's peak by 8 MB at most. A new big buffer that would
+ *    pass that takes a cached bigger one (Note [Remapping a cached buffer])
+ *    or frees cached big ones, the biggest first. Bounded by the live bytes
+ *    now instead, the cache kept little at the end of a step, when the
+ *    gradients and activations are freed and the next step wants them back
+ *    (the LSTM language model mapped 80 MB afresh per step); the slack lets
+ *    a small model keep the one or two buffers it alternates between (a
+ *    ResNet9 step: 1,100 page faults without it, 400 with it).
+ * A freed buffer stores the list link in its first bytes. The lock makes the
+ * lists safe from any thread; storages are made and freed with the GIL held
+ * anyway. */
 #define POOL_STEPS 8 /* classes per power of two */
 #define POOL_CLASSES (POOL_STEPS * 65)
+#define PEAK_SLACK ((size_t)8 << 20) /* Note [Size-class free list] */
 
 typedef struct pool_block {
     struct pool_block *next;
@@ -106,12 +115,15 @@ static size_t pool_limit_bytes(void)
  * grows whenever a size fits none of its holes: the LSTM language model's
  * heap reached 150 MB for 65 MB of live buffers. An unmapped buffer goes
  * back to the kernel at once, so the resident set follows the live buffers
- * and the free list. Mappings of 4 MB and more are 2 MB aligned and ask for
- * transparent huge pages, as cpu_alloc does (a 512th of the page faults).
+ * and the free list. Mappings of 2 MB and more start 2 MB aligned and ask
+ * for transparent huge pages (as cpu_alloc does for 4 MB and more): each
+ * whole 2 MB of the buffer is then one page fault instead of 512, and the
+ * tail past the last whole 2 MB takes small pages (no rounding up).
  * Off under AddressSanitizer, which must see the buffers (cpu_alloc then
  * serves them). */
 #define BIG_BYTES ((size_t)1 << 20)
-#define HUGE_BYTES ((size_t)4 << 20)
+#define BIG_CLASS (20 * POOL_STEPS) /* pool_class(BIG_BYTES) */
+#define HUGE_BYTES ((size_t)2 << 20)
 #define HUGE_ALIGN ((size_t)2 << 20)
 #ifdef __SANITIZE_ADDRESS__
 #define USE_BIG_MAPS 0
@@ -119,18 +131,11 @@ static size_t pool_limit_bytes(void)
 #define USE_BIG_MAPS 1
 #endif
 
-/* The mapping's length for a class of class_bytes >= BIG_BYTES (classes that
- * big are multiples of the page size). */
-static size_t big_length(size_t class_bytes)
+/* A mapping of len bytes (a class of BIG_BYTES or more: a multiple of the
+ * page size). */
+static void *big_alloc(size_t len)
 {
-    if (class_bytes >= HUGE_BYTES)
-        return (class_bytes + HUGE_ALIGN - 1) & ~(HUGE_ALIGN - 1);
-    return class_bytes;
-}
-
-static void *big_alloc(size_t class_bytes)
-{
-    size_t len = big_length(class_bytes), extra = len >= HUGE_BYTES ? HUGE_ALIGN : 0;
+    size_t extra = len >= HUGE_BYTES ? HUGE_ALIGN : 0;
     char *p = mmap(NULL, len + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     char *start;
     if (p == MAP_FAILED)
@@ -160,19 +165,23 @@ static void *cpu_new(const ndl_backend *backend, size_t class_bytes)
 static void cpu_delete(const ndl_backend *backend, void *p, size_t class_bytes)
 {
     if (USE_BIG_MAPS && class_bytes >= BIG_BYTES)
-        munmap(p, big_length(class_bytes));
+        munmap(p, class_bytes);
     else
         backend->free(p);
 }
 
-/* With the lock held: take cached buffers off the lists, the biggest
- * classes first, until live + cached <= peak live again; they are chained
- * on *out for the caller to free without the lock. */
+/* The most live + cached bytes may reach: Note [Size-class free list]. */
+static size_t pool_ceiling(void) { return peak_live + PEAK_SLACK; }
+
+/* With the lock held: take cached big buffers off the lists, the biggest
+ * classes first, until live + cached <= pool_ceiling() again; they are
+ * chained on *out for the caller to free without the lock. */
 static void pool_evict_locked(pool_block **out)
 {
-    for (int c = POOL_CLASSES - 1; c >= 0 && live_bytes + pool_bytes > peak_live; c--) {
+    for (int c = POOL_CLASSES - 1; c >= BIG_CLASS && live_bytes + pool_bytes > pool_ceiling();
+         c--) {
         size_t class_bytes = class_size(c);
-        while (pool_lists[c] != NULL && live_bytes + pool_bytes > peak_live) {
+        while (pool_lists[c] != NULL && live_bytes + pool_bytes > pool_ceiling()) {
             pool_block *b = pool_lists[c];
             pool_lists[c] = b->next;
             pool_bytes -= class_bytes;
@@ -183,13 +192,30 @@ static void pool_evict_locked(pool_block **out)
     }
 }
 
+/* Note [Remapping a cached buffer]: a big class missing from the lists while
+ * live + cached is at its ceiling would evict cached buffers and map fresh
+ * pages, each zero-filled at its first touch. Instead, one cached big buffer
+ * of another class is resized to the class with mremap: its pages, already
+ * resident, serve the new buffer, and the rest goes back to the kernel.
+ * The donor is the smallest cached class bigger than the request: only
+ * shrinking, because a grown mapping would fault its new pages in one by one
+ * where a fresh one 2 MB aligned gets huge pages. Malloc's heap does the
+ * same by splitting free chunks. */
+static int pool_donor_locked(int c)
+{
+    for (int d = c + 1; d < POOL_CLASSES; d++)
+        if (pool_lists[d] != NULL)
+            return d;
+    return -1;
+}
+
 /* A buffer for nbytes from the backend, through the free list on the CPU. */
 static void *storage_alloc(const ndl_backend *backend, size_t nbytes)
 {
-    size_t class_bytes;
+    size_t class_bytes, donor_bytes = 0;
     int c;
     void *p = NULL;
-    pool_block *evicted = NULL;
+    pool_block *evicted = NULL, *donor = NULL;
     if (backend != &ndl_cpu_backend)
         return backend->alloc(nbytes);
     c = pool_class(nbytes, &class_bytes);
@@ -202,6 +228,16 @@ static void *storage_alloc(const ndl_backend *backend, size_t nbytes)
     live_bytes += class_bytes;
     if (live_bytes > peak_live)
         peak_live = live_bytes;
+    if (p == NULL && USE_BIG_MAPS && class_bytes >= BIG_BYTES &&
+        live_bytes + pool_bytes > pool_ceiling()) {
+        int d = pool_donor_locked(c); /* Note [Remapping a cached buffer] */
+        if (d >= 0) {
+            donor = pool_lists[d];
+            pool_lists[d] = donor->next;
+            donor_bytes = class_size(d);
+            pool_bytes -= donor_bytes;
+        }
+    }
     if (p == NULL)
         pool_evict_locked(&evicted); /* Note [Size-class free list]: live + cached <= peak */
     pthread_mutex_unlock(&pool_lock);
@@ -209,6 +245,13 @@ static void *storage_alloc(const ndl_backend *backend, size_t nbytes)
         pool_block *next = evicted->next;
         cpu_delete(backend, evicted, evicted->bytes);
         evicted = next;
+    }
+    if (donor != NULL) {
+        p = mremap(donor, donor_bytes, class_bytes, MREMAP_MAYMOVE);
+        if (p == MAP_FAILED) {
+            munmap(donor, donor_bytes);
+            p = NULL;
+        }
     }
     if (p == NULL && (p = cpu_new(backend, class_bytes)) == NULL) {
         pthread_mutex_lock(&pool_lock);
@@ -230,9 +273,10 @@ static void storage_free(const ndl_backend *backend, void *p, size_t nbytes)
     c = pool_class(nbytes, &class_bytes);
     pthread_mutex_lock(&pool_lock);
     live_bytes -= class_bytes;
-    /* Note [Size-class free list]: live + cached <= peak live */
+    /* Note [Size-class free list] */
     if (pool_bytes + class_bytes <= pool_limit_bytes() &&
-        live_bytes + pool_bytes + class_bytes <= peak_live) {
+        (class_bytes >= BIG_BYTES ? live_bytes + pool_bytes + class_bytes <= pool_ceiling()
+                                  : pool_bytes + class_bytes <= live_bytes / 8)) {
         ((pool_block *)p)->next = pool_lists[c];
         pool_lists[c] = p;
         pool_bytes += class_bytes;
