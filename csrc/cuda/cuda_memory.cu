@@ -12,6 +12,7 @@
  *   (ndl_cuda_last_error) and alloc returns NULL. Blocks are never split.
  */
 #include <mutex>
+#include <new>
 #include <stdint.h>
 #include <stdio.h>
 #include <unordered_map>
@@ -89,7 +90,14 @@ void *ndl_cuda_alloc(size_t nbytes)
             return NULL;
         }
     }
-    live[p] = sz;
+    try { /* a C caller: no C++ exception may leave this function */
+        live[p] = sz;
+    } catch (const std::bad_alloc &) {
+        if (cudaFree(p) != cudaSuccess)
+            cudaGetLastError();
+        ndl_cuda_set_error("out of host memory for the CUDA allocator's bookkeeping");
+        return NULL;
+    }
     bytes_live += sz;
     return p;
 }
@@ -105,7 +113,13 @@ void ndl_cuda_free(void *ptr)
     size_t sz = it->second;
     live.erase(it);
     bytes_live -= sz;
-    cached[sz].push_back(ptr);
+    try {
+        cached[sz].push_back(ptr);
+    } catch (const std::bad_alloc &) { /* no room to cache it: give it back */
+        if (cudaFree(ptr) != cudaSuccess)
+            cudaGetLastError();
+        return;
+    }
     bytes_cached += sz;
 }
 
