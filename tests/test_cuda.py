@@ -93,6 +93,23 @@ def test_default_device_can_be_cuda():
     assert nd.default_device() == nd.cpu()  # unset here
 
 
+def test_cuda_check_runs_every_device_parametrized_file():
+    """`make cuda-check` runs the cuda cases of every test file that takes the
+    `device` fixture (tests/conftest.py): DEVICE_SUITE in the Makefile names them all."""
+    import re
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        text = f.read().replace("\\\n", " ")
+    suite = set(re.search(r"^DEVICE_SUITE\s*=(.*)$", text, re.M).group(1).split())
+    uses = set()
+    for name in sorted(os.listdir(os.path.join(ROOT, "tests"))):
+        if name.startswith("test_") and name.endswith(".py") and name != "test_cuda.py":
+            with open(os.path.join(ROOT, "tests", name)) as f:
+                if re.search(r"def test_\w+\([^)]*\bdevice\b", f.read()):
+                    uses.add("tests/" + name)
+    assert uses <= suite, sorted(uses - suite)
+    assert all(os.path.exists(os.path.join(ROOT, p)) for p in suite), sorted(suite)
+
+
 def test_forced_cuda_without_nvcc_fails_the_build():
     env = dict(os.environ, NEEDLE_CUDA="1", CUDA_HOME="/nonexistent-cuda")
     out = subprocess.run([sys.executable, "setup.py", "--name"], capture_output=True, text=True,
