@@ -270,6 +270,28 @@ def test_batched_and_broadcast_matmul(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_batch_offsets_by_value_and_by_table(device, dtype):
+    """Note [Batch offsets by value] (cuda_matmul.cu): batch axes permuted (offsets
+    0, 3, 1, 4, 2, 5 times the matrix size: no step, so a device table), of A or of
+    B; a broadcast batch (step 0), a compact one (a step), a batch of 1."""
+    t = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-11, atol=1e-11)
+
+    def arr(v):
+        return nd.array(v, dtype=dtype, device=device)
+
+    x, y = rand(2, 3, 9, 33, dtype=dtype), rand(3, 2, 33, 20, dtype=dtype)
+    yt = y.transpose(1, 0, 2, 3)  # (2, 3, 33, 20)
+    np.testing.assert_allclose((arr(x).permute((1, 0, 2, 3)) @ arr(y)).numpy(),
+                               x.transpose(1, 0, 2, 3) @ y, **t)
+    np.testing.assert_allclose((arr(x) @ arr(y).permute((1, 0, 2, 3))).numpy(), x @ yt, **t)
+    z, w = rand(1, 9, 33, dtype=dtype), rand(6, 33, 20, dtype=dtype)
+    np.testing.assert_allclose((arr(z).broadcast_to((6, 9, 33)) @ arr(w)).numpy(), z @ w, **t)
+    np.testing.assert_allclose((arr(np.repeat(z, 6, 0)) @ arr(w)).numpy(), z @ w, **t)
+    np.testing.assert_allclose((arr(z) @ arr(w[:1])).numpy(), z @ w[:1], **t)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("opt", ["sgd", "sgd_momentum", "adam"])
 def test_optimizer_step_matches_cpu(device, opt):
     """A few steps of a small model on the device land where the CPU's do."""
