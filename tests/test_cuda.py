@@ -623,6 +623,16 @@ def test_fused_layer_norm_and_loss_gradient_slots_match_the_cpu(dtype):
 
 
 @pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+def test_out_of_memory_says_how_much_was_asked_and_is_free():
+    """Issue 10 item 3: MemoryError naming the bytes asked and free (128 TiB here); the
+    device keeps working after it (the failed cudaMalloc's error is cleared)."""
+    with pytest.raises(MemoryError, match=r"asked 140737488355328 bytes .* bytes free"):
+        nd.NDArray.make((2 ** 45,), device=nd.cuda())
+    np.testing.assert_array_equal((nd.array([1.0, 2.0], device=nd.cuda()) + 1.0).numpy(),
+                                  [2.0, 3.0])
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
 def test_masked_scale_over_two_to_the_31_elements():
     """The grid-stride loop's int64 index reaches past 2^31: 17 GB of float32 (x, the
     output) and the packed mask's 0.5 GB, all filled on the device."""

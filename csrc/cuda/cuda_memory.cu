@@ -79,9 +79,11 @@ void *ndl_cuda_alloc(size_t nbytes)
                 cudaGetLastError(); /* the report then says 0 of 0 free */
             char msg[400];
             snprintf(msg, sizeof msg,
-                     "CUDA out of memory: asked %zu bytes (%.1f MiB), %zu of %zu bytes free "
-                     "(%.1f MiB), %zu bytes held by needle arrays",
-                     sz, sz / 1048576.0, free_b, total_b, free_b / 1048576.0, bytes_live);
+                     "CUDA out of memory: asked %zu bytes (%.1f MiB; %zu with the allocator's "
+                     "rounding), %zu of %zu bytes free (%.1f MiB), %zu bytes held by needle "
+                     "arrays",
+                     nbytes, nbytes / 1048576.0, sz, free_b, total_b, free_b / 1048576.0,
+                     bytes_live);
             ndl_cuda_set_error(msg);
             return NULL;
         }
