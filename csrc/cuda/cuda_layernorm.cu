@@ -8,7 +8,7 @@
  *
  * Note [LayerNorm column sums]
  *   gw[c] = sum_r g[r, c] * xhat[r, c] and gb[c] = sum_r g[r, c] over every
- *   row. The rows are cut into chunks of LN_CHUNK(rows) rows (a function of
+ *   row. The rows are cut into chunks of ln_chunk(rows) rows (a function of
  *   rows only: LN_ROWS, more when there would be over 65535 chunks, the grid's
  *   y limit); block (tile, chunk) owns 32 columns of one chunk: its 8 warps
  *   each add every 8th row of the chunk (warp w: rows w, w + 8, ... in
@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(NDL_CU_THREADS)
     }
 }
 
-#define LN_ROWS 256      /* rows a chunk of the column sums, at least */
+#define LN_ROWS 256         /* rows a chunk of the column sums, at least */
 #define LN_MAX_CHUNKS 65535 /* the grid's y limit */
 #define LN_MAX_TILES 65535  /* blocks in x; the tile loop covers the rest */
 
