@@ -654,8 +654,8 @@ def test_tensor_of_numpy_copies():
     assert t.numpy()[0, 0] != 100.0
 
 
-def test_tensor_of_ndarray_copies_and_keeps_device():
-    for dev in (nd.cpu(), nd.cpu_numpy()):
+def test_tensor_of_ndarray_copies_and_keeps_device(device):
+    for dev in (device, nd.cpu_numpy()):
         a = nd.array(np.arange(6.0).reshape(2, 3), device=dev)
         t = ndl.Tensor(a)
         assert t.device == dev
@@ -834,12 +834,13 @@ class SumDiff(ag.TensorTupleOp):
         return g0 + g1, g0 - g1
 
 
-def test_python_op_forward_backward_with_builtins():
+def test_python_op_forward_backward_with_builtins(device):
     xn = np.random.randn(3, 2)
-    x = T(xn)
+    x = T(xn, device=device)
     c = Cube(0.5)(ndl.exp(x))
     assert type(c) is ndl.Tensor and isinstance(c.op, Cube) and c.inputs[0].inputs[0] is x
-    y = (c @ T(np.ones((2, 1)), requires_grad=False) + x.sum((1,)).reshape((3, 1))).sum()
+    ones = T(np.ones((2, 1)), requires_grad=False, device=device)
+    y = (c @ ones + x.sum((1,)).reshape((3, 1))).sum()
     y.backward()
     xt = torch.tensor(xn, requires_grad=True)
     yt = ((torch.exp(xt) ** 3 * 0.5) @ torch.ones(2, 1, dtype=torch.float64)
@@ -849,19 +850,19 @@ def test_python_op_forward_backward_with_builtins():
     np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-12)
 
 
-def test_python_op_second_derivative():
+def test_python_op_second_derivative(device):
     xn = np.random.randn(4)
-    x = T(xn)
+    x = T(xn, device=device)
     Cube()(x).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), 3 * xn ** 2, rtol=1e-12)
     x.grad.backward()
     np.testing.assert_allclose(x.grad.numpy(), 6 * xn, rtol=1e-12)
 
 
-def test_python_op_list_gradient_and_gradient_as_tuple():
-    a, b = R(3), R(3)
+def test_python_op_list_gradient_and_gradient_as_tuple(device):
+    a, b = R(3, device=device), R(3, device=device)
     h = Hypot2()(a, b)
-    gs = h.op.gradient_as_tuple(T(np.ones(3), requires_grad=False), h)
+    gs = h.op.gradient_as_tuple(T(np.ones(3), requires_grad=False, device=device), h)
     assert isinstance(gs, tuple) and len(gs) == 2
     np.testing.assert_allclose(gs[0].numpy(), 2 * a.numpy())
     (h * 2.0).sum().backward()
@@ -869,16 +870,16 @@ def test_python_op_list_gradient_and_gradient_as_tuple():
     np.testing.assert_allclose(b.grad.numpy(), 4 * b.numpy())
 
 
-def test_python_op_using_array_api_and_node_value():
+def test_python_op_using_array_api_and_node_value(device):
     xn = np.random.randn(5)
-    x = T(xn)
+    x = T(xn, device=device)
     (TanhPy()(x) * 3.0).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), 3 * (1 - np.tanh(xn) ** 2), rtol=1e-12)
 
 
-def test_python_tuple_op():
+def test_python_tuple_op(device):
     an, bn = np.random.randn(3), np.random.randn(3)
-    a, b = T(an), T(bn)
+    a, b = T(an, device=device), T(bn, device=device)
     t = SumDiff()(a, b)
     assert isinstance(t, ndl.TensorTuple) and isinstance(t.op, SumDiff) and len(t) == 2
     data = t.realize_cached_data()
@@ -894,20 +895,20 @@ def test_python_tuple_op():
     np.testing.assert_allclose(b.grad.numpy(), np.full(3, 2.0))
 
 
-def test_python_tuple_op_make_from_op():
-    a, b = R(2), R(2)
+def test_python_tuple_op_make_from_op(device):
+    a, b = R(2, device=device), R(2, device=device)
     t = ndl.TensorTuple.make_from_op(SumDiff(), [a, b])
     assert isinstance(t, ndl.TensorTuple) and len(t) == 2
     np.testing.assert_allclose(t[1].numpy(), a.numpy() - b.numpy())
 
 
-def test_builtin_compute_and_gradient_callable():
-    a, b = R(2, 3), R(2, 3)
+def test_builtin_compute_and_gradient_callable(device):
+    a, b = R(2, 3, device=device), R(2, 3, device=device)
     r = ops.EWiseMul().compute(a.realize_cached_data(), b.realize_cached_data())
     assert isinstance(r, ndl.NDArray)
     np.testing.assert_allclose(r.numpy(), a.numpy() * b.numpy())
     n = a * b
-    g = R(2, 3, requires_grad=False)
+    g = R(2, 3, requires_grad=False, device=device)
     ga, gb = n.op.gradient(g, n)
     np.testing.assert_allclose(ga.numpy(), g.numpy() * b.numpy())
     np.testing.assert_allclose(gb.numpy(), g.numpy() * a.numpy())
@@ -921,7 +922,7 @@ def test_builtin_compute_and_gradient_callable():
     p = a.realize_cached_data().permute((1, 0))
     assert not p.is_compact()
     np.testing.assert_array_equal(ops.Reshape((6,)).compute(p).numpy(), a.numpy().T.reshape(6))
-    bc = nd.array(np.arange(3.0).reshape(3, 1)).broadcast_to((3, 2))
+    bc = nd.array(np.arange(3.0).reshape(3, 1), device=device).broadcast_to((3, 2))
     np.testing.assert_array_equal(ops.Reshape((2, 3)).compute(bc).numpy(),
                                   np.broadcast_to(np.arange(3.0).reshape(3, 1), (3, 2))
                                   .reshape(2, 3))
