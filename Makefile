@@ -166,14 +166,23 @@ strip-notebooks: deps
 # default device (the device-parametrized cases ran in the step before). Meant
 # to fit 10 minutes on an H200 (not yet timed on one). The estimate: the build
 # about 2 minutes (all of csrc/cuda compiles in 1.6 minutes on 2 loaded cores
-# here); the cpu cases of DEVICE_SUITE take 48 s here under load, and their
-# cuda twins run the same Python with kernel launches instead of loops (at most
-# twice that); test_cuda.py takes 30 s here (cpu cases; its largest GPU case
-# fills 18 GB once, well under a second of H200 bandwidth); the steps' timeouts
-# add up to 14 minutes as a hard ceiling; the expected total is about 6.
+# here); the cpu cases of DEVICE_SUITE (4,071 for -k cpu; 3,818 cuda twins)
+# take 16 s here idle, about 75 s under load (48 s for the first nine files,
+# 19-24 s for the 731 of the seven added with the third review: engine, conv,
+# nn.Conv, sequence, views, serialization, state dicts; 3 s for
+# test_backend_conv.py's 48), and their cuda twins run the same Python with
+# kernel launches instead of loops (at most twice that: about 150 s of the
+# step's 240); test_cuda.py takes 30 s here
+# (cpu cases; its largest GPU cases fill 18 GB and about 60 GB once, well under
+# a second of H200 bandwidth each); the steps' timeouts add up to 14 minutes as
+# a hard ceiling; the expected total is about 7. Every file that takes the
+# device fixture belongs in DEVICE_SUITE (test_cuda.py checks).
 DEVICE_SUITE = tests/test_autograd_ops.py tests/test_ndarray_ops.py tests/test_nn_basic.py \
   tests/test_nn_transformer.py tests/test_optim.py tests/test_softmax_loss.py \
-  tests/test_attention_ops.py tests/test_data.py tests/test_models.py
+  tests/test_attention_ops.py tests/test_data.py tests/test_models.py \
+  tests/test_autograd_engine.py tests/test_conv.py tests/test_nn_conv.py \
+  tests/test_nn_sequence.py tests/test_ndarray_views.py tests/test_serialization.py \
+  tests/test_state_dict.py tests/test_backend_conv.py
 CUDA_SUITE = tests/test_autograd_ops.py tests/test_nn_basic.py tests/test_optim.py \
   tests/test_nn_conv.py tests/test_nn_sequence.py tests/test_models.py
 .PHONY: cuda-check

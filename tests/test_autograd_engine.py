@@ -20,8 +20,8 @@ def T(x, dtype="float64", requires_grad=True, **kw):
                       requires_grad=requires_grad, **kw)
 
 
-def R(*shape, dtype="float64", requires_grad=True):
-    return T(np.random.randn(*shape), dtype=dtype, requires_grad=requires_grad)
+def R(*shape, dtype="float64", requires_grad=True, device=None):
+    return T(np.random.randn(*shape), dtype=dtype, requires_grad=requires_grad, device=device)
 
 
 def shares_memory(a, b):
@@ -254,15 +254,15 @@ def test_sum_node_list_is_left_fold():
     assert ag.sum_node_list([a]) is a
 
 
-def test_partials_are_summed_with_add():
-    x = R(3)
+def test_partials_are_summed_with_add(device):
+    x = R(3, device=device)
     (x * x).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), 2 * x.numpy())
     assert isinstance(x.grad.op, ops.EWiseAdd)
 
 
-def test_grad_is_overwritten_not_accumulated():
-    x = R(4)
+def test_grad_is_overwritten_not_accumulated(device):
+    x = R(4, device=device)
     y = (x * x).sum()
     y.backward()
     y.backward()
@@ -278,8 +278,8 @@ def test_grad_is_none_before_backward():
 
 
 @pytest.mark.parametrize("shape", [(), (1,), (2, 3)])
-def test_backward_default_seed_is_ones(shape):
-    x = R(*shape)
+def test_backward_default_seed_is_ones(shape, device):
+    x = R(*shape, device=device)
     y = x * 2.5
     y.backward()
     np.testing.assert_allclose(x.grad.numpy(), np.full(shape, 2.5))
@@ -287,11 +287,11 @@ def test_backward_default_seed_is_ones(shape):
     np.testing.assert_allclose(x.grad.numpy(), np.ones(shape))
 
 
-def test_backward_seed_dtype_follows_tensor():
-    x = R(2, 2, dtype="float32")
+def test_backward_seed_dtype_follows_tensor(device):
+    x = R(2, 2, dtype="float32", device=device)
     (x * 2.0).backward()
     assert x.grad.dtype == "float32"
-    y = R(2, 2, dtype="float64")
+    y = R(2, 2, dtype="float64", device=device)
     (y * 2.0).backward()
     assert y.grad.dtype == "float64"
 
@@ -322,9 +322,9 @@ SECOND = [
 
 
 @pytest.mark.parametrize("name, f, d1, d2, kind", SECOND, ids=[s[0] for s in SECOND])
-def test_second_derivative_analytic(name, f, d1, d2, kind):
+def test_second_derivative_analytic(name, f, d1, d2, kind, device):
     xn = np.random.rand(5) + 0.5 if kind == POS else np.random.randn(5)
-    x = T(xn)
+    x = T(xn, device=device)
     f(x).backward()
     g = x.grad
     assert g.requires_grad and not g.is_leaf()
@@ -333,9 +333,9 @@ def test_second_derivative_analytic(name, f, d1, d2, kind):
     np.testing.assert_allclose(x.grad.numpy(), d2(xn), rtol=1e-10, atol=1e-12)
 
 
-def test_third_derivative():
+def test_third_derivative(device):
     xn = np.random.randn(4)
-    x = T(xn)
+    x = T(xn, device=device)
     (x ** 4).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), 4 * xn ** 3, rtol=1e-12)
     x.grad.backward()
@@ -344,9 +344,9 @@ def test_third_derivative():
     np.testing.assert_allclose(x.grad.numpy(), 24 * xn, rtol=1e-12)
 
 
-def test_mixed_second_derivative_two_variables():
+def test_mixed_second_derivative_two_variables(device):
     xn, wn = np.random.randn(3), np.random.randn(3)
-    x, w = T(xn), T(wn)
+    x, w = T(xn, device=device), T(wn, device=device)
     (x * x * w).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), 2 * xn * wn)
     np.testing.assert_allclose(w.grad.numpy(), xn * xn)
@@ -355,15 +355,15 @@ def test_mixed_second_derivative_two_variables():
     np.testing.assert_allclose(w.grad.numpy(), 2 * xn)
 
 
-def test_logsumexp_hessian_vector_product():
+def test_logsumexp_hessian_vector_product(device):
     zn = np.random.randn(6)
     vn = np.random.randn(6)
-    z = T(zn)
+    z = T(zn, device=device)
     ndl.logsumexp(z).backward()
     s = np.exp(zn - zn.max())
     s /= s.sum()
     np.testing.assert_allclose(z.grad.numpy(), s, rtol=1e-12)
-    z.grad.backward(T(vn, requires_grad=False))
+    z.grad.backward(T(vn, requires_grad=False, device=device))
     np.testing.assert_allclose(z.grad.numpy(), s * vn - s * (s @ vn), rtol=1e-9, atol=1e-12)
 
 
@@ -422,9 +422,9 @@ class _T:
 
 
 @pytest.mark.parametrize("name, f, shapes", DOUBLE, ids=[d[0] for d in DOUBLE])
-def test_second_derivative_vs_torch(name, f, shapes):
+def test_second_derivative_vs_torch(name, f, shapes, device):
     xn, wn = [np.random.randn(*s) for s in shapes]
-    x, w = T(xn), T(wn)
+    x, w = T(xn, device=device), T(wn, device=device)
     f(x, w, _N).backward()
     gx = x.grad
     gx.backward()
@@ -442,16 +442,16 @@ def test_second_derivative_vs_torch(name, f, shapes):
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call", ["kw", "positional"])
-def test_backward_without_graph(call):
+def test_backward_without_graph(call, device):
     xn, wn = np.random.randn(3, 4), np.random.randn(4, 2)
-    x, w = T(xn), T(wn)
+    x, w = T(xn, device=device), T(wn, device=device)
     h = x @ w
     y = (h.exp() * h).sum()
     if call == "kw":
         y.backward(create_graph=False)
     else:
         y.backward(None, False)
-    x2, w2 = T(xn), T(wn)
+    x2, w2 = T(xn, device=device), T(wn, device=device)
     h2 = x2 @ w2
     (h2.exp() * h2).sum().backward()
     for t, ref in [(x, x2), (w, w2)]:
@@ -465,16 +465,16 @@ def test_backward_without_graph(call):
     assert h2.grad is not None
 
 
-def test_backward_without_graph_with_seed():
-    x = R(3)
-    g = R(3, requires_grad=False)
+def test_backward_without_graph_with_seed(device):
+    x = R(3, device=device)
+    g = R(3, requires_grad=False, device=device)
     (x * x).backward(g, create_graph=False)
     np.testing.assert_allclose(x.grad.numpy(), 2 * x.numpy() * g.numpy())
     assert x.grad.is_leaf() and not x.grad.requires_grad
 
 
-def test_no_grad_records_nothing():
-    x, w = R(3, 4), R(4, 2)
+def test_no_grad_records_nothing(device):
+    x, w = R(3, 4, device=device), R(4, 2, device=device)
     with ndl.no_grad():
         y = ndl.relu(x @ w) + 1.0
         z = y.sum()
@@ -521,17 +521,17 @@ def test_no_grad_is_local_to_its_thread():
     assert not y.is_leaf() and y.requires_grad
 
 
-def test_backward_inside_no_grad_still_computes_gradients():
-    x = R(3)
+def test_backward_inside_no_grad_still_computes_gradients(device):
+    x = R(3, device=device)
     y = (x * x).sum()
     with ndl.no_grad():
         y.backward()
     np.testing.assert_allclose(x.grad.numpy(), 2 * x.numpy())
 
 
-def test_sgd_step_under_no_grad_keeps_parameter_a_leaf():
-    w = R(4, 3)
-    x = R(5, 4, requires_grad=False)
+def test_sgd_step_under_no_grad_keeps_parameter_a_leaf(device):
+    w = R(4, 3, device=device)
+    x = R(5, 4, requires_grad=False, device=device)
     w0 = w.numpy()
     (x @ w).sum().backward()
     with ndl.no_grad():
@@ -565,22 +565,22 @@ def test_data_getter_is_detached_view():
     assert shares_memory(d.realize_cached_data(), x.realize_cached_data())
 
 
-def test_data_setter_keeps_object_and_replaces_array():
-    x = R(2, 2)
+def test_data_setter_keeps_object_and_replaces_array(device):
+    x = R(2, 2, device=device)
     obj_id = id(x)
-    new = R(2, 2, requires_grad=False)
+    new = R(2, 2, requires_grad=False, device=device)
     x.data = new
     assert id(x) == obj_id
     assert x.is_leaf() and x.requires_grad
     assert shares_memory(x.realize_cached_data(), new.realize_cached_data())
     np.testing.assert_array_equal(x.numpy(), new.numpy())
     # shape is not checked
-    x.data = R(3, requires_grad=False)
+    x.data = R(3, requires_grad=False, device=device)
     assert x.shape == (3,)
 
 
-def test_data_setter_from_graph_result_adds_no_edge():
-    x = R(2, 2)
+def test_data_setter_from_graph_result_adds_no_edge(device):
+    x = R(2, 2, device=device)
     y = x * 3.0 + 1.0
     x.data = y
     assert x.op is None and len(x.inputs) == 0 and x.is_leaf()
@@ -593,8 +593,8 @@ def test_data_setter_asserts_dtype():
         x.data = R(2, 2, dtype="float64")
 
 
-def test_requires_grad_is_assignable():
-    x = R(3, requires_grad=False)
+def test_requires_grad_is_assignable(device):
+    x = R(3, requires_grad=False, device=device)
     assert not (x * 2.0).requires_grad
     x.requires_grad = True
     assert x.requires_grad is True
@@ -639,8 +639,8 @@ def test_tensor_of_tensor_shares_data():
     assert t.numpy().flat[1] == -7.0
 
 
-def test_tensor_of_tensor_with_other_dtype_copies():
-    t = R(2, 3, dtype="float32")
+def test_tensor_of_tensor_with_other_dtype_copies(device):
+    t = R(2, 3, dtype="float32", device=device)
     u = ndl.Tensor(t, dtype="float64")
     assert u.dtype == "float64"
     assert not shares_memory(u.realize_cached_data(), t.realize_cached_data())
@@ -654,8 +654,8 @@ def test_tensor_of_numpy_copies():
     assert t.numpy()[0, 0] != 100.0
 
 
-def test_tensor_of_ndarray_copies_and_keeps_device():
-    for dev in (nd.cpu(), nd.cpu_numpy()):
+def test_tensor_of_ndarray_copies_and_keeps_device(device):
+    for dev in (device, nd.cpu_numpy()):
         a = nd.array(np.arange(6.0).reshape(2, 3), device=dev)
         t = ndl.Tensor(a)
         assert t.device == dev
@@ -664,8 +664,8 @@ def test_tensor_of_ndarray_copies_and_keeps_device():
         assert t.numpy()[0, 0] == 0.0
 
 
-def test_numpy_returns_a_copy():
-    t = R(2, dtype="float32")
+def test_numpy_returns_a_copy(device):
+    t = R(2, dtype="float32", device=device)
     before = t.numpy().copy()
     arr = t.numpy()
     arr[0] = 1e6
@@ -685,14 +685,14 @@ def test_make_const():
     assert c3.requires_grad is True
 
 
-def test_make_from_op():
-    a, b = R(2, 2), R(2, 2)
+def test_make_from_op(device):
+    a, b = R(2, 2, device=device), R(2, 2, device=device)
     n = ndl.Tensor.make_from_op(ops.EWiseMul(), [a, b])
     assert type(n) is ndl.Tensor and isinstance(n.op, ops.EWiseMul)
     assert [id(i) for i in n.inputs] == [id(a), id(b)]
     assert n.requires_grad and n.cached_data is not None
     np.testing.assert_allclose(n.numpy(), a.numpy() * b.numpy())
-    c, d = R(2, requires_grad=False), R(2, requires_grad=False)
+    c, d = R(2, requires_grad=False, device=device), R(2, requires_grad=False, device=device)
     m = ndl.Tensor.make_from_op(ops.EWiseAdd(), [c, d])
     assert m.is_leaf() and not m.requires_grad
     np.testing.assert_allclose(m.numpy(), c.numpy() + d.numpy())
@@ -834,12 +834,13 @@ class SumDiff(ag.TensorTupleOp):
         return g0 + g1, g0 - g1
 
 
-def test_python_op_forward_backward_with_builtins():
+def test_python_op_forward_backward_with_builtins(device):
     xn = np.random.randn(3, 2)
-    x = T(xn)
+    x = T(xn, device=device)
     c = Cube(0.5)(ndl.exp(x))
     assert type(c) is ndl.Tensor and isinstance(c.op, Cube) and c.inputs[0].inputs[0] is x
-    y = (c @ T(np.ones((2, 1)), requires_grad=False) + x.sum((1,)).reshape((3, 1))).sum()
+    ones = T(np.ones((2, 1)), requires_grad=False, device=device)
+    y = (c @ ones + x.sum((1,)).reshape((3, 1))).sum()
     y.backward()
     xt = torch.tensor(xn, requires_grad=True)
     yt = ((torch.exp(xt) ** 3 * 0.5) @ torch.ones(2, 1, dtype=torch.float64)
@@ -849,19 +850,19 @@ def test_python_op_forward_backward_with_builtins():
     np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-12)
 
 
-def test_python_op_second_derivative():
+def test_python_op_second_derivative(device):
     xn = np.random.randn(4)
-    x = T(xn)
+    x = T(xn, device=device)
     Cube()(x).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), 3 * xn ** 2, rtol=1e-12)
     x.grad.backward()
     np.testing.assert_allclose(x.grad.numpy(), 6 * xn, rtol=1e-12)
 
 
-def test_python_op_list_gradient_and_gradient_as_tuple():
-    a, b = R(3), R(3)
+def test_python_op_list_gradient_and_gradient_as_tuple(device):
+    a, b = R(3, device=device), R(3, device=device)
     h = Hypot2()(a, b)
-    gs = h.op.gradient_as_tuple(T(np.ones(3), requires_grad=False), h)
+    gs = h.op.gradient_as_tuple(T(np.ones(3), requires_grad=False, device=device), h)
     assert isinstance(gs, tuple) and len(gs) == 2
     np.testing.assert_allclose(gs[0].numpy(), 2 * a.numpy())
     (h * 2.0).sum().backward()
@@ -869,16 +870,16 @@ def test_python_op_list_gradient_and_gradient_as_tuple():
     np.testing.assert_allclose(b.grad.numpy(), 4 * b.numpy())
 
 
-def test_python_op_using_array_api_and_node_value():
+def test_python_op_using_array_api_and_node_value(device):
     xn = np.random.randn(5)
-    x = T(xn)
+    x = T(xn, device=device)
     (TanhPy()(x) * 3.0).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), 3 * (1 - np.tanh(xn) ** 2), rtol=1e-12)
 
 
-def test_python_tuple_op():
+def test_python_tuple_op(device):
     an, bn = np.random.randn(3), np.random.randn(3)
-    a, b = T(an), T(bn)
+    a, b = T(an, device=device), T(bn, device=device)
     t = SumDiff()(a, b)
     assert isinstance(t, ndl.TensorTuple) and isinstance(t.op, SumDiff) and len(t) == 2
     data = t.realize_cached_data()
@@ -894,20 +895,20 @@ def test_python_tuple_op():
     np.testing.assert_allclose(b.grad.numpy(), np.full(3, 2.0))
 
 
-def test_python_tuple_op_make_from_op():
-    a, b = R(2), R(2)
+def test_python_tuple_op_make_from_op(device):
+    a, b = R(2, device=device), R(2, device=device)
     t = ndl.TensorTuple.make_from_op(SumDiff(), [a, b])
     assert isinstance(t, ndl.TensorTuple) and len(t) == 2
     np.testing.assert_allclose(t[1].numpy(), a.numpy() - b.numpy())
 
 
-def test_builtin_compute_and_gradient_callable():
-    a, b = R(2, 3), R(2, 3)
+def test_builtin_compute_and_gradient_callable(device):
+    a, b = R(2, 3, device=device), R(2, 3, device=device)
     r = ops.EWiseMul().compute(a.realize_cached_data(), b.realize_cached_data())
     assert isinstance(r, ndl.NDArray)
     np.testing.assert_allclose(r.numpy(), a.numpy() * b.numpy())
     n = a * b
-    g = R(2, 3, requires_grad=False)
+    g = R(2, 3, requires_grad=False, device=device)
     ga, gb = n.op.gradient(g, n)
     np.testing.assert_allclose(ga.numpy(), g.numpy() * b.numpy())
     np.testing.assert_allclose(gb.numpy(), g.numpy() * a.numpy())
@@ -921,7 +922,7 @@ def test_builtin_compute_and_gradient_callable():
     p = a.realize_cached_data().permute((1, 0))
     assert not p.is_compact()
     np.testing.assert_array_equal(ops.Reshape((6,)).compute(p).numpy(), a.numpy().T.reshape(6))
-    bc = nd.array(np.arange(3.0).reshape(3, 1)).broadcast_to((3, 2))
+    bc = nd.array(np.arange(3.0).reshape(3, 1), device=device).broadcast_to((3, 2))
     np.testing.assert_array_equal(ops.Reshape((2, 3)).compute(bc).numpy(),
                                   np.broadcast_to(np.arange(3.0).reshape(3, 1), (3, 2))
                                   .reshape(2, 3))

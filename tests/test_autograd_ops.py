@@ -53,25 +53,26 @@ def test_table_covers_every_op():
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_relu_gradient_is_zero_at_zero(dtype):
-    x = ndl.Tensor(np.array([-2.0, -0.0, 0.0, 1e-30, 3.0]), dtype=dtype)
+def test_relu_gradient_is_zero_at_zero(dtype, device):
+    x = ndl.Tensor(np.array([-2.0, -0.0, 0.0, 1e-30, 3.0]), dtype=dtype, device=device)
     y = ndl.relu(x)
     np.testing.assert_array_equal(y.numpy(), [0.0, 0.0, 0.0, 1e-30 if dtype == "float64"
                                               else np.float32(1e-30), 3.0])
-    y.backward(ndl.Tensor(np.array([5.0, 7.0, 11.0, 13.0, 17.0]), dtype=dtype))
+    y.backward(ndl.Tensor(np.array([5.0, 7.0, 11.0, 13.0, 17.0]), dtype=dtype, device=device))
+    assert y.device == device and x.grad.device == device
     np.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0, 0.0, 13.0, 17.0])
 
 
-def test_relu_second_derivative_is_zero():
-    x = ndl.Tensor(np.array([-1.0, 0.0, 2.0]), dtype="float64")
+def test_relu_second_derivative_is_zero(device):
+    x = ndl.Tensor(np.array([-1.0, 0.0, 2.0]), dtype="float64", device=device)
     (ndl.relu(x) * ndl.relu(x)).sum().backward()  # d/dx relu(x)^2 = 2 relu(x)
     np.testing.assert_allclose(x.grad.numpy(), [0.0, 0.0, 4.0])
     x.grad.sum().backward()  # d/dx 2 relu(x) = 2·1[x>0]
     np.testing.assert_allclose(x.grad.numpy(), [0.0, 0.0, 2.0])
 
 
-def test_power_scalar_zero_exponent_is_one_with_zero_gradient():
-    x = ndl.Tensor(np.array([0.5, 2.0, -3.0]), dtype="float64")
+def test_power_scalar_zero_exponent_is_one_with_zero_gradient(device):
+    x = ndl.Tensor(np.array([0.5, 2.0, -3.0]), dtype="float64", device=device)
     y = ndl.power_scalar(x, 0)
     np.testing.assert_array_equal(y.numpy(), [1.0, 1.0, 1.0])
     y.backward()
@@ -80,17 +81,17 @@ def test_power_scalar_zero_exponent_is_one_with_zero_gradient():
 
 @pytest.mark.parametrize("s, grad_at_0", [(0, 0.0), (0.0, 0.0), (1, 1.0), (2, 0.0), (3, 0.0),
                                          (1.5, 0.0)])
-def test_power_scalar_gradient_at_zero_base(s, grad_at_0):
+def test_power_scalar_gradient_at_zero_base(s, grad_at_0, device):
     """s·a^(s−1) at a = 0 (0^0 = 1); s = 0 has derivative 0 everywhere, not 0·inf."""
-    x = ndl.Tensor(np.array([0.0, 2.0]), dtype="float64")
+    x = ndl.Tensor(np.array([0.0, 2.0]), dtype="float64", device=device)
     y = ndl.power_scalar(x, s)
     np.testing.assert_array_equal(y.numpy(), [0.0 ** float(s), 2.0 ** float(s)])
     y.backward()
     np.testing.assert_allclose(x.grad.numpy(), [grad_at_0, s * 2.0 ** (s - 1)], rtol=1e-15)
 
 
-def test_power_scalar_negative_base_integral_exponent_keeps_sign():
-    x = ndl.Tensor(np.array([-2.0, -0.5]), dtype="float32")
+def test_power_scalar_negative_base_integral_exponent_keeps_sign(device):
+    x = ndl.Tensor(np.array([-2.0, -0.5]), dtype="float32", device=device)
     y = ndl.power_scalar(x, 3)
     np.testing.assert_allclose(y.numpy(), [-8.0, -0.125], rtol=1e-6)
     y.backward()
@@ -143,7 +144,7 @@ def seed_like(shape):
 
 @pytest.mark.parametrize("axes", [None, 1, (1,), 0, (0, 1)], ids=str)
 @pytest.mark.parametrize("name", sorted(HUGE))
-def test_logsumexp_float32_huge_inputs(name, axes):
+def test_logsumexp_float32_huge_inputs(name, axes, device):
     z = np.array(HUGE[name], dtype=np.float32)
     z64 = z.astype(np.float64)
     ref = np_lse(z64, axes)
@@ -151,7 +152,7 @@ def test_logsumexp_float32_huge_inputs(name, axes):
     gk = g.astype(np.float64)
     red = tuple(range(z.ndim)) if axes is None else (axes if isinstance(axes, tuple) else (axes,))
     ref_grad = np.expand_dims(gk, red) * softmax64(z64, red)
-    x = ndl.Tensor(z)
+    x = ndl.Tensor(z, device=device)
     y = ndl.logsumexp(x, axes=axes)
     assert y.shape == ref.shape
     got = y.numpy()
@@ -159,21 +160,21 @@ def test_logsumexp_float32_huge_inputs(name, axes):
     # exact up to float32 rounding at the scale of the max (or of the result)
     m = np.max(z64, axis=axes)
     assert_within_ulps(got, ref, np.maximum(np.abs(ref), np.abs(m)), "logsumexp")
-    y.backward(ndl.Tensor(g))
-    assert np.all(np.isfinite(x.grad.numpy()))
+    y.backward(ndl.Tensor(g, device=device))
+    assert x.grad.device == device and np.all(np.isfinite(x.grad.numpy()))
     # softmax weights are exact in float32 here: exp(z - max) with small offsets
     np.testing.assert_allclose(x.grad.numpy(), ref_grad, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", sorted(HUGE))
-def test_logsoftmax_float32_huge_inputs(name):
+def test_logsoftmax_float32_huge_inputs(name, device):
     z = np.array(HUGE[name], dtype=np.float32)
     z64 = z.astype(np.float64)
     ref = np_logsoftmax(z64)
     g = seed_like(z.shape)
     s = softmax64(z64, (1,))
     ref_grad = g - s * g.astype(np.float64).sum(1, keepdims=True)
-    x = ndl.Tensor(z)
+    x = ndl.Tensor(z, device=device)
     y = ndl.logsoftmax(x)
     assert y.shape == z.shape
     got = y.numpy()
@@ -181,21 +182,21 @@ def test_logsoftmax_float32_huge_inputs(name):
     # z − lse(z) in float32 may carry the rounding of z and of lse(z)
     lse = np_lse(z64, (1,))[:, None]
     assert_within_ulps(got, ref, np.maximum(np.abs(z64), np.abs(lse)), "logsoftmax")
-    y.backward(ndl.Tensor(g))
-    assert np.all(np.isfinite(x.grad.numpy()))
+    y.backward(ndl.Tensor(g, device=device))
+    assert x.grad.device == device and np.all(np.isfinite(x.grad.numpy()))
     np.testing.assert_allclose(x.grad.numpy(), ref_grad, rtol=1e-5, atol=1e-6)
 
 
-def test_logsumexp_1e8_gradient_not_doubled():
+def test_logsumexp_1e8_gradient_not_doubled(device):
     """API 4.4's trap: exp(z − y) with the stored float32 y gives 1 instead of 1/2."""
-    x = ndl.Tensor(np.array([1e8, 1e8], dtype=np.float32))
+    x = ndl.Tensor(np.array([1e8, 1e8], dtype=np.float32), device=device)
     ndl.logsumexp(x).backward()
     np.testing.assert_allclose(x.grad.numpy(), [0.5, 0.5], rtol=1e-7)
 
 
-def test_logsumexp_moderately_large_float32_value():
+def test_logsumexp_moderately_large_float32_value(device):
     z = np.array([[100.0, 100.0, 99.0], [-100.0, -101.0, -100.5]], dtype=np.float32)
-    y = ndl.logsumexp(ndl.Tensor(z), axes=(1,)).numpy()
+    y = ndl.logsumexp(ndl.Tensor(z, device=device), axes=(1,)).numpy()
     m = z.astype(np.float64).max(1)
     ref = np.log(np.exp(z.astype(np.float64) - m[:, None]).sum(1)) + m
     np.testing.assert_allclose(y, ref, rtol=2e-7)
@@ -205,8 +206,8 @@ def test_logsumexp_moderately_large_float32_value():
 # tuples (API.md 3.6, 4.2)
 # --------------------------------------------------------------------------
 
-def t32(*shape):
-    return ndl.Tensor(np.random.randn(*shape).astype(np.float32))
+def t32(*shape, device=None):
+    return ndl.Tensor(np.random.randn(*shape).astype(np.float32), device=device)
 
 
 def test_tuple_get_item_folds_make_tuple():
@@ -285,27 +286,30 @@ def test_stack_node_structure():
     assert s.inputs[0].inputs[0] is a and s.inputs[0].inputs[1] is b
 
 
-def test_stack_gradient_is_split_and_split_gradient_is_stack():
-    a, b = t32(2, 3), t32(2, 3)
+def test_stack_gradient_is_split_and_split_gradient_is_stack(device):
+    a, b = t32(2, 3, device=device), t32(2, 3, device=device)
     s = ndl.stack([a, b], 0)
-    gs = s.op.gradient_as_tuple(ndl.Tensor(np.ones((2, 2, 3), np.float32)), s)
+    gs = s.op.gradient_as_tuple(ndl.Tensor(np.ones((2, 2, 3), np.float32), device=device), s)
     assert len(gs) == 1 and isinstance(gs[0], ndl.TensorTuple) and len(gs[0]) == 2
-    x = t32(3, 2)
+    np.testing.assert_array_equal(gs[0][1].numpy(), np.ones((2, 3), np.float32))
+    x = t32(3, 2, device=device)
     parts = ndl.split(x, 1)
-    g = ndl.make_tuple(t32(3), t32(3))
+    g = ndl.make_tuple(t32(3, device=device), t32(3, device=device))
     gx = parts.op.gradient_as_tuple(g, parts)
     assert len(gx) == 1 and isinstance(gx[0], ndl.Tensor) and gx[0].shape == (3, 2)
+    assert gx[0].device == device
     np.testing.assert_array_equal(gx[0].numpy(), np.stack([g[0].numpy(), g[1].numpy()], 1))
 
 
-def test_fused_add_scalars_values_and_gradient():
-    a = t32(3)
+def test_fused_add_scalars_values_and_gradient(device):
+    a = t32(3, device=device)
     t = ndl.fused_add_scalars(a, 2.0, -1.0)
     assert isinstance(t, ndl.TensorTuple) and len(t) == 2
     assert isinstance(t.op, ops.FusedAddScalars) and t.op.c0 == 2.0 and t.op.c1 == -1.0
     np.testing.assert_allclose(t[0].numpy(), a.numpy() + 2.0, rtol=1e-6)
     np.testing.assert_allclose(t[1].numpy(), a.numpy() - 1.0, rtol=1e-6)
     (t[0] * 2.0 + t[1] * 5.0).sum().backward()
+    assert a.grad.device == device
     np.testing.assert_allclose(a.grad.numpy(), np.full(3, 7.0))
 
 
@@ -372,24 +376,26 @@ def test_op_results_are_plain_tensors_for_subclass_inputs():
         assert type(r) is ndl.Tensor
 
 
-def test_mixed_float32_float64_operands_give_float64():
-    a = ndl.Tensor(np.ones(3), dtype="float32")
-    b = ndl.Tensor(np.ones(3), dtype="float64")
+def test_mixed_float32_float64_operands_give_float64(device):
+    a = ndl.Tensor(np.ones(3), dtype="float32", device=device)
+    b = ndl.Tensor(np.ones(3), dtype="float64", device=device)
     assert (a + b).dtype == "float64" and (b * a).dtype == "float64"
+    assert (a + b).device == device
+    np.testing.assert_array_equal((a + b).numpy(), np.full(3, 2.0))
 
 
 @pytest.mark.parametrize("s", [2.5, np.float64(1e-3), np.float64(0.1), 3, np.array(0.7)],
                          ids=repr)
-def test_scalar_ops_keep_float32(s):
-    a = ndl.Tensor(np.random.randn(4), dtype="float32")
+def test_scalar_ops_keep_float32(s, device):
+    a = ndl.Tensor(np.random.randn(4), dtype="float32", device=device)
     for r in [a + s, a * s, a / s, a - s, ndl.power_scalar(ndl.relu(a) + 1.0, s)]:
         assert r.dtype == "float32"
         assert r.cached_data.dtype == "float32"
 
 
-def test_scalar_parameter_size1_array():
+def test_scalar_parameter_size1_array(device):
     """API 4.1: scalar parameters include size-1 NumPy arrays (not only 0-d ones)."""
-    a = ndl.Tensor(np.array([1.0, 2.0]), dtype="float64")
+    a = ndl.Tensor(np.array([1.0, 2.0]), dtype="float64", device=device)
     s = np.array([0.5])
     for r, ref in [(ndl.add_scalar(a, s), [1.5, 2.5]), (ndl.mul_scalar(a, s), [0.5, 1.0]),
                    (ndl.divide_scalar(a, s), [2.0, 4.0]), (a * s, [0.5, 1.0])]:

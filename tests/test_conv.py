@@ -86,7 +86,7 @@ def test_grid_is_broad():
         assert len({c[axis] for c in FITTING}) == len(GRID[axis]), axis
 
 
-def make_inputs(n, h, w, k, ci, co, dtype, layout):
+def make_inputs(n, h, w, k, ci, co, dtype, layout, device=None):
     """Leaves and the NHWC / KKIO tensors built from them, in needle (dtype)
     and torch (always float64, on the same rounded values: the float64 path
     also avoids oneDNN, which gets some float32 1x1 strided weight gradients
@@ -96,13 +96,15 @@ def make_inputs(n, h, w, k, ci, co, dtype, layout):
     if layout == "T":  # leaves (N, W, H, C) and (C_in, K, K, C_out), then permuted views
         la, lb = np.ascontiguousarray(a.transpose(0, 2, 1, 3)), \
             np.ascontiguousarray(b.transpose(2, 1, 0, 3))
-        x_leaf, w_leaf = ndl.Tensor(la, dtype=dtype), ndl.Tensor(lb, dtype=dtype)
+        x_leaf = ndl.Tensor(la, dtype=dtype, device=device)
+        w_leaf = ndl.Tensor(lb, dtype=dtype, device=device)
         x, wt = x_leaf.transpose((1, 2)), w_leaf.transpose((0, 2))
         tx_leaf = torch.tensor(la, dtype=torch.float64, requires_grad=True)
         tw_leaf = torch.tensor(lb, dtype=torch.float64, requires_grad=True)
         tx, tw = tx_leaf.transpose(1, 2), tw_leaf.transpose(0, 2)
     else:
-        x_leaf, w_leaf = ndl.Tensor(a, dtype=dtype), ndl.Tensor(b, dtype=dtype)
+        x_leaf = ndl.Tensor(a, dtype=dtype, device=device)
+        w_leaf = ndl.Tensor(b, dtype=dtype, device=device)
         x, wt = x_leaf, w_leaf
         tx_leaf = torch.tensor(a, dtype=torch.float64, requires_grad=True)
         tw_leaf = torch.tensor(b, dtype=torch.float64, requires_grad=True)
@@ -110,32 +112,33 @@ def make_inputs(n, h, w, k, ci, co, dtype, layout):
     return (x_leaf, w_leaf, x, wt), (tx_leaf, tw_leaf, tx, tw)
 
 
-def check_against_torch(n, h, w, k, s, p, chans, dtype, layout):
+def check_against_torch(n, h, w, k, s, p, chans, dtype, layout, device=None):
     ci, co = chans
     (x_leaf, w_leaf, x, wt), (tx_leaf, tw_leaf, tx, tw) = make_inputs(n, h, w, k, ci, co, dtype,
-                                                                      layout)
+                                                                      layout, device)
     ref = torch_conv(tx, tw, s, p)
     y = ndl.conv(x, wt, stride=s, padding=p)
-    assert y.shape == tuple(ref.shape) and y.dtype == dtype
+    assert y.shape == tuple(ref.shape) and y.dtype == dtype and y.device == x_leaf.device
     np.testing.assert_allclose(y.numpy(), ref.detach().numpy(), **TOL[dtype])
     g = np.random.randn(*ref.shape).astype(NP_DT[dtype])
     ref.backward(torch.tensor(g, dtype=torch.float64))
-    y.backward(ndl.Tensor(g, dtype=dtype))
+    y.backward(ndl.Tensor(g, dtype=dtype, device=x_leaf.device))
     for mine, theirs in ((x_leaf, tx_leaf), (w_leaf, tw_leaf)):
         assert mine.grad.shape == mine.shape and mine.grad.dtype == dtype
+        assert mine.grad.device == mine.device
         np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), **TOL[dtype])
 
 
 @pytest.mark.parametrize("n, h, w, k, s, p, chans, dtype, layout", FITTING + EXACT)
-def test_conv_vs_torch(n, h, w, k, s, p, chans, dtype, layout):
-    check_against_torch(n, h, w, k, s, p, chans, dtype, layout)
+def test_conv_vs_torch(n, h, w, k, s, p, chans, dtype, layout, device):
+    check_against_torch(n, h, w, k, s, p, chans, dtype, layout, device)
 
 
 @pytest.mark.parametrize("n, h, w, k, s, p, chans, dtype, layout", TOO_SMALL)
-def test_kernel_larger_than_padded_input_raises(n, h, w, k, s, p, chans, dtype, layout):
+def test_kernel_larger_than_padded_input_raises(n, h, w, k, s, p, chans, dtype, layout, device):
     ci, co = chans
-    x = ndl.Tensor(np.zeros((n, h, w, ci)), dtype=dtype)
-    wt = ndl.Tensor(np.zeros((k, k, ci, co)), dtype=dtype)
+    x = ndl.Tensor(np.zeros((n, h, w, ci)), dtype=dtype, device=device)
+    wt = ndl.Tensor(np.zeros((k, k, ci, co)), dtype=dtype, device=device)
     with pytest.raises(ValueError, match=r"does not fit in the padded input.*\(%d, %d, %d, %d\)"
                        % (n, h, w, ci)):
         ndl.conv(x, wt, s, p)
@@ -159,20 +162,21 @@ def test_conv_vs_torch_on_backend_fallbacks(n, h, w, k, s, p, chans, dtype, layo
     (3, 13, 9, 5, 2, 2, 6, 7),     # strided, non-square input
     (2, 16, 16, 3, 3, 0, 16, 8),
 ])
-def test_conv_vs_torch_larger(n, h, w, k, s, p, ci, co):
-    check_against_torch(n, h, w, k, s, p, (ci, co), "float32", "plain")
-    check_against_torch(n, h, w, k, s, p, (ci, co), "float64", "T")
+def test_conv_vs_torch_larger(n, h, w, k, s, p, ci, co, device):
+    check_against_torch(n, h, w, k, s, p, (ci, co), "float32", "plain", device)
+    check_against_torch(n, h, w, k, s, p, (ci, co), "float64", "T", device)
 
 
 @pytest.mark.parametrize("n, h, w, k, s, p, ci, co", [
     (2, 6, 5, 3, 1, 1, 3, 4), (2, 4, 8, 1, 2, 0, 1, 1), (1, 5, 5, 5, 1, 0, 2, 3),
     (3, 7, 7, 1, 1, 0, 4, 2), (2, 9, 6, 3, 2, 2, 2, 2)])
-def test_broadcast_operands(n, h, w, k, s, p, ci, co):
+def test_broadcast_operands(n, h, w, k, s, p, ci, co, device):
     """y.sum().backward() hands Conv a broadcast (stride-0) gradient, which the
     gradients' convs take as input and as weight; inputs may be broadcast too."""
     a = np.random.randn(1, h, w, ci)
     b = np.random.randn(k, k, ci, co)
-    x_leaf, w_leaf = ndl.Tensor(a, dtype="float64"), ndl.Tensor(b, dtype="float64")
+    x_leaf = ndl.Tensor(a, dtype="float64", device=device)
+    w_leaf = ndl.Tensor(b, dtype="float64", device=device)
     x = ndl.broadcast_to(x_leaf, (n, h, w, ci))
     y = ndl.conv(x, w_leaf, s, p)
     y.sum().backward()
@@ -185,9 +189,9 @@ def test_broadcast_operands(n, h, w, k, s, p, ci, co):
     np.testing.assert_allclose(w_leaf.grad.numpy(), tb.grad.numpy(), **TOL["float64"])
 
 
-def test_function_default_padding_is_one_and_class_default_is_zero():
-    x = ndl.Tensor(np.random.randn(2, 5, 5, 3))
-    w = ndl.Tensor(np.random.randn(3, 3, 3, 4))
+def test_function_default_padding_is_one_and_class_default_is_zero(device):
+    x = ndl.Tensor(np.random.randn(2, 5, 5, 3), device=device)
+    w = ndl.Tensor(np.random.randn(3, 3, 3, 4), device=device)
     assert ndl.conv(x, w).shape == (2, 5, 5, 4)
     assert ndl.ops.conv(x, w, 2).shape == (2, 3, 3, 4)
     assert ndl.conv(x, w).op.padding == 1 and ndl.conv(x, w).op.stride == 1
@@ -215,8 +219,8 @@ def test_function_default_padding_is_one_and_class_default_is_zero():
     ((1, 5, 5, 3), (3, 3, 3, 2), 1, -1, r"padding must be >= 0, got -1"),
     ((1, 2, 5, 3), (5, 5, 3, 2), 1, 1, r"5 x 5 kernel does not fit .* 4 x 7"),
 ])
-def test_bad_arguments_raise_value_errors_naming_the_shapes(xs, ws, s, p, match):
-    x, w = ndl.Tensor(np.zeros(xs)), ndl.Tensor(np.zeros(ws))
+def test_bad_arguments_raise_value_errors_naming_the_shapes(xs, ws, s, p, match, device):
+    x, w = ndl.Tensor(np.zeros(xs), device=device), ndl.Tensor(np.zeros(ws), device=device)
     with pytest.raises(ValueError, match=match):
         ndl.conv(x, w, s, p)
     with pytest.raises(ValueError, match=match):
@@ -384,14 +388,14 @@ def test_undilate_finite_differences(shape, axes, d):
 
 
 @pytest.mark.parametrize("length, d", [(7, 1), (8, 2), (9, 2), (10, 3), (1, 2), (6, 5)])
-def test_undilate_gradient_has_the_input_length(length, d):
-    x = ndl.Tensor(np.random.randn(3, length), dtype="float64")
+def test_undilate_gradient_has_the_input_length(length, d, device):
+    x = ndl.Tensor(np.random.randn(3, length), dtype="float64", device=device)
     y = ndl.undilate(x, (1,), d)
     n = (length + d) // (d + 1)
     assert y.shape == (3, n)
     np.testing.assert_array_equal(y.numpy(), x.numpy()[:, ::d + 1])
     g = np.random.randn(3, n)
-    y.backward(ndl.Tensor(g, dtype="float64"))
+    y.backward(ndl.Tensor(g, dtype="float64", device=device))
     expect = np.zeros((3, length))
     expect[:, ::d + 1] = g
     assert x.grad.shape == (3, length)
@@ -399,11 +403,12 @@ def test_undilate_gradient_has_the_input_length(length, d):
     # differentiable again: the gradient's own gradient is undilate back
     x.grad = None
     y = ndl.undilate(x, (1,), d)
-    gt = ndl.Tensor(g, dtype="float64")
+    gt = ndl.Tensor(g, dtype="float64", device=device)
     y.backward(gt)
-    (x.grad * ndl.Tensor(np.ones((3, length)), dtype="float64")).sum().backward()
+    (x.grad * ndl.Tensor(np.ones((3, length)), dtype="float64", device=device)).sum().backward()
+    assert x.grad.device == device
     # contract numbers: dilate/undilate themselves are unchanged
-    assert ndl.dilate(ndl.Tensor(np.ones((2, 3))), (1,), 2).shape == (2, 9)
+    assert ndl.dilate(ndl.Tensor(np.ones((2, 3)), device=device), (1,), 2).shape == (2, 9)
 
 
 @pytest.mark.parametrize("shape, axes", [((3, 4), (0,)), ((2, 3, 4), (0, 2)), ((5,), None)])
@@ -431,7 +436,7 @@ def test_stack_and_split_finite_differences(axis):
     (1, 6, 6, 1, 2, 0, 2, 3),
     (2, 9, 7, 4, 3, 2, 2, 2),   # (C_out = 1 here breaks torch's own third derivative)
 ])
-def test_grad_of_grad_vs_torch(n, h, w, k, s, p, ci, co):
+def test_grad_of_grad_vs_torch(n, h, w, k, s, p, ci, co, device):
     a, b = np.random.randn(n, h, w, ci), np.random.randn(k, k, ci, co)
     ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
     out = torch_conv(ta, tb, s, p)
@@ -443,15 +448,17 @@ def test_grad_of_grad_vs_torch(n, h, w, k, s, p, ci, co):
     l3 = (gga ** 2).sum() + (ggb ** 2).sum()
     ggga, gggb = torch.autograd.grad(l3, (ta, tb))
 
-    x, wt = ndl.Tensor(a, dtype="float64"), ndl.Tensor(b, dtype="float64")
+    def T(v):
+        return ndl.Tensor(v, dtype="float64", device=device)
+
+    x, wt = T(a), T(b)
     y = ndl.conv(x, wt, s, p)
-    (y * ndl.Tensor(g, dtype="float64")).sum().backward()
+    (y * T(g)).sum().backward()
     xg, wg = x.grad, wt.grad
     np.testing.assert_allclose(xg.numpy(), ga.detach().numpy(), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(wg.numpy(), gb.detach().numpy(), rtol=1e-9, atol=1e-9)
     x.grad = wt.grad = None
-    ((xg ** 2 * ndl.Tensor(c1, dtype="float64")).sum() +
-     (wg ** 2 * ndl.Tensor(c2, dtype="float64")).sum()).backward()
+    ((xg ** 2 * T(c1)).sum() + (wg ** 2 * T(c2)).sum()).backward()
     xgg, wgg = x.grad, wt.grad
     np.testing.assert_allclose(xgg.numpy(), gga.detach().numpy(), rtol=1e-8, atol=1e-9)
     np.testing.assert_allclose(wgg.numpy(), ggb.detach().numpy(), rtol=1e-8, atol=1e-9)
@@ -461,12 +468,12 @@ def test_grad_of_grad_vs_torch(n, h, w, k, s, p, ci, co):
     np.testing.assert_allclose(wt.grad.numpy(), gggb.numpy(), rtol=1e-8, atol=1e-8)
 
 
-def test_gradient_graph_is_made_of_ops():
+def test_gradient_graph_is_made_of_ops(device):
     """The gradients are graph nodes built from Conv, Dilate, Flip, Permute ..."""
-    x = ndl.Tensor(np.random.randn(2, 7, 6, 2))
-    w = ndl.Tensor(np.random.randn(3, 3, 2, 3))
+    x = ndl.Tensor(np.random.randn(2, 7, 6, 2), device=device)
+    w = ndl.Tensor(np.random.randn(3, 3, 2, 3), device=device)
     y = ndl.conv(x, w, 2, 1)
-    y.backward(ndl.Tensor(np.ones(y.shape), requires_grad=True))  # a g that records nodes
+    y.backward(ndl.Tensor(np.ones(y.shape), requires_grad=True, device=device))  # records nodes
     names = {type(v.op).__name__ for v in ndl.autograd.find_topo_sort([x.grad, w.grad])
              if v.op is not None}
     assert {"Conv", "Dilate", "Flip", "Permute"} <= names, names

@@ -93,6 +93,23 @@ def test_default_device_can_be_cuda():
     assert nd.default_device() == nd.cpu()  # unset here
 
 
+def test_cuda_check_runs_every_device_parametrized_file():
+    """`make cuda-check` runs the cuda cases of every test file that takes the
+    `device` fixture (tests/conftest.py): DEVICE_SUITE in the Makefile names them all."""
+    import re
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        text = f.read().replace("\\\n", " ")
+    suite = set(re.search(r"^DEVICE_SUITE\s*=(.*)$", text, re.M).group(1).split())
+    uses = set()
+    for name in sorted(os.listdir(os.path.join(ROOT, "tests"))):
+        if name.startswith("test_") and name.endswith(".py") and name != "test_cuda.py":
+            with open(os.path.join(ROOT, "tests", name)) as f:
+                if re.search(r"def test_\w+\([^)]*\bdevice\b", f.read()):
+                    uses.add("tests/" + name)
+    assert uses <= suite, sorted(uses - suite)
+    assert all(os.path.exists(os.path.join(ROOT, p)) for p in suite), sorted(suite)
+
+
 def test_forced_cuda_without_nvcc_fails_the_build():
     env = dict(os.environ, NEEDLE_CUDA="1", CUDA_HOME="/nonexistent-cuda")
     out = subprocess.run([sys.executable, "setup.py", "--name"], capture_output=True, text=True,
@@ -250,6 +267,28 @@ def test_batched_and_broadcast_matmul(device, dtype):
     np.testing.assert_allclose((a @ b).numpy(), x @ y, **t)
     w = rand(33, 5, dtype=dtype)
     np.testing.assert_allclose((a @ nd.array(w, dtype=dtype, device=device)).numpy(), x @ w, **t)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_batch_offsets_by_value_and_by_table(device, dtype):
+    """Note [Batch offsets by value] (cuda_matmul.cu): batch axes permuted (offsets
+    0, 3, 1, 4, 2, 5 times the matrix size: no step, so a device table), of A or of
+    B; a broadcast batch (step 0), a compact one (a step), a batch of 1."""
+    t = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-11, atol=1e-11)
+
+    def arr(v):
+        return nd.array(v, dtype=dtype, device=device)
+
+    x, y = rand(2, 3, 9, 33, dtype=dtype), rand(3, 2, 33, 20, dtype=dtype)
+    yt = y.transpose(1, 0, 2, 3)  # (2, 3, 33, 20)
+    np.testing.assert_allclose((arr(x).permute((1, 0, 2, 3)) @ arr(y)).numpy(),
+                               x.transpose(1, 0, 2, 3) @ y, **t)
+    np.testing.assert_allclose((arr(x) @ arr(y).permute((1, 0, 2, 3))).numpy(), x @ yt, **t)
+    z, w = rand(1, 9, 33, dtype=dtype), rand(6, 33, 20, dtype=dtype)
+    np.testing.assert_allclose((arr(z).broadcast_to((6, 9, 33)) @ arr(w)).numpy(), z @ w, **t)
+    np.testing.assert_allclose((arr(np.repeat(z, 6, 0)) @ arr(w)).numpy(), z @ w, **t)
+    np.testing.assert_allclose((arr(z) @ arr(w[:1])).numpy(), z @ w[:1], **t)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -443,6 +482,90 @@ def test_fused_layer_norm_and_its_gradients(device, dtype, shape, create_graph):
         np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), **SGTOL[dtype])
 
 
+def _layer_norm_grads(x, w, g, dtype, device):
+    """LayerNorm's x, w, b gradients through the slot (backward without a graph)."""
+    X, W, B = (ndl.Tensor(a, device=device, dtype=dtype, requires_grad=True)
+               for a in (x, w, np.zeros_like(w)))
+    y = ndl.ops.layer_norm(X, W, B, 1e-5)
+    (y * ndl.Tensor(g, device=device, dtype=dtype)).sum().backward(create_graph=False)
+    return X.grad.numpy(), W.grad.numpy(), B.grad.numpy()
+
+
+# Rows cross the column sums' chunks of 256 rows (Note [LayerNorm column sums],
+# cuda_layernorm.cu) and its 8 row lanes; columns cross its tiles of 32.
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, n", [(1, 2), (9, 31), (255, 3), (257, 33), (1000, 5),
+                                     (2 * 256 + 7, 64), (3001, 70)])
+def test_layer_norm_weight_and_bias_gradients_sum_every_row(device, dtype, rows, n):
+    """gw = sum_r g * xhat and gb = sum_r g against float64 NumPy, within the rounding
+    any summation order allows ((rows + 20) eps of the sum of |terms|: a row missed or
+    added is off by a whole term); the same numbers on a second run (fixed order)."""
+    x = np.random.randn(rows, n) * 2 + 0.5
+    w, g = np.random.randn(n), np.random.randn(rows, n)
+    x, w, g = (a.astype(dtype).astype(np.float64) for a in (x, w, g))
+    mean = x.mean(1, keepdims=True)
+    xhat = (x - mean) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
+    eps = np.finfo(dtype).eps
+    gx, gw, gb = _layer_norm_grads(x, w, g, dtype, device)
+    for got, terms in ((gw, g * xhat), (gb, g)):
+        bound = (rows + 20) * eps * np.abs(terms).sum(0) + 1e-30
+        err = np.abs(got - terms.sum(0))
+        assert np.all(err <= bound), (np.max(err / bound), np.argmax(err / bound))
+    h = g * w
+    want = (h - h.mean(1, keepdims=True) - xhat * (h * xhat).mean(1, keepdims=True)) \
+        / np.sqrt(x.var(1, keepdims=True) + 1e-5)
+    scale = np.abs(h).max(1, keepdims=True) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
+    assert np.all(np.abs(gx - want) <= 64 * n * eps * scale)
+    again = _layer_norm_grads(x, w, g, dtype, device)
+    for a, b in zip((gx, gw, gb), again):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+def test_layer_norm_column_sums_of_more_than_65535_chunks():
+    """2^24 + 300 rows: the chunk grows past 256 rows so that the chunks fit the grid's
+    y limit (65535). float64, rows of (0, 1): gb of ones counts the rows exactly, gw adds
+    -xh and +xh once a row (268 MB an array)."""
+    rows, n = 2 ** 24 + 300, 2
+    x = np.tile(np.array([[0.0, 1.0]]), (rows, 1))
+    try:
+        gx, gw, gb = _layer_norm_grads(x, np.ones(n), np.ones((rows, n)), "float64",
+                                       nd.cuda())
+    except MemoryError as e:
+        pytest.skip(f"not enough GPU memory: {e}")
+    np.testing.assert_array_equal(gb, [rows, rows])  # integers < 2^53: exact
+    xh = 0.5 / np.sqrt(0.25 + 1e-5)
+    np.testing.assert_allclose(gw, [-rows * xh, rows * xh], rtol=1e-9)
+    np.testing.assert_allclose(gx[[0, -1]], np.zeros((2, n)), atol=1e-12)
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+def test_layer_norm_gradient_over_two_to_the_31_elements():
+    """rows * n = 2^31 + 1024: the int64 indices of the rows and the column sums. x of
+    ones (xhat = 0: gx = gw = 0) and g of ones, so gb counts the rows exactly; all made
+    on the device (8.6 GB an array, about 60 GB in all)."""
+    rows, n = 2 ** 21 + 1, 1024
+    cu = nd.cuda()
+    try:
+        X = ndl.init.ones(rows, n, device=cu, requires_grad=True)
+        W = ndl.init.ones(n, device=cu, requires_grad=True)
+        B = ndl.init.zeros(n, device=cu, requires_grad=True)
+        y = ndl.ops.layer_norm(X, W, B, 1e-5)
+        (y * ndl.init.ones(rows, n, device=cu)).sum().backward(create_graph=False)
+        gb, gw = B.grad.numpy(), W.grad.numpy()
+        tail = X.grad.cached_data[rows - 2:, :].numpy()
+    except MemoryError as e:
+        pytest.skip(f"not enough GPU memory: {e}")
+    finally:
+        import needle._cuda as cmod
+        X = W = B = y = None
+        cmod.empty_cache()
+    np.testing.assert_array_equal(gb, np.full(n, rows, "float32"))  # 2^21 + 1 < 2^24: exact
+    np.testing.assert_array_equal(gw, np.zeros(n, "float32"))
+    np.testing.assert_array_equal(tail, np.zeros((2, n), "float32"))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(0,), (1,), (3, 7), (2, 3, 16), (5, 33), (4099,)])
@@ -497,6 +620,16 @@ def test_fused_layer_norm_and_loss_gradient_slots_match_the_cpu(dtype):
     eps = np.finfo(dtype).eps
     for a, b_ in zip(*res):
         np.testing.assert_allclose(b_, a, rtol=16 * eps, atol=16 * eps * np.abs(a).max())
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+def test_out_of_memory_says_how_much_was_asked_and_is_free():
+    """Issue 10 item 3: MemoryError naming the bytes asked and free (128 TiB here); the
+    device keeps working after it (the failed cudaMalloc's error is cleared)."""
+    with pytest.raises(MemoryError, match=r"asked 140737488355328 bytes .* bytes free"):
+        nd.NDArray.make((2 ** 45,), device=nd.cuda())
+    np.testing.assert_array_equal((nd.array([1.0, 2.0], device=nd.cuda()) + 1.0).numpy(),
+                                  [2.0, 3.0])
 
 
 @pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")

@@ -53,9 +53,9 @@ def np_index(idx, shape):
     return tuple(out)
 
 
-def make(shape, dtype):
+def make(shape, dtype, device=None):
     base = np.asarray(np.random.randn(*shape)).astype(NP_DTYPE[dtype])
-    return nd.array(base, dtype=dtype), base
+    return nd.array(base, dtype=dtype, device=device), base
 
 
 # --------------------------------------------------------------------------
@@ -79,8 +79,8 @@ def make(shape, dtype):
     ((2, 1, 2, 3, 1, 2, 2), (4, 3, 4), (4, 3, 4)),
     ((96,), (1, 2, 2, 1, 2, 3, 1, 4), (1, 2, 2, 1, 2, 3, 1, 4)),
 ])
-def test_reshape(shape, new_shape, np_shape, dtype):
-    a, base = make(shape, dtype)
+def test_reshape(shape, new_shape, np_shape, dtype, device):
+    a, base = make(shape, dtype, device)
     r = a.reshape(new_shape)
     ref = base.reshape(np_shape)
     assert r.shape == np_shape
@@ -108,8 +108,8 @@ def test_reshape(shape, new_shape, np_shape, dtype):
     ((2, 1, 2, 3, 1, 2, 2), (6, 5, 4, 3, 2, 1, 0)),
     ((1, 2, 2, 1, 2, 3, 1, 2), (7, 0, 6, 1, 5, 2, 4, 3)),
 ])
-def test_permute(shape, axes, dtype):
-    a, base = make(shape, dtype)
+def test_permute(shape, axes, dtype, device):
+    a, base = make(shape, dtype, device)
     assert_view(a.permute(axes), base.transpose(tuple(axes)), a, base)
 
 
@@ -132,17 +132,17 @@ def test_permute(shape, axes, dtype):
     ((2, 1, 2, 1, 1, 2, 2), (2, 3, 2, 3, 4, 2, 2)),
     ((1, 2, 1), (2, 2, 2, 2, 1, 2, 2, 2)),
 ])
-def test_broadcast_to(shape, new_shape, dtype):
-    a, base = make(shape, dtype)
+def test_broadcast_to(shape, new_shape, dtype, device):
+    a, base = make(shape, dtype, device)
     b = a.broadcast_to(new_shape)
     assert_view(b, np.broadcast_to(base, tuple(new_shape)), a, base)
     if int(np.prod(new_shape)) != int(np.prod(shape)):
         assert not b.is_compact()
 
 
-def test_broadcast_to_of_views():
+def test_broadcast_to_of_views(device):
     x = np.random.randn(4, 6).astype(np.float32)
-    a = nd.array(x)
+    a = nd.array(x, device=device)
     v = a.permute((1, 0))[1:6:2, 2]          # shape (3, 1), strides (2, 6)
     ref = x.T[1:6:2, 2:3]
     assert_view(v, ref, a, x)
@@ -162,16 +162,16 @@ def test_broadcast_to_of_views():
     ((2, 2, 2), (4, 2, 1)),
     ((5,), (2,)),
 ])
-def test_as_strided(shape, strides, dtype):
-    a, base = make((12,), dtype)
+def test_as_strided(shape, strides, dtype, device):
+    a, base = make((12,), dtype, device)
     s = a.as_strided(shape, strides)
     ref = np.lib.stride_tricks.as_strided(base, shape, [st * base.itemsize for st in strides])
     assert_view(s, ref, a, base)
 
 
-def test_as_strided_keeps_offset():
+def test_as_strided_keeps_offset(device):
     x = np.arange(12.0, dtype=np.float32)
-    a = nd.array(x)
+    a = nd.array(x, device=device)
     v = a[2:10]
     s = v.as_strided((2, 3), (3, 1))
     assert s._offset == 2
@@ -207,8 +207,8 @@ GETITEM_3D = [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("idx", GETITEM_3D, ids=[repr(i) for i in GETITEM_3D])
-def test_getitem_3d(idx, dtype):
-    a, base = make((5, 6, 7), dtype)
+def test_getitem_3d(idx, dtype, device):
+    a, base = make((5, 6, 7), dtype, device)
     v = a[idx]
     ref = base[np_index(idx, base.shape)]
     assert v.ndim == 3  # dimensions are never dropped
@@ -222,29 +222,29 @@ def test_getitem_3d(idx, dtype):
     (slice(None, -2), (3, 5)),
     ((-1, slice(None, None, 4)), (1, 2)),
 ])
-def test_getitem_2d_keeps_dims(idx, shape):
-    a, base = make((5, 5), "float32")
+def test_getitem_2d_keeps_dims(idx, shape, device):
+    a, base = make((5, 5), "float32", device)
     v = a[idx]
     assert v.shape == shape
     assert_view(v, base[np_index(idx, base.shape)], a, base)
 
 
-def test_getitem_1d_and_high_rank():
-    a, base = make((10,), "float32")
+def test_getitem_1d_and_high_rank(device):
+    a, base = make((10,), "float32", device)
     assert_view(a[3], base[3:4], a, base)
     assert_view(a[-2], base[8:9], a, base)
     assert_view(a[2:9:3], base[2:9:3], a, base)
-    b, bbase = make((2, 1, 2, 3, 1, 2, 2), "float64")
+    b, bbase = make((2, 1, 2, 3, 1, 2, 2), "float64", device)
     idx = (1, 0, slice(None), slice(1, 3), 0, -1, slice(None, None, 2))
     assert_view(b[idx], bbase[np_index(idx, bbase.shape)], b, bbase)
-    c, cbase = make((1, 2, 2, 1, 2, 3, 1, 2), "float32")
+    c, cbase = make((1, 2, 2, 1, 2, 3, 1, 2), "float32", device)
     idx = (0, -1, slice(0, 2), 0, 1, slice(None, None, 2))
     assert_view(c[idx], cbase[np_index(idx, cbase.shape)], c, cbase)
 
 
-def test_views_of_views():
+def test_views_of_views(device):
     x = np.random.randn(6, 7, 8).astype(np.float32)
-    a = nd.array(x)
+    a = nd.array(x, device=device)
     v1, r1 = a.permute((2, 0, 1)), x.transpose(2, 0, 1)            # (8, 6, 7)
     assert_view(v1, r1, a, x)
     v2, r2 = v1[1:7:2, slice(-5, None), 3], r1[1:7:2, -5:, 3:4]       # (3, 5, 1)
@@ -302,17 +302,17 @@ def test_is_compact_and_compact(name, arr, compact, ref):
     np.testing.assert_array_equal(c.numpy(), ref)
 
 
-def test_compact_float64_view():
+def test_compact_float64_view(device):
     x = np.random.randn(5, 4)
-    a = nd.array(x, dtype="float64")
+    a = nd.array(x, dtype="float64", device=device)
     c = a.permute((1, 0))[1:3].compact()
     assert c.dtype == "float64" and c.is_compact()
     np.testing.assert_array_equal(c.numpy(), x.T[1:3])
 
 
-def test_compact_does_not_alias_base():
+def test_compact_does_not_alias_base(device):
     x = np.random.randn(3, 3).astype(np.float32)
-    a = nd.array(x)
+    a = nd.array(x, device=device)
     c = a.permute((1, 0)).compact()
     a[0, 1] = 100.0
     np.testing.assert_array_equal(c.numpy(), x.T)
@@ -344,9 +344,9 @@ SETITEM = [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, idx, kind", SETITEM, ids=[f"{s}-{i}-{k}" for s, i, k in SETITEM])
-def test_setitem(shape, idx, kind, dtype):
+def test_setitem(shape, idx, kind, dtype, device):
     t = NP_DTYPE[dtype]
-    a, x = make(shape, dtype)
+    a, x = make(shape, dtype, device)
     ptr, strides = a._handle.ptr(), a.strides
     ni = np_index(idx, shape)
     vshape = x[ni].shape
@@ -357,15 +357,16 @@ def test_setitem(shape, idx, kind, dtype):
     else:
         y = np.asarray(np.random.randn(*vshape))
         if kind == "array":
-            src = nd.array(y, dtype=dtype)
+            src = nd.array(y, dtype=dtype, device=device)
         elif kind == "flat":
-            src = nd.array(y.reshape(-1), dtype=dtype)
+            src = nd.array(y.reshape(-1), dtype=dtype, device=device)
         elif kind == "transposed":
-            src = nd.array(y.T, dtype=dtype).permute(tuple(reversed(range(len(vshape)))))
+            src = nd.array(y.T, dtype=dtype, device=device)
+            src = src.permute(tuple(reversed(range(len(vshape)))))
             assert not src.is_compact()
         else:  # broadcast along the first axis
             y = np.broadcast_to(y[:1], vshape)
-            src = nd.array(y[:1], dtype=dtype).broadcast_to(vshape)
+            src = nd.array(y[:1], dtype=dtype, device=device).broadcast_to(vshape)
         x[ni] = y.astype(t).reshape(vshape)
         a[idx] = src
     assert a._handle.ptr() == ptr
@@ -375,21 +376,21 @@ def test_setitem(shape, idx, kind, dtype):
 
 @pytest.mark.parametrize("value", [3, 2.5, 0.1, np.float64(0.1), np.float32(-4.25), np.int64(-7),
                                    np.array(1.75)])
-def test_setitem_scalar_kinds(value):
-    a, x = make((3, 4), "float32")
+def test_setitem_scalar_kinds(value, device):
+    a, x = make((3, 4), "float32", device)
     a[1, 1:3] = value
     x[1, 1:3] = np.float32(float(value))
     np.testing.assert_array_equal(a.numpy(), x)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_setitem_through_views_reaches_base(dtype):
+def test_setitem_through_views_reaches_base(dtype, device):
     t = NP_DTYPE[dtype]
-    a, x = make((6, 8), dtype)
+    a, x = make((6, 8), dtype, device)
     v = a.permute((1, 0))[1:7, ::2]                 # (6, 3) view of the base
     xv = x.T[1:7, ::2]
     y = np.random.randn(2, 3)
-    v[0:2, :] = nd.array(y, dtype=dtype)
+    v[0:2, :] = nd.array(y, dtype=dtype, device=device)
     xv[0:2, :] = y.astype(t)
     v[-1, 1] = 9.0
     xv[-1:, 1:2] = 9.0
@@ -420,8 +421,8 @@ def test_flat_writes_are_visible(dtype):
     np.testing.assert_allclose(a.sum().numpy(), [x.astype(np.float64).sum()], rtol=1e-5)
 
 
-def test_setitem_row_copy_within_array():
-    a, x = make((4, 5), "float32")
+def test_setitem_row_copy_within_array(device):
+    a, x = make((4, 5), "float32", device)
     a[0] = a[3]
     x[0] = x[3]
     a[1:3] = a[2:4]          # overlapping rows: NumPy semantics (source read first)
@@ -430,8 +431,8 @@ def test_setitem_row_copy_within_array():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_setitem_in_place_transpose(dtype):
-    a, x = make((5, 5), dtype)
+def test_setitem_in_place_transpose(dtype, device):
+    a, x = make((5, 5), dtype, device)
     a[:, :] = a.permute((1, 0))
     np.testing.assert_array_equal(a.numpy(), x.T)
 
@@ -453,10 +454,10 @@ def test_np_asarray_writes_visible_to_later_ops():
     np.testing.assert_array_equal((a * 1.0).numpy(), x)
 
 
-def test_negative_strides_through_as_strided():
+def test_negative_strides_through_as_strided(device):
     # strides may be negative transiently (flip is built this way, 2.11)
     x = np.arange(12.0, dtype=np.float32)
-    a = nd.array(x)
+    a = nd.array(x, device=device)
     r = a[11].as_strided((3, 4), (-4, -1))
     assert r._offset == 11 and r.strides == (-4, -1)
     np.testing.assert_array_equal(r.numpy(), x[::-1].reshape(3, 4))
@@ -469,8 +470,8 @@ def test_negative_strides_through_as_strided():
     np.testing.assert_array_equal(a.numpy(), x)
 
 
-def test_numpy_integer_indices():
-    a, base = make((4, 5), "float32")
+def test_numpy_integer_indices(device):
+    a, base = make((4, 5), "float32", device)
     idx = (np.int64(2), np.int32(-1))
     assert_view(a[idx], base[2:3, 4:5], a, base)
     a[np.int64(1), 0] = 6.0
@@ -493,7 +494,7 @@ def test_views_keep_the_buffer_alive():
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_random_view_chains(seed):
+def test_random_view_chains(seed, device):
     """Random chains of getitem / permute / broadcast_to / reshape, each step
     checked against the same NumPy chain; then a write through the final view
     (when it has no broadcast dims) must land in the base as in NumPy."""
@@ -503,7 +504,7 @@ def test_random_view_chains(seed):
     for trial in range(150):
         shape = tuple(rng.randint(1, 4) for _ in range(rng.randint(1, 4)))
         dtype = rng.choice(DTYPES)
-        a, base = make(shape, dtype)
+        a, base = make(shape, dtype, device)
         v, r = a, base
         writable = True
         for _ in range(rng.randint(1, 4)):
@@ -539,6 +540,6 @@ def test_random_view_chains(seed):
             np.testing.assert_array_equal(v.numpy(), r)
         if writable:
             y = np.random.randn(*r.shape).astype(NP_DTYPE[dtype])
-            v[tuple(slice(None) for _ in v.shape)] = nd.array(y, dtype=dtype)
+            v[tuple(slice(None) for _ in v.shape)] = nd.array(y, dtype=dtype, device=device)
             r[...] = y
             np.testing.assert_array_equal(a.numpy(), base)

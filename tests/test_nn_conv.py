@@ -17,8 +17,8 @@ from needle import nn
 IS_NP = ndl.BACKEND == "np"
 
 
-def tensor(x, dtype="float32", requires_grad=True):
-    return ndl.Tensor(np.asarray(x), dtype=dtype, requires_grad=requires_grad)
+def tensor(x, dtype="float32", requires_grad=True, device=None):
+    return ndl.Tensor(np.asarray(x), dtype=dtype, requires_grad=requires_grad, device=device)
 
 
 def torch_conv2d(conv, dtype=torch.float64):
@@ -39,13 +39,14 @@ def torch_conv2d(conv, dtype=torch.float64):
 
 @pytest.mark.parametrize("ci, co, k, bias", [(3, 8, 3, True), (4, 2, 5, False), (1, 1, 1, True),
                                              (2, 3, 4, True)])
-def test_conv_construction_draws_weight_then_bias(ci, co, k, bias):
+def test_conv_construction_draws_weight_then_bias(ci, co, k, bias, device):
     np.random.seed(7)
-    conv = nn.Conv(ci, co, k, bias=bias)
+    conv = nn.Conv(ci, co, k, bias=bias, device=device)
     np.random.seed(7)
     wb = math.sqrt(2.0) * math.sqrt(3.0 / (ci * k * k))
     w_expect = np.random.rand(k, k, ci, co) * 2 * wb - wb
     assert conv.weight.shape == (k, k, ci, co) and conv.weight.dtype == "float32"
+    assert conv.weight.device == device
     np.testing.assert_allclose(conv.weight.numpy(), w_expect, rtol=1e-6, atol=1e-6)
     assert isinstance(conv.weight, nn.Parameter)
     if bias:
@@ -61,12 +62,13 @@ def test_conv_construction_draws_weight_then_bias(ci, co, k, bias):
     assert conv.padding == k // 2
 
 
-def test_conv_tuple_arguments_take_the_first_element_and_dtype():
-    conv = nn.Conv(2, 3, (5, 5), stride=(2, 2), dtype="float64")
+def test_conv_tuple_arguments_take_the_first_element_and_dtype(device):
+    conv = nn.Conv(2, 3, (5, 5), stride=(2, 2), dtype="float64", device=device)
     assert conv.kernel_size == 5 and conv.stride == 2
     assert conv.weight.dtype == "float64" and conv.bias.dtype == "float64"
-    y = conv(tensor(np.random.randn(1, 2, 9, 9), "float64"))
-    assert y.shape == (1, 3, 5, 5) and y.dtype == "float64"
+    assert conv.bias.device == device
+    y = conv(tensor(np.random.randn(1, 2, 9, 9), "float64", device=device))
+    assert y.shape == (1, 3, 5, 5) and y.dtype == "float64" and y.device == device
 
 
 # --------------------------------------------------------------------------
@@ -81,17 +83,17 @@ def test_conv_tuple_arguments_take_the_first_element_and_dtype():
     (2, 2, 3, 3, True, 2, 10, 11),
     (16, 8, 3, 1, True, 4, 12, 12),
 ])
-def test_conv_vs_torch(ci, co, k, s, bias, n, h, w):
-    conv = nn.Conv(ci, co, k, stride=s, bias=bias)
+def test_conv_vs_torch(ci, co, k, s, bias, n, h, w, device):
+    conv = nn.Conv(ci, co, k, stride=s, bias=bias, device=device)
     t = torch_conv2d(conv)
     x = np.random.randn(n, ci, h, w).astype(np.float32)
-    xn = tensor(x)
+    xn = tensor(x, device=device)
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     y, yt = conv(xn), t(xt)
-    assert y.shape == tuple(yt.shape) and y.dtype == "float32"
+    assert y.shape == tuple(yt.shape) and y.dtype == "float32" and y.device == device
     np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), rtol=1e-4, atol=1e-4)
     g = np.random.randn(*y.shape).astype(np.float32)
-    y.backward(tensor(g, requires_grad=False))
+    y.backward(tensor(g, requires_grad=False, device=device))
     yt.backward(torch.tensor(g, dtype=torch.float64))
     np.testing.assert_allclose(xn.grad.numpy(), xt.grad.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(conv.weight.grad.numpy(),
@@ -101,13 +103,13 @@ def test_conv_vs_torch(ci, co, k, s, bias, n, h, w):
                                    rtol=1e-4, atol=2e-4)
 
 
-def test_conv_reads_attributes_at_each_forward():
-    conv = nn.Conv(2, 3, 3)
-    x = tensor(np.random.randn(1, 2, 5, 5))
+def test_conv_reads_attributes_at_each_forward(device):
+    conv = nn.Conv(2, 3, 3, device=device)
+    x = tensor(np.random.randn(1, 2, 5, 5), device=device)
     b = np.random.randn(3).astype(np.float32)
     conv.bias = None
     y_nobias = conv(x).numpy()
-    conv.bias = nn.Parameter(tensor(b))
+    conv.bias = nn.Parameter(tensor(b, device=device))
     np.testing.assert_allclose(conv(x).numpy(), y_nobias + b[None, :, None, None],
                                rtol=1e-5, atol=1e-5)
     conv.stride = 2
@@ -118,13 +120,13 @@ def test_conv_reads_attributes_at_each_forward():
 # Conv -> BatchNorm2d -> ReLU, train and eval, vs torch
 # --------------------------------------------------------------------------
 
-def test_conv_batchnorm2d_relu_vs_torch_train_then_eval():
+def test_conv_batchnorm2d_relu_vs_torch_train_then_eval(device):
     ci, co, n = 3, 4, 4
-    conv, bn = nn.Conv(ci, co, 3), nn.BatchNorm2d(co)
+    conv, bn = nn.Conv(ci, co, 3, device=device), nn.BatchNorm2d(co, device=device)
     model = nn.Sequential(conv, bn, nn.ReLU())
     w, b = np.random.randn(co).astype(np.float32), np.random.randn(co).astype(np.float32)
-    bn.weight = nn.Parameter(tensor(w))
-    bn.bias = nn.Parameter(tensor(b))
+    bn.weight = nn.Parameter(tensor(w, device=device))
+    bn.bias = nn.Parameter(tensor(b, device=device))
     tconv = torch_conv2d(conv)
     tbn = torch.nn.BatchNorm2d(co, eps=1e-5, momentum=0.1, dtype=torch.float64)
     with torch.no_grad():
@@ -135,11 +137,13 @@ def test_conv_batchnorm2d_relu_vs_torch_train_then_eval():
     rm, rv = np.zeros(co), np.ones(co)
     for step in range(3):
         x = (np.random.randn(n, ci, 6, 5) * 2 + 0.5).astype(np.float32)
-        xn, xt = tensor(x), torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        xn = tensor(x, device=device)
+        xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
         y, yt = model(xn), tmodel(xt)
+        assert y.device == device and bn.running_mean.device == device
         np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), rtol=2e-4, atol=2e-4)
         g = np.random.randn(*y.shape).astype(np.float32)
-        y.backward(tensor(g, requires_grad=False))
+        y.backward(tensor(g, requires_grad=False, device=device))
         yt.backward(torch.tensor(g, dtype=torch.float64))
         np.testing.assert_allclose(xn.grad.numpy(), xt.grad.numpy(), rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(conv.weight.grad.numpy(),
@@ -167,11 +171,12 @@ def test_conv_batchnorm2d_relu_vs_torch_train_then_eval():
         tbn.running_var.copy_(torch.tensor(rv))
     tmodel.eval()
     x = np.random.randn(2, ci, 5, 7).astype(np.float32)
-    xn, xt = tensor(x), torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    xn = tensor(x, device=device)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     y, yt = model(xn), tmodel(xt)
     np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), rtol=2e-4, atol=2e-4)
     g = np.random.randn(*y.shape).astype(np.float32)
-    y.backward(tensor(g, requires_grad=False))
+    y.backward(tensor(g, requires_grad=False, device=device))
     yt.backward(torch.tensor(g, dtype=torch.float64))
     np.testing.assert_allclose(xn.grad.numpy(), xt.grad.numpy(), rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(bn.running_mean.numpy(), stats)  # untouched in eval
@@ -186,9 +191,10 @@ def test_batchnorm2d_is_exported_from_nn_conv():
     assert len(bn.parameters()) == 2
 
 
-def test_conv_bad_input_raises():
-    conv = nn.Conv(3, 4, 3)
+def test_conv_bad_input_raises(device):
+    conv = nn.Conv(3, 4, 3, device=device)
     with pytest.raises(ValueError, match="C_in = 2 channels but the weight expects 3"):
-        conv(tensor(np.zeros((1, 2, 5, 5))))
+        conv(tensor(np.zeros((1, 2, 5, 5)), device=device))
     # padding K//2 makes every input fit: a 1x1 image through a 7x7 kernel is 1x1
-    assert nn.Conv(3, 4, 7)(tensor(np.zeros((1, 3, 1, 1)))).shape == (1, 4, 1, 1)
+    y = nn.Conv(3, 4, 7, device=device)(tensor(np.zeros((1, 3, 1, 1)), device=device))
+    assert y.shape == (1, 4, 1, 1)

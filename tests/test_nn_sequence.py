@@ -42,8 +42,8 @@ TORCH_DT = {"float32": torch.float32, "float64": torch.float64}
 # helpers
 # --------------------------------------------------------------------------
 
-def nd(a, dtype, requires_grad=True):
-    return ndl.Tensor(np.asarray(a), dtype=dtype, requires_grad=requires_grad)
+def nd(a, dtype, requires_grad=True, device=None):
+    return ndl.Tensor(np.asarray(a), dtype=dtype, requires_grad=requires_grad, device=device)
 
 
 def th(a, dtype, requires_grad=True):
@@ -76,7 +76,10 @@ def check_cell_grads(cell, tcell, tol, suffix=""):
 
 
 def weighted_sum(ys, gs, dtype, lib):
-    mk = (lambda g: nd(g, dtype, False)) if lib == "nd" else (lambda g: th(g, dtype, False))
+    """sum(y * g) over the pairs; the needle g's on the y's device."""
+    mk = (lambda g: nd(g, dtype, False, device=dev)) if lib == "nd" \
+        else (lambda g: th(g, dtype, False))
+    dev = ys[0].device if lib == "nd" else None
     total = None
     for y, g in zip(ys, gs):
         term = (y * mk(g)).sum()
@@ -96,14 +99,14 @@ CELL_CASES = [  # (nonlinearity, bias, with_state, dtype, batch)
 
 
 @pytest.mark.parametrize("nonlin,bias,with_state,dtype,bs", CELL_CASES)
-def test_rnn_cell_matches_torch(nonlin, bias, with_state, dtype, bs):
+def test_rnn_cell_matches_torch(nonlin, bias, with_state, dtype, bs, device):
     I, H = 5, 7
-    cell = nn.RNNCell(I, H, bias=bias, nonlinearity=nonlin, dtype=dtype)
+    cell = nn.RNNCell(I, H, bias=bias, nonlinearity=nonlin, dtype=dtype, device=device)
     tcell = torch.nn.RNNCell(I, H, bias=bias, nonlinearity=nonlin, dtype=TORCH_DT[dtype])
     copy_cell(cell, tcell)
     x, h0, G = np.random.randn(bs, I), np.random.randn(bs, H), np.random.randn(bs, H)
-    X, Xt = nd(x, dtype), th(x, dtype)
-    H0, H0t = (nd(h0, dtype), th(h0, dtype)) if with_state else (None, None)
+    X, Xt = nd(x, dtype, device=device), th(x, dtype)
+    H0, H0t = (nd(h0, dtype, device=device), th(h0, dtype)) if with_state else (None, None)
     y, yt = cell(X, H0), tcell(Xt, H0t)
     assert y.dtype == dtype and y.device == X.device
     close(y, yt, TOL[dtype]["fwd"])
@@ -118,15 +121,15 @@ def test_rnn_cell_matches_torch(nonlin, bias, with_state, dtype, bs):
 @pytest.mark.parametrize("bias,with_state,dtype,bs", [
     (True, True, "float32", 3), (False, False, "float32", 2), (True, False, "float64", 1),
     (False, True, "float64", 4)])
-def test_lstm_cell_matches_torch(bias, with_state, dtype, bs):
+def test_lstm_cell_matches_torch(bias, with_state, dtype, bs, device):
     I, H = 5, 6
-    cell = nn.LSTMCell(I, H, bias=bias, dtype=dtype)
+    cell = nn.LSTMCell(I, H, bias=bias, dtype=dtype, device=device)
     tcell = torch.nn.LSTMCell(I, H, bias=bias, dtype=TORCH_DT[dtype])
     copy_cell(cell, tcell)
     x = np.random.randn(bs, I)
     h0, c0 = np.random.randn(bs, H), np.random.randn(bs, H)
-    X, Xt = nd(x, dtype), th(x, dtype)
-    state = (nd(h0, dtype), nd(c0, dtype)) if with_state else None
+    X, Xt = nd(x, dtype, device=device), th(x, dtype)
+    state = (nd(h0, dtype, device=device), nd(c0, dtype, device=device)) if with_state else None
     tstate = (th(h0, dtype), th(c0, dtype)) if with_state else None
     out, tout = cell(X, state), tcell(Xt, tstate)
     assert type(out) is tuple and len(out) == 2
@@ -150,17 +153,17 @@ RNN_CASES = [  # (nonlinearity, layers, bias, with_state, dtype, seq_len, batch)
 
 
 @pytest.mark.parametrize("nonlin,L,bias,with_state,dtype,T,bs", RNN_CASES)
-def test_rnn_matches_torch(nonlin, L, bias, with_state, dtype, T, bs):
+def test_rnn_matches_torch(nonlin, L, bias, with_state, dtype, T, bs, device):
     I, H = 4, 5
-    m = nn.RNN(I, H, num_layers=L, bias=bias, nonlinearity=nonlin, dtype=dtype)
+    m = nn.RNN(I, H, num_layers=L, bias=bias, nonlinearity=nonlin, dtype=dtype, device=device)
     tm = torch.nn.RNN(I, H, num_layers=L, bias=bias, nonlinearity=nonlin,
                       dtype=TORCH_DT[dtype])
     assert len(m.rnn_cells) == L
     for k, cell in enumerate(m.rnn_cells):
         copy_cell(cell, tm, f"_l{k}")
     x, h0 = np.random.randn(T, bs, I), np.random.randn(L, bs, H)
-    X, Xt = nd(x, dtype), th(x, dtype)
-    H0, H0t = (nd(h0, dtype), th(h0, dtype)) if with_state else (None, None)
+    X, Xt = nd(x, dtype, device=device), th(x, dtype)
+    H0, H0t = (nd(h0, dtype, device=device), th(h0, dtype)) if with_state else (None, None)
     out, tout = m(X, H0), tm(Xt, H0t)
     assert type(out) is tuple and out[0].shape == (T, bs, H) and out[1].shape == (L, bs, H)
     for a, b in zip(out, tout):
@@ -183,17 +186,17 @@ LSTM_CASES = [  # (layers, bias, with_state, dtype, seq_len, batch)
 
 
 @pytest.mark.parametrize("L,bias,with_state,dtype,T,bs", LSTM_CASES)
-def test_lstm_matches_torch(L, bias, with_state, dtype, T, bs):
+def test_lstm_matches_torch(L, bias, with_state, dtype, T, bs, device):
     I, H = 4, 5
-    m = nn.LSTM(I, H, num_layers=L, bias=bias, dtype=dtype)
+    m = nn.LSTM(I, H, num_layers=L, bias=bias, dtype=dtype, device=device)
     tm = torch.nn.LSTM(I, H, num_layers=L, bias=bias, dtype=TORCH_DT[dtype])
     assert len(m.lstm_cells) == L
     for k, cell in enumerate(m.lstm_cells):
         copy_cell(cell, tm, f"_l{k}")
     x = np.random.randn(T, bs, I)
     h0, c0 = np.random.randn(L, bs, H), np.random.randn(L, bs, H)
-    X, Xt = nd(x, dtype), th(x, dtype)
-    state = (nd(h0, dtype), nd(c0, dtype)) if with_state else None
+    X, Xt = nd(x, dtype, device=device), th(x, dtype)
+    state = (nd(h0, dtype, device=device), nd(c0, dtype, device=device)) if with_state else None
     tstate = (th(h0, dtype), th(c0, dtype)) if with_state else None
     out, (h_n, c_n) = m(X, state)
     tout, (th_n, tc_n) = tm(Xt, tstate)
@@ -213,14 +216,14 @@ def test_lstm_matches_torch(L, bias, with_state, dtype, T, bs):
             close(a.grad, b.grad, TOL[dtype]["bwd"])
 
 
-def test_lstm_output_only_gradient_matches_torch():
+def test_lstm_output_only_gradient_matches_torch(device):
     """Only `output` is used: the final states get no adjoint (zeros inside)."""
     I, H, T, bs = 3, 4, 6, 2
-    m, tm = nn.LSTM(I, H, num_layers=2), torch.nn.LSTM(I, H, num_layers=2)
+    m, tm = nn.LSTM(I, H, num_layers=2, device=device), torch.nn.LSTM(I, H, num_layers=2)
     for k, cell in enumerate(m.lstm_cells):
         copy_cell(cell, tm, f"_l{k}")
     x = np.random.randn(T, bs, I)
-    X, Xt = nd(x, "float32"), th(x, "float32")
+    X, Xt = nd(x, "float32", device=device), th(x, "float32")
     m(X)[0].sum().backward()
     tm(Xt)[0].sum().backward()
     close(X.grad, Xt.grad, TOL["float32"]["bwd"])
@@ -234,13 +237,13 @@ def test_lstm_output_only_gradient_matches_torch():
 
 @pytest.mark.parametrize("bs", [1, 3])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_layers_equal_their_cells_unrolled_bit_for_bit(bs, dtype):
+def test_layers_equal_their_cells_unrolled_bit_for_bit(bs, dtype, device):
     """X @ W_ih for all steps at once, the split and the fused gates give the
     numbers of the cells applied step by step (API.md 6.5's formula)."""
     I, H, T, L = 4, 5, 6, 2
-    lstm = nn.LSTM(I, H, num_layers=L, dtype=dtype)
-    rnn = nn.RNN(I, H, num_layers=L, nonlinearity="relu", dtype=dtype)
-    X = nd(np.random.randn(T, bs, I), dtype, False)
+    lstm = nn.LSTM(I, H, num_layers=L, dtype=dtype, device=device)
+    rnn = nn.RNN(I, H, num_layers=L, nonlinearity="relu", dtype=dtype, device=device)
+    X = nd(np.random.randn(T, bs, I), dtype, False, device=device)
     out, (h_n, c_n) = lstm(X)
     xs, hs, cs = list(ops.split(X, 0)), [], []
     for cell in lstm.lstm_cells:
@@ -270,17 +273,17 @@ def uniform_draws(shapes, k):
 
 @pytest.mark.parametrize("kind", ["RNNCell", "RNN", "LSTMCell", "LSTM"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_construction_draws_in_contract_order(kind, bias):
+def test_construction_draws_in_contract_order(kind, bias, device):
     """W_ih, W_hh, bias_ih, bias_hh per layer, uniform(-1/sqrt(H), 1/sqrt(H)),
     nothing else drawn; weights input-major, biases 1-D."""
     I, H, L = 3, 4, 2
     g = 4 if kind.startswith("LSTM") else 1
     layers = L if kind in ("RNN", "LSTM") else 1
     np.random.seed(7)
-    m = {"RNNCell": lambda: nn.RNNCell(I, H, bias=bias),
-         "RNN": lambda: nn.RNN(I, H, num_layers=L, bias=bias),
-         "LSTMCell": lambda: nn.LSTMCell(I, H, bias=bias),
-         "LSTM": lambda: nn.LSTM(I, H, num_layers=L, bias=bias)}[kind]()
+    m = {"RNNCell": lambda: nn.RNNCell(I, H, bias=bias, device=device),
+         "RNN": lambda: nn.RNN(I, H, num_layers=L, bias=bias, device=device),
+         "LSTMCell": lambda: nn.LSTMCell(I, H, bias=bias, device=device),
+         "LSTM": lambda: nn.LSTM(I, H, num_layers=L, bias=bias, device=device)}[kind]()
     next_draw = np.random.rand()
     np.random.seed(7)
     params = m.parameters()
@@ -300,9 +303,9 @@ def test_construction_draws_in_contract_order(kind, bias):
         assert all(c.bias_ih is None and c.bias_hh is None for c in cells)
 
 
-def test_embedding_draws_randn():
+def test_embedding_draws_randn(device):
     np.random.seed(3)
-    emb = nn.Embedding(6, 4)
+    emb = nn.Embedding(6, 4, device=device)
     np.random.seed(3)
     expected = np.random.randn(6, 4)
     assert emb.parameters() == [emb.weight] and emb.weight.shape == (6, 4)
@@ -320,26 +323,26 @@ def test_bad_nonlinearity_is_rejected_before_drawing():
     assert np.random.rand() == first
 
 
-def test_forward_reads_attributes_set_after_construction():
-    cell = nn.LSTMCell(3, 4)
+def test_forward_reads_attributes_set_after_construction(device):
+    cell = nn.LSTMCell(3, 4, device=device)
     cell.bias_ih = cell.bias_hh = None
-    X = ndl.init.randn(2, 3)
+    X = ndl.init.randn(2, 3, device=device)
     h, c = cell(X)
-    z = X @ cell.W_ih + ndl.init.zeros(2, 4) @ cell.W_hh
-    ref = ops.lstm_gates(z, ndl.init.zeros(2, 4))
+    z = X @ cell.W_ih + ndl.init.zeros(2, 4, device=device) @ cell.W_hh
+    ref = ops.lstm_gates(z, ndl.init.zeros(2, 4, device=device))
     np.testing.assert_array_equal(h.numpy(), ref[0].numpy())
 
 
-def test_split_steps_matches_split_values_and_gradient():
+def test_split_steps_matches_split_values_and_gradient(device):
     for T in (1, 2, 5, 12, 40):
         x = np.random.randn(T, 3, 2)
-        X = nd(x, "float64")
+        X = nd(x, "float64", device=device)
         steps = _split_steps(X)
         assert len(steps) == T
         for t, s in enumerate(steps):
             np.testing.assert_array_equal(s.numpy(), x[t])
         G = np.random.randn(T, 3, 2)
-        (ops.stack(steps, 0) * nd(G, "float64", False)).sum().backward()
+        (ops.stack(steps, 0) * nd(G, "float64", False, device=device)).sum().backward()
         np.testing.assert_array_equal(X.grad.numpy(), G)
 
 
@@ -369,12 +372,12 @@ def gates_path(request):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("bs,H", [(1, 1), (3, 5), (4, 64)])
-def test_lstm_gates_matches_composition(gates_path, dtype, bs, H):
+def test_lstm_gates_matches_composition(gates_path, dtype, bs, H, device):
     z = np.random.randn(bs, 4 * H) * np.random.choice([0.1, 1, 10, 60], size=(bs, 4 * H))
     c = np.random.randn(bs, H) * 3
     z[0, 0], z[-1, -1] = 0.0, -0.0
-    Z, C = nd(z, dtype), nd(c, dtype)
-    Z2, C2 = nd(z, dtype), nd(c, dtype)
+    Z, C = nd(z, dtype, device=device), nd(c, dtype, device=device)
+    Z2, C2 = nd(z, dtype, device=device), nd(c, dtype, device=device)
     out = ops.lstm_gates(Z, C)
     assert isinstance(out, ndl.TensorTuple) and len(out) == 2
     ref = gates_composed(Z2, C2)
@@ -466,24 +469,27 @@ def test_lstm_gates_bad_shapes_name_them():
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_gather_and_scatter_rows_match_numpy(dtype):
+def test_gather_and_scatter_rows_match_numpy(dtype, device):
     w = np.random.randn(6, 3)
     idx = np.array([[1, 5, 1], [0, 2, 1]])
-    W = nd(w, dtype)
-    y = ops.gather_rows(W, nd(idx, dtype, False))
+    W = nd(w, dtype, device=device)
+    y = ops.gather_rows(W, nd(idx, dtype, False, device=device))
     assert y.shape == (2, 3, 3)
     np.testing.assert_array_equal(y.numpy(), w.astype(dtype)[idx])
     G = np.random.randn(2, 3, 3)
-    (y * nd(G, dtype, False)).sum().backward()
+    (y * nd(G, dtype, False, device=device)).sum().backward()
     ref = np.zeros((6, 3))
     np.add.at(ref, idx, G)
     np.testing.assert_allclose(W.grad.numpy(), ref, rtol=1e-6)
-    s = ops.scatter_rows(nd(G, dtype, False), nd(idx, dtype, False), (6, 3))
+    s = ops.scatter_rows(nd(G, dtype, False, device=device), nd(idx, dtype, False, device=device),
+                         (6, 3))
     np.testing.assert_allclose(s.numpy(), ref, rtol=1e-6)
     # 1-D tables and index arrays of any rank
     v = np.random.randn(5)
     np.testing.assert_array_equal(
-        ops.gather_rows(nd(v, dtype), nd([4, 0], dtype, False)).numpy(), v.astype(dtype)[[4, 0]])
+        ops.gather_rows(nd(v, dtype, device=device),
+                        nd([4, 0], dtype, False, device=device)).numpy(),
+        v.astype(dtype)[[4, 0]])
 
 
 def test_gather_rows_gradient_of_gradient_and_finite_differences():
@@ -507,31 +513,33 @@ def test_gather_rows_gradient_of_gradient_and_finite_differences():
     np.testing.assert_allclose(Gs.grad.numpy(), numeric_grad(f, [g], 0), rtol=1e-7)
 
 
-def test_gather_and_scatter_rows_reject_bad_indices_and_shapes():
-    W = ndl.init.ones(4, 2)
+def test_gather_and_scatter_rows_reject_bad_indices_and_shapes(device):
+    W = ndl.init.ones(4, 2, device=device)
     for bad, err, msg in [([4.0], IndexError, "index 4 is out of range for 4 rows"),
                           ([-1.0], IndexError, "index -1 is out of range"),
                           ([1.5], ValueError, "integers, got 1.5"),
                           ([float("nan")], ValueError, "integers"),
                           ([float("inf")], ValueError, "integers")]:
         with pytest.raises(err, match=msg):
-            ops.gather_rows(W, ndl.Tensor(bad, requires_grad=False))
+            ops.gather_rows(W, ndl.Tensor(bad, requires_grad=False, device=device))
     with pytest.raises(ValueError, match=r"\(3, 2\).*\(2, 2\)"):
-        ops.scatter_rows(ndl.init.ones(3, 2), ndl.Tensor([0.0, 1.0]), (4, 2))
+        ops.scatter_rows(ndl.init.ones(3, 2, device=device),
+                         ndl.Tensor([0.0, 1.0], device=device), (4, 2))
     with pytest.raises(IndexError, match="out of range for 4 rows"):
-        ops.scatter_rows(ndl.init.ones(1, 2), ndl.Tensor([7.0]), (4, 2))
+        ops.scatter_rows(ndl.init.ones(1, 2, device=device), ndl.Tensor([7.0], device=device),
+                         (4, 2))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_embedding_matches_torch_and_one_hot_matmul(dtype):
+def test_embedding_matches_torch_and_one_hot_matmul(dtype, device):
     num, dim, T, bs = 7, 3, 4, 5
-    emb = nn.Embedding(num, dim, dtype=dtype)
+    emb = nn.Embedding(num, dim, dtype=dtype, device=device)
     temb = torch.nn.Embedding(num, dim, dtype=TORCH_DT[dtype])
     with torch.no_grad():
         temb.weight.copy_(torch.from_numpy(emb.weight.numpy()))
     x = np.random.randint(0, num, size=(T, bs))
     x[0, :2] = [num - 1, 0]
-    y = emb(ndl.Tensor(x, requires_grad=False))
+    y = emb(ndl.Tensor(x, requires_grad=False, device=device))
     yt = temb(torch.from_numpy(x))
     assert y.shape == (T, bs, dim) and y.dtype == dtype
     np.testing.assert_array_equal(y.numpy(), yt.detach().numpy())
@@ -540,22 +548,23 @@ def test_embedding_matches_torch_and_one_hot_matmul(dtype):
     weighted_sum([yt], [G], dtype, "th").backward()
     close(emb.weight.grad, temb.weight.grad, TOL[dtype]["bwd"])
     # the contract's formula: one_hot(x) reshaped (T*bs, num) @ weight, reshaped back
-    W = nd(emb.weight.numpy(), dtype)
-    oh = ndl.init.one_hot(num, ndl.Tensor(x, requires_grad=False), dtype=dtype)
+    W = nd(emb.weight.numpy(), dtype, device=device)
+    oh = ndl.init.one_hot(num, ndl.Tensor(x, requires_grad=False, device=device), dtype=dtype,
+                          device=device)
     ref = (oh.reshape((T * bs, num)) @ W).reshape((T, bs, dim))
     np.testing.assert_array_equal(y.numpy(), ref.numpy())
     weighted_sum([ref], [G], dtype, "nd").backward()
     close(emb.weight.grad, W.grad, TOL[dtype]["bwd"])
 
 
-def test_embedding_rejects_bad_indices_naming_shapes():
-    emb = nn.Embedding(10, 4)
+def test_embedding_rejects_bad_indices_naming_shapes(device):
+    emb = nn.Embedding(10, 4, device=device)
     with pytest.raises(IndexError, match=r"index 10 .*num_embeddings=10.*\(2, 2\)"):
-        emb(ndl.Tensor([[1, 10], [2, 3]], requires_grad=False))
+        emb(ndl.Tensor([[1, 10], [2, 3]], requires_grad=False, device=device))
     with pytest.raises(IndexError, match=r"index -1"):
-        emb(ndl.Tensor([[-1]], requires_grad=False))
+        emb(ndl.Tensor([[-1]], requires_grad=False, device=device))
     with pytest.raises(ValueError, match=r"integers, got 2.5 .*\(1, 2\)"):
-        emb(ndl.Tensor([[1.0, 2.5]], requires_grad=False))
+        emb(ndl.Tensor([[1.0, 2.5]], requires_grad=False, device=device))
 
 
 # --------------------------------------------------------------------------
@@ -590,9 +599,9 @@ def test_wrong_state_and_input_shapes_are_named():
 # memory, np mode
 # --------------------------------------------------------------------------
 
-def test_repeated_training_steps_leave_no_tensors_behind():
-    lstm, emb = nn.LSTM(3, 4, num_layers=2), nn.Embedding(5, 3)
-    x = ndl.Tensor(np.random.randint(0, 5, size=(6, 2)), requires_grad=False)
+def test_repeated_training_steps_leave_no_tensors_behind(device):
+    lstm, emb = nn.LSTM(3, 4, num_layers=2, device=device), nn.Embedding(5, 3, device=device)
+    x = ndl.Tensor(np.random.randint(0, 5, size=(6, 2)), requires_grad=False, device=device)
 
     def step():
         out, (h, c) = lstm(emb(x))

@@ -51,13 +51,15 @@ def same_bits(a, b):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_round_trip_is_bit_exact(tmp_path, dtype):
+def test_round_trip_is_bit_exact(tmp_path, dtype, device):
+    """From any device (a cuda array is copied to the host first); files load on the cpu."""
     path = tmp_path / "t.safetensors"
     x = special(dtype)
-    obj = {"t": ndl.Tensor(x, dtype=np.dtype(dtype).name, requires_grad=True),
-           "nd": NDArray(x, dtype=np.dtype(dtype).name).permute((1, 0)),
+    name = np.dtype(dtype).name
+    obj = {"t": ndl.Tensor(x, dtype=name, requires_grad=True, device=device),
+           "nd": NDArray(x, dtype=name, device=device).permute((1, 0)),
            "np_int": np.arange(5, dtype=np.int64),
-           "scalar": ndl.Tensor(np.array(2.5, dtype), dtype=np.dtype(dtype).name)}
+           "scalar": ndl.Tensor(np.array(2.5, dtype), dtype=name, device=device)}
     ndl.save(obj, path)
     back = ndl.load(path)
     assert set(back) == set(obj)
@@ -67,12 +69,13 @@ def test_round_trip_is_bit_exact(tmp_path, dtype):
     assert back["nd"].is_compact()
     assert same_bits(back["np_int"], obj["np_int"]) and isinstance(back["np_int"], np.ndarray)
     assert back["scalar"].shape == () and same_bits(back["scalar"], np.array(2.5, dtype))
+    assert back["t"].device == ndl.cpu() and back["nd"].device == ndl.cpu()
 
 
-def test_nested_checkpoint_round_trip(tmp_path):
-    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+def test_nested_checkpoint_round_trip(tmp_path, device):
+    model = nn.Sequential(nn.Linear(3, 4, device=device), nn.BatchNorm1d(4, device=device))
     opt = ndl.optim.Adam(model.parameters(), lr=0.01)
-    loss = model(ndl.Tensor(np.random.randn(5, 3).astype(np.float32))).sum()
+    loss = model(ndl.Tensor(np.random.randn(5, 3).astype(np.float32), device=device)).sum()
     loss.backward()
     opt.step()
     obj = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3,
@@ -90,6 +93,73 @@ def test_nested_checkpoint_round_trip(tmp_path):
     assert set(back["optimizer"]["state"]) == set(range(4))  # int keys stay ints
     for i, st in obj["optimizer"]["state"].items():
         assert all(same_bits(back["optimizer"]["state"][i][n], st[n]) for n in ("m", "v"))
+
+
+def _mlp(device, seed):
+    np.random.seed(seed)
+    return nn.Sequential(nn.Linear(3, 6, device=device), nn.BatchNorm1d(6, device=device),
+                         nn.ReLU(), nn.Linear(6, 2, device=device))
+
+
+def _adam_steps(model, opt, data, device):
+    model.train()
+    for x, y in data:
+        opt.reset_grad()
+        loss = nn.SoftmaxLoss()(model(ndl.Tensor(x, device=device)), ndl.Tensor(y, device=device))
+        loss.backward()
+        opt.step()
+
+
+def test_checkpoint_moves_between_devices(tmp_path, device):
+    """A model and its optimizer trained on `device`, saved, resume on the cpu, are
+    saved again and come back to `device`: every tensor bit for bit, each on the device
+    of the module that loaded it, and the cpu copy computes what the original does."""
+    rng = np.random.default_rng(3)
+    data = [(rng.standard_normal((8, 3)).astype(np.float32), rng.integers(0, 2, 8))
+            for _ in range(2)]
+    model = _mlp(device, 0)
+    opt = ndl.optim.Adam(model.parameters(), lr=0.01)
+    _adam_steps(model, opt, data, device)
+    first = tmp_path / "from_device.safetensors"
+    ndl.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, first)
+
+    cpu_model = _mlp(ndl.cpu(), 1)  # other weights: all of them must come from the file
+    cpu_opt = ndl.optim.Adam(cpu_model.parameters(), lr=1.0)
+    ckpt = ndl.load(first)
+    cpu_model.load_state_dict(ckpt["model"])
+    cpu_opt.load_state_dict(ckpt["optimizer"])
+    for k, v in model.state_dict().items():
+        w = cpu_model.state_dict()[k]
+        assert w.device == ndl.cpu() and same_bits(w, v), k
+    for p, q in zip(opt.params, cpu_opt.params):
+        assert cpu_opt.m[q].device == ndl.cpu() and same_bits(cpu_opt.m[q], opt.m[p])
+        assert same_bits(cpu_opt.v[q], opt.v[p])
+    assert cpu_opt.t == opt.t and cpu_opt.lr == 0.01
+    x = np.random.randn(5, 3).astype(np.float32)
+    model.eval(), cpu_model.eval()
+    np.testing.assert_allclose(cpu_model(ndl.Tensor(x)).numpy(),
+                               model(ndl.Tensor(x, device=device)).numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+    second = tmp_path / "from_cpu.safetensors"
+    ndl.save({"model": cpu_model.state_dict(), "optimizer": cpu_opt.state_dict()}, second)
+    back = _mlp(device, 2)
+    back_opt = ndl.optim.Adam(back.parameters())
+    ckpt = ndl.load(second)
+    back.load_state_dict(ckpt["model"])
+    back_opt.load_state_dict(ckpt["optimizer"])
+    for k, v in model.state_dict().items():
+        w = back.state_dict()[k]
+        assert w.device == device and same_bits(w, v), k
+    for p, q in zip(opt.params, back_opt.params):
+        assert back_opt.v[q].device == device and same_bits(back_opt.v[q], opt.v[p])
+    # and the state dicts themselves, without a file, between the two devices
+    direct = _mlp(device, 4)
+    direct.load_state_dict(cpu_model.state_dict())
+    cpu_model.load_state_dict(back.state_dict())
+    for k, v in model.state_dict().items():
+        assert direct.state_dict()[k].device == device and same_bits(direct.state_dict()[k], v)
+        assert same_bits(cpu_model.state_dict()[k], v)
 
 
 def test_file_is_standard_safetensors(tmp_path):
@@ -244,10 +314,11 @@ def test_bad_needle_metadata(tmp_path):
 # ---- pickling and deepcopy -----------------------------------------------------
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_pickle_tensor(dtype):
+def test_pickle_tensor(dtype, device):
     x = special(np.dtype(dtype).type)
-    for t in (ndl.Tensor(x, dtype=dtype), ndl.Tensor(x, dtype=dtype, requires_grad=False),
-              nn.Parameter(ndl.Tensor(x, dtype=dtype))):
+    for t in (ndl.Tensor(x, dtype=dtype, device=device),
+              ndl.Tensor(x, dtype=dtype, requires_grad=False, device=device),
+              nn.Parameter(ndl.Tensor(x, dtype=dtype, device=device))):
         for back in (pickle.loads(pickle.dumps(t)), copy.deepcopy(t)):
             assert type(back) is type(t) and back is not t
             assert back.requires_grad == t.requires_grad and back.dtype == dtype
@@ -268,29 +339,30 @@ def test_pickle_tensor_drops_the_graph_and_copies():
     assert pickle.loads(pickle.dumps(a)).note == "kept"  # instance attributes travel
 
 
-def test_pickle_ndarray_views_come_back_compact():
-    base = NDArray(np.arange(24, dtype=np.float64).reshape(4, 6), dtype="float64")
+def test_pickle_ndarray_views_come_back_compact(device):
+    base = NDArray(np.arange(24, dtype=np.float64).reshape(4, 6), dtype="float64", device=device)
     for view in (base, base.permute((1, 0)), base[1:3, ::2], base.broadcast_to((2, 4, 6))):
         for back in (pickle.loads(pickle.dumps(view)), copy.deepcopy(view)):
-            assert type(back) is NDArray and back.dtype == "float64"
+            assert type(back) is NDArray and back.dtype == "float64" and back.device == device
             assert back.is_compact() and back.shape == view.shape
             np.testing.assert_array_equal(back.numpy(), view.numpy())
             assert back._handle.ptr() != view._handle.ptr()
-    assert pickle.loads(pickle.dumps(ndl.cpu())) == ndl.cpu()
+    assert pickle.loads(pickle.dumps(device)) is device
 
 
-def test_deepcopy_module_and_optimizer_together():
+def test_deepcopy_module_and_optimizer_together(device):
     np.random.seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    model = nn.Sequential(nn.Linear(4, 8, device=device), nn.BatchNorm1d(8, device=device),
+                          nn.ReLU(), nn.Linear(8, 2, device=device))
     opt = ndl.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    x = ndl.Tensor(np.random.randn(6, 4).astype(np.float32))
+    x = ndl.Tensor(np.random.randn(6, 4).astype(np.float32), device=device)
     model(x).sum().backward()
     opt.step()
     model2, opt2 = copy.deepcopy((model, opt))
     assert all(p is q for p, q in zip(opt2.params, model2.parameters()))  # links kept
     assert set(map(id, opt2.u)) == set(map(id, model2.parameters()))
     for k, v in model.state_dict().items():
-        assert same_bits(model2.state_dict()[k], v)
+        assert model2.state_dict()[k].device == device and same_bits(model2.state_dict()[k], v)
     model2.parameters()[0].data = model2.parameters()[0].data * 0  # independent
     assert np.abs(model.parameters()[0].numpy()).sum() > 0
     model.eval(), model2.eval()

@@ -23,10 +23,12 @@ import needle as ndl
 import needle.nn as nn
 
 
-def needle_mlp(seed=0):
+def needle_mlp(seed=0, device=None):
     np.random.seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(),
-                         nn.Residual(nn.Sequential(nn.Linear(8, 8), nn.ReLU())), nn.Linear(8, 3))
+    return nn.Sequential(nn.Linear(6, 8, device=device), nn.BatchNorm1d(8, device=device),
+                         nn.ReLU(),
+                         nn.Residual(nn.Sequential(nn.Linear(8, 8, device=device), nn.ReLU())),
+                         nn.Linear(8, 3, device=device))
 
 
 def torch_mlp():
@@ -63,14 +65,15 @@ def test_named_parameters_lists_dicts_and_cells():
                                                           "table.b.0"]
 
 
-def test_batchnorm_statistics_are_buffers_not_parameters():
-    bn = nn.BatchNorm1d(5)
+def test_batchnorm_statistics_are_buffers_not_parameters(device):
+    bn = nn.BatchNorm1d(5, device=device)
     assert len(bn.parameters()) == 2
     assert not isinstance(bn.running_mean, nn.Parameter)
     assert [n for n, _ in bn.named_buffers()] == ["running_mean", "running_var"]
-    bn(ndl.Tensor(np.random.randn(7, 5).astype(np.float32)))  # forward replaces the tensors
+    bn(ndl.Tensor(np.random.randn(7, 5).astype(np.float32), device=device))  # new tensors
     sd = bn.state_dict()
     assert list(sd) == ["weight", "bias", "running_mean", "running_var"]
+    assert all(v.device == device for v in sd.values())
     np.testing.assert_array_equal(sd["running_mean"].numpy(), bn.running_mean.numpy())
     assert not sd["running_mean"].requires_grad and sd["running_mean"].op is None
     bn2 = nn.BatchNorm2d(3)
@@ -91,30 +94,31 @@ def test_register_buffer():
         m.register_buffer("x", np.ones(2))
 
 
-def test_load_state_dict_round_trip_bit_exact_and_in_place():
-    a, b = needle_mlp(0), needle_mlp(1)
+def test_load_state_dict_round_trip_bit_exact_and_in_place(device):
+    a, b = needle_mlp(0, device), needle_mlp(1, device)
     a.train()
-    a(ndl.Tensor(np.random.randn(10, 6).astype(np.float32)))  # move the running stats
+    a(ndl.Tensor(np.random.randn(10, 6).astype(np.float32), device=device))  # running stats
     params_before = b.parameters()
     result = b.load_state_dict(a.state_dict())
     assert result == ([], []) and result.missing_keys == []
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and va.numpy().tobytes() == vb.numpy().tobytes()
+        assert vb.device == device
     assert all(p is q for p, q in zip(params_before, b.parameters()))  # optimizers keep them
-    x = ndl.Tensor(np.random.randn(4, 6).astype(np.float32))
+    x = ndl.Tensor(np.random.randn(4, 6).astype(np.float32), device=device)
     a.eval(), b.eval()
     assert a(x).numpy().tobytes() == b(x).numpy().tobytes()
 
 
-def test_load_copies_and_casts():
-    lin = nn.Linear(3, 2)
+def test_load_copies_and_casts(device):
+    lin = nn.Linear(3, 2, device=device)
     w = np.random.randn(3, 2)  # float64 into a float32 parameter: cast, as torch's copy_
     lin.load_state_dict({"weight": w, "bias": np.zeros((1, 2), np.float32)})
-    assert lin.weight.dtype == "float32"
+    assert lin.weight.dtype == "float32" and lin.weight.device == device
     np.testing.assert_array_equal(lin.weight.numpy(), w.astype(np.float32))
     w[0, 0] = 100.0  # a copy: the module does not alias the given array
     assert lin.weight.numpy()[0, 0] != 100.0
-    src = nn.Linear(3, 2)
+    src = nn.Linear(3, 2, device=device)
     lin.load_state_dict(src.state_dict())
     src.weight.data = src.weight.data * 2  # nor the source module
     assert not np.array_equal(lin.weight.numpy(), src.weight.numpy())
@@ -169,12 +173,12 @@ def batches(n):
             for _ in range(n)]
 
 
-def train(model, opt, data):
+def train(model, opt, data, device=None):
     losses = []
     model.train()
     for x, y in data:
         opt.reset_grad()
-        loss = nn.SoftmaxLoss()(model(ndl.Tensor(x)), ndl.Tensor(y))
+        loss = nn.SoftmaxLoss()(model(ndl.Tensor(x, device=device)), ndl.Tensor(y, device=device))
         loss.backward()
         opt.step()
         losses.append(loss.numpy().tobytes())
@@ -188,40 +192,42 @@ OPTIMIZERS = {
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_optimizer_resume_is_exact(name, tmp_path):
+def test_optimizer_resume_is_exact(name, tmp_path, device):
+    """On any device: its kernels are deterministic, so the resumed run is bit for bit."""
     data = batches(8)
-    model = needle_mlp(0)
-    full = train(model, OPTIMIZERS[name](model.parameters()), data)
+    model = needle_mlp(0, device)
+    full = train(model, OPTIMIZERS[name](model.parameters()), data, device)
 
-    model = needle_mlp(0)
+    model = needle_mlp(0, device)
     opt = OPTIMIZERS[name](model.parameters())
-    first = train(model, opt, data[:3])
+    first = train(model, opt, data[:3], device)
     path = tmp_path / "ckpt.safetensors"
     ndl.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 3}, path)
     del model, opt
 
-    resumed = needle_mlp(5)  # other weights: the checkpoint must bring everything back
+    resumed = needle_mlp(5, device)  # other weights: the checkpoint brings everything back
     opt = OPTIMIZERS[name](resumed.parameters())
     opt.lr = 123.0  # hyperparameters come back from the checkpoint too
     ckpt = ndl.load(path)
     resumed.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     assert ckpt["step"] == 3
-    rest = train(resumed, opt, data[3:])
+    rest = train(resumed, opt, data[3:], device)
     assert first + rest == full
 
 
-def test_optimizer_state_dict_layout_and_copies():
-    model = needle_mlp(0)
+def test_optimizer_state_dict_layout_and_copies(device):
+    model = needle_mlp(0, device)
     opt = ndl.optim.Adam(model.parameters(), lr=0.01)
-    train(model, opt, batches(2))
+    train(model, opt, batches(2), device)
     sd = opt.state_dict()
     assert set(sd) == {"state", "param_groups"}  # torch.optim's layout
     group = sd["param_groups"][0]
     assert group["params"] == list(range(len(model.parameters()))) and group["t"] == 2
     assert set(sd["state"][0]) == {"m", "v"}
+    assert sd["state"][0]["m"].device == device
     m0 = sd["state"][0]["m"].numpy().copy()
-    train(model, opt, batches(1))  # the fused update writes states in place
+    train(model, opt, batches(1), device)  # the fused update writes states in place
     np.testing.assert_array_equal(sd["state"][0]["m"].numpy(), m0)  # the dict was a copy
     opt2 = ndl.optim.Adam(model.parameters())
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))

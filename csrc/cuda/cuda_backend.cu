@@ -58,6 +58,32 @@ extern "C" const char *ndl_cuda_probe(char *buf, size_t len)
                  cudaGetErrorName(err));
         return buf;
     }
+    /* The kernels are built for sm_80, sm_90 and compute_90 PTX (setup.py):
+     * an older GPU would fail every launch ("no kernel image"), so it is
+     * refused here, with its name, rather than enabled. */
+    int major = 0, minor = 0;
+    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0);
+    if (err != cudaSuccess) {
+        snprintf(buf, len, "CUDA cannot query GPU 0: %s (%s)", cudaGetErrorString(err),
+                 cudaGetErrorName(err));
+        cudaGetLastError(); /* not sticky: cleared, the device stays disabled */
+        return buf;
+    }
+    if (major < 8) {
+        char name[256] = "GPU 0";
+        cudaDeviceProp prop;
+        if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess)
+            snprintf(name, sizeof name, "%s", prop.name);
+        else
+            cudaGetLastError(); /* the name is only for the message */
+        snprintf(buf, len,
+                 "%s is sm_%d%d; needle._cuda is built for sm_80 and newer (compute "
+                 "capability 8.0+)",
+                 name, major, minor);
+        return buf;
+    }
     return NULL;
 }
 

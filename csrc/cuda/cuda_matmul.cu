@@ -11,6 +11,15 @@
  * stores land in 32 distinct banks (float: 66 words; double: 65). Blocks
  * cover (p/64, m/64, batch) in grid-stride loops, so any size is covered.
  *
+ * Note [Batch offsets by value]
+ *   The slot gets each batch's offset of A and of B as host arrays. Almost
+ *   always they are an arithmetic sequence (a compact batch: a0 + b * m * n;
+ *   a broadcast one: a0 every time), so the kernel gets (first, step) by value
+ *   and computes them. Only an irregular sequence (batch axes permuted into a
+ *   non-uniform order) is copied to a device table, with a cudaMemcpy from
+ *   pageable memory: that call waits for all earlier work of the stream, so
+ *   doing it for every matmul would drain the GPU's queue once per call.
+ *
  * Note [TF32 switch]
  *   float32 products may run on the tensor cores (sm_80+) with TF32 inputs
  *   (10-bit mantissa, float32 accumulation): about 8x the FMA path's
@@ -43,16 +52,26 @@
 #define BN 64
 #define BK 16
 
+/* Batch b's offset: table[b], or first + b * step (Note [Batch offsets by value]). */
+struct BatchOffsets {
+    const int64_t *table;
+    int64_t first, step;
+    __device__ __forceinline__ int64_t at(int64_t b) const
+    {
+        return table != NULL ? table[b] : first + b * step;
+    }
+};
+
 template <typename T> struct AsLd { static constexpr int value = BM + 2; };
 template <> struct AsLd<double> { static constexpr int value = BM + 1; };
 
-// A_b is (m, n) at a + aoff[b] (strides rsa, csa); B_b is (n, p) at b + boff[b]
+// A_b is (m, n) at a + aoff.at(b) (strides rsa, csa); B_b is (n, p) at b + boff.at(b)
 // (strides rsb, csb); C is (batch, m, p) compact
 template <typename T>
 __global__ void __launch_bounds__(256)
     matmul_kernel(int64_t batch, int64_t m, int64_t n, int64_t p, const T *a,
-                  const int64_t *aoff, int64_t rsa, int64_t csa, const T *b,
-                  const int64_t *boff, int64_t rsb, int64_t csb, T *c)
+                  BatchOffsets aoff, int64_t rsa, int64_t csa, const T *b,
+                  BatchOffsets boff, int64_t rsb, int64_t csb, T *c)
 {
     constexpr int LD = AsLd<T>::value;
     __shared__ T As[BK][LD];
@@ -60,7 +79,7 @@ __global__ void __launch_bounds__(256)
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int64_t mtiles = (m + BM - 1) / BM;
     for (int64_t bz = blockIdx.z; bz < batch; bz += gridDim.z) {
-        const T *ab = a + aoff[bz], *bb = b + boff[bz];
+        const T *ab = a + aoff.at(bz), *bb = b + boff.at(bz);
         T *cb = c + bz * m * p;
         for (int64_t by = blockIdx.y; by < mtiles; by += gridDim.y) {
             const int64_t row0 = by * BM, col0 = (int64_t)blockIdx.x * BN;
@@ -137,12 +156,12 @@ extern "C" int ndl_cuda_set_tf32(int on)
 }
 extern "C" int ndl_cuda_tf32(void) { return tf32_on(); }
 
-// A_b is (m, n) at a + aoff[b] (strides rsa, csa); B_b is (n, p) at b + boff[b]
+// A_b is (m, n) at a + aoff.at(b) (strides rsa, csa); B_b is (n, p) at b + boff.at(b)
 // (strides rsb, csb); C is (batch, m, p) compact; 128 threads per block
 __global__ void __launch_bounds__(128)
     matmul_tf32_kernel(int64_t batch, int64_t m, int64_t n, int64_t p, const float *a,
-                       const int64_t *aoff, int64_t rsa, int64_t csa, const float *b,
-                       const int64_t *boff, int64_t rsb, int64_t csb, float *c)
+                       BatchOffsets aoff, int64_t rsa, int64_t csa, const float *b,
+                       BatchOffsets boff, int64_t rsb, int64_t csb, float *c)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     using namespace nvcuda;
@@ -153,7 +172,7 @@ __global__ void __launch_bounds__(128)
     const int wm = warp / 2, wn = warp % 2; /* the warp's 32x32 quadrant */
     const int64_t mtiles = (m + TM - 1) / TM;
     for (int64_t bz = blockIdx.z; bz < batch; bz += gridDim.z) {
-        const float *ab = a + aoff[bz], *bb = b + boff[bz];
+        const float *ab = a + aoff.at(bz), *bb = b + boff.at(bz);
         float *cb = c + bz * m * p;
         for (int64_t by = blockIdx.y; by < mtiles; by += gridDim.y) {
             const int64_t row0 = by * TM, col0 = (int64_t)blockIdx.x * TN;
@@ -212,13 +231,27 @@ __global__ void __launch_bounds__(128)
 #endif
 }
 
+/* 1 with *o = (first, step) when the host array offs (batch > 0) is
+ * first + b * step; else 0 (Note [Batch offsets by value]). */
+static int by_value(const int64_t *offs, int64_t batch, BatchOffsets *o)
+{
+    o->table = NULL;
+    o->first = offs[0];
+    o->step = batch > 1 ? offs[1] - offs[0] : 0;
+    for (int64_t b = 2; b < batch; b++)
+        if (offs[b] - offs[b - 1] != o->step)
+            return 0;
+    return 1;
+}
+
 int ndl_cuda_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p, const void *a,
                     const int64_t *a_offsets, int64_t rsa, int64_t csa, const void *b,
                     const int64_t *b_offsets, int64_t rsb, int64_t csb, void *c)
 {
     size_t isz = dt == NDL_FLOAT64 ? 8 : 4, obytes = (size_t)batch * 2 * sizeof(int64_t);
     int64_t ptiles = (p + BN - 1) / BN, mtiles = (m + BM - 1) / BM;
-    int64_t *offs;
+    int64_t *offs = NULL;
+    BatchOffsets ao, bo;
     int st = NDL_OK;
     if (batch < 0 || m < 0 || n < 0 || p < 0 || ptiles > 0x7fffffff)
         return NDL_EINVAL;
@@ -228,30 +261,33 @@ int ndl_cuda_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p
         NDL_CUDA_TRY(cudaMemset(c, 0, (size_t)batch * m * p * isz));
         return NDL_OK;
     }
-    offs = (int64_t *)ndl_cuda_alloc(obytes);
-    if (offs == NULL)
-        return NDL_ENOMEM;
-    /* NOTE: the offsets are host arrays; one buffer carries both. */
-    st = ndl_cuda_from_host(offs, a_offsets, obytes / 2);
-    if (st == NDL_OK)
-        st = ndl_cuda_from_host(offs + batch, b_offsets, obytes / 2);
+    if (!by_value(a_offsets, batch, &ao) || !by_value(b_offsets, batch, &bo)) {
+        /* NOTE: the offsets are host arrays; one device buffer carries both. */
+        offs = (int64_t *)ndl_cuda_alloc(obytes);
+        if (offs == NULL)
+            return NDL_ENOMEM;
+        st = ndl_cuda_from_host(offs, a_offsets, obytes / 2);
+        if (st == NDL_OK)
+            st = ndl_cuda_from_host(offs + batch, b_offsets, obytes / 2);
+        ao = BatchOffsets{offs, 0, 0};
+        bo = BatchOffsets{offs + batch, 0, 0};
+    }
     if (st == NDL_OK) {
         dim3 grid((unsigned)ptiles, (unsigned)(mtiles < 65535 ? mtiles : 65535),
                   (unsigned)(batch < 65535 ? batch : 65535));
         if (dt == NDL_FLOAT32 && tf32_on())
-            matmul_tf32_kernel<<<grid, 128>>>(batch, m, n, p, (const float *)a, offs, rsa, csa,
-                                              (const float *)b, offs + batch, rsb, csb,
-                                              (float *)c);
+            matmul_tf32_kernel<<<grid, 128>>>(batch, m, n, p, (const float *)a, ao, rsa, csa,
+                                              (const float *)b, bo, rsb, csb, (float *)c);
         else if (dt == NDL_FLOAT64)
-            matmul_kernel<double><<<grid, 256>>>(batch, m, n, p, (const double *)a, offs, rsa,
-                                                 csa, (const double *)b, offs + batch, rsb, csb,
+            matmul_kernel<double><<<grid, 256>>>(batch, m, n, p, (const double *)a, ao, rsa,
+                                                 csa, (const double *)b, bo, rsb, csb,
                                                  (double *)c);
         else
-            matmul_kernel<float><<<grid, 256>>>(batch, m, n, p, (const float *)a, offs, rsa, csa,
-                                                (const float *)b, offs + batch, rsb, csb,
-                                                (float *)c);
+            matmul_kernel<float><<<grid, 256>>>(batch, m, n, p, (const float *)a, ao, rsa, csa,
+                                                (const float *)b, bo, rsb, csb, (float *)c);
         st = NDL_CUDA_LAUNCH_STATUS("matmul_kernel<<<...>>>");
     }
-    ndl_cuda_free(offs); /* stream-ordered: the next user runs after this kernel */
+    if (offs != NULL)
+        ndl_cuda_free(offs); /* stream-ordered: the next user runs after this kernel */
     return st;
 }

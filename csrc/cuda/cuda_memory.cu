@@ -12,6 +12,7 @@
  *   (ndl_cuda_last_error) and alloc returns NULL. Blocks are never split.
  */
 #include <mutex>
+#include <new>
 #include <stdint.h>
 #include <stdio.h>
 #include <unordered_map>
@@ -78,9 +79,11 @@ void *ndl_cuda_alloc(size_t nbytes)
                 cudaGetLastError(); /* the report then says 0 of 0 free */
             char msg[400];
             snprintf(msg, sizeof msg,
-                     "CUDA out of memory: asked %zu bytes (%.1f MiB), %zu of %zu bytes free "
-                     "(%.1f MiB), %zu bytes held by needle arrays",
-                     sz, sz / 1048576.0, free_b, total_b, free_b / 1048576.0, bytes_live);
+                     "CUDA out of memory: asked %zu bytes (%.1f MiB; %zu with the allocator's "
+                     "rounding), %zu of %zu bytes free (%.1f MiB), %zu bytes held by needle "
+                     "arrays",
+                     nbytes, nbytes / 1048576.0, sz, free_b, total_b, free_b / 1048576.0,
+                     bytes_live);
             ndl_cuda_set_error(msg);
             return NULL;
         }
@@ -89,7 +92,14 @@ void *ndl_cuda_alloc(size_t nbytes)
             return NULL;
         }
     }
-    live[p] = sz;
+    try { /* a C caller: no C++ exception may leave this function */
+        live[p] = sz;
+    } catch (const std::bad_alloc &) {
+        if (cudaFree(p) != cudaSuccess)
+            cudaGetLastError();
+        ndl_cuda_set_error("out of host memory for the CUDA allocator's bookkeeping");
+        return NULL;
+    }
     bytes_live += sz;
     return p;
 }
@@ -105,7 +115,13 @@ void ndl_cuda_free(void *ptr)
     size_t sz = it->second;
     live.erase(it);
     bytes_live -= sz;
-    cached[sz].push_back(ptr);
+    try {
+        cached[sz].push_back(ptr);
+    } catch (const std::bad_alloc &) { /* no room to cache it: give it back */
+        if (cudaFree(ptr) != cudaSuccess)
+            cudaGetLastError();
+        return;
+    }
     bytes_cached += sz;
 }
 
