@@ -41,6 +41,7 @@
 #include "cpu_matmul.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -510,10 +511,21 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
  * Note [Matmul work split]
  *   A task is tile t of product b, task = b * ntiles + t; the tiles of a
  *   product form a tm x tn grid whose edges fall on multiples of MR rows and
- *   NR columns. Part q of nparts runs tasks [q*T/nparts, (q+1)*T/nparts)
- *   with its own buffers. Every C element is computed by the same sequence
- *   of operations whatever the split (Note [Packed panels]), so results do
- *   not depend on the number of threads.
+ *   NR columns. The pool runs `nparts` parts (at most one per thread), each
+ *   with its own packing buffers (a slot, taken from a counter on entry);
+ *   each part takes tasks from a shared counter until none is left. With
+ *   several threads a product is cut into about NDL_MATMUL_TILES_PER_THREAD
+ *   tiles per thread (fewer when a tile would drop below
+ *   NDL_MATMUL_TILE_BALANCE multiply-adds), not one: on a machine whose
+ *   cores are shared (other processes, a VM's vCPUs that the host
+ *   deschedules), a static half each made the product wait for the slower
+ *   thread, while from a counter the faster thread takes more tiles. The
+ *   price is packing: each tile packs its own rows of A and columns of B,
+ *   A tn times and B tm times in all (choose_grid keeps m/tm + p/tn
+ *   small), under 1% of the arithmetic at the tile sizes allowed. Every C
+ *   element is computed by the same sequence of operations whatever the
+ *   tile (Note [One chain per element]), so results do not depend on the
+ *   number of threads nor on which thread took which tile.
  */
 
 typedef struct {
@@ -526,6 +538,7 @@ typedef struct {
     int64_t tm, tn, ntasks, nparts;
     char *bufs;         /* nparts x (abytes + bbytes) */
     size_t abytes, bbytes;
+    atomic_llong next_task, next_slot; /* Note [Matmul work split] */
 } ndl_gemm_job;
 
 /* [lo, hi) of part `i` of `count` equal parts of `units` units of `unit`,
@@ -544,29 +557,32 @@ static void split_range(int64_t len, int64_t unit, int64_t i, int64_t count, int
 
 static void gemm_parts(void *ctx, int64_t begin, int64_t end)
 {
-    const ndl_gemm_job *job = ctx;
+    ndl_gemm_job *job = ctx;
     unsigned fpmode = ndl_flush_denormals_enter(); /* Note [Denormals] in threadpool.c */
     const int64_t es = (int64_t)job->ops.es;
     const int64_t ntiles = job->tm * job->tn;
-    for (int64_t q = begin; q < end; q++) {
-        char *abuf = job->bufs + (size_t)q * (job->abytes + job->bbytes);
-        char *bbuf = abuf + job->abytes;
-        int64_t t0 = job->ntasks * q / job->nparts, t1 = job->ntasks * (q + 1) / job->nparts;
-        for (int64_t t = t0; t < t1; t++) {
-            int64_t bi = t / ntiles, tile = t % ntiles;
-            int64_t i0, i1, j0, j1;
-            split_range(job->m, job->ops.cfg->mr, tile / job->tn, job->tm, &i0, &i1);
-            split_range(job->p, job->ops.cfg->nr, tile % job->tn, job->tn, &j0, &j1);
-            if (i0 >= i1 || j0 >= j1)
-                continue;
-            int64_t ao = job->a_offsets ? job->a_offsets[bi] : 0;
-            int64_t bo = job->b_offsets ? job->b_offsets[bi] : 0;
-            (i1 - i0 <= job->ops.cfg->mc ? gemm_block_few : gemm_block)(
-                       &job->ops, i1 - i0, job->n, j1 - j0,
-                       job->a + (ao + i0 * job->rsa) * es, job->rsa, job->csa,
-                       job->b + (bo + j0 * job->csb) * es, job->rsb, job->csb,
-                       job->c + ((bi * job->m + i0) * job->p + j0) * es, job->p, abuf, bbuf);
-        }
+    /* Note [Matmul work split]: one slot per call (parallel_for makes at
+     * most nparts calls), tasks from the counter */
+    int64_t q = atomic_fetch_add(&job->next_slot, end - begin);
+    char *abuf = job->bufs + (size_t)q * (job->abytes + job->bbytes);
+    char *bbuf = abuf + job->abytes;
+    for (;;) {
+        int64_t t = atomic_fetch_add(&job->next_task, 1);
+        if (t >= job->ntasks)
+            break;
+        int64_t bi = t / ntiles, tile = t % ntiles;
+        int64_t i0, i1, j0, j1;
+        split_range(job->m, job->ops.cfg->mr, tile / job->tn, job->tm, &i0, &i1);
+        split_range(job->p, job->ops.cfg->nr, tile % job->tn, job->tn, &j0, &j1);
+        if (i0 >= i1 || j0 >= j1)
+            continue;
+        int64_t ao = job->a_offsets ? job->a_offsets[bi] : 0;
+        int64_t bo = job->b_offsets ? job->b_offsets[bi] : 0;
+        (i1 - i0 <= job->ops.cfg->mc ? gemm_block_few : gemm_block)(
+                   &job->ops, i1 - i0, job->n, j1 - j0,
+                   job->a + (ao + i0 * job->rsa) * es, job->rsa, job->csa,
+                   job->b + (bo + j0 * job->csb) * es, job->rsb, job->csb,
+                   job->c + ((bi * job->m + i0) * job->p + j0) * es, job->p, abuf, bbuf);
     }
     ndl_flush_denormals_leave(fpmode);
 }
@@ -639,6 +655,11 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
 #define NDL_MATMUL_PAR_MIN (72.0 * 72.0 * 72.0)
 /* A product is split into tiles only if each tile keeps this many. */
 #define NDL_MATMUL_TILE_MIN (48.0 * 48.0 * 48.0)
+/* Note [Matmul work split]: tiles per thread for the load to balance, while
+ * each keeps at least NDL_MATMUL_TILE_BALANCE multiply-adds. */
+#define NDL_MATMUL_TILES_PER_THREAD 4
+#define NDL_MATMUL_TILE_BALANCE (256.0 * 256.0 * 256.0)
+#define NDL_MATMUL_TILE_COLS 256
 
 static int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
@@ -732,13 +753,26 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
     double fmas = (double)m * (double)n * (double)p;
     int64_t nthreads = ndl_get_num_threads();
     if (nthreads > 1 && fmas * (double)batch >= NDL_MATMUL_PAR_MIN) {
-        /* whole products per part when the batch divides evenly or is large */
-        if (batch % nthreads != 0 && batch < 4 * nthreads) {
+        /* whole products per task when the batch alone gives every thread
+         * several; else tiles, NDL_MATMUL_TILES_PER_THREAD a thread in all */
+        int64_t want = NDL_MATMUL_TILES_PER_THREAD * nthreads;
+        if (batch % nthreads != 0 && batch < want) { /* a thread's share of tiles */
             int64_t ntiles = nthreads;
             while (ntiles > 1 && fmas / (double)ntiles < NDL_MATMUL_TILE_MIN)
                 ntiles--;
             choose_grid(m, p, cfg->mr, cfg->nr, ntiles, &job.tm, &job.tn);
         }
+        if (batch < want) /* more, for the balance, if they stay large */
+            for (int64_t nt = (want + batch - 1) / batch; nt > job.tm * job.tn; nt--) {
+                int64_t tm, tn;
+                choose_grid(m, p, cfg->mr, cfg->nr, nt, &tm, &tn);
+                if (fmas / (double)(tm * tn) >= NDL_MATMUL_TILE_BALANCE &&
+                    m / tm > cfg->mc && p / tn >= NDL_MATMUL_TILE_COLS) {
+                    job.tm = tm;
+                    job.tn = tn;
+                    break;
+                }
+            }
         job.ntasks = batch * job.tm * job.tn;
         job.nparts = job.ntasks < nthreads ? job.ntasks : nthreads;
     } else {
@@ -764,6 +798,8 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
     job.bufs = aligned_alloc(64, (size_t)job.nparts * (job.abytes + job.bbytes));
     if (!job.bufs)
         return NDL_ENOMEM;
+    atomic_init(&job.next_task, 0);
+    atomic_init(&job.next_slot, 0);
 
     ndl_parallel_for(job.nparts, 1, gemm_parts, &job);
     free(job.bufs);
