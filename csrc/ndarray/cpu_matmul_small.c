@@ -38,13 +38,29 @@
 
 #include <string.h>
 
+/* Note [Axpy chains]
+ *   Each C element of the axpy loops is one chain of fused multiply-adds
+ *   in k order (Note [One chain per element]); eight of them in a row,
+ *   C[r][j] = fma(a7, B7[j], ... fma(a0, B0[j], C[r][j])), are dependent,
+ *   4 cycles each on Zen 3. Written one element (one vector) at a time,
+ *   the out-of-order core overlapped too few of those chains to keep both
+ *   FMA units busy. So the loop takes JU_BYTES of the row at a time (8
+ *   vectors: 256 bytes on AVX2, 512 on AVX-512, 8 registers either way,
+ *   leaving 8 for the broadcast a's) and advances their chains together,
+ *   one k after the other: the same operations on each element, in the
+ *   same order (the bits do not change), with eight independent FMAs in
+ *   flight. Zen 3, 1 thread, float32 K = N = 1024: m = 8 +19%; K = N =
+ *   4096 (B from memory): m = 4 +15%, m = 8 +7%.
+ */
+
 #define KU 8           /* rows of B per pass (axpy) */
 #define JB_BYTES 1024  /* columns of B per L1 chunk, in bytes (axpy) */
 #define LANES 16       /* partial sums per dot */
 #define DOT_COLS 4     /* columns of B per dot pass */
 
-/* MADD(a, b, c): a * b + c, fused on the SIMD instantiations */
-#define NDL_DEFINE_SMALL(T, SFX, TARGET, MADD)                                              \
+/* MADD(a, b, c): a * b + c, fused on the SIMD instantiations; JU_BYTES:
+ * bytes of a C row whose chains interleave (axpy, Note [Axpy chains]) */
+#define NDL_DEFINE_SMALL(T, SFX, TARGET, MADD, JU_BYTES)                                    \
     TARGET void ndl_small_axpy_##SFX(int64_t m, int64_t n, const void *a_, int64_t rsa,     \
                                      int64_t csa, const void *b_, int64_t rsb, void *c_,    \
                                      int64_t ldc, int64_t j0, int64_t j1, int64_t jl2,      \
@@ -53,6 +69,7 @@
         const T *a = a_, *b = b_;                                                           \
         T *c = c_;                                                                          \
         const int64_t jb_len = JB_BYTES / (int64_t)sizeof(T);                               \
+        const int ju = JU_BYTES / (int)sizeof(T);                                           \
         for (int64_t jl = j0; jl < j1; jl += jl2) {                                         \
             int64_t je = j1 - jl < jl2 ? j1 : jl + jl2;                                     \
             for (int64_t k0 = 0; k0 < n; k0 += kc) {                                        \
@@ -80,7 +97,27 @@
                             const T a3 = ar[3 * csa], a4 = ar[4 * csa], a5 = ar[5 * csa];   \
                             const T a6 = ar[6 * csa], a7 = ar[7 * csa];                     \
                             T *restrict cr = acc + r * lda + jb;                            \
-                            for (int64_t j = 0; j < len; j++)                               \
+                            int64_t j = 0;                                                  \
+                            for (; j + ju <= len; j += ju) { /* Note [Axpy chains] */       \
+                                T s[JU_BYTES / sizeof(T)];                                  \
+                                for (int l = 0; l < ju; l++)                                \
+                                    s[l] = MADD(a0, p0[j + l], cr[j + l]);                  \
+                                for (int l = 0; l < ju; l++)                                \
+                                    s[l] = MADD(a1, p1[j + l], s[l]);                       \
+                                for (int l = 0; l < ju; l++)                                \
+                                    s[l] = MADD(a2, p2[j + l], s[l]);                       \
+                                for (int l = 0; l < ju; l++)                                \
+                                    s[l] = MADD(a3, p3[j + l], s[l]);                       \
+                                for (int l = 0; l < ju; l++)                                \
+                                    s[l] = MADD(a4, p4[j + l], s[l]);                       \
+                                for (int l = 0; l < ju; l++)                                \
+                                    s[l] = MADD(a5, p5[j + l], s[l]);                       \
+                                for (int l = 0; l < ju; l++)                                \
+                                    s[l] = MADD(a6, p6[j + l], s[l]);                       \
+                                for (int l = 0; l < ju; l++)                                \
+                                    cr[j + l] = MADD(a7, p7[j + l], s[l]);                  \
+                            }                                                               \
+                            for (; j < len; j++)                                            \
                                 cr[j] = MADD(a7, p7[j], MADD(a6, p6[j], MADD(a5, p5[j],     \
                                         MADD(a4, p4[j], MADD(a3, p3[j], MADD(a2, p2[j],     \
                                         MADD(a1, p1[j], MADD(a0, p0[j], cr[j]))))))));      \
@@ -163,17 +200,17 @@
         }                                                                                   \
     }
 
-NDL_DEFINE_SMALL(float, generic_f32, , NDL_MADD)
-NDL_DEFINE_SMALL(double, generic_f64, , NDL_MADD)
+NDL_DEFINE_SMALL(float, generic_f32, , NDL_MADD, 128)
+NDL_DEFINE_SMALL(double, generic_f64, , NDL_MADD, 128)
 #if defined(__x86_64__) || defined(__i386__)
 /* Note [One chain per element] (cpu_matmul.h): explicit fused multiply-adds */
-NDL_DEFINE_SMALL(float, avx2_f32, __attribute__((target("avx2,fma"))), __builtin_fmaf)
-NDL_DEFINE_SMALL(double, avx2_f64, __attribute__((target("avx2,fma"))), __builtin_fma)
-NDL_DEFINE_SMALL(float, avx512_f32, __attribute__((target("avx512f,fma"))), __builtin_fmaf)
-NDL_DEFINE_SMALL(double, avx512_f64, __attribute__((target("avx512f,fma"))), __builtin_fma)
+NDL_DEFINE_SMALL(float, avx2_f32, __attribute__((target("avx2,fma"))), __builtin_fmaf, 256)
+NDL_DEFINE_SMALL(double, avx2_f64, __attribute__((target("avx2,fma"))), __builtin_fma, 256)
+NDL_DEFINE_SMALL(float, avx512_f32, __attribute__((target("avx512f,fma"))), __builtin_fmaf, 512)
+NDL_DEFINE_SMALL(double, avx512_f64, __attribute__((target("avx512f,fma"))), __builtin_fma, 512)
 #else /* only there so that the driver links: never chosen */
-NDL_DEFINE_SMALL(float, avx2_f32, , NDL_MADD)
-NDL_DEFINE_SMALL(double, avx2_f64, , NDL_MADD)
-NDL_DEFINE_SMALL(float, avx512_f32, , NDL_MADD)
-NDL_DEFINE_SMALL(double, avx512_f64, , NDL_MADD)
+NDL_DEFINE_SMALL(float, avx2_f32, , NDL_MADD, 128)
+NDL_DEFINE_SMALL(double, avx2_f64, , NDL_MADD, 128)
+NDL_DEFINE_SMALL(float, avx512_f32, , NDL_MADD, 128)
+NDL_DEFINE_SMALL(double, avx512_f64, , NDL_MADD, 128)
 #endif
