@@ -260,3 +260,34 @@ def test_packed_skinny_thread_count_independent(m, threads):
     b, y = operand((900, 1500), "float64", "cols")
     same_bits_on_threads(a, b, threads)
     check(a @ b, x, y, "float64")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("k", [7, 1031])
+def test_matrix_vector_columns_get_the_same_bits_alone(k, dtype):
+    # the dot loops (m = 1, B = W.T) take four columns per pass and the last
+    # n % 4 one at a time; each column's sum is the same either way
+    x = np.random.randn(1, k).astype(dtype)
+    w = np.random.randn(11, k).astype(dtype)
+    a, wt = nd.array(x, dtype=dtype), nd.array(w, dtype=dtype).permute((1, 0))
+    full = (a @ wt).numpy()
+    check(a @ wt, x, w.T, dtype)
+    for j in range(11):
+        np.testing.assert_array_equal((a @ wt[:, j:j + 1]).numpy(), full[:, j:j + 1])
+    # and p = 1: A @ v is computed as v^T @ A^T, four rows of A per pass
+    v = np.random.randn(k, 1).astype(dtype)
+    check(nd.array(w, dtype=dtype) @ nd.array(v, dtype=dtype), w, v, dtype)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_balance_tiles_thread_count_independent(batch, dtype, threads):
+    # Note [Matmul work split]: products this large are cut into several
+    # tiles per thread, taken from a counter in any order; the bits are
+    # those of one thread
+    x = np.random.randn(batch, 700, 600).astype(dtype)
+    y = np.random.randn(600, 900).astype(dtype)
+    a, b = nd.array(x, dtype=dtype), nd.array(y, dtype=dtype)
+    same_bits_on_threads(a, b, threads)
+    check(a @ b, x, y, dtype)

@@ -34,7 +34,7 @@
  * Threads (Note [Matmul work split]): the work is cut into `nparts` parts,
  * at most one per pool thread, each a contiguous range of tasks, a task
  * being one product or one rectangular tile of one product. Each part owns
- * its packing buffers (allocated up front, 64-byte aligned), so parts share
+ * its packing buffers (64-byte aligned, Note [Kept scratch]), so parts share
  * nothing but read-only A and B. Products under ~72^3 multiply-adds never
  * wake the pool. Results do not depend on the number of threads.
  */
@@ -625,10 +625,10 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
     /* Note [One chain per element] in cpu_matmul.h: the axpy loops sum the
      * second and later KC blocks in scratch, one buffer for all the tasks
      * of this call, as wide as the widest column range (jl2 columns) */
-    void *scratch = NULL;
+    void *scratch = NULL; /* Note [Kept scratch] in cpu_matmul_scratch.c */
     if (!job->dot && job->n > job->cfg->kc) {
         int64_t w = job->p < job->jl2 ? job->p : job->jl2;
-        scratch = malloc((size_t)(job->m * w) * job->es);
+        scratch = ndl_matmul_scratch_get((size_t)(job->m * w) * job->es);
     }
     for (int64_t t = begin; t < end; t++) {
         int64_t bi = t / job->nparts, q = t % job->nparts;
@@ -646,7 +646,7 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
         job->cfg->axpy(job->m, job->n, a, job->rsa, job->csa, b, job->rsb, c, job->p, j0, j1,
                        job->jl2, job->cfg->kc, scratch);
     }
-    free(scratch);
+    ndl_matmul_scratch_put(scratch);
     ndl_flush_denormals_leave(fpmode);
 }
 
@@ -795,13 +795,13 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
     if (tile_rows <= cfg->mc && ncap > cfg->nc1)
         ncap = cfg->nc1;
     job.bbytes = (size_t)round_up(kcap * ncap * (int64_t)es, 64);
-    job.bufs = aligned_alloc(64, (size_t)job.nparts * (job.abytes + job.bbytes));
+    job.bufs = ndl_matmul_scratch_get((size_t)job.nparts * (job.abytes + job.bbytes));
     if (!job.bufs)
         return NDL_ENOMEM;
     atomic_init(&job.next_task, 0);
     atomic_init(&job.next_slot, 0);
 
     ndl_parallel_for(job.nparts, 1, gemm_parts, &job);
-    free(job.bufs);
+    ndl_matmul_scratch_put(job.bufs); /* Note [Kept scratch] in cpu_matmul_scratch.c */
     return NDL_OK;
 }
