@@ -27,8 +27,9 @@
  *
  * Kernels: AVX-512F (14x32 float32, 14x16 float64), AVX2+FMA (6x16, 6x8) or
  * portable C (4x8, 4x4): the widest one that the CPU has and the OS enables
- * (Note [Usable SIMD] in cpu_info.c), chosen once; its cache blocks come from
- * the cache sizes the CPU reports (Note [Block sizes]).
+ * (Note [Usable SIMD] in cpu_info.c), chosen once, AVX-512 only if it is not
+ * slower than AVX2 on this CPU (Note [Timing the kernels]); its cache blocks
+ * come from the cache sizes the CPU reports (Note [Block sizes]).
  * NEEDLE_MATMUL_KERNEL=generic|avx2|avx512 forces one (if the CPU has it).
  *
  * Threads (Note [Matmul work split]): the work is cut into `nparts` parts,
@@ -45,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cpu_info.h"
 #include "ndl_core.h"
@@ -156,16 +158,90 @@ static void derive_blocks(ndl_gemm_config *cfg, int64_t es, const ndl_cpu_info *
     }
 }
 
+/* Note [Timing the kernels]
+ *   The widest kernel is not always the fastest: Zen 4 runs each AVX-512
+ *   instruction as two 256-bit halves, so its 14 x 32 tile has the AVX2
+ *   kernel's peak and more cache traffic per FMA (measured 53-63 against
+ *   91 GFLOP/s, 1 thread, n = 1024..2048), while Intel's server cores
+ *   with two 512-bit FMA units run it at up to twice the AVX2 speed. The
+ *   cache sizes cannot tell those apart. So when the CPU has AVX-512
+ *   (and NEEDLE_MATMUL_KERNEL names no kernel), the first product times
+ *   both float32 kernels, each on its own blocks (derive_blocks) over one
+ *   MC x KC block of A and 256 columns of B, all in L2, which is the loop
+ *   that dominates every product large enough to matter: three
+ *   alternating rounds of ~1 ms each, best of each kept, 10 ms at most
+ *   once per process. AVX2 is chosen only when it is over 10% faster, so
+ *   timing noise cannot flip a machine where both are close, and an
+ *   Intel core (AVX-512 ~2x) keeps AVX-512; float64 follows float32 (the
+ *   same register plan with half the lanes, so the same ratio). The
+ *   choice then holds for the process (results do not depend on it but
+ *   through the instruction set: Note [One chain per element]).
+ *   NEEDLE_MATMUL_TIME=1 times the two widest kernels the CPU has on any
+ *   machine (AVX2 against generic here), for the tests.
+ */
+static double kernel_rate(const ndl_gemm_config *cfg, float *buf)
+{
+    const int64_t cols = 256, kc = cfg->kc, mc = cfg->mc;
+    float *a = buf, *b = a + mc * kc, *c = b + kc * cols;
+    double fmas = (double)mc * (double)kc * (double)cols, best = 0;
+    int64_t reps = (int64_t)(3e7 / fmas) + 1; /* 3e7 FMAs: ~1 ms on one core */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int64_t rep = 0; rep < reps; rep++)
+        for (int64_t jr = 0; jr < cols; jr += cfg->nr)
+            for (int64_t ir = 0; ir < mc; ir += cfg->mr)
+                cfg->kernel(kc, a + ir * kc, 1, cfg->mr, b + jr * kc, c + ir * cols + jr, cols,
+                            cfg->mr, cfg->nr, 1);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    if (secs > 0)
+        best = fmas * (double)reps / secs;
+    return best;
+}
+
+/* Note [Timing the kernels]: wide if it is not clearly slower than narrow. */
+static int time_kernels(int wide, int narrow)
+{
+    const ndl_cpu_info *info = ndl_get_cpu_info();
+    ndl_gemm_config cfg[2] = {g_kernels[wide][NDL_FLOAT32], g_kernels[narrow][NDL_FLOAT32]};
+    size_t need = 0;
+    for (int i = 0; i < 2; i++) {
+        derive_blocks(&cfg[i], 4, info);
+        size_t n = (size_t)(cfg[i].mc * cfg[i].kc + cfg[i].kc * 256 + cfg[i].mc * 256);
+        need = n > need ? n : need;
+    }
+    float *buf = malloc(need * sizeof(float));
+    if (!buf)
+        return wide;
+    for (size_t i = 0; i < need; i++)
+        buf[i] = 0.5f; /* sums of products of 0.5: no denormals, no infinities */
+    double rate[2] = {0, 0};
+    for (int round = 0; round < 3; round++)
+        for (int i = 0; i < 2; i++) {
+            double r = kernel_rate(&cfg[i], buf);
+            rate[i] = r > rate[i] ? r : rate[i];
+        }
+    free(buf);
+    return rate[1] > 1.10 * rate[0] ? narrow : wide;
+}
+
 static void choose_kernel(void)
 {
     int chosen = kernel_supported(K_AVX512) ? K_AVX512
                  : kernel_supported(K_AVX2) ? K_AVX2
                                             : K_GENERIC;
     const char *env = getenv("NEEDLE_MATMUL_KERNEL");
+    int forced = 0;
     if (env && *env) /* unknown or unsupported names keep the best one */
         for (int k = 0; k < K_COUNT; k++)
-            if (strcmp(env, g_kernels[k][0].name) == 0 && kernel_supported(k))
+            if (strcmp(env, g_kernels[k][0].name) == 0 && kernel_supported(k)) {
                 chosen = k;
+                forced = 1;
+            }
+    const char *tenv = getenv("NEEDLE_MATMUL_TIME");
+    int time_any = tenv && strcmp(tenv, "1") == 0;
+    if (!forced && chosen > K_GENERIC && (chosen == K_AVX512 || time_any))
+        chosen = time_kernels(chosen, chosen - 1); /* Note [Timing the kernels] */
     const ndl_cpu_info *info = ndl_get_cpu_info();
     for (int dt = 0; dt < NDL_NUM_DTYPES; dt++) {
         g_config[dt] = g_kernels[chosen][dt];
