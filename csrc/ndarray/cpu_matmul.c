@@ -2,7 +2,8 @@
  * (Over 600 lines on purpose: kernel choice, packing, the work split and the
  * blocked driver share one job struct and its notes; split, each part would
  * need the others' internals. The skinny products' loops live in
- * cpu_matmul_small.c, the CPU's description in cpu_info.c.)
+ * cpu_matmul_small.c, the kept buffers in cpu_matmul_scratch.c, the CPU's
+ * description in cpu_info.c.)
  *
  * Python equivalent:
  *     for b in range(batch): C[b] = A[b] @ B[b]   # A[b], B[b] any strided views
@@ -32,12 +33,14 @@
  * come from the cache sizes the CPU reports (Note [Block sizes]).
  * NEEDLE_MATMUL_KERNEL=generic|avx2|avx512 forces one (if the CPU has it).
  *
- * Threads (Note [Matmul work split]): the work is cut into `nparts` parts,
- * at most one per pool thread, each a contiguous range of tasks, a task
- * being one product or one rectangular tile of one product. Each part owns
- * its packing buffers (64-byte aligned, Note [Kept scratch]), so parts share
- * nothing but read-only A and B. Products under ~72^3 multiply-adds never
- * wake the pool. Results do not depend on the number of threads.
+ * Threads (Note [Matmul work split]): the work is cut into tasks, a task
+ * being one product or one rectangular tile of one product, several per
+ * thread when they stay large; `nparts` parts, at most one per pool
+ * thread, take them from a shared counter. Each part owns its packing
+ * buffers (64-byte aligned, Note [Kept scratch] in cpu_matmul_scratch.c),
+ * so parts share nothing but read-only A and B. Products under ~72^3
+ * multiply-adds never wake the pool. Results do not depend on the number
+ * of threads.
  */
 #include "cpu_matmul.h"
 
@@ -590,12 +593,15 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
  *   NR columns. The pool runs `nparts` parts (at most one per thread), each
  *   with its own packing buffers (a slot, taken from a counter on entry);
  *   each part takes tasks from a shared counter until none is left. With
- *   several threads a product is cut into about NDL_MATMUL_TILES_PER_THREAD
- *   tiles per thread (fewer when a tile would drop below
- *   NDL_MATMUL_TILE_BALANCE multiply-adds), not one: on a machine whose
- *   cores are shared (other processes, a VM's vCPUs that the host
- *   deschedules), a static half each made the product wait for the slower
- *   thread, while from a counter the faster thread takes more tiles. The
+ *   several threads a product is cut into up to NDL_MATMUL_TILES_PER_THREAD
+ *   tiles per thread, not one, when each tile keeps NDL_MATMUL_TILE_BALANCE
+ *   multiply-adds, more than MC rows and NDL_MATMUL_TILE_COLS columns
+ *   (narrower tiles cost more than they balance: 128-column tiles made
+ *   m = 64, K = N = 1024 on 2 threads 25% slower, 256^3 8%), so products
+ *   from about 512^3 up. On a machine whose cores are shared (other
+ *   processes, a VM's vCPUs that the host deschedules), a static half each
+ *   made the product wait for the slower thread, while from a counter the
+ *   faster thread takes more tiles. The
  *   price is packing: each tile packs its own rows of A and columns of B,
  *   A tn times and B tm times in all (choose_grid keeps m/tm + p/tn
  *   small), under 1% of the arithmetic at the tile sizes allowed. Every C
