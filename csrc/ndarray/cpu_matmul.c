@@ -594,20 +594,23 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
  *   with its own packing buffers (a slot, taken from a counter on entry);
  *   each part takes tasks from a shared counter until none is left. With
  *   several threads a product is cut into up to NDL_MATMUL_TILES_PER_THREAD
- *   tiles per thread, not one, when each tile keeps NDL_MATMUL_TILE_BALANCE
+ *   (2) tiles per thread, not one, when each tile keeps NDL_MATMUL_TILE_BALANCE
  *   multiply-adds, more than MC rows and NDL_MATMUL_TILE_COLS columns
  *   (narrower tiles cost more than they balance: 128-column tiles made
  *   m = 64, K = N = 1024 on 2 threads 25% slower, 256^3 8%), so products
  *   from about 512^3 up. On a machine whose cores are shared (other
  *   processes, a VM's vCPUs that the host deschedules), a static half each
  *   made the product wait for the slower thread, while from a counter the
- *   faster thread takes more tiles. The
- *   price is packing: each tile packs its own rows of A and columns of B,
- *   A tn times and B tm times in all (choose_grid keeps m/tm + p/tn
- *   small), under 1% of the arithmetic at the tile sizes allowed. Every C
- *   element is computed by the same sequence of operations whatever the
- *   tile (Note [One chain per element]), so results do not depend on the
- *   number of threads nor on which thread took which tile.
+ *   faster thread takes more tiles (Zen 3, 2 vCPUs shared with other jobs,
+ *   2048^3 float32 on 2 threads, one quiet minute: median 95 -> 172
+ *   GFLOP/s, best unchanged, with 4 tiles a thread). The price is
+ *   packing: each tile packs its own rows of A and columns of B, A tn
+ *   times and B tm times in all (choose_grid keeps m/tm + p/tn small),
+ *   and each tile has its edge blocks: 4 tiles a thread cost 1024^3
+ *   float32 ~4% when one core did all the work, 2 nothing measurable, so 2
+ *   it is. Every C element is computed by the same sequence of operations
+ *   whatever the tile (Note [One chain per element]), so results do not
+ *   depend on the number of threads nor on which thread took which tile.
  */
 
 typedef struct {
@@ -739,7 +742,7 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
 #define NDL_MATMUL_TILE_MIN (48.0 * 48.0 * 48.0)
 /* Note [Matmul work split]: tiles per thread for the load to balance, while
  * each keeps at least NDL_MATMUL_TILE_BALANCE multiply-adds. */
-#define NDL_MATMUL_TILES_PER_THREAD 4
+#define NDL_MATMUL_TILES_PER_THREAD 2
 #define NDL_MATMUL_TILE_BALANCE (256.0 * 256.0 * 256.0)
 #define NDL_MATMUL_TILE_COLS 256
 
