@@ -2,7 +2,8 @@
  * (Over 600 lines on purpose: kernel choice, packing, the work split and the
  * blocked driver share one job struct and its notes; split, each part would
  * need the others' internals. The skinny products' loops live in
- * cpu_matmul_small.c, the CPU's description in cpu_info.c.)
+ * cpu_matmul_small.c, the kept buffers in cpu_matmul_scratch.c, the CPU's
+ * description in cpu_info.c.)
  *
  * Python equivalent:
  *     for b in range(batch): C[b] = A[b] @ B[b]   # A[b], B[b] any strided views
@@ -27,23 +28,28 @@
  *
  * Kernels: AVX-512F (14x32 float32, 14x16 float64), AVX2+FMA (6x16, 6x8) or
  * portable C (4x8, 4x4): the widest one that the CPU has and the OS enables
- * (Note [Usable SIMD] in cpu_info.c), chosen once; its cache blocks come from
- * the cache sizes the CPU reports (Note [Block sizes]).
+ * (Note [Usable SIMD] in cpu_info.c), chosen once, AVX-512 only if it is not
+ * slower than AVX2 on this CPU (Note [Timing the kernels]); its cache blocks
+ * come from the cache sizes the CPU reports (Note [Block sizes]).
  * NEEDLE_MATMUL_KERNEL=generic|avx2|avx512 forces one (if the CPU has it).
  *
- * Threads (Note [Matmul work split]): the work is cut into `nparts` parts,
- * at most one per pool thread, each a contiguous range of tasks, a task
- * being one product or one rectangular tile of one product. Each part owns
- * its packing buffers (allocated up front, 64-byte aligned), so parts share
- * nothing but read-only A and B. Products under ~72^3 multiply-adds never
- * wake the pool. Results do not depend on the number of threads.
+ * Threads (Note [Matmul work split]): the work is cut into tasks, a task
+ * being one product or one rectangular tile of one product, several per
+ * thread when they stay large; `nparts` parts, at most one per pool
+ * thread, take them from a shared counter. Each part owns its packing
+ * buffers (64-byte aligned, Note [Kept scratch] in cpu_matmul_scratch.c),
+ * so parts share nothing but read-only A and B. Products under ~72^3
+ * multiply-adds never wake the pool. Results do not depend on the number
+ * of threads.
  */
 #include "cpu_matmul.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cpu_info.h"
 #include "ndl_core.h"
@@ -155,16 +161,90 @@ static void derive_blocks(ndl_gemm_config *cfg, int64_t es, const ndl_cpu_info *
     }
 }
 
+/* Note [Timing the kernels]
+ *   The widest kernel is not always the fastest: Zen 4 runs each AVX-512
+ *   instruction as two 256-bit halves, so its 14 x 32 tile has the AVX2
+ *   kernel's peak and more cache traffic per FMA (measured 53-63 against
+ *   91 GFLOP/s, 1 thread, n = 1024..2048), while Intel's server cores
+ *   with two 512-bit FMA units run it at up to twice the AVX2 speed. The
+ *   cache sizes cannot tell those apart. So when the CPU has AVX-512
+ *   (and NEEDLE_MATMUL_KERNEL names no kernel), the first product times
+ *   both float32 kernels, each on its own blocks (derive_blocks) over one
+ *   MC x KC block of A and 256 columns of B, all in L2, which is the loop
+ *   that dominates every product large enough to matter: three
+ *   alternating rounds of ~1 ms each, best of each kept, 10 ms at most
+ *   once per process. AVX2 is chosen only when it is over 10% faster, so
+ *   timing noise cannot flip a machine where both are close, and an
+ *   Intel core (AVX-512 ~2x) keeps AVX-512; float64 follows float32 (the
+ *   same register plan with half the lanes, so the same ratio). The
+ *   choice then holds for the process (results do not depend on it but
+ *   through the instruction set: Note [One chain per element]).
+ *   NEEDLE_MATMUL_TIME=1 times the two widest kernels the CPU has on any
+ *   machine (AVX2 against generic here), for the tests.
+ */
+static double kernel_rate(const ndl_gemm_config *cfg, float *buf)
+{
+    const int64_t cols = 256, kc = cfg->kc, mc = cfg->mc;
+    float *a = buf, *b = a + mc * kc, *c = b + kc * cols;
+    double fmas = (double)mc * (double)kc * (double)cols, best = 0;
+    int64_t reps = (int64_t)(3e7 / fmas) + 1; /* 3e7 FMAs: ~1 ms on one core */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int64_t rep = 0; rep < reps; rep++)
+        for (int64_t jr = 0; jr < cols; jr += cfg->nr)
+            for (int64_t ir = 0; ir < mc; ir += cfg->mr)
+                cfg->kernel(kc, a + ir * kc, 1, cfg->mr, b + jr * kc, c + ir * cols + jr, cols,
+                            cfg->mr, cfg->nr, 1);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    if (secs > 0)
+        best = fmas * (double)reps / secs;
+    return best;
+}
+
+/* Note [Timing the kernels]: wide if it is not clearly slower than narrow. */
+static int time_kernels(int wide, int narrow)
+{
+    const ndl_cpu_info *info = ndl_get_cpu_info();
+    ndl_gemm_config cfg[2] = {g_kernels[wide][NDL_FLOAT32], g_kernels[narrow][NDL_FLOAT32]};
+    size_t need = 0;
+    for (int i = 0; i < 2; i++) {
+        derive_blocks(&cfg[i], 4, info);
+        size_t n = (size_t)(cfg[i].mc * cfg[i].kc + cfg[i].kc * 256 + cfg[i].mc * 256);
+        need = n > need ? n : need;
+    }
+    float *buf = malloc(need * sizeof(float));
+    if (!buf)
+        return wide;
+    for (size_t i = 0; i < need; i++)
+        buf[i] = 0.5f; /* sums of products of 0.5: no denormals, no infinities */
+    double rate[2] = {0, 0};
+    for (int round = 0; round < 3; round++)
+        for (int i = 0; i < 2; i++) {
+            double r = kernel_rate(&cfg[i], buf);
+            rate[i] = r > rate[i] ? r : rate[i];
+        }
+    free(buf);
+    return rate[1] > 1.10 * rate[0] ? narrow : wide;
+}
+
 static void choose_kernel(void)
 {
     int chosen = kernel_supported(K_AVX512) ? K_AVX512
                  : kernel_supported(K_AVX2) ? K_AVX2
                                             : K_GENERIC;
     const char *env = getenv("NEEDLE_MATMUL_KERNEL");
+    int forced = 0;
     if (env && *env) /* unknown or unsupported names keep the best one */
         for (int k = 0; k < K_COUNT; k++)
-            if (strcmp(env, g_kernels[k][0].name) == 0 && kernel_supported(k))
+            if (strcmp(env, g_kernels[k][0].name) == 0 && kernel_supported(k)) {
                 chosen = k;
+                forced = 1;
+            }
+    const char *tenv = getenv("NEEDLE_MATMUL_TIME");
+    int time_any = tenv && strcmp(tenv, "1") == 0;
+    if (!forced && chosen > K_GENERIC && (chosen == K_AVX512 || time_any))
+        chosen = time_kernels(chosen, chosen - 1); /* Note [Timing the kernels] */
     const ndl_cpu_info *info = ndl_get_cpu_info();
     for (int dt = 0; dt < NDL_NUM_DTYPES; dt++) {
         g_config[dt] = g_kernels[chosen][dt];
@@ -510,10 +590,27 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
  * Note [Matmul work split]
  *   A task is tile t of product b, task = b * ntiles + t; the tiles of a
  *   product form a tm x tn grid whose edges fall on multiples of MR rows and
- *   NR columns. Part q of nparts runs tasks [q*T/nparts, (q+1)*T/nparts)
- *   with its own buffers. Every C element is computed by the same sequence
- *   of operations whatever the split (Note [Packed panels]), so results do
- *   not depend on the number of threads.
+ *   NR columns. The pool runs `nparts` parts (at most one per thread), each
+ *   with its own packing buffers (a slot, taken from a counter on entry);
+ *   each part takes tasks from a shared counter until none is left. With
+ *   several threads a product is cut into up to NDL_MATMUL_TILES_PER_THREAD
+ *   (2) tiles per thread, not one, when each tile keeps NDL_MATMUL_TILE_BALANCE
+ *   multiply-adds, more than MC rows and NDL_MATMUL_TILE_COLS columns
+ *   (narrower tiles cost more than they balance: 128-column tiles made
+ *   m = 64, K = N = 1024 on 2 threads 25% slower, 256^3 8%), so products
+ *   from about 512^3 up. On a machine whose cores are shared (other
+ *   processes, a VM's vCPUs that the host deschedules), a static half each
+ *   made the product wait for the slower thread, while from a counter the
+ *   faster thread takes more tiles (Zen 3, 2 vCPUs shared with other jobs,
+ *   2048^3 float32 on 2 threads, one quiet minute: median 95 -> 172
+ *   GFLOP/s, best unchanged, with 4 tiles a thread). The price is
+ *   packing: each tile packs its own rows of A and columns of B, A tn
+ *   times and B tm times in all (choose_grid keeps m/tm + p/tn small),
+ *   and each tile has its edge blocks: 4 tiles a thread cost 1024^3
+ *   float32 ~4% when one core did all the work, 2 nothing measurable, so 2
+ *   it is. Every C element is computed by the same sequence of operations
+ *   whatever the tile (Note [One chain per element]), so results do not
+ *   depend on the number of threads nor on which thread took which tile.
  */
 
 typedef struct {
@@ -526,6 +623,7 @@ typedef struct {
     int64_t tm, tn, ntasks, nparts;
     char *bufs;         /* nparts x (abytes + bbytes) */
     size_t abytes, bbytes;
+    atomic_llong next_task, next_slot; /* Note [Matmul work split] */
 } ndl_gemm_job;
 
 /* [lo, hi) of part `i` of `count` equal parts of `units` units of `unit`,
@@ -544,29 +642,32 @@ static void split_range(int64_t len, int64_t unit, int64_t i, int64_t count, int
 
 static void gemm_parts(void *ctx, int64_t begin, int64_t end)
 {
-    const ndl_gemm_job *job = ctx;
+    ndl_gemm_job *job = ctx;
     unsigned fpmode = ndl_flush_denormals_enter(); /* Note [Denormals] in threadpool.c */
     const int64_t es = (int64_t)job->ops.es;
     const int64_t ntiles = job->tm * job->tn;
-    for (int64_t q = begin; q < end; q++) {
-        char *abuf = job->bufs + (size_t)q * (job->abytes + job->bbytes);
-        char *bbuf = abuf + job->abytes;
-        int64_t t0 = job->ntasks * q / job->nparts, t1 = job->ntasks * (q + 1) / job->nparts;
-        for (int64_t t = t0; t < t1; t++) {
-            int64_t bi = t / ntiles, tile = t % ntiles;
-            int64_t i0, i1, j0, j1;
-            split_range(job->m, job->ops.cfg->mr, tile / job->tn, job->tm, &i0, &i1);
-            split_range(job->p, job->ops.cfg->nr, tile % job->tn, job->tn, &j0, &j1);
-            if (i0 >= i1 || j0 >= j1)
-                continue;
-            int64_t ao = job->a_offsets ? job->a_offsets[bi] : 0;
-            int64_t bo = job->b_offsets ? job->b_offsets[bi] : 0;
-            (i1 - i0 <= job->ops.cfg->mc ? gemm_block_few : gemm_block)(
-                       &job->ops, i1 - i0, job->n, j1 - j0,
-                       job->a + (ao + i0 * job->rsa) * es, job->rsa, job->csa,
-                       job->b + (bo + j0 * job->csb) * es, job->rsb, job->csb,
-                       job->c + ((bi * job->m + i0) * job->p + j0) * es, job->p, abuf, bbuf);
-        }
+    /* Note [Matmul work split]: one slot per call (parallel_for makes at
+     * most nparts calls), tasks from the counter */
+    int64_t q = atomic_fetch_add(&job->next_slot, end - begin);
+    char *abuf = job->bufs + (size_t)q * (job->abytes + job->bbytes);
+    char *bbuf = abuf + job->abytes;
+    for (;;) {
+        int64_t t = atomic_fetch_add(&job->next_task, 1);
+        if (t >= job->ntasks)
+            break;
+        int64_t bi = t / ntiles, tile = t % ntiles;
+        int64_t i0, i1, j0, j1;
+        split_range(job->m, job->ops.cfg->mr, tile / job->tn, job->tm, &i0, &i1);
+        split_range(job->p, job->ops.cfg->nr, tile % job->tn, job->tn, &j0, &j1);
+        if (i0 >= i1 || j0 >= j1)
+            continue;
+        int64_t ao = job->a_offsets ? job->a_offsets[bi] : 0;
+        int64_t bo = job->b_offsets ? job->b_offsets[bi] : 0;
+        (i1 - i0 <= job->ops.cfg->mc ? gemm_block_few : gemm_block)(
+                   &job->ops, i1 - i0, job->n, j1 - j0,
+                   job->a + (ao + i0 * job->rsa) * es, job->rsa, job->csa,
+                   job->b + (bo + j0 * job->csb) * es, job->rsb, job->csb,
+                   job->c + ((bi * job->m + i0) * job->p + j0) * es, job->p, abuf, bbuf);
     }
     ndl_flush_denormals_leave(fpmode);
 }
@@ -609,10 +710,10 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
     /* Note [One chain per element] in cpu_matmul.h: the axpy loops sum the
      * second and later KC blocks in scratch, one buffer for all the tasks
      * of this call, as wide as the widest column range (jl2 columns) */
-    void *scratch = NULL;
+    void *scratch = NULL; /* Note [Kept scratch] in cpu_matmul_scratch.c */
     if (!job->dot && job->n > job->cfg->kc) {
         int64_t w = job->p < job->jl2 ? job->p : job->jl2;
-        scratch = malloc((size_t)(job->m * w) * job->es);
+        scratch = ndl_matmul_scratch_get((size_t)(job->m * w) * job->es);
     }
     for (int64_t t = begin; t < end; t++) {
         int64_t bi = t / job->nparts, q = t % job->nparts;
@@ -630,7 +731,7 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
         job->cfg->axpy(job->m, job->n, a, job->rsa, job->csa, b, job->rsb, c, job->p, j0, j1,
                        job->jl2, job->cfg->kc, scratch);
     }
-    free(scratch);
+    ndl_matmul_scratch_put(scratch);
     ndl_flush_denormals_leave(fpmode);
 }
 
@@ -639,6 +740,11 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
 #define NDL_MATMUL_PAR_MIN (72.0 * 72.0 * 72.0)
 /* A product is split into tiles only if each tile keeps this many. */
 #define NDL_MATMUL_TILE_MIN (48.0 * 48.0 * 48.0)
+/* Note [Matmul work split]: tiles per thread for the load to balance, while
+ * each keeps at least NDL_MATMUL_TILE_BALANCE multiply-adds. */
+#define NDL_MATMUL_TILES_PER_THREAD 2
+#define NDL_MATMUL_TILE_BALANCE (256.0 * 256.0 * 256.0)
+#define NDL_MATMUL_TILE_COLS 256
 
 static int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
@@ -732,13 +838,26 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
     double fmas = (double)m * (double)n * (double)p;
     int64_t nthreads = ndl_get_num_threads();
     if (nthreads > 1 && fmas * (double)batch >= NDL_MATMUL_PAR_MIN) {
-        /* whole products per part when the batch divides evenly or is large */
-        if (batch % nthreads != 0 && batch < 4 * nthreads) {
+        /* whole products per task when the batch alone gives every thread
+         * several; else tiles, NDL_MATMUL_TILES_PER_THREAD a thread in all */
+        int64_t want = NDL_MATMUL_TILES_PER_THREAD * nthreads;
+        if (batch % nthreads != 0 && batch < want) { /* a thread's share of tiles */
             int64_t ntiles = nthreads;
             while (ntiles > 1 && fmas / (double)ntiles < NDL_MATMUL_TILE_MIN)
                 ntiles--;
             choose_grid(m, p, cfg->mr, cfg->nr, ntiles, &job.tm, &job.tn);
         }
+        if (batch < want) /* more, for the balance, if they stay large */
+            for (int64_t nt = (want + batch - 1) / batch; nt > job.tm * job.tn; nt--) {
+                int64_t tm, tn;
+                choose_grid(m, p, cfg->mr, cfg->nr, nt, &tm, &tn);
+                if (fmas / (double)(tm * tn) >= NDL_MATMUL_TILE_BALANCE &&
+                    m / tm > cfg->mc && p / tn >= NDL_MATMUL_TILE_COLS) {
+                    job.tm = tm;
+                    job.tn = tn;
+                    break;
+                }
+            }
         job.ntasks = batch * job.tm * job.tn;
         job.nparts = job.ntasks < nthreads ? job.ntasks : nthreads;
     } else {
@@ -761,11 +880,13 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
     if (tile_rows <= cfg->mc && ncap > cfg->nc1)
         ncap = cfg->nc1;
     job.bbytes = (size_t)round_up(kcap * ncap * (int64_t)es, 64);
-    job.bufs = aligned_alloc(64, (size_t)job.nparts * (job.abytes + job.bbytes));
+    job.bufs = ndl_matmul_scratch_get((size_t)job.nparts * (job.abytes + job.bbytes));
     if (!job.bufs)
         return NDL_ENOMEM;
+    atomic_init(&job.next_task, 0);
+    atomic_init(&job.next_slot, 0);
 
     ndl_parallel_for(job.nparts, 1, gemm_parts, &job);
-    free(job.bufs);
+    ndl_matmul_scratch_put(job.bufs); /* Note [Kept scratch] in cpu_matmul_scratch.c */
     return NDL_OK;
 }

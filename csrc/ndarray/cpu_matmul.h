@@ -43,6 +43,7 @@
 #ifndef NDL_CPU_MATMUL_H
 #define NDL_CPU_MATMUL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* Multiply-add of the portable kernels: fused where the target's baseline
@@ -119,5 +120,11 @@ typedef void (*ndl_pack_bt)(const void *src, int64_t cs, int64_t kc, int64_t nc,
                             void *dst);
 void ndl_pack_bt_f32(const void *src, int64_t cs, int64_t kc, int64_t nc, int nr, void *dst);
 void ndl_pack_bt_f64(const void *src, int64_t cs, int64_t kc, int64_t nc, int nr, void *dst);
+
+/* Scratch kept between products (Note [Kept scratch], cpu_matmul_scratch.c):
+ * get returns `bytes` bytes, 64-byte aligned, or NULL when out of memory;
+ * put gives them back (NULL: nothing). */
+void *ndl_matmul_scratch_get(size_t bytes);
+void ndl_matmul_scratch_put(void *p);
 
 #endif /* NDL_CPU_MATMUL_H */

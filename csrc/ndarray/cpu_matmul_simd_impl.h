@@ -12,6 +12,7 @@
  *   UK_ISA           name part of the kernels (avx2 / avx512)
  *   UK_TARGET        function attribute selecting the ISA
  *   UK_ROWS(X)       X(0) X(1) ... X(MR - 1)
+ *   UK_HALF_ROWS(X)  X(0) X(1) ... X(MR / 2 - 1)
  *   and for each dtype dt (f32 / f64):
  *   UK_VEC_dt        its vector type, e.g. __m256
  *   UK_OP_dt(op)     intrinsic `op` on that vector type, e.g. _mm256_fmadd_ps
@@ -27,6 +28,15 @@
  * Defines ndl_ukernel_<UK_ISA>_<UK_DT>. Elsewhere than on x86 that is a stub
  * calling the generic kernel, only there so that the driver links: it is
  * never chosen.
+ *
+ * Note [Half tiles]
+ *   A partial tile of at most MR / 2 rows (the last rows of a product: m =
+ *   32 is five 6-row tiles and a 2-row one) runs a loop over the first
+ *   MR / 2 rows only, not all MR with the missing ones recomputed from row
+ *   0: half the multiply-adds, for the same operations on every row it
+ *   keeps (the bits do not change). Zen 3, 1 thread, K = N = 1024: m = 20
+ *   and 32 +4..8% (float64 m = 32 +9%), m = 64 (a 4-row last tile) and
+ *   square products unchanged.
  *
  * NOTE: the accumulators are named variables (c<row>_<vec>), not an array:
  * gcc 12 keeps an array of vectors in memory and stores it back on every k
@@ -47,6 +57,7 @@
 
 #define UK_ONE(r) +1
 _Static_assert(0 UK_ROWS(UK_ONE) == UK_MR && UK_NR == 2 * VW, "tile does not match UK_ROWS, V");
+_Static_assert(0 UK_HALF_ROWS(UK_ONE) == UK_MR / 2, "UK_HALF_ROWS is not the first MR / 2 rows");
 
 /* row r of A (rows past mr read row 0, see cpu_matmul.h) */
 #define APTR(r) const T *a##r = a + (r < mr ? r : 0) * ars;
@@ -87,6 +98,18 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
     for (int r = 0; r < mr; r++) { /* the tile's row: its first and last line */
         _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
         _mm_prefetch((const char *)(c + r * ldc + UK_NR - 1), _MM_HINT_T0);
+    }
+    if (mr <= UK_MR / 2) { /* Note [Half tiles] */
+        for (int64_t k = 0; k < kc; k++) {
+            V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);
+            UK_HALF_ROWS(STEP)
+            off += acs;
+            b += UK_NR;
+        }
+        const __auto_type m0 = LANES(nr);
+        const __auto_type m1 = LANES(nr - VW);
+        UK_HALF_ROWS(STORE_PARTIAL)
+        return;
     }
     for (int64_t k = 0; k < kc; k++) {
         V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);
