@@ -57,7 +57,7 @@ def needle_case(reps: int, dropout: float) -> dict:
         out, _ = model(x)
         loss_fn(out, y).backward(create_graph=False)
         opt.step()
-    return measure(step, reps)
+    return measure(step, reps, warmup_counts=True)
 
 
 def torch_case(reps: int, dropout: float) -> dict:
@@ -117,7 +117,7 @@ def torch_case(reps: int, dropout: float) -> dict:
         opt.zero_grad()
         loss_fn(model(x), y).backward()
         opt.step()
-    return measure(step, reps)
+    return measure(step, reps, warmup_counts=True)
 
 
 def main() -> None:
