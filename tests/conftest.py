@@ -9,6 +9,8 @@
   cases the data they saw before they were parametrized over devices).
 - The ``device`` fixture: each test that takes it runs on ``cpu()`` and on
   ``cuda()``; the cuda case is skipped, with the reason, where no GPU is usable.
+- ``train_steps``: the plain training loop (SoftmaxLoss, reset_grad, backward,
+  step) that the checkpoint tests run before and after saving.
 """
 import os
 import sys
@@ -22,6 +24,20 @@ import needle as ndl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+
+def train_steps(model, opt, data, device=None) -> list:
+    """One optimizer step per (x, y) batch of `data`; returns each loss's bytes."""
+    losses = []
+    model.train()
+    for x, y in data:
+        opt.reset_grad()
+        loss = ndl.nn.SoftmaxLoss()(model(ndl.Tensor(x, device=device)),
+                                    ndl.Tensor(y, device=device))
+        loss.backward()
+        opt.step()
+        losses.append(loss.numpy().tobytes())
+    return losses
 
 
 def _cuda_unusable():

@@ -30,6 +30,7 @@ from safetensors.numpy import load_file, save_file
 import needle as ndl
 import needle.nn as nn
 from needle.backend_ndarray import NDArray
+from conftest import train_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,15 +102,6 @@ def _mlp(device, seed):
                          nn.ReLU(), nn.Linear(6, 2, device=device))
 
 
-def _adam_steps(model, opt, data, device):
-    model.train()
-    for x, y in data:
-        opt.reset_grad()
-        loss = nn.SoftmaxLoss()(model(ndl.Tensor(x, device=device)), ndl.Tensor(y, device=device))
-        loss.backward()
-        opt.step()
-
-
 def test_checkpoint_moves_between_devices(tmp_path, device):
     """A model and its optimizer trained on `device`, saved, resume on the cpu, are
     saved again and come back to `device`: every tensor bit for bit, each on the device
@@ -119,7 +111,7 @@ def test_checkpoint_moves_between_devices(tmp_path, device):
             for _ in range(2)]
     model = _mlp(device, 0)
     opt = ndl.optim.Adam(model.parameters(), lr=0.01)
-    _adam_steps(model, opt, data, device)
+    train_steps(model, opt, data, device)
     first = tmp_path / "from_device.safetensors"
     ndl.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, first)
 

@@ -21,6 +21,7 @@ import torch
 
 import needle as ndl
 import needle.nn as nn
+from conftest import train_steps
 
 
 def needle_mlp(seed=0, device=None):
@@ -173,18 +174,6 @@ def batches(n):
             for _ in range(n)]
 
 
-def train(model, opt, data, device=None):
-    losses = []
-    model.train()
-    for x, y in data:
-        opt.reset_grad()
-        loss = nn.SoftmaxLoss()(model(ndl.Tensor(x, device=device)), ndl.Tensor(y, device=device))
-        loss.backward()
-        opt.step()
-        losses.append(loss.numpy().tobytes())
-    return losses
-
-
 OPTIMIZERS = {
     "sgd": lambda ps: ndl.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3),
     "adam": lambda ps: ndl.optim.Adam(ps, lr=0.01, weight_decay=1e-3),
@@ -196,11 +185,11 @@ def test_optimizer_resume_is_exact(name, tmp_path, device):
     """On any device: its kernels are deterministic, so the resumed run is bit for bit."""
     data = batches(8)
     model = needle_mlp(0, device)
-    full = train(model, OPTIMIZERS[name](model.parameters()), data, device)
+    full = train_steps(model, OPTIMIZERS[name](model.parameters()), data, device)
 
     model = needle_mlp(0, device)
     opt = OPTIMIZERS[name](model.parameters())
-    first = train(model, opt, data[:3], device)
+    first = train_steps(model, opt, data[:3], device)
     path = tmp_path / "ckpt.safetensors"
     ndl.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 3}, path)
     del model, opt
@@ -212,14 +201,14 @@ def test_optimizer_resume_is_exact(name, tmp_path, device):
     resumed.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     assert ckpt["step"] == 3
-    rest = train(resumed, opt, data[3:], device)
+    rest = train_steps(resumed, opt, data[3:], device)
     assert first + rest == full
 
 
 def test_optimizer_state_dict_layout_and_copies(device):
     model = needle_mlp(0, device)
     opt = ndl.optim.Adam(model.parameters(), lr=0.01)
-    train(model, opt, batches(2), device)
+    train_steps(model, opt, batches(2), device)
     sd = opt.state_dict()
     assert set(sd) == {"state", "param_groups"}  # torch.optim's layout
     group = sd["param_groups"][0]
@@ -227,7 +216,7 @@ def test_optimizer_state_dict_layout_and_copies(device):
     assert set(sd["state"][0]) == {"m", "v"}
     assert sd["state"][0]["m"].device == device
     m0 = sd["state"][0]["m"].numpy().copy()
-    train(model, opt, batches(1), device)  # the fused update writes states in place
+    train_steps(model, opt, batches(1), device)  # the fused update writes states in place
     np.testing.assert_array_equal(sd["state"][0]["m"].numpy(), m0)  # the dict was a copy
     opt2 = ndl.optim.Adam(model.parameters())
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
@@ -237,7 +226,7 @@ def test_optimizer_state_dict_layout_and_copies(device):
 def test_optimizer_load_errors():
     model = needle_mlp(0)
     opt = ndl.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    train(model, opt, batches(1))
+    train_steps(model, opt, batches(1))
     sd = opt.state_dict()
     small = ndl.optim.SGD(nn.Linear(2, 2).parameters(), momentum=0.9)
     with pytest.raises(ValueError, match="doesn't match the size"):
