@@ -129,9 +129,9 @@ int ndl_cuda_softmax_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *y, 
 }
 
 /* The labels (a HOST array, backend.h) checked on the host (in [0, n)) and
- * copied to a device scratch of rows int64 plus `extra` bytes. NULL with *st NDL_OK when there
- * is nothing to do (rows = 0), else with the failure's status. Free it with
- * ndl_cuda_free (stream-ordered, as in cuda_matmul.cu). */
+ * copied to a device scratch of rows int64 plus `extra` bytes. NULL with *st
+ * NDL_OK when there is nothing to do (rows = 0), else with the failure's
+ * status. Free it with ndl_cuda_free (stream-ordered, as in cuda_matmul.cu). */
 static int64_t *device_labels(int64_t rows, int64_t n, const int64_t *labels, size_t extra,
                               int *st)
 {
