@@ -240,6 +240,176 @@ def test_max_propagates_nan(device):
     np.testing.assert_array_equal(nd.array(x, device=device).max(axis=1).numpy(), x.max(axis=1))
 
 
+
+# ---- the reduction paths (Note [Reduction paths], cuda_reduce.cu) ----------
+# Each (shape, axis) names the path it takes on a GPU: "cols" (outputs along
+# the kept inner axis), "blocks" (reduced axis innermost, or a full reduction),
+# with the chunked second pass where there are few outputs for a long extent.
+# The cpu cases check the same expectations on the CPU backend.
+REDUCE_CASES = [
+    ((0, 7), 0),            # cols: 0 rows, every output the empty sum
+    ((1, 7), 0),            # cols: 1 row
+    ((31, 7), 0),           # cols, short extent
+    ((33, 257), 0),         # cols
+    ((1000, 257), 0),       # cols, chunked (16 chunks of 63 rows)
+    ((65537, 3), 0),        # cols, chunked (1025 chunks of 64 rows): Linear's bias gradient
+    ((65537, 1), 0),        # a size-1 kept axis dropped: a full reduction (blocks, chunked)
+    ((5, 1), 1),            # size-1 reduced axis
+    ((33, 31), 1),          # short last axis: cols
+    ((31, 1000), 1),        # blocks
+    ((3, 65537), 1),        # blocks, chunked (17 chunks)
+    ((5, 300, 7), 1),       # middle axis: cols, chunked
+    ((4, 1000, 33), 1),     # middle axis: cols, chunked
+    ((3, 33, 31, 5), (1, 2)),  # two middle axes merged into one
+    ((5, 300, 7), (0, 2)),  # non-adjacent reduced axes (strided red offsets)
+    ((1,), None),           # full, 1 element
+    ((31, 33), None),       # full, blocks
+    ((65537,), None),       # full, blocks, chunked
+    ((1000, 257), None),    # full, blocks, chunked (63 chunks)
+]
+
+
+def _reduce_bound(x64, axis, dtype):
+    """|float sum - exact| <= (extent + 1) * eps * sum |x| for any order of the adds."""
+    n = x64.size if axis is None else int(np.prod([x64.shape[a] for a in np.atleast_1d(axis)]))
+    return (n + 1) * np.finfo(dtype).eps * np.abs(x64).sum(axis=axis) + 1e-300
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", REDUCE_CASES)
+@pytest.mark.parametrize("transposed", [False, True], ids=["compact", "transposed"])
+def test_reduction_paths_against_float64(device, dtype, shape, axis, transposed):
+    x = rand(*shape, dtype=dtype)
+    a = nd.array(x, dtype=dtype, device=device)
+    if transposed:  # the same values through reversed strides: the other path
+        rev = tuple(reversed(range(len(shape))))
+        a = nd.array(np.ascontiguousarray(x.transpose(rev)), dtype=dtype,
+                     device=device).permute(rev)
+    x64 = x.astype(np.float64)
+    got = a.sum(axis=axis).numpy()
+    want = x64.sum(axis=axis)
+    assert got.shape == np.shape(want) or got.size == np.size(want)
+    got = got.reshape(np.shape(want))
+    assert np.all(np.abs(got - want) <= _reduce_bound(x64, axis, dtype)), \
+        np.max(np.abs(got - want))
+    if x.size and all(x.shape[d] for d in (range(x.ndim) if axis is None
+                                            else np.atleast_1d(axis))):
+        np.testing.assert_array_equal(a.max(axis=axis).numpy().reshape(np.shape(want)),
+                                      x.max(axis=axis))  # exact in any order
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", [((65537, 3), 0), ((3, 65537), 1), ((4, 1000, 33), 1),
+                                        ((65537,), None), ((31, 33), 0)])
+def test_max_propagates_nan_on_every_reduction_path(device, dtype, shape, axis):
+    x = rand(*shape, dtype=dtype)
+    flat = x.reshape(-1)
+    flat[[0, flat.size // 2, flat.size - 1]] = np.nan  # first, middle and last chunks
+    got = nd.array(x, dtype=dtype, device=device).max(axis=axis).numpy()
+    np.testing.assert_array_equal(got.reshape(np.shape(x.max(axis=axis))), x.max(axis=axis))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", [((65537, 3), 0), ((3, 65537), 1), ((1000, 257), None),
+                                        ((4, 1000, 33), 1)])
+def test_reductions_are_deterministic(device, dtype, shape, axis):
+    """Chunking by shape only and every fold in a fixed order: the same bits twice."""
+    a = nd.array(rand(*shape, dtype=dtype) * 1e3 + 0.1, dtype=dtype, device=device)
+    first = a.sum(axis=axis).numpy()
+    for _ in range(2):
+        np.testing.assert_array_equal(a.sum(axis=axis).numpy(), first)
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reductions_match_the_cpu_within_summation_rounding(dtype):
+    """Not bit for bit (the GPU's order is not the CPU's, Note [Reduction paths]):
+    within the summation bound of both against float64."""
+    for shape, axis in REDUCE_CASES:
+        x = rand(*shape, dtype=dtype)
+        c, g = (nd.array(x, dtype=dtype, device=d).sum(axis=axis).numpy()
+                for d in (nd.cpu(), nd.cuda()))
+        bound = 2 * _reduce_bound(x.astype(np.float64), axis, dtype)
+        assert np.all(np.abs(g.astype(np.float64) - c.reshape(g.shape)) <=
+                      np.reshape(bound, g.shape)), (shape, axis)
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+def test_full_sum_over_two_to_the_31_elements():
+    """Both chunked paths past 2^31 elements (17 GB of float64 ones, every index
+    int64): the full sum (blocks, 1024 chunks) and the column sums of (2^25 + 1, 64)
+    (cols, 2048 chunks); float64 counts ones exactly, in any order."""
+    n = 2 ** 31 + 64
+    try:
+        x = ndl.init.ones(n, device=nd.cuda(), dtype="float64").cached_data
+    except MemoryError as e:
+        pytest.skip(f"not enough GPU memory: {e}")
+    import needle._cuda as cu
+    try:
+        total = x.sum(axis=0).numpy()
+        col = x.reshape((n // 64, 64)).sum(axis=0).numpy()  # cols path, chunked
+    finally:
+        del x
+        cu.empty_cache()
+    assert float(total.reshape(-1)[0]) == float(n)
+    np.testing.assert_array_equal(col, np.full(64, n // 64, dtype=np.float64))
+
+
+# ---- cross-entropy labels through the staging buffer (Note [Staged uploads],
+# cuda_memory.cu) -------------------------------------------------------------
+
+def _xent_reference(z, y):
+    z = z.astype(np.float64)
+    m = z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z - m).sum(axis=1, keepdims=True)) + m
+    p = np.exp(z - lse)
+    p[np.arange(len(y)), y] -= 1.0
+    return float(np.mean(lse[:, 0] - z[np.arange(len(y)), y])), p / len(y)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_steps_with_changing_labels(device, dtype):
+    """Several steps, each with new labels (and batch sizes that grow the staging
+    buffer past its first 4096 bytes, then shrink): every step's loss and gradient
+    use that step's labels, never the previous step's; a bad label in between
+    raises and leaves the next step right."""
+    rng = np.random.default_rng(7)
+    k = 37
+    for step, B in enumerate([5, 3, 700, 2000, 9, 2000, 1]):
+        z = (rng.standard_normal((B, k)) * 3).astype(dtype)
+        y = rng.integers(0, k, size=B)
+        if step == 4:
+            bad = y.astype(dtype)
+            bad[B // 2] = k
+            with pytest.raises(ValueError, match=f"label {k} is out of range for {k} classes"):
+                ndl.ops.softmax_cross_entropy(ndl.Tensor(z, device=device, dtype=dtype),
+                                              ndl.Tensor(bad, device=device, dtype=dtype))
+        Z = ndl.Tensor(z, device=device, dtype=dtype, requires_grad=True)
+        loss = ndl.ops.softmax_cross_entropy(Z, ndl.Tensor(y.astype(dtype), device=device,
+                                                           dtype=dtype))
+        loss.backward(create_graph=False)  # the softmax_xent_grad slot
+        want_loss, want_grad = _xent_reference(z, y)
+        t = 2e-5 if dtype == "float32" else 1e-12
+        np.testing.assert_allclose(loss.numpy(), want_loss, rtol=t, atol=t)
+        np.testing.assert_allclose(Z.grad.numpy(), want_grad, rtol=10 * t, atol=t / B)
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+def test_scratch_out_of_memory_says_what_was_asked():
+    """Note [Out of memory detail] (ndl_args.c): a slot's own scratch failing says
+    what the allocator said. Not provoked deterministically here (it needs the
+    device filled to just under a slot's scratch); what is checked: a storage
+    out-of-memory leaves no stale record behind the next allocation."""
+    with pytest.raises(MemoryError, match=r"asked 140737488355328 bytes"):
+        nd.NDArray.make((2 ** 45,), device=nd.cuda())
+    import needle._cuda as cu
+    nd.array([1.0], device=nd.cuda())  # any allocation drops the record
+    assert not cu.last_error().startswith("CUDA out of memory")
+
 MATMUL_SHAPES = [(1, 1, 1), (2, 3, 4), (63, 65, 67), (128, 16, 130), (1, 300, 1), (3, 0, 4),
                  (0, 5, 2), (200, 129, 64)]
 

@@ -29,7 +29,17 @@ extern "C" {
 int ndl_cuda_fail(cudaError_t err, const char *file, int line, const char *call);
 /* Records a message of the caller's own (an out-of-memory report). */
 void ndl_cuda_set_error(const char *msg);
+/* Every out-of-memory record starts so (Note [Out of memory detail],
+ * ndl_args.c: ndl_raise_status adds such a record to its MemoryError). */
+#define NDL_CUDA_OOM "CUDA out of memory"
+/* Drops this thread's out-of-memory record, if the last error is one. */
+void ndl_cuda_clear_oom(void);
 extern "C" const char *ndl_cuda_last_error(void);
+/* Copies the host bytes src1[0, n1) then src2[0, n2) to dst (device, n1 + n2
+ * bytes) through the pinned staging buffer, asynchronously on the legacy
+ * stream (Note [Staged uploads], cuda_memory.cu); src1, src2 may be reused
+ * at once. */
+int ndl_cuda_upload(void *dst, const void *src1, size_t n1, const void *src2, size_t n2);
 
 #define NDL_CUDA_TRY(call)                                                                         \
     do {                                                                                           \

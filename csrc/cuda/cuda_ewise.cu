@@ -3,7 +3,8 @@
  * One functor per NDL_UNARY_KERNEL / NDL_BINARY_KERNEL row of ops.def
  * (Note [One op, one row]), calling the same ndl_<kernel>_f32/_f64 of
  * scalar_ops.h the CPU loops call; the slot dispatches on the kernel code.
- * Contiguous inputs take a flat loop, anything else the strided one. The
+ * A contiguous input takes a flat index, anything else the strided offset
+ * (each operand of binary on its own). The
  * scalar of `a + 2.0` comes by value through the scalar slot (backend.h) and
  * goes to the kernel as an argument; both operands of binary are device
  * buffers. */
@@ -35,16 +36,17 @@ __global__ void unary_kernel(const T *a, ndl_layout la, T *out, int64_t n, int f
         out[i] = f(a[flat ? la.offset + i : ndl_cu_offset(la, i)]);
 }
 
-// a, b are views la, lb of one shape (n elements), out compact (n)
+// a, b are views la, lb of one shape (n elements), out compact (n); flat_a
+// (flat_b): la (lb) is contiguous, so element i is at offset + i
 template <typename F, typename T>
 __global__ void binary_kernel(const T *a, ndl_layout la, const T *b, ndl_layout lb, T *out,
-                              int64_t n, int flat)
+                              int64_t n, int flat_a, int flat_b)
 {
     F f;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t ia = flat ? la.offset + i : ndl_cu_offset(la, i);
-        int64_t ib = flat ? lb.offset + i : ndl_cu_offset(lb, i);
+        int64_t ia = flat_a ? la.offset + i : ndl_cu_offset(la, i);
+        int64_t ib = flat_b ? lb.offset + i : ndl_cu_offset(lb, i);
         out[i] = f(a[ia], b[ib]);
     }
 }
@@ -96,14 +98,15 @@ static int launch_binary(ndl_dtype dt, const void *a, const ndl_layout *la, cons
                          const ndl_layout *lb, void *out)
 {
     int64_t n = ndl_cu_size(la);
-    int flat = ndl_cu_contiguous(la) && ndl_cu_contiguous(lb);
+    /* each operand on its own: a broadcast b does not slow a contiguous a */
+    int flat_a = ndl_cu_contiguous(la), flat_b = ndl_cu_contiguous(lb);
     if (la->ndim != lb->ndim || n != ndl_cu_size(lb))
         return NDL_EINVAL;
     if (n == 0)
         return NDL_OK;
     NDL_CU_DTYPE(dt, T,
                  binary_kernel<F, T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
-                     (const T *)a, *la, (const T *)b, *lb, (T *)out, n, flat));
+                     (const T *)a, *la, (const T *)b, *lb, (T *)out, n, flat_a, flat_b));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }

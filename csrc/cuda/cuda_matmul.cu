@@ -16,9 +16,10 @@
  *   always they are an arithmetic sequence (a compact batch: a0 + b * m * n;
  *   a broadcast one: a0 every time), so the kernel gets (first, step) by value
  *   and computes them. Only an irregular sequence (batch axes permuted into a
- *   non-uniform order) is copied to a device table, with a cudaMemcpy from
- *   pageable memory: that call waits for all earlier work of the stream, so
- *   doing it for every matmul would drain the GPU's queue once per call.
+ *   non-uniform order) is copied to a device table, now through the pinned
+ *   staging buffer (Note [Staged uploads], cuda_memory.cu) with one
+ *   asynchronous copy; a cudaMemcpy from pageable memory would wait for all
+ *   earlier work of the stream, draining the GPU's queue once per call.
  *
  * Note [TF32 switch]
  *   float32 products may run on the tensor cores (sm_80+) with TF32 inputs
@@ -266,9 +267,8 @@ int ndl_cuda_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p
         offs = (int64_t *)ndl_cuda_alloc(obytes);
         if (offs == NULL)
             return NDL_ENOMEM;
-        st = ndl_cuda_from_host(offs, a_offsets, obytes / 2);
-        if (st == NDL_OK)
-            st = ndl_cuda_from_host(offs + batch, b_offsets, obytes / 2);
+        /* one asynchronous copy of both (Note [Staged uploads], cuda_memory.cu) */
+        st = ndl_cuda_upload(offs, a_offsets, obytes / 2, b_offsets, obytes / 2);
         ao = BatchOffsets{offs, 0, 0};
         bo = BatchOffsets{offs + batch, 0, 0};
     }

@@ -10,11 +10,31 @@
  *   When cudaMalloc fails, the cache is released and the call retried once;
  *   a second failure records "out of memory: asked N bytes, F of T free"
  *   (ndl_cuda_last_error) and alloc returns NULL. Blocks are never split.
+ *   Each alloc first drops an earlier out-of-memory record of its thread, so
+ *   a slot's NDL_ENOMEM is reported with its own request's detail
+ *   (Note [Out of memory detail], ndl_args.c).
+ *
+ * Note [Staged uploads]
+ *   A cudaMemcpy from pageable host memory waits for every earlier kernel of
+ *   the stream: once a step (the cross-entropy's labels) it drained the GPU's
+ *   queue. ndl_cuda_upload copies small host tables (labels, irregular matmul
+ *   offsets) into one pinned staging buffer (cudaHostAlloc, kept and grown
+ *   to the largest request) and sends them with cudaMemcpyAsync on the
+ *   legacy default stream, the stream of every kernel, so the copy is
+ *   ordered before the kernels launched after it and after those before it.
+ *   A cudaEvent recorded after each copy guards the buffer: the next upload
+ *   waits for that event (the previous copy has read the buffer) before it
+ *   overwrites or frees it; the host thus runs at most one upload ahead.
+ *   The caller's host array may be reused as soon as ndl_cuda_upload
+ *   returns (it was copied into the staging buffer). If pinned memory
+ *   cannot be had, the upload falls back to a synchronous cudaMemcpy.
+ *   A mutex guards the buffer; the buffer lives until the process ends.
  */
 #include <mutex>
 #include <new>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <unordered_map>
 #include <vector>
 
@@ -55,9 +75,10 @@ void release_cache(void)
 void *ndl_cuda_alloc(size_t nbytes)
 {
     void *p = NULL;
+    ndl_cuda_clear_oom(); /* a record is about the last request only */
     if (nbytes > SIZE_MAX - BIG_STEP) { /* rounding up would wrap to a small class */
         char msg[160];
-        snprintf(msg, sizeof msg, "CUDA out of memory: asked %zu bytes", nbytes);
+        snprintf(msg, sizeof msg, NDL_CUDA_OOM ": asked %zu bytes", nbytes);
         ndl_cuda_set_error(msg);
         return NULL;
     }
@@ -79,7 +100,7 @@ void *ndl_cuda_alloc(size_t nbytes)
                 cudaGetLastError(); /* the report then says 0 of 0 free */
             char msg[400];
             snprintf(msg, sizeof msg,
-                     "CUDA out of memory: asked %zu bytes (%.1f MiB; %zu with the allocator's "
+                     NDL_CUDA_OOM ": asked %zu bytes (%.1f MiB; %zu with the allocator's "
                      "rounding), %zu of %zu bytes free (%.1f MiB), %zu bytes held by needle "
                      "arrays",
                      nbytes, nbytes / 1048576.0, sz, free_b, total_b, free_b / 1048576.0,
@@ -97,7 +118,7 @@ void *ndl_cuda_alloc(size_t nbytes)
     } catch (const std::bad_alloc &) {
         if (cudaFree(p) != cudaSuccess)
             cudaGetLastError();
-        ndl_cuda_set_error("out of host memory for the CUDA allocator's bookkeeping");
+        ndl_cuda_set_error(NDL_CUDA_OOM ": no host memory for the allocator's bookkeeping");
         return NULL;
     }
     bytes_live += sz;
@@ -150,5 +171,78 @@ int ndl_cuda_from_host(void *dst, const void *host_src, size_t nbytes)
 {
     if (nbytes)
         NDL_CUDA_TRY(cudaMemcpy(dst, host_src, nbytes, cudaMemcpyHostToDevice));
+    return NDL_OK;
+}
+
+namespace {
+std::mutex stage_lock;
+char *stage;            /* pinned, stage_cap bytes; NULL before the first upload */
+size_t stage_cap;
+cudaEvent_t stage_done; /* recorded after the last copy out of stage */
+bool stage_pending;     /* stage_done was recorded */
+
+/* With stage_lock held: stage holds at least nbytes and no copy reads it.
+ * NDL_ENOMEM when pinned memory cannot be had (the caller falls back). */
+int stage_reserve(size_t nbytes)
+{
+    if (stage_pending) {
+        NDL_CUDA_TRY(cudaEventSynchronize(stage_done));
+        stage_pending = false;
+    }
+    if (stage_cap >= nbytes)
+        return NDL_OK;
+    size_t cap = stage_cap > SIZE_MAX / 2 ? SIZE_MAX : 2 * stage_cap;
+    if (cap < nbytes)
+        cap = nbytes;
+    if (cap < 4096)
+        cap = 4096;
+    if (stage != NULL) {
+        NDL_CUDA_TRY(cudaFreeHost(stage));
+        stage = NULL;
+        stage_cap = 0;
+    }
+    void *p = NULL;
+    if (cudaHostAlloc(&p, cap, cudaHostAllocDefault) != cudaSuccess) {
+        cudaGetLastError(); /* cleared: the caller copies synchronously instead */
+        return NDL_ENOMEM;
+    }
+    stage = (char *)p;
+    stage_cap = cap;
+    return NDL_OK;
+}
+} // namespace
+
+int ndl_cuda_upload(void *dst, const void *src1, size_t n1, const void *src2, size_t n2)
+{
+    if (n1 > SIZE_MAX - n2)
+        return NDL_EINVAL;
+    if (n1 + n2 == 0)
+        return NDL_OK;
+    std::lock_guard<std::mutex> g(stage_lock);
+    if (!stage_done) {
+        cudaEvent_t ev;
+        NDL_CUDA_TRY(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+        stage_done = ev;
+    }
+    int st = stage_reserve(n1 + n2);
+    if (st == NDL_ENOMEM) { /* no pinned memory: the synchronous copies */
+        st = ndl_cuda_from_host(dst, src1, n1);
+        return st == NDL_OK ? ndl_cuda_from_host((char *)dst + n1, src2, n2) : st;
+    }
+    if (st != NDL_OK)
+        return st;
+    if (n1)
+        memcpy(stage, src1, n1);
+    if (n2)
+        memcpy(stage + n1, src2, n2);
+    NDL_CUDA_TRY(cudaMemcpyAsync(dst, stage, n1 + n2, cudaMemcpyHostToDevice, 0));
+    cudaError_t err = cudaEventRecord(stage_done, 0);
+    if (err != cudaSuccess) { /* no guard for the copy just queued: wait for it here */
+        st = ndl_cuda_fail(err, __FILE__, __LINE__, "cudaEventRecord(stage_done)");
+        if (cudaStreamSynchronize(0) != cudaSuccess)
+            cudaGetLastError(); /* a broken context: the copy will not run either */
+        return st;
+    }
+    stage_pending = true;
     return NDL_OK;
 }

@@ -128,10 +128,10 @@ int ndl_cuda_softmax_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *y, 
     return NDL_OK;
 }
 
-/* The labels (a HOST array, backend.h) checked and copied to a device
- * scratch of rows int64 plus `extra` bytes. NULL with *st NDL_OK when there
- * is nothing to do (rows = 0), else with the failure's status. Free it with
- * ndl_cuda_free (stream-ordered, as in cuda_matmul.cu). */
+/* The labels (a HOST array, backend.h) checked on the host (in [0, n)) and
+ * copied to a device scratch of rows int64 plus `extra` bytes. NULL with *st
+ * NDL_OK when there is nothing to do (rows = 0), else with the failure's
+ * status. Free it with ndl_cuda_free (stream-ordered, as in cuda_matmul.cu). */
 static int64_t *device_labels(int64_t rows, int64_t n, const int64_t *labels, size_t extra,
                               int *st)
 {
@@ -148,7 +148,9 @@ static int64_t *device_labels(int64_t rows, int64_t n, const int64_t *labels, si
         *st = NDL_ENOMEM;
         return NULL;
     }
-    if ((*st = ndl_cuda_from_host(dlab, labels, (size_t)rows * sizeof(int64_t))) != NDL_OK) {
+    /* asynchronous (Note [Staged uploads], cuda_memory.cu): no wait for earlier kernels */
+    if ((*st = ndl_cuda_upload(dlab, labels, (size_t)rows * sizeof(int64_t), NULL, 0)) !=
+        NDL_OK) {
         ndl_cuda_free(dlab);
         return NULL;
     }

@@ -88,6 +88,12 @@ static PyObject *cu_tf32(PyObject *self, PyObject *Py_UNUSED(ignored))
     return PyBool_FromLong(ndl_cuda_tf32());
 }
 
+static PyObject *cu_last_error(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyUnicode_DecodeUTF8(ndl_cuda_last_error(), (Py_ssize_t)strlen(ndl_cuda_last_error()),
+                                "replace");
+}
+
 static PyMethodDef methods[] = {
     {"probe", cu_probe, METH_NOARGS, "None when a CUDA GPU is usable, else the reason (str)."},
     {"device_name", cu_device_name, METH_NOARGS, "Name of GPU 0."},
@@ -98,6 +104,8 @@ static PyMethodDef methods[] = {
      "set_tf32(on) -> previous setting. float32 matmul on the tensor cores with TF32 inputs "
      "(sm_80+; ~1e-3 relative error). Off by default; NEEDLE_CUDA_TF32=1 turns it on."},
     {"tf32", cu_tf32, METH_NOARGS, "Whether float32 matmul uses TF32 tensor cores."},
+    {"last_error", cu_last_error, METH_NOARGS,
+     "This thread's last CUDA failure message ('' when none; for tests)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -256,11 +256,31 @@ void ndl_layout_broadcast(const ndl_layout *a, int ndim, const int64_t *shape, n
 
 const char *(*ndl_device_error_hook)(void);
 
+/* Note [Out of memory detail]
+ *   A device slot whose own scratch allocation fails returns NDL_ENOMEM; its
+ *   allocator left the request's detail (bytes asked, rounded, free, held)
+ *   as the device's last error, starting with "CUDA out of memory", and
+ *   clears such a record at its next allocation, so the record is the
+ *   failed request of this thread's last device allocation. A CPU slot
+ *   leaves no record: its MemoryError stays "<what>: out of memory".
+ *   NOTE: a CPU slot failing on a thread whose last device allocation
+ *   failed (a caught device MemoryError, nothing allocated on the device
+ *   since) would carry that stale device detail. */
+#define NDL_DEVICE_OOM "CUDA out of memory"
+
 int ndl_raise_status(int status, const char *what)
 {
+    const char *detail = NULL;
     if (status == NDL_OK)
         return 0;
-    if (status == NDL_ENOMEM)
+    if (status == NDL_ENOMEM && ndl_device_error_hook != NULL) {
+        detail = ndl_device_error_hook();
+        if (detail != NULL && strncmp(detail, NDL_DEVICE_OOM, sizeof NDL_DEVICE_OOM - 1) != 0)
+            detail = NULL;
+    }
+    if (status == NDL_ENOMEM && detail != NULL)
+        PyErr_Format(PyExc_MemoryError, "%s: %s", what, detail);
+    else if (status == NDL_ENOMEM)
         PyErr_Format(PyExc_MemoryError, "%s: out of memory", what);
     else if (status == NDL_EDEVICE)
         PyErr_Format(PyExc_RuntimeError, "%s: %s", what,
