@@ -66,6 +66,7 @@ typedef struct {
     ndl_small_dot dot;
     ndl_pack_bt pack_bt; /* B blocks with contiguous columns; NULL: pack_b */
     int64_t nc1;         /* nc when m <= mc (Note [Narrow B blocks for few rows]) */
+    ndl_small_bt bt;     /* skinny A @ W.T (Note [Transposing W in registers]); NULL: none */
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -82,17 +83,19 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
     },
     [K_AVX2] = {
         [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 0, 0, 0,
-                         ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32, ndl_pack_bt_f32},
+                         ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32, ndl_pack_bt_f32, 0,
+                         ndl_small_bt_f32},
         [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0,
-                         ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64},
+                         ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64, 0,
+                         ndl_small_bt_f64},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
                          0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32,
-                         ndl_pack_bt_f32},
+                         ndl_pack_bt_f32, 0, ndl_small_bt_f32},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
                          0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64,
-                         ndl_pack_bt_f64},
+                         ndl_pack_bt_f64, 0, ndl_small_bt_f64},
     },
 };
 
@@ -688,10 +691,14 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   1.0-1.5x NumPy and PyTorch, and get the bits of any other m.
  */
 #define NDL_SMALL_M 8
+/* B = W.T (columns contiguous) with at most this many rows: W transposed in
+ * registers (Note [Transposing W in registers], cpu_matmul_bt_avx2.c) */
+#define NDL_SMALL_BT_M 2
+enum { SMALL_AXPY, SMALL_DOT, SMALL_BT };
 
 typedef struct {
     const ndl_gemm_config *cfg;
-    int dot;
+    int mode; /* SMALL_AXPY, SMALL_DOT or SMALL_BT */
     int64_t m, n, p, nparts; /* each product's columns cut into nparts ranges */
     int64_t ntasks;          /* batch * nparts */
     int64_t jl2;             /* axpy: columns per block whose C rows fit half of L2 */
@@ -711,7 +718,7 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
      * second and later KC blocks in scratch, one buffer for all the tasks
      * of this call, as wide as the widest column range (jl2 columns) */
     void *scratch = NULL; /* Note [Kept scratch] in cpu_matmul_scratch.c */
-    if (!job->dot && job->n > job->cfg->kc) {
+    if (job->mode == SMALL_AXPY && job->n > job->cfg->kc) {
         int64_t w = job->p < job->jl2 ? job->p : job->jl2;
         scratch = ndl_matmul_scratch_get((size_t)(job->m * w) * job->es);
     }
@@ -724,8 +731,13 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
         const char *a = job->a + (job->a_offsets ? job->a_offsets[bi] : 0) * es;
         const char *b = job->b + (job->b_offsets ? job->b_offsets[bi] : 0) * es;
         char *c = job->c + bi * job->m * job->p * es;
-        if (job->dot) {
+        if (job->mode == SMALL_DOT) {
             job->cfg->dot(job->m, job->n, a, job->rsa, b, job->csb, c, job->p, j0, j1);
+            continue;
+        }
+        if (job->mode == SMALL_BT) {
+            job->cfg->bt(job->m, job->n, a, job->rsa, job->csa, b, job->csb, c, job->p, j0, j1,
+                         job->cfg->kc);
             continue;
         }
         job->cfg->axpy(job->m, job->n, a, job->rsa, job->csa, b, job->rsb, c, job->p, j0, j1,
@@ -805,9 +817,11 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
         m = 1;
     }
     const ndl_gemm_config *cfg = get_config(dt);
-    if ((m <= NDL_SMALL_M && csb == 1) || (m == 1 && rsb == 1 && csa == 1)) {
+    int small_bt = m <= NDL_SMALL_BT_M && rsb == 1 && cfg->bt;
+    if ((m <= NDL_SMALL_M && csb == 1) || (m == 1 && rsb == 1 && csa == 1) || small_bt) {
         ndl_small_job job = {
-            .cfg = cfg, .dot = csb != 1, .m = m, .n = n, .p = p, .nparts = 1, .es = es,
+            .cfg = cfg,
+            .mode = csb == 1 ? SMALL_AXPY : m == 1 && csa == 1 ? SMALL_DOT : SMALL_BT, .m = m, .n = n, .p = p, .nparts = 1, .es = es,
             .a = a, .b = b, .a_offsets = a_offsets, .b_offsets = b_offsets,
             .rsa = rsa, .csa = csa, .rsb = rsb, .csb = csb, .c = c,
         };
