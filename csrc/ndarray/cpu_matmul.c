@@ -687,8 +687,13 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   (Note [Narrow B blocks for few rows]) are as fast or faster. The dot
  *   loops sum in 16 lanes (outside Note [One chain per element]), so they
  *   are kept for m = 1 only, where they run at memory speed (2.3x the
- *   transposing pack and kernel); m = 2..16 with B = W.T are packed, at
- *   1.0-1.5x NumPy and PyTorch, and get the bits of any other m.
+ *   transposing pack and kernel). m <= 2 with B = W.T (and m = 1 whose A
+ *   row is strided) transposes W in registers (cpu_matmul_bt_avx2.c, Note
+ *   [Transposing W in registers]), with the chains of the packed kernels:
+ *   m = 2, 1 thread, float32 12 -> 19-20 GFLOP/s (PyTorch 15), float64 6
+ *   -> 13-14 (PyTorch 7); from m = 3 the packed kernels are as fast (m =
+ *   8: 1.5x); m = 3..16 are packed, at 1.0-1.5x NumPy and PyTorch, and get
+ *   the bits of any other m.
  */
 #define NDL_SMALL_M 8
 /* B = W.T (columns contiguous) with at most this many rows: W transposed in
