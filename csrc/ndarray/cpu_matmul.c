@@ -755,6 +755,15 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
 /* Below this many multiply-adds in all, the pool is not woken: a wake-up
  * costs a few microseconds, about what 2*10^5 FMAs take on one core. */
 #define NDL_MATMUL_PAR_MIN (72.0 * 72.0 * 72.0)
+/* The skinny products (axpy, dot, W.T in registers) read each element of B
+ * once for m multiply-adds: bound by reading B, from L2, L3 or memory, so
+ * two threads read it twice as fast from much smaller sizes than the packed
+ * path's: from this many multiply-adds (128 KiB of float32 B at m = 1) they
+ * wake the pool. Zen 3, 2 threads, float32 A @ v: 512 x 512 25 -> 55-58
+ * GFLOP/s (NumPy 25), 256 x 256 28 -> 46-49 (NumPy 23), 128 x 256 28 ->
+ * 36-39; float64 512 x 512 12 -> 25 (NumPy 13.5); m = 2, W.T 256 x 256
+ * 22 -> 40. Half of it (128 x 128) gained nothing. */
+#define NDL_SMALL_PAR_MIN 32768.0
 /* A product is split into tiles only if each tile keeps this many. */
 #define NDL_MATMUL_TILE_MIN (48.0 * 48.0 * 48.0)
 /* Note [Matmul work split]: tiles per thread for the load to balance, while
@@ -825,8 +834,8 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
     int small_bt = m <= NDL_SMALL_BT_M && rsb == 1 && cfg->bt;
     if ((m <= NDL_SMALL_M && csb == 1) || (m == 1 && rsb == 1 && csa == 1) || small_bt) {
         ndl_small_job job = {
-            .cfg = cfg,
-            .mode = csb == 1 ? SMALL_AXPY : m == 1 && csa == 1 ? SMALL_DOT : SMALL_BT, .m = m, .n = n, .p = p, .nparts = 1, .es = es,
+            .cfg = cfg, .mode = csb == 1 ? SMALL_AXPY : m == 1 && csa == 1 ? SMALL_DOT : SMALL_BT,
+            .m = m, .n = n, .p = p, .nparts = 1, .es = es,
             .a = a, .b = b, .a_offsets = a_offsets, .b_offsets = b_offsets,
             .rsa = rsa, .csa = csa, .rsb = rsb, .csb = csb, .c = c,
         };
@@ -836,10 +845,10 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
             job.jl2 = jb;
         int64_t nthreads = ndl_get_num_threads();
         double work = (double)m * (double)n * (double)p * (double)batch;
-        if (nthreads > 1 && work >= NDL_MATMUL_PAR_MIN && batch < nthreads)
+        if (nthreads > 1 && work >= NDL_SMALL_PAR_MIN && batch < nthreads)
             job.nparts = p / 64 < nthreads ? (p / 64 > 1 ? p / 64 : 1) : nthreads;
         job.ntasks = batch * job.nparts;
-        ndl_parallel_for(job.ntasks, work >= NDL_MATMUL_PAR_MIN ? 1 : job.ntasks, small_tasks,
+        ndl_parallel_for(job.ntasks, work >= NDL_SMALL_PAR_MIN ? 1 : job.ntasks, small_tasks,
                          &job);
         return NDL_OK;
     }
