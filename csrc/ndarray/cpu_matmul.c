@@ -39,8 +39,9 @@
  * thread, take them from a shared counter. Each part owns its packing
  * buffers (64-byte aligned, Note [Kept scratch] in cpu_matmul_scratch.c),
  * so parts share nothing but read-only A and B. Products under ~72^3
- * multiply-adds never wake the pool. Results do not depend on the number
- * of threads.
+ * multiply-adds never wake the pool (skinny ones, bound by reading B, under
+ * 32768: NDL_SMALL_PAR_MIN). Results do not depend on the number of
+ * threads.
  */
 #include "cpu_matmul.h"
 
