@@ -8,12 +8,19 @@
  *   few rows] in cpu_matmul.c) transposed each KC x NC1 block of W into a
  *   buffer in L2 and ran the micro-kernel over it with 2 of its 6 rows: W
  *   went from memory to registers, to L2, and back, in blocks of 256 rows
- *   read 1 KiB at a time (12 GB/s on Zen 3, PyTorch 15-16). Here each
- *   group of 2 W-wide column groups (16 columns of C, 16 rows of W: 16
- *   sequential streams over the whole of k) is loaded W x W at a time,
- *   transposed in registers (cpu_matmul_transpose_avx2.h), and fed to the
- *   multiply-adds of up to two rows of A directly: W is read once, in
- *   long runs, and nothing is stored but C.
+ *   read 1 KiB at a time (12 GB/s on Zen 3, PyTorch 15-16). Here 8 rows of
+ *   W at a time (8 columns of C; 8 sequential streams over the whole of k)
+ *   are loaded W x W elements at a time (W = 8 floats or 4 doubles: one or
+ *   two column groups), transposed in registers
+ *   (cpu_matmul_transpose_avx2.h) and fed straight to the multiply-adds of
+ *   up to two rows of A: W is read once, in long runs, and nothing is
+ *   stored but C. Why 8 rows: the rows of a 4096-wide W are 16 KiB apart,
+ *   so the same column of all of them falls in one L1 set (8 ways); 16 rows
+ *   evicted each line between its two halves' uses (12 GB/s), 8 rows read
+ *   19-20 GB/s (float32) and 13-14 (float64) where 4 read 11. A whole
+ *   cache line of each row is used before the next group's (BT_LINE).
+ *   Software prefetch 256 bytes ahead into L1 gained ~5% on float64 and
+ *   nothing on float32; 512-2048 bytes, or into L2, no more.
  *   The sums are those of Note [One chain per element] (cpu_matmul.h):
  *   for each KC block of k (the KC of the chosen configuration, passed in),
  *   one chain of fused multiply-adds from zero in k order per element (the
@@ -23,10 +30,12 @@
  *   multiply-add rounds the same whatever the vector width), and m = 2
  *   gives the rows of m = 64. The generic configuration (whose multiply-add
  *   is not fused on x86) never calls this.
- *   Four chains in flight (2 rows x 2 groups) at 4 cycles an FMA keep up
- *   with ~50 GB/s of W on Zen 3, several times what one core reads from
- *   memory; more rows of A take more passes over the same KC x 16 block of
- *   W, which the first pass left in L1.
+ *   The chains in flight are rows x lanes of a column group: 2 x 8 for
+ *   m = 2 (4 cycles a FMA), ~25 GB/s of W on Zen 3 at most, more than one
+ *   core reads from memory. More rows of A (m >= 3) were slower than the
+ *   packed kernels (cpu_matmul.c keeps this to m <= 2). On an AVX-512 CPU
+ *   the same AVX2 code runs (every AVX-512 CPU has AVX2 and FMA), with the
+ *   KC of the AVX-512 configuration, so the bits are those of its kernels.
  *
  * Python equivalent, for j0 <= j < j1 and r < m:
  *     C[r][j] = sum over KC blocks (in order) of fma-chain(A[r][blk], W[j][blk])
