@@ -6,7 +6,8 @@
     square n x n @ n x n, n = 64 .. 4096 (2048 with --quick);
     skinny m x K @ K x N, m = 1 .. 64 (each side of the path limits: the axpy
     loops up to m = 8, one A block of few rows beyond), K = N = 1024 and 4096;
-    transposed operands read in place: x @ W.T (skinny and square), A.T @ B.
+    transposed operands read in place: x @ W.T (skinny and square), A.T @ B;
+    matrix @ vector, n x n @ n x 1, n = 512 (256, 512, 2048 without --quick).
 (b) elementwise add and exp on 16M float32 values, GB/s (bytes read + written).
 (c) sum over each axis of a 4096 x 4096 float32 array, GB/s.
 Ratios are speed ratios: above 1 means needle is faster.
@@ -62,6 +63,8 @@ def matmul_cases(quick: bool) -> list[dict]:
         for m in ((2, 8, 64) if quick else (1, 2, 4, 8, 16, 64)):
             cases.append(dict(name=f"m={m} @ W.T 4096", m=m, k=4096, n=4096, layout="nt",
                               dtype=dt))
+        for s in ((512,) if quick else (256, 512, 2048)):  # matrix @ vector (p = 1)
+            cases.append(dict(name=f"A @ v {s}", m=s, k=s, n=1, layout="nn", dtype=dt))
         cases.append(dict(name="square 1024 A @ B.T", m=1024, k=1024, n=1024, layout="nt",
                           dtype=dt))
         cases.append(dict(name="square 1024 A.T @ B", m=1024, k=1024, n=1024, layout="tn",

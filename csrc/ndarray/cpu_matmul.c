@@ -39,8 +39,9 @@
  * thread, take them from a shared counter. Each part owns its packing
  * buffers (64-byte aligned, Note [Kept scratch] in cpu_matmul_scratch.c),
  * so parts share nothing but read-only A and B. Products under ~72^3
- * multiply-adds never wake the pool. Results do not depend on the number
- * of threads.
+ * multiply-adds never wake the pool (skinny ones, bound by reading B, under
+ * 32768: NDL_SMALL_PAR_MIN). Results do not depend on the number of
+ * threads.
  */
 #include "cpu_matmul.h"
 
@@ -66,6 +67,7 @@ typedef struct {
     ndl_small_dot dot;
     ndl_pack_bt pack_bt; /* B blocks with contiguous columns; NULL: pack_b */
     int64_t nc1;         /* nc when m <= mc (Note [Narrow B blocks for few rows]) */
+    ndl_small_bt bt;     /* skinny A @ W.T (Note [Transposing W in registers]); NULL: none */
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -82,17 +84,19 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
     },
     [K_AVX2] = {
         [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 0, 0, 0,
-                         ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32, ndl_pack_bt_f32},
+                         ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32, ndl_pack_bt_f32, 0,
+                         ndl_small_bt_f32},
         [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0,
-                         ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64},
+                         ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64, 0,
+                         ndl_small_bt_f64},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
                          0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32,
-                         ndl_pack_bt_f32},
+                         ndl_pack_bt_f32, 0, ndl_small_bt_f32},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
                          0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64,
-                         ndl_pack_bt_f64},
+                         ndl_pack_bt_f64, 0, ndl_small_bt_f64},
     },
 };
 
@@ -684,14 +688,23 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   (Note [Narrow B blocks for few rows]) are as fast or faster. The dot
  *   loops sum in 16 lanes (outside Note [One chain per element]), so they
  *   are kept for m = 1 only, where they run at memory speed (2.3x the
- *   transposing pack and kernel); m = 2..16 with B = W.T are packed, at
- *   1.0-1.5x NumPy and PyTorch, and get the bits of any other m.
+ *   transposing pack and kernel). m <= 2 with B = W.T (and m = 1 whose A
+ *   row is strided) transposes W in registers (cpu_matmul_bt_avx2.c, Note
+ *   [Transposing W in registers]), with the chains of the packed kernels:
+ *   m = 2, 1 thread, float32 12 -> 19-20 GFLOP/s (PyTorch 15), float64 6
+ *   -> 13-14 (PyTorch 7); from m = 3 the packed kernels are as fast (m =
+ *   8: 1.5x); m = 3..16 are packed, at 1.0-1.5x NumPy and PyTorch, and get
+ *   the bits of any other m.
  */
 #define NDL_SMALL_M 8
+/* B = W.T (columns contiguous) with at most this many rows: W transposed in
+ * registers (Note [Transposing W in registers], cpu_matmul_bt_avx2.c) */
+#define NDL_SMALL_BT_M 2
+enum { SMALL_AXPY, SMALL_DOT, SMALL_BT };
 
 typedef struct {
     const ndl_gemm_config *cfg;
-    int dot;
+    int mode; /* SMALL_AXPY, SMALL_DOT or SMALL_BT */
     int64_t m, n, p, nparts; /* each product's columns cut into nparts ranges */
     int64_t ntasks;          /* batch * nparts */
     int64_t jl2;             /* axpy: columns per block whose C rows fit half of L2 */
@@ -711,7 +724,7 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
      * second and later KC blocks in scratch, one buffer for all the tasks
      * of this call, as wide as the widest column range (jl2 columns) */
     void *scratch = NULL; /* Note [Kept scratch] in cpu_matmul_scratch.c */
-    if (!job->dot && job->n > job->cfg->kc) {
+    if (job->mode == SMALL_AXPY && job->n > job->cfg->kc) {
         int64_t w = job->p < job->jl2 ? job->p : job->jl2;
         scratch = ndl_matmul_scratch_get((size_t)(job->m * w) * job->es);
     }
@@ -724,8 +737,13 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
         const char *a = job->a + (job->a_offsets ? job->a_offsets[bi] : 0) * es;
         const char *b = job->b + (job->b_offsets ? job->b_offsets[bi] : 0) * es;
         char *c = job->c + bi * job->m * job->p * es;
-        if (job->dot) {
+        if (job->mode == SMALL_DOT) {
             job->cfg->dot(job->m, job->n, a, job->rsa, b, job->csb, c, job->p, j0, j1);
+            continue;
+        }
+        if (job->mode == SMALL_BT) {
+            job->cfg->bt(job->m, job->n, a, job->rsa, job->csa, b, job->csb, c, job->p, j0, j1,
+                         job->cfg->kc);
             continue;
         }
         job->cfg->axpy(job->m, job->n, a, job->rsa, job->csa, b, job->rsb, c, job->p, j0, j1,
@@ -738,6 +756,15 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
 /* Below this many multiply-adds in all, the pool is not woken: a wake-up
  * costs a few microseconds, about what 2*10^5 FMAs take on one core. */
 #define NDL_MATMUL_PAR_MIN (72.0 * 72.0 * 72.0)
+/* The skinny products (axpy, dot, W.T in registers) read each element of B
+ * once for m multiply-adds: bound by reading B, from L2, L3 or memory, so
+ * two threads read it twice as fast from much smaller sizes than the packed
+ * path's: from this many multiply-adds (128 KiB of float32 B at m = 1) they
+ * wake the pool. Zen 3, 2 threads, float32 A @ v: 512 x 512 25 -> 55-58
+ * GFLOP/s (NumPy 25), 256 x 256 28 -> 46-49 (NumPy 23), 128 x 256 28 ->
+ * 36-39; float64 512 x 512 12 -> 25 (NumPy 13.5); m = 2, W.T 256 x 256
+ * 22 -> 40. Half of it (128 x 128) gained nothing. */
+#define NDL_SMALL_PAR_MIN 32768.0
 /* A product is split into tiles only if each tile keeps this many. */
 #define NDL_MATMUL_TILE_MIN (48.0 * 48.0 * 48.0)
 /* Note [Matmul work split]: tiles per thread for the load to balance, while
@@ -805,9 +832,11 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
         m = 1;
     }
     const ndl_gemm_config *cfg = get_config(dt);
-    if ((m <= NDL_SMALL_M && csb == 1) || (m == 1 && rsb == 1 && csa == 1)) {
+    int small_bt = m <= NDL_SMALL_BT_M && rsb == 1 && cfg->bt;
+    if ((m <= NDL_SMALL_M && csb == 1) || (m == 1 && rsb == 1 && csa == 1) || small_bt) {
         ndl_small_job job = {
-            .cfg = cfg, .dot = csb != 1, .m = m, .n = n, .p = p, .nparts = 1, .es = es,
+            .cfg = cfg, .mode = csb == 1 ? SMALL_AXPY : m == 1 && csa == 1 ? SMALL_DOT : SMALL_BT,
+            .m = m, .n = n, .p = p, .nparts = 1, .es = es,
             .a = a, .b = b, .a_offsets = a_offsets, .b_offsets = b_offsets,
             .rsa = rsa, .csa = csa, .rsb = rsb, .csb = csb, .c = c,
         };
@@ -817,10 +846,10 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
             job.jl2 = jb;
         int64_t nthreads = ndl_get_num_threads();
         double work = (double)m * (double)n * (double)p * (double)batch;
-        if (nthreads > 1 && work >= NDL_MATMUL_PAR_MIN && batch < nthreads)
+        if (nthreads > 1 && work >= NDL_SMALL_PAR_MIN && batch < nthreads)
             job.nparts = p / 64 < nthreads ? (p / 64 > 1 ? p / 64 : 1) : nthreads;
         job.ntasks = batch * job.nparts;
-        ndl_parallel_for(job.ntasks, work >= NDL_MATMUL_PAR_MIN ? 1 : job.ntasks, small_tasks,
+        ndl_parallel_for(job.ntasks, work >= NDL_SMALL_PAR_MIN ? 1 : job.ntasks, small_tasks,
                          &job);
         return NDL_OK;
     }

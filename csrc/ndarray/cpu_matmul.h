@@ -114,6 +114,20 @@ NDL_DECLARE_SMALL(avx2_f64)
 NDL_DECLARE_SMALL(avx512_f32)
 NDL_DECLARE_SMALL(avx512_f64)
 
+/* Skinny products with B's columns contiguous (B[k][j] = b[j*csb + k], B =
+ * W.T), W transposed in registers (cpu_matmul_bt_avx2.c, Note [Transposing
+ * W in registers]; x86 with AVX2 and FMA): C[r][j] for r < m, j0 <= j < j1,
+ * the chains of Note [One chain per element] with KC = kc. */
+typedef void (*ndl_small_bt)(int64_t m, int64_t n, const void *a, int64_t rsa, int64_t csa,
+                             const void *b, int64_t csb, void *c, int64_t ldc, int64_t j0,
+                             int64_t j1, int64_t kc);
+void ndl_small_bt_f32(int64_t m, int64_t n, const void *a, int64_t rsa, int64_t csa,
+                      const void *b, int64_t csb, void *c, int64_t ldc, int64_t j0, int64_t j1,
+                      int64_t kc);
+void ndl_small_bt_f64(int64_t m, int64_t n, const void *a, int64_t rsa, int64_t csa,
+                      const void *b, int64_t csb, void *c, int64_t ldc, int64_t j0, int64_t j1,
+                      int64_t kc);
+
 /* Packing a B block whose columns are contiguous (B[k][j] = src[j*cs + k])
  * into nr-column panels, kc x nc (cpu_matmul_pack_avx2.c; x86 with AVX2). */
 typedef void (*ndl_pack_bt)(const void *src, int64_t cs, int64_t kc, int64_t nc, int nr,

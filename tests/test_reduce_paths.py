@@ -1,0 +1,63 @@
+"""Paths of the CPU sum over the last axis that the other reduction tests do
+not single out: unit-stride rows summed several at a time, side by side
+(Note [Rows side by side] in csrc/ndarray/cpu_reduce_impl.h), and the rows
+left over one by one. Each row's sum is the same sequence of operations
+either way, so a row summed alone has the bits it has among many rows.
+
+Reference: float64 NumPy on the same inputs, with the bound n * eps * sum|x|
+(pairwise summation is far tighter; this only catches wrong terms).
+"""
+import numpy as np
+import pytest
+
+import needle.backend_ndarray as nd
+
+EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(np.float64).eps)}
+
+
+def check_rows(got, x, dtype):
+    x64 = x.astype(np.float64)
+    bound = x.shape[-1] * EPS[dtype] * np.abs(x64).sum(axis=-1) + 1e-300
+    assert got.dtype == np.dtype(dtype)
+    assert np.all(np.abs(got.astype(np.float64) - x64.sum(axis=-1)) <= bound)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [1, 5, 31, 32, 33, 1024, 1025, 3000, 4100])
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 9])
+def test_rows_side_by_side_have_the_bits_of_one_row(rows, n, dtype):
+    x = np.random.randn(rows, n).astype(dtype)
+    a = nd.array(x, dtype=dtype)
+    full = a.sum(axis=1).numpy()
+    check_rows(full, x, dtype)
+    for r in range(rows):
+        alone = nd.array(x[r:r + 1], dtype=dtype).sum(axis=1).numpy()
+        assert np.array_equal(alone, full[r:r + 1]), f"row {r} of {rows}, n = {n}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rows_side_by_side_of_a_view(dtype):
+    # rows that are not adjacent in memory (a slice of the columns) and a
+    # 3-d array whose last axis is summed
+    x = np.random.randn(7, 1500).astype(dtype)
+    got = nd.array(x, dtype=dtype)[:, 3:1300].sum(axis=1).numpy().reshape(-1)
+    check_rows(got, x[:, 3:1300], dtype)
+    y = np.random.randn(3, 5, 700).astype(dtype)
+    got = nd.array(y, dtype=dtype).sum(axis=2).numpy()
+    check_rows(got.reshape(-1), y.reshape(15, 700), dtype)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_rows_side_by_side_thread_count_independent(threads):
+    x = np.random.randn(1003, 517).astype(np.float32)
+    a = nd.array(x)
+    before = nd.get_num_threads()
+    try:
+        nd.set_num_threads(1)
+        one = a.sum(axis=1).numpy()
+        nd.set_num_threads(threads)
+        many = a.sum(axis=1).numpy()
+    finally:
+        nd.set_num_threads(before)
+    np.testing.assert_array_equal(one, many)
+    check_rows(one.reshape(-1), x, "float32")
