@@ -240,7 +240,6 @@ def test_max_propagates_nan(device):
     np.testing.assert_array_equal(nd.array(x, device=device).max(axis=1).numpy(), x.max(axis=1))
 
 
-
 # ---- the reduction paths (Note [Reduction paths], cuda_reduce.cu) ----------
 # Each (shape, axis) names the path it takes on a GPU: "cols" (outputs along
 # the kept inner axis), "blocks" (reduced axis innermost, or a full reduction),
@@ -399,11 +398,12 @@ def test_cross_entropy_steps_with_changing_labels(device, dtype):
 
 
 @pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
-def test_scratch_out_of_memory_says_what_was_asked():
+def test_out_of_memory_record_is_dropped_by_the_next_allocation():
     """Note [Out of memory detail] (ndl_args.c): a slot's own scratch failing says
-    what the allocator said. Not provoked deterministically here (it needs the
-    device filled to just under a slot's scratch); what is checked: a storage
-    out-of-memory leaves no stale record behind the next allocation."""
+    what the allocator recorded, so the record must be about the last request only.
+    (The slot's failure itself cannot be provoked deterministically: it needs the
+    device filled to just under a slot's scratch.) Checked: a storage
+    out-of-memory names the bytes asked, and the next allocation drops its record."""
     with pytest.raises(MemoryError, match=r"asked 140737488355328 bytes"):
         nd.NDArray.make((2 ** 45,), device=nd.cuda())
     import needle._cuda as cu
