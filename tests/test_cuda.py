@@ -639,7 +639,7 @@ def test_cpu_out_of_memory_never_carries_a_cuda_record():
             nd.NDArray.make((2 ** 45,), device=nd.cuda())
         import needle._cuda as cu
         assert cu.last_error().startswith("CUDA out of memory")
-    a = nd.array(np.ones((3, 1, 3), np.float32)).broadcast_to((3, 2 ** 48, 3))
+    a = nd.array(np.ones((3, 1, 3), np.float32), device=nd.cpu()).broadcast_to((3, 2 ** 48, 3))
     with pytest.raises(MemoryError) as e:
         a.sum(axis=(0, 1))
     assert str(e.value) == "sum: out of memory"
