@@ -131,6 +131,7 @@ __global__ void __launch_bounds__(NDL_CU_THREADS)
     for (int64_t o = blockIdx.x * per_block + threadIdx.x / 32; o < nout; o += warps) {
         const T *base = a + ndl_cu_offset(kept, o);
         T acc = R::identity();
+#pragma unroll 4 /* the loads issue ahead; the fold keeps its order */
         for (int64_t r = lane; r < nred; r += 32)
             acc = R::combine(acc, base[ndl_cu_offset(red, r)]);
         for (int s = 16; s > 0; s >>= 1)
