@@ -357,6 +357,236 @@ def test_full_sum_over_two_to_the_31_elements():
     np.testing.assert_array_equal(col, np.full(64, n // 64, dtype=np.float64))
 
 
+# ---- the warps path: short innermost rows, many of them (fifth review) ------
+
+def _cuda_module():
+    """needle._cuda where it is built (its host-side launch logic runs without a GPU)."""
+    try:
+        import needle._cuda as cu
+    except ImportError as e:
+        pytest.skip(f"needle._cuda is not built ({e})")
+    return cu
+
+
+WARP_EXTENTS = [1, 31, 32, 33, 64, 65, 127, 128, 255, 256, 257, 1000]
+WARP_ROWS = 4097  # 512 blocks of 8 warps and one output more
+
+
+def test_reduction_plan_picks_a_warp_per_short_row():
+    """Note [Reduction paths], computed by the module's host code on any machine: a
+    reduced innermost axis of 64 .. 1024 elements with >= 1024 outputs takes the
+    warps path (never chunked); shorter rows stay on the columns path, longer ones
+    or fewer outputs on the blocks path, the transposed layout on the columns path."""
+    cu = _cuda_module()
+    for n in WARP_EXTENTS + [1024, 1025]:
+        want = "cols" if n < 64 else "warps" if n <= 1024 else "blocks"
+        assert cu._reduce_plan((WARP_ROWS, n), (n, 1), (1,))[0] == want, n
+        if n > 1:
+            assert cu._reduce_plan((WARP_ROWS, n), (1, WARP_ROWS), (1,))[0] == "cols", n
+    assert cu._reduce_plan((65536, 128), (128, 1), (1,)) == ("warps", 1, 128)
+    assert cu._reduce_plan((1023, 128), (128, 1), (1,))[0] == "blocks"
+    assert cu._reduce_plan((1024, 128), (128, 1), (1,))[0] == "warps"
+    # a row of two reduced axes (merged or not) and kept axes around it
+    assert cu._reduce_plan((64, 32, 4, 50), (6400, 200, 50, 1), (2, 3)) == ("warps", 1, 200)
+    assert cu._reduce_plan((64, 32, 4, 50), (50, 3200, 12800, 1), (2, 3))[0] == "warps"
+    assert cu._reduce_plan((64, 32, 50, 4), (6400, 200, 1, 50), (2, 3))[0] == "warps"
+    assert cu._reduce_plan((8, 130, 48), (12480, 96, 2), (2,))[0] == "cols"  # 48 < 64
+    # past 2^31 elements and 65535 x 8 outputs: still one launch, no chunks
+    assert cu._reduce_plan((2 ** 24 + 1, 128), (128, 1), (1,)) == ("warps", 1, 128)
+    assert cu._reduce_plan((0, 128), (128, 1), (1,))[0] is None
+
+
+def _warp_input(n, dtype):
+    x = rand(WARP_ROWS, n, dtype=dtype)
+    x[7] = np.abs(x[7]) * 1e3  # a row of large terms of one sign
+    return x
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", WARP_EXTENTS)
+def test_warp_path_sums_and_maxes_rows(device, dtype, n):
+    """Each row's sum within (n + 1) eps sum|x| of float64 (any order of the adds),
+    its max exactly, the same bits twice (the lanes' order is fixed)."""
+    x = _warp_input(n, dtype)
+    a = nd.array(x, dtype=dtype, device=device)
+    x64 = x.astype(np.float64)
+    got = a.sum(axis=1).numpy().reshape(-1)
+    assert np.all(np.abs(got - x64.sum(axis=1)) <= _reduce_bound(x64, 1, dtype)), \
+        np.max(np.abs(got - x64.sum(axis=1)))
+    np.testing.assert_array_equal(a.sum(axis=1).numpy().reshape(-1), got)
+    np.testing.assert_array_equal(a.max(axis=1).numpy().reshape(-1), x.max(axis=1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [33, 64, 65, 128, 257, 1000])
+def test_warp_path_propagates_nan(device, dtype, n):
+    """NaN in the first, a middle and the last element of a row (lanes 0, n // 2 % 32
+    and (n - 1) % 32), and in the last row: that row's max and sum are NaN
+    (ndl_maximum in every lane and in the shuffle tree), the others untouched."""
+    x = _warp_input(n, dtype)
+    x[1, 0] = x[2, n // 2] = x[3, n - 1] = x[WARP_ROWS - 1, n - 1] = np.nan
+    x[4, :] = -np.inf  # a row of -inf: max -inf, never NaN
+    a = nd.array(x, dtype=dtype, device=device)
+    np.testing.assert_array_equal(a.max(axis=1).numpy().reshape(-1), x.max(axis=1))
+    s = a.sum(axis=1).numpy().reshape(-1)
+    np.testing.assert_array_equal(np.isnan(s), np.isnan(x.sum(axis=1)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_warp_path_of_views_and_of_two_reduced_axes(device, dtype):
+    """The softmax / LayerNorm shapes through views: (B, T, n) over the last axis, a
+    sliced row (stride-2 elements), two reduced axes of a 4-d array (adjacent, apart
+    but contiguous in memory, and a transposed pair that does not merge: a division
+    per element)."""
+    x = rand(8, 130, 192, dtype=dtype)
+    a = nd.array(x, dtype=dtype, device=device)
+    x64 = x.astype(np.float64)
+    cases = [(a, x64, (2,)), (a[:, :, ::2], x64[:, :, ::2], (2,))]  # 192 and 96 a row
+    y = rand(64, 32, 4, 50, dtype=dtype)
+    b = nd.array(y, dtype=dtype, device=device)
+    y64 = y.astype(np.float64)
+    cases += [(b, y64, (2, 3)), (b.permute((2, 0, 1, 3)), y64.transpose(2, 0, 1, 3), (0, 3)),
+              (b.permute((0, 1, 3, 2)), y64.transpose(0, 1, 3, 2), (2, 3))]
+    for v, v64, axes in cases:
+        want = v64.sum(axis=axes)
+        got = v.sum(axis=axes).numpy().reshape(want.shape)
+        assert np.all(np.abs(got - want) <= _reduce_bound(v64, axes, dtype)), axes
+        np.testing.assert_array_equal(v.max(axis=axes).numpy().reshape(want.shape),
+                                      v64.max(axis=axes).astype(dtype))
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+def test_warp_path_over_two_to_the_31_elements():
+    """(2^24 + 1, 128) float32 ones (8.6 GB): element indices past 2^31, and
+    2^24 + 1 outputs, 32 turns of the warps' grid-stride loop; every row sums to 128
+    exactly and the maxes are 1."""
+    rows = 2 ** 24 + 1
+    try:
+        x = ndl.init.ones(rows * 128, device=nd.cuda()).cached_data.reshape((rows, 128))
+    except MemoryError as e:
+        pytest.skip(f"not enough GPU memory: {e}")
+    import needle._cuda as cu
+    try:
+        s = x.sum(axis=1).numpy().reshape(-1)
+        m = x.max(axis=1).numpy().reshape(-1)
+    finally:
+        del x
+        cu.empty_cache()
+    np.testing.assert_array_equal(s, np.full(rows, 128.0, np.float32))
+    np.testing.assert_array_equal(m, np.ones(rows, np.float32))
+
+
+# ---- merged axes of ewise and copy (Note [Merged axes], cuda_common.cuh) ----
+
+def _layout(base, view):
+    """(shape, strides, offset) of a NumPy view of base, in elements."""
+    item = base.itemsize
+    return (view.shape, tuple(s // item for s in view.strides),
+            (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // item)
+
+
+def _offsets(shape, strides, offset):
+    """Every element's offset in row-major order, from NumPy's index grid."""
+    if not shape:
+        return [offset]
+    idx = np.indices(shape).reshape(len(shape), -1)
+    return (offset + (np.asarray(strides)[:, None] * idx).sum(axis=0)).tolist()
+
+
+_B4 = np.zeros((4, 5, 6, 7), np.float32)
+_B3 = np.zeros((6, 7, 8), np.float32)
+MERGE_CASES = [  # (views of one shape, the merged ndim)
+    ([_B4, np.zeros((4, 5, 6, 7), np.float32)], 1),                         # both contiguous
+    ([_B4.transpose(1, 0, 2, 3)[:, :, 1:3], np.zeros((5, 4, 2, 7))], 3),    # the Note's case
+    ([_B4.transpose(1, 0, 2, 3), np.zeros((5, 4, 6, 7))], 3),               # (5, 4, 42)
+    ([_B4[:, :, ::2, :], np.zeros((4, 5, 3, 7))], 2),                        # step 2: (20, 3, 7)
+    ([_B4[:, 1:4, :, :], np.zeros((4, 3, 6, 7))], 2),                        # (4, 126)
+    ([_B4[1:2, :, 2:3, :], np.zeros((1, 5, 1, 7))], 2),                      # size-1 dropped
+    ([_B4[:, :, :, :1], np.zeros((4, 5, 6, 1))], 1),                         # (120,) stride 7
+    ([np.broadcast_to(_B4[:, :1, :1], (4, 5, 6, 7)), _B4], 3),               # (4, 30, 7)
+    ([np.broadcast_to(_B3[:1], (6, 7, 8)), _B3], 2),                         # (6, 56)
+    ([_B3.transpose(2, 1, 0), np.zeros((8, 7, 6))], 3),
+    ([_B3[::-1, :, ::-1], _B3.transpose(0, 1, 2)], 3),                       # negative strides
+    ([_B3[:, ::-1, :], np.zeros((6, 7, 8))], 3),
+    ([_B3[2:3, 3:4, 4:5], np.zeros((1, 1, 1))], 0),                          # one element
+    ([_B4.transpose(1, 0, 2, 3), _B4.transpose(1, 0, 2, 3)], 3),
+    ([_B4.transpose(0, 1, 3, 2), _B4.transpose(0, 1, 3, 2)], 3),             # copy, same perm
+    ([_B4.transpose(0, 1, 3, 2)[:, :, :, 1:], np.zeros((4, 5, 7, 5)),
+      np.broadcast_to(_B3[:1, :1, :5], (4, 5, 7, 5))], 3),                   # three operands
+]
+
+
+@pytest.mark.parametrize("case", range(len(MERGE_CASES)))
+def test_merged_axes_keep_every_offset(case):
+    """The module's own merge and ndl_cu_offset, run on the host: for every layout,
+    every element's offset after merging equals NumPy's before merging, and the
+    layouts merge to the expected number of axes (one for contiguous ones: the
+    flat path; two divisions at most for the 4-d transposed-then-sliced view)."""
+    cu = _cuda_module()
+    views, ndim = MERGE_CASES[case]
+    bases = [v.base if v.base is not None else v for v in views]
+    while any(getattr(b, "base", None) is not None for b in bases):
+        bases = [b.base if b.base is not None else b for b in bases]
+    lays = [_layout(b, v) for b, v in zip(bases, views)]
+    shape = lays[0][0]
+    got_ndim, got = cu._merged_offsets(shape, [(st, off) for _, st, off in lays])
+    assert got_ndim == ndim
+    for (sh, st, off), offs in zip(lays, got):
+        assert offs == _offsets(sh, st, off)
+
+
+def test_merged_axes_leave_layouts_of_different_shapes_alone():
+    """Layouts whose shapes differ (a caller's bug) are not merged: same offsets."""
+    cu = _cuda_module()
+    got_ndim, got = cu._merged_offsets((2, 3), [((3, 1), 0)])
+    assert (got_ndim, got) == (1, [[0, 1, 2, 3, 4, 5]])
+    assert cu._merged_offsets((), [((), 4)]) == (0, [[4]])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ewise_and_copy_of_merged_views(device, dtype):
+    """Transposed, sliced and broadcast views of 3-d and 4-d arrays through compact,
+    setitem, astype, a unary, a scalar and a binary op: NumPy's numbers exactly (one
+    rounding each, the same on every device)."""
+    x = rand(4, 5, 6, 7, dtype=dtype)
+    y = rand(6, 7, 8, dtype=dtype)
+    a, b = (nd.array(v, dtype=dtype, device=device) for v in (x, y))
+    views = [
+        (a.permute((1, 0, 2, 3))[:, :, 1:3], x.transpose(1, 0, 2, 3)[:, :, 1:3]),
+        (a[:, :, ::2, :], x[:, :, ::2, :]),
+        (a.permute((0, 1, 3, 2))[:, 1:4], x.transpose(0, 1, 3, 2)[:, 1:4]),
+        (a[:, :1, :1].broadcast_to((4, 5, 6, 7)), np.broadcast_to(x[:, :1, :1], (4, 5, 6, 7))),
+        (b.permute((2, 1, 0)), y.transpose(2, 1, 0)),
+        (b[:1].broadcast_to((6, 7, 8)), np.broadcast_to(y[:1], (6, 7, 8))),
+        (b[1:5, 2:3, ::3], y[1:5, 2:3, ::3]),
+    ]
+    other = "float64" if dtype == "float32" else "float32"
+    for v, w in views:
+        np.testing.assert_array_equal(v.compact().numpy(), w)
+        np.testing.assert_array_equal(nd.array(v, dtype=other).numpy(), w.astype(other))
+        np.testing.assert_array_equal((-v).numpy(), -w)
+        np.testing.assert_array_equal(v.abs().numpy(), np.abs(w))
+        np.testing.assert_array_equal((v * 3.0).numpy(), w * np.asarray(3.0, dtype))
+        np.testing.assert_array_equal((v + v).numpy(), w + w)
+    # two strided operands of one shape: a transposed view plus a broadcast one
+    t, u = views[0][0], a[:1, :1, 1:3, :].broadcast_to((5, 4, 2, 7))
+    np.testing.assert_array_equal((t + u).numpy(), views[0][1] +
+                                  np.broadcast_to(x[:1, :1, 1:3, :], (5, 4, 2, 7)))
+    # setitem: a view of a receives a transposed view of another array
+    z = rand(7, 5, 3, 4, dtype=dtype)
+    c = nd.array(z, dtype=dtype, device=device)
+    a[:, :, ::2, :] = c.permute((3, 1, 2, 0))
+    x[:, :, ::2, :] = z.transpose(3, 1, 2, 0)
+    np.testing.assert_array_equal(a.numpy(), x)
+    b[:, 2:4, :] = 1.5
+    y[:, 2:4, :] = 1.5
+    np.testing.assert_array_equal(b.numpy(), y)
+
+
 # ---- cross-entropy labels through the staging buffer (Note [Staged uploads],
 # cuda_memory.cu) -------------------------------------------------------------
 
@@ -395,6 +625,24 @@ def test_cross_entropy_steps_with_changing_labels(device, dtype):
         t = 2e-5 if dtype == "float32" else 1e-12
         np.testing.assert_allclose(loss.numpy(), want_loss, rtol=t, atol=t)
         np.testing.assert_allclose(Z.grad.numpy(), want_grad, rtol=10 * t, atol=t / B)
+
+
+def test_cpu_out_of_memory_never_carries_a_cuda_record():
+    """Note [Out of memory detail] (ndl_args.c): only a device slot's
+    NDL_ENOMEM_DEVICE reads the allocator's record; a CPU slot's scratch failing is
+    "<what>: out of memory", also right after a failed device allocation left an
+    out-of-memory record on this thread (the stale case of the fourth review). The
+    CPU scratch here: reduce copies a broadcast view of 9 * 2^48 elements (36 PiB,
+    beyond any address space) to reduce it."""
+    if WHY is None:  # a GPU: leave a record first (128 TiB asked)
+        with pytest.raises(MemoryError, match="CUDA out of memory"):
+            nd.NDArray.make((2 ** 45,), device=nd.cuda())
+        import needle._cuda as cu
+        assert cu.last_error().startswith("CUDA out of memory")
+    a = nd.array(np.ones((3, 1, 3), np.float32), device=nd.cpu()).broadcast_to((3, 2 ** 48, 3))
+    with pytest.raises(MemoryError) as e:
+        a.sum(axis=(0, 1))
+    assert str(e.value) == "sum: out of memory"
 
 
 @pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")

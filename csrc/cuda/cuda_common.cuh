@@ -30,7 +30,8 @@ int ndl_cuda_fail(cudaError_t err, const char *file, int line, const char *call)
 /* Records a message of the caller's own (an out-of-memory report). */
 void ndl_cuda_set_error(const char *msg);
 /* Every out-of-memory record starts so (Note [Out of memory detail],
- * ndl_args.c: ndl_raise_status adds such a record to its MemoryError). */
+ * ndl_args.c: a slot's NDL_ENOMEM_DEVICE is raised as a MemoryError with
+ * such a record, any other record as a RuntimeError). */
 #define NDL_CUDA_OOM "CUDA out of memory"
 /* Drops this thread's out-of-memory record, if the last error is one. */
 void ndl_cuda_clear_oom(void);
@@ -83,16 +84,18 @@ static inline unsigned ndl_cu_blocks(int64_t n)
     return (unsigned)(b < 1 ? 1 : (b > 65536 ? 65536 : b));
 }
 
-/* Offset of the i-th element (row-major order of l's shape) in l's view. */
-__device__ __forceinline__ int64_t ndl_cu_offset(const ndl_layout &l, int64_t i)
+/* Offset of the i-th element (row-major order of l's shape) in l's view,
+ * 0 <= i < prod(l.shape): a division per axis but the outermost, where i is
+ * already the index along it (so a 1-axis view costs a multiply). */
+__host__ __device__ __forceinline__ int64_t ndl_cu_offset(const ndl_layout &l, int64_t i)
 {
     int64_t off = l.offset;
-    for (int d = l.ndim - 1; d >= 0; --d) {
+    for (int d = l.ndim - 1; d > 0; --d) {
         int64_t s = l.shape[d], q = i / s;
         off += (i - q * s) * l.strides[d];
         i = q;
     }
-    return off;
+    return l.ndim > 0 ? off + i * l.strides[0] : off;
 }
 
 /* 1 when l is row-major contiguous from its offset (strides of size-1 axes
@@ -106,6 +109,63 @@ static inline int ndl_cu_contiguous(const ndl_layout *l)
         expect *= l->shape[d];
     }
     return 1;
+}
+
+/* Note [Merged axes]
+ *   ndl_cu_offset divides once per axis but the outermost, per element and
+ *   per operand. Before a launch the host rewrites the n layouts of one
+ *   shape (the operands of an ewise op, the two sides of a copy, a
+ *   reduction's kept or reduced axes) into fewer axes: it drops size-1
+ *   axes (their index is always 0, so their stride never counts) and
+ *   merges axis d into the kept axis before it when, in EVERY layout,
+ *   stride[before] == shape[d] * stride[d]: stepping the outer axis by one
+ *   is then stepping the inner one shape[d] times, so the pair is one axis
+ *   of shape[before] * shape[d] and stride[d]. Both rewrites keep the
+ *   offset of the i-th element in row-major order, for every i and every
+ *   layout (same results by construction), and keep every layout's shape
+ *   the same as the others', so the compact output's flat index i and the
+ *   merged operands still agree. A broadcast axis (stride 0) merges with
+ *   a neighbouring broadcast axis; a transposed or sliced pair does not
+ *   merge, and keeps its own division. A layout that merges to one axis of
+ *   stride 1 (or to none: one element) is contiguous and takes the flat
+ *   path. E.g. compact() of x.permute((1, 0, 2, 3))[:, :, 1:3] for a
+ *   compact x (2, 3, 4, 5): the view (3, 2, 2, 5) with strides
+ *   (20, 60, 5, 1) and the output's (20, 10, 5, 1) merge to (3, 2, 10)
+ *   with (20, 60, 1) and (20, 10, 1): the view divides for 2 axes, not 4,
+ *   and the output is contiguous (flat). Layouts of different shapes
+ *   (a caller's bug) are left as they are; a product that would overflow
+ *   int64 is not merged. */
+static inline void ndl_cu_merge_axes(ndl_layout *l, int n)
+{
+    int nd = 0;
+    for (int k = 1; k < n; k++) {
+        if (l[k].ndim != l[0].ndim)
+            return;
+        for (int d = 0; d < l[0].ndim; d++)
+            if (l[k].shape[d] != l[0].shape[d])
+                return;
+    }
+    for (int d = 0; d < l[0].ndim; d++) {
+        int64_t step;
+        int merge = nd > 0;
+        if (l[0].shape[d] == 1)
+            continue;
+        for (int k = 0; k < n && merge; k++)
+            merge = !__builtin_mul_overflow(l[k].shape[d], l[k].strides[d], &step) &&
+                    l[k].strides[nd - 1] == step;
+        for (int k = 0; k < n; k++) {
+            if (merge) {
+                l[k].shape[nd - 1] *= l[k].shape[d];
+                l[k].strides[nd - 1] = l[k].strides[d];
+            } else {
+                l[k].shape[nd] = l[k].shape[d];
+                l[k].strides[nd] = l[k].strides[d];
+            }
+        }
+        nd += !merge;
+    }
+    for (int k = 0; k < n; k++)
+        l[k].ndim = nd;
 }
 
 static inline int64_t ndl_cu_size(const ndl_layout *l)

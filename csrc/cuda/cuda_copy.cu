@@ -1,7 +1,8 @@
 /* cuda_copy.cu: fill and the strided, dtype-converting copy (compact,
- * setitem, astype). One thread per element in a grid-stride loop; a
- * contiguous side takes a flat index instead of the per-axis divisions of
- * ndl_cu_offset. */
+ * setitem, astype). One thread per element in a grid-stride loop. The two
+ * sides' axes are merged first (Note [Merged axes], cuda_common.cuh); then
+ * a contiguous side takes a flat index instead of the per-axis divisions
+ * of ndl_cu_offset, and two contiguous sides the flat kernel. */
 #include "cuda_common.cuh"
 
 // dst is the view ld (any strides; flat: contiguous), n = prod(ld.shape)
@@ -38,15 +39,18 @@ __global__ void copy_flat_kernel(D *dst, const S *src, int64_t n)
 int ndl_cuda_fill(ndl_dtype dt, void *dst, const ndl_layout *ld, double value)
 {
     int64_t n = ndl_cu_size(ld);
+    ndl_layout l = *ld;
     if (n == 0)
         return NDL_OK;
+    ndl_cu_merge_axes(&l, 1);
     NDL_CU_DTYPE(dt, T,
                  fill_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
-                     (T *)dst, *ld, n, (T)value, ndl_cu_contiguous(ld)));
+                     (T *)dst, l, n, (T)value, ndl_cu_contiguous(&l)));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }
 
+// ld, ls merged (Note [Merged axes]), n > 0 elements
 template <typename D, typename S>
 static void launch_copy(void *dst, const ndl_layout *ld, const void *src, const ndl_layout *ls,
                         int64_t n)
@@ -64,16 +68,30 @@ int ndl_cuda_copy(ndl_dtype dst_dt, void *dst, const ndl_layout *ld, ndl_dtype s
                   const void *src, const ndl_layout *ls)
 {
     int64_t n = ndl_cu_size(ld);
+    ndl_layout l[2] = {*ld, *ls};
     if (ld->ndim != ls->ndim || n != ndl_cu_size(ls))
         return NDL_EINVAL;
     if (n == 0)
         return NDL_OK;
+    ndl_cu_merge_axes(l, 2);
     if (dst_dt == NDL_FLOAT64)
-        src_dt == NDL_FLOAT64 ? launch_copy<double, double>(dst, ld, src, ls, n)
-                              : launch_copy<double, float>(dst, ld, src, ls, n);
+        src_dt == NDL_FLOAT64 ? launch_copy<double, double>(dst, &l[0], src, &l[1], n)
+                              : launch_copy<double, float>(dst, &l[0], src, &l[1], n);
     else
-        src_dt == NDL_FLOAT64 ? launch_copy<float, double>(dst, ld, src, ls, n)
-                              : launch_copy<float, float>(dst, ld, src, ls, n);
+        src_dt == NDL_FLOAT64 ? launch_copy<float, double>(dst, &l[0], src, &l[1], n)
+                              : launch_copy<float, float>(dst, &l[0], src, &l[1], n);
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
+}
+
+/* For tests (needle._cuda._merged_offsets), host only: merges l[0..n) as the
+ * ewise and copy slots do (Note [Merged axes], cuda_common.cuh) and writes
+ * ndl_cu_offset of element i of merged layout k to offsets[k * count + i],
+ * count = prod(shape) elements. */
+extern "C" void ndl_cuda_merged_offsets(int n, ndl_layout *l, int64_t count, int64_t *offsets)
+{
+    ndl_cu_merge_axes(l, n);
+    for (int k = 0; k < n; k++)
+        for (int64_t i = 0; i < count; i++)
+            offsets[k * count + i] = ndl_cu_offset(l[k], i);
 }

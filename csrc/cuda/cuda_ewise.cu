@@ -3,8 +3,9 @@
  * One functor per NDL_UNARY_KERNEL / NDL_BINARY_KERNEL row of ops.def
  * (Note [One op, one row]), calling the same ndl_<kernel>_f32/_f64 of
  * scalar_ops.h the CPU loops call; the slot dispatches on the kernel code.
- * A contiguous input takes a flat index, anything else the strided offset
- * (each operand of binary on its own). The
+ * The operands' axes are merged first (Note [Merged axes],
+ * cuda_common.cuh); then a contiguous input takes a flat index, anything
+ * else the strided offset (each operand of binary on its own). The
  * scalar of `a + 2.0` comes by value through the scalar slot (backend.h) and
  * goes to the kernel as an argument; both operands of binary are device
  * buffers. */
@@ -55,11 +56,13 @@ template <typename F>
 static int launch_unary(ndl_dtype dt, const void *a, const ndl_layout *la, void *out)
 {
     int64_t n = ndl_cu_size(la);
-    int flat = ndl_cu_contiguous(la);
+    ndl_layout l = *la;
     if (n == 0)
         return NDL_OK;
+    ndl_cu_merge_axes(&l, 1);
+    const int flat = ndl_cu_contiguous(&l);
     NDL_CU_DTYPE(dt, T,
-                 unary_kernel<F, T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>((const T *)a, *la,
+                 unary_kernel<F, T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>((const T *)a, l,
                                                                           (T *)out, n, flat));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
@@ -83,12 +86,14 @@ static int launch_scalar(ndl_dtype dt, const void *a, const ndl_layout *la, doub
                          void *out)
 {
     int64_t n = ndl_cu_size(la);
-    int flat = ndl_cu_contiguous(la);
+    ndl_layout l = *la;
     if (n == 0)
         return NDL_OK;
+    ndl_cu_merge_axes(&l, 1);
+    const int flat = ndl_cu_contiguous(&l);
     NDL_CU_DTYPE(dt, T,
                  binary_scalar_kernel<F, T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
-                     (const T *)a, *la, (T)s, s_left, (T *)out, n, flat));
+                     (const T *)a, l, (T)s, s_left, (T *)out, n, flat));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }
@@ -98,15 +103,17 @@ static int launch_binary(ndl_dtype dt, const void *a, const ndl_layout *la, cons
                          const ndl_layout *lb, void *out)
 {
     int64_t n = ndl_cu_size(la);
-    /* each operand on its own: a broadcast b does not slow a contiguous a */
-    int flat_a = ndl_cu_contiguous(la), flat_b = ndl_cu_contiguous(lb);
+    ndl_layout l[2] = {*la, *lb};
     if (la->ndim != lb->ndim || n != ndl_cu_size(lb))
         return NDL_EINVAL;
     if (n == 0)
         return NDL_OK;
+    ndl_cu_merge_axes(l, 2);
+    /* each operand on its own: a broadcast b does not slow a contiguous a */
+    const int flat_a = ndl_cu_contiguous(&l[0]), flat_b = ndl_cu_contiguous(&l[1]);
     NDL_CU_DTYPE(dt, T,
                  binary_kernel<F, T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
-                     (const T *)a, *la, (const T *)b, *lb, (T *)out, n, flat_a, flat_b));
+                     (const T *)a, l[0], (const T *)b, l[1], (T *)out, n, flat_a, flat_b));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }

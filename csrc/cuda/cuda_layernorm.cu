@@ -196,7 +196,7 @@ static int layer_norm_grad_cols(ndl_dtype dt, int64_t rows, int64_t n, const voi
     if (chunks > 1) {
         /* 2 * chunks * n items <= 2 * (rows / 256 + 1) * n: under the inputs' size */
         if ((part = (char *)ndl_cuda_alloc(item * 2 * (size_t)chunks * (size_t)n)) == NULL)
-            return NDL_ENOMEM;
+            return NDL_ENOMEM_DEVICE;
     }
     NDL_CU_DTYPE(dt, T,
                  layer_norm_grad_cols_kernel<T><<<grid, NDL_CU_THREADS>>>(
@@ -249,7 +249,7 @@ int ndl_cuda_layer_norm_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *
         return NDL_OK;
     }
     if ((stats = ndl_cuda_alloc(item * 2 * (size_t)rows)) == NULL)
-        return NDL_ENOMEM;
+        return NDL_ENOMEM_DEVICE;
     NDL_CU_DTYPE(dt, T,
                  layer_norm_grad_rows_kernel<T><<<row_blocks(rows), NDL_CU_THREADS>>>(
                      rows, n, (const T *)x, (const T *)w, (const T *)g, (T)eps, (T *)gx,

@@ -266,7 +266,7 @@ int ndl_cuda_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p
         /* NOTE: the offsets are host arrays; one device buffer carries both. */
         offs = (int64_t *)ndl_cuda_alloc(obytes);
         if (offs == NULL)
-            return NDL_ENOMEM;
+            return NDL_ENOMEM_DEVICE;
         /* one asynchronous copy of both (Note [Staged uploads], cuda_memory.cu) */
         st = ndl_cuda_upload(offs, a_offsets, obytes / 2, b_offsets, obytes / 2);
         ao = BatchOffsets{offs, 0, 0};

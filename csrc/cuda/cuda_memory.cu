@@ -10,9 +10,11 @@
  *   When cudaMalloc fails, the cache is released and the call retried once;
  *   a second failure records "out of memory: asked N bytes, F of T free"
  *   (ndl_cuda_last_error) and alloc returns NULL. Blocks are never split.
- *   Each alloc first drops an earlier out-of-memory record of its thread, so
- *   a slot's NDL_ENOMEM is reported with its own request's detail
- *   (Note [Out of memory detail], ndl_args.c).
+ *   A slot whose own scratch request fails returns NDL_ENOMEM_DEVICE at
+ *   once, and the array layer raises it with this record (Note [Out of
+ *   memory detail], ndl_args.c). Each alloc first drops an earlier
+ *   out-of-memory record of its thread, so last_error() speaks of the last
+ *   request only.
  *
  * Note [Staged uploads]
  *   A cudaMemcpy from pageable host memory waits for every earlier kernel of

@@ -145,7 +145,7 @@ static int64_t *device_labels(int64_t rows, int64_t n, const int64_t *labels, si
             return NULL;
         }
     if ((dlab = (int64_t *)ndl_cuda_alloc((size_t)rows * sizeof(int64_t) + extra)) == NULL) {
-        *st = NDL_ENOMEM;
+        *st = NDL_ENOMEM_DEVICE;
         return NULL;
     }
     /* asynchronous (Note [Staged uploads], cuda_memory.cu): no wait for earlier kernels */

@@ -8,6 +8,15 @@
  *     memory_stats() -> {"allocated": bytes, "cached": bytes}
  *     set_tf32(on) -> bool        # the previous setting (Note [TF32 switch],
  *     tf32() -> bool              #   cuda_matmul.cu); off unless NEEDLE_CUDA_TF32=1
+ *     last_error() -> str         # this thread's last CUDA failure (tests)
+ * and two views of the host-side launch logic, which run without a GPU
+ * (tests; layouts as (shape, strides, offset) with strides in elements):
+ *     _merged_offsets(shape, [(strides, offset), ...]) -> (ndim, [[off, ...], ...])
+ *         the layouts merged as ewise/copy merge them (Note [Merged axes]),
+ *         and every element's offset through the kernels' ndl_cu_offset
+ *     _reduce_plan(shape, strides, axes) -> (path, chunks, len)
+ *         "cols", "warps", "blocks" or None (no outputs): Note [Reduction
+ *         paths], cuda_reduce.cu
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,6 +32,9 @@ void ndl_cuda_empty_cache(void);
 void ndl_cuda_memory_stats(size_t *live_b, size_t *cached_b);
 int ndl_cuda_set_tf32(int on);
 int ndl_cuda_tf32(void);
+void ndl_cuda_merged_offsets(int n, ndl_layout *l, int64_t count, int64_t *offsets);
+int ndl_cuda_reduce_plan(const ndl_layout *la, uint64_t axes_mask, int64_t *chunks,
+                         int64_t *len);
 
 static PyObject *raise_last(void)
 {
@@ -94,6 +106,126 @@ static PyObject *cu_last_error(PyObject *self, PyObject *Py_UNUSED(ignored))
                                 "replace");
 }
 
+/* A tuple of at most NDL_MAX_DIMS ints into v; its length, or -1 with an error. */
+static int int_tuple(PyObject *t, int64_t *v, const char *what)
+{
+    Py_ssize_t n;
+    if (!PyTuple_Check(t) || (n = PyTuple_GET_SIZE(t)) > NDL_MAX_DIMS) {
+        PyErr_Format(PyExc_TypeError, "%s must be a tuple of at most %d ints", what,
+                     NDL_MAX_DIMS);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        v[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(t, i));
+        if (v[i] == -1 && PyErr_Occurred())
+            return -1;
+    }
+    return (int)n;
+}
+
+/* A layout from a shape tuple, a strides tuple of its length and an offset,
+ * the product of its non-zero dimensions at most `most`; 0, or -1 with an
+ * error. */
+static int parse_layout(PyObject *shape, PyObject *strides, long long offset, int64_t most,
+                        ndl_layout *l)
+{
+    int64_t count = 1;
+    int ns;
+    l->ndim = int_tuple(shape, l->shape, "shape");
+    if (l->ndim < 0 || (ns = int_tuple(strides, l->strides, "strides")) < 0)
+        return -1;
+    l->offset = offset;
+    if (ns != l->ndim) {
+        PyErr_SetString(PyExc_ValueError, "shape and strides differ in length");
+        return -1;
+    }
+    for (int d = 0; d < l->ndim; d++) {
+        if (l->shape[d] < 0 || (l->shape[d] > 0 && count > most / l->shape[d])) {
+            PyErr_Format(PyExc_ValueError, "shape: dimensions >= 0, at most %lld elements",
+                         (long long)most);
+            return -1;
+        }
+        count *= l->shape[d] > 0 ? l->shape[d] : 1;
+    }
+    return 0;
+}
+
+static PyObject *cu_merged_offsets(PyObject *self, PyObject *args)
+{
+    PyObject *shape, *list, *res = NULL, *offs = NULL;
+    ndl_layout l[4];
+    int64_t count, *buf = NULL;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "OO!", &shape, &PyList_Type, &list))
+        return NULL;
+    n = PyList_GET_SIZE(list);
+    if (n < 1 || n > 4) {
+        PyErr_SetString(PyExc_ValueError, "_merged_offsets: 1 to 4 layouts");
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *strides;
+        long long offset;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(list, k), "OL", &strides, &offset) ||
+            parse_layout(shape, strides, offset, (int64_t)1 << 20, &l[k]) < 0)
+            return NULL;
+    }
+    count = 1;
+    for (int d = 0; d < l[0].ndim; d++)
+        count *= l[0].shape[d];
+    if ((buf = PyMem_Malloc(sizeof(int64_t) * (size_t)(n * count + 1))) == NULL)
+        return PyErr_NoMemory();
+    ndl_cuda_merged_offsets((int)n, l, count, buf);
+    if ((offs = PyList_New(n)) == NULL)
+        goto fail;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *one = PyList_New((Py_ssize_t)count);
+        if (one == NULL)
+            goto fail;
+        PyList_SET_ITEM(offs, k, one);
+        for (int64_t i = 0; i < count; i++) {
+            PyObject *v = PyLong_FromLongLong(buf[k * count + i]);
+            if (v == NULL)
+                goto fail;
+            PyList_SET_ITEM(one, (Py_ssize_t)i, v);
+        }
+    }
+    res = Py_BuildValue("(iO)", l[0].ndim, offs);
+fail:
+    Py_XDECREF(offs);
+    PyMem_Free(buf);
+    return res;
+}
+
+static PyObject *cu_reduce_plan(PyObject *self, PyObject *args)
+{
+    static const char *const names[] = {"cols", "warps", "blocks"};
+    PyObject *shape, *strides, *axes;
+    ndl_layout l;
+    int64_t ax[NDL_MAX_DIMS], chunks = 0, len = 0;
+    uint64_t mask = 0;
+    int na, path;
+    if (!PyArg_ParseTuple(args, "OOO", &shape, &strides, &axes) ||
+        parse_layout(shape, strides, 0, (int64_t)1 << 56, &l) < 0 ||
+        (na = int_tuple(axes, ax, "axes")) < 0)
+        return NULL;
+    for (int i = 0; i < na; i++) {
+        if (ax[i] < 0 || ax[i] >= l.ndim) {
+            PyErr_SetString(PyExc_ValueError, "_reduce_plan: an axis out of range");
+            return NULL;
+        }
+        mask |= (uint64_t)1 << ax[i];
+    }
+    path = ndl_cuda_reduce_plan(&l, mask, &chunks, &len);
+    if (path == -2) {
+        PyErr_SetString(PyExc_ValueError, "_reduce_plan: no axis to reduce");
+        return NULL;
+    }
+    if (path < 0)
+        return Py_BuildValue("(OLL)", Py_None, 0LL, 0LL);
+    return Py_BuildValue("(sLL)", names[path], (long long)chunks, (long long)len);
+}
+
 static PyMethodDef methods[] = {
     {"probe", cu_probe, METH_NOARGS, "None when a CUDA GPU is usable, else the reason (str)."},
     {"device_name", cu_device_name, METH_NOARGS, "Name of GPU 0."},
@@ -106,6 +238,12 @@ static PyMethodDef methods[] = {
     {"tf32", cu_tf32, METH_NOARGS, "Whether float32 matmul uses TF32 tensor cores."},
     {"last_error", cu_last_error, METH_NOARGS,
      "This thread's last CUDA failure message ('' when none; for tests)."},
+    {"_merged_offsets", cu_merged_offsets, METH_VARARGS,
+     "_merged_offsets(shape, [(strides, offset), ...]) -> (ndim, offsets): the layouts "
+     "merged as ewise/copy merge them, every element's offset (host only; for tests)."},
+    {"_reduce_plan", cu_reduce_plan, METH_VARARGS,
+     "_reduce_plan(shape, strides, axes) -> (path, chunks, len): the reduction's path "
+     "(host only; for tests)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,6 +6,7 @@
  */
 #include <string.h>
 
+#include "backend.h" /* NDL_ENOMEM_DEVICE */
 #include "ndl_args.h"
 #include "ndl_checked.h"
 
@@ -257,15 +258,21 @@ void ndl_layout_broadcast(const ndl_layout *a, int ndim, const int64_t *shape, n
 const char *(*ndl_device_error_hook)(void);
 
 /* Note [Out of memory detail]
- *   A device slot whose own scratch allocation fails returns NDL_ENOMEM; its
- *   allocator left the request's detail (bytes asked, rounded, free, held)
- *   as the device's last error, starting with "CUDA out of memory", and
- *   clears such a record at its next allocation, so the record is the
- *   failed request of this thread's last device allocation. A CPU slot
- *   leaves no record: its MemoryError stays "<what>: out of memory".
- *   NOTE: a CPU slot failing on a thread whose last device allocation
- *   failed (a caught device MemoryError, nothing allocated on the device
- *   since) would carry that stale device detail. */
+ *   Which memory ran out is the failing slot's to say, not a guess made
+ *   afterwards: a device slot whose own scratch allocation fails returns
+ *   NDL_ENOMEM_DEVICE (backend.h), a host allocation NDL_ENOMEM. Only the
+ *   former consults the device's last error: the allocator records every
+ *   failed request before returning NULL, on the thread that asked, and the
+ *   slot returns at once on that thread, so the record is that request's
+ *   ("CUDA out of memory: asked N bytes (...), F of T bytes free, H held by
+ *   needle arrays"), never an older one. A record that is not an
+ *   out-of-memory one (cudaMalloc failing on a broken context) is raised as
+ *   the RuntimeError it is. NDL_ENOMEM never looks at the device: a CPU
+ *   slot's MemoryError is "<what>: out of memory", whatever the thread's
+ *   last device allocation did (the stale case of the fourth review, where
+ *   any NDL_ENOMEM took a record left by an earlier failed device request,
+ *   cannot arise). The allocator still drops an out-of-memory record at its
+ *   next request, so needle._cuda.last_error() speaks of the last one. */
 #define NDL_DEVICE_OOM "CUDA out of memory"
 
 int ndl_raise_status(int status, const char *what)
@@ -273,18 +280,17 @@ int ndl_raise_status(int status, const char *what)
     const char *detail = NULL;
     if (status == NDL_OK)
         return 0;
-    if (status == NDL_ENOMEM && ndl_device_error_hook != NULL) {
-        detail = ndl_device_error_hook();
-        if (detail != NULL && strncmp(detail, NDL_DEVICE_OOM, sizeof NDL_DEVICE_OOM - 1) != 0)
-            detail = NULL;
-    }
-    if (status == NDL_ENOMEM && detail != NULL)
-        PyErr_Format(PyExc_MemoryError, "%s: %s", what, detail);
-    else if (status == NDL_ENOMEM)
+    if (status == NDL_ENOMEM_DEVICE || status == NDL_EDEVICE)
+        detail = ndl_device_error_hook != NULL ? ndl_device_error_hook() : NULL;
+    if (status == NDL_ENOMEM)
         PyErr_Format(PyExc_MemoryError, "%s: out of memory", what);
-    else if (status == NDL_EDEVICE)
-        PyErr_Format(PyExc_RuntimeError, "%s: %s", what,
-                     ndl_device_error_hook ? ndl_device_error_hook() : "device error");
+    else if (status == NDL_ENOMEM_DEVICE && detail != NULL &&
+             strncmp(detail, NDL_DEVICE_OOM, sizeof NDL_DEVICE_OOM - 1) == 0)
+        PyErr_Format(PyExc_MemoryError, "%s: %s", what, detail);
+    else if (status == NDL_ENOMEM_DEVICE && (detail == NULL || detail[0] == '\0'))
+        PyErr_Format(PyExc_MemoryError, "%s: out of device memory", what);
+    else if (status == NDL_ENOMEM_DEVICE || status == NDL_EDEVICE)
+        PyErr_Format(PyExc_RuntimeError, "%s: %s", what, detail ? detail : "device error");
     else
         PyErr_Format(PyExc_RuntimeError, "%s: kernel failed (status %d)", what, status);
     return -1;

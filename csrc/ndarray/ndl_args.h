@@ -62,8 +62,9 @@ int ndl_broadcast_shapes(int na, const int64_t *sa, int nb, const int64_t *sb, i
 void ndl_layout_broadcast(const ndl_layout *a, int ndim, const int64_t *shape, ndl_layout *out);
 
 /* ---- kernel status ------------------------------------------------------ */
-/* 0 for NDL_OK; else -1 with MemoryError (NDL_ENOMEM) or RuntimeError, naming
- * `what`. */
+/* 0 for NDL_OK; else -1 with MemoryError (NDL_ENOMEM: "<what>: out of memory";
+ * NDL_ENOMEM_DEVICE: with the device allocator's record) or RuntimeError,
+ * naming `what` (Note [Out of memory detail], ndl_args.c). */
 int ndl_raise_status(int status, const char *what);
 /* The message of the last NDL_EDEVICE (set when the cuda device loads). */
 extern const char *(*ndl_device_error_hook)(void);
