@@ -14,7 +14,7 @@
  *     thread; they return an ndl_status: NDL_OK, NDL_EINVAL for arguments
  *     the NDArray layer should have rejected (a bug, raised as RuntimeError),
  *     NDL_ENOMEM for host scratch they could not get, NDL_ENOMEM_DEVICE
- *     (below) for device scratch;
+ *     (ndl_core.h) for device scratch;
  *   - one dtype per call (float32 or float64) unless the slot takes two.
  *
  * Note [Optional backend slots]
@@ -36,14 +36,6 @@
 #define NDL_BACKEND_H
 
 #include "ndl_core.h"
-
-/* A slot's status beside ndl_status's (ndl_core.h): the slot's own scratch
- * allocation on its device failed, and the backend's last_error() holds the
- * allocator's record of that very request (Note [Out of memory detail],
- * ndl_args.c). NDL_ENOMEM stays the host's: a CPU slot never returns this.
- * NOTE: it belongs in ndl_status; it lives here, where the slots' statuses
- * are described, until ndl_core.h takes it. */
-enum { NDL_ENOMEM_DEVICE = NDL_EDEVICE + 1 };
 
 /* The attention softmax's logits (API.md 6.6): row r of x becomes
  * x / scale (scale rounded to the dtype first, as DivScalar does), plus

@@ -6,7 +6,6 @@
  */
 #include <string.h>
 
-#include "backend.h" /* NDL_ENOMEM_DEVICE */
 #include "ndl_args.h"
 #include "ndl_checked.h"
 
@@ -260,7 +259,7 @@ const char *(*ndl_device_error_hook)(void);
 /* Note [Out of memory detail]
  *   Which memory ran out is the failing slot's to say, not a guess made
  *   afterwards: a device slot whose own scratch allocation fails returns
- *   NDL_ENOMEM_DEVICE (backend.h), a host allocation NDL_ENOMEM. Only the
+ *   NDL_ENOMEM_DEVICE (ndl_core.h), a host allocation NDL_ENOMEM. Only the
  *   former consults the device's last error: the allocator records every
  *   failed request before returning NULL, on the thread that asked, and the
  *   slot returns at once on that thread, so the record is that request's

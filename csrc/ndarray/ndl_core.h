@@ -42,9 +42,18 @@ typedef struct {
     int64_t offset;                /* in elements from the buffer start */
 } ndl_layout;
 
-/* NDL_EDEVICE: a device call failed (CUDA); the backend's last_error()
- * has the message (Note [CUDA errors], csrc/cuda/cuda_common.cuh). */
-typedef enum { NDL_OK = 0, NDL_ENOMEM = 1, NDL_EINVAL = 2, NDL_EDEVICE = 3 } ndl_status;
+/* NDL_ENOMEM: host memory ran out. NDL_EDEVICE: a device call failed
+ * (CUDA); the backend's last_error() has the message (Note [CUDA errors],
+ * csrc/cuda/cuda_common.cuh). NDL_ENOMEM_DEVICE: a device slot's own
+ * scratch allocation failed; last_error() has the allocator's record of
+ * that request (Note [Out of memory detail], ndl_args.c). */
+typedef enum {
+    NDL_OK = 0,
+    NDL_ENOMEM = 1,
+    NDL_EINVAL = 2,
+    NDL_EDEVICE = 3,
+    NDL_ENOMEM_DEVICE = 4,
+} ndl_status;
 
 /* Kernel codes, one per row of ../ops.def (Note [One op, one row]); the
  * per-element math of NDL_UN_<K> / NDL_BIN_<K> is ndl_<k>_f32/_f64 in
