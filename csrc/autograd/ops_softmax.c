@@ -194,8 +194,8 @@ NDL_BACKWARD(LogSoftmax)
  *   the forward is one pass per row (the backend's softmax_xent slot,
  *   cpu_softmax.c / cuda_softmax.cu: max, sum of exp(z - m) with the Exp
  *   kernel's per-element math, then m + log(s) - z[y] in double), the rows'
- *   losses summed in order on the host, so the value does not depend on the
- *   threads. np mode, backends without the slot and the tests
+ *   losses summed in row order on the device, so the value does not depend on
+ *   the threads (Note [Loss summed on the device]). np mode, backends without the slot and the tests
  *   (_C._skip_optional_slots) compute the composite formula from nda_*
  *   calls, the one-hot built by B one-element assignments.
  *   The backward with create_graph is built from ops: the fused Softmax op
@@ -204,33 +204,60 @@ NDL_BACKWARD(LogSoftmax)
  *   while it runs) it is the softmax_xent_grad slot, one pass per row, into
  *   the one (B, k) array it returns (Note [Fused loss backward]). Labels are
  *   checked in the forward: integers in [0, k).
+ *
+ * Note [Labels read once]
+ *   The labels are needed on the host (checked, and the slots take a host
+ *   int64 array), in the forward and again in the backward. Read from a
+ *   device array each read is a device-to-host copy that waits for the
+ *   device's queue. nn.SoftmaxLoss reads y once (its own range check) and
+ *   passes the op those host values as a Tensor on the cpu device, so the
+ *   op's two reads (read_labels) are host copies; a direct call with labels
+ *   on the device still reads them in the forward and in the backward (the
+ *   op is a shared instance and the forward does not see its node, so
+ *   there is nowhere to keep them).
+ *
+ * Note [Loss summed on the device]
+ *   The softmax_xent slot writes the mean into the 0-d result on z's device:
+ *   the rows' losses (double) summed in row order, divided by B, rounded to
+ *   the dtype, which is what the host did with them before, bit for bit. On
+ *   CUDA one thread does the sum (cuda_softmax.cu's xent_mean_kernel): the
+ *   CPU's order and bits, B dependent additions (about 4 cycles each, so
+ *   ~0.2 ms for B = 65536; a tree would be faster but would change the
+ *   bits). The loss reaches the host only when the user asks (float(loss)).
+ *
+ * Note [Upstream gradient on the device]
+ *   The fused backward passes the softmax_xent_grad slot a pointer to the 0-d
+ *   out_grad's element on its device; the kernel computes g / B in g's dtype
+ *   (as DivScalar does) and rounds it to z's, so the host queues the backward
+ *   without waiting for the forward (the same bits as the host computation it
+ *   replaces).
  */
 
+/* a's first element in its storage (on a's device) */
+static void *data_ptr(NDArrayObject *a)
+{
+    return (char *)a->storage->data + a->layout.offset * (int64_t)ndl_itemsize(a->dtype);
+}
+
 /* the fused forward through the backend's softmax_xent slot: a 0-d array of
- * z's dtype on z's device, the rows' losses summed in order on the host */
+ * z's dtype on z's device, the rows' losses summed there in row order (Note
+ * [Loss summed on the device]) */
 static PyObject *xent_fused(NDArrayObject *z, const int64_t *y, int64_t B, int64_t k)
 {
-    NDArrayObject *c = ndl_array_compact(z);
-    double *loss = NULL, total = 0;
-    PyObject *res = NULL;
+    NDArrayObject *c = ndl_array_compact(z), *out = NULL;
     int status;
     if (c == NULL)
         return NULL;
-    if ((loss = PyMem_Malloc((size_t)(B ? B : 1) * sizeof(double))) == NULL) {
-        PyErr_NoMemory();
+    if ((out = ndl_array_empty(c->device, c->dtype, 0, &B)) == NULL) /* 0-d */
         goto fail;
-    }
-    const char *zp = (char *)c->storage->data + c->layout.offset * (int64_t)ndl_itemsize(c->dtype);
-    NDL_KERNEL_CALL(B * k, status, c->storage->backend->softmax_xent(c->dtype, B, k, zp, y, loss));
+    NDL_KERNEL_CALL(B * k, status,
+                    c->storage->backend->softmax_xent(c->dtype, B, k, data_ptr(c), y,
+                                                      data_ptr(out)));
     if (ndl_raise_status(status, "SoftmaxCrossEntropy") < 0)
-        goto fail;
-    for (int64_t r = 0; r < B; r++)
-        total += loss[r];
-    res = (PyObject *)ndl_array_full(c->device, c->dtype, 0, &B, total / (double)B); /* 0-d */
+        Py_CLEAR(out);
 fail:
-    PyMem_Free(loss);
     Py_DECREF(c);
-    return res;
+    return (PyObject *)out;
 }
 
 /* (B, k) with `value` at (b, y_b), zeros elsewhere: B one-element assignments
@@ -368,10 +395,6 @@ NDL_FORWARD(SoftmaxCrossEntropy)
  *   logits' type as DivScalar does: the composition's numbers bit for bit,
  *   where the composition has four (B, k) arrays alive (softmax, one-hot, their
  *   sum, the product): 80 MB each for 2,048 rows over 10,000 words. */
-static void *host_data(NDArrayObject *a)
-{
-    return (char *)a->storage->data + a->layout.offset * (int64_t)ndl_itemsize(a->dtype);
-}
 
 /* z and the loss's out_grad g: arrays of one float dtype on one backend with the slot */
 static int xent_grad_fusable(PyObject *z, PyObject *g)
@@ -383,35 +406,28 @@ static int xent_grad_fusable(PyObject *z, PyObject *g)
            (a->dtype == NDL_FLOAT32 || a->dtype == NDL_FLOAT64) && b->dtype == a->dtype;
 }
 
-/* Note [Fused loss backward]: the gradient as a constant (B, k) Tensor. */
-static PyObject *xent_grad_host(PyObject *z, PyObject *gdata, const int64_t *y, int64_t B,
-                                int64_t k)
+/* Note [Fused loss backward]: the gradient as a constant (B, k) Tensor. g
+ * (0-d) stays on its device: the slot's kernel reads it (Note [Upstream
+ * gradient on the device]). */
+static PyObject *xent_grad_fused(PyObject *z, PyObject *gdata, const int64_t *y, int64_t B,
+                                 int64_t k)
 {
     NDArrayObject *c = ndl_array_compact((NDArrayObject *)z), *out = NULL;
     NDArrayObject *ga = (NDArrayObject *)gdata;
     int64_t shape[2] = {B, k};
     PyObject *res = NULL;
-    double gb, gv = 0;
-    float gf = 0;
-    int st;
+    int status;
     if (c == NULL)
         return NULL;
-    /* g is 0-d: its one element, read from its device */
-    st = ga->storage->backend->to_host(ga->dtype == NDL_FLOAT32 ? (void *)&gf : (void *)&gv,
-                                       host_data(ga), ndl_itemsize(ga->dtype));
-    if (ndl_raise_status(st, "SoftmaxCrossEntropy") < 0) {
-        Py_DECREF(c);
-        return NULL;
-    }
-    gb = ga->dtype == NDL_FLOAT32 ? (double)(gf / (float)B) : gv / (double)B;
-    if ((out = ndl_array_empty(c->device, c->dtype, 2, shape)) != NULL) {
-        int status;
-        NDL_KERNEL_CALL(B * k, status,
-                        c->storage->backend->softmax_xent_grad(c->dtype, B, k, host_data(c), y,
-                                                               gb, host_data(out)));
-        if (ndl_raise_status(status, "SoftmaxCrossEntropy") == 0)
-            res = ndl_t_const((PyObject *)out);
-    }
+    if ((out = ndl_array_empty(c->device, c->dtype, 2, shape)) == NULL)
+        goto fail;
+    NDL_KERNEL_CALL(B * k, status,
+                    c->storage->backend->softmax_xent_grad(c->dtype, B, k, data_ptr(c), y,
+                                                           ga->dtype, data_ptr(ga),
+                                                           data_ptr(out)));
+    if (ndl_raise_status(status, "SoftmaxCrossEntropy") == 0)
+        res = ndl_t_const((PyObject *)out);
+fail:
     Py_DECREF(c);
     Py_XDECREF(out);
     return res;
@@ -450,7 +466,7 @@ NDL_BACKWARD(SoftmaxCrossEntropy)
     }
     /* no graph is recorded (backward without create_graph): Note [Fused loss backward] */
     if (!ndl_grad_enabled && (gd = ndl_value_realize(g)) != NULL && xent_grad_fusable(z, gd)) {
-        grads[0] = xent_grad_host(z, gd, labels, shape[0], shape[1]);
+        grads[0] = xent_grad_fused(z, gd, labels, shape[0], shape[1]);
         PyMem_Free(labels);
         return grads[0] ? 0 : -1;
     }

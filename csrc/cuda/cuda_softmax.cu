@@ -70,15 +70,39 @@ __global__ void __launch_bounds__(NDL_CU_THREADS)
     }
 }
 
+// loss (rows) doubles, out one T: the rows' losses summed in row order in
+// double by ONE thread (cpu_softmax.c's order, so the CPU's bits), divided by
+// rows, rounded to T. Note [Loss summed on the device]
+template <typename T>
+__global__ void xent_mean_kernel(int64_t rows, const double *loss, T *out)
+{
+    if (blockIdx.x != 0 || threadIdx.x != 0)
+        return;
+    double total = 0;
+    for (int64_t r = 0; r < rows; r++)
+        total += loss[r];
+    *out = (T)(total / (double)rows); /* rows = 0: 0 / 0, NaN, as on the CPU */
+}
 
-// z, out are (rows, n) compact, labels (rows) in [0, n): row r of out is
-// (softmax(z[r]) + (-1 at labels[r])) * gb, cpu_softmax.c's xent_grad_row
+// g the upstream gradient's one element (dtype float32 when gf32, else
+// float64): g / rows computed in g's dtype (DivScalar's numbers), rounded to T
+template <typename T> __device__ __forceinline__ T xent_gb(int gf32, const void *g, int64_t rows)
+{
+    return gf32 ? (T)(*(const float *)g / (float)rows) : (T)(*(const double *)g / (double)rows);
+}
+
+
+// z, out are (rows, n) compact, labels (rows) in [0, n), g one element: row r
+// of out is (softmax(z[r]) + (-1 at labels[r])) * gb, gb = g / rows rounded
+// to T, cpu_softmax.c's xent_grad_row
 template <typename T>
 __global__ void __launch_bounds__(NDL_CU_THREADS)
-    xent_grad_kernel(int64_t rows, int64_t n, const T *z, const int64_t *labels, T gb, T *out)
+    xent_grad_kernel(int64_t rows, int64_t n, const T *z, const int64_t *labels, int gf32,
+                     const void *g, T *out)
 {
     __shared__ T bufs[WARPS][CHUNK];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const T gb = xent_gb<T>(gf32, g, rows); /* every thread reads the same element */
     for (NDL_WARP_ROWS(r, rows)) {
         const T *zr = z + r * n;
         T *o = out + r * n;
@@ -157,37 +181,46 @@ static int64_t *device_labels(int64_t rows, int64_t n, const int64_t *labels, si
     return dlab;
 }
 
-/* labels and loss are host arrays (backend.h): the labels go to the device
- * and the losses come back through one scratch buffer. */
+/* labels a host array, loss one element of dt on the device (backend.h): the
+ * labels go up, the rows' losses stay in the scratch buffer and one thread
+ * sums them into *loss; nothing comes back, nothing waits. */
 int ndl_cuda_softmax_xent(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
-                          const int64_t *labels, double *loss)
+                          const int64_t *labels, void *loss)
 {
     int st;
     int64_t *dlab = device_labels(rows, n, labels, (size_t)rows * sizeof(double), &st);
-    if (dlab == NULL)
+    if (st != NDL_OK)
         return st;
-    double *dloss = (double *)(dlab + rows);
-    NDL_CU_DTYPE(dt, T,
-                 xent_kernel<T><<<row_blocks(rows), NDL_CU_THREADS>>>(rows, n, (const T *)z, dlab,
-                                                                       dloss));
-    st = NDL_CUDA_LAUNCH_STATUS("xent_kernel<<<...>>>");
-    if (st == NDL_OK) /* synchronizes: a fault in the kernel surfaces here */
-        st = ndl_cuda_to_host(loss, dloss, (size_t)rows * sizeof(double));
-    ndl_cuda_free(dlab);
+    double *dloss = dlab != NULL ? (double *)(dlab + rows) : NULL; /* NULL: rows = 0 */
+    if (dlab != NULL) {
+        NDL_CU_DTYPE(dt, T,
+                     xent_kernel<T><<<row_blocks(rows), NDL_CU_THREADS>>>(rows, n, (const T *)z,
+                                                                           dlab, dloss));
+        st = NDL_CUDA_LAUNCH_STATUS("xent_kernel<<<...>>>");
+    }
+    if (st == NDL_OK) {
+        NDL_CU_DTYPE(dt, T, xent_mean_kernel<T><<<1, 1>>>(rows, dloss, (T *)loss));
+        st = NDL_CUDA_LAUNCH_STATUS("xent_mean_kernel<<<...>>>");
+    }
+    if (dlab != NULL)
+        ndl_cuda_free(dlab); /* stream-ordered: reused only after these kernels */
     return st;
 }
 
-/* labels a host array (backend.h); gb rounded to dt as DivScalar's result is */
+/* labels a host array; g the upstream gradient's element on the device, read
+ * by the kernel (backend.h) */
 int ndl_cuda_softmax_xent_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
-                               const int64_t *labels, double gb, void *out)
+                               const int64_t *labels, ndl_dtype gdt, const void *g, void *out)
 {
     int st;
+    if (gdt != NDL_FLOAT32 && gdt != NDL_FLOAT64)
+        return NDL_EINVAL;
     int64_t *dlab = device_labels(rows, n, labels, 0, &st);
     if (dlab == NULL)
         return st;
     NDL_CU_DTYPE(dt, T,
                  xent_grad_kernel<T><<<row_blocks(rows), NDL_CU_THREADS>>>(
-                     rows, n, (const T *)z, dlab, (T)gb, (T *)out));
+                     rows, n, (const T *)z, dlab, gdt == NDL_FLOAT32, g, (T *)out));
     st = NDL_CUDA_LAUNCH_STATUS("xent_grad_kernel<<<...>>>");
     ndl_cuda_free(dlab); /* stream-ordered: reused only after this kernel */
     return st;

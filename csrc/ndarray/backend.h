@@ -151,20 +151,25 @@ typedef struct ndl_backend {
      * (optional) fallback: the formula as NDArray ops (ops_attention.c). */
     int (*softmax_grad)(ndl_dtype dt, int64_t rows, int64_t n, const void *y, const void *g,
                         void *out);
-    /* loss[r] = (m - z[r, labels[r]]) + log(sum(exp(z[r] - m))), the sum in
-     * dt, the rest in double. NOTE: labels (rows int64, each in [0, n)) and
-     * loss (rows doubles) are HOST arrays: the array layer reads and checks the
-     * labels on the host and sums the losses there in row order, so the loss
-     * does not depend on the device's threads.
+    /* loss = the mean over rows of (m - z[r, labels[r]]) + log(sum(exp(z[r] - m))),
+     * each row's sum in dt, the rest in double, the rows' values summed in
+     * row order in double, divided by rows, rounded to dt: loss points to one
+     * element of dt ON THIS DEVICE (a 0-d array's), so the loss never comes
+     * back to the host unasked. NOTE: labels (rows int64, each in [0, n)) are
+     * a HOST array: the array layer reads and checks them on the host (once a
+     * step, Note [Labels read once], ops_softmax.c). rows = 0 writes nothing.
      * (optional) fallback: the composite formula (ops_softmax.c). */
     int (*softmax_xent)(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
-                        const int64_t *labels, double *loss);
+                        const int64_t *labels, void *loss);
     /* out = (softmax(z) + (-1 at labels[r], 0 elsewhere)) * gb per row: the
-     * loss's gradient for an upstream gradient g, gb = g / rows rounded to dt
-     * (labels a HOST array as above). (optional) fallback: the composite
-     * formula (Note [Fused loss backward], ops_softmax.c). */
+     * loss's gradient for an upstream gradient g, gb = g / rows computed in
+     * gdt (g's dtype, as DivScalar computes it) and rounded to dt. g points to
+     * the 0-d upstream gradient's one element ON THIS DEVICE, read by the
+     * kernel, so the backward never waits for the forward to finish (labels a
+     * HOST array as above). (optional) fallback: the composite formula (Note
+     * [Fused loss backward], ops_softmax.c). */
     int (*softmax_xent_grad)(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
-                             const int64_t *labels, double gb, void *out);
+                             const int64_t *labels, ndl_dtype gdt, const void *g, void *out);
 
     /* ---- fused LayerNorm and dropout rows (cpu_layernorm.c, cpu_dropout.c;
      * Note [Fused LayerNorm], ops_layernorm.c, Note [Fused dropout],
@@ -220,9 +225,9 @@ int ndl_cpu_softmax(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
 int ndl_cpu_softmax_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *y, const void *g,
                          void *out);
 int ndl_cpu_softmax_xent(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
-                         const int64_t *labels, double *loss);
+                         const int64_t *labels, void *loss);
 int ndl_cpu_softmax_xent_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
-                              const int64_t *labels, double gb, void *out);
+                              const int64_t *labels, ndl_dtype gdt, const void *g, void *out);
 
 /* ---- CPU kernels of the LayerNorm and dropout slots ---------------------- */
 int ndl_cpu_layer_norm(ndl_dtype dt, int64_t rows, int64_t n, const void *x, const void *w,

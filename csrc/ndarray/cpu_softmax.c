@@ -12,6 +12,7 @@
  */
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
 
 #include "backend.h"
 #include "cpu_rows.h"
@@ -144,26 +145,45 @@ int ndl_cpu_softmax_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *y, c
     return NDL_OK;
 }
 
+/* the rows' losses into a scratch array, summed in row order in double (the
+ * value does not depend on the threads), divided by rows, rounded to dt into
+ * *loss; 0 rows give 0 / 0 as before (NaN) */
 int ndl_cpu_softmax_xent(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
-                         const int64_t *labels, double *loss)
+                         const int64_t *labels, void *loss)
 {
-    ndl_rows_job job = {.dt = dt, .n = n, .a = z, .labels = labels, .loss = loss};
-    if (rows < 0 || n < 1)
-        return rows == 0 ? NDL_OK : NDL_EINVAL;
-    if (bad_labels(rows, n, labels))
+    ndl_rows_job job = {.dt = dt, .n = n, .a = z, .labels = labels};
+    double total = 0, mean;
+    if (rows < 0 || (rows > 0 && n < 1) || (dt != NDL_FLOAT32 && dt != NDL_FLOAT64))
         return NDL_EINVAL;
-    ndl_parallel_for(rows, ndl_rows_grain(n), xent_rows, &job);
+    if (rows > 0) {
+        if (bad_labels(rows, n, labels))
+            return NDL_EINVAL;
+        if ((job.loss = malloc((size_t)rows * sizeof(double))) == NULL)
+            return NDL_ENOMEM;
+        ndl_parallel_for(rows, ndl_rows_grain(n), xent_rows, &job);
+        for (int64_t r = 0; r < rows; r++)
+            total += job.loss[r];
+        free(job.loss);
+    }
+    mean = total / (double)rows;
+    if (dt == NDL_FLOAT32)
+        *(float *)loss = (float)mean;
+    else
+        *(double *)loss = mean;
     return NDL_OK;
 }
 
+/* gb = g / rows in g's dtype (DivScalar's numbers), rounded to dt by the row loop */
 int ndl_cpu_softmax_xent_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
-                              const int64_t *labels, double gb, void *out)
+                              const int64_t *labels, ndl_dtype gdt, const void *g, void *out)
 {
-    ndl_rows_job job = {.dt = dt, .n = n, .a = z, .labels = labels, .out = out, .s = gb};
+    ndl_rows_job job = {.dt = dt, .n = n, .a = z, .labels = labels, .out = out};
     if (rows < 0 || n < 1)
         return rows == 0 ? NDL_OK : NDL_EINVAL;
-    if (bad_labels(rows, n, labels))
+    if (bad_labels(rows, n, labels) || (gdt != NDL_FLOAT32 && gdt != NDL_FLOAT64))
         return NDL_EINVAL;
+    job.s = gdt == NDL_FLOAT32 ? (double)(*(const float *)g / (float)rows)
+                               : *(const double *)g / (double)rows;
     ndl_parallel_for(rows, ndl_rows_grain(n), xent_grad_rows, &job);
     return NDL_OK;
 }

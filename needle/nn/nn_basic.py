@@ -20,7 +20,7 @@ import numpy as np
 
 from needle import init, ops
 from needle.autograd import Tensor
-from needle.backend_selection import BACKEND
+from needle.backend_selection import BACKEND, cpu
 
 __all__ = [
     "Parameter", "Module", "Identity", "Linear", "Flatten", "ReLU", "Sigmoid", "Tanh",
@@ -432,12 +432,17 @@ class SoftmaxLoss(Module):
         _check_input(f"SoftmaxLoss labels for logits of shape {tuple(logits.shape)}", y,
                      "(batch,)", 1, features=logits.shape[0], axis=0)
         batch, k = logits.shape
-        labels = y.numpy()
+        labels = y.numpy()  # the step's one read of the labels (Note [Labels read once])
         if labels.size and (labels.min() < 0 or labels.max() >= k):
             bad = labels[(labels < 0) | (labels >= k)][0]
             raise ValueError(f"SoftmaxLoss: label {bad} is out of range for {k} classes")
         if len(logits.shape) == 2:  # one fused node (Note [Fused softmax loss], ops_softmax.c)
-            return ops.softmax_cross_entropy(logits, y)
+            # The op reads its labels in the forward and the backward: give it the host
+            # values just read (on the cpu device), not y, whose reads may be device
+            # copies (Note [Labels read once], ops_softmax.c). y gets no gradient, as in
+            # the contract's formula (one_hot(k, y) is a constant).
+            labels_host = Tensor(labels, device=cpu(), dtype=y.dtype, requires_grad=False)
+            return ops.softmax_cross_entropy(logits, labels_host)
         y_one_hot = init.one_hot(k, y, device=logits.device, dtype=logits.dtype)
         lse = ops.summation(ops.logsumexp(logits, axes=(1,)))
         return (lse - ops.summation(logits * y_one_hot)) / batch
@@ -535,16 +540,21 @@ class BatchNorm2d(BatchNorm1d):
         return y.transpose((2, 3)).transpose((1, 2))
 
 
-def _packed_mask(mask: Tensor, x: Tensor) -> Tuple[Tensor, float]:
-    """(mask, 0.0), or for NDArrays (bits, 1.0): 16 mask entries to an element of
-    bits, as the integers 0 .. 65535 in x's dtype, on x's device (ops_dropout.c,
-    Note [Dropout mask on the device])."""
-    if BACKEND != "nd":
-        return mask, 0.0
-    flat = mask.numpy().reshape(-1) != 0
+def _packed_bits(x: Tensor, keep: float) -> Tensor:
+    """init.randb(*x.shape, p=keep)'s mask, packed on the host: 16 mask entries to an
+    element of bits, as the integers 0 .. 65535 in x's dtype, on x's device (ops_dropout.c,
+    Note [Dropout mask on the device]); only the bits are uploaded.
+
+    The draw is init.randb's: one np.random.rand(*x.shape) (float64) rounded to float32
+    (device.rand's dtype), compared `<= keep` with keep rounded to float32 first, as the
+    NDArray scalar comparison rounds its scalar (API.md 2.8). So a seed gives the mask
+    init.randb gives, bit for bit, and the random stream advances by the same draw.
+    """
+    draw = np.asarray(np.random.rand(*x.shape), dtype=np.float64).astype(np.float32)
+    flat = draw.reshape(-1) <= np.float32(keep)
     flat = np.concatenate([flat, np.zeros((-flat.size) % 16, dtype=bool)])
     bits = np.packbits(flat, bitorder="little").view("<u2").astype(x.dtype)
-    return Tensor(bits, device=x.device, dtype=x.dtype, requires_grad=False), 1.0
+    return Tensor(bits, device=x.device, dtype=x.dtype, requires_grad=False)
 
 
 class Dropout(Module):
@@ -570,9 +580,11 @@ class Dropout(Module):
         if not self.training:
             return x
         # NOTE: the mask is drawn even when p == 0 (API.md 10.4).
+        if BACKEND == "nd" and self.p < 1:
+            # x * mask / (1 - p), one node storing the mask packed (Note [Fused dropout]),
+            # drawn and packed on the host: nothing comes back from the device
+            return ops.masked_scale(x, _packed_bits(x, 1 - self.p), 1 - self.p, 1.0)
         mask = init.randb(*x.shape, p=1 - self.p, device=x.device, dtype=x.dtype)
         if self.p >= 1:
             return x * mask
-        # x * mask / (1 - p), one node storing the mask packed (Note [Fused dropout])
-        bits, packed = _packed_mask(mask, x)
-        return ops.masked_scale(x, bits, 1 - self.p, packed)
+        return ops.masked_scale(x, mask, 1 - self.p, 0.0)

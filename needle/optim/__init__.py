@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from needle import _C
+from needle import _C, init
 from needle.autograd import Tensor, no_grad
 from needle.backend_ndarray import NDArray
 
@@ -121,7 +121,16 @@ class Optimizer:
         """Scale every gradient by max_norm / (total_norm + 1e-6) when that is < 1."""
         with no_grad():
             grads = [p.grad.data for p in self.params if p.grad is not None]
-            total = math.sqrt(sum(float((g * g).sum().numpy()) for g in grads))
+            # Each squared norm in its gradient's dtype, widened to float64 and summed in
+            # parameter order on the device: one read for the whole norm, not one per
+            # parameter (the same additions as summing the floats in Python).
+            # (float32 + float64 promotes exactly, so a float64 zero starts the sum)
+            total = 0.0
+            if grads:
+                acc = init.zeros(device=grads[0].device, dtype="float64")
+                for g in grads:
+                    acc = acc + (g * g).sum()
+                total = math.sqrt(float(acc.numpy()))
             scale = max_norm / (total + 1e-6)
             if scale < 1:
                 for p in self.params:
