@@ -1119,3 +1119,71 @@ def test_tf32_matmul_within_tf32_rounding(m, n, p):
         assert np.max(np.abs(c1 - ref)) > 1e-5 * np.max(np.abs(ref))
     c_off = (nd.array(x, device=nd.cuda()) @ nd.array(y, device=nd.cuda())).numpy()
     np.testing.assert_allclose(c_off, ref, rtol=1e-4, atol=1e-4)  # off again
+
+
+# ---- no host round trips in a training step (csrc/cuda/README.md, sixth review;
+# tests/test_softmax_loss.py runs the same checks on every device) ----------------
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+@pytest.mark.parametrize("shape", [(17,), (37, 19), (3, 5, 33)])
+def test_dropout_bits_drawn_on_the_host_are_device_independent(shape):
+    from needle.nn.nn_basic import _packed_bits
+    bits = []
+    for dev in (nd.cpu(), nd.cuda()):
+        np.random.seed(9)
+        bits.append(_packed_bits(ndl.init.ones(*shape, device=dev), 0.7).numpy())
+    np.testing.assert_array_equal(bits[1], bits[0])
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,k", [(0, 3), (1, 5), (70000, 3), (33, 1029)])
+def test_loss_summed_on_the_device_and_g_read_there_match_the_cpu(dtype, B, k):
+    """The mean loss written by xent_mean_kernel (one thread, row order) and the
+    gradient for an upstream g read by the kernel: the cpu's within a few ulps (the
+    device's exp and log), for B up to 70000 rows."""
+    rng = np.random.default_rng(B + k)
+    z = (rng.standard_normal((B, k)) * 3).astype(dtype)
+    y = rng.integers(0, k, size=B).astype(dtype)
+    res = []
+    for dev in (nd.cpu(), nd.cuda()):
+        Z = ndl.Tensor(z, device=dev, dtype=dtype, requires_grad=True)
+        loss = ndl.nn.SoftmaxLoss()(Z, ndl.Tensor(y, device=dev, dtype=dtype))
+        assert loss.device == dev and loss.shape == ()
+        loss.backward(ndl.Tensor(0.1, device=dev, dtype=dtype), create_graph=False)
+        res.append((loss.numpy(), Z.grad.numpy()))
+    if B == 0:
+        assert np.isnan(res[0][0]) and np.isnan(res[1][0])
+        return
+    eps = np.finfo(dtype).eps
+    for a, b in zip(*res):
+        np.testing.assert_allclose(b, a, rtol=16 * eps, atol=16 * eps * np.abs(a).max())
+
+
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+def test_training_step_without_host_reads_matches_the_cpu():
+    """Linear-ReLU-Dropout-LayerNorm1d-Linear, SoftmaxLoss, backward(create_graph=False),
+    clip_grad_norm and Adam for 3 steps, same seeds on both devices: the same dropout
+    masks, the cpu's losses and weights within float32 rounding."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((64, 20)).astype("float32")
+    y = rng.integers(0, 10, size=64).astype("float32")
+    out = []
+    for dev in (nd.cpu(), nd.cuda()):
+        np.random.seed(0)
+        nn = ndl.nn
+        model = nn.Sequential(nn.Linear(20, 32, device=dev), nn.ReLU(), nn.Dropout(0.2),
+                              nn.LayerNorm1d(32, device=dev), nn.Linear(32, 10, device=dev))
+        opt = ndl.optim.Adam(model.parameters(), lr=0.01)
+        losses = []
+        for _ in range(3):
+            opt.reset_grad()
+            loss = nn.SoftmaxLoss()(model(ndl.Tensor(x, device=dev)), ndl.Tensor(y, device=dev))
+            loss.backward(create_graph=False)
+            opt.clip_grad_norm(1.0)
+            opt.step()
+            losses.append(float(loss.numpy()))
+        out.append((losses, [p.numpy() for p in model.parameters()]))
+    np.testing.assert_allclose(out[1][0], out[0][0], rtol=1e-5)
+    for a, b in zip(out[0][1], out[1][1]):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)

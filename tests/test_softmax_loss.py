@@ -1,6 +1,9 @@
 """nn.SoftmaxLoss over 2-D logits: the fused op SoftmaxCrossEntropy (ops_softmax.c)
 against torch.nn.functional.cross_entropy, float64 finite differences and the
-contract's composite formula (API.md 6.2)."""
+contract's composite formula (API.md 6.2). The last section: the host copies of a
+training step (issue 10: dropout's mask, the labels, the loss's g and sum,
+clip_grad_norm)."""
+import math
 import os
 import subprocess
 import sys
@@ -10,6 +13,7 @@ import pytest
 import torch
 
 import needle as ndl
+from needle.nn.nn_basic import _packed_bits
 
 DTYPES = ["float32", "float64"]
 TOL = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-13)}
@@ -208,3 +212,200 @@ def test_np_mode():
     env = dict(os.environ, NEEDLE_BACKEND="np")
     out = subprocess.run([sys.executable, "-c", NP_MODE], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+# ---- no host round trips in an ordinary training step (issue 10, csrc/cuda/README.md's
+# sixth review): dropout's mask drawn and packed on the host, the loss's labels read
+# once, the loss's upstream gradient and sum kept on the device, one read for
+# clip_grad_norm. Each keeps the CPU's numbers: checked against the old path's
+# definition (init.randb, the host row-order sum) and NumPy / PyTorch. The cpu
+# device runs the same Python and C paths as the cuda device.
+
+# 0.3 and 1/3 are not float32 numbers: 1 - p is rounded to float32 for the comparison
+PS = [0.0, 0.1, 0.5, 0.9, 1.0, 0.3, 1 / 3]
+SHAPES = [(), (1,), (15,), (16,), (17,), (3, 5), (4, 33), (2, 3, 7), (0, 4), (64, 48)]
+
+
+def _old_bits(shape, keep, device, dtype):
+    """The mask as the old path made it: init.randb on the device (device.rand, then
+    the NDArray comparison `<= keep`), read back and packed 16 to an element."""
+    mask = ndl.init.randb(*shape, p=keep, device=device, dtype=dtype)
+    flat = mask.numpy().reshape(-1) != 0
+    flat = np.concatenate([flat, np.zeros((-flat.size) % 16, dtype=bool)])
+    return np.packbits(flat, bitorder="little").view("<u2").astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("p", PS)
+def test_dropout_bits_are_the_old_masks(p, shape, dtype, device):
+    """Same seed, same mask bits, and the random stream left where the old path left it."""
+    x = ndl.init.ones(*shape, device=device, dtype=dtype)
+    for seed in (0, 1, 12345):
+        np.random.seed(seed)
+        want = _old_bits(shape, 1 - p, device, dtype)
+        after_old = np.random.rand()
+        np.random.seed(seed)
+        bits = _packed_bits(x, 1 - p)
+        after_new = np.random.rand()
+        assert bits.device == x.device and bits.dtype == dtype
+        np.testing.assert_array_equal(bits.numpy(), want)
+        assert after_new == after_old
+
+
+@pytest.mark.parametrize("keep", [0.7, 1 / 3, 0.1, 0.9, 0.5, 0.0, 1.0])
+def test_dropout_comparison_rounds_keep_to_float32(keep, monkeypatch, device):
+    """Draws on either side of keep and of float32(keep): the new mask is the old one,
+    and both are `float32(draw) <= float32(keep)` (NumPy's float32, API.md 2.8)."""
+    k32 = np.float32(keep)
+    up, down = np.nextafter(k32, np.float32(2)), np.nextafter(k32, np.float32(-1))
+    draws = np.array([keep, float(k32), float(up), float(down), np.nextafter(keep, 2.0),
+                      np.nextafter(keep, -1.0), (float(k32) + float(up)) / 2,
+                      (float(k32) + float(down)) / 2, 0.0, 0.999999], dtype=np.float64)
+    draws = np.clip(draws, 0.0, np.nextafter(1.0, 0.0))
+    monkeypatch.setattr(np.random, "rand", lambda *shape: draws.reshape(shape).copy())
+    x = ndl.init.ones(draws.size, device=device)
+    got = _packed_bits(x, keep).numpy()
+    old = _old_bits((draws.size,), keep, device, "float32")
+    want = draws.astype(np.float32) <= k32
+    want = np.packbits(np.concatenate([want, np.zeros(6, bool)]), bitorder="little")
+    np.testing.assert_array_equal(got, old)
+    np.testing.assert_array_equal(got, want.view("<u2").astype("float32"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.5, 1.0])
+def test_dropout_forward_and_backward_with_the_old_mask(p, dtype, device):
+    """Dropout(p)(x) == x * mask / (1 - p) with the old path's mask for the same seed,
+    and the gradient mask / (1 - p) (NumPy)."""
+    rng = np.random.default_rng(7)
+    xv = rng.standard_normal((33, 17)).astype(dtype)
+    np.random.seed(3)
+    mask = ndl.init.randb(33, 17, p=1 - p, device=device, dtype=dtype).numpy()
+    np.random.seed(3)
+    x = ndl.Tensor(xv, device=device, dtype=dtype, requires_grad=True)
+    y = ndl.nn.Dropout(p)(x)
+    y.sum().backward()
+    c = np.array(1 - p, dtype=dtype)
+    want = np.zeros_like(xv) if p >= 1 else (xv * mask) / c
+    np.testing.assert_array_equal(y.numpy(), want)
+    want_g = np.zeros_like(xv) if p >= 1 else (np.ones_like(xv) * mask) / c
+    np.testing.assert_array_equal(x.grad.numpy(), want_g)
+
+
+def test_softmax_loss_passes_its_host_labels(device):
+    """SoftmaxLoss reads y once and gives the op those values on the cpu device, so the
+    op's forward and backward read host memory (Note [Labels read once])."""
+    z = ndl.Tensor(np.arange(12.0).reshape(4, 3), device=device, requires_grad=True)
+    y = ndl.Tensor([0, 2, 1, 2], device=device)
+    loss = ndl.nn.SoftmaxLoss()(z, y)
+    lab = loss.inputs[1]
+    assert lab is not y and lab.device == ndl.cpu() and not lab.requires_grad
+    assert lab.dtype == y.dtype
+    np.testing.assert_array_equal(lab.numpy(), [0, 2, 1, 2])
+    loss.backward(create_graph=False)
+    tz = torch.tensor(np.arange(12.0).reshape(4, 3).astype("float32"), requires_grad=True)
+    tl = torch.nn.functional.cross_entropy(tz, torch.tensor([0, 2, 1, 2]))
+    tl.backward()
+    np.testing.assert_allclose(loss.numpy(), tl.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(z.grad.numpy(), tz.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_softmax_loss_labels_get_no_gradient(device):
+    """As in the contract's formula, where one_hot(k, y) is a constant."""
+    z = ndl.Tensor(np.ones((2, 3)), device=device, requires_grad=True)
+    y = ndl.Tensor([0.0, 1.0], device=device, requires_grad=True)
+    loss = ndl.nn.SoftmaxLoss()(z, y)
+    assert loss.inputs[1] is not y
+    loss.backward()
+    assert y.grad is None and z.grad is not None
+
+
+@pytest.mark.parametrize("bad,msg", [(7.0, "label 7 is out of range for 5 classes"),
+                                     (1.5, "label 1.5 is not an integer")])
+def test_direct_op_still_checks_labels(bad, msg, device):
+    z = ndl.Tensor(np.zeros((2, 5)), device=device)
+    y = ndl.Tensor([0.0, bad], device=device)
+    with pytest.raises(ValueError, match=msg):
+        ndl.ops.softmax_cross_entropy(z, y)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("counts", [[1, 2, 3, 4, 5, 6, 7], list(range(1, 200)), [3]])
+def test_loss_is_the_row_order_double_sum(counts, dtype, device):
+    """Rows of c zeros and -inf elsewhere have the loss log(c) exactly (max 0, a sum
+    of ones): the loss is their sum in row order in double, / B, rounded to dtype."""
+    B, k = len(counts), max(counts) + 1
+    z = np.full((B, k), -np.inf)
+    for r, c in enumerate(counts):
+        z[r, :c] = 0.0
+    y = np.zeros(B)
+    total = 0.0
+    for c in counts:
+        total += math.log(c)
+    want = np.array(total / B).astype(dtype)
+    loss = ndl.nn.SoftmaxLoss()(ndl.Tensor(z, device=device, dtype=dtype),
+                                ndl.Tensor(y, device=device, dtype=dtype))
+    assert loss.shape == () and loss.dtype == dtype and loss.device == device
+    got = loss.numpy()
+    assert got.tobytes() == want.tobytes(), (got, want)
+
+
+def test_loss_of_zero_rows_is_nan(device):
+    loss = ndl.ops.softmax_cross_entropy(ndl.Tensor(np.zeros((0, 3)), device=device),
+                                         ndl.Tensor(np.zeros(0), device=device))
+    assert loss.shape == () and np.isnan(loss.numpy())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("g", [0.1, 3.7, -2.0, 1e-30])
+def test_fused_backward_reads_g_on_the_device(g, dtype, device):
+    """backward(g, create_graph=False): the fused slot computes g / B from the device's
+    g in its dtype; the gradient is the composed backward's (bit for bit on the CPU) and
+    torch's."""
+    rng = np.random.default_rng(11)
+    B, k = 37, 19
+    z = rng.standard_normal((B, k))
+    y = rng.integers(0, k, B).astype(np.float64)
+    grads = []
+    for create_graph in (True, False):
+        t = ndl.Tensor(z, dtype=dtype, device=device, requires_grad=True)
+        loss = ndl.nn.SoftmaxLoss()(t, ndl.Tensor(y, dtype=dtype, device=device))
+        loss.backward(ndl.Tensor(g, dtype=dtype, device=device), create_graph=create_graph)
+        grads.append(t.grad.numpy())
+    if device == ndl.cpu():
+        np.testing.assert_array_equal(grads[1], grads[0])
+    tz = torch.tensor(z.astype(dtype), requires_grad=True)
+    torch.nn.functional.cross_entropy(tz, torch.tensor(y).long()).backward(
+        torch.tensor(g, dtype=tz.dtype))
+    tol = dict(rtol=1e-5, atol=1e-6 * abs(g)) if dtype == "float32" else dict(rtol=1e-12,
+                                                                              atol=0)
+    np.testing.assert_allclose(grads[1], tz.grad.numpy(), **tol)
+
+
+def test_clip_grad_norm_one_sum_mixed_dtypes(device):
+    """The norm over float32 and float64 gradients, against NumPy in float64 and torch's
+    clip_grad_norm_; the gradients scaled as torch scales them."""
+    rng = np.random.default_rng(5)
+    vals = [rng.standard_normal((7, 5)), rng.standard_normal(5), rng.standard_normal((3, 3))]
+    dts = ["float32", "float64", "float32"]
+    params = [ndl.nn.Parameter(ndl.Tensor(v, device=device, dtype=d)) for v, d in zip(vals, dts)]
+    for p, v, d in zip(params, vals, dts):
+        p.grad = ndl.Tensor(v * 3, device=device, dtype=d)
+    opt = ndl.optim.SGD(params, lr=0.1)
+    total = opt.clip_grad_norm(max_norm=0.5)
+    want = math.sqrt(sum(float(np.sum((v * 3).astype(d).astype(np.float64) ** 2))
+                         for v, d in zip(vals, dts)))
+    assert total == pytest.approx(want, rel=1e-6)
+    tps = [torch.nn.Parameter(torch.tensor(v.astype(d))) for v, d in zip(vals, dts)]
+    for tp, v, d in zip(tps, vals, dts):
+        tp.grad = torch.tensor((v * 3).astype(d))
+    torch.nn.utils.clip_grad_norm_(tps, 0.5)
+    for p, tp in zip(params, tps):
+        np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=1e-5)
+    assert all(p.grad.device == device for p in params)
+
+
+def test_clip_grad_norm_without_grads():
+    p = ndl.nn.Parameter(ndl.Tensor([1.0, 2.0]))
+    assert ndl.optim.SGD([p]).clip_grad_norm() == 0.0
