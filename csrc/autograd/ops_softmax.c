@@ -195,9 +195,10 @@ NDL_BACKWARD(LogSoftmax)
  *   cpu_softmax.c / cuda_softmax.cu: max, sum of exp(z - m) with the Exp
  *   kernel's per-element math, then m + log(s) - z[y] in double), the rows'
  *   losses summed in row order on the device, so the value does not depend on
- *   the threads (Note [Loss summed on the device]). np mode, backends without the slot and the tests
- *   (_C._skip_optional_slots) compute the composite formula from nda_*
- *   calls, the one-hot built by B one-element assignments.
+ *   the threads (Note [Loss summed on the device]). np mode, backends
+ *   without the slot and the tests (_C._skip_optional_slots) compute the
+ *   composite formula from nda_* calls, the one-hot built by B one-element
+ *   assignments.
  *   The backward with create_graph is built from ops: the fused Softmax op
  *   (ops_attention.c) minus a constant one-hot, times g / B broadcast, so
  *   gradients of gradients work. Without create_graph (no graph is recorded
