@@ -25,9 +25,10 @@
  *   T                element type (float / double)
  *   UK_DT            dtype suffix (f32 / f64)
  *   UK_MR, UK_NR     the tile, from cpu_matmul.h
- * Defines ndl_ukernel_<UK_ISA>_<UK_DT>. Elsewhere than on x86 that is a stub
- * calling the generic kernel, only there so that the driver links: it is
- * never chosen.
+ * Defines ndl_ukernel_<UK_ISA>_<UK_DT> and, for A packed, its faster
+ * ndl_ukernel_<UK_ISA>_<UK_DT>_packed (Note [Packed A kernel]). Elsewhere
+ * than on x86 those are stubs calling the generic kernel, only there so
+ * that the driver links: they are never chosen.
  *
  * Note [Half tiles]
  *   A partial tile of at most MR / 2 rows (the last rows of a product: m =
@@ -46,6 +47,7 @@
 #define UK_PASTE_(a, b) a##b
 #define UK_PASTE(a, b) UK_PASTE_(a, b)
 #define UK_KERNEL UK_PASTE(UK_PASTE(ndl_ukernel_, UK_ISA), UK_PASTE(_, UK_DT))
+#define UK_KERNEL_PACKED UK_PASTE(UK_KERNEL, _packed)
 
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -128,6 +130,87 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
     UK_ROWS(STORE_PARTIAL)
 }
 
+/* Note [Packed A kernel]
+ *   The kernel above takes general strides so that A can be read in place,
+ *   and keeps one pointer per row of A: each k step is 2 B loads, MR
+ *   broadcasts, 2 MR FMAs and about 8 integer operations (pointer bumps,
+ *   the loop counter). On AVX2 that is ~29 instructions per 12 FMAs, 6
+ *   cycles of FMA work at Zen 3's two FMA pipes, close to what its front
+ *   end delivers, so the FMA pipes starved. When A is a packed panel (ars =
+ *   1, acs = MR: the driver packed it) UK_KERNEL_PACKED reads it through
+ *   ONE pointer with every broadcast at a constant displacement, and
+ *   unrolls the k loop by UK_KU with constant offsets for A and B: one bump
+ *   of each pointer per UK_KU steps, then a one-step loop for the kc %
+ *   UK_KU remainder. Each accumulator gets the same FMAs in the same k
+ *   order as in UK_KERNEL (Note [One chain per element]: the bits do not
+ *   change). A packed panel always holds MR rows (pack_a pads with zeros),
+ *   so rows past mr are read, computed and dropped, never stored. AVX-512
+ *   (14 x 32, one pointer, 2 loads + 14 broadcasts + 28 FMAs a step) gets
+ *   the same loop: fewer integer operations per FMA there already (28
+ *   FMAs amortise the same bumps), so less to gain, but nothing to lose
+ *   either; it cannot be run here, its loop is checked with objdump. */
+#define PSTEP(r)                                                                   \
+    {                                                                              \
+        V ar = BCAST(au + r);                                                      \
+        c##r##_0 = MM(fmadd)(ar, b0, c##r##_0);                                    \
+        c##r##_1 = MM(fmadd)(ar, b1, c##r##_1);                                    \
+    }
+/* k step u of the unrolled group: A at a + u MR, B at b + u NR */
+#define PK(u, ROWS)                                                                \
+    {                                                                              \
+        const T *au = a + (u) * UK_MR;                                             \
+        V b0 = MM(loadu)(b + (u) * UK_NR), b1 = MM(loadu)(b + (u) * UK_NR + VW);   \
+        ROWS(PSTEP)                                                                \
+    }
+#define PK_LOOP(ROWS)                                                              \
+    {                                                                              \
+        int64_t k = 0;                                                             \
+        for (; k + UK_KU <= kc; k += UK_KU) {                                      \
+            PK(0, ROWS) PK(1, ROWS) PK(2, ROWS) PK(3, ROWS)                        \
+            a += UK_KU * UK_MR;                                                    \
+            b += UK_KU * UK_NR;                                                    \
+        }                                                                          \
+        for (; k < kc; k++) {                                                      \
+            PK(0, ROWS)                                                            \
+            a += UK_MR;                                                            \
+            b += UK_NR;                                                            \
+        }                                                                          \
+    }
+#define UK_KU 4 /* k steps per unrolled group: PK(0) .. PK(3) */
+
+UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t acs,
+                                const void *b_, void *c_, int64_t ldc, int mr, int nr, int first)
+{
+    (void)ars; /* 1 */
+    (void)acs; /* UK_MR */
+    const T *a = a_, *b = b_;
+    T *c = c_;
+    UK_ROWS(DECL)
+    for (int r = 0; r < mr; r++) { /* the tile's row: its first and last line */
+        _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + r * ldc + UK_NR - 1), _MM_HINT_T0);
+    }
+    if (mr <= UK_MR / 2) { /* Note [Half tiles] */
+        PK_LOOP(UK_HALF_ROWS)
+        const __auto_type m0 = LANES(nr);
+        const __auto_type m1 = LANES(nr - VW);
+        UK_HALF_ROWS(STORE_PARTIAL)
+        return;
+    }
+    PK_LOOP(UK_ROWS)
+    if (mr == UK_MR && nr == UK_NR) {
+        UK_ROWS(STORE)
+        return;
+    }
+    const __auto_type m0 = LANES(nr);
+    const __auto_type m1 = LANES(nr - VW);
+    UK_ROWS(STORE_PARTIAL)
+}
+
+#undef UK_KU
+#undef PK_LOOP
+#undef PK
+#undef PSTEP
 #undef STORE_PARTIAL
 #undef STORE
 #undef STEP
@@ -148,8 +231,15 @@ void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, const void 
     UK_PASTE(ndl_ukernel_generic_, UK_DT)(kc, a_, ars, acs, b_, c_, ldc, mr, nr, first);
 }
 
+void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t acs, const void *b_,
+                      void *c_, int64_t ldc, int mr, int nr, int first)
+{
+    UK_PASTE(ndl_ukernel_generic_, UK_DT)(kc, a_, ars, acs, b_, c_, ldc, mr, nr, first);
+}
+
 #endif
 
+#undef UK_KERNEL_PACKED
 #undef UK_KERNEL
 #undef UK_PASTE
 #undef UK_PASTE_
