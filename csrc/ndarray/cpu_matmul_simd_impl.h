@@ -15,6 +15,8 @@
  *   UK_HALF_ROWS(X)  X(0) X(1) ... X(MR / 2 - 1)
  *   UK_MID_ROWS(X)   X(0) X(1) ... X(UK_MID - 1), MR / 2 < UK_MID < MR
  *                    (Note [Half tiles])
+ *   UK_KU            k steps per unrolled group of the packed kernel, 1, 2
+ *                    or 4 (Note [Packed A kernel])
  *   and for each dtype dt (f32 / f64):
  *   UK_VEC_dt        its vector type, e.g. __m256
  *   UK_OP_dt(op)     intrinsic `op` on that vector type, e.g. _mm256_fmadd_ps
@@ -160,15 +162,25 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
  *   1, acs = MR: the driver packed it) UK_KERNEL_PACKED reads it through
  *   ONE pointer with every broadcast at a constant displacement, and
  *   unrolls the k loop by UK_KU with constant offsets for A and B: one bump
- *   of each pointer per UK_KU steps, then a one-step loop for the kc %
- *   UK_KU remainder. Each accumulator gets the same FMAs in the same k
+ *   of each pointer per UK_KU steps (4 on AVX2: ~21 instructions a step),
+ *   then a one-step loop for the kc % UK_KU remainder. Each accumulator gets the same FMAs in the same k
  *   order as in UK_KERNEL (Note [One chain per element]: the bits do not
  *   change). A packed panel always holds MR rows (pack_a pads with zeros),
- *   so rows past mr are read, computed and dropped, never stored. AVX-512
- *   (14 x 32, one pointer, 2 loads + 14 broadcasts + 28 FMAs a step) gets
- *   the same loop: fewer integer operations per FMA there already (28
- *   FMAs amortise the same bumps), so less to gain, but nothing to lose
- *   either; it cannot be run here, its loop is checked with objdump. */
+ *   so rows past mr are read, computed and dropped, never stored. Zen 3,
+ *   1 thread: the kernel alone, on L1-resident panels, 99 -> 101 GFLOP/s
+ *   float32; in products 0.5-1% (packing A was the larger cost: Note
+ *   [Packing A by transposes] in cpu_matmul.c); float64 +1-2%.
+ *   AVX-512 (14 x 32): the general loop there is 2 loads + 14 broadcasts +
+ *   28 FMAs a step and the 14 row pointers, 3 of which gcc 12 keeps on the
+ *   stack and reloads every step (~52 instructions). With one A pointer it
+ *   is 49 (2 loads, 14 broadcasts, 28 FMAs, 2 bumps, the count and the
+ *   branch, nothing on the stack). Unrolled (UK_KU = 4), gcc hoists the
+ *   next step's B loads and needs 33 vector registers of 32: a spill and
+ *   reload and ~8 register copies a step, so AVX-512 does not unroll
+ *   (UK_KU = 1: the loop is one step, and its cost is the 28 FMAs, 2 per
+ *   cycle on Intel's server cores; its 4 integer operations are 8% of the
+ *   instructions, against 40% on AVX2 before unrolling). It cannot run
+ *   here; its loop was checked with objdump. */
 #define PSTEP(r)                                                                   \
     {                                                                              \
         V ar = BCAST(au + r);                                                      \
@@ -182,21 +194,29 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
         V b0 = MM(loadu)(b + (u) * UK_NR), b1 = MM(loadu)(b + (u) * UK_NR + VW);   \
         ROWS(PSTEP)                                                                \
     }
+#if UK_KU == 4
+#define PK_GROUP(ROWS) PK(0, ROWS) PK(1, ROWS) PK(2, ROWS) PK(3, ROWS)
+#elif UK_KU == 2
+#define PK_GROUP(ROWS) PK(0, ROWS) PK(1, ROWS)
+#elif UK_KU == 1
+#define PK_GROUP(ROWS) PK(0, ROWS)
+#else
+#error "UK_KU must be 1, 2 or 4"
+#endif
 #define PK_LOOP(ROWS)                                                              \
     {                                                                              \
         int64_t k = 0;                                                             \
         for (; k + UK_KU <= kc; k += UK_KU) {                                      \
-            PK(0, ROWS) PK(1, ROWS) PK(2, ROWS) PK(3, ROWS)                        \
+            PK_GROUP(ROWS)                                                         \
             a += UK_KU * UK_MR;                                                    \
             b += UK_KU * UK_NR;                                                    \
         }                                                                          \
-        for (; k < kc; k++) {                                                      \
+        for (; UK_KU > 1 && k < kc; k++) {                                         \
             PK(0, ROWS)                                                            \
             a += UK_MR;                                                            \
             b += UK_NR;                                                            \
         }                                                                          \
     }
-#define UK_KU 4 /* k steps per unrolled group: PK(0) .. PK(3) */
 
 UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t acs,
                                 const void *b_, void *c_, int64_t ldc, int mr, int nr, int first)
@@ -234,8 +254,8 @@ UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t
     UK_ROWS(STORE_PARTIAL)
 }
 
-#undef UK_KU
 #undef PK_LOOP
+#undef PK_GROUP
 #undef PK
 #undef PSTEP
 #undef STORE_PARTIAL
