@@ -158,15 +158,16 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
  *   broadcasts, 2 MR FMAs and about 8 integer operations (pointer bumps,
  *   the loop counter). On AVX2 that is ~29 instructions per 12 FMAs, 6
  *   cycles of FMA work at Zen 3's two FMA pipes, close to what its front
- *   end delivers, so the FMA pipes starved. When A is a packed panel (ars =
- *   1, acs = MR: the driver packed it) UK_KERNEL_PACKED reads it through
- *   ONE pointer with every broadcast at a constant displacement, and
- *   unrolls the k loop by UK_KU with constant offsets for A and B: one bump
- *   of each pointer per UK_KU steps (4 on AVX2: ~21 instructions a step),
- *   then a one-step loop for the kc % UK_KU remainder. Each accumulator gets the same FMAs in the same k
- *   order as in UK_KERNEL (Note [One chain per element]: the bits do not
- *   change). A packed panel always holds MR rows (pack_a pads with zeros),
- *   so rows past mr are read, computed and dropped, never stored. Zen 3,
+ *   end delivers. When A is a packed panel (ars = 1, acs = MR: the driver
+ *   packed it) UK_KERNEL_PACKED reads it through ONE pointer with every
+ *   broadcast at a constant displacement, and unrolls the k loop by UK_KU
+ *   with constant offsets for A and B: one bump of each pointer per UK_KU
+ *   steps (4 on AVX2: ~21 instructions a step), then a one-step loop for
+ *   the kc % UK_KU remainder. Each accumulator gets the same FMAs in the
+ *   same k order as in UK_KERNEL (Note [One chain per element]: the bits
+ *   do not change). A packed panel always holds MR rows (pack_a and
+ *   pack_bt pad with zeros), so rows past mr are read, computed and
+ *   dropped, never stored. Zen 3,
  *   1 thread: the kernel alone, on L1-resident panels, 99 -> 101 GFLOP/s
  *   float32; in products 0.5-1% (packing A was the larger cost: Note
  *   [Packing A by transposes] in cpu_matmul.c); float64 +1-2%.
