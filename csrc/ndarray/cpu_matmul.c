@@ -710,8 +710,8 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   the one chain of the packed kernels and beat them up to m = 8, where a
  *   6-row tile wastes a third of its rows; from m = 12 the packed kernels
  *   (Note [Narrow B blocks for few rows]) are as fast or faster. The dot
- *   loops sum in 16 lanes (outside Note [One chain per element]), so they
- *   are kept for m = 1 only, where they run at memory speed (2.3x the
+ *   loops sum in 64 bytes of lanes (outside Note [One chain per element]),
+ *   so they are kept for m = 1 only, where they run at memory speed (2.3x the
  *   transposing pack and kernel). m <= 2 with B = W.T (and m = 1 whose A
  *   row is strided) transposes W in registers (cpu_matmul_bt_avx2.c, Note
  *   [Transposing W in registers]), with the chains of the packed kernels:

@@ -19,20 +19,26 @@
  *   driver calls it for m = 1 only, other m being packed):
  *       for each row r of A, four columns of B at a time (then one at a
  *       time):
- *         C[r][j] = sum_k A[r][k] * B[k][j] in 16 partial sums (vectorised
- *         over k), added pairwise at the end.
+ *         C[r][j] = sum_k A[r][k] * B[k][j] in 64 bytes of partial sums
+ *         (16 float32, 8 float64; vectorised over k), added pairwise at
+ *         the end.
  *       The four columns are four sequential streams from memory, and each
  *       load of A's row (from L1) serves four of them: one column at a
  *       time took two loads per multiply-add and a single stream, 0.6x
  *       NumPy's matrix-vector product (Zen 3, 1024 x 1024 float32).
+ *       (16 float64 partial sums, as many as float32's, were 4 AVX2
+ *       vectors a column, 16 for four columns: gcc 12 kept two of them on
+ *       the stack, stored and reloaded at every step; 8 are 8 registers:
+ *       Zen 3, 1 thread, float64 A @ v 512: 11.5-13.5 -> 15-16.5 GFLOP/s,
+ *       NumPy 12.5-15.5.)
  *
  * Each function computes the columns [j0, j1) of all m rows; each C element
  * is summed in an order fixed by n alone (axpy: the one FMA chain of Note
- * [One chain per element] in cpu_matmul.h, as the packed kernels do), so the driver may split columns
- * between threads without changing results. One body, compiled once per
- * instruction set (target attributes: the loops are vectorised by the
- * compiler, FMAs contracted where the ISA has them) and dtype; cpu_matmul.c
- * calls the one of the kernel it chose.
+ * [One chain per element] in cpu_matmul.h, as the packed kernels do), so
+ * the driver may split columns between threads without changing results.
+ * One body, compiled once per instruction set (target attributes: the
+ * loops are vectorised by the compiler, FMAs contracted where the ISA has
+ * them) and dtype; cpu_matmul.c calls the one of the kernel it chose.
  */
 #include "cpu_matmul.h"
 
@@ -66,7 +72,7 @@
 #define KU 8           /* rows of B per pass (axpy) */
 #define JB_BYTES 1024  /* columns of B per L1 chunk, in bytes (axpy) */
 #define JB_BYTES_ONE 4096 /* the same for m = 1 (Note [One row: longer runs]) */
-#define LANES 16       /* partial sums per dot */
+#define LANES (64 / (int)sizeof(*a)) /* partial sums per dot: 64 bytes */
 #define DOT_COLS 4     /* columns of B per dot pass */
 
 /* MADD(a, b, c): a * b + c, fused on the SIMD instantiations; JU_BYTES:
