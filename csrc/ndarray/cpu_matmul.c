@@ -636,9 +636,14 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
  *   times and B tm times in all (choose_grid keeps m/tm + p/tn small),
  *   and each tile has its edge blocks: 4 tiles a thread cost 1024^3
  *   float32 ~4% when one core did all the work, 2 nothing measurable, so 2
- *   it is. Every C element is computed by the same sequence of operations
- *   whatever the tile (Note [One chain per element]), so results do not
- *   depend on the number of threads nor on which thread took which tile.
+ *   it is. (Packing B once per product and sharing it between the threads,
+ *   as BLIS does, would halve the packing, at the price of a barrier per
+ *   B block: one tile per thread instead of two, 3/4 of the packing, made
+ *   2048^3 float32 on 2 threads no faster, 183-186 GFLOP/s either way, Zen
+ *   3, quiet minutes; so it was not tried.) Every C element is computed
+ *   by the same sequence of operations whatever the tile (Note [One chain
+ *   per element]), so results do not depend on the number of threads nor
+ *   on which thread took which tile.
  */
 
 typedef struct {
