@@ -355,3 +355,36 @@ def test_w_transposed_in_registers_thread_count_independent(threads):
     b, y = operand((1500, 1001), "float32", "cols")
     same_bits_on_threads(a, b, threads)
     check(a @ b, x, y, "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind_b", ["rows", "cols"])
+@pytest.mark.parametrize("m", [4, 9, 10, 11, 21, 24, 27, 64])
+def test_packed_and_in_place_a_get_the_same_bits(m, kind_b, dtype):
+    # Note [Packed A kernel] (cpu_matmul_simd_impl.h): A packed is read by
+    # other kernels (k unrolled by 4, a remainder loop) than A read in place;
+    # Note [Packing A by transposes] (cpu_matmul.c): A's rows are packed in
+    # registers, A's columns element by element. All give the same bits, for
+    # k around the unrolled steps and the KC blocks, and every partial tile
+    # of Note [Half tiles] (AVX2, 6 rows: m = 9 ends in the half-row loop,
+    # 4 and 10 in the mid-row one, 11 in the full one; AVX-512, 14 rows:
+    # 21, 24, 27; m = 4 with B by rows takes the axpy loops, by columns the
+    # kernels)
+    kc = _C.matmul_config()[dtype]["kc"]
+    size = np.dtype(dtype).itemsize
+    for k in (1, 3, 4, 5, 7, 9, 13, kc + 5, 2 * kc + 3):
+        x = np.random.randn(m, k).astype(dtype)
+        b, y = operand((k, 100), dtype, kind_b)
+        # rows contiguous, byte stride not a multiple of 1 KiB: read in place
+        # (p = 100 < 512); a multiple of 1 KiB: packed (Note [Reading A in place])
+        width = -(-k // (1024 // size)) * (1024 // size)
+        if k * size % 1024 == 0:
+            continue
+        wide = np.zeros((m, width), dtype=dtype)
+        wide[:, :k] = x
+        in_place = (nd.array(x, dtype=dtype) @ b).numpy()
+        check(nd.array(x, dtype=dtype) @ b, x, y, dtype)
+        packed_rows = (nd.array(wide, dtype=dtype)[:, :k] @ b).numpy()
+        packed_cols = (nd.array(x.T.copy(), dtype=dtype).permute((1, 0)) @ b).numpy()
+        assert np.array_equal(packed_rows, in_place), f"k={k}: A's rows packed"
+        assert np.array_equal(packed_cols, in_place), f"k={k}: A's columns packed"

@@ -68,6 +68,7 @@ typedef struct {
     ndl_pack_bt pack_bt; /* B blocks with contiguous columns; NULL: pack_b */
     int64_t nc1;         /* nc when m <= mc (Note [Narrow B blocks for few rows]) */
     ndl_small_bt bt;     /* skinny A @ W.T (Note [Transposing W in registers]); NULL: none */
+    ndl_ukernel kernel_packed; /* A packed (cpu_matmul.h): the same bits, faster */
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -77,26 +78,28 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
     [K_GENERIC] = {
         [NDL_FLOAT32] = {"generic", ndl_ukernel_generic_f32, NDL_GENERIC_MR_F32,
                          NDL_GENERIC_NR_F32, 0, 0, 0,
-                         ndl_small_axpy_generic_f32, ndl_small_dot_generic_f32},
+                         ndl_small_axpy_generic_f32, ndl_small_dot_generic_f32,
+                         .kernel_packed = ndl_ukernel_generic_f32},
         [NDL_FLOAT64] = {"generic", ndl_ukernel_generic_f64, NDL_GENERIC_MR_F64,
                          NDL_GENERIC_NR_F64, 0, 0, 0,
-                         ndl_small_axpy_generic_f64, ndl_small_dot_generic_f64},
+                         ndl_small_axpy_generic_f64, ndl_small_dot_generic_f64,
+                         .kernel_packed = ndl_ukernel_generic_f64},
     },
     [K_AVX2] = {
         [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 0, 0, 0,
                          ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32, ndl_pack_bt_f32, 0,
-                         ndl_small_bt_f32},
+                         ndl_small_bt_f32, ndl_ukernel_avx2_f32_packed},
         [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0,
                          ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64, 0,
-                         ndl_small_bt_f64},
+                         ndl_small_bt_f64, ndl_ukernel_avx2_f64_packed},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
                          0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32,
-                         ndl_pack_bt_f32, 0, ndl_small_bt_f32},
+                         ndl_pack_bt_f32, 0, ndl_small_bt_f32, ndl_ukernel_avx512_f32_packed},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
                          0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64,
-                         ndl_pack_bt_f64, 0, ndl_small_bt_f64},
+                         ndl_pack_bt_f64, 0, ndl_small_bt_f64, ndl_ukernel_avx512_f64_packed},
     },
 };
 
@@ -197,8 +200,8 @@ static double kernel_rate(const ndl_gemm_config *cfg, float *buf)
     for (int64_t rep = 0; rep < reps; rep++)
         for (int64_t jr = 0; jr < cols; jr += cfg->nr)
             for (int64_t ir = 0; ir < mc; ir += cfg->mr)
-                cfg->kernel(kc, a + ir * kc, 1, cfg->mr, b + jr * kc, c + ir * cols + jr, cols,
-                            cfg->mr, cfg->nr, 1);
+                cfg->kernel_packed(kc, a + ir * kc, 1, cfg->mr, b + jr * kc, c + ir * cols + jr,
+                                   cols, cfg->mr, cfg->nr, 1);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     if (secs > 0)
@@ -430,6 +433,24 @@ typedef struct {
     void (*pack_b)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
 } ndl_gemm_ops;
 
+/* Note [Packing A by transposes]
+ *   An A block whose rows are contiguous (csa == 1) is packed by
+ *   cfg->pack_bt when the kernel has one (AVX2, AVX-512): an MR-row panel
+ *   is the transpose of MR rows, the layout pack_bt makes of B = W.T's
+ *   columns, and it transposes 8 x 8 float32 (4 x 4 float64) squares in
+ *   registers, where pack_a stores one element per instruction (Zen 3, 1
+ *   thread, 1024^3 float32: pack_a took 3% of the product).
+ */
+static void pack_a_block(const ndl_gemm_ops *ops, const char *a, int64_t rsa, int64_t csa,
+                         int64_t mc, int64_t kc, char *abuf)
+{
+    const ndl_gemm_config *cfg = ops->cfg;
+    if (csa == 1 && cfg->pack_bt)
+        cfg->pack_bt(a, rsa, kc, mc, cfg->mr, abuf);
+    else
+        ops->pack_a(a, rsa, csa, mc, kc, cfg->mr, abuf);
+}
+
 /* Note [Prefetching the next B block]
  *   Packing a B block reads it from memory in one burst, and the kernels
  *   that follow leave the memory bus idle; when each B element meets few
@@ -484,12 +505,14 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                 const char *ablk = a + (ic * rsa + pc * csa) * es;
                 /* row panel ir of the block: A[ir + r][k] = ap[(r*ars + k*acs) * es] */
                 int64_t ars = rsa, acs = csa, apanel = mr * rsa; /* in elements */
+                ndl_ukernel kernel = cfg->kernel;
                 if (pack_a) {
-                    ops->pack_a(ablk, rsa, csa, mc, kc, mr, abuf);
+                    pack_a_block(ops, ablk, rsa, csa, mc, kc, abuf);
                     ablk = abuf;
                     ars = 1;
                     acs = mr;
                     apanel = mr * kc;
+                    kernel = cfg->kernel_packed;
                 }
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int nrr = nc - jr < nr ? (int)(nc - jr) : nr;
@@ -500,8 +523,8 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                                          p - next_j - jr < nr ? (int)(p - next_j - jr) : nr, es);
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int mrr = mc - ir < mr ? (int)(mc - ir) : mr;
-                        cfg->kernel(kc, ablk + ir / mr * apanel * es, ars, acs, bp,
-                                    c + ((ic + ir) * ldc + jc + jr) * es, ldc, mrr, nrr, first);
+                        kernel(kc, ablk + ir / mr * apanel * es, ars, acs, bp,
+                               c + ((ic + ir) * ldc + jc + jr) * es, ldc, mrr, nrr, first);
                     }
                 }
             }
@@ -546,6 +569,7 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
     int64_t packed_pc = -1;
     const char *ablk = NULL;
     int64_t ars = rsa, acs = csa, apanel = mr * rsa; /* in elements */
+    const ndl_ukernel kernel = ops->pack_a_block ? cfg->kernel_packed : cfg->kernel;
     for (int64_t t = 0; t < nkb * njb; t++) {
         int64_t pc = (k_inner ? t % nkb : t / njb) * cfg->kc;
         int64_t jc = (k_inner ? t / nkb : t % njb) * ncb;
@@ -562,7 +586,7 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
         if (pc != packed_pc) {
             ablk = a + pc * csa * es;
             if (ops->pack_a_block) {
-                ops->pack_a(ablk, rsa, csa, m, kc, mr, abuf);
+                pack_a_block(ops, ablk, rsa, csa, m, kc, abuf);
                 ablk = abuf;
                 ars = 1;
                 acs = mr;
@@ -583,8 +607,8 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
                                  es);
             for (int64_t ir = 0; ir < m; ir += mr) {
                 int mrr = m - ir < mr ? (int)(m - ir) : mr;
-                cfg->kernel(kc, ablk + ir / mr * apanel * es, ars, acs, bp,
-                            c + (ir * ldc + jc + jr) * es, ldc, mrr, nrr, first);
+                kernel(kc, ablk + ir / mr * apanel * es, ars, acs, bp,
+                       c + (ir * ldc + jc + jr) * es, ldc, mrr, nrr, first);
             }
         }
     }
@@ -612,9 +636,14 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
  *   times and B tm times in all (choose_grid keeps m/tm + p/tn small),
  *   and each tile has its edge blocks: 4 tiles a thread cost 1024^3
  *   float32 ~4% when one core did all the work, 2 nothing measurable, so 2
- *   it is. Every C element is computed by the same sequence of operations
- *   whatever the tile (Note [One chain per element]), so results do not
- *   depend on the number of threads nor on which thread took which tile.
+ *   it is. (Packing B once per product and sharing it between the threads,
+ *   as BLIS does, would halve the packing, at the price of a barrier per
+ *   B block: one tile per thread instead of two, 3/4 of the packing, made
+ *   2048^3 float32 on 2 threads no faster, 183-186 GFLOP/s either way, Zen
+ *   3, quiet minutes; so it was not tried.) Every C element is computed
+ *   by the same sequence of operations whatever the tile (Note [One chain
+ *   per element]), so results do not depend on the number of threads nor
+ *   on which thread took which tile.
  */
 
 typedef struct {
@@ -686,8 +715,8 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   the one chain of the packed kernels and beat them up to m = 8, where a
  *   6-row tile wastes a third of its rows; from m = 12 the packed kernels
  *   (Note [Narrow B blocks for few rows]) are as fast or faster. The dot
- *   loops sum in 16 lanes (outside Note [One chain per element]), so they
- *   are kept for m = 1 only, where they run at memory speed (2.3x the
+ *   loops sum in 64 bytes of lanes (outside Note [One chain per element]),
+ *   so they are kept for m = 1 only, where they run at memory speed (2.3x the
  *   transposing pack and kernel). m <= 2 with B = W.T (and m = 1 whose A
  *   row is strided) transposes W in registers (cpu_matmul_bt_avx2.c, Note
  *   [Transposing W in registers]), with the chains of the packed kernels:

@@ -19,6 +19,10 @@
  *   partial tile; nothing outside it is read or written (rows r >= mr of A
  *   are not read either: the kernel computes them from row 0 and drops
  *   them). kc >= 1.
+ *   The *_packed kernels take A as a packed panel only (ars = 1, acs = MR,
+ *   all MR rows present, those past mr zeros: they are read and dropped),
+ *   and give the bits of the general kernel (Note [Packed A kernel] in
+ *   cpu_matmul_simd_impl.h); the generic kernels serve both.
  *
  * Note [One chain per element]
  *   Every path of ndl_cpu_matmul but one (the packed kernels, whatever the
@@ -37,8 +41,9 @@
  *   (intrinsics, __builtin_fma, NDL_MADD), never left to the compiler's
  *   contraction, which it may or may not apply. B read by columns (x @ W.T)
  *   is packed too, with the guarantee, except for matrix-vector products
- *   (m = 1, or p = 1 with A's rows contiguous): their dot loops sum in 16
- *   lanes and do not share it; nor, of course, do two instruction sets.
+ *   (m = 1, or p = 1 with A's rows contiguous): their dot loops sum in 64
+ *   bytes of lanes (16 float32, 8 float64) and do not share it; nor, of
+ *   course, do two instruction sets.
  */
 #ifndef NDL_CPU_MATMUL_H
 #define NDL_CPU_MATMUL_H
@@ -89,6 +94,14 @@ void ndl_ukernel_avx512_f32(int64_t kc, const void *a, int64_t ars, int64_t acs,
                             void *c, int64_t ldc, int mr, int nr, int first);
 void ndl_ukernel_avx512_f64(int64_t kc, const void *a, int64_t ars, int64_t acs, const void *b,
                             void *c, int64_t ldc, int mr, int nr, int first);
+void ndl_ukernel_avx2_f32_packed(int64_t kc, const void *a, int64_t ars, int64_t acs,
+                                 const void *b, void *c, int64_t ldc, int mr, int nr, int first);
+void ndl_ukernel_avx2_f64_packed(int64_t kc, const void *a, int64_t ars, int64_t acs,
+                                 const void *b, void *c, int64_t ldc, int mr, int nr, int first);
+void ndl_ukernel_avx512_f32_packed(int64_t kc, const void *a, int64_t ars, int64_t acs,
+                                   const void *b, void *c, int64_t ldc, int mr, int nr, int first);
+void ndl_ukernel_avx512_f64_packed(int64_t kc, const void *a, int64_t ars, int64_t acs,
+                                   const void *b, void *c, int64_t ldc, int mr, int nr, int first);
 
 /* Skinny products (cpu_matmul_small.c): C[r][j] for r < m, j0 <= j < j1.
  * axpy: B's rows contiguous (B[k][j] = b[k*rsb + j]); jl2 columns at a time;

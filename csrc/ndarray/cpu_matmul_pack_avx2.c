@@ -21,10 +21,46 @@
 #define TARGET __attribute__((target("avx2")))
 #include "cpu_matmul_transpose_avx2.h"
 
-/* One body for both types: W x W squares (W = 8 floats or 4 doubles) go
- * through the registers, the ragged edges (kc % W rows, nc % W columns)
- * element by element; columns past nc of the last panel are zeros. */
-#define DEFINE_PACK_BT(T, SFX, W, VEC, LOAD, STORE, TRANSPOSE)                                  \
+/* The first n lanes of v at p (n < the vector's lanes): the partial
+ * column groups' stores, which must not touch the next group's values. */
+static inline TARGET void store_lanes_ps(float *p, __m256 v, int n)
+{
+    __m128 h = _mm256_castps256_ps128(v);
+    if (n >= 4) {
+        _mm_storeu_ps(p, h);
+        h = _mm256_extractf128_ps(v, 1);
+        p += 4;
+        n -= 4;
+    }
+    if (n >= 2) {
+        _mm_storel_pi((__m64 *)p, h);
+        h = _mm_movehl_ps(h, h);
+        p += 2;
+        n -= 2;
+    }
+    if (n)
+        _mm_store_ss(p, h);
+}
+static inline TARGET void store_lanes_pd(double *p, __m256d v, int n)
+{
+    __m128d h = _mm256_castpd256_pd128(v);
+    if (n >= 2) {
+        _mm_storeu_pd(p, h);
+        h = _mm256_extractf128_pd(v, 1);
+        p += 2;
+        n -= 2;
+    }
+    if (n)
+        _mm_store_sd(p, h);
+}
+
+/* One body for both types: groups of W columns (W = 8 floats or 4
+ * doubles) go through the registers W rows at a time, a panel's last group
+ * of v < W columns too (zero vectors for the missing ones, v lanes
+ * stored: the 6-row A panels of the AVX2 kernels are all such groups), the
+ * kc % W last rows element by element; columns past nc of the last panel
+ * are zeros. */
+#define DEFINE_PACK_BT(T, SFX, W, VEC, LOAD, STORE, STORE_LANES, ZERO, TRANSPOSE)               \
     TARGET void ndl_pack_bt_##SFX(const void *src_, int64_t cs, int64_t kc, int64_t nc, int nr, \
                                   void *dst_)                                                   \
     {                                                                                           \
@@ -48,17 +84,31 @@
                     for (int i = 0; i < W; i++)                                                 \
                         dst[k * nr + j + i] = s[(j + i) * cs + k];                              \
             }                                                                                   \
-            for (; j < cols; j++)                                                               \
-                for (int64_t k = 0; k < kc; k++)                                                \
-                    dst[k * nr + j] = s[j * cs + k];                                            \
+            if (j < cols) { /* v < W columns */                                                 \
+                const int v = cols - j;                                                         \
+                int64_t k = 0;                                                                  \
+                for (; k + W <= kc; k += W) {                                                   \
+                    VEC r[W];                                                                   \
+                    for (int i = 0; i < W; i++)                                                 \
+                        r[i] = i < v ? LOAD(s + (j + i) * cs + k) : ZERO();                     \
+                    TRANSPOSE(r);                                                               \
+                    for (int i = 0; i < W; i++)                                                 \
+                        STORE_LANES(dst + (k + i) * nr + j, r[i], v);                           \
+                }                                                                               \
+                for (; k < kc; k++)                                                             \
+                    for (int i = 0; i < v; i++)                                                 \
+                        dst[k * nr + j + i] = s[(j + i) * cs + k];                              \
+            }                                                                                   \
             if (cols < nr)                                                                      \
                 for (int64_t k = 0; k < kc; k++)                                                \
                     memset(dst + k * nr + cols, 0, (size_t)(nr - cols) * sizeof(T));            \
         }                                                                                       \
     }
 
-DEFINE_PACK_BT(float, f32, 8, __m256, _mm256_loadu_ps, _mm256_storeu_ps, transpose8_ps)
-DEFINE_PACK_BT(double, f64, 4, __m256d, _mm256_loadu_pd, _mm256_storeu_pd, transpose4_pd)
+DEFINE_PACK_BT(float, f32, 8, __m256, _mm256_loadu_ps, _mm256_storeu_ps, store_lanes_ps,
+               _mm256_setzero_ps, transpose8_ps)
+DEFINE_PACK_BT(double, f64, 4, __m256d, _mm256_loadu_pd, _mm256_storeu_pd, store_lanes_pd,
+               _mm256_setzero_pd, transpose4_pd)
 
 #else /* only there so that the driver links: never chosen */
 

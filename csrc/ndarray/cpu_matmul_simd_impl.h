@@ -13,6 +13,10 @@
  *   UK_TARGET        function attribute selecting the ISA
  *   UK_ROWS(X)       X(0) X(1) ... X(MR - 1)
  *   UK_HALF_ROWS(X)  X(0) X(1) ... X(MR / 2 - 1)
+ *   UK_MID_ROWS(X)   X(0) X(1) ... X(UK_MID - 1), MR / 2 < UK_MID < MR
+ *                    (Note [Half tiles])
+ *   UK_KU            k steps per unrolled group of the packed kernel, 1, 2
+ *                    or 4 (Note [Packed A kernel])
  *   and for each dtype dt (f32 / f64):
  *   UK_VEC_dt        its vector type, e.g. __m256
  *   UK_OP_dt(op)     intrinsic `op` on that vector type, e.g. _mm256_fmadd_ps
@@ -25,9 +29,10 @@
  *   T                element type (float / double)
  *   UK_DT            dtype suffix (f32 / f64)
  *   UK_MR, UK_NR     the tile, from cpu_matmul.h
- * Defines ndl_ukernel_<UK_ISA>_<UK_DT>. Elsewhere than on x86 that is a stub
- * calling the generic kernel, only there so that the driver links: it is
- * never chosen.
+ * Defines ndl_ukernel_<UK_ISA>_<UK_DT> and, for A packed, its faster
+ * ndl_ukernel_<UK_ISA>_<UK_DT>_packed (Note [Packed A kernel]). Elsewhere
+ * than on x86 those are stubs calling the generic kernel, only there so
+ * that the driver links: they are never chosen.
  *
  * Note [Half tiles]
  *   A partial tile of at most MR / 2 rows (the last rows of a product: m =
@@ -36,7 +41,11 @@
  *   0: half the multiply-adds, for the same operations on every row it
  *   keeps (the bits do not change). Zen 3, 1 thread, K = N = 1024: m = 20
  *   and 32 +4..8% (float64 m = 32 +9%), m = 64 (a 4-row last tile) and
- *   square products unchanged.
+ *   square products unchanged. A second loop, over the first UK_MID rows
+ *   (UK_MID_ROWS: 4 of 6 on AVX2, 10 of 14 on AVX-512), takes the partial
+ *   tiles between: m = 64 is ten 6-row tiles and a 4-row one, which the
+ *   6-row loop computed as 6 (3% of the product): Zen 3, 1 thread, float32
+ *   m = 64, K = N = 1024 and 4096, +2..4% (to NumPy's speed).
  *
  * NOTE: the accumulators are named variables (c<row>_<vec>), not an array:
  * gcc 12 keeps an array of vectors in memory and stores it back on every k
@@ -46,6 +55,7 @@
 #define UK_PASTE_(a, b) a##b
 #define UK_PASTE(a, b) UK_PASTE_(a, b)
 #define UK_KERNEL UK_PASTE(UK_PASTE(ndl_ukernel_, UK_ISA), UK_PASTE(_, UK_DT))
+#define UK_KERNEL_PACKED UK_PASTE(UK_KERNEL, _packed)
 
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -58,6 +68,8 @@
 #define UK_ONE(r) +1
 _Static_assert(0 UK_ROWS(UK_ONE) == UK_MR && UK_NR == 2 * VW, "tile does not match UK_ROWS, V");
 _Static_assert(0 UK_HALF_ROWS(UK_ONE) == UK_MR / 2, "UK_HALF_ROWS is not the first MR / 2 rows");
+#define UK_MID (0 UK_MID_ROWS(UK_ONE))
+_Static_assert(UK_MID > UK_MR / 2 && UK_MID < UK_MR, "UK_MID_ROWS is not between half and MR");
 
 /* row r of A (rows past mr read row 0, see cpu_matmul.h) */
 #define APTR(r) const T *a##r = a + (r < mr ? r : 0) * ars;
@@ -111,6 +123,18 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
         UK_HALF_ROWS(STORE_PARTIAL)
         return;
     }
+    if (mr <= UK_MID) {
+        for (int64_t k = 0; k < kc; k++) {
+            V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);
+            UK_MID_ROWS(STEP)
+            off += acs;
+            b += UK_NR;
+        }
+        const __auto_type m0 = LANES(nr);
+        const __auto_type m1 = LANES(nr - VW);
+        UK_MID_ROWS(STORE_PARTIAL)
+        return;
+    }
     for (int64_t k = 0; k < kc; k++) {
         V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);
         UK_ROWS(STEP)
@@ -128,11 +152,119 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
     UK_ROWS(STORE_PARTIAL)
 }
 
+/* Note [Packed A kernel]
+ *   The kernel above takes general strides so that A can be read in place,
+ *   and keeps one pointer per row of A: each k step is 2 B loads, MR
+ *   broadcasts, 2 MR FMAs and about 8 integer operations (pointer bumps,
+ *   the loop counter). On AVX2 that is ~29 instructions per 12 FMAs, 6
+ *   cycles of FMA work at Zen 3's two FMA pipes, close to what its front
+ *   end delivers. When A is a packed panel (ars = 1, acs = MR: the driver
+ *   packed it) UK_KERNEL_PACKED reads it through ONE pointer with every
+ *   broadcast at a constant displacement, and unrolls the k loop by UK_KU
+ *   with constant offsets for A and B: one bump of each pointer per UK_KU
+ *   steps (4 on AVX2: ~21 instructions a step), then a one-step loop for
+ *   the kc % UK_KU remainder. Each accumulator gets the same FMAs in the
+ *   same k order as in UK_KERNEL (Note [One chain per element]: the bits
+ *   do not change). A packed panel always holds MR rows (pack_a and
+ *   pack_bt pad with zeros), so rows past mr are read, computed and
+ *   dropped, never stored. Zen 3, 1 thread: the kernel alone, on
+ *   L1-resident panels, 99 -> 101 GFLOP/s float32 (the front end was not
+ *   the whole limit); in products +0.5-1% (packing A was the larger cost:
+ *   Note [Packing A by transposes] in cpu_matmul.c); float64 +1-2%.
+ *   AVX-512 (14 x 32): the general loop there is 2 loads + 14 broadcasts +
+ *   28 FMAs a step and the 14 row pointers, 3 of which gcc 12 keeps on the
+ *   stack and reloads every step (~52 instructions). With one A pointer it
+ *   is 49 (2 loads, 14 broadcasts, 28 FMAs, 2 bumps, the count and the
+ *   branch, nothing on the stack). Unrolled (UK_KU = 4), gcc hoists the
+ *   next step's B loads and needs 33 vector registers of 32: a spill and
+ *   reload and ~8 register copies a step, so AVX-512 does not unroll
+ *   (UK_KU = 1: the loop is one step, and its cost is the 28 FMAs, 2 per
+ *   cycle on Intel's server cores; its 4 integer operations are 8% of the
+ *   instructions, against 40% on AVX2 before unrolling). It cannot run
+ *   here; its loop was checked with objdump. */
+#define PSTEP(r)                                                                   \
+    {                                                                              \
+        V ar = BCAST(au + r);                                                      \
+        c##r##_0 = MM(fmadd)(ar, b0, c##r##_0);                                    \
+        c##r##_1 = MM(fmadd)(ar, b1, c##r##_1);                                    \
+    }
+/* k step u of the unrolled group: A at a + u MR, B at b + u NR */
+#define PK(u, ROWS)                                                                \
+    {                                                                              \
+        const T *au = a + (u) * UK_MR;                                             \
+        V b0 = MM(loadu)(b + (u) * UK_NR), b1 = MM(loadu)(b + (u) * UK_NR + VW);   \
+        ROWS(PSTEP)                                                                \
+    }
+#if UK_KU == 4
+#define PK_GROUP(ROWS) PK(0, ROWS) PK(1, ROWS) PK(2, ROWS) PK(3, ROWS)
+#elif UK_KU == 2
+#define PK_GROUP(ROWS) PK(0, ROWS) PK(1, ROWS)
+#elif UK_KU == 1
+#define PK_GROUP(ROWS) PK(0, ROWS)
+#else
+#error "UK_KU must be 1, 2 or 4"
+#endif
+#define PK_LOOP(ROWS)                                                              \
+    {                                                                              \
+        int64_t k = 0;                                                             \
+        for (; k + UK_KU <= kc; k += UK_KU) {                                      \
+            PK_GROUP(ROWS)                                                         \
+            a += UK_KU * UK_MR;                                                    \
+            b += UK_KU * UK_NR;                                                    \
+        }                                                                          \
+        for (; UK_KU > 1 && k < kc; k++) {                                         \
+            PK(0, ROWS)                                                            \
+            a += UK_MR;                                                            \
+            b += UK_NR;                                                            \
+        }                                                                          \
+    }
+
+UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t acs,
+                                const void *b_, void *c_, int64_t ldc, int mr, int nr, int first)
+{
+    (void)ars; /* 1 */
+    (void)acs; /* UK_MR */
+    const T *a = a_, *b = b_;
+    T *c = c_;
+    UK_ROWS(DECL)
+    for (int r = 0; r < mr; r++) { /* the tile's row: its first and last line */
+        _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + r * ldc + UK_NR - 1), _MM_HINT_T0);
+    }
+    if (mr <= UK_MR / 2) { /* Note [Half tiles] */
+        PK_LOOP(UK_HALF_ROWS)
+        const __auto_type m0 = LANES(nr);
+        const __auto_type m1 = LANES(nr - VW);
+        UK_HALF_ROWS(STORE_PARTIAL)
+        return;
+    }
+    if (mr <= UK_MID) { /* Note [Half tiles] */
+        PK_LOOP(UK_MID_ROWS)
+        const __auto_type m0 = LANES(nr);
+        const __auto_type m1 = LANES(nr - VW);
+        UK_MID_ROWS(STORE_PARTIAL)
+        return;
+    }
+    PK_LOOP(UK_ROWS)
+    if (mr == UK_MR && nr == UK_NR) {
+        UK_ROWS(STORE)
+        return;
+    }
+    const __auto_type m0 = LANES(nr);
+    const __auto_type m1 = LANES(nr - VW);
+    UK_ROWS(STORE_PARTIAL)
+}
+
+#undef PK_LOOP
+#undef PK_GROUP
+#undef PK
+#undef PSTEP
 #undef STORE_PARTIAL
 #undef STORE
 #undef STEP
 #undef DECL
 #undef APTR
+#undef UK_MID
 #undef UK_ONE
 #undef VW
 #undef LANES
@@ -148,8 +280,15 @@ void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, const void 
     UK_PASTE(ndl_ukernel_generic_, UK_DT)(kc, a_, ars, acs, b_, c_, ldc, mr, nr, first);
 }
 
+void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t acs, const void *b_,
+                      void *c_, int64_t ldc, int mr, int nr, int first)
+{
+    UK_PASTE(ndl_ukernel_generic_, UK_DT)(kc, a_, ars, acs, b_, c_, ldc, mr, nr, first);
+}
+
 #endif
 
+#undef UK_KERNEL_PACKED
 #undef UK_KERNEL
 #undef UK_PASTE
 #undef UK_PASTE_

@@ -19,20 +19,26 @@
  *   driver calls it for m = 1 only, other m being packed):
  *       for each row r of A, four columns of B at a time (then one at a
  *       time):
- *         C[r][j] = sum_k A[r][k] * B[k][j] in 16 partial sums (vectorised
- *         over k), added pairwise at the end.
+ *         C[r][j] = sum_k A[r][k] * B[k][j] in 64 bytes of partial sums
+ *         (16 float32, 8 float64; vectorised over k), added pairwise at
+ *         the end.
  *       The four columns are four sequential streams from memory, and each
  *       load of A's row (from L1) serves four of them: one column at a
  *       time took two loads per multiply-add and a single stream, 0.6x
  *       NumPy's matrix-vector product (Zen 3, 1024 x 1024 float32).
+ *       (16 float64 partial sums, as many as float32's, were 4 AVX2
+ *       vectors a column, 16 for four columns: gcc 12 kept two of them on
+ *       the stack, stored and reloaded at every step; 8 are 8 registers:
+ *       Zen 3, 1 thread, float64 A @ v 512: 11.5-13.5 -> 15-16.5 GFLOP/s,
+ *       NumPy 12.5-15.5.)
  *
  * Each function computes the columns [j0, j1) of all m rows; each C element
  * is summed in an order fixed by n alone (axpy: the one FMA chain of Note
- * [One chain per element] in cpu_matmul.h, as the packed kernels do), so the driver may split columns
- * between threads without changing results. One body, compiled once per
- * instruction set (target attributes: the loops are vectorised by the
- * compiler, FMAs contracted where the ISA has them) and dtype; cpu_matmul.c
- * calls the one of the kernel it chose.
+ * [One chain per element] in cpu_matmul.h, as the packed kernels do), so
+ * the driver may split columns between threads without changing results.
+ * One body, compiled once per instruction set (target attributes: the
+ * loops are vectorised by the compiler, FMAs contracted where the ISA has
+ * them) and dtype; cpu_matmul.c calls the one of the kernel it chose.
  */
 #include "cpu_matmul.h"
 
@@ -53,9 +59,20 @@
  *   4096 (B from memory): m = 4 +15%, m = 8 +7%.
  */
 
+/* Note [One row: longer runs]
+ *   The axpy loops read KU rows of B side by side, JB_BYTES of each before
+ *   moving to the next JB columns, so that the KU x JB chunk stays in L1
+ *   while the m rows of A use it. With m = 1 each element of B is used
+ *   once: the chunk need not stay in L1, and reading 4 KiB of each row
+ *   at a time instead of 1 KiB gives the prefetchers runs as long as a
+ *   page (B from memory, Zen 3, 1 thread, float32 K = N = 4096: 16-18 ->
+ *   18-19.5 GFLOP/s, NumPy 17-20; the same results, the chains' order does
+ *   not depend on the chunks).
+ */
 #define KU 8           /* rows of B per pass (axpy) */
 #define JB_BYTES 1024  /* columns of B per L1 chunk, in bytes (axpy) */
-#define LANES 16       /* partial sums per dot */
+#define JB_BYTES_ONE 4096 /* the same for m = 1 (Note [One row: longer runs]) */
+#define LANES (64 / (int)sizeof(*a)) /* partial sums per dot: 64 bytes */
 #define DOT_COLS 4     /* columns of B per dot pass */
 
 /* MADD(a, b, c): a * b + c, fused on the SIMD instantiations; JU_BYTES:
@@ -68,7 +85,7 @@
     {                                                                                       \
         const T *a = a_, *b = b_;                                                           \
         T *c = c_;                                                                          \
-        const int64_t jb_len = JB_BYTES / (int64_t)sizeof(T);                               \
+        const int64_t jb_len = (m == 1 ? JB_BYTES_ONE : JB_BYTES) / (int64_t)sizeof(T);     \
         const int ju = JU_BYTES / (int)sizeof(T);                                           \
         for (int64_t jl = j0; jl < j1; jl += jl2) {                                         \
             int64_t je = j1 - jl < jl2 ? j1 : jl + jl2;                                     \
