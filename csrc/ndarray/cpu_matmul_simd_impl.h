@@ -99,6 +99,48 @@ _Static_assert(UK_MID > UK_MR / 2 && UK_MID < UK_MR, "UK_MID_ROWS is not between
         UK_MASKSTORE(c + r * ldc + VW, m1, v1);                                    \
     }
 
+/* prefetch the first and last line of each of the tile's rows of C */
+#define PREFETCH_C()                                                               \
+    for (int r = 0; r < mr; r++) {                                                 \
+        _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);                    \
+        _mm_prefetch((const char *)(c + r * ldc + UK_NR - 1), _MM_HINT_T0);        \
+    }
+/* rows r < mr of ROWS, masked to columns j < nr */
+#define STORE_MASKED(ROWS)                                                         \
+    {                                                                              \
+        const __auto_type m0 = LANES(nr);                                          \
+        const __auto_type m1 = LANES(nr - VW);                                     \
+        ROWS(STORE_PARTIAL)                                                        \
+    }
+/* A kernel's body after its declarations: the k loop LOOP(ROWS) over the
+ * first MR / 2, UK_MID or MR rows (Note [Half tiles]), then the stores */
+#define TILE_BODY(LOOP)                                                            \
+    PREFETCH_C()                                                                   \
+    if (mr <= UK_MR / 2) {                                                         \
+        LOOP(UK_HALF_ROWS)                                                         \
+        STORE_MASKED(UK_HALF_ROWS)                                                 \
+        return;                                                                    \
+    }                                                                              \
+    if (mr <= UK_MID) {                                                            \
+        LOOP(UK_MID_ROWS)                                                          \
+        STORE_MASKED(UK_MID_ROWS)                                                  \
+        return;                                                                    \
+    }                                                                              \
+    LOOP(UK_ROWS)                                                                  \
+    if (mr == UK_MR && nr == UK_NR) {                                              \
+        UK_ROWS(STORE)                                                             \
+        return;                                                                    \
+    }                                                                              \
+    STORE_MASKED(UK_ROWS)
+/* the general kernel's k loop: A through one pointer per row, off = k acs */
+#define K_LOOP(ROWS)                                                               \
+    for (int64_t k = 0; k < kc; k++) {                                             \
+        V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);                               \
+        ROWS(STEP)                                                                 \
+        off += acs;                                                                \
+        b += UK_NR;                                                                \
+    }
+
 UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, const void *b_,
                          void *c_, int64_t ldc, int mr, int nr, int first)
 {
@@ -107,49 +149,7 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
     UK_ROWS(DECL)
     UK_ROWS(APTR)
     int64_t off = 0; /* k * acs */
-    for (int r = 0; r < mr; r++) { /* the tile's row: its first and last line */
-        _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(c + r * ldc + UK_NR - 1), _MM_HINT_T0);
-    }
-    if (mr <= UK_MR / 2) { /* Note [Half tiles] */
-        for (int64_t k = 0; k < kc; k++) {
-            V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);
-            UK_HALF_ROWS(STEP)
-            off += acs;
-            b += UK_NR;
-        }
-        const __auto_type m0 = LANES(nr);
-        const __auto_type m1 = LANES(nr - VW);
-        UK_HALF_ROWS(STORE_PARTIAL)
-        return;
-    }
-    if (mr <= UK_MID) {
-        for (int64_t k = 0; k < kc; k++) {
-            V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);
-            UK_MID_ROWS(STEP)
-            off += acs;
-            b += UK_NR;
-        }
-        const __auto_type m0 = LANES(nr);
-        const __auto_type m1 = LANES(nr - VW);
-        UK_MID_ROWS(STORE_PARTIAL)
-        return;
-    }
-    for (int64_t k = 0; k < kc; k++) {
-        V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);
-        UK_ROWS(STEP)
-        off += acs;
-        b += UK_NR;
-    }
-    if (mr == UK_MR && nr == UK_NR) {
-        UK_ROWS(STORE)
-        return;
-    }
-    /* partial tile: rows r < mr only, and masked loads and stores for
-     * columns j < nr */
-    const __auto_type m0 = LANES(nr);
-    const __auto_type m1 = LANES(nr - VW);
-    UK_ROWS(STORE_PARTIAL)
+    TILE_BODY(K_LOOP)
 }
 
 /* Note [Packed A kernel]
@@ -227,35 +227,14 @@ UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t
     const T *a = a_, *b = b_;
     T *c = c_;
     UK_ROWS(DECL)
-    for (int r = 0; r < mr; r++) { /* the tile's row: its first and last line */
-        _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(c + r * ldc + UK_NR - 1), _MM_HINT_T0);
-    }
-    if (mr <= UK_MR / 2) { /* Note [Half tiles] */
-        PK_LOOP(UK_HALF_ROWS)
-        const __auto_type m0 = LANES(nr);
-        const __auto_type m1 = LANES(nr - VW);
-        UK_HALF_ROWS(STORE_PARTIAL)
-        return;
-    }
-    if (mr <= UK_MID) { /* Note [Half tiles] */
-        PK_LOOP(UK_MID_ROWS)
-        const __auto_type m0 = LANES(nr);
-        const __auto_type m1 = LANES(nr - VW);
-        UK_MID_ROWS(STORE_PARTIAL)
-        return;
-    }
-    PK_LOOP(UK_ROWS)
-    if (mr == UK_MR && nr == UK_NR) {
-        UK_ROWS(STORE)
-        return;
-    }
-    const __auto_type m0 = LANES(nr);
-    const __auto_type m1 = LANES(nr - VW);
-    UK_ROWS(STORE_PARTIAL)
+    TILE_BODY(PK_LOOP)
 }
 
 #undef PK_LOOP
+#undef K_LOOP
+#undef TILE_BODY
+#undef STORE_MASKED
+#undef PREFETCH_C
 #undef PK_GROUP
 #undef PK
 #undef PSTEP
