@@ -557,6 +557,26 @@ def test_embedding_matches_torch_and_one_hot_matmul(dtype, device):
     close(emb.weight.grad, W.grad, TOL[dtype]["bwd"])
 
 
+def test_embedding_passes_its_host_indices(device):
+    """Embedding reads x once (its checks) and gives the lookup those values on the cpu
+    device, so the op's forward and backward read host memory; x gets no gradient (the
+    contract's one_hot(x) is a constant)."""
+    emb = nn.Embedding(6, 2, device=device)
+    x = ndl.Tensor([[5.0, 0.0, 5.0]], device=device, requires_grad=True)
+    y = emb(x)
+    idx = y.inputs[1]
+    assert idx is not x and idx.device == ndl.cpu() and not idx.requires_grad
+    assert idx.dtype == x.dtype
+    np.testing.assert_array_equal(idx.numpy(), [[5, 0, 5]])
+    y.sum().backward()
+    w = emb.weight.numpy()
+    np.testing.assert_array_equal(y.numpy(), w[[[5, 0, 5]]])
+    want = np.zeros_like(w)
+    np.add.at(want, [5, 0, 5], 1.0)
+    np.testing.assert_array_equal(emb.weight.grad.numpy(), want)
+    assert x.grad is None
+
+
 def test_embedding_rejects_bad_indices_naming_shapes(device):
     emb = nn.Embedding(10, 4, device=device)
     with pytest.raises(IndexError, match=r"index 10 .*num_embeddings=10.*\(2, 2\)"):
