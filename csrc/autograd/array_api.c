@@ -629,6 +629,7 @@ PyObject *nda_take_rows(PyObject *a, PyObject *idx)
     int64_t ashape[NDL_MAX_DIMS], shape[NDL_MAX_DIMS], *ix = NULL, n, row = 1;
     int an, ndim, st = NDL_OK;
     NDArrayObject *ac = NULL, *out = NULL;
+    int (*take)(ndl_dtype, const void *, int64_t, int64_t, const int64_t *, int64_t, void *);
     if (nda_shape(a, &an, ashape) < 0 ||
         rows_shape(idx, an, ashape, &ndim, shape, "gather_rows") < 0 ||
         nda_indices(idx, ashape[0], "gather_rows", &ix, &n) < 0)
@@ -643,9 +644,14 @@ PyObject *nda_take_rows(PyObject *a, PyObject *idx)
     out = ac ? ndl_array_empty(ac->device, ac->dtype, ndim, shape) : NULL;
     if (out == NULL)
         goto fail;
-    /* One copy per row through the backend's copy slot, so any backend works. */
+    take = NDL_OPTIONAL_SLOT(ac->storage->backend, take_rows);
     Py_BEGIN_ALLOW_THREADS
-    for (int64_t k = 0; k < n && row > 0 && st == NDL_OK; k++) {
+    if (take != NULL) /* ac compact: its rows start at its offset */
+        st = take(ac->dtype, (const char *)ac->storage->data +
+                                 ac->layout.offset * (int64_t)ndl_itemsize(ac->dtype),
+                  ashape[0], row, ix, n, out->storage->data);
+    /* else one copy per row through the backend's copy slot (any backend). */
+    for (int64_t k = 0; take == NULL && k < n && row > 0 && st == NDL_OK; k++) {
         ndl_layout ls = row_layout(ac, ix[k], row), ld = row_layout(out, k, row);
         st = ac->storage->backend->copy(ac->dtype, out->storage->data, &ld, ac->dtype,
                                         ac->storage->data, &ls);
@@ -665,6 +671,7 @@ PyObject *nda_scatter_rows(PyObject *g, PyObject *idx, int ndim, const int64_t *
     int gnd, wnd, st = NDL_OK;
     NDArrayObject *gc = NULL, *out = NULL;
     const ndl_backend *be;
+    int (*scatter)(ndl_dtype, const void *, int64_t, int64_t, const int64_t *, int64_t, void *);
     void *tmp = NULL;
     if (nda_shape(g, &gnd, gshape) < 0 ||
         rows_shape(idx, ndim, shape, &wnd, want, "scatter_rows") < 0)
@@ -687,10 +694,23 @@ PyObject *nda_scatter_rows(PyObject *g, PyObject *idx, int ndim, const int64_t *
     for (int i = 1; i < ndim; i++)
         row *= shape[i];
     gc = ndl_array_compact((NDArrayObject *)g);
+    be = gc ? gc->storage->backend : NULL;
+    if ((scatter = be ? NDL_OPTIONAL_SLOT(be, scatter_add_rows) : NULL) != NULL) {
+        /* the slot zeroes out itself, then adds the rows in k order */
+        if ((out = ndl_array_empty(gc->device, gc->dtype, ndim, shape)) == NULL)
+            goto fail;
+        Py_BEGIN_ALLOW_THREADS
+        st = scatter(gc->dtype, (const char *)gc->storage->data +
+                                    gc->layout.offset * (int64_t)ndl_itemsize(gc->dtype),
+                     n, row, ix, shape[0], out->storage->data);
+        Py_END_ALLOW_THREADS
+        if (ndl_raise_status(st, "scatter_rows") < 0)
+            Py_CLEAR(out);
+        goto fail;
+    }
     out = gc ? ndl_array_full(gc->device, gc->dtype, ndim, shape, 0.0) : NULL;
     if (out == NULL)
         goto fail;
-    be = gc->storage->backend;
     if (row > 0 && n > 0 && (tmp = be->alloc((size_t)row * ndl_itemsize(gc->dtype))) == NULL) {
         PyErr_NoMemory();
         Py_CLEAR(out);

@@ -5,6 +5,11 @@
 
 #include "cuda_common.cuh"
 
+/* The rows-by-index slots (cuda_rows_index.cu), declared as cuda_common.cuh
+ * declares the others (with the slot's own type). */
+NDL_CUDA_SLOT(take_rows);
+NDL_CUDA_SLOT(scatter_add_rows);
+
 extern "C" const ndl_backend ndl_cuda_backend = {
     /* .name = */ "cuda",
     /* .host_accessible = */ 0,
@@ -32,6 +37,8 @@ extern "C" const ndl_backend ndl_cuda_backend = {
     ndl_cuda_layer_norm,
     ndl_cuda_layer_norm_grad,
     ndl_cuda_masked_scale,
+    ndl_cuda_take_rows,
+    ndl_cuda_scatter_add_rows,
     ndl_cuda_last_error,
 };
 

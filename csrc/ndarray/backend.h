@@ -199,6 +199,28 @@ typedef struct ndl_backend {
     int (*masked_scale)(ndl_dtype dt, int64_t n, const void *x, const void *mask, int packed,
                         double c, void *out);
 
+    /* ---- rows by index (cpu_rows_index.c; Note [Rows by index], ops_rnn.c) --
+     * Embedding's lookup and its gradient. src, g, dst and out are compact
+     * buffers ON THIS DEVICE, pointers to their first element; a row is `row`
+     * elements. NOTE: idx (n int64) is a HOST array, read and checked on the
+     * host by the array layer (nda_indices); the slot checks each index again
+     * (in [0, rows_src) or [0, rows_out)) and returns NDL_EINVAL, writing
+     * nothing, for one out of range. n = 0 or row = 0 is valid. */
+    /* dst[k, :] = src[idx[k], :] for k < n; src (rows_src, row), dst (n, row),
+     * not overlapping. Pure data movement: exact.
+     * (optional) fallback: one copy slot call per index (array_api.c). */
+    int (*take_rows)(ndl_dtype dt, const void *src, int64_t rows_src, int64_t row,
+                     const int64_t *idx, int64_t n, void *dst);
+    /* out = zeros (rows_out, row), then out[idx[k], :] += g[k, :] for k in
+     * INCREASING order, g (n, row), not overlapping out: each element of out
+     * is ((0 + g[k1]) + g[k2]) + ... over its indices k1 < k2 < ..., in dt,
+     * the composite path's sums bit for bit (so repeated indices give the
+     * same bits on every backend and every run).
+     * (optional) fallback: a fill, then per index the binary slot's Add into
+     * scratch and a copy back (array_api.c). */
+    int (*scatter_add_rows)(ndl_dtype dt, const void *g, int64_t n, int64_t row,
+                            const int64_t *idx, int64_t rows_out, void *out);
+
     /* ---- errors ----------------------------------------------------------- */
     /* (optional) The message of this thread's last NDL_EDEVICE status or
      * failed alloc ("file:line: call: CUDA message"); NULL slot: none. */
@@ -236,5 +258,11 @@ int ndl_cpu_layer_norm_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *x
                             const void *g, double eps, void *gx, void *gw, void *gb);
 int ndl_cpu_masked_scale(ndl_dtype dt, int64_t n, const void *x, const void *mask, int packed,
                          double c, void *out);
+
+/* ---- CPU kernels of the rows-by-index slots (cpu_rows_index.c) --------- */
+int ndl_cpu_take_rows(ndl_dtype dt, const void *src, int64_t rows_src, int64_t row,
+                      const int64_t *idx, int64_t n, void *dst);
+int ndl_cpu_scatter_add_rows(ndl_dtype dt, const void *g, int64_t n, int64_t row,
+                             const int64_t *idx, int64_t rows_out, void *out);
 
 #endif

@@ -84,4 +84,6 @@ const ndl_backend ndl_cpu_backend = {
     .layer_norm = ndl_cpu_layer_norm,
     .layer_norm_grad = ndl_cpu_layer_norm_grad,
     .masked_scale = ndl_cpu_masked_scale,
+    .take_rows = ndl_cpu_take_rows,
+    .scatter_add_rows = ndl_cpu_scatter_add_rows,
 };
