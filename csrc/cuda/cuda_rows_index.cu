@@ -26,7 +26,8 @@ __device__ __forceinline__ double rows_add(double a, double b) { return ndl_add_
 // src (rows_src, row), dst (n, row) compact; idx (n) on the device, checked
 template <typename T>
 __global__ void __launch_bounds__(NDL_CU_THREADS)
-    take_rows_kernel(const T *src, int64_t row, const int64_t *idx, int64_t n, T *dst)
+    take_rows_kernel(const T *__restrict__ src, int64_t row, const int64_t *__restrict__ idx,
+                     int64_t n, T *__restrict__ dst)
 {
     const int64_t total = n * row;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
@@ -40,7 +41,8 @@ __global__ void __launch_bounds__(NDL_CU_THREADS)
 // device, checked
 template <typename T>
 __global__ void __launch_bounds__(NDL_CU_THREADS)
-    scatter_add_rows_kernel(const T *g, int64_t n, int64_t row, const int64_t *idx, T *out)
+    scatter_add_rows_kernel(const T *__restrict__ g, int64_t n, int64_t row,
+                            const int64_t *__restrict__ idx, T *__restrict__ out)
 {
     for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < row;
          j += (int64_t)gridDim.x * blockDim.x) {
