@@ -166,7 +166,8 @@ strip-notebooks: deps
 # default device (the device-parametrized cases ran in the step before). Meant
 # to fit 10 minutes on an H200 (not yet timed on one). The estimate: the build
 # about 2 minutes (all of csrc/cuda compiles in 1.6 minutes on 2 loaded cores
-# here); the cpu cases of DEVICE_SUITE (4,071 for -k cpu; 3,818 cuda twins)
+# here); the cpu cases of DEVICE_SUITE (4,071 for -k cpu; 3,818 cuda twins;
+# 4,285 and 4,020 since the fifth to seventh reviews)
 # take 16 s here idle, about 75 s under load (48 s for the first nine files,
 # 19-24 s for the 731 of the seven added with the third review: engine, conv,
 # nn.Conv, sequence, views, serialization, state dicts; 3 s for

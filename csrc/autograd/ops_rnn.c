@@ -33,8 +33,12 @@
  *   same sums, in another order). Each is the other's gradient, so gradients
  *   of gradients stay ops. Indices are a Tensor of integer values (float32
  *   in nd mode, exact below 2**24), read to the host and checked
- *   (nda_indices); the rows move through the backend's copy and binary
- *   slots, so every backend runs them. An index input gets a zero gradient.
+ *   (nda_indices); the rows move in one call of the backend's take_rows /
+ *   scatter_add_rows slot (cpu_rows_index.c, cuda_rows_index.cu), or, on a
+ *   backend without them, one copy (and add) slot call per index, which
+ *   adds in the same order (the same bits). An index input gets a zero
+ *   gradient; nn.Embedding passes a host copy of its indices, so its x
+ *   gets none.
  */
 #include <string.h>
 

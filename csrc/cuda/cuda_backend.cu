@@ -5,11 +5,6 @@
 
 #include "cuda_common.cuh"
 
-/* The rows-by-index slots (cuda_rows_index.cu), declared as cuda_common.cuh
- * declares the others (with the slot's own type). */
-NDL_CUDA_SLOT(take_rows);
-NDL_CUDA_SLOT(scatter_add_rows);
-
 extern "C" const ndl_backend ndl_cuda_backend = {
     /* .name = */ "cuda",
     /* .host_accessible = */ 0,

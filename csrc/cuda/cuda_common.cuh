@@ -206,5 +206,7 @@ NDL_CUDA_SLOT(softmax_xent_grad);
 NDL_CUDA_SLOT(layer_norm);
 NDL_CUDA_SLOT(layer_norm_grad);
 NDL_CUDA_SLOT(masked_scale);
+NDL_CUDA_SLOT(take_rows);
+NDL_CUDA_SLOT(scatter_add_rows);
 
 #endif
