@@ -440,6 +440,16 @@ typedef struct {
  *   columns, and it transposes 8 x 8 float32 (4 x 4 float64) squares in
  *   registers, where pack_a stores one element per instruction (Zen 3, 1
  *   thread, 1024^3 float32: pack_a took 3% of the product).
+ *   An A block whose columns are contiguous (rsa == 1: A.T @ B with A
+ *   row-major) is, panel for panel, a row-major B block (the MR elements
+ *   of A's column k are A.T's row k), so pack_b packs it with NR = MR: it
+ *   reads NDL_PACK_ROWS rows of A.T at a time across the whole block, long
+ *   sequential streams, where pack_a walked each MR-wide panel down KC
+ *   rows of A.T (one cache line per row, rows 4 KiB apart at m = 1024,
+ *   each line met again by the next panels only after KC others). The
+ *   panels are the same values in the same places, so the bits do not
+ *   change. Zen 3, float32 1024 A.T @ B, time packing A: 1 thread 1.1 ->
+ *   0.5 ms of 24; 2 threads (both threads' time) 1.8-2.2 -> 0.9-1.4 ms.
  */
 static void pack_a_block(const ndl_gemm_ops *ops, const char *a, int64_t rsa, int64_t csa,
                          int64_t mc, int64_t kc, char *abuf)
@@ -447,6 +457,8 @@ static void pack_a_block(const ndl_gemm_ops *ops, const char *a, int64_t rsa, in
     const ndl_gemm_config *cfg = ops->cfg;
     if (csa == 1 && cfg->pack_bt)
         cfg->pack_bt(a, rsa, kc, mc, cfg->mr, abuf);
+    else if (rsa == 1) /* A.T @ B: panels of A by columns are B's panels */
+        ops->pack_b(a, csa, 1, kc, mc, cfg->mr, abuf);
     else
         ops->pack_a(a, rsa, csa, mc, kc, cfg->mr, abuf);
 }
