@@ -359,17 +359,18 @@ def test_w_transposed_in_registers_thread_count_independent(threads):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind_b", ["rows", "cols"])
-@pytest.mark.parametrize("m", [4, 9, 10, 11, 21, 24, 27, 64])
+@pytest.mark.parametrize("m", [4, 9, 10, 11, 21, 24, 27, 64, 200])
 def test_packed_and_in_place_a_get_the_same_bits(m, kind_b, dtype):
     # Note [Packed A kernel] (cpu_matmul_simd_impl.h): A packed is read by
     # other kernels (k unrolled by 4, a remainder loop) than A read in place;
     # Note [Packing A by transposes] (cpu_matmul.c): A's rows are packed in
-    # registers, A's columns element by element. All give the same bits, for
-    # k around the unrolled steps and the KC blocks, and every partial tile
-    # of Note [Half tiles] (AVX2, 6 rows: m = 9 ends in the half-row loop,
-    # 4 and 10 in the mid-row one, 11 in the full one; AVX-512, 14 rows:
-    # 21, 24, 27; m = 4 with B by rows takes the axpy loops, by columns the
-    # kernels)
+    # registers, A's columns as the panels of a row-major B (pack_b, rows of
+    # A.T in batches). All give the same bits, for k around the unrolled
+    # steps, the batches and the KC blocks, and every partial tile of Note
+    # [Half tiles] (AVX2, 6 rows: m = 9 ends in the half-row loop, 4 and 10
+    # in the mid-row one, 11 in the full one; AVX-512, 14 rows: 21, 24, 27;
+    # m = 4 with B by rows takes the axpy loops, by columns the kernels;
+    # m = 200: more than one MC block of A)
     kc = _C.matmul_config()[dtype]["kc"]
     size = np.dtype(dtype).itemsize
     for k in (1, 3, 4, 5, 7, 9, 13, kc + 5, 2 * kc + 3):

@@ -440,6 +440,16 @@ typedef struct {
  *   columns, and it transposes 8 x 8 float32 (4 x 4 float64) squares in
  *   registers, where pack_a stores one element per instruction (Zen 3, 1
  *   thread, 1024^3 float32: pack_a took 3% of the product).
+ *   An A block whose columns are contiguous (rsa == 1: A.T @ B with A
+ *   row-major) is, panel for panel, a row-major B block (the MR elements
+ *   of A's column k are A.T's row k), so pack_b packs it with NR = MR: it
+ *   reads NDL_PACK_ROWS rows of A.T at a time across the whole block, long
+ *   sequential streams, where pack_a walked each MR-wide panel down KC
+ *   rows of A.T (one cache line per row, rows 4 KiB apart at m = 1024,
+ *   each line met again by the next panels only after KC others). The
+ *   panels are the same values in the same places, so the bits do not
+ *   change. Zen 3, float32 1024 A.T @ B, time packing A: 1 thread 1.1 ->
+ *   0.5 ms of 24; 2 threads (both threads' time) 1.8-2.2 -> 0.9-1.4 ms.
  */
 static void pack_a_block(const ndl_gemm_ops *ops, const char *a, int64_t rsa, int64_t csa,
                          int64_t mc, int64_t kc, char *abuf)
@@ -447,6 +457,8 @@ static void pack_a_block(const ndl_gemm_ops *ops, const char *a, int64_t rsa, in
     const ndl_gemm_config *cfg = ops->cfg;
     if (csa == 1 && cfg->pack_bt)
         cfg->pack_bt(a, rsa, kc, mc, cfg->mr, abuf);
+    else if (rsa == 1) /* A.T @ B: panels of A by columns are B's panels */
+        ops->pack_b(a, csa, 1, kc, mc, cfg->mr, abuf);
     else
         ops->pack_a(a, rsa, csa, mc, kc, cfg->mr, abuf);
 }
@@ -644,6 +656,39 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
  *   by the same sequence of operations whatever the tile (Note [One chain
  *   per element]), so results do not depend on the number of threads nor
  *   on which thread took which tile.
+ *   Where the 2-thread time goes (Zen 3, quiet minutes, float32, clocks
+ *   read around each task and each packing call, a throw-away build): at
+ *   1024^3 one thread spends 23.1 ms, 22.2 in the kernels, 0.65 packing A
+ *   and 0.28 packing B; two threads (2 x 2 tiles) spend 23.9-24.1 ms of CPU
+ *   in 12.0 ms of wall: kernels 22.3 (L3 shared: +0-2%), packing A
+ *   0.9-1.0, B 0.7-0.8; the second thread starts 0.01-0.04 ms after the
+ *   first (the pool's wake-up), they finish 0.05-0.2 ms apart, and no page
+ *   is faulted in the steady state (the allocator keeps C's pages). At
+ *   2048^3: 185.5 ms on one thread (5.1 packing), 93.3-95.4 ms wall on two
+ *   (187-191 ms of CPU, 7.4-9.3 packing, finishing 0-0.2 ms apart), i.e.
+ *   already 0.98-0.99 of twice one thread. So the 2-thread loss is the
+ *   doubled packing (each of the 2 x 2 tiles packs its rows of A and its
+ *   columns of B: A and B twice), about 3% at 1024^3 and 1.5% at 2048^3;
+ *   the A blocks of a row-major A are the costlier part: MC rows of KC
+ *   elements each (1 KiB pieces 4 KiB apart at 1024) read from memory at
+ *   ~6 GB/s, where a B block (contiguous rows) streams at ~14 GB/s.
+ *   Tried against it, no gain (A/B, same minute, same build through
+ *   environment switches): prefetching the next A block's lines during the
+ *   kernels (packing A 0.75-0.88 -> 0.61-0.66 ms at 1024^3, but the
+ *   kernels lost as much), prefetching A rows one to four panels ahead
+ *   inside the packing (no change: the A rows come at the memory's pace
+ *   either way), MC evened out over a tile's rows (512 = 4 x 132 instead
+ *   of 3 x 168 + 8: within noise), the tiles taken column-major so that
+ *   concurrent tiles share B instead of A (packing B -10%, A +10%), 4 row
+ *   strips instead of 2 x 2 (A once, B four times: kernels 50% slower, B
+ *   blocks of different k streaming from L3 at once), one tile per thread
+ *   (1 x 2: packing B 0.73 -> 0.42 ms, wall -1% in one quiet round, but no
+ *   balance on a shared machine). What is left is BLIS's shared packing:
+ *   row units of one A block each, taken from a counter, against B blocks
+ *   packed once by all threads together (double-buffered, each unit of a
+ *   block waiting for the same rows of the block before, for the chains'
+ *   order), 3-4% at 1024^3 at best, less the wait at the end (one unit,
+ *   ~1 ms at 1024^3, unless the last units are smaller).
  */
 
 typedef struct {
@@ -724,6 +769,11 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   -> 13-14 (PyTorch 7); from m = 3 the packed kernels are as fast (m =
  *   8: 1.5x); m = 3..16 are packed, at 1.0-1.5x NumPy and PyTorch, and get
  *   the bits of any other m.
+ *   m = 1 with K = N = 4096 (a 64 MiB B read once for 8K flops a row) is
+ *   bound by memory: on 2 threads it reads B at about a plain two-thread
+ *   streaming read's speed (Zen 3 KVM guest: 21-23 GB/s for such a read,
+ *   12.6-15.9 GFLOP/s = 25-32 GB/s for the product, part of B staying in
+ *   L3 between calls), as NumPy does (12.7-16.2); nothing is left there.
  */
 #define NDL_SMALL_M 8
 /* B = W.T (columns contiguous) with at most this many rows: W transposed in
