@@ -276,15 +276,17 @@ int ndl_cuda_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p
         dim3 grid((unsigned)ptiles, (unsigned)(mtiles < 65535 ? mtiles : 65535),
                   (unsigned)(batch < 65535 ? batch : 65535));
         if (dt == NDL_FLOAT32 && tf32_on())
-            matmul_tf32_kernel<<<grid, 128>>>(batch, m, n, p, (const float *)a, ao, rsa, csa,
-                                              (const float *)b, bo, rsb, csb, (float *)c);
+            NDL_LAUNCH(grid, 128, matmul_tf32_kernel)(
+                batch, m, n, p, (const float *)a, ao, rsa, csa, (const float *)b, bo, rsb, csb,
+                (float *)c);
         else if (dt == NDL_FLOAT64)
-            matmul_kernel<double><<<grid, 256>>>(batch, m, n, p, (const double *)a, ao, rsa,
-                                                 csa, (const double *)b, bo, rsb, csb,
-                                                 (double *)c);
+            NDL_LAUNCH(grid, 256, matmul_kernel<double>)(
+                batch, m, n, p, (const double *)a, ao, rsa, csa, (const double *)b, bo, rsb, csb,
+                (double *)c);
         else
-            matmul_kernel<float><<<grid, 256>>>(batch, m, n, p, (const float *)a, ao, rsa, csa,
-                                                (const float *)b, bo, rsb, csb, (float *)c);
+            NDL_LAUNCH(grid, 256, matmul_kernel<float>)(
+                batch, m, n, p, (const float *)a, ao, rsa, csa, (const float *)b, bo, rsb, csb,
+                (float *)c);
         st = NDL_CUDA_LAUNCH_STATUS("matmul_kernel<<<...>>>");
     }
     if (offs != NULL)
