@@ -45,7 +45,9 @@
 #include <atomic>
 #include <stdlib.h>
 
+#ifndef NDL_CUDA_EMU
 #include <mma.h>
+#endif
 
 #include "cuda_common.cuh"
 
@@ -229,6 +231,9 @@ __global__ void __launch_bounds__(128)
                 }
         }
     }
+#elif defined(NDL_CUDA_EMU)
+    ndl_emu::kernel_fail(__FILE__, __LINE__, "the TF32 tensor-core path (mma.h) is not "
+                                             "emulated: use set_tf32(False)");
 #endif
 }
 
