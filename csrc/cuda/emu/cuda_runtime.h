@@ -81,8 +81,10 @@ struct dim3 {
 };
 
 /* The current fiber's indices: set before each switch into a thread, and
- * constant over its life (so a cached copy is never stale). */
-extern thread_local uint3 threadIdx, blockIdx, blockDim, gridDim;
+ * constant over its life (so a cached copy is never stale). Plain globals,
+ * not thread_local: grids run one at a time under a process-wide lock
+ * (emu_exec.cc), and a TLS read from a dlopen'd module costs a call. */
+extern uint3 threadIdx, blockIdx, blockDim, gridDim __attribute__((visibility("hidden")));
 static constexpr int warpSize = 32;
 
 /* ---- the runtime API the sources use (emu_runtime.cc) ----------------- */

@@ -36,7 +36,7 @@
 
 #include "emu_internal.h"
 
-thread_local uint3 threadIdx, blockIdx, blockDim, gridDim;
+uint3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace ndl_emu {
 
@@ -74,6 +74,8 @@ struct Launch {
     std::vector<std::vector<Group>> warps; /* collectives in progress, per warp */
     std::vector<unsigned> queue;           /* woken threads, run in order */
     size_t queue_head;
+    std::vector<unsigned> order; /* the order threads start in */
+    size_t next_new;             /* order[next_new] starts next */
     unsigned done, bar_count;
     const char *bar_file;
     int bar_line;
@@ -84,7 +86,7 @@ struct Launch {
 };
 
 std::mutex launch_lock; /* one grid at a time: __shared__ arrays are statics */
-thread_local Launch *L;
+Launch *L; /* the running grid (under launch_lock) */
 
 const char *short_file(const char *f)
 {
@@ -145,14 +147,28 @@ void wait_here(State s, const char *file, int line)
     fiber_switch(&t->fiber, &L->sched);
 }
 
+/* A fiber's life: runs threads until one waits or none is left to start.
+ * A thread that exits while nothing is queued hands its fiber (its stack)
+ * to the next thread to start: a kernel without barriers runs its whole
+ * block on one fiber, without a switch per thread. */
 void thread_entry(void)
 {
     fiber_entered();
-    L->body(L->ctx);
-    Thread *t = L->cur;
-    t->state = DONE;
-    L->done++;
-    fiber_switch(&t->fiber, &L->sched, true);
+    for (;;) {
+        L->body(L->ctx);
+        Thread *t = L->cur;
+        t->state = DONE;
+        L->done++;
+        if (L->queue_head < L->queue.size() || L->next_new >= L->nthreads)
+            break;
+        Thread *n = &L->threads[L->order[L->next_new++]];
+        n->fiber = t->fiber;
+        t->fiber = Fiber();
+        n->state = RUNNING;
+        threadIdx = n->idx;
+        L->cur = n;
+    }
+    fiber_switch(&L->cur->fiber, &L->sched, true);
     abort(); /* never resumed */
 }
 
@@ -331,7 +347,7 @@ uint64_t shuffle_seed(void)
 }
 
 /* One block; false when it failed. */
-bool run_block(std::vector<unsigned> &order)
+bool run_block(void)
 {
     Launch &l = *L;
     for (Thread &t : l.threads)
@@ -340,16 +356,16 @@ bool run_block(std::vector<unsigned> &order)
         g.clear();
     l.queue.clear();
     l.queue_head = 0;
+    l.next_new = 0;
     l.done = l.bar_count = 0;
-    size_t next_new = 0;
     for (;;) {
         Thread *t;
         if (l.queue_head < l.queue.size()) {
             t = &l.threads[l.queue[l.queue_head++]];
             if (l.queue_head == l.queue.size())
                 l.queue.clear(), l.queue_head = 0;
-        } else if (next_new < l.nthreads) {
-            t = &l.threads[order[next_new++]];
+        } else if (l.next_new < l.nthreads) {
+            t = &l.threads[l.order[l.next_new++]];
             fiber_start(&t->fiber, thread_entry);
         } else if (l.done == l.nthreads) {
             return true;
@@ -361,6 +377,7 @@ bool run_block(std::vector<unsigned> &order)
         t->state = RUNNING;
         l.cur = t;
         fiber_switch(&l.sched, &t->fiber);
+        t = l.cur; /* the thread that switched back (its fiber may be another's) */
         l.cur = nullptr;
         if (t->state == DONE)
             fiber_release(&t->fiber);
@@ -421,7 +438,8 @@ void run_grid(dim3 grid, dim3 block, const char *kernel, const char *file, int l
         for (unsigned y = 0; y < block.y; y++)
             for (unsigned x = 0; x < block.x; x++, i++)
                 l.threads[i].idx = uint3{x, y, z};
-    std::vector<unsigned> order(l.nthreads);
+    std::vector<unsigned> &order = l.order;
+    order.resize(l.nthreads);
     for (unsigned i = 0; i < l.nthreads; i++)
         order[i] = i;
     const uint64_t seed = shuffle_seed();
@@ -440,7 +458,7 @@ void run_grid(dim3 grid, dim3 block, const char *kernel, const char *file, int l
         if (seed != 0)
             for (unsigned k = l.nthreads; k > 1; k--)
                 std::swap(order[k - 1], order[rng_next(&rng) % k]);
-        if (!run_block(order))
+        if (!run_block())
             break;
     }
     L = nullptr;
