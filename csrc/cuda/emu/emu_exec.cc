@@ -31,7 +31,6 @@
 #include <string.h>
 
 #include <mutex>
-#include <string>
 #include <vector>
 
 #include "emu_internal.h"
@@ -82,7 +81,7 @@ struct Launch {
     Thread *cur;
     Fiber sched;
     bool failed;
-    std::string error;
+    char error[900];
 };
 
 std::mutex launch_lock; /* one grid at a time: __shared__ arrays are statics */
@@ -94,38 +93,32 @@ const char *short_file(const char *f)
     return s ? s + 1 : f;
 }
 
-/* "kernel (file:line), block (x,y,z), thread (x,y,z)" */
-std::string where(const Thread *t)
-{
-    char buf[400];
-    if (t != nullptr)
-        snprintf(buf, sizeof buf, "%s (%s:%d), block (%u,%u,%u), thread (%u,%u,%u)", L->kernel,
-                 short_file(L->file), L->line, blockIdx.x, blockIdx.y, blockIdx.z, t->idx.x,
-                 t->idx.y, t->idx.z);
-    else
-        snprintf(buf, sizeof buf, "%s (%s:%d), block (%u,%u,%u)", L->kernel, short_file(L->file),
-                 L->line, blockIdx.x, blockIdx.y, blockIdx.z);
-    return buf;
-}
-
-/* Records the launch's error (the first one only). */
-void set_failed(const std::string &msg)
+/* Records the launch's error (the first one only): "kernel (file:line),
+ * block (x,y,z)[, thread (x,y,z)]: msg". No heap: a failing fiber is
+ * abandoned, and what its frames own would leak. */
+void set_failed(const Thread *t, const char *msg)
 {
     if (L->failed)
         return;
     L->failed = true;
-    L->error = msg;
+    if (t != nullptr)
+        snprintf(L->error, sizeof L->error, "%s (%s:%d), block (%u,%u,%u), thread (%u,%u,%u): %s",
+                 L->kernel, short_file(L->file), L->line, blockIdx.x, blockIdx.y, blockIdx.z,
+                 t->idx.x, t->idx.y, t->idx.z, msg);
+    else
+        snprintf(L->error, sizeof L->error, "%s (%s:%d), block (%u,%u,%u): %s", L->kernel,
+                 short_file(L->file), L->line, blockIdx.x, blockIdx.y, blockIdx.z, msg);
     if (abort_on_error()) {
-        fprintf(stderr, "needle CUDA emulator: %s\n", msg.c_str());
+        fprintf(stderr, "needle CUDA emulator: %s\n", L->error);
         abort();
     }
 }
 
 /* From a kernel thread: records msg and never returns (the fiber is
  * abandoned; the scheduler ends the launch). */
-[[noreturn]] void fail_here(const std::string &msg)
+[[noreturn]] void fail_here(const char *msg)
 {
-    set_failed(where(L->cur) + ": " + msg);
+    set_failed(L->cur, msg);
     Thread *t = L->cur;
     fiber_switch(&t->fiber, &L->sched, true);
     abort(); /* never resumed */
@@ -319,7 +312,7 @@ void deadlock(void)
                  "names exited or wait elsewhere (undefined on a GPU)",
                  coll_name(g), short_file(g.file), g.line, g.mask, w, g.arrived);
     }
-    set_failed(where(nullptr) + ": " + msg);
+    set_failed(nullptr, msg);
 }
 
 uint64_t rng_next(uint64_t *s)
@@ -463,7 +456,7 @@ void run_grid(dim3 grid, dim3 block, const char *kernel, const char *file, int l
     }
     L = nullptr;
     if (l.failed)
-        record_error(cudaErrorLaunchFailure, l.error.c_str(), true);
+        record_error(cudaErrorLaunchFailure, l.error, true);
 }
 
 void syncthreads(const char *file, int line)
@@ -472,7 +465,7 @@ void syncthreads(const char *file, int line)
     if (l.bar_count == 0) {
         l.bar_file = file;
         l.bar_line = line;
-    } else if (line != l.bar_line || strcmp(file, l.bar_file) != 0) {
+    } else if (line != l.bar_line || (file != l.bar_file && strcmp(file, l.bar_file) != 0)) {
         char msg[300];
         snprintf(msg, sizeof msg,
                  "__syncthreads at %s:%d while %u threads wait at the one at %s:%d "
