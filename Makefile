@@ -206,8 +206,9 @@ cuda-check: deps
 # the 2-epoch FashionResNet job (2.5 minutes of emulated convolutions) is left out.
 # cuda-emu-asan: the same under AddressSanitizer + UBSan (the fibers announce
 # their stack switches), so a kernel's out-of-bounds access is reported with
-# its line; needle._C and the emulator are rebuilt with the sanitizers and the
-# normal build is restored afterwards.
+# its line, allocations exactly as asked and not cached (NDL_CUDA_EMU_EXACT=1,
+# Note [Exact blocks under the emulator], cuda_memory.cu); needle._C and the
+# emulator are rebuilt with the sanitizers, the normal build restored afterwards.
 CUDA_EMU_BUILD = NEEDLE_CUDA=0 NEEDLE_CUDA_EMU=1 NEEDLE_WERROR=1 $(PYTHON) setup.py -q \
   build_ext --inplace
 CUDA_EMU_TESTS = $(PYTHON) -c "import needle as n, needle._cuda_emu as c; \
@@ -223,7 +224,7 @@ cuda-emu: deps
 	export NEEDLE_CUDA_EMU=1; $(CUDA_EMU_TESTS)
 cuda-emu-asan: deps
 	NEEDLE_ASAN=1 $(CUDA_EMU_BUILD) --force
-	export NEEDLE_CUDA_EMU=1 LD_PRELOAD=$(ASAN_LIB) PYTHONMALLOC=malloc NEEDLE_ASAN_RUN=1 \
+	export NEEDLE_CUDA_EMU=1 NDL_CUDA_EMU_EXACT=1 LD_PRELOAD=$(ASAN_LIB) PYTHONMALLOC=malloc NEEDLE_ASAN_RUN=1 \
 	  ASAN_OPTIONS=$(ASAN_OPTIONS_RUN) LSAN_OPTIONS=$(LSAN_OPTIONS_RUN) \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHON=$(PY_EXE); \
 	  $(subst $(PYTHON),$(PY_EXE),$(CUDA_EMU_TESTS)); \
