@@ -29,8 +29,9 @@ void fiber_switch(Fiber *from, Fiber *to, bool finished = false);
 void fiber_entered(void);
 
 /* Records err for this thread's next cudaGetLastError, with detail for
- * cudaGetErrorString (emu_runtime.cc). A kernel's failure (sticky 0) is
- * also returned by the next synchronizing call. */
+ * cudaGetErrorString (emu_runtime.cc). A kernel's failure is also returned
+ * by the next synchronizing call, once (not sticky, unlike a GPU's fault:
+ * one failing test does not fail every later one). */
 void record_error(cudaError_t err, const char *detail, bool kernel_failure);
 /* 1 when NDL_CUDA_EMU_ABORT=1: errors abort with their message. */
 bool abort_on_error(void);
