@@ -196,3 +196,36 @@ cuda-check: deps
 	timeout 240 $(PYTHON) -m pytest -q -p no:cacheprovider -k cuda $(DEVICE_SUITE)
 	NEEDLE_DEFAULT_DEVICE=cuda timeout 300 $(PYTHON) -m pytest -q -p no:cacheprovider \
 	  -k "not cpu and not cuda" $(CUDA_SUITE)
+
+# The CUDA emulator (csrc/cuda/emu, Note [The CUDA emulator]): needle._cuda_emu,
+# the same csrc/cuda kernels compiled by the host C++ compiler and run on the CPU
+# (a test harness: it checks indices, bounds, barriers, warp collectives and
+# launch configurations, not timing, the memory model or nvcc's code). The same
+# steps as cuda-check, with NEEDLE_CUDA_EMU=1 selecting the emulated module (no
+# GPU, no nvcc needed); the GPU-scale cases of test_cuda.py skip under it, and
+# the 2-epoch FashionResNet job (2.5 minutes of emulated convolutions) is left out.
+# cuda-emu-asan: the same under AddressSanitizer + UBSan (the fibers announce
+# their stack switches), so a kernel's out-of-bounds access is reported with
+# its line, allocations exactly as asked and not cached (NDL_CUDA_EMU_EXACT=1,
+# Note [Exact blocks under the emulator], cuda_memory.cu); needle._C and the
+# emulator are rebuilt with the sanitizers, the normal build restored afterwards.
+CUDA_EMU_BUILD = NEEDLE_CUDA=0 NEEDLE_CUDA_EMU=1 NEEDLE_WERROR=1 $(PYTHON) setup.py -q \
+  build_ext --inplace
+CUDA_EMU_TESTS = $(PYTHON) -c "import needle as n, needle._cuda_emu as c; \
+	  assert n.cuda().enabled(), c.probe(); print('cuda-emu on', c.device_name())" && \
+	timeout 300 $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+	  tests/test_cuda_emu.py && \
+	timeout 900 $(PYTHON) -m pytest -q -p no:cacheprovider -k cuda $(DEVICE_SUITE) && \
+	NEEDLE_DEFAULT_DEVICE=cuda timeout 900 $(PYTHON) -m pytest -q -p no:cacheprovider \
+	  -k "not cpu and not cuda and not fashion_cnn_job" $(CUDA_SUITE)
+.PHONY: cuda-emu cuda-emu-asan
+cuda-emu: deps
+	$(CUDA_EMU_BUILD)
+	export NEEDLE_CUDA_EMU=1; $(CUDA_EMU_TESTS)
+cuda-emu-asan: deps
+	NEEDLE_ASAN=1 $(CUDA_EMU_BUILD) --force
+	export NEEDLE_CUDA_EMU=1 NDL_CUDA_EMU_EXACT=1 LD_PRELOAD=$(ASAN_LIB) PYTHONMALLOC=malloc \
+	  NEEDLE_ASAN_RUN=1 ASAN_OPTIONS=$(ASAN_OPTIONS_RUN) LSAN_OPTIONS=$(LSAN_OPTIONS_RUN) \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHON=$(PY_EXE); \
+	  $(subst $(PYTHON),$(PY_EXE),$(CUDA_EMU_TESTS)); \
+	  status=$$?; unset LD_PRELOAD; $(CUDA_EMU_BUILD) --force; exit $$status

@@ -6,6 +6,8 @@ Environment switches:
   NEEDLE_DEBUG=1    -O0 -g, asserts on
   NEEDLE_CUDA=0     do not build needle._cuda; =1: nvcc missing is an error;
                     unset: build it when nvcc is found (CUDA block below)
+  NEEDLE_CUDA_EMU=1 also build needle._cuda_emu, the CUDA kernels on the CPU
+                    (a test harness; emulator block below; no nvcc needed)
 """
 import glob
 import os
@@ -86,6 +88,8 @@ class build_ext_cuda(build_ext):
     """build_ext that compiles an extension's .cu sources with nvcc first."""
 
     def build_extension(self, ext):
+        if getattr(ext, "emu_cxx", None):
+            self.build_emu_objects(ext)
         cu = [s for s in ext.sources if s.endswith(".cu")]
         if cu:
             import subprocess
@@ -111,6 +115,35 @@ class build_ext_cuda(build_ext):
             ext.depends = ext.depends + cu + objs  # a rebuilt object relinks the module
         super().build_extension(ext)
 
+    def build_emu_objects(self, ext):
+        """needle._cuda_emu: the .cu and .cc sources with the host C++ compiler."""
+        import subprocess
+        from concurrent.futures import ThreadPoolExecutor
+        srcs = [s for s in ext.sources if s.endswith((".cu", ".cc"))]
+        ext.sources = [s for s in ext.sources if s not in srcs]
+        todo, objs = [], []
+        for src in srcs:
+            obj = os.path.join(self.build_temp, "emu", src + ".o")
+            os.makedirs(os.path.dirname(obj), exist_ok=True)
+            if self.force or not os.path.exists(obj) or any(
+                    os.path.getmtime(d) > os.path.getmtime(obj) for d in [src] + ext.depends):
+                todo.append([ext.emu_cxx, "-x", "c++", "-c", src, "-o", obj] + ext.emu_flags)
+            objs.append(obj)
+
+        def compile_one(cmd):
+            print(" ".join(cmd))
+            return subprocess.run(cmd, capture_output=True, text=True)
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for res in pool.map(compile_one, todo):
+                if res.returncode != 0:
+                    raise SystemExit(f"needle._cuda_emu: {res.args[4]} failed:\n"
+                                     f"{res.stdout}{res.stderr}")
+                if res.stderr:
+                    print(res.stderr)
+        ext.extra_objects = objs
+        ext.depends = ext.depends + srcs + objs
+
 
 extensions = [ext]
 CUDA_HOME = cuda_home()
@@ -130,5 +163,32 @@ if CUDA_HOME is not None:
     )
     cuda_ext.cuda_home = CUDA_HOME
     extensions.append(cuda_ext)
+
+# ---- the CUDA emulator: needle._cuda_emu (csrc/cuda, csrc/cuda/emu) ------
+# The same kernels compiled by the host C++ compiler against the emulated
+# runtime (Note [The CUDA emulator], csrc/cuda/emu/cuda_runtime.h): a test
+# harness that runs them on the CPU (NEEDLE_CUDA_EMU=1 at run time selects
+# it; `make cuda-emu`). Built when NEEDLE_CUDA_EMU=1; no nvcc needed. Same
+# warnings policy and sanitizers as needle._C.
+if _flag("NEEDLE_CUDA_EMU"):
+    emu_ext = Extension(
+        "needle._cuda_emu",
+        sources=sorted(glob.glob("csrc/cuda/*.c") + glob.glob("csrc/cuda/*.cu")
+                       + glob.glob("csrc/cuda/emu/*.cc")),
+        include_dirs=["csrc/cuda/emu", "csrc", "csrc/ndarray", "csrc/cuda"],
+        define_macros=[("NDL_CUDA_EMU", "1")],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        libraries=["stdc++"],
+        depends=glob.glob("csrc/cuda/*.h") + glob.glob("csrc/cuda/*.cuh")
+        + glob.glob("csrc/cuda/emu/*.h") + glob.glob("csrc/ndarray/*.h") + ["csrc/ops.def"],
+    )
+    emu_ext.emu_cxx = os.environ.get("CXX", "g++")
+    # NOTE: -Wno-unknown-pragmas: nvcc's #pragma unroll means nothing to g++
+    emu_ext.emu_flags = ["-std=gnu++17", "-fPIC", "-DNDL_CUDA_EMU=1", "-Wno-unknown-pragmas",
+                         "-Icsrc/cuda/emu", "-Icsrc",
+                         "-Icsrc/ndarray", "-Icsrc/cuda"] + [
+                             a for a in compile_args if a != "-std=gnu11"]
+    extensions.append(emu_ext)
 
 setup(ext_modules=extensions, cmdclass={"build_ext": build_ext_cuda})

@@ -49,7 +49,23 @@ int ndl_cuda_upload(void *dst, const void *src1, size_t n1, const void *src2, si
             return ndl_cuda_fail(ndl_err_, __FILE__, __LINE__, #call);                             \
     } while (0)
 
-/* After a <<<...>>> launch: a bad configuration fails here. */
+/* Note [Launch sites]
+ *   Every kernel launch is written NDL_LAUNCH(grid, block, kernel)(args...):
+ *   the kernel comes last so that a template-id with commas
+ *   (reduce_warp_kernel<R, T>) is one macro argument. Under nvcc it is
+ *   exactly kernel<<<grid, block>>>(args...) (no dynamic shared memory, the
+ *   legacy default stream). Under the CPU emulator (NDL_CUDA_EMU, Note [The
+ *   CUDA emulator], emu/cuda_runtime.h) it is a launcher object whose
+ *   operator() converts args to the kernel's parameter types, as a launch
+ *   copies them, and runs the grid on this thread. */
+#ifdef NDL_CUDA_EMU
+#define NDL_LAUNCH(grid, block, ...)                                                               \
+    ndl_emu::launcher(&__VA_ARGS__, #__VA_ARGS__, (grid), (block), __FILE__, __LINE__)
+#else
+#define NDL_LAUNCH(grid, block, ...) __VA_ARGS__<<<grid, block>>>
+#endif
+
+/* After an NDL_LAUNCH: a bad configuration fails here. */
 #define NDL_CUDA_LAUNCHED() NDL_CUDA_TRY(cudaGetLastError())
 /* The same as a status, for a caller that has scratch to free first. */
 #define NDL_CUDA_LAUNCH_STATUS(what) ndl_cuda_launch_status(__FILE__, __LINE__, what)
@@ -60,7 +76,7 @@ static inline int ndl_cuda_launch_status(const char *file, int line, const char 
 }
 
 /* The statement `launch` with T the C type of dt (double or float):
- *     NDL_CU_DTYPE(dt, T, kernel<T><<<b, t>>>(n, (const T *)x, (T *)out));
+ *     NDL_CU_DTYPE(dt, T, NDL_LAUNCH(b, t, kernel<T>)(n, (const T *)x, (T *)out));
  * one line where each launch was written twice. */
 #define NDL_CU_DTYPE(dt, T, ...)                                                                   \
     do {                                                                                           \

@@ -98,8 +98,8 @@ int ndl_cuda_pad(ndl_dtype dt, const void *a, const ndl_layout *la, const int64_
     if (n == 0)
         return NDL_OK;
     NDL_CU_DTYPE(dt, T,
-                 pad_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<T>(a), *la, l, os,
-                                                                     (T *)out, n));
+                 NDL_LAUNCH(ndl_cu_blocks(n), NDL_CU_THREADS, pad_kernel<T>)(
+                     in<T>(a), *la, l, os, (T *)out, n));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }
@@ -111,8 +111,8 @@ int ndl_cuda_flip(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t ax
     if (n == 0)
         return NDL_OK;
     NDL_CU_DTYPE(dt, T,
-                 flip_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<T>(a), *la, axes_mask,
-                                                                      (T *)out, n));
+                 NDL_LAUNCH(ndl_cu_blocks(n), NDL_CU_THREADS, flip_kernel<T>)(
+                     in<T>(a), *la, axes_mask, (T *)out, n));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }
@@ -131,8 +131,8 @@ int ndl_cuda_dilate(ndl_dtype dt, const void *a, const ndl_layout *la, uint64_t 
     if (n == 0)
         return NDL_OK;
     NDL_CU_DTYPE(dt, T,
-                 dilate_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<T>(a), *la, axes_mask,
-                                                                        d + 1, os, (T *)out, n));
+                 NDL_LAUNCH(ndl_cu_blocks(n), NDL_CU_THREADS, dilate_kernel<T>)(
+                     in<T>(a), *la, axes_mask, d + 1, os, (T *)out, n));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }
@@ -150,9 +150,8 @@ int ndl_cuda_im2col(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k
     if (n == 0)
         return NDL_OK;
     NDL_CU_DTYPE(dt, T,
-                 im2col_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(in<T>(a), *la, k, s, ho,
-                                                                        wo, row0, nrows,
-                                                                        (T *)out));
+                 NDL_LAUNCH(ndl_cu_blocks(n), NDL_CU_THREADS, im2col_kernel<T>)(
+                     in<T>(a), *la, k, s, ho, wo, row0, nrows, (T *)out));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }

@@ -44,7 +44,7 @@ int ndl_cuda_fill(ndl_dtype dt, void *dst, const ndl_layout *ld, double value)
         return NDL_OK;
     ndl_cu_merge_axes(&l, 1);
     NDL_CU_DTYPE(dt, T,
-                 fill_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+                 NDL_LAUNCH(ndl_cu_blocks(n), NDL_CU_THREADS, fill_kernel<T>)(
                      (T *)dst, l, n, (T)value, ndl_cu_contiguous(&l)));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
@@ -57,11 +57,11 @@ static void launch_copy(void *dst, const ndl_layout *ld, const void *src, const 
 {
     const int flat_d = ndl_cu_contiguous(ld), flat_s = ndl_cu_contiguous(ls);
     if (flat_d && flat_s)
-        copy_flat_kernel<D, S><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+        NDL_LAUNCH(ndl_cu_blocks(n), NDL_CU_THREADS, copy_flat_kernel<D, S>)(
             (D *)dst + ld->offset, (const S *)src + ls->offset, n);
     else
-        copy_kernel<D, S><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>((D *)dst, *ld, (const S *)src,
-                                                                 *ls, n, flat_d, flat_s);
+        NDL_LAUNCH(ndl_cu_blocks(n), NDL_CU_THREADS, copy_kernel<D, S>)(
+            (D *)dst, *ld, (const S *)src, *ls, n, flat_d, flat_s);
 }
 
 int ndl_cuda_copy(ndl_dtype dst_dt, void *dst, const ndl_layout *ld, ndl_dtype src_dt,

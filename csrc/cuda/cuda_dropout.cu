@@ -44,7 +44,7 @@ int ndl_cuda_masked_scale(ndl_dtype dt, int64_t n, const void *x, const void *ma
     if (n == 0)
         return NDL_OK;
     NDL_CU_DTYPE(dt, T,
-                 masked_scale_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+                 NDL_LAUNCH(ndl_cu_blocks(n), NDL_CU_THREADS, masked_scale_kernel<T>)(
                      n, (const T *)x, (const T *)mask, packed != 0, (T)c, (T *)out));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;

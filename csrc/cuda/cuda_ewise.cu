@@ -62,8 +62,8 @@ static int launch_unary(ndl_dtype dt, const void *a, const ndl_layout *la, void 
     ndl_cu_merge_axes(&l, 1);
     const int flat = ndl_cu_contiguous(&l);
     NDL_CU_DTYPE(dt, T,
-                 unary_kernel<F, T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>((const T *)a, l,
-                                                                          (T *)out, n, flat));
+                 NDL_LAUNCH(ndl_cu_blocks(n), NDL_CU_THREADS, unary_kernel<F, T>)(
+                     (const T *)a, l, (T *)out, n, flat));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
 }
@@ -92,7 +92,7 @@ static int launch_scalar(ndl_dtype dt, const void *a, const ndl_layout *la, doub
     ndl_cu_merge_axes(&l, 1);
     const int flat = ndl_cu_contiguous(&l);
     NDL_CU_DTYPE(dt, T,
-                 binary_scalar_kernel<F, T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+                 NDL_LAUNCH(ndl_cu_blocks(n), NDL_CU_THREADS, binary_scalar_kernel<F, T>)(
                      (const T *)a, l, (T)s, s_left, (T *)out, n, flat));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
@@ -112,7 +112,7 @@ static int launch_binary(ndl_dtype dt, const void *a, const ndl_layout *la, cons
     /* each operand on its own: a broadcast b does not slow a contiguous a */
     const int flat_a = ndl_cu_contiguous(&l[0]), flat_b = ndl_cu_contiguous(&l[1]);
     NDL_CU_DTYPE(dt, T,
-                 binary_kernel<F, T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+                 NDL_LAUNCH(ndl_cu_blocks(n), NDL_CU_THREADS, binary_kernel<F, T>)(
                      (const T *)a, l[0], (const T *)b, l[1], (T *)out, n, flat_a, flat_b));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;

@@ -199,14 +199,14 @@ static int layer_norm_grad_cols(ndl_dtype dt, int64_t rows, int64_t n, const voi
             return NDL_ENOMEM_DEVICE;
     }
     NDL_CU_DTYPE(dt, T,
-                 layer_norm_grad_cols_kernel<T><<<grid, NDL_CU_THREADS>>>(
+                 NDL_LAUNCH(grid, NDL_CU_THREADS, layer_norm_grad_cols_kernel<T>)(
                      rows, n, chunk, (const T *)x, (const T *)g, (const T *)stats, (T *)gw,
                      (T *)gb, (T *)part,
                      part == NULL ? NULL : (T *)(part + item * (size_t)chunks * (size_t)n)));
     st = NDL_CUDA_LAUNCH_STATUS("layer_norm_grad_cols_kernel<<<...>>>");
     if (st == NDL_OK && part != NULL) {
         NDL_CU_DTYPE(dt, T,
-                     layer_norm_grad_chunks_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+                     NDL_LAUNCH(ndl_cu_blocks(n), NDL_CU_THREADS, layer_norm_grad_chunks_kernel<T>)(
                          chunks, n, (const T *)part,
                          (const T *)(part + item * (size_t)chunks * (size_t)n), (T *)gw,
                          (T *)gb));
@@ -225,7 +225,7 @@ int ndl_cuda_layer_norm(ndl_dtype dt, int64_t rows, int64_t n, const void *x, co
     if (rows == 0 || n == 0)
         return NDL_OK;
     NDL_CU_DTYPE(dt, T,
-                 layer_norm_kernel<T><<<row_blocks(rows), NDL_CU_THREADS>>>(
+                 NDL_LAUNCH(row_blocks(rows), NDL_CU_THREADS, layer_norm_kernel<T>)(
                      rows, n, (const T *)x, (const T *)w, (const T *)b, (T)eps, (T *)y));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
@@ -251,7 +251,7 @@ int ndl_cuda_layer_norm_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *
     if ((stats = ndl_cuda_alloc(item * 2 * (size_t)rows)) == NULL)
         return NDL_ENOMEM_DEVICE;
     NDL_CU_DTYPE(dt, T,
-                 layer_norm_grad_rows_kernel<T><<<row_blocks(rows), NDL_CU_THREADS>>>(
+                 NDL_LAUNCH(row_blocks(rows), NDL_CU_THREADS, layer_norm_grad_rows_kernel<T>)(
                      rows, n, (const T *)x, (const T *)w, (const T *)g, (T)eps, (T *)gx,
                      (T *)stats));
     st = NDL_CUDA_LAUNCH_STATUS("layer_norm_grad_rows_kernel<<<...>>>");

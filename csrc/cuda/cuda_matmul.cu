@@ -45,7 +45,9 @@
 #include <atomic>
 #include <stdlib.h>
 
+#ifndef NDL_CUDA_EMU
 #include <mma.h>
+#endif
 
 #include "cuda_common.cuh"
 
@@ -229,6 +231,9 @@ __global__ void __launch_bounds__(128)
                 }
         }
     }
+#elif defined(NDL_CUDA_EMU)
+    ndl_emu::kernel_fail(__FILE__, __LINE__, "the TF32 tensor-core path (mma.h) is not "
+                                             "emulated: use set_tf32(False)");
 #endif
 }
 
@@ -276,15 +281,17 @@ int ndl_cuda_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p
         dim3 grid((unsigned)ptiles, (unsigned)(mtiles < 65535 ? mtiles : 65535),
                   (unsigned)(batch < 65535 ? batch : 65535));
         if (dt == NDL_FLOAT32 && tf32_on())
-            matmul_tf32_kernel<<<grid, 128>>>(batch, m, n, p, (const float *)a, ao, rsa, csa,
-                                              (const float *)b, bo, rsb, csb, (float *)c);
+            NDL_LAUNCH(grid, 128, matmul_tf32_kernel)(
+                batch, m, n, p, (const float *)a, ao, rsa, csa, (const float *)b, bo, rsb, csb,
+                (float *)c);
         else if (dt == NDL_FLOAT64)
-            matmul_kernel<double><<<grid, 256>>>(batch, m, n, p, (const double *)a, ao, rsa,
-                                                 csa, (const double *)b, bo, rsb, csb,
-                                                 (double *)c);
+            NDL_LAUNCH(grid, 256, matmul_kernel<double>)(
+                batch, m, n, p, (const double *)a, ao, rsa, csa, (const double *)b, bo, rsb, csb,
+                (double *)c);
         else
-            matmul_kernel<float><<<grid, 256>>>(batch, m, n, p, (const float *)a, ao, rsa, csa,
-                                                (const float *)b, bo, rsb, csb, (float *)c);
+            NDL_LAUNCH(grid, 256, matmul_kernel<float>)(
+                batch, m, n, p, (const float *)a, ao, rsa, csa, (const float *)b, bo, rsb, csb,
+                (float *)c);
         st = NDL_CUDA_LAUNCH_STATUS("matmul_kernel<<<...>>>");
     }
     if (offs != NULL)

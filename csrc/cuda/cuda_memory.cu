@@ -36,6 +36,7 @@
 #include <new>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unordered_map>
 #include <vector>
@@ -50,12 +51,32 @@ size_t bytes_live, bytes_cached;
 
 const size_t BIG_STEP = (size_t)2 << 20;
 
+#ifdef NDL_CUDA_EMU
+/* Note [Exact blocks under the emulator]: NDL_CUDA_EMU_EXACT=1 (make
+ * cuda-emu-asan) gives each request exactly its bytes and frees blocks at
+ * once instead of caching them, so AddressSanitizer sees an access past a
+ * request's end (the class rounding would hide up to 511 bytes, 2 MiB
+ * above 1 MiB) or into a freed block (the cache would hide it). */
+bool exact_blocks(void)
+{
+    static const bool on = [] {
+        const char *e = getenv("NDL_CUDA_EMU_EXACT");
+        return e != NULL && *e && strcmp(e, "0") != 0;
+    }();
+    return on;
+}
+#else
+constexpr bool exact_blocks(void) { return false; }
+#endif
+
 /* The class of an n-byte request; n <= SIZE_MAX - BIG_STEP (alloc checks). */
 size_t size_class(size_t n)
 {
     const size_t small = 512;
     if (n == 0)
         n = 1;
+    if (exact_blocks())
+        return n;
     return n < ((size_t)1 << 20) ? (n + small - 1) / small * small
                                  : (n + BIG_STEP - 1) / BIG_STEP * BIG_STEP;
 }
@@ -138,6 +159,11 @@ void ndl_cuda_free(void *ptr)
     size_t sz = it->second;
     live.erase(it);
     bytes_live -= sz;
+    if (exact_blocks()) {
+        if (cudaFree(ptr) != cudaSuccess)
+            cudaGetLastError();
+        return;
+    }
     try {
         cached[sz].push_back(ptr);
     } catch (const std::bad_alloc &) { /* no room to cache it: give it back */

@@ -70,7 +70,7 @@ int ndl_cuda_adam(ndl_dtype dt, int64_t n, const void *p, const void *g, const v
     if (n <= 0)
         return n == 0 ? NDL_OK : NDL_EINVAL;
     NDL_CU_DTYPE(dt, T,
-                 adam_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+                 NDL_LAUNCH(ndl_cu_blocks(n), NDL_CU_THREADS, adam_kernel<T>)(
                      n, (const T *)p, (const T *)g, (const T *)m, (const T *)v, (T *)po,
                      (T *)mo, (T *)vo, *h));
     NDL_CUDA_LAUNCHED();
@@ -83,7 +83,7 @@ int ndl_cuda_sgd(ndl_dtype dt, int64_t n, const void *p, const void *g, const vo
     if (n <= 0)
         return n == 0 ? NDL_OK : NDL_EINVAL;
     NDL_CU_DTYPE(dt, T,
-                 sgd_kernel<T><<<ndl_cu_blocks(n), NDL_CU_THREADS>>>(
+                 NDL_LAUNCH(ndl_cu_blocks(n), NDL_CU_THREADS, sgd_kernel<T>)(
                      n, (const T *)p, (const T *)g, (const T *)u, (T *)po, (T *)uo, *h));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;

@@ -222,7 +222,8 @@ static int launch_reduce(const T *a, const ndl_layout *kept, const ndl_layout *r
     int st;
     if (path == RED_PATH_WARPS) { /* 8 outputs a block; no chunks, no scratch */
         const int64_t b = cdiv(nout, NDL_CU_THREADS / 32);
-        reduce_warp_kernel<R, T><<<(unsigned)(b < RED_MAX_X ? b : RED_MAX_X), NDL_CU_THREADS>>>(
+        const unsigned blocks = (unsigned)(b < RED_MAX_X ? b : RED_MAX_X);
+        NDL_LAUNCH(blocks, NDL_CU_THREADS, reduce_warp_kernel<R, T>)(
             a, *kept, *red, nout, nred, out);
         return NDL_CUDA_LAUNCH_STATUS("reduce_warp_kernel<<<...>>>");
     }
@@ -233,17 +234,18 @@ static int launch_reduce(const T *a, const ndl_layout *kept, const ndl_layout *r
     if (cols) {
         const int64_t b = cdiv(nout, NDL_CU_THREADS);
         const dim3 grid((unsigned)(b < RED_MAX_X ? b : RED_MAX_X), (unsigned)chunks);
-        reduce_cols_kernel<R, T><<<grid, NDL_CU_THREADS>>>(a, *kept, *red, nout, nred, len, dst);
+        NDL_LAUNCH(grid, NDL_CU_THREADS, reduce_cols_kernel<R, T>)(
+            a, *kept, *red, nout, nred, len, dst);
         st = NDL_CUDA_LAUNCH_STATUS("reduce_cols_kernel<<<...>>>");
     } else {
         const dim3 grid((unsigned)(nout < RED_MAX_X ? nout : RED_MAX_X), (unsigned)chunks);
-        reduce_block_kernel<R, T><<<grid, NDL_CU_THREADS>>>(a, *kept, *red, nout, nred, len,
-                                                             dst);
+        NDL_LAUNCH(grid, NDL_CU_THREADS, reduce_block_kernel<R, T>)(
+            a, *kept, *red, nout, nred, len, dst);
         st = NDL_CUDA_LAUNCH_STATUS("reduce_block_kernel<<<...>>>");
     }
     if (st == NDL_OK && part != NULL) {
-        reduce_fold_kernel<R, T><<<ndl_cu_blocks(nout), NDL_CU_THREADS>>>(part, chunks, nout,
-                                                                          out);
+        NDL_LAUNCH(ndl_cu_blocks(nout), NDL_CU_THREADS, reduce_fold_kernel<R, T>)(
+            part, chunks, nout, out);
         st = NDL_CUDA_LAUNCH_STATUS("reduce_fold_kernel<<<...>>>");
     }
     ndl_cuda_free(part); /* NULL-safe; stream-ordered: reused only after these kernels */

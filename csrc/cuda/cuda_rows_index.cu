@@ -92,7 +92,7 @@ int ndl_cuda_take_rows(ndl_dtype dt, const void *src, int64_t rows_src, int64_t 
         return st;
     }
     NDL_CU_DTYPE(dt, T,
-                 take_rows_kernel<T><<<ndl_cu_blocks(n * row), NDL_CU_THREADS>>>(
+                 NDL_LAUNCH(ndl_cu_blocks(n * row), NDL_CU_THREADS, take_rows_kernel<T>)(
                      (const T *)src, row, d, n, (T *)dst));
     st = NDL_CUDA_LAUNCH_STATUS("take_rows_kernel<<<...>>>");
     ndl_cuda_free(d); /* stream-ordered: reused only after this kernel */
@@ -118,7 +118,7 @@ int ndl_cuda_scatter_add_rows(ndl_dtype dt, const void *g, int64_t n, int64_t ro
     }
     if (st == NDL_OK && d != NULL && row > 0) { /* d NULL: n = 0, zeros only */
         NDL_CU_DTYPE(dt, T,
-                     scatter_add_rows_kernel<T><<<ndl_cu_blocks(row), NDL_CU_THREADS>>>(
+                     NDL_LAUNCH(ndl_cu_blocks(row), NDL_CU_THREADS, scatter_add_rows_kernel<T>)(
                          (const T *)g, n, row, d, (T *)out));
         st = NDL_CUDA_LAUNCH_STATUS("scatter_add_rows_kernel<<<...>>>");
     }

@@ -132,7 +132,7 @@ int ndl_cuda_softmax(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
     if (rows == 0 || n == 0)
         return NDL_OK;
     NDL_CU_DTYPE(dt, T,
-                 softmax_kernel<T><<<row_blocks(rows), NDL_CU_THREADS>>>(
+                 NDL_LAUNCH(row_blocks(rows), NDL_CU_THREADS, softmax_kernel<T>)(
                      rows, n, (const T *)z, has, (T)scale, causal, mrows, (T *)out));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
@@ -146,7 +146,7 @@ int ndl_cuda_softmax_grad(ndl_dtype dt, int64_t rows, int64_t n, const void *y, 
     if (rows == 0 || n == 0)
         return NDL_OK;
     NDL_CU_DTYPE(dt, T,
-                 softmax_grad_kernel<T><<<row_blocks(rows), NDL_CU_THREADS>>>(
+                 NDL_LAUNCH(row_blocks(rows), NDL_CU_THREADS, softmax_grad_kernel<T>)(
                      rows, n, (const T *)y, (const T *)g, (T *)out));
     NDL_CUDA_LAUNCHED();
     return NDL_OK;
@@ -194,12 +194,12 @@ int ndl_cuda_softmax_xent(ndl_dtype dt, int64_t rows, int64_t n, const void *z,
     double *dloss = dlab != NULL ? (double *)(dlab + rows) : NULL; /* NULL: rows = 0 */
     if (dlab != NULL) {
         NDL_CU_DTYPE(dt, T,
-                     xent_kernel<T><<<row_blocks(rows), NDL_CU_THREADS>>>(rows, n, (const T *)z,
-                                                                           dlab, dloss));
+                     NDL_LAUNCH(row_blocks(rows), NDL_CU_THREADS, xent_kernel<T>)(
+                         rows, n, (const T *)z, dlab, dloss));
         st = NDL_CUDA_LAUNCH_STATUS("xent_kernel<<<...>>>");
     }
     if (st == NDL_OK) {
-        NDL_CU_DTYPE(dt, T, xent_mean_kernel<T><<<1, 1>>>(rows, dloss, (T *)loss));
+        NDL_CU_DTYPE(dt, T, NDL_LAUNCH(1, 1, xent_mean_kernel<T>)(rows, dloss, (T *)loss));
         st = NDL_CUDA_LAUNCH_STATUS("xent_mean_kernel<<<...>>>");
     }
     if (dlab != NULL)
@@ -219,7 +219,7 @@ int ndl_cuda_softmax_xent_grad(ndl_dtype dt, int64_t rows, int64_t n, const void
     if (dlab == NULL)
         return st;
     NDL_CU_DTYPE(dt, T,
-                 xent_grad_kernel<T><<<row_blocks(rows), NDL_CU_THREADS>>>(
+                 NDL_LAUNCH(row_blocks(rows), NDL_CU_THREADS, xent_grad_kernel<T>)(
                      rows, n, (const T *)z, dlab, gdt == NDL_FLOAT32, g, (T *)out));
     st = NDL_CUDA_LAUNCH_STATUS("xent_grad_kernel<<<...>>>");
     ndl_cuda_free(dlab); /* stream-ordered: reused only after this kernel */

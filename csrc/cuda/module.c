@@ -9,6 +9,8 @@
  *     set_tf32(on) -> bool        # the previous setting (Note [TF32 switch],
  *     tf32() -> bool              #   cuda_matmul.cu); off unless NEEDLE_CUDA_TF32=1
  *     last_error() -> str         # this thread's last CUDA failure (tests)
+ * Built a second time as needle._cuda_emu (NDL_CUDA_EMU: the CUDA emulator,
+ * emu/cuda_runtime.h), which adds _set_memory(bytes) and _selftest(...).
  * and two views of the host-side launch logic, which run without a GPU
  * (tests; layouts as (shape, strides, offset) with strides in elements):
  *     _merged_offsets(shape, [(strides, offset), ...]) -> (ndim, [[off, ...], ...])
@@ -226,6 +228,62 @@ static PyObject *cu_reduce_plan(PyObject *self, PyObject *args)
     return Py_BuildValue("(sLL)", names[path], (long long)chunks, (long long)len);
 }
 
+#ifdef NDL_CUDA_EMU
+/* needle._cuda_emu only (Note [The CUDA emulator], emu/cuda_runtime.h). */
+size_t ndl_cuda_emu_set_memory(size_t cap);
+int ndl_cuda_emu_selftest(const char *name, const unsigned grid[3], const unsigned block[3],
+                          const int args[4], double *out, int64_t n);
+
+static PyObject *cu_emu_set_memory(PyObject *self, PyObject *arg)
+{
+    unsigned long long cap = PyLong_AsUnsignedLongLong(arg);
+    if (cap == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromSize_t(ndl_cuda_emu_set_memory((size_t)cap));
+}
+
+/* _selftest(name, grid, block, args) -> [float]: one of emu_selftest.cc's
+ * kernels, its output (one float per thread of the grid, at most 2^20). */
+static PyObject *cu_emu_selftest(PyObject *self, PyObject *args)
+{
+    const char *name;
+    unsigned g[3], b[3];
+    int a[4] = {0, 0, 0, 0};
+    PyObject *res = NULL;
+    double *out = NULL;
+    int64_t n;
+    int st;
+    if (!PyArg_ParseTuple(args, "s(III)(III)|(iiii)", &name, &g[0], &g[1], &g[2], &b[0], &b[1],
+                          &b[2], &a[0], &a[1], &a[2], &a[3]))
+        return NULL;
+    n = (int64_t)g[0] * g[1] * g[2] * b[0] * b[1] * b[2];
+    if (n < 0 || n > (1 << 20))
+        n = 1; /* a configuration the launch refuses: no output */
+    if ((out = PyMem_Calloc((size_t)n + 1, sizeof(double))) == NULL)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    st = ndl_cuda_emu_selftest(name, g, b, a, out, n);
+    Py_END_ALLOW_THREADS
+    if (st != NDL_OK) {
+        raise_last();
+        goto fail;
+    }
+    if ((res = PyList_New((Py_ssize_t)n)) == NULL)
+        goto fail;
+    for (int64_t i = 0; i < n; i++) {
+        PyObject *v = PyFloat_FromDouble(out[i]);
+        if (v == NULL) {
+            Py_CLEAR(res);
+            goto fail;
+        }
+        PyList_SET_ITEM(res, (Py_ssize_t)i, v);
+    }
+fail:
+    PyMem_Free(out);
+    return res;
+}
+#endif
+
 static PyMethodDef methods[] = {
     {"probe", cu_probe, METH_NOARGS, "None when a CUDA GPU is usable, else the reason (str)."},
     {"device_name", cu_device_name, METH_NOARGS, "Name of GPU 0."},
@@ -244,14 +302,32 @@ static PyMethodDef methods[] = {
     {"_reduce_plan", cu_reduce_plan, METH_VARARGS,
      "_reduce_plan(shape, strides, axes) -> (path, chunks, len): the reduction's path "
      "(host only; for tests)."},
+#ifdef NDL_CUDA_EMU
+    {"_set_memory", cu_emu_set_memory, METH_O,
+     "_set_memory(bytes) -> previous: the emulated device's capacity (NDL_CUDA_EMU_MEM)."},
+    {"_selftest", cu_emu_selftest, METH_VARARGS,
+     "_selftest(name, grid, block, args=(0, 0, 0, 0)) -> [float]: run one of the "
+     "emulator's own test kernels (tests/test_cuda_emu.py)."},
+#endif
     {NULL, NULL, 0, NULL},
 };
 
+#ifdef NDL_CUDA_EMU
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "needle._cuda_emu",
+    "needle's CUDA backend (csrc/cuda) run on the CPU by the CUDA emulator, a test harness "
+    "(csrc/cuda/emu).",
+    -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__cuda_emu(void)
+#else
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "needle._cuda", "needle's CUDA backend (csrc/cuda).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__cuda(void)
+#endif
 {
     PyObject *m = PyModule_Create(&module), *cap;
     if (m == NULL)

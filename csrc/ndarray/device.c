@@ -55,7 +55,11 @@ DeviceObject *ndl_device_cpu(void)
  *   cuda device imports it, asks probe() whether a GPU can run, and takes
  *   its backend table from the capsule; otherwise it stays disabled and
  *   cuda_why says why (no module built, no driver, no GPU), which every
- *   later use raises. Importing needle never touches CUDA. */
+ *   later use raises. Importing needle never touches CUDA. With
+ *   NEEDLE_CUDA_EMU=1 in the environment it imports needle._cuda_emu
+ *   instead: the same kernels run on the CPU by the CUDA emulator (a test
+ *   harness, Note [The CUDA emulator], csrc/cuda/emu/cuda_runtime.h), with
+ *   the same capsule name; device_name() says it is emulated. */
 static int cuda_probed;
 static char cuda_why[512];
 static const char *(*cuda_last_error)(void);
@@ -69,17 +73,25 @@ static void cuda_probe(DeviceObject *dev)
 {
     PyObject *mod, *why = NULL, *cap = NULL, *type = NULL, *value = NULL, *tb = NULL, *s = NULL;
     const ndl_backend *be;
+    const char *env = getenv("NEEDLE_CUDA_EMU");
+    const int emu = env != NULL && strcmp(env, "1") == 0;
+    const char *name = emu ? "needle._cuda_emu" : "needle._cuda";
     cuda_probed = 1;
-    mod = PyImport_ImportModule("needle._cuda");
+    mod = PyImport_ImportModule(name);
     if (mod == NULL) {
         int missing = PyErr_ExceptionMatches(PyExc_ModuleNotFoundError);
         PyErr_Fetch(&type, &value, &tb);
         s = value ? PyObject_Str(value) : NULL;
         const char *msg = s ? PyUnicode_AsUTF8(s) : NULL;
         PyErr_Clear();
-        snprintf(cuda_why, sizeof cuda_why, missing ? "needle was built without CUDA (%s; "
-                 "rebuild with nvcc on PATH, or NEEDLE_CUDA=1 to make that an error)" :
-                 "needle._cuda failed to load (%s)", msg ? msg : "?");
+        if (emu)
+            snprintf(cuda_why, sizeof cuda_why, missing ? "NEEDLE_CUDA_EMU=1 but needle was "
+                     "built without the CUDA emulator (%s; rebuild with NEEDLE_CUDA_EMU=1)" :
+                     "needle._cuda_emu failed to load (%s)", msg ? msg : "?");
+        else
+            snprintf(cuda_why, sizeof cuda_why, missing ? "needle was built without CUDA (%s; "
+                     "rebuild with nvcc on PATH, or NEEDLE_CUDA=1 to make that an error)" :
+                     "needle._cuda failed to load (%s)", msg ? msg : "?");
         PyErr_Clear();
         goto fail;
     }

@@ -1,0 +1,504 @@
+/* emu/emu_exec.cc: running a grid (Note [The CUDA emulator], cuda_runtime.h).
+ *
+ * Note [Emulated execution]
+ *   run_grid checks the configuration as the hardware does (block of 1 to
+ *   1024 threads, block dims up to (1024, 1024, 64), grid.x 1 to 2^31 - 1,
+ *   grid.y and grid.z 1 to 65535: else cudaErrorInvalidConfiguration), then
+ *   runs the blocks one after another (x fastest), each as fibers (Note
+ *   [Emulator fibers], emu_fiber.cc) under a scheduler: a thread runs until
+ *   it exits or waits; a waiting thread is woken (queued) by the arrival
+ *   that completes what it waits for; queued threads run first, then the
+ *   next thread not yet started, in threadIdx order (or a seeded shuffled
+ *   order, NDL_CUDA_EMU_SHUFFLE). A warp is 32 consecutive linear thread
+ *   indices, as on the hardware.
+ *   - __syncthreads completes when every thread of the block waits at the
+ *     same call (file and line; at another call is an error at once).
+ *   - A warp collective (__syncwarp, a shuffle) completes when every lane
+ *     its mask names has arrived with the same mask (and, for a shuffle,
+ *     the same mode and width); the last arrival computes every lane's
+ *     result as PTX's shfl.sync defines it (the lane read, clamped to the
+ *     lane's segment of `width` lanes: out of range, the lane's own value),
+ *     and a lane read that is not in the mask is an error (undefined on a
+ *     GPU).
+ *   - Nothing left to run while threads wait is a deadlock on a GPU (or
+ *     undefined behaviour): the error names what waits and what is missing.
+ *   An error ends the launch at once: the waiting fibers are abandoned
+ *   (kernels own nothing that needs unwinding), the rest of the grid does
+ *   not run, and cudaErrorLaunchFailure is recorded with the detail.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mutex>
+#include <vector>
+
+#include "emu_internal.h"
+
+uint3 threadIdx, blockIdx, blockDim, gridDim;
+
+namespace ndl_emu {
+
+namespace {
+enum State { NEW, QUEUED, RUNNING, WAIT_BAR, WAIT_WARP, DONE };
+enum CollKind { COLL_SYNCWARP, COLL_SHUFFLE };
+
+struct Thread {
+    Fiber fiber;
+    uint3 idx;
+    State state;
+    uint64_t value, result; /* a shuffle's operand and result */
+    int b;                  /* a shuffle's lane, delta or lane mask */
+    const char *file;       /* where it waits */
+    int line;
+};
+
+struct Group { /* a warp collective in progress */
+    unsigned mask, arrived;
+    CollKind kind;
+    ShuffleMode mode;
+    int width;
+    const char *file;
+    int line;
+};
+
+struct Launch {
+    const char *kernel, *file;
+    int line;
+    void (*body)(void *);
+    void *ctx;
+    dim3 grid, block;
+    unsigned nthreads;
+    std::vector<Thread> threads;
+    std::vector<std::vector<Group>> warps; /* collectives in progress, per warp */
+    std::vector<unsigned> queue;           /* woken threads, run in order */
+    size_t queue_head;
+    std::vector<unsigned> order; /* the order threads start in */
+    size_t next_new;             /* order[next_new] starts next */
+    unsigned done, bar_count;
+    const char *bar_file;
+    int bar_line;
+    Thread *cur;
+    Fiber sched;
+    bool failed;
+    char error[900];
+};
+
+std::mutex launch_lock; /* one grid at a time: __shared__ arrays are statics */
+Launch *L; /* the running grid (under launch_lock) */
+
+const char *short_file(const char *f)
+{
+    const char *s = strrchr(f, '/');
+    return s ? s + 1 : f;
+}
+
+/* Records the launch's error (the first one only): "kernel (file:line),
+ * block (x,y,z)[, thread (x,y,z)]: msg". No heap: a failing fiber is
+ * abandoned, and what its frames own would leak. */
+void set_failed(const Thread *t, const char *msg)
+{
+    if (L->failed)
+        return;
+    L->failed = true;
+    if (t != nullptr)
+        snprintf(L->error, sizeof L->error, "%s (%s:%d), block (%u,%u,%u), thread (%u,%u,%u): %s",
+                 L->kernel, short_file(L->file), L->line, blockIdx.x, blockIdx.y, blockIdx.z,
+                 t->idx.x, t->idx.y, t->idx.z, msg);
+    else
+        snprintf(L->error, sizeof L->error, "%s (%s:%d), block (%u,%u,%u): %s", L->kernel,
+                 short_file(L->file), L->line, blockIdx.x, blockIdx.y, blockIdx.z, msg);
+    if (abort_on_error()) {
+        fprintf(stderr, "needle CUDA emulator: %s\n", L->error);
+        abort();
+    }
+}
+
+/* From a kernel thread: records msg and never returns (the fiber is
+ * abandoned; the scheduler ends the launch). */
+[[noreturn]] void fail_here(const char *msg)
+{
+    set_failed(L->cur, msg);
+    Thread *t = L->cur;
+    fiber_switch(&t->fiber, &L->sched, true);
+    abort(); /* never resumed */
+}
+
+void wake(Thread *t)
+{
+    t->state = QUEUED;
+    L->queue.push_back((unsigned)(t - L->threads.data()));
+}
+
+/* From a kernel thread: wait until woken. */
+void wait_here(State s, const char *file, int line)
+{
+    Thread *t = L->cur;
+    t->state = s;
+    t->file = file;
+    t->line = line;
+    fiber_switch(&t->fiber, &L->sched);
+}
+
+/* A fiber's life: runs threads until one waits or none is left to start.
+ * A thread that exits while nothing is queued hands its fiber (its stack)
+ * to the next thread to start: a kernel without barriers runs its whole
+ * block on one fiber, without a switch per thread. */
+void thread_entry(void)
+{
+    fiber_entered();
+    for (;;) {
+        L->body(L->ctx);
+        Thread *t = L->cur;
+        t->state = DONE;
+        L->done++;
+        if (L->queue_head < L->queue.size() || L->next_new >= L->nthreads)
+            break;
+        Thread *n = &L->threads[L->order[L->next_new++]];
+        n->fiber = t->fiber;
+        t->fiber = Fiber();
+        n->state = RUNNING;
+        threadIdx = n->idx;
+        L->cur = n;
+    }
+    fiber_switch(&L->cur->fiber, &L->sched, true);
+    abort(); /* never resumed */
+}
+
+/* The lanes of warp w that exist (the block's last warp may be partial). */
+unsigned warp_lanes(unsigned w)
+{
+    unsigned n = L->nthreads - 32 * w;
+    return n >= 32 ? 0xffffffffu : (1u << n) - 1;
+}
+
+const char *coll_name(const Group &g)
+{
+    static const char *const modes[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync",
+                                        "__shfl_xor_sync"};
+    return g.kind == COLL_SYNCWARP ? "__syncwarp" : modes[g.mode];
+}
+
+/* The last lane of g has arrived: every lane's result, then the others woken. */
+void complete(unsigned w, Group &g)
+{
+    Thread *base = &L->threads[32 * w];
+    if (g.kind == COLL_SHUFFLE) {
+        for (unsigned lane = 0; lane < 32; lane++) {
+            if (!(g.mask >> lane & 1))
+                continue;
+            /* PTX shfl.sync: segmask picks the lane's segment of `width` lanes */
+            const int bval = base[lane].b & 31, l = (int)lane, seg = 32 - g.width;
+            const int min_lane = l & seg, max_lane = min_lane | (31 & ~seg);
+            int j;
+            bool in;
+            switch (g.mode) {
+            case SHFL_UP:
+                j = l - bval;
+                in = j >= min_lane;
+                break;
+            case SHFL_DOWN:
+                j = l + bval;
+                in = j <= max_lane;
+                break;
+            case SHFL_XOR:
+                j = l ^ bval;
+                in = j <= max_lane;
+                break;
+            default:
+                j = min_lane | (bval & ~seg);
+                in = j <= max_lane;
+                break;
+            }
+            if (!in)
+                j = l;
+            if (!(g.mask >> j & 1)) {
+                char msg[300];
+                snprintf(msg, sizeof msg,
+                         "%s at %s:%d: lane %d reads lane %d, which is not in the mask 0x%08x "
+                         "(undefined on a GPU)",
+                         coll_name(g), short_file(g.file), g.line, l, j, g.mask);
+                fail_here(msg);
+            }
+            base[lane].result = base[j].value;
+        }
+    }
+    for (unsigned lane = 0; lane < 32; lane++)
+        if ((g.mask >> lane & 1) && &base[lane] != L->cur)
+            wake(&base[lane]);
+}
+
+/* A lane of the current thread's warp arrives at a collective. */
+uint64_t collective(CollKind kind, ShuffleMode mode, unsigned mask, uint64_t value, int b,
+                    int width, const char *file, int line)
+{
+    Thread *t = L->cur;
+    const unsigned tid = (unsigned)(t - L->threads.data()), w = tid / 32, lane = tid % 32;
+    char msg[300];
+    Group probe{mask, 0, kind, mode, width, file, line};
+    if (kind == COLL_SHUFFLE && (width < 1 || width > 32 || (width & (width - 1)) != 0)) {
+        snprintf(msg, sizeof msg, "%s at %s:%d: width %d is not a power of 2 in [1, 32]",
+                 coll_name(probe), short_file(file), line, width);
+        fail_here(msg);
+    }
+    if (!(mask >> lane & 1)) {
+        snprintf(msg, sizeof msg, "%s at %s:%d: the mask 0x%08x does not name the calling lane %u",
+                 coll_name(probe), short_file(file), line, mask, lane);
+        fail_here(msg);
+    }
+    if (mask & ~warp_lanes(w)) {
+        snprintf(msg, sizeof msg,
+                 "%s at %s:%d: the mask 0x%08x names lanes that do not exist (the block has "
+                 "%u threads; warp %u has lanes 0x%08x)",
+                 coll_name(probe), short_file(file), line, mask, L->nthreads, w, warp_lanes(w));
+        fail_here(msg);
+    }
+    std::vector<Group> &groups = L->warps[w];
+    Group *g = nullptr;
+    for (Group &x : groups) {
+        if (!(x.mask & mask))
+            continue;
+        if (x.mask != mask || x.kind != kind || (kind == COLL_SHUFFLE &&
+                                                 (x.mode != mode || x.width != width))) {
+            snprintf(msg, sizeof msg,
+                     "lane %u calls %s at %s:%d with mask 0x%08x while lanes 0x%08x wait at %s "
+                     "at %s:%d with mask 0x%08x (undefined on a GPU)",
+                     lane, coll_name(probe), short_file(file), line, mask, x.arrived,
+                     coll_name(x), short_file(x.file), x.line, x.mask);
+            fail_here(msg);
+        }
+        g = &x;
+        break;
+    }
+    if (g == nullptr) {
+        groups.push_back(probe);
+        g = &groups.back();
+    }
+    t->value = value;
+    t->b = b;
+    g->arrived |= 1u << lane;
+    if (g->arrived != mask) {
+        wait_here(WAIT_WARP, file, line);
+        return t->result;
+    }
+    complete(w, *g);
+    groups.erase(groups.begin() + (g - groups.data()));
+    return t->result;
+}
+
+/* Nothing can run but threads wait: say what waits for what. */
+void deadlock(void)
+{
+    unsigned at_bar = 0, at_warp = 0;
+    const Thread *bar = nullptr, *warp = nullptr;
+    for (const Thread &t : L->threads) {
+        if (t.state == WAIT_BAR && at_bar++ == 0)
+            bar = &t;
+        if (t.state == WAIT_WARP && at_warp++ == 0)
+            warp = &t;
+    }
+    char msg[400];
+    if (bar != nullptr)
+        snprintf(msg, sizeof msg,
+                 "__syncthreads at %s:%d is reached by %u of the block's %u threads: %u exited "
+                 "before it, %u wait at a warp collective (undefined on a GPU: a hang or "
+                 "worse)",
+                 short_file(bar->file), bar->line, at_bar, L->nthreads, L->done, at_warp);
+    else {
+        const unsigned tid = (unsigned)(warp - L->threads.data()), w = tid / 32;
+        const Group &g = L->warps[w].front();
+        snprintf(msg, sizeof msg,
+                 "%s at %s:%d with mask 0x%08x in warp %u: lanes 0x%08x arrived; the others it "
+                 "names exited or wait elsewhere (undefined on a GPU)",
+                 coll_name(g), short_file(g.file), g.line, g.mask, w, g.arrived);
+    }
+    set_failed(nullptr, msg);
+}
+
+uint64_t rng_next(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+uint64_t gcd(uint64_t x, uint64_t y)
+{
+    while (y) {
+        uint64_t r = x % y;
+        x = y;
+        y = r;
+    }
+    return x;
+}
+
+uint64_t shuffle_seed(void)
+{
+    static const char *e = getenv("NDL_CUDA_EMU_SHUFFLE");
+    return e != nullptr && *e ? strtoull(e, nullptr, 10) : 0;
+}
+
+/* One block; false when it failed. */
+bool run_block(void)
+{
+    Launch &l = *L;
+    for (Thread &t : l.threads)
+        t.state = NEW;
+    for (auto &g : l.warps)
+        g.clear();
+    l.queue.clear();
+    l.queue_head = 0;
+    l.next_new = 0;
+    l.done = l.bar_count = 0;
+    for (;;) {
+        Thread *t;
+        if (l.queue_head < l.queue.size()) {
+            t = &l.threads[l.queue[l.queue_head++]];
+            if (l.queue_head == l.queue.size())
+                l.queue.clear(), l.queue_head = 0;
+        } else if (l.next_new < l.nthreads) {
+            t = &l.threads[l.order[l.next_new++]];
+            fiber_start(&t->fiber, thread_entry);
+        } else if (l.done == l.nthreads) {
+            return true;
+        } else {
+            deadlock();
+            break;
+        }
+        threadIdx = t->idx;
+        t->state = RUNNING;
+        l.cur = t;
+        fiber_switch(&l.sched, &t->fiber);
+        t = l.cur; /* the thread that switched back (its fiber may be another's) */
+        l.cur = nullptr;
+        if (t->state == DONE)
+            fiber_release(&t->fiber);
+        if (l.failed)
+            break;
+    }
+    for (Thread &t : l.threads) /* abandoned: their stacks back to the pool */
+        if (t.state != NEW && t.state != DONE)
+            fiber_release(&t.fiber);
+    return false;
+}
+
+const char *config_error(dim3 g, dim3 b, char *buf, size_t len)
+{
+    const uint64_t threads = (uint64_t)b.x * b.y * b.z;
+    if (threads == 0 || threads > 1024 || b.x > 1024 || b.y > 1024 || b.z > 64)
+        snprintf(buf, len,
+                 "block (%u,%u,%u): 1 to 1024 threads, dims at most (1024, 1024, 64)", b.x, b.y,
+                 b.z);
+    else if (g.x == 0 || g.x > 0x7fffffffu || g.y == 0 || g.y > 65535 || g.z == 0 ||
+             g.z > 65535)
+        snprintf(buf, len, "grid (%u,%u,%u): x 1 to 2^31 - 1, y and z 1 to 65535", g.x, g.y,
+                 g.z);
+    else
+        return nullptr;
+    return buf;
+}
+} // namespace
+
+void run_grid(dim3 grid, dim3 block, const char *kernel, const char *file, int line,
+              void (*body)(void *), void *ctx)
+{
+    char buf[300], detail[600];
+    if (config_error(grid, block, buf, sizeof buf) != nullptr) {
+        snprintf(detail, sizeof detail, "%s (%s:%d): invalid launch configuration: %s", kernel,
+                 short_file(file), line, buf);
+        record_error(cudaErrorInvalidConfiguration, detail, false);
+        return;
+    }
+    std::lock_guard<std::mutex> guard(launch_lock);
+    Launch l;
+    l.kernel = kernel;
+    l.file = file;
+    l.line = line;
+    l.body = body;
+    l.ctx = ctx;
+    l.grid = grid;
+    l.block = block;
+    l.nthreads = block.x * block.y * block.z;
+    l.threads.resize(l.nthreads);
+    l.warps.resize((l.nthreads + 31) / 32);
+    l.cur = nullptr;
+    l.failed = false;
+    L = &l;
+    blockDim = uint3{block.x, block.y, block.z};
+    gridDim = uint3{grid.x, grid.y, grid.z};
+    for (unsigned z = 0, i = 0; z < block.z; z++)
+        for (unsigned y = 0; y < block.y; y++)
+            for (unsigned x = 0; x < block.x; x++, i++)
+                l.threads[i].idx = uint3{x, y, z};
+    std::vector<unsigned> &order = l.order;
+    order.resize(l.nthreads);
+    for (unsigned i = 0; i < l.nthreads; i++)
+        order[i] = i;
+    const uint64_t seed = shuffle_seed();
+    const uint64_t nblocks = (uint64_t)grid.x * grid.y * grid.z;
+    uint64_t rng = seed * 0x9e3779b97f4a7c15ull + 1, a = 1, c = 0;
+    if (seed != 0) { /* block i runs as (a * i + c) mod nblocks, a coprime to it */
+        a = rng_next(&rng) % nblocks;
+        while (gcd(a, nblocks) != 1)
+            a = (a + 1) % nblocks;
+        c = rng_next(&rng) % nblocks;
+    }
+    for (uint64_t i = 0; i < nblocks; i++) {
+        const uint64_t bi = seed != 0 ? (uint64_t)(((unsigned __int128)a * i + c) % nblocks) : i;
+        blockIdx = uint3{(unsigned)(bi % grid.x), (unsigned)(bi / grid.x % grid.y),
+                         (unsigned)(bi / grid.x / grid.y)};
+        if (seed != 0)
+            for (unsigned k = l.nthreads; k > 1; k--)
+                std::swap(order[k - 1], order[rng_next(&rng) % k]);
+        if (!run_block())
+            break;
+    }
+    L = nullptr;
+    if (l.failed)
+        record_error(cudaErrorLaunchFailure, l.error, true);
+}
+
+void syncthreads(const char *file, int line)
+{
+    Launch &l = *L;
+    if (l.bar_count == 0) {
+        l.bar_file = file;
+        l.bar_line = line;
+    } else if (line != l.bar_line || (file != l.bar_file && strcmp(file, l.bar_file) != 0)) {
+        char msg[300];
+        snprintf(msg, sizeof msg,
+                 "__syncthreads at %s:%d while %u threads wait at the one at %s:%d "
+                 "(undefined on a GPU)",
+                 short_file(file), line, l.bar_count, short_file(l.bar_file), l.bar_line);
+        fail_here(msg);
+    }
+    if (++l.bar_count == l.nthreads) {
+        l.bar_count = 0;
+        for (Thread &t : l.threads)
+            if (t.state == WAIT_BAR)
+                wake(&t);
+        return;
+    }
+    wait_here(WAIT_BAR, file, line);
+}
+
+void syncwarp(unsigned mask, const char *file, int line)
+{
+    collective(COLL_SYNCWARP, SHFL_IDX, mask, 0, 0, 32, file, line);
+}
+
+uint64_t shuffle(ShuffleMode mode, unsigned mask, uint64_t bits, int b, int width,
+                 const char *file, int line)
+{
+    return collective(COLL_SHUFFLE, mode, mask, bits, b, width, file, line);
+}
+
+void kernel_fail(const char *file, int line, const char *what)
+{
+    char msg[300];
+    snprintf(msg, sizeof msg, "%s:%d: %s", short_file(file), line, what);
+    fail_here(msg);
+}
+
+} // namespace ndl_emu

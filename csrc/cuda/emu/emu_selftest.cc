@@ -1,0 +1,131 @@
+/* emu/emu_selftest.cc: the emulator's own test kernels, written as CUDA
+ * (tests/test_cuda_emu.py checks them against what CUDA documents; only
+ * needle._cuda_emu has them). Every kernel writes one double per thread of
+ * the grid, at its linear index (blocks x fastest, then threads x fastest). */
+#include <string.h>
+
+#include "cuda_common.cuh"
+
+namespace {
+__device__ int64_t linear_id(void)
+{
+    const int64_t b = blockIdx.x + (int64_t)gridDim.x * (blockIdx.y + (int64_t)gridDim.y *
+                                                                          blockIdx.z);
+    const int64_t t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    return b * blockDim.x * blockDim.y * blockDim.z + t;
+}
+
+__device__ int order_counter; /* the host-side "device" global of the order kernel */
+
+// out is (threads of the grid): each thread's own linear index
+__global__ void index_kernel(double *out) { out[linear_id()] = (double)linear_id(); }
+
+// out is (threads of the grid): which block ran k-th, for k = its block's first thread
+__global__ void order_kernel(double *out)
+{
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0)
+        out[linear_id()] = order_counter++;
+}
+
+// out is (threads): lane value 100 + thread index, shuffled with (mode, b, width,
+// mask); -1 for lanes the mask leaves out
+__global__ void shfl_kernel(int mode, int b, int width, unsigned mask, double *out)
+{
+    const unsigned t = threadIdx.x, lane = t % 32;
+    const double v = 100.0 + t;
+    double r = -1;
+    if (mask >> lane & 1) {
+        switch (mode) {
+        case 0: r = __shfl_sync(mask, v, b, width); break;
+        case 1: r = __shfl_up_sync(mask, v, (unsigned)b, width); break;
+        case 2: r = __shfl_down_sync(mask, v, (unsigned)b, width); break;
+        default: r = __shfl_xor_sync(mask, v, b, width); break;
+        }
+    }
+    out[linear_id()] = r;
+}
+
+// out is (threads): the block reversed through shared memory across a barrier
+__global__ void reverse_kernel(double *out)
+{
+    __shared__ double s[1024];
+    const unsigned t = threadIdx.x;
+    s[t] = t;
+    __syncthreads();
+    out[linear_id()] = s[blockDim.x - 1 - t];
+}
+
+// threads >= keep exit before the barrier (undefined unless keep >= blockDim.x)
+__global__ void exit_before_barrier_kernel(int keep, double *out)
+{
+    if ((int)threadIdx.x >= keep)
+        return;
+    __syncthreads();
+    out[linear_id()] = 1;
+}
+
+// odd and even threads at two different barriers
+__global__ void two_barriers_kernel(double *out)
+{
+    if (threadIdx.x % 2)
+        __syncthreads();
+    else
+        __syncthreads();
+    out[linear_id()] = 1;
+}
+
+// lanes >= keep of each warp exit before a full-mask __syncwarp
+__global__ void syncwarp_exit_kernel(int keep, double *out)
+{
+    if ((int)(threadIdx.x % 32) >= keep)
+        return;
+    __syncwarp();
+    out[linear_id()] = 1;
+}
+
+// a __syncthreads inside a loop whose trip count differs by thread
+__global__ void barrier_in_divergent_loop_kernel(double *out)
+{
+    for (unsigned i = 0; i <= threadIdx.x % 2; i++)
+        __syncthreads();
+    out[linear_id()] = 1;
+}
+} // namespace
+
+extern "C" int ndl_cuda_emu_selftest(const char *name, const unsigned g[3], const unsigned b[3],
+                                     const int args[4], double *out, int64_t n)
+{
+    const dim3 grid(g[0], g[1], g[2]), block(b[0], b[1], b[2]);
+    double *d = NULL;
+    int st;
+    NDL_CUDA_TRY(cudaMalloc(&d, sizeof(double) * (size_t)n));
+    NDL_CUDA_TRY(cudaMemset(d, 0, sizeof(double) * (size_t)n));
+    if (strcmp(name, "index") == 0)
+        NDL_LAUNCH(grid, block, index_kernel)(d);
+    else if (strcmp(name, "order") == 0) {
+        order_counter = 0;
+        NDL_LAUNCH(grid, block, order_kernel)(d);
+    } else if (strcmp(name, "shfl") == 0)
+        NDL_LAUNCH(grid, block, shfl_kernel)(args[0], args[1], args[2], (unsigned)args[3], d);
+    else if (strcmp(name, "reverse") == 0)
+        NDL_LAUNCH(grid, block, reverse_kernel)(d);
+    else if (strcmp(name, "exit_before_barrier") == 0)
+        NDL_LAUNCH(grid, block, exit_before_barrier_kernel)(args[0], d);
+    else if (strcmp(name, "two_barriers") == 0)
+        NDL_LAUNCH(grid, block, two_barriers_kernel)(d);
+    else if (strcmp(name, "syncwarp_exit") == 0)
+        NDL_LAUNCH(grid, block, syncwarp_exit_kernel)(args[0], d);
+    else if (strcmp(name, "barrier_in_divergent_loop") == 0)
+        NDL_LAUNCH(grid, block, barrier_in_divergent_loop_kernel)(d);
+    else {
+        cudaFree(d);
+        ndl_cuda_set_error("_selftest: no such kernel");
+        return NDL_EINVAL;
+    }
+    st = NDL_CUDA_LAUNCH_STATUS(name);
+    if (st == NDL_OK && cudaMemcpy(out, d, sizeof(double) * (size_t)n,
+                                   cudaMemcpyDeviceToHost) != cudaSuccess)
+        st = ndl_cuda_fail(cudaGetLastError(), __FILE__, __LINE__, "cudaMemcpy");
+    cudaFree(d);
+    return st;
+}

@@ -1,0 +1,215 @@
+"""The CUDA emulator's own semantics (csrc/cuda/emu, Note [The CUDA emulator]):
+indices, shuffles, barriers, launch checks and the memory cap against what CUDA
+documents, so that the harness running the kernels on the CPU can be trusted.
+Skipped unless needle._cuda_emu is built (NEEDLE_CUDA_EMU=1 python setup.py
+build_ext --inplace, or `make cuda-emu`)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+cu = pytest.importorskip("needle._cuda_emu", reason="needle._cuda_emu is not built "
+                         "(NEEDLE_CUDA_EMU=1 python setup.py build_ext --inplace)")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IDX, UP, DOWN, XOR = range(4)
+FULL = 0xffffffff
+
+
+def run(name, grid=(1, 1, 1), block=(32, 1, 1), args=(0, 0, 0, 0)):
+    return np.array(cu._selftest(name, grid, block, tuple(args)))
+
+
+def as_int_mask(mask):
+    return mask - (1 << 32) if mask >= 1 << 31 else mask  # the C int of the mask's bits
+
+
+def shfl(mode, b, width=32, mask=FULL, threads=32):
+    return run("shfl", block=(threads, 1, 1), args=(mode, b, width, as_int_mask(mask)))
+
+
+def want_shfl(mode, b, width, mask=FULL, threads=32):
+    """CUDA's documented results (PTX shfl.sync) for values 100 + thread index."""
+    out = []
+    for t in range(threads):
+        lane = t % 32
+        if not mask >> lane & 1:
+            out.append(-1.0)
+            continue
+        first = lane - lane % width
+        if mode == IDX:
+            src = first + b % width
+        elif mode == UP:
+            src = lane - b if lane - b >= first else lane
+        elif mode == DOWN:
+            src = lane + b if lane + b < first + width else lane
+        else:
+            src = lane ^ b if (lane ^ b) < first + width else lane
+        out.append(100.0 + t - lane + src)
+    return np.array(out)
+
+
+def test_indices_of_a_3d_grid_of_3d_blocks():
+    grid, block = (3, 2, 2), (4, 3, 2)
+    np.testing.assert_array_equal(run("index", grid, block), np.arange(12 * 24))
+
+
+@pytest.mark.parametrize("mode", [IDX, UP, DOWN, XOR], ids=["idx", "up", "down", "xor"])
+@pytest.mark.parametrize("width", [32, 16, 8, 4, 2, 1])
+@pytest.mark.parametrize("b", [0, 1, 3, 5, 16, 31])
+def test_shuffles_follow_cuda(mode, width, b):
+    np.testing.assert_array_equal(shfl(mode, b, width), want_shfl(mode, b, width))
+
+
+def test_shuffles_of_two_warps_and_of_half_masks():
+    np.testing.assert_array_equal(shfl(DOWN, 1, threads=64), want_shfl(DOWN, 1, 32, threads=64))
+    # the two halves of each warp shuffle on their own, with disjoint masks
+    lo, hi = 0x0000ffff, 0xffff0000
+    got_lo = shfl(XOR, 1, 16, lo)
+    np.testing.assert_array_equal(got_lo, want_shfl(XOR, 1, 16, lo))
+    np.testing.assert_array_equal(shfl(XOR, 1, 16, hi), want_shfl(XOR, 1, 16, hi))
+
+
+@pytest.mark.parametrize("mode, b, width, mask, what", [
+    (IDX, 0, 32, 0xfffffffe, "reads lane 0, which is not in the mask"),
+    (DOWN, 1, 32, 0x0000ffff, "reads lane 16, which is not in the mask"),
+    (XOR, 1, 12, FULL, "width 12 is not a power of 2"),
+])
+def test_undefined_shuffles_are_errors(mode, b, width, mask, what):
+    with pytest.raises(RuntimeError, match=what) as e:
+        shfl(mode, b, width, mask)
+    assert "shfl_kernel" in str(e.value) and "cudaErrorLaunchFailure" in str(e.value)
+
+
+def test_full_mask_in_a_partial_warp_is_an_error():
+    """48 threads: warp 1 has 16 lanes; a full mask names 16 that do not exist."""
+    with pytest.raises(RuntimeError, match="names lanes that do not exist"):
+        shfl(DOWN, 1, threads=48)
+    # the 16 lanes that exist, width 16: lane 15 keeps its own value
+    np.testing.assert_array_equal(shfl(DOWN, 1, 16, 0xffff, threads=48),
+                                  want_shfl(DOWN, 1, 16, 0xffff, threads=48))
+
+
+def test_barrier_orders_shared_memory():
+    for n in (1, 31, 256, 1024):
+        np.testing.assert_array_equal(run("reverse", block=(n, 1, 1)), np.arange(n)[::-1])
+
+
+@pytest.mark.parametrize("keep", [0, 1, 100, 255])
+def test_threads_exiting_before_a_barrier_are_an_error(keep):
+    if keep == 0:  # every thread exits: nothing waits, nothing is wrong
+        np.testing.assert_array_equal(run("exit_before_barrier", block=(256, 1, 1)),
+                                      np.zeros(256))
+        return
+    with pytest.raises(RuntimeError, match=rf"reached by {keep} of the block's 256 threads: "
+                       rf"{256 - keep} exited"):
+        run("exit_before_barrier", block=(256, 1, 1), args=(keep, 0, 0, 0))
+    full = run("exit_before_barrier", block=(256, 1, 1), args=(256, 0, 0, 0))
+    np.testing.assert_array_equal(full, np.ones(256))
+
+
+def test_threads_at_different_barriers_are_an_error():
+    with pytest.raises(RuntimeError, match="while 1 threads wait at the one at"):
+        run("two_barriers", block=(64, 1, 1))
+    with pytest.raises(RuntimeError, match="__syncthreads"):
+        run("barrier_in_divergent_loop", block=(64, 1, 1))
+
+
+def test_syncwarp_with_exited_lanes_is_an_error():
+    with pytest.raises(RuntimeError, match=r"__syncwarp .*mask 0xffffffff in warp 0: lanes "
+                       r"0x0000ffff arrived"):
+        run("syncwarp_exit", block=(64, 1, 1), args=(16, 0, 0, 0))
+    np.testing.assert_array_equal(run("syncwarp_exit", block=(64, 1, 1), args=(32, 0, 0, 0)),
+                                  np.ones(64))
+
+
+@pytest.mark.parametrize("grid, block", [
+    ((1, 1, 1), (0, 1, 1)), ((1, 1, 1), (1025, 1, 1)), ((1, 1, 1), (32, 32, 2)),
+    ((1, 1, 1), (1, 1, 65)), ((1, 1, 1), (1, 1025, 1)), ((0, 1, 1), (32, 1, 1)),
+    ((2 ** 31, 1, 1), (32, 1, 1)), ((1, 65536, 1), (32, 1, 1)), ((1, 1, 65536), (32, 1, 1)),
+    ((1, 0, 1), (32, 1, 1)),
+])
+def test_launch_configurations_the_hardware_refuses(grid, block):
+    with pytest.raises(RuntimeError, match="cudaErrorInvalidConfiguration"):
+        run("index", grid, block)
+
+
+def test_largest_legal_configurations_run():
+    assert run("index", (1, 1, 1), (1024, 1, 1)).shape == (1024,)
+    assert run("index", (1, 1, 1), (1, 1, 64)).shape == (64,)
+    assert run("index", (1, 1, 1), (16, 1, 64)).shape == (1024,)
+
+
+def test_errors_are_not_sticky():
+    """An emulated fault is reported once (at the launch); the device keeps working."""
+    with pytest.raises(RuntimeError):
+        run("two_barriers", block=(64, 1, 1))
+    assert cu.last_error() != ""
+    np.testing.assert_array_equal(run("index", block=(8, 1, 1)), np.arange(8))
+
+
+def test_tf32_path_says_it_is_not_emulated():
+    import needle.backend_ndarray as nd
+    if not nd.cuda().enabled() or os.environ.get("NEEDLE_CUDA_EMU") != "1":
+        pytest.skip("cuda() is not the emulator here (NEEDLE_CUDA_EMU=1)")
+    prev = cu.set_tf32(True)
+    try:
+        a = nd.array(np.ones((4, 4), np.float32), device=nd.cuda())
+        with pytest.raises(RuntimeError, match="TF32 tensor-core path .* is not emulated"):
+            (a @ a).numpy()
+    finally:
+        cu.set_tf32(prev)
+
+
+def test_device_memory_cap_and_out_of_memory_report():
+    """cudaMemGetInfo reports the cap; an allocation past it fails as on a full GPU,
+    after the caching allocator released its cache and retried."""
+    import needle.backend_ndarray as nd
+    if not nd.cuda().enabled() or os.environ.get("NEEDLE_CUDA_EMU") != "1":
+        pytest.skip("cuda() is not the emulator here (NEEDLE_CUDA_EMU=1)")
+    if os.environ.get("NDL_CUDA_EMU_EXACT", "0") != "0":
+        pytest.skip("NDL_CUDA_EMU_EXACT=1: the allocator caches nothing")
+    cu.empty_cache()
+    base = cu.memory_stats()["allocated"]  # what earlier tests still hold
+    prev = cu._set_memory(base + (64 << 20))
+    try:
+        keep = nd.NDArray.make((10 << 20,), device=nd.cuda())  # 40 MiB of 64
+        cached = nd.NDArray.make((4 << 20,), device=nd.cuda())  # 16 MiB, then cached
+        del cached
+        assert cu.memory_stats()["cached"] == 16 << 20
+        # 32 MiB: 8 free, 24 once the cache is released: still too few
+        with pytest.raises(MemoryError, match=rf"asked 33554432 bytes .* 25165824 of "
+                           rf"{base + (64 << 20)} bytes free"):
+            nd.NDArray.make((8 << 20,), device=nd.cuda())
+        assert cu.memory_stats()["cached"] == 0  # released before the retry
+        del keep
+        nd.NDArray.make((8 << 20,), device=nd.cuda())  # fits now
+    finally:
+        cu.empty_cache()
+        cu._set_memory(prev)
+
+
+def test_shuffled_block_order_is_seeded():
+    """NDL_CUDA_EMU_SHUFFLE=<seed> runs the blocks in a seeded permutation (and starts
+    each block's threads in one), to expose code that depends on the order."""
+    code = ("import needle._cuda_emu as c\n"
+            "print(c._selftest('order', (64, 1, 1), (1, 1, 1), (0, 0, 0, 0)))\n"
+            "print(c._selftest('index', (4, 1, 1), (64, 1, 1), (0, 0, 0, 0)))\n")
+
+    def order(seed):
+        env = dict(os.environ)
+        env.pop("NDL_CUDA_EMU_SHUFFLE", None)
+        if seed is not None:
+            env["NDL_CUDA_EMU_SHUFFLE"] = str(seed)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=ROOT, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.split("\n")
+        np.testing.assert_array_equal(eval(lines[1]), np.arange(256))  # same results
+        return eval(lines[0])
+
+    plain, a, a2, b = order(None), order(7), order(7), order(8)
+    assert plain == list(range(64))
+    assert sorted(a) == plain and a == a2 and a != plain and b != a
