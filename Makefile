@@ -20,8 +20,11 @@ deps: $(STAMP)
 build: deps
 	$(PYTHON) setup.py -q build_ext --inplace
 
+# The suite, then the CUDA kernels' cases under the CUDA emulator (cuda-emu below:
+# about 2.5 minutes here; a GPU, where there is one, runs them in cuda-check).
 test: mpi build notebook-deps
 	$(PYTHON) -m pytest -q tests
+	$(MAKE) --no-print-directory cuda-emu
 
 # OpenMPI for needle.distributed and its tests (Debian's openmpi-bin and
 # libopenmpi-dev, with apt-get where it exists; mpi4py comes from
