@@ -683,12 +683,38 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
  *   strips instead of 2 x 2 (A once, B four times: kernels 50% slower, B
  *   blocks of different k streaming from L3 at once), one tile per thread
  *   (1 x 2: packing B 0.73 -> 0.42 ms, wall -1% in one quiet round, but no
- *   balance on a shared machine). What is left is BLIS's shared packing:
- *   row units of one A block each, taken from a counter, against B blocks
- *   packed once by all threads together (double-buffered, each unit of a
- *   block waiting for the same rows of the block before, for the chains'
- *   order), 3-4% at 1024^3 at best, less the wait at the end (one unit,
- *   ~1 ms at 1024^3, unless the last units are smaller).
+ *   balance on a shared machine). BLIS's shared packing was then built
+ *   and measured, and not kept: one product (batch 1, m > MC, p <= NC),
+ *   one counter over the tasks "pack piece j of B block kb" (4 column
+ *   pieces a thread) and "row unit u (one MC-row A block, packed by the
+ *   thread) against B block kb over all p columns", in the order kb by
+ *   kb, pieces first; B blocks in two shared buffers; a piece waits until
+ *   every unit of block kb - 2 is done (its buffer free), a unit until
+ *   every piece of block kb is packed and unit u of block kb - 1 is done
+ *   (the chains' k order; release/acquire counters, 50 us of spin then
+ *   20 us naps). Every wait is on an earlier task, so it cannot deadlock
+ *   (one thread alone runs them in order), and the bits were those of one
+ *   thread (1024^3, 700x1300x900, 517x300x1031, 2000x257x333; plain, A.T,
+ *   B = W.T; both dtypes). It packs A once and B once (the 2 x 2 tiles:
+ *   both twice): the threads' CPU time 0.91-0.98x the tiles' for
+ *   float32, 0.99-1.00x for float64, 0.99-1.05x with a busy loop (the
+ *   waits). A/B in one process, the two paths
+ *   alternating call by call (ratio tiles/shared time, median [quartiles]),
+ *   but on no quiet minute (load 1.9-3.2 on the 2 vCPUs: another test
+ *   suite and a C++ build): float32 1024^3 1.018 [0.99, 1.04], units of
+ *   MC/2 rows 1.033 [1.01, 1.05]; 2048^3 1.021 [0.98, 1.03], MC/2 1.039
+ *   [1.03, 1.04]; float64 1024^3 1.010 [1.00, 1.02]; 2048^3 0.976 [0.94,
+ *   0.99], MC/2 1.034 [0.96, 1.07]; with a busy loop on one core as well,
+ *   float32 2048^3 1.001 [0.94, 1.01], MC/2 0.985 [0.95, 1.00], both
+ *   paths at 1.4-1.7x the 1-thread median of the same minute (so neither
+ *   stalls on a descheduled thread). m = 64, K = N = 4096 is not concerned (m <= MC:
+ *   column tiles, B packed once already). No quiet minute came to repeat
+ *   it (a watcher waiting 14 minutes for 85% idle CPUs found none). Not a
+ *   clear win: within the noise, at the 1-4% the breakdown above promised
+ *   at best, for a second scheduling path with its waits; so not landed.
+ *   Should a quiet machine show more, the next steps are smaller units at
+ *   the end (the last k block in MC/2 rows) and prefetching block kb + 1
+ *   during block kb's units, as gemm_block does.
  */
 
 typedef struct {
