@@ -142,6 +142,14 @@ def test_largest_legal_configurations_run():
     assert run("index", (1, 1, 1), (16, 1, 64)).shape == (1024,)
 
 
+def test_a_legal_grid_larger_than_the_output_is_refused():
+    # one double per thread, at most 2^20: a grid the hardware runs must fit
+    with pytest.raises(Exception, match="more threads than the output holds"):
+        run("index", (2048, 1, 1), (1024, 1, 1))
+    with pytest.raises(Exception, match="more threads than the output holds"):
+        run("index", (2 ** 31 - 1, 65535, 65535), (1024, 1, 1))  # 2^73: no overflow
+
+
 def test_errors_are_not_sticky():
     """An emulated fault is reported once (at the launch); the device keeps working."""
     with pytest.raises(RuntimeError):

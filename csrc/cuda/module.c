@@ -256,9 +256,10 @@ static PyObject *cu_emu_selftest(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "s(III)(III)|(iiii)", &name, &g[0], &g[1], &g[2], &b[0], &b[1],
                           &b[2], &a[0], &a[1], &a[2], &a[3]))
         return NULL;
-    n = (int64_t)g[0] * g[1] * g[2] * b[0] * b[1] * b[2];
-    if (n < 0 || n > (1 << 20))
-        n = 1; /* a configuration the launch refuses: no output */
+    /* in double: six factors up to 2^32 overflow int64 */
+    const double threads = (double)g[0] * g[1] * g[2] * b[0] * b[1] * b[2];
+    /* more than 2^20: the launch must refuse it (else _selftest raises) */
+    n = threads <= (double)(1 << 20) ? (int64_t)threads : 1;
     if ((out = PyMem_Calloc((size_t)n + 1, sizeof(double))) == NULL)
         return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS

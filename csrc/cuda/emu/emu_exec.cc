@@ -383,6 +383,8 @@ bool run_block(void)
     return false;
 }
 
+} // namespace
+
 const char *config_error(dim3 g, dim3 b, char *buf, size_t len)
 {
     const uint64_t threads = (uint64_t)b.x * b.y * b.z;
@@ -398,7 +400,6 @@ const char *config_error(dim3 g, dim3 b, char *buf, size_t len)
         return nullptr;
     return buf;
 }
-} // namespace
 
 void run_grid(dim3 grid, dim3 block, const char *kernel, const char *file, int line,
               void (*body)(void *), void *ctx)

@@ -33,6 +33,9 @@ void fiber_entered(void);
  * by the next synchronizing call, once (not sticky, unlike a GPU's fault:
  * one failing test does not fail every later one). */
 void record_error(cudaError_t err, const char *detail, bool kernel_failure);
+/* Why the hardware refuses to launch grid x block (written to buf), or
+ * nullptr if it launches (emu_exec.cc). */
+const char *config_error(dim3 g, dim3 b, char *buf, size_t len);
 /* 1 when NDL_CUDA_EMU_ABORT=1: errors abort with their message. */
 bool abort_on_error(void);
 

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cuda_common.cuh"
+#include "emu_internal.h"
 
 namespace {
 __device__ int64_t linear_id(void)
@@ -97,9 +98,20 @@ extern "C" int ndl_cuda_emu_selftest(const char *name, const unsigned g[3], cons
 {
     const dim3 grid(g[0], g[1], g[2]), block(b[0], b[1], b[2]);
     double *d = NULL;
+    char why[300];
     int st;
+    /* one double per thread: a grid the hardware would run must fit in n */
+    if (ndl_emu::config_error(grid, block, why, sizeof why) == nullptr &&
+        (double)g[0] * g[1] * g[2] * b[0] * b[1] * b[2] > (double)n) {
+        ndl_cuda_set_error("_selftest: more threads than the output holds (2^20 at most)");
+        return NDL_EINVAL;
+    }
     NDL_CUDA_TRY(cudaMalloc(&d, sizeof(double) * (size_t)n));
-    NDL_CUDA_TRY(cudaMemset(d, 0, sizeof(double) * (size_t)n));
+    if (cudaMemset(d, 0, sizeof(double) * (size_t)n) != cudaSuccess) {
+        st = ndl_cuda_fail(cudaGetLastError(), __FILE__, __LINE__, "cudaMemset");
+        cudaFree(d);
+        return st;
+    }
     if (strcmp(name, "index") == 0)
         NDL_LAUNCH(grid, block, index_kernel)(d);
     else if (strcmp(name, "order") == 0) {
