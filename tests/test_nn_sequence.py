@@ -492,6 +492,42 @@ def test_gather_and_scatter_rows_match_numpy(dtype, device):
         v.astype(dtype)[[4, 0]])
 
 
+def test_row_ops_keep_host_indices(device):
+    """Note [Inputs read on the host] (op.c): gather_rows and scatter_rows read their
+    indices on the host, so an index tensor on a device is copied to the cpu device
+    once, when the op is applied, and the node keeps the copy (no gradient, same
+    values); on the cpu the node keeps the caller's tensor."""
+    w = np.random.randn(6, 3)
+    idx = np.array([[1, 5, 1], [0, 2, 1]])
+    W = nd(w, "float32", device=device)
+    ix = nd(idx, "float32", False, device=device)
+    y = ops.gather_rows(W, ix)
+    s = ops.scatter_rows(nd(np.ones((2, 3, 3)), "float32", True, device=device), ix, (6, 3))
+    for node in (y, s):
+        kept = node.inputs[1]
+        if device == ndl.cpu():
+            assert kept is ix
+        else:
+            assert kept is not ix and kept.device == ndl.cpu() and not kept.requires_grad
+            assert kept.dtype == ix.dtype
+        np.testing.assert_array_equal(kept.numpy(), idx)
+    G = np.random.randn(2, 3, 3)
+    (y * nd(G, "float32", False, device=device)).sum().backward()
+    ref = np.zeros((6, 3))
+    np.add.at(ref, idx, G)
+    np.testing.assert_allclose(W.grad.numpy(), ref, rtol=1e-6)
+    assert W.grad.device == W.device and ix.grad is None
+    # an index tensor that asks for a gradient gets none, on every device (a constant
+    # of the formula, as Embedding leaves it); the table's gradient is unchanged
+    it = nd(idx, "float32", True, device=device)
+    W2 = nd(w, "float32", device=device)
+    iy = ops.gather_rows(W2, it)
+    assert iy.inputs[1] is not it and not iy.inputs[1].requires_grad
+    (iy * nd(G, "float32", False, device=device)).sum().backward()
+    assert it.grad is None
+    np.testing.assert_allclose(W2.grad.numpy(), ref, rtol=1e-6)
+
+
 def test_gather_rows_gradient_of_gradient_and_finite_differences():
     w, idx = np.random.randn(5, 2), np.array([3, 0, 3, 4])
     G = nd(np.random.randn(4, 2), "float64")

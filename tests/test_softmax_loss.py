@@ -295,7 +295,7 @@ def test_dropout_forward_and_backward_with_the_old_mask(p, dtype, device):
 
 def test_softmax_loss_passes_its_host_labels(device):
     """SoftmaxLoss reads y once and gives the op those values on the cpu device, so the
-    op's forward and backward read host memory (Note [Labels read once])."""
+    op's forward and backward read host memory (Note [Labels read once], ops_softmax.c)."""
     z = ndl.Tensor(np.arange(12.0).reshape(4, 3), device=device, requires_grad=True)
     y = ndl.Tensor([0, 2, 1, 2], device=device)
     loss = ndl.nn.SoftmaxLoss()(z, y)
@@ -309,6 +309,36 @@ def test_softmax_loss_passes_its_host_labels(device):
     tl.backward()
     np.testing.assert_allclose(loss.numpy(), tl.detach().numpy(), rtol=1e-6)
     np.testing.assert_allclose(z.grad.numpy(), tz.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_direct_op_keeps_host_labels(device):
+    """Called directly with labels on a device, the op copies them to the cpu device
+    once, when applied, and its node keeps the copy, so the forward and backward read
+    host memory (Note [Inputs read on the host], op.c); on the cpu it keeps y itself."""
+    zv = np.arange(12.0).reshape(4, 3).astype("float32")
+    z = ndl.Tensor(zv, device=device, requires_grad=True)
+    y = ndl.Tensor([0, 2, 1, 2], device=device, requires_grad=False)
+    loss = ndl.ops.softmax_cross_entropy(z, y)
+    lab = loss.inputs[1]
+    if device == ndl.cpu():
+        assert lab is y
+    else:
+        assert lab is not y and lab.device == ndl.cpu() and not lab.requires_grad
+        assert lab.dtype == y.dtype
+    np.testing.assert_array_equal(lab.numpy(), [0, 2, 1, 2])
+    # labels made with the default requires_grad=True: kept detached, no gradient
+    y2 = ndl.Tensor([0, 2, 1, 2], device=device)
+    loss2 = ndl.ops.softmax_cross_entropy(z, y2)
+    assert loss2.inputs[1] is not y2 and loss2.inputs[1].device == ndl.cpu()
+    loss2.backward()
+    assert y2.grad is None
+    loss.backward(create_graph=False)
+    tz = torch.tensor(zv, requires_grad=True)
+    tl = torch.nn.functional.cross_entropy(tz, torch.tensor([0, 2, 1, 2]))
+    tl.backward()
+    np.testing.assert_allclose(loss.numpy(), tl.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(z.grad.numpy(), tz.grad.numpy(), rtol=1e-5, atol=1e-7)
+    assert z.grad.device == device
 
 
 def test_softmax_loss_labels_get_no_gradient(device):

@@ -190,6 +190,7 @@ typedef struct ndl_opdef {
     int tuple_result;        /* a TensorTupleOp */
     ndl_params params;       /* which constructor parameters it takes */
     int kernel;              /* NDL_UN_* / NDL_BIN_* / NDL_RED_* of kernel rows, else -1 */
+    unsigned host_inputs;    /* bit i: input i is read on the host (the row's `host`) */
     ndl_forward_fn forward;
     ndl_backward_fn backward;
     PyTypeObject *type;      /* set at module init */
@@ -202,7 +203,7 @@ typedef struct ndl_opdef {
  * kernel rows (ops_ewise.c, ops_shape.c). */
 #define NDL_OP_ROW(Class, func) extern ndl_opdef ndl_op_##Class; NDL_BACKWARD(Class);
 #include "ops.def"
-#define NDL_OP(Class, func, family, arity, params, method) NDL_FORWARD(Class);
+#define NDL_OP(Class, func, family, arity, params, method, host) NDL_FORWARD(Class);
 #define NDL_TUPLE_OP(Class, func, family, arity, params) NDL_FORWARD(Class);
 #include "ops.def"
 NDL_FORWARD(unary);

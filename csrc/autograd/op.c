@@ -151,12 +151,76 @@ PyObject *ndl_value_realize(ValueObject *v)
     return v->cached_data;
 }
 
-PyObject *ndl_make_from_op(PyTypeObject *type, PyObject *op, PyObject *inputs)
+/* Note [Inputs read on the host]
+ *   Some ops read an input's values on the host: GatherRows and ScatterRows
+ *   their row indices, SoftmaxCrossEntropy its labels (the rows' `host`
+ *   column, ops.def). Given such an input on a device whose memory the host
+ *   cannot read (cuda), each read is a device-to-host copy that waits for
+ *   the device's queue, and the op reads it in the forward and again in the
+ *   backward, whose rules build further ops on the same input (GatherRows'
+ *   gradient is a ScatterRows of its indices and back). So applying such an
+ *   op copies that input to the cpu device once and keeps the copy as the
+ *   node's input: a detached cpu Tensor, same dtype, same values. Indices
+ *   and labels are constants in these ops' formulas (one_hot(y),
+ *   one_hot(idx) @ w), so such an input gets no gradient: an input that
+ *   asks for one (Tensor's requires_grad defaults to True) is kept as a
+ *   detached alias of its data on a host device too, so its .grad stays
+ *   None on every device, as nn.SoftmaxLoss and nn.Embedding (and the
+ *   course's one_hot formulas) leave it. The
+ *   layers that check the values first (nn.SoftmaxLoss, nn.Embedding) pass
+ *   the host values they read, so the op copies nothing more; np mode has
+ *   only host arrays; in lazy mode an input not computed yet stays as it is
+ *   (its values do not exist until the graph is realized).
+ */
+static PyObject *with_host_inputs(PyObject *op, PyObject *inputs)
 {
-    ValueObject *v;
-    PyObject *data;
+    const ndl_opdef *def = op_is_builtin(op) ? ((OpObject *)op)->def : NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(inputs);
+    PyObject *res = NULL, *host = NULL;
+    if (def == NULL || def->host_inputs == 0 || ndl_np_mode)
+        return Py_NewRef(inputs);
+    for (Py_ssize_t i = 0; i < n && i < 32; i++) {
+        PyObject *x = PyTuple_GET_ITEM(inputs, i), *data;
+        ValueObject *copy;
+        int on_host, grad;
+        if (!((def->host_inputs >> i) & 1u) || !Value_Check(x))
+            continue;
+        data = ((ValueObject *)x)->cached_data; /* borrowed */
+        if (data == NULL || !NDArray_Check(data))
+            continue;
+        on_host = ((NDArrayObject *)data)->storage->backend->host_accessible;
+        grad = ((ValueObject *)x)->requires_grad;
+        if (on_host && !grad)
+            continue;
+        if (res == NULL) { /* a new tuple (a whole-tuple slice would be inputs itself) */
+            if ((res = PyTuple_New(n)) == NULL)
+                return NULL;
+            for (Py_ssize_t j = 0; j < n; j++)
+                PyTuple_SET_ITEM(res, j, Py_NewRef(PyTuple_GET_ITEM(inputs, j)));
+        }
+        host = on_host ? Py_NewRef(data)
+                       : PyObject_CallMethod(data, "to", "O", (PyObject *)ndl_device_cpu());
+        if (host == NULL || (copy = ndl_value_alloc(&Tensor_Type)) == NULL)
+            goto fail;
+        ndl_value_init(copy, NULL, ndl_empty_tuple, 1, host, 0);
+        Py_CLEAR(host);
+        PyTuple_SetItem(res, i, (PyObject *)copy); /* steals copy, drops x */
+    }
+    return res != NULL ? res : Py_NewRef(inputs);
+fail:
+    Py_XDECREF(host);
+    Py_XDECREF(res);
+    return NULL;
+}
+
+PyObject *ndl_make_from_op(PyTypeObject *type, PyObject *op, PyObject *inputs_in)
+{
+    ValueObject *v = NULL;
+    PyObject *data, *inputs = with_host_inputs(op, inputs_in);
     int requires_grad = 0;
     double t0;
+    if (inputs == NULL)
+        return NULL;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(inputs) && ndl_grad_enabled; i++) {
         PyObject *x = PyTuple_GET_ITEM(inputs, i);
         if (Value_Check(x) && ((ValueObject *)x)->requires_grad) {
@@ -166,26 +230,27 @@ PyObject *ndl_make_from_op(PyTypeObject *type, PyObject *op, PyObject *inputs)
     }
     v = ndl_value_alloc(type);
     if (v == NULL)
-        return NULL;
+        goto fail;
     if (ndl_lazy_mode) {
         ndl_value_init(v, op, inputs, 1, NULL, requires_grad);
-        return (PyObject *)v;
+    } else {
+        t0 = ndl_hook_start();
+        if ((data = value_compute(op, inputs)) == NULL) {
+            Py_CLEAR(v);
+            goto fail;
+        }
+        /* NOTE: a result that needs no gradient is a detached leaf at once
+         * (API.md 3.8), so inference keeps no graph. */
+        if (requires_grad)
+            ndl_value_init(v, op, inputs, 1, data, 1);
+        else
+            ndl_value_init(v, NULL, ndl_empty_tuple, 1, data, 0);
+        Py_DECREF(data);
+        if (ndl_hook_forward(op, inputs, (PyObject *)v, t0) < 0)
+            Py_CLEAR(v); /* the tools' verdict (detect_anomaly) */
     }
-    t0 = ndl_hook_start();
-    data = value_compute(op, inputs);
-    if (data == NULL) {
-        Py_DECREF(v);
-        return NULL;
-    }
-    /* NOTE: a result that needs no gradient is a detached leaf at once
-     * (API.md 3.8), so inference keeps no graph. */
-    if (requires_grad)
-        ndl_value_init(v, op, inputs, 1, data, 1);
-    else
-        ndl_value_init(v, NULL, ndl_empty_tuple, 1, data, 0);
-    Py_DECREF(data);
-    if (ndl_hook_forward(op, inputs, (PyObject *)v, t0) < 0)
-        Py_CLEAR(v); /* the tools' verdict (detect_anomaly) */
+fail:
+    Py_DECREF(inputs);
     return (PyObject *)v;
 }
 

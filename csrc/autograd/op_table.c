@@ -38,10 +38,11 @@
                                 .kernel = NDL_RED_##KERNEL,                                        \
                                 .forward = ndl_fwd_reduce,                                         \
                                 .backward = ndl_bwd_##Class};
-#define NDL_OP(Class, func_, family, arity_, params_, method_)                                     \
+#define NDL_OP(Class, func_, family, arity_, params_, method_, host_)                              \
     ndl_opdef ndl_op_##Class = {.name = #Class, .func = #func_, .method = method_,                 \
                                 .arity = arity_, .params = NDL_P_##params_, .kernel = -1,          \
-                                .forward = ndl_fwd_##Class, .backward = ndl_bwd_##Class};
+                                .host_inputs = host_, .forward = ndl_fwd_##Class,                  \
+                                .backward = ndl_bwd_##Class};
 #define NDL_TUPLE_OP(Class, func_, family, arity_, params_)                                        \
     ndl_opdef ndl_op_##Class = {.name = #Class, .func = #func_, .arity = arity_,                   \
                                 .tuple_result = 1, .params = NDL_P_##params_, .kernel = -1,        \

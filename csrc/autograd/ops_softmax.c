@@ -210,12 +210,11 @@ NDL_BACKWARD(LogSoftmax)
  *   The labels are needed on the host (checked, and the slots take a host
  *   int64 array), in the forward and again in the backward. Read from a
  *   device array each read is a device-to-host copy that waits for the
- *   device's queue. nn.SoftmaxLoss reads y once (its own range check) and
- *   passes the op those host values as a Tensor on the cpu device, so the
- *   op's two reads (read_labels) are host copies; a direct call with labels
- *   on the device still reads them in the forward and in the backward (the
- *   op is a shared instance and the forward does not see its node, so
- *   there is nowhere to keep them).
+ *   device's queue. The op's row marks the labels as read on the host, so
+ *   applying the op keeps a cpu copy as the node's input (Note [Inputs read
+ *   on the host], op.c) and both reads (read_labels) are host reads.
+ *   nn.SoftmaxLoss reads y once for its own range check and passes those
+ *   host values, so nothing more is copied.
  *
  * Note [Loss summed on the device]
  *   The softmax_xent slot writes the mean into the 0-d result on z's device:

@@ -437,10 +437,10 @@ class SoftmaxLoss(Module):
             bad = labels[(labels < 0) | (labels >= k)][0]
             raise ValueError(f"SoftmaxLoss: label {bad} is out of range for {k} classes")
         if len(logits.shape) == 2:  # one fused node (Note [Fused softmax loss], ops_softmax.c)
-            # The op reads its labels in the forward and the backward: give it the host
-            # values just read (on the cpu device), not y, whose reads may be device
-            # copies (Note [Labels read once], ops_softmax.c). y gets no gradient, as in
-            # the contract's formula (one_hot(k, y) is a constant).
+            # The op reads its labels on the host (Note [Inputs read on the host], op.c):
+            # give it the values just read, on the cpu device, so it copies nothing.
+            # y gets no gradient, as in the contract's formula (one_hot(k, y) is a
+            # constant).
             labels_host = Tensor(labels, device=cpu(), dtype=y.dtype, requires_grad=False)
             return ops.softmax_cross_entropy(logits, labels_host)
         y_one_hot = init.one_hot(k, y, device=logits.device, dtype=logits.dtype)

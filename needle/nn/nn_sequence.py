@@ -361,9 +361,8 @@ class Embedding(Module):
             if out.size:
                 raise IndexError(f"Embedding: index {int(out.flat[0])} is out of range for "
                                  f"num_embeddings={n} (x of shape {tuple(x.shape)})")
-        # The op reads its indices in the forward and again in the backward: give it
-        # the host values just read, on the cpu device, so that neither read is a copy
-        # from x's device (as SoftmaxLoss does: Note [Labels read once], ops_softmax.c).
+        # The op reads its indices on the host (Note [Inputs read on the host], op.c):
+        # give it the values just read, on the cpu device, so it copies nothing.
         # x gets no gradient, as in the contract's one_hot(x) @ weight.
         return ops.gather_rows(self.weight, Tensor(idx, device=cpu(), dtype=x.dtype,
                                                    requires_grad=False))
