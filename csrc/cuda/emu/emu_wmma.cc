@@ -203,10 +203,13 @@ void wmma_store(float *p, const float *x, int rows, int cols, int n, unsigned ld
     s.cols = cols;
     check_memory(s, p, ldm, layout);
     rendezvous(s);
+    leave(s);
+    /* after the warp's last rendezvous: a lane that reads what another lane
+     * stored, without a __syncwarp between, reads it before it is written
+     * (the lane that resumes first stores and runs on; Note [Emulated WMMA]) */
     const int lane = (int)(linear_tid() % 32);
     for (int e = 0; e < n; e++)
         p[offset(wmma_position(WMMA_C, rows * cols, lane, e), cols, layout, ldm)] = x[e];
-    leave(s);
 }
 
 void wmma_mma(float *d, const float *a, const float *b, const float *c, int m, int nn, int k,

@@ -25,6 +25,12 @@
  *     lane that exited before the call is the rendezvous' deadlock error
  *     ("__syncwarp at <the wmma call's file:line> ... lanes 0x... arrived").
  *     A block whose last warp is partial cannot call them (an error).
+ *     CUDA documents each as "waits until all warp lanes have arrived, then"
+ *     loads, multiplies or stores, and no more: so a load reads memory once
+ *     the whole warp has arrived, while a store writes each lane's elements
+ *     only when that lane resumes after the call (the first to resume stores
+ *     and runs on before the others have stored): reading another lane's
+ *     stored elements needs a __syncwarp, as on the GPU.
  *   - Checked as documented: the pointer 256-bit (32-byte) aligned, ldm a
  *     multiple of 16 bytes (4 floats), a layout_t that is mem_row_major or
  *     mem_col_major. Element (r, c) of a row-major tile is at p[r * ldm + c],
