@@ -41,7 +41,9 @@
  *     banks 8 (lane%4) + lane/4: 32 distinct.
  *   - Cs[warp][16][20]: the accumulators out through shared memory (any m,
  *     p, alignment), read back as rows r and r + 4 like As, written to C
- *     with bounds checks and coalesced along p. */
+ *     with bounds checks and coalesced along p.
+ *   Without a GPU it runs under the emulator's mma.h (Note [Emulated WMMA],
+ *   emu/mma.h; tests/test_cuda_emu_mma.py checks it bit for bit). */
 #include <atomic>
 #include <stdlib.h>
 
