@@ -96,7 +96,6 @@ void rendezvous(Stage &s)
     const unsigned next = (lane + 1) % 32;
     const uint64_t got = shuffle(SHFL_IDX, 0xffffffffu, s.nonce, (int)next, 32, s.file, s.line);
     char mine[200], msg[560];
-    describe(s, mine, sizeof mine);
     if (stages[base + next].op == nullptr || stages[base + next].nonce != got) {
         snprintf(msg, sizeof msg,
                  "wmma::%s is a warp collective, and lane %u of the warp did not call it "
@@ -116,6 +115,7 @@ void rendezvous(Stage &s)
                      s.op, l);
         else {
             char theirs[200];
+            describe(s, mine, sizeof mine);
             describe(o, theirs, sizeof theirs);
             snprintf(msg, sizeof msg,
                      "wmma::%s is a warp collective: lane %u calls %s, lane %u calls %s at %s:%d "
