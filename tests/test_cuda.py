@@ -1131,8 +1131,8 @@ def test_tf32_is_off_by_default_and_switched_by_env_or_call():
 @pytest.mark.parametrize("m,n,p", [(1, 1, 1), (17, 33, 65), (64, 16, 64), (130, 300, 70),
                                    (3, 1, 200), (65, 513, 129)])
 def test_tf32_matmul_within_tf32_rounding(m, n, p):
-    if EMU:
-        pytest.skip("the TF32 path (mma.h) is not emulated (test_cuda_emu.py checks it says so)")
+    """On a GPU (sm_80+) or under the emulator (its mma.h, Note [Emulated WMMA];
+    tests/test_cuda_emu_mma.py checks its arithmetic bit by bit)."""
     cu = _cu()
     x, y = rand(2, m, n), rand(n, p)
     ref = x.astype(np.float64) @ y.astype(np.float64)
@@ -1152,6 +1152,8 @@ def test_tf32_matmul_within_tf32_rounding(m, n, p):
     np.testing.assert_allclose(c64, ref, rtol=1e-11, atol=1e-11)  # float64 never uses it
     if n >= 300:  # the tensor cores did run: float32 FMA would be ~1e-6 off
         assert np.max(np.abs(c1 - ref)) > 1e-5 * np.max(np.abs(ref))
+        c32 = (a @ nd.array(y, device=nd.cuda())).numpy()  # the switch off: float32's error
+        assert np.max(np.abs(c1 - ref)) > 30 * np.max(np.abs(c32 - ref))
     c_off = (nd.array(x, device=nd.cuda()) @ nd.array(y, device=nd.cuda())).numpy()
     np.testing.assert_allclose(c_off, ref, rtol=1e-4, atol=1e-4)  # off again
 

@@ -41,13 +41,13 @@
  *     banks 8 (lane%4) + lane/4: 32 distinct.
  *   - Cs[warp][16][20]: the accumulators out through shared memory (any m,
  *     p, alignment), read back as rows r and r + 4 like As, written to C
- *     with bounds checks and coalesced along p. */
+ *     with bounds checks and coalesced along p.
+ *   Without a GPU it runs under the emulator's mma.h (Note [Emulated WMMA],
+ *   emu/mma.h; tests/test_cuda_emu_mma.py checks it bit for bit). */
 #include <atomic>
 #include <stdlib.h>
 
-#ifndef NDL_CUDA_EMU
-#include <mma.h>
-#endif
+#include <mma.h> /* the emulator's: emu/mma.h (Note [Emulated WMMA]) */
 
 #include "cuda_common.cuh"
 
@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(128)
                        BatchOffsets aoff, int64_t rsa, int64_t csa, const float *b,
                        BatchOffsets boff, int64_t rsb, int64_t csb, float *c)
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800) || defined(NDL_CUDA_EMU)
     using namespace nvcuda;
     __shared__ __align__(32) float As[TM * A_LD];
     __shared__ __align__(32) float Bs[TK * B_LD];
@@ -231,9 +231,6 @@ __global__ void __launch_bounds__(128)
                 }
         }
     }
-#elif defined(NDL_CUDA_EMU)
-    ndl_emu::kernel_fail(__FILE__, __LINE__, "the TF32 tensor-core path (mma.h) is not "
-                                             "emulated: use set_tf32(False)");
 #endif
 }
 

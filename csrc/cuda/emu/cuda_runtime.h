@@ -38,10 +38,16 @@
  *     emulated device has NDL_CUDA_EMU_MEM bytes (default 4 GiB, a cap on
  *     the sum of live allocations, not a reservation) and cudaMemGetInfo
  *     reports that cap, so the out-of-memory paths run for real.
- *   - Not emulated: the TF32 tensor-core path (mma.h; its kernel fails with
- *     a clear message if selected), dynamic shared memory, streams other
- *     than the legacy one (every call is synchronous), __launch_bounds__
- *     (accepted, not checked), atomics (no kernel uses them).
+ *   - WMMA (emu/mma.h, Note [Emulated WMMA]): the m16n16k8 TF32 fragments
+ *     the TF32 matmul uses; loads, stores and mma_sync are warp collectives
+ *     (every lane, the same arguments, else an error), pointers and ldm are
+ *     checked as CUDA documents, the lane mapping is a scrambled one, and
+ *     the arithmetic is TF32's (inputs read as TF32, float32 sums in a
+ *     stated order).
+ *   - Not emulated: dynamic shared memory, streams other than the legacy
+ *     one (every call is synchronous), __launch_bounds__ (accepted, not
+ *     checked), atomics (no kernel uses them), WMMA shapes and types other
+ *     than the TF32 ones (they do not compile).
  */
 #ifndef NDL_EMU_CUDA_RUNTIME_H
 #define NDL_EMU_CUDA_RUNTIME_H

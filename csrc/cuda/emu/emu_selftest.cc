@@ -93,6 +93,8 @@ __global__ void barrier_in_divergent_loop_kernel(double *out)
 }
 } // namespace
 
+bool ndl_cuda_emu_selftest_mma(const char *, dim3, dim3, const int[4], double *); /* WMMA's */
+
 extern "C" int ndl_cuda_emu_selftest(const char *name, const unsigned g[3], const unsigned b[3],
                                      const int args[4], double *out, int64_t n)
 {
@@ -129,7 +131,8 @@ extern "C" int ndl_cuda_emu_selftest(const char *name, const unsigned g[3], cons
         NDL_LAUNCH(grid, block, syncwarp_exit_kernel)(args[0], d);
     else if (strcmp(name, "barrier_in_divergent_loop") == 0)
         NDL_LAUNCH(grid, block, barrier_in_divergent_loop_kernel)(d);
-    else {
+    else if (ndl_cuda_emu_selftest_mma(name, grid, block, args, d)) {
+    } else {
         cudaFree(d);
         ndl_cuda_set_error("_selftest: no such kernel");
         return NDL_EINVAL;
