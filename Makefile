@@ -217,7 +217,7 @@ CUDA_EMU_BUILD = NEEDLE_CUDA=0 NEEDLE_CUDA_EMU=1 NEEDLE_WERROR=1 $(PYTHON) setup
 CUDA_EMU_TESTS = $(PYTHON) -c "import needle as n, needle._cuda_emu as c; \
 	  assert n.cuda().enabled(), c.probe(); print('cuda-emu on', c.device_name())" && \
 	timeout 300 $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_cuda.py \
-	  tests/test_cuda_emu.py && \
+	  tests/test_cuda_emu.py tests/test_cuda_emu_mma.py && \
 	timeout 900 $(PYTHON) -m pytest -q -p no:cacheprovider -k cuda $(DEVICE_SUITE) && \
 	NEEDLE_DEFAULT_DEVICE=cuda timeout 900 $(PYTHON) -m pytest -q -p no:cacheprovider \
 	  -k "not cpu and not cuda and not fashion_cnn_job" $(CUDA_SUITE)
