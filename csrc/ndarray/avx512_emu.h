@@ -20,6 +20,9 @@
  *   vector, none for nr <= 16), the packed-A kernel against the in-place
  *   one, the block sizes derived for the AVX-512 tiles (KC 336 on a 32 KiB
  *   L1d, MC and NC from it), the skinny loops at AVX-512's 512-byte chains
+ *   (cpu_matmul_small.c: C code vectorised by gcc, for AVX2 here, each
+ *   lane one chain of __builtin_fma, vfmadd in the object code; its dot
+ *   loops are then the AVX2 ones' very code, which gcc folds into them)
  *   and the driver's work split with MR = 14; and the bits: every emulated
  *   intrinsic has Intel's documented per-lane result (Intel Intrinsics
  *   Guide, SDM vol. 2: FMA rounded once, add rounded once, under the same
