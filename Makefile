@@ -232,3 +232,44 @@ cuda-emu-asan: deps
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHON=$(PY_EXE); \
 	  $(subst $(PYTHON),$(PY_EXE),$(CUDA_EMU_TESTS)); \
 	  status=$$?; unset LD_PRELOAD; $(CUDA_EMU_BUILD) --force; exit $$status
+
+# Issue 14. The AVX-512 matmul kernels on a CPU without AVX-512 (Note [AVX-512
+# without AVX-512], csrc/ndarray/avx512_emu.h): needle._C rebuilt with
+# NEEDLE_AVX512_EMU=1 (the kernel source compiled for AVX2 against our emulation
+# of the intrinsics it uses), then the tests that reach a matmul path run with
+# NEEDLE_MATMUL_KERNEL=avx512: the kernels, the paths (skinny, packed, W.T,
+# threads), every size 1..67, conv (im2col blocks written through interior
+# pointers), the sequence layers (a layer over a sequence equals its cells, bit
+# for bit), attention, the transformer and the autograd ops, on 2 threads; the
+# matmul and conv files again on 1 (the work split and conv's nested pool differ).
+# About 4.5 minutes here (two builds of needle._C, 1 minute each; 62 s and 40 s
+# of tests). avx512-emu-asan: ASan + UBSan + the switch, on the files where an
+# overrun of a tile, a mask or a tail would show: the kernels (exact tile counts,
+# masked columns), every size 1..67 (every partial tile of both dtypes), the
+# paths without its two slowest groups (the 4096-wide skinny products and the
+# balance tiles: the same tiles on more data, already in the plain run) and
+# conv's backend tests; about 5.5 minutes here (builds 1.3 + 1 minutes, tests 3). Both restore
+# the normal build afterwards, as `asan` does, and fail when a test does.
+AVX512_EMU_BUILD = NEEDLE_CUDA=0 NEEDLE_AVX512_EMU=1 NEEDLE_WERROR=1 $(PYTHON) setup.py -q \
+  build_ext --inplace --force
+AVX512_EMU_MATMUL = tests/test_matmul_kernels.py tests/test_matmul_paths.py \
+  tests/test_ndarray_matmul.py
+AVX512_EMU_TESTS = $(AVX512_EMU_MATMUL) tests/test_backend_conv.py tests/test_conv.py \
+  tests/test_nn_conv.py \
+  tests/test_nn_sequence.py tests/test_attention_ops.py tests/test_nn_transformer.py \
+  tests/test_autograd_ops.py
+AVX512_EMU_PYTEST = NEEDLE_MATMUL_KERNEL=avx512 $(PY_EXE) -m pytest -q -p no:cacheprovider
+.PHONY: avx512-emu avx512-emu-asan
+avx512-emu: deps
+	$(AVX512_EMU_BUILD)
+	NEEDLE_NUM_THREADS=2 $(AVX512_EMU_PYTEST) $(AVX512_EMU_TESTS) && \
+	  NEEDLE_NUM_THREADS=1 $(AVX512_EMU_PYTEST) $(AVX512_EMU_MATMUL) tests/test_backend_conv.py; \
+	  status=$$?; $(ASAN_BUILD); exit $$status
+avx512-emu-asan: deps
+	NEEDLE_ASAN=1 $(AVX512_EMU_BUILD)
+	LD_PRELOAD=$(ASAN_LIB) PYTHONMALLOC=malloc NEEDLE_ASAN_RUN=1 \
+	  ASAN_OPTIONS=$(ASAN_OPTIONS_RUN) LSAN_OPTIONS=$(LSAN_OPTIONS_RUN) \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(AVX512_EMU_PYTEST) $(AVX512_EMU_MATMUL) tests/test_backend_conv.py \
+	  -k "not skinny_large_b and not balance_tiles"; \
+	  status=$$?; $(ASAN_BUILD); exit $$status

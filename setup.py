@@ -8,6 +8,9 @@ Environment switches:
                     unset: build it when nvcc is found (CUDA block below)
   NEEDLE_CUDA_EMU=1 also build needle._cuda_emu, the CUDA kernels on the CPU
                     (a test harness; emulator block below; no nvcc needed)
+  NEEDLE_AVX512_EMU=1  the AVX-512 matmul kernels compiled for AVX2 against
+                    csrc/ndarray/avx512_emu.h, so NEEDLE_MATMUL_KERNEL=avx512 runs
+                    them on a CPU without AVX-512 (a test build: `make avx512-emu`)
 """
 import glob
 import os
@@ -43,12 +46,16 @@ else:
     compile_args += ["-O3", "-DNDEBUG"]
 if _flag("NEEDLE_WERROR"):
     compile_args.append("-Werror")
+# Note [AVX-512 without AVX-512] (csrc/ndarray/avx512_emu.h): needle._C only
+c_macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+if _flag("NEEDLE_AVX512_EMU"):
+    c_macros.append(("NDL_AVX512_EMU", "1"))
 
 ext = Extension(
     "needle._C",
     sources=c_sources(),
     include_dirs=["csrc", "csrc/ndarray", np.get_include()],
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    define_macros=c_macros,
     extra_compile_args=compile_args,
     extra_link_args=link_args,
     depends=glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.def", recursive=True),

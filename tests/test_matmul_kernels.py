@@ -1,5 +1,10 @@
 """Every matmul micro-kernel this CPU can run (NEEDLE_MATMUL_KERNEL picks one at
-import), against NumPy on edge-heavy shapes, in a child process each."""
+import), against NumPy on edge-heavy shapes, in a child process each. In the
+NDL_AVX512_EMU test build (Note [AVX-512 without AVX-512], avx512_emu.h; `make
+avx512-emu`) that includes the AVX-512 kernels on a CPU without AVX-512, and
+the tests at the end prove that their code is what runs."""
+import ctypes
+import json
 import os
 import subprocess
 import sys
@@ -32,13 +37,26 @@ print("ok")
 """
 
 
+def avx512_emulated():
+    """The NDL_AVX512_EMU build: the only one exporting ndl_avx512_emu_counts."""
+    from needle import _C
+
+    try:
+        ctypes.c_int64.in_dll(ctypes.CDLL(_C.__file__), "ndl_avx512_emu_counts")
+    except ValueError:
+        return False
+    return True
+
+
 def supported():
     out = ["generic"]
     with open("/proc/cpuinfo") as f:
         flags = f.read()
     if " avx2" in flags and " fma" in flags:
         out.append("avx2")
-    if " avx512f" in flags:
+        if avx512_emulated():  # AVX-512 kernels compiled as AVX2 code
+            out.append("avx512")
+    if " avx512f" in flags and "avx512" not in out:
         out.append("avx512")
     return out
 
@@ -51,3 +69,127 @@ def test_kernel_matches_numpy(kernel):
     res = subprocess.run([sys.executable, "-c", f"KERNEL = {kernel!r}\n" + CHILD], env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
+
+
+# ---- the emulated AVX-512 kernels (Note [AVX-512 without AVX-512]) ---------
+# A child with NEEDLE_MATMUL_KERNEL=avx512 runs each case (dtype, m, k, p, A's
+# and B's layout), checks it against float64 NumPy within the rounding bound
+# (2 sqrt(k) + 2) eps (|A| @ |B|), and prints what the AVX-512 entry points
+# counted meanwhile (cpu_matmul_avx512.c): micro-kernel calls by tile rows,
+# the packed-A kernel's, emulated 512-bit FMAs, skinny axpy and dot calls.
+EMU_CHILD = r"""
+import ctypes, json, sys
+import numpy as np
+import needle._C as C, needle.backend_ndarray as nd
+assert nd.matmul_kernel_name() == "avx512", nd.matmul_kernel_name()
+F = 15 + 4  # tiles[0..14], packed, fmas, axpy, dot (ndl_avx512_emu_count)
+raw = (ctypes.c_int64 * (2 * F)).in_dll(ctypes.CDLL(C.__file__), "ndl_avx512_emu_counts")
+rng = np.random.default_rng(0)
+def operand(r, c, dt, kind):
+    if kind == "rows":
+        x = rng.standard_normal((r, c)).astype(dt)
+        return nd.array(x, dtype=dt), x
+    if kind == "cols":  # a transposed view: columns contiguous
+        x = rng.standard_normal((c, r)).astype(dt)
+        return nd.array(x, dtype=dt).permute((1, 0)), x.T
+    w = -(-c // 256) * 256  # "wide": rows 1 KiB apart (float32), A packed
+    x = rng.standard_normal((r, w)).astype(dt)
+    return nd.array(x, dtype=dt)[:, :c], x[:, :c]
+out = []
+for dt, m, k, p, ka, kb in json.loads(sys.argv[1]):
+    a, x = operand(m, k, dt, ka)
+    b, y = operand(k, p, dt, kb)
+    d = 0 if dt == "float32" else 1
+    before = list(raw[d * F:(d + 1) * F])
+    got = (a @ b).numpy()
+    after = list(raw[d * F:(d + 1) * F])
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    bound = (2 * np.sqrt(k) + 2) * np.finfo(dt).eps * (np.abs(x64) @ np.abs(y64))
+    err = np.abs(got.astype(np.float64) - x64 @ y64)
+    assert got.dtype == np.dtype(dt) and np.all(err <= bound), (dt, m, k, p, err.max())
+    delta = [q - r for q, r in zip(after, before)]
+    out.append({"tiles": {str(r): n for r, n in enumerate(delta[:15]) if n},
+                "packed": delta[15], "fmas": delta[16], "axpy": delta[17], "dot": delta[18]})
+print(json.dumps(out))
+"""
+NR = {"float32": 32, "float64": 16}  # the AVX-512 tiles: 14 x NR
+KC = 336  # 24 MR (Note [Block sizes]) on any L1d up to 42 KiB; NEEDLE_CACHE_SIZES pins it
+
+
+def run_emu(cases, threads=1):
+    if not avx512_emulated() or "avx2" not in supported():
+        pytest.skip("not the NDL_AVX512_EMU build (on a CPU with AVX2)")
+    env = dict(os.environ, NEEDLE_MATMUL_KERNEL="avx512", PYTHONPATH=ROOT,
+               NEEDLE_NUM_THREADS=str(threads), NEEDLE_CACHE_SIZES="32K,512K,4M")
+    env.pop("NEEDLE_MATMUL_BLOCKS", None)
+    res = subprocess.run([sys.executable, "-c", EMU_CHILD, json.dumps(cases)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout)
+
+
+def expected(m, k, p, nr):
+    """Calls and FMAs of the 14-row kernels for an m x k x p product: one
+    call per tile and KC block; a partial tile of mr rows runs the 7-, 10-
+    or 14-row loop (Note [Half tiles]), 2 vectors a row, k steps."""
+    tiles, fmas = {}, 0
+    blocks = -(-k // KC)
+    for i in range(0, m, 14):
+        mr = min(14, m - i)
+        n = -(-p // nr)  # column tiles
+        tiles[str(mr)] = tiles.get(str(mr), 0) + n * blocks
+        fmas += n * (7 if mr <= 7 else 10 if mr <= 10 else 14) * 2 * k
+    return tiles, fmas
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_emulated_avx512_runs_the_14_row_tiles(dtype):
+    # the honest signal: the tile rows the entry points saw (14, and the
+    # half/mid/full partial loops: 21 = 14 + 7, 24 = 14 + 10, 27 = 14 + 13)
+    # and exactly 28 k emulated 512-bit FMAs per full tile, which no AVX2
+    # path (6-row tiles, ymm) makes; columns past NR and under a vector
+    # (p = NR + 5, NR + NR / 2 + 3) take the masked stores. Under ASan: CPU
+    # buffers are rounded up to a size class (Note [Size-class free list],
+    # storage.c), so a mask one lane too wide writes past C visibly only
+    # where C fills its class: 14 x NR / 4 and 16 x 3 NR / 4 are 448 and
+    # 1536 bytes, classes, with the last row's first and second vectors
+    # masked (checked: such a mutant kernel is reported there)
+    nr = NR[dtype]
+    shapes = [(14, 100, nr), (21, 100, nr), (24, 37, nr), (27, 9, nr), (14, 100, nr + 5),
+              (27, 50, nr + nr // 2 + 3), (3 * 14, 2 * KC + 5, nr), (9, 1, 5),
+              (14, 10, nr // 4), (16, 10, 3 * nr // 4)]
+    got = run_emu([[dtype, m, k, p, "rows", "cols"] for m, k, p in shapes])
+    for (m, k, p), g in zip(shapes, got):
+        tiles, fmas = expected(m, k, p, nr)
+        assert (g["tiles"], g["fmas"]) == (tiles, fmas), (m, k, p, g)
+        assert g["axpy"] == g["dot"] == 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_emulated_avx512_packed_a_and_skinny_loops(dtype):
+    # A packed (columns contiguous, or rows 1 KiB apart, p > 2 NR): every
+    # call is the packed kernel's; m <= 8 with B by rows: the axpy loops;
+    # m = 1 with B = W.T: the dot loops; m = 2 with B = W.T: the AVX2
+    # register transposes that the AVX-512 configuration shares (no count)
+    nr = NR[dtype]
+    cases = [[dtype, 30, 100, 3 * nr + 5, "cols", "rows"],
+             [dtype, 30, 400, 3 * nr + 5, "wide", "rows"],
+             [dtype, 5, 700, 300, "rows", "rows"],
+             [dtype, 1, 700, 300, "rows", "cols"],
+             [dtype, 2, 700, 300, "rows", "cols"]]
+    packed_cols, packed_rows, axpy, dot, bt = run_emu(cases)
+    for g, (_, m, k, p, _, _) in zip((packed_cols, packed_rows), cases):
+        tiles, fmas = expected(m, k, p, nr)
+        assert (g["tiles"], g["fmas"]) == (tiles, fmas), g
+        assert g["packed"] == sum(tiles.values()), g
+    assert axpy["axpy"] > 0 and axpy["fmas"] == 0 and not axpy["tiles"]
+    assert dot["dot"] > 0 and dot["fmas"] == 0 and not dot["tiles"]
+    assert bt["fmas"] == bt["axpy"] == bt["dot"] == 0
+
+
+def test_emulated_avx512_on_two_threads():
+    # the work split in MR = 14 row units: the same tiles on two threads
+    cases = [["float32", 300, 700, 200, "rows", "rows"], ["float64", 150, 400, 90, "cols", "rows"]]
+    for g, (dt, m, k, p, _, _) in zip(run_emu(cases, threads=2), cases):
+        tiles, fmas = expected(m, k, p, NR[dt])
+        assert (g["tiles"], g["fmas"]) == (tiles, fmas), g

@@ -117,6 +117,19 @@ static int kernel_supported(int k)
     return k == K_GENERIC;
 }
 
+/* What NEEDLE_MATMUL_KERNEL may force: what the CPU supports; and in the
+ * NDL_AVX512_EMU test build, the AVX-512 kernels wherever AVX2 runs (they
+ * are AVX2 code there: Note [AVX-512 without AVX-512], avx512_emu.h). The
+ * default choice still follows the CPU alone. */
+static int kernel_forcible(int k)
+{
+#ifdef NDL_AVX512_EMU
+    if (k == K_AVX512)
+        return ndl_get_cpu_info()->avx2_fma;
+#endif
+    return kernel_supported(k);
+}
+
 static int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : x > hi ? hi : x; }
 
 /* Note [Block sizes]
@@ -244,7 +257,7 @@ static void choose_kernel(void)
     int forced = 0;
     if (env && *env) /* unknown or unsupported names keep the best one */
         for (int k = 0; k < K_COUNT; k++)
-            if (strcmp(env, g_kernels[k][0].name) == 0 && kernel_supported(k)) {
+            if (strcmp(env, g_kernels[k][0].name) == 0 && kernel_forcible(k)) {
                 chosen = k;
                 forced = 1;
             }

@@ -9,14 +9,25 @@
  *
  * Compiled with the same flags as every other file: the ISA comes from the
  * target attribute, and cpu_matmul.c only calls these after
- * __builtin_cpu_supports("avx512f").
+ * __builtin_cpu_supports("avx512f"). The NDL_AVX512_EMU test build compiles
+ * them for AVX2+FMA against avx512_emu.h instead (Note [AVX-512 without
+ * AVX-512]), behind counting entry points (end of this file).
  */
 #include "cpu_matmul.h"
+
+#if defined(NDL_AVX512_EMU) && !(defined(__x86_64__) || defined(__i386__))
+#error "NDL_AVX512_EMU emulates AVX-512 with AVX2: x86 only"
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
+#ifdef NDL_AVX512_EMU /* Note [AVX-512 without AVX-512] in avx512_emu.h */
+#include "avx512_emu.h"
+#define UK_TARGET __attribute__((target("avx2,fma")))
+#else
 #define UK_TARGET __attribute__((target("avx512f")))
+#endif
 #define UK_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13)
 #define UK_HALF_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6)
 #define UK_MID_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9)
@@ -42,7 +53,11 @@ static inline __mmask8 uk_lanes_f64(int n)
 #define UK_MASKSTORE(p, m, v) MM(mask_storeu)(p, m, v)
 #endif
 
+#ifdef NDL_AVX512_EMU /* the kernels under other names, counted below */
+#define UK_ISA avx512_emu
+#else
 #define UK_ISA avx512
+#endif
 
 #define T float
 #define UK_DT f32
@@ -55,3 +70,55 @@ static inline __mmask8 uk_lanes_f64(int n)
 #define UK_MR NDL_AVX512_MR_F64
 #define UK_NR NDL_AVX512_NR_F64
 #include "cpu_matmul_simd_impl.h"
+
+#ifdef NDL_AVX512_EMU
+/* Note [AVX-512 without AVX-512] (avx512_emu.h): the entry points the driver
+ * calls, counting calls and emulated FMAs; [0] float32, [1] float64.
+ * Relaxed atomic adds, read by the tests through ctypes. */
+typedef struct {
+    int64_t tiles[NDL_AVX512_MR_F32 + 1]; /* micro-kernel calls by mr, 1..14 */
+    int64_t packed;                       /* of which the packed-A kernel's */
+    int64_t fmas;                         /* emulated 512-bit FMAs in them */
+    int64_t axpy, dot;                    /* skinny products (cpu_matmul_small.c) */
+} ndl_avx512_emu_count;
+ndl_avx512_emu_count ndl_avx512_emu_counts[2];
+
+#define EMU_ADD(x, n) __atomic_fetch_add(&(x), (int64_t)(n), __ATOMIC_RELAXED)
+#define EMU_TILE(NAME, BODY, D, PACKED)                                                        \
+    void NAME(int64_t kc, const void *a, int64_t ars, int64_t acs, const void *b, void *c,      \
+              int64_t ldc, int mr, int nr, int first)                                          \
+    {                                                                                          \
+        int64_t before = ndl_emu_fmas;                                                         \
+        BODY(kc, a, ars, acs, b, c, ldc, mr, nr, first);                                       \
+        EMU_ADD(ndl_avx512_emu_counts[D].tiles[mr], 1);                                        \
+        EMU_ADD(ndl_avx512_emu_counts[D].packed, PACKED);                                      \
+        EMU_ADD(ndl_avx512_emu_counts[D].fmas, ndl_emu_fmas - before);                         \
+    }
+EMU_TILE(ndl_ukernel_avx512_f32, ndl_ukernel_avx512_emu_f32, 0, 0)
+EMU_TILE(ndl_ukernel_avx512_f64, ndl_ukernel_avx512_emu_f64, 1, 0)
+EMU_TILE(ndl_ukernel_avx512_f32_packed, ndl_ukernel_avx512_emu_f32_packed, 0, 1)
+EMU_TILE(ndl_ukernel_avx512_f64_packed, ndl_ukernel_avx512_emu_f64_packed, 1, 1)
+
+/* the skinny loops, instantiated as avx512_emu_* in cpu_matmul_small.c */
+NDL_DECLARE_SMALL(avx512_emu_f32)
+NDL_DECLARE_SMALL(avx512_emu_f64)
+#define EMU_SMALL(SFX, D)                                                                      \
+    void ndl_small_axpy_avx512_##SFX(int64_t m, int64_t n, const void *a, int64_t rsa,          \
+                                     int64_t csa, const void *b, int64_t rsb, void *c,         \
+                                     int64_t ldc, int64_t j0, int64_t j1, int64_t jl2,         \
+                                     int64_t kc, void *scratch)                                \
+    {                                                                                          \
+        EMU_ADD(ndl_avx512_emu_counts[D].axpy, 1);                                             \
+        ndl_small_axpy_avx512_emu_##SFX(m, n, a, rsa, csa, b, rsb, c, ldc, j0, j1, jl2, kc,    \
+                                        scratch);                                              \
+    }                                                                                          \
+    void ndl_small_dot_avx512_##SFX(int64_t m, int64_t n, const void *a, int64_t rsa,           \
+                                    const void *b, int64_t csb, void *c, int64_t ldc,          \
+                                    int64_t j0, int64_t j1)                                    \
+    {                                                                                          \
+        EMU_ADD(ndl_avx512_emu_counts[D].dot, 1);                                              \
+        ndl_small_dot_avx512_emu_##SFX(m, n, a, rsa, b, csb, c, ldc, j0, j1);                  \
+    }
+EMU_SMALL(f32, 0)
+EMU_SMALL(f64, 1)
+#endif

@@ -223,8 +223,16 @@ NDL_DEFINE_SMALL(double, generic_f64, , NDL_MADD, 128)
 /* Note [One chain per element] (cpu_matmul.h): explicit fused multiply-adds */
 NDL_DEFINE_SMALL(float, avx2_f32, __attribute__((target("avx2,fma"))), __builtin_fmaf, 256)
 NDL_DEFINE_SMALL(double, avx2_f64, __attribute__((target("avx2,fma"))), __builtin_fma, 256)
+#ifdef NDL_AVX512_EMU
+/* Note [AVX-512 without AVX-512] (avx512_emu.h): the same 512-byte chains
+ * compiled for AVX2 (vectorised in ymm halves; each lane's FMAs stay one
+ * chain, __builtin_fma fused), entered through cpu_matmul_avx512.c */
+NDL_DEFINE_SMALL(float, avx512_emu_f32, __attribute__((target("avx2,fma"))), __builtin_fmaf, 512)
+NDL_DEFINE_SMALL(double, avx512_emu_f64, __attribute__((target("avx2,fma"))), __builtin_fma, 512)
+#else
 NDL_DEFINE_SMALL(float, avx512_f32, __attribute__((target("avx512f,fma"))), __builtin_fmaf, 512)
 NDL_DEFINE_SMALL(double, avx512_f64, __attribute__((target("avx512f,fma"))), __builtin_fma, 512)
+#endif
 #else /* only there so that the driver links: never chosen */
 NDL_DEFINE_SMALL(float, avx2_f32, , NDL_MADD, 128)
 NDL_DEFINE_SMALL(double, avx2_f64, , NDL_MADD, 128)
