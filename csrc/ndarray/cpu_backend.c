@@ -15,6 +15,9 @@ static void *cpu_alloc(size_t nbytes)
     size_t rounded = (nbytes + 63) & ~(size_t)63;
     if (rounded == 0)
         rounded = 64;
+#ifdef __SANITIZE_ADDRESS__
+    rounded = nbytes > 0 ? nbytes : 1; /* Note [Exact buffers under ASan], storage.c */
+#endif
     if (rounded >= ((size_t)4 << 20)) {
         /* NOTE: big buffers are 2 MiB aligned and ask for transparent huge
          * pages, as NumPy does: a fresh 64 MB result otherwise takes 16K
