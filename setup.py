@@ -8,6 +8,8 @@ Environment switches:
                     unset: build it when nvcc is found (CUDA block below)
   NEEDLE_CUDA_EMU=1 also build needle._cuda_emu, the CUDA kernels on the CPU
                     (a test harness; emulator block below; no nvcc needed)
+  NEEDLE_TSAN=1     with NEEDLE_CUDA_EMU=1: the emulator under ThreadSanitizer
+                    (see `make cuda-emu-tsan`; needle._C is not instrumented)
 """
 import glob
 import os
@@ -127,7 +129,8 @@ class build_ext_cuda(build_ext):
             os.makedirs(os.path.dirname(obj), exist_ok=True)
             if self.force or not os.path.exists(obj) or any(
                     os.path.getmtime(d) > os.path.getmtime(obj) for d in [src] + ext.depends):
-                todo.append([ext.emu_cxx, "-x", "c++", "-c", src, "-o", obj] + ext.emu_flags)
+                flags = ext.emu_flags + (ext.emu_kernel_flags if src not in EMU_RUNTIME else [])
+                todo.append([ext.emu_cxx, "-x", "c++", "-c", src, "-o", obj] + flags)
             objs.append(obj)
 
         def compile_one(cmd):
@@ -169,7 +172,13 @@ if CUDA_HOME is not None:
 # runtime (Note [The CUDA emulator], csrc/cuda/emu/cuda_runtime.h): a test
 # harness that runs them on the CPU (NEEDLE_CUDA_EMU=1 at run time selects
 # it; `make cuda-emu`). Built when NEEDLE_CUDA_EMU=1; no nvcc needed. Same
-# warnings policy and sanitizers as needle._C.
+# warnings policy and sanitizers as needle._C. NEEDLE_TSAN=1: ThreadSanitizer
+# instruments the kernels (the .cu sources, emu_selftest.cc) but not the
+# emulator's runtime (EMU_RUNTIME: its bookkeeping is no GPU thread's access;
+# it calls TSan's interface itself, -DNDL_EMU_TSAN), and not needle._C: Note
+# [Races under ThreadSanitizer] in csrc/cuda/emu/emu_exec.cc, `make cuda-emu-tsan`.
+EMU_RUNTIME = ["csrc/cuda/emu/emu_exec.cc", "csrc/cuda/emu/emu_fiber.cc",
+               "csrc/cuda/emu/emu_runtime.cc"]
 if _flag("NEEDLE_CUDA_EMU"):
     emu_ext = Extension(
         "needle._cuda_emu",
@@ -189,6 +198,14 @@ if _flag("NEEDLE_CUDA_EMU"):
                          "-Icsrc/cuda/emu", "-Icsrc",
                          "-Icsrc/ndarray", "-Icsrc/cuda"] + [
                              a for a in compile_args if a != "-std=gnu11"]
+    emu_ext.emu_kernel_flags = []
+    if _flag("NEEDLE_TSAN"):
+        if _flag("NEEDLE_ASAN"):
+            raise SystemExit("NEEDLE_TSAN=1 and NEEDLE_ASAN=1 do not combine")
+        emu_ext.emu_flags = [a for a in emu_ext.emu_flags if a not in ("-O3", "-DNDEBUG")] + [
+            "-O1", "-g", "-fno-omit-frame-pointer", "-DNDL_EMU_TSAN=1"]
+        emu_ext.emu_kernel_flags = ["-fsanitize=thread"]
+        emu_ext.extra_link_args = link_args + ["-fsanitize=thread"]
     extensions.append(emu_ext)
 
 setup(ext_modules=extensions, cmdclass={"build_ext": build_ext_cuda})

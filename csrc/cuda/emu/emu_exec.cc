@@ -35,6 +35,12 @@
 
 #include "emu_internal.h"
 
+#ifdef NDL_EMU_TSAN
+#define NDL_EMU_TSAN_ON 1
+#else
+#define NDL_EMU_TSAN_ON 0
+#endif
+
 uint3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace ndl_emu {
@@ -79,13 +85,48 @@ struct Launch {
     const char *bar_file;
     int bar_line;
     Thread *cur;
+    unsigned parity; /* the block's place in the run order, mod 2 (its threads' personas) */
     Fiber sched;
     bool failed;
     char error[900];
 };
 
-std::mutex launch_lock; /* one grid at a time: __shared__ arrays are statics */
+/* one grid at a time: __shared__ arrays are statics */
+#ifdef NDL_EMU_TSAN
+std::mutex &launch_lock = *new std::mutex; /* not among the globals tsan_forget_globals drops */
+#else
+std::mutex launch_lock;
+#endif
 Launch *L; /* the running grid (under launch_lock) */
+
+/* ThreadSanitizer's sync objects (Note [Races under ThreadSanitizer]): on the
+ * heap, outside the module's globals. */
+char *const tsan_keys = new char[24];
+void *const LAUNCHED = tsan_keys, *const FINISHED = tsan_keys + 8, *const MEET = tsan_keys + 16;
+
+/* Under ThreadSanitizer: every thread of ts[0, n) whose bit is set in mask
+ * (every one when mask is 0) leaves after what every other did before
+ * arriving (a barrier's or __syncwarp's meeting; all have arrived). */
+void tsan_meet(Thread *ts, unsigned n, unsigned mask)
+{
+#ifdef NDL_EMU_TSAN
+    for (unsigned i = 0; i < n; i++)
+        if (mask == 0 || (mask >> i & 1)) {
+            tsan_enter(&ts[i].fiber);
+            tsan_release(MEET);
+            tsan_leave();
+        }
+    for (unsigned i = 0; i < n; i++)
+        if (mask == 0 || (mask >> i & 1)) {
+            tsan_enter(&ts[i].fiber);
+            tsan_acquire(MEET);
+            tsan_leave();
+        }
+    tsan_forget(MEET);
+#else
+    (void)ts, (void)n, (void)mask;
+#endif
+}
 
 const char *short_file(const char *f)
 {
@@ -148,11 +189,16 @@ void thread_entry(void)
 {
     fiber_entered();
     for (;;) {
-        L->body(L->ctx);
         Thread *t = L->cur;
+        tsan_enter(&t->fiber);
+        tsan_acquire(LAUNCHED); /* after the host's launch */
+        L->body(L->ctx);
+        tsan_release(FINISHED); /* before the host's return */
+        tsan_leave();
         t->state = DONE;
         L->done++;
-        if (L->queue_head < L->queue.size() || L->next_new >= L->nthreads)
+        /* under TSan every thread has a stack of its own (emu_fiber.cc) */
+        if (L->queue_head < L->queue.size() || L->next_new >= L->nthreads || NDL_EMU_TSAN_ON)
             break;
         Thread *n = &L->threads[L->order[L->next_new++]];
         n->fiber = t->fiber;
@@ -223,6 +269,8 @@ void complete(unsigned w, Group &g)
             base[lane].result = base[j].value;
         }
     }
+    if (g.kind == COLL_SYNCWARP) /* a shuffle moves values, it orders no memory */
+        tsan_meet(base, 32, g.mask);
     for (unsigned lane = 0; lane < 32; lane++)
         if ((g.mask >> lane & 1) && &base[lane] != L->cur)
             wake(&base[lane]);
@@ -233,6 +281,7 @@ uint64_t collective(CollKind kind, ShuffleMode mode, unsigned mask, uint64_t val
                     int width, const char *file, int line)
 {
     Thread *t = L->cur;
+    tsan_leave(); /* the emulator's own work, until it returns to the kernel */
     const unsigned tid = (unsigned)(t - L->threads.data()), w = tid / 32, lane = tid % 32;
     char msg[300];
     Group probe{mask, 0, kind, mode, width, file, line};
@@ -277,12 +326,13 @@ uint64_t collective(CollKind kind, ShuffleMode mode, unsigned mask, uint64_t val
     t->value = value;
     t->b = b;
     g->arrived |= 1u << lane;
-    if (g->arrived != mask) {
+    if (g->arrived != mask)
         wait_here(WAIT_WARP, file, line);
-        return t->result;
+    else {
+        complete(w, *g);
+        groups.erase(groups.begin() + (g - groups.data()));
     }
-    complete(w, *g);
-    groups.erase(groups.begin() + (g - groups.data()));
+    tsan_enter(&t->fiber);
     return t->result;
 }
 
@@ -359,7 +409,8 @@ bool run_block(void)
                 l.queue.clear(), l.queue_head = 0;
         } else if (l.next_new < l.nthreads) {
             t = &l.threads[l.order[l.next_new++]];
-            fiber_start(&t->fiber, thread_entry);
+            fiber_start(&t->fiber, thread_entry,
+                        2 * (unsigned)(t - l.threads.data()) + l.parity);
         } else if (l.done == l.nthreads) {
             return true;
         } else {
@@ -378,8 +429,10 @@ bool run_block(void)
             break;
     }
     for (Thread &t : l.threads) /* abandoned: their stacks back to the pool */
-        if (t.state != NEW && t.state != DONE)
+        if (t.state != NEW && t.state != DONE) {
+            tsan_abandon(&t.fiber, FINISHED);
             fiber_release(&t.fiber);
+        }
     return false;
 }
 
@@ -426,6 +479,7 @@ void run_grid(dim3 grid, dim3 block, const char *kernel, const char *file, int l
     l.cur = nullptr;
     l.failed = false;
     L = &l;
+    tsan_release(LAUNCHED); /* the host's work so far, before every thread */
     blockDim = uint3{block.x, block.y, block.z};
     gridDim = uint3{grid.x, grid.y, grid.z};
     for (unsigned z = 0, i = 0; z < block.z; z++)
@@ -452,9 +506,12 @@ void run_grid(dim3 grid, dim3 block, const char *kernel, const char *file, int l
         if (seed != 0)
             for (unsigned k = l.nthreads; k > 1; k--)
                 std::swap(order[k - 1], order[rng_next(&rng) % k]);
+        l.parity = (unsigned)(i & 1);
+        tsan_forget_globals(); /* the last block's __shared__ arrays are not this one's */
         if (!run_block())
             break;
     }
+    tsan_acquire(FINISHED); /* every thread's work, before the host's return */
     L = nullptr;
     if (l.failed)
         record_error(cudaErrorLaunchFailure, l.error, true);
@@ -463,6 +520,8 @@ void run_grid(dim3 grid, dim3 block, const char *kernel, const char *file, int l
 void syncthreads(const char *file, int line)
 {
     Launch &l = *L;
+    Thread *t = l.cur;
+    tsan_leave();
     if (l.bar_count == 0) {
         l.bar_file = file;
         l.bar_line = line;
@@ -476,12 +535,13 @@ void syncthreads(const char *file, int line)
     }
     if (++l.bar_count == l.nthreads) {
         l.bar_count = 0;
-        for (Thread &t : l.threads)
-            if (t.state == WAIT_BAR)
-                wake(&t);
-        return;
-    }
-    wait_here(WAIT_BAR, file, line);
+        tsan_meet(l.threads.data(), l.nthreads, 0);
+        for (Thread &w : l.threads)
+            if (w.state == WAIT_BAR)
+                wake(&w);
+    } else
+        wait_here(WAIT_BAR, file, line);
+    tsan_enter(&t->fiber);
 }
 
 void syncwarp(unsigned mask, const char *file, int line)
@@ -497,6 +557,7 @@ uint64_t shuffle(ShuffleMode mode, unsigned mask, uint64_t bits, int b, int widt
 
 void kernel_fail(const char *file, int line, const char *what)
 {
+    tsan_leave();
     char msg[300];
     snprintf(msg, sizeof msg, "%s:%d: %s", short_file(file), line, what);
     fail_here(msg);
