@@ -221,7 +221,7 @@ CUDA_EMU_TESTS = $(PYTHON) -c "import needle as n, needle._cuda_emu as c; \
 	timeout 900 $(PYTHON) -m pytest -q -p no:cacheprovider -k cuda $(DEVICE_SUITE) && \
 	NEEDLE_DEFAULT_DEVICE=cuda timeout 900 $(PYTHON) -m pytest -q -p no:cacheprovider \
 	  -k "not cpu and not cuda and not fashion_cnn_job" $(CUDA_SUITE)
-.PHONY: cuda-emu cuda-emu-asan
+.PHONY: cuda-emu cuda-emu-asan cuda-emu-tsan
 cuda-emu: deps
 	$(CUDA_EMU_BUILD)
 	export NEEDLE_CUDA_EMU=1; $(CUDA_EMU_TESTS)
@@ -230,5 +230,25 @@ cuda-emu-asan: deps
 	export NEEDLE_CUDA_EMU=1 NDL_CUDA_EMU_EXACT=1 LD_PRELOAD=$(ASAN_LIB) PYTHONMALLOC=malloc \
 	  NEEDLE_ASAN_RUN=1 ASAN_OPTIONS=$(ASAN_OPTIONS_RUN) LSAN_OPTIONS=$(LSAN_OPTIONS_RUN) \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHON=$(PY_EXE); \
+	  $(subst $(PYTHON),$(PY_EXE),$(CUDA_EMU_TESTS)); \
+	  status=$$?; unset LD_PRELOAD; $(CUDA_EMU_BUILD) --force; exit $$status
+
+# cuda-emu-tsan: the same steps with needle._cuda_emu under ThreadSanitizer, which
+# reports data races between emulated GPU threads: accesses that no barrier,
+# __syncwarp or launch orders (inside a barrier interval, or between blocks: Note
+# [Races under ThreadSanitizer], csrc/cuda/emu/emu_exec.cc). Only the kernels are
+# instrumented (not needle._C, not the emulator's runtime); libtsan is preloaded into
+# the interpreter itself; a report ends the run (halt_on_error) with exit status 66,
+# and pytest captures sys.stdout/err only, so the report reaches the terminal. The
+# CPU thread pools run one thread each (their uninstrumented workers would look
+# racy: .ci/tsan.supp says why), which holds what lies outside the emulator. The
+# normal emulator build is restored afterwards.
+TSAN_LIB = $(shell gcc -print-file-name=libtsan.so)
+TSAN_OPTIONS_RUN = halt_on_error=1:exitcode=66:allocator_may_return_null=1:suppressions=$(CURDIR)/.ci/tsan.supp
+cuda-emu-tsan: deps
+	NEEDLE_TSAN=1 $(CUDA_EMU_BUILD) --force
+	export NEEDLE_CUDA_EMU=1 LD_PRELOAD=$(TSAN_LIB) TSAN_OPTIONS=$(TSAN_OPTIONS_RUN) \
+	  NEEDLE_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 \
+	  PYTEST_ADDOPTS=--capture=sys PYTHON=$(PY_EXE); \
 	  $(subst $(PYTHON),$(PY_EXE),$(CUDA_EMU_TESTS)); \
 	  status=$$?; unset LD_PRELOAD; $(CUDA_EMU_BUILD) --force; exit $$status
