@@ -25,6 +25,59 @@
  *   An error ends the launch at once: the waiting fibers are abandoned
  *   (kernels own nothing that needs unwinding), the rest of the grid does
  *   not run, and cudaErrorLaunchFailure is recorded with the detail.
+ *
+ * Note [Races under ThreadSanitizer]
+ *   make cuda-emu-tsan builds the kernels with -fsanitize=thread
+ *   (NEEDLE_TSAN=1, setup.py; NDL_EMU_TSAN in the emulator's own files,
+ *   which are not instrumented: their bookkeeping is nobody's GPU access)
+ *   and reports a data race between emulated GPU threads: two accesses to
+ *   one address, one a write, that nothing CUDA guarantees orders. The
+ *   happens-before model, and nothing else:
+ *   - Identity. Every emulated thread runs as a TSan fiber of its own, and
+ *     switching fibers implies nothing (__tsan_switch_to_fiber_no_sync).
+ *     The identity changes where control crosses between a kernel and the
+ *     emulator, not at the stack switch: kernel code runs as its thread
+ *     (tsan_enter, emu_fiber.cc), the emulator's code (the scheduler, a
+ *     barrier's bookkeeping, its vectors' malloc and memmove, which TSan's
+ *     interceptors see) as the launching host thread (tsan_leave), whose
+ *     program order then covers it all.
+ *   - Launch: the host releases LAUNCHED before the grid and every thread
+ *     acquires it when it starts (arguments, cudaMemcpy'd inputs); every
+ *     thread releases FINISHED when it exits (or is abandoned by an error)
+ *     and the host acquires it after the grid: the launch is synchronous.
+ *   - __syncthreads: when the last thread arrives, every thread releases
+ *     and then every thread acquires one sync object (MEET, emptied after):
+ *     all that each did before the barrier precedes all that each does after.
+ *   - __syncwarp(mask): the same among the lanes of mask only; a pair in two
+ *     warps is not ordered by their warps' __syncwarp. The shuffles order
+ *     nothing: they move values, and CUDA promises memory ordering for
+ *     __syncwarp and the barriers, not for __shfl*_sync.
+ *   - Blocks are unordered, as on a GPU: the threads of two blocks meet only
+ *     through the host's launch. Their identities are personas (a TSan fiber
+ *     and a stack each, made once and kept: a fiber costs about 1 ms to
+ *     make), one per (thread index, block parity): a block's thread i runs as
+ *     persona (i, b mod 2) for the b-th block run, so two blocks run one
+ *     after another (x fastest, or NDL_CUDA_EMU_SHUFFLE's order) are two
+ *     sets of fibers with no order between them, and a race between them on
+ *     device memory is reported (blocks b and b + 2 share fibers, and that
+ *     program order hides races between them: consecutive blocks only). A
+ *     persona's stack is its own, so no other thread's frames were there.
+ *   - __shared__ arrays are statics that every block reuses (cuda_runtime.h),
+ *     and __device__ variables are globals: before each block the history of
+ *     the module's writable segment is dropped (tsan_forget_globals, through
+ *     TSan's Java heap interface, the one that empties a range's shadow and
+ *     its sync objects), so the last block's shared memory is not this one's
+ *     to race with, and races between blocks on __device__ variables are
+ *     not found (races inside a block on them are). The launch lock and the
+ *     sync objects live on the heap, out of that range.
+ *   What is found: a race inside a barrier interval (shared or device
+ *   memory), one across warps ordered only by __syncwarp, one between
+ *   consecutive blocks on device memory, one between a kernel and the host
+ *   (none can be: launches are synchronous). What is not: races between
+ *   blocks two or more apart, and on __device__ variables between blocks;
+ *   a block of more than 256 threads shares TSan's 256 clock slots, and
+ *   threads that share a slot look ordered to it (false negatives only).
+ *   Costs: the suite runs 5-10 times slower than under the plain emulator.
  */
 #include <stdio.h>
 #include <stdlib.h>
