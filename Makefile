@@ -221,7 +221,7 @@ CUDA_EMU_TESTS = $(PYTHON) -c "import needle as n, needle._cuda_emu as c; \
 	timeout 900 $(PYTHON) -m pytest -q -p no:cacheprovider -k cuda $(DEVICE_SUITE) && \
 	NEEDLE_DEFAULT_DEVICE=cuda timeout 900 $(PYTHON) -m pytest -q -p no:cacheprovider \
 	  -k "not cpu and not cuda and not fashion_cnn_job" $(CUDA_SUITE)
-.PHONY: cuda-emu cuda-emu-asan
+.PHONY: cuda-emu cuda-emu-asan cuda-emu-tsan
 cuda-emu: deps
 	$(CUDA_EMU_BUILD)
 	export NEEDLE_CUDA_EMU=1; $(CUDA_EMU_TESTS)
@@ -273,3 +273,34 @@ avx512-emu-asan: deps
 	  $(AVX512_EMU_PYTEST) $(AVX512_EMU_MATMUL) tests/test_backend_conv.py \
 	  -k "not skinny_large_b and not balance_tiles"; \
 	  status=$$?; $(ASAN_BUILD); exit $$status
+
+# cuda-emu-tsan: needle._cuda_emu under ThreadSanitizer, which reports data races
+# between emulated GPU threads: accesses that no barrier, __syncwarp or launch
+# orders (inside a barrier interval, or between consecutive blocks: Note [Races
+# under ThreadSanitizer], csrc/cuda/emu/emu_exec.cc). Only the kernels are
+# instrumented (not needle._C, not the emulator's runtime); libtsan is preloaded into
+# the interpreter itself; a report ends the run (halt_on_error) with exit status 66,
+# and pytest captures sys.stdout/err only, so the report reaches the terminal. The
+# CPU thread pools run one thread each (their uninstrumented workers would look
+# racy: .ci/tsan.supp says why). It runs test_cuda.py (every kernel against NumPy),
+# test_cuda_emu.py and test_cuda_emu_mma.py; TSAN_FULL=1 adds the rest of cuda-emu's steps (the same
+# kernels through the ops and models, with longer timeouts: TSan runs them 3-5
+# times slower). The normal emulator build is restored afterwards.
+TSAN_LIB = $(shell gcc -print-file-name=libtsan.so)
+TSAN_OPTIONS_RUN = halt_on_error=1:exitcode=66:allocator_may_return_null=1:suppressions=$(CURDIR)/.ci/tsan.supp
+TSAN_FULL ?=
+CUDA_EMU_TSAN_TESTS = $(PY_EXE) -c "import needle._cuda_emu as c; \
+	  assert c._selftest('tsan', (1, 1, 1), (1, 1, 1), (0, 0, 0, 0))[0] == 1, 'no TSan build'; \
+	  print('cuda-emu-tsan on', c.device_name())" && \
+	timeout 900 $(PY_EXE) -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cuda_emu.py \
+	  tests/test_cuda_emu_mma.py \
+	$(if $(TSAN_FULL),&& timeout 1800 $(PY_EXE) -m pytest -q -p no:cacheprovider -k cuda \
+	  $(DEVICE_SUITE) && NEEDLE_DEFAULT_DEVICE=cuda timeout 1800 $(PY_EXE) -m pytest -q \
+	  -p no:cacheprovider -k "not cpu and not cuda and not fashion_cnn_job" $(CUDA_SUITE))
+cuda-emu-tsan: deps
+	NEEDLE_TSAN=1 $(CUDA_EMU_BUILD) --force
+	export NEEDLE_CUDA_EMU=1 LD_PRELOAD=$(TSAN_LIB) TSAN_OPTIONS=$(TSAN_OPTIONS_RUN) \
+	  NEEDLE_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 \
+	  PYTEST_ADDOPTS=--capture=sys; \
+	  $(CUDA_EMU_TSAN_TESTS); \
+	  status=$$?; unset LD_PRELOAD; $(CUDA_EMU_BUILD) --force; exit $$status

@@ -11,6 +11,8 @@ Environment switches:
   NEEDLE_AVX512_EMU=1  the AVX-512 matmul kernels compiled for AVX2 against
                     csrc/ndarray/avx512_emu.h, so NEEDLE_MATMUL_KERNEL=avx512 runs
                     them on a CPU without AVX-512 (a test build: `make avx512-emu`)
+  NEEDLE_TSAN=1     with NEEDLE_CUDA_EMU=1: the emulator under ThreadSanitizer
+                    (see `make cuda-emu-tsan`; needle._C is not instrumented)
 """
 import glob
 import os
@@ -134,7 +136,8 @@ class build_ext_cuda(build_ext):
             os.makedirs(os.path.dirname(obj), exist_ok=True)
             if self.force or not os.path.exists(obj) or any(
                     os.path.getmtime(d) > os.path.getmtime(obj) for d in [src] + ext.depends):
-                todo.append([ext.emu_cxx, "-x", "c++", "-c", src, "-o", obj] + ext.emu_flags)
+                flags = ext.emu_flags + (ext.emu_kernel_flags if src not in EMU_RUNTIME else [])
+                todo.append([ext.emu_cxx, "-x", "c++", "-c", src, "-o", obj] + flags)
             objs.append(obj)
 
         def compile_one(cmd):
@@ -176,7 +179,13 @@ if CUDA_HOME is not None:
 # runtime (Note [The CUDA emulator], csrc/cuda/emu/cuda_runtime.h): a test
 # harness that runs them on the CPU (NEEDLE_CUDA_EMU=1 at run time selects
 # it; `make cuda-emu`). Built when NEEDLE_CUDA_EMU=1; no nvcc needed. Same
-# warnings policy and sanitizers as needle._C.
+# warnings policy and sanitizers as needle._C. NEEDLE_TSAN=1: ThreadSanitizer
+# instruments the kernels (the .cu sources, emu_selftest.cc) but not the
+# emulator's runtime (EMU_RUNTIME: its bookkeeping is no GPU thread's access;
+# it calls TSan's interface itself, -DNDL_EMU_TSAN), and not needle._C: Note
+# [Races under ThreadSanitizer] in csrc/cuda/emu/emu_exec.cc, `make cuda-emu-tsan`.
+EMU_RUNTIME = ["csrc/cuda/emu/emu_exec.cc", "csrc/cuda/emu/emu_fiber.cc",
+               "csrc/cuda/emu/emu_runtime.cc"]
 if _flag("NEEDLE_CUDA_EMU"):
     emu_ext = Extension(
         "needle._cuda_emu",
@@ -196,6 +205,14 @@ if _flag("NEEDLE_CUDA_EMU"):
                          "-Icsrc/cuda/emu", "-Icsrc",
                          "-Icsrc/ndarray", "-Icsrc/cuda"] + [
                              a for a in compile_args if a != "-std=gnu11"]
+    emu_ext.emu_kernel_flags = []
+    if _flag("NEEDLE_TSAN"):
+        if _flag("NEEDLE_ASAN"):
+            raise SystemExit("NEEDLE_TSAN=1 and NEEDLE_ASAN=1 do not combine")
+        emu_ext.emu_flags = [a for a in emu_ext.emu_flags if a not in ("-O3", "-DNDEBUG")] + [
+            "-O1", "-g", "-fno-omit-frame-pointer", "-DNDL_EMU_TSAN=1"]
+        emu_ext.emu_kernel_flags = ["-fsanitize=thread"]
+        emu_ext.extra_link_args = link_args + ["-fsanitize=thread"]
     extensions.append(emu_ext)
 
 setup(ext_modules=extensions, cmdclass={"build_ext": build_ext_cuda})

@@ -208,3 +208,84 @@ def test_shuffled_block_order_is_seeded():
     plain, a, a2, b = order(None), order(7), order(7), order(8)
     assert plain == list(range(64))
     assert sorted(a) == plain and a == a2 and a != plain and b != a
+
+
+# ---- races under ThreadSanitizer (make cuda-emu-tsan) ------------------------
+# Note [Races under ThreadSanitizer] (csrc/cuda/emu/emu_exec.cc): emulated GPU
+# threads are TSan fibers ordered only by what CUDA orders (a launch, a barrier,
+# a __syncwarp among its lanes). Each case runs in a subprocess: a report stops
+# the process (halt_on_error), and the test reads it.
+TSAN = bool(run("tsan", block=(1, 1, 1))[0])
+needs_tsan = pytest.mark.skipif(not TSAN, reason="needs needle._cuda_emu built with "
+                                "ThreadSanitizer (make cuda-emu-tsan)")
+SELFTEST = os.path.join(ROOT, "csrc", "cuda", "emu", "emu_selftest.cc")
+
+
+def marked_line(tag):
+    """The line of emu_selftest.cc whose comment is `// race: <tag>`."""
+    with open(SELFTEST) as f:
+        lines = [i for i, text in enumerate(f, 1) if text.rstrip().endswith(f"// race: {tag}")]
+    assert len(lines) == 1, tag
+    return lines[0]
+
+
+def run_alone(name, grid, block, args=(0, 0, 0, 0)):
+    code = ("import needle._cuda_emu as c\n"
+            f"print(c._selftest({name!r}, {grid}, {block}, {tuple(args)}))\n")
+    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1:exitcode=66")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+
+
+@needs_tsan
+@pytest.mark.parametrize("name, grid, block, args, kernel, write, read", [
+    # a write and a read of shared memory by two threads with no barrier between
+    ("shared_pair", (1, 1, 1), (64, 1, 1), (0, 1, 0, 0), "shared_pair_kernel",
+     "shared write", "shared read"),
+    # the same across warps: a __syncwarp orders only its own warp's lanes
+    ("syncwarp_pair", (1, 1, 1), (64, 1, 1), (0, 32, 0, 0), "syncwarp_pair_kernel",
+     "syncwarp write", "syncwarp read"),
+    # two blocks writing one global element: blocks are unordered
+    ("blocks_pair", (2, 1, 1), (32, 1, 1), (0, 0, 0, 0), "blocks_pair_kernel",
+     "blocks write", "blocks write"),
+], ids=["shared-no-barrier", "syncwarp-across-warps", "two-blocks-one-element"])
+def test_races_are_reported(name, grid, block, args, kernel, write, read):
+    out = run_alone(name, grid, block, args)
+    assert out.returncode == 66, out.stdout + out.stderr
+    report = out.stderr
+    assert "WARNING: ThreadSanitizer: data race" in report, report
+    assert kernel in report, report
+    for tag in (write, read):
+        assert f"emu_selftest.cc:{marked_line(tag)}" in report, report
+
+
+@needs_tsan
+@pytest.mark.parametrize("name, grid, block, args, want", [
+    # the same pair with a __syncthreads between the write and the read
+    ("shared_pair", (1, 1, 1), (64, 1, 1), (0, 1, 1, 0), {1: 42.0}),
+    # a __syncwarp-ordered pair within one warp
+    ("syncwarp_pair", (1, 1, 1), (64, 1, 1), (3, 17, 0, 0), {17: 7.0}),
+    # shared memory through a barrier, in blocks that reuse the same __shared__ array
+    ("reverse", (3, 1, 1), (256, 1, 1), (0, 0, 0, 0), None),
+], ids=["shared-barrier", "syncwarp-one-warp", "reverse-three-blocks"])
+def test_ordered_accesses_are_not_reported(name, grid, block, args, want):
+    out = run_alone(name, grid, block, args)
+    assert out.returncode == 0 and "ThreadSanitizer" not in out.stderr, out.stderr
+    got = np.array(eval(out.stdout))
+    if want is None:
+        want_all = np.tile(np.arange(256)[::-1], 3).astype(float)
+    else:
+        want_all = np.zeros(grid[0] * block[0])
+        for i, v in want.items():
+            want_all[i] = v
+    np.testing.assert_array_equal(got, want_all)
+
+
+def test_the_racy_kernels_run_as_written_without_tsan():
+    """Outside TSan the emulator runs threads in order, so the racy kernels give the
+    sequential answer (a race is not an emulator error: only TSan finds it)."""
+    if TSAN:
+        pytest.skip("under TSan these report (test_races_are_reported)")
+    np.testing.assert_array_equal(run("shared_pair", block=(64, 1, 1), args=(0, 1, 0, 0))[:2],
+                                  [0.0, 42.0])
+    assert run("blocks_pair", grid=(2, 1, 1))[0] == 1.0

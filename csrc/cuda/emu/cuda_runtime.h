@@ -8,7 +8,8 @@
  *
  * Note [The CUDA emulator]
  *   A test harness, not a backend: it runs the kernels' own source on the
- *   CPU to catch index, bounds, barrier and launch-configuration bugs, and
+ *   CPU to catch index, bounds, barrier and launch-configuration bugs (and,
+ *   under ThreadSanitizer, races between its threads), and
  *   says nothing of timing, of the GPU memory model (every access here is
  *   sequentially consistent), of real warp scheduling, or of nvcc's code
  *   generation (contraction into FMAs, fast-math intrinsics).
@@ -31,6 +32,13 @@
  *     warp in collectives with different masks, a width that is not a
  *     power of two up to 32. NDL_CUDA_EMU_ABORT=1 aborts there instead
  *     (for a debugger).
+ *   - Races inside a barrier interval (a thread's access to shared or
+ *     device memory that another thread's write is not ordered with by a
+ *     __syncthreads, a __syncwarp among its lanes or the launch) run one
+ *     thread at a time here and go unseen, except under ThreadSanitizer
+ *     (make cuda-emu-tsan), which reports them with both accesses' lines,
+ *     and those between consecutive blocks on device memory (Note [Races
+ *     under ThreadSanitizer], emu_exec.cc).
  *   - NDL_CUDA_EMU_SHUFFLE=<seed> runs blocks in a seeded shuffled order
  *     and starts a block's threads in one, to expose order dependences.
  *   - Device memory is host memory (256-byte aligned, tracked), so the

@@ -25,6 +25,61 @@
  *   An error ends the launch at once: the waiting fibers are abandoned
  *   (kernels own nothing that needs unwinding), the rest of the grid does
  *   not run, and cudaErrorLaunchFailure is recorded with the detail.
+ *
+ * Note [Races under ThreadSanitizer]
+ *   make cuda-emu-tsan builds the kernels with -fsanitize=thread
+ *   (NEEDLE_TSAN=1, setup.py; NDL_EMU_TSAN in the emulator's own files,
+ *   which are not instrumented: their bookkeeping is nobody's GPU access)
+ *   and reports a data race between emulated GPU threads: two accesses to
+ *   one address, one a write, that nothing CUDA guarantees orders. The
+ *   happens-before model, and nothing else:
+ *   - Identity. Every emulated thread runs as a TSan fiber of its own, and
+ *     switching fibers implies nothing (__tsan_switch_to_fiber_no_sync).
+ *     The identity changes where control crosses between a kernel and the
+ *     emulator, not at the stack switch: kernel code runs as its thread
+ *     (tsan_enter, emu_fiber.cc), the emulator's code (the scheduler, a
+ *     barrier's bookkeeping, its vectors' malloc and memmove, which TSan's
+ *     interceptors see) as the launching host thread (tsan_leave), whose
+ *     program order then covers it all.
+ *   - Launch: the host releases LAUNCHED before the grid and every thread
+ *     acquires it when it starts (arguments, cudaMemcpy'd inputs); every
+ *     thread releases FINISHED when it exits (or is abandoned by an error)
+ *     and the host acquires it after the grid: the launch is synchronous.
+ *   - __syncthreads: when the last thread arrives, every thread releases
+ *     and then every thread acquires one sync object (MEET, emptied after):
+ *     all that each did before the barrier precedes all that each does after.
+ *   - __syncwarp(mask): the same among the lanes of mask only; a pair in two
+ *     warps is not ordered by their warps' __syncwarp. The shuffles order
+ *     nothing: they move values, and CUDA promises memory ordering for
+ *     __syncwarp and the barriers, not for __shfl*_sync.
+ *   - Blocks are unordered, as on a GPU: the threads of two blocks meet only
+ *     through the host's launch. Their identities are personas (a TSan fiber
+ *     and a stack each, made once and kept: a fiber costs about 1 ms to
+ *     make), one per (thread index, block parity): a block's thread i runs as
+ *     persona (i, b mod 2) for the b-th block run, so two blocks run one
+ *     after another (x fastest, or NDL_CUDA_EMU_SHUFFLE's order) are two
+ *     sets of fibers with no order between them, and a race between them on
+ *     device memory is reported (blocks b and b + 2 share fibers, and that
+ *     program order hides races between them: consecutive blocks only). A
+ *     persona's stack is its own, so no other thread's frames were there.
+ *   - __shared__ arrays are statics that every block reuses (cuda_runtime.h),
+ *     and __device__ variables are globals: before each block the history of
+ *     the module's writable segment is dropped (tsan_forget_globals, through
+ *     TSan's Java heap interface, the one that empties a range's shadow and
+ *     its sync objects), so the last block's shared memory is not this one's
+ *     to race with, and races between blocks on __device__ variables are
+ *     not found (races inside a block on them are). The launch lock and the
+ *     sync objects live on the heap, out of that range.
+ *   What is found: a race inside a barrier interval (shared or device
+ *   memory), one across warps ordered only by __syncwarp, one between
+ *   consecutive blocks on device memory, one between a kernel and the host
+ *   (none can be: launches are synchronous). What is not: races between
+ *   blocks two or more apart, and on __device__ variables between blocks;
+ *   TSan keeps 256 clock slots, which more live fibers share (blocks of more
+ *   than about 120 threads), and that may hide some races among them.
+ *   Cost: test_cuda.py + test_cuda_emu.py take 4 minutes under TSan on 2
+ *   busy cores (31 s under the plain emulator), so make cuda-emu-tsan runs
+ *   those; TSAN_FULL=1 adds the device suite (9 minutes) and CUDA_SUITE.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +89,12 @@
 #include <vector>
 
 #include "emu_internal.h"
+
+#ifdef NDL_EMU_TSAN
+#define NDL_EMU_TSAN_ON 1
+#else
+#define NDL_EMU_TSAN_ON 0
+#endif
 
 uint3 threadIdx, blockIdx, blockDim, gridDim;
 
@@ -79,13 +140,48 @@ struct Launch {
     const char *bar_file;
     int bar_line;
     Thread *cur;
+    unsigned parity; /* the block's place in the run order, mod 2 (its threads' personas) */
     Fiber sched;
     bool failed;
     char error[900];
 };
 
-std::mutex launch_lock; /* one grid at a time: __shared__ arrays are statics */
+/* one grid at a time: __shared__ arrays are statics */
+#ifdef NDL_EMU_TSAN
+std::mutex &launch_lock = *new std::mutex; /* not among the globals tsan_forget_globals drops */
+#else
+std::mutex launch_lock;
+#endif
 Launch *L; /* the running grid (under launch_lock) */
+
+/* ThreadSanitizer's sync objects (Note [Races under ThreadSanitizer]): on the
+ * heap, outside the module's globals. */
+char *const tsan_keys = new char[24];
+void *const LAUNCHED = tsan_keys, *const FINISHED = tsan_keys + 8, *const MEET = tsan_keys + 16;
+
+/* Under ThreadSanitizer: every thread of ts[0, n) whose bit is set in mask
+ * (every one when mask is 0) leaves after what every other did before
+ * arriving (a barrier's or __syncwarp's meeting; all have arrived). */
+void tsan_meet(Thread *ts, unsigned n, unsigned mask)
+{
+#ifdef NDL_EMU_TSAN
+    for (unsigned i = 0; i < n; i++)
+        if (mask == 0 || (mask >> i & 1)) {
+            tsan_enter(&ts[i].fiber);
+            tsan_release(MEET);
+            tsan_leave();
+        }
+    for (unsigned i = 0; i < n; i++)
+        if (mask == 0 || (mask >> i & 1)) {
+            tsan_enter(&ts[i].fiber);
+            tsan_acquire(MEET);
+            tsan_leave();
+        }
+    tsan_forget(MEET);
+#else
+    (void)ts, (void)n, (void)mask;
+#endif
+}
 
 const char *short_file(const char *f)
 {
@@ -148,11 +244,16 @@ void thread_entry(void)
 {
     fiber_entered();
     for (;;) {
-        L->body(L->ctx);
         Thread *t = L->cur;
+        tsan_enter(&t->fiber);
+        tsan_acquire(LAUNCHED); /* after the host's launch */
+        L->body(L->ctx);
+        tsan_release(FINISHED); /* before the host's return */
+        tsan_leave();
         t->state = DONE;
         L->done++;
-        if (L->queue_head < L->queue.size() || L->next_new >= L->nthreads)
+        /* under TSan every thread has a stack of its own (emu_fiber.cc) */
+        if (L->queue_head < L->queue.size() || L->next_new >= L->nthreads || NDL_EMU_TSAN_ON)
             break;
         Thread *n = &L->threads[L->order[L->next_new++]];
         n->fiber = t->fiber;
@@ -223,6 +324,8 @@ void complete(unsigned w, Group &g)
             base[lane].result = base[j].value;
         }
     }
+    if (g.kind == COLL_SYNCWARP) /* a shuffle moves values, it orders no memory */
+        tsan_meet(base, 32, g.mask);
     for (unsigned lane = 0; lane < 32; lane++)
         if ((g.mask >> lane & 1) && &base[lane] != L->cur)
             wake(&base[lane]);
@@ -233,6 +336,7 @@ uint64_t collective(CollKind kind, ShuffleMode mode, unsigned mask, uint64_t val
                     int width, const char *file, int line)
 {
     Thread *t = L->cur;
+    tsan_leave(); /* the emulator's own work, until it returns to the kernel */
     const unsigned tid = (unsigned)(t - L->threads.data()), w = tid / 32, lane = tid % 32;
     char msg[300];
     Group probe{mask, 0, kind, mode, width, file, line};
@@ -277,12 +381,13 @@ uint64_t collective(CollKind kind, ShuffleMode mode, unsigned mask, uint64_t val
     t->value = value;
     t->b = b;
     g->arrived |= 1u << lane;
-    if (g->arrived != mask) {
+    if (g->arrived != mask)
         wait_here(WAIT_WARP, file, line);
-        return t->result;
+    else {
+        complete(w, *g);
+        groups.erase(groups.begin() + (g - groups.data()));
     }
-    complete(w, *g);
-    groups.erase(groups.begin() + (g - groups.data()));
+    tsan_enter(&t->fiber);
     return t->result;
 }
 
@@ -359,7 +464,8 @@ bool run_block(void)
                 l.queue.clear(), l.queue_head = 0;
         } else if (l.next_new < l.nthreads) {
             t = &l.threads[l.order[l.next_new++]];
-            fiber_start(&t->fiber, thread_entry);
+            fiber_start(&t->fiber, thread_entry,
+                        2 * (unsigned)(t - l.threads.data()) + l.parity);
         } else if (l.done == l.nthreads) {
             return true;
         } else {
@@ -378,8 +484,10 @@ bool run_block(void)
             break;
     }
     for (Thread &t : l.threads) /* abandoned: their stacks back to the pool */
-        if (t.state != NEW && t.state != DONE)
+        if (t.state != NEW && t.state != DONE) {
+            tsan_abandon(&t.fiber, FINISHED);
             fiber_release(&t.fiber);
+        }
     return false;
 }
 
@@ -426,6 +534,7 @@ void run_grid(dim3 grid, dim3 block, const char *kernel, const char *file, int l
     l.cur = nullptr;
     l.failed = false;
     L = &l;
+    tsan_release(LAUNCHED); /* the host's work so far, before every thread */
     blockDim = uint3{block.x, block.y, block.z};
     gridDim = uint3{grid.x, grid.y, grid.z};
     for (unsigned z = 0, i = 0; z < block.z; z++)
@@ -452,9 +561,12 @@ void run_grid(dim3 grid, dim3 block, const char *kernel, const char *file, int l
         if (seed != 0)
             for (unsigned k = l.nthreads; k > 1; k--)
                 std::swap(order[k - 1], order[rng_next(&rng) % k]);
+        l.parity = (unsigned)(i & 1);
+        tsan_forget_globals(); /* the last block's __shared__ arrays are not this one's */
         if (!run_block())
             break;
     }
+    tsan_acquire(FINISHED); /* every thread's work, before the host's return */
     L = nullptr;
     if (l.failed)
         record_error(cudaErrorLaunchFailure, l.error, true);
@@ -463,6 +575,8 @@ void run_grid(dim3 grid, dim3 block, const char *kernel, const char *file, int l
 void syncthreads(const char *file, int line)
 {
     Launch &l = *L;
+    Thread *t = l.cur;
+    tsan_leave();
     if (l.bar_count == 0) {
         l.bar_file = file;
         l.bar_line = line;
@@ -476,12 +590,13 @@ void syncthreads(const char *file, int line)
     }
     if (++l.bar_count == l.nthreads) {
         l.bar_count = 0;
-        for (Thread &t : l.threads)
-            if (t.state == WAIT_BAR)
-                wake(&t);
-        return;
-    }
-    wait_here(WAIT_BAR, file, line);
+        tsan_meet(l.threads.data(), l.nthreads, 0);
+        for (Thread &w : l.threads)
+            if (w.state == WAIT_BAR)
+                wake(&w);
+    } else
+        wait_here(WAIT_BAR, file, line);
+    tsan_enter(&t->fiber);
 }
 
 void syncwarp(unsigned mask, const char *file, int line)
@@ -497,6 +612,7 @@ uint64_t shuffle(ShuffleMode mode, unsigned mask, uint64_t bits, int b, int widt
 
 void kernel_fail(const char *file, int line, const char *what)
 {
+    tsan_leave();
     char msg[300];
     snprintf(msg, sizeof msg, "%s:%d: %s", short_file(file), line, what);
     fail_here(msg);

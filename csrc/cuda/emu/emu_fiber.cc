@@ -14,6 +14,10 @@
  *   switch is announced (__sanitizer_start_switch_fiber /
  *   __sanitizer_finish_switch_fiber) and a reused stack is unpoisoned, so
  *   the sanitizer follows the fibers instead of reporting their frames.
+ *   Under ThreadSanitizer a stack is never shared: each persona (an
+ *   emulated thread's identity, Note [Races under ThreadSanitizer],
+ *   emu_exec.cc) owns one stack and one TSan fiber for the process's life,
+ *   so that one thread's frames are never another's memory to race on.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +48,15 @@ static const size_t STACK_SIZE = 64 << 10;
 #include <ucontext.h>
 #endif
 
+#ifdef NDL_EMU_TSAN
+#include <link.h>
+#include <sanitizer/tsan_interface.h>
+/* TSan's Java interface, the one that empties a range's history (shadow and
+ * sync objects) without touching the memory: alloc resets, free drops. */
+extern "C" void __tsan_java_alloc(unsigned long ptr, unsigned long size);
+extern "C" void __tsan_java_free(unsigned long ptr, unsigned long size);
+#endif
+
 namespace ndl_emu {
 
 namespace {
@@ -58,6 +71,30 @@ size_t page_size(void)
 /* The stack that the running fiber came from (the scheduler's, first). */
 thread_local const void *from_bottom;
 thread_local size_t from_size;
+#endif
+
+char *new_stack(void)
+{
+    size_t guard = page_size();
+    void *m = mmap(NULL, STACK_SIZE + guard, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) {
+        fprintf(stderr, "needle CUDA emulator: no memory for a fiber stack\n");
+        abort();
+    }
+    mprotect(m, guard, PROT_NONE);
+    return (char *)m + guard;
+}
+
+#ifdef NDL_EMU_TSAN
+/* An emulated thread's identity: its TSan fiber and its stack, both kept
+ * (under the launch lock; the fiber made again after tsan_abandon). */
+struct Persona {
+    void *tsan;
+    char *stack;
+};
+std::vector<Persona> personas;
+void *host; /* the launching thread's own TSan state (tsan_leave's target) */
 #endif
 } // namespace
 
@@ -115,23 +152,33 @@ void uc_entry(void) { pending_entry(); }
 } // namespace
 #endif
 
-void fiber_start(Fiber *f, void (*entry)(void))
+void fiber_start(Fiber *f, void (*entry)(void), unsigned persona)
 {
     char *s;
+#ifdef NDL_EMU_TSAN
+    if (personas.size() <= persona)
+        personas.resize(persona + 1, Persona{nullptr, nullptr});
+    Persona &p = personas[persona];
+    if (p.stack == nullptr)
+        p.stack = new_stack();
+    if (p.tsan == nullptr) {
+        char name[64];
+        snprintf(name, sizeof name, "emulated GPU thread %u of an %s block", persona / 2,
+                 persona % 2 ? "odd" : "even");
+        p.tsan = __tsan_create_fiber(0);
+        __tsan_set_fiber_name(p.tsan, name);
+    }
+    s = p.stack;
+    f->tsan = p.tsan;
+#else
+    (void)persona;
     if (!pool.empty()) {
         s = pool.back();
         pool.pop_back();
     } else {
-        size_t guard = page_size();
-        void *m = mmap(NULL, STACK_SIZE + guard, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (m == MAP_FAILED) {
-            fprintf(stderr, "needle CUDA emulator: no memory for a fiber stack\n");
-            abort();
-        }
-        mprotect(m, guard, PROT_NONE);
-        s = (char *)m + guard;
+        s = new_stack();
     }
+#endif
 #ifdef NDL_EMU_ASAN
     __asan_unpoison_memory_region(s, STACK_SIZE);
 #endif
@@ -164,13 +211,16 @@ void fiber_start(Fiber *f, void (*entry)(void))
 
 void fiber_release(Fiber *f)
 {
+#ifndef NDL_EMU_TSAN /* a persona's stack stays its own */
     if (f->stack != nullptr)
         pool.push_back(f->stack);
+#endif
 #if !defined(__x86_64__)
     delete (ucontext_t *)f->sp;
 #endif
     f->stack = nullptr;
     f->sp = nullptr;
+    f->tsan = nullptr;
 }
 
 void fiber_switch(Fiber *from, Fiber *to, bool finished)
@@ -209,5 +259,64 @@ void fiber_entered(void)
     __sanitizer_finish_switch_fiber(nullptr, &from_bottom, &from_size);
 #endif
 }
+
+#ifdef NDL_EMU_TSAN
+/* The switches carry no happens-before (no_sync): only the release and
+ * acquire calls of emu_exec.cc order one thread after another. */
+void tsan_enter(const Fiber *f)
+{
+    host = __tsan_get_current_fiber(); /* only ever called as the host */
+    __tsan_switch_to_fiber(f->tsan, __tsan_switch_to_fiber_no_sync);
+}
+
+void tsan_leave(void) { __tsan_switch_to_fiber(host, __tsan_switch_to_fiber_no_sync); }
+
+void tsan_abandon(Fiber *f, void *done)
+{
+    if (f->tsan == nullptr)
+        return;
+    tsan_enter(f);
+    __tsan_release(done);
+    tsan_leave();
+    for (Persona &p : personas) /* its shadow call stack is left unbalanced */
+        if (p.tsan == f->tsan)
+            p.tsan = nullptr;
+    __tsan_destroy_fiber(f->tsan);
+    f->tsan = nullptr;
+}
+
+void tsan_forget(void *key) { __tsan_mutex_destroy(key, 0); }
+
+/* The module's writable segment: its globals, __device__ variables and the
+ * __shared__ arrays (function-local statics, cuda_runtime.h). */
+void tsan_forget_globals(void)
+{
+    static uintptr_t lo, hi;
+    if (hi == 0) {
+        dl_iterate_phdr(
+            [](struct dl_phdr_info *info, size_t, void *) -> int {
+                const uintptr_t me = (uintptr_t)&lo;
+                for (int i = 0; i < info->dlpi_phnum; i++) {
+                    const ElfW(Phdr) &ph = info->dlpi_phdr[i];
+                    const uintptr_t a = info->dlpi_addr + ph.p_vaddr;
+                    if (ph.p_type == PT_LOAD && (ph.p_flags & PF_W) && me >= a &&
+                        me < a + ph.p_memsz) {
+                        lo = a & ~(uintptr_t)7;
+                        hi = (a + ph.p_memsz + 7) & ~(uintptr_t)7;
+                        return 1;
+                    }
+                }
+                return 0;
+            },
+            nullptr);
+        if (hi == 0) {
+            fprintf(stderr, "needle CUDA emulator: no writable segment of its own\n");
+            abort();
+        }
+    }
+    __tsan_java_alloc(lo, hi - lo);
+    __tsan_java_free(lo, hi - lo);
+}
+#endif
 
 } // namespace ndl_emu

@@ -16,10 +16,13 @@ struct Fiber {
     char *stack = nullptr;    /* lowest usable byte; nullptr: the OS thread's own */
     size_t size = 0;
     void *fake_stack = nullptr; /* the sanitizer's, while switched out */
+    void *tsan = nullptr;       /* ThreadSanitizer's fiber: whose accesses these are */
 };
 
-/* A fresh stack for f (pooled), whose first switch-in calls entry(). */
-void fiber_start(Fiber *f, void (*entry)(void));
+/* A fresh stack for f, whose first switch-in calls entry(): pooled; under
+ * ThreadSanitizer persona's own stack and TSan fiber (Note [Races under
+ * ThreadSanitizer], emu_exec.cc). */
+void fiber_start(Fiber *f, void (*entry)(void), unsigned persona);
 /* Gives f's stack back to the pool (f has finished or is abandoned). */
 void fiber_release(Fiber *f);
 /* Saves the running context in from and runs to; returns when switched
@@ -27,6 +30,34 @@ void fiber_release(Fiber *f);
 void fiber_switch(Fiber *from, Fiber *to, bool finished = false);
 /* The first thing a fiber's entry does (the sanitizer's bookkeeping). */
 void fiber_entered(void);
+
+/* ThreadSanitizer (Note [Races under ThreadSanitizer], emu_exec.cc): the
+ * build with NEEDLE_TSAN=1 defines NDL_EMU_TSAN; elsewhere these are empty.
+ * tsan_enter: what runs from here is f's GPU thread (kernel code);
+ * tsan_leave: back to the launching host thread (the emulator's own code).
+ * tsan_abandon: f's thread ends where it stands (a failed launch): its work
+ * is released to done, its TSan fiber destroyed (a fresh one next time).
+ * tsan_forget: key's sync clock emptied; tsan_forget_globals: the history of
+ * the module's own globals and statics (__shared__ arrays) dropped. */
+#ifdef NDL_EMU_TSAN
+void tsan_enter(const Fiber *f);
+void tsan_leave(void);
+void tsan_abandon(Fiber *f, void *done);
+void tsan_forget(void *key);
+void tsan_forget_globals(void);
+extern "C" void __tsan_acquire(void *addr);
+extern "C" void __tsan_release(void *addr);
+inline void tsan_acquire(void *key) { __tsan_acquire(key); }
+inline void tsan_release(void *key) { __tsan_release(key); }
+#else
+inline void tsan_enter(const Fiber *) {}
+inline void tsan_leave(void) {}
+inline void tsan_abandon(Fiber *, void *) {}
+inline void tsan_forget(void *) {}
+inline void tsan_forget_globals(void) {}
+inline void tsan_acquire(void *) {}
+inline void tsan_release(void *) {}
+#endif
 
 /* Records err for this thread's next cudaGetLastError, with detail for
  * cudaGetErrorString (emu_runtime.cc). A kernel's failure is also returned

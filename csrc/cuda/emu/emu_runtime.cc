@@ -142,49 +142,50 @@ cudaError_t cudaGetLastError(void)
 
 cudaError_t cudaPeekAtLastError(void) { return last_err; }
 
-const char *cudaGetErrorName(cudaError_t err)
+namespace {
+/* The emulated error codes: CUDA's name and description of each. */
+struct ErrorInfo {
+    cudaError_t code;
+    const char *name, *description;
+};
+const ErrorInfo error_table[] = {
+    {cudaSuccess, "cudaSuccess", "no error"},
+    {cudaErrorInvalidValue, "cudaErrorInvalidValue", "invalid argument"},
+    {cudaErrorMemoryAllocation, "cudaErrorMemoryAllocation", "out of memory"},
+    {cudaErrorInvalidConfiguration, "cudaErrorInvalidConfiguration",
+     "invalid configuration argument"},
+    {cudaErrorInvalidDevicePointer, "cudaErrorInvalidDevicePointer", "invalid device pointer"},
+    {cudaErrorInvalidMemcpyDirection, "cudaErrorInvalidMemcpyDirection",
+     "invalid copy direction for memcpy"},
+    {cudaErrorInsufficientDriver, "cudaErrorInsufficientDriver",
+     "CUDA driver version is insufficient for CUDA runtime version"},
+    {cudaErrorNoDevice, "cudaErrorNoDevice", "no CUDA-capable device is detected"},
+    {cudaErrorInvalidDevice, "cudaErrorInvalidDevice", "invalid device ordinal"},
+    {cudaErrorInvalidResourceHandle, "cudaErrorInvalidResourceHandle",
+     "invalid resource handle"},
+    {cudaErrorLaunchOutOfResources, "cudaErrorLaunchOutOfResources",
+     "too many resources requested for launch"},
+    {cudaErrorLaunchFailure, "cudaErrorLaunchFailure", "unspecified launch failure"},
+    {cudaErrorNotSupported, "cudaErrorNotSupported", "operation not supported"},
+};
+const ErrorInfo unknown_error = {cudaSuccess, "cudaErrorUnknown", "unrecognized error code"};
+
+const ErrorInfo &error_info(cudaError_t err)
 {
-    switch (err) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
-    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
-    case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
-    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
-    case cudaErrorNoDevice: return "cudaErrorNoDevice";
-    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
-    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
-    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
-    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
-    case cudaErrorNotSupported: return "cudaErrorNotSupported";
-    }
-    return "cudaErrorUnknown";
+    for (const ErrorInfo &e : error_table)
+        if (e.code == err)
+            return e;
+    return unknown_error;
 }
+} // namespace
+
+const char *cudaGetErrorName(cudaError_t err) { return error_info(err).name; }
 
 /* CUDA's description; for the error this thread recorded last, with the
  * emulator's detail (which kernel, where, what). */
 const char *cudaGetErrorString(cudaError_t err)
 {
-    const char *d;
-    switch (err) {
-    case cudaSuccess: d = "no error"; break;
-    case cudaErrorInvalidValue: d = "invalid argument"; break;
-    case cudaErrorMemoryAllocation: d = "out of memory"; break;
-    case cudaErrorInvalidConfiguration: d = "invalid configuration argument"; break;
-    case cudaErrorInvalidDevicePointer: d = "invalid device pointer"; break;
-    case cudaErrorInvalidMemcpyDirection: d = "invalid copy direction for memcpy"; break;
-    case cudaErrorInsufficientDriver:
-        d = "CUDA driver version is insufficient for CUDA runtime version";
-        break;
-    case cudaErrorNoDevice: d = "no CUDA-capable device is detected"; break;
-    case cudaErrorInvalidDevice: d = "invalid device ordinal"; break;
-    case cudaErrorInvalidResourceHandle: d = "invalid resource handle"; break;
-    case cudaErrorLaunchOutOfResources: d = "too many resources requested for launch"; break;
-    case cudaErrorLaunchFailure: d = "unspecified launch failure"; break;
-    case cudaErrorNotSupported: d = "operation not supported"; break;
-    default: d = "unrecognized error code"; break;
-    }
+    const char *d = error_info(err).description;
     if (err == cudaSuccess || err != detail_err || detail[0] == '\0')
         return d;
     snprintf(described, sizeof described, "%s [emulator: %s]", d, detail);

@@ -91,6 +91,54 @@ __global__ void barrier_in_divergent_loop_kernel(double *out)
         __syncthreads();
     out[linear_id()] = 1;
 }
+
+// out is (threads): 1 when this is the ThreadSanitizer build (make cuda-emu-tsan)
+__global__ void tsan_kernel(double *out)
+{
+#ifdef NDL_EMU_TSAN
+    out[linear_id()] = 1;
+#else
+    out[linear_id()] = 0;
+#endif
+}
+
+/* Deliberate races for make cuda-emu-tsan (Note [Races under ThreadSanitizer],
+ * emu_exec.cc): a "// race:" comment marks each access that a report must
+ * name (tests/test_cuda_emu.py finds the lines by it). */
+
+// thread w writes s[0], thread r reads it: with barrier 1 a __syncthreads
+// orders them, with 0 nothing does (a race)
+__global__ void shared_pair_kernel(int w, int r, int barrier, double *out)
+{
+    __shared__ double s[1];
+    const int t = (int)threadIdx.x;
+    if (t == w)
+        s[0] = 42; // race: shared write
+    if (barrier)
+        __syncthreads();
+    if (t == r)
+        out[linear_id()] = s[0]; // race: shared read
+}
+
+// every warp at a full-mask __syncwarp between thread w's write and thread
+// r's read: ordered when w and r share a warp, a race when they do not
+__global__ void syncwarp_pair_kernel(int w, int r, double *out)
+{
+    __shared__ double s[1];
+    const int t = (int)threadIdx.x;
+    if (t == w)
+        s[0] = 7; // race: syncwarp write
+    __syncwarp();
+    if (t == r)
+        out[linear_id()] = s[0]; // race: syncwarp read
+}
+
+// thread 0 of every block writes out[0]: blocks are unordered, a race
+__global__ void blocks_pair_kernel(double *out)
+{
+    if (threadIdx.x == 0)
+        out[0] = blockIdx.x; // race: blocks write
+}
 } // namespace
 
 bool ndl_cuda_emu_selftest_mma(const char *, dim3, dim3, const int[4], double *); /* WMMA's */
@@ -131,6 +179,14 @@ extern "C" int ndl_cuda_emu_selftest(const char *name, const unsigned g[3], cons
         NDL_LAUNCH(grid, block, syncwarp_exit_kernel)(args[0], d);
     else if (strcmp(name, "barrier_in_divergent_loop") == 0)
         NDL_LAUNCH(grid, block, barrier_in_divergent_loop_kernel)(d);
+    else if (strcmp(name, "tsan") == 0)
+        NDL_LAUNCH(grid, block, tsan_kernel)(d);
+    else if (strcmp(name, "shared_pair") == 0)
+        NDL_LAUNCH(grid, block, shared_pair_kernel)(args[0], args[1], args[2], d);
+    else if (strcmp(name, "syncwarp_pair") == 0)
+        NDL_LAUNCH(grid, block, syncwarp_pair_kernel)(args[0], args[1], d);
+    else if (strcmp(name, "blocks_pair") == 0)
+        NDL_LAUNCH(grid, block, blocks_pair_kernel)(d);
     else if (ndl_cuda_emu_selftest_mma(name, grid, block, args, d)) {
     } else {
         cudaFree(d);
