@@ -185,7 +185,7 @@ if CUDA_HOME is not None:
 # it calls TSan's interface itself, -DNDL_EMU_TSAN), and not needle._C: Note
 # [Races under ThreadSanitizer] in csrc/cuda/emu/emu_exec.cc, `make cuda-emu-tsan`.
 EMU_RUNTIME = ["csrc/cuda/emu/emu_exec.cc", "csrc/cuda/emu/emu_fiber.cc",
-               "csrc/cuda/emu/emu_runtime.cc"]
+               "csrc/cuda/emu/emu_runtime.cc", "csrc/cuda/emu/emu_wmma.cc"]
 if _flag("NEEDLE_CUDA_EMU"):
     emu_ext = Extension(
         "needle._cuda_emu",

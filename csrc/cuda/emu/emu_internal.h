@@ -49,6 +49,12 @@ extern "C" void __tsan_acquire(void *addr);
 extern "C" void __tsan_release(void *addr);
 inline void tsan_acquire(void *key) { __tsan_acquire(key); }
 inline void tsan_release(void *key) { __tsan_release(key); }
+/* the emulator's accesses on a kernel's behalf (emu_wmma.cc's tile loads and
+ * stores), as the current GPU thread's own */
+extern "C" void __tsan_read_range(void *addr, unsigned long size);
+extern "C" void __tsan_write_range(void *addr, unsigned long size);
+inline void tsan_read(const void *p, size_t n) { __tsan_read_range((void *)p, n); }
+inline void tsan_write(void *p, size_t n) { __tsan_write_range(p, n); }
 #else
 inline void tsan_enter(const Fiber *) {}
 inline void tsan_leave(void) {}
@@ -57,6 +63,8 @@ inline void tsan_forget(void *) {}
 inline void tsan_forget_globals(void) {}
 inline void tsan_acquire(void *) {}
 inline void tsan_release(void *) {}
+inline void tsan_read(const void *, size_t) {}
+inline void tsan_write(void *, size_t) {}
 #endif
 
 /* Records err for this thread's next cudaGetLastError, with detail for
