@@ -248,15 +248,21 @@ def run_alone(name, grid, block, args=(0, 0, 0, 0)):
     # two blocks writing one global element: blocks are unordered
     ("blocks_pair", (2, 1, 1), (32, 1, 1), (0, 0, 0, 0), "blocks_pair_kernel",
      "blocks write", "blocks write"),
-], ids=["shared-no-barrier", "syncwarp-across-warps", "two-blocks-one-element"])
+    # a warp's load_matrix_sync of a tile another warp wrote, no barrier between (the
+    # emulator reads the tile for the lanes and reports those reads as theirs)
+    ("wmma_pair", (1, 1, 1), (64, 1, 1), (0, 0, 0, 0), "wmma_pair_kernel",
+     "wmma tile write", "emu_wmma.cc"),
+], ids=["shared-no-barrier", "syncwarp-across-warps", "two-blocks-one-element",
+        "wmma-load-no-barrier"])
 def test_races_are_reported(name, grid, block, args, kernel, write, read):
     out = run_alone(name, grid, block, args)
     assert out.returncode == 66, out.stdout + out.stderr
     report = out.stderr
     assert "WARNING: ThreadSanitizer: data race" in report, report
     assert kernel in report, report
-    for tag in (write, read):
-        assert f"emu_selftest.cc:{marked_line(tag)}" in report, report
+    for tag in (write, read):  # a marked line, or the emulator file that read for the lanes
+        where = tag if tag.endswith(".cc") else f"emu_selftest.cc:{marked_line(tag)}"
+        assert where in report, report
 
 
 @needs_tsan
@@ -267,11 +273,16 @@ def test_races_are_reported(name, grid, block, args, kernel, write, read):
     ("syncwarp_pair", (1, 1, 1), (64, 1, 1), (3, 17, 0, 0), {17: 7.0}),
     # shared memory through a barrier, in blocks that reuse the same __shared__ array
     ("reverse", (3, 1, 1), (256, 1, 1), (0, 0, 0, 0), None),
-], ids=["shared-barrier", "syncwarp-one-warp", "reverse-three-blocks"])
+    # the tile written, a __syncthreads, then loaded by the other warp
+    ("wmma_pair", (1, 1, 1), (64, 1, 1), (1, 0, 0, 0), "wmma"),
+], ids=["shared-barrier", "syncwarp-one-warp", "reverse-three-blocks", "wmma-load-barrier"])
 def test_ordered_accesses_are_not_reported(name, grid, block, args, want):
     out = run_alone(name, grid, block, args)
     assert out.returncode == 0 and "ThreadSanitizer" not in out.stderr, out.stderr
     got = np.array(eval(out.stdout))
+    if want == "wmma":  # the 32 lanes' sums of their elements: all 128 of 0..127
+        assert got[:32].sum() == 127 * 128 / 2 and not got[32:].any()
+        return
     if want is None:
         want_all = np.tile(np.arange(256)[::-1], 3).astype(float)
     else:
@@ -288,4 +299,6 @@ def test_the_racy_kernels_run_as_written_without_tsan():
         pytest.skip("under TSan these report (test_races_are_reported)")
     np.testing.assert_array_equal(run("shared_pair", block=(64, 1, 1), args=(0, 1, 0, 0))[:2],
                                   [0.0, 42.0])
+    # the tile through a barrier: the warp's 32 lanes hold its 128 elements between them
+    assert run("wmma_pair", block=(64, 1, 1), args=(1, 0, 0, 0))[:32].sum() == 127 * 128 / 2
     assert run("blocks_pair", grid=(2, 1, 1))[0] == 1.0

@@ -4,6 +4,8 @@
  * the grid, at its linear index (blocks x fastest, then threads x fastest). */
 #include <string.h>
 
+#include <mma.h> /* the emulator's (Note [Emulated WMMA]) */
+
 #include "cuda_common.cuh"
 #include "emu_internal.h"
 
@@ -139,6 +141,30 @@ __global__ void blocks_pair_kernel(double *out)
     if (threadIdx.x == 0)
         out[0] = blockIdx.x; // race: blocks write
 }
+
+// 64 threads: warp 1 writes a 16 x 8 tile t[i] = i, warp 0 loads it with
+// load_matrix_sync (emu_wmma.cc reads it for the lanes: tsan_read), and each
+// of its lanes writes the sum of its elements (the 32 sum to 8128); with
+// barrier 1 a __syncthreads orders the write before the load
+__global__ void wmma_pair_kernel(int barrier, double *out)
+{
+    __shared__ __align__(32) float t[16 * 8];
+    const int tid = (int)threadIdx.x;
+    if (tid >= 32)
+        for (int i = tid - 32; i < 16 * 8; i += 32)
+            t[i] = (float)i; // race: wmma tile write
+    if (barrier)
+        __syncthreads();
+    if (tid < 32) {
+        nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32,
+                               nvcuda::wmma::row_major> fa;
+        nvcuda::wmma::load_matrix_sync(fa, t, 8); /* read in emu_wmma.cc's wmma_load */
+        double sum = 0;
+        for (int e = 0; e < fa.num_elements; e++)
+            sum += fa.x[e];
+        out[linear_id()] = sum;
+    }
+}
 } // namespace
 
 bool ndl_cuda_emu_selftest_mma(const char *, dim3, dim3, const int[4], double *); /* WMMA's */
@@ -187,6 +213,8 @@ extern "C" int ndl_cuda_emu_selftest(const char *name, const unsigned g[3], cons
         NDL_LAUNCH(grid, block, syncwarp_pair_kernel)(args[0], args[1], d);
     else if (strcmp(name, "blocks_pair") == 0)
         NDL_LAUNCH(grid, block, blocks_pair_kernel)(d);
+    else if (strcmp(name, "wmma_pair") == 0)
+        NDL_LAUNCH(grid, block, wmma_pair_kernel)(args[0], d);
     else if (ndl_cuda_emu_selftest_mma(name, grid, block, args, d)) {
     } else {
         cudaFree(d);
