@@ -186,6 +186,35 @@ def test_device_memory_cap_and_out_of_memory_report():
         cu._set_memory(prev)
 
 
+def test_grid_cap_lowers_the_caps_and_the_kernels_cover_the_rest():
+    """Note [Grid caps]: _set_grid_cap(g) lowers every cap the host code applies (here
+    the number of chunks a long sum is cut into: g, each longer), 0 restores the GPU's;
+    the kernels' loops then cover what the capped grid does not reach (an elementwise
+    op over 10,001 elements from one block, a sum over chunks from three)."""
+    import needle.backend_ndarray as nd
+    if not nd.cuda().enabled() or os.environ.get("NEEDLE_CUDA_EMU") != "1":
+        pytest.skip("cuda() is not the emulator here (NEEDLE_CUDA_EMU=1)")
+    nred = 1 << 20
+    prev = cu._set_grid_cap(0)
+    try:
+        path, chunks, length = cu._reduce_plan((4, nred), (nred, 1), (1,))
+        assert path == "blocks" and chunks > 3  # the GPU's plan fills 1024 blocks
+        assert cu._set_grid_cap(3) == 0
+        assert cu._reduce_plan((4, nred), (nred, 1), (1,)) == (path, 3, -(-nred // 3))
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((4, nred)).astype(np.float32)
+        got = nd.array(x, device=nd.cuda()).sum(axis=1).numpy()
+        np.testing.assert_allclose(got.ravel(), x.astype(np.float64).sum(axis=1),
+                                   rtol=1e-4, atol=1e-2)
+        cu._set_grid_cap(1)
+        v = rng.standard_normal(10_001).astype(np.float32)
+        np.testing.assert_array_equal(nd.array(v, device=nd.cuda()).exp().numpy(),
+                                      nd.array(v).exp().numpy())
+    finally:
+        assert cu._set_grid_cap(prev) in (1, 3)
+    assert cu._reduce_plan((4, nred), (nred, 1), (1,)) == (path, chunks, length)
+
+
 def test_shuffled_block_order_is_seeded():
     """NDL_CUDA_EMU_SHUFFLE=<seed> runs the blocks in a seeded permutation (and starts
     each block's threads in one), to expose code that depends on the order."""

@@ -91,13 +91,49 @@ static inline int ndl_cuda_launch_status(const char *file, int line, const char 
 
 #define NDL_CU_THREADS 256
 
+/* Note [Grid caps]
+ *   A grid dimension that could pass what a GPU allows is capped, and the
+ *   kernel covers the rest: the grid-stride loops over elements
+ *   (ndl_cu_blocks: 65536 blocks, 16M elements a turn) and over rows
+ *   (row_blocks, cuda_rows.cuh), the matmul's loops over m tiles and batch
+ *   (y, z), the reductions' and layer norm's loops in x; and a sum cut into
+ *   chunks along y takes longer chunks rather than more than 65535 of them.
+ *   So every element is covered at any size, but on a GPU these second
+ *   turns and longer chunks start only past tens of millions of elements,
+ *   sizes no test affords under the emulator. There, NDL_CUDA_EMU_GRID=<g>
+ *   (or needle._cuda_emu._set_grid_cap(g)) lowers every such cap to g, so
+ *   they run at the tests' sizes: `make cuda-emu` runs test_cuda.py again
+ *   with g = 1 and g = 3. nvcc's build has the GPU's caps only. */
+#ifdef NDL_CUDA_EMU
+namespace ndl_emu {
+int64_t grid_cap(void); /* 0: none */
+}
+#endif
+
+/* limit (a grid dimension's cap), or the emulator's lower one. */
+static inline int64_t ndl_cu_grid_limit(int64_t limit)
+{
+#ifdef NDL_CUDA_EMU
+    const int64_t cap = ndl_emu::grid_cap();
+    if (cap > 0 && cap < limit)
+        return cap;
+#endif
+    return limit;
+}
+
+/* want blocks (>= 1), at most limit (Note [Grid caps]). */
+static inline unsigned ndl_cu_grid(int64_t want, int64_t limit)
+{
+    limit = ndl_cu_grid_limit(limit);
+    return (unsigned)(want < 1 ? 1 : (want > limit ? limit : want));
+}
+
 /* Blocks for a grid-stride loop over n elements (n > 0): enough to fill the
  * GPU, never more than the grid allows; the loop covers the rest, so any n
  * up to 2^63 is covered. */
 static inline unsigned ndl_cu_blocks(int64_t n)
 {
-    int64_t b = (n + NDL_CU_THREADS - 1) / NDL_CU_THREADS;
-    return (unsigned)(b < 1 ? 1 : (b > 65536 ? 65536 : b));
+    return ndl_cu_grid((n + NDL_CU_THREADS - 1) / NDL_CU_THREADS, 65536);
 }
 
 /* Offset of the i-th element (row-major order of l's shape) in l's view,

@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(NDL_CU_THREADS)
 /* Rows of a chunk (Note [LayerNorm column sums]): rows > 0. */
 static inline int64_t ln_chunk(int64_t rows)
 {
-    const int64_t least = (rows + LN_MAX_CHUNKS - 1) / LN_MAX_CHUNKS;
+    const int64_t most = ndl_cu_grid_limit(LN_MAX_CHUNKS), least = (rows + most - 1) / most;
     return least > LN_ROWS ? least : LN_ROWS;
 }
 
@@ -190,7 +190,7 @@ static int layer_norm_grad_cols(ndl_dtype dt, int64_t rows, int64_t n, const voi
     const size_t item = dt == NDL_FLOAT64 ? sizeof(double) : sizeof(float);
     const int64_t chunk = ln_chunk(rows), chunks = (rows + chunk - 1) / chunk;
     const int64_t tiles = (n + 31) / 32;
-    const dim3 grid((unsigned)(tiles < LN_MAX_TILES ? tiles : LN_MAX_TILES), (unsigned)chunks);
+    const dim3 grid(ndl_cu_grid(tiles, LN_MAX_TILES), (unsigned)chunks);
     char *part = NULL;
     int st;
     if (chunks > 1) {

@@ -275,8 +275,7 @@ int ndl_cuda_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p
         bo = BatchOffsets{offs + batch, 0, 0};
     }
     if (st == NDL_OK) {
-        dim3 grid((unsigned)ptiles, (unsigned)(mtiles < 65535 ? mtiles : 65535),
-                  (unsigned)(batch < 65535 ? batch : 65535));
+        const dim3 grid((unsigned)ptiles, ndl_cu_grid(mtiles, 65535), ndl_cu_grid(batch, 65535));
         if (dt == NDL_FLOAT32 && tf32_on())
             NDL_LAUNCH(grid, 128, matmul_tf32_kernel)(
                 batch, m, n, p, (const float *)a, ao, rsa, csa, (const float *)b, bo, rsb, csb,

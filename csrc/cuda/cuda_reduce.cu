@@ -179,8 +179,9 @@ static void red_split(int64_t nout, int64_t nred, int64_t fill, int64_t least, i
         c = want < most ? want : most;
     }
     int64_t l = nred < 1 ? 1 : cdiv(nred, c);
-    if (l < cdiv(nred, RED_MAX_CHUNKS))
-        l = cdiv(nred, RED_MAX_CHUNKS);
+    const int64_t most_chunks = ndl_cu_grid_limit(RED_MAX_CHUNKS);
+    if (l < cdiv(nred, most_chunks))
+        l = cdiv(nred, most_chunks);
     *len = l;
     *chunks = nred < 1 ? 1 : cdiv(nred, l);
 }
@@ -221,8 +222,7 @@ static int launch_reduce(const T *a, const ndl_layout *kept, const ndl_layout *r
     T *part = NULL;
     int st;
     if (path == RED_PATH_WARPS) { /* 8 outputs a block; no chunks, no scratch */
-        const int64_t b = cdiv(nout, NDL_CU_THREADS / 32);
-        const unsigned blocks = (unsigned)(b < RED_MAX_X ? b : RED_MAX_X);
+        const unsigned blocks = ndl_cu_grid(cdiv(nout, NDL_CU_THREADS / 32), RED_MAX_X);
         NDL_LAUNCH(blocks, NDL_CU_THREADS, reduce_warp_kernel<R, T>)(
             a, *kept, *red, nout, nred, out);
         return NDL_CUDA_LAUNCH_STATUS("reduce_warp_kernel<<<...>>>");
@@ -232,13 +232,12 @@ static int launch_reduce(const T *a, const ndl_layout *kept, const ndl_layout *r
         return NDL_ENOMEM_DEVICE;
     T *dst = part != NULL ? part : out;
     if (cols) {
-        const int64_t b = cdiv(nout, NDL_CU_THREADS);
-        const dim3 grid((unsigned)(b < RED_MAX_X ? b : RED_MAX_X), (unsigned)chunks);
+        const dim3 grid(ndl_cu_grid(cdiv(nout, NDL_CU_THREADS), RED_MAX_X), (unsigned)chunks);
         NDL_LAUNCH(grid, NDL_CU_THREADS, reduce_cols_kernel<R, T>)(
             a, *kept, *red, nout, nred, len, dst);
         st = NDL_CUDA_LAUNCH_STATUS("reduce_cols_kernel<<<...>>>");
     } else {
-        const dim3 grid((unsigned)(nout < RED_MAX_X ? nout : RED_MAX_X), (unsigned)chunks);
+        const dim3 grid(ndl_cu_grid(nout, RED_MAX_X), (unsigned)chunks);
         NDL_LAUNCH(grid, NDL_CU_THREADS, reduce_block_kernel<R, T>)(
             a, *kept, *red, nout, nred, len, dst);
         st = NDL_CUDA_LAUNCH_STATUS("reduce_block_kernel<<<...>>>");

@@ -110,8 +110,7 @@ __device__ T warp_row_sum8(int64_t n, F term, T *buf, int lane)
 /* Blocks for a grid-stride loop over rows, one warp each (rows > 0). */
 static inline unsigned row_blocks(int64_t rows)
 {
-    int64_t b = (rows + WARPS - 1) / WARPS;
-    return (unsigned)(b < 1 ? 1 : (b > 65536 ? 65536 : b));
+    return ndl_cu_grid((rows + WARPS - 1) / WARPS, 65536);
 }
 
 /* The loop over this warp's rows: for (NDL_WARP_ROWS(r, rows)) { ... } */

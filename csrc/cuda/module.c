@@ -10,7 +10,8 @@
  *     tf32() -> bool              #   cuda_matmul.cu); off unless NEEDLE_CUDA_TF32=1
  *     last_error() -> str         # this thread's last CUDA failure (tests)
  * Built a second time as needle._cuda_emu (NDL_CUDA_EMU: the CUDA emulator,
- * emu/cuda_runtime.h), which adds _set_memory(bytes) and _selftest(...).
+ * emu/cuda_runtime.h), which adds _set_memory(bytes), _set_grid_cap(g) and
+ * _selftest(...).
  * and two views of the host-side launch logic, which run without a GPU
  * (tests; layouts as (shape, strides, offset) with strides in elements):
  *     _merged_offsets(shape, [(strides, offset), ...]) -> (ndim, [[off, ...], ...])
@@ -231,6 +232,7 @@ static PyObject *cu_reduce_plan(PyObject *self, PyObject *args)
 #ifdef NDL_CUDA_EMU
 /* needle._cuda_emu only (Note [The CUDA emulator], emu/cuda_runtime.h). */
 size_t ndl_cuda_emu_set_memory(size_t cap);
+int64_t ndl_cuda_emu_set_grid_cap(int64_t cap);
 int ndl_cuda_emu_selftest(const char *name, const unsigned grid[3], const unsigned block[3],
                           const int args[4], double *out, int64_t n);
 
@@ -240,6 +242,14 @@ static PyObject *cu_emu_set_memory(PyObject *self, PyObject *arg)
     if (cap == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
     return PyLong_FromSize_t(ndl_cuda_emu_set_memory((size_t)cap));
+}
+
+static PyObject *cu_emu_set_grid_cap(PyObject *self, PyObject *arg)
+{
+    long long cap = PyLong_AsLongLong(arg);
+    if (cap == -1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLongLong((long long)ndl_cuda_emu_set_grid_cap((int64_t)cap));
 }
 
 /* _selftest(name, grid, block, args) -> [float]: one of emu_selftest.cc's
@@ -306,6 +316,9 @@ static PyMethodDef methods[] = {
 #ifdef NDL_CUDA_EMU
     {"_set_memory", cu_emu_set_memory, METH_O,
      "_set_memory(bytes) -> previous: the emulated device's capacity (NDL_CUDA_EMU_MEM)."},
+    {"_set_grid_cap", cu_emu_set_grid_cap, METH_O,
+     "_set_grid_cap(g) -> previous: every capped grid dimension at most g, 0 for the GPU's "
+     "caps (NDL_CUDA_EMU_GRID; Note [Grid caps], cuda_common.cuh)."},
     {"_selftest", cu_emu_selftest, METH_VARARGS,
      "_selftest(name, grid, block, args=(0, 0, 0, 0)) -> [float]: run one of the "
      "emulator's own test kernels (tests/test_cuda_emu.py)."},

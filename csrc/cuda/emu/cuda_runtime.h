@@ -39,6 +39,9 @@
  *     (make cuda-emu-tsan), which reports them with both accesses' lines,
  *     and those between consecutive blocks on device memory (Note [Races
  *     under ThreadSanitizer], emu_exec.cc).
+ *   - NDL_CUDA_EMU_GRID=<g> lowers every grid cap the host code applies to g
+ *     (Note [Grid caps], cuda_common.cuh), so the grid-stride loops' later
+ *     turns and the longer chunks run at small sizes.
  *   - NDL_CUDA_EMU_SHUFFLE=<seed> runs blocks in a seeded shuffled order
  *     and starts a block's threads in one, to expose order dependences.
  *   - Device memory is host memory (256-byte aligned, tracked), so the

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <atomic>
 #include <map>
 #include <mutex>
 
@@ -119,6 +120,18 @@ void record_error(cudaError_t err, const char *msg, bool kernel_failure)
         abort();
     }
 }
+
+/* Note [Grid caps] (cuda_common.cuh): NDL_CUDA_EMU_GRID, or _set_grid_cap. */
+std::atomic<int64_t> &grid_cap_value(void)
+{
+    static std::atomic<int64_t> cap{[] {
+        const char *e = getenv("NDL_CUDA_EMU_GRID");
+        return e != nullptr && *e ? (int64_t)strtoll(e, nullptr, 10) : (int64_t)0;
+    }()};
+    return cap;
+}
+
+int64_t grid_cap(void) { return grid_cap_value().load(std::memory_order_relaxed); }
 
 bool abort_on_error(void)
 {
@@ -373,6 +386,13 @@ cudaError_t cudaEventSynchronize(cudaEvent_t ev)
     if (ev == nullptr)
         return fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize(%p)", (void *)ev);
     return sync_point();
+}
+
+/* needle._cuda_emu._set_grid_cap(g): every grid cap g at most (0: the
+ * GPU's; Note [Grid caps], cuda_common.cuh); the previous one. */
+extern "C" int64_t ndl_cuda_emu_set_grid_cap(int64_t cap)
+{
+    return grid_cap_value().exchange(cap < 0 ? 0 : cap);
 }
 
 /* needle._cuda_emu._set_memory(n): the emulated device's capacity; the
