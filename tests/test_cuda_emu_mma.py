@@ -145,10 +145,11 @@ def test_mma_sync_of_one_tile_in_every_layout(a_col, b_col, c_col, rounded):
 # ---- misuse: launch errors naming kernel, block, thread, file and line ------
 
 @pytest.mark.parametrize("mode, who, v, block, what", [
-    (0, 5, 0, 64, r"__shfl_sync at emu_selftest_mma.cc:\d+ with mask 0xffffffff in warp 0: "
-                  r"lanes 0xffffffdf arrived"),
+    (0, 5, 0, 64, r"wmma::load_matrix_sync at emu_selftest_mma.cc:\d+ with mask 0xffffffff in "
+                  r"warp 0: lanes 0xffffffdf arrived"),
     (1, 7, 0, 32, r"lane 7 calls __syncwarp at emu_selftest_mma.cc:\d+ with mask 0xffffffff "
-                  r"while lanes 0x[0-9a-f]+ wait at __shfl_sync at emu_selftest_mma.cc:\d+"),
+                  r"while lanes 0x[0-9a-f]+ wait at wmma::load_matrix_sync at "
+                  r"emu_selftest_mma.cc:\d+"),
     (2, 3, 0, 32, r"wmma::load_matrix_sync is a warp collective: lane \d+ calls "
                   r"load_matrix_sync of a matrix_a 16x8 at 0x[0-9a-f]+, ldm 8, row-major, lane "
                   r"\d+ calls load_matrix_sync of a matrix_a 16x8 at 0x[0-9a-f]+"),
@@ -162,8 +163,12 @@ def test_mma_sync_of_one_tile_in_every_layout(a_col, b_col, c_col, rounded):
                   r"a row_major, b row_major, lane \d+ calls .* at emu_selftest_mma.cc:\d+"),
     (9, 0, 0, 48, r"wmma::load_matrix_sync needs all 32 lanes of the warp, and the block's 48 "
                   r"threads leave warp 1 with 16"),
+    (10, 9, 0, 32, r"lane \d+ calls wmma::(load|store)_matrix_sync at emu_selftest_mma.cc:\d+ "
+                   r"with mask 0xffffffff while lanes 0x[0-9a-f]+ wait at "
+                   r"wmma::(store|load)_matrix_sync at emu_selftest_mma.cc:\d+"),
 ], ids=["lane-exited", "lane-skipped", "lane-other-pointer", "load-misaligned", "load-ldm",
-        "store-misaligned", "store-ldm", "bad-layout", "mma-other-line", "partial-warp"])
+        "store-misaligned", "store-ldm", "bad-layout", "mma-other-line", "partial-warp",
+        "lane-other-call"])
 def test_wmma_misuse_is_a_launch_error(mode, who, v, block, what):
     with pytest.raises(RuntimeError, match=what) as e:
         run("mma_misuse", block=(block, 1, 1), args=(mode, who, v, 0))

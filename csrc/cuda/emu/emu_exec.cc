@@ -121,6 +121,7 @@ struct Group { /* a warp collective in progress */
     int width;
     const char *file;
     int line;
+    const char *what; /* the call named in messages: nullptr, the shuffle or __syncwarp */
 };
 
 struct Launch {
@@ -277,6 +278,8 @@ const char *coll_name(const Group &g)
 {
     static const char *const modes[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync",
                                         "__shfl_xor_sync"};
+    if (g.what != nullptr)
+        return g.what;
     return g.kind == COLL_SYNCWARP ? "__syncwarp" : modes[g.mode];
 }
 
@@ -333,13 +336,13 @@ void complete(unsigned w, Group &g)
 
 /* A lane of the current thread's warp arrives at a collective. */
 uint64_t collective(CollKind kind, ShuffleMode mode, unsigned mask, uint64_t value, int b,
-                    int width, const char *file, int line)
+                    int width, const char *file, int line, const char *what)
 {
     Thread *t = L->cur;
     tsan_leave(); /* the emulator's own work, until it returns to the kernel */
     const unsigned tid = (unsigned)(t - L->threads.data()), w = tid / 32, lane = tid % 32;
     char msg[300];
-    Group probe{mask, 0, kind, mode, width, file, line};
+    Group probe{mask, 0, kind, mode, width, file, line, what};
     if (kind == COLL_SHUFFLE && (width < 1 || width > 32 || (width & (width - 1)) != 0)) {
         snprintf(msg, sizeof msg, "%s at %s:%d: width %d is not a power of 2 in [1, 32]",
                  coll_name(probe), short_file(file), line, width);
@@ -362,8 +365,8 @@ uint64_t collective(CollKind kind, ShuffleMode mode, unsigned mask, uint64_t val
     for (Group &x : groups) {
         if (!(x.mask & mask))
             continue;
-        if (x.mask != mask || x.kind != kind || (kind == COLL_SHUFFLE &&
-                                                 (x.mode != mode || x.width != width))) {
+        if (x.mask != mask || x.kind != kind || x.what != what ||
+            (kind == COLL_SHUFFLE && (x.mode != mode || x.width != width))) {
             snprintf(msg, sizeof msg,
                      "lane %u calls %s at %s:%d with mask 0x%08x while lanes 0x%08x wait at %s "
                      "at %s:%d with mask 0x%08x (undefined on a GPU)",
@@ -601,13 +604,24 @@ void syncthreads(const char *file, int line)
 
 void syncwarp(unsigned mask, const char *file, int line)
 {
-    collective(COLL_SYNCWARP, SHFL_IDX, mask, 0, 0, 32, file, line);
+    collective(COLL_SYNCWARP, SHFL_IDX, mask, 0, 0, 32, file, line, nullptr);
 }
 
 uint64_t shuffle(ShuffleMode mode, unsigned mask, uint64_t bits, int b, int width,
                  const char *file, int line)
 {
-    return collective(COLL_SHUFFLE, mode, mask, bits, b, width, file, line);
+    return collective(COLL_SHUFFLE, mode, mask, bits, b, width, file, line, nullptr);
+}
+
+void syncwarp_for(const char *what, unsigned mask, const char *file, int line)
+{
+    collective(COLL_SYNCWARP, SHFL_IDX, mask, 0, 0, 32, file, line, what);
+}
+
+uint64_t shuffle_for(const char *what, ShuffleMode mode, unsigned mask, uint64_t bits, int b,
+                     int width, const char *file, int line)
+{
+    return collective(COLL_SHUFFLE, mode, mask, bits, b, width, file, line, what);
 }
 
 void kernel_fail(const char *file, int line, const char *what)

@@ -75,6 +75,12 @@ void record_error(cudaError_t err, const char *detail, bool kernel_failure);
 /* Why the hardware refuses to launch grid x block (written to buf), or
  * nullptr if it launches (emu_exec.cc). */
 const char *config_error(dim3 g, dim3 b, char *buf, size_t len);
+/* A __syncwarp / shuffle made on a call's behalf (a WMMA collective's
+ * rendezvous, emu_wmma.cc): the same, but named `what` (a string literal)
+ * in the emulator's messages, and only lanes at the same `what` meet. */
+void syncwarp_for(const char *what, unsigned mask, const char *file, int line);
+uint64_t shuffle_for(const char *what, ShuffleMode mode, unsigned mask, uint64_t bits, int b,
+                     int width, const char *file, int line);
 /* 1 when NDL_CUDA_EMU_ABORT=1: errors abort with their message. */
 bool abort_on_error(void);
 

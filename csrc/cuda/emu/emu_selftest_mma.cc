@@ -163,6 +163,12 @@ __global__ void mma_misuse_kernel(int mode, int who, int v, double *out)
         else
             wmma::mma_sync(fc, fa, fb, fc);
         break;
+    case 10:
+        if (lane == who)
+            wmma::store_matrix_sync(Dm, fc, 16, wmma::mem_row_major);
+        else
+            wmma::load_matrix_sync(fa, Am, 8);
+        break;
     default: wmma::load_matrix_sync(fa, Am, 8); break;
     }
     out[linear_id()] = 1;

@@ -15,7 +15,8 @@ enum { MAX_ELEMS = 8 }; /* per lane and operand: 16 x 16 / 32 */
 /* One lane's call, seen by the other lanes of its warp between the two
  * rendezvous. */
 struct Stage {
-    const char *op; /* nullptr: not in a WMMA call */
+    const char *op;   /* nullptr: not in a WMMA call */
+    const char *call; /* "wmma::" op: the rendezvous' name in the emulator's messages */
     uint64_t nonce; /* this call's, passed through the rendezvous too */
     const char *file;
     int line;
@@ -63,9 +64,12 @@ unsigned linear_tid(void)
     return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
 }
 
+/* enter(WMMA_CALL("mma_sync"), ...): the op and its full name, literals. */
+#define WMMA_CALL(op) op, "wmma::" op
+
 /* This lane's slot, filled with the call (op names it in messages); a lane
  * of a partial warp cannot take part. */
-Stage &enter(const char *op, const char *file, int line)
+Stage &enter(const char *op, const char *call, const char *file, int line)
 {
     const unsigned tid = linear_tid(), nthreads = blockDim.x * blockDim.y * blockDim.z;
     if (32 * (tid / 32 + 1) > nthreads) {
@@ -80,6 +84,7 @@ Stage &enter(const char *op, const char *file, int line)
     Stage &s = stages[tid];
     memset(&s, 0, sizeof s);
     s.op = op;
+    s.call = call;
     s.file = file;
     s.line = line;
     s.nonce = ++nonces;
@@ -88,15 +93,17 @@ Stage &enter(const char *op, const char *file, int line)
 
 /* Every lane of the warp has staged its call (the first rendezvous), and
  * made the same one; else a launch error. The rendezvous is a shuffle of
- * the calls' nonces: each lane sees that its neighbour's slot is this
- * call's, not one left by an earlier call or an abandoned launch (a lane
- * at a __syncwarp or shuffle of its own is the emulator's mismatch error,
- * at that one's and the WMMA call's lines). */
+ * the calls' nonces, named after the call (shuffle_for): each lane sees
+ * that its neighbour's slot is this call's, not one left by an earlier
+ * call or an abandoned launch (a lane at a __syncwarp or shuffle of its
+ * own, or at another WMMA call, is the emulator's mismatch error, which
+ * names both calls and their lines). */
 void rendezvous(Stage &s)
 {
     const unsigned tid = linear_tid(), lane = tid % 32, base = tid - lane;
     const unsigned next = (lane + 1) % 32;
-    const uint64_t got = shuffle(SHFL_IDX, 0xffffffffu, s.nonce, (int)next, 32, s.file, s.line);
+    const uint64_t got =
+        shuffle_for(s.call, SHFL_IDX, 0xffffffffu, s.nonce, (int)next, 32, s.file, s.line);
     char mine[200], msg[560];
     if (stages[base + next].op == nullptr || stages[base + next].nonce != got) {
         tsan_leave(); /* a report: the emulator's own work */
@@ -133,7 +140,7 @@ void rendezvous(Stage &s)
 /* The second rendezvous: no lane reads the slots any more. */
 void leave(Stage &s)
 {
-    syncwarp(0xffffffffu, s.file, s.line);
+    syncwarp_for(s.call, 0xffffffffu, s.file, s.line);
     s.op = nullptr;
 }
 
@@ -156,6 +163,23 @@ void check_memory(const Stage &s, const void *p, unsigned ldm, int layout)
                  "wmma::%s: ldm %u is not a multiple of 16 bytes (4 floats), as CUDA requires",
                  s.op, ldm);
     kernel_fail(s.file, s.line, msg);
+}
+
+/* A load's or store's call: staged, its memory arguments checked, met by
+ * the whole warp (the first rendezvous). */
+Stage &enter_memory(const char *op, const char *call, const void *p, unsigned ldm, int layout,
+                    int use, int rows, int cols, const char *file, int line)
+{
+    Stage &s = enter(op, call, file, line);
+    s.ptr = p;
+    s.ldm = ldm;
+    s.layout = layout;
+    s.use = use;
+    s.rows = rows;
+    s.cols = cols;
+    check_memory(s, p, ldm, layout);
+    rendezvous(s);
+    return s;
 }
 
 /* Where element pos (row-major in a rows x cols tile) lives in memory. */
@@ -181,15 +205,8 @@ inline float tf32_bits(float v)
 void wmma_load(WmmaUse use, int rows, int cols, int layout, float *x, int n, const float *p,
                unsigned ldm, const char *file, int line)
 {
-    Stage &s = enter("load_matrix_sync", file, line);
-    s.ptr = p;
-    s.ldm = ldm;
-    s.layout = layout;
-    s.use = use;
-    s.rows = rows;
-    s.cols = cols;
-    check_memory(s, p, ldm, layout);
-    rendezvous(s);
+    Stage &s = enter_memory(WMMA_CALL("load_matrix_sync"), p, ldm, layout, use, rows, cols, file,
+                            line);
     const int lane = (int)(linear_tid() % 32);
     for (int e = 0; e < n; e++) {
         const float *q = p + offset(wmma_position(use, rows * cols, lane, e), cols, layout, ldm);
@@ -202,15 +219,8 @@ void wmma_load(WmmaUse use, int rows, int cols, int layout, float *x, int n, con
 void wmma_store(float *p, const float *x, int rows, int cols, int n, unsigned ldm, int layout,
                 const char *file, int line)
 {
-    Stage &s = enter("store_matrix_sync", file, line);
-    s.ptr = p;
-    s.ldm = ldm;
-    s.layout = layout;
-    s.use = WMMA_C;
-    s.rows = rows;
-    s.cols = cols;
-    check_memory(s, p, ldm, layout);
-    rendezvous(s);
+    Stage &s = enter_memory(WMMA_CALL("store_matrix_sync"), p, ldm, layout, WMMA_C, rows, cols,
+                            file, line);
     leave(s);
     /* after the warp's last rendezvous: a lane that reads what another lane
      * stored, without a __syncwarp between, reads it before it is written
@@ -227,7 +237,7 @@ void wmma_mma(float *d, const float *a, const float *b, const float *c, int m, i
               bool a_col, bool b_col, const char *file, int line)
 {
     const int na = m * k / 32, nb = k * nn / 32, nc = m * nn / 32;
-    Stage &s = enter("mma_sync", file, line);
+    Stage &s = enter(WMMA_CALL("mma_sync"), file, line);
     if (m != 16 || nn != 16 || k != 8) /* the fragments mma.h defines */
         kernel_fail(file, line, "wmma::mma_sync: only m16n16k8 is emulated");
     s.a_col = a_col;
