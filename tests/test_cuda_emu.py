@@ -186,6 +186,45 @@ def test_device_memory_cap_and_out_of_memory_report():
         cu._set_memory(prev)
 
 
+def test_launch_bounds_are_checked_as_on_a_gpu():
+    """Note [Launch bounds under the emulator]: a kernel declaring __launch_bounds__(64)
+    runs with 64 threads a block in any shape, and a bigger block is refused as a GPU
+    refuses it (cudaErrorLaunchOutOfResources), naming the kernel, block and bound."""
+    np.testing.assert_array_equal(run("bounded", grid=(2, 1, 1), block=(64, 1, 1)),
+                                  np.arange(128))
+    np.testing.assert_array_equal(run("bounded", block=(8, 8, 1)), np.arange(64))
+    for block in [(65, 1, 1), (8, 9, 1), (4, 4, 8)]:
+        with pytest.raises(RuntimeError, match=r"bounded_kernel \(emu_selftest.cc:\d+\): too "
+                           rf"many resources requested for launch: a block of "
+                           rf"{np.prod(block)} threads, and the kernel declares "
+                           r"__launch_bounds__\(64\).*cudaErrorLaunchOutOfResources"):
+            run("bounded", block=block)
+
+
+def test_launch_bounds_table_has_every_kernel_of_the_sources():
+    """setup.py's table (emu_bounds.inc) holds each __launch_bounds__ of csrc/cuda's .cu
+    files with nvcc's value: counted here from the text, the constants read from
+    cuda_common.cuh."""
+    import glob
+    import re
+    table = cu._launch_bounds()
+    common = open(os.path.join(ROOT, "csrc", "cuda", "cuda_common.cuh")).read()
+    consts = dict(re.findall(r"#define (NDL_\w+) (\d+)\n", common))
+    want = {}
+    for path in glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")):
+        lines = open(path).read().splitlines()
+        for i, line in enumerate(lines):
+            if line.lstrip().startswith(("*", "/*", "//")) or "__launch_bounds__(" not in line:
+                continue
+            arg = line.split("__launch_bounds__(")[1].split(")")[0]
+            rest = line.split("__launch_bounds__(")[1].split(")", 1)[1] + lines[i + 1]
+            name = re.match(r"\s*(\w+)\(", rest).group(1)
+            want[name] = int(consts.get(arg, arg))
+    assert len(want) >= 17 and want["matmul_tf32_kernel"] == 128
+    assert {k: v for k, v in table.items() if k != "bounded_kernel"} == want
+    assert table["bounded_kernel"] == 64
+
+
 def test_grid_cap_lowers_the_caps_and_the_kernels_cover_the_rest():
     """Note [Grid caps]: _set_grid_cap(g) lowers every cap the host code applies (here
     the number of chunks a long sum is cut into: g, each longer), 0 restores the GPU's;

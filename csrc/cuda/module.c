@@ -10,8 +10,8 @@
  *     tf32() -> bool              #   cuda_matmul.cu); off unless NEEDLE_CUDA_TF32=1
  *     last_error() -> str         # this thread's last CUDA failure (tests)
  * Built a second time as needle._cuda_emu (NDL_CUDA_EMU: the CUDA emulator,
- * emu/cuda_runtime.h), which adds _set_memory(bytes), _set_grid_cap(g) and
- * _selftest(...).
+ * emu/cuda_runtime.h), which adds _set_memory(bytes), _set_grid_cap(g),
+ * _launch_bounds() and _selftest(...).
  * and two views of the host-side launch logic, which run without a GPU
  * (tests; layouts as (shape, strides, offset) with strides in elements):
  *     _merged_offsets(shape, [(strides, offset), ...]) -> (ndim, [[off, ...], ...])
@@ -233,6 +233,7 @@ static PyObject *cu_reduce_plan(PyObject *self, PyObject *args)
 /* needle._cuda_emu only (Note [The CUDA emulator], emu/cuda_runtime.h). */
 size_t ndl_cuda_emu_set_memory(size_t cap);
 int64_t ndl_cuda_emu_set_grid_cap(int64_t cap);
+const char *ndl_cuda_emu_launch_bound_row(int i, long *max_threads);
 int ndl_cuda_emu_selftest(const char *name, const unsigned grid[3], const unsigned block[3],
                           const int args[4], double *out, int64_t n);
 
@@ -250,6 +251,26 @@ static PyObject *cu_emu_set_grid_cap(PyObject *self, PyObject *arg)
     if (cap == -1 && PyErr_Occurred())
         return NULL;
     return PyLong_FromLongLong((long long)ndl_cuda_emu_set_grid_cap((int64_t)cap));
+}
+
+/* _launch_bounds() -> {kernel: max threads}: the emulator's table. */
+static PyObject *cu_emu_launch_bounds(PyObject *self, PyObject *unused)
+{
+    PyObject *d = PyDict_New(), *v = NULL;
+    const char *name;
+    long most;
+    if (d == NULL)
+        return NULL;
+    for (int i = 0; (name = ndl_cuda_emu_launch_bound_row(i, &most)) != NULL; i++) {
+        if ((v = PyLong_FromLong(most)) == NULL || PyDict_SetItemString(d, name, v) < 0)
+            goto fail;
+        Py_CLEAR(v);
+    }
+    return d;
+fail:
+    Py_XDECREF(v);
+    Py_DECREF(d);
+    return NULL;
 }
 
 /* _selftest(name, grid, block, args) -> [float]: one of emu_selftest.cc's
@@ -316,6 +337,9 @@ static PyMethodDef methods[] = {
 #ifdef NDL_CUDA_EMU
     {"_set_memory", cu_emu_set_memory, METH_O,
      "_set_memory(bytes) -> previous: the emulated device's capacity (NDL_CUDA_EMU_MEM)."},
+    {"_launch_bounds", cu_emu_launch_bounds, METH_NOARGS,
+     "_launch_bounds() -> {kernel: threads}: each kernel's __launch_bounds__, which the "
+     "emulator's launches are checked against (csrc/cuda/emu/emu_bounds.cc)."},
     {"_set_grid_cap", cu_emu_set_grid_cap, METH_O,
      "_set_grid_cap(g) -> previous: every capped grid dimension at most g, 0 for the GPU's "
      "caps (NDL_CUDA_EMU_GRID; Note [Grid caps], cuda_common.cuh)."},

@@ -55,10 +55,12 @@
  *     checked as CUDA documents, the lane mapping is a scrambled one, and
  *     the arithmetic is TF32's (inputs read as TF32, float32 sums in a
  *     stated order).
+ *   - __launch_bounds__(n) is erased here, but a launch of more than n
+ *     threads a block fails as on a GPU (Note [Launch bounds under the
+ *     emulator], emu_bounds.cc: setup.py reads n from the sources).
  *   - Not emulated: dynamic shared memory, streams other than the legacy
- *     one (every call is synchronous), __launch_bounds__ (accepted, not
- *     checked), atomics (no kernel uses them), WMMA shapes and types other
- *     than the TF32 ones (they do not compile).
+ *     one (every call is synchronous), atomics (no kernel uses them), WMMA
+ *     shapes and types other than the TF32 ones (they do not compile).
  */
 #ifndef NDL_EMU_CUDA_RUNTIME_H
 #define NDL_EMU_CUDA_RUNTIME_H

@@ -522,6 +522,15 @@ void run_grid(dim3 grid, dim3 block, const char *kernel, const char *file, int l
         record_error(cudaErrorInvalidConfiguration, detail, false);
         return;
     }
+    const long bound = launch_bound(kernel);
+    if (bound > 0 && (long)block.x * block.y * block.z > bound) {
+        snprintf(detail, sizeof detail,
+                 "%s (%s:%d): too many resources requested for launch: a block of %u threads, "
+                 "and the kernel declares __launch_bounds__(%ld)",
+                 kernel, short_file(file), line, block.x * block.y * block.z, bound);
+        record_error(cudaErrorLaunchOutOfResources, detail, false);
+        return;
+    }
     std::lock_guard<std::mutex> guard(launch_lock);
     Launch l;
     l.kernel = kernel;

@@ -81,6 +81,10 @@ const char *config_error(dim3 g, dim3 b, char *buf, size_t len);
 void syncwarp_for(const char *what, unsigned mask, const char *file, int line);
 uint64_t shuffle_for(const char *what, ShuffleMode mode, unsigned mask, uint64_t bits, int b,
                      int width, const char *file, int line);
+/* The kernel's __launch_bounds__ maximum (kernel: a launch's name,
+ * template arguments and all), 0 if it declares none (Note [Launch bounds
+ * under the emulator], emu_bounds.cc). */
+long launch_bound(const char *kernel);
 /* 1 when NDL_CUDA_EMU_ABORT=1: errors abort with their message. */
 bool abort_on_error(void);
 

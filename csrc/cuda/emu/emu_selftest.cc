@@ -23,6 +23,12 @@ __device__ int order_counter; /* the host-side "device" global of the order kern
 // out is (threads of the grid): each thread's own linear index
 __global__ void index_kernel(double *out) { out[linear_id()] = (double)linear_id(); }
 
+// out has one element per thread of the grid; at most 64 threads a block
+__global__ void __launch_bounds__(64) bounded_kernel(double *out)
+{
+    out[linear_id()] = (double)linear_id();
+}
+
 // out is (threads of the grid): which block ran k-th, for k = its block's first thread
 __global__ void order_kernel(double *out)
 {
@@ -188,7 +194,9 @@ extern "C" int ndl_cuda_emu_selftest(const char *name, const unsigned g[3], cons
         cudaFree(d);
         return st;
     }
-    if (strcmp(name, "index") == 0)
+    if (strcmp(name, "bounded") == 0)
+        NDL_LAUNCH(grid, block, bounded_kernel)(d);
+    else if (strcmp(name, "index") == 0)
         NDL_LAUNCH(grid, block, index_kernel)(d);
     else if (strcmp(name, "order") == 0) {
         order_counter = 0;
