@@ -209,7 +209,9 @@ cuda-check: deps
 # the 2-epoch FashionResNet job (2.5 minutes of emulated convolutions) is left out.
 # test_cuda.py runs twice more with every grid cap at 1 and at 3 blocks
 # (NDL_CUDA_EMU_GRID, Note [Grid caps], cuda_common.cuh): the grid-stride loops'
-# later turns, which a GPU reaches only past 16M elements, run at its sizes.
+# later turns, which a GPU reaches only past 16M elements, run at its sizes; the
+# second time with NDL_CUDA_EMU_AHEAD=1 too (a warp runs on to its next barrier:
+# Note [Emulated execution], emu_exec.cc).
 # cuda-emu-asan: the same under AddressSanitizer + UBSan (the fibers announce
 # their stack switches), so a kernel's out-of-bounds access is reported with
 # its line, allocations exactly as asked and not cached (NDL_CUDA_EMU_EXACT=1,
@@ -221,8 +223,10 @@ CUDA_EMU_TESTS = $(PYTHON) -c "import needle as n, needle._cuda_emu as c; \
 	  assert n.cuda().enabled(), c.probe(); print('cuda-emu on', c.device_name())" && \
 	timeout 300 $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_cuda.py \
 	  tests/test_cuda_emu.py tests/test_cuda_emu_mma.py && \
-	for g in 1 3; do NDL_CUDA_EMU_GRID=$$g timeout 300 $(PYTHON) -m pytest -q \
-	  -p no:cacheprovider tests/test_cuda.py || exit 1; done && \
+	NDL_CUDA_EMU_GRID=1 timeout 300 $(PYTHON) -m pytest -q -p no:cacheprovider \
+	  tests/test_cuda.py && \
+	NDL_CUDA_EMU_GRID=3 NDL_CUDA_EMU_AHEAD=1 timeout 300 $(PYTHON) -m pytest -q \
+	  -p no:cacheprovider tests/test_cuda.py && \
 	timeout 900 $(PYTHON) -m pytest -q -p no:cacheprovider -k cuda $(DEVICE_SUITE) && \
 	NEEDLE_DEFAULT_DEVICE=cuda timeout 900 $(PYTHON) -m pytest -q -p no:cacheprovider \
 	  -k "not cpu and not cuda and not fashion_cnn_job" $(CUDA_SUITE)

@@ -254,6 +254,24 @@ def test_grid_cap_lowers_the_caps_and_the_kernels_cover_the_rest():
     assert cu._reduce_plan((4, nred), (nred, 1), (1,)) == (path, chunks, length)
 
 
+def test_run_ahead_lets_a_warp_run_to_its_next_barrier():
+    """Note [Emulated execution]: after a __syncthreads the warps take their
+    __syncwarp-separated steps in turn; with NDL_CUDA_EMU_AHEAD=1 each runs all of its
+    steps before the next warp moves."""
+    code = ("import needle._cuda_emu as c\n"
+            "print(c._selftest('ahead', (1, 1, 1), (96, 1, 1), (4, 0, 0, 0))[:12])\n")
+    got = {}
+    for ahead in ("0", "1"):
+        env = dict(os.environ, NDL_CUDA_EMU_AHEAD=ahead)
+        env.pop("NDL_CUDA_EMU_SHUFFLE", None)
+        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        got[ahead] = np.array(eval(res.stdout)).reshape(3, 4)  # (warp, step)
+    np.testing.assert_array_equal(got["0"], np.arange(12).reshape(4, 3).T)
+    np.testing.assert_array_equal(got["1"], np.arange(12).reshape(3, 4))
+
+
 def test_shuffled_block_order_is_seeded():
     """NDL_CUDA_EMU_SHUFFLE=<seed> runs the blocks in a seeded permutation (and starts
     each block's threads in one), to expose code that depends on the order."""

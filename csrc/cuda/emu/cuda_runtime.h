@@ -42,6 +42,8 @@
  *   - NDL_CUDA_EMU_GRID=<g> lowers every grid cap the host code applies to g
  *     (Note [Grid caps], cuda_common.cuh), so the grid-stride loops' later
  *     turns and the longer chunks run at small sizes.
+ *   - NDL_CUDA_EMU_AHEAD=1 runs a warp on to its next __syncthreads before
+ *     another warp moves (Note [Emulated execution], emu_exec.cc).
  *   - NDL_CUDA_EMU_SHUFFLE=<seed> runs blocks in a seeded shuffled order
  *     and starts a block's threads in one, to expose order dependences.
  *   - Device memory is host memory (256-byte aligned, tracked), so the

@@ -10,7 +10,14 @@
  *   that completes what it waits for; queued threads run first, then the
  *   next thread not yet started, in threadIdx order (or a seeded shuffled
  *   order, NDL_CUDA_EMU_SHUFFLE). A warp is 32 consecutive linear thread
- *   indices, as on the hardware.
+ *   indices, as on the hardware. The lanes a warp collective wakes are
+ *   queued last, so after a __syncthreads the warps advance one collective
+ *   at a time in turn; with NDL_CUDA_EMU_AHEAD=1 they are queued first, so
+ *   a warp runs on to its next __syncthreads before another moves: a warp
+ *   that overwrites shared memory another warp has not read yet (a missing
+ *   barrier) then shows in the results (the TF32 kernel without its
+ *   end-of-step __syncthreads: wrong results in 7 tests; `make cuda-emu`
+ *   runs test_cuda.py so once).
  *   - __syncthreads completes when every thread of the block waits at the
  *     same call (file and line; at another call is an error at once).
  *   - A warp collective (__syncwarp, a shuffle) completes when every lane
@@ -85,6 +92,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <deque>
 #include <mutex>
 #include <vector>
 
@@ -133,8 +141,7 @@ struct Launch {
     unsigned nthreads;
     std::vector<Thread> threads;
     std::vector<std::vector<Group>> warps; /* collectives in progress, per warp */
-    std::vector<unsigned> queue;           /* woken threads, run in order */
-    size_t queue_head;
+    std::deque<unsigned> queue;            /* woken threads, run in order */
     std::vector<unsigned> order; /* the order threads start in */
     size_t next_new;             /* order[next_new] starts next */
     unsigned done, bar_count;
@@ -221,10 +228,25 @@ void set_failed(const Thread *t, const char *msg)
     abort(); /* never resumed */
 }
 
-void wake(Thread *t)
+/* Queues t: last, or first (run_ahead). */
+void wake(Thread *t, bool first = false)
 {
     t->state = QUEUED;
-    L->queue.push_back((unsigned)(t - L->threads.data()));
+    if (first)
+        L->queue.push_front((unsigned)(t - L->threads.data()));
+    else
+        L->queue.push_back((unsigned)(t - L->threads.data()));
+}
+
+/* NDL_CUDA_EMU_AHEAD=1: the lanes of a completed warp collective run
+ * before every other queued thread (Note [Emulated execution]). */
+bool run_ahead(void)
+{
+    static const bool on = [] {
+        const char *e = getenv("NDL_CUDA_EMU_AHEAD");
+        return e != nullptr && *e && strcmp(e, "0") != 0;
+    }();
+    return on;
 }
 
 /* From a kernel thread: wait until woken. */
@@ -254,7 +276,7 @@ void thread_entry(void)
         t->state = DONE;
         L->done++;
         /* under TSan every thread has a stack of its own (emu_fiber.cc) */
-        if (L->queue_head < L->queue.size() || L->next_new >= L->nthreads || NDL_EMU_TSAN_ON)
+        if (!L->queue.empty() || L->next_new >= L->nthreads || NDL_EMU_TSAN_ON)
             break;
         Thread *n = &L->threads[L->order[L->next_new++]];
         n->fiber = t->fiber;
@@ -329,9 +351,12 @@ void complete(unsigned w, Group &g)
     }
     if (g.kind == COLL_SYNCWARP) /* a shuffle moves values, it orders no memory */
         tsan_meet(base, 32, g.mask);
-    for (unsigned lane = 0; lane < 32; lane++)
+    const bool ahead = run_ahead(); /* then lane order kept at the front */
+    for (unsigned i = 0; i < 32; i++) {
+        const unsigned lane = ahead ? 31 - i : i;
         if ((g.mask >> lane & 1) && &base[lane] != L->cur)
-            wake(&base[lane]);
+            wake(&base[lane], ahead);
+    }
 }
 
 /* A lane of the current thread's warp arrives at a collective. */
@@ -456,15 +481,13 @@ bool run_block(void)
     for (auto &g : l.warps)
         g.clear();
     l.queue.clear();
-    l.queue_head = 0;
     l.next_new = 0;
     l.done = l.bar_count = 0;
     for (;;) {
         Thread *t;
-        if (l.queue_head < l.queue.size()) {
-            t = &l.threads[l.queue[l.queue_head++]];
-            if (l.queue_head == l.queue.size())
-                l.queue.clear(), l.queue_head = 0;
+        if (!l.queue.empty()) {
+            t = &l.threads[l.queue.front()];
+            l.queue.pop_front();
         } else if (l.next_new < l.nthreads) {
             t = &l.threads[l.order[l.next_new++]];
             fiber_start(&t->fiber, thread_entry,

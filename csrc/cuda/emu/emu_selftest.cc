@@ -29,6 +29,21 @@ __global__ void __launch_bounds__(64) bounded_kernel(double *out)
     out[linear_id()] = (double)linear_id();
 }
 
+// out is (steps * warps of the block): out[w * steps + k] = when warp w's lane 0
+// took its k-th step (a count over the block), steps = args[0] <= 8
+__global__ void ahead_kernel(int steps, double *out)
+{
+    const unsigned lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    if (threadIdx.x == 0)
+        order_counter = 0;
+    __syncthreads();
+    for (int k = 0; k < steps; k++) {
+        if (lane == 0)
+            out[w * steps + k] = order_counter++;
+        __syncwarp();
+    }
+}
+
 // out is (threads of the grid): which block ran k-th, for k = its block's first thread
 __global__ void order_kernel(double *out)
 {
@@ -194,7 +209,9 @@ extern "C" int ndl_cuda_emu_selftest(const char *name, const unsigned g[3], cons
         cudaFree(d);
         return st;
     }
-    if (strcmp(name, "bounded") == 0)
+    if (strcmp(name, "ahead") == 0)
+        NDL_LAUNCH(grid, block, ahead_kernel)(args[0], d);
+    else if (strcmp(name, "bounded") == 0)
         NDL_LAUNCH(grid, block, bounded_kernel)(d);
     else if (strcmp(name, "index") == 0)
         NDL_LAUNCH(grid, block, index_kernel)(d);
