@@ -211,7 +211,7 @@ cuda-check: deps
 # (NDL_CUDA_EMU_GRID, Note [Grid caps], cuda_common.cuh): the grid-stride loops'
 # later turns, which a GPU reaches only past 16M elements, run at its sizes; the
 # second time with NDL_CUDA_EMU_AHEAD=1 too (a warp runs on to its next barrier:
-# Note [Emulated execution], emu_exec.cc).
+# Note [Emulated execution], emu_exec.cc), and the device suite's cuda cases so too.
 # cuda-emu-asan: the same under AddressSanitizer + UBSan (the fibers announce
 # their stack switches), so a kernel's out-of-bounds access is reported with
 # its line, allocations exactly as asked and not cached (NDL_CUDA_EMU_EXACT=1,
@@ -227,6 +227,8 @@ CUDA_EMU_TESTS = $(PYTHON) -c "import needle as n, needle._cuda_emu as c; \
 	  tests/test_cuda.py && \
 	NDL_CUDA_EMU_GRID=3 NDL_CUDA_EMU_AHEAD=1 timeout 300 $(PYTHON) -m pytest -q \
 	  -p no:cacheprovider tests/test_cuda.py && \
+	NDL_CUDA_EMU_GRID=3 NDL_CUDA_EMU_AHEAD=1 timeout 900 $(PYTHON) -m pytest -q \
+	  -p no:cacheprovider -k cuda $(DEVICE_SUITE) && \
 	timeout 900 $(PYTHON) -m pytest -q -p no:cacheprovider -k cuda $(DEVICE_SUITE) && \
 	NEEDLE_DEFAULT_DEVICE=cuda timeout 900 $(PYTHON) -m pytest -q -p no:cacheprovider \
 	  -k "not cpu and not cuda and not fashion_cnn_job" $(CUDA_SUITE)
