@@ -258,6 +258,8 @@ def test_run_ahead_lets_a_warp_run_to_its_next_barrier():
     """Note [Emulated execution]: after a __syncthreads the warps take their
     __syncwarp-separated steps in turn; with NDL_CUDA_EMU_AHEAD=1 each runs all of its
     steps before the next warp moves."""
+    if TSAN:
+        pytest.skip("the warps' counter is a race by design, which TSan reports")
     code = ("import needle._cuda_emu as c\n"
             "print(c._selftest('ahead', (1, 1, 1), (96, 1, 1), (4, 0, 0, 0))[:12])\n")
     got = {}

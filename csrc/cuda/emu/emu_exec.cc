@@ -17,7 +17,7 @@
  *   that overwrites shared memory another warp has not read yet (a missing
  *   barrier) then shows in the results (the TF32 kernel without its
  *   end-of-step __syncthreads: wrong results in 7 tests; `make cuda-emu`
- *   runs test_cuda.py so once).
+ *   runs test_cuda.py and the device suite's cuda cases so once).
  *   - __syncthreads completes when every thread of the block waits at the
  *     same call (file and line; at another call is an error at once).
  *   - A warp collective (__syncwarp, a shuffle) completes when every lane

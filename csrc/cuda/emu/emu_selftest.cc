@@ -30,7 +30,9 @@ __global__ void __launch_bounds__(64) bounded_kernel(double *out)
 }
 
 // out is (steps * warps of the block): out[w * steps + k] = when warp w's lane 0
-// took its k-th step (a count over the block), steps = args[0] <= 8
+// took its k-th step (a count over the block), steps = args[0] <= 8. The warps'
+// counter is a race on a GPU (no barrier orders them): it only shows the emulator's
+// order, and TSan reports it.
 __global__ void ahead_kernel(int steps, double *out)
 {
     const unsigned lane = threadIdx.x % 32, w = threadIdx.x / 32;
