@@ -636,13 +636,13 @@ void syncthreads(const char *file, int line)
 
 void syncwarp(unsigned mask, const char *file, int line)
 {
-    collective(COLL_SYNCWARP, SHFL_IDX, mask, 0, 0, 32, file, line, nullptr);
+    syncwarp_for(nullptr, mask, file, line);
 }
 
 uint64_t shuffle(ShuffleMode mode, unsigned mask, uint64_t bits, int b, int width,
                  const char *file, int line)
 {
-    return collective(COLL_SHUFFLE, mode, mask, bits, b, width, file, line, nullptr);
+    return shuffle_for(nullptr, mode, mask, bits, b, width, file, line);
 }
 
 void syncwarp_for(const char *what, unsigned mask, const char *file, int line)

@@ -108,9 +108,8 @@ void rendezvous(Stage &s)
     if (stages[base + next].op == nullptr || stages[base + next].nonce != got) {
         tsan_leave(); /* a report: the emulator's own work */
         snprintf(msg, sizeof msg,
-                 "wmma::%s is a warp collective, and lane %u of the warp did not call it "
-                 "(it is at a shuffle of its own): all 32 lanes must call it with the same "
-                 "arguments (undefined on a GPU)",
+                 "wmma::%s: lane %u's slot is not this call's (the emulator's own bookkeeping "
+                 "failed: every lane at this rendezvous staged the same call)",
                  s.op, next);
         kernel_fail(s.file, s.line, msg);
     }
