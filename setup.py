@@ -119,6 +119,25 @@ def write_launch_bounds(outdir: str, srcs: list) -> str:
     return path
 
 
+def compile_all(name, cmds, env=None):
+    """Run the compiler commands `cmds` (each [compiler, ..., "-c", src, ...]) one
+    per core; the first that fails stops the build with its output."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    def compile_one(cmd):
+        print(" ".join(cmd))
+        return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for res in pool.map(compile_one, cmds):
+            src = res.args[res.args.index("-c") + 1]
+            if res.returncode != 0:
+                raise SystemExit(f"{name}: {src} failed:\n{res.stdout}{res.stderr}")
+            if res.stdout or res.stderr:
+                print(res.stdout + res.stderr)
+
+
 class build_ext_cuda(build_ext):
     """build_ext that compiles an extension's .cu sources with nvcc first."""
 
@@ -127,7 +146,6 @@ class build_ext_cuda(build_ext):
             self.build_emu_objects(ext)
         cu = [s for s in ext.sources if s.endswith(".cu")]
         if cu:
-            import subprocess
             ext.sources = [s for s in ext.sources if not s.endswith(".cu")]
             home, objs = ext.cuda_home, []
             flags = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-Icsrc", "-Icsrc/ndarray",
@@ -136,24 +154,22 @@ class build_ext_cuda(build_ext):
             if _flag("NEEDLE_WERROR"):  # host and device warnings are errors (CI)
                 flags += ["-Werror=all-warnings", "-Xcompiler", "-Werror"]
             env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+            todo = []
             for src in cu:
                 obj = os.path.join(self.build_temp, src[:-3] + ".o")
                 os.makedirs(os.path.dirname(obj), exist_ok=True)
                 deps = [src] + ext.depends
                 if self.force or not os.path.exists(obj) or any(
                         os.path.getmtime(d) > os.path.getmtime(obj) for d in deps):
-                    cmd = [os.path.join(home, "bin", "nvcc"), "-c", src, "-o", obj] + flags
-                    print(" ".join(cmd))
-                    subprocess.run(cmd, check=True, env=env)
+                    todo.append([os.path.join(home, "bin", "nvcc"), "-c", src, "-o", obj] + flags)
                 objs.append(obj)
+            compile_all(ext.name, todo, env)
             ext.extra_objects = objs
             ext.depends = ext.depends + cu + objs  # a rebuilt object relinks the module
         super().build_extension(ext)
 
     def build_emu_objects(self, ext):
         """needle._cuda_emu: the .cu and .cc sources with the host C++ compiler."""
-        import subprocess
-        from concurrent.futures import ThreadPoolExecutor
         srcs = [s for s in ext.sources if s.endswith((".cu", ".cc"))]
         ext.sources = [s for s in ext.sources if s not in srcs]
         bounds = write_launch_bounds(os.path.join(self.build_temp, "emu"), srcs)
@@ -168,18 +184,7 @@ class build_ext_cuda(build_ext):
                     ext.emu_kernel_flags if src not in EMU_RUNTIME else [])
                 todo.append([ext.emu_cxx, "-x", "c++", "-c", src, "-o", obj] + flags)
             objs.append(obj)
-
-        def compile_one(cmd):
-            print(" ".join(cmd))
-            return subprocess.run(cmd, capture_output=True, text=True)
-
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for res in pool.map(compile_one, todo):
-                if res.returncode != 0:
-                    raise SystemExit(f"needle._cuda_emu: {res.args[4]} failed:\n"
-                                     f"{res.stdout}{res.stderr}")
-                if res.stderr:
-                    print(res.stderr)
+        compile_all(ext.name, todo)
         ext.extra_objects = objs
         ext.depends = ext.depends + srcs + objs
 

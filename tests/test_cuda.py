@@ -785,6 +785,26 @@ def test_convolution_data_movement(device, dtype):
                 _C._im2col(a, k, s, 3, 5).numpy().reshape(5, -1), ref[3:8])
 
 
+@GPU_SCALE
+@pytest.mark.skipif(WHY is not None, reason=f"no GPU: {WHY}")
+def test_conv_in_several_scratch_blocks_matches_the_cpu():
+    """A conv whose im2col (302 MB of float64) is several of the GPU's 64 MB
+    scratch blocks (Note [Conv in blocks of rows], ndarray_conv.c), and its
+    weight gradient, whose dual form sums three blocks' products on the device:
+    the cpu's numbers (its blocks are other sizes, so the sums' order differs)."""
+    x, w = rand(16, 64, 64, 64, dtype="float64"), rand(3, 3, 64, 64, dtype="float64")
+    g = rand(16, 64, 64, 64, dtype="float64")
+    got, want = [], []
+    for dev, out in ((ndl.cuda(), got), (ndl.cpu(), want)):
+        tx = ndl.Tensor(x, device=dev, dtype="float64", requires_grad=True)
+        tw = ndl.Tensor(w, device=dev, dtype="float64", requires_grad=True)
+        y = ndl.ops.conv(tx, tw, stride=1, padding=1)
+        (y * ndl.Tensor(g, device=dev, dtype="float64")).sum().backward()
+        out += [y.numpy(), tx.grad.numpy(), tw.grad.numpy()]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-9)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_moves_between_devices_and_refuses_mixing(device):
     x = rand(3, 4)

@@ -8,6 +8,7 @@
 extern "C" const ndl_backend ndl_cuda_backend = {
     /* .name = */ "cuda",
     /* .host_accessible = */ 0,
+    /* .scratch_bytes = */ (size_t)64 << 20,
     ndl_cuda_alloc,
     ndl_cuda_free,
     ndl_cuda_to_host,

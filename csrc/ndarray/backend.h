@@ -50,6 +50,10 @@ typedef struct ndl_attention_mask {
 typedef struct ndl_backend {
     const char *name; /* "cpu", "cuda": the device's name in messages */
     int host_accessible; /* buffers are plain host memory (buffer protocol ok) */
+    /* Bytes of one scratch block of a lowered op (a conv's im2col rows, Note
+     * [Conv in blocks of rows]): the CPU's stays in its cache; a GPU's is
+     * large, so a conv is a few big matmul launches rather than hundreds. */
+    size_t scratch_bytes;
 
     /* ---- memory ---------------------------------------------------------- */
     void *(*alloc)(size_t nbytes);  /* NULL on failure; 64-byte aligned; 0 bytes is ok */

@@ -63,6 +63,7 @@ static int cpu_memcpy(void *dst, const void *src, size_t nbytes)
 const ndl_backend ndl_cpu_backend = {
     .name = "cpu",
     .host_accessible = 1,
+    .scratch_bytes = 256 * 1024,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .to_host = cpu_memcpy,

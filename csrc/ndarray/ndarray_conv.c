@@ -393,8 +393,10 @@ NDArrayObject *ndl_array_im2col(NDArrayObject *a, int64_t k, int64_t stride)
  *   padded input, (N*Ho*Wo, Kh*Kw*C), times the weight viewed as
  *   (Kh*Kw*C, Co). That matrix is Kh*Kw times the input, so it is never
  *   built whole: the input is padded once, then for each block of `br` rows
- *   the im2col slot writes the block into a scratch buffer sized to stay in
- *   cache, and the matmul slot multiplies it into the same rows of out.
+ *   the im2col slot writes the block into a scratch buffer (the backend's
+ *   scratch_bytes: in cache on the CPU; 64 MB on a GPU, where a kernel
+ *   launch costs more than the memory), and the matmul slot multiplies it
+ *   into the same rows of out.
  *   On the CPU the padding is not a copy either: the im2col reads the
  *   input as if padded (Note [im2col with implicit padding], cpu_conv.c).
  *   The loops call only backend slots, so they run with the GIL released;
@@ -419,10 +421,9 @@ NDArrayObject *ndl_array_im2col(NDArrayObject *a, int64_t k, int64_t stride)
  *   plain pointer arithmetic on the buffer, valid for host and CUDA memory.
  */
 
-/* The bytes of a scratch block, and the fewest rows a block has: enough to
+/* The fewest rows a block (of the backend's scratch_bytes) has: enough to
  * keep the matmul's register tiles full (direct), and to keep the adds of
  * the dual form small beside the products. */
-#define NDL_CONV_BLOCK_BYTES (256 * 1024)
 #define NDL_CONV_BLOCK_MIN_ROWS 96
 #define NDL_CONV_DUAL_MIN_ROWS 256
 
@@ -718,7 +719,7 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, co
     if (x == NULL)
         goto fail;
     j.x = x->storage->data, j.lx = x->layout;
-    j.br = j.len ? NDL_CONV_BLOCK_BYTES / (j.len * es) : j.rows;
+    j.br = j.len ? (int64_t)(be->scratch_bytes / (size_t)(j.len * es)) : j.rows;
     if (j.br < (dual ? NDL_CONV_DUAL_MIN_ROWS : NDL_CONV_BLOCK_MIN_ROWS))
         j.br = dual ? NDL_CONV_DUAL_MIN_ROWS : NDL_CONV_BLOCK_MIN_ROWS;
     if (j.br > j.rows)

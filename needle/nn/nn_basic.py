@@ -579,7 +579,12 @@ class Dropout(Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return x
-        # NOTE: the mask is drawn even when p == 0 (API.md 10.4).
+        # NOTE: the mask is drawn even when p == 0 (API.md 10.4), so the random
+        # stream advances as the course's does; with p == 0 it keeps every entry
+        # and scales by 1, so x * mask / (1 - p) is x itself, bit for bit.
+        if self.p == 0:
+            np.random.rand(*x.shape)
+            return x
         if BACKEND == "nd" and self.p < 1:
             # x * mask / (1 - p), one node storing the mask packed (Note [Fused dropout]),
             # drawn and packed on the host: nothing comes back from the device
