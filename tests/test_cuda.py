@@ -731,6 +731,27 @@ def test_matmul_batch_offsets_by_value_and_by_table(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch,m,n,p", [(1, 5, 5000, 7), (3, 70, 1100, 65), (2, 1, 2048, 1),
+                                         (1, 64, 1024, 64)])
+def test_matmul_split_along_n(device, dtype, batch, m, n, p):
+    """Few output tiles and a long n (a weight gradient's shape): on the GPU the
+    product is cut into 2 to 10 slices of n whose sums are added in order (Note
+    [Split K], cuda_matmul.cu), here with a compact batch, A read transposed, and
+    B's matrices interleaved (its batch axis strided inside each row)."""
+    t = dict(rtol=1e-4, atol=1e-3) if dtype == "float32" else dict(rtol=1e-11, atol=1e-10)
+    x, y = rand(batch, m, n, dtype=dtype), rand(batch, n, p, dtype=dtype)
+    a, b = (nd.array(v, dtype=dtype, device=device) for v in (x, y))
+    np.testing.assert_allclose((a @ b).numpy(), x @ y, **t)
+    at = nd.array(x.transpose(0, 2, 1).copy(), dtype=dtype, device=device).permute((0, 2, 1))
+    np.testing.assert_allclose((at @ b).numpy(), x @ y, **t)
+    if batch > 1:
+        yp = np.ascontiguousarray(y.transpose(1, 0, 2))  # (n, batch, p): the batch axis permuted
+        bp = nd.array(yp, dtype=dtype, device=device).permute((1, 0, 2))
+        np.testing.assert_allclose((a @ bp).numpy(), x @ y, **t)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("opt", ["sgd", "sgd_momentum", "adam"])
 def test_optimizer_step_matches_cpu(device, opt):
     """A few steps of a small model on the device land where the CPU's do."""

@@ -70,31 +70,36 @@ template <> struct AsLd<double> { static constexpr int value = BM + 1; };
 
 // A_b is (m, n) at a + aoff.at(b) (strides rsa, csa); B_b is (n, p) at b + boff.at(b)
 // (strides rsb, csb); C is (batch, m, p) compact
+// splits > 1 (Note [Split K]): slice s of n, [s * kchunk, (s + 1) * kchunk),
+// summed into c + (s * batch + b) * m * p, a (splits, batch, m, p) workspace
 template <typename T>
 __global__ void __launch_bounds__(256)
     matmul_kernel(int64_t batch, int64_t m, int64_t n, int64_t p, const T *a,
                   BatchOffsets aoff, int64_t rsa, int64_t csa, const T *b,
-                  BatchOffsets boff, int64_t rsb, int64_t csb, T *c)
+                  BatchOffsets boff, int64_t rsb, int64_t csb, T *c, int64_t splits,
+                  int64_t kchunk)
 {
     constexpr int LD = AsLd<T>::value;
     __shared__ T As[BK][LD];
     __shared__ T Bs[BK][BN];
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int64_t mtiles = (m + BM - 1) / BM;
-    for (int64_t bz = blockIdx.z; bz < batch; bz += gridDim.z) {
+    for (int64_t z = blockIdx.z; z < batch * splits; z += gridDim.z) {
+        const int64_t bz = z % batch, kbeg = z / batch * kchunk;
+        const int64_t kend = n - kbeg < kchunk ? n : kbeg + kchunk;
         const T *ab = a + aoff.at(bz), *bb = b + boff.at(bz);
-        T *cb = c + bz * m * p;
+        T *cb = c + z * m * p;
         for (int64_t by = blockIdx.y; by < mtiles; by += gridDim.y) {
             const int64_t row0 = by * BM, col0 = (int64_t)blockIdx.x * BN;
             T acc[4][4] = {};
-            for (int64_t k0 = 0; k0 < n; k0 += BK) {
+            for (int64_t k0 = kbeg; k0 < kend; k0 += BK) {
                 for (int q = 0; q < BM * BK / 256; q++) {
                     int e = tid + 256 * q, k = e % BK, i = e / BK; /* A: k fastest */
                     int64_t r = row0 + i, kk = k0 + k;
-                    As[k][i] = (r < m && kk < n) ? ab[r * rsa + kk * csa] : (T)0;
+                    As[k][i] = (r < m && kk < kend) ? ab[r * rsa + kk * csa] : (T)0;
                     int j = e % BN, kb = e / BN; /* B: columns fastest */
                     int64_t cj = col0 + j, kr = k0 + kb;
-                    Bs[kb][j] = (cj < p && kr < n) ? bb[kr * rsb + cj * csb] : (T)0;
+                    Bs[kb][j] = (cj < p && kr < kend) ? bb[kr * rsb + cj * csb] : (T)0;
                 }
                 __syncthreads();
 #pragma unroll
@@ -124,6 +129,21 @@ __global__ void __launch_bounds__(256)
                 }
             }
         }
+    }
+}
+
+// ws is (splits, total) compact, c (total): c[i] = ws[0][i] + ws[1][i] + ...,
+// in slice order (Note [Split K])
+template <typename T>
+__global__ void __launch_bounds__(NDL_CU_THREADS)
+    split_sum_kernel(int64_t total, int64_t splits, const T *ws, T *c)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        T acc = ws[i];
+        for (int64_t s = 1; s < splits; s++)
+            acc += ws[s * total + i];
+        c[i] = acc;
     }
 }
 
@@ -234,6 +254,28 @@ __global__ void __launch_bounds__(128)
 #endif
 }
 
+/* Note [Split K]
+ *   A product with few output tiles and a long n, such as a weight gradient
+ *   (X^T @ G summed over every row of a batch: a conv's (147, 16) from 4096
+ *   rows), runs on a handful of blocks, each looping over all of n while
+ *   the rest of the GPU idles. Such a product is cut along n into `splits`
+ *   slices of at least SPLIT_MIN_K, enough for about SPLIT_BLOCKS blocks in
+ *   all: each block sums its tile over one slice into a workspace, then
+ *   split_sum_kernel adds the slices in order. The split depends on the
+ *   shapes alone, never on the GPU, so the same product gives the same bits
+ *   on every device. */
+#define SPLIT_BLOCKS 256
+#define SPLIT_MIN_K 512
+#define SPLIT_MAX 16
+
+static int64_t split_count(int64_t tiles, int64_t n)
+{
+    int64_t s = (SPLIT_BLOCKS + tiles - 1) / tiles, by_k = n / SPLIT_MIN_K;
+    s = s < by_k ? s : by_k;
+    s = s < SPLIT_MAX ? s : SPLIT_MAX;
+    return s > 1 ? s : 1;
+}
+
 /* 1 with *o = (first, step) when the host array offs (batch > 0) is
  * first + b * step; else 0 (Note [Batch offsets by value]). */
 static int by_value(const int64_t *offs, int64_t batch, BatchOffsets *o)
@@ -274,22 +316,37 @@ int ndl_cuda_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p
         ao = BatchOffsets{offs, 0, 0};
         bo = BatchOffsets{offs + batch, 0, 0};
     }
+    const int tf32 = dt == NDL_FLOAT32 && tf32_on();
+    const int64_t splits = tf32 ? 1 : split_count(batch * mtiles * ptiles, n);
+    const int64_t kchunk = (n + splits - 1) / splits;
+    void *ws = NULL; /* Note [Split K]: the slices' sums, (splits, batch, m, p) */
+    if (st == NDL_OK && splits > 1 &&
+        (ws = ndl_cuda_alloc((size_t)splits * batch * m * p * isz)) == NULL)
+        st = NDL_ENOMEM_DEVICE;
     if (st == NDL_OK) {
-        const dim3 grid((unsigned)ptiles, ndl_cu_grid(mtiles, 65535), ndl_cu_grid(batch, 65535));
-        if (dt == NDL_FLOAT32 && tf32_on())
+        const dim3 grid((unsigned)ptiles, ndl_cu_grid(mtiles, 65535),
+                        ndl_cu_grid(batch * splits, 65535));
+        void *out = splits > 1 ? ws : c;
+        if (tf32)
             NDL_LAUNCH(grid, 128, matmul_tf32_kernel)(
                 batch, m, n, p, (const float *)a, ao, rsa, csa, (const float *)b, bo, rsb, csb,
                 (float *)c);
-        else if (dt == NDL_FLOAT64)
-            NDL_LAUNCH(grid, 256, matmul_kernel<double>)(
-                batch, m, n, p, (const double *)a, ao, rsa, csa, (const double *)b, bo, rsb, csb,
-                (double *)c);
         else
-            NDL_LAUNCH(grid, 256, matmul_kernel<float>)(
-                batch, m, n, p, (const float *)a, ao, rsa, csa, (const float *)b, bo, rsb, csb,
-                (float *)c);
+            NDL_CU_DTYPE(dt, T,
+                         NDL_LAUNCH(grid, 256, matmul_kernel<T>)(
+                             batch, m, n, p, (const T *)a, ao, rsa, csa, (const T *)b, bo, rsb,
+                             csb, (T *)out, splits, kchunk));
         st = NDL_CUDA_LAUNCH_STATUS("matmul_kernel<<<...>>>");
     }
+    if (st == NDL_OK && splits > 1) {
+        NDL_CU_DTYPE(dt, T,
+                     NDL_LAUNCH(ndl_cu_blocks(batch * m * p), NDL_CU_THREADS,
+                                split_sum_kernel<T>)(batch * m * p, splits, (const T *)ws,
+                                                     (T *)c));
+        st = NDL_CUDA_LAUNCH_STATUS("split_sum_kernel<<<...>>>");
+    }
+    if (ws != NULL)
+        ndl_cuda_free(ws); /* stream-ordered, as offs */
     if (offs != NULL)
         ndl_cuda_free(offs); /* stream-ordered: the next user runs after this kernel */
     return st;
