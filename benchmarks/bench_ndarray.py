@@ -1,6 +1,7 @@
 """CPU array kernels: needle beside NumPy (OpenBLAS) and PyTorch.
 
     python benchmarks/bench_ndarray.py [--quick] [--threads 1,2] [--json PATH]
+    python benchmarks/bench_ndarray.py --device cuda [--quick]   (bench_cuda.py)
 
 (a) matmul in GFLOP/s (2 m k n flops), float32 and float64:
     square n x n @ n x n, n = 64 .. 4096 (2048 with --quick);
@@ -226,7 +227,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default 2, 1 quick)")
     ap.add_argument("--json", default="", help="write the figures to this JSON file")
     ap.add_argument("--child", choices=LIBS, help=argparse.SUPPRESS)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: the same comparisons on the GPU against PyTorch there "
+                         "(bench_cuda.py: matmul, elementwise, softmax, a step of each model)")
     args = ap.parse_args()
+    if args.device == "cuda":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import bench_cuda
+        sys.argv = [bench_cuda.__file__] + ["--quick"] * args.quick
+        sys.exit(bench_cuda.main())
     if args.child:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         print(json.dumps(child(args.child, int(args.threads), args.quick)))
