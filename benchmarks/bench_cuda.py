@@ -1,6 +1,7 @@
 """needle on the GPU beside PyTorch (issue 10): matmul GFLOP/s against cuBLAS
 through torch (float32, float64, and float32 with TF32 tensor cores on both
-sides), elementwise and fused-softmax GB/s against the GPU's memory bandwidth,
+sides), elementwise and fused-softmax GB/s beside torch's, and elementwise as a
+fraction of the GPU's memory bandwidth (what torch's device-to-device copy_ moves),
 and one training step of each model (MLP 784-256-256-10 with Adam, ResNet9 on a
 CIFAR-shaped batch of 64, an LSTM language model 2x256 over seq 40, batch 32,
 vocabulary 10000, and apps/models.py's Transformer language model), ms per step
@@ -23,8 +24,10 @@ import needle.backend_ndarray as nd  # noqa: E402
 
 
 def sync():
-    import needle._cuda as cu
-    cu.synchronize()
+    """Wait for the GPU (under NEEDLE_CUDA_EMU=1, the emulator: a dry run on the CPU)."""
+    import importlib
+    importlib.import_module("needle._cuda_emu" if os.environ.get("NEEDLE_CUDA_EMU") == "1"
+                            else "needle._cuda").synchronize()
 
 
 def best(fn, reps, sync_fn):
@@ -100,13 +103,20 @@ def bench_softmax(reps, torch):
 
 
 def bench_ewise(reps, torch):
-    import needle._cuda as cu
-    print(f"{'elementwise (1<<26)':<24}{'needle GB/s':>16}{'torch GB/s':>16}{'ratio':>8}"
-          f"   on {cu.device_name()}")
+    import importlib
+    cu = importlib.import_module("needle._cuda_emu" if os.environ.get("NEEDLE_CUDA_EMU") == "1"
+                                 else "needle._cuda")
     n = 1 << 26
     x = np.random.randn(n).astype("float32")
     a = nd.array(x, device=nd.cuda())
     ta = torch.tensor(x, device="cuda") if torch is not None else None
+    # the GPU's memory bandwidth, as a device-to-device copy reaches it (bytes read + written)
+    bw = float("nan")
+    if torch is not None:
+        tb = torch.empty_like(ta)
+        bw = 8 * n / best(lambda: tb.copy_(ta), reps, torch.cuda.synchronize) / 1e9
+    print(f"{'elementwise (1<<26)':<24}{'needle GB/s':>16}{'torch GB/s':>16}{'ratio':>8}"
+          f"{'of copy':>9}   on {cu.device_name()}, torch's copy_ {bw:.0f} GB/s")
     for name, ours_fn, theirs_fn, bytes_per in (
             ("add", lambda: a + a, lambda: ta + ta, 12), ("exp", lambda: a.exp(),
                                                           lambda: ta.exp(), 8),
@@ -114,7 +124,7 @@ def bench_ewise(reps, torch):
         ours = bytes_per * n / best(ours_fn, reps, sync) / 1e9
         theirs = (bytes_per * n / best(theirs_fn, reps, torch.cuda.synchronize) / 1e9
                   if torch is not None else float("nan"))
-        print(f"{name:<24}{ours:>16.1f}{theirs:>16.1f}{ours / theirs:>8.2f}")
+        print(f"{name:<24}{ours:>16.1f}{theirs:>16.1f}{ours / theirs:>8.2f}{ours / bw:>9.2f}")
 
 
 # ---- one training step of each model (issue 10, item 7) ----------------------
