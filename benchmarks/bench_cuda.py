@@ -23,11 +23,16 @@ import needle as ndl  # noqa: E402  (this checkout's build)
 import needle.backend_ndarray as nd  # noqa: E402
 
 
-def sync():
-    """Wait for the GPU (under NEEDLE_CUDA_EMU=1, the emulator: a dry run on the CPU)."""
+def cu_module():
+    """The module behind cuda(): needle._cuda, or under NEEDLE_CUDA_EMU=1 the
+    emulator's (a dry run on the CPU, no timings worth reading)."""
     import importlib
-    importlib.import_module("needle._cuda_emu" if os.environ.get("NEEDLE_CUDA_EMU") == "1"
-                            else "needle._cuda").synchronize()
+    return importlib.import_module("needle._cuda_emu" if os.environ.get("NEEDLE_CUDA_EMU") == "1"
+                                   else "needle._cuda")
+
+
+def sync():
+    cu_module().synchronize()
 
 
 def best(fn, reps, sync_fn):
@@ -103,9 +108,7 @@ def bench_softmax(reps, torch):
 
 
 def bench_ewise(reps, torch):
-    import importlib
-    cu = importlib.import_module("needle._cuda_emu" if os.environ.get("NEEDLE_CUDA_EMU") == "1"
-                                 else "needle._cuda")
+    cu = cu_module()
     n = 1 << 26
     x = np.random.randn(n).astype("float32")
     a = nd.array(x, device=nd.cuda())
