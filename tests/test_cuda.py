@@ -747,7 +747,7 @@ def test_matmul_batch_offsets_by_value_and_by_table(device, dtype):
                                          (1, 64, 1024, 64)])
 def test_matmul_split_along_n(device, dtype, batch, m, n, p):
     """Few output tiles and a long n (a weight gradient's shape): on the GPU the
-    product is cut into 2 to 10 slices of n whose sums are added in order (Note
+    product is cut into 2 to 9 slices of n whose sums are added in order (Note
     [Split K], cuda_matmul.cu), here with a compact batch, A read transposed, and
     B's matrices interleaved (its batch axis strided inside each row)."""
     t = dict(rtol=1e-4, atol=1e-3) if dtype == "float32" else dict(rtol=1e-11, atol=1e-10)
