@@ -6,7 +6,8 @@
 (a) matmul in GFLOP/s (2 m k n flops), float32 and float64:
     square n x n @ n x n, n = 64 .. 4096 (2048 with --quick);
     skinny m x K @ K x N, m = 1 .. 64 (each side of the path limits: the axpy
-    loops up to m = 8, one A block of few rows beyond), K = N = 1024 and 4096;
+    loops up to m = 8, or 16 on AVX-512, one A block of few rows beyond),
+    K = N = 1024 and 4096;
     transposed operands read in place: x @ W.T (skinny and square), A.T @ B;
     matrix @ vector, n x n @ n x 1, n = 512 (256, 512, 2048 without --quick).
 (b) elementwise add and exp on 16M float32 values, GB/s (bytes read + written).
@@ -53,7 +54,7 @@ def matmul_cases(quick: bool) -> list[dict]:
     contiguous (n, k) array, 'tn': A.T view @ B), dtype."""
     cases = []
     squares = (64, 256, 1024, 2048) if quick else (64, 128, 256, 512, 1024, 2048, 4096)
-    skinny_m = (1, 8, 17, 64) if quick else (1, 4, 8, 9, 16, 17, 32, 64)
+    skinny_m = (1, 8, 16, 17, 64) if quick else (1, 4, 8, 9, 12, 16, 17, 32, 64)
     dtypes = ("float32", "float64")
     for dt in dtypes:
         for s in squares:
@@ -203,7 +204,7 @@ def parent(args) -> None:
             print(f"  numpy: {infos['numpy']['blas']}")
             print(f"  torch: {infos['torch']['torch']}")
             blocks = ", ".join(f"{dt} MRxNR {c['mr']}x{c['nr']} MC {c['mc']} KC {c['kc']} "
-                               f"NC {c['nc']}" for dt in ("float32", "float64")
+                               f"NC {c['nc']} axpy m<={c['small_m']}" for dt in ("float32", "float64")
                                for c in [cfg[dt]])
             print(f"  needle: matmul kernel {cfg['kernel']} ({blocks}); caches from "
                   f"{cfg['cache_source']}: L1d {cfg['l1d'] >> 10} KiB, L2 {cfg['l2'] >> 10} KiB, "

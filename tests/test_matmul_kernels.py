@@ -156,7 +156,7 @@ def test_emulated_avx512_runs_the_14_row_tiles(dtype):
     # masked (checked: such a mutant kernel is reported there)
     nr = NR[dtype]
     shapes = [(14, 100, nr), (21, 100, nr), (24, 37, nr), (27, 9, nr), (14, 100, nr + 5),
-              (27, 50, nr + nr // 2 + 3), (3 * 14, 2 * KC + 5, nr), (9, 1, 5),
+              (27, 50, nr + nr // 2 + 3), (3 * 14, 2 * KC + 5, nr), (23, 1, 5),
               (14, 10, nr // 4), (16, 10, 3 * nr // 4)]
     got = run_emu([[dtype, m, k, p, "rows", "cols"] for m, k, p in shapes])
     for (m, k, p), g in zip(shapes, got):
@@ -168,7 +168,7 @@ def test_emulated_avx512_runs_the_14_row_tiles(dtype):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_emulated_avx512_packed_a_and_skinny_loops(dtype):
     # A packed (columns contiguous, or rows 1 KiB apart, p > 2 NR): every
-    # call is the packed kernel's; m <= 8 with B by rows: the axpy loops;
+    # call is the packed kernel's; m <= 16 with B by rows: the axpy loops;
     # m = 1 with B = W.T: the dot loops; m = 2 with B = W.T: the AVX2
     # register transposes that the AVX-512 configuration shares (no count)
     nr = NR[dtype]
@@ -185,6 +185,20 @@ def test_emulated_avx512_packed_a_and_skinny_loops(dtype):
     assert axpy["axpy"] > 0 and axpy["fmas"] == 0 and not axpy["tiles"]
     assert dot["dot"] > 0 and dot["fmas"] == 0 and not dot["tiles"]
     assert bt["fmas"] == bt["axpy"] == bt["dot"] == 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_emulated_avx512_takes_the_axpy_loops_up_to_16_rows(dtype):
+    # Note [Axpy rows per tile] (cpu_matmul.c): with B by rows the AVX-512
+    # configuration runs m <= 16 by the axpy loops (AVX2's limit is 8), and
+    # m = 17 by the 14-row kernels (a full tile and a 7-row one per block)
+    nr = NR[dtype]
+    cases = [[dtype, m, 700, 3 * nr + 5, "rows", "rows"] for m in (9, 12, 16, 17)]
+    got = run_emu(cases)
+    for g, (_, m, k, p, _, _) in zip(got[:3], cases):
+        assert g["axpy"] > 0 and g["fmas"] == 0 and not g["tiles"], (m, g)
+    tiles, fmas = expected(17, 700, 3 * nr + 5, nr)
+    assert (got[3]["tiles"], got[3]["fmas"], got[3]["axpy"]) == (tiles, fmas, 0), got[3]
 
 
 def test_emulated_avx512_on_two_threads():

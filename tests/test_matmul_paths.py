@@ -253,7 +253,8 @@ def test_timed_kernel_choice(forced):
 @pytest.mark.parametrize("k", [5, 300, 1000], ids=lambda k: f"k{k}")
 def test_a_row_gets_the_same_bits_whatever_the_batch(k, dtype):
     # Note [One chain per element] (cpu_matmul.h): B read by rows, the skinny
-    # path (m <= 16) and the packed one (m > 16, KC blocks) sum alike, so the
+    # path (m <= small_m: 8, or 16 on AVX-512) and the packed one (KC blocks)
+    # sum alike, so the
     # first rows of a product do not depend on how many rows follow them
     x = np.random.randn(70, k).astype(dtype)
     y = np.random.randn(k, 90).astype(dtype)

@@ -69,6 +69,7 @@ typedef struct {
     int64_t nc1;         /* nc when m <= mc (Note [Narrow B blocks for few rows]) */
     ndl_small_bt bt;     /* skinny A @ W.T (Note [Transposing W in registers]); NULL: none */
     ndl_ukernel kernel_packed; /* A packed (cpu_matmul.h): the same bits, faster */
+    int small_m;         /* axpy loops up to this m (Note [Axpy rows per tile]) */
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -79,27 +80,31 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
         [NDL_FLOAT32] = {"generic", ndl_ukernel_generic_f32, NDL_GENERIC_MR_F32,
                          NDL_GENERIC_NR_F32, 0, 0, 0,
                          ndl_small_axpy_generic_f32, ndl_small_dot_generic_f32,
-                         .kernel_packed = ndl_ukernel_generic_f32},
+                         .kernel_packed = ndl_ukernel_generic_f32, .small_m = 8},
         [NDL_FLOAT64] = {"generic", ndl_ukernel_generic_f64, NDL_GENERIC_MR_F64,
                          NDL_GENERIC_NR_F64, 0, 0, 0,
                          ndl_small_axpy_generic_f64, ndl_small_dot_generic_f64,
-                         .kernel_packed = ndl_ukernel_generic_f64},
+                         .kernel_packed = ndl_ukernel_generic_f64, .small_m = 8},
     },
     [K_AVX2] = {
         [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 0, 0, 0,
                          ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32, ndl_pack_bt_f32, 0,
-                         ndl_small_bt_f32, ndl_ukernel_avx2_f32_packed},
+                         ndl_small_bt_f32, ndl_ukernel_avx2_f32_packed,
+                         8},
         [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0,
                          ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64, 0,
-                         ndl_small_bt_f64, ndl_ukernel_avx2_f64_packed},
+                         ndl_small_bt_f64, ndl_ukernel_avx2_f64_packed,
+                         8},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
                          0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32,
-                         ndl_pack_bt_f32, 0, ndl_small_bt_f32, ndl_ukernel_avx512_f32_packed},
+                         ndl_pack_bt_f32, 0, ndl_small_bt_f32, ndl_ukernel_avx512_f32_packed,
+                         16},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
                          0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64,
-                         ndl_pack_bt_f64, 0, ndl_small_bt_f64, ndl_ukernel_avx512_f64_packed},
+                         ndl_pack_bt_f64, 0, ndl_small_bt_f64, ndl_ukernel_avx512_f64_packed,
+                         16},
     },
 };
 
@@ -283,7 +288,7 @@ const char *ndl_cpu_matmul_kernel_name(void)
     return get_config(NDL_FLOAT32)->name;
 }
 
-int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[5])
+int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[6])
 {
     if ((unsigned)dt >= NDL_NUM_DTYPES)
         return NDL_EINVAL;
@@ -293,6 +298,7 @@ int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[5])
     out[2] = cfg->mc;
     out[3] = cfg->kc;
     out[4] = cfg->nc;
+    out[5] = cfg->small_m;
     return NDL_OK;
 }
 
@@ -792,7 +798,8 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
 
 /* ---- skinny products ------------------------------------------------------
  * cpu_matmul_small.c has the loops and their notes: B read in place, never
- * packed: the axpy loops when B's rows are contiguous and m <= NDL_SMALL_M,
+ * packed: the axpy loops when B's rows are contiguous and m <= small_m
+ * (8; 16 on AVX-512: Note [Axpy rows per tile]),
  * the dot loops when B's columns are and m = 1. Other products take the
  * packed path. The columns of each product are cut into `nparts` ranges;
  * each element's sum does not depend on the cut.
@@ -807,15 +814,29 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   [Transposing W in registers]), with the chains of the packed kernels:
  *   m = 2, 1 thread, float32 12 -> 19-20 GFLOP/s (PyTorch 15), float64 6
  *   -> 13-14 (PyTorch 7); from m = 3 the packed kernels are as fast (m =
- *   8: 1.5x); m = 3..16 are packed, at 1.0-1.5x NumPy and PyTorch, and get
- *   the bits of any other m.
+ *   8: 1.5x); m = 3..16 are packed (on AVX2), at 1.0-1.5x NumPy and
+ *   PyTorch, and get the bits of any other m.
  *   m = 1 with K = N = 4096 (a 64 MiB B read once for 8K flops a row) is
  *   bound by memory: on 2 threads it reads B at about a plain two-thread
  *   streaming read's speed (Zen 3 KVM guest: 21-23 GB/s for such a read,
  *   12.6-15.9 GFLOP/s = 25-32 GB/s for the product, part of B staying in
  *   L3 between calls), as NumPy does (12.7-16.2); nothing is left there.
  */
-#define NDL_SMALL_M 8
+/* Note [Axpy rows per tile]
+ *   The axpy loops' limit is the configuration's small_m: 8 for AVX2 and
+ *   generic (the reasons above), 16 for AVX-512. Its tile has 14 rows and
+ *   its partial tiles run 7, 10 or 14 of them (Note [Half tiles] in
+ *   cpu_matmul_simd_impl.h), so m = 9..16 wastes 10-30% of its FMAs and
+ *   packs B for few uses of each element, while the axpy loops' cost grows
+ *   with the KU-row passes over each L1 chunk. Xeon (Emerald Rapids), K =
+ *   N = 1024 and 4096, GFLOP/s packed -> axpy: float32 1 thread m = 12 58
+ *   -> 73, m = 16 66 -> 81; 2 threads m = 12 118 -> 135, m = 16 130 ->
+ *   148; float64 1 thread m = 12..16 29-34 -> 37-42, 2 threads 57-70 ->
+ *   78-82. m = 17 (a third pass for one row) is faster by axpy on one thread
+ *   and slower on two; from m = 20 the packed kernels tie on one thread and
+ *   win on two: 16 it is.
+ *   The bits do not change with the limit (Note [One chain per element]).
+ */
 /* B = W.T (columns contiguous) with at most this many rows: W transposed in
  * registers (Note [Transposing W in registers], cpu_matmul_bt_avx2.c) */
 #define NDL_SMALL_BT_M 2
@@ -959,7 +980,7 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
     }
     const ndl_gemm_config *cfg = get_config(dt);
     int small_bt = m <= NDL_SMALL_BT_M && rsb == 1 && cfg->bt;
-    if ((m <= NDL_SMALL_M && csb == 1) || (m == 1 && rsb == 1 && csa == 1) || small_bt) {
+    if ((m <= cfg->small_m && csb == 1) || (m == 1 && rsb == 1 && csa == 1) || small_bt) {
         ndl_small_job job = {
             .cfg = cfg, .mode = csb == 1 ? SMALL_AXPY : m == 1 && csa == 1 ? SMALL_DOT : SMALL_BT,
             .m = m, .n = n, .p = p, .nparts = 1, .es = es,

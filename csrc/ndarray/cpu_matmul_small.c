@@ -1,6 +1,7 @@
 /* cpu_matmul_small.c: the skinny products of ndl_cpu_matmul, C = A @ B with
- * few rows (axpy: m <= NDL_SMALL_M; dot: m = 1, matrix-vector; the limits
- * and their reasons are in cpu_matmul.c), where packing B
+ * few rows (axpy: m <= the configuration's small_m; dot: m = 1,
+ * matrix-vector; the limits and their reasons are in cpu_matmul.c), where
+ * packing B
  * would copy all of B to use each element m times only. Such products are
  * bound by reading B once from memory, so these loops read B where it lies,
  * in long sequential streams, and keep the reused operands in L1:

@@ -144,7 +144,8 @@ int ndl_cpu_sgd(ndl_dtype dt, int64_t n, const void *p, const void *g, const voi
 
 /* Which micro-kernel ndl_cpu_matmul uses: "avx512", "avx2" or "generic". */
 const char *ndl_cpu_matmul_kernel_name(void);
-/* Its register tile and cache blocks for dtype dt: out = {MR, NR, MC, KC, NC}. */
-int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[5]);
+/* Its register tile, cache blocks and skinny limit for dtype dt:
+ * out = {MR, NR, MC, KC, NC, SMALL_M} (B by rows with m <= SMALL_M: the axpy loops). */
+int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[6]);
 
 #endif /* NDL_CORE_H */
