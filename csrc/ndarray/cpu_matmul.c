@@ -482,28 +482,23 @@ static void pack_a_block(const ndl_gemm_ops *ops, const char *a, int64_t rsa, in
         ops->pack_a(a, rsa, csa, mc, kc, cfg->mr, abuf);
 }
 
-/* Note [Prefetching the next B block]
- *   Packing a B block reads it from memory in one burst, and the kernels
- *   that follow leave the memory bus idle; when each B element meets few
- *   rows of A (m up to a few hundred) those bursts are a large part of the
- *   time. So while the kernels run on panel jr of the current block, the
- *   same columns of the next block (the next KC rows, or the first KC rows
- *   of the next NC columns) are prefetched into the outer caches: one line
- *   per row when B's rows are contiguous, the column's lines when its
- *   columns are. Packing then reads from cache.
+/* Note [No prefetch of the next B block]
+ *   Until 2026-12-04 a static helper here prefetched the next B block's
+ *   columns into the outer caches while the kernels ran on the current
+ *   one, and a note credited it with 3-20% on skinny products (Zen 3).
+ *   Its body was nothing but __builtin_prefetch calls, which are no side
+ *   effect to gcc 12: its local pure-const pass found the helper "looping
+ *   const" and dead-code elimination deleted every call (-fdump-tree-all;
+ *   no prefetcht2 anywhere in the library). It never ran, and the gain was
+ *   noise. Made to run (a getenv in its body), it cost time on the Xeon
+ *   (Emerald Rapids, 1 thread, float32 GFLOP/s without -> with): m = 17
+ *   K = N = 4096 60 -> 50, m = 64 110 -> 87-96; x @ W.T m = 32 K = N =
+ *   4096 75 -> 63, m = 64 104 -> 91, m = 256 132 -> 128: the hardware
+ *   prefetchers already follow packing's streams, and the extra requests
+ *   compete with them. So it is gone. A prefetch that must survive goes
+ *   inside a function with other effects (as in the kernels and in
+ *   cpu_matmul_bt_avx2.c), and its effect is checked in the disassembly.
  */
-static void prefetch_b_panel(const char *b, int64_t rsb, int64_t csb, int64_t kc, int nr,
-                             int64_t es)
-{
-    if (csb == 1) {
-        for (int64_t k = 0; k < kc; k++)
-            __builtin_prefetch(b + k * rsb * es, 0, 1);
-    } else if (rsb == 1) {
-        for (int j = 0; j < nr; j++)
-            for (int64_t k = 0; k < kc * es; k += 64)
-                __builtin_prefetch(b + j * csb * es + k, 0, 1);
-    }
-}
 
 /* C (m x p, row stride ldc) = A (m x n) @ B (n x p), serially, n >= 1.
  * a and b point at A[0][0] and B[0][0]; abuf and bbuf hold MC x KC and
@@ -522,11 +517,6 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
         for (int64_t pc = 0; pc < n; pc += cfg->kc) {
             int64_t kc = n - pc < cfg->kc ? n - pc : cfg->kc;
             int first = pc == 0;
-            /* the B block after this one: rows next_k.., columns next_j.. */
-            int64_t next_k = pc + kc < n ? pc + kc : 0;
-            int64_t next_j = pc + kc < n ? jc : jc + nc;
-            if (next_k == 0 && next_j >= p)
-                next_k = n; /* none */
             if (rsb == 1 && csb != 1 && cfg->pack_bt) /* B = W.T: transposed in registers */
                 cfg->pack_bt(b + (pc + jc * csb) * es, csb, kc, nc, nr, bbuf);
             else
@@ -548,10 +538,6 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int nrr = nc - jr < nr ? (int)(nc - jr) : nr;
                     const char *bp = bbuf + jr * kc * es;
-                    if (ic == 0 && next_k < n && next_j + jr < p) /* Note [Prefetching ...] */
-                        prefetch_b_panel(b + (next_k * rsb + (next_j + jr) * csb) * es, rsb, csb,
-                                         n - next_k < cfg->kc ? n - next_k : cfg->kc,
-                                         p - next_j - jr < nr ? (int)(p - next_j - jr) : nr, es);
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int mrr = mc - ir < mr ? (int)(mc - ir) : mr;
                         kernel(kc, ablk + ir / mr * apanel * es, ars, acs, bp,
@@ -573,8 +559,8 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
  *   float64 m = 64, K = N = 4096: 16 GFLOP/s against NumPy's 31; m = 17:
  *   7 against 17). gemm_block_few instead packs blocks of KC x NC1,
  *   NC1 = L2 / 2 / (KC * size) (128 float64 or 256 float32 columns on
- *   Zen 3), which stay in L2 until their panels are used while the next
- *   block's lines are prefetched (Note [Prefetching the next B block]). It
+ *   Zen 3), which stay in L2 until their panels are used (Note [No
+ *   prefetch of the next B block]). It
  *   visits them in the order that reads B along its contiguous axis, so
  *   that B streams from memory in long runs over few pages:
  *     rows contiguous (B):    for pc by KC: pack A once; for jc by NC1: ...
@@ -607,13 +593,6 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
         int64_t kc = n - pc < cfg->kc ? n - pc : cfg->kc;
         int64_t nc = p - jc < ncb ? p - jc : ncb;
         int first = pc == 0;
-        /* the B block after this one: rows next_k.., columns next_j.. */
-        int64_t next_k = n, next_j = 0;
-        if (t + 1 < nkb * njb) {
-            next_k = (k_inner ? (t + 1) % nkb : (t + 1) / njb) * cfg->kc;
-            next_j = (k_inner ? (t + 1) / nkb : (t + 1) % njb) * ncb;
-        }
-        int64_t next_kc = n - next_k < cfg->kc ? n - next_k : cfg->kc;
         if (pc != packed_pc) {
             ablk = a + pc * csa * es;
             if (ops->pack_a_block) {
@@ -632,10 +611,6 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
         for (int64_t jr = 0; jr < nc; jr += nr) {
             int nrr = nc - jr < nr ? (int)(nc - jr) : nr;
             const char *bp = bbuf + jr * kc * es;
-            if (next_k < n && next_j + jr < p) /* Note [Prefetching the next B block] */
-                prefetch_b_panel(b + (next_k * rsb + (next_j + jr) * csb) * es, rsb, csb,
-                                 next_kc, p - next_j - jr < nr ? (int)(p - next_j - jr) : nr,
-                                 es);
             for (int64_t ir = 0; ir < m; ir += mr) {
                 int mrr = m - ir < mr ? (int)(m - ir) : mr;
                 kernel(kc, ablk + ir / mr * apanel * es, ars, acs, bp,
