@@ -128,14 +128,23 @@ def run_emu(cases, threads=1):
     return json.loads(res.stdout)
 
 
+def row_tiles(m):
+    """The tiles' rows: 14 each, the last m % 14; but m = 14 q + 1..3 (q >= 1)
+    ends with 10 and 4..6 rows instead of 14 and 1..3 (Note [Balanced last
+    tiles] in cpu_matmul.c: 17 FMA rows instead of 21)."""
+    rows = [14] * (m // 14) + ([m % 14] if m % 14 else [])
+    if m > 14 and 1 <= m % 14 <= 3:
+        rows[-2:] = [10, 4 + m % 14]
+    return rows
+
+
 def expected(m, k, p, nr):
     """Calls and FMAs of the 14-row kernels for an m x k x p product: one
     call per tile and KC block; a partial tile of mr rows runs the 7-, 10-
     or 14-row loop (Note [Half tiles]), 2 vectors a row, k steps."""
     tiles, fmas = {}, 0
     blocks = -(-k // KC)
-    for i in range(0, m, 14):
-        mr = min(14, m - i)
+    for mr in row_tiles(m):
         n = -(-p // nr)  # column tiles
         tiles[str(mr)] = tiles.get(str(mr), 0) + n * blocks
         fmas += n * (7 if mr <= 7 else 10 if mr <= 10 else 14) * 2 * k
@@ -191,13 +200,15 @@ def test_emulated_avx512_packed_a_and_skinny_loops(dtype):
 def test_emulated_avx512_takes_the_axpy_loops_up_to_16_rows(dtype):
     # Note [Axpy rows per tile] (cpu_matmul.c): with B by rows the AVX-512
     # configuration runs m <= 16 by the axpy loops (AVX2's limit is 8), and
-    # m = 17 by the 14-row kernels (a full tile and a 7-row one per block)
+    # m = 17 by the 14-row kernels: a 10-row and a 7-row tile per block, not
+    # 14 + 3 (Note [Balanced last tiles])
     nr = NR[dtype]
     cases = [[dtype, m, 700, 3 * nr + 5, "rows", "rows"] for m in (9, 12, 16, 17)]
     got = run_emu(cases)
     for g, (_, m, k, p, _, _) in zip(got[:3], cases):
         assert g["axpy"] > 0 and g["fmas"] == 0 and not g["tiles"], (m, g)
     tiles, fmas = expected(17, 700, 3 * nr + 5, nr)
+    assert set(tiles) == {"10", "7"}
     assert (got[3]["tiles"], got[3]["fmas"], got[3]["axpy"]) == (tiles, fmas, 0), got[3]
 
 

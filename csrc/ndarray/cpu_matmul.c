@@ -70,6 +70,7 @@ typedef struct {
     ndl_small_bt bt;     /* skinny A @ W.T (Note [Transposing W in registers]); NULL: none */
     ndl_ukernel kernel_packed; /* A packed (cpu_matmul.h): the same bits, faster */
     int small_m;         /* axpy loops up to this m (Note [Axpy rows per tile]) */
+    int mid_rows;        /* the kernels' middle partial tile (Note [Balanced last tiles]); 0: none */
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -80,31 +81,33 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
         [NDL_FLOAT32] = {"generic", ndl_ukernel_generic_f32, NDL_GENERIC_MR_F32,
                          NDL_GENERIC_NR_F32, 0, 0, 0,
                          ndl_small_axpy_generic_f32, ndl_small_dot_generic_f32,
-                         .kernel_packed = ndl_ukernel_generic_f32, .small_m = 8},
+                         .kernel_packed = ndl_ukernel_generic_f32, .small_m = 8,
+                         .mid_rows = 0},
         [NDL_FLOAT64] = {"generic", ndl_ukernel_generic_f64, NDL_GENERIC_MR_F64,
                          NDL_GENERIC_NR_F64, 0, 0, 0,
                          ndl_small_axpy_generic_f64, ndl_small_dot_generic_f64,
-                         .kernel_packed = ndl_ukernel_generic_f64, .small_m = 8},
+                         .kernel_packed = ndl_ukernel_generic_f64, .small_m = 8,
+                         .mid_rows = 0},
     },
     [K_AVX2] = {
         [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 0, 0, 0,
                          ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32, ndl_pack_bt_f32, 0,
                          ndl_small_bt_f32, ndl_ukernel_avx2_f32_packed,
-                         8},
+                         8, NDL_AVX2_MID_ROWS},
         [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0,
                          ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64, 0,
                          ndl_small_bt_f64, ndl_ukernel_avx2_f64_packed,
-                         8},
+                         8, NDL_AVX2_MID_ROWS},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
                          0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32,
                          ndl_pack_bt_f32, 0, ndl_small_bt_f32, ndl_ukernel_avx512_f32_packed,
-                         16},
+                         16, NDL_AVX512_MID_ROWS},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
                          0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64,
                          ndl_pack_bt_f64, 0, ndl_small_bt_f64, ndl_ukernel_avx512_f64_packed,
-                         16},
+                         16, NDL_AVX512_MID_ROWS},
     },
 };
 
@@ -570,6 +573,34 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
  *   so the bits are those of gemm_block (Note [One chain per element] in
  *   cpu_matmul.h): m = 64 gives the rows of m = 1000.
  */
+/* Note [Balanced last tiles]
+ *   The SIMD kernels run a partial tile of mr rows over MR / 2, MID or MR
+ *   of them (Note [Half tiles] in cpu_matmul_simd_impl.h; MID is 10 of 14
+ *   on AVX-512, 4 of 6 on AVX2). A product of m = q MR + r rows (q >= 1,
+ *   0 < r) ends with a full tile and an r-row one; when MR + r rows fit a
+ *   MID-row tile and a half one, those cost fewer multiply-adds, and
+ *   gemm_block_few cuts them so: AVX-512 m = 17 runs 10 + 7 rows where 14 +
+ *   7 ran (19% fewer FMAs; m = 15..18 and every m = 14 q + 1..4 alike), AVX2
+ *   m = 7 4 + 3 for 6 + 3. The rows from the cut start a packed panel of
+ *   their own. Each C element keeps its chain (Note [One chain per element]
+ *   in cpu_matmul.h): the bits do not change. Xeon (Emerald Rapids),
+ *   float32 K = N = 1024, GFLOP/s: 1 thread m = 17 69 -> 74, 31 92 -> 98,
+ *   45 107 -> 113; 2 threads m = 17 137 -> 148-153, 45 211 -> 223; the
+ *   AVX2 kernels there (forced) m = 13 43 -> 45-47, 19 51 -> 53-55, 31
+ *   61 -> 62-65.
+ *   Returns the row where the last tile starts early, or m for no cut. */
+static int64_t last_tiles_split(const ndl_gemm_config *cfg, int64_t m)
+{
+    const int mr = cfg->mr, half = mr / 2, mid = cfg->mid_rows;
+    const int64_t r = m % mr;
+#define TILE_COST(x) ((x) <= half ? half : (x) <= mid ? mid : mr)
+    if (mid == 0 || m <= mr || r == 0 || mr + r - mid > half ||
+        mid + TILE_COST(mr + r - mid) >= mr + TILE_COST(r))
+        return m;
+#undef TILE_COST
+    return m - r - mr + mid;
+}
+
 static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                            const char *a, int64_t rsa, int64_t csa,
                            const char *b, int64_t rsb, int64_t csb,
@@ -585,8 +616,9 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
     const int64_t nkb = (n + cfg->kc - 1) / cfg->kc, njb = (p + ncb - 1) / ncb;
     int64_t packed_pc = -1;
     const char *ablk = NULL;
-    int64_t ars = rsa, acs = csa, apanel = mr * rsa; /* in elements */
+    int64_t ars = rsa, acs = csa;
     const ndl_ukernel kernel = ops->pack_a_block ? cfg->kernel_packed : cfg->kernel;
+    const int64_t split = last_tiles_split(cfg, m); /* Note [Balanced last tiles] */
     for (int64_t t = 0; t < nkb * njb; t++) {
         int64_t pc = (k_inner ? t % nkb : t / njb) * cfg->kc;
         int64_t jc = (k_inner ? t / nkb : t % njb) * ncb;
@@ -596,11 +628,14 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
         if (pc != packed_pc) {
             ablk = a + pc * csa * es;
             if (ops->pack_a_block) {
-                pack_a_block(ops, ablk, rsa, csa, m, kc, abuf);
+                /* rows from `split` start a panel of their own */
+                pack_a_block(ops, ablk, rsa, csa, split, kc, abuf);
+                if (split < m)
+                    pack_a_block(ops, ablk + split * rsa * es, rsa, csa, m - split, kc,
+                                 abuf + (split + mr - 1) / mr * mr * kc * es);
                 ablk = abuf;
                 ars = 1;
                 acs = mr;
-                apanel = mr * kc;
             }
             packed_pc = pc;
         }
@@ -611,10 +646,13 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
         for (int64_t jr = 0; jr < nc; jr += nr) {
             int nrr = nc - jr < nr ? (int)(nc - jr) : nr;
             const char *bp = bbuf + jr * kc * es;
-            for (int64_t ir = 0; ir < m; ir += mr) {
-                int mrr = m - ir < mr ? (int)(m - ir) : mr;
-                kernel(kc, ablk + ir / mr * apanel * es, ars, acs, bp,
-                       c + (ir * ldc + jc + jr) * es, ldc, mrr, nrr, first);
+            for (int64_t ir = 0; ir < m;) {
+                int64_t end = ir < split && split < ir + mr ? split : ir + mr < m ? ir + mr : m;
+                /* packed: the panel of row ir (a panel starts at `split`); else A itself */
+                int64_t at = ops->pack_a_block ? (ir + mr - 1) / mr * mr * kc : ir * rsa;
+                kernel(kc, ablk + at * es, ars, acs, bp, c + (ir * ldc + jc + jr) * es, ldc,
+                       (int)(end - ir), nrr, first);
+                ir = end;
             }
         }
     }

@@ -82,6 +82,11 @@ typedef void (*ndl_ukernel)(int64_t kc, const void *a, int64_t ars, int64_t acs,
 #define NDL_AVX512_MR_F64 14
 #define NDL_AVX512_NR_F64 16
 
+/* The middle partial tile of the SIMD kernels (UK_MID_ROWS, Note [Half
+ * tiles] in cpu_matmul_simd_impl.h), for the driver's tile cuts. */
+#define NDL_AVX2_MID_ROWS 4
+#define NDL_AVX512_MID_ROWS 10
+
 void ndl_ukernel_generic_f32(int64_t kc, const void *a, int64_t ars, int64_t acs, const void *b,
                              void *c, int64_t ldc, int mr, int nr, int first);
 void ndl_ukernel_generic_f64(int64_t kc, const void *a, int64_t ars, int64_t acs, const void *b,

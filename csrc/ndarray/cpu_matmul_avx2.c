@@ -19,6 +19,7 @@
 #define UK_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #define UK_HALF_ROWS(X) X(0) X(1) X(2)
 #define UK_MID_ROWS(X) X(0) X(1) X(2) X(3)
+#define UK_MID_ROWS_H NDL_AVX2_MID_ROWS
 #define UK_KU 4 /* k steps per unrolled group (Note [Packed A kernel]) */
 
 #define UK_VEC_f32 __m256

@@ -31,6 +31,7 @@
 #define UK_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13)
 #define UK_HALF_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6)
 #define UK_MID_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9)
+#define UK_MID_ROWS_H NDL_AVX512_MID_ROWS
 #define UK_KU 1 /* k steps per unrolled group (Note [Packed A kernel]) */
 
 #define UK_VEC_f32 __m512

@@ -15,6 +15,8 @@
  *   UK_HALF_ROWS(X)  X(0) X(1) ... X(MR / 2 - 1)
  *   UK_MID_ROWS(X)   X(0) X(1) ... X(UK_MID - 1), MR / 2 < UK_MID < MR
  *                    (Note [Half tiles])
+ *   UK_MID_ROWS_H    UK_MID as cpu_matmul.h states it for the driver
+ *                    (NDL_<ISA>_MID_ROWS; checked equal)
  *   UK_KU            k steps per unrolled group of the packed kernel, 1, 2
  *                    or 4 (Note [Packed A kernel])
  *   and for each dtype dt (f32 / f64):
@@ -70,6 +72,7 @@ _Static_assert(0 UK_ROWS(UK_ONE) == UK_MR && UK_NR == 2 * VW, "tile does not mat
 _Static_assert(0 UK_HALF_ROWS(UK_ONE) == UK_MR / 2, "UK_HALF_ROWS is not the first MR / 2 rows");
 #define UK_MID (0 UK_MID_ROWS(UK_ONE))
 _Static_assert(UK_MID > UK_MR / 2 && UK_MID < UK_MR, "UK_MID_ROWS is not between half and MR");
+_Static_assert(UK_MID == UK_MID_ROWS_H, "UK_MID_ROWS is not cpu_matmul.h's NDL_<ISA>_MID_ROWS");
 
 /* row r of A (rows past mr read row 0, see cpu_matmul.h) */
 #define APTR(r) const T *a##r = a + (r < mr ? r : 0) * ars;
