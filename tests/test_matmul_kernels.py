@@ -130,7 +130,7 @@ def run_emu(cases, threads=1):
 
 def row_tiles(m):
     """The tiles' rows: 14 each, the last m % 14; but m = 14 q + 1..3 (q >= 1)
-    ends with 10 and 4..6 rows instead of 14 and 1..3 (Note [Balanced last
+    ends with 10 and 5..7 rows instead of 14 and 1..3 (Note [Balanced last
     tiles] in cpu_matmul.c: 17 FMA rows instead of 21)."""
     rows = [14] * (m // 14) + ([m % 14] if m % 14 else [])
     if m > 14 and 1 <= m % 14 <= 3:

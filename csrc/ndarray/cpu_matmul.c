@@ -552,6 +552,34 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
     }
 }
 
+/* Note [Balanced last tiles]
+ *   The SIMD kernels run a partial tile of mr rows over MR / 2, MID or MR
+ *   of them (Note [Half tiles] in cpu_matmul_simd_impl.h; MID is 10 of 14
+ *   on AVX-512, 4 of 6 on AVX2). A product of m = q MR + r rows (q >= 1,
+ *   0 < r) ends with a full tile and an r-row one; when MR + r rows fit a
+ *   MID-row tile and a half one, those cost fewer multiply-adds, and
+ *   gemm_block_few cuts them so: AVX-512 m = 17 runs 10 + 7 rows where 14 +
+ *   7 ran (19% fewer FMAs; every m = 14 q + 1..3 alike, m = 17, 29..31,
+ *   43..45, ...), AVX2 m = 6 q + 1 ends 4 + 3 for 6 + 3 (m = 13, 19, ...).
+ *   The rows from the cut start a packed panel of their own. Each C element keeps its chain (Note [One chain per element]
+ *   in cpu_matmul.h): the bits do not change. Xeon (Emerald Rapids),
+ *   float32 K = N = 1024, GFLOP/s: 1 thread m = 17 69 -> 74, 31 92 -> 98,
+ *   45 107 -> 113; 2 threads m = 17 137 -> 148-153, 45 211 -> 223; the
+ *   AVX2 kernels there (forced) m = 13 43 -> 45-47, 19 51 -> 53-55, 31
+ *   61 -> 62-65.
+ *   Returns the row where the last tile starts early, or m for no cut. */
+static int64_t last_tiles_split(const ndl_gemm_config *cfg, int64_t m)
+{
+    const int mr = cfg->mr, half = mr / 2, mid = cfg->mid_rows;
+    const int64_t r = m % mr;
+#define TILE_COST(x) ((x) <= half ? half : (x) <= mid ? mid : mr)
+    if (mid == 0 || m <= mr || r == 0 || mr + r - mid > half ||
+        mid + TILE_COST(mr + r - mid) >= mr + TILE_COST(r))
+        return m;
+#undef TILE_COST
+    return m - r - mr + mid;
+}
+
 /* Note [Narrow B blocks for few rows]
  *   gemm_block packs a KC x NC block of B (NC from L3: 8 MiB of float64 on
  *   Zen 3) for MC-row blocks of A to run over, many times when m is large.
@@ -573,34 +601,6 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
  *   so the bits are those of gemm_block (Note [One chain per element] in
  *   cpu_matmul.h): m = 64 gives the rows of m = 1000.
  */
-/* Note [Balanced last tiles]
- *   The SIMD kernels run a partial tile of mr rows over MR / 2, MID or MR
- *   of them (Note [Half tiles] in cpu_matmul_simd_impl.h; MID is 10 of 14
- *   on AVX-512, 4 of 6 on AVX2). A product of m = q MR + r rows (q >= 1,
- *   0 < r) ends with a full tile and an r-row one; when MR + r rows fit a
- *   MID-row tile and a half one, those cost fewer multiply-adds, and
- *   gemm_block_few cuts them so: AVX-512 m = 17 runs 10 + 7 rows where 14 +
- *   7 ran (19% fewer FMAs; m = 15..18 and every m = 14 q + 1..4 alike), AVX2
- *   m = 7 4 + 3 for 6 + 3. The rows from the cut start a packed panel of
- *   their own. Each C element keeps its chain (Note [One chain per element]
- *   in cpu_matmul.h): the bits do not change. Xeon (Emerald Rapids),
- *   float32 K = N = 1024, GFLOP/s: 1 thread m = 17 69 -> 74, 31 92 -> 98,
- *   45 107 -> 113; 2 threads m = 17 137 -> 148-153, 45 211 -> 223; the
- *   AVX2 kernels there (forced) m = 13 43 -> 45-47, 19 51 -> 53-55, 31
- *   61 -> 62-65.
- *   Returns the row where the last tile starts early, or m for no cut. */
-static int64_t last_tiles_split(const ndl_gemm_config *cfg, int64_t m)
-{
-    const int mr = cfg->mr, half = mr / 2, mid = cfg->mid_rows;
-    const int64_t r = m % mr;
-#define TILE_COST(x) ((x) <= half ? half : (x) <= mid ? mid : mr)
-    if (mid == 0 || m <= mr || r == 0 || mr + r - mid > half ||
-        mid + TILE_COST(mr + r - mid) >= mr + TILE_COST(r))
-        return m;
-#undef TILE_COST
-    return m - r - mr + mid;
-}
-
 static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                            const char *a, int64_t rsa, int64_t csa,
                            const char *b, int64_t rsb, int64_t csb,
