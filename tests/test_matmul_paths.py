@@ -250,18 +250,20 @@ def test_timed_kernel_choice(forced):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("k", [5, 300, 1000], ids=lambda k: f"k{k}")
+@pytest.mark.parametrize("k", [5, 300, 1000, 1024], ids=lambda k: f"k{k}")
 def test_a_row_gets_the_same_bits_whatever_the_batch(k, dtype):
     # Note [One chain per element] (cpu_matmul.h): B read by rows, the skinny
     # path (m <= small_m: 8, or 16 on AVX-512) and the packed one (KC blocks)
-    # sum alike, so the
-    # first rows of a product do not depend on how many rows follow them
+    # sum alike, so the first rows of a product do not depend on how many rows
+    # follow them; 13, 17, 19 and 31 rows end in the cut last tiles of Note
+    # [Balanced last tiles] (AVX2: 13, 19, 31; AVX-512: 17, 31), read in place
+    # or, with rows a multiple of 1 KiB apart (k = 1024), packed
     x = np.random.randn(70, k).astype(dtype)
     y = np.random.randn(k, 90).astype(dtype)
     b = nd.array(y, dtype=dtype)
     full = (nd.array(x, dtype=dtype) @ b).numpy()
     np.testing.assert_allclose(full, x.astype(np.float64) @ y, rtol=1e-4, atol=1e-4)
-    for m in (1, 2, 3, 15, 16, 17, 18, 40):
+    for m in (1, 2, 3, 13, 15, 16, 17, 18, 19, 31, 40):
         part = (nd.array(x[:m], dtype=dtype) @ b).numpy()
         assert np.array_equal(part, full[:m]), f"rows of a {m}-row product differ"
 

@@ -1,10 +1,10 @@
 /* cpu_matmul_small.c: the skinny products of ndl_cpu_matmul, C = A @ B with
  * few rows (axpy: m <= the configuration's small_m; dot: m = 1,
  * matrix-vector; the limits and their reasons are in cpu_matmul.c), where
- * packing B
- * would copy all of B to use each element m times only. Such products are
- * bound by reading B once from memory, so these loops read B where it lies,
- * in long sequential streams, and keep the reused operands in L1:
+ * packing B would copy all of B to use each element m times only. Such
+ * products are bound by reading B once from memory, so these loops read B
+ * where it lies, in long sequential streams, and keep the reused operands in
+ * L1:
  *
  *   axpy (B's rows contiguous, csb == 1):
  *       for each block of columns whose C rows fit half of L2:
