@@ -21,6 +21,7 @@
 #define UK_MID_ROWS(X) X(0) X(1) X(2) X(3)
 #define UK_MID_ROWS_H NDL_AVX2_MID_ROWS
 #define UK_KU 4 /* k steps per unrolled group (Note [Packed A kernel]) */
+#define UK_C_LEAD 0 /* C into L1 at the start (Note [Fetching C late]) */
 
 #define UK_VEC_f32 __m256
 #define UK_VEC_f64 __m256d
