@@ -748,6 +748,20 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
  *   Should a quiet machine show more, the next steps are smaller units at
  *   the end (the last k block in MC/2 rows) and prefetching block kb + 1
  *   during block kb's units, as gemm_block does.
+ *   One tile a thread for a single product, measured again 2026-12-04 on
+ *   the Xeon (Emerald Rapids, 2 vCPUs, quiet; 2 threads, medians of 1.5 s
+ *   of calls, 3 rounds, GFLOP/s, 2 tiles a thread -> 1): float32 1024^3
+ *   291-297 -> 295-304, 2048^3 300-310 -> 306-318, m = 300, K = N = 1024
+ *   281-290 -> 281-297, 512^3 and m = 400, K = N = 2048 the same; float64
+ *   1024^3 142-146 -> 145-150, 2048^3 148-151 -> 146-151 (PyTorch 2048^3
+ *   float32: 318). 1-3% on a quiet machine, against the factor of two the
+ *   counter saved when the host deschedules a vCPU (above); a busy loop
+ *   inside the guest, pinned to one core, cost one tile a thread only 3%
+ *   (2048^3: 165-172 -> 161-167; PyTorch's static halves: 113), as the
+ *   guest moves threads off it, which it cannot do for a stolen vCPU. Not
+ *   landed. (The NOTE at NDL_MATMUL_TILE_ROWS reports one tile a thread
+ *   15-25% slower at 1024^3 on this Xeon: a noisy minute; quiet, it is
+ *   not.)
  */
 
 typedef struct {
