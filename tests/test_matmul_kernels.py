@@ -113,7 +113,7 @@ for dt, m, k, p, ka, kb in json.loads(sys.argv[1]):
 print(json.dumps(out))
 """
 NR = {"float32": 32, "float64": 16}  # the AVX-512 tiles: 14 x NR
-KC = 336  # 24 MR (Note [Block sizes]) on any L1d up to 42 KiB; NEEDLE_CACHE_SIZES pins it
+KC = 504  # 36 MR (Note [Block sizes]) on any L1d up to 128 KiB; NEEDLE_CACHE_SIZES pins it
 
 
 def run_emu(cases, threads=1):

@@ -120,9 +120,9 @@ def test_config_reports_the_chosen_blocks():
         b = cfg[dt]
         assert b["mc"] % b["mr"] == 0 and b["nc"] % b["nr"] == 0
         # Note [Block sizes]: a packed B micro-panel fits half of L1d, or KC is
-        # the 24 MR that amortise the C tile; an A block fits a third of L2
+        # the 36 MR that amortise the C tile; an A block fits a third of L2
         kc_l1 = max(64, cfg["l1d"] // 2 // (b["nr"] * size) // 8 * 8)
-        kc_tile = (24 * b["mr"] + 7) // 8 * 8
+        kc_tile = (36 * b["mr"] + 7) // 8 * 8
         assert b["kc"] == min(1024, max(kc_l1, kc_tile))
         assert b["mc"] * b["kc"] * size <= cfg["l2"] // 3 or b["mc"] == b["mr"]
     assert cfg["flush_denormals"] in (0, 1)
@@ -186,9 +186,9 @@ def test_blocks_follow_the_reported_caches(kernel):
     nr, mr = {"generic": (8, 4), "avx2": (16, 6), "avx512": (32, 14)}[kernel]
     b = out["float32"]
     assert (b["nr"], b["mr"]) == (nr, mr)
-    # Note [Block sizes]: half of L1d for the B micro-panel, at least 24 MR
-    assert b["kc"] == max((48 << 10) // 2 // (nr * 4) // 8 * 8, (24 * mr + 7) // 8 * 8)
-    assert b["kc"] == {"generic": 768, "avx2": 384, "avx512": 336}[kernel]
+    # Note [Block sizes]: half of L1d for the B micro-panel, at least 36 MR
+    assert b["kc"] == max((48 << 10) // 2 // (nr * 4) // 8 * 8, (36 * mr + 7) // 8 * 8)
+    assert b["kc"] == {"generic": 768, "avx2": 384, "avx512": 504}[kernel]
     assert b["mc"] == (1280 << 10) // 3 // (b["kc"] * 4) // b["mr"] * b["mr"]
 
 

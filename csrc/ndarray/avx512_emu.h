@@ -18,7 +18,7 @@
  *   [Half tiles], the masks of the partial tiles (bit j for lane j, zeroing
  *   loads, writing stores) and their tails (nr - 16 lanes of the second
  *   vector, none for nr <= 16), the packed-A kernel against the in-place
- *   one, the block sizes derived for the AVX-512 tiles (KC 336 on a 32 KiB
+ *   one, the block sizes derived for the AVX-512 tiles (KC 504 on a 32 KiB
  *   L1d, MC and NC from it), the skinny loops at AVX-512's 512-byte chains
  *   (cpu_matmul_small.c: C code vectorised by gcc, for AVX2 here, each
  *   lane one chain of __builtin_fma, vfmadd in the object code; its dot

@@ -146,15 +146,27 @@ static int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo :
  *     KC: one packed B micro-panel (KC x NR) fills half of L1d, leaving the
  *         other half to the MR-row A micro-panels streaming past it and to
  *         the C tile;                      KC = L1d / 2 / (NR * size)
- *         but at least 24 MR: each micro-kernel call reads and writes back
- *         its MR x NR tile of C (MR rows that are often 4 KiB apart and then
- *         share one L1 set), and KC k-steps must amortise that. The
- *         AVX-512 tiles (14 x 32 float32) are 4.7x the AVX2 ones (6 x 16),
- *         so on a 32 KiB L1d the first rule alone gives them KC = 128 and a
- *         tile write-back every 128 steps, measured 10-15% slower than KC =
- *         336-384 on Zen 4 (1 thread, n = 1000..2048); the B micro-panel
- *         then streams from L2, which at 128 + 56 bytes per 28 FMAs is far
- *         below any x86 L2's bandwidth.
+ *         but at least 36 MR (NDL_KC_TILE_STEPS): each micro-kernel call
+ *         reads and writes back its MR x NR tile of C (MR rows that are
+ *         often 4 KiB apart and then share one L1 set), and KC k-steps must
+ *         amortise that. The AVX-512 tiles (14 x 32 float32) are 4.7x the
+ *         AVX2 ones (6 x 16), so on a 32 KiB L1d the first rule alone gives
+ *         them KC = 128 and a tile write-back every 128 steps, measured
+ *         10-15% slower than KC = 336-384 on Zen 4 (1 thread, n =
+ *         1000..2048); the B micro-panel then streams from L2, which at 128
+ *         + 56 bytes per 28 FMAs is far below any x86 L2's bandwidth. The
+ *         floor was 24 MR (KC 336) until 2026-12-04; on the Xeon (Emerald
+ *         Rapids: 48 KiB L1d, 2 MiB L2), medians of 1-1.5 s of calls,
+ *         GFLOP/s, KC 336 -> 504 (MC 518 -> 336 by the second rule):
+ *         float32 1 thread n = 400 151 -> 155, 448 155 -> 160, 1024 149-150
+ *         -> 151-153, 2048 151-152 -> 153-156, 4096 149-151 -> 155-156, 512
+ *         and 600 the same (their last k block is short: 504 + 8), m = 32..
+ *         300 with K = N = 1024..4096 the same or +1-2%; 2 threads 1024^3
+ *         289-290 -> 296-298, 2048^3 296 -> 297-304, 4096^3 290-299 ->
+ *         299-306; float64 (KC 504, MC 168) 1024^3 72 -> 74-76, 2048^3
+ *         74-75 -> 76-78. KC 512-1024 with MC a third of L2 were all within
+ *         2% of 504 there; KC 504 with MC left at 518 (the A block then
+ *         half of L2) was not faster than 336.
  *     MC: the A block (MC x KC) takes a third of L2, so that it stays there
  *         while B panels and C lines pass through;
  *                                          MC = L2 / 3 / (KC * size), MR multiple
@@ -163,16 +175,18 @@ static int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo :
  *   KC is a multiple of 8 within [64, 1024], MC within [MR, 2048], NC
  *   within [4 NR, 8192]. Zen 3 (32 KiB L1d, 512 KiB L2), AVX2 float32:
  *   KC 256, MC 168, NC 8192; Zen 4 (32 KiB, 1 MiB, 16 MiB L3 a core),
- *   AVX-512 float32: KC 336, MC 252, NC 6240; Skylake-X (32 KiB, 1 MiB):
- *   the same KC and MC; Ice Lake (48 KiB, 1.25 MiB): KC 336, MC 322.
+ *   AVX-512 float32: KC 504, MC 168, NC 4160; Skylake-X (32 KiB, 1 MiB):
+ *   the same KC and MC; Ice Lake (48 KiB, 1.25 MiB): KC 504, MC 210;
+ *   Sapphire / Emerald Rapids (48 KiB, 2 MiB): KC 504, MC 336.
  *   KC depends on nothing but L1d and the tile, never on the thread count
  *   or the shape, so results stay independent of them (Note [One chain per
  *   element] in cpu_matmul.h). NEEDLE_MATMUL_BLOCKS=MC,KC,NC overrides the
  *   three (rounded to the tile) for tuning experiments.
  */
+#define NDL_KC_TILE_STEPS 36 /* KC >= 36 MR: Note [Block sizes] */
 static void derive_blocks(ndl_gemm_config *cfg, int64_t es, const ndl_cpu_info *info)
 {
-    int64_t kc_l1 = info->l1d / 2 / (cfg->nr * es), kc_tile = 24 * (int64_t)cfg->mr;
+    int64_t kc_l1 = info->l1d / 2 / (cfg->nr * es), kc_tile = NDL_KC_TILE_STEPS * (int64_t)cfg->mr;
     cfg->kc = clamp64((kc_l1 > kc_tile ? kc_l1 : kc_tile + 7) / 8 * 8, 64, 1024);
     cfg->mc = clamp64(info->l2 / 3 / (cfg->kc * es) / cfg->mr * cfg->mr, cfg->mr,
                       2048 / cfg->mr * cfg->mr);
