@@ -76,6 +76,17 @@ static inline TARGET void store_lanes_pd(double *p, __m256d v, int n)
  * kc % W last rows element by element; columns past nc of the last panel
  * are zeros. */
 #define DEFINE_PACK_BT(T, SFX, W, VEC, LOAD, STORE, STORE_LANES, ZERO, TRANSPOSE)               \
+    /* the W x W square at column j, row k: through the registers */                            \
+    static inline TARGET void bt_square_##SFX(const T *s, int64_t cs, T *dst, int nr, int j,      \
+                                              int64_t k)                                        \
+    {                                                                                           \
+        VEC r[W];                                                                               \
+        for (int i = 0; i < W; i++)                                                             \
+            r[i] = LOAD(s + (j + i) * cs + k);                                                  \
+        TRANSPOSE(r);                                                                           \
+        for (int i = 0; i < W; i++)                                                             \
+            STORE(dst + (k + i) * nr + j, r[i]);                                                \
+    }                                                                                           \
     TARGET void ndl_pack_bt_##SFX(const void *src_, int64_t cs, int64_t kc, int64_t nc, int nr, \
                                   void *dst_)                                                   \
     {                                                                                           \
@@ -87,14 +98,8 @@ static inline TARGET void store_lanes_pd(double *p, __m256d v, int n)
             if (cols == nr && nr % W == 0) { /* Note [Whole panels row by row] */               \
                 int64_t k = 0;                                                                  \
                 for (; k + W <= kc; k += W)                                                     \
-                    for (int j = 0; j < nr; j += W) {                                           \
-                        VEC r[W];                                                               \
-                        for (int i = 0; i < W; i++)                                             \
-                            r[i] = LOAD(s + (j + i) * cs + k);                                  \
-                        TRANSPOSE(r);                                                           \
-                        for (int i = 0; i < W; i++)                                             \
-                            STORE(dst + (k + i) * nr + j, r[i]);                                \
-                    }                                                                           \
+                    for (int j = 0; j < nr; j += W)                                             \
+                        bt_square_##SFX(s, cs, dst, nr, j, k);                                  \
                 for (; k < kc; k++)                                                             \
                     for (int j = 0; j < nr; j++)                                                \
                         dst[k * nr + j] = s[j * cs + k];                                        \
@@ -103,14 +108,8 @@ static inline TARGET void store_lanes_pd(double *p, __m256d v, int n)
             int j = 0;                                                                          \
             for (; j + W <= cols; j += W) {                                                     \
                 int64_t k = 0;                                                                  \
-                for (; k + W <= kc; k += W) {                                                   \
-                    VEC r[W];                                                                   \
-                    for (int i = 0; i < W; i++)                                                 \
-                        r[i] = LOAD(s + (j + i) * cs + k);                                      \
-                    TRANSPOSE(r);                                                               \
-                    for (int i = 0; i < W; i++)                                                 \
-                        STORE(dst + (k + i) * nr + j, r[i]);                                    \
-                }                                                                               \
+                for (; k + W <= kc; k += W)                                                     \
+                    bt_square_##SFX(s, cs, dst, nr, j, k);                                      \
                 for (; k < kc; k++)                                                             \
                     for (int i = 0; i < W; i++)                                                 \
                         dst[k * nr + j + i] = s[(j + i) * cs + k];                              \

@@ -172,16 +172,18 @@ _Static_assert(UK_MID == UK_MID_ROWS_H, "UK_MID_ROWS is not cpu_matmul.h's NDL_<
         off += acs;                                                                \
         b += UK_NR;                                                                \
     }
-/* the k loop, and C into L1 UK_C_LEAD steps before its end (Note [Fetching
- * C late]) */
+/* STEPS(ROWS, END) from k up to kc, with C brought into L1 UK_C_LEAD steps
+ * before the end (Note [Fetching C late]) */
+#define C_LATE(STEPS, ROWS)                                                        \
+    if (UK_C_LEAD > 0) {                                                           \
+        STEPS(ROWS, kc - UK_C_LEAD)                                                \
+        PREFETCH_C(_MM_HINT_T0)                                                    \
+    }                                                                              \
+    STEPS(ROWS, kc)
 #define K_LOOP(ROWS)                                                               \
     {                                                                              \
         int64_t k = 0;                                                             \
-        if (UK_C_LEAD > 0) {                                                       \
-            K_STEPS(ROWS, kc - UK_C_LEAD)                                          \
-            PREFETCH_C(_MM_HINT_T0)                                                \
-        }                                                                          \
-        K_STEPS(ROWS, kc)                                                          \
+        C_LATE(K_STEPS, ROWS)                                                      \
     }
 
 UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, const void *b_,
@@ -254,15 +256,11 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
         a += UK_KU * UK_MR;                                                        \
         b += UK_KU * UK_NR;                                                        \
     }
-/* the k loop (C into L1 as in K_LOOP), then the kc % UK_KU steps left */
+/* the groups (C into L1 as in K_LOOP), then the kc % UK_KU steps left */
 #define PK_LOOP(ROWS)                                                              \
     {                                                                              \
         int64_t k = 0;                                                             \
-        if (UK_C_LEAD > 0) {                                                       \
-            PK_GROUPS(ROWS, kc - UK_C_LEAD)                                        \
-            PREFETCH_C(_MM_HINT_T0)                                                \
-        }                                                                          \
-        PK_GROUPS(ROWS, kc)                                                        \
+        C_LATE(PK_GROUPS, ROWS)                                                    \
         for (; UK_KU > 1 && k < kc; k++) {                                         \
             PK(0, ROWS)                                                            \
             a += UK_MR;                                                            \
@@ -285,6 +283,7 @@ UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t
 #undef PK_GROUPS
 #undef K_LOOP
 #undef K_STEPS
+#undef C_LATE
 #undef UK_C_START
 #undef TILE_BODY
 #undef STORE_MASKED
