@@ -186,7 +186,8 @@ static int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo :
 #define NDL_KC_TILE_STEPS 36 /* KC >= 36 MR: Note [Block sizes] */
 static void derive_blocks(ndl_gemm_config *cfg, int64_t es, const ndl_cpu_info *info)
 {
-    int64_t kc_l1 = info->l1d / 2 / (cfg->nr * es), kc_tile = NDL_KC_TILE_STEPS * (int64_t)cfg->mr;
+    int64_t kc_l1 = info->l1d / 2 / (cfg->nr * es);
+    int64_t kc_tile = NDL_KC_TILE_STEPS * (int64_t)cfg->mr;
     cfg->kc = clamp64((kc_l1 > kc_tile ? kc_l1 : kc_tile + 7) / 8 * 8, 64, 1024);
     cfg->mc = clamp64(info->l2 / 3 / (cfg->kc * es) / cfg->mr * cfg->mr, cfg->mr,
                       2048 / cfg->mr * cfg->mr);
