@@ -70,7 +70,7 @@ typedef struct {
     ndl_small_bt bt;     /* skinny A @ W.T (Note [Transposing W in registers]); NULL: none */
     ndl_ukernel kernel_packed; /* A packed (cpu_matmul.h): the same bits, faster */
     int small_m;         /* axpy loops up to this m (Note [Axpy rows per tile]) */
-    int mid_rows;        /* the kernels' middle partial tile (Note [Balanced last tiles]); 0: none */
+    int mid_rows;        /* middle partial tile (Note [Balanced last tiles]); 0: none */
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -576,8 +576,9 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
  *   gemm_block_few cuts them so: AVX-512 m = 17 runs 10 + 7 rows where 14 +
  *   7 ran (19% fewer FMAs; every m = 14 q + 1..3 alike, m = 17, 29..31,
  *   43..45, ...), AVX2 m = 6 q + 1 ends 4 + 3 for 6 + 3 (m = 13, 19, ...).
- *   The rows from the cut start a packed panel of their own. Each C element keeps its chain (Note [One chain per element]
- *   in cpu_matmul.h): the bits do not change. Xeon (Emerald Rapids),
+ *   The rows from the cut start a packed panel of their own. Each C
+ *   element keeps its chain (Note [One chain per element] in
+ *   cpu_matmul.h): the bits do not change. Xeon (Emerald Rapids),
  *   float32 K = N = 1024, GFLOP/s: 1 thread m = 17 69 -> 74, 31 92 -> 98,
  *   45 107 -> 113; 2 threads m = 17 137 -> 148-153, 45 211 -> 223; the
  *   AVX2 kernels there (forced) m = 13 43 -> 45-47, 19 51 -> 53-55, 31

@@ -108,23 +108,24 @@ _Static_assert(UK_MID == UK_MID_ROWS_H, "UK_MID_ROWS is not cpu_matmul.h's NDL_<
 /* Note [Fetching C late]
  *   A kernel call reads and writes its MR x NR tile of C once, after KC k
  *   steps, and the tile is usually far away: the C block of a (pc, ic) pass
- *   is MC rows by NC columns (336 x 2048 float32, 2.6 MiB, for n = 2048
- *   on the Xeon below) and leaves L2 before the next pass comes back to it. The kernels prefetch
- *   its lines at the start, hidden behind the k loop. Into L1 at once, the
- *   lines do not survive the loop when the rows are 4 KiB apart or a
- *   multiple of it (a power-of-two n): every row falls in the same L1 set
- *   (4 KiB period; 12 ways on recent Intel cores, 8 on AMD's) together with
- *   B panel lines, so 14 rows of the AVX-512 tile evict one another, and
- *   the loads after the loop miss L1 all together. So with UK_C_LEAD > 0
- *   the start prefetch goes to L2 (T1), whose sets are 32-128 KiB apart, and
- *   a second one, UK_C_LEAD steps before the end, brings the tile to L1
- *   just in time (48 steps: ~670 cycles, several L2 latencies). Xeon
- *   (Emerald Rapids), 1 thread, float32 square GFLOP/s, interleaved runs,
- *   before -> after (with KC 336, MC 518 then: Note [Block sizes]): n = 1024 145-151 -> 148-151, 2048 142-146 -> 149-151,
- *   4096 148-149 -> 151-153; the kernel alone over a 4 MB C with 8 KiB
- *   rows 159-160 -> 161-166. 2 threads unchanged. AVX2 keeps UK_C_LEAD =
- *   0: its 6-row tile fits an L1 set, and the split cost it 2% (83.9-84.3
- *   -> 82.3-82.5 GFLOP/s at n = 2048 on the same Xeon). */
+ *   is MC rows by NC columns (336 x 2048 float32, 2.6 MiB, for n = 2048 on
+ *   the Xeon below) and leaves L2 before the next pass comes back to it.
+ *   The kernels prefetch its lines at the start, hidden behind the k loop.
+ *   Into L1 at once, the lines do not survive the loop when the rows are 4
+ *   KiB apart or a multiple of it (a power-of-two n): every row falls in
+ *   the same L1 set (4 KiB period; 12 ways on recent Intel cores, 8 on
+ *   AMD's) together with B panel lines, so 14 rows of the AVX-512 tile
+ *   evict one another, and the loads after the loop miss L1 all together.
+ *   So with UK_C_LEAD > 0 the start prefetch goes to L2 (T1), whose sets
+ *   are 32-128 KiB apart, and a second one, UK_C_LEAD steps before the end,
+ *   brings the tile to L1 just in time (48 steps: ~670 cycles, several L2
+ *   latencies). Xeon (Emerald Rapids), 1 thread, float32 square GFLOP/s,
+ *   interleaved runs, before -> after (with KC 336, MC 518 then: Note
+ *   [Block sizes]): n = 1024 145-151 -> 148-151, 2048 142-146 -> 149-151,
+ *   4096 148-149 -> 151-153; the kernel alone over a 4 MB C with 8 KiB rows
+ *   159-160 -> 161-166. 2 threads unchanged. AVX2 keeps UK_C_LEAD = 0: its
+ *   6-row tile fits an L1 set, and the split cost it 2% (83.9-84.3 ->
+ *   82.3-82.5 GFLOP/s at n = 2048 on the same Xeon). */
 #if UK_C_LEAD > 0
 #define UK_C_START _MM_HINT_T1
 #else
