@@ -10,9 +10,15 @@
  *   slots: ndl_matmul_scratch_get takes a kept buffer that is large enough
  *   (or allocates one), ndl_matmul_scratch_put keeps it again in a free
  *   slot, or frees it when the slots are full or it is over
- *   NDL_SCRATCH_KEEP bytes: at most NDL_SCRATCH_SLOTS x NDL_SCRATCH_KEEP
- *   (4 MiB) stay allocated between products, enough for the parts of a
- *   product of the sizes where the allocation cost shows. Slots are
+ *   NDL_SCRATCH_KEEP bytes a thread: at most NDL_SCRATCH_SLOTS x that
+ *   (16 MiB on 2 threads; one or two slots in a training loop) stay
+ *   allocated between products, enough for every part of a product whose
+ *   rows fit one A block: its narrow B block (half of L2) and A block (a
+ *   third) take 5/6 of L2 a part, 1.7 MB on a 2 MiB L2 (Note [Narrow B
+ *   blocks for few rows] in cpu_matmul.c). With 1 MiB in all, a 64 x 1024
+ *   @ 1024 x 1024 float32 product (1.2 MB of scratch at KC 504) went
+ *   through malloc and free at every call, and a training step's resident
+ *   set crept by up to 1.2 MB over 20 steps (test_storage_pool). Slots are
  *   atomic pointers (no lock: safe in any thread, and after fork), in a
  *   global array, so a kept buffer is always reachable (no leak reports).
  *   Buffers are 64-byte aligned (a 64-byte header before each holds its
@@ -22,12 +28,13 @@
  *   +25%; m = 8, K = 512, N = 2048 +11%; square 128..512 unchanged.
  */
 #include "cpu_matmul.h"
+#include "threadpool.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
 
 #define NDL_SCRATCH_SLOTS 4
-#define NDL_SCRATCH_KEEP ((size_t)1 << 20)
+#define NDL_SCRATCH_KEEP ((size_t)2 << 20) /* bytes a thread: Note [Kept scratch] */
 #define HEADER 64
 
 static char *_Atomic g_slots[NDL_SCRATCH_SLOTS]; /* each a kept block (header first) or NULL */
@@ -57,7 +64,7 @@ void ndl_matmul_scratch_put(void *p)
     if (!p)
         return;
     char *blk = (char *)p - HEADER;
-    if (*(size_t *)blk <= NDL_SCRATCH_KEEP)
+    if (*(size_t *)blk <= NDL_SCRATCH_KEEP * (size_t)ndl_get_num_threads())
         for (int i = 0; i < NDL_SCRATCH_SLOTS; i++) {
             char *expected = NULL;
             if (atomic_compare_exchange_strong(&g_slots[i], &expected, blk))
