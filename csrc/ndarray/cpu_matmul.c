@@ -775,9 +775,9 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
  *   inside the guest, pinned to one core, cost one tile a thread only 3%
  *   (2048^3: 165-172 -> 161-167; PyTorch's static halves: 113), as the
  *   guest moves threads off it, which it cannot do for a stolen vCPU. Not
- *   landed. (The NOTE at NDL_MATMUL_TILE_ROWS reports one tile a thread
- *   15-25% slower at 1024^3 on this Xeon: a noisy minute; quiet, it is
- *   not.)
+ *   landed. (The NOTE at NDL_MATMUL_TILE_ROWS once had one tile a thread
+ *   15-25% slower at 1024^3 on this Xeon, 219-262 against 295-350: best
+ *   of a few calls in a noisy minute; quiet, it is not.)
  */
 
 typedef struct {
@@ -955,12 +955,11 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
 #define NDL_MATMUL_TILES_PER_THREAD 2
 #define NDL_MATMUL_TILE_BALANCE (256.0 * 256.0 * 256.0)
 #define NDL_MATMUL_TILE_COLS 256
-/* NOTE: a tile's rows need exceed only this when MC is taller. Sapphire/
- * Emerald Rapids' 2 MiB L2 gives float32 MC = 518, and "more than MC rows"
- * then kept 1024^3 on 2 threads at one 1024 x 512 tile a thread, no balance:
- * 219-262 GFLOP/s, against 295-350 with 2 x 2 tiles of 512 rows (Xeon
- * family 6 model 207, KVM, 2 vCPUs, same minutes). Zen 3 and 4 (MC 168, 252)
- * split as before. */
+/* NOTE: a tile's rows need exceed only this when MC is taller (Sapphire /
+ * Emerald Rapids' 2 MiB L2: float32 MC 336, 518 before KC was 36 MR), or
+ * "more than MC rows" would keep 1024^3 on 2 threads at one 1024 x 512
+ * tile a thread, without the counter's balance (Note [Matmul work split]:
+ * what that costs and saves). Zen 3 and 4 (MC 168) split as before. */
 #define NDL_MATMUL_TILE_ROWS 256
 
 static int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
