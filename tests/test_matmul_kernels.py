@@ -76,13 +76,15 @@ def test_kernel_matches_numpy(kernel):
 # and B's layout), checks it against float64 NumPy within the rounding bound
 # (2 sqrt(k) + 2) eps (|A| @ |B|), and prints what the AVX-512 entry points
 # counted meanwhile (cpu_matmul_avx512.c): micro-kernel calls by tile rows,
-# the packed-A kernel's, emulated 512-bit FMAs, skinny axpy and dot calls.
+# the packed-A kernels', emulated 512-bit FMAs, skinny axpy and dot calls,
+# and the calls of the kernel that packs its B panel (Note [Packing B in the
+# kernel]).
 EMU_CHILD = r"""
 import ctypes, json, sys
 import numpy as np
 import needle._C as C, needle.backend_ndarray as nd
 assert nd.matmul_kernel_name() == "avx512", nd.matmul_kernel_name()
-F = 15 + 4  # tiles[0..14], packed, fmas, axpy, dot (ndl_avx512_emu_count)
+F = 15 + 5  # tiles[0..14], packed, fmas, axpy, dot, filled (ndl_avx512_emu_count)
 raw = (ctypes.c_int64 * (2 * F)).in_dll(ctypes.CDLL(C.__file__), "ndl_avx512_emu_counts")
 rng = np.random.default_rng(0)
 def operand(r, c, dt, kind):
@@ -109,7 +111,8 @@ for dt, m, k, p, ka, kb in json.loads(sys.argv[1]):
     assert got.dtype == np.dtype(dt) and np.all(err <= bound), (dt, m, k, p, err.max())
     delta = [q - r for q, r in zip(after, before)]
     out.append({"tiles": {str(r): n for r, n in enumerate(delta[:15]) if n},
-                "packed": delta[15], "fmas": delta[16], "axpy": delta[17], "dot": delta[18]})
+                "packed": delta[15], "fmas": delta[16], "axpy": delta[17], "dot": delta[18],
+                "filled": delta[19]})
 print(json.dumps(out))
 """
 NR = {"float32": 32, "float64": 16}  # the AVX-512 tiles: 14 x NR
@@ -171,13 +174,15 @@ def test_emulated_avx512_runs_the_14_row_tiles(dtype):
     for (m, k, p), g in zip(shapes, got):
         tiles, fmas = expected(m, k, p, nr)
         assert (g["tiles"], g["fmas"]) == (tiles, fmas), (m, k, p, g)
-        assert g["axpy"] == g["dot"] == 0
+        assert g["axpy"] == g["dot"] == g["filled"] == 0  # B = W.T: pack_bt
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_emulated_avx512_packed_a_and_skinny_loops(dtype):
     # A packed (columns contiguous, or rows 1 KiB apart, p > 2 NR): every
-    # call is the packed kernel's; m <= 16 with B by rows: the axpy loops;
+    # call is a packed kernel's, with B by rows one per full panel (3) and
+    # KC block the one that packs the panel (Note [Packing B in the
+    # kernel]); m <= 8 with B by rows: the axpy loops;
     # m = 1 with B = W.T: the dot loops; m = 2 with B = W.T: the AVX2
     # register transposes that the AVX-512 configuration shares (no count)
     nr = NR[dtype]
@@ -190,26 +195,50 @@ def test_emulated_avx512_packed_a_and_skinny_loops(dtype):
     for g, (_, m, k, p, _, _) in zip((packed_cols, packed_rows), cases):
         tiles, fmas = expected(m, k, p, nr)
         assert (g["tiles"], g["fmas"]) == (tiles, fmas), g
-        assert g["packed"] == sum(tiles.values()), g
+        assert g["packed"] == sum(tiles.values()) and g["filled"] == 3 * -(-k // KC), g
     assert axpy["axpy"] > 0 and axpy["fmas"] == 0 and not axpy["tiles"]
     assert dot["dot"] > 0 and dot["fmas"] == 0 and not dot["tiles"]
     assert bt["fmas"] == bt["axpy"] == bt["dot"] == 0
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_emulated_avx512_takes_the_axpy_loops_up_to_16_rows(dtype):
+def test_emulated_avx512_takes_the_axpy_loops_up_to_8_rows(dtype):
     # Note [Axpy rows per tile] (cpu_matmul.c): with B by rows the AVX-512
-    # configuration runs m <= 16 by the axpy loops (AVX2's limit is 8), and
-    # m = 17 by the 14-row kernels: a 10-row and a 7-row tile per block, not
-    # 14 + 3 (Note [Balanced last tiles])
+    # configuration runs m <= 8 by the axpy loops, as AVX2 does, and m = 9..17
+    # by the 14-row kernels (m = 17: a 10-row and a 7-row tile per block, not
+    # 14 + 3: Note [Balanced last tiles]); with A packed ("wide") the first
+    # tile of each full panel packs it, once per KC block (k = 700: two)
     nr = NR[dtype]
-    cases = [[dtype, m, 700, 3 * nr + 5, "rows", "rows"] for m in (9, 12, 16, 17)]
-    got = run_emu(cases)
-    for g, (_, m, k, p, _, _) in zip(got[:3], cases):
-        assert g["axpy"] > 0 and g["fmas"] == 0 and not g["tiles"], (m, g)
-    tiles, fmas = expected(17, 700, 3 * nr + 5, nr)
-    assert set(tiles) == {"10", "7"}
-    assert (got[3]["tiles"], got[3]["fmas"], got[3]["axpy"]) == (tiles, fmas, 0), got[3]
+    cases = [[dtype, m, 700, 3 * nr + 5, kind, "rows"]
+             for m in (5, 8, 9, 12, 16, 17) for kind in ("rows", "wide")]
+    for g, (_, m, k, p, kind, _) in zip(run_emu(cases), cases):
+        if m <= 8:
+            assert g["axpy"] > 0 and g["fmas"] == 0 and not g["tiles"], (m, g)
+            continue
+        tiles, fmas = expected(m, k, p, nr)
+        assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (m, kind, g)
+        assert g["filled"] == (3 * 2 if kind == "wide" else 0), (m, kind, g)
+    assert set(expected(17, 700, 3 * nr + 5, nr)[0]) == {"10", "7"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_emulated_avx512_first_a_block_packs_b(dtype):
+    # Note [Packing B in the kernel]: with more rows than MC (84 float32, 42
+    # float64 on the 512 KiB L2 that run_emu pins) the B block is packed once
+    # for every A block: by the first A block's first tile of each full panel
+    # (3 panels, k = 1100: three KC blocks), read by all the others
+    nr, mc = NR[dtype], {"float32": 84, "float64": 42}[dtype]
+    m, k, p = 200, 1100, 3 * nr + 5
+    g = run_emu([[dtype, m, k, p, "wide", "rows"]])[0]
+    rows = []  # MC-row blocks of 14-row tiles, no cut last tiles there
+    for i in range(0, m, mc):
+        blk = min(mc, m - i)
+        rows += [14] * (blk // 14) + ([blk % 14] if blk % 14 else [])
+    assert rows[-2:] == [14, 4]
+    panels, blocks = 4, 3
+    assert g["tiles"] == {"14": (len(rows) - 1) * panels * blocks, "4": panels * blocks}, g
+    assert g["fmas"] == panels * (sum(2 * (7 if r <= 7 else 14) for r in rows)) * k, g
+    assert g["packed"] == sum(g["tiles"].values()) and g["filled"] == 3 * blocks, g
 
 
 def test_emulated_avx512_on_two_threads():

@@ -18,7 +18,9 @@
  *             for ir in MC by MR:        micro-kernel: C[ir:+MR, jr:+NR] (+)= A_panel @ B_panel
  * Packing reads A and B through their element strides (Note [Layouts]), so
  * transposed and broadcast operands are never copied first; panels and
- * micro-kernels are described in Note [Packed panels] (cpu_matmul.h).
+ * micro-kernels are described in Note [Packed panels] (cpu_matmul.h). A B
+ * whose rows are contiguous is packed panel by panel by the first tile's
+ * kernel, as it computes (Note [Packing B in the kernel]).
  * When C's rows fit one A block (m <= MC) the two outer loops are turned
  * and B blocks are narrower (Note [Narrow B blocks for few rows]). Skinny
  * products whose B has contiguous rows (m <= 8), and matrix-vector
@@ -71,6 +73,7 @@ typedef struct {
     ndl_ukernel kernel_packed; /* A packed (cpu_matmul.h): the same bits, faster */
     int small_m;         /* axpy loops up to this m (Note [Axpy rows per tile]) */
     int mid_rows;        /* middle partial tile (Note [Balanced last tiles]); 0: none */
+    ndl_ukernel_fill kernel_fill; /* Note [Packing B in the kernel]; NULL: none */
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -93,21 +96,25 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
         [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 0, 0, 0,
                          ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32, ndl_pack_bt_f32, 0,
                          ndl_small_bt_f32, ndl_ukernel_avx2_f32_packed,
-                         .small_m = 8, .mid_rows = NDL_AVX2_MID_ROWS},
+                         .small_m = 8, .mid_rows = NDL_AVX2_MID_ROWS,
+                         .kernel_fill = ndl_ukernel_avx2_f32_fill},
         [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0,
                          ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64, 0,
                          ndl_small_bt_f64, ndl_ukernel_avx2_f64_packed,
-                         .small_m = 8, .mid_rows = NDL_AVX2_MID_ROWS},
+                         .small_m = 8, .mid_rows = NDL_AVX2_MID_ROWS,
+                         .kernel_fill = ndl_ukernel_avx2_f64_fill},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
                          0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32,
                          ndl_pack_bt_f32, 0, ndl_small_bt_f32, ndl_ukernel_avx512_f32_packed,
-                         .small_m = 16, .mid_rows = NDL_AVX512_MID_ROWS},
+                         .small_m = 8, .mid_rows = NDL_AVX512_MID_ROWS,
+                         .kernel_fill = ndl_ukernel_avx512_f32_fill},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
                          0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64,
                          ndl_pack_bt_f64, 0, ndl_small_bt_f64, ndl_ukernel_avx512_f64_packed,
-                         .small_m = 16, .mid_rows = NDL_AVX512_MID_ROWS},
+                         .small_m = 8, .mid_rows = NDL_AVX512_MID_ROWS,
+                         .kernel_fill = ndl_ukernel_avx512_f64_fill},
     },
 };
 
@@ -530,6 +537,8 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
     const int64_t es = (int64_t)ops->es;
     const int mr = cfg->mr, nr = cfg->nr;
     const int pack_a = ops->pack_a_block;
+    /* Note [Packing B in the kernel]: B by rows, A packed */
+    const int fill = csb == 1 && pack_a && cfg->kernel_fill;
     for (int64_t jc = 0; jc < p; jc += cfg->nc) {
         int64_t nc = p - jc < cfg->nc ? p - jc : cfg->nc;
         for (int64_t pc = 0; pc < n; pc += cfg->kc) {
@@ -537,7 +546,7 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
             int first = pc == 0;
             if (rsb == 1 && csb != 1 && cfg->pack_bt) /* B = W.T: transposed in registers */
                 cfg->pack_bt(b + (pc + jc * csb) * es, csb, kc, nc, nr, bbuf);
-            else
+            else if (!fill)
                 ops->pack_b(b + (pc * rsb + jc * csb) * es, rsb, csb, kc, nc, nr, bbuf);
             for (int64_t ic = 0; ic < m; ic += cfg->mc) {
                 int64_t mc = m - ic < cfg->mc ? m - ic : cfg->mc;
@@ -555,11 +564,24 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                 }
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int nrr = nc - jr < nr ? (int)(nc - jr) : nr;
-                    const char *bp = bbuf + jr * kc * es;
+                    char *bp = bbuf + jr * kc * es;
+                    const char *bsrc = NULL; /* the panel in B, while the first A block fills */
+                    int filling = 0;
+                    if (fill && ic == 0) {
+                        bsrc = b + (pc * rsb + jc + jr) * es;
+                        filling = nrr == nr;
+                        if (!filling) /* the last, narrower panel */
+                            ops->pack_b(bsrc, rsb, 1, kc, nrr, nr, bp);
+                    }
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int mrr = mc - ir < mr ? (int)(mc - ir) : mr;
-                        kernel(kc, ablk + ir / mr * apanel * es, ars, acs, bp,
-                               c + ((ic + ir) * ldc + jc + jr) * es, ldc, mrr, nrr, first);
+                        if (filling && ir == 0)
+                            cfg->kernel_fill(kc, ablk, bsrc, rsb, bp,
+                                             c + ((ic + ir) * ldc + jc + jr) * es, ldc, mrr,
+                                             first);
+                        else
+                            kernel(kc, ablk + ir / mr * apanel * es, ars, acs, bp,
+                                   c + ((ic + ir) * ldc + jc + jr) * es, ldc, mrr, nrr, first);
                     }
                 }
             }
@@ -613,9 +635,13 @@ static int64_t last_tiles_split(const ndl_gemm_config *cfg, int64_t m)
  *     rows contiguous (B):    for pc by KC: pack A once; for jc by NC1: ...
  *     columns contiguous (W.T): for jc by NC1: for pc by KC: ...
  *   (the second repacks the m x KC A block for each B block, m / NC1 of the
- *   B packing). Each C element still gets its KC blocks' chains in k order,
- *   so the bits are those of gemm_block (Note [One chain per element] in
- *   cpu_matmul.h): m = 64 gives the rows of m = 1000.
+ *   B packing). With B by rows and A packed, no block is copied ahead any
+ *   more: each panel is packed by its first tile's kernel, into the first
+ *   panel's place (Note [Packing B in the kernel] in
+ *   cpu_matmul_simd_impl.h), and the blocks only order the visit. Each C
+ *   element still gets its KC blocks' chains in k order, so the bits are
+ *   those of gemm_block (Note [One chain per element] in cpu_matmul.h): m
+ *   = 64 gives the rows of m = 1000.
  */
 static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                            const char *a, int64_t rsa, int64_t csa,
@@ -627,6 +653,8 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
     const int mr = cfg->mr, nr = cfg->nr;
     const int64_t ncb = cfg->nc1;
     const int bt = rsb == 1 && csb != 1 && cfg->pack_bt; /* B = W.T: transposed in registers */
+    /* Note [Packing B in the kernel]: B by rows, A packed */
+    const int fill = csb == 1 && ops->pack_a_block && cfg->kernel_fill;
     /* block t is (pc, jc), pc varying fastest when B's columns are contiguous */
     const int k_inner = bt;
     const int64_t nkb = (n + cfg->kc - 1) / cfg->kc, njb = (p + ncb - 1) / ncb;
@@ -657,17 +685,30 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
         }
         if (bt)
             cfg->pack_bt(b + (pc + jc * csb) * es, csb, kc, nc, nr, bbuf);
-        else
+        else if (!fill)
             ops->pack_b(b + (pc * rsb + jc * csb) * es, rsb, csb, kc, nc, nr, bbuf);
         for (int64_t jr = 0; jr < nc; jr += nr) {
             int nrr = nc - jr < nr ? (int)(nc - jr) : nr;
-            const char *bp = bbuf + jr * kc * es;
+            char *bp = bbuf + jr * kc * es;
+            const char *bsrc = NULL; /* the panel in B, when the kernel packs it */
+            int filling = 0;
+            if (fill) { /* one panel at a time, all in the first panel's place */
+                bsrc = b + (pc * rsb + jc + jr) * es;
+                bp = bbuf;
+                filling = nrr == nr;
+                if (!filling) /* the last, narrower panel */
+                    ops->pack_b(bsrc, rsb, 1, kc, nrr, nr, bp);
+            }
             for (int64_t ir = 0; ir < m;) {
                 int64_t end = ir < split && split < ir + mr ? split : ir + mr < m ? ir + mr : m;
                 /* packed: the panel of row ir (a panel starts at `split`); else A itself */
                 int64_t at = ops->pack_a_block ? (ir + mr - 1) / mr * mr * kc : ir * rsa;
-                kernel(kc, ablk + at * es, ars, acs, bp, c + (ir * ldc + jc + jr) * es, ldc,
-                       (int)(end - ir), nrr, first);
+                if (filling && ir == 0)
+                    cfg->kernel_fill(kc, ablk + at * es, bsrc, rsb, bp,
+                                     c + (ir * ldc + jc + jr) * es, ldc, (int)(end - ir), first);
+                else
+                    kernel(kc, ablk + at * es, ars, acs, bp, c + (ir * ldc + jc + jr) * es, ldc,
+                           (int)(end - ir), nrr, first);
                 ir = end;
             }
         }
@@ -842,7 +883,7 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
 /* ---- skinny products ------------------------------------------------------
  * cpu_matmul_small.c has the loops and their notes: B read in place, never
  * packed: the axpy loops when B's rows are contiguous and m <= small_m
- * (8; 16 on AVX-512: Note [Axpy rows per tile]),
+ * (8: Note [Axpy rows per tile]),
  * the dot loops when B's columns are and m = 1. Other products take the
  * packed path. The columns of each product are cut into `nparts` ranges;
  * each element's sum does not depend on the cut.
@@ -866,18 +907,20 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   L3 between calls), as NumPy does (12.7-16.2); nothing is left there.
  */
 /* Note [Axpy rows per tile]
- *   The axpy loops' limit is the configuration's small_m: 8 for AVX2 and
- *   generic (the reasons above), 16 for AVX-512. Its tile has 14 rows and
- *   its partial tiles run 7, 10 or 14 of them (Note [Half tiles] in
- *   cpu_matmul_simd_impl.h), so m = 9..16 wastes 10-30% of its FMAs and
- *   packs B for few uses of each element, while the axpy loops' cost grows
- *   with the KU-row passes over each L1 chunk. Xeon (Emerald Rapids), K =
- *   N = 1024 and 4096, GFLOP/s packed -> axpy: float32 1 thread m = 12 58
- *   -> 73, m = 16 66 -> 81; 2 threads m = 12 118 -> 135, m = 16 130 ->
- *   148; float64 1 thread m = 12..16 29-34 -> 37-42, 2 threads 57-70 ->
- *   78-82. m = 17 (a third pass for one row) is faster by axpy on one thread
- *   and slower on two; from m = 20 the packed kernels tie on one thread and
- *   win on two: 16 it is.
+ *   The axpy loops' limit is the configuration's small_m: 8 for every
+ *   kernel. AVX2 and generic: the reasons above. AVX-512 had 16 on
+ *   2026-12-04 and 05: its tile has 14 rows and its partial tiles
+ *   run 7, 10 or 14 of them (Note [Half tiles] in cpu_matmul_simd_impl.h),
+ *   so m = 9..16 wastes 10-30% of its FMAs, and while pack_b copied each
+ *   B block before the kernels ran, the axpy loops were faster there (Xeon,
+ *   Emerald Rapids, K = N = 1024 and 4096, GFLOP/s packed -> axpy: float32
+ *   1 thread m = 12 58 -> 73, m = 16 66 -> 81; 2 threads m = 12 118 -> 135,
+ *   m = 16 130 -> 148; float64 1 thread m = 12..16 29-34 -> 37-42). With B
+ *   packed inside the kernel (Note [Packing B in the kernel]) the packed
+ *   path wins from m = 9 (1 thread float32 K = N = 1024, axpy -> packed: m
+ *   = 12 77-79 -> 106-113, m = 16 83-85 -> 108-118; K = N = 4096 m = 16 88-
+ *   93 -> 101-103) and ties at m = 8 (71-79 -> 77-84; 72-76 -> 69-71 at K
+ *   = N = 4096), so AVX-512 is back to 8.
  *   The bits do not change with the limit (Note [One chain per element]).
  */
 /* B = W.T (columns contiguous) with at most this many rows: W transposed in

@@ -108,6 +108,20 @@ void ndl_ukernel_avx512_f32_packed(int64_t kc, const void *a, int64_t ars, int64
 void ndl_ukernel_avx512_f64_packed(int64_t kc, const void *a, int64_t ars, int64_t acs,
                                    const void *b, void *c, int64_t ldc, int mr, int nr, int first);
 
+/* The packed-A kernel that reads a full NR-column B panel where it lies
+ * (B[k][j] = b[k*rsb + j]) and stores it packed at bp on the way, for the
+ * panel's other tiles (Note [Packing B in the kernel] in
+ * cpu_matmul_simd_impl.h); the bits of the packed kernel. */
+typedef void (*ndl_ukernel_fill)(int64_t kc, const void *a, const void *b, int64_t rsb,
+                                 void *bp, void *c, int64_t ldc, int mr, int first);
+#define NDL_DECLARE_FILL(SFX)                                                                      \
+    void ndl_ukernel_##SFX##_fill(int64_t kc, const void *a, const void *b, int64_t rsb,          \
+                                  void *bp, void *c, int64_t ldc, int mr, int first);
+NDL_DECLARE_FILL(avx2_f32)
+NDL_DECLARE_FILL(avx2_f64)
+NDL_DECLARE_FILL(avx512_f32)
+NDL_DECLARE_FILL(avx512_f64)
+
 /* Skinny products (cpu_matmul_small.c): C[r][j] for r < m, j0 <= j < j1.
  * axpy: B's rows contiguous (B[k][j] = b[k*rsb + j]); jl2 columns at a time;
  * k in blocks of kc, the second and later blocks summed in scratch (m x

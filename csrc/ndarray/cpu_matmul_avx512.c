@@ -79,9 +79,10 @@ static inline __mmask8 uk_lanes_f64(int n)
  * Relaxed atomic adds, read by the tests through ctypes. */
 typedef struct {
     int64_t tiles[NDL_AVX512_MR_F32 + 1]; /* micro-kernel calls by mr, 1..14 */
-    int64_t packed;                       /* of which the packed-A kernel's */
+    int64_t packed;                       /* of which the packed-A kernels' */
     int64_t fmas;                         /* emulated 512-bit FMAs in them */
     int64_t axpy, dot;                    /* skinny products (cpu_matmul_small.c) */
+    int64_t filled;                       /* B panels packed by the kernel */
 } ndl_avx512_emu_count;
 ndl_avx512_emu_count ndl_avx512_emu_counts[2];
 
@@ -100,6 +101,20 @@ EMU_TILE(ndl_ukernel_avx512_f32, ndl_ukernel_avx512_emu_f32, 0, 0)
 EMU_TILE(ndl_ukernel_avx512_f64, ndl_ukernel_avx512_emu_f64, 1, 0)
 EMU_TILE(ndl_ukernel_avx512_f32_packed, ndl_ukernel_avx512_emu_f32_packed, 0, 1)
 EMU_TILE(ndl_ukernel_avx512_f64_packed, ndl_ukernel_avx512_emu_f64_packed, 1, 1)
+/* Note [Packing B in the kernel]: counted as a packed-A tile, and a panel */
+#define EMU_FILL(NAME, BODY, D)                                                                \
+    void NAME(int64_t kc, const void *a, const void *b, int64_t rsb, void *bp, void *c,         \
+              int64_t ldc, int mr, int first)                                                  \
+    {                                                                                          \
+        int64_t before = ndl_emu_fmas;                                                         \
+        BODY(kc, a, b, rsb, bp, c, ldc, mr, first);                                            \
+        EMU_ADD(ndl_avx512_emu_counts[D].tiles[mr], 1);                                        \
+        EMU_ADD(ndl_avx512_emu_counts[D].packed, 1);                                           \
+        EMU_ADD(ndl_avx512_emu_counts[D].filled, 1);                                           \
+        EMU_ADD(ndl_avx512_emu_counts[D].fmas, ndl_emu_fmas - before);                         \
+    }
+EMU_FILL(ndl_ukernel_avx512_f32_fill, ndl_ukernel_avx512_emu_f32_fill, 0)
+EMU_FILL(ndl_ukernel_avx512_f64_fill, ndl_ukernel_avx512_emu_f64_fill, 1)
 
 /* the skinny loops, instantiated as avx512_emu_* in cpu_matmul_small.c */
 NDL_DECLARE_SMALL(avx512_emu_f32)

@@ -35,9 +35,11 @@
  *   UK_DT            dtype suffix (f32 / f64)
  *   UK_MR, UK_NR     the tile, from cpu_matmul.h
  * Defines ndl_ukernel_<UK_ISA>_<UK_DT> and, for A packed, its faster
- * ndl_ukernel_<UK_ISA>_<UK_DT>_packed (Note [Packed A kernel]). Elsewhere
- * than on x86 those are stubs calling the generic kernel, only there so
- * that the driver links: they are never chosen.
+ * ndl_ukernel_<UK_ISA>_<UK_DT>_packed (Note [Packed A kernel]) and
+ * ndl_ukernel_<UK_ISA>_<UK_DT>_fill, which packs its B panel on the way
+ * (Note [Packing B in the kernel]). Elsewhere than on x86 those are stubs
+ * calling the generic kernel, only there so that the driver links: they
+ * are never chosen.
  *
  * Note [Half tiles]
  *   A partial tile of at most MR / 2 rows (the last rows of a product: m =
@@ -61,6 +63,7 @@
 #define UK_PASTE(a, b) UK_PASTE_(a, b)
 #define UK_KERNEL UK_PASTE(UK_PASTE(ndl_ukernel_, UK_ISA), UK_PASTE(_, UK_DT))
 #define UK_KERNEL_PACKED UK_PASTE(UK_KERNEL, _packed)
+#define UK_KERNEL_FILL UK_PASTE(UK_KERNEL, _fill)
 
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -280,6 +283,82 @@ UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t
     TILE_BODY(PK_LOOP)
 }
 
+/* Note [Packing B in the kernel]
+ *   A block of B whose rows are contiguous was packed by pack_b before any
+ *   kernel ran on it: a copy of the block, B read from L3 or memory with
+ *   nothing to do meanwhile. For few rows of A (m <= MC, each panel used
+ *   by m / MR tiles) that copy was a third of the product's time (Xeon,
+ *   Emerald Rapids, 1 thread, float32 m = 32, K = N = 1024: pack_b 32%,
+ *   the kernel 57%, in perf samples). UK_KERNEL_FILL is the packed-A
+ *   kernel for a full-width panel whose B it reads where it lies (row k at
+ *   b + k rsb), storing each k step's two vectors into the packed panel
+ *   bp as it goes: the driver calls it for a panel's first tile, and the
+ *   other tiles read the packed panel (gemm_block_few, gemm_block). The
+ *   loads then sit among the FMAs, and the out-of-order core overlaps
+ *   the misses with the arithmetic. A panel's row is NR elements of a row
+ *   of B (128 bytes: 2 cache lines, 3 when the row stride is not a multiple
+ *   of 64 bytes), a row stride away from the previous one, so the kernel
+ *   prefetches all the lines of the row UK_B_LEAD steps ahead into L1.
+ *   Xeon (Emerald Rapids), 1 thread, float32, GFLOP/s with leads of 6, 8,
+ *   10, 16 and 24 steps: 8 and 10 the best, AVX-512 and AVX2 alike (16 and
+ *   24 lost 5-20%: with rows 4 KiB apart every row's lines fall in one L1
+ *   set, and lines fetched too early are evicted before their use); two
+ *   prefetches a row instead of three, 12 x 1024 @ 1024 x 500 (rows 2000
+ *   bytes apart) 77 against 102-114; adding a prefetch 48 steps ahead
+ *   into L2 cost 8-15% where B was in L3 and gained 10% only at K = N =
+ *   4096 (B from memory), so there is none. The accumulators get the FMAs
+ *   of UK_KERNEL_PACKED in the same order: the bits do not change.
+ *   Interleaved medians of 0.7 s of calls, GFLOP/s, pack_b -> in the
+ *   kernel, float32 1 thread: K = N = 1024 m = 12 72-73 (the axpy loops
+ *   then) -> 110-113, m = 17 72 -> 112-114, m = 32 94 -> 137-143, m = 64
+ *   121-122 -> 153-155; K = N = 4096 m = 32 94-95 -> 127-138, m = 64
+ *   123-126 -> 122-137; 12 x 1024 @ 1024 x 500 54-56 -> 110-115; 2
+ *   threads m = 17 133-141 -> 220-222, m = 32 181-187 -> 267-269, m = 64
+ *   227-240 -> 298-300, K = N = 4096 m = 64 240-252 -> 280-294; float64 1
+ *   thread m = 17 34 -> 53, m = 32 45 -> 64, m = 64 58-59 -> 72; the AVX2
+ *   kernels (forced) m = 17 52 -> 63-65, m = 64 73-74 -> 79-81, K = N =
+ *   4096 m = 32 61-64 -> 61-62; squares (the first A block fills, the
+ *   others read) the same within 2-3%. It also moved the AVX-512 axpy
+ *   limit from 16 rows to 8 (Note [Axpy rows per tile] in cpu_matmul.c). */
+#define UK_B_LEAD 8
+/* prefetch the lines of row UK_B_LEAD ahead of b into L1 */
+#define PREFETCH_B                                                                 \
+    _mm_prefetch((const char *)(b + UK_B_LEAD * rsb), _MM_HINT_T0);                \
+    _mm_prefetch((const char *)(b + UK_B_LEAD * rsb + VW), _MM_HINT_T0);           \
+    _mm_prefetch((const char *)(b + UK_B_LEAD * rsb + UK_NR - 1), _MM_HINT_T0);
+/* the k steps up to END of the filling kernel: B from b by rows, to bp */
+#define FK_STEPS(ROWS, END)                                                        \
+    for (; k < (END); k++) {                                                       \
+        const T *au = a;                                                           \
+        V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);                               \
+        PREFETCH_B                                                                 \
+        MM(storeu)(bp, b0);                                                        \
+        MM(storeu)(bp + VW, b1);                                                   \
+        ROWS(PSTEP)                                                                \
+        a += UK_MR;                                                                \
+        b += rsb;                                                                  \
+        bp += UK_NR;                                                               \
+    }
+#define FK_LOOP(ROWS)                                                              \
+    {                                                                              \
+        int64_t k = 0;                                                             \
+        C_LATE(FK_STEPS, ROWS)                                                     \
+    }
+
+UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_t rsb, void *bp_,
+                              void *c_, int64_t ldc, int mr, int first)
+{
+    const T *a = a_, *b = b_;
+    T *bp = bp_, *c = c_;
+    const int nr = UK_NR; /* full panels only */
+    UK_ROWS(DECL)
+    TILE_BODY(FK_LOOP)
+}
+
+#undef FK_LOOP
+#undef FK_STEPS
+#undef PREFETCH_B
+#undef UK_B_LEAD
 #undef PK_LOOP
 #undef PK_GROUPS
 #undef K_LOOP
@@ -319,8 +398,20 @@ void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t acs, cons
     UK_PASTE(ndl_ukernel_generic_, UK_DT)(kc, a_, ars, acs, b_, c_, ldc, mr, nr, first);
 }
 
+void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_t rsb, void *bp_, void *c_,
+                    int64_t ldc, int mr, int first)
+{
+    const T *b = b_;
+    T *bp = bp_;
+    for (int64_t k = 0; k < kc; k++)
+        for (int j = 0; j < UK_NR; j++)
+            bp[k * UK_NR + j] = b[k * rsb + j];
+    UK_KERNEL_PACKED(kc, a_, 1, UK_MR, bp_, c_, ldc, mr, UK_NR, first);
+}
+
 #endif
 
+#undef UK_KERNEL_FILL
 #undef UK_KERNEL_PACKED
 #undef UK_KERNEL
 #undef UK_PASTE
