@@ -182,13 +182,13 @@ def test_emulated_avx512_packed_a_and_skinny_loops(dtype):
     # A packed (columns contiguous, or rows 1 KiB apart, p > 2 NR): every
     # call is a packed kernel's, with B by rows one per full panel (3) and
     # KC block the one that packs the panel (Note [Packing B in the
-    # kernel]); m <= 8 with B by rows: the axpy loops;
+    # kernel]); m = 2 with B by rows: the axpy loops;
     # m = 1 with B = W.T: the dot loops; m = 2 with B = W.T: the AVX2
     # register transposes that the AVX-512 configuration shares (no count)
     nr = NR[dtype]
     cases = [[dtype, 30, 100, 3 * nr + 5, "cols", "rows"],
              [dtype, 30, 400, 3 * nr + 5, "wide", "rows"],
-             [dtype, 5, 700, 300, "rows", "rows"],
+             [dtype, 2, 700, 300, "rows", "rows"],
              [dtype, 1, 700, 300, "rows", "cols"],
              [dtype, 2, 700, 300, "rows", "cols"]]
     packed_cols, packed_rows, axpy, dot, bt = run_emu(cases)
@@ -202,22 +202,24 @@ def test_emulated_avx512_packed_a_and_skinny_loops(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_emulated_avx512_takes_the_axpy_loops_up_to_8_rows(dtype):
+def test_emulated_avx512_axpy_limits(dtype):
     # Note [Axpy rows per tile] (cpu_matmul.c): with B by rows the AVX-512
-    # configuration runs m <= 8 by the axpy loops, as AVX2 does, and m = 9..17
-    # by the 14-row kernels (m = 17: a 10-row and a 7-row tile per block, not
-    # 14 + 3: Note [Balanced last tiles]); with A packed ("wide") the first
-    # tile of each full panel packs it, once per KC block (k = 700: two)
-    nr = NR[dtype]
+    # configuration runs m <= 2 (float32) or m <= 8 (float64) by the axpy
+    # loops, and more rows by the 14-row kernels (m = 17: a 10-row and a
+    # 7-row tile per block, not 14 + 3: Note [Balanced last tiles]); A is
+    # then packed, A's rows contiguous or not, and the first tile of each
+    # full panel packs it (or, the panel's only tile, reads it in place),
+    # once per KC block (k = 700: two) (Note [Packing B in the kernel])
+    nr, limit = NR[dtype], {"float32": 2, "float64": 8}[dtype]
     cases = [[dtype, m, 700, 3 * nr + 5, kind, "rows"]
-             for m in (5, 8, 9, 12, 16, 17) for kind in ("rows", "wide")]
+             for m in (2, 3, 8, 9, 12, 16, 17) for kind in ("rows", "wide")]
     for g, (_, m, k, p, kind, _) in zip(run_emu(cases), cases):
-        if m <= 8:
+        if m <= limit:
             assert g["axpy"] > 0 and g["fmas"] == 0 and not g["tiles"], (m, g)
             continue
         tiles, fmas = expected(m, k, p, nr)
         assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (m, kind, g)
-        assert g["filled"] == (3 * 2 if kind == "wide" else 0), (m, kind, g)
+        assert g["packed"] == sum(tiles.values()) and g["filled"] == 3 * 2, (m, kind, g)
     assert set(expected(17, 700, 3 * nr + 5, nr)[0]) == {"10", "7"}
 
 

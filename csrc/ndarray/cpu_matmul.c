@@ -23,7 +23,8 @@
  * kernel, as it computes (Note [Packing B in the kernel]).
  * When C's rows fit one A block (m <= MC) the two outer loops are turned
  * and B blocks are narrower (Note [Narrow B blocks for few rows]). Skinny
- * products whose B has contiguous rows (m <= 8), and matrix-vector
+ * products whose B has contiguous rows (m <= 8, or 2: Note [Axpy rows per
+ * tile]), and matrix-vector
  * products (m = 1, or p == 1 computed as C^T = B^T A^T) whose B has
  * contiguous columns, skip all of this: B is read in place
  * (cpu_matmul_small.c).
@@ -108,7 +109,7 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
                          0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32,
                          ndl_pack_bt_f32, 0, ndl_small_bt_f32, ndl_ukernel_avx512_f32_packed,
-                         .small_m = 8, .mid_rows = NDL_AVX512_MID_ROWS,
+                         .small_m = 2, .mid_rows = NDL_AVX512_MID_ROWS,
                          .kernel_fill = ndl_ukernel_avx512_f32_fill},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
                          0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64,
@@ -703,8 +704,8 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
                 int64_t end = ir < split && split < ir + mr ? split : ir + mr < m ? ir + mr : m;
                 /* packed: the panel of row ir (a panel starts at `split`); else A itself */
                 int64_t at = ops->pack_a_block ? (ir + mr - 1) / mr * mr * kc : ir * rsa;
-                if (filling && ir == 0)
-                    cfg->kernel_fill(kc, ablk + at * es, bsrc, rsb, bp,
+                if (filling && ir == 0) /* the panel's only tile need not store it */
+                    cfg->kernel_fill(kc, ablk + at * es, bsrc, rsb, end < m ? bp : NULL,
                                      c + (ir * ldc + jc + jr) * es, ldc, (int)(end - ir), first);
                 else
                     kernel(kc, ablk + at * es, ars, acs, bp, c + (ir * ldc + jc + jr) * es, ldc,
@@ -883,7 +884,7 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
 /* ---- skinny products ------------------------------------------------------
  * cpu_matmul_small.c has the loops and their notes: B read in place, never
  * packed: the axpy loops when B's rows are contiguous and m <= small_m
- * (8: Note [Axpy rows per tile]),
+ * (8, or 2 for AVX-512 float32: Note [Axpy rows per tile]),
  * the dot loops when B's columns are and m = 1. Other products take the
  * packed path. The columns of each product are cut into `nparts` ranges;
  * each element's sum does not depend on the cut.
@@ -907,20 +908,23 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   L3 between calls), as NumPy does (12.7-16.2); nothing is left there.
  */
 /* Note [Axpy rows per tile]
- *   The axpy loops' limit is the configuration's small_m: 8 for every
- *   kernel. AVX2 and generic: the reasons above. AVX-512 had 16 on
- *   2026-12-04 and 05: its tile has 14 rows and its partial tiles
- *   run 7, 10 or 14 of them (Note [Half tiles] in cpu_matmul_simd_impl.h),
- *   so m = 9..16 wastes 10-30% of its FMAs, and while pack_b copied each
- *   B block before the kernels ran, the axpy loops were faster there (Xeon,
- *   Emerald Rapids, K = N = 1024 and 4096, GFLOP/s packed -> axpy: float32
- *   1 thread m = 12 58 -> 73, m = 16 66 -> 81; 2 threads m = 12 118 -> 135,
- *   m = 16 130 -> 148; float64 1 thread m = 12..16 29-34 -> 37-42). With B
- *   packed inside the kernel (Note [Packing B in the kernel]) the packed
- *   path wins from m = 9 (1 thread float32 K = N = 1024, axpy -> packed: m
- *   = 12 77-79 -> 106-113, m = 16 83-85 -> 108-118; K = N = 4096 m = 16 88-
- *   93 -> 101-103) and ties at m = 8 (71-79 -> 77-84; 72-76 -> 69-71 at K
- *   = N = 4096), so AVX-512 is back to 8.
+ *   The axpy loops' limit is the configuration's small_m: 8 for AVX2,
+ *   generic and AVX-512 float64, 2 for AVX-512 float32. AVX2 and generic:
+ *   the reasons above. AVX-512 had 16 on 2026-12-04 and 05: its tile has 14
+ *   rows and its partial tiles run 7, 10 or 14 of them (Note [Half tiles]
+ *   in cpu_matmul_simd_impl.h), so m = 9..16 wastes 10-30% of its FMAs,
+ *   and while pack_b copied each B block before the kernels ran the axpy
+ *   loops were faster there (Xeon, Emerald Rapids, K = N = 1024 and 4096,
+ *   GFLOP/s packed -> axpy: float32 1 thread m = 12 58 -> 73, m = 16 66 ->
+ *   81). With B packed inside the kernel (Note [Packing B in the kernel]),
+ *   and not stored at all when a panel has one tile, the kernels win from
+ *   m = 3 in float32 (1 thread, K = N = 1024, axpy -> kernels: m = 3 39 ->
+ *   41-42, m = 4 48 -> 55, m = 6 60 -> 80-83, m = 8 64-66 -> 98-103, m = 12
+ *   108 -> 134-139; K = N = 4096 m = 8 69 -> 94-99) and tie at m = 2 (28-29
+ *   both). In float64 they win at m = 6 and 8 with K = N = 1024 (31 -> 35,
+ *   34 -> 44) but lose at m = 8, K = N = 4096 (35 -> 29) and m = 3, 4 (by
+ *   1), so float64 keeps 8. The AVX2 kernels (forced, same Xeon) lose at m
+ *   = 3..8 (m = 4 44-46 -> 29, m = 8 52-53 -> 45-47): 8 there too.
  *   The bits do not change with the limit (Note [One chain per element]).
  */
 /* B = W.T (columns contiguous) with at most this many rows: W transposed in
@@ -1133,12 +1137,17 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
     int64_t mcap = mmax < cfg->mc ? mmax : cfg->mc;
     int64_t ncap = pmax < cfg->nc ? pmax : cfg->nc;
     int64_t kcap = n < cfg->kc ? n : cfg->kc;
-    /* Note [Reading A in place], decided on the widest tile */
-    job.ops.pack_a_block =
-        !read_a_in_place(rsa, csa, round_up((p + job.tn - 1) / job.tn, cfg->nr), cfg->nr, es);
+    /* Note [Reading A in place], decided on the widest tile, unless the
+     * kernels pack B by rows for tiles of at most MC rows (Note [Packing B
+     * in the kernel]: their A is packed; an m x KC A block costs m / p of
+     * the B block that pack_b would copy) */
+    int64_t tile_rows = ((m + cfg->mr - 1) / cfg->mr + job.tm - 1) / job.tm * cfg->mr;
+    int64_t tile_cols = round_up((p + job.tn - 1) / job.tn, cfg->nr);
+    job.ops.pack_a_block = !read_a_in_place(rsa, csa, tile_cols, cfg->nr, es) ||
+                           (csb == 1 && cfg->kernel_fill && tile_rows <= cfg->mc &&
+                            tile_cols > 2 * cfg->nr);
     job.abytes = job.ops.pack_a_block ? (size_t)round_up(mcap * kcap * (int64_t)es, 64) : 0;
     /* Note [Packing B panel by panel]: one panel when every tile has m <= MC */
-    int64_t tile_rows = ((m + cfg->mr - 1) / cfg->mr + job.tm - 1) / job.tm * cfg->mr;
     if (tile_rows <= cfg->mc && ncap > cfg->nc1)
         ncap = cfg->nc1;
     job.bbytes = (size_t)round_up(kcap * ncap * (int64_t)es, 64);

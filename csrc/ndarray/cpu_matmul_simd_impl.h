@@ -318,31 +318,53 @@ UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t
  *   thread m = 17 34 -> 53, m = 32 45 -> 64, m = 64 58-59 -> 72; the AVX2
  *   kernels (forced) m = 17 52 -> 63-65, m = 64 73-74 -> 79-81, K = N =
  *   4096 m = 32 61-64 -> 61-62; squares (the first A block fills, the
- *   others read) the same within 2-3%. It also moved the AVX-512 axpy
- *   limit from 16 rows to 8 (Note [Axpy rows per tile] in cpu_matmul.c). */
+ *   others read) the same within 2-3%.
+ *   A panel with one tile (m <= MR) is never read again: bp = NULL, and
+ *   the kernel reads B in place without storing it. The stores were not
+ *   free: each takes a line of bp into L1, and those fills compete with
+ *   B's (1 thread float32 K = N = 1024, storing -> not: m = 4 37-38 -> 55,
+ *   m = 8 76 -> 100-101, m = 12 110 -> 134-139; K = N = 4096 m = 8 72-73
+ *   -> 97). And since the kernels pack B only when A is packed, the
+ *   driver packs A for tiles of at most MC rows with B by rows (Note
+ *   [Reading A in place] otherwise reads it in place for p < 512): 8 x
+ *   1000 @ 1000 x 300 53 -> 97, m = 12 54-55 -> 109-113, m = 32 109 ->
+ *   128, 64 x 256 @ 256 x 256 136 -> 154. Both moved the AVX-512 float32
+ *   axpy limit from 16 rows to 2 (Note [Axpy rows per tile] in
+ *   cpu_matmul.c). */
 #define UK_B_LEAD 8
 /* prefetch the lines of row UK_B_LEAD ahead of b into L1 */
 #define PREFETCH_B                                                                 \
     _mm_prefetch((const char *)(b + UK_B_LEAD * rsb), _MM_HINT_T0);                \
     _mm_prefetch((const char *)(b + UK_B_LEAD * rsb + VW), _MM_HINT_T0);           \
     _mm_prefetch((const char *)(b + UK_B_LEAD * rsb + UK_NR - 1), _MM_HINT_T0);
-/* the k steps up to END of the filling kernel: B from b by rows, to bp */
-#define FK_STEPS(ROWS, END)                                                        \
+/* the k steps up to END of the filling kernel: B from b by rows, to bp
+ * (STORE_B), or read in place only (NO_STORE) */
+#define STORE_B                                                                    \
+    MM(storeu)(bp, b0);                                                            \
+    MM(storeu)(bp + VW, b1);                                                       \
+    bp += UK_NR;
+#define NO_STORE
+#define B_STEPS(ROWS, END, STORE)                                                  \
     for (; k < (END); k++) {                                                       \
         const T *au = a;                                                           \
         V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);                               \
         PREFETCH_B                                                                 \
-        MM(storeu)(bp, b0);                                                        \
-        MM(storeu)(bp + VW, b1);                                                   \
+        STORE                                                                      \
         ROWS(PSTEP)                                                                \
         a += UK_MR;                                                                \
         b += rsb;                                                                  \
-        bp += UK_NR;                                                               \
     }
+#define FK_STEPS(ROWS, END) B_STEPS(ROWS, END, STORE_B)
+#define RK_STEPS(ROWS, END) B_STEPS(ROWS, END, NO_STORE)
 #define FK_LOOP(ROWS)                                                              \
     {                                                                              \
         int64_t k = 0;                                                             \
         C_LATE(FK_STEPS, ROWS)                                                     \
+    }
+#define RK_LOOP(ROWS)                                                              \
+    {                                                                              \
+        int64_t k = 0;                                                             \
+        C_LATE(RK_STEPS, ROWS)                                                     \
     }
 
 UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_t rsb, void *bp_,
@@ -352,11 +374,20 @@ UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_
     T *bp = bp_, *c = c_;
     const int nr = UK_NR; /* full panels only */
     UK_ROWS(DECL)
+    if (!bp) { /* the panel's only tile: Note [Packing B in the kernel] */
+        TILE_BODY(RK_LOOP)
+        return;
+    }
     TILE_BODY(FK_LOOP)
 }
 
+#undef RK_LOOP
 #undef FK_LOOP
+#undef RK_STEPS
 #undef FK_STEPS
+#undef B_STEPS
+#undef NO_STORE
+#undef STORE_B
 #undef PREFETCH_B
 #undef UK_B_LEAD
 #undef PK_LOOP
@@ -401,12 +432,18 @@ void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t acs, cons
 void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_t rsb, void *bp_, void *c_,
                     int64_t ldc, int mr, int first)
 {
-    const T *b = b_;
-    T *bp = bp_;
-    for (int64_t k = 0; k < kc; k++)
+    const T *a = a_, *b = b_;
+    T *bp = bp_, *c = c_;
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < UK_NR; j++) {
+            T acc = 0;
+            for (int64_t k = 0; k < kc; k++)
+                acc = NDL_MADD(a[k * UK_MR + r], b[k * rsb + j], acc);
+            c[r * ldc + j] = first ? acc : c[r * ldc + j] + acc;
+        }
+    for (int64_t k = 0; bp && k < kc; k++)
         for (int j = 0; j < UK_NR; j++)
             bp[k * UK_NR + j] = b[k * rsb + j];
-    UK_KERNEL_PACKED(kc, a_, 1, UK_MR, bp_, c_, ldc, mr, UK_NR, first);
 }
 
 #endif
