@@ -82,7 +82,7 @@ typedef struct {
     int64_t packed;                       /* of which the packed-A kernels' */
     int64_t fmas;                         /* emulated 512-bit FMAs in them */
     int64_t axpy, dot;                    /* skinny products (cpu_matmul_small.c) */
-    int64_t filled;                       /* B panels packed by the kernel */
+    int64_t filled;                       /* of which the filling kernel's */
 } ndl_avx512_emu_count;
 ndl_avx512_emu_count ndl_avx512_emu_counts[2];
 
@@ -101,7 +101,8 @@ EMU_TILE(ndl_ukernel_avx512_f32, ndl_ukernel_avx512_emu_f32, 0, 0)
 EMU_TILE(ndl_ukernel_avx512_f64, ndl_ukernel_avx512_emu_f64, 1, 0)
 EMU_TILE(ndl_ukernel_avx512_f32_packed, ndl_ukernel_avx512_emu_f32_packed, 0, 1)
 EMU_TILE(ndl_ukernel_avx512_f64_packed, ndl_ukernel_avx512_emu_f64_packed, 1, 1)
-/* Note [Packing B in the kernel]: counted as a packed-A tile, and a panel */
+/* Note [Packing B in the kernel]: counted as a packed-A tile, and as filled
+ * (whether it stores the panel or, bp = NULL, only reads it) */
 #define EMU_FILL(NAME, BODY, D)                                                                \
     void NAME(int64_t kc, const void *a, const void *b, int64_t rsb, void *bp, void *c,         \
               int64_t ldc, int mr, int first)                                                  \
