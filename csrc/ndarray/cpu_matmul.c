@@ -526,6 +526,21 @@ static void pack_a_block(const ndl_gemm_ops *ops, const char *a, int64_t rsa, in
  *   cpu_matmul_bt_avx2.c), and its effect is checked in the disassembly.
  */
 
+/* Note [Packing B in the kernel]: panel j0..j0+nrr of B's rows pc..pc+kc
+ * (rows contiguous, row stride rsb). A full panel (nrr = NR) is left to the
+ * kernel (*filling = 1); the last, narrower one is packed into bp here.
+ * Returns where the panel starts in B. */
+static const char *panel_to_fill(const ndl_gemm_ops *ops, const char *b, int64_t rsb,
+                                 int64_t pc, int64_t j0, int64_t kc, int nrr, char *bp,
+                                 int *filling)
+{
+    const char *bsrc = b + (pc * rsb + j0) * (int64_t)ops->es;
+    *filling = nrr == ops->cfg->nr;
+    if (!*filling)
+        ops->pack_b(bsrc, rsb, 1, kc, nrr, ops->cfg->nr, bp);
+    return bsrc;
+}
+
 /* C (m x p, row stride ldc) = A (m x n) @ B (n x p), serially, n >= 1.
  * a and b point at A[0][0] and B[0][0]; abuf and bbuf hold MC x KC and
  * KC x NC elements (or less when the product is smaller). */
@@ -568,12 +583,8 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                     char *bp = bbuf + jr * kc * es;
                     const char *bsrc = NULL; /* the panel in B, while the first A block fills */
                     int filling = 0;
-                    if (fill && ic == 0) {
-                        bsrc = b + (pc * rsb + jc + jr) * es;
-                        filling = nrr == nr;
-                        if (!filling) /* the last, narrower panel */
-                            ops->pack_b(bsrc, rsb, 1, kc, nrr, nr, bp);
-                    }
+                    if (fill && ic == 0)
+                        bsrc = panel_to_fill(ops, b, rsb, pc, jc + jr, kc, nrr, bp, &filling);
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int mrr = mc - ir < mr ? (int)(mc - ir) : mr;
                         if (filling && ir == 0)
@@ -694,11 +705,8 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
             const char *bsrc = NULL; /* the panel in B, when the kernel packs it */
             int filling = 0;
             if (fill) { /* one panel at a time, all in the first panel's place */
-                bsrc = b + (pc * rsb + jc + jr) * es;
                 bp = bbuf;
-                filling = nrr == nr;
-                if (!filling) /* the last, narrower panel */
-                    ops->pack_b(bsrc, rsb, 1, kc, nrr, nr, bp);
+                bsrc = panel_to_fill(ops, b, rsb, pc, jc + jr, kc, nrr, bp, &filling);
             }
             for (int64_t ir = 0; ir < m;) {
                 int64_t end = ir < split && split < ir + mr ? split : ir + mr < m ? ir + mr : m;
@@ -1147,9 +1155,13 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
                            (csb == 1 && cfg->kernel_fill && tile_rows <= cfg->mc &&
                             tile_cols > 2 * cfg->nr);
     job.abytes = job.ops.pack_a_block ? (size_t)round_up(mcap * kcap * (int64_t)es, 64) : 0;
-    /* Note [Packing B panel by panel]: one panel when every tile has m <= MC */
+    /* Note [Narrow B blocks for few rows]: when every tile has m <= MC, a
+     * block of NC1 columns, or one panel when the kernels pack B (Note
+     * [Packing B in the kernel]: gemm_block_few reuses the first panel's place) */
     if (tile_rows <= cfg->mc && ncap > cfg->nc1)
         ncap = cfg->nc1;
+    if (tile_rows <= cfg->mc && csb == 1 && job.ops.pack_a_block && cfg->kernel_fill)
+        ncap = cfg->nr;
     job.bbytes = (size_t)round_up(kcap * ncap * (int64_t)es, 64);
     job.bufs = ndl_matmul_scratch_get((size_t)job.nparts * (job.abytes + job.bbytes));
     if (!job.bufs)
