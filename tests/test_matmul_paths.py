@@ -428,3 +428,65 @@ def test_b_packed_in_the_kernel_gets_the_bits_of_pack_b(m, kind_b, dtype):
             got = a @ b
             check(got, x, y, dtype)
             assert np.array_equal(got.numpy(), reference), f"k={k}"
+
+
+def swap_rows(dtype):
+    """The row counts around the limits of Note [x @ W.T by W @ x.T]
+    (cpu_matmul.c) for dtype's kernels, or None when they never swap."""
+    c = _C.matmul_config()[dtype]
+    nr, swap_m = c["nr"], c["swap_m"]
+    if swap_m == 0:
+        return None
+    return sorted({swap_m - 1, swap_m, nr, nr + 1, 2 * nr, 2 * nr + 1, 4 * nr} - {0, 1, 2})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("k", [256, 300, 600, 1000, 1024], ids=lambda k: f"k{k}")
+def test_swapped_w_transposed_gets_the_bits_of_the_packed_path(k, dtype):
+    # Note [x @ W.T by W @ x.T] (cpu_matmul.c): with B = W.T and from
+    # swap_m rows (up to 2 NR, or 4 NR when W's row stride is no multiple of
+    # 1 KiB; K >= 512, or 256 up to NR rows) the driver computes C.T = W @
+    # x.T into scratch and copies it into C transposed; a multiplication
+    # commutes, so every element keeps its chains and the rows are those of
+    # a product too tall to swap (4 NR + 7 rows), on both sides of each limit
+    rows = swap_rows(dtype)
+    if rows is None:
+        pytest.skip("the generic kernels do not swap")
+    w = np.random.randn(301, k).astype(dtype)
+    wt = nd.array(w, dtype=dtype).permute((1, 0))
+    x = np.random.randn(4 * _C.matmul_config()[dtype]["nr"] + 7, k).astype(dtype)
+    full = (nd.array(x, dtype=dtype) @ wt).numpy()
+    check(nd.array(x, dtype=dtype) @ wt, x, w.T, dtype)
+    for m in rows:
+        part = nd.array(x[:m], dtype=dtype) @ wt
+        check(part, x[:m], w.T, dtype)
+        assert np.array_equal(part.numpy(), full[:m]), f"rows of a {m}-row product differ"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_swapped_w_transposed_batched(dtype, threads):
+    # a batch of swapped products whose C.T outgrow one chunk of scratch
+    # (NDL_SWAP_CHUNK, 1 MiB: 96-192 KiB a product here), each W its own
+    # or one W broadcast; every product has the bits of itself alone
+    rows = swap_rows(dtype)
+    if rows is None:
+        pytest.skip("the generic kernels do not swap")
+    m = max(rows[1], 16)
+    x = np.random.randn(13, m, 600).astype(dtype)
+    w = np.random.randn(13, 1500, 600).astype(dtype)
+    before = nd.get_num_threads()
+    try:
+        nd.set_num_threads(threads)
+        a = nd.array(x, dtype=dtype)
+        for shared in (False, True):
+            ws = [w[0]] * 13 if shared else list(w)
+            wt = (nd.array(w[0], dtype=dtype).permute((1, 0)) if shared else
+                  nd.array(w, dtype=dtype).permute((0, 2, 1)))
+            got = a @ wt
+            check(got, x, np.stack(ws).transpose(0, 2, 1), dtype)
+            for i in (0, 7, 12):
+                alone = nd.array(x[i], dtype=dtype) @ nd.array(ws[i], dtype=dtype).permute((1, 0))
+                assert np.array_equal(got.numpy()[i], alone.numpy()), f"product {i} differs"
+    finally:
+        nd.set_num_threads(before)

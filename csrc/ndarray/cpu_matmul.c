@@ -75,6 +75,7 @@ typedef struct {
     int small_m;         /* axpy loops up to this m (Note [Axpy rows per tile]) */
     int mid_rows;        /* middle partial tile (Note [Balanced last tiles]); 0: none */
     ndl_ukernel_fill kernel_fill; /* Note [Packing B in the kernel]; NULL: none */
+    int swap_m;          /* x @ W.T as (W @ x.T).T from this m (Note [x @ W.T by W @ x.T]); 0: never */
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -98,24 +99,24 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
                          ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32, ndl_pack_bt_f32, 0,
                          ndl_small_bt_f32, ndl_ukernel_avx2_f32_packed,
                          .small_m = 8, .mid_rows = NDL_AVX2_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx2_f32_fill},
+                         .kernel_fill = ndl_ukernel_avx2_f32_fill, .swap_m = 5},
         [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0,
                          ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64, 0,
                          ndl_small_bt_f64, ndl_ukernel_avx2_f64_packed,
                          .small_m = 8, .mid_rows = NDL_AVX2_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx2_f64_fill},
+                         .kernel_fill = ndl_ukernel_avx2_f64_fill, .swap_m = 3},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
                          0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32,
                          ndl_pack_bt_f32, 0, ndl_small_bt_f32, ndl_ukernel_avx512_f32_packed,
                          .small_m = 2, .mid_rows = NDL_AVX512_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx512_f32_fill},
+                         .kernel_fill = ndl_ukernel_avx512_f32_fill, .swap_m = 9},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
                          0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64,
                          ndl_pack_bt_f64, 0, ndl_small_bt_f64, ndl_ukernel_avx512_f64_packed,
                          .small_m = 8, .mid_rows = NDL_AVX512_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx512_f64_fill},
+                         .kernel_fill = ndl_ukernel_avx512_f64_fill, .swap_m = 4},
     },
 };
 
@@ -314,7 +315,7 @@ const char *ndl_cpu_matmul_kernel_name(void)
     return get_config(NDL_FLOAT32)->name;
 }
 
-int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[6])
+int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[7])
 {
     if ((unsigned)dt >= NDL_NUM_DTYPES)
         return NDL_EINVAL;
@@ -325,6 +326,7 @@ int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[6])
     out[3] = cfg->kc;
     out[4] = cfg->nc;
     out[5] = cfg->small_m;
+    out[6] = cfg->swap_m;
     return NDL_OK;
 }
 
@@ -1043,6 +1045,77 @@ static void choose_grid(int64_t m, int64_t p, int mr, int nr, int64_t ntiles, in
     *tm = *tn = 1;
 }
 
+static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t m, int64_t n,
+                int64_t p, const void *a, const int64_t *a_offsets, int64_t rsa, int64_t csa,
+                const void *b, const int64_t *b_offsets, int64_t rsb, int64_t csb, void *c);
+
+/* Note [x @ W.T by W @ x.T]
+ *   x @ W.T with few rows (B's columns contiguous: a linear layer's
+ *   backward, attention's scores) packs W.T, transposing it in registers
+ *   (pack_bt), and each packed element meets only m rows of x: at m = 32,
+ *   K = N = 1024 the transposes took a third of the time. C.T = W @ x.T
+ *   is the same product with W as A, and the kernels read A where it lies
+ *   (Note [Reading A in place]: W's rows contiguous, one broadcast per
+ *   element and row, no transpose), while x.T, m x K, is packed once for
+ *   all of W's rows; the m x N C.T goes to scratch (chunks of the batch,
+ *   NDL_SWAP_CHUNK bytes) and is copied into C by ndl_cpu_copy's tiled
+ *   transpose. A multiplication commutes, so every C element gets the
+ *   chains of Note [One chain per element]: the bits do not change.
+ *   It pays where W @ x.T reads W in place (m <= 2 NR, or at most 4 NR
+ *   with a row stride that is not a multiple of 1 KiB), with m from
+ *   the configuration's swap_m (below it x.T's panel, m of NR columns,
+ *   wastes too much of each FMA) and K >= 512 (K >= 256 up to m = NR:
+ *   from there, two panels of x.T, the copy out of scratch and packing
+ *   x.T cost more than the transposes they save, float32 m = 64, K = 256,
+ *   N = 784 161 -> 143 GFLOP/s). Xeon (Emerald Rapids), 1 thread, GFLOP/s,
+ *   before -> after (PyTorch 2.13): float32 K = N = 1024 m = 12 49 -> 57
+ *   (44), m = 16 60 -> 73 (60), m = 24 78 -> 108 (79), m = 32 84 -> 140
+ *   (88), m = 64 112 -> 139 (120); K = N = 4096 m = 32 83 -> 144 (93),
+ *   m = 64 112 -> 135 (123); 96 x 784 @ 784 x 1024 136 -> 167 (159);
+ *   float64 m = 4 11 -> 17 (15), m = 8 21 -> 36 (26), m = 16 35 -> 76
+ *   (40), m = 32 50 -> 70 (55), K = N = 4096 m = 8 21 -> 36 (25); AVX2
+ *   kernels (forced, same Xeon) float32 m = 8 34 -> 41, m = 16 52 -> 81,
+ *   float64 m = 8 17 -> 39. 2 threads float32 m = 32 175 -> 275 (183),
+ *   K = N = 4096 m = 32 170 -> 299 (185).
+ */
+#define NDL_SWAP_CHUNK ((size_t)1 << 20)
+
+static int use_swap(const ndl_gemm_config *cfg, int64_t m, int64_t n, int64_t rsb, int64_t csb,
+                    size_t es)
+{
+    return rsb == 1 && csb != 1 && cfg->swap_m && m >= cfg->swap_m && m <= 4 * cfg->nr &&
+           n >= 256 && (m <= cfg->nr || n >= 512) && read_a_in_place(csb, rsb, m, cfg->nr, es);
+}
+
+static int gemm_swapped(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t m,
+                        int64_t n, int64_t p, const void *a, const int64_t *a_offsets,
+                        int64_t rsa, int64_t csa, const void *b, const int64_t *b_offsets,
+                        int64_t rsb, int64_t csb, void *c)
+{
+    const size_t es = ndl_itemsize(dt);
+    const size_t one = (size_t)m * (size_t)p * es; /* one product's C */
+    int64_t per = one >= NDL_SWAP_CHUNK ? 1 : (int64_t)(NDL_SWAP_CHUNK / one);
+    if (per > batch)
+        per = batch;
+    char *ct = ndl_matmul_scratch_get((size_t)per * one);
+    if (!ct)
+        return NDL_ENOMEM;
+    int rc = NDL_OK;
+    for (int64_t b0 = 0; b0 < batch && rc == NDL_OK; b0 += per) {
+        int64_t nb = batch - b0 < per ? batch - b0 : per;
+        /* C.T (p x m, rows contiguous) = B.T @ A.T */
+        rc = gemm(cfg, dt, nb, p, n, m, b, b_offsets ? b_offsets + b0 : NULL, csb, rsb, a,
+                  a_offsets ? a_offsets + b0 : NULL, csa, rsa, ct);
+        if (rc != NDL_OK)
+            break;
+        ndl_layout ld = {.ndim = 3, .shape = {nb, m, p}, .strides = {m * p, p, 1}, .offset = 0};
+        ndl_layout ls = {.ndim = 3, .shape = {nb, m, p}, .strides = {m * p, 1, m}, .offset = 0};
+        rc = ndl_cpu_copy(dt, (char *)c + (size_t)b0 * one, &ld, dt, ct, &ls);
+    }
+    ndl_matmul_scratch_put(ct);
+    return rc;
+}
+
 int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
                    const void *a, const int64_t *a_offsets, int64_t rsa, int64_t csa,
                    const void *b, const int64_t *b_offsets, int64_t rsb, int64_t csb,
@@ -1097,6 +1170,19 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
                          &job);
         return NDL_OK;
     }
+    if (use_swap(cfg, m, n, rsb, csb, es)) /* Note [x @ W.T by W @ x.T] */
+        return gemm_swapped(cfg, dt, batch, m, n, p, a, a_offsets, rsa, csa, b, b_offsets, rsb,
+                            csb, c);
+    return gemm(cfg, dt, batch, m, n, p, a, a_offsets, rsa, csa, b, b_offsets, rsb, csb, c);
+}
+
+/* The packed path: C = A @ B, each product cut into tiles for the pool
+ * (Note [Matmul work split]). */
+static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t m, int64_t n,
+                int64_t p, const void *a, const int64_t *a_offsets, int64_t rsa, int64_t csa,
+                const void *b, const int64_t *b_offsets, int64_t rsb, int64_t csb, void *c)
+{
+    const size_t es = ndl_itemsize(dt);
     ndl_gemm_job job = {
         .ops = {.cfg = cfg, .es = es,
                 .pack_a = dt == NDL_FLOAT32 ? pack_a_f32 : pack_a_f64,

@@ -144,8 +144,10 @@ int ndl_cpu_sgd(ndl_dtype dt, int64_t n, const void *p, const void *g, const voi
 
 /* Which micro-kernel ndl_cpu_matmul uses: "avx512", "avx2" or "generic". */
 const char *ndl_cpu_matmul_kernel_name(void);
-/* Its register tile, cache blocks and skinny limit for dtype dt:
- * out = {MR, NR, MC, KC, NC, SMALL_M} (B by rows with m <= SMALL_M: the axpy loops). */
-int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[6]);
+/* Its register tile, cache blocks and path limits for dtype dt:
+ * out = {MR, NR, MC, KC, NC, SMALL_M, SWAP_M} (B by rows with m <= SMALL_M:
+ * the axpy loops; B = W.T from m = SWAP_M, 0 for never: C.T = W @ A.T,
+ * Note [x @ W.T by W @ x.T] in cpu_matmul.c). */
+int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[7]);
 
 #endif /* NDL_CORE_H */
