@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,14 +145,25 @@ def row_tiles(m):
 def expected(m, k, p, nr):
     """Calls and FMAs of the 14-row kernels for an m x k x p product: one
     call per tile and KC block; a partial tile of mr rows runs the 7-, 10-
-    or 14-row loop (Note [Half tiles]), 2 vectors a row, k steps."""
+    or 14-row loop (Note [Half tiles]), k steps of 2 vectors a row, or 1
+    in a tile of at most NR / 2 columns (Note [Narrow tiles])."""
     tiles, fmas = {}, 0
     blocks = -(-k // KC)
+    widths = [min(nr, p - j) for j in range(0, p, nr)]  # the column tiles
+    vectors = sum(1 if w <= nr // 2 else 2 for w in widths)
     for mr in row_tiles(m):
-        n = -(-p // nr)  # column tiles
-        tiles[str(mr)] = tiles.get(str(mr), 0) + n * blocks
-        fmas += n * (7 if mr <= 7 else 10 if mr <= 10 else 14) * 2 * k
+        tiles[str(mr)] = tiles.get(str(mr), 0) + len(widths) * blocks
+        fmas += vectors * (7 if mr <= 7 else 10 if mr <= 10 else 14) * k
     return tiles, fmas
+
+
+def swapped(m, k, nr, size):
+    """Whether x @ W.T (m x k by W's k x p) is computed as (W @ x.T).T
+    (Note [x @ W.T by W @ x.T] in cpu_matmul.c): from 5 rows, W read in
+    place (m <= 2 NR, or 4 NR with W's rows no multiple of 1 KiB apart),
+    K >= 512 (256 up to NR rows)."""
+    in_place = m <= 2 * nr or (m <= 4 * nr and k * size % 1024 != 0)
+    return 5 <= m and in_place and k >= 256 and (m <= nr or k >= 512)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -171,8 +183,12 @@ def test_emulated_avx512_runs_the_14_row_tiles(dtype):
               (27, 50, nr + nr // 2 + 3), (3 * 14, 2 * KC + 5, nr), (23, 1, 5),
               (14, 10, nr // 4), (16, 10, 3 * nr // 4)]
     got = run_emu([[dtype, m, k, p, "rows", "cols"] for m, k, p in shapes])
+    size = np.dtype(dtype).itemsize
     for (m, k, p), g in zip(shapes, got):
-        tiles, fmas = expected(m, k, p, nr)
+        # 42 x 1013: W @ x.T, NR x 1013 by 1013 x 42 (test_emulated_avx512_swaps_w_t)
+        swap = swapped(m, k, nr, size)
+        assert swap == (m == 3 * 14)
+        tiles, fmas = expected(p, k, m, nr) if swap else expected(m, k, p, nr)
         assert (g["tiles"], g["fmas"]) == (tiles, fmas), (m, k, p, g)
         assert g["axpy"] == g["dot"] == g["filled"] == 0  # B = W.T: pack_bt
 
@@ -239,7 +255,8 @@ def test_emulated_avx512_first_a_block_packs_b(dtype):
     assert rows[-2:] == [14, 4]
     panels, blocks = 4, 3
     assert g["tiles"] == {"14": (len(rows) - 1) * panels * blocks, "4": panels * blocks}, g
-    assert g["fmas"] == panels * (sum(2 * (7 if r <= 7 else 14) for r in rows)) * k, g
+    # 3 full panels, 2 vectors a row; the last, 5 columns: 1 (Note [Narrow tiles])
+    assert g["fmas"] == (3 * 2 + 1) * (sum(7 if r <= 7 else 14 for r in rows)) * k, g
     assert g["packed"] == sum(g["tiles"].values()) and g["filled"] == 3 * blocks, g
 
 
@@ -249,3 +266,34 @@ def test_emulated_avx512_on_two_threads():
     for g, (dt, m, k, p, _, _) in zip(run_emu(cases, threads=2), cases):
         tiles, fmas = expected(m, k, p, NR[dt])
         assert (g["tiles"], g["fmas"]) == (tiles, fmas), g
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_emulated_avx512_swaps_w_t(dtype):
+    # Note [x @ W.T by W @ x.T] (cpu_matmul.c): with B = W.T, m = 3, 4 take
+    # the register transposes (no kernel calls); from m = 5, up to 2 NR rows
+    # (4 NR when W's rows are no multiple of 1 KiB apart), the kernels run
+    # W @ x.T, W read in place (no packed calls), x.T's m columns a narrow
+    # tile up to NR / 2 (Note [Narrow tiles]: one vector a row); K = 300
+    # swaps only up to NR rows; m = 2 NR + 1 with K = 1024 (W packed then)
+    # and 4 NR + 1 are not swapped
+    nr, mc = NR[dtype], {"float32": 84, "float64": 42}[dtype]
+    size = np.dtype(dtype).itemsize
+    shapes = [(m, k, 40) for m, k in  # W: 40 rows, fewer than MC (no cut last tiles)
+              [(3, 700), (4, 700), (5, 700), (nr // 2, 700), (nr // 2 + 1, 700), (nr, 300),
+               (nr + 1, 300), (2 * nr, 1024), (2 * nr + 1, 1024), (4 * nr, 1000),
+               (4 * nr + 1, 1000)]]
+    got = run_emu([[dtype, m, k, p, "rows", "cols"] for m, k, p in shapes])
+    swaps = [swapped(m, k, nr, size) for m, k, _ in shapes]
+    assert swaps == [False, False, True, True, True, True, False, True, False, True, False]
+    for (m, k, p), swap, g in zip(shapes, swaps, got):
+        if m <= 4:
+            assert not g["tiles"] and g["fmas"] == g["axpy"] == g["dot"] == 0, (m, g)
+            continue
+        if not swap and m > mc:  # gemm_block's tiles: 14 rows, no cut last ones
+            assert sum(g["tiles"].values()) == -(-m // 14) * -(-p // nr) * -(-k // KC), g
+            continue
+        tiles, fmas = expected(p, k, m, nr) if swap else expected(m, k, p, nr)
+        assert (g["tiles"], g["fmas"]) == (tiles, fmas), (m, k, g)
+        if swap:
+            assert g["packed"] == 0, (m, k, g)

@@ -332,12 +332,13 @@ def test_balance_tiles_thread_count_independent(batch, dtype, threads):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("k", [7, 300, 600], ids=lambda k: f"k{k}")
 def test_w_transposed_in_registers_gets_the_bits_of_the_packed_kernels(k, dtype):
-    # Note [Transposing W in registers] (cpu_matmul_bt_avx2.c): m <= 2 with
-    # B = W.T transposes 8 rows of W at a time in registers, the last n % 8
-    # columns in narrower groups or one by one, the k past the last whole
-    # cache line element by element; every element is still the one chain
-    # per KC block of the packed kernels, so its rows are those of a 70-row
-    # product (packed), whatever the width; A by rows, by columns or strided
+    # Note [Transposing W in registers] (cpu_matmul_bt_avx2.c): m <= 4 with
+    # B = W.T transposes 8 rows of W at a time in registers (once for up to
+    # 4 rows of A), the last n % 8 columns in narrower groups or one by one,
+    # the k past the last whole cache line element by element; every element
+    # is still the one chain per KC block of the packed kernels, so its rows
+    # are those of a 70-row product (packed), whatever the width; A by rows,
+    # by columns or strided
     # (m = 1 with A's row contiguous takes the dot loops instead, which do
     # not share the chains: test_matrix_vector_columns_get_the_same_bits_alone)
     w = np.random.randn(37, k).astype(dtype)
@@ -346,15 +347,16 @@ def test_w_transposed_in_registers_gets_the_bits_of_the_packed_kernels(k, dtype)
         a, x = operand((70, k), dtype, kind_a)
         full = (a @ wt).numpy()
         check(a @ wt, x, w.T, dtype)
-        for m in (1, 2) if kind_a != "rows" else (2,):
+        for m in (1, 2, 3, 4) if kind_a != "rows" else (2, 3, 4):
             for n in (37, 17, 8, 3):
                 part = (a[:m, :] @ wt[:, :n]).numpy()
                 assert np.array_equal(part, full[:m, :n]), f"m={m} n={n} ({kind_a})"
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_w_transposed_in_registers_thread_count_independent(threads):
-    a, x = operand((2, 1500), "float32", "rows")
+@pytest.mark.parametrize("m", [2, 3])
+def test_w_transposed_in_registers_thread_count_independent(m, threads):
+    a, x = operand((m, 1500), "float32", "rows")
     b, y = operand((1500, 1001), "float32", "cols")
     same_bits_on_threads(a, b, threads)
     check(a @ b, x, y, "float32")

@@ -104,19 +104,19 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
                          ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64, 0,
                          ndl_small_bt_f64, ndl_ukernel_avx2_f64_packed,
                          .small_m = 8, .mid_rows = NDL_AVX2_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx2_f64_fill, .swap_m = 3},
+                         .kernel_fill = ndl_ukernel_avx2_f64_fill, .swap_m = 5},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
                          0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32,
                          ndl_pack_bt_f32, 0, ndl_small_bt_f32, ndl_ukernel_avx512_f32_packed,
                          .small_m = 2, .mid_rows = NDL_AVX512_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx512_f32_fill, .swap_m = 9},
+                         .kernel_fill = ndl_ukernel_avx512_f32_fill, .swap_m = 5},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
                          0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64,
                          ndl_pack_bt_f64, 0, ndl_small_bt_f64, ndl_ukernel_avx512_f64_packed,
                          .small_m = 8, .mid_rows = NDL_AVX512_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx512_f64_fill, .swap_m = 4},
+                         .kernel_fill = ndl_ukernel_avx512_f64_fill, .swap_m = 5},
     },
 };
 
@@ -904,13 +904,12 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   (Note [Narrow B blocks for few rows]) are as fast or faster. The dot
  *   loops sum in 64 bytes of lanes (outside Note [One chain per element]),
  *   so they are kept for m = 1 only, where they run at memory speed (2.3x the
- *   transposing pack and kernel). m <= 2 with B = W.T (and m = 1 whose A
+ *   transposing pack and kernel). m <= 4 with B = W.T (and m = 1 whose A
  *   row is strided) transposes W in registers (cpu_matmul_bt_avx2.c, Note
  *   [Transposing W in registers]), with the chains of the packed kernels:
  *   m = 2, 1 thread, float32 12 -> 19-20 GFLOP/s (PyTorch 15), float64 6
- *   -> 13-14 (PyTorch 7); from m = 3 the packed kernels are as fast (m =
- *   8: 1.5x); m = 3..16 are packed (on AVX2), at 1.0-1.5x NumPy and
- *   PyTorch, and get the bits of any other m.
+ *   -> 13-14 (PyTorch 7) on Zen 3; from m = 5, C.T = W @ x.T (Note [x @
+ *   W.T by W @ x.T] below), and every m gets the bits of any other.
  *   m = 1 with K = N = 4096 (a 64 MiB B read once for 8K flops a row) is
  *   bound by memory: on 2 threads it reads B at about a plain two-thread
  *   streaming read's speed (Zen 3 KVM guest: 21-23 GB/s for such a read,
@@ -938,8 +937,9 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   The bits do not change with the limit (Note [One chain per element]).
  */
 /* B = W.T (columns contiguous) with at most this many rows: W transposed in
- * registers (Note [Transposing W in registers], cpu_matmul_bt_avx2.c) */
-#define NDL_SMALL_BT_M 2
+ * registers (Note [Transposing W in registers], cpu_matmul_bt_avx2.c), each
+ * group of W once for all of them (BT_ROWS there) */
+#define NDL_SMALL_BT_M 4
 enum { SMALL_AXPY, SMALL_DOT, SMALL_BT };
 
 typedef struct {
@@ -1062,21 +1062,28 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
  *   transpose. A multiplication commutes, so every C element gets the
  *   chains of Note [One chain per element]: the bits do not change.
  *   It pays where W @ x.T reads W in place (m <= 2 NR, or at most 4 NR
- *   with a row stride that is not a multiple of 1 KiB), with m from
- *   the configuration's swap_m (below it x.T's panel, m of NR columns,
- *   wastes too much of each FMA) and K >= 512 (K >= 256 up to m = NR:
+ *   with a row stride that is not a multiple of 1 KiB), from the
+ *   configuration's swap_m (5 on AVX2 and AVX-512, both dtypes: m <= 4
+ *   transposes W in registers, faster there, and x.T's m columns are then
+ *   a narrow tile, one vector of FMAs a row: Note [Narrow tiles] in
+ *   cpu_matmul_simd_impl.h) and with K >= 512 (K >= 256 up to m = NR:
  *   from there, two panels of x.T, the copy out of scratch and packing
  *   x.T cost more than the transposes they save, float32 m = 64, K = 256,
  *   N = 784 161 -> 143 GFLOP/s). Xeon (Emerald Rapids), 1 thread, GFLOP/s,
- *   before -> after (PyTorch 2.13): float32 K = N = 1024 m = 12 49 -> 57
- *   (44), m = 16 60 -> 73 (60), m = 24 78 -> 108 (79), m = 32 84 -> 140
- *   (88), m = 64 112 -> 139 (120); K = N = 4096 m = 32 83 -> 144 (93),
- *   m = 64 112 -> 135 (123); 96 x 784 @ 784 x 1024 136 -> 167 (159);
- *   float64 m = 4 11 -> 17 (15), m = 8 21 -> 36 (26), m = 16 35 -> 76
- *   (40), m = 32 50 -> 70 (55), K = N = 4096 m = 8 21 -> 36 (25); AVX2
- *   kernels (forced, same Xeon) float32 m = 8 34 -> 41, m = 16 52 -> 81,
- *   float64 m = 8 17 -> 39. 2 threads float32 m = 32 175 -> 275 (183),
- *   K = N = 4096 m = 32 170 -> 299 (185).
+ *   medians, before -> after (PyTorch 2.13), narrow tiles included (they
+ *   gave m <= 16 another 15-40%): float32 K = N = 1024 m = 8 34 -> 52
+ *   (41-44), m = 12 49 -> 74-86 (44-48), m = 16 60 -> 103-117 (62-73),
+ *   m = 24 78 -> 108-112 (79-98), m = 32 84 -> 140-168 (88-111), m = 64
+ *   112 -> 139-170 (120-138); K = N = 4096 m = 8 40 -> 51-57 (37-41), m =
+ *   32 83 -> 144-172 (93-107), m = 64 112 -> 135-164 (123-129); 96 x 784
+ *   @ 784 x 1024 136 -> 160-167 (159-168); float64 m = 5 30 (PyTorch 16),
+ *   m = 8 21 -> 36-45 (26-30), m = 16 35 -> 74-76
+ *   (40-44), m = 32 50 -> 70-86 (55-57), K = N = 4096 m = 8 21 -> 36-41
+ *   (25-26); the AVX2 kernels (forced, same Xeon) float32 m = 5 24 -> 36,
+ *   m = 8 34 -> 55, m = 16 52 -> 82, float64 m = 8 17 -> 36. 2 threads
+ *   float32 m = 32 175 -> 275 (183), K = N = 4096 m = 32 170 -> 299 (185).
+ *   The clock of this guest moved by 10-20% over the session: each figure
+ *   pairs runs of the same minutes.
  */
 #define NDL_SWAP_CHUNK ((size_t)1 << 20)
 

@@ -40,7 +40,8 @@
  *   a batch of 64). The fused multiply-add is explicit everywhere
  *   (intrinsics, __builtin_fma, NDL_MADD), never left to the compiler's
  *   contraction, which it may or may not apply. B read by columns (x @ W.T)
- *   is packed too, with the guarantee, except for matrix-vector products
+ *   is packed too, or computed as (W @ x.T).T (a product commutes: Note [x
+ *   @ W.T by W @ x.T] in cpu_matmul.c), with the guarantee, except for matrix-vector products
  *   (m = 1, or p = 1 with A's rows contiguous): their dot loops sum in 64
  *   bytes of lanes (16 float32, 8 float64) and do not share it; nor, of
  *   course, do two instruction sets.

@@ -32,8 +32,16 @@
  *   is not fused on x86) never calls this.
  *   The chains in flight are rows x lanes of a column group: 2 x 8 for
  *   m = 2 (4 cycles a FMA), ~25 GB/s of W on Zen 3 at most, more than one
- *   core reads from memory. More rows of A (m >= 3) were slower than the
- *   packed kernels (cpu_matmul.c keeps this to m <= 2). On an AVX-512 CPU
+ *   core reads from memory. Each transposed group serves up to BT_ROWS = 4
+ *   rows of A (the accumulators and the 8 transposed vectors fit the 16
+ *   registers); it served 2, and m = 3, 4 transposed each group twice and
+ *   lost to the packed kernels. Xeon (Emerald Rapids), 1 thread, K = N =
+ *   1024, GFLOP/s, packed -> here: float32 m = 3 15 -> 30, m = 4 21 -> 36-40
+ *   (PyTorch 43-47 and 29-32); float64 m = 3 8 -> 19-22, m = 4 11 -> 19-22; the same
+ *   with the AVX2 kernels forced; K = N = 4096 float32 m = 4 25 -> 35-42
+ *   (31). From m = 5 the driver computes W @ x.T instead (Note [x @ W.T by
+ *   W @ x.T] in cpu_matmul.c), faster there (float32 m = 5: 25 GFLOP/s
+ *   transposing W here, 33-37 that way). On an AVX-512 CPU
  *   the same AVX2 code runs (every AVX-512 CPU has AVX2 and FMA), with the
  *   KC of the AVX-512 configuration, so the bits are those of its kernels.
  *
@@ -59,7 +67,7 @@
 #endif
 
 /* W x W elements of W at column kk of the block, group g: transposed, then
- * the multiply-adds of rows a0 (and a1) */
+ * the multiply-adds of rows 0..R-1 of A (at a0 + r rsa) */
 #define BT_TILE(T, W, VEC, LOAD, TRANSPOSE, FMA, BCAST, kk)                                   \
     do {                                                                                       \
         const int64_t k_ = (kk);                                                               \
@@ -67,23 +75,21 @@
         for (int i = 0; i < W; i++)                                                            \
             t[i] = LOAD(w + (g * W + i) * csb + k_);                                           \
         TRANSPOSE(t); /* t[u] = W[j + g*W .. + W][k_ + u] */                                   \
-        for (int u = 0; u < W; u++) {                                                          \
-            acc[0][g] = FMA(BCAST(a0 + (k_ + u) * csa), t[u], acc[0][g]);                      \
-            if (R == 2)                                                                        \
-                acc[1][g] = FMA(BCAST(a1 + (k_ + u) * csa), t[u], acc[1][g]);                  \
-        }                                                                                      \
+        for (int u = 0; u < W; u++)                                                            \
+            for (int r = 0; r < R; r++)                                                        \
+                acc[r][g] = FMA(BCAST(a0 + r * rsa + (k_ + u) * csa), t[u], acc[r][g]);        \
     } while (0)
 
-/* One body for both types: rows a0 (and a1 when R == 2) of A, columns
- * [j, j + G*W) of C, the k block [k0, k0 + kb); first: C = the chains,
- * else C += them. G and R are constants at every call (always_inline),
- * so the accumulator arrays live in registers. */
+/* One body for both types: rows 0..R-1 of A from a0 (row stride rsa),
+ * columns [j, j + G*W) of C from c0 (row stride ldc), the k block [k0, k0
+ * + kb); first: C = the chains, else C += them. G and R are constants at
+ * every call (always_inline), so the accumulator arrays live in registers. */
 #define DEFINE_BT_BLOCK(T, SFX, W, VEC, LOAD, TRANSPOSE, FMA, BCAST, ZERO, STORE, SFMA)        \
     static inline __attribute__((always_inline)) TARGET void bt_block_##SFX(                 \
-        int R, int G, int64_t kb, const T *a0, const T *a1, int64_t csa, const T *w,           \
-        int64_t csb, T *c0, T *c1, int first)                                                  \
+        int R, int G, int64_t kb, const T *a0, int64_t rsa, int64_t csa, const T *w,           \
+        int64_t csb, T *c0, int64_t ldc, int first)                                            \
     {                                                                                          \
-        VEC acc[2][2];                                                                         \
+        VEC acc[BT_ROWS][2];                                                                   \
         for (int r = 0; r < R; r++)                                                            \
             for (int g = 0; g < G; g++)                                                        \
                 acc[r][g] = ZERO();                                                            \
@@ -100,16 +106,16 @@
         for (; k + W <= kb; k += W)                                                            \
             for (int g = 0; g < G; g++)                                                        \
                 BT_TILE(T, W, VEC, LOAD, TRANSPOSE, FMA, BCAST, k);                            \
-        T s[2][2 * W];                                                                         \
+        T s[BT_ROWS][2 * W];                                                                   \
         for (int r = 0; r < R; r++)                                                            \
             for (int g = 0; g < G; g++)                                                        \
                 STORE(s[r] + g * W, acc[r][g]);                                                \
         for (; k < kb; k++) /* the chains go on, element by element */                         \
             for (int r = 0; r < R; r++)                                                        \
                 for (int x = 0; x < G * W; x++)                                                \
-                    s[r][x] = SFMA((r ? a1 : a0)[k * csa], w[x * csb + k], s[r][x]);           \
+                    s[r][x] = SFMA(a0[r * rsa + k * csa], w[x * csb + k], s[r][x]);            \
         for (int r = 0; r < R; r++) {                                                          \
-            T *cr = r ? c1 : c0;                                                               \
+            T *cr = c0 + r * ldc;                                                              \
             for (int x = 0; x < G * W; x++)                                                    \
                 cr[x] = first ? s[r][x] : cr[x] + s[r][x];                                     \
         }                                                                                      \
@@ -127,32 +133,39 @@
             for (int64_t k0 = 0; k0 < n; k0 += kc) {                                           \
                 int64_t kb = n - k0 < kc ? n - k0 : kc;                                        \
                 const T *w = b + j * csb + k0;                                                 \
-                for (int64_t r = 0; r < m; r += 2) {                                           \
-                    const T *a0 = a + r * rsa + k0 * csa, *a1 = a0 + rsa;                      \
-                    T *c0 = c + r * ldc + j, *c1 = c0 + ldc;                                   \
-                    int two = r + 1 < m;                                                       \
-                    if (G == 2 && two)                                                         \
-                        bt_block_##SFX(2, 2, kb, a0, a1, csa, w, csb, c0, c1, k0 == 0);        \
-                    else if (G == 2)                                                           \
-                        bt_block_##SFX(1, 2, kb, a0, a0, csa, w, csb, c0, c0, k0 == 0);        \
-                    else if (G == 1 && two)                                                    \
-                        bt_block_##SFX(2, 1, kb, a0, a1, csa, w, csb, c0, c1, k0 == 0);        \
-                    else if (G == 1)                                                           \
-                        bt_block_##SFX(1, 1, kb, a0, a0, csa, w, csb, c0, c0, k0 == 0);        \
-                    else /* one column */                                                      \
-                        for (int64_t rr = r; rr < r + 1 + two; rr++) {                         \
-                            const T *ar = a + rr * rsa + k0 * csa;                             \
+                for (int64_t r = 0; r < m; r += BT_ROWS) {                                     \
+                    const T *a0 = a + r * rsa + k0 * csa;                                      \
+                    T *c0 = c + r * ldc + j;                                                   \
+                    int R = m - r < BT_ROWS ? (int)(m - r) : BT_ROWS;                          \
+                    if (G == 0) { /* one column */                                             \
+                        for (int rr = 0; rr < R; rr++) {                                       \
+                            const T *ar = a0 + rr * rsa;                                       \
                             T sum = 0;                                                         \
                             for (int64_t k = 0; k < kb; k++)                                   \
                                 sum = SFMA(ar[k * csa], w[k], sum);                            \
-                            T *cr = c + rr * ldc + j;                                          \
-                            *cr = k0 == 0 ? sum : *cr + sum;                                   \
+                            c0[rr * ldc] = k0 == 0 ? sum : c0[rr * ldc] + sum;                 \
                         }                                                                      \
+                        continue;                                                              \
+                    }                                                                          \
+                    /* constant R and G for each call */                                      \
+                    switch (R * 2 + G - 1) {                                                   \
+                    BT_CASES(SFX)                                                              \
+                    }                                                                          \
                 }                                                                              \
             }                                                                                  \
             j += G ? G * W : 1;                                                                \
         }                                                                                      \
     }
+
+/* rows of A per pass over W (each group of W transposed once for them) */
+#define BT_ROWS 4
+#define BT_CASE(SFX, R, G)                                                                     \
+    case R * 2 + G - 1:                                                                        \
+        bt_block_##SFX(R, G, kb, a0, rsa, csa, w, csb, c0, ldc, k0 == 0);                      \
+        break;
+#define BT_CASES(SFX)                                                                          \
+    BT_CASE(SFX, 1, 1) BT_CASE(SFX, 1, 2) BT_CASE(SFX, 2, 1) BT_CASE(SFX, 2, 2)                \
+    BT_CASE(SFX, 3, 1) BT_CASE(SFX, 3, 2) BT_CASE(SFX, 4, 1) BT_CASE(SFX, 4, 2)
 
 DEFINE_BT_BLOCK(float, f32, 8, __m256, _mm256_loadu_ps, transpose8_ps, _mm256_fmadd_ps,
                 _mm256_broadcast_ss, _mm256_setzero_ps, _mm256_storeu_ps, __builtin_fmaf)

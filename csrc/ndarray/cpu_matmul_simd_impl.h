@@ -89,6 +89,12 @@ _Static_assert(UK_MID == UK_MID_ROWS_H, "UK_MID_ROWS is not cpu_matmul.h's NDL_<
         c##r##_0 = MM(fmadd)(ar, b0, c##r##_0);                                    \
         c##r##_1 = MM(fmadd)(ar, b1, c##r##_1);                                    \
     }
+/* the first vector only: a tile of at most VW columns (Note [Narrow tiles]) */
+#define STEP1(r)                                                                   \
+    {                                                                              \
+        V ar = BCAST(a##r + off);                                                  \
+        c##r##_0 = MM(fmadd)(ar, b0, c##r##_0);                                    \
+    }
 #define STORE(r)                                                                   \
     if (first) {                                                                   \
         MM(storeu)(c + r * ldc, c##r##_0);                                         \
@@ -168,14 +174,18 @@ _Static_assert(UK_MID == UK_MID_ROWS_H, "UK_MID_ROWS is not cpu_matmul.h's NDL_<
     }                                                                              \
     STORE_MASKED(UK_ROWS)
 /* the k steps up to END of the general kernel: A through one pointer per
- * row, off = k acs */
-#define K_STEPS(ROWS, END)                                                         \
+ * row, off = k acs; the step S of each row (STEP, or STEP1 for a narrow
+ * tile, whose second vector of B is then never loaded) */
+#define K_STEPS_(ROWS, END, S)                                                     \
     for (; k < (END); k++) {                                                       \
         V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);                               \
-        ROWS(STEP)                                                                 \
+        (void)b1;                                                                  \
+        ROWS(S)                                                                    \
         off += acs;                                                                \
         b += UK_NR;                                                                \
     }
+#define K_STEPS(ROWS, END) K_STEPS_(ROWS, END, STEP)
+#define K_STEPS1(ROWS, END) K_STEPS_(ROWS, END, STEP1)
 /* STEPS(ROWS, END) from k up to kc, with C brought into L1 UK_C_LEAD steps
  * before the end (Note [Fetching C late]) */
 #define C_LATE(STEPS, ROWS)                                                        \
@@ -189,6 +199,21 @@ _Static_assert(UK_MID == UK_MID_ROWS_H, "UK_MID_ROWS is not cpu_matmul.h's NDL_<
         int64_t k = 0;                                                             \
         C_LATE(K_STEPS, ROWS)                                                      \
     }
+#define K_LOOP1(ROWS)                                                              \
+    {                                                                              \
+        int64_t k = 0;                                                             \
+        C_LATE(K_STEPS1, ROWS)                                                     \
+    }
+
+/* Note [Narrow tiles]
+ *   A tile of at most VW columns (the last columns of a product, or all of
+ *   them: p <= VW) needs only the first vector of each row: the kernels run
+ *   loops with one FMA per row and k step instead of two (the loads of the
+ *   second vector go with them), and store the first vector only. Half the
+ *   FMAs, the same ones for each element kept (the bits do not change),
+ *   as the half tiles do for rows (Note [Half tiles]). The narrow tiles
+ *   that matter: x @ W.T computed as W @ x.T (Note [x @ W.T by W @ x.T]
+ *   in cpu_matmul.c) has m columns, at most VW for few rows. */
 
 UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, const void *b_,
                          void *c_, int64_t ldc, int mr, int nr, int first)
@@ -198,6 +223,10 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
     UK_ROWS(DECL)
     UK_ROWS(APTR)
     int64_t off = 0; /* k * acs */
+    if (nr <= VW) { /* Note [Narrow tiles] */
+        TILE_BODY(K_LOOP1)
+        return;
+    }
     TILE_BODY(K_LOOP)
 }
 
@@ -237,40 +266,51 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
         c##r##_0 = MM(fmadd)(ar, b0, c##r##_0);                                    \
         c##r##_1 = MM(fmadd)(ar, b1, c##r##_1);                                    \
     }
-/* k step u of the unrolled group: A at a + u MR, B at b + u NR */
-#define PK(u, ROWS)                                                                \
+#define PSTEP1(r) /* Note [Narrow tiles] */                                        \
+    {                                                                              \
+        V ar = BCAST(au + r);                                                      \
+        c##r##_0 = MM(fmadd)(ar, b0, c##r##_0);                                    \
+    }
+/* k step u of the unrolled group: A at a + u MR, B at b + u NR; S is
+ * each row's step (PSTEP, or PSTEP1 for a narrow tile) */
+#define PK(u, ROWS, S)                                                             \
     {                                                                              \
         const T *au = a + (u) * UK_MR;                                             \
         V b0 = MM(loadu)(b + (u) * UK_NR), b1 = MM(loadu)(b + (u) * UK_NR + VW);   \
-        ROWS(PSTEP)                                                                \
+        (void)b1;                                                                  \
+        ROWS(S)                                                                    \
     }
 #if UK_KU == 4
-#define PK_GROUP(ROWS) PK(0, ROWS) PK(1, ROWS) PK(2, ROWS) PK(3, ROWS)
+#define PK_GROUP(ROWS, S) PK(0, ROWS, S) PK(1, ROWS, S) PK(2, ROWS, S) PK(3, ROWS, S)
 #elif UK_KU == 2
-#define PK_GROUP(ROWS) PK(0, ROWS) PK(1, ROWS)
+#define PK_GROUP(ROWS, S) PK(0, ROWS, S) PK(1, ROWS, S)
 #elif UK_KU == 1
-#define PK_GROUP(ROWS) PK(0, ROWS)
+#define PK_GROUP(ROWS, S) PK(0, ROWS, S)
 #else
 #error "UK_KU must be 1, 2 or 4"
 #endif
 /* the unrolled groups up to END */
-#define PK_GROUPS(ROWS, END)                                                       \
+#define PK_GROUPS_(ROWS, END, S)                                                   \
     for (; k + UK_KU <= (END); k += UK_KU) {                                       \
-        PK_GROUP(ROWS)                                                             \
+        PK_GROUP(ROWS, S)                                                          \
         a += UK_KU * UK_MR;                                                        \
         b += UK_KU * UK_NR;                                                        \
     }
+#define PK_GROUPS(ROWS, END) PK_GROUPS_(ROWS, END, PSTEP)
+#define PK_GROUPS1(ROWS, END) PK_GROUPS_(ROWS, END, PSTEP1)
 /* the groups (C into L1 as in K_LOOP), then the kc % UK_KU steps left */
-#define PK_LOOP(ROWS)                                                              \
+#define PK_LOOP_(ROWS, GROUPS, S)                                                  \
     {                                                                              \
         int64_t k = 0;                                                             \
-        C_LATE(PK_GROUPS, ROWS)                                                    \
+        C_LATE(GROUPS, ROWS)                                                       \
         for (; UK_KU > 1 && k < kc; k++) {                                         \
-            PK(0, ROWS)                                                            \
+            PK(0, ROWS, S)                                                         \
             a += UK_MR;                                                            \
             b += UK_NR;                                                            \
         }                                                                          \
     }
+#define PK_LOOP(ROWS) PK_LOOP_(ROWS, PK_GROUPS, PSTEP)
+#define PK_LOOP1(ROWS) PK_LOOP_(ROWS, PK_GROUPS1, PSTEP1)
 
 UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t acs,
                                 const void *b_, void *c_, int64_t ldc, int mr, int nr, int first)
@@ -280,6 +320,10 @@ UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t
     const T *a = a_, *b = b_;
     T *c = c_;
     UK_ROWS(DECL)
+    if (nr <= VW) { /* Note [Narrow tiles] */
+        TILE_BODY(PK_LOOP1)
+        return;
+    }
     TILE_BODY(PK_LOOP)
 }
 
@@ -390,10 +434,17 @@ UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_
 #undef STORE_B
 #undef PREFETCH_B
 #undef UK_B_LEAD
+#undef PK_LOOP1
 #undef PK_LOOP
+#undef PK_LOOP_
+#undef PK_GROUPS1
 #undef PK_GROUPS
+#undef PK_GROUPS_
+#undef K_LOOP1
 #undef K_LOOP
+#undef K_STEPS1
 #undef K_STEPS
+#undef K_STEPS_
 #undef C_LATE
 #undef UK_C_START
 #undef TILE_BODY
@@ -401,9 +452,11 @@ UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_
 #undef PREFETCH_C
 #undef PK_GROUP
 #undef PK
+#undef PSTEP1
 #undef PSTEP
 #undef STORE_PARTIAL
 #undef STORE
+#undef STEP1
 #undef STEP
 #undef DECL
 #undef APTR
