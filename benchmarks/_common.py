@@ -29,9 +29,10 @@ def use_repo() -> None:
     sys.path[:0] = [ROOT, os.path.join(ROOT, "apps")]
 
 
-def best_time(fn: Callable[[], object], repeats: int, number: Optional[int] = None,
-              min_time: float = 0.0, settle: float = 0.0) -> float:
-    """Best seconds per call of fn() over `repeats` runs of `number` calls.
+def repeat_times(fn: Callable[[], object], repeats: int, number: Optional[int] = None,
+                 min_time: float = 0.0, settle: float = 0.0) -> list[float]:
+    """Seconds per call of fn(), one figure for each of `repeats` runs of
+    `number` calls.
 
     number None: one warm-up call, then as many calls as take about min_time."""
     if settle:
@@ -41,13 +42,19 @@ def best_time(fn: Callable[[], object], repeats: int, number: Optional[int] = No
         t0 = time.perf_counter()
         fn()
         number = max(1, int(min_time / max(time.perf_counter() - t0, 1e-7)))
-    best = float("inf")
+    out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(number):
             fn()
-        best = min(best, (time.perf_counter() - t0) / number)
-    return best
+        out.append((time.perf_counter() - t0) / number)
+    return out
+
+
+def best_time(fn: Callable[[], object], repeats: int, number: Optional[int] = None,
+              min_time: float = 0.0, settle: float = 0.0) -> float:
+    """Best seconds per call of fn() over `repeats` runs of `number` calls."""
+    return min(repeat_times(fn, repeats, number, min_time, settle))
 
 
 def rss_mb() -> float:

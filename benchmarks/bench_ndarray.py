@@ -6,9 +6,11 @@
 (a) matmul in GFLOP/s (2 m k n flops), float32 and float64:
     square n x n @ n x n, n = 64 .. 4096 (2048 with --quick);
     skinny m x K @ K x N, m = 1 .. 64 (each side of the path limits: the axpy
-    loops up to m = 8, or 16 on AVX-512, one A block of few rows beyond),
+    loops up to m = 8, 2 for AVX-512 float32, one A block of few rows beyond),
     K = N = 1024 and 4096;
-    transposed operands read in place: x @ W.T (skinny and square), A.T @ B;
+    transposed operands read in place: x @ W.T (skinny, K = N = 4096 and 1024,
+    each side of W transposed in registers, m <= 4, and W @ x.T; square),
+    A.T @ B;
     matrix @ vector, n x n @ n x 1, n = 512 (256, 512, 2048 without --quick).
 (b) elementwise add and exp on 16M float32 values, GB/s (bytes read + written).
 (c) sum over each axis of a 4096 x 4096 float32 array, GB/s.
@@ -20,6 +22,11 @@ OPENBLAS_NUM_THREADS, torch.set_num_threads); the children are run in
 interleaved rounds (needle, numpy, torch, needle, ...) and each figure is the
 best of its rounds, itself the best of several timed repeats after a warm-up,
 so that a burst of load from elsewhere does not land on one library only.
+Matmul also gets the median of all those repeats, and its ratio to
+PyTorch's median (column "med/torch"): on a guest whose clock wanders, one
+library's best can be a lucky burst (PyTorch's 1024^3 best ran 15-20% above
+its median on a Xeon guest, needle's 3-5%), and the medians compare the
+typical call.
 Every needle result is checked against a float64 NumPy product first.
 
 OpenBLAS: each child is started without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE
@@ -39,7 +46,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import best_time, cpu_model, run_child as run_json, write_json  # noqa: E402
+from _common import (best_time, cpu_model, repeat_times, run_child as run_json,  # noqa: E402
+                     write_json)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBS = ("needle", "numpy", "torch")
@@ -64,6 +72,10 @@ def matmul_cases(quick: bool) -> list[dict]:
                 cases.append(dict(name=f"m={m} K=N={kn}", m=m, k=kn, n=kn, layout="nn", dtype=dt))
         for m in ((2, 8, 64) if quick else (1, 2, 4, 8, 16, 64)):
             cases.append(dict(name=f"m={m} @ W.T 4096", m=m, k=4096, n=4096, layout="nt",
+                              dtype=dt))
+        # each side of the W.T paths: registers up to m = 4, W @ x.T from 5
+        for m in ((4, 5, 32) if quick else (3, 4, 5, 12, 32, 64, 128)):
+            cases.append(dict(name=f"m={m} @ W.T 1024", m=m, k=1024, n=1024, layout="nt",
                               dtype=dt))
         for s in ((512,) if quick else (256, 512, 2048)):  # matrix @ vector (p = 1)
             cases.append(dict(name=f"A @ v {s}", m=s, k=s, n=1, layout="nn", dtype=dt))
@@ -118,7 +130,7 @@ def child(lib: str, threads: int, quick: bool) -> dict:
     def view(x, layout_t):
         return t(x) if layout_t else x
 
-    results = {}
+    results, flops, all_times = {}, {}, {}
     for case in matmul_cases(quick):
         a, b = operands(case, np)
         x, y = view(wrap(a), case["layout"] == "tn"), view(wrap(b), case["layout"] == "nt")
@@ -132,9 +144,11 @@ def child(lib: str, threads: int, quick: bool) -> dict:
             if not err <= (1e-4 if case["dtype"] == "float32" else 1e-10):
                 raise SystemExit(f"{case['name']} {case['dtype']}: needle differs from NumPy "
                                  f"(max error {err:.2e} of max |value|)")
-        secs = best_time(fn, repeats, min_time=min_time, settle=settle)
+        times = repeat_times(fn, repeats, min_time=min_time, settle=settle)
         key = f"matmul|{case['name']}|{case['dtype']}"
-        results[key] = 2.0 * case["m"] * case["k"] * case["n"] / secs / 1e9
+        results[key] = 2.0 * case["m"] * case["k"] * case["n"] / min(times) / 1e9
+        flops[key] = 2.0 * case["m"] * case["k"] * case["n"]
+        all_times[key] = times
 
     rng = np.random.default_rng(1)
     a = rng.standard_normal(EWISE_N, dtype=np.float32)
@@ -151,6 +165,7 @@ def child(lib: str, threads: int, quick: bool) -> dict:
             4 * (REDUCE_N * REDUCE_N + REDUCE_N) / 1e9
             / best_time(lambda: total(x, axis), repeats, min_time=min_time, settle=settle))
     info["results"] = results
+    info["flops"], info["times"] = flops, all_times  # matmul: every repeat's seconds a call
     return info
 
 
@@ -165,19 +180,28 @@ def run_child(lib: str, threads: int, quick: bool) -> dict:
     return run_json(argv, env, f"{lib} child ({threads} threads)")
 
 
-def print_tables(threads: int, best: dict[str, dict[str, float]]) -> None:
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return 0.5 * (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2])
+
+
+def print_tables(threads: int, best: dict[str, dict[str, float]],
+                 med: dict[str, dict[str, float]]) -> None:
     sections = {"matmul": "GFLOP/s", "ewise": "GB/s, read + written",
                 "reduce": "GB/s, read + written"}
     for section, unit in sections.items():
         keys = [k for k in best["needle"] if k.startswith(section + "|")]
         print(f"\n{section}, {threads} thread(s) ({unit})")
         print(f"  {'case':<26} {'dtype':<8} {'needle':>8} {'numpy':>8} {'torch':>8}"
-              f"   {'/numpy':>6} {'/torch':>6}")
+              f"   {'/numpy':>6} {'/torch':>6}" + ("  med/torch" if section == "matmul" else ""))
         for k in keys:
             _, name, dt = k.split("|")
             ours, theirs, tv = (best[lib][k] for lib in LIBS)
-            print(f"  {name:<26} {dt:<8} {ours:8.1f} {theirs:8.1f} {tv:8.1f}"
-                  f"   {ours / theirs:6.2f} {ours / tv:6.2f}")
+            line = (f"  {name:<26} {dt:<8} {ours:8.1f} {theirs:8.1f} {tv:8.1f}"
+                    f"   {ours / theirs:6.2f} {ours / tv:6.2f}")
+            if k in med["needle"]:
+                line += f"  {med['needle'][k] / med['torch'][k]:9.2f}"
+            print(line)
 
 
 def parent(args) -> None:
@@ -191,6 +215,7 @@ def parent(args) -> None:
     print(f"  cpu: {report['cpu']}; load average {os.getloadavg()[0]:.1f} at the start")
     for threads in thread_counts:
         best: dict[str, dict[str, float]] = {}
+        times: dict[str, dict[str, list[float]]] = {lib: {} for lib in LIBS}
         infos: dict[str, dict] = {}
         for _ in range(rounds):
             for lib in LIBS:
@@ -199,6 +224,11 @@ def parent(args) -> None:
                 prev = best.setdefault(lib, {})
                 for k, v in info["results"].items():
                     prev[k] = max(prev.get(k, 0.0), v)
+                for k, ts in info["times"].items():
+                    times[lib].setdefault(k, []).extend(ts)
+        # GFLOP/s of the median repeat over all rounds
+        med = {lib: {k: infos[lib]["flops"][k] / median(ts) / 1e9 for k, ts in times[lib].items()}
+               for lib in LIBS}
         if threads == thread_counts[0]:
             cfg = infos["needle"]["config"]
             print(f"  numpy: {infos['numpy']['blas']}")
@@ -213,11 +243,14 @@ def parent(args) -> None:
             report["needle_config"] = cfg
             report["numpy_blas"] = infos["numpy"]["blas"]
             report["torch"] = infos["torch"]["torch"]
-        print_tables(threads, best)
+        print_tables(threads, best, med)
         for k in best["needle"]:
             section, name, dt = k.split("|")
-            report["runs"].append(dict(section=section, case=name, dtype=dt, threads=threads,
-                                       **{lib: best[lib][k] for lib in LIBS}))
+            run = dict(section=section, case=name, dtype=dt, threads=threads,
+                       **{lib: best[lib][k] for lib in LIBS})
+            if k in med["needle"]:
+                run["median"] = {lib: med[lib][k] for lib in LIBS}
+            report["runs"].append(run)
     if args.json:
         write_json(args.json, "bench_ndarray", report)
 
