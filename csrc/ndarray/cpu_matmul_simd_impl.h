@@ -175,7 +175,7 @@ _Static_assert(UK_MID == UK_MID_ROWS_H, "UK_MID_ROWS is not cpu_matmul.h's NDL_<
     STORE_MASKED(UK_ROWS)
 /* the k steps up to END of the general kernel: A through one pointer per
  * row, off = k acs; the step S of each row (STEP, or STEP1 for a narrow
- * tile, whose second vector of B is then never loaded) */
+ * tile: b1 is then unused, and the compiler drops its load) */
 #define K_STEPS_(ROWS, END, S)                                                     \
     for (; k < (END); k++) {                                                       \
         V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);                               \
@@ -272,7 +272,8 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
         c##r##_0 = MM(fmadd)(ar, b0, c##r##_0);                                    \
     }
 /* k step u of the unrolled group: A at a + u MR, B at b + u NR; S is
- * each row's step (PSTEP, or PSTEP1 for a narrow tile) */
+ * each row's step (PSTEP, or PSTEP1 for a narrow tile: b1 unused, its load
+ * dropped) */
 #define PK(u, ROWS, S)                                                             \
     {                                                                              \
         const T *au = a + (u) * UK_MR;                                             \
