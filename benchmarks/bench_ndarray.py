@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -130,7 +131,7 @@ def child(lib: str, threads: int, quick: bool) -> dict:
     def view(x, layout_t):
         return t(x) if layout_t else x
 
-    results, flops, all_times = {}, {}, {}
+    results, repeats_gflops = {}, {}
     for case in matmul_cases(quick):
         a, b = operands(case, np)
         x, y = view(wrap(a), case["layout"] == "tn"), view(wrap(b), case["layout"] == "nt")
@@ -146,9 +147,8 @@ def child(lib: str, threads: int, quick: bool) -> dict:
                                  f"(max error {err:.2e} of max |value|)")
         times = repeat_times(fn, repeats, min_time=min_time, settle=settle)
         key = f"matmul|{case['name']}|{case['dtype']}"
-        results[key] = 2.0 * case["m"] * case["k"] * case["n"] / min(times) / 1e9
-        flops[key] = 2.0 * case["m"] * case["k"] * case["n"]
-        all_times[key] = times
+        repeats_gflops[key] = [2.0 * case["m"] * case["k"] * case["n"] / t / 1e9 for t in times]
+        results[key] = max(repeats_gflops[key])
 
     rng = np.random.default_rng(1)
     a = rng.standard_normal(EWISE_N, dtype=np.float32)
@@ -165,7 +165,7 @@ def child(lib: str, threads: int, quick: bool) -> dict:
             4 * (REDUCE_N * REDUCE_N + REDUCE_N) / 1e9
             / best_time(lambda: total(x, axis), repeats, min_time=min_time, settle=settle))
     info["results"] = results
-    info["flops"], info["times"] = flops, all_times  # matmul: every repeat's seconds a call
+    info["repeats"] = repeats_gflops  # matmul: every repeat's GFLOP/s
     return info
 
 
@@ -178,11 +178,6 @@ def run_child(lib: str, threads: int, quick: bool) -> dict:
                MKL_NUM_THREADS=t, PYTHONPATH=ROOT)
     argv = [os.path.abspath(__file__), "--child", lib, "--threads", t] + ["--quick"] * quick
     return run_json(argv, env, f"{lib} child ({threads} threads)")
-
-
-def median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return 0.5 * (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2])
 
 
 def print_tables(threads: int, best: dict[str, dict[str, float]],
@@ -215,7 +210,7 @@ def parent(args) -> None:
     print(f"  cpu: {report['cpu']}; load average {os.getloadavg()[0]:.1f} at the start")
     for threads in thread_counts:
         best: dict[str, dict[str, float]] = {}
-        times: dict[str, dict[str, list[float]]] = {lib: {} for lib in LIBS}
+        repeats: dict[str, dict[str, list[float]]] = {lib: {} for lib in LIBS}
         infos: dict[str, dict] = {}
         for _ in range(rounds):
             for lib in LIBS:
@@ -224,10 +219,10 @@ def parent(args) -> None:
                 prev = best.setdefault(lib, {})
                 for k, v in info["results"].items():
                     prev[k] = max(prev.get(k, 0.0), v)
-                for k, ts in info["times"].items():
-                    times[lib].setdefault(k, []).extend(ts)
-        # GFLOP/s of the median repeat over all rounds
-        med = {lib: {k: infos[lib]["flops"][k] / median(ts) / 1e9 for k, ts in times[lib].items()}
+                for k, rates in info["repeats"].items():
+                    repeats[lib].setdefault(k, []).extend(rates)
+        # the median repeat over all rounds
+        med = {lib: {k: statistics.median(rates) for k, rates in repeats[lib].items()}
                for lib in LIBS}
         if threads == thread_counts[0]:
             cfg = infos["needle"]["config"]

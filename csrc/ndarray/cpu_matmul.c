@@ -75,7 +75,6 @@ typedef struct {
     int small_m;         /* axpy loops up to this m (Note [Axpy rows per tile]) */
     int mid_rows;        /* middle partial tile (Note [Balanced last tiles]); 0: none */
     ndl_ukernel_fill kernel_fill; /* Note [Packing B in the kernel]; NULL: none */
-    int swap_m;          /* x @ W.T as (W @ x.T).T from this m (Note [x @ W.T by W @ x.T]); 0: never */
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -99,24 +98,24 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
                          ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32, ndl_pack_bt_f32, 0,
                          ndl_small_bt_f32, ndl_ukernel_avx2_f32_packed,
                          .small_m = 8, .mid_rows = NDL_AVX2_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx2_f32_fill, .swap_m = 5},
+                         .kernel_fill = ndl_ukernel_avx2_f32_fill},
         [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0,
                          ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64, 0,
                          ndl_small_bt_f64, ndl_ukernel_avx2_f64_packed,
                          .small_m = 8, .mid_rows = NDL_AVX2_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx2_f64_fill, .swap_m = 5},
+                         .kernel_fill = ndl_ukernel_avx2_f64_fill},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
                          0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32,
                          ndl_pack_bt_f32, 0, ndl_small_bt_f32, ndl_ukernel_avx512_f32_packed,
                          .small_m = 2, .mid_rows = NDL_AVX512_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx512_f32_fill, .swap_m = 5},
+                         .kernel_fill = ndl_ukernel_avx512_f32_fill},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
                          0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64,
                          ndl_pack_bt_f64, 0, ndl_small_bt_f64, ndl_ukernel_avx512_f64_packed,
                          .small_m = 8, .mid_rows = NDL_AVX512_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx512_f64_fill, .swap_m = 5},
+                         .kernel_fill = ndl_ukernel_avx512_f64_fill},
     },
 };
 
@@ -315,6 +314,12 @@ const char *ndl_cpu_matmul_kernel_name(void)
     return get_config(NDL_FLOAT32)->name;
 }
 
+/* B = W.T (columns contiguous) with at most this many rows: W transposed in
+ * registers (Note [Transposing W in registers], cpu_matmul_bt_avx2.c), each
+ * group of W once for all of them (BT_ROWS there); from one more row, C.T = W @ x.T
+ * (Note [x @ W.T by W @ x.T]) */
+#define NDL_SMALL_BT_M 4
+
 int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[7])
 {
     if ((unsigned)dt >= NDL_NUM_DTYPES)
@@ -326,7 +331,7 @@ int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[7])
     out[3] = cfg->kc;
     out[4] = cfg->nc;
     out[5] = cfg->small_m;
-    out[6] = cfg->swap_m;
+    out[6] = cfg->bt ? NDL_SMALL_BT_M + 1 : 0; /* Note [x @ W.T by W @ x.T] */
     return NDL_OK;
 }
 
@@ -936,10 +941,6 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   = 3..8 (m = 4 44-46 -> 29, m = 8 52-53 -> 45-47): 8 there too.
  *   The bits do not change with the limit (Note [One chain per element]).
  */
-/* B = W.T (columns contiguous) with at most this many rows: W transposed in
- * registers (Note [Transposing W in registers], cpu_matmul_bt_avx2.c), each
- * group of W once for all of them (BT_ROWS there) */
-#define NDL_SMALL_BT_M 4
 enum { SMALL_AXPY, SMALL_DOT, SMALL_BT };
 
 typedef struct {
@@ -1062,11 +1063,12 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
  *   transpose. A multiplication commutes, so every C element gets the
  *   chains of Note [One chain per element]: the bits do not change.
  *   It pays where W @ x.T reads W in place (m <= 2 NR, or at most 4 NR
- *   with a row stride that is not a multiple of 1 KiB), from the
- *   configuration's swap_m (5 on AVX2 and AVX-512, both dtypes: m <= 4
- *   transposes W in registers, faster there, and x.T's m columns are then
- *   a narrow tile, one vector of FMAs a row: Note [Narrow tiles] in
- *   cpu_matmul_simd_impl.h) and with K >= 512 (K >= 256 up to m = NR:
+ *   with a row stride that is not a multiple of 1 KiB), from the first m
+ *   that the register transposes leave (NDL_SMALL_BT_M + 1 = 5, AVX2 and
+ *   AVX-512, both dtypes: measured, m = 5 is faster this way and m = 4 by
+ *   the transposes; x.T's m columns are then a narrow tile, one vector of
+ *   FMAs a row: Note [Narrow tiles] in cpu_matmul_simd_impl.h; the generic
+ *   kernels, without the transposes, do neither) and with K >= 512 (K >= 256 up to m = NR:
  *   from there, two panels of x.T, the copy out of scratch and packing
  *   x.T cost more than the transposes they save, float32 m = 64, K = 256,
  *   N = 784 161 -> 143 GFLOP/s). Xeon (Emerald Rapids), 1 thread, GFLOP/s,
@@ -1090,7 +1092,7 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
 static int use_swap(const ndl_gemm_config *cfg, int64_t m, int64_t n, int64_t rsb, int64_t csb,
                     size_t es)
 {
-    return rsb == 1 && csb != 1 && cfg->swap_m && m >= cfg->swap_m && m <= 4 * cfg->nr &&
+    return rsb == 1 && csb != 1 && cfg->bt && m > NDL_SMALL_BT_M && m <= 4 * cfg->nr &&
            n >= 256 && (m <= cfg->nr || n >= 512) && read_a_in_place(csb, rsb, m, cfg->nr, es);
 }
 
