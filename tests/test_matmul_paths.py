@@ -492,3 +492,20 @@ def test_swapped_w_transposed_batched(dtype, threads):
                 assert np.array_equal(got.numpy()[i], alone.numpy()), f"product {i} differs"
     finally:
         nd.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_swapped_w_transposed_wide_c(dtype):
+    # one product whose C.T outgrows NDL_SWAP_CHUNK (1 MiB): W's 8200 rows
+    # go through scratch in chunks of 1 MiB / (m * itemsize) (4096 or 8192
+    # here), the last one narrower; the rows are those of an unswapped product
+    rows = swap_rows(dtype)
+    if rows is None:
+        pytest.skip("the generic kernels do not swap")
+    w = np.random.randn(8200, 600).astype(dtype)
+    wt = nd.array(w, dtype=dtype).permute((1, 0))
+    x = np.random.randn(4 * _C.matmul_config()[dtype]["nr"] + 7, 600).astype(dtype)
+    full = (nd.array(x, dtype=dtype) @ wt).numpy()
+    part = nd.array(x[:32], dtype=dtype) @ wt
+    check(part, x[:32], w.T, dtype)
+    assert np.array_equal(part.numpy(), full[:32])

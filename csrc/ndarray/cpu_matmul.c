@@ -1059,7 +1059,9 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
  *   (Note [Reading A in place]: W's rows contiguous, one broadcast per
  *   element and row, no transpose), while x.T, m x K, is packed once for
  *   all of W's rows; the m x N C.T goes to scratch (chunks of the batch,
- *   NDL_SWAP_CHUNK bytes) and is copied into C by ndl_cpu_copy's tiled
+ *   or of W's rows when one product's C.T is larger: NDL_SWAP_CHUNK bytes,
+ *   so that a wide C, an output layer over a vocabulary, allocates nothing
+ *   per call) and is copied into C by ndl_cpu_copy's tiled
  *   transpose. A multiplication commutes, so every C element gets the
  *   chains of Note [One chain per element]: the bits do not change.
  *   It pays where W @ x.T reads W in place (m <= 2 NR, or at most 4 NR
@@ -1102,24 +1104,35 @@ static int gemm_swapped(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch,
                         int64_t rsb, int64_t csb, void *c)
 {
     const size_t es = ndl_itemsize(dt);
-    const size_t one = (size_t)m * (size_t)p * es; /* one product's C */
-    int64_t per = one >= NDL_SWAP_CHUNK ? 1 : (int64_t)(NDL_SWAP_CHUNK / one);
+    /* C's columns per chunk (W's rows), and products per chunk when a whole
+     * product fits: the scratch stays within NDL_SWAP_CHUNK bytes, kept
+     * between calls (Note [Kept scratch]), however wide C is */
+    int64_t cols = (int64_t)(NDL_SWAP_CHUNK / ((size_t)m * es));
+    if (cols > p)
+        cols = p;
+    int64_t per = cols < p ? 1 : (int64_t)(NDL_SWAP_CHUNK / ((size_t)m * (size_t)p * es));
     if (per > batch)
         per = batch;
-    char *ct = ndl_matmul_scratch_get((size_t)per * one);
+    char *ct = ndl_matmul_scratch_get((size_t)per * (size_t)m * (size_t)cols * es);
     if (!ct)
         return NDL_ENOMEM;
     int rc = NDL_OK;
     for (int64_t b0 = 0; b0 < batch && rc == NDL_OK; b0 += per) {
         int64_t nb = batch - b0 < per ? batch - b0 : per;
-        /* C.T (p x m, rows contiguous) = B.T @ A.T */
-        rc = gemm(cfg, dt, nb, p, n, m, b, b_offsets ? b_offsets + b0 : NULL, csb, rsb, a,
-                  a_offsets ? a_offsets + b0 : NULL, csa, rsa, ct);
-        if (rc != NDL_OK)
-            break;
-        ndl_layout ld = {.ndim = 3, .shape = {nb, m, p}, .strides = {m * p, p, 1}, .offset = 0};
-        ndl_layout ls = {.ndim = 3, .shape = {nb, m, p}, .strides = {m * p, 1, m}, .offset = 0};
-        rc = ndl_cpu_copy(dt, (char *)c + (size_t)b0 * one, &ld, dt, ct, &ls);
+        for (int64_t j0 = 0; j0 < p && rc == NDL_OK; j0 += cols) {
+            int64_t nc = p - j0 < cols ? p - j0 : cols;
+            /* C.T's rows j0..j0+nc (nc x m, rows contiguous) = W's rows @ A.T */
+            rc = gemm(cfg, dt, nb, nc, n, m, (const char *)b + j0 * csb * (int64_t)es,
+                      b_offsets ? b_offsets + b0 : NULL, csb, rsb, a,
+                      a_offsets ? a_offsets + b0 : NULL, csa, rsa, ct);
+            if (rc != NDL_OK)
+                break;
+            ndl_layout ld = {.ndim = 3, .shape = {nb, m, nc}, .strides = {m * p, p, 1},
+                             .offset = (b0 * m * p) + j0};
+            ndl_layout ls = {.ndim = 3, .shape = {nb, m, nc}, .strides = {m * nc, 1, m},
+                             .offset = 0};
+            rc = ndl_cpu_copy(dt, c, &ld, dt, ct, &ls);
+        }
     }
     ndl_matmul_scratch_put(ct);
     return rc;
