@@ -78,15 +78,18 @@ def test_kernel_matches_numpy(kernel):
 # (2 sqrt(k) + 2) eps (|A| @ |B|), and prints what the AVX-512 entry points
 # counted meanwhile (cpu_matmul_avx512.c): micro-kernel calls by tile rows,
 # the packed-A kernels', emulated 512-bit FMAs, skinny axpy and dot calls,
-# and the calls of the kernel that packs its B panel (Note [Packing B in the
-# kernel]).
+# the calls of the kernel that packs its B panel (Note [Packing B in the
+# kernel]), and the calls and FMAs of the register transposes of W
+# (cpu_matmul_bt_avx512.c).
 EMU_CHILD = r"""
 import ctypes, json, sys
 import numpy as np
 import needle._C as C, needle.backend_ndarray as nd
 assert nd.matmul_kernel_name() == "avx512", nd.matmul_kernel_name()
 F = 15 + 5  # tiles[0..14], packed, fmas, axpy, dot, filled (ndl_avx512_emu_count)
-raw = (ctypes.c_int64 * (2 * F)).in_dll(ctypes.CDLL(C.__file__), "ndl_avx512_emu_counts")
+lib = ctypes.CDLL(C.__file__)
+raw = (ctypes.c_int64 * (2 * F)).in_dll(lib, "ndl_avx512_emu_counts")
+bt = (ctypes.c_int64 * 4).in_dll(lib, "ndl_avx512_emu_bt_counts")  # [dtype][calls, FMAs]
 rng = np.random.default_rng(0)
 def operand(r, c, dt, kind):
     if kind == "rows":
@@ -103,9 +106,9 @@ for dt, m, k, p, ka, kb in json.loads(sys.argv[1]):
     a, x = operand(m, k, dt, ka)
     b, y = operand(k, p, dt, kb)
     d = 0 if dt == "float32" else 1
-    before = list(raw[d * F:(d + 1) * F])
+    before = list(raw[d * F:(d + 1) * F]) + list(bt[2 * d:2 * d + 2])
     got = (a @ b).numpy()
-    after = list(raw[d * F:(d + 1) * F])
+    after = list(raw[d * F:(d + 1) * F]) + list(bt[2 * d:2 * d + 2])
     x64, y64 = x.astype(np.float64), y.astype(np.float64)
     bound = (2 * np.sqrt(k) + 2) * np.finfo(dt).eps * (np.abs(x64) @ np.abs(y64))
     err = np.abs(got.astype(np.float64) - x64 @ y64)
@@ -113,11 +116,13 @@ for dt, m, k, p, ka, kb in json.loads(sys.argv[1]):
     delta = [q - r for q, r in zip(after, before)]
     out.append({"tiles": {str(r): n for r, n in enumerate(delta[:15]) if n},
                 "packed": delta[15], "fmas": delta[16], "axpy": delta[17], "dot": delta[18],
-                "filled": delta[19]})
+                "filled": delta[19], "bt": delta[20], "bt_fmas": delta[21]})
 print(json.dumps(out))
 """
 NR = {"float32": 32, "float64": 16}  # the AVX-512 tiles: 14 x NR
 KC = 504  # 36 MR (Note [Block sizes]) on any L1d up to 128 KiB; NEEDLE_CACHE_SIZES pins it
+BT_M = {"float32": 8, "float64": 6}  # Note [Transposing W in zmm registers]
+VW = {"float32": 16, "float64": 8}  # W's rows per transposed group: a vector
 
 
 def run_emu(cases, threads=1):
@@ -159,11 +164,12 @@ def expected(m, k, p, nr):
 
 def swapped(m, k, nr, size):
     """Whether x @ W.T (m x k by W's k x p) is computed as (W @ x.T).T
-    (Note [x @ W.T by W @ x.T] in cpu_matmul.c): from 5 rows, W read in
-    place (m <= 2 NR, or 4 NR with W's rows no multiple of 1 KiB apart),
-    K >= 512 (256 up to NR rows)."""
+    (Note [x @ W.T by W @ x.T] in cpu_matmul.c): past the register
+    transposes' rows (BT_M), W read in place (m <= 2 NR, or 4 NR with W's
+    rows no multiple of 1 KiB apart), K >= 512 (256 up to NR rows)."""
     in_place = m <= 2 * nr or (m <= 4 * nr and k * size % 1024 != 0)
-    return 5 <= m and in_place and k >= 256 and (m <= nr or k >= 512)
+    bt_m = BT_M["float32" if size == 4 else "float64"]
+    return bt_m < m and in_place and k >= 256 and (m <= nr or k >= 512)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -199,8 +205,9 @@ def test_emulated_avx512_packed_a_and_skinny_loops(dtype):
     # call is a packed kernel's, with B by rows one per full panel (3) and
     # KC block the one that packs the panel (Note [Packing B in the
     # kernel]); m = 2 with B by rows: the axpy loops;
-    # m = 1 with B = W.T: the dot loops; m = 2 with B = W.T: the AVX2
-    # register transposes that the AVX-512 configuration shares (no count)
+    # m = 1 with B = W.T: the dot loops; m = 2 with B = W.T: W transposed in
+    # zmm registers (Note [Transposing W in zmm registers]), one call and
+    # an FMA per k and row of A for each group of a vector's rows of W
     nr = NR[dtype]
     cases = [[dtype, 30, 100, 3 * nr + 5, "cols", "rows"],
              [dtype, 30, 400, 3 * nr + 5, "wide", "rows"],
@@ -214,7 +221,9 @@ def test_emulated_avx512_packed_a_and_skinny_loops(dtype):
         assert g["packed"] == sum(tiles.values()) and g["filled"] == 3 * -(-k // KC), g
     assert axpy["axpy"] > 0 and axpy["fmas"] == 0 and not axpy["tiles"]
     assert dot["dot"] > 0 and dot["fmas"] == 0 and not dot["tiles"]
-    assert bt["fmas"] == bt["axpy"] == bt["dot"] == 0
+    assert bt["fmas"] == bt["axpy"] == bt["dot"] == 0 and not bt["tiles"]
+    assert (bt["bt"], bt["bt_fmas"]) == (1, -(-300 // VW[dtype]) * 700 * 2), bt
+    assert packed_cols["bt"] == axpy["bt"] == dot["bt"] == 0
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -270,26 +279,30 @@ def test_emulated_avx512_on_two_threads():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_emulated_avx512_swaps_w_t(dtype):
-    # Note [x @ W.T by W @ x.T] (cpu_matmul.c): with B = W.T, m = 3, 4 take
-    # the register transposes (no kernel calls); from m = 5, up to 2 NR rows
+    # Note [x @ W.T by W @ x.T] (cpu_matmul.c): with B = W.T, m <= BT_M take
+    # the register transposes (no kernel calls: one call of theirs, an FMA
+    # per k and row of A for each group of a vector's rows of W: 40 rows,
+    # the last group partial); from BT_M + 1 rows, up to 2 NR rows
     # (4 NR when W's rows are no multiple of 1 KiB apart), the kernels run
     # W @ x.T, W read in place (no packed calls), x.T's m columns a narrow
     # tile up to NR / 2 (Note [Narrow tiles]: one vector a row); K = 300
     # swaps only up to NR rows; m = 2 NR + 1 with K = 1024 (W packed then)
     # and 4 NR + 1 are not swapped
-    nr, mc = NR[dtype], {"float32": 84, "float64": 42}[dtype]
+    nr, mc, bt_m = NR[dtype], {"float32": 84, "float64": 42}[dtype], BT_M[dtype]
     size = np.dtype(dtype).itemsize
     shapes = [(m, k, 40) for m, k in  # W: 40 rows, fewer than MC (no cut last tiles)
-              [(3, 700), (4, 700), (5, 700), (nr // 2, 700), (nr // 2 + 1, 700), (nr, 300),
-               (nr + 1, 300), (2 * nr, 1024), (2 * nr + 1, 1024), (4 * nr, 1000),
+              [(3, 700), (bt_m, 700), (bt_m + 1, 700), (nr // 2, 700), (nr // 2 + 1, 700),
+               (nr, 300), (nr + 1, 300), (2 * nr, 1024), (2 * nr + 1, 1024), (4 * nr, 1000),
                (4 * nr + 1, 1000)]]
     got = run_emu([[dtype, m, k, p, "rows", "cols"] for m, k, p in shapes])
     swaps = [swapped(m, k, nr, size) for m, k, _ in shapes]
     assert swaps == [False, False, True, True, True, True, False, True, False, True, False]
     for (m, k, p), swap, g in zip(shapes, swaps, got):
-        if m <= 4:
+        if m <= bt_m:
             assert not g["tiles"] and g["fmas"] == g["axpy"] == g["dot"] == 0, (m, g)
+            assert (g["bt"], g["bt_fmas"]) == (1, -(-p // VW[dtype]) * k * m), (m, g)
             continue
+        assert g["bt"] == 0, (m, g)
         if not swap and m > mc:  # gemm_block's tiles: 14 rows, no cut last ones
             assert sum(g["tiles"].values()) == -(-m // 14) * -(-p // nr) * -(-k // KC), g
             continue

@@ -335,26 +335,30 @@ def test_w_transposed_in_registers_gets_the_bits_of_the_packed_kernels(k, dtype)
     # Note [Transposing W in registers] (cpu_matmul_bt_avx2.c): m <= 4 with
     # B = W.T transposes 8 rows of W at a time in registers (once for up to
     # 4 rows of A), the last n % 8 columns in narrower groups or one by one,
-    # the k past the last whole cache line element by element; every element
-    # is still the one chain per KC block of the packed kernels, so its rows
-    # are those of a 70-row product (packed), whatever the width; A by rows,
-    # by columns or strided
+    # the k past the last whole cache line element by element; the AVX-512
+    # configuration's (Note [Transposing W in zmm registers]) 16 (float32) or
+    # 8 rows of W for up to 8 rows of A, the last columns by the former;
+    # every element is still the one chain per KC block of the packed
+    # kernels, so its rows are those of a 70-row product (packed), whatever
+    # the width; A by rows, by columns or strided
     # (m = 1 with A's row contiguous takes the dot loops instead, which do
     # not share the chains: test_matrix_vector_columns_get_the_same_bits_alone)
     w = np.random.randn(37, k).astype(dtype)
     wt = nd.array(w, dtype=dtype).permute((1, 0))
+    swap_m = _C.matmul_config()[dtype]["swap_m"]
+    bt_m = swap_m - 1 if swap_m else 4  # the register transposes' last m
     for kind_a in ("rows", "cols", "strided"):
         a, x = operand((70, k), dtype, kind_a)
         full = (a @ wt).numpy()
         check(a @ wt, x, w.T, dtype)
-        for m in (1, 2, 3, 4) if kind_a != "rows" else (2, 3, 4):
-            for n in (37, 17, 8, 3):
+        for m in range(1 if kind_a != "rows" else 2, bt_m + 1):
+            for n in (37, 33, 17, 16, 8, 3):
                 part = (a[:m, :] @ wt[:, :n]).numpy()
                 assert np.array_equal(part, full[:m, :n]), f"m={m} n={n} ({kind_a})"
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("m", [2, 3, 7])
 def test_w_transposed_in_registers_thread_count_independent(m, threads):
     a, x = operand((m, 1500), "float32", "rows")
     b, y = operand((1500, 1001), "float32", "cols")

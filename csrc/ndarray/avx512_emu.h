@@ -1,8 +1,9 @@
 /* avx512_emu.h: the AVX-512F types and intrinsics that the AVX-512 matmul
- * kernels use (cpu_matmul_avx512.c, the body in cpu_matmul_simd_impl.h),
+ * kernels use (cpu_matmul_avx512.c, the body in cpu_matmul_simd_impl.h;
+ * cpu_matmul_bt_avx512.c),
  * written with AVX2+FMA halves, for the NDL_AVX512_EMU test build
  * (`NEEDLE_AVX512_EMU=1 python setup.py build_ext --inplace`, `make
- * avx512-emu`). Included by cpu_matmul_avx512.c only, after <immintrin.h>,
+ * avx512-emu`). Included by those two files only, after <immintrin.h>,
  * and only in that build; callers need target("avx2,fma").
  *
  * Note [AVX-512 without AVX-512]
@@ -172,11 +173,105 @@ NDL_EMU void ndl_emu_mask_storeu_pd(void *p, ndl_emu_mmask8 k, ndl_emu_m512d a)
             d[j] = t[j];
 }
 
+/* castps128_ps512: lanes 0-3 = a; Intel leaves 4-15 undefined, here +0.0 */
+NDL_EMU ndl_emu_m512 ndl_emu_castps128_ps512(__m128 a)
+{
+    return (ndl_emu_m512){_mm256_insertf128_ps(_mm256_setzero_ps(), a, 0), _mm256_setzero_ps()};
+}
+
+/* The shuffles of the register transposes (cpu_matmul_bt_avx512.c), lane by
+ * lane through memory: "lane" below is a 128-bit lane (4 floats, 2
+ * doubles), i indexes elements. */
+#define EMU_LANES_PS(a, x) float x[16]; ndl_emu_storeu_ps(x, a)
+#define EMU_LANES_PD(a, x) double x[8]; ndl_emu_storeu_pd(x, a)
+
+/* insertf32x4(a, b, imm): a with lane imm & 3 replaced by b */
+NDL_EMU ndl_emu_m512 ndl_emu_insertf32x4(ndl_emu_m512 a, __m128 b, int imm)
+{
+    EMU_LANES_PS(a, r);
+    _mm_storeu_ps(r + 4 * (imm & 3), b);
+    return ndl_emu_loadu_ps(r);
+}
+
+/* unpacklo_ps / unpackhi_ps: in each lane, a0 b0 a1 b1 / a2 b2 a3 b3 */
+NDL_EMU ndl_emu_m512 ndl_emu_unpack_ps(ndl_emu_m512 a, ndl_emu_m512 b, int hi)
+{
+    EMU_LANES_PS(a, x);
+    EMU_LANES_PS(b, y);
+    float r[16];
+    for (int l = 0; l < 16; l += 4)
+        for (int i = 0; i < 2; i++) {
+            r[l + 2 * i] = x[l + 2 * hi + i];
+            r[l + 2 * i + 1] = y[l + 2 * hi + i];
+        }
+    return ndl_emu_loadu_ps(r);
+}
+NDL_EMU ndl_emu_m512 ndl_emu_unpacklo_ps(ndl_emu_m512 a, ndl_emu_m512 b)
+{
+    return ndl_emu_unpack_ps(a, b, 0);
+}
+NDL_EMU ndl_emu_m512 ndl_emu_unpackhi_ps(ndl_emu_m512 a, ndl_emu_m512 b)
+{
+    return ndl_emu_unpack_ps(a, b, 1);
+}
+
+/* shuffle_ps(a, b, imm): in each lane, a[imm 1:0], a[imm 3:2], b[imm 5:4], b[imm 7:6] */
+NDL_EMU ndl_emu_m512 ndl_emu_shuffle_ps(ndl_emu_m512 a, ndl_emu_m512 b, int imm)
+{
+    EMU_LANES_PS(a, x);
+    EMU_LANES_PS(b, y);
+    float r[16];
+    for (int l = 0; l < 16; l += 4) {
+        r[l] = x[l + (imm & 3)];
+        r[l + 1] = x[l + (imm >> 2 & 3)];
+        r[l + 2] = y[l + (imm >> 4 & 3)];
+        r[l + 3] = y[l + (imm >> 6 & 3)];
+    }
+    return ndl_emu_loadu_ps(r);
+}
+
+/* unpacklo_pd / unpackhi_pd: in each lane, a0 b0 / a1 b1 */
+NDL_EMU ndl_emu_m512d ndl_emu_unpack_pd(ndl_emu_m512d a, ndl_emu_m512d b, int hi)
+{
+    EMU_LANES_PD(a, x);
+    EMU_LANES_PD(b, y);
+    double r[8];
+    for (int l = 0; l < 8; l += 2) {
+        r[l] = x[l + hi];
+        r[l + 1] = y[l + hi];
+    }
+    return ndl_emu_loadu_pd(r);
+}
+NDL_EMU ndl_emu_m512d ndl_emu_unpacklo_pd(ndl_emu_m512d a, ndl_emu_m512d b)
+{
+    return ndl_emu_unpack_pd(a, b, 0);
+}
+NDL_EMU ndl_emu_m512d ndl_emu_unpackhi_pd(ndl_emu_m512d a, ndl_emu_m512d b)
+{
+    return ndl_emu_unpack_pd(a, b, 1);
+}
+
+/* shuffle_f64x2(a, b, imm): lanes a[imm 1:0], a[imm 3:2], b[imm 5:4], b[imm 7:6] */
+NDL_EMU ndl_emu_m512d ndl_emu_shuffle_f64x2(ndl_emu_m512d a, ndl_emu_m512d b, int imm)
+{
+    EMU_LANES_PD(a, x);
+    EMU_LANES_PD(b, y);
+    double r[8];
+    for (int l = 0; l < 4; l++) {
+        const double *src = l < 2 ? x : y;
+        int from = imm >> (2 * l) & 3;
+        r[2 * l] = src[2 * from];
+        r[2 * l + 1] = src[2 * from + 1];
+    }
+    return ndl_emu_loadu_pd(r);
+}
+
 /* Intel's names, for the kernel source to compile unchanged. The list is
  * exactly what cpu_matmul_avx512.c and cpu_matmul_simd_impl.h use (grep
  * 'MM(\|_mm512_'); _mm_prefetch is SSE and stays GCC's. A new intrinsic in
  * the kernels is an undeclared function here: add it above, with Intel's
- * semantics. */
+ * semantics. cpu_matmul_bt_avx512.c includes this header too, for its
+ * register transposes. */
 #define __m512 ndl_emu_m512
 #define __m512d ndl_emu_m512d
 #define __mmask16 ndl_emu_mmask16
@@ -197,5 +292,13 @@ NDL_EMU void ndl_emu_mask_storeu_pd(void *p, ndl_emu_mmask8 k, ndl_emu_m512d a)
 #define _mm512_maskz_loadu_pd ndl_emu_maskz_loadu_pd
 #define _mm512_mask_storeu_ps ndl_emu_mask_storeu_ps
 #define _mm512_mask_storeu_pd ndl_emu_mask_storeu_pd
+#define _mm512_castps128_ps512 ndl_emu_castps128_ps512
+#define _mm512_insertf32x4 ndl_emu_insertf32x4
+#define _mm512_unpacklo_ps ndl_emu_unpacklo_ps
+#define _mm512_unpackhi_ps ndl_emu_unpackhi_ps
+#define _mm512_shuffle_ps ndl_emu_shuffle_ps
+#define _mm512_unpacklo_pd ndl_emu_unpacklo_pd
+#define _mm512_unpackhi_pd ndl_emu_unpackhi_pd
+#define _mm512_shuffle_f64x2 ndl_emu_shuffle_f64x2
 
 #endif /* NDL_AVX512_EMU_H */

@@ -72,6 +72,7 @@ typedef struct {
     int64_t nc1;         /* nc when m <= mc (Note [Narrow B blocks for few rows]) */
     ndl_small_bt bt;     /* skinny A @ W.T (Note [Transposing W in registers]); NULL: none */
     ndl_ukernel kernel_packed; /* A packed (cpu_matmul.h): the same bits, faster */
+    int bt_m;            /* bt up to this m (NDL_*_BT_M); from bt_m + 1, W @ x.T */
     int small_m;         /* axpy loops up to this m (Note [Axpy rows per tile]) */
     int mid_rows;        /* middle partial tile (Note [Balanced last tiles]); 0: none */
     ndl_ukernel_fill kernel_fill; /* Note [Packing B in the kernel]; NULL: none */
@@ -97,24 +98,28 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
         [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 0, 0, 0,
                          ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32, ndl_pack_bt_f32, 0,
                          ndl_small_bt_f32, ndl_ukernel_avx2_f32_packed,
-                         .small_m = 8, .mid_rows = NDL_AVX2_MID_ROWS,
+                         .bt_m = NDL_AVX2_BT_M, .small_m = 8,
+                         .mid_rows = NDL_AVX2_MID_ROWS,
                          .kernel_fill = ndl_ukernel_avx2_f32_fill},
         [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0,
                          ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64, 0,
                          ndl_small_bt_f64, ndl_ukernel_avx2_f64_packed,
-                         .small_m = 8, .mid_rows = NDL_AVX2_MID_ROWS,
+                         .bt_m = NDL_AVX2_BT_M, .small_m = 8,
+                         .mid_rows = NDL_AVX2_MID_ROWS,
                          .kernel_fill = ndl_ukernel_avx2_f64_fill},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
                          0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32,
-                         ndl_pack_bt_f32, 0, ndl_small_bt_f32, ndl_ukernel_avx512_f32_packed,
-                         .small_m = 2, .mid_rows = NDL_AVX512_MID_ROWS,
+                         ndl_pack_bt_f32, 0, ndl_small_bt_avx512_f32,
+                         ndl_ukernel_avx512_f32_packed, .bt_m = NDL_AVX512_BT_M, .small_m = 2,
+                         .mid_rows = NDL_AVX512_MID_ROWS,
                          .kernel_fill = ndl_ukernel_avx512_f32_fill},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
                          0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64,
-                         ndl_pack_bt_f64, 0, ndl_small_bt_f64, ndl_ukernel_avx512_f64_packed,
-                         .small_m = 8, .mid_rows = NDL_AVX512_MID_ROWS,
+                         ndl_pack_bt_f64, 0, ndl_small_bt_avx512_f64,
+                         ndl_ukernel_avx512_f64_packed, .bt_m = NDL_AVX512_BT_M_F64, .small_m = 8,
+                         .mid_rows = NDL_AVX512_MID_ROWS,
                          .kernel_fill = ndl_ukernel_avx512_f64_fill},
     },
 };
@@ -314,12 +319,6 @@ const char *ndl_cpu_matmul_kernel_name(void)
     return get_config(NDL_FLOAT32)->name;
 }
 
-/* B = W.T (columns contiguous) with at most this many rows: W transposed in
- * registers (Note [Transposing W in registers], cpu_matmul_bt_avx2.c), each
- * group of W once for all of them (BT_ROWS there); from one more row, C.T = W @ x.T
- * (Note [x @ W.T by W @ x.T]) */
-#define NDL_SMALL_BT_M 4
-
 int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[7])
 {
     if ((unsigned)dt >= NDL_NUM_DTYPES)
@@ -331,7 +330,7 @@ int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[7])
     out[3] = cfg->kc;
     out[4] = cfg->nc;
     out[5] = cfg->small_m;
-    out[6] = cfg->bt ? NDL_SMALL_BT_M + 1 : 0; /* Note [x @ W.T by W @ x.T] */
+    out[6] = cfg->bt ? cfg->bt_m + 1 : 0; /* Note [x @ W.T by W @ x.T] */
     return NDL_OK;
 }
 
@@ -909,12 +908,14 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   (Note [Narrow B blocks for few rows]) are as fast or faster. The dot
  *   loops sum in 64 bytes of lanes (outside Note [One chain per element]),
  *   so they are kept for m = 1 only, where they run at memory speed (2.3x the
- *   transposing pack and kernel). m <= 4 with B = W.T (and m = 1 whose A
+ *   transposing pack and kernel). m <= bt_m with B = W.T (and m = 1 whose A
  *   row is strided) transposes W in registers (cpu_matmul_bt_avx2.c, Note
- *   [Transposing W in registers]), with the chains of the packed kernels:
- *   m = 2, 1 thread, float32 12 -> 19-20 GFLOP/s (PyTorch 15), float64 6
- *   -> 13-14 (PyTorch 7) on Zen 3; from m = 5, C.T = W @ x.T (Note [x @
- *   W.T by W @ x.T] below), and every m gets the bits of any other.
+ *   [Transposing W in registers], bt_m = 4; cpu_matmul_bt_avx512.c, Note
+ *   [Transposing W in zmm registers], 8 float32, 6 float64), with the
+ *   chains of the packed kernels: m = 2, 1 thread, float32 12 -> 19-20
+ *   GFLOP/s (PyTorch 15), float64 6 -> 13-14 (PyTorch 7) on Zen 3; from
+ *   bt_m + 1, C.T = W @ x.T (Note [x @ W.T by W @ x.T] below), and every m
+ *   gets the bits of any other.
  *   m = 1 with K = N = 4096 (a 64 MiB B read once for 8K flops a row) is
  *   bound by memory: on 2 threads it reads B at about a plain two-thread
  *   streaming read's speed (Zen 3 KVM guest: 21-23 GB/s for such a read,
@@ -1066,9 +1067,10 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
  *   chains of Note [One chain per element]: the bits do not change.
  *   It pays where W @ x.T reads W in place (m <= 2 NR, or at most 4 NR
  *   with a row stride that is not a multiple of 1 KiB), from the first m
- *   that the register transposes leave (NDL_SMALL_BT_M + 1 = 5, AVX2 and
- *   AVX-512, both dtypes: measured, m = 5 is faster this way and m = 4 by
- *   the transposes; x.T's m columns are then a narrow tile, one vector of
+ *   that the register transposes leave (bt_m + 1: 5 with the AVX2 ones,
+ *   measured, m = 5 is faster this way and m = 4 by the transposes; 9
+ *   float32 and 7 float64 with AVX-512's, Note [Transposing W in zmm
+ *   registers]; x.T's m columns are then a narrow tile, one vector of
  *   FMAs a row: Note [Narrow tiles] in cpu_matmul_simd_impl.h; the generic
  *   kernels, without the transposes, do neither) and with K >= 512 (K >= 256 up to m = NR:
  *   from there, two panels of x.T, the copy out of scratch and packing
@@ -1094,7 +1096,7 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
 static int use_swap(const ndl_gemm_config *cfg, int64_t m, int64_t n, int64_t rsb, int64_t csb,
                     size_t es)
 {
-    return rsb == 1 && csb != 1 && cfg->bt && m > NDL_SMALL_BT_M && m <= 4 * cfg->nr &&
+    return rsb == 1 && csb != 1 && cfg->bt && m > cfg->bt_m && m <= 4 * cfg->nr &&
            n >= 256 && (m <= cfg->nr || n >= 512) && read_a_in_place(csb, rsb, m, cfg->nr, es);
 }
 
@@ -1171,7 +1173,7 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
         m = 1;
     }
     const ndl_gemm_config *cfg = get_config(dt);
-    int small_bt = m <= NDL_SMALL_BT_M && rsb == 1 && cfg->bt;
+    int small_bt = m <= cfg->bt_m && rsb == 1 && cfg->bt;
     if ((m <= cfg->small_m && csb == 1) || (m == 1 && rsb == 1 && csa == 1) || small_bt) {
         ndl_small_job job = {
             .cfg = cfg, .mode = csb == 1 ? SMALL_AXPY : m == 1 && csa == 1 ? SMALL_DOT : SMALL_BT,

@@ -150,8 +150,15 @@ NDL_DECLARE_SMALL(avx512_f64)
 
 /* Skinny products with B's columns contiguous (B[k][j] = b[j*csb + k], B =
  * W.T), W transposed in registers (cpu_matmul_bt_avx2.c, Note [Transposing
- * W in registers]; x86 with AVX2 and FMA): C[r][j] for r < m, j0 <= j < j1,
- * the chains of Note [One chain per element] with KC = kc. */
+ * W in registers]; x86 with AVX2 and FMA; cpu_matmul_bt_avx512.c, Note
+ * [Transposing W in zmm registers]): C[r][j] for r < m, j0 <= j < j1,
+ * the chains of Note [One chain per element] with KC = kc. The driver
+ * calls them up to NDL_*_BT_M rows (each group of W transposed once for
+ * all of them), and from one more row computes C.T = W @ x.T (Note [x @
+ * W.T by W @ x.T] in cpu_matmul.c). */
+#define NDL_AVX2_BT_M 4
+#define NDL_AVX512_BT_M 8     /* rows of A per pass; float32's limit */
+#define NDL_AVX512_BT_M_F64 6 /* float64's: Note [Transposing W in zmm registers] */
 typedef void (*ndl_small_bt)(int64_t m, int64_t n, const void *a, int64_t rsa, int64_t csa,
                              const void *b, int64_t csb, void *c, int64_t ldc, int64_t j0,
                              int64_t j1, int64_t kc);
@@ -161,6 +168,12 @@ void ndl_small_bt_f32(int64_t m, int64_t n, const void *a, int64_t rsa, int64_t 
 void ndl_small_bt_f64(int64_t m, int64_t n, const void *a, int64_t rsa, int64_t csa,
                       const void *b, int64_t csb, void *c, int64_t ldc, int64_t j0, int64_t j1,
                       int64_t kc);
+void ndl_small_bt_avx512_f32(int64_t m, int64_t n, const void *a, int64_t rsa, int64_t csa,
+                             const void *b, int64_t csb, void *c, int64_t ldc, int64_t j0,
+                             int64_t j1, int64_t kc);
+void ndl_small_bt_avx512_f64(int64_t m, int64_t n, const void *a, int64_t rsa, int64_t csa,
+                             const void *b, int64_t csb, void *c, int64_t ldc, int64_t j0,
+                             int64_t j1, int64_t kc);
 
 /* Packing a B block whose columns are contiguous (B[k][j] = src[j*cs + k])
  * into nr-column panels, kc x nc (cpu_matmul_pack_avx2.c; x86 with AVX2). */

@@ -32,7 +32,7 @@
  *   is not fused on x86) never calls this.
  *   The chains in flight are rows x lanes of a column group: 2 x 8 for
  *   m = 2 (4 cycles a FMA), ~25 GB/s of W on Zen 3 at most, more than one
- *   core reads from memory. Each transposed group serves up to BT_ROWS = 4
+ *   core reads from memory. Each transposed group serves up to NDL_AVX2_BT_M = 4 (cpu_matmul.h)
  *   rows of A (the accumulators and the 8 transposed vectors fit the 16
  *   registers); it served 2, and m = 3, 4 transposed each group twice and
  *   lost to the packed kernels. Xeon (Emerald Rapids), 1 thread, K = N =
@@ -41,9 +41,9 @@
  *   with the AVX2 kernels forced; K = N = 4096 float32 m = 4 25 -> 35-42
  *   (31). From m = 5 the driver computes W @ x.T instead (Note [x @ W.T by
  *   W @ x.T] in cpu_matmul.c), faster there (float32 m = 5: 25 GFLOP/s
- *   transposing W here, 33-37 that way). On an AVX-512 CPU
- *   the same AVX2 code runs (every AVX-512 CPU has AVX2 and FMA), with the
- *   KC of the AVX-512 configuration, so the bits are those of its kernels.
+ *   transposing W here, 33-37 that way). On an AVX-512 CPU the AVX-512
+ *   configuration transposes 16 x 16 tiles in zmm registers for up to 8
+ *   rows (cpu_matmul_bt_avx512.c), and calls nothing here.
  *
  * Python equivalent, for j0 <= j < j1 and r < m:
  *     C[r][j] = sum over KC blocks (in order) of fma-chain(A[r][blk], W[j][blk])
@@ -89,7 +89,7 @@
         int R, int G, int64_t kb, const T *a0, int64_t rsa, int64_t csa, const T *w,           \
         int64_t csb, T *c0, int64_t ldc, int first)                                            \
     {                                                                                          \
-        VEC acc[BT_ROWS][2];                                                                   \
+        VEC acc[NDL_AVX2_BT_M][2];                                                                   \
         for (int r = 0; r < R; r++)                                                            \
             for (int g = 0; g < G; g++)                                                        \
                 acc[r][g] = ZERO();                                                            \
@@ -106,7 +106,7 @@
         for (; k + W <= kb; k += W)                                                            \
             for (int g = 0; g < G; g++)                                                        \
                 BT_TILE(T, W, VEC, LOAD, TRANSPOSE, FMA, BCAST, k);                            \
-        T s[BT_ROWS][2 * W];                                                                   \
+        T s[NDL_AVX2_BT_M][2 * W];                                                                   \
         for (int r = 0; r < R; r++)                                                            \
             for (int g = 0; g < G; g++)                                                        \
                 STORE(s[r] + g * W, acc[r][g]);                                                \
@@ -133,10 +133,10 @@
             for (int64_t k0 = 0; k0 < n; k0 += kc) {                                           \
                 int64_t kb = n - k0 < kc ? n - k0 : kc;                                        \
                 const T *w = b + j * csb + k0;                                                 \
-                for (int64_t r = 0; r < m; r += BT_ROWS) {                                     \
+                for (int64_t r = 0; r < m; r += NDL_AVX2_BT_M) {                                     \
                     const T *a0 = a + r * rsa + k0 * csa;                                      \
                     T *c0 = c + r * ldc + j;                                                   \
-                    int R = m - r < BT_ROWS ? (int)(m - r) : BT_ROWS;                          \
+                    int R = m - r < NDL_AVX2_BT_M ? (int)(m - r) : NDL_AVX2_BT_M;                          \
                     if (G == 0) { /* one column */                                             \
                         for (int rr = 0; rr < R; rr++) {                                       \
                             const T *ar = a0 + rr * rsa;                                       \
@@ -157,8 +157,6 @@
         }                                                                                      \
     }
 
-/* rows of A per pass over W (each group of W transposed once for them) */
-#define BT_ROWS 4
 #define BT_CASE(SFX, R, G)                                                                     \
     case R * 2 + G - 1:                                                                        \
         bt_block_##SFX(R, G, kb, a0, rsa, csa, w, csb, c0, ldc, k0 == 0);                      \
