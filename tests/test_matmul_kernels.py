@@ -232,11 +232,11 @@ def test_emulated_avx512_axpy_limits(dtype):
     # configuration runs m <= 2 (float32) or m <= 8 (float64) by the axpy
     # loops, and more rows by the 14-row kernels (m = 17: a 10-row and a
     # 7-row tile per block, not 14 + 3: Note [Balanced last tiles]); A is
-    # then packed, A's rows contiguous or not, and the first tile of each
-    # full panel packs it (or, the panel's only tile, reads it in place),
-    # once per KC block (k = 700: two) (Note [Packing B in the kernel])
+    # then packed, A's rows contiguous or not (p > 4 NR), and the first tile
+    # of each full panel packs it (or, the panel's only tile, reads it in
+    # place), once per KC block (k = 700: two) (Note [Packing B in the kernel])
     nr, limit = NR[dtype], {"float32": 2, "float64": 8}[dtype]
-    cases = [[dtype, m, 700, 3 * nr + 5, kind, "rows"]
+    cases = [[dtype, m, 700, 4 * nr + 5, kind, "rows"]
              for m in (2, 3, 8, 9, 12, 16, 17) for kind in ("rows", "wide")]
     for g, (_, m, k, p, kind, _) in zip(run_emu(cases), cases):
         if m <= limit:
@@ -244,8 +244,8 @@ def test_emulated_avx512_axpy_limits(dtype):
             continue
         tiles, fmas = expected(m, k, p, nr)
         assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (m, kind, g)
-        assert g["packed"] == sum(tiles.values()) and g["filled"] == 3 * 2, (m, kind, g)
-    assert set(expected(17, 700, 3 * nr + 5, nr)[0]) == {"10", "7"}
+        assert g["packed"] == sum(tiles.values()) and g["filled"] == 4 * 2, (m, kind, g)
+    assert set(expected(17, 700, 4 * nr + 5, nr)[0]) == {"10", "7"}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

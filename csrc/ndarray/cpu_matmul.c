@@ -1258,12 +1258,16 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
     /* Note [Reading A in place], decided on the widest tile, unless the
      * kernels pack B by rows for tiles of at most MC rows (Note [Packing B
      * in the kernel]: their A is packed; an m x KC A block costs m / p of
-     * the B block that pack_b would copy) */
+     * the B block that pack_b would copy), wider than 4 NR: up to 4 panels
+     * packing A by transposes cost more than pack_b's copy of B (Xeon, 1
+     * thread, float64, GFLOP/s: 64^3 60 -> 75, 100 x 1000 x 64 63-65 ->
+     * 83-84, 128^3 73-78 -> 82-84; 150 x 512 x 48 61-65 -> 58-60; float32
+     * 200 x 1000 x 100 134-149 -> 143-166, 64^3 within noise) */
     int64_t tile_rows = ((m + cfg->mr - 1) / cfg->mr + job.tm - 1) / job.tm * cfg->mr;
     int64_t tile_cols = round_up((p + job.tn - 1) / job.tn, cfg->nr);
     job.ops.pack_a_block = !read_a_in_place(rsa, csa, tile_cols, cfg->nr, es) ||
                            (csb == 1 && cfg->kernel_fill && tile_rows <= cfg->mc &&
-                            tile_cols > 2 * cfg->nr);
+                            tile_cols > 4 * cfg->nr);
     job.abytes = job.ops.pack_a_block ? (size_t)round_up(mcap * kcap * (int64_t)es, 64) : 0;
     /* Note [Narrow B blocks for few rows]: when every tile has m <= MC, a
      * block of NC1 columns, or one panel when the kernels pack B (Note

@@ -370,8 +370,9 @@ UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t
  *   B's (1 thread float32 K = N = 1024, storing -> not: m = 4 37-38 -> 55,
  *   m = 8 76 -> 100-101, m = 12 110 -> 134-139; K = N = 4096 m = 8 72-73
  *   -> 97). And since the kernels pack B only when A is packed, the
- *   driver packs A for tiles of at most MC rows with B by rows (Note
- *   [Reading A in place] otherwise reads it in place for p < 512): 8 x
+ *   driver packs A for tiles of at most MC rows and more than 4 NR
+ *   columns with B by rows (Note [Reading A in place] otherwise reads it
+ *   in place for p < 512; cpu_matmul.c, gemm, for the 4 NR): 8 x
  *   1000 @ 1000 x 300 53 -> 97, m = 12 54-55 -> 109-113, m = 32 109 ->
  *   128, 64 x 256 @ 256 x 256 136 -> 154. Both moved the AVX-512 float32
  *   axpy limit from 16 rows to 2 (Note [Axpy rows per tile] in
