@@ -147,10 +147,19 @@ def row_tiles(m):
     return rows
 
 
+def round_up(x, to):
+    return -(-x // to) * to
+
+
+def loop_rows(mr):
+    """The rows of the loop that a tile of mr rows runs (Note [Half tiles])."""
+    return next(r for r in (4, 7, 10, 14) if mr <= r)
+
+
 def expected(m, k, p, nr):
     """Calls and FMAs of the 14-row kernels for an m x k x p product: one
-    call per tile and KC block; a partial tile of mr rows runs the 7-, 10-
-    or 14-row loop (Note [Half tiles]), k steps of 2 vectors a row, or 1
+    call per tile and KC block; a partial tile of mr rows runs the 4-, 7-,
+    10- or 14-row loop (Note [Half tiles]), k steps of 2 vectors a row, or 1
     in a tile of at most NR / 2 columns (Note [Narrow tiles])."""
     tiles, fmas = {}, 0
     blocks = -(-k // KC)
@@ -158,7 +167,7 @@ def expected(m, k, p, nr):
     vectors = sum(1 if w <= nr // 2 else 2 for w in widths)
     for mr in row_tiles(m):
         tiles[str(mr)] = tiles.get(str(mr), 0) + len(widths) * blocks
-        fmas += vectors * (7 if mr <= 7 else 10 if mr <= 10 else 14) * k
+        fmas += vectors * loop_rows(mr) * k
     return tiles, fmas
 
 
@@ -175,7 +184,8 @@ def swapped(m, k, nr, size):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_emulated_avx512_runs_the_14_row_tiles(dtype):
     # the honest signal: the tile rows the entry points saw (14, and the
-    # half/mid/full partial loops: 21 = 14 + 7, 24 = 14 + 10, 27 = 14 + 13)
+    # quarter/half/mid/full partial loops: 18 = 14 + 4, 21 = 14 + 7, 24 =
+    # 14 + 10, 27 = 14 + 13)
     # and exactly 28 k emulated 512-bit FMAs per full tile, which no AVX2
     # path (6-row tiles, ymm) makes; columns past NR and under a vector
     # (p = NR + 5, NR + NR / 2 + 3) take the masked stores. Under ASan: CPU
@@ -185,7 +195,8 @@ def test_emulated_avx512_runs_the_14_row_tiles(dtype):
     # 1536 bytes, classes, with the last row's first and second vectors
     # masked (checked: such a mutant kernel is reported there)
     nr = NR[dtype]
-    shapes = [(14, 100, nr), (21, 100, nr), (24, 37, nr), (27, 9, nr), (14, 100, nr + 5),
+    shapes = [(14, 100, nr), (18, 50, nr), (21, 100, nr), (24, 37, nr), (27, 9, nr),
+              (14, 100, nr + 5),
               (27, 50, nr + nr // 2 + 3), (3 * 14, 2 * KC + 5, nr), (23, 1, 5),
               (14, 10, nr // 4), (16, 10, 3 * nr // 4)]
     got = run_emu([[dtype, m, k, p, "rows", "cols"] for m, k, p in shapes])
@@ -196,15 +207,19 @@ def test_emulated_avx512_runs_the_14_row_tiles(dtype):
         assert swap == (m == 3 * 14)
         tiles, fmas = expected(p, k, m, nr) if swap else expected(m, k, p, nr)
         assert (g["tiles"], g["fmas"]) == (tiles, fmas), (m, k, p, g)
-        assert g["axpy"] == g["dot"] == g["filled"] == 0  # B = W.T: pack_bt
+        # B = W.T: pack_bt; but a 1 x 5 B (k = 1) has its row contiguous too, and
+        # its one 5-column panel is read by the filling kernel where the tile has
+        # fewer rows than columns (float32: 28 < 32; float64: 28 > 16)
+        filled = k == 1 and round_up(m, 14) < round_up(p, nr)
+        assert g["axpy"] == g["dot"] == 0 and g["filled"] == filled, (m, k, p, g)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_emulated_avx512_packed_a_and_skinny_loops(dtype):
     # A packed (columns contiguous, or rows 1 KiB apart, p > 2 NR): every
-    # call is a packed kernel's, with B by rows one per full panel (3) and
-    # KC block the one that packs the panel (Note [Packing B in the
-    # kernel]); m = 2 with B by rows: the axpy loops;
+    # call is a packed kernel's, with B by rows one per panel (4: the last,
+    # 5 columns, by masked loads) and KC block the one that packs the panel
+    # (Note [Packing B in the kernel]); m = 2 with B by rows: the axpy loops;
     # m = 1 with B = W.T: the dot loops; m = 2 with B = W.T: W transposed in
     # zmm registers (Note [Transposing W in zmm registers]), one call and
     # an FMA per k and row of A for each group of a vector's rows of W
@@ -218,7 +233,7 @@ def test_emulated_avx512_packed_a_and_skinny_loops(dtype):
     for g, (_, m, k, p, _, _) in zip((packed_cols, packed_rows), cases):
         tiles, fmas = expected(m, k, p, nr)
         assert (g["tiles"], g["fmas"]) == (tiles, fmas), g
-        assert g["packed"] == sum(tiles.values()) and g["filled"] == 3 * -(-k // KC), g
+        assert g["packed"] == sum(tiles.values()) and g["filled"] == 4 * -(-k // KC), g
     assert axpy["axpy"] > 0 and axpy["fmas"] == 0 and not axpy["tiles"]
     assert dot["dot"] > 0 and dot["fmas"] == 0 and not dot["tiles"]
     assert bt["fmas"] == bt["axpy"] == bt["dot"] == 0 and not bt["tiles"]
@@ -233,8 +248,9 @@ def test_emulated_avx512_axpy_limits(dtype):
     # loops, and more rows by the 14-row kernels (m = 17: a 10-row and a
     # 7-row tile per block, not 14 + 3: Note [Balanced last tiles]); A is
     # then packed, A's rows contiguous or not (p > 4 NR), and the first tile
-    # of each full panel packs it (or, the panel's only tile, reads it in
-    # place), once per KC block (k = 700: two) (Note [Packing B in the kernel])
+    # of each panel, the last 5 columns' too, packs it (or, the panel's only
+    # tile, reads it in place), once per KC block (k = 700: two) (Note
+    # [Packing B in the kernel])
     nr, limit = NR[dtype], {"float32": 2, "float64": 8}[dtype]
     cases = [[dtype, m, 700, 4 * nr + 5, kind, "rows"]
              for m in (2, 3, 8, 9, 12, 16, 17) for kind in ("rows", "wide")]
@@ -244,7 +260,7 @@ def test_emulated_avx512_axpy_limits(dtype):
             continue
         tiles, fmas = expected(m, k, p, nr)
         assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (m, kind, g)
-        assert g["packed"] == sum(tiles.values()) and g["filled"] == 4 * 2, (m, kind, g)
+        assert g["packed"] == sum(tiles.values()) and g["filled"] == 5 * 2, (m, kind, g)
     assert set(expected(17, 700, 4 * nr + 5, nr)[0]) == {"10", "7"}
 
 
@@ -252,8 +268,9 @@ def test_emulated_avx512_axpy_limits(dtype):
 def test_emulated_avx512_first_a_block_packs_b(dtype):
     # Note [Packing B in the kernel]: with more rows than MC (84 float32, 42
     # float64 on the 512 KiB L2 that run_emu pins) the B block is packed once
-    # for every A block: by the first A block's first tile of each full panel
-    # (3 panels, k = 1100: three KC blocks), read by all the others
+    # for every A block: by the first A block's first tile of each panel
+    # (4 panels, the last of 5 columns; k = 1100: three KC blocks), read by
+    # all the others
     nr, mc = NR[dtype], {"float32": 84, "float64": 42}[dtype]
     m, k, p = 200, 1100, 3 * nr + 5
     g = run_emu([[dtype, m, k, p, "wide", "rows"]])[0]
@@ -265,8 +282,8 @@ def test_emulated_avx512_first_a_block_packs_b(dtype):
     panels, blocks = 4, 3
     assert g["tiles"] == {"14": (len(rows) - 1) * panels * blocks, "4": panels * blocks}, g
     # 3 full panels, 2 vectors a row; the last, 5 columns: 1 (Note [Narrow tiles])
-    assert g["fmas"] == (3 * 2 + 1) * (sum(7 if r <= 7 else 14 for r in rows)) * k, g
-    assert g["packed"] == sum(g["tiles"].values()) and g["filled"] == 3 * blocks, g
+    assert g["fmas"] == (3 * 2 + 1) * (sum(loop_rows(r) for r in rows)) * k, g
+    assert g["packed"] == sum(g["tiles"].values()) and g["filled"] == panels * blocks, g
 
 
 def test_emulated_avx512_on_two_threads():

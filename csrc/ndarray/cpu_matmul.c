@@ -532,21 +532,6 @@ static void pack_a_block(const ndl_gemm_ops *ops, const char *a, int64_t rsa, in
  *   cpu_matmul_bt_avx2.c), and its effect is checked in the disassembly.
  */
 
-/* Note [Packing B in the kernel]: panel j0..j0+nrr of B's rows pc..pc+kc
- * (rows contiguous, row stride rsb). A full panel (nrr = NR) is left to the
- * kernel (*filling = 1); the last, narrower one is packed into bp here.
- * Returns where the panel starts in B. */
-static const char *panel_to_fill(const ndl_gemm_ops *ops, const char *b, int64_t rsb,
-                                 int64_t pc, int64_t j0, int64_t kc, int nrr, char *bp,
-                                 int *filling)
-{
-    const char *bsrc = b + (pc * rsb + j0) * (int64_t)ops->es;
-    *filling = nrr == ops->cfg->nr;
-    if (!*filling)
-        ops->pack_b(bsrc, rsb, 1, kc, nrr, ops->cfg->nr, bp);
-    return bsrc;
-}
-
 /* C (m x p, row stride ldc) = A (m x n) @ B (n x p), serially, n >= 1.
  * a and b point at A[0][0] and B[0][0]; abuf and bbuf hold MC x KC and
  * KC x NC elements (or less when the product is smaller). */
@@ -587,16 +572,15 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int nrr = nc - jr < nr ? (int)(nc - jr) : nr;
                     char *bp = bbuf + jr * kc * es;
-                    const char *bsrc = NULL; /* the panel in B, while the first A block fills */
-                    int filling = 0;
-                    if (fill && ic == 0)
-                        bsrc = panel_to_fill(ops, b, rsb, pc, jc + jr, kc, nrr, bp, &filling);
+                    /* Note [Packing B in the kernel]: the first A block's first
+                     * tile packs the panel, from B itself */
+                    const char *bsrc = b + (pc * rsb + jc + jr) * es;
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int mrr = mc - ir < mr ? (int)(mc - ir) : mr;
-                        if (filling && ir == 0)
+                        if (fill && ic == 0 && ir == 0)
                             cfg->kernel_fill(kc, ablk, bsrc, rsb, bp,
                                              c + ((ic + ir) * ldc + jc + jr) * es, ldc, mrr,
-                                             first);
+                                             nrr, first);
                         else
                             kernel(kc, ablk + ir / mr * apanel * es, ars, acs, bp,
                                    c + ((ic + ir) * ldc + jc + jr) * es, ldc, mrr, nrr, first);
@@ -610,7 +594,9 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
 /* Note [Balanced last tiles]
  *   The SIMD kernels run a partial tile of mr rows over MR / 2, MID or MR
  *   of them (Note [Half tiles] in cpu_matmul_simd_impl.h; MID is 10 of 14
- *   on AVX-512, 4 of 6 on AVX2). A product of m = q MR + r rows (q >= 1,
+ *   on AVX-512, 4 of 6 on AVX2; AVX-512 also has a 4-row loop, which never
+ *   beats this cut: m = 14 q + 1..3 as 14 + 4 costs 18 rows, 10 + 7 costs
+ *   17). A product of m = q MR + r rows (q >= 1,
  *   0 < r) ends with a full tile and an r-row one; when MR + r rows fit a
  *   MID-row tile and a half one, those cost fewer multiply-adds, and
  *   gemm_block_few cuts them so: AVX-512 m = 17 runs 10 + 7 rows where 14 +
@@ -707,20 +693,18 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
             ops->pack_b(b + (pc * rsb + jc * csb) * es, rsb, csb, kc, nc, nr, bbuf);
         for (int64_t jr = 0; jr < nc; jr += nr) {
             int nrr = nc - jr < nr ? (int)(nc - jr) : nr;
-            char *bp = bbuf + jr * kc * es;
-            const char *bsrc = NULL; /* the panel in B, when the kernel packs it */
-            int filling = 0;
-            if (fill) { /* one panel at a time, all in the first panel's place */
-                bp = bbuf;
-                bsrc = panel_to_fill(ops, b, rsb, pc, jc + jr, kc, nrr, bp, &filling);
-            }
+            /* Note [Packing B in the kernel]: one panel at a time, all in the
+             * first panel's place, packed by its first tile from B itself */
+            char *bp = fill ? bbuf : bbuf + jr * kc * es;
+            const char *bsrc = b + (pc * rsb + jc + jr) * es;
             for (int64_t ir = 0; ir < m;) {
                 int64_t end = ir < split && split < ir + mr ? split : ir + mr < m ? ir + mr : m;
                 /* packed: the panel of row ir (a panel starts at `split`); else A itself */
                 int64_t at = ops->pack_a_block ? (ir + mr - 1) / mr * mr * kc : ir * rsa;
-                if (filling && ir == 0) /* the panel's only tile need not store it */
+                if (fill && ir == 0) /* the panel's only tile need not store it */
                     cfg->kernel_fill(kc, ablk + at * es, bsrc, rsb, end < m ? bp : NULL,
-                                     c + (ir * ldc + jc + jr) * es, ldc, (int)(end - ir), first);
+                                     c + (ir * ldc + jc + jr) * es, ldc, (int)(end - ir), nrr,
+                                     first);
                 else
                     kernel(kc, ablk + at * es, ars, acs, bp, c + (ir * ldc + jc + jr) * es, ldc,
                            (int)(end - ir), nrr, first);
@@ -926,8 +910,8 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   The axpy loops' limit is the configuration's small_m: 8 for AVX2,
  *   generic and AVX-512 float64, 2 for AVX-512 float32. AVX2 and generic:
  *   the reasons above. AVX-512 had 16 on 2026-12-04 and 05: its tile has 14
- *   rows and its partial tiles run 7, 10 or 14 of them (Note [Half tiles]
- *   in cpu_matmul_simd_impl.h), so m = 9..16 wastes 10-30% of its FMAs,
+ *   rows and its partial tiles then ran 7, 10 or 14 of them (Note [Half
+ *   tiles] in cpu_matmul_simd_impl.h), so m = 9..16 wasted 10-30% of its FMAs,
  *   and while pack_b copied each B block before the kernels ran the axpy
  *   loops were faster there (Xeon, Emerald Rapids, K = N = 1024 and 4096,
  *   GFLOP/s packed -> axpy: float32 1 thread m = 12 58 -> 73, m = 16 66 ->
@@ -1258,16 +1242,22 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
     /* Note [Reading A in place], decided on the widest tile, unless the
      * kernels pack B by rows for tiles of at most MC rows (Note [Packing B
      * in the kernel]: their A is packed; an m x KC A block costs m / p of
-     * the B block that pack_b would copy), wider than 4 NR: up to 4 panels
-     * packing A by transposes cost more than pack_b's copy of B (Xeon, 1
-     * thread, float64, GFLOP/s: 64^3 60 -> 75, 100 x 1000 x 64 63-65 ->
-     * 83-84, 128^3 73-78 -> 82-84; 150 x 512 x 48 61-65 -> 58-60; float32
-     * 200 x 1000 x 100 134-149 -> 143-166, 64^3 within noise) */
+     * the B block that pack_b would copy), wider than 4 NR or than the
+     * tile's rows: up to 4 panels, packing A by transposes cost more than
+     * pack_b's copy of B when A has as many rows as B columns or more
+     * (Xeon, 1 thread, float64, GFLOP/s: 64^3 60 -> 75, 100 x 1000 x 64
+     * 63-65 -> 83-84, 128^3 73-78 -> 82-84; 150 x 512 x 48 61-65 -> 58-60;
+     * float32 200 x 1000 x 100 134-149 -> 143-166, 64^3 within noise), and
+     * less when it has fewer (float32: 8 x 784 @ 784 x 100, a first layer
+     * at batch 8, 50-54 -> 93-98, PyTorch 124-142; 16 x 784 @ 784 x 100 77-79
+     * -> 97, 28 x 784 x 100 99-101 -> 125-126, 32 x 256 x 100 96 -> 112, 4 x
+     * 256 x 64 35-36 -> 53-56, 3 x 1000 x 40 15 -> 31-32; float64 16 x 784 x
+     * 100 45 -> 53) */
     int64_t tile_rows = ((m + cfg->mr - 1) / cfg->mr + job.tm - 1) / job.tm * cfg->mr;
     int64_t tile_cols = round_up((p + job.tn - 1) / job.tn, cfg->nr);
     job.ops.pack_a_block = !read_a_in_place(rsa, csa, tile_cols, cfg->nr, es) ||
                            (csb == 1 && cfg->kernel_fill && tile_rows <= cfg->mc &&
-                            tile_cols > 4 * cfg->nr);
+                            (tile_cols > 4 * cfg->nr || tile_rows < tile_cols));
     job.abytes = job.ops.pack_a_block ? (size_t)round_up(mcap * kcap * (int64_t)es, 64) : 0;
     /* Note [Narrow B blocks for few rows]: when every tile has m <= MC, a
      * block of NC1 columns, or one panel when the kernels pack B (Note

@@ -109,16 +109,17 @@ void ndl_ukernel_avx512_f32_packed(int64_t kc, const void *a, int64_t ars, int64
 void ndl_ukernel_avx512_f64_packed(int64_t kc, const void *a, int64_t ars, int64_t acs,
                                    const void *b, void *c, int64_t ldc, int mr, int nr, int first);
 
-/* The packed-A kernel that reads a full NR-column B panel where it lies
- * (B[k][j] = b[k*rsb + j], rsb may be 0) and stores it packed at bp on the
- * way, for the panel's other tiles; bp = NULL, the panel's only tile:
- * nothing stored (Note [Packing B in the kernel] in
- * cpu_matmul_simd_impl.h). The bits of the packed kernel. */
+/* The packed-A kernel that reads a B panel of nr <= NR columns where it
+ * lies (B[k][j] = b[k*rsb + j], j < nr, rsb may be 0; nothing past the nr
+ * columns is read) and stores it packed at bp on the way, zeros past nr,
+ * for the panel's other tiles; bp = NULL, the panel's only tile: nothing
+ * stored (Note [Packing B in the kernel] in cpu_matmul_simd_impl.h). The
+ * bits of the packed kernel. */
 typedef void (*ndl_ukernel_fill)(int64_t kc, const void *a, const void *b, int64_t rsb,
-                                 void *bp, void *c, int64_t ldc, int mr, int first);
+                                 void *bp, void *c, int64_t ldc, int mr, int nr, int first);
 #define NDL_DECLARE_FILL(SFX)                                                                      \
     void ndl_ukernel_##SFX##_fill(int64_t kc, const void *a, const void *b, int64_t rsb,          \
-                                  void *bp, void *c, int64_t ldc, int mr, int first);
+                                  void *bp, void *c, int64_t ldc, int mr, int nr, int first);
 NDL_DECLARE_FILL(avx2_f32)
 NDL_DECLARE_FILL(avx2_f64)
 NDL_DECLARE_FILL(avx512_f32)

@@ -30,6 +30,7 @@
 #endif
 #define UK_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13)
 #define UK_HALF_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6)
+#define UK_QUARTER_ROWS(X) X(0) X(1) X(2) X(3)
 #define UK_MID_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9)
 #define UK_MID_ROWS_H NDL_AVX512_MID_ROWS
 #define UK_KU 1 /* k steps per unrolled group (Note [Packed A kernel]) */
@@ -105,10 +106,10 @@ EMU_TILE(ndl_ukernel_avx512_f64_packed, ndl_ukernel_avx512_emu_f64_packed, 1, 1)
  * (whether it stores the panel or, bp = NULL, only reads it) */
 #define EMU_FILL(NAME, BODY, D)                                                                \
     void NAME(int64_t kc, const void *a, const void *b, int64_t rsb, void *bp, void *c,         \
-              int64_t ldc, int mr, int first)                                                  \
+              int64_t ldc, int mr, int nr, int first)                                          \
     {                                                                                          \
         int64_t before = ndl_emu_fmas;                                                         \
-        BODY(kc, a, b, rsb, bp, c, ldc, mr, first);                                            \
+        BODY(kc, a, b, rsb, bp, c, ldc, mr, nr, first);                                        \
         EMU_ADD(ndl_avx512_emu_counts[D].tiles[mr], 1);                                        \
         EMU_ADD(ndl_avx512_emu_counts[D].packed, 1);                                           \
         EMU_ADD(ndl_avx512_emu_counts[D].filled, 1);                                           \

@@ -17,6 +17,8 @@
  *                    (Note [Half tiles])
  *   UK_MID_ROWS_H    UK_MID as cpu_matmul.h states it for the driver
  *                    (NDL_<ISA>_MID_ROWS; checked equal)
+ *   UK_QUARTER_ROWS(X) (optional) X(0) ... X(q - 1), q < MR / 2: a loop
+ *                    for tiles of at most q rows (Note [Half tiles])
  *   UK_KU            k steps per unrolled group of the packed kernel, 1, 2
  *                    or 4 (Note [Packed A kernel])
  *   UK_C_LEAD        k steps before the end at which the tile of C is
@@ -53,6 +55,15 @@
  *   tiles between: m = 64 is ten 6-row tiles and a 4-row one, which the
  *   6-row loop computed as 6 (3% of the product): Zen 3, 1 thread, float32
  *   m = 64, K = N = 1024 and 4096, +2..4% (to NumPy's speed).
+ *   AVX-512's 14 rows have a fourth loop, over UK_QUARTER_ROWS (4 rows: 8
+ *   accumulators, as many FMAs as two FMA units keep in flight at a 4-cycle
+ *   latency), for few-row products with B by rows (x @ W at batch 3 or 4,
+ *   which the float32 axpy loops no longer take: Note [Axpy rows per tile]
+ *   in cpu_matmul.c) and last tiles of 14 q + 4 rows; the 7-row loop ran 3
+ *   or 4 rows with 4 or 3 of 7 wasted. Xeon (Emerald Rapids), 1 thread,
+ *   float32, GFLOP/s, 7 -> 4 rows: 4 x 512 @ 512 x 512 89-90 -> 108-113, 3 x
+ *   512 x 512 69 -> 82-84, 3 x 1000 x 300 43-44 -> 49-50, 4 x 4096 x 4096
+ *   51-53 -> 56-58 (B from memory). AVX2's 6 rows have none (its half is 3).
  *
  * NOTE: the accumulators are named variables (c<row>_<vec>), not an array:
  * gcc 12 keeps an array of vectors in memory and stores it back on every k
@@ -154,9 +165,11 @@ _Static_assert(UK_MID == UK_MID_ROWS_H, "UK_MID_ROWS is not cpu_matmul.h's NDL_<
         ROWS(STORE_PARTIAL)                                                        \
     }
 /* A kernel's body after its declarations: the k loop LOOP(ROWS) over the
- * first MR / 2, UK_MID or MR rows (Note [Half tiles]), then the stores */
+ * first UK_QUARTER_ROWS (where there are), MR / 2, UK_MID or MR rows (Note
+ * [Half tiles]), then the stores */
 #define TILE_BODY(LOOP)                                                            \
     PREFETCH_C(UK_C_START)                                                         \
+    UK_QUARTER(LOOP)                                                               \
     if (mr <= UK_MR / 2) {                                                         \
         LOOP(UK_HALF_ROWS)                                                         \
         STORE_MASKED(UK_HALF_ROWS)                                                 \
@@ -173,6 +186,16 @@ _Static_assert(UK_MID == UK_MID_ROWS_H, "UK_MID_ROWS is not cpu_matmul.h's NDL_<
         return;                                                                    \
     }                                                                              \
     STORE_MASKED(UK_ROWS)
+#ifdef UK_QUARTER_ROWS /* Note [Half tiles] */
+#define UK_QUARTER(LOOP)                                                           \
+    if (mr <= 0 UK_QUARTER_ROWS(UK_ONE)) {                                         \
+        LOOP(UK_QUARTER_ROWS)                                                      \
+        STORE_MASKED(UK_QUARTER_ROWS)                                              \
+        return;                                                                    \
+    }
+#else
+#define UK_QUARTER(LOOP)
+#endif
 /* the k steps up to END of the general kernel: A through one pointer per
  * row, off = k acs; the step S of each row (STEP, or STEP1 for a narrow
  * tile: b1 is then unused, and the compiler drops its load) */
@@ -364,6 +387,19 @@ UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t
  *   kernels (forced) m = 17 52 -> 63-65, m = 64 73-74 -> 79-81, K = N =
  *   4096 m = 32 61-64 -> 61-62; squares (the first A block fills, the
  *   others read) the same within 2-3%.
+ *   The last panel of a product whose width is no multiple of NR (p = 100
+ *   is 3 panels and 4 columns) was packed by pack_b before the kernels
+ *   ran, row by row: a read of B's rows, each a miss from L2 or L3 without
+ *   the arithmetic to hide it, and a library call to copy each row's few
+ *   columns and another to zero the rest. The filling kernel takes it
+ *   too: masked loads of its nr columns (zeros past them, stored packed
+ *   as such; a masked load never touches the lanes it leaves out, so it
+ *   reads nothing past B's row), the narrow loop when nr <= VW (Note
+ *   [Narrow tiles]). Same bits. Xeon, 1 thread, float32, GFLOP/s: 4 x
+ *   1000 @ 1000 x 300 (both with the 4-row loop, Note [Half tiles]) 60-63
+ *   -> 81-86 (4 x 1000 x 320, with no such panel, ran 81-85), 8 x 1000 x
+ *   300 100-105 -> 118-124, 32 x 1000 x 1000 135-148 -> 147-155, 64 x 512 x
+ *   200 139-149 -> 154; float64 12 x 1000 x 100 48-57 -> 59-66.
  *   A panel with one tile (m <= MR) is never read again: bp = NULL, and
  *   the kernel reads B in place without storing it. The stores were not
  *   free: each takes a line of bp into L1, and those fills compete with
@@ -371,8 +407,9 @@ UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t
  *   m = 8 76 -> 100-101, m = 12 110 -> 134-139; K = N = 4096 m = 8 72-73
  *   -> 97). And since the kernels pack B only when A is packed, the
  *   driver packs A for tiles of at most MC rows and more than 4 NR
- *   columns with B by rows (Note [Reading A in place] otherwise reads it
- *   in place for p < 512; cpu_matmul.c, gemm, for the 4 NR): 8 x
+ *   columns, or more columns than rows, with B by rows (Note [Reading A
+ *   in place] otherwise reads it in place for p < 512; cpu_matmul.c,
+ *   gemm, for the rule and its figures): 8 x
  *   1000 @ 1000 x 300 53 -> 97, m = 12 54-55 -> 109-113, m = 32 109 ->
  *   128, 64 x 256 @ 256 x 256 136 -> 154. Both moved the AVX-512 float32
  *   axpy limit from 16 rows to 2 (Note [Axpy rows per tile] in
@@ -383,57 +420,97 @@ UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t
     _mm_prefetch((const char *)(b + UK_B_LEAD * rsb), _MM_HINT_T0);                \
     _mm_prefetch((const char *)(b + UK_B_LEAD * rsb + VW), _MM_HINT_T0);           \
     _mm_prefetch((const char *)(b + UK_B_LEAD * rsb + UK_NR - 1), _MM_HINT_T0);
-/* the k steps up to END of the filling kernel: B from b by rows, to bp
- * (STORE_B), or read in place only (NO_STORE) */
+/* the k steps up to END of the filling kernel: B from b by rows (LOAD_B:
+ * a whole row of the panel; LOAD_B_PART: its first nr columns, zeros past
+ * them), to bp (STORE_B), or read in place only (NO_STORE); S is each row's
+ * step (PSTEP, or PSTEP1 for a narrow panel) */
+#define LOAD_B V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);
+#define LOAD_B_PART V b0 = UK_MASKLOAD(b, bm0), b1 = UK_MASKLOAD(b + VW, bm1);
 #define STORE_B                                                                    \
     MM(storeu)(bp, b0);                                                            \
     MM(storeu)(bp + VW, b1);                                                       \
     bp += UK_NR;
 #define NO_STORE
-#define B_STEPS(ROWS, END, STORE)                                                  \
+#define B_STEPS(ROWS, END, LOAD, STORE, S)                                         \
     for (; k < (END); k++) {                                                       \
         const T *au = a;                                                           \
-        V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);                               \
+        LOAD                                                                       \
+        (void)b1;                                                                  \
         PREFETCH_B                                                                 \
         STORE                                                                      \
-        ROWS(PSTEP)                                                                \
+        ROWS(S)                                                                    \
         a += UK_MR;                                                                \
         b += rsb;                                                                  \
     }
-#define FK_STEPS(ROWS, END) B_STEPS(ROWS, END, STORE_B)
-#define RK_STEPS(ROWS, END) B_STEPS(ROWS, END, NO_STORE)
-#define FK_LOOP(ROWS)                                                              \
+#define FK_STEPS(ROWS, END) B_STEPS(ROWS, END, LOAD_B, STORE_B, PSTEP)
+#define RK_STEPS(ROWS, END) B_STEPS(ROWS, END, LOAD_B, NO_STORE, PSTEP)
+#define FKP_STEPS(ROWS, END) B_STEPS(ROWS, END, LOAD_B_PART, STORE_B, PSTEP)
+#define RKP_STEPS(ROWS, END) B_STEPS(ROWS, END, LOAD_B_PART, NO_STORE, PSTEP)
+#define FKP1_STEPS(ROWS, END) B_STEPS(ROWS, END, LOAD_B_PART, STORE_B, PSTEP1)
+#define RKP1_STEPS(ROWS, END) B_STEPS(ROWS, END, LOAD_B_PART, NO_STORE, PSTEP1)
+#define B_LOOP(STEPS, ROWS)                                                        \
     {                                                                              \
         int64_t k = 0;                                                             \
-        C_LATE(FK_STEPS, ROWS)                                                     \
+        C_LATE(STEPS, ROWS)                                                        \
     }
-#define RK_LOOP(ROWS)                                                              \
-    {                                                                              \
-        int64_t k = 0;                                                             \
-        C_LATE(RK_STEPS, ROWS)                                                     \
-    }
+#define FK_LOOP(ROWS) B_LOOP(FK_STEPS, ROWS)
+#define RK_LOOP(ROWS) B_LOOP(RK_STEPS, ROWS)
+#define FKP_LOOP(ROWS) B_LOOP(FKP_STEPS, ROWS)
+#define RKP_LOOP(ROWS) B_LOOP(RKP_STEPS, ROWS)
+#define FKP1_LOOP(ROWS) B_LOOP(FKP1_STEPS, ROWS)
+#define RKP1_LOOP(ROWS) B_LOOP(RKP1_STEPS, ROWS)
 
 UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_t rsb, void *bp_,
-                              void *c_, int64_t ldc, int mr, int first)
+                              void *c_, int64_t ldc, int mr, int nr, int first)
 {
     const T *a = a_, *b = b_;
     T *bp = bp_, *c = c_;
-    const int nr = UK_NR; /* full panels only */
     UK_ROWS(DECL)
-    if (!bp) { /* the panel's only tile: Note [Packing B in the kernel] */
-        TILE_BODY(RK_LOOP)
+    if (nr == UK_NR) {
+        if (!bp) { /* the panel's only tile: Note [Packing B in the kernel] */
+            TILE_BODY(RK_LOOP)
+            return;
+        }
+        TILE_BODY(FK_LOOP)
         return;
     }
-    TILE_BODY(FK_LOOP)
+    /* the last, narrower panel: its columns by masked loads, which never
+     * touch the elements past them (Note [Packing B in the kernel]) */
+    const __auto_type bm0 = LANES(nr);
+    const __auto_type bm1 = LANES(nr - VW);
+    if (nr <= VW) { /* Note [Narrow tiles] */
+        if (!bp) {
+            TILE_BODY(RKP1_LOOP)
+            return;
+        }
+        TILE_BODY(FKP1_LOOP)
+        return;
+    }
+    if (!bp) {
+        TILE_BODY(RKP_LOOP)
+        return;
+    }
+    TILE_BODY(FKP_LOOP)
 }
 
+#undef RKP1_LOOP
+#undef FKP1_LOOP
+#undef RKP_LOOP
+#undef FKP_LOOP
 #undef RK_LOOP
 #undef FK_LOOP
+#undef B_LOOP
+#undef RKP1_STEPS
+#undef FKP1_STEPS
+#undef RKP_STEPS
+#undef FKP_STEPS
 #undef RK_STEPS
 #undef FK_STEPS
 #undef B_STEPS
 #undef NO_STORE
 #undef STORE_B
+#undef LOAD_B_PART
+#undef LOAD_B
 #undef PREFETCH_B
 #undef UK_B_LEAD
 #undef PK_LOOP1
@@ -485,12 +562,12 @@ void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t acs, cons
 }
 
 void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_t rsb, void *bp_, void *c_,
-                    int64_t ldc, int mr, int first)
+                    int64_t ldc, int mr, int nr, int first)
 {
     const T *a = a_, *b = b_;
     T *bp = bp_, *c = c_;
     for (int r = 0; r < mr; r++)
-        for (int j = 0; j < UK_NR; j++) {
+        for (int j = 0; j < nr; j++) {
             T acc = 0;
             for (int64_t k = 0; k < kc; k++)
                 acc = NDL_MADD(a[k * UK_MR + r], b[k * rsb + j], acc);
@@ -498,7 +575,7 @@ void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_t rsb, voi
         }
     for (int64_t k = 0; bp && k < kc; k++)
         for (int j = 0; j < UK_NR; j++)
-            bp[k * UK_NR + j] = b[k * rsb + j];
+            bp[k * UK_NR + j] = j < nr ? b[k * rsb + j] : 0;
 }
 
 #endif
