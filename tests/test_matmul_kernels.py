@@ -265,6 +265,26 @@ def test_emulated_avx512_axpy_limits(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_emulated_avx512_last_panel_by_masked_loads(dtype):
+    # Note [Packing B in the kernel]: the last panel, narrower than NR, is
+    # read from B by the filling kernel too (masked loads: lane by lane in the
+    # emulation, so ASan sees any read past B's rows), one vector a row (5
+    # columns) or two (NR / 2 + 3), each tile of at most 4 rows in the 4-row
+    # loop (Note [Half tiles]); with A packed for it whenever the tile has
+    # fewer rows than columns (m = 20: 28 < 2 NR), its one tile reading B in
+    # place, or its first of two (m = 20) storing the panel for the second;
+    # three KC blocks; m past the axpy limit
+    nr, limit = NR[dtype], {"float32": 2, "float64": 8}[dtype]
+    k = 2 * KC + 7
+    cases = [[dtype, m, k, p, "rows", "rows"]
+             for m in (3, 4, 12, 20) if m > limit for p in (nr + 5, nr + nr // 2 + 3)]
+    for g, (_, m, k, p, _, _) in zip(run_emu(cases), cases):
+        tiles, fmas = expected(m, k, p, nr)
+        assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (m, p, g)
+        assert g["packed"] == sum(tiles.values()) and g["filled"] == 2 * 3, (m, p, g)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_emulated_avx512_first_a_block_packs_b(dtype):
     # Note [Packing B in the kernel]: with more rows than MC (84 float32, 42
     # float64 on the 512 KiB L2 that run_emu pins) the B block is packed once

@@ -164,6 +164,18 @@ _Static_assert(UK_MID == UK_MID_ROWS_H, "UK_MID_ROWS is not cpu_matmul.h's NDL_<
         const __auto_type m1 = LANES(nr - VW);                                     \
         ROWS(STORE_PARTIAL)                                                        \
     }
+/* the loop over UK_QUARTER_ROWS, where the ISA has one (Note [Half tiles]) */
+#ifdef UK_QUARTER_ROWS
+_Static_assert(0 UK_QUARTER_ROWS(UK_ONE) < UK_MR / 2, "UK_QUARTER_ROWS is not below MR / 2");
+#define UK_QUARTER(LOOP)                                                           \
+    if (mr <= 0 UK_QUARTER_ROWS(UK_ONE)) {                                         \
+        LOOP(UK_QUARTER_ROWS)                                                      \
+        STORE_MASKED(UK_QUARTER_ROWS)                                              \
+        return;                                                                    \
+    }
+#else
+#define UK_QUARTER(LOOP)
+#endif
 /* A kernel's body after its declarations: the k loop LOOP(ROWS) over the
  * first UK_QUARTER_ROWS (where there are), MR / 2, UK_MID or MR rows (Note
  * [Half tiles]), then the stores */
@@ -186,16 +198,6 @@ _Static_assert(UK_MID == UK_MID_ROWS_H, "UK_MID_ROWS is not cpu_matmul.h's NDL_<
         return;                                                                    \
     }                                                                              \
     STORE_MASKED(UK_ROWS)
-#ifdef UK_QUARTER_ROWS /* Note [Half tiles] */
-#define UK_QUARTER(LOOP)                                                           \
-    if (mr <= 0 UK_QUARTER_ROWS(UK_ONE)) {                                         \
-        LOOP(UK_QUARTER_ROWS)                                                      \
-        STORE_MASKED(UK_QUARTER_ROWS)                                              \
-        return;                                                                    \
-    }
-#else
-#define UK_QUARTER(LOOP)
-#endif
 /* the k steps up to END of the general kernel: A through one pointer per
  * row, off = k acs; the step S of each row (STEP, or STEP1 for a narrow
  * tile: b1 is then unused, and the compiler drops its load) */
@@ -527,6 +529,7 @@ UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_
 #undef C_LATE
 #undef UK_C_START
 #undef TILE_BODY
+#undef UK_QUARTER
 #undef STORE_MASKED
 #undef PREFETCH_C
 #undef PK_GROUP
