@@ -72,6 +72,37 @@ def test_kernel_matches_numpy(kernel):
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_pack_bt_pads_with_zeros(dtype):
+    # cpu_matmul_pack_avx2.c, called through ctypes: panels of nr columns of
+    # B = W.T (W's rows cs apart), transposed, the last narrower one padded
+    # with zeros to nr (Note [Zeros by the vector]); dst starts as NaN, so a
+    # lane left unwritten shows. nr = 14: an A panel of 3, 8 or 13 rows (a
+    # group of zeros past them, the 6-lane edge); nr = 32: W.T's last panel
+    # of 5 or 20 columns (a partial group with a full group of zeros after
+    # it); nr = 6 and 16: the AVX2 tiles; kc with and without a tail
+    if "avx2" not in supported():
+        pytest.skip("the packing transposes need AVX2")
+    from needle import _C
+
+    fn = getattr(ctypes.CDLL(_C.__file__), "ndl_pack_bt_" + ("f32" if dtype == "float32" else "f64"))
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+                   ctypes.c_void_p]
+    fn.restype = None
+    rng = np.random.default_rng(0)
+    for nr, nc, kc in [(14, 3, 37), (14, 8, 16), (14, 13, 9), (32, 20, 19), (32, 5, 8),
+                       (32, 45, 24), (6, 4, 10), (16, 11, 9)]:
+        cs = kc + 3
+        w = rng.standard_normal((nc, cs)).astype(dtype)
+        panels = -(-nc // nr)
+        dst = np.full((panels, kc, nr), np.nan, dtype=dtype)
+        fn(w.ctypes.data, cs, kc, nc, nr, dst.ctypes.data)
+        want = np.zeros((panels * nr, kc), dtype=dtype)
+        want[:nc] = w[:, :kc]
+        want = want.reshape(panels, nr, kc).transpose(0, 2, 1)
+        np.testing.assert_array_equal(dst, want, err_msg=f"nr={nr} nc={nc} kc={kc}")
+
+
 # ---- the emulated AVX-512 kernels (Note [AVX-512 without AVX-512]) ---------
 # A child with NEEDLE_MATMUL_KERNEL=avx512 runs each case (dtype, m, k, p, A's
 # and B's layout), checks it against float64 NumPy within the rounding bound

@@ -134,7 +134,10 @@ static inline TARGET void store_lanes_pd(double *p, __m256d v, int n)
                     if (v)                                                                      \
                         TRANSPOSE(r);                                                           \
                     for (int i = 0; i < W; i++)                                                 \
-                        STORE_LANES(dst + (k + i) * nr + j, r[i], lanes);                       \
+                        if (lanes == W)                                                         \
+                            STORE(dst + (k + i) * nr + j, r[i]);                                \
+                        else                                                                    \
+                            STORE_LANES(dst + (k + i) * nr + j, r[i], lanes);                   \
                 }                                                                               \
                 for (; k < kc; k++)                                                             \
                     for (int i = 0; i < lanes; i++)                                             \
