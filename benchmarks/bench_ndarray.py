@@ -234,7 +234,8 @@ def parent(args) -> None:
                                for dt in ("float32", "float64") for c in [cfg[dt]])
             print(f"  needle: matmul kernel {cfg['kernel']} ({blocks}); caches from "
                   f"{cfg['cache_source']}: L1d {cfg['l1d'] >> 10} KiB, L2 {cfg['l2'] >> 10} KiB, "
-                  f"L3 {cfg['l3'] >> 10} KiB per core; flush denormals {cfg['flush_denormals']}")
+                  f"L3 {cfg['l3'] >> 10} KiB per core "
+                  f"of {cfg['llc'] >> 10} KiB; flush denormals {cfg['flush_denormals']}")
             report["needle_config"] = cfg
             report["numpy_blas"] = infos["numpy"]["blas"]
             report["torch"] = infos["torch"]["torch"]

@@ -58,7 +58,7 @@ static PyObject *m_matmul_kernel_name(PyObject *m, PyObject *u)
 }
 
 /* {"kernel", "float32": {mr, nr, mc, kc, nc, small_m, swap_m}, "float64": {...}, "l1d", "l2", "l3",
- *  "cache_source", "flush_denormals"}: what ndl_cpu_matmul chose and why. */
+ *  "llc", "cache_source", "flush_denormals"}: what ndl_cpu_matmul chose and why. */
 static PyObject *m_matmul_config(PyObject *m, PyObject *u)
 {
     const ndl_cpu_info *info = ndl_get_cpu_info();
@@ -73,11 +73,11 @@ static PyObject *m_matmul_config(PyObject *m, PyObject *u)
         if (!blocks[dt])
             goto fail;
     }
-    res = Py_BuildValue("{sssOsOsLsLsLsssi}", "kernel", ndl_cpu_matmul_kernel_name(), "float32",
-                        blocks[NDL_FLOAT32], "float64", blocks[NDL_FLOAT64], "l1d",
+    res = Py_BuildValue("{sssOsOsLsLsLsLsssi}", "kernel", ndl_cpu_matmul_kernel_name(),
+                        "float32", blocks[NDL_FLOAT32], "float64", blocks[NDL_FLOAT64], "l1d",
                         (long long)info->l1d, "l2", (long long)info->l2, "l3",
-                        (long long)info->l3, "cache_source", info->source, "flush_denormals",
-                        ndl_flush_denormals_enabled());
+                        (long long)info->l3, "llc", (long long)info->llc, "cache_source",
+                        info->source, "flush_denormals", ndl_flush_denormals_enabled());
 fail:
     Py_XDECREF(blocks[0]);
     Py_XDECREF(blocks[1]);

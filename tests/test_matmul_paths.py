@@ -436,6 +436,55 @@ def test_b_packed_in_the_kernel_gets_the_bits_of_pack_b(m, kind_b, dtype):
             assert np.array_equal(got.numpy(), reference), f"k={k}"
 
 
+
+B_FROM_MEMORY_CHILD = (
+    "import sys, numpy as np, needle.backend_ndarray as nd\n"
+    "d = sys.argv[1]; z = np.load(d + '/in.npz')\n"
+    "for name in ('f4', 'f8'):\n"
+    "    x, wide = z['x' + name], z['w' + name]\n"
+    "    dt = str(x.dtype)\n"
+    "    b = nd.array(wide, dtype=dt)[:, 3:-4]\n"
+    "    for m in (12, 13, 40, 200):\n"
+    "        np.save(f'{d}/{name}_{m}.npy', (nd.array(x[:m], dtype=dt) @ b).numpy())\n"
+)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_b_from_memory_gets_the_bits_of_the_filling_kernel(threads, tmp_path):
+    # Note [B from memory] (cpu_matmul.c): a B larger than half the
+    # last-level cache is copied ahead by pack_b for tiles of two row panels
+    # or more; here a child told of a 256 KiB L3 (the same L1d and L2, so
+    # the same KC) takes that path for a 600 x 333 B that this process,
+    # with the CPU's own L3, packs in the kernel. Same bits, a narrower last
+    # panel, three KC blocks, m = 12, 13, 40 (few rows) and 200 (more than
+    # MC rows with 2 MiB of L2), B's rows a slice of wider ones.
+    cfg = _C.matmul_config()
+    if cfg["cache_source"] == "env":
+        pytest.skip("NEEDLE_CACHE_SIZES is set")
+    if cfg["llc"] < (8 << 20):
+        pytest.skip("this CPU's last-level cache is too small for the filling path")
+    k = 2 * cfg["float32"]["kc"] + 88
+    inputs = {}
+    for name, dtype in (("f4", "float32"), ("f8", "float64")):
+        inputs["x" + name] = np.random.randn(200, k).astype(dtype)
+        inputs["w" + name] = np.random.randn(k, 340).astype(dtype)
+    np.savez(tmp_path / "in.npz", **inputs)
+    caches = f"{cfg['l1d']},{cfg['l2']},{256 << 10}"
+    res = subprocess.run([sys.executable, "-c", B_FROM_MEMORY_CHILD, str(tmp_path)],
+                         env=dict(os.environ, PYTHONPATH=ROOT, NEEDLE_CACHE_SIZES=caches,
+                                  NEEDLE_NUM_THREADS=str(threads)),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for name, dtype in (("f4", "float32"), ("f8", "float64")):
+        x, wide = inputs["x" + name], inputs["w" + name]
+        y = wide[:, 3:-4]
+        b = nd.array(wide, dtype=dtype)[:, 3:-4]
+        for m in (12, 13, 40, 200):
+            got = nd.array(x[:m], dtype=dtype) @ b
+            check(got, x[:m], y, dtype)
+            child = np.load(tmp_path / f"{name}_{m}.npy")
+            assert np.array_equal(child, got.numpy()), f"{dtype} m={m}"
+
 def swap_rows(dtype):
     """The row counts around the limits of Note [x @ W.T by W @ x.T]
     (cpu_matmul.c) for dtype's kernels, or None when they never swap."""

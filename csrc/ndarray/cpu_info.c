@@ -92,6 +92,7 @@ static int read_caches_cpuid(ndl_cpu_info *info)
             found |= 2;
         } else if (level == 3) {
             info->l3 = size / sharing;
+            info->llc = size;
         }
     }
     return found == 3;
@@ -185,6 +186,7 @@ static int read_caches_sysfs(ndl_cpu_info *info)
             found |= 2;
         } else if (level == 3) {
             info->l3 = size / sysfs_cpu_count(dir);
+            info->llc = size;
         }
     }
     return found == 3;
@@ -208,6 +210,7 @@ static int read_caches_env(ndl_cpu_info *info)
     info->l1d = v[0];
     info->l2 = v[1];
     info->l3 = v[2];
+    info->llc = v[2];
     return 1;
 }
 
@@ -217,6 +220,7 @@ static void fill_info(void)
     info->l1d = 32 << 10;
     info->l2 = 512 << 10;
     info->l3 = 2 << 20;
+    info->llc = 8 << 20;
     info->l1d_ways = info->l2_ways = 8;
     info->source = "default";
 #if NDL_X86

@@ -5,8 +5,9 @@
  * Sources, in order: cpuid's deterministic cache leaves (Intel leaf 4, AMD
  * leaf 0x8000001D), then Linux sysfs (/sys/devices/system/cpu/cpu0/cache),
  * then fixed defaults (32 KiB 8-way L1d, 512 KiB 8-way L2, 2 MiB of L3 per
- * core). NEEDLE_CACHE_SIZES=L1,L2,L3 (bytes, K/M suffixes allowed) overrides
- * all three, so the derivation can be exercised for another machine.
+ * core, 8 MiB in all). NEEDLE_CACHE_SIZES=L1,L2,L3 (bytes, K/M suffixes
+ * allowed) overrides all three, L3 taken as the whole last-level cache too,
+ * so the derivation can be exercised for another machine.
  * Never touches Python.
  */
 #ifndef NDL_CPU_INFO_H
@@ -17,6 +18,7 @@
 typedef struct {
     int64_t l1d, l2; /* bytes, one core's L1 data cache and L2 */
     int64_t l3;      /* bytes of L3 per core sharing it (0: none) */
+    int64_t llc;     /* bytes of the whole last-level cache this core reaches (L3, else L2) */
     int l1d_ways, l2_ways;
     const char *source; /* "cpuid", "sysfs", "default" or "env" */
     int avx2_fma;       /* AVX2 and FMA3: CPU flags and OS saves ymm state */

@@ -76,6 +76,7 @@ typedef struct {
     int small_m;         /* axpy loops up to this m (Note [Axpy rows per tile]) */
     int mid_rows;        /* middle partial tile (Note [Balanced last tiles]); 0: none */
     ndl_ukernel_fill kernel_fill; /* Note [Packing B in the kernel]; NULL: none */
+    int64_t fill_max_b;  /* B's bytes up to which it may fill (Note [B from memory]) */
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -208,6 +209,7 @@ static void derive_blocks(ndl_gemm_config *cfg, int64_t es, const ndl_cpu_info *
     cfg->nc = clamp64(l3 / 2 / (cfg->kc * es) / cfg->nr * cfg->nr, 4 * cfg->nr,
                       8192 / cfg->nr * cfg->nr);
     cfg->nc1 = clamp64(info->l2 / 2 / (cfg->kc * es) / cfg->nr * cfg->nr, 4 * cfg->nr, cfg->nc);
+    cfg->fill_max_b = (info->llc > 0 ? info->llc : l3) / 2; /* Note [B from memory] */
     const char *env = getenv("NEEDLE_MATMUL_BLOCKS");
     long long mc, kc, nc;
     if (env && sscanf(env, "%lld,%lld,%lld", &mc, &kc, &nc) == 3 && mc > 0 && kc > 0 && nc > 0) {
@@ -480,6 +482,8 @@ typedef struct {
     const ndl_gemm_config *cfg;
     size_t es;
     int pack_a_block; /* !read_a_in_place(): pack every A block */
+    /* cfg->kernel_fill, or NULL where pack_b copies B ahead (Note [B from memory]) */
+    ndl_ukernel_fill kernel_fill;
     void (*pack_a)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
     void (*pack_b)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
 } ndl_gemm_ops;
@@ -545,7 +549,7 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
     const int mr = cfg->mr, nr = cfg->nr;
     const int pack_a = ops->pack_a_block;
     /* Note [Packing B in the kernel]: B by rows, A packed */
-    const int fill = csb == 1 && pack_a && cfg->kernel_fill;
+    const int fill = csb == 1 && pack_a && ops->kernel_fill;
     for (int64_t jc = 0; jc < p; jc += cfg->nc) {
         int64_t nc = p - jc < cfg->nc ? p - jc : cfg->nc;
         for (int64_t pc = 0; pc < n; pc += cfg->kc) {
@@ -578,7 +582,7 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int mrr = mc - ir < mr ? (int)(mc - ir) : mr;
                         if (fill && ic == 0 && ir == 0)
-                            cfg->kernel_fill(kc, ablk, bsrc, rsb, bp,
+                            ops->kernel_fill(kc, ablk, bsrc, rsb, bp,
                                              c + ((ic + ir) * ldc + jc + jr) * es, ldc, mrr,
                                              nrr, first);
                         else
@@ -591,6 +595,38 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
     }
 }
 
+/* Note [B from memory]
+ *   The filling kernel (Note [Packing B in the kernel]) reads a panel of B
+ *   where it lies: 64-128 bytes of each of KC rows, a row stride apart,
+ *   which at N of 1024 columns and more are 4 KiB or more apart. From L2
+ *   or L3 those reads hide among the FMAs; from memory each row is a miss
+ *   in another page that the hardware prefetchers do not follow (they stop
+ *   at page boundaries), and rows 4 KiB apart fall in a few L2 sets, so
+ *   prefetching further ahead evicts what it fetched (Zen 2, UK_B_LEAD 24
+ *   or a second prefetch 32 or 64 rows ahead into L2: 16 x 4096 @ 4096 x
+ *   1024 36 -> 45 GFLOP/s, but 16 x 1024 x 1024, B in L3, 67 -> 45-56).
+ *   pack_b reads whole rows of the block (NC1 columns, contiguous), which
+ *   the prefetchers stream. So when B is larger than half of the
+ *   last-level cache (cpu_info.h: the whole L3 this core reaches, not its
+ *   share, since one product's B has it to itself), and each tile has two
+ *   full row panels or more (so each packed panel is read at least twice),
+ *   pack_b copies B ahead and no kernel fills. With one panel's rows or
+ *   fewer (m = 8 on AVX2) the filling kernel stays faster: the copy is
+ *   then a larger part of the work (4096 x 4096 float32 40 against 31-33).
+ *   The bits are the same either way. AMD EPYC (Zen 2, family 23 model 49,
+ *   2 vCPUs, 16 MiB L3), AVX2, interleaved medians, GFLOP/s, filling ->
+ *   pack_b (OpenBLAS 0.3.31 Haswell kernel): float32 1 thread 16 x 4096 @
+ *   4096 x 1024 42-48 -> 53-56 (56), 16 x 2048 x 2048 45-47 -> 55 (54), 13
+ *   x 4096 x 2048 28-32 -> 41-42 (36), 16 x 1024 x 8192 33-38 -> 50-51
+ *   (51), 32 x 4096 x 4096 57-62 -> 62-66 (64); 2 threads 16 x 4096 x 4096
+ *   77-82 -> 90 (88), 16 x 4096 x 1024 59-63 -> 74-96 (77); float64 1
+ *   thread 16 x 4096 x 4096 16-17 -> 24 (22), 64 x 4096 x 4096 30 -> 37-38
+ *   (34), 2 threads 17 x 4096 x 4096 32 -> 50 (41), 64 x 4096 x 4096 65
+ *   -> 75 (62); squares 2048-4096 the same within noise (their B blocks
+ *   serve all of A's blocks, so the filling is a small part). On the Xeon
+ *   (Emerald Rapids, 260 MiB of L3) B is that large only from about 5800^2
+ *   float32 up, and the figures of Note [Packing B in the kernel] stand.
+ */
 /* Note [Balanced last tiles]
  *   The SIMD kernels run a partial tile of mr rows over MR / 2, MID or MR
  *   of them (Note [Half tiles] in cpu_matmul_simd_impl.h; MID is 10 of 14
@@ -658,7 +694,7 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
     const int64_t ncb = cfg->nc1;
     const int bt = rsb == 1 && csb != 1 && cfg->pack_bt; /* B = W.T: transposed in registers */
     /* Note [Packing B in the kernel]: B by rows, A packed */
-    const int fill = csb == 1 && ops->pack_a_block && cfg->kernel_fill;
+    const int fill = csb == 1 && ops->pack_a_block && ops->kernel_fill;
     /* block t is (pc, jc), pc varying fastest when B's columns are contiguous */
     const int k_inner = bt;
     const int64_t nkb = (n + cfg->kc - 1) / cfg->kc, njb = (p + ncb - 1) / ncb;
@@ -702,7 +738,7 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
                 /* packed: the panel of row ir (a panel starts at `split`); else A itself */
                 int64_t at = ops->pack_a_block ? (ir + mr - 1) / mr * mr * kc : ir * rsa;
                 if (fill && ir == 0) /* the panel's only tile need not store it */
-                    cfg->kernel_fill(kc, ablk + at * es, bsrc, rsb, end < m ? bp : NULL,
+                    ops->kernel_fill(kc, ablk + at * es, bsrc, rsb, end < m ? bp : NULL,
                                      c + (ir * ldc + jc + jr) * es, ldc, (int)(end - ir), nrr,
                                      first);
                 else
@@ -1255,8 +1291,13 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
      * 100 45 -> 53) */
     int64_t tile_rows = ((m + cfg->mr - 1) / cfg->mr + job.tm - 1) / job.tm * cfg->mr;
     int64_t tile_cols = round_up((p + job.tn - 1) / job.tn, cfg->nr);
+    /* Note [B from memory]: tiles of two full row panels or more copy a B
+     * larger than half the last-level cache ahead, by rows */
+    const int from_memory = (double)n * (double)p * (double)es > (double)cfg->fill_max_b &&
+                            (m + job.tm - 1) / job.tm >= 2 * cfg->mr;
+    job.ops.kernel_fill = from_memory ? NULL : cfg->kernel_fill;
     job.ops.pack_a_block = !read_a_in_place(rsa, csa, tile_cols, cfg->nr, es) ||
-                           (csb == 1 && cfg->kernel_fill && tile_rows <= cfg->mc &&
+                           (csb == 1 && job.ops.kernel_fill && tile_rows <= cfg->mc &&
                             (tile_cols > 4 * cfg->nr || tile_rows < tile_cols));
     job.abytes = job.ops.pack_a_block ? (size_t)round_up(mcap * kcap * (int64_t)es, 64) : 0;
     /* Note [Narrow B blocks for few rows]: when every tile has m <= MC, a
@@ -1264,7 +1305,7 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
      * [Packing B in the kernel]: gemm_block_few reuses the first panel's place) */
     if (tile_rows <= cfg->mc && ncap > cfg->nc1)
         ncap = cfg->nc1;
-    if (tile_rows <= cfg->mc && csb == 1 && job.ops.pack_a_block && cfg->kernel_fill)
+    if (tile_rows <= cfg->mc && csb == 1 && job.ops.pack_a_block && job.ops.kernel_fill)
         ncap = cfg->nr;
     job.bbytes = (size_t)round_up(kcap * ncap * (int64_t)es, 64);
     job.bufs = ndl_matmul_scratch_get((size_t)job.nparts * (job.abytes + job.bbytes));

@@ -415,6 +415,8 @@ UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t
  *   1000 @ 1000 x 300 53 -> 97, m = 12 54-55 -> 109-113, m = 32 109 ->
  *   128, 64 x 256 @ 256 x 256 136 -> 154. Both moved the AVX-512 float32
  *   axpy limit from 16 rows to 2 (Note [Axpy rows per tile] in
+ *   cpu_matmul.c). A B larger than half the last-level cache, read from
+ *   memory, is copied ahead by pack_b instead (Note [B from memory] in
  *   cpu_matmul.c). */
 #define UK_B_LEAD 8
 /* prefetch the lines of row UK_B_LEAD ahead of b into L1 */
