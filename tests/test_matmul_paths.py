@@ -103,9 +103,12 @@ def test_skinny_batched_broadcast():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind_a", ["rows", "cols"])
-@pytest.mark.parametrize("mkn", [(300, 1024, 600), (100, 512, 40), (70, 2048, 513)], ids=str)
+@pytest.mark.parametrize("mkn", [(300, 1024, 600), (100, 512, 40), (70, 2048, 513),
+                                 (200, 1024, 64), (180, 2048, 300)], ids=str)
 def test_power_of_two_strides(mkn, kind_a, dtype):
-    # row strides that are multiples of 1 KiB: A is packed, not read in place
+    # row strides that are multiples of 1 KiB: A is packed where the tile's
+    # rows exceed an L1 set's ways (AVX-512), else read in place for p < 512
+    # (Note [Reading A in place])
     m, k, n = mkn
     a, x = operand((m, k), dtype, kind_a)
     b, y = operand((k, n), dtype, "rows")
@@ -388,7 +391,8 @@ def test_packed_and_in_place_a_get_the_same_bits(m, kind_b, dtype):
         x = np.random.randn(m, k).astype(dtype)
         b, y = operand((k, 100), dtype, kind_b)
         # rows contiguous, byte stride not a multiple of 1 KiB: read in place
-        # (p = 100 < 512); a multiple of 1 KiB: packed (Note [Reading A in place])
+        # (p = 100 < 512); a multiple of 1 KiB: packed where the tile's rows
+        # exceed an L1 set's ways (AVX-512; Note [Reading A in place])
         width = -(-k // (1024 // size)) * (1024 // size)
         if k * size % 1024 == 0:
             continue
@@ -499,8 +503,8 @@ def swap_rows(dtype):
 @pytest.mark.parametrize("k", [256, 300, 600, 1000, 1024], ids=lambda k: f"k{k}")
 def test_swapped_w_transposed_gets_the_bits_of_the_packed_path(k, dtype):
     # Note [x @ W.T by W @ x.T] (cpu_matmul.c): with B = W.T and from
-    # swap_m rows (up to 2 NR, or 4 NR when W's row stride is no multiple of
-    # 1 KiB; K >= 512, or 256 up to NR rows) the driver computes C.T = W @
+    # swap_m rows (up to 2 NR, or 4 NR when W's rows can be read in place:
+    # Note [Reading A in place]; K >= 512, or 256 up to NR rows) the driver computes C.T = W @
     # x.T into scratch and copies it into C transposed; a multiplication
     # commutes, so every element keeps its chains and the rows are those of
     # a product too tall to swap (4 NR + 7 rows), on both sides of each limit

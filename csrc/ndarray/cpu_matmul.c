@@ -77,6 +77,8 @@ typedef struct {
     int mid_rows;        /* middle partial tile (Note [Balanced last tiles]); 0: none */
     ndl_ukernel_fill kernel_fill; /* Note [Packing B in the kernel]; NULL: none */
     int64_t fill_max_b;  /* B's bytes up to which it may fill (Note [B from memory]) */
+    int tile_in_l1_set;  /* MR <= L1d's ways: rows 1 KiB apart read in place too
+                          * (Note [Reading A in place]) */
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -210,6 +212,7 @@ static void derive_blocks(ndl_gemm_config *cfg, int64_t es, const ndl_cpu_info *
                       8192 / cfg->nr * cfg->nr);
     cfg->nc1 = clamp64(info->l2 / 2 / (cfg->kc * es) / cfg->nr * cfg->nr, 4 * cfg->nr, cfg->nc);
     cfg->fill_max_b = (info->llc > 0 ? info->llc : l3) / 2; /* Note [B from memory] */
+    cfg->tile_in_l1_set = cfg->mr <= info->l1d_ways;      /* Note [Reading A in place] */
     const char *env = getenv("NEEDLE_MATMUL_BLOCKS");
     long long mc, kc, nc;
     if (env && sscanf(env, "%lld,%lld,%lld", &mc, &kc, &nc) == 3 && mc > 0 && kc > 0 && nc > 0) {
@@ -468,14 +471,31 @@ static void pack_b_f64(const char *s, int64_t rs, int64_t cs, int64_t kc, int64_
  *   exceed L2's, so such A blocks thrash. A is therefore read in place only
  *   when p <= 2 NR (each A panel meets at most two B panels), or when its
  *   rows are contiguous, p < 512 and the row stride is not a multiple of
- *   1 KiB; otherwise it is packed.
+ *   1 KiB, or is and the MR rows fit one L1 set (tile_in_l1_set: AVX2's 6
+ *   rows, 8 ways or more); otherwise it is packed. The MC rows' L2 misses
+ *   did not show there: AMD EPYC (Zen 2, family 23 model 49, 8-way L1d and
+ *   L2), AVX2, 1 thread, interleaved medians, GFLOP/s, packed -> in place
+ *   (OpenBLAS 0.3.31 Haswell): float32 256 x 1024 @ 1024 x 64 76-79 -> 93
+ *   (87), 1000 x 1024 x 48 72-74 -> 94 (85), 2000 x 2048 x 40 50-54 ->
+ *   68-75 (57), 1000 x 4096 x 48 69 -> 89-90 (78), 500 x 512 x 64 78-79 ->
+ *   96-97 (84), 256 x 1024 x 128 87-89 -> 94 (94), p = 200..400 the same;
+ *   float64 1000 x 1024 x 24 32-38 -> 42-46 (31), 2000 x 2048 x 20 22-24
+ *   -> 31-32 (25); 2 threads float32 1000 x 1024 x 48 135-136 -> 174-176
+ *   (155), 256 x 1024 x 64 140-142 -> 163-168 (156); and through Note [x @
+ *   W.T by W @ x.T], which then
+ *   takes m up to 4 NR whatever W's row stride: float32 x @ W.T 64 x 1024
+ *   @ 1024 x 1024 72 -> 84-88 (76-82), 48 x 1024 x 1024 70-71 -> 86-87
+ *   (73-78), 64 x 4096 x 1024 73-74 -> 89 (78), 64 x 512 x 512 81 -> 89-90
+ *   (85); float64 32 x 1024 x 1024 31-32 -> 43 (30), 20 x 1024 x 1024 28-29
+ *   -> 37 (24); but 40 x 4096 x 4096 (W from memory) 62-64 -> 58-59 (57).
  */
-static int read_a_in_place(int64_t rsa, int64_t csa, int64_t p, int nr, size_t es)
+static int read_a_in_place(const ndl_gemm_config *cfg, int64_t rsa, int64_t csa, int64_t p,
+                           size_t es)
 {
-    if (p <= 2 * nr)
+    if (p <= 2 * cfg->nr)
         return 1;
     int64_t stride = rsa * (int64_t)es;
-    return csa == 1 && p < 512 && stride % 1024 != 0;
+    return csa == 1 && p < 512 && (stride % 1024 != 0 || cfg->tile_in_l1_set);
 }
 
 typedef struct {
@@ -1086,7 +1106,8 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
  *   transpose. A multiplication commutes, so every C element gets the
  *   chains of Note [One chain per element]: the bits do not change.
  *   It pays where W @ x.T reads W in place (m <= 2 NR, or at most 4 NR
- *   with a row stride that is not a multiple of 1 KiB), from the first m
+ *   with a row stride that is not a multiple of 1 KiB, or is and the tile's
+ *   rows fit an L1 set: Note [Reading A in place]), from the first m
  *   that the register transposes leave (bt_m + 1: 5 with the AVX2 ones,
  *   measured, m = 5 is faster this way and m = 4 by the transposes; 9
  *   float32 and 7 float64 with AVX-512's, Note [Transposing W in zmm
@@ -1117,7 +1138,7 @@ static int use_swap(const ndl_gemm_config *cfg, int64_t m, int64_t n, int64_t rs
                     size_t es)
 {
     return rsb == 1 && csb != 1 && cfg->bt && m > cfg->bt_m && m <= 4 * cfg->nr &&
-           n >= 256 && (m <= cfg->nr || n >= 512) && read_a_in_place(csb, rsb, m, cfg->nr, es);
+           n >= 256 && (m <= cfg->nr || n >= 512) && read_a_in_place(cfg, csb, rsb, m, es);
 }
 
 static int gemm_swapped(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t m,
@@ -1296,7 +1317,7 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
     const int from_memory = (double)n * (double)p * (double)es > (double)cfg->fill_max_b &&
                             (m + job.tm - 1) / job.tm >= 2 * cfg->mr;
     job.ops.kernel_fill = from_memory ? NULL : cfg->kernel_fill;
-    job.ops.pack_a_block = !read_a_in_place(rsa, csa, tile_cols, cfg->nr, es) ||
+    job.ops.pack_a_block = !read_a_in_place(cfg, rsa, csa, tile_cols, es) ||
                            (csb == 1 && job.ops.kernel_fill && tile_rows <= cfg->mc &&
                             (tile_cols > 4 * cfg->nr || tile_rows < tile_cols));
     job.abytes = job.ops.pack_a_block ? (size_t)round_up(mcap * kcap * (int64_t)es, 64) : 0;
