@@ -482,8 +482,8 @@ static void pack_b_f64(const char *s, int64_t rs, int64_t cs, int64_t kc, int64_
  *   float64 1000 x 1024 x 24 32-38 -> 42-46 (31), 2000 x 2048 x 20 22-24
  *   -> 31-32 (25); 2 threads float32 1000 x 1024 x 48 135-136 -> 174-176
  *   (155), 256 x 1024 x 64 140-142 -> 163-168 (156); and through Note [x @
- *   W.T by W @ x.T], which then
- *   takes m up to 4 NR whatever W's row stride: float32 x @ W.T 64 x 1024
+ *   W.T by W @ x.T], which then takes m up to 4 NR whatever W's row
+ *   stride: float32 x @ W.T 64 x 1024
  *   @ 1024 x 1024 72 -> 84-88 (76-82), 48 x 1024 x 1024 70-71 -> 86-87
  *   (73-78), 64 x 4096 x 1024 73-74 -> 89 (78), 64 x 512 x 512 81 -> 89-90
  *   (85); float64 32 x 1024 x 1024 31-32 -> 43 (30), 20 x 1024 x 1024 28-29
@@ -982,6 +982,29 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   = 3..8 (m = 4 44-46 -> 29, m = 8 52-53 -> 45-47): 8 there too.
  *   The bits do not change with the limit (Note [One chain per element]).
  */
+/* Note [Axpy on one thread]
+ *   The axpy loops rewrite each C row segment once per KU rows of B (a
+ *   read-modify-write of C every 8 k steps, where the kernels write a tile
+ *   once per KC block). On AMD EPYC (Zen 2, family 23 model 49, 2 vCPUs,
+ *   512 KiB L2 each), two threads each taking half the columns ran each
+ *   half as slowly as one thread ran the whole product whenever B fit in
+ *   about two L2s, and that with the two threads' columns on separate
+ *   cache lines, the pool's workers spinning (NEEDLE_POOL_SPIN_US=100000
+ *   the same) and the dot and transposing loops, which write C once,
+ *   gaining from the second thread at the same sizes; which shared
+ *   resource the rewrites contend for was not found (the guest shows no
+ *   hardware counters). So from m = 3 an axpy product whose B fits in two
+ *   L2s runs on the calling thread; m = 1 and 2 (whose chains are
+ *   shortest) and larger B, read from L3 or memory, keep the split
+ *   (float32 8 x 1024 @ 1024 x 1024: 1 thread 41-54, 2 threads 58-77).
+ *   GFLOP/s, interleaved medians, 2 threads, split -> one thread (1 thread
+ *   alone; OpenBLAS 0.3.31 on 2 threads): float32 8 x 256 @ 256 x 256
+ *   23-32 -> 63-67 (66; 45), 6 x 256 x 256 30-37 -> 60-63 (63; 25), 4 x 256
+ *   x 256 49-53 -> 55-58 (59; 32), 8 x 512 x 512 39-43 -> 59-62 (61; 58);
+ *   float64 8 x 256 x 256 13 -> 30-31 (32; 18), 6 x 256 x 256 12-14 -> 30-31
+ *   (31; 11), 4 x 256 x 256 13-15 -> 26-28 (27; 11). (4 x 512 x 512 float32,
+ *   1 MiB of B, ran 40-48 split and 51-53 on one thread.)
+ */
 enum { SMALL_AXPY, SMALL_DOT, SMALL_BT };
 
 typedef struct {
@@ -1228,6 +1251,10 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
             job.jl2 = jb;
         int64_t nthreads = ndl_get_num_threads();
         double work = (double)m * (double)n * (double)p * (double)batch;
+        /* Note [Axpy on one thread] */
+        double b_bytes = (double)n * (double)p * (double)es;
+        if (job.mode == SMALL_AXPY && m >= 3 && b_bytes <= 2.0 * (double)ndl_get_cpu_info()->l2)
+            nthreads = 1;
         if (nthreads > 1 && work >= NDL_SMALL_PAR_MIN && batch < nthreads)
             job.nparts = p / 64 < nthreads ? (p / 64 > 1 ? p / 64 : 1) : nthreads;
         job.ntasks = batch * job.nparts;
