@@ -80,6 +80,20 @@ def test_skinny_thread_count_independent(threads, kind_b):
     check(a @ b, x, y, "float32")
 
 
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m", [2, 3, 5, 8])
+def test_few_rows_thread_count_independent(m, dtype):
+    # Note [Axpy and two threads] (cpu_matmul.c): on several threads, m >= 5
+    # with a B short of memory takes the packed kernels' split, m = 3, 4 with
+    # B in two L2s the axpy loops on one thread, m = 2 their column split;
+    # on one thread all take the axpy loops (m <= 8 on AVX2): same bits
+    for k, n in ((400, 400), (256, 1000), (1100, 700)):
+        a, x = operand((m, k), dtype, "rows")
+        b, y = operand((k, n), dtype, "rows")
+        same_bits_on_threads(a, b, 2)
+        check(a @ b, x, y, dtype)
+
 def same_bits_on_threads(a, b, threads):
     """a @ b on `threads` threads has the bits of the one-thread product."""
     before = nd.get_num_threads()

@@ -982,7 +982,7 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   = 3..8 (m = 4 44-46 -> 29, m = 8 52-53 -> 45-47): 8 there too.
  *   The bits do not change with the limit (Note [One chain per element]).
  */
-/* Note [Axpy on one thread]
+/* Note [Axpy and two threads]
  *   The axpy loops rewrite each C row segment once per KU rows of B (a
  *   read-modify-write of C every 8 k steps, where the kernels write a tile
  *   once per KC block). On AMD EPYC (Zen 2, family 23 model 49, 2 vCPUs,
@@ -993,17 +993,22 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   the same) and the dot and transposing loops, which write C once,
  *   gaining from the second thread at the same sizes; which shared
  *   resource the rewrites contend for was not found (the guest shows no
- *   hardware counters). So from m = 3 an axpy product whose B fits in two
- *   L2s runs on the calling thread; m = 1 and 2 (whose chains are
- *   shortest) and larger B, read from L3 or memory, keep the split
- *   (float32 8 x 1024 @ 1024 x 1024: 1 thread 41-54, 2 threads 58-77).
- *   GFLOP/s, interleaved medians, 2 threads, split -> one thread (1 thread
- *   alone; OpenBLAS 0.3.31 on 2 threads): float32 8 x 256 @ 256 x 256
- *   23-32 -> 63-67 (66; 45), 6 x 256 x 256 30-37 -> 60-63 (63; 25), 4 x 256
- *   x 256 49-53 -> 55-58 (59; 32), 8 x 512 x 512 39-43 -> 59-62 (61; 58);
- *   float64 8 x 256 x 256 13 -> 30-31 (32; 18), 6 x 256 x 256 12-14 -> 30-31
- *   (31; 11), 4 x 256 x 256 13-15 -> 26-28 (27; 11). (4 x 512 x 512 float32,
- *   1 MiB of B, ran 40-48 split and 51-53 on one thread.)
+ *   hardware counters). So with more than one thread, a product of one
+ *   or a few matrices (batch below the threads) large enough for the
+ *   packed path's split (NDL_MATMUL_PAR_MIN) whose B is not read from
+ *   memory (Note [B from memory]) takes the packed kernels from m = 5,
+ *   and from m = 3 an axpy product whose B fits in two L2s runs on the
+ *   calling thread; m = 1 and 2, and B from memory (where the axpy loops'
+ *   single pass over B is worth more: float32 8 x 4096 @ 4096 x 4096, 2
+ *   threads, 71-72 GFLOP/s, the kernels 54-67), keep the split.
+ *   GFLOP/s, interleaved medians, 2 threads, split axpy -> now (OpenBLAS
+ *   0.3.31 on 2 threads): float32 8 x 256 @ 256 x 256 34-78 -> 70 (46), 6 x
+ *   256 x 256 27-64 -> 106 (27), 4 x 256 x 256 44-51 -> 57-59 (31), 8 x 512
+ *   x 512 37-40 -> 85-87 (61), 8 x 1024 x 1024 67 -> 77-78 (77), 8 x 784 x
+ *   100 32 -> 47 (41), 8 x 100 x 1000 26-29 -> 68-70 (60); float64 8 x 256
+ *   x 256 12-13 -> 42-43 (17), 6 x 256 x 256 13 -> 64 (10), 4 x 256 x 256 14
+ *   -> 27 (10), 8 x 512 x 512 24-25 -> 39 (21), 8 x 1024 x 1024 39-40 ->
+ *   35-38 (23), 6 x 1024 x 1024 34-36 -> 44-45 (14).
  */
 enum { SMALL_AXPY, SMALL_DOT, SMALL_BT };
 
@@ -1238,7 +1243,14 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
     }
     const ndl_gemm_config *cfg = get_config(dt);
     int small_bt = m <= cfg->bt_m && rsb == 1 && cfg->bt;
-    if ((m <= cfg->small_m && csb == 1) || (m == 1 && rsb == 1 && csa == 1) || small_bt) {
+    int64_t nthreads = ndl_get_num_threads();
+    double work = (double)m * (double)n * (double)p * (double)batch;
+    double b_bytes = (double)n * (double)p * (double)es;
+    /* Note [Axpy and two threads]: from m = 5, the packed kernels' split */
+    int axpy = m <= cfg->small_m && csb == 1 &&
+               !(m > 4 && nthreads > 1 && batch < nthreads && work >= NDL_MATMUL_PAR_MIN &&
+                 b_bytes <= (double)cfg->fill_max_b);
+    if (axpy || (m == 1 && rsb == 1 && csa == 1) || small_bt) {
         ndl_small_job job = {
             .cfg = cfg, .mode = csb == 1 ? SMALL_AXPY : m == 1 && csa == 1 ? SMALL_DOT : SMALL_BT,
             .m = m, .n = n, .p = p, .nparts = 1, .es = es,
@@ -1249,10 +1261,7 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
         job.jl2 = ndl_get_cpu_info()->l2 / 2 / (m * (int64_t)es) / jb * jb;
         if (job.jl2 < jb)
             job.jl2 = jb;
-        int64_t nthreads = ndl_get_num_threads();
-        double work = (double)m * (double)n * (double)p * (double)batch;
-        /* Note [Axpy on one thread] */
-        double b_bytes = (double)n * (double)p * (double)es;
+        /* Note [Axpy and two threads] */
         if (job.mode == SMALL_AXPY && m >= 3 && b_bytes <= 2.0 * (double)ndl_get_cpu_info()->l2)
             nthreads = 1;
         if (nthreads > 1 && work >= NDL_SMALL_PAR_MIN && batch < nthreads)
