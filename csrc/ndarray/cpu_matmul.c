@@ -501,7 +501,7 @@ static int read_a_in_place(const ndl_gemm_config *cfg, int64_t rsa, int64_t csa,
 typedef struct {
     const ndl_gemm_config *cfg;
     size_t es;
-    int pack_a_block; /* !read_a_in_place(): pack every A block */
+    int pack_a_block; /* pack every A block: not read in place, or for kernel_fill (gemm) */
     /* cfg->kernel_fill, or NULL where pack_b copies B ahead (Note [B from memory]) */
     ndl_ukernel_fill kernel_fill;
     void (*pack_a)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
@@ -652,9 +652,9 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
  *   of them (Note [Half tiles] in cpu_matmul_simd_impl.h; MID is 10 of 14
  *   on AVX-512, 4 of 6 on AVX2; AVX-512 also has a 4-row loop, which never
  *   beats this cut: m = 14 q + 1..3 as 14 + 4 costs 18 rows, 10 + 7 costs
- *   17). A product of m = q MR + r rows (q >= 1,
- *   0 < r) ends with a full tile and an r-row one; when MR + r rows fit a
- *   MID-row tile and a half one, those cost fewer multiply-adds, and
+ *   17). A product of m = q MR + r rows (q >= 1, 0 < r) ends with a full
+ *   tile and an r-row one; when MR + r rows fit a MID-row tile and a half
+ *   one, those cost fewer multiply-adds, and
  *   gemm_block_few cuts them so: AVX-512 m = 17 runs 10 + 7 rows where 14 +
  *   7 ran (19% fewer FMAs; every m = 14 q + 1..3 alike, m = 17, 29..31,
  *   43..45, ...), AVX2 m = 6 q + 1 ends 4 + 3 for 6 + 3 (m = 13, 19, ...).
@@ -689,16 +689,18 @@ static int64_t last_tiles_split(const ndl_gemm_config *cfg, int64_t m)
  *   7 against 17). gemm_block_few instead packs blocks of KC x NC1,
  *   NC1 = L2 / 2 / (KC * size) (128 float64 or 256 float32 columns on
  *   Zen 3), which stay in L2 until their panels are used (Note [No
- *   prefetch of the next B block]). It
- *   visits them in the order that reads B along its contiguous axis, so
- *   that B streams from memory in long runs over few pages:
+ *   prefetch of the next B block]). It visits them in the order that reads
+ *   B along its contiguous axis, so that B streams from memory in long
+ *   runs over few pages:
  *     rows contiguous (B):    for pc by KC: pack A once; for jc by NC1: ...
  *     columns contiguous (W.T): for jc by NC1: for pc by KC: ...
  *   (the second repacks the m x KC A block for each B block, m / NC1 of the
  *   B packing). With B by rows and A packed, no block is copied ahead any
  *   more: each panel is packed by its first tile's kernel, into the first
  *   panel's place (Note [Packing B in the kernel] in
- *   cpu_matmul_simd_impl.h), and the blocks only order the visit. Each C
+ *   cpu_matmul_simd_impl.h), and the blocks only order the visit, unless
+ *   B comes from memory (Note [B from memory]: then pack_b copies each
+ *   block by rows again). Each C
  *   element still gets its KC blocks' chains in k order, so the bits are
  *   those of gemm_block (Note [One chain per element] in cpu_matmul.h): m
  *   = 64 gives the rows of m = 1000.
