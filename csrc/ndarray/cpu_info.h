@@ -18,7 +18,7 @@
 typedef struct {
     int64_t l1d, l2; /* bytes, one core's L1 data cache and L2 */
     int64_t l3;      /* bytes of L3 per core sharing it (0: none) */
-    int64_t llc;     /* bytes of the whole last-level cache this core reaches (L3, else L2) */
+    int64_t llc;     /* bytes of the whole L3 this core reaches (8 MiB when none is reported) */
     int l1d_ways, l2_ways;
     const char *source; /* "cpuid", "sysfs", "default" or "env" */
     int avx2_fma;       /* AVX2 and FMA3: CPU flags and OS saves ymm state */

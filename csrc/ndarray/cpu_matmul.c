@@ -211,7 +211,7 @@ static void derive_blocks(ndl_gemm_config *cfg, int64_t es, const ndl_cpu_info *
     cfg->nc = clamp64(l3 / 2 / (cfg->kc * es) / cfg->nr * cfg->nr, 4 * cfg->nr,
                       8192 / cfg->nr * cfg->nr);
     cfg->nc1 = clamp64(info->l2 / 2 / (cfg->kc * es) / cfg->nr * cfg->nr, 4 * cfg->nr, cfg->nc);
-    cfg->fill_max_b = (info->llc > 0 ? info->llc : l3) / 2; /* Note [B from memory] */
+    cfg->fill_max_b = info->llc / 2;                      /* Note [B from memory] */
     cfg->tile_in_l1_set = cfg->mr <= info->l1d_ways;      /* Note [Reading A in place] */
     const char *env = getenv("NEEDLE_MATMUL_BLOCKS");
     long long mc, kc, nc;
