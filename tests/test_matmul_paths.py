@@ -82,12 +82,14 @@ def test_skinny_thread_count_independent(threads, kind_b):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("m", [2, 3, 5, 8])
+@pytest.mark.parametrize("m", [2, 3, 4, 5, 8])
 def test_few_rows_thread_count_independent(m, dtype):
     # Note [Axpy and two threads] (cpu_matmul.c): on several threads, m >= 5
     # with a B short of memory takes the packed kernels' split, m = 3, 4 with
     # B in two L2s the axpy loops on one thread, m = 2 their column split;
-    # on one thread all take the axpy loops (m <= 8 on AVX2): same bits
+    # on one thread the axpy loops (m <= 8 on AVX2), but AVX2 float32 from
+    # m = 4 the filling kernels (Note [Few rows on the filling kernel]),
+    # also on two: same bits
     for k, n in ((400, 400), (256, 1000), (1100, 700)):
         a, x = operand((m, k), dtype, "rows")
         b, y = operand((k, n), dtype, "rows")
@@ -280,7 +282,9 @@ def test_a_row_gets_the_same_bits_whatever_the_batch(k, dtype):
     b = nd.array(y, dtype=dtype)
     full = (nd.array(x, dtype=dtype) @ b).numpy()
     np.testing.assert_allclose(full, x.astype(np.float64) @ y, rtol=1e-4, atol=1e-4)
-    for m in (1, 2, 3, 13, 15, 16, 17, 18, 19, 31, 40):
+    # m = 4..8: the axpy loops, or the filling kernels where Note [Few rows
+    # on the filling kernel] takes them (AVX2 float32, k != 1024)
+    for m in (1, 2, 3, 4, 5, 8, 13, 15, 16, 17, 18, 19, 31, 40):
         part = (nd.array(x[:m], dtype=dtype) @ b).numpy()
         assert np.array_equal(part, full[:m]), f"rows of a {m}-row product differ"
 
@@ -395,8 +399,9 @@ def test_packed_and_in_place_a_get_the_same_bits(m, kind_b, dtype):
     # steps, the batches and the KC blocks, and every partial tile of Note
     # [Half tiles] (AVX2, 6 rows: m = 9 ends in the half-row loop, 4 and 10
     # in the mid-row one, 11 in the full one; AVX-512, 14 rows: 21, 24, 27;
-    # m = 4 with B by rows takes the axpy loops on AVX2, by columns the
-    # kernels; m = 200: more than one MC block of A). With B by rows and at
+    # m = 4 with B by rows takes the axpy loops on AVX2 float64 and the
+    # filling kernels on AVX2 float32 (Note [Few rows on the filling
+    # kernel]), by columns the kernels; m = 200: more than one MC block of A). With B by rows and at
     # most MC rows the driver packs even the "in place" A, for the kernels
     # that pack B (Note [Packing B in the kernel]): there all three agree.
     kc = _C.matmul_config()[dtype]["kc"]

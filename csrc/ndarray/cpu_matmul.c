@@ -79,6 +79,8 @@ typedef struct {
     int64_t fill_max_b;  /* B's bytes up to which it may fill (Note [B from memory]) */
     int tile_in_l1_set;  /* MR <= L1d's ways: rows 1 KiB apart read in place too
                           * (Note [Reading A in place]) */
+    int few_rows_fill;   /* m = 4..small_m take the filling kernels, one thread or
+                          * more (Note [Few rows on the filling kernel]) */
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -103,7 +105,7 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
                          ndl_small_bt_f32, ndl_ukernel_avx2_f32_packed,
                          .bt_m = NDL_AVX2_BT_M, .small_m = 8,
                          .mid_rows = NDL_AVX2_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx2_f32_fill},
+                         .kernel_fill = ndl_ukernel_avx2_f32_fill, .few_rows_fill = 1},
         [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0,
                          ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64, 0,
                          ndl_small_bt_f64, ndl_ukernel_avx2_f64_packed,
@@ -1012,6 +1014,51 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   -> 27 (10), 8 x 512 x 512 24-25 -> 39 (21), 8 x 1024 x 1024 39-40 ->
  *   35-38 (23), 6 x 1024 x 1024 34-36 -> 44-45 (14).
  */
+/* Note [Few rows on the filling kernel]
+ *   With B's rows packed by the kernel that first reads them (Note [Packing
+ *   B in the kernel]) and A's panels packed in registers (Note [Spilling
+ *   past the last group] in cpu_matmul_pack_avx2.c), the AVX2 float32
+ *   kernels beat the axpy loops from m = 4 (one MID-row tile, Note [Half
+ *   tiles]), on one thread as on two, wherever B is not read from memory
+ *   (Note [B from memory]) and its rows are not a multiple of 4 KiB apart:
+ *   the filling kernel reads KC rows of B a row stride apart, and rows 4
+ *   KiB apart share an L1 set (8 ways here), so there the axpy loops' KU =
+ *   8 streams stay faster. AMD EPYC (Zen 2, family 23 model 49),
+ *   interleaved medians, GFLOP/s, axpy -> kernels (OpenBLAS 0.3.31 Haswell
+ *   kernel), 1 thread: 8 x 784 @ 784 x 100 32 -> 51-52 (43-44), 8 x 4096 x
+ *   100 31 -> 51 (48), 8 x 1000 x 1000 55-56 -> 62 (48-50), 8 x 2000 x 1000
+ *   55 -> 60 (47), 8 x 256 x 256 62-64 -> 62 (44-46); 6 x 784 x 100 31-32
+ *   -> 74-75 (27), 6 x 1000 x 1000 53 -> 87 (29), 6 x 784 x 784 54 -> 90;
+ *   5 x 784 x 100 31 -> 58 (23), 5 x 1000 x 1000 52-53 -> 71-72 (24-26); 4
+ *   x 784 x 100 30 -> 50-51 (32), 4 x 1000 x 1000 48-51 -> 60-62 (35), 4 x
+ *   300 x 300 39 -> 49-50 (32); 2 threads (m = 4; m = 5..8 took the
+ *   kernels there already, Note [Axpy and two threads]) 4 x 1000 x 1000
+ *   85-86 -> 116-119 (31), 4 x 100 x 1000 47-48 -> 95 (33), 4 x 784 x 100
+ *   30 -> 52 (34). Kept on the axpy loops: rows 4 KiB apart, 8 x 1024 x
+ *   1024 58 against 45, 8 x 768 x 1024 57 against 47, 4 x 1024 x 1024 50
+ *   against 37 (5 and 6 rows tie there); B from memory, 8 x 3000 x 1000
+ *   (12 MiB) 44 against 26, 5 x 2048 x 2048 42 against 17. m = 3 stays on
+ *   the axpy loops (mixed: 3 x 128 x 128 37 against 40, 3 x 784 x 100 40
+ *   against 28). float64 is not concerned: its kernels lost to the axpy
+ *   loops from B of about an L2 on (8 x 512 x 512 24 against 29, 5 x 1000
+ *   x 1000 10 against 27), and the AVX-512 float32 limit is 2 already
+ *   (Note [Axpy rows per tile]). Same bits either way.
+ */
+/* whether an m-row product whose B has contiguous rows (row stride rsb_bytes)
+ * takes the axpy loops; `split`: it would be split between threads */
+static int use_axpy(const ndl_gemm_config *cfg, int64_t m, int64_t rsb_bytes, double b_bytes,
+                    int split)
+{
+    if (m > cfg->small_m)
+        return 0;
+    if (b_bytes > (double)cfg->fill_max_b) /* B from memory: one pass over it */
+        return 1;
+    if (m >= 5 && split) /* Note [Axpy and two threads] */
+        return 0;
+    /* Note [Few rows on the filling kernel] */
+    return !(m >= 4 && cfg->few_rows_fill && rsb_bytes % 4096 != 0);
+}
+
 enum { SMALL_AXPY, SMALL_DOT, SMALL_BT };
 
 typedef struct {
@@ -1248,10 +1295,9 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
     int64_t nthreads = ndl_get_num_threads();
     double work = (double)m * (double)n * (double)p * (double)batch;
     double b_bytes = (double)n * (double)p * (double)es;
-    /* Note [Axpy and two threads]: from m = 5, the packed kernels' split */
-    int axpy = m <= cfg->small_m && csb == 1 &&
-               !(m > 4 && nthreads > 1 && batch < nthreads && work >= NDL_MATMUL_PAR_MIN &&
-                 b_bytes <= (double)cfg->fill_max_b);
+    int axpy = csb == 1 && use_axpy(cfg, m, rsb * (int64_t)es, b_bytes,
+                                    nthreads > 1 && batch < nthreads &&
+                                        work >= NDL_MATMUL_PAR_MIN);
     if (axpy || (m == 1 && rsb == 1 && csa == 1) || small_bt) {
         ndl_small_job job = {
             .cfg = cfg, .mode = csb == 1 ? SMALL_AXPY : m == 1 && csa == 1 ? SMALL_DOT : SMALL_BT,
