@@ -4,10 +4,10 @@
     python benchmarks/bench_ndarray.py --device cuda [--quick]   (bench_cuda.py)
 
 (a) matmul in GFLOP/s (2 m k n flops), float32 and float64:
-    square n x n @ n x n, n = 64 .. 4096 (2048 with --quick);
+    square n x n @ n x n, n = 64 .. 4096 (2048 with --quick), and 100;
     skinny m x K @ K x N, m = 1 .. 64 (each side of the path limits: the axpy
     loops up to m = 8, 2 for AVX-512 float32, one A block of few rows beyond),
-    K = N = 1024 and 4096;
+    K = N = 1024 and 4096, and a layer's m x 784 @ 784 x 100, m = 1 .. 8;
     transposed operands read in place: x @ W.T (skinny, K = N = 4096 and 1024,
     each side of W transposed in registers, m <= 4, and W @ x.T; square),
     A.T @ B;
@@ -62,7 +62,8 @@ def matmul_cases(quick: bool) -> list[dict]:
     """Each case: name, m, k, n, layout ('nn': A @ B, 'nt': A @ B.T view of a
     contiguous (n, k) array, 'tn': A.T view @ B), dtype."""
     cases = []
-    squares = (64, 256, 1024, 2048) if quick else (64, 128, 256, 512, 1024, 2048, 4096)
+    squares = (64, 100, 256, 1024, 2048) if quick else (64, 100, 128, 256, 512, 1024, 2048,
+                                                         4096)
     skinny_m = (1, 8, 16, 17, 64) if quick else (1, 4, 8, 9, 12, 16, 17, 32, 64)
     dtypes = ("float32", "float64")
     for dt in dtypes:
@@ -77,6 +78,10 @@ def matmul_cases(quick: bool) -> list[dict]:
         # each side of the W.T paths: registers up to m = 4, W @ x.T from 5
         for m in ((4, 5, 32) if quick else (3, 4, 5, 12, 32, 64, 128)):
             cases.append(dict(name=f"m={m} @ W.T 1024", m=m, k=1024, n=1024, layout="nt",
+                              dtype=dt))
+        # a layer's x @ W at a small batch, W not a multiple of the tile wide
+        for m in ((4, 8) if quick else (1, 4, 6, 8)):
+            cases.append(dict(name=f"m={m} K=784 N=100", m=m, k=784, n=100, layout="nn",
                               dtype=dt))
         for s in ((512,) if quick else (256, 512, 2048)):  # matrix @ vector (p = 1)
             cases.append(dict(name=f"A @ v {s}", m=s, k=s, n=1, layout="nn", dtype=dt))

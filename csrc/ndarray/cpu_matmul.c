@@ -1039,10 +1039,13 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   against 37 (5 and 6 rows tie there); B from memory, 8 x 3000 x 1000
  *   (12 MiB) 44 against 26, 5 x 2048 x 2048 42 against 17. m = 3 stays on
  *   the axpy loops (mixed: 3 x 128 x 128 37 against 40, 3 x 784 x 100 40
- *   against 28). float64 is not concerned: its kernels lost to the axpy
- *   loops from B of about an L2 on (8 x 512 x 512 24 against 29, 5 x 1000
- *   x 1000 10 against 27), and the AVX-512 float32 limit is 2 already
- *   (Note [Axpy rows per tile]). Same bits either way.
+ *   against 28). float64 stays on the axpy loops: its kernels won by 10-60%
+ *   at m = 4..6 in one quiet scan (6 x 784 x 100 24-25 -> 40, 5 x 2000 x
+ *   400 26-27 -> 35) but ran erratically at 5 x 1000 x 1000 (11-34 against
+ *   26-27, between scans) and tied or lost at m = 8 (8 x 1000 x 1000 20-29
+ *   against 28-29); a steadier machine should settle it. The AVX-512
+ *   float32 limit is 2 already (Note [Axpy rows per tile]). Same bits
+ *   either way.
  */
 /* whether an m-row product whose B has contiguous rows (row stride rsb_bytes)
  * takes the axpy loops; `split`: it would be split between threads */
