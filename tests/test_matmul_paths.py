@@ -401,9 +401,10 @@ def test_packed_and_in_place_a_get_the_same_bits(m, kind_b, dtype):
     # in the mid-row one, 11 in the full one; AVX-512, 14 rows: 21, 24, 27;
     # m = 4 with B by rows takes the axpy loops on AVX2 float64 and the
     # filling kernels on AVX2 float32 (Note [Few rows on the filling
-    # kernel]), by columns the kernels; m = 200: more than one MC block of A). With B by rows and at
-    # most MC rows the driver packs even the "in place" A, for the kernels
-    # that pack B (Note [Packing B in the kernel]): there all three agree.
+    # kernel]), by columns the kernels; m = 200: more than one MC block of
+    # A). With B by rows and at most MC rows the driver packs even the "in
+    # place" A, for the kernels that pack B (Note [Packing B in the
+    # kernel]): there all three agree.
     kc = _C.matmul_config()[dtype]["kc"]
     size = np.dtype(dtype).itemsize
     for k in (1, 3, 4, 5, 7, 9, 13, kc + 5, 2 * kc + 3):

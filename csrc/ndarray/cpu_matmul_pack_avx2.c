@@ -78,33 +78,35 @@ static inline TARGET void store_lanes_pd(double *p, __m256d v, int n)
  */
 
 /* Note [Spilling past the last group]
- *   A panel whose width nr is no multiple of W (the A panels: 6 rows on
- *   AVX2, 14 on AVX-512) ends each packed row with a group of lanes < W
- *   columns. Stored lane by lane (a 4-lane, a 2-lane and a 1-lane store for
- *   6), those groups made the packing of A a tenth of a 100^3 product.
- *   Now every row but the panel's last is stored whole, W lanes: the W -
- *   lanes extra values fall on the first columns of the next packed row,
- *   which a later store writes again (groups go last first, rows in k
- *   order, the kc % W rows after the groups), and only the last row stores
- *   its lanes alone, so nothing is written past the panel. The rows past
- *   the panel's columns (v < W of them) load the last real row again when
- *   no stored lane needs their zeros, so that the loads are unconditional.
- *   Same values. AMD EPYC (Zen 2, family 23 model 49), AVX2, 1 thread,
- *   float32, interleaved medians, GFLOP/s, before -> after (OpenBLAS
- *   0.3.31 Haswell kernel): 72^3 63 -> 69-71 (69), 100^3 70-71 -> 75-76
- *   (78-79), 128^3 84-85 -> 90-92 (86-87), 160^3 89-90 -> 94-96 (92-93),
- *   16 x 784 @ 784 x 100 63-64 -> 68-70 (63), 28 x 784 x 100 68-69 -> 74-75
- *   (72-74); 1024^3 and 2048^3 unchanged, float64 unchanged (its 2-lane
- *   groups were one store already); the pack's share of 100^3 11.7% ->
- *   5.9% of the samples. (Reading A in place instead, with pack_b copying B,
- *   gave the same figures for these squares.)
+ *   A panel whose width nr is no multiple of W (the A panels: 6 rows on AVX2,
+ *   14 on AVX-512) ends each packed row with a group of lanes < W columns.
+ *   Stored by their lanes only (for 6: a 4-lane store, an extract and a
+ *   2-lane store), those groups made the packing of A a tenth of a 100^3
+ *   product. Now every row but the panel's last is stored whole, W lanes: the
+ *   W - lanes extra values fall on the first columns of the next packed row,
+ *   which a later store writes again (groups go last first, rows in k order,
+ *   each group's kc % W last rows after its squares; this takes nr >= W / 2,
+ *   which every configuration has, so that a spill reaches the next row
+ *   only), and only the last row stores its lanes alone, so nothing is
+ *   written past the panel. A group's W - v missing rows (past the panel's
+ *   columns) load its last real row again when no stored lane needs their
+ *   zeros, so that its loads are unconditional. Same values. AMD EPYC (Zen 2,
+ *   family 23 model 49), AVX2, 1 thread, float32, interleaved medians,
+ *   GFLOP/s, before -> after (OpenBLAS 0.3.31 Haswell kernel): 72^3 63 ->
+ *   69-71 (69), 100^3 70-71 -> 75-76 (78-79), 128^3 84-85 -> 90-92 (86-87),
+ *   160^3 89-90 -> 94-96 (92-93), 16 x 784 @ 784 x 100 63-64 -> 68-70 (63),
+ *   28 x 784 x 100 68-69 -> 74-75 (72-74); 1024^3 and 2048^3 unchanged,
+ *   float64 unchanged (its 2-lane groups were one store already); the pack's
+ *   share of 100^3 11.7% -> 5.9% of the samples. (Reading A in place instead,
+ *   with pack_b copying B, gave the same figures for these squares.)
  */
 
 /* One body for both types: groups of W columns (W = 8 floats or 4
  * doubles) go through the registers W rows at a time, a panel's last group
- * of v < W columns too (zero vectors for the missing ones: the 6-row A
- * panels of the AVX2 kernels are all such groups), the kc % W last rows
- * element by element; columns past nc of the last panel are zeros. */
+ * of v < W columns too (the 6-row A panels of the AVX2 kernels are all
+ * such groups; zero vectors for the missing columns where stored lanes
+ * need them), the kc % W last rows element by element; columns past nc of
+ * the last panel are zeros. */
 #define DEFINE_PACK_BT(T, SFX, W, VEC, LOAD, STORE, STORE_LANES, ZERO, TRANSPOSE)               \
     /* the W x W square at column j, row k: through the registers */                            \
     static inline TARGET void bt_square_##SFX(const T *s, int64_t cs, T *dst, int nr, int j,    \
