@@ -24,7 +24,8 @@
  * When C's rows fit one A block (m <= MC) the two outer loops are turned
  * and B blocks are narrower (Note [Narrow B blocks for few rows]). Skinny
  * products whose B has contiguous rows (m <= 8, or 2: Note [Axpy rows per
- * tile]), and matrix-vector
+ * tile]; AVX2 float32 from m = 4 only where the packed kernels are slower:
+ * use_axpy), and matrix-vector
  * products (m = 1, or p == 1 computed as C^T = B^T A^T) whose B has
  * contiguous columns, skip all of this: B is read in place
  * (cpu_matmul_small.c).
@@ -942,7 +943,9 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
 /* ---- skinny products ------------------------------------------------------
  * cpu_matmul_small.c has the loops and their notes: B read in place, never
  * packed: the axpy loops when B's rows are contiguous and m <= small_m
- * (8, or 2 for AVX-512 float32: Note [Axpy rows per tile]),
+ * (8, or 2 for AVX-512 float32: Note [Axpy rows per tile]) and use_axpy
+ * does not prefer the packed kernels (Note [Axpy and two threads], Note
+ * [Few rows on the filling kernel]),
  * the dot loops when B's columns are and m = 1. Other products take the
  * packed path. The columns of each product are cut into `nparts` ranges;
  * each element's sum does not depend on the cut.
@@ -967,7 +970,9 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   L3 between calls), as NumPy does (12.7-16.2); nothing is left there.
  */
 /* Note [Axpy rows per tile]
- *   The axpy loops' limit is the configuration's small_m: 8 for AVX2,
+ *   The axpy loops' limit is the configuration's small_m (below it,
+ *   use_axpy may still prefer the kernels: Note [Axpy and two threads],
+ *   Note [Few rows on the filling kernel]): 8 for AVX2,
  *   generic and AVX-512 float64, 2 for AVX-512 float32. AVX2 and generic:
  *   the reasons above. AVX-512 had 16 on 2026-12-04 and 05: its tile has 14
  *   rows and its partial tiles then ran 7, 10 or 14 of them (Note [Half
