@@ -110,14 +110,15 @@ def test_pack_bt_pads_with_zeros(dtype):
 # counted meanwhile (cpu_matmul_avx512.c): micro-kernel calls by tile rows,
 # the packed-A kernels', emulated 512-bit FMAs, skinny axpy and dot calls,
 # the calls of the kernel that packs its B panel (Note [Packing B in the
-# kernel]), and the calls and FMAs of the register transposes of W
+# kernel]), the calls and FMAs of the one-row kernel (Note [One row in
+# registers]), and the calls and FMAs of the register transposes of W
 # (cpu_matmul_bt_avx512.c).
 EMU_CHILD = r"""
 import ctypes, json, sys
 import numpy as np
 import needle._C as C, needle.backend_ndarray as nd
 assert nd.matmul_kernel_name() == "avx512", nd.matmul_kernel_name()
-F = 15 + 5  # tiles[0..14], packed, fmas, axpy, dot, filled (ndl_avx512_emu_count)
+F = 15 + 7  # tiles[0..14], packed, fmas, axpy, dot, filled, row, row_fmas (ndl_avx512_emu_count)
 lib = ctypes.CDLL(C.__file__)
 raw = (ctypes.c_int64 * (2 * F)).in_dll(lib, "ndl_avx512_emu_counts")
 bt = (ctypes.c_int64 * 4).in_dll(lib, "ndl_avx512_emu_bt_counts")  # [dtype][calls, FMAs]
@@ -147,7 +148,8 @@ for dt, m, k, p, ka, kb in json.loads(sys.argv[1]):
     delta = [q - r for q, r in zip(after, before)]
     out.append({"tiles": {str(r): n for r, n in enumerate(delta[:15]) if n},
                 "packed": delta[15], "fmas": delta[16], "axpy": delta[17], "dot": delta[18],
-                "filled": delta[19], "bt": delta[20], "bt_fmas": delta[21]})
+                "filled": delta[19], "row": delta[20], "row_fmas": delta[21],
+                "bt": delta[22], "bt_fmas": delta[23]})
 print(json.dumps(out))
 """
 NR = {"float32": 32, "float64": 16}  # the AVX-512 tiles: 14 x NR
@@ -270,6 +272,32 @@ def test_emulated_avx512_packed_a_and_skinny_loops(dtype):
     assert bt["fmas"] == bt["axpy"] == bt["dot"] == 0 and not bt["tiles"]
     assert (bt["bt"], bt["bt_fmas"]) == (1, -(-300 // VW[dtype]) * 700 * 2), bt
     assert packed_cols["bt"] == axpy["bt"] == dot["bt"] == 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_emulated_avx512_one_row_in_registers(dtype):
+    # Note [One row: which products] (cpu_matmul.c): one row of A with B by
+    # rows in cache (here: NEEDLE_CACHE_SIZES' 4 MiB LLC, half of it) and at
+    # most 4 KiB of columns runs the one-row kernel: per KC block, strips of
+    # at most 12 whole vectors, the partial one masked in the last (Note
+    # [One row in registers]), an FMA per k and vector; wider rows, and B
+    # from memory, take the axpy loops
+    vw, size = VW[dtype], np.dtype(dtype).itemsize
+    widths = [5, vw, 12 * vw + 5, 13 * vw, 25 * vw + 1]
+    cases = [[dtype, 1, 700, p, "rows", "rows"] for p in widths]  # two KC blocks
+    cases += [[dtype, 1, 300, 4096 // size, "rows", "rows"]]  # 4 KiB of columns
+    widths += [4096 // size]
+    cases += [[dtype, 1, 300, 4096 // size + vw, "rows", "rows"],  # wider than 4 KiB
+              [dtype, 1, 3000, 200 * 4 // size, "rows", "rows"]]  # 2.4 MB, from memory
+    got = run_emu(cases)
+    for (_, m, k, p, _, _), g in zip(cases, got[:len(widths)]):
+        full, tail = divmod(p, vw)
+        strips = max(1, -(-full // 12))
+        assert g["row"] == strips * -(-k // KC), (p, g)
+        assert g["row_fmas"] == k * -(-p // vw), (p, g)
+        assert not g["tiles"] and g["fmas"] == g["axpy"] == g["dot"] == g["bt"] == 0, (p, g)
+    for g in got[len(widths):]:
+        assert g["axpy"] > 0 and g["row"] == g["row_fmas"] == 0 and not g["tiles"], g
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

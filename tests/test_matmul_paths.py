@@ -82,8 +82,10 @@ def test_skinny_thread_count_independent(threads, kind_b):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("m", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8])
 def test_few_rows_thread_count_independent(m, dtype):
+    # m = 1: a row in registers, each thread's columns in strips (Note [One
+    # row: which products] in cpu_matmul.c);
     # Note [Axpy and two threads] (cpu_matmul.c): on several threads, m >= 5
     # with a B short of memory takes the packed kernels' split, m = 3, 4 with
     # B in two L2s the axpy loops on one thread, m = 2 their column split;
@@ -287,6 +289,39 @@ def test_a_row_gets_the_same_bits_whatever_the_batch(k, dtype):
     for m in (1, 2, 3, 4, 5, 8, 13, 15, 16, 17, 18, 19, 31, 40):
         part = (nd.array(x[:m], dtype=dtype) @ b).numpy()
         assert np.array_equal(part, full[:m]), f"rows of a {m}-row product differ"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("k", [5, 600], ids=lambda k: f"k{k}")
+def test_one_row_in_registers_gets_the_bits_of_the_packed_kernels(k, dtype):
+    # Note [One row in registers] (cpu_matmul_row_impl.h): x @ W with one row
+    # and W by rows in cache, strips of up to 12 vectors and a masked one
+    # (AVX2: 8 float32, 4 float64 lanes; AVX-512 twice), cut as evenly as
+    # they go, over KC blocks (k = 600: several); widths around the strip
+    # limits and up to the 4 KiB a task may have, the row of A contiguous or
+    # a column of a matrix (strided); the 70-row product is packed (but for
+    # p = 1, a matrix-vector product: Note [One chain per element])
+    lanes = _C.matmul_config()[dtype]["nr"] // 2  # the tile is two vectors wide
+    widths = sorted({2, 3, lanes - 1, lanes, lanes + 1, 12 * lanes, 12 * lanes + 1,
+                     13 * lanes - 1, 13 * lanes, 13 * lanes + 3, 25 * lanes + 1, 100, 300,
+                     4096 // np.dtype(dtype).itemsize, 4096 // np.dtype(dtype).itemsize + 1})
+    x = np.random.randn(70, k).astype(dtype)
+    y = np.random.randn(k, max(widths)).astype(dtype)
+    for p in widths:
+        b = nd.array(y[:, :p], dtype=dtype)
+        full = (nd.array(x, dtype=dtype) @ b).numpy()
+        check(nd.array(x[:1], dtype=dtype) @ b, x[:1], y[:, :p], dtype)
+        row = (nd.array(x[:1], dtype=dtype) @ b).numpy()
+        col = (nd.array(x.T.copy(), dtype=dtype).permute((1, 0))[:1] @ b).numpy()
+        assert np.array_equal(row, full[:1]), f"one row differs at p = {p}"
+        assert np.array_equal(col, full[:1]), f"a strided row differs at p = {p}"
+    # a batch of single rows (each product its own strips)
+    xs = np.random.randn(3, 1, k).astype(dtype)
+    ys = np.random.randn(3, k, 100).astype(dtype)
+    got = (nd.array(xs, dtype=dtype) @ nd.array(ys, dtype=dtype)).numpy()
+    for i in range(3):
+        one = (nd.array(xs[i], dtype=dtype) @ nd.array(ys[i], dtype=dtype)).numpy()
+        assert np.array_equal(got[i], one), f"batch item {i} differs"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -82,6 +82,7 @@ typedef struct {
                           * (Note [Reading A in place]) */
     int few_rows_fill;   /* m = 4..small_m take the filling kernels, one thread or
                           * more (Note [Few rows on the filling kernel]) */
+    ndl_ukernel_row row; /* m = 1 in registers (Note [One row: which products]); NULL: none */
 } ndl_gemm_config;
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
@@ -106,13 +107,15 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
                          ndl_small_bt_f32, ndl_ukernel_avx2_f32_packed,
                          .bt_m = NDL_AVX2_BT_M, .small_m = 8,
                          .mid_rows = NDL_AVX2_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx2_f32_fill, .few_rows_fill = 1},
+                         .kernel_fill = ndl_ukernel_avx2_f32_fill, .few_rows_fill = 1,
+                         .row = ndl_ukernel_avx2_f32_row},
         [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0,
                          ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64, 0,
                          ndl_small_bt_f64, ndl_ukernel_avx2_f64_packed,
                          .bt_m = NDL_AVX2_BT_M, .small_m = 8,
                          .mid_rows = NDL_AVX2_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx2_f64_fill},
+                         .kernel_fill = ndl_ukernel_avx2_f64_fill,
+                         .row = ndl_ukernel_avx2_f64_row},
     },
     [K_AVX512] = {
         [NDL_FLOAT32] = {"avx512", ndl_ukernel_avx512_f32, NDL_AVX512_MR_F32, NDL_AVX512_NR_F32,
@@ -120,13 +123,15 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
                          ndl_pack_bt_f32, 0, ndl_small_bt_avx512_f32,
                          ndl_ukernel_avx512_f32_packed, .bt_m = NDL_AVX512_BT_M, .small_m = 2,
                          .mid_rows = NDL_AVX512_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx512_f32_fill},
+                         .kernel_fill = ndl_ukernel_avx512_f32_fill,
+                         .row = ndl_ukernel_avx512_f32_row},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
                          0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64,
                          ndl_pack_bt_f64, 0, ndl_small_bt_avx512_f64,
                          ndl_ukernel_avx512_f64_packed, .bt_m = NDL_AVX512_BT_M_F64, .small_m = 8,
                          .mid_rows = NDL_AVX512_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx512_f64_fill},
+                         .kernel_fill = ndl_ukernel_avx512_f64_fill,
+                         .row = ndl_ukernel_avx512_f64_row},
     },
 };
 
@@ -945,7 +950,8 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  * packed: the axpy loops when B's rows are contiguous and m <= small_m
  * (8, or 2 for AVX-512 float32: Note [Axpy rows per tile]) and use_axpy
  * does not prefer the packed kernels (Note [Axpy and two threads], Note
- * [Few rows on the filling kernel]),
+ * [Few rows on the filling kernel]), but one row with B in cache in
+ * registers (Note [One row: which products]);
  * the dot loops when B's columns are and m = 1. Other products take the
  * packed path. The columns of each product are cut into `nparts` ranges;
  * each element's sum does not depend on the cut.
@@ -1075,12 +1081,67 @@ typedef struct {
     int64_t m, n, p, nparts; /* each product's columns cut into nparts ranges */
     int64_t ntasks;          /* batch * nparts */
     int64_t jl2;             /* axpy: columns per block whose C rows fit half of L2 */
+    int row;                 /* axpy with m = 1 by cfg->row (Note [One row: which products]) */
     size_t es;
     const char *a, *b;
     const int64_t *a_offsets, *b_offsets;
     int64_t rsa, csa, rsb, csb;
     char *c;
 } ndl_small_job;
+
+/* Note [One row: which products]
+ *   One row of A (x @ W at batch 1; each product of a batch of them) with
+ *   W's rows contiguous runs the one-row kernel (Note [One row in
+ *   registers] in cpu_matmul_row_impl.h) in place of the axpy loops when
+ *   W is in cache (not read from memory: Note [B from memory]) and each
+ *   task's columns take at most NDL_ROW_MAX_BYTES (1024 float32, 512
+ *   float64). A strip walks its KC block of W row by row, a strip's width
+ *   of each row: from L2 or L3 the lines it leaves half read are still
+ *   there for the next strip, but from memory that pattern defeats the
+ *   prefetchers (a 4096 x 4096 float32 W in strips ran 3.9 GFLOP/s, the
+ *   axpy loops' page-long runs 11, Note [One row: longer runs]). Wider
+ *   rows tie or lose: 4 KiB was measured against 1 KiB, 8 KiB and no limit.
+ *   AMD EPYC (Zen 2, family 23 model 49), interleaved medians, GFLOP/s,
+ *   axpy -> row kernel (OpenBLAS 0.3.31 Haswell kernel, its overrides
+ *   unset), float32, 1 thread: 1 x 784 @ 784 x 100 17-20 -> 37-39
+ *   (23-24), 1 x 1000 x 40 14 -> 34-35 (17), 1 x 784 x 10 3 -> 8 (4-5), 1 x
+ *   512 x 64 20 -> 31 (19), 1 x 4096 x 64 18-20 -> 29-31 (26-28), 1 x 784 x
+ *   128 25-26 -> 32-33 (28), 1 x 2048 x 256 27-30 -> 32-34 (32-35), 1 x 784
+ *   x 500 28 -> 31-32 (29-30), 1 x 784 x 1000 29-31 -> 35-36 (30-33), 1 x
+ *   300 x 300 25 -> 29 (23-26), 1 x 512 x 512 29-30 -> 32-33 (28), 1 x 1024
+ *   x 1024 31-32 -> 32-33 (27-31); 2 threads (each its half of the
+ *   columns): 1 x 784 x 100 17-19 -> 37-38 (25; one task), 1 x 784 x 500 34
+ *   -> 48-49 (31-33), 1 x 2048 x 256 35 -> 53 (21-22), 1 x 512 x 512 37-39
+ *   -> 45-46 (31), 1 x 1000 x 2000 53 -> 59 (47-48), 1 x 1024 x 1024 47-49
+ *   -> 46-49 (29-32); float64, 1 thread: 1 x 1000 x 40 10 -> 18-19
+ *   (10-11), 1 x 784 x 100 12-13 -> 15 (12), 1 x 4096 x 64 12 -> 14-15
+ *   (12), the wider ones within the noise (13-16 both). The AVX-512
+ *   strips are as many vectors (12 + 1 of 32 registers), twice as wide;
+ *   not timed on such a machine. Same bits either way.
+ */
+#define NDL_ROW_MAX_BYTES 4096 /* a task's columns, in bytes, for cfg->row */
+/* the row of C from column j0 to j1 by cfg->row: for each KC block, strips
+ * of at most NDL_ROW_VECS whole vectors, as even as they go, the last one
+ * with the partial vector (Note [One row in registers]) */
+static void row_strips(const ndl_gemm_config *cfg, int64_t n, const char *a, int64_t csa,
+                       const char *b, int64_t rsb, char *c, int64_t j0, int64_t j1, int64_t es)
+{
+    const int64_t vw = cfg->nr / 2; /* the lanes of a vector: NR is two */
+    const int64_t full = (j1 - j0) / vw, tail = (j1 - j0) % vw;
+    const int64_t strips = full > NDL_ROW_VECS ? (full + NDL_ROW_VECS - 1) / NDL_ROW_VECS : 1;
+    for (int64_t k0 = 0; k0 < n; k0 += cfg->kc) {
+        int64_t kc = n - k0 < cfg->kc ? n - k0 : cfg->kc;
+        int64_t j = j0;
+        for (int64_t s = 0; s < strips; s++) {
+            int64_t nr = (full * (s + 1) / strips - full * s / strips) * vw;
+            if (s == strips - 1)
+                nr += tail;
+            cfg->row(kc, a + k0 * csa * es, csa, b + (k0 * rsb + j) * es, rsb, c + j * es,
+                     (int)nr, k0 == 0);
+            j += nr;
+        }
+    }
+}
 
 static void small_tasks(void *ctx, int64_t begin, int64_t end)
 {
@@ -1091,7 +1152,7 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
      * second and later KC blocks in scratch, one buffer for all the tasks
      * of this call, as wide as the widest column range (jl2 columns) */
     void *scratch = NULL; /* Note [Kept scratch] in cpu_matmul_scratch.c */
-    if (job->mode == SMALL_AXPY && job->n > job->cfg->kc) {
+    if (job->mode == SMALL_AXPY && !job->row && job->n > job->cfg->kc) {
         int64_t w = job->p < job->jl2 ? job->p : job->jl2;
         scratch = ndl_matmul_scratch_get((size_t)(job->m * w) * job->es);
     }
@@ -1111,6 +1172,10 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
         if (job->mode == SMALL_BT) {
             job->cfg->bt(job->m, job->n, a, job->rsa, job->csa, b, job->csb, c, job->p, j0, j1,
                          job->cfg->kc);
+            continue;
+        }
+        if (job->row) {
+            row_strips(job->cfg, job->n, a, job->csa, b, job->rsb, c, j0, j1, es);
             continue;
         }
         job->cfg->axpy(job->m, job->n, a, job->rsa, job->csa, b, job->rsb, c, job->p, j0, j1,
@@ -1322,6 +1387,10 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
             nthreads = 1;
         if (nthreads > 1 && work >= NDL_SMALL_PAR_MIN && batch < nthreads)
             job.nparts = p / 64 < nthreads ? (p / 64 > 1 ? p / 64 : 1) : nthreads;
+        /* Note [One row: which products] */
+        job.row = job.mode == SMALL_AXPY && m == 1 && cfg->row &&
+                  b_bytes <= (double)cfg->fill_max_b &&
+                  (p + job.nparts - 1) / job.nparts * (int64_t)es <= NDL_ROW_MAX_BYTES;
         job.ntasks = batch * job.nparts;
         ndl_parallel_for(job.ntasks, work >= NDL_SMALL_PAR_MIN ? 1 : job.ntasks, small_tasks,
                          &job);

@@ -125,6 +125,24 @@ NDL_DECLARE_FILL(avx2_f64)
 NDL_DECLARE_FILL(avx512_f32)
 NDL_DECLARE_FILL(avx512_f64)
 
+/* One row of C in registers (Note [One row in registers] in
+ * cpu_matmul_row_impl.h): C[j] for j < nr, with
+ *   acc[j] = fma(a[k*acs], b[k*rsb + j], acc[j])   for k < kc in order, from 0
+ *   first ? C[j] = acc[j] : C[j] += acc[j]
+ * B read where it lies; nothing past the nr columns is read or written.
+ * 1 <= nr < (NDL_ROW_VECS + 1) * VW (VW: the lanes of a vector, NR / 2),
+ * kc >= 1. The bits of the axpy loops and the packed kernels. */
+#define NDL_ROW_VECS 12 /* whole vectors of a strip; one more, masked, for the rest */
+typedef void (*ndl_ukernel_row)(int64_t kc, const void *a, int64_t acs, const void *b,
+                                int64_t rsb, void *c, int nr, int first);
+#define NDL_DECLARE_ROW(SFX)                                                                       \
+    void ndl_ukernel_##SFX##_row(int64_t kc, const void *a, int64_t acs, const void *b,           \
+                                 int64_t rsb, void *c, int nr, int first);
+NDL_DECLARE_ROW(avx2_f32)
+NDL_DECLARE_ROW(avx2_f64)
+NDL_DECLARE_ROW(avx512_f32)
+NDL_DECLARE_ROW(avx512_f64)
+
 /* Skinny products (cpu_matmul_small.c): C[r][j] for r < m, j0 <= j < j1.
  * axpy: B's rows contiguous (B[k][j] = b[k*rsb + j]); jl2 columns at a time;
  * k in blocks of kc, the second and later blocks summed in scratch (m x

@@ -84,6 +84,7 @@ typedef struct {
     int64_t fmas;                         /* emulated 512-bit FMAs in them */
     int64_t axpy, dot;                    /* skinny products (cpu_matmul_small.c) */
     int64_t filled;                       /* of which the filling kernel's */
+    int64_t row, row_fmas;                /* the one-row kernel's calls and FMAs */
 } ndl_avx512_emu_count;
 ndl_avx512_emu_count ndl_avx512_emu_counts[2];
 
@@ -117,6 +118,18 @@ EMU_TILE(ndl_ukernel_avx512_f64_packed, ndl_ukernel_avx512_emu_f64_packed, 1, 1)
     }
 EMU_FILL(ndl_ukernel_avx512_f32_fill, ndl_ukernel_avx512_emu_f32_fill, 0)
 EMU_FILL(ndl_ukernel_avx512_f64_fill, ndl_ukernel_avx512_emu_f64_fill, 1)
+/* Note [One row in registers] (cpu_matmul_row_impl.h): counted apart */
+#define EMU_ROW(NAME, BODY, D)                                                                 \
+    void NAME(int64_t kc, const void *a, int64_t acs, const void *b, int64_t rsb, void *c,      \
+              int nr, int first)                                                               \
+    {                                                                                          \
+        int64_t before = ndl_emu_fmas;                                                         \
+        BODY(kc, a, acs, b, rsb, c, nr, first);                                                \
+        EMU_ADD(ndl_avx512_emu_counts[D].row, 1);                                              \
+        EMU_ADD(ndl_avx512_emu_counts[D].row_fmas, ndl_emu_fmas - before);                     \
+    }
+EMU_ROW(ndl_ukernel_avx512_f32_row, ndl_ukernel_avx512_emu_f32_row, 0)
+EMU_ROW(ndl_ukernel_avx512_f64_row, ndl_ukernel_avx512_emu_f64_row, 1)
 
 /* the skinny loops, instantiated as avx512_emu_* in cpu_matmul_small.c */
 NDL_DECLARE_SMALL(avx512_emu_f32)

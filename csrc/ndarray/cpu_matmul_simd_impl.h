@@ -37,11 +37,12 @@
  *   UK_DT            dtype suffix (f32 / f64)
  *   UK_MR, UK_NR     the tile, from cpu_matmul.h
  * Defines ndl_ukernel_<UK_ISA>_<UK_DT> and, for A packed, its faster
- * ndl_ukernel_<UK_ISA>_<UK_DT>_packed (Note [Packed A kernel]) and
+ * ndl_ukernel_<UK_ISA>_<UK_DT>_packed (Note [Packed A kernel]),
  * ndl_ukernel_<UK_ISA>_<UK_DT>_fill, which packs its B panel on the way
- * (Note [Packing B in the kernel]). Elsewhere than on x86 those are stubs
- * calling the generic kernel, only there so that the driver links: they
- * are never chosen.
+ * (Note [Packing B in the kernel]), and ndl_ukernel_<UK_ISA>_<UK_DT>_row,
+ * one row of C in registers (cpu_matmul_row_impl.h). Elsewhere than on x86
+ * those are stubs (the generic kernel, or its loops), only there so that
+ * the driver links: they are never chosen.
  *
  * Note [Half tiles]
  *   A partial tile of at most MR / 2 rows (the last rows of a product: m =
@@ -75,6 +76,7 @@
 #define UK_KERNEL UK_PASTE(UK_PASTE(ndl_ukernel_, UK_ISA), UK_PASTE(_, UK_DT))
 #define UK_KERNEL_PACKED UK_PASTE(UK_KERNEL, _packed)
 #define UK_KERNEL_FILL UK_PASTE(UK_KERNEL, _fill)
+#define UK_KERNEL_ROW UK_PASTE(UK_KERNEL, _row)
 
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -497,6 +499,8 @@ UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_
     TILE_BODY(FKP_LOOP)
 }
 
+#include "cpu_matmul_row_impl.h" /* ndl_ukernel_<UK_ISA>_<UK_DT>_row */
+
 #undef RKP1_LOOP
 #undef FKP1_LOOP
 #undef RKP_LOOP
@@ -583,8 +587,22 @@ void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_t rsb, voi
             bp[k * UK_NR + j] = j < nr ? b[k * rsb + j] : 0;
 }
 
+void UK_KERNEL_ROW(int64_t kc, const void *a_, int64_t acs, const void *b_, int64_t rsb, void *c_,
+                   int nr, int first)
+{
+    const T *a = a_, *b = b_;
+    T *c = c_;
+    for (int j = 0; j < nr; j++) {
+        T acc = 0;
+        for (int64_t k = 0; k < kc; k++)
+            acc = NDL_MADD(a[k * acs], b[k * rsb + j], acc);
+        c[j] = first ? acc : c[j] + acc;
+    }
+}
+
 #endif
 
+#undef UK_KERNEL_ROW
 #undef UK_KERNEL_FILL
 #undef UK_KERNEL_PACKED
 #undef UK_KERNEL

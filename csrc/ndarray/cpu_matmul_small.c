@@ -16,6 +16,8 @@
  *             for r < m:  C[r][jb:+JB] += sum_u A[r][k+u] * B[k+u][jb:+JB]
  *       Every B element is loaded from memory once and from L1 m times;
  *       each C element gets its k terms in k order, KU at a time.
+ *       (m = 1 with B in cache runs the one-row kernel instead: Note [One
+ *       row: which products] in cpu_matmul.c.)
  *   dot (B's columns contiguous, rsb == 1, and A's rows contiguous; the
  *   driver calls it for m = 1 only, other m being packed):
  *       for each row r of A, four columns of B at a time (then one at a
