@@ -234,8 +234,12 @@ def parent(args) -> None:
             print(f"  numpy: {infos['numpy']['blas']}")
             print(f"  torch: {infos['torch']['torch']}")
             blocks = ", ".join(f"{dt} MRxNR {c['mr']}x{c['nr']} MC {c['mc']} KC {c['kc']} "
-                               f"NC {c['nc']} axpy m<={c['small_m']} "
-                               f"W.T swapped m>={c['swap_m']}"
+                               f"NC {c['nc']} axpy m<={c['small_m']}"
+                               + (f" (filling kernels from m={c['fill_m']})" if c["fill_m"]
+                                  else "")
+                               + (f" one row in registers up to {c['row_bytes']} B"
+                                  if c["row_bytes"] else "")
+                               + f" W.T swapped m>={c['swap_m']}"
                                for dt in ("float32", "float64") for c in [cfg[dt]])
             print(f"  needle: matmul kernel {cfg['kernel']} ({blocks}); caches from "
                   f"{cfg['cache_source']}: L1d {cfg['l1d'] >> 10} KiB, L2 {cfg['l2'] >> 10} KiB, "

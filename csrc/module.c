@@ -57,19 +57,21 @@ static PyObject *m_matmul_kernel_name(PyObject *m, PyObject *u)
     return PyUnicode_FromString(ndl_cpu_matmul_kernel_name());
 }
 
-/* {"kernel", "float32": {mr, nr, mc, kc, nc, small_m, swap_m}, "float64": {...}, "l1d", "l2", "l3",
- *  "llc", "cache_source", "flush_denormals"}: what ndl_cpu_matmul chose and why. */
+/* {"kernel", "float32": {mr, nr, mc, kc, nc, small_m, swap_m, fill_m, row_bytes, fill_max_b},
+ *  "float64": {...}, "l1d", "l2", "l3", "llc", "cache_source", "flush_denormals"}: what
+ *  ndl_cpu_matmul chose and why (ndl_cpu_matmul_blocks in ndl_core.h). */
 static PyObject *m_matmul_config(PyObject *m, PyObject *u)
 {
     const ndl_cpu_info *info = ndl_get_cpu_info();
     PyObject *res = NULL, *blocks[NDL_NUM_DTYPES] = {NULL, NULL};
     for (int dt = 0; dt < NDL_NUM_DTYPES; dt++) {
-        int64_t b[7];
+        int64_t b[NDL_MATMUL_BLOCKS_N];
         ndl_cpu_matmul_blocks((ndl_dtype)dt, b);
-        blocks[dt] = Py_BuildValue("{sLsLsLsLsLsLsL}", "mr", (long long)b[0], "nr",
+        blocks[dt] = Py_BuildValue("{sLsLsLsLsLsLsLsLsLsL}", "mr", (long long)b[0], "nr",
                                    (long long)b[1], "mc", (long long)b[2], "kc", (long long)b[3],
                                    "nc", (long long)b[4], "small_m", (long long)b[5], "swap_m",
-                                   (long long)b[6]);
+                                   (long long)b[6], "fill_m", (long long)b[7], "row_bytes",
+                                   (long long)b[8], "fill_max_b", (long long)b[9]);
         if (!blocks[dt])
             goto fail;
     }

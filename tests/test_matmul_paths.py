@@ -146,6 +146,13 @@ def test_config_reports_the_chosen_blocks():
         kc_tile = (36 * b["mr"] + 7) // 8 * 8
         assert b["kc"] == min(1024, max(kc_l1, kc_tile))
         assert b["mc"] * b["kc"] * size <= cfg["l2"] // 3 or b["mc"] == b["mr"]
+        # the skinny paths' limits: the filling kernels from 4 rows (AVX2 float32
+        # only), one row in registers on the SIMD kernels, B from memory past
+        # half the last-level cache (Note [B from memory])
+        simd = cfg["kernel"] != "generic"
+        assert b["fill_m"] == (4 if simd and cfg["kernel"] == "avx2" and dt == "float32" else 0)
+        assert b["row_bytes"] == (4096 if simd else 0)
+        assert b["fill_max_b"] == cfg["llc"] // 2
     assert cfg["flush_denormals"] in (0, 1)
 
 

@@ -85,6 +85,9 @@ typedef struct {
     ndl_ukernel_row row; /* m = 1 in registers (Note [One row: which products]); NULL: none */
 } ndl_gemm_config;
 
+/* a task's columns, in bytes, for cfg->row (Note [One row: which products]) */
+#define NDL_ROW_MAX_BYTES 4096
+
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
  * (Note [Block sizes]) once the kernel is chosen. */
 enum { K_GENERIC, K_AVX2, K_AVX512, K_COUNT };
@@ -332,7 +335,7 @@ const char *ndl_cpu_matmul_kernel_name(void)
     return get_config(NDL_FLOAT32)->name;
 }
 
-int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[7])
+int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[NDL_MATMUL_BLOCKS_N])
 {
     if ((unsigned)dt >= NDL_NUM_DTYPES)
         return NDL_EINVAL;
@@ -344,6 +347,9 @@ int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[7])
     out[4] = cfg->nc;
     out[5] = cfg->small_m;
     out[6] = cfg->bt ? cfg->bt_m + 1 : 0; /* Note [x @ W.T by W @ x.T] */
+    out[7] = cfg->few_rows_fill ? 4 : 0;  /* Note [Few rows on the filling kernel] */
+    out[8] = cfg->row ? NDL_ROW_MAX_BYTES : 0; /* Note [One row: which products] */
+    out[9] = cfg->fill_max_b;             /* Note [B from memory] */
     return NDL_OK;
 }
 
@@ -1119,7 +1125,6 @@ typedef struct {
  *   strips are as many vectors (12 + 1 of 32 registers), twice as wide;
  *   not timed on such a machine. Same bits either way.
  */
-#define NDL_ROW_MAX_BYTES 4096 /* a task's columns, in bytes, for cfg->row */
 /* the row of C from column j0 to j1 by cfg->row: for each KC block, strips
  * of at most NDL_ROW_VECS whole vectors, as even as they go, the last one
  * with the partial vector (Note [One row in registers]) */

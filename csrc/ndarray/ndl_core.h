@@ -145,9 +145,14 @@ int ndl_cpu_sgd(ndl_dtype dt, int64_t n, const void *p, const void *g, const voi
 /* Which micro-kernel ndl_cpu_matmul uses: "avx512", "avx2" or "generic". */
 const char *ndl_cpu_matmul_kernel_name(void);
 /* Its register tile, cache blocks and path limits for dtype dt:
- * out = {MR, NR, MC, KC, NC, SMALL_M, SWAP_M} (B by rows with m <= SMALL_M:
- * the axpy loops; B = W.T from m = SWAP_M, 0 for never: C.T = W @ A.T,
- * Note [x @ W.T by W @ x.T] in cpu_matmul.c). */
-int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[7]);
+ * out = {MR, NR, MC, KC, NC, SMALL_M, SWAP_M, FILL_M, ROW_BYTES, FILL_MAX_B}
+ * (B by rows with m <= SMALL_M: the axpy loops, but from m = FILL_M (0:
+ * never) the filling kernels, Note [Few rows on the filling kernel], and
+ * m = 1 on the one-row kernel for tasks of up to ROW_BYTES of columns (0:
+ * none), Note [One row: which products]; B = W.T from m = SWAP_M, 0 for
+ * never: C.T = W @ A.T, Note [x @ W.T by W @ x.T]; B above FILL_MAX_B
+ * bytes is read from memory, Note [B from memory]; all in cpu_matmul.c). */
+#define NDL_MATMUL_BLOCKS_N 10
+int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[NDL_MATMUL_BLOCKS_N]);
 
 #endif /* NDL_CORE_H */
