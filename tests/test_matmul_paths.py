@@ -392,6 +392,18 @@ def test_balance_tiles_thread_count_independent(batch, dtype, threads):
     check(a @ b, x, y, dtype)
 
 
+@pytest.mark.parametrize("threads", [2, 3, 4])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_square_tiles_thread_count_independent(dtype, threads):
+    # Note [Balanced grids] (cpu_matmul.c): a square product's tiles cut by
+    # rows or by columns, whichever balances, the bits of one thread
+    for n in (100, 150, 300):
+        a, x = operand((n, n), dtype, "rows")
+        b, y = operand((n, n), dtype, "rows")
+        same_bits_on_threads(a, b, threads)
+        check(a @ b, x, y, dtype)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("k", [7, 300, 600], ids=lambda k: f"k{k}")
 def test_w_transposed_in_registers_gets_the_bits_of_the_packed_kernels(k, dtype):
