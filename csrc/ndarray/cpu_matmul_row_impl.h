@@ -78,18 +78,10 @@ UK_TARGET void UK_KERNEL_ROW(int64_t kc, const void *a_, int64_t acs, const void
     T *c = c_;
     const int tail = nr % VW;
     switch (nr / VW) {
-    case 0: ROW_BODY(ROW_V0, 0)
-    case 1: ROW_BODY(ROW_V1, 1)
-    case 2: ROW_BODY(ROW_V2, 2)
-    case 3: ROW_BODY(ROW_V3, 3)
-    case 4: ROW_BODY(ROW_V4, 4)
-    case 5: ROW_BODY(ROW_V5, 5)
-    case 6: ROW_BODY(ROW_V6, 6)
-    case 7: ROW_BODY(ROW_V7, 7)
-    case 8: ROW_BODY(ROW_V8, 8)
-    case 9: ROW_BODY(ROW_V9, 9)
-    case 10: ROW_BODY(ROW_V10, 10)
-    case 11: ROW_BODY(ROW_V11, 11)
+#define ROW_CASE(n) case n: ROW_BODY(ROW_V##n, n)
+        ROW_CASE(0) ROW_CASE(1) ROW_CASE(2) ROW_CASE(3) ROW_CASE(4) ROW_CASE(5)
+        ROW_CASE(6) ROW_CASE(7) ROW_CASE(8) ROW_CASE(9) ROW_CASE(10) ROW_CASE(11)
+#undef ROW_CASE
     default: ROW_BODY(ROW_V12, 12) /* nr < (NDL_ROW_VECS + 1) * VW: the contract */
     }
 }
