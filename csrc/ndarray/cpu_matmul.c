@@ -28,7 +28,8 @@
  * use_axpy), and matrix-vector
  * products (m = 1, or p == 1 computed as C^T = B^T A^T) whose B has
  * contiguous columns, skip all of this: B is read in place
- * (cpu_matmul_small.c).
+ * (cpu_matmul_small.c; one row with B in cache keeps its C row in
+ * registers, Note [One row: which products]).
  *
  * Kernels: AVX-512F (14x32 float32, 14x16 float64), AVX2+FMA (6x16, 6x8) or
  * portable C (4x8, 4x4): the widest one that the CPU has and the OS enables
@@ -39,7 +40,8 @@
  *
  * Threads (Note [Matmul work split]): the work is cut into tasks, a task
  * being one product or one rectangular tile of one product, several per
- * thread when they stay large; `nparts` parts, at most one per pool
+ * thread when they stay large, cut by rows or columns as packs least and
+ * balances best (Note [Balanced grids]); `nparts` parts, at most one per pool
  * thread, take them from a shared counter. Each part owns its packing
  * buffers (64-byte aligned, Note [Kept scratch] in cpu_matmul_scratch.c),
  * so parts share nothing but read-only A and B. Products under ~72^3

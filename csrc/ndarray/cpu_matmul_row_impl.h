@@ -21,8 +21,9 @@
  *   KC block in k order, then added to C): the same bits. The driver takes
  *   it for m = 1 with W's rows contiguous, a task of at most
  *   NDL_ROW_MAX_BYTES of columns, and W in cache (Note [One row: which
- *   products] in cpu_matmul.c); wider rows are cut into strips of balanced
- *   widths, the partial vector in the last.
+ *   products] in cpu_matmul.c, with the figures: 1 x 784 x 100 37-39
+ *   GFLOP/s); wider rows are cut into strips of balanced widths, the
+ *   partial vector in the last.
  */
 
 #define ROW_V0(X)
