@@ -89,6 +89,11 @@ typedef struct {
 
 /* a task's columns, in bytes, for cfg->row (Note [One row: which products]) */
 #define NDL_ROW_MAX_BYTES 4096
+/* the first m of the filling kernels where few_rows_fill (Note [Few rows on
+ * the filling kernel]) */
+#define NDL_FILL_M 4
+/* the skinny products' column ranges are cut on multiples of this many */
+#define NDL_SMALL_COLS 64
 
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
  * (Note [Block sizes]) once the kernel is chosen. */
@@ -349,7 +354,7 @@ int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[NDL_MATMUL_BLOCKS_N])
     out[4] = cfg->nc;
     out[5] = cfg->small_m;
     out[6] = cfg->bt ? cfg->bt_m + 1 : 0; /* Note [x @ W.T by W @ x.T] */
-    out[7] = cfg->few_rows_fill ? 4 : 0;  /* Note [Few rows on the filling kernel] */
+    out[7] = cfg->few_rows_fill ? NDL_FILL_M : 0; /* Note [Few rows on the filling kernel] */
     out[8] = cfg->row ? NDL_ROW_MAX_BYTES : 0; /* Note [One row: which products] */
     out[9] = cfg->fill_max_b;             /* Note [B from memory] */
     return NDL_OK;
@@ -1078,7 +1083,7 @@ static int use_axpy(const ndl_gemm_config *cfg, int64_t m, int64_t rsb_bytes, do
     if (m >= 5 && split) /* Note [Axpy and two threads] */
         return 0;
     /* Note [Few rows on the filling kernel] */
-    return !(m >= 4 && cfg->few_rows_fill && rsb_bytes % 4096 != 0);
+    return !(m >= NDL_FILL_M && cfg->few_rows_fill && rsb_bytes % 4096 != 0);
 }
 
 enum { SMALL_AXPY, SMALL_DOT, SMALL_BT };
@@ -1166,7 +1171,7 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
     for (int64_t t = begin; t < end; t++) {
         int64_t bi = t / job->nparts, q = t % job->nparts;
         int64_t j0, j1;
-        split_range(job->p, 64, q, job->nparts, &j0, &j1);
+        split_range(job->p, NDL_SMALL_COLS, q, job->nparts, &j0, &j1);
         if (j0 >= j1)
             continue;
         const char *a = job->a + (job->a_offsets ? job->a_offsets[bi] : 0) * es;
@@ -1419,11 +1424,13 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
         if (job.mode == SMALL_AXPY && m >= 3 && b_bytes <= 2.0 * (double)ndl_get_cpu_info()->l2)
             nthreads = 1;
         if (nthreads > 1 && work >= NDL_SMALL_PAR_MIN && batch < nthreads)
-            job.nparts = p / 64 < nthreads ? (p / 64 > 1 ? p / 64 : 1) : nthreads;
+            job.nparts = p / NDL_SMALL_COLS < nthreads
+                             ? (p / NDL_SMALL_COLS > 1 ? p / NDL_SMALL_COLS : 1)
+                             : nthreads;
         /* Note [One row: which products] */
         job.row = job.mode == SMALL_AXPY && m == 1 && cfg->row &&
                   b_bytes <= (double)cfg->fill_max_b &&
-                  (p + job.nparts - 1) / job.nparts * (int64_t)es <= NDL_ROW_MAX_BYTES;
+                  largest_part(p, NDL_SMALL_COLS, job.nparts) * (int64_t)es <= NDL_ROW_MAX_BYTES;
         job.ntasks = batch * job.nparts;
         ndl_parallel_for(job.ntasks, work >= NDL_SMALL_PAR_MIN ? 1 : job.ntasks, small_tasks,
                          &job);
