@@ -249,8 +249,9 @@ def test_array_level_conv_errors_and_devices():
 # the array-level function: paths and dtypes
 # --------------------------------------------------------------------------
 
-def np_conv(a, b, s, lo, hi):
-    """Reference: a (N, H, W, C), b (Kh, Kw, C, O), paddings of either sign."""
+def np_conv(a, b, s, lo, hi, d=1):
+    """Reference: a (N, H, W, C), b (Kh, Kw, C, O), paddings of either sign,
+    the kernel's taps d apart."""
     kh, kw = b.shape[:2]
     for ax, (l, r) in ((1, (lo[0], hi[0])), (2, (lo[1], hi[1]))):
         sl = [slice(None)] * 4
@@ -259,7 +260,8 @@ def np_conv(a, b, s, lo, hi):
         pad = [(0, 0)] * 4
         pad[ax] = (max(l, 0), max(r, 0))
         a = np.pad(a, pad)
-    win = np.lib.stride_tricks.sliding_window_view(a, (kh, kw), axis=(1, 2))[:, ::s, ::s]
+    win = np.lib.stride_tricks.sliding_window_view(a, ((kh - 1) * d + 1, (kw - 1) * d + 1),
+                                                   axis=(1, 2))[:, ::s, ::s, :, ::d, ::d]
     return np.einsum("nyxcij,ijco->nyxo", win, b)
 
 
@@ -287,6 +289,50 @@ def test_array_conv_paths(shape_a, shape_w, s, p, skip_slots):
     ref = np_conv(a, w, s, (p, p), (p, p))
     assert got.shape == ref.shape
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-10)
+
+
+@nd_only
+@pytest.mark.parametrize("shape_a, shape_w, s, p, d", [
+    ((2, 9, 9, 3), (3, 3, 3, 4), 1, 0, 2),     # direct, no padding
+    ((2, 9, 8, 3), (3, 2, 3, 4), 1, 2, 3),     # direct, padded on the fly, kw != kh
+    ((3, 20, 20, 4), (3, 3, 4, 5), 1, 1, 2),   # direct, many blocks of rows
+    ((2, 11, 11, 3), (3, 3, 3, 2), 2, 1, 2),   # stride and dilation both
+    ((1, 12, 12, 40), (4, 4, 40, 3), 1, 1, 3),  # few output rows, long kernel: dual form
+    ((2, 13, 13, 2), (2, 2, 2, 30), 2, 0, 5),  # the taps at the window's far edges
+    ((2, 5, 7, 3), (1, 3, 3, 2), 1, 0, 3),     # a one-tap axis: dilation only along W
+    ((2, 6, 6, 3), (1, 1, 3, 2), 2, 1, 7),     # 1x1: any dilation is no dilation
+])
+@pytest.mark.parametrize("skip_slots", [False, True])
+def test_array_conv_with_dilated_kernel(shape_a, shape_w, s, p, d, skip_slots):
+    """The general conv of Conv's gradients with the kernel's taps d apart
+    (Note [Dilated windows]): the CPU's im2col and the composed one, direct
+    and dual form, against NumPy and against torch's dilation."""
+    nd = ndl.backend_ndarray
+    a, w = np.random.randn(*shape_a), np.random.randn(*shape_w)
+    prev = ndl._C._skip_optional_slots(skip_slots)
+    try:
+        got = ndl._C._conv(nd.array(a, dtype="float64"), nd.array(w, dtype="float64"), s, p,
+                           dilation=d)
+    finally:
+        ndl._C._skip_optional_slots(prev)
+    ref = np_conv(a, w, s, (p, p), (p, p), d)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-10)
+    tref = torch.nn.functional.conv2d(torch.tensor(a).permute(0, 3, 1, 2),
+                                      torch.tensor(w).permute(3, 2, 0, 1), stride=s,
+                                      padding=p, dilation=d).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(got.numpy(), tref.numpy(), rtol=1e-10, atol=1e-10)
+
+
+@nd_only
+def test_dilated_kernel_that_does_not_fit_raises_and_the_class_has_none():
+    nd = ndl.backend_ndarray
+    a, w = nd.array(np.zeros((1, 5, 5, 2))), nd.array(np.zeros((3, 3, 2, 1)))
+    with pytest.raises(ValueError, match=r"does not fit in the padded input.*\(1, 5, 5, 2\)"):
+        ndl._C._conv(a, w, 1, 0, dilation=3)  # spans 7 rows of 5
+    with pytest.raises(ValueError, match="dilation must be >= 1"):
+        ndl._C._conv(a, w, 1, 0, dilation=0)
+    assert ndl._C._conv(a, w, 1, 1, dilation=3).shape == (1, 1, 1, 1)
 
 
 @nd_only
@@ -466,6 +512,26 @@ def test_grad_of_grad_vs_torch(n, h, w, k, s, p, ci, co, device):
     ((xgg ** 2).sum() + (wgg ** 2).sum()).backward()
     np.testing.assert_allclose(x.grad.numpy(), ggga.numpy(), rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose(wt.grad.numpy(), gggb.numpy(), rtol=1e-8, atol=1e-8)
+
+
+def test_strided_weight_gradient_does_not_dilate(device):
+    """Note [Conv's gradients are convs]: the weight's gradient of a strided
+    conv reads the output gradient as a kernel with its taps s apart; the
+    dilated copy (s^2 times the multiply-adds) is only made for the input's
+    gradient."""
+    x = ndl.Tensor(np.random.randn(2, 16, 16, 3), device=device, dtype="float64",
+                   requires_grad=False)
+    w = ndl.Tensor(np.random.randn(7, 7, 3, 4), device=device, dtype="float64")
+    y = ndl.conv(x, w, 4, 3)
+    y.backward(ndl.Tensor(np.ones(y.shape), requires_grad=True, device=device))
+    names = [type(v.op).__name__ for v in ndl.autograd.find_topo_sort([w.grad])
+             if v.op is not None]
+    assert "Conv" in names and "Dilate" not in names, names
+    tx = torch.tensor(x.numpy().transpose(0, 3, 1, 2))
+    tw = torch.tensor(w.numpy().transpose(3, 2, 0, 1), requires_grad=True)
+    torch.nn.functional.conv2d(tx, tw, stride=4, padding=3).sum().backward()
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy().transpose(2, 3, 1, 0),
+                               rtol=1e-9, atol=1e-9)
 
 
 def test_gradient_graph_is_made_of_ops(device):

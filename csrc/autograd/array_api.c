@@ -287,9 +287,10 @@ PyObject *nda_flip(PyObject *a, int naxes, const int64_t *axes)
 }
 
 /* np mode: crop the negative padding (a view), np.pad the positive, then
- * sliding_window_view(x, (Kh, Kw), axis=(1, 2)) -> (N, Ho', Wo', C, Kh, Kw),
- * every stride-th window, and np.tensordot over (Kh, Kw, C). */
-static PyObject *np_conv(PyObject *a, PyObject *w, int64_t s, const int64_t *lo,
+ * sliding_window_view(x, (Eh, Ew), axis=(1, 2)) -> (N, Ho', Wo', C, Eh, Ew)
+ * with E = (K - 1) * d + 1 the kernel's extent, every stride-th window and
+ * every d-th tap of it, and np.tensordot over (Kh, Kw, C). */
+static PyObject *np_conv(PyObject *a, PyObject *w, int64_t s, int64_t d, const int64_t *lo,
                          const int64_t *hi, const int64_t *ash, const int64_t *wsh,
                          const int64_t *oshape)
 {
@@ -317,7 +318,9 @@ static PyObject *np_conv(PyObject *a, PyObject *w, int64_t s, const int64_t *lo,
     } else {
         p = Py_NewRef(v);
     }
-    args = p ? Py_BuildValue("(O(LL))", p, (long long)wsh[0], (long long)wsh[1]) : NULL;
+    args = p ? Py_BuildValue("(O(LL))", p, (long long)((wsh[0] - 1) * d + 1),
+                             (long long)((wsh[1] - 1) * d + 1))
+             : NULL;
     kw = args ? Py_BuildValue("{s(ii)}", "axis", 1, 2) : NULL;
     win = kw ? PyObject_Call(np_sliding_window_view, args, kw) : NULL;
     if (win == NULL)
@@ -327,6 +330,7 @@ static PyObject *np_conv(PyObject *a, PyObject *w, int64_t s, const int64_t *lo,
     len[4] = wsh[0], len[5] = wsh[1];
     memset(start, 0, sizeof start);
     step[1] = step[2] = s;
+    step[4] = step[5] = d;
     sv = nda_view(win, start, len, step, -1);
     if (sv == NULL)
         goto fail;
@@ -343,8 +347,8 @@ fail:
     return res;
 }
 
-PyObject *nda_conv(PyObject *a, PyObject *w, int64_t stride, const int64_t *lo, const int64_t *hi,
-                   int general)
+PyObject *nda_conv(PyObject *a, PyObject *w, int64_t stride, int64_t dilation, const int64_t *lo,
+                   const int64_t *hi, int general)
 {
     int64_t ash[NDL_MAX_DIMS], wsh[NDL_MAX_DIMS], oshape[4];
     int an, wn;
@@ -352,11 +356,11 @@ PyObject *nda_conv(PyObject *a, PyObject *w, int64_t stride, const int64_t *lo, 
         return NULL;
     if (NDArray_Check(a))
         return (PyObject *)ndl_array_conv_general((NDArrayObject *)a, (NDArrayObject *)w,
-                                                  stride, lo, hi, general);
+                                                  stride, dilation, lo, hi, general);
     if (nda_shape(a, &an, ash) < 0 || nda_shape(w, &wn, wsh) < 0 ||
-        ndl_conv_check(an, ash, wn, wsh, stride, lo, hi, general, oshape) < 0)
+        ndl_conv_check(an, ash, wn, wsh, stride, dilation, lo, hi, general, oshape) < 0)
         return NULL;
-    return np_conv(a, w, stride, lo, hi, ash, wsh, oshape);
+    return np_conv(a, w, stride, dilation, lo, hi, ash, wsh, oshape);
 }
 
 PyObject *nda_empty_like(PyObject *like, int ndim, const int64_t *shape)

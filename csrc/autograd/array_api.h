@@ -38,8 +38,8 @@ PyObject *nda_flip(PyObject *a, int naxes, const int64_t *axes);
 /* The convolution of API.md 4.6, padded by lo[j] before and hi[j] after
  * spatial axis j: ndl_array_conv_general's arguments and checks (ndarray.h);
  * np mode crops, np.pad's, takes sliding_window_view and np.tensordot. */
-PyObject *nda_conv(PyObject *a, PyObject *w, int64_t stride, const int64_t *lo, const int64_t *hi,
-                   int general);
+PyObject *nda_conv(PyObject *a, PyObject *w, int64_t stride, int64_t dilation, const int64_t *lo,
+                   const int64_t *hi, int general);
 /* A new uninitialised array shaped `shape`, on like's device and dtype. */
 PyObject *nda_empty_like(PyObject *like, int ndim, const int64_t *shape);
 /* A new array shaped `shape` filled with value, on like's device and dtype. */

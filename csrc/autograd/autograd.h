@@ -156,10 +156,11 @@ typedef struct {
             int64_t stride, padding;
             /* Conv made by ndl_t_conv only (general): padding pad_lo[j]
              * before and pad_hi[j] after spatial axis j (H, W), either sign
-             * (negative crops), and any Kh x Kw kernel (Note [Conv's
-             * gradients are convs], ops_conv.c). */
+             * (negative crops), any Kh x Kw kernel, and the kernel's taps
+             * `kernel_dilation` apart (Note [Conv's gradients are convs],
+             * ops_conv.c); it is 1 unless general. */
             int general;
-            int64_t pad_lo[2], pad_hi[2];
+            int64_t pad_lo[2], pad_hi[2], kernel_dilation;
         };
     };
 } OpObject;
@@ -282,7 +283,8 @@ PyObject *ndl_t_dilate_to(PyObject *a, int naxes, const int64_t *axes, int64_t d
 /* Conv with stride s, lo[j] / hi[j] padding before / after spatial axis j
  * (negative crops) and any Kh x Kw kernel: the general Conv the gradients
  * of Conv are made of (Note [Conv's gradients are convs], ops_conv.c). */
-PyObject *ndl_t_conv(PyObject *a, PyObject *b, int64_t s, const int64_t *lo, const int64_t *hi);
+PyObject *ndl_t_conv(PyObject *a, PyObject *b, int64_t s, int64_t d, const int64_t *lo,
+                     const int64_t *hi);
 /* lstm_gates(z, c): the TensorTuple (h', c') (ops_rnn.c) */
 PyObject *ndl_t_lstm_gates(PyObject *z, PyObject *c);
 /* gather_rows(a, idx) / scatter_rows(g, idx, shape): rows of a picked by

@@ -164,7 +164,8 @@ PyObject *ndl_t_dilate_to(PyObject *a, int naxes, const int64_t *axes, int64_t d
     return apply_axes_op(&ndl_op_Dilate, a, naxes, axes, d, length);
 }
 
-PyObject *ndl_t_conv(PyObject *a, PyObject *b, int64_t s, const int64_t *lo, const int64_t *hi)
+PyObject *ndl_t_conv(PyObject *a, PyObject *b, int64_t s, int64_t d, const int64_t *lo,
+                     const int64_t *hi)
 {
     OpObject *op = ndl_op_new(&ndl_op_Conv);
     PyObject *r;
@@ -173,6 +174,7 @@ PyObject *ndl_t_conv(PyObject *a, PyObject *b, int64_t s, const int64_t *lo, con
     op->stride = s;
     op->padding = lo[0]; /* only for the attribute; pad_lo / pad_hi rule */
     op->general = 1;
+    op->kernel_dilation = d;
     memcpy(op->pad_lo, lo, sizeof op->pad_lo);
     memcpy(op->pad_hi, hi, sizeof op->pad_hi);
     r = apply2(op, a, b);

@@ -119,7 +119,7 @@ int ndl_op_parse_params(OpObject *self, PyObject *args, PyObject *kwds)
     case NDL_P_STRIDE_PADDING:
     default:
         names = kw_conv;
-        self->stride = 1, self->padding = 0;
+        self->stride = 1, self->padding = 0, self->kernel_dilation = 1;
         if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO", kw_conv, &a, &b))
             return -1;
         rc = (a != Py_None && ndl_parse_int(a, &self->stride, "stride") < 0) ||

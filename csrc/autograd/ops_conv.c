@@ -14,28 +14,36 @@
  * exact for every size and differentiable any number of times.
  *
  * Note [Conv's gradients are convs]
- *   Write one spatial axis (H; W is the same): input length H, kernel K,
- *   stride s, padding lo before and hi after (the class pads p on both
- *   sides), Hp = H + lo + hi, Ho = (Hp - K) // s + 1 outputs and
- *   r = (Hp - K) mod s rows of the padded input that no window reaches.
+ *   Write one spatial axis (H; W is the same): input length H, kernel K
+ *   with its taps d apart (the dilation: 1 for the class; K spans
+ *   E = (K-1) d + 1 rows), stride s, padding lo before and hi after (the
+ *   class pads p on both sides), Hp = H + lo + hi, Ho = (Hp - E) // s + 1
+ *   outputs and r = (Hp - E) mod s rows of the padded input that no window
+ *   reaches: out[y] = sum over i of Apad[y s + i d] B[i].
  *   gd = g dilated by s - 1 on (H, W) and cut to Lg = (Ho - 1) s + 1 rows
  *   (Note [Dilate to a length], ops_shape.c), so gd[y s] = g[y].
- *     dA[h] = sum over y s + i = h + lo of g[y] B[i]
- *           = conv(gd, flip(B, (0, 1)) with axes 2, 3 swapped,
- *                  padding K-1-lo before and K-1-hi+r after)
- *     (output length Lg + 2K-2-lo-hi+r - K + 1 = H exactly);
- *     dB[i] = sum over n, y of Apad[y s + i] g[y]
+ *     dA[h] = sum over y s + i d = h + lo of g[y] B[i]
+ *           = conv(gd, flip(B, (0, 1)) with axes 2, 3 swapped, dilation d,
+ *                  padding E-1-lo before and E-1-hi+r after)
+ *     (output length Lg + 2E-2-lo-hi+r - E + 1 = H exactly);
+ *     dB[i] = sum over n, y of Apad[y s + i d] g[y]
  *           = conv(A with axes 0, 3 swapped (C_in, H, W, N),
- *                  gd as an (Lg, Lg', N, C_out) kernel,
- *                  padding lo before and hi-r after), axes permuted back
- *     (output length H + lo + hi - r - Lg + 1 = K exactly).
+ *                  g as an (Ho, Wo, N, C_out) kernel with dilation s,
+ *                  stride d, padding lo before and hi-r after), axes
+ *                  permuted back
+ *     (output length (Hp - r - Lg) / d + 1 = K exactly).
  *   These are API.md 4.6's constructions with the crops folded into the
  *   padding: a padding may be negative (a crop) and differ between the two
- *   sides and axes, and dB's kernel is Lg x Lg', not square. Conv keeps
- *   those in fields only ndl_t_conv sets (`general`, pad_lo, pad_hi); the
- *   class itself checks the contract (square kernel, padding >= 0). A
- *   general Conv's gradients are again general Convs with stride 1, so
- *   grad of grad needs nothing new.
+ *   sides and axes, dB's kernel is Ho x Wo, not square, and its taps are s
+ *   apart: the course's construction dilates g into that kernel, whose
+ *   zeros then cost s^2 times the multiply-adds (the 7x7 stride-4 stem of
+ *   ResNet9: 16 times; Note [Dilated windows], ndarray_conv.c, has the
+ *   figures). Conv keeps those in fields only ndl_t_conv sets (`general`,
+ *   pad_lo, pad_hi, kernel_dilation); the class itself checks the contract (square
+ *   kernel, padding >= 0, no dilation). A general Conv's gradients are
+ *   again general Convs (a stride s and dilation d give dA stride 1 and
+ *   dilation d, dB stride d and dilation s), so grad of grad needs nothing
+ *   new.
  */
 #include "array_api.h"
 
@@ -51,11 +59,18 @@ static void conv_padding(OpObject *op, int64_t *lo, int64_t *hi)
     }
 }
 
+/* The kernel's dilation: 1 unless general (a class's op, even made without
+ * __init__, has none). */
+static int64_t conv_dilation(OpObject *op)
+{
+    return op->general ? op->kernel_dilation : 1;
+}
+
 NDL_FORWARD(Conv)
 {
     int64_t lo[2], hi[2];
     conv_padding(op, lo, hi);
-    return nda_conv(x[0], x[1], op->stride, lo, hi, op->general);
+    return nda_conv(x[0], x[1], op->stride, conv_dilation(op), lo, hi, op->general);
 }
 
 /* Note [Conv's gradients are convs] */
@@ -63,27 +78,26 @@ NDL_BACKWARD(Conv)
 {
     static const int64_t hw[2] = {1, 2}, a_t[4] = {3, 1, 2, 0}, g_t[4] = {1, 2, 0, 3};
     int64_t ash[NDL_MAX_DIMS], bsh[NDL_MAX_DIMS], gsh[NDL_MAX_DIMS], lo[2], hi[2], r[2],
-        lg[2], plo[2], phi[2];
+        lg[2], e[2], plo[2], phi[2];
     int an, bn, gn, rc = -1;
-    const int64_t s = op->stride;
+    const int64_t s = op->stride, d = conv_dilation(op);
     PyObject *gd = NULL, *bf = NULL, *bt = NULL, *at = NULL, *gt = NULL, *db = NULL;
     if (ndl_value_shape((ValueObject *)IN(0), &an, ash) < 0 ||
         ndl_value_shape((ValueObject *)IN(1), &bn, bsh) < 0 || ndl_value_shape(g, &gn, gsh) < 0)
         return -1;
     conv_padding(op, lo, hi);
     for (int j = 0; j < 2; j++) {
-        r[j] = (ash[1 + j] + lo[j] + hi[j] - bsh[j]) % s;
+        e[j] = (bsh[j] - 1) * d + 1;
+        r[j] = (ash[1 + j] + lo[j] + hi[j] - e[j]) % s;
         lg[j] = (gsh[1 + j] - 1) * s + 1;
     }
-    gd = s > 1 ? ndl_t_dilate_to(G, 2, hw, s - 1, lg) : Py_NewRef(G);
-    if (gd == NULL)
-        goto fail;
     if (needs[0]) {
         for (int j = 0; j < 2; j++)
-            plo[j] = bsh[j] - 1 - lo[j], phi[j] = bsh[j] - 1 - hi[j] + r[j];
-        bf = ndl_t_flip(IN(1), 2, (const int64_t[]){0, 1});
+            plo[j] = e[j] - 1 - lo[j], phi[j] = e[j] - 1 - hi[j] + r[j];
+        gd = s > 1 ? ndl_t_dilate_to(G, 2, hw, s - 1, lg) : Py_NewRef(G);
+        bf = gd ? ndl_t_flip(IN(1), 2, (const int64_t[]){0, 1}) : NULL;
         bt = bf ? ndl_t_transpose(bf, 2, 3) : NULL;
-        grads[0] = bt ? ndl_t_conv(gd, bt, 1, plo, phi) : NULL;
+        grads[0] = bt ? ndl_t_conv(gd, bt, 1, d, plo, phi) : NULL;
         if (grads[0] == NULL)
             goto fail;
     }
@@ -91,8 +105,8 @@ NDL_BACKWARD(Conv)
         for (int j = 0; j < 2; j++)
             phi[j] = hi[j] - r[j];
         at = ndl_t_permute(IN(0), 4, a_t);
-        gt = at ? ndl_t_permute(gd, 4, g_t) : NULL;
-        db = gt ? ndl_t_conv(at, gt, 1, lo, phi) : NULL; /* (C_in, K, K, C_out) */
+        gt = at ? ndl_t_permute(G, 4, g_t) : NULL;
+        db = gt ? ndl_t_conv(at, gt, d, s, lo, phi) : NULL; /* (C_in, K, K, C_out) */
         grads[1] = db ? ndl_t_permute(db, 4, g_t) : NULL;
         if (grads[1] == NULL)
             goto fail;

@@ -47,6 +47,13 @@ typedef struct ndl_attention_mask {
     int64_t rows;
 } ndl_attention_mask;
 
+/* An im2col's window beyond the slot's square k: kh x kw taps, dilation d
+ * apart (d = 1: adjacent), at stride s; its extent along H is (kh-1)*d + 1,
+ * so Ho = (H - extent) / s + 1 (Note [Dilated windows], ndarray_conv.c). */
+typedef struct {
+    int64_t kh, kw, s, d;
+} ndl_window;
+
 typedef struct ndl_backend {
     const char *name; /* "cpu", "cuda": the device's name in messages */
     int host_accessible; /* buffers are plain host memory (buffer protocol ok) */

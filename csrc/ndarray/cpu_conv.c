@@ -157,7 +157,7 @@ typedef struct {
     ndl_dtype dt;
     const char *a;            /* a's element (0, 0, 0, 0) */
     char *out;                /* row row0 */
-    int64_t esz, k, s, c, ho, wo, row0;
+    int64_t esz, kh, kw, s, d, c, ho, wo, row0;
     int64_t h, w, plh, plw;   /* a's extent along H and W; zeros before it */
     int64_t sn, sh, sw, sc;   /* a's strides, in elements */
 } im2col_job;
@@ -180,42 +180,52 @@ static void gather(ndl_dtype dt, char *dst, const char *src, int64_t ss, int64_t
     }
 }
 
-/* Output rows [begin, end) relative to row0. One row is k runs (one per
- * kernel row i) of k*C elements: zeros where row i is padding, else the
+/* The taps t in [0, k) of a window starting at w0, d apart, that fall in
+ * [0, w): [*t0, *t1). */
+static void taps_inside(int64_t w0, int64_t d, int64_t k, int64_t w, int64_t *t0, int64_t *t1)
+{
+    int64_t lo = w0 < 0 ? (-w0 + d - 1) / d : 0, hi = w - w0 <= 0 ? 0 : (w - w0 + d - 1) / d;
+    *t0 = lo < k ? lo : k;
+    *t1 = hi < k ? (hi > *t0 ? hi : *t0) : k;
+}
+
+/* Output rows [begin, end) relative to row0. One row is kh runs (one per
+ * kernel row i) of kw*C elements: zeros where row i is padding, else the
  * kernel columns [j0, j1) inside a, between zeros for those outside. The
  * columns inside are one contiguous run of a when a's (W, C) plane is
- * compact, else runs of C (strided when C's stride is not 1). */
+ * compact and the taps adjacent (d = 1), else runs of C (strided when C's
+ * stride is not 1). */
 static void im2col_range(void *ctx, int64_t begin, int64_t end)
 {
     const im2col_job *j = (const im2col_job *)ctx;
-    const int64_t k = j->k, c = j->c, esz = j->esz, kc = k * c;
+    const int64_t kh = j->kh, kw = j->kw, c = j->c, esz = j->esz, d = j->d, kwc = kw * c;
     /* the (j, c) block of one kernel row is one run of a */
-    const int whole = (j->sc == 1 || c == 1) && j->sw == c;
+    const int whole = (j->sc == 1 || c == 1) && j->sw == c && d == 1;
     int64_t r = j->row0 + begin;
     int64_t x = r % j->wo, y = (r / j->wo) % j->ho, n = r / j->wo / j->ho;
-    char *d = j->out + begin * k * kc * esz;
+    char *o = j->out + begin * kh * kwc * esz;
     for (int64_t row = begin; row < end; row++) {
         const int64_t h0 = y * j->s - j->plh, w0 = x * j->s - j->plw;
-        const int64_t j0 = w0 < 0 ? (-w0 < k ? -w0 : k) : 0;
-        const int64_t j1 = j->w - w0 < k ? (j->w - w0 > j0 ? j->w - w0 : j0) : k;
-        for (int64_t i = 0; i < k; i++, d += kc * esz) {
-            const int64_t hh = h0 + i;
+        int64_t j0, j1;
+        taps_inside(w0, d, kw, j->w, &j0, &j1);
+        for (int64_t i = 0; i < kh; i++, o += kwc * esz) {
+            const int64_t hh = h0 + i * d;
             const char *src;
             if (hh < 0 || hh >= j->h || j1 == j0) {
-                memset(d, 0, (size_t)(kc * esz));
+                memset(o, 0, (size_t)(kwc * esz));
                 continue;
             }
-            src = j->a + (n * j->sn + hh * j->sh + (w0 + j0) * j->sw) * esz;
+            src = j->a + (n * j->sn + hh * j->sh + (w0 + j0 * d) * j->sw) * esz;
             if (j0 > 0)
-                memset(d, 0, (size_t)(j0 * c * esz));
+                memset(o, 0, (size_t)(j0 * c * esz));
             if (whole) {
-                memcpy(d + j0 * c * esz, src, (size_t)((j1 - j0) * c * esz));
+                memcpy(o + j0 * c * esz, src, (size_t)((j1 - j0) * c * esz));
             } else {
                 for (int64_t jj = j0; jj < j1; jj++)
-                    gather(j->dt, d + jj * c * esz, src + (jj - j0) * j->sw * esz, j->sc, c);
+                    gather(j->dt, o + jj * c * esz, src + (jj - j0) * d * j->sw * esz, j->sc, c);
             }
-            if (j1 < k)
-                memset(d + j1 * c * esz, 0, (size_t)((k - j1) * c * esz));
+            if (j1 < kw)
+                memset(o + j1 * c * esz, 0, (size_t)((kw - j1) * c * esz));
         }
         if (++x == j->wo) {
             x = 0;
@@ -225,27 +235,32 @@ static void im2col_range(void *ctx, int64_t begin, int64_t end)
     }
 }
 
-int ndl_cpu_im2col_padded(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k,
-                          int64_t s, const int64_t *lo, const int64_t *hi, int64_t row0,
-                          int64_t nrows, void *out)
+int ndl_cpu_im2col_padded(ndl_dtype dt, const void *a, const ndl_layout *la,
+                          const ndl_window *win, const int64_t *lo, const int64_t *hi,
+                          int64_t row0, int64_t nrows, void *out)
 {
-    int64_t rows, kkc, grain, hp, wp;
+    int64_t rows, kkc, grain, hp, wp, eh, ew;
     im2col_job j;
-    if ((unsigned)dt >= NDL_NUM_DTYPES || !ndl_layout_ok(la) || la->ndim != 4 || k < 1 || s < 1 ||
-        lo[0] < 0 || lo[1] < 0 || hi[0] < 0 || hi[1] < 0 ||
-        __builtin_add_overflow(la->shape[1], lo[0], &hp) ||
+    if ((unsigned)dt >= NDL_NUM_DTYPES || !ndl_layout_ok(la) || la->ndim != 4 || win->kh < 1 ||
+        win->kw < 1 || win->s < 1 || win->d < 1 || lo[0] < 0 || lo[1] < 0 || hi[0] < 0 ||
+        hi[1] < 0 || __builtin_add_overflow(la->shape[1], lo[0], &hp) ||
         __builtin_add_overflow(hp, hi[0], &hp) ||
         __builtin_add_overflow(la->shape[2], lo[1], &wp) ||
-        __builtin_add_overflow(wp, hi[1], &wp) || k > hp || k > wp || row0 < 0 || nrows < 0)
+        __builtin_add_overflow(wp, hi[1], &wp) ||
+        __builtin_mul_overflow(win->kh - 1, win->d, &eh) ||
+        __builtin_mul_overflow(win->kw - 1, win->d, &ew) || eh >= hp || ew >= wp || row0 < 0 ||
+        nrows < 0)
         return NDL_EINVAL;
     j = (im2col_job){
         .dt = dt,
         .esz = (int64_t)ndl_itemsize(dt),
-        .k = k,
-        .s = s,
+        .kh = win->kh,
+        .kw = win->kw,
+        .s = win->s,
+        .d = win->d,
         .c = la->shape[3],
-        .ho = (hp - k) / s + 1,
-        .wo = (wp - k) / s + 1,
+        .ho = (hp - eh - 1) / win->s + 1,
+        .wo = (wp - ew - 1) / win->s + 1,
         .row0 = row0,
         .h = la->shape[1],
         .w = la->shape[2],
@@ -257,7 +272,7 @@ int ndl_cpu_im2col_padded(ndl_dtype dt, const void *a, const ndl_layout *la, int
         .sc = la->strides[3],
     };
     if (__builtin_mul_overflow(la->shape[0], j.ho, &rows) ||
-        __builtin_mul_overflow(rows, j.wo, &rows) || __builtin_mul_overflow(k, k, &kkc) ||
+        __builtin_mul_overflow(rows, j.wo, &rows) || __builtin_mul_overflow(j.kh, j.kw, &kkc) ||
         __builtin_mul_overflow(kkc, j.c, &kkc) || row0 > rows || nrows > rows - row0)
         return NDL_EINVAL;
     if (nrows == 0 || kkc == 0)
@@ -273,5 +288,6 @@ int ndl_cpu_im2col(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k,
                    int64_t row0, int64_t nrows, void *out)
 {
     static const int64_t zero[2] = {0, 0};
-    return ndl_cpu_im2col_padded(dt, a, la, k, s, zero, zero, row0, nrows, out);
+    const ndl_window win = {.kh = k, .kw = k, .s = s, .d = 1};
+    return ndl_cpu_im2col_padded(dt, a, la, &win, zero, zero, row0, nrows, out);
 }

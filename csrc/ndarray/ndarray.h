@@ -128,14 +128,18 @@ NDArrayObject *ndl_array_im2col(NDArrayObject *a, int64_t k, int64_t stride);
 NDArrayObject *ndl_array_conv(NDArrayObject *a, NDArrayObject *w, int64_t stride,
                               int64_t padding);
 /* The same with padding lo[j] before and hi[j] after spatial axis j (H, W);
- * with `general`, paddings of either sign (negative crops) and any
- * Kh x Kw kernel are allowed (the convolutions of Conv's gradients). */
+ * with `general`, paddings of either sign (negative crops), any Kh x Kw
+ * kernel and a dilation >= 1 (the kernel's taps that far apart: out[y] sums
+ * a[y*stride + i*dilation] w[i]) are allowed (the convolutions of Conv's
+ * gradients); without it, dilation must be 1. */
 NDArrayObject *ndl_array_conv_general(NDArrayObject *a, NDArrayObject *w, int64_t stride,
-                                      const int64_t *lo, const int64_t *hi, int general);
+                                      int64_t dilation, const int64_t *lo, const int64_t *hi,
+                                      int general);
 /* The argument checks of those two on shapes alone (np mode shares them):
  * 0 and the output shape in oshape[4], or -1 with ValueError. */
 int ndl_conv_check(int andim, const int64_t *ash, int wndim, const int64_t *wsh, int64_t stride,
-                   const int64_t *lo, const int64_t *hi, int general, int64_t *oshape);
+                   int64_t dilation, const int64_t *lo, const int64_t *hi, int general,
+                   int64_t *oshape);
 /* Private functions for needle._C: _dilate, _im2col, _conv and the test switch
  * _skip_optional_slots (module.c adds them to the module). */
 extern PyMethodDef ndl_conv_functions[];
