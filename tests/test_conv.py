@@ -325,6 +325,21 @@ def test_array_conv_with_dilated_kernel(shape_a, shape_w, s, p, d, skip_slots):
 
 
 @nd_only
+@pytest.mark.parametrize("c", [1, 3, 4, 5, 16])
+@pytest.mark.parametrize("k, s, p", [(7, 4, 3), (3, 1, 1), (3, 2, 2), (1, 1, 1)])
+def test_array_conv_of_nchw_views(c, k, s, p):
+    """NCHW input seen as NHWC (nn.Conv's), channels H*W apart: gathered by
+    im2col with the padding on the fly (up to 4 channels), else a padded
+    compact copy first (Note [Strided channels])."""
+    nd = ndl.backend_ndarray
+    a, w = np.random.randn(3, c, 11, 9), np.random.randn(k, k, c, 2)
+    view = nd.array(a, dtype="float64").permute((0, 2, 3, 1))
+    got = ndl._C._conv(view, nd.array(w, dtype="float64"), s, p)
+    ref = np_conv(a.transpose(0, 2, 3, 1), w, s, (p, p), (p, p))
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-10)
+
+
+@nd_only
 def test_dilated_kernel_that_does_not_fit_raises_and_the_class_has_none():
     nd = ndl.backend_ndarray
     a, w = nd.array(np.zeros((1, 5, 5, 2))), nd.array(np.zeros((3, 3, 2, 1)))

@@ -452,6 +452,22 @@ NDArrayObject *ndl_array_im2col(NDArrayObject *a, int64_t k, int64_t stride)
  *   A one-tap axis has no dilation (it may then be any size: a gradient's
  *   conv of a stride past the input). */
 
+/* Note [Strided channels]
+ *   nn.Conv hands the conv its NCHW input as an NHWC view, whose channels
+ *   are H*W apart. With padding, the CPU either pads a compact copy (a
+ *   transposing copy, then im2col copies runs of kw*C) or has im2col gather
+ *   each window's channels from the view (strided loads, K*K/s^2 times per
+ *   input element). Batch 32 or 64 on 2 threads (AMD EPYC Zen 2), copy ->
+ *   gather: 64 -> 64 channels 3x3 at 32x32 20 -> 45 ms, 64 -> 128 stride 2
+ *   11 -> 15, 16 -> 32 2.9 -> 5.5; at ResNet9's small sizes, against the
+ *   same conv on a compact input: 16 -> 32 stride 2 at 8x8 1.4x -> 1.8x,
+ *   64 -> 128 stride 2 at 2x2 1.2x -> 1.5x, 32 -> 32 at 4x4 1.7x -> 1.3x;
+ *   with three channels the gather wins, ResNet9's 3 -> 16 7x7 stride-4
+ *   stem 0.74 -> 0.43 ms (the transposing copy moves 12-byte rows; 3x3 at
+ *   32x32: a tie). So im2col gathers with at most NDL_CONV_GATHER_MAX_C
+ *   channels. */
+#define NDL_CONV_GATHER_MAX_C 4
+
 /* The fewest rows a block (of the backend's scratch_bytes) has: enough to
  * keep the matmul's register tiles full (direct), and to keep the adds of
  * the dual form small beside the products. */
@@ -825,12 +841,13 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, in
     j.len = dual ? nrows : kh * kw * ci;
     j.cpu = NDL_OPTIONAL_SLOT(be, im2col) == ndl_cpu_im2col;
     /* Note [im2col with implicit padding] (cpu_conv.c): no padded copy, when
-     * the channels are contiguous (runs of C elements to copy). Otherwise
-     * (the dual form's transposed input, NCHW input seen as NHWC) the
-     * padded copy also makes them contiguous, which im2col needs more. */
+     * the channels are contiguous (runs of C elements to copy), and when
+     * they are strided (NCHW input seen as NHWC, nn.Conv's) but few (Note
+     * [Strided channels]). Otherwise the padded copy also makes them
+     * contiguous, which im2col needs more. */
     if (dual)
         la = permuted(&la, swap03);
-    j.implicit = pad && j.cpu && (la.strides[3] == 1 || la.shape[3] == 1);
+    j.implicit = pad && j.cpu && (la.strides[3] == 1 || la.shape[3] <= NDL_CONV_GATHER_MAX_C);
     for (int k = 0; k < 2; k++)
         j.plo[k] = plo[1 + k], j.phi[k] = phi[1 + k];
     view = ndl_array_view(a, &la);
