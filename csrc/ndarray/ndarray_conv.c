@@ -572,65 +572,77 @@ static int im2col_block(const conv_job *j, int64_t r0, int64_t nr, void *col)
     return im2col_composed(j->be, j->dt, j->x, &j->lx, &j->win, r0, nr, col);
 }
 
-/* out[r0:r0+nr] = (im2col rows [r0, r0 + nr)) @ w, through scratch col. */
-static int direct_block(const conv_job *j, int64_t r0, void *col)
+/* Slot `slot`'s im2col scratch, (br, len). */
+static char *slot_col(const conv_job *j, int64_t slot)
 {
-    const int64_t zero = 0, es = (int64_t)ndl_itemsize(j->dt);
-    int64_t nr = j->rows - r0 < j->br ? j->rows - r0 : j->br;
-    int status = im2col_block(j, r0, nr, col);
-    if (status == NDL_OK)
-        status = j->be->matmul(j->dt, 1, nr, j->len, j->co, col, &zero, j->len, 1, j->w, &j->woff,
-                               j->rsw, j->csw, j->out + r0 * j->co * es);
-    return status;
+    return (char *)j->col + slot * j->br * j->len * (int64_t)ndl_itemsize(j->dt);
 }
 
 /* Note [Conv blocks in parallel]
- *   With several threads on the CPU, each thread takes whole blocks (its
- *   own scratch, im2col and a one-thread matmul: the pool runs nested
- *   calls inline) from a shared counter, instead of every block's im2col
- *   and matmul being split over the pool in turn: two pool
- *   synchronizations per block (hundreds per convolution), where a thread
- *   that the OS has descheduled on a loaded machine stalls all the others
- *   each time. Taking blocks from a counter also balances the load. */
+ *   With several threads on the CPU, each thread takes whole blocks, or
+ *   groups of blocks (Note [Dual blocks in groups]), from a shared counter
+ *   (its own scratch, im2col and a one-thread matmul: the pool runs nested
+ *   calls inline), instead of every block's im2col and matmul being split
+ *   over the pool in turn: two pool synchronizations per block (hundreds
+ *   per convolution), where a thread that the OS has descheduled on a
+ *   loaded machine stalls all the others each time. Taking blocks from a
+ *   counter also balances the load. */
+typedef int (*conv_item_fn)(const conv_job *j, int64_t item, int64_t slot);
+
 typedef struct {
     const conv_job *j;
-    atomic_llong next_block, next_slot;
+    conv_item_fn fn;
+    int64_t items;
+    atomic_llong next_item, next_slot;
     atomic_int status;
-} direct_par;
+} conv_par;
 
-static void direct_task(void *ctx, int64_t begin, int64_t end)
+static void conv_par_task(void *ctx, int64_t begin, int64_t end)
 {
-    direct_par *d = ctx;
-    const conv_job *j = d->j;
-    const int64_t es = (int64_t)ndl_itemsize(j->dt);
+    conv_par *d = ctx;
     /* one slot per call: parallel_for makes at most j->slots chunks */
-    char *col = (char *)j->col + atomic_fetch_add(&d->next_slot, 1) * j->br * j->len * es;
+    const int64_t slot = atomic_fetch_add(&d->next_slot, 1);
     (void)begin, (void)end;
     for (;;) {
-        int64_t r0 = atomic_fetch_add(&d->next_block, 1) * j->br;
+        int64_t i = atomic_fetch_add(&d->next_item, 1);
         int status;
-        if (r0 >= j->rows || atomic_load(&d->status) != NDL_OK)
+        if (i >= d->items || atomic_load(&d->status) != NDL_OK)
             return;
-        if ((status = direct_block(j, r0, col)) != NDL_OK)
+        if ((status = d->fn(d->j, i, slot)) != NDL_OK)
             atomic_store(&d->status, status);
     }
 }
 
-/* Note [Conv in blocks of rows], direct: out[r0:r0+nr] = col @ w.
- * Touches no Python. */
-static int conv_direct(const conv_job *j)
+/* fn(j, i, slot) for every i in [0, items): on j->slots threads taking
+ * items from a counter (Note [Conv blocks in parallel]), or in order on
+ * this one with slot 0. Touches no Python. */
+static int conv_items(const conv_job *j, int64_t items, conv_item_fn fn)
 {
     int status = NDL_OK;
-    if (j->slots > 1) { /* Note [Conv blocks in parallel] */
-        direct_par d = {.j = j};
-        atomic_init(&d.next_block, 0);
+    if (j->slots > 1) {
+        conv_par d = {.j = j, .fn = fn, .items = items};
+        atomic_init(&d.next_item, 0);
         atomic_init(&d.next_slot, 0);
         atomic_init(&d.status, NDL_OK);
-        ndl_parallel_for(j->slots, 1, direct_task, &d);
+        ndl_parallel_for(j->slots, 1, conv_par_task, &d);
         return atomic_load(&d.status);
     }
-    for (int64_t r0 = 0; r0 < j->rows && status == NDL_OK; r0 += j->br)
-        status = direct_block(j, r0, j->col);
+    for (int64_t i = 0; i < items && status == NDL_OK; i++)
+        status = fn(j, i, 0);
+    return status;
+}
+
+/* Note [Conv in blocks of rows], direct: out[r0:r0+nr] = (im2col rows
+ * [r0, r0 + nr)) @ w for block b (r0 = b * br), through the slot's scratch. */
+static int direct_block(const conv_job *j, int64_t b, int64_t slot)
+{
+    const int64_t zero = 0, es = (int64_t)ndl_itemsize(j->dt), r0 = b * j->br;
+    const int64_t nr = j->rows - r0 < j->br ? j->rows - r0 : j->br;
+    char *col = slot_col(j, slot);
+    int status = im2col_block(j, r0, nr, col);
+    if (status == NDL_OK)
+        status = j->be->matmul(j->dt, 1, nr, j->len, j->co, col, &zero, j->len, 1, j->w, &j->woff,
+                               j->rsw, j->csw, j->out + r0 * j->co * es);
     return status;
 }
 
@@ -656,14 +668,16 @@ static void *acc_buf(const conv_job *j, int64_t k)
     return j->acc + k * j->len * j->co * (int64_t)ndl_itemsize(j->dt);
 }
 
-/* Group g's sum into its buffer, through scratch col and the slot's two
- * buffers prod and tmp. Touches no Python. */
-static int dual_group(const conv_job *j, int64_t g, char *col, void *prod, void *tmp)
+/* Group g's sum into its buffer, through the slot's scratch and its two
+ * buffers (a product, the next sum). */
+static int dual_group(const conv_job *j, int64_t g, int64_t slot)
 {
     const int64_t zero = 0, nb = (j->rows + j->br - 1) / j->br;
     const int64_t b0 = g * nb / j->groups, b1 = (g + 1) * nb / j->groups;
     ndl_layout l = {.ndim = 1, .shape = {j->len * j->co}, .strides = {1}};
-    void *gsum = acc_buf(j, g), *sum = gsum;
+    char *col = slot_col(j, slot);
+    void *gsum = acc_buf(j, g), *sum = gsum, *prod = acc_buf(j, j->groups + 2 * slot);
+    void *tmp = acc_buf(j, j->groups + 2 * slot + 1);
     int status = NDL_OK;
     for (int64_t b = b0; b < b1 && status == NDL_OK; b++) {
         int64_t r0 = b * j->br, woff = j->woff + r0 * j->rsw;
@@ -683,31 +697,6 @@ static int dual_group(const conv_job *j, int64_t g, char *col, void *prod, void 
     return status;
 }
 
-typedef struct {
-    const conv_job *j;
-    atomic_llong next_group, next_slot;
-    atomic_int status;
-} dual_par;
-
-static void dual_task(void *ctx, int64_t begin, int64_t end)
-{
-    dual_par *d = ctx;
-    const conv_job *j = d->j;
-    const int64_t slot = atomic_fetch_add(&d->next_slot, 1);
-    char *col = (char *)j->col + slot * j->br * j->len * (int64_t)ndl_itemsize(j->dt);
-    (void)begin, (void)end;
-    for (;;) {
-        int64_t g = atomic_fetch_add(&d->next_group, 1);
-        int status;
-        if (g >= j->groups || atomic_load(&d->status) != NDL_OK)
-            return;
-        status = dual_group(j, g, col, acc_buf(j, j->groups + 2 * slot),
-                            acc_buf(j, j->groups + 2 * slot + 1));
-        if (status != NDL_OK)
-            atomic_store(&d->status, status);
-    }
-}
-
 /* Note [Conv in blocks of rows], dual: *sum = the sum over blocks of
  * col^T @ w[r0:r0+nr], (len, co), one of j->acc's buffers (Note [Dual
  * blocks in groups]). Touches no Python. */
@@ -715,18 +704,7 @@ static int conv_dual(const conv_job *j, void **sum)
 {
     ndl_layout l = {.ndim = 1, .shape = {j->len * j->co}, .strides = {1}};
     void *first = acc_buf(j, 0), *spare = acc_buf(j, j->groups + 2 * j->slots);
-    int status = NDL_OK;
-    if (j->slots > 1) {
-        dual_par d = {.j = j};
-        atomic_init(&d.next_group, 0);
-        atomic_init(&d.next_slot, 0);
-        atomic_init(&d.status, NDL_OK);
-        ndl_parallel_for(j->slots, 1, dual_task, &d);
-        status = atomic_load(&d.status);
-    } else {
-        for (int64_t g = 0; g < j->groups && status == NDL_OK; g++)
-            status = dual_group(j, g, j->col, acc_buf(j, j->groups), acc_buf(j, j->groups + 1));
-    }
+    int status = conv_items(j, j->groups, dual_group);
     *sum = first;
     for (int64_t g = 1; g < j->groups && status == NDL_OK; g++) {
         void *next = *sum == first ? spare : first;
@@ -795,7 +773,7 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, in
     const ndl_backend *be = a->device->backend;
     const int64_t kh = w->layout.shape[0], kw = w->layout.shape[1], ci = w->layout.shape[2];
     const int64_t es = (int64_t)ndl_itemsize(a->dtype), nrows = oshape[0] * oshape[1] * oshape[2];
-    int64_t plo[4] = {0}, phi[4] = {0}, shape[2], rsa;
+    int64_t plo[4] = {0}, phi[4] = {0}, shape[2], rsa, nb;
     ndl_layout la = a->layout, lsum, lout;
     NDArrayObject *cw = NULL, *view = NULL, *x = NULL, *col = NULL, *out = NULL, *res = NULL;
     NDArrayObject *acc = NULL;
@@ -864,8 +842,8 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, in
     /* Note [Conv blocks in parallel]: the CPU's threads, when each gets
      * blocks; Note [Dual blocks in groups] */
     j.slots = 1;
+    nb = (j.rows + j.br - 1) / j.br;
     if (dual) {
-        int64_t nb = (j.rows + j.br - 1) / j.br;
         j.groups = be->matmul != ndl_cpu_backend.matmul ? 1
                    : nb < NDL_CONV_DUAL_GROUPS         ? nb
                                                        : NDL_CONV_DUAL_GROUPS;
@@ -882,7 +860,7 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, in
         goto fail;
     j.col = col->storage->data;
     if (!dual) {
-        NDL_KERNEL_CALL(work / 8, status, conv_direct(&j));
+        NDL_KERNEL_CALL(work / 8, status, conv_items(&j, nb, direct_block));
         goto done;
     }
     j.acc = acc->storage->data;
