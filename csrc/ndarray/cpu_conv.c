@@ -257,7 +257,7 @@ int ndl_cpu_im2col_padded(ndl_dtype dt, const void *a, const ndl_layout *la,
         .kh = win->kh,
         .kw = win->kw,
         .s = win->s,
-        .d = win->d,
+        .d = win->kh > 1 || win->kw > 1 ? win->d : 1, /* one tap: any d, no dilation */
         .c = la->shape[3],
         .ho = (hp - eh - 1) / win->s + 1,
         .wo = (wp - ew - 1) / win->s + 1,
