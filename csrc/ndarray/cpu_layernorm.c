@@ -25,7 +25,7 @@
 #include "scalar_ops.h"
 #include "threadpool.h"
 
-/* ---- the row loops --------------------------------------------------------- */
+/* ---- the row loops (each built twice: Note [Row loops for AVX2], cpu_rows.h) */
 
 #define NDL_LAYER_NORM_ROWS(T, sfx)                                                                \
     /* mean and var of one row */                                                                  \
@@ -38,8 +38,9 @@
         *mean = m;                                                                                 \
         *var = v / (T)n;                                                                           \
     }                                                                                              \
-    static void layer_norm_row_##sfx(const T *restrict x, const T *restrict w,                    \
-                                     const T *restrict b, T *restrict y, int64_t n, T eps)         \
+    NDL_ROW_CLONES static void layer_norm_row_##sfx(const T *restrict x, const T *restrict w,     \
+                                                    const T *restrict b, T *restrict y, int64_t n, \
+                                                    T eps)                                         \
     {                                                                                              \
         T mean, var, den;                                                                          \
         moments_##sfx(x, n, &mean, &var);                                                          \
@@ -48,9 +49,9 @@
             y[i] = w[i] * ((x[i] - mean) / den) + b[i];                                            \
     }                                                                                              \
     /* gx of one row (unless gx is NULL); stats <- mean, r for the column sums */                  \
-    static void layer_norm_grad_row_##sfx(const T *restrict x, const T *restrict w,               \
-                                          const T *restrict g, T *restrict gx, int64_t n, T eps,   \
-                                          T *restrict stats)                                       \
+    NDL_ROW_CLONES static void layer_norm_grad_row_##sfx(                                         \
+        const T *restrict x, const T *restrict w, const T *restrict g, T *restrict gx, int64_t n,  \
+        T eps, T *restrict stats)                                                                  \
     {                                                                                              \
         T mean, var, r, mh, mhx;                                                                   \
         moments_##sfx(x, n, &mean, &var);                                                          \
@@ -67,9 +68,9 @@
             gx[i] = r * ((g[i] * w[i] - mh) - ((x[i] - mean) * r) * mhx);                          \
     }                                                                                              \
     /* gw, gb over the columns [c0, c1): the rows added in order */                                \
-    static void layer_norm_cols_##sfx(const T *restrict x, const T *restrict g,                   \
-                                      const T *restrict stats, T *restrict gw, T *restrict gb,     \
-                                      int64_t rows, int64_t n, int64_t c0, int64_t c1)             \
+    NDL_ROW_CLONES static void layer_norm_cols_##sfx(                                             \
+        const T *restrict x, const T *restrict g, const T *restrict stats, T *restrict gw,         \
+        T *restrict gb, int64_t rows, int64_t n, int64_t c0, int64_t c1)                           \
     {                                                                                              \
         for (int64_t c = c0; c < c1; c++) {                                                        \
             if (gw != NULL)                                                                        \

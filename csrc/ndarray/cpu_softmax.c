@@ -19,12 +19,12 @@
 #include "scalar_ops.h"
 #include "threadpool.h"
 
-/* ---- the row loops ------------------------------------------------------- */
+/* ---- the row loops (each built twice: Note [Row loops for AVX2], cpu_rows.h) */
 
 /* Eight partial maxima / sums so that gcc vectorizes the reductions without
  * -ffast-math; the results do not depend on the threads. */
 #define NDL_SOFTMAX_ROWS(T, sfx, BIG)                                                              \
-    static void softmax_row_##sfx(const T *z, T *y, int64_t n) /* y may be z */                  \
+    NDL_ROW_CLONES static void softmax_row_##sfx(const T *z, T *y, int64_t n) /* y may be z */   \
     {                                                                                              \
         T m = row_max_##sfx(z, n), s;                                                              \
         for (int64_t i = 0; i < n; i++)                                                            \
@@ -33,8 +33,8 @@
         for (int64_t i = 0; i < n; i++)                                                            \
             y[i] = y[i] / s;                                                                       \
     }                                                                                              \
-    static void softmax_grad_row_##sfx(const T *restrict y, const T *restrict g, T *restrict o,    \
-                                       int64_t n)                                                  \
+    NDL_ROW_CLONES static void softmax_grad_row_##sfx(const T *restrict y, const T *restrict g,    \
+                                                      T *restrict o, int64_t n)                   \
     {                                                                                              \
         T s;                                                                                       \
         NDL_SUM8_OF(T, n, i, g[i] * y[i], s);                                                      \
@@ -43,8 +43,8 @@
     }
 /* x / c + (-FLT_MAX where j >= keep): the logits of one attention row */
 #define NDL_LOGITS_ROW(T, sfx)                                                                     \
-    static void logits_row_##sfx(const T *restrict x, T *restrict z, int64_t n, T c,            \
-                                 int64_t keep)                                                     \
+    NDL_ROW_CLONES static void logits_row_##sfx(const T *restrict x, T *restrict z, int64_t n,     \
+                                                T c, int64_t keep)                                 \
     {                                                                                              \
         for (int64_t i = 0; i < n; i++)                                                            \
             z[i] = x[i] / c;                                                                       \
@@ -58,7 +58,7 @@ NDL_SOFTMAX_ROWS(double, f64, DBL_MAX)
 
 /* m + log(sum(exp(z - m))) - z[y] of one row, the sum in T, the rest in double */
 #define NDL_XENT_ROW(T, sfx, BIG)                                                                 \
-    static double xent_row_##sfx(const T *z, int64_t n, int64_t y)                                 \
+    NDL_ROW_CLONES static double xent_row_##sfx(const T *z, int64_t n, int64_t y)                  \
     {                                                                                              \
         T m = row_max_##sfx(z, n), s;                                                              \
         NDL_SUM8_OF(T, n, i, ndl_exp_##sfx(z[i] - m), s);                                          \
@@ -70,7 +70,7 @@ NDL_XENT_ROW(double, f64, DBL_MAX)
 /* (softmax(z) + (-1 at y, 0 elsewhere)) * gb of one row: the loss's gradient
  * (Note [Fused loss backward], ops_softmax.c), the composition's numbers */
 #define NDL_XENT_GRAD_ROW(T, sfx)                                                                  \
-    static void xent_grad_row_##sfx(const T *z, T *o, int64_t n, int64_t y, T gb)                  \
+    NDL_ROW_CLONES static void xent_grad_row_##sfx(const T *z, T *o, int64_t n, int64_t y, T gb)   \
     {                                                                                              \
         softmax_row_##sfx(z, o, n);                                                                \
         o[y] = o[y] + (T)-1.0;                                                                     \
