@@ -638,3 +638,39 @@ def test_conv_blocks_in_parallel_match_one_thread_and_torch(dtype):
                                      torch.tensor(w.transpose(3, 2, 0, 1).copy()), padding=1)
     t = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(outs[1], ref.numpy().transpose(0, 2, 3, 1), **t)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, hw, ci, co, k, s", [
+    (8, 24, 16, 8, 3, 1),    # many blocks: eight groups of several blocks each
+    (16, 64, 4, 6, 7, 4),    # a strided conv's weight gradient (dilation 4): 13 blocks
+    (2, 9, 3, 2, 3, 1),      # one block: one group
+])
+def test_weight_gradient_groups_keep_their_bits_on_any_thread_count(n, hw, ci, co, k, s, dtype):
+    """Note [Dual blocks in groups] (ndarray_conv.c): the weight gradient's
+    blocks of rows are summed in groups fixed by the block count, whichever
+    thread takes them: the same bits on 1, 2 and 3 threads, and torch's
+    numbers."""
+    import torch
+
+    x = np.random.randn(n, hw, hw, ci).astype(NP_DTYPE[dtype])
+    w = np.random.randn(k, k, ci, co).astype(NP_DTYPE[dtype])
+    p = k // 2
+    prev = nd.get_num_threads()
+    try:
+        grads = []
+        for threads in (1, 2, 3):
+            nd.set_num_threads(threads)
+            X = ndl.Tensor(x, dtype=dtype, requires_grad=False)
+            W = ndl.Tensor(w, dtype=dtype)
+            ndl.conv(X, W, stride=s, padding=p).sum().backward()
+            grads.append(W.grad.numpy())
+    finally:
+        nd.set_num_threads(prev)
+    np.testing.assert_array_equal(grads[1], grads[0])
+    np.testing.assert_array_equal(grads[2], grads[0])
+    wt = torch.tensor(w.transpose(3, 2, 0, 1).astype(np.float64), requires_grad=True)
+    torch.nn.functional.conv2d(torch.tensor(x.transpose(0, 3, 1, 2).astype(np.float64)), wt,
+                               stride=s, padding=p).sum().backward()
+    t = dict(rtol=2e-4, atol=2e-3) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grads[0], wt.grad.numpy().transpose(2, 3, 1, 0), **t)
