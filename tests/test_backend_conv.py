@@ -617,14 +617,18 @@ def test_conv_with_padding_matches_torch(shape, k, co, s, p, kind, path, device)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_conv_blocks_in_parallel_match_one_thread_and_torch(dtype):
-    """Note [Conv blocks in parallel] (ndarray_conv.c): rows long enough for
-    the smallest blocks, more than four of them and a partial last one; two
-    threads take whole blocks. The same numbers as one thread, and torch's."""
+@pytest.mark.parametrize("xs, ws", [
+    ((2, 15, 17, 80), (3, 3, 80, 5)),   # rows long enough for the smallest blocks, six of them
+    ((4, 16, 16, 16), (3, 3, 16, 8)),   # three blocks of 455 rows, cut to four of 256
+])
+def test_conv_blocks_in_parallel_match_one_thread_and_torch(xs, ws, dtype):
+    """Note [Conv blocks in parallel] (ndarray_conv.c): more than four blocks
+    and a partial last one, or few blocks cut smaller; two threads take whole
+    blocks. The same numbers as one thread, and torch's."""
     import torch
 
-    x = np.random.randn(2, 15, 17, 80).astype(NP_DTYPE[dtype])
-    w = np.random.randn(3, 3, 80, 5).astype(NP_DTYPE[dtype])
+    x = np.random.randn(*xs).astype(NP_DTYPE[dtype])
+    w = np.random.randn(*ws).astype(NP_DTYPE[dtype])
     prev = nd.get_num_threads()
     try:
         outs = []
