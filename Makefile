@@ -92,7 +92,8 @@ bench: mpi build data
 	$(PYTHON) benchmarks/bench_seq_step.py --json $(BENCH_OUT)/bench_seq_step.json
 	$(PYTHON) benchmarks/plot.py $(BENCH_OUT)/bench_ndarray.json \
 	  $(BENCH_OUT)/bench_train_mlp.json $(BENCH_OUT)/bench_seq_step.json
-	$(PYTHON) benchmarks/bench_conv_seq.py $(BQ) > $(BENCH_OUT)/bench_conv_seq.txt; \
+	$(PYTHON) benchmarks/bench_conv_seq.py $(BQ) --json $(BENCH_OUT)/bench_conv_seq.json \
+	  > $(BENCH_OUT)/bench_conv_seq.txt; \
 	  status=$$?; cat $(BENCH_OUT)/bench_conv_seq.txt; exit $$status
 	$(PYTHON) benchmarks/bench_transformer.py $(BQ) > $(BENCH_OUT)/bench_transformer.txt; \
 	  status=$$?; cat $(BENCH_OUT)/bench_transformer.txt; exit $$status
