@@ -552,9 +552,10 @@ def op_flops(op: Any, inputs: Sequence[Any], out: Any) -> int:
     if name == "MatMul":
         sa, so = _shape(inputs[0]), _shape(out)
         return 2 * math.prod(so) * int(sa[-1])
-    if name == "Conv":
+    if name == "Conv":  # a transposed conv (an input gradient) reads (N, Ho, Wo, C_out)
         w = _shape(inputs[1])
-        return 2 * math.prod(_shape(out)) * int(w[0] * w[1] * w[2])
+        rows = _shape(inputs[0]) if getattr(op, "transposed", False) else _shape(out)
+        return 2 * math.prod(rows) * int(w[0] * w[1] * w[2])
     if name in _REDUCTIONS:
         return math.prod(_shape(inputs[0]))
     d = _data(out)

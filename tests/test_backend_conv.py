@@ -616,6 +616,19 @@ def test_conv_with_padding_matches_torch(shape, k, co, s, p, kind, path, device)
     np.testing.assert_allclose(W.grad.numpy(), wt.grad.numpy().transpose(2, 3, 1, 0), **t)
 
 
+def on_threads(fn, counts):
+    """[fn() on each thread count in counts], the pool's count put back after."""
+    prev = nd.get_num_threads()
+    try:
+        out = []
+        for threads in counts:
+            nd.set_num_threads(threads)
+            out.append(fn())
+        return out
+    finally:
+        nd.set_num_threads(prev)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("xs, ws", [
     ((2, 15, 17, 80), (3, 3, 80, 5)),   # rows long enough for the smallest blocks, six of them
@@ -629,14 +642,8 @@ def test_conv_blocks_in_parallel_match_one_thread_and_torch(xs, ws, dtype):
 
     x = np.random.randn(*xs).astype(NP_DTYPE[dtype])
     w = np.random.randn(*ws).astype(NP_DTYPE[dtype])
-    prev = nd.get_num_threads()
-    try:
-        outs = []
-        for threads in (1, 2):
-            nd.set_num_threads(threads)
-            outs.append(_C._conv(nd.array(x, dtype=dtype), nd.array(w, dtype=dtype), 1, 1).numpy())
-    finally:
-        nd.set_num_threads(prev)
+    outs = on_threads(lambda: _C._conv(nd.array(x, dtype=dtype), nd.array(w, dtype=dtype), 1,
+                                       1).numpy(), (1, 2))
     np.testing.assert_array_equal(outs[1], outs[0])
     ref = torch.nn.functional.conv2d(torch.tensor(x.transpose(0, 3, 1, 2)),
                                      torch.tensor(w.transpose(3, 2, 0, 1).copy()), padding=1)
@@ -660,17 +667,13 @@ def test_weight_gradient_groups_keep_their_bits_on_any_thread_count(n, hw, ci, c
     x = np.random.randn(n, hw, hw, ci).astype(NP_DTYPE[dtype])
     w = np.random.randn(k, k, ci, co).astype(NP_DTYPE[dtype])
     p = k // 2
-    prev = nd.get_num_threads()
-    try:
-        grads = []
-        for threads in (1, 2, 3):
-            nd.set_num_threads(threads)
-            X = ndl.Tensor(x, dtype=dtype, requires_grad=False)
-            W = ndl.Tensor(w, dtype=dtype)
-            ndl.conv(X, W, stride=s, padding=p).sum().backward()
-            grads.append(W.grad.numpy())
-    finally:
-        nd.set_num_threads(prev)
+
+    def weight_grad():
+        X = ndl.Tensor(x, dtype=dtype, requires_grad=False)
+        W = ndl.Tensor(w, dtype=dtype)
+        ndl.conv(X, W, stride=s, padding=p).sum().backward()
+        return W.grad.numpy()
+    grads = on_threads(weight_grad, (1, 2, 3))
     np.testing.assert_array_equal(grads[1], grads[0])
     np.testing.assert_array_equal(grads[2], grads[0])
     wt = torch.tensor(w.transpose(3, 2, 0, 1).astype(np.float64), requires_grad=True)
@@ -678,3 +681,36 @@ def test_weight_gradient_groups_keep_their_bits_on_any_thread_count(n, hw, ci, c
                                stride=s, padding=p).sum().backward()
     t = dict(rtol=2e-4, atol=2e-3) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(grads[0], wt.grad.numpy().transpose(2, 3, 1, 0), **t)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, hw, ci, co, k, s", [
+    (8, 16, 16, 8, 3, 2),    # whole images a block, several blocks: threads take images
+    (1, 64, 8, 4, 5, 2),     # one image longer than a block: its blocks in order
+    (16, 6, 3, 5, 7, 4),     # taps past the padded input's edges
+])
+def test_transposed_conv_keeps_its_bits_on_any_thread_count(n, hw, ci, co, k, s, dtype):
+    """Note [Transposed conv] (ndarray_conv.c): a strided conv's input
+    gradient by col2im, whose blocks are whole images: the same bits on 1, 2
+    and 3 threads, and torch's numbers."""
+    import torch
+
+    x = np.random.randn(n, hw, hw, ci).astype(NP_DTYPE[dtype])
+    w = np.random.randn(k, k, ci, co).astype(NP_DTYPE[dtype])
+    g = np.random.randn(*torch.nn.functional.conv2d(
+        torch.zeros(n, ci, hw, hw), torch.zeros(co, ci, k, k), stride=s,
+        padding=k // 2).permute(0, 2, 3, 1).shape).astype(NP_DTYPE[dtype])
+    def input_grad():
+        X = ndl.Tensor(x, dtype=dtype)
+        W = ndl.Tensor(w, dtype=dtype, requires_grad=False)
+        ndl.conv(X, W, stride=s, padding=k // 2).backward(ndl.Tensor(g, dtype=dtype))
+        return X.grad.numpy()
+    grads = on_threads(input_grad, (1, 2, 3))
+    np.testing.assert_array_equal(grads[1], grads[0])
+    np.testing.assert_array_equal(grads[2], grads[0])
+    xt = torch.tensor(x.transpose(0, 3, 1, 2).astype(np.float64), requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, torch.tensor(w.transpose(3, 2, 0, 1).astype(np.float64)),
+                                    stride=s, padding=k // 2)
+    yt.backward(torch.tensor(g.transpose(0, 3, 1, 2).astype(np.float64)))
+    t = dict(rtol=2e-4, atol=2e-3) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(grads[0], xt.grad.numpy().transpose(0, 2, 3, 1), **t)

@@ -134,12 +134,18 @@ def test_profile_flops_of_conv_equal_the_formula():
     N, H, W, C, O, K, stride, pad = 2, 9, 8, 3, 4, 3, 2, 1
     x = ndl.init.randn(N, H, W, C)
     w = ndl.init.randn(K, K, C, O)
+    x.requires_grad = w.requires_grad = True
     with ndl.profile(peak=False) as prof:
         y = ndl.conv(x, w, stride=stride, padding=pad)
+        y.sum().backward()
     ho, wo = (H + 2 * pad - K) // stride + 1, (W + 2 * pad - K) // stride + 1
     assert y.shape == (N, ho, wo, O)
     assert _rows(prof)[("Conv", "forward")]["MFLOP"] * 1e6 == pytest.approx(
         2 * N * ho * wo * O * K * K * C)
+    # the input's gradient (a transposed conv, Note [Transposed conv]) and the
+    # weight's (taps `stride` apart) each do the forward's multiply-adds
+    assert _rows(prof)[("Conv", "backward")]["MFLOP"] * 1e6 == pytest.approx(
+        4 * N * ho * wo * O * K * K * C)
 
 
 def test_profile_table_text_and_html():

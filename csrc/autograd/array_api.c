@@ -363,6 +363,52 @@ PyObject *nda_conv(PyObject *a, PyObject *w, int64_t stride, int64_t dilation, c
     return np_conv(a, w, stride, dilation, lo, hi, ash, wsh, oshape);
 }
 
+PyObject *nda_conv_transpose(PyObject *g, PyObject *w, int64_t s, const int64_t *lo,
+                             const int64_t *hi, const int64_t *ohw)
+{
+    static const int swap23[4] = {0, 1, 3, 2};
+    static const int64_t hw[2] = {0, 1};
+    int64_t gsh[NDL_MAX_DIMS], wsh[NDL_MAX_DIMS], big[4], start[4] = {0}, step[4] = {1, 1, 1, 1};
+    int64_t plo[2], phi[2];
+    int gn, wn;
+    PyObject *gd = NULL, *view = NULL, *bf = NULL, *bt = NULL, *res = NULL;
+    if (check_kinds(g, w, "conv") < 0)
+        return NULL;
+    if (NDArray_Check(g)) {
+        NDArrayObject *a = (NDArrayObject *)g, *b = (NDArrayObject *)w;
+        if (a->device == b->device && a->dtype == b->dtype &&
+            a->device->backend == &ndl_cpu_backend)
+            return (PyObject *)ndl_array_conv_transpose(a, b, s, lo, ohw);
+    }
+    /* elsewhere: zeros with g at every s-th entry, then the conv */
+    if (nda_shape(g, &gn, gsh) < 0 || nda_shape(w, &wn, wsh) < 0)
+        return NULL;
+    big[0] = gsh[0], big[3] = gsh[3];
+    for (int j = 0; j < 2; j++) {
+        int64_t r = (ohw[j] + lo[j] + hi[j] - wsh[j]) % s;
+        big[1 + j] = gsh[1 + j] > 0 ? (gsh[1 + j] - 1) * s + 1 : 0;
+        step[1 + j] = gsh[1 + j] > 1 ? s : 1;
+        plo[j] = wsh[j] - 1 - lo[j], phi[j] = wsh[j] - 1 - hi[j] + r;
+    }
+    gd = nda_full_like(g, 4, big, 0.0);
+    if (gd == NULL)
+        goto fail;
+    if (gsh[0] * gsh[1] * gsh[2] * gsh[3] > 0) { /* an empty g: no view (its steps) */
+        view = nda_view(gd, start, gsh, step, -1);
+        if (view == NULL || nda_assign(view, g) < 0)
+            goto fail;
+    }
+    bf = nda_flip(w, 2, hw);
+    bt = bf ? nda_permute(bf, swap23) : NULL;
+    res = bt ? nda_conv(gd, bt, 1, 1, plo, phi, 1) : NULL;
+fail:
+    Py_XDECREF(gd);
+    Py_XDECREF(view);
+    Py_XDECREF(bf);
+    Py_XDECREF(bt);
+    return res;
+}
+
 PyObject *nda_empty_like(PyObject *like, int ndim, const int64_t *shape)
 {
     PyObject *t, *dtype, *res = NULL;

@@ -40,6 +40,12 @@ PyObject *nda_flip(PyObject *a, int naxes, const int64_t *axes);
  * np mode crops, np.pad's, takes sliding_window_view and np.tensordot. */
 PyObject *nda_conv(PyObject *a, PyObject *w, int64_t stride, int64_t dilation, const int64_t *lo,
                    const int64_t *hi, int general);
+/* The input gradient of the conv (stride s, padding lo / hi, weight w) of an
+ * ohw[0] x ohw[1] input, from its output gradient g: ndl_array_conv_transpose
+ * for CPU arrays of one dtype, else (other devices, np mode) the conv of g
+ * dilated by s - 1 with w flipped (Note [Transposed conv], ndarray_conv.c). */
+PyObject *nda_conv_transpose(PyObject *g, PyObject *w, int64_t s, const int64_t *lo,
+                             const int64_t *hi, const int64_t *ohw);
 /* A new uninitialised array shaped `shape`, on like's device and dtype. */
 PyObject *nda_empty_like(PyObject *like, int ndim, const int64_t *shape);
 /* A new array shaped `shape` filled with value, on like's device and dtype. */

@@ -158,9 +158,12 @@ typedef struct {
              * before and pad_hi[j] after spatial axis j (H, W), either sign
              * (negative crops), any Kh x Kw kernel, and the kernel's taps
              * `kernel_dilation` apart (Note [Conv's gradients are convs],
-             * ops_conv.c); it is 1 unless general. */
-            int general;
-            int64_t pad_lo[2], pad_hi[2], kernel_dilation;
+             * ops_conv.c); it is 1 unless general. `transposed`: the
+             * input gradient of the conv (stride, pad_lo, pad_hi, the
+             * kernel) of an out_hw[0] x out_hw[1] input, inputs (g, B)
+             * (Note [Transposed conv], ndarray_conv.c). */
+            int general, transposed;
+            int64_t pad_lo[2], pad_hi[2], kernel_dilation, out_hw[2];
         };
     };
 } OpObject;
@@ -285,6 +288,11 @@ PyObject *ndl_t_dilate_to(PyObject *a, int naxes, const int64_t *axes, int64_t d
  * of Conv are made of (Note [Conv's gradients are convs], ops_conv.c). */
 PyObject *ndl_t_conv(PyObject *a, PyObject *b, int64_t s, int64_t d, const int64_t *lo,
                      const int64_t *hi);
+/* The input gradient of the conv (stride s, padding lo / hi, kernel b) of an
+ * out_hw[0] x out_hw[1] input, from its output gradient g: a general Conv
+ * with `transposed` set (Note [Transposed conv], ndarray_conv.c). */
+PyObject *ndl_t_conv_transpose(PyObject *g, PyObject *b, int64_t s, const int64_t *lo,
+                               const int64_t *hi, const int64_t *out_hw);
 /* lstm_gates(z, c): the TensorTuple (h', c') (ops_rnn.c) */
 PyObject *ndl_t_lstm_gates(PyObject *z, PyObject *c);
 /* gather_rows(a, idx) / scatter_rows(g, idx, shape): rows of a picked by

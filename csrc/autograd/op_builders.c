@@ -164,8 +164,9 @@ PyObject *ndl_t_dilate_to(PyObject *a, int naxes, const int64_t *axes, int64_t d
     return apply_axes_op(&ndl_op_Dilate, a, naxes, axes, d, length);
 }
 
-PyObject *ndl_t_conv(PyObject *a, PyObject *b, int64_t s, int64_t d, const int64_t *lo,
-                     const int64_t *hi)
+/* A general Conv applied to (a, b); out_hw non-NULL: the transposed one. */
+static PyObject *general_conv(PyObject *a, PyObject *b, int64_t s, int64_t d, const int64_t *lo,
+                              const int64_t *hi, const int64_t *out_hw)
 {
     OpObject *op = ndl_op_new(&ndl_op_Conv);
     PyObject *r;
@@ -177,9 +178,25 @@ PyObject *ndl_t_conv(PyObject *a, PyObject *b, int64_t s, int64_t d, const int64
     op->kernel_dilation = d;
     memcpy(op->pad_lo, lo, sizeof op->pad_lo);
     memcpy(op->pad_hi, hi, sizeof op->pad_hi);
+    if (out_hw != NULL) {
+        op->transposed = 1;
+        memcpy(op->out_hw, out_hw, sizeof op->out_hw);
+    }
     r = apply2(op, a, b);
     Py_DECREF(op);
     return r;
+}
+
+PyObject *ndl_t_conv(PyObject *a, PyObject *b, int64_t s, int64_t d, const int64_t *lo,
+                     const int64_t *hi)
+{
+    return general_conv(a, b, s, d, lo, hi, NULL);
+}
+
+PyObject *ndl_t_conv_transpose(PyObject *g, PyObject *b, int64_t s, const int64_t *lo,
+                               const int64_t *hi, const int64_t *out_hw)
+{
+    return general_conv(g, b, s, 1, lo, hi, out_hw);
 }
 
 PyObject *ndl_t_make_tuple(PyObject *items)

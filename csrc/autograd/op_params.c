@@ -194,6 +194,8 @@ PyObject *ndl_op_param_attr(OpObject *op, const char *name)
             return PyLong_FromLongLong(op->stride);
         if (!strcmp(name, "padding"))
             return PyLong_FromLongLong(op->padding);
+        if (!strcmp(name, "transposed")) /* Note [Transposed conv]: gradients only */
+            return PyBool_FromLong(op->def == &ndl_op_Conv && op->general && op->transposed);
         break;
     default:
         break;

@@ -32,6 +32,10 @@
  *                  stride d, padding lo before and hi-r after), axes
  *                  permuted back
  *     (output length (Hp - r - Lg) / d + 1 = K exactly).
+ *   For a stride s > 1 (and d = 1), dA is instead one transposed conv of g
+ *   (Note [Transposed conv], ndarray_conv.c: col2im on the CPU, without the
+ *   dilated zeros); its own gradients are the conv and its weight gradient
+ *   again (transposed_backward).
  *   These are API.md 4.6's constructions with the crops folded into the
  *   padding: a padding may be negative (a crop) and differ between the two
  *   sides and axes, dB's kernel is Ho x Wo, not square, and its taps are s
@@ -70,18 +74,63 @@ NDL_FORWARD(Conv)
 {
     int64_t lo[2], hi[2];
     conv_padding(op, lo, hi);
+    if (op->general && op->transposed) /* Note [Transposed conv] */
+        return nda_conv_transpose(x[0], x[1], op->stride, lo, hi, op->out_hw);
     return nda_conv(x[0], x[1], op->stride, conv_dilation(op), lo, hi, op->general);
+}
+
+/* The weight's gradient (C_in, K, K, C_out) of a conv of input a with
+ * output gradient g: conv(a with axes 0, 3 swapped, g as a kernel, stride,
+ * dilation, padding lo / phi), axes permuted back (Note [Conv's gradients
+ * are convs]). */
+static PyObject *weight_grad(PyObject *a, PyObject *g, int64_t stride, int64_t dilation,
+                             const int64_t *lo, const int64_t *phi)
+{
+    static const int64_t a_t[4] = {3, 1, 2, 0}, g_t[4] = {1, 2, 0, 3};
+    PyObject *at = ndl_t_permute(a, 4, a_t), *gt = at ? ndl_t_permute(g, 4, g_t) : NULL;
+    PyObject *db = gt ? ndl_t_conv(at, gt, stride, dilation, lo, phi) : NULL;
+    PyObject *res = db ? ndl_t_permute(db, 4, g_t) : NULL;
+    Py_XDECREF(at);
+    Py_XDECREF(gt);
+    Py_XDECREF(db);
+    return res;
+}
+
+/* The gradients of the transposed conv Y = T(g, B), the input gradient of
+ * conv(A, B) (stride s, padding lo / hi): T is that conv's adjoint in A,
+ * <conv(A, B), g> = <A, T(g, B)>, so with Y's gradient `up`
+ *     dg = conv(up, B): the conv itself;
+ *     dB = the conv's weight gradient for input `up` and output gradient g
+ *          (Note [Conv's gradients are convs]: stride 1, dilation s). */
+static int transposed_backward(OpObject *op, PyObject *up, PyObject *gin, PyObject *b,
+                               const char *needs, PyObject **grads)
+{
+    int64_t bsh[NDL_MAX_DIMS], lo[2], hi[2], phi[2];
+    int bn;
+    const int64_t s = op->stride;
+    if (ndl_value_shape((ValueObject *)b, &bn, bsh) < 0)
+        return -1;
+    conv_padding(op, lo, hi);
+    if (needs[0] && (grads[0] = ndl_t_conv(up, b, s, 1, lo, hi)) == NULL)
+        return -1;
+    for (int j = 0; j < 2; j++)
+        phi[j] = hi[j] - (op->out_hw[j] + lo[j] + hi[j] - bsh[j]) % s;
+    if (needs[1] && (grads[1] = weight_grad(up, gin, 1, s, lo, phi)) == NULL)
+        return -1;
+    return 0;
 }
 
 /* Note [Conv's gradients are convs] */
 NDL_BACKWARD(Conv)
 {
-    static const int64_t hw[2] = {1, 2}, a_t[4] = {3, 1, 2, 0}, g_t[4] = {1, 2, 0, 3};
+    static const int64_t hw[2] = {1, 2};
     int64_t ash[NDL_MAX_DIMS], bsh[NDL_MAX_DIMS], gsh[NDL_MAX_DIMS], lo[2], hi[2], r[2],
         lg[2], e[2], plo[2], phi[2];
     int an, bn, gn, rc = -1;
     const int64_t s = op->stride, d = conv_dilation(op);
-    PyObject *gd = NULL, *bf = NULL, *bt = NULL, *at = NULL, *gt = NULL, *db = NULL;
+    PyObject *gd = NULL, *bf = NULL, *bt = NULL;
+    if (op->general && op->transposed)
+        return transposed_backward(op, G, IN(0), IN(1), needs, grads);
     if (ndl_value_shape((ValueObject *)IN(0), &an, ash) < 0 ||
         ndl_value_shape((ValueObject *)IN(1), &bn, bsh) < 0 || ndl_value_shape(g, &gn, gsh) < 0)
         return -1;
@@ -91,7 +140,11 @@ NDL_BACKWARD(Conv)
         r[j] = (ash[1 + j] + lo[j] + hi[j] - e[j]) % s;
         lg[j] = (gsh[1 + j] - 1) * s + 1;
     }
-    if (needs[0]) {
+    if (needs[0] && s > 1 && d == 1) { /* Note [Transposed conv] */
+        grads[0] = ndl_t_conv_transpose(G, IN(1), s, lo, hi, (const int64_t[]){ash[1], ash[2]});
+        if (grads[0] == NULL)
+            goto fail;
+    } else if (needs[0]) {
         for (int j = 0; j < 2; j++)
             plo[j] = e[j] - 1 - lo[j], phi[j] = e[j] - 1 - hi[j] + r[j];
         gd = s > 1 ? ndl_t_dilate_to(G, 2, hw, s - 1, lg) : Py_NewRef(G);
@@ -104,11 +157,7 @@ NDL_BACKWARD(Conv)
     if (needs[1]) {
         for (int j = 0; j < 2; j++)
             phi[j] = hi[j] - r[j];
-        at = ndl_t_permute(IN(0), 4, a_t);
-        gt = at ? ndl_t_permute(G, 4, g_t) : NULL;
-        db = gt ? ndl_t_conv(at, gt, d, s, lo, phi) : NULL; /* (C_in, K, K, C_out) */
-        grads[1] = db ? ndl_t_permute(db, 4, g_t) : NULL;
-        if (grads[1] == NULL)
+        if ((grads[1] = weight_grad(IN(0), G, d, s, lo, phi)) == NULL)
             goto fail;
     }
     rc = 0;
@@ -116,9 +165,6 @@ fail:
     Py_XDECREF(gd);
     Py_XDECREF(bf);
     Py_XDECREF(bt);
-    Py_XDECREF(at);
-    Py_XDECREF(gt);
-    Py_XDECREF(db);
     return rc;
 }
 

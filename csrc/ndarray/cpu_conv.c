@@ -284,6 +284,45 @@ int ndl_cpu_im2col_padded(ndl_dtype dt, const void *a, const ndl_layout *la,
     return NDL_OK;
 }
 
+/* ---- col2im ---------------------------------------------------------------
+ * The adjoint of im2col (Note [Transposed conv], ndarray_conv.c): rows
+ * [row0, row0 + nrows) of a (N*Ho*Wo, kh*kw*C) matrix, compact, added into
+ * out (N, H, W, C), compact: tap (i, j) of row (n, y, x) at
+ * out[n, y*s + i - lo[0], x*s + j - lo[1], :] where that is inside out (lo
+ * of either sign). One thread; rows and taps in order, so each element's
+ * sum has one order. */
+#define COL2IM_ROWS(T)                                                                             \
+    for (int64_t r = row0; r < row0 + nrows; r++) {                                               \
+        const int64_t x = r % wo, y = (r / wo) % ho, nn = r / wo / ho;                            \
+        const T *row = (const T *)col + (r - row0) * kh * kw * c;                                 \
+        for (int64_t i = 0; i < kh; i++) {                                                        \
+            const int64_t hh = y * s + i - lo[0];                                                 \
+            if (hh < 0 || hh >= h)                                                                \
+                continue;                                                                         \
+            for (int64_t jj = 0; jj < kw; jj++) {                                                 \
+                const int64_t ww = x * s + jj - lo[1];                                            \
+                if (ww < 0 || ww >= w)                                                            \
+                    continue;                                                                     \
+                T *o = (T *)out + ((nn * h + hh) * w + ww) * c;                                   \
+                const T *v = row + (i * kw + jj) * c;                                             \
+                for (int64_t q = 0; q < c; q++)                                                   \
+                    o[q] += v[q];                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+void ndl_cpu_col2im_add(ndl_dtype dt, const void *col, int64_t row0, int64_t nrows,
+                        const int64_t *oshape, int64_t kh, int64_t kw, int64_t s,
+                        const int64_t *lo, int64_t ho, int64_t wo, void *out)
+{
+    const int64_t h = oshape[1], w = oshape[2], c = oshape[3];
+    if (dt == NDL_FLOAT32) {
+        COL2IM_ROWS(float)
+    } else {
+        COL2IM_ROWS(double)
+    }
+}
+
 int ndl_cpu_im2col(ndl_dtype dt, const void *a, const ndl_layout *la, int64_t k, int64_t s,
                    int64_t row0, int64_t nrows, void *out)
 {

@@ -15,4 +15,13 @@ int ndl_cpu_im2col_padded(ndl_dtype dt, const void *a, const ndl_layout *la,
                           const ndl_window *win, const int64_t *lo, const int64_t *hi,
                           int64_t row0, int64_t nrows, void *out);
 
+/* The adjoint of im2col, one thread: rows [row0, row0 + nrows) of the
+ * compact (N*Ho*Wo, kh*kw*C) matrix col added into out (oshape = N, H, W, C;
+ * compact), tap (i, j) of row (n, y, x) at out[n, y*s + i - lo[0],
+ * x*s + j - lo[1], :] where that is inside out (Note [Transposed conv],
+ * ndarray_conv.c). Float types only; the caller checks the sizes. */
+void ndl_cpu_col2im_add(ndl_dtype dt, const void *col, int64_t row0, int64_t nrows,
+                        const int64_t *oshape, int64_t kh, int64_t kw, int64_t s,
+                        const int64_t *lo, int64_t ho, int64_t wo, void *out);
+
 #endif

@@ -135,6 +135,13 @@ NDArrayObject *ndl_array_conv(NDArrayObject *a, NDArrayObject *w, int64_t stride
 NDArrayObject *ndl_array_conv_general(NDArrayObject *a, NDArrayObject *w, int64_t stride,
                                       int64_t dilation, const int64_t *lo, const int64_t *hi,
                                       int general);
+/* The input gradient of a stride-s conv with padding lo (either sign) before
+ * H and W, on the CPU: g (N, Ho, Wo, C_out) and the conv's weight w
+ * (Kh, Kw, C_in, C_out) of g's dtype and device -> (N, ohw[0], ohw[1], C_in),
+ * dA[n, y*s + i - lo0, x*s + j - lo1, c] summing g[n, y, x, o] w[i, j, c, o]
+ * (Note [Transposed conv], ndarray_conv.c). The caller checks the shapes. */
+NDArrayObject *ndl_array_conv_transpose(NDArrayObject *g, NDArrayObject *w, int64_t s,
+                                        const int64_t *lo, const int64_t *ohw);
 /* The argument checks of those two on shapes alone (np mode shares them):
  * 0 and the output shape in oshape[4], or -1 with ValueError. */
 int ndl_conv_check(int andim, const int64_t *ash, int wndim, const int64_t *wsh, int64_t stride,

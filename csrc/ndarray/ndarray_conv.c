@@ -557,6 +557,8 @@ typedef struct {
     int64_t woff, rsw, csw;
     char *out;             /* direct: compact (rows, co) */
     int64_t groups;        /* dual: Note [Dual blocks in groups] */
+    const void *g;         /* transposed: g as (rows, co) */
+    int64_t goff, rsg, csg, ho, wo, oshape[4];
     char *acc;             /* dual: (len, co) buffers: one per group, then two per
                             * slot (a product, the next sum), then one more */
 } conv_job;
@@ -893,6 +895,105 @@ fail:
     Py_XDECREF(x);
     Py_XDECREF(col);
     Py_XDECREF(acc);
+    Py_XDECREF(out);
+    return res;
+}
+
+/* ---- transposed conv -------------------------------------------------------
+ *
+ * Note [Transposed conv]
+ *   The input gradient of a stride-s conv, dA[n, h, w, c] = the sum over
+ *   y*s + i = h + lo, x*s + j = w + lo of g[n, y, x, o] B[i, j, c, o], is
+ *   that conv's adjoint in its input. The course builds it as a conv of g
+ *   dilated by s - 1 (Note [Conv's gradients are convs]), whose zeros cost
+ *   s^2 times the multiply-adds; here it is computed as what it is: per
+ *   block of g's rows, col = g_block @ B^T (rows, Kh*Kw*C_in), and col2im
+ *   adds each row's taps into dA (cpu_conv.c). Blocks are whole images, so
+ *   threads that take blocks (Note [Conv blocks in parallel]) add into
+ *   disjoint images, each element's sum in row and tap order on any thread
+ *   count; an image longer than a block takes its blocks in order on one
+ *   thread (the matmuls split over the pool). CPU only: elsewhere (and in
+ *   np mode) nda_conv_transpose builds the dilated conv.
+ *   Forward and input gradient, 2 threads, AMD EPYC Zen 2 (measured with
+ *   the CI running beside it, the old and new builds interleaved): 64 ->
+ *   128 channels, stride 2, 32x32, batch 32: 74 -> 33 ms; ResNet9's 16 ->
+ *   32 at 8x8 and 32 -> 64 at 4x4, batch 64: 0.76 -> 0.46 and 0.64 ->
+ *   0.29-0.47 ms.
+ */
+
+static int transpose_block(const conv_job *j, int64_t b, int64_t slot)
+{
+    const int64_t r0 = b * j->br, nr = j->rows - r0 < j->br ? j->rows - r0 : j->br;
+    int64_t goff = j->goff + r0 * j->rsg;
+    char *col = slot_col(j, slot);
+    int status = j->be->matmul(j->dt, 1, nr, j->co, j->len, j->g, &goff, j->rsg, j->csg, j->w,
+                               &j->woff, j->csw, j->rsw, col);
+    if (status == NDL_OK)
+        ndl_cpu_col2im_add(j->dt, col, r0, nr, j->oshape, j->win.kh, j->win.kw, j->win.s, j->plo,
+                           j->ho, j->wo, j->out);
+    return status;
+}
+
+NDArrayObject *ndl_array_conv_transpose(NDArrayObject *g, NDArrayObject *w, int64_t s,
+                                        const int64_t *lo, const int64_t *ohw)
+{
+    static const int same[4] = {0, 1, 2, 3};
+    const ndl_backend *be = g->device->backend;
+    const int64_t es = (int64_t)ndl_itemsize(g->dtype), n = g->layout.shape[0];
+    const int64_t kh = w->layout.shape[0], kw = w->layout.shape[1];
+    int64_t shape[2], per_image, fit, nb, rsg;
+    conv_job j = {.be = be, .dt = g->dtype, .co = g->layout.shape[3]};
+    NDArrayObject *out, *gc = NULL, *cw = NULL, *col = NULL, *res = NULL;
+    int status = NDL_OK;
+    j.oshape[0] = n, j.oshape[1] = ohw[0], j.oshape[2] = ohw[1], j.oshape[3] = w->layout.shape[2];
+    out = ndl_array_empty(g->device, g->dtype, 4, j.oshape);
+    if (out == NULL)
+        return NULL;
+    NDL_KERNEL_CALL(ndl_array_size(out), status,
+                    be->fill(j.dt, out->storage->data, &out->layout, 0.0));
+    j.ho = g->layout.shape[1], j.wo = g->layout.shape[2], j.len = kh * kw * j.oshape[3];
+    per_image = j.ho * j.wo, j.rows = n * per_image;
+    if (status != NDL_OK || j.rows == 0 || j.len == 0 || j.co == 0 || ndl_array_size(out) == 0)
+        goto done;
+    if (!merged_stride(&g->layout, 0, 3, &rsg)) {
+        if ((gc = ndl_array_compact(g)) == NULL)
+            goto fail;
+        g = gc;
+        merged_stride(&g->layout, 0, 3, &rsg);
+    }
+    j.g = g->storage->data, j.goff = g->layout.offset, j.rsg = rsg;
+    j.csg = g->layout.strides[3];
+    if (conv_weight(&j, w, same, &cw) < 0)
+        goto fail;
+    j.win = (ndl_window){.kh = kh, .kw = kw, .s = s, .d = 1};
+    j.plo[0] = lo[0], j.plo[1] = lo[1], j.out = out->storage->data;
+    fit = (int64_t)(be->scratch_bytes / (size_t)(j.len * es));
+    if (fit < NDL_CONV_BLOCK_MIN_ROWS)
+        fit = NDL_CONV_BLOCK_MIN_ROWS;
+    j.slots = 1;
+    if (fit >= per_image) { /* whole images a block: two blocks a thread where it can */
+        int64_t t = ndl_get_num_threads(), ipb = fit / per_image, half = (n + 2 * t - 1) / (2 * t);
+        if (t > 1 && ipb > half)
+            ipb = half;
+        j.br = ipb * per_image, nb = (n + ipb - 1) / ipb;
+        if (t > 1 && nb > 1)
+            j.slots = (int)(t < nb ? t : nb);
+    } else {
+        j.br = fit, nb = (j.rows + fit - 1) / fit;
+    }
+    shape[0] = j.slots * j.br, shape[1] = j.len;
+    if ((col = ndl_array_empty(g->device, g->dtype, 2, shape)) == NULL)
+        goto fail;
+    j.col = col->storage->data;
+    NDL_KERNEL_CALL((double)j.rows * (double)j.len * (double)j.co / 8, status,
+                    conv_items(&j, nb, transpose_block));
+done:
+    if (ndl_raise_status(status, "conv") == 0)
+        res = (NDArrayObject *)Py_NewRef(out);
+fail:
+    Py_XDECREF(gc);
+    Py_XDECREF(cw);
+    Py_XDECREF(col);
     Py_XDECREF(out);
     return res;
 }
