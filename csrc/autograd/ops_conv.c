@@ -43,11 +43,11 @@
  *   zeros then cost s^2 times the multiply-adds (the 7x7 stride-4 stem of
  *   ResNet9: 16 times; Note [Dilated windows], ndarray_conv.c, has the
  *   figures). Conv keeps those in fields only ndl_t_conv sets (`general`,
- *   pad_lo, pad_hi, kernel_dilation); the class itself checks the contract
- *   (square kernel, padding >= 0, no dilation). A general Conv's gradients
- *   are again general Convs (a stride s and dilation d give dA stride 1 and
- *   dilation d, dB stride d and dilation s), so grad of grad needs nothing
- *   new.
+ *   pad_lo, pad_hi, kernel_dilation; ndl_t_conv_transpose also `transposed`
+ *   and out_hw); the class itself checks the contract (square kernel,
+ *   padding >= 0, no dilation). A general Conv's gradients are again
+ *   general Convs (a stride s and dilation d give dA stride 1 and dilation
+ *   d, dB stride d and dilation s), so grad of grad needs nothing new.
  */
 #include "array_api.h"
 
