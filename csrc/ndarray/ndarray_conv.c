@@ -574,6 +574,12 @@ static int im2col_block(const conv_job *j, int64_t r0, int64_t nr, void *col)
     return im2col_composed(j->be, j->dt, j->x, &j->lx, &j->win, r0, nr, col);
 }
 
+/* The rows of the block that starts at row r0: br, or fewer for the last. */
+static int64_t block_rows(const conv_job *j, int64_t r0)
+{
+    return j->rows - r0 < j->br ? j->rows - r0 : j->br;
+}
+
 /* Slot `slot`'s im2col scratch, (br, len). */
 static char *slot_col(const conv_job *j, int64_t slot)
 {
@@ -644,7 +650,7 @@ static int conv_items(const conv_job *j, int64_t items, conv_item_fn fn)
 static int direct_block(const conv_job *j, int64_t b, int64_t slot)
 {
     const int64_t zero = 0, es = (int64_t)ndl_itemsize(j->dt), r0 = b * j->br;
-    const int64_t nr = j->rows - r0 < j->br ? j->rows - r0 : j->br;
+    const int64_t nr = block_rows(j, r0);
     char *col = slot_col(j, slot);
     int status = im2col_block(j, r0, nr, col);
     if (status == NDL_OK)
@@ -688,7 +694,7 @@ static int dual_group(const conv_job *j, int64_t g, int64_t slot)
     int status = NDL_OK;
     for (int64_t b = b0; b < b1 && status == NDL_OK; b++) {
         int64_t r0 = b * j->br, woff = j->woff + r0 * j->rsw;
-        int64_t nr = j->rows - r0 < j->br ? j->rows - r0 : j->br;
+        int64_t nr = block_rows(j, r0);
         status = im2col_block(j, r0, nr, col);
         if (status == NDL_OK)
             status = j->be->matmul(j->dt, 1, j->len, nr, j->co, col, &zero, 1, j->len, j->w,
@@ -923,7 +929,7 @@ fail:
 
 static int transpose_block(const conv_job *j, int64_t b, int64_t slot)
 {
-    const int64_t r0 = b * j->br, nr = j->rows - r0 < j->br ? j->rows - r0 : j->br;
+    const int64_t r0 = b * j->br, nr = block_rows(j, r0);
     int64_t goff = j->goff + r0 * j->rsg;
     char *col = slot_col(j, slot);
     int status = j->be->matmul(j->dt, 1, nr, j->co, j->len, j->g, &goff, j->rsg, j->csg, j->w,
