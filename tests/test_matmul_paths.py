@@ -305,7 +305,8 @@ def test_one_row_in_registers_gets_the_bits_of_the_packed_kernels(k, dtype):
     # and W by rows in cache, strips of up to 12 vectors and a masked one
     # (AVX2: 8 float32, 4 float64 lanes; AVX-512 twice), cut as evenly as
     # they go, over KC blocks (k = 600: several); widths around the strip
-    # limits and up to the 4 KiB a task may have, the row of A contiguous or
+    # limits and up to the 4 KiB a task may have (4 KiB contiguous rows go to
+    # the axpy loops: below), the row of A contiguous or
     # a column of a matrix (strided); the 70-row product is packed (but for
     # p = 1, a matrix-vector product: Note [One chain per element])
     lanes = _C.matmul_config()[dtype]["nr"] // 2  # the tile is two vectors wide
@@ -322,6 +323,18 @@ def test_one_row_in_registers_gets_the_bits_of_the_packed_kernels(k, dtype):
         col = (nd.array(x.T.copy(), dtype=dtype).permute((1, 0))[:1] @ b).numpy()
         assert np.array_equal(row, full[:1]), f"one row differs at p = {p}"
         assert np.array_equal(col, full[:1]), f"a strided row differs at p = {p}"
+    # rows a multiple of 4 KiB apart (Note [One row: rows a page apart] in
+    # cpu_matmul.c): windows of up to half such a row keep the strips (here
+    # the widest a task may have), wider ones run the axpy loops; the same
+    # bits either way
+    page = 4096 // np.dtype(dtype).itemsize
+    wide = nd.array(np.random.randn(k, 2 * page).astype(dtype), dtype=dtype)
+    for p in (100, page, page + 8, 2 * page):
+        b = wide[:, :p]
+        full = (nd.array(x, dtype=dtype) @ b).numpy()
+        check(nd.array(x[:1], dtype=dtype) @ b, x[:1], b.numpy(), dtype)
+        row = (nd.array(x[:1], dtype=dtype) @ b).numpy()
+        assert np.array_equal(row, full[:1]), f"one row of a page-strided W differs at p = {p}"
     # a batch of single rows (each product its own strips)
     xs = np.random.randn(3, 1, k).astype(dtype)
     ys = np.random.randn(3, k, 100).astype(dtype)

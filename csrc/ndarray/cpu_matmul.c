@@ -1108,7 +1108,8 @@ typedef struct {
  *   registers] in cpu_matmul_row_impl.h) in place of the axpy loops when
  *   W is in cache (not read from memory: Note [B from memory]) and each
  *   task's columns take at most NDL_ROW_MAX_BYTES (1024 float32, 512
- *   float64). A strip walks its KC block of W row by row, a strip's width
+ *   float64), unless W's rows lie a multiple of 4 KiB apart (Note [One
+ *   row: rows a page apart]). A strip walks its KC block of W row by row, a strip's width
  *   of each row: from L2 or L3 the lines it leaves half read are still
  *   there for the next strip, but from memory that pattern defeats the
  *   prefetchers (a 4096 x 4096 float32 W in strips ran 3.9 GFLOP/s, the
@@ -1132,6 +1133,28 @@ typedef struct {
  *   strips are as many vectors (12 + 1 of 32 registers), twice as wide;
  *   not timed on such a machine. Same bits either way.
  */
+/* Note [One row: rows a page apart]
+ *   An x86 L1d indexes its sets by the address bits below 4 KiB (64 sets
+ *   of 64-byte lines, 8 or 12 ways), so rows of W a multiple of 4 KiB
+ *   apart put every row of a strip in the same few sets: a strip can hold
+ *   8 of its rows in L1 while the prefetchers fetch ahead. When the
+ *   product's columns cover more than half such a row, the axpy loops,
+ *   which read W's rows end to end, are faster; a narrower window of a
+ *   wide W keeps the strips (the axpy loops' short runs are slower
+ *   still). AMD EPYC (Zen 2, family 23 model 49), OpenBLAS 0.3.31
+ *   Haswell kernel, interleaved medians, GFLOP/s, row kernel -> axpy
+ *   (OpenBLAS): float32 1 thread 1 x 1024 @ 1024 x 1024 25-26 (34-35 in
+ *   some runs) -> 33-35 (33), 1 x 2048 x 1024 24 -> 33, rows padded to
+ *   1040 or 1088 columns 33-37 either way; 2 threads 1 x 1024 x 1024
+ *   48-51 -> 50-56, 1 x 2048 x 1024 42-44 -> 47-50; float64 1 x 1024 x
+ *   512 13 -> 16-17, 1 x 512 x 512 12-13 -> 16-17; windows of a 1024-wide
+ *   float32 W: 100 columns 28-29 on the strips, 15 on the axpy loops, 300
+ *   columns 25-26 and 23, 512 columns 26-34 and 28-29. */
+static int row_sets_alias(int64_t row_bytes, int64_t cols_bytes)
+{
+    return row_bytes % 4096 == 0 && 2 * cols_bytes > row_bytes;
+}
+
 /* the row of C from column j0 to j1 by cfg->row: for each KC block, strips
  * of at most NDL_ROW_VECS whole vectors, as even as they go, the last one
  * with the partial vector (Note [One row in registers]) */
@@ -1430,7 +1453,8 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
         /* Note [One row: which products] */
         job.row = job.mode == SMALL_AXPY && m == 1 && cfg->row &&
                   b_bytes <= (double)cfg->fill_max_b &&
-                  largest_part(p, NDL_SMALL_COLS, job.nparts) * (int64_t)es <= NDL_ROW_MAX_BYTES;
+                  largest_part(p, NDL_SMALL_COLS, job.nparts) * (int64_t)es <= NDL_ROW_MAX_BYTES &&
+                  !row_sets_alias(rsb * (int64_t)es, p * (int64_t)es);
         job.ntasks = batch * job.nparts;
         ndl_parallel_for(job.ntasks, work >= NDL_SMALL_PAR_MIN ? 1 : job.ntasks, small_tasks,
                          &job);
