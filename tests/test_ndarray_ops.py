@@ -134,6 +134,27 @@ def test_binary_ops(op, kind_a, kind_b, dtype, device):
     np.testing.assert_array_equal(b.numpy(), b_before)
 
 
+def specials(shape):
+    # NaN, infinities, signed zeros and ordinary values, in random places
+    vals = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 2.5])
+    return vals[np.random.randint(0, len(vals), shape)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("op", ["eq", "ne", "ge", "gt", "lt", "le"])
+def test_comparisons_of_nans_and_zeros(op, kind, dtype, device):
+    # Note [Comparisons without branches] (scalar_ops.h): every comparison
+    # with NaN is false but ne; -0 == 0; on every layout (the strided loops
+    # and the vectorized ones), against an array and a scalar
+    f, npf = BINARY[op][:2]
+    a, x = make_input(kind, (3, 17), dtype, specials, device)
+    b, y = make_input("compact", (3, 17), dtype, specials, device)
+    check(f(a, b), npf(x, y), dtype, "exact", device)
+    for s in (0.0, -0.0, float("nan"), float("inf"), 1.0):
+        check(f(a, s), npf(x, NP_DTYPE[dtype](s)), dtype, "exact", device)
+
+
 SCALARS = [1.7, 3, np.float64(0.3), np.float32(-1.25), np.int64(-2), np.array(2.5)]
 CMP_SCALARS = [1.0, 1, np.float64(-1.0), np.float32(0.0), np.array(2.0), 0.1]
 
