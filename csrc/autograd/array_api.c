@@ -132,7 +132,7 @@ PyObject *nda_binary(ndl_binop op, PyObject *a, PyObject *b)
     if (check_kinds(a, b, ndl_binop_names[op]) < 0)
         return NULL;
     if (NDArray_Check(a))
-        return (PyObject *)ndl_array_binary(op, (NDArrayObject *)a, (NDArrayObject *)b);
+        return (PyObject *)ndl_array_binary_keep(op, (NDArrayObject *)a, (NDArrayObject *)b);
     return PyObject_CallFunctionObjArgs(np_binary[op], a, b, NULL);
 }
 
@@ -140,7 +140,7 @@ PyObject *nda_scalar(ndl_binop op, PyObject *a, double s, PyObject *s_obj, int r
 {
     PyObject *sv, *res;
     if (NDArray_Check(a))
-        return (PyObject *)ndl_array_scalar(op, (NDArrayObject *)a, s, reflected);
+        return (PyObject *)ndl_array_scalar_keep(op, (NDArrayObject *)a, s, reflected);
     sv = s_obj ? Py_NewRef(s_obj) : PyFloat_FromDouble(s);
     if (sv == NULL)
         return NULL;
@@ -154,7 +154,7 @@ PyObject *nda_unary(ndl_unop op, PyObject *a)
 {
     PyObject *t, *u, *res;
     if (NDArray_Check(a))
-        return (PyObject *)ndl_array_unary(op, (NDArrayObject *)a);
+        return (PyObject *)ndl_array_unary_keep(op, (NDArrayObject *)a);
     switch (op) {
     case NDL_UN_RELU:
         return nda_scalar(NDL_BIN_MAXIMUM, a, 0.0, NULL, 0);

@@ -102,6 +102,11 @@ NDArrayObject *ndl_array_unary(ndl_unop op, NDArrayObject *a);
 NDArrayObject *ndl_array_binary(ndl_binop op, NDArrayObject *a, NDArrayObject *b);
 /* op(a, s) or, when reflected, op(s, a); s is rounded to a's dtype. */
 NDArrayObject *ndl_array_scalar(ndl_binop op, NDArrayObject *a, double s, int reflected);
+/* The same, with the result in a permuted operand's axis order (the autograd
+ * ops': Note [Results in their operand's order]). */
+NDArrayObject *ndl_array_unary_keep(ndl_unop op, NDArrayObject *a);
+NDArrayObject *ndl_array_binary_keep(ndl_binop op, NDArrayObject *a, NDArrayObject *b);
+NDArrayObject *ndl_array_scalar_keep(ndl_binop op, NDArrayObject *a, double s, int reflected);
 /* Reduce the axes in mask; keepdims keeps them as 1. */
 NDArrayObject *ndl_array_reduce(ndl_redop op, NDArrayObject *a, uint64_t mask, int keepdims);
 NDArrayObject *ndl_array_matmul(NDArrayObject *a, NDArrayObject *b);

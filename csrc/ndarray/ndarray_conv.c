@@ -747,21 +747,12 @@ static int merged_stride(const ndl_layout *l, int first, int n, int64_t *stride)
     return 1;
 }
 
-/* l with its axes reordered: axis i of the result is axis perm[i] of l. */
-static ndl_layout permuted(const ndl_layout *l, const int *perm)
-{
-    ndl_layout r = *l;
-    for (int i = 0; i < l->ndim; i++)
-        r.shape[i] = l->shape[perm[i]], r.strides[i] = l->strides[perm[i]];
-    return r;
-}
-
 /* j's weight matrix from w, with w's axes in the order perm: its first three
  * axes merged into rows (a compact copy when they do not merge). The copy,
  * if any, is kept in *keep. */
 static int conv_weight(conv_job *j, NDArrayObject *w, const int *perm, NDArrayObject **keep)
 {
-    ndl_layout l = permuted(&w->layout, perm);
+    ndl_layout l = ndl_layout_permuted(&w->layout, perm);
     NDArrayObject *v;
     if (!merged_stride(&l, 0, 3, &j->rsw)) {
         v = ndl_array_view(w, &l);
@@ -837,7 +828,7 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, in
      * [Strided channels]). Otherwise the padded copy also makes them
      * contiguous, which im2col needs more. */
     if (dual)
-        la = permuted(&la, swap03);
+        la = ndl_layout_permuted(&la, swap03);
     j.implicit = pad && j.cpu && (la.strides[3] == 1 || la.shape[3] <= NDL_CONV_GATHER_MAX_C);
     for (int k = 0; k < 2; k++)
         j.plo[k] = plo[1 + k], j.phi[k] = phi[1 + k];
@@ -889,7 +880,7 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, in
     lsum = (ndl_layout){.ndim = 4, .shape = {oshape[1], oshape[2], oshape[0], j.co},
                         .offset = ((char *)sum - (char *)acc->storage->data) / es};
     ndl_compact_strides(4, lsum.shape, lsum.strides);
-    lout = permuted(&out->layout, (const int[]){1, 2, 0, 3});
+    lout = ndl_layout_permuted(&out->layout, (const int[]){1, 2, 0, 3});
     NDL_KERNEL_CALL(nrows * j.co, status,
                     be->copy(j.dt, j.out, &lout, j.dt, acc->storage->data, &lsum));
 done:

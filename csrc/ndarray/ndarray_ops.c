@@ -18,27 +18,79 @@
 
 /* ---- elementwise -------------------------------------------------------- */
 
-NDArrayObject *ndl_array_unary(ndl_unop op, NDArrayObject *a)
+/* Note [Results in their operand's order]
+ *   The NDArray operators return compact arrays (API.md 2.8). The autograd
+ *   ops (array_api.c) call the `keep` forms instead: when an operand is a
+ *   permuted compact array (ndl_layout_dense_order), the result is laid out
+ *   in the same order, as PyTorch's elementwise ops keep a channels-last
+ *   tensor channels-last. The kernel then sees that operand contiguous and
+ *   writes the result contiguous; the result is the inverse permutation of
+ *   that buffer, a view with the operand's shape. nn.Conv and BatchNorm2d
+ *   compute in NHWC and hand back NCHW views of it; ReLU, the residual sums
+ *   and all their gradients used to read those views with the channels' stride
+ *   in the inner loop and to write NCHW, which the next conv copied back to
+ *   NHWC. Values are the same bits either way (elementwise). A binary op
+ *   takes the order of its first operand that has one (a broadcast operand
+ *   has none). */
+static int keep_order(int keep, const ndl_layout *la, const ndl_layout *lb, int *perm)
 {
-    int status;
-    NDArrayObject *out = ndl_array_empty(a->device, a->dtype, a->layout.ndim, a->layout.shape);
-    if (out == NULL)
-        return NULL;
-    NDL_KERNEL_CALL(ndl_array_size(a), status,
-                    a->device->backend->unary(op, a->dtype, a->storage->data, &a->layout,
-                                              out->storage->data));
-    if (ndl_raise_status(status, ndl_unop_names[op]) < 0)
-        Py_CLEAR(out);
-    return out;
+    return keep && (ndl_layout_dense_order(la, perm) || (lb && ndl_layout_dense_order(lb, perm)));
 }
 
-NDArrayObject *ndl_array_binary(ndl_binop op, NDArrayObject *a, NDArrayObject *b)
+/* An empty result of `shape` for the kernel: compact, or (Note [Results in
+ * their operand's order]) compact in the axis order perm when `permute`;
+ * *kout is the array the kernel writes, *res the result (a new reference
+ * each, the same object when not permuted). */
+static int ewise_out(DeviceObject *dev, ndl_dtype dt, int ndim, const int64_t *shape, int permute,
+                     const int *perm, NDArrayObject **kout, NDArrayObject **res)
+{
+    int64_t pshape[NDL_MAX_DIMS] = {0};
+    ndl_layout l;
+    *res = NULL;
+    if (!permute) {
+        *kout = ndl_array_empty(dev, dt, ndim, shape);
+        *res = (NDArrayObject *)Py_XNewRef(*kout);
+        return *kout ? 0 : -1;
+    }
+    for (int i = 0; i < ndim; i++)
+        pshape[i] = shape[perm[i]];
+    if ((*kout = ndl_array_empty(dev, dt, ndim, pshape)) == NULL)
+        return -1;
+    l = (*kout)->layout;
+    for (int i = 0; i < ndim; i++)
+        l.shape[perm[i]] = pshape[i], l.strides[perm[i]] = (*kout)->layout.strides[i];
+    if ((*res = ndl_array_view(*kout, &l)) == NULL)
+        Py_CLEAR(*kout);
+    return *res ? 0 : -1;
+}
+
+static NDArrayObject *unary(ndl_unop op, NDArrayObject *a, int keep)
+{
+    int status, perm[NDL_MAX_DIMS];
+    const int p = keep_order(keep, &a->layout, NULL, perm);
+    ndl_layout la = p ? ndl_layout_permuted(&a->layout, perm) : a->layout;
+    NDArrayObject *kout, *res;
+    if (ewise_out(a->device, a->dtype, la.ndim, a->layout.shape, p, perm, &kout, &res) < 0)
+        return NULL;
+    NDL_KERNEL_CALL(ndl_array_size(a), status,
+                    a->device->backend->unary(op, a->dtype, a->storage->data, &la,
+                                              kout->storage->data));
+    if (ndl_raise_status(status, ndl_unop_names[op]) < 0)
+        Py_CLEAR(res);
+    Py_DECREF(kout);
+    return res;
+}
+
+NDArrayObject *ndl_array_unary(ndl_unop op, NDArrayObject *a) { return unary(op, a, 0); }
+NDArrayObject *ndl_array_unary_keep(ndl_unop op, NDArrayObject *a) { return unary(op, a, 1); }
+
+static NDArrayObject *binary(ndl_binop op, NDArrayObject *a, NDArrayObject *b, int keep)
 {
     int64_t shape[NDL_MAX_DIMS];
-    int ndim, status;
+    int ndim, status, p, perm[NDL_MAX_DIMS];
     ndl_layout la, lb;
     ndl_dtype dt = a->dtype > b->dtype ? a->dtype : b->dtype;
-    NDArrayObject *ca = NULL, *cb = NULL, *out = NULL;
+    NDArrayObject *ca = NULL, *cb = NULL, *kout = NULL, *res = NULL;
     if (ndl_check_same_device(a, b, ndl_binop_names[op]) < 0 ||
         ndl_broadcast_shapes(a->layout.ndim, a->layout.shape, b->layout.ndim, b->layout.shape,
                              &ndim, shape) < 0)
@@ -49,35 +101,60 @@ NDArrayObject *ndl_array_binary(ndl_binop op, NDArrayObject *a, NDArrayObject *b
         goto fail;
     ndl_layout_broadcast(&ca->layout, ndim, shape, &la);
     ndl_layout_broadcast(&cb->layout, ndim, shape, &lb);
-    out = ndl_array_empty(a->device, dt, ndim, shape);
-    if (out == NULL)
+    if ((p = keep_order(keep, &la, &lb, perm)) != 0)
+        la = ndl_layout_permuted(&la, perm), lb = ndl_layout_permuted(&lb, perm);
+    if (ewise_out(a->device, dt, ndim, shape, p, perm, &kout, &res) < 0)
         goto fail;
-    NDL_KERNEL_CALL(ndl_array_size(out), status,
+    NDL_KERNEL_CALL(ndl_layout_size(&la), status,
                     a->device->backend->binary(op, dt, ca->storage->data, &la, cb->storage->data,
-                                               &lb, out->storage->data));
+                                               &lb, kout->storage->data));
     if (ndl_raise_status(status, ndl_binop_names[op]) < 0)
-        Py_CLEAR(out);
+        Py_CLEAR(res);
 fail:
     Py_XDECREF(ca);
     Py_XDECREF(cb);
-    return out;
+    Py_XDECREF(kout);
+    return res;
 }
 
-NDArrayObject *ndl_array_scalar(ndl_binop op, NDArrayObject *a, double s, int reflected)
+NDArrayObject *ndl_array_binary(ndl_binop op, NDArrayObject *a, NDArrayObject *b)
+{
+    return binary(op, a, b, 0);
+}
+
+NDArrayObject *ndl_array_binary_keep(ndl_binop op, NDArrayObject *a, NDArrayObject *b)
+{
+    return binary(op, a, b, 1);
+}
+
+static NDArrayObject *scalar(ndl_binop op, NDArrayObject *a, double s, int reflected, int keep)
 {
     /* NOTE: the scalar is rounded to the array's dtype first (API.md 2.8), so
      * `a == float(x[i, j])` finds the float32 element that x[i, j] became. */
     double sr = a->dtype == NDL_FLOAT64 ? s : (double)(float)s;
-    int status;
-    NDArrayObject *out = ndl_array_empty(a->device, a->dtype, a->layout.ndim, a->layout.shape);
-    if (out == NULL)
+    int status, perm[NDL_MAX_DIMS];
+    const int p = keep_order(keep, &a->layout, NULL, perm);
+    ndl_layout la = p ? ndl_layout_permuted(&a->layout, perm) : a->layout;
+    NDArrayObject *kout, *res;
+    if (ewise_out(a->device, a->dtype, la.ndim, a->layout.shape, p, perm, &kout, &res) < 0)
         return NULL;
     NDL_KERNEL_CALL(ndl_array_size(a), status,
-                    a->device->backend->scalar(op, a->dtype, a->storage->data, &a->layout, sr,
-                                               reflected, out->storage->data));
+                    a->device->backend->scalar(op, a->dtype, a->storage->data, &la, sr,
+                                               reflected, kout->storage->data));
     if (ndl_raise_status(status, ndl_binop_names[op]) < 0)
-        Py_CLEAR(out);
-    return out;
+        Py_CLEAR(res);
+    Py_DECREF(kout);
+    return res;
+}
+
+NDArrayObject *ndl_array_scalar(ndl_binop op, NDArrayObject *a, double s, int reflected)
+{
+    return scalar(op, a, s, reflected, 0);
+}
+
+NDArrayObject *ndl_array_scalar_keep(ndl_binop op, NDArrayObject *a, double s, int reflected)
+{
+    return scalar(op, a, s, reflected, 1);
 }
 
 /* x op y where at least one of them is an NDArray (operator slots). */

@@ -84,6 +84,14 @@ extern const char *const ndl_redop_names[NDL_NUM_REDUCE];
 int64_t ndl_layout_size(const ndl_layout *l);            /* prod(shape), 1 for 0-d */
 void ndl_compact_strides(int ndim, const int64_t *shape, int64_t *strides);
 int ndl_layout_is_contiguous(const ndl_layout *l);       /* row-major, any offset */
+/* l with its axes reordered: axis i of the result is axis perm[i] of l. */
+ndl_layout ndl_layout_permuted(const ndl_layout *l, const int *perm);
+/* 1 when l's elements fill a block with no gaps, row-major in an axis order
+ * other than l's own (a permuted compact array): that order in perm, in
+ * which ndl_layout_permuted(l, perm) is contiguous (axes of length 1 first).
+ * 0 for anything else, a contiguous l included (Note [Results in their
+ * operand's order], ndarray_ops.c). */
+int ndl_layout_dense_order(const ndl_layout *l, int *perm);
 
 /* ---- CPU kernels --------------------------------------------------------
  * All pointers are buffer starts (the layout's offset is applied by the

@@ -57,3 +57,40 @@ int ndl_layout_is_contiguous(const ndl_layout *l)
     }
     return 1;
 }
+
+ndl_layout ndl_layout_permuted(const ndl_layout *l, const int *perm)
+{
+    ndl_layout r = *l;
+    for (int i = 0; i < l->ndim; i++)
+        r.shape[i] = l->shape[perm[i]], r.strides[i] = l->strides[perm[i]];
+    return r;
+}
+
+int ndl_layout_dense_order(const ndl_layout *l, int *perm)
+{
+    int n = 0, ones = 0, sorted = 1;
+    int64_t s = 1;
+    /* the axes longer than 1, by decreasing stride (insertion sort: ndim is
+     * small), after the axes of length 1 in their own order */
+    for (int i = 0; i < l->ndim; i++)
+        if (l->shape[i] == 1)
+            perm[ones++] = i;
+    for (int i = 0; i < l->ndim; i++) {
+        if (l->shape[i] == 1)
+            continue;
+        int j = ones + n++;
+        while (j > ones && l->strides[perm[j - 1]] < l->strides[i]) {
+            perm[j] = perm[j - 1];
+            j--, sorted = 0;
+        }
+        perm[j] = i;
+    }
+    if (sorted)
+        return 0; /* row-major already, or with its long axes in order */
+    for (int k = l->ndim - 1; k >= ones; k--) { /* dense: each stride the extent inside it */
+        if (l->strides[perm[k]] != s)
+            return 0;
+        s *= l->shape[perm[k]];
+    }
+    return 1;
+}
