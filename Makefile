@@ -187,7 +187,8 @@ DEVICE_SUITE = tests/test_autograd_ops.py tests/test_ndarray_ops.py tests/test_n
   tests/test_attention_ops.py tests/test_data.py tests/test_models.py \
   tests/test_autograd_engine.py tests/test_conv.py tests/test_nn_conv.py \
   tests/test_nn_sequence.py tests/test_ndarray_views.py tests/test_serialization.py \
-  tests/test_state_dict.py tests/test_backend_conv.py tests/test_rows_index.py
+  tests/test_state_dict.py tests/test_backend_conv.py tests/test_rows_index.py \
+  tests/test_layout_order.py
 CUDA_SUITE = tests/test_autograd_ops.py tests/test_nn_basic.py tests/test_optim.py \
   tests/test_nn_conv.py tests/test_nn_sequence.py tests/test_models.py
 .PHONY: cuda-check

@@ -345,6 +345,33 @@ def test_one_row_in_registers_gets_the_bits_of_the_packed_kernels(k, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m", [2, 8])
+def test_axpy_rows_near_b_get_the_same_bits(m, dtype):
+    # Note [Axpy rows away from B's] (cpu_matmul.h): with C's rows near B's
+    # modulo 4 KiB the axpy loops sum in scratch half a page away, then copy
+    # the first KC block's chains and add the others' (k = 600: three blocks):
+    # B placed at every 256 bytes of a page, rows 4 KiB apart, gives both
+    # cases; every result has the bits of the first and NumPy's values
+    es = np.dtype(dtype).itemsize
+    k, p = 600, 4096 // es
+    x = np.random.randn(m, k).astype(dtype)
+    y = np.random.randn(k, p).astype(dtype)
+    a = nd.array(x, dtype=dtype)
+    first = None
+    for off in range(0, 4096 // es, 256 // es):
+        buf = np.zeros(k * p + 4096 // es, dtype=dtype)
+        buf[off:off + k * p] = y.ravel()
+        big = nd.array(buf, dtype=dtype)
+        b = nd.NDArray.make((k, p), strides=(p, 1), device=big.device, handle=big._handle,
+                            offset=off)
+        got = (a @ b).numpy()
+        if first is None:
+            first = got
+            check(a @ b, x, y, dtype)
+        assert np.array_equal(got, first), f"B at byte {off * es} of a page differs"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind_b", ["rows", "cols"])
 def test_rows_get_the_same_bits_across_the_block_paths(kind_b, dtype):
     # Note [Narrow B blocks for few rows] (cpu_matmul.c): products whose rows

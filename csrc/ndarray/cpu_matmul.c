@@ -1185,11 +1185,12 @@ static void small_tasks(void *ctx, int64_t begin, int64_t end)
     const int64_t es = (int64_t)job->es;
     /* Note [One chain per element] in cpu_matmul.h: the axpy loops sum the
      * second and later KC blocks in scratch, one buffer for all the tasks
-     * of this call, as wide as the widest column range (jl2 columns) */
-    void *scratch = NULL; /* Note [Kept scratch] in cpu_matmul_scratch.c */
-    if (job->mode == SMALL_AXPY && !job->row && job->n > job->cfg->kc) {
+     * of this call, as wide as the widest column range (jl2 columns), and
+     * 4 KiB more to place it (Note [Axpy rows away from B's], cpu_matmul.h) */
+    char *scratch = NULL; /* Note [Kept scratch] in cpu_matmul_scratch.c */
+    if (job->mode == SMALL_AXPY && !job->row) {
         int64_t w = job->p < job->jl2 ? job->p : job->jl2;
-        scratch = ndl_matmul_scratch_get((size_t)(job->m * w) * job->es);
+        scratch = ndl_matmul_scratch_get((size_t)(job->m * w) * job->es + NDL_AXPY_PAGE);
     }
     for (int64_t t = begin; t < end; t++) {
         int64_t bi = t / job->nparts, q = t % job->nparts;

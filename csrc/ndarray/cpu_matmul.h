@@ -146,9 +146,42 @@ NDL_DECLARE_ROW(avx512_f64)
 /* Skinny products (cpu_matmul_small.c): C[r][j] for r < m, j0 <= j < j1.
  * axpy: B's rows contiguous (B[k][j] = b[k*rsb + j]); jl2 columns at a time;
  * k in blocks of kc, the second and later blocks summed in scratch (m x
- * min(jl2, j1 - j0) elements; NULL when n <= kc, or to sum straight into C
- * when it could not be allocated: the same value, other last bits).
+ * min(jl2, j1 - j0) elements and NDL_AXPY_PAGE bytes more; NULL to sum
+ * straight into C when it could not be allocated: the same value, other
+ * last bits), and all of them when C lies near B (Note [Axpy rows away
+ * from B's]: the same bits).
  * dot: B's columns contiguous (B[k][j] = b[j*csb + k]), A's rows too. */
+/* Note [Axpy rows away from B's]
+ *   The axpy loops store each row of C's chunk, then load the next
+ *   columns of B's rows. When C's row and B's rows lie at nearly the same
+ *   address modulo 4 KiB, a load looks like the store just made (the CPU
+ *   compares the low 12 bits first) and waits for it: 8 x 1024 @ 1024 x
+ *   1024 float32, every row 4 KiB, ran 38-41 GFLOP/s with C within 256
+ *   bytes of B modulo 4 KiB and 56-59 elsewhere (AMD EPYC Zen 2, 1 thread;
+ *   which one a program got depended on where malloc put C: the size of
+ *   the environment moved it, and bench_ndarray's children got 40). So
+ *   when C's chunk is within NDL_AXPY_NEAR bytes of B's (modulo 4 KiB) the
+ *   loops sum every KC block in scratch placed half a page from B's chunk,
+ *   then copy the first block's chains to C and add the others' as
+ *   always: the same bits, and 56-58 GFLOP/s at every offset. */
+#define NDL_AXPY_PAGE 4096
+#define NDL_AXPY_NEAR 1024
+
+/* Within NDL_AXPY_NEAR bytes of each other, modulo NDL_AXPY_PAGE. */
+static inline int ndl_axpy_near(const void *c, const void *b)
+{
+    uintptr_t d = ((uintptr_t)c - (uintptr_t)b) % NDL_AXPY_PAGE;
+    return d < NDL_AXPY_NEAR || d > NDL_AXPY_PAGE - NDL_AXPY_NEAR;
+}
+
+/* The place in `raw` (NDL_AXPY_PAGE bytes longer than needed) half a page
+ * from b, modulo NDL_AXPY_PAGE. */
+static inline void *ndl_axpy_place(void *raw, const void *b)
+{
+    uintptr_t want = ((uintptr_t)b + NDL_AXPY_PAGE / 2) % NDL_AXPY_PAGE;
+    return (char *)raw + (want - (uintptr_t)raw % NDL_AXPY_PAGE + NDL_AXPY_PAGE) % NDL_AXPY_PAGE;
+}
+
 typedef void (*ndl_small_axpy)(int64_t m, int64_t n, const void *a, int64_t rsa, int64_t csa,
                                const void *b, int64_t rsb, void *c, int64_t ldc, int64_t j0,
                                int64_t j1, int64_t jl2, int64_t kc, void *scratch);

@@ -92,12 +92,15 @@
         const int ju = JU_BYTES / (int)sizeof(T);                                           \
         for (int64_t jl = j0; jl < j1; jl += jl2) {                                         \
             int64_t je = j1 - jl < jl2 ? j1 : jl + jl2;                                     \
+            /* Note [Axpy rows away from B's] (cpu_matmul.h) */                             \
+            T *sbuf = scratch ? (T *)ndl_axpy_place(scratch, b + jl) : NULL;                \
+            const int away = sbuf && ndl_axpy_near(c + jl, b + jl);                         \
             for (int64_t k0 = 0; k0 < n; k0 += kc) {                                        \
                 int64_t k1 = n - k0 < kc ? n : k0 + kc;                                     \
                 /* Note [One chain per element]: the first KC block's chains                \
                  * go to C, the others' to scratch, then are added to C */                  \
-                int sep = k0 > 0 && scratch;                                                \
-                T *acc = sep ? (T *)scratch - jl : c;                                       \
+                int sep = (k0 > 0 || away) && sbuf;                                         \
+                T *acc = sep ? sbuf - jl : c;                                               \
                 int64_t lda = sep ? je - jl : ldc;                                          \
                 if (k0 == 0 || sep)                                                         \
                     for (int64_t r = 0; r < m; r++)                                         \
@@ -155,8 +158,11 @@
                     for (int64_t r = 0; r < m; r++) {                                       \
                         T *restrict cr = c + r * ldc;                                       \
                         const T *restrict sr = acc + r * lda;                               \
-                        for (int64_t j = jl; j < je; j++)                                   \
-                            cr[j] = cr[j] + sr[j];                                          \
+                        if (k0 == 0)                                                        \
+                            memcpy(cr + jl, sr + jl, (size_t)(je - jl) * sizeof(T));        \
+                        else                                                                \
+                            for (int64_t j = jl; j < je; j++)                               \
+                                cr[j] = cr[j] + sr[j];                                      \
                     }                                                                       \
             }                                                                               \
         }                                                                                   \
