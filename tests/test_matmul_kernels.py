@@ -280,15 +280,17 @@ def test_emulated_avx512_one_row_in_registers(dtype):
     # rows in cache (here: NEEDLE_CACHE_SIZES' 4 MiB LLC, half of it) and at
     # most 4 KiB of columns runs the one-row kernel: per KC block, strips of
     # at most 12 whole vectors, the partial one masked in the last (Note
-    # [One row in registers]), an FMA per k and vector; wider rows, and B
-    # from memory, take the axpy loops
+    # [One row in registers]), an FMA per k and vector; wider rows, B from
+    # memory, and rows a multiple of 4 KiB apart of which the product takes
+    # more than half (Note [One row: rows a page apart]) take the axpy loops
     vw, size = VW[dtype], np.dtype(dtype).itemsize
     widths = [5, vw, 12 * vw + 5, 13 * vw, 25 * vw + 1]
     cases = [[dtype, 1, 700, p, "rows", "rows"] for p in widths]  # two KC blocks
-    cases += [[dtype, 1, 300, 4096 // size, "rows", "rows"]]  # 4 KiB of columns
-    widths += [4096 // size]
+    cases += [[dtype, 1, 300, 4096 // size - vw, "rows", "rows"]]  # rows just under 4 KiB
+    widths += [4096 // size - vw]
     cases += [[dtype, 1, 300, 4096 // size + vw, "rows", "rows"],  # wider than 4 KiB
-              [dtype, 1, 3000, 200 * 4 // size, "rows", "rows"]]  # 2.4 MB, from memory
+              [dtype, 1, 3000, 200 * 4 // size, "rows", "rows"],  # 2.4 MB, from memory
+              [dtype, 1, 300, 4096 // size, "rows", "rows"]]  # rows of 4 KiB
     got = run_emu(cases)
     for (_, m, k, p, _, _), g in zip(cases, got[:len(widths)]):
         full, tail = divmod(p, vw)
