@@ -169,14 +169,17 @@ def test_conv_vs_torch_larger(n, h, w, k, s, p, ci, co, device):
 
 @pytest.mark.parametrize("n, h, w, k, s, p, ci, co", [
     (2, 6, 5, 3, 1, 1, 3, 4), (2, 4, 8, 1, 2, 0, 1, 1), (1, 5, 5, 5, 1, 0, 2, 3),
-    (3, 7, 7, 1, 1, 0, 4, 2), (2, 9, 6, 3, 2, 2, 2, 2)])
-def test_broadcast_operands(n, h, w, k, s, p, ci, co, device):
+    (3, 7, 7, 1, 1, 0, 4, 2), (2, 9, 6, 3, 2, 2, 2, 2),
+    (2, 8, 8, 3, 1, 1, 6, 8),      # more gradient channels than im2col gathers from a view
+    (4, 12, 12, 3, 1, 1, 32, 8)])  # the weight gradient's dual form in several blocks
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_broadcast_operands(n, h, w, k, s, p, ci, co, dtype, device):
     """y.sum().backward() hands Conv a broadcast (stride-0) gradient, which the
     gradients' convs take as input and as weight; inputs may be broadcast too."""
-    a = np.random.randn(1, h, w, ci)
-    b = np.random.randn(k, k, ci, co)
-    x_leaf = ndl.Tensor(a, dtype="float64", device=device)
-    w_leaf = ndl.Tensor(b, dtype="float64", device=device)
+    a = np.random.randn(1, h, w, ci).astype(dtype)
+    b = np.random.randn(k, k, ci, co).astype(dtype)
+    x_leaf = ndl.Tensor(a, dtype=dtype, device=device)
+    w_leaf = ndl.Tensor(b, dtype=dtype, device=device)
     x = ndl.broadcast_to(x_leaf, (n, h, w, ci))
     y = ndl.conv(x, w_leaf, s, p)
     y.sum().backward()
@@ -184,9 +187,9 @@ def test_broadcast_operands(n, h, w, k, s, p, ci, co, device):
     tb = torch.tensor(b, requires_grad=True)
     ref = torch_conv(ta.expand(n, h, w, ci), tb, s, p)
     ref.sum().backward()
-    np.testing.assert_allclose(y.numpy(), ref.detach().numpy(), **TOL["float64"])
-    np.testing.assert_allclose(x_leaf.grad.numpy(), ta.grad.numpy(), **TOL["float64"])
-    np.testing.assert_allclose(w_leaf.grad.numpy(), tb.grad.numpy(), **TOL["float64"])
+    np.testing.assert_allclose(y.numpy(), ref.detach().numpy(), **TOL[dtype])
+    np.testing.assert_allclose(x_leaf.grad.numpy(), ta.grad.numpy(), **TOL[dtype])
+    np.testing.assert_allclose(w_leaf.grad.numpy(), tb.grad.numpy(), **TOL[dtype])
 
 
 def test_function_default_padding_is_one_and_class_default_is_zero(device):

@@ -555,6 +555,29 @@ def test_b_packed_in_the_kernel_gets_the_bits_of_pack_b(m, kind_b, dtype):
 
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m", [2, 3, 9, 40, 200])
+def test_b_with_broadcast_columns(m, dtype):
+    # Note [Broadcast B rows] (cpu_matmul.c): a B whose columns are 0 apart
+    # (one value per row, or one value in all) is packed by repeating each
+    # row's value; the same bits as B materialised, and NumPy's values, for
+    # a narrower last panel (p = 333) and one to three KC blocks (m >= 2:
+    # a matrix-vector product's dot loops keep no bits, Note [One chain per
+    # element] in cpu_matmul.h)
+    kc = _C.matmul_config()[dtype]["kc"]
+    p = 333
+    for k in (1, 5, kc + 5, 2 * kc + 3):
+        x = np.random.randn(m, k).astype(dtype)
+        col = np.random.randn(k, 1).astype(dtype)
+        one = np.random.randn(1, 1).astype(dtype)
+        for b, y in ((nd.array(col, dtype=dtype).broadcast_to((k, p)), np.broadcast_to(col, (k, p))),
+                     (nd.array(one, dtype=dtype).broadcast_to((k, p)), np.broadcast_to(one, (k, p)))):
+            reference = (nd.array(x, dtype=dtype) @ nd.array(np.ascontiguousarray(y), dtype=dtype)).numpy()
+            got = nd.array(x, dtype=dtype) @ b
+            check(got, x, y, dtype)
+            assert np.array_equal(got.numpy(), reference), f"k={k}"
+
+
 B_FROM_MEMORY_CHILD = (
     "import sys, numpy as np, needle.backend_ndarray as nd\n"
     "d = sys.argv[1]; z = np.load(d + '/in.npz')\n"

@@ -167,6 +167,14 @@ static void gather(ndl_dtype dt, char *dst, const char *src, int64_t ss, int64_t
 {
     if (ss == 1) {
         memcpy(dst, src, (size_t)n * ndl_itemsize(dt));
+    } else if (ss == 0 && dt == NDL_FLOAT32) { /* a broadcast: one value */
+        const float v = *(const float *)src;
+        for (int64_t i = 0; i < n; i++)
+            ((float *)dst)[i] = v;
+    } else if (ss == 0) {
+        const double v = *(const double *)src;
+        for (int64_t i = 0; i < n; i++)
+            ((double *)dst)[i] = v;
     } else if (dt == NDL_FLOAT32) {
         float *d = (float *)dst;
         const float *s = (const float *)src;
