@@ -349,6 +349,36 @@ def test_linear_and_masked_scale_are_their_compositions_bit_for_bit(path, device
         np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("bshape", [(1, 3), (3,), (7, 3)])
+@pytest.mark.parametrize("dtypes", [("float32", "float32"), ("float64", "float64"),
+                                    ("float32", "float64"), ("float64", "float32")])
+def test_linear_sum_over_its_product_leaves_inputs_alone(bshape, dtypes, device):
+    # Note [Sums over a temporary] (ndarray_ops.c): Linear adds the bias over
+    # its own product when nothing else holds it; the bits of x @ w + b, a
+    # new array each call, and x, w, b unchanged, for every bias shape, for
+    # a bias of a wider dtype (a new float64 result), for W.T read in place
+    xdt, bdt = dtypes
+    x, w, b = np.random.randn(7, 5), np.random.randn(5, 3), np.random.randn(*bshape)
+    for wt in (False, True):
+        X = nd(x, xdt, False, device=device)
+        W = nd(w.T.copy(), xdt, False, device=device).transpose() if wt else \
+            nd(w, xdt, False, device=device)
+        B = nd(b, bdt, False, device=device)
+        before = [t.numpy().copy() for t in (X, W, B)]
+        y1, y2 = ops.linear(X, W, B), ops.linear(X, W, B)
+        bias = B.realize_cached_data()
+        bias = bias.reshape((1, 3)) if bias.ndim == 1 else bias
+        want = X.realize_cached_data() @ W.realize_cached_data() + bias.broadcast_to((7, 3))
+        assert y1.dtype == want.dtype
+        assert_same(y1.numpy(), want.numpy(), device)
+        assert_same(y2.numpy(), want.numpy(), device)
+        np.testing.assert_allclose(y1.numpy(), x @ w + b, rtol=1e-5, atol=1e-5)
+        for t, v in zip((X, W, B), before):
+            np.testing.assert_array_equal(t.numpy(), v)
+        y1.realize_cached_data()[0, 0] = 1e3  # results share nothing
+        assert y2.numpy()[0, 0] == want.numpy()[0, 0]
+
+
 def test_linear_and_masked_scale_finite_differences(path):
     fd_check(ops.linear, [np.random.randn(4, 3), np.random.randn(3, 2), np.random.randn(2)])
     m = (np.random.rand(3, 4) < 0.5).astype(np.float64)

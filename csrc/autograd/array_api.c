@@ -136,6 +136,20 @@ PyObject *nda_binary(ndl_binop op, PyObject *a, PyObject *b)
     return PyObject_CallFunctionObjArgs(np_binary[op], a, b, NULL);
 }
 
+PyObject *nda_binary_over(ndl_binop op, PyObject *a, PyObject *b)
+{
+    PyObject *res;
+    if (check_kinds(a, b, ndl_binop_names[op]) < 0) {
+        Py_DECREF(a);
+        return NULL;
+    }
+    if (NDArray_Check(a))
+        return (PyObject *)ndl_array_binary_over(op, (NDArrayObject *)a, (NDArrayObject *)b);
+    res = nda_binary(op, a, b);
+    Py_DECREF(a);
+    return res;
+}
+
 PyObject *nda_scalar(ndl_binop op, PyObject *a, double s, PyObject *s_obj, int reflected)
 {
     PyObject *sv, *res;

@@ -24,6 +24,9 @@ int ndl_raise_shapes(const char *fmt, int k, PyObject *const *x);
 int nda_is_nd(PyObject *a);
 
 PyObject *nda_binary(ndl_binop op, PyObject *a, PyObject *b);
+/* nda_binary, over a when a is a temporary nothing else holds (Note [Sums
+ * over a temporary], ndarray_ops.c); steals the reference to a. */
+PyObject *nda_binary_over(ndl_binop op, PyObject *a, PyObject *b);
 /* op(a, s) (or op(s, a) when reflected); s_obj, if not NULL, is the scalar
  * as the user gave it (np mode uses it so NumPy's promotion rules apply). */
 PyObject *nda_scalar(ndl_binop op, PyObject *a, double s, PyObject *s_obj, int reflected);

@@ -9,8 +9,9 @@
  *   an (N, out) array until the backward: the output layer of a language
  *   model over 10,000 words keeps two 80 MB arrays where one is enough. This
  *   op stores only its output: the forward is the MatMul kernel, then the
- *   bias added into a new array (the product is a temporary), the same two
- *   kernels and so the same numbers bit for bit. The backward is MatMul's
+ *   bias added over the product, its temporary (Note [Sums over a
+ *   temporary] in ../ndarray/ndarray_ops.c), the same two kernels and so
+ *   the same numbers bit for bit. The backward is MatMul's
  *   (g @ W^T, x^T @ g) and the bias add's (g summed over the rows), built
  *   from ops, so gradients of gradients work. A full (N, out) b (an LSTM
  *   step's x @ W_ih + bias, to which h @ W_hh is added: nn_sequence.py) gets
@@ -39,13 +40,11 @@ static int check_shapes(PyObject *const *x)
 /* ---- Linear(): x @ w + b --------------------------------------------------- */
 NDL_FORWARD(Linear)
 {
-    PyObject *p, *res;
+    PyObject *p;
     (void)op, (void)n;
     if (check_shapes(x) < 0 || (p = nda_matmul(x[0], x[1])) == NULL)
         return NULL;
-    res = nda_binary(NDL_BIN_ADD, p, x[2]);
-    Py_DECREF(p);
-    return res;
+    return nda_binary_over(NDL_BIN_ADD, p, x[2]); /* Note [Sums over a temporary] */
 }
 NDL_BACKWARD(Linear)
 {

@@ -107,6 +107,9 @@ NDArrayObject *ndl_array_scalar(ndl_binop op, NDArrayObject *a, double s, int re
 NDArrayObject *ndl_array_unary_keep(ndl_unop op, NDArrayObject *a);
 NDArrayObject *ndl_array_binary_keep(ndl_binop op, NDArrayObject *a, NDArrayObject *b);
 NDArrayObject *ndl_array_scalar_keep(ndl_binop op, NDArrayObject *a, double s, int reflected);
+/* binary_keep(op, a, b), written over a when a is a temporary nothing else
+ * holds (Note [Sums over a temporary], ndarray_ops.c); steals a. */
+NDArrayObject *ndl_array_binary_over(ndl_binop op, NDArrayObject *a, NDArrayObject *b);
 /* Reduce the axes in mask; keepdims keeps them as 1. */
 NDArrayObject *ndl_array_reduce(ndl_redop op, NDArrayObject *a, uint64_t mask, int keepdims);
 NDArrayObject *ndl_array_matmul(NDArrayObject *a, NDArrayObject *b);

@@ -127,6 +127,50 @@ NDArrayObject *ndl_array_binary_keep(ndl_binop op, NDArrayObject *a, NDArrayObje
     return binary(op, a, b, 1);
 }
 
+/* Note [Sums over a temporary]
+ *   Linear's forward (Note [Fused Linear], ../autograd/ops_linear.c) adds
+ *   the bias to a product that is its own temporary, then drops it; the
+ *   sum went to a new array, so the language model's 1,280 x 10,000 logits
+ *   took two 51 MB buffers in turn, both faulted in afresh each step (more
+ *   than the allocator keeps: Note [Size-class free list] in storage.c).
+ *   When a is contiguous, has the result's dtype and shape, and nothing
+ *   else holds it or its storage (no view, no Python name), the kernel
+ *   writes the result over a instead: an elementwise kernel reads each
+ *   element before it writes it, on one thread, so the values are the same
+ *   bits. */
+NDArrayObject *ndl_array_binary_over(ndl_binop op, NDArrayObject *a, NDArrayObject *b)
+{
+    int64_t shape[NDL_MAX_DIMS];
+    int ndim, status;
+    ndl_layout lb;
+    NDArrayObject *res = NULL;
+    if (Py_REFCNT(a) != 1 || Py_REFCNT(a->storage) != 1 || a->dtype < b->dtype ||
+        a->device != b->device || !ndl_layout_is_contiguous(&a->layout) ||
+        ndl_broadcast_shapes(a->layout.ndim, a->layout.shape, b->layout.ndim, b->layout.shape,
+                             &ndim, shape) < 0 ||
+        ndim != a->layout.ndim || memcmp(shape, a->layout.shape, sizeof(int64_t) * ndim) != 0) {
+        PyErr_Clear(); /* unbroadcastable: binary raises it again */
+        res = binary(op, a, b, 1);
+        Py_DECREF(a);
+        return res;
+    }
+    NDArrayObject *cb = ndl_array_astype(b, a->dtype);
+    if (cb != NULL) {
+        ndl_layout_broadcast(&cb->layout, ndim, shape, &lb);
+        NDL_KERNEL_CALL(ndl_layout_size(&a->layout), status,
+                        a->device->backend->binary(op, a->dtype, a->storage->data, &a->layout,
+                                                   cb->storage->data, &lb,
+                                                   (char *)a->storage->data +
+                                                       a->layout.offset *
+                                                           (int64_t)ndl_itemsize(a->dtype)));
+        if (ndl_raise_status(status, ndl_binop_names[op]) == 0)
+            res = (NDArrayObject *)Py_NewRef(a);
+        Py_DECREF(cb);
+    }
+    Py_DECREF(a);
+    return res;
+}
+
 static NDArrayObject *scalar(ndl_binop op, NDArrayObject *a, double s, int reflected, int keep)
 {
     /* NOTE: the scalar is rounded to the array's dtype first (API.md 2.8), so
