@@ -127,6 +127,17 @@ NDArrayObject *ndl_array_binary_keep(ndl_binop op, NDArrayObject *a, NDArrayObje
     return binary(op, a, b, 1);
 }
 
+/* 1 when b broadcasts to exactly a's shape (NumPy's rule, b no wider). */
+static int broadcasts_to(const ndl_layout *b, const ndl_layout *a)
+{
+    if (b->ndim > a->ndim)
+        return 0;
+    for (int i = 1; i <= b->ndim; i++)
+        if (b->shape[b->ndim - i] != 1 && b->shape[b->ndim - i] != a->shape[a->ndim - i])
+            return 0;
+    return 1;
+}
+
 /* Note [Sums over a temporary]
  *   Linear's forward (Note [Fused Linear], ../autograd/ops_linear.c) adds
  *   the bias to a product that is its own temporary, then drops it; the
@@ -140,33 +151,26 @@ NDArrayObject *ndl_array_binary_keep(ndl_binop op, NDArrayObject *a, NDArrayObje
  *   bits. */
 NDArrayObject *ndl_array_binary_over(ndl_binop op, NDArrayObject *a, NDArrayObject *b)
 {
-    int64_t shape[NDL_MAX_DIMS];
-    int ndim, status;
+    int status;
     ndl_layout lb;
-    NDArrayObject *res = NULL;
+    NDArrayObject *cb = NULL, *res = NULL;
     if (Py_REFCNT(a) != 1 || Py_REFCNT(a->storage) != 1 || a->dtype < b->dtype ||
         a->device != b->device || !ndl_layout_is_contiguous(&a->layout) ||
-        ndl_broadcast_shapes(a->layout.ndim, a->layout.shape, b->layout.ndim, b->layout.shape,
-                             &ndim, shape) < 0 ||
-        ndim != a->layout.ndim || memcmp(shape, a->layout.shape, sizeof(int64_t) * ndim) != 0) {
-        PyErr_Clear(); /* unbroadcastable: binary raises it again */
-        res = binary(op, a, b, 1);
-        Py_DECREF(a);
-        return res;
+        !broadcasts_to(&b->layout, &a->layout)) {
+        res = binary(op, a, b, 1); /* a new array, or binary's error */
+        goto fail;
     }
-    NDArrayObject *cb = ndl_array_astype(b, a->dtype);
-    if (cb != NULL) {
-        ndl_layout_broadcast(&cb->layout, ndim, shape, &lb);
-        NDL_KERNEL_CALL(ndl_layout_size(&a->layout), status,
-                        a->device->backend->binary(op, a->dtype, a->storage->data, &a->layout,
-                                                   cb->storage->data, &lb,
-                                                   (char *)a->storage->data +
-                                                       a->layout.offset *
-                                                           (int64_t)ndl_itemsize(a->dtype)));
-        if (ndl_raise_status(status, ndl_binop_names[op]) == 0)
-            res = (NDArrayObject *)Py_NewRef(a);
-        Py_DECREF(cb);
-    }
+    if ((cb = ndl_array_astype(b, a->dtype)) == NULL)
+        goto fail;
+    ndl_layout_broadcast(&cb->layout, a->layout.ndim, a->layout.shape, &lb);
+    NDL_KERNEL_CALL(ndl_layout_size(&a->layout), status,
+                    a->device->backend->binary(
+                        op, a->dtype, a->storage->data, &a->layout, cb->storage->data, &lb,
+                        (char *)a->storage->data + a->layout.offset * (int64_t)ndl_itemsize(a->dtype)));
+    if (ndl_raise_status(status, ndl_binop_names[op]) == 0)
+        res = (NDArrayObject *)Py_NewRef(a);
+fail:
+    Py_XDECREF(cb);
     Py_DECREF(a);
     return res;
 }
