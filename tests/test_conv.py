@@ -167,6 +167,24 @@ def test_conv_vs_torch_larger(n, h, w, k, s, p, ci, co, device):
     check_against_torch(n, h, w, k, s, p, (ci, co), "float64", "T", device)
 
 
+@pytest.mark.parametrize("n, h, w, k, p, ci, co", [
+    (2, 8, 12, 3, 1, 16, 32),    # Wo two tiles of 6 (AVX2), two column panels
+    (3, 4, 13, 3, 1, 8, 20),     # a 1-pixel last tile, a 4-column last panel
+    (2, 6, 30, 3, 0, 5, 7),      # no padding: the input read where it lies
+    (2, 40, 16, 5, 2, 51, 3),    # kw*C = 255, just inside KC
+    (2, 28, 20, 4, 1, 64, 9),    # kw*C = 256 = KC (AVX2), an even kernel
+    (1, 21, 40, 3, 1, 90, 4),    # kw*C = 270 > KC: the im2col path beside it
+])  # (N*Ho*Wo >= kh*kw*C everywhere: fewer rows take the dual form)
+@pytest.mark.parametrize("layout", ["plain", "T"])
+def test_conv_rows_in_place(n, h, w, k, p, ci, co, layout, device):
+    """Note [Conv rows in place] (cpu_matmul.c): a stride-1 conv whose output rows
+    hold two register tiles reads its padded input in place, kh kernel calls a
+    tile; forward and both gradients (the input gradient is such a conv too)
+    against torch, in both dtypes, on a compact and a permuted input."""
+    for dtype in ("float32", "float64"):
+        check_against_torch(n, h, w, k, 1, p, (ci, co), dtype, layout, device)
+
+
 @pytest.mark.parametrize("n, h, w, k, s, p, ci, co", [
     (2, 6, 5, 3, 1, 1, 3, 4), (2, 4, 8, 1, 2, 0, 1, 1), (1, 5, 5, 5, 1, 0, 2, 3),
     (3, 7, 7, 1, 1, 0, 4, 2), (2, 9, 6, 3, 2, 2, 2, 2),

@@ -819,6 +819,22 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, in
                                    la.strides[3], j.w, &j.woff, j.rsw, j.csw, j.out));
         goto done;
     }
+    /* Note [Conv rows in place] (cpu_matmul.c): stride 1 on the CPU, no im2col */
+    if (!dual && s == 1 && d == 1 && NDL_OPTIONAL_SLOT(be, im2col) == ndl_cpu_im2col &&
+        ndl_cpu_conv_rows_fit(j.dt, kw, ci, oshape[2], j.co)) {
+        if ((view = ndl_array_view(a, &la)) == NULL)
+            goto fail;
+        x = !pad && ndl_array_is_compact(view) ? (NDArrayObject *)Py_NewRef(view)
+                                               : ndl_array_pad(view, plo, phi);
+        if (x == NULL)
+            goto fail;
+        NDL_KERNEL_CALL(work / 8, status,
+                        ndl_cpu_conv_rows(j.dt, (char *)x->storage->data + x->layout.offset * es,
+                                          oshape[0], x->layout.shape[1], x->layout.shape[2], ci,
+                                          kh, kw, (const char *)j.w + j.woff * es, j.rsw, j.csw,
+                                          j.co, j.out));
+        goto done;
+    }
     /* im2col's input: the padded input, or (dual) its transpose (C, Hp, Wp, N)
      * with an Ho x Wo window at the kernel's taps (Note [Dilated windows]) */
     j.win = dual ? (ndl_window){.kh = oshape[1], .kw = oshape[2], .s = d, .d = 1}
