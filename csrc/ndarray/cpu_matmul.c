@@ -408,7 +408,8 @@ static inline __attribute__((always_inline)) void pack_a(size_t es, const char *
  *   the same element cols times through the strides. 16 -> 32 channels 3x3,
  *   batch 32, 32x32, 2 threads (AMD EPYC Zen 2), conv(x, w).sum().backward():
  *   8.3 -> 7.7 ms (7.3 with the broadcast case of Note [Strided channels],
- *   ndarray_conv.c). */
+ *   ndarray_conv.c; measured before Note [Conv rows in place] below, which
+ *   leaves the weight gradient's dual form, and so this packing, as it was). */
 #define NDL_PACK_ROWS 8
 static inline __attribute__((always_inline)) void pack_b(size_t es, const char *src, int64_t rs,
                                                          int64_t cs, int64_t kc, int64_t nc, int nr,

@@ -469,7 +469,10 @@ NDArrayObject *ndl_array_im2col(NDArrayObject *a, int64_t k, int64_t stride)
  *   reaches the input gradient's conv), where each run is one value
  *   repeated: the padded copy of such an input cost 0.4 ms of a 7.7 ms
  *   step (16 -> 32 channels 3x3 at 32x32, batch 32, conv(x, w).sum()
- *   .backward(), 2 threads: 7.7 -> 7.3 ms). */
+ *   .backward(), 2 threads: 7.7 -> 7.3 ms). That input gradient (32 -> 16
+ *   channels) has since gone to Note [Conv rows in place] (cpu_matmul.c),
+ *   which pads a compact copy of a broadcast input; the gather serves the
+ *   convs that stay on im2col (more output channels, kw*C past KC). */
 #define NDL_CONV_GATHER_MAX_C 4
 
 /* The fewest rows a block (of the backend's scratch_bytes) has: enough to
