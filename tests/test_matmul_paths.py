@@ -147,10 +147,12 @@ def test_config_reports_the_chosen_blocks():
         assert b["kc"] == min(1024, max(kc_l1, kc_tile))
         assert b["mc"] * b["kc"] * size <= cfg["l2"] // 3 or b["mc"] == b["mr"]
         # the skinny paths' limits: the filling kernels from 4 rows (AVX2 float32
-        # only), one row in registers on the SIMD kernels, B from memory past
+        # and AVX-512 float64: AVX-512 float32 takes the kernels from 3 rows
+        # anyway), one row in registers on the SIMD kernels, B from memory past
         # half the last-level cache (Note [B from memory])
         simd = cfg["kernel"] != "generic"
-        assert b["fill_m"] == (4 if simd and cfg["kernel"] == "avx2" and dt == "float32" else 0)
+        few_rows_fill = (cfg["kernel"], dt) in (("avx2", "float32"), ("avx512", "float64"))
+        assert b["fill_m"] == (4 if few_rows_fill else 0)
         assert b["row_bytes"] == (4096 if simd else 0)
         assert b["fill_max_b"] == cfg["llc"] // 2
     assert cfg["flush_denormals"] in (0, 1)
@@ -283,8 +285,8 @@ def test_a_row_gets_the_same_bits_whatever_the_batch(k, dtype):
     # Note [One chain per element] (cpu_matmul.h): B read by rows, the skinny
     # path (m <= small_m: 8, 2 for AVX-512 float32) and the packed one (KC blocks)
     # sum alike, so the first rows of a product do not depend on how many rows
-    # follow them; 13, 17, 19 and 31 rows end in the cut last tiles of Note
-    # [Balanced last tiles] (AVX2: 13, 19, 31; AVX-512: 17, 31), read in place
+    # follow them; 13..17, 19 and 31 rows end in the cut last tiles of Note
+    # [Balanced last tiles] (AVX2: 13, 14, 19, 31; AVX-512: 15..17, 31), read in place
     # or, with rows a multiple of 1 KiB apart (k = 1024), packed
     x = np.random.randn(70, k).astype(dtype)
     y = np.random.randn(k, 90).astype(dtype)
@@ -293,7 +295,7 @@ def test_a_row_gets_the_same_bits_whatever_the_batch(k, dtype):
     np.testing.assert_allclose(full, x.astype(np.float64) @ y, rtol=1e-4, atol=1e-4)
     # m = 4..8: the axpy loops, or the filling kernels where Note [Few rows
     # on the filling kernel] takes them (AVX2 float32, k != 1024)
-    for m in (1, 2, 3, 4, 5, 8, 13, 15, 16, 17, 18, 19, 31, 40):
+    for m in (1, 2, 3, 4, 5, 8, 13, 14, 15, 16, 17, 18, 19, 31, 40):
         part = (nd.array(x[:m], dtype=dtype) @ b).numpy()
         assert np.array_equal(part, full[:m]), f"rows of a {m}-row product differ"
 
@@ -483,7 +485,7 @@ def test_w_transposed_in_registers_thread_count_independent(m, threads):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind_b", ["rows", "cols"])
-@pytest.mark.parametrize("m", [4, 9, 10, 11, 21, 24, 27, 64, 200])
+@pytest.mark.parametrize("m", [4, 8, 9, 10, 11, 15, 16, 21, 22, 24, 27, 64, 200])
 def test_packed_and_in_place_a_get_the_same_bits(m, kind_b, dtype):
     # Note [Packed A kernel] (cpu_matmul_simd_impl.h): A packed is read by
     # other kernels (k unrolled by 4, a remainder loop) than A read in place;
@@ -492,7 +494,9 @@ def test_packed_and_in_place_a_get_the_same_bits(m, kind_b, dtype):
     # A.T in batches). All give the same bits, for k around the unrolled
     # steps, the batches and the KC blocks, and every partial tile of Note
     # [Half tiles] (AVX2, 6 rows: m = 9 ends in the half-row loop, 4 and 10
-    # in the mid-row one, 11 in the full one; AVX-512, 14 rows: 21, 24, 27;
+    # in the mid-row one, 11 in the full one; AVX-512, 14 rows: 21, 24, 27,
+    # and 8, 22 and 64 in the 8-row loop; 15 and 16 cut 8 + 7 and 8 + 8 by
+    # Note [Balanced last tiles]);
     # m = 4 with B by rows takes the axpy loops on AVX2 float64 and the
     # filling kernels on AVX2 float32 (Note [Few rows on the filling
     # kernel]), by columns the kernels; m = 200: more than one MC block of

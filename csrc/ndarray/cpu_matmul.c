@@ -78,7 +78,8 @@ typedef struct {
     ndl_ukernel kernel_packed; /* A packed (cpu_matmul.h): the same bits, faster */
     int bt_m;            /* bt up to this m (NDL_*_BT_M); from bt_m + 1, W @ x.T */
     int small_m;         /* axpy loops up to this m (Note [Axpy rows per tile]) */
-    int mid_rows;        /* middle partial tile (Note [Balanced last tiles]); 0: none */
+    unsigned char tile_loops[6]; /* rows each k loop of the kernels runs, ascending, MR
+                             * last, 0 after (Note [Balanced last tiles]); {0}: any rows */
     ndl_ukernel_fill kernel_fill; /* Note [Packing B in the kernel]; NULL: none */
     int64_t fill_max_b;  /* B's bytes up to which it may fill (Note [B from memory]) */
     int tile_in_l1_set;  /* MR <= L1d's ways: rows 1 KiB apart read in place too
@@ -99,32 +100,37 @@ typedef struct {
 /* Indexed [kernel][dtype]; the block sizes are filled in by derive_blocks
  * (Note [Block sizes]) once the kernel is chosen. */
 enum { K_GENERIC, K_AVX2, K_AVX512, K_COUNT };
+#define AVX512_LOOPS                                                                             \
+    {NDL_AVX512_QUARTER_ROWS, NDL_AVX512_MR_F32 / 2, NDL_AVX512_LOW_MID_ROWS,                    \
+     NDL_AVX512_MID_ROWS, NDL_AVX512_MR_F32}
+_Static_assert(NDL_AVX2_MR_F32 == NDL_AVX2_MR_F64 && NDL_AVX512_MR_F32 == NDL_AVX512_MR_F64,
+               "the loops of AVX2 and AVX512 are each one list for both dtypes");
 static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
     [K_GENERIC] = {
         [NDL_FLOAT32] = {"generic", ndl_ukernel_generic_f32, NDL_GENERIC_MR_F32,
                          NDL_GENERIC_NR_F32, 0, 0, 0,
                          ndl_small_axpy_generic_f32, ndl_small_dot_generic_f32,
                          .kernel_packed = ndl_ukernel_generic_f32, .small_m = 8,
-                         .mid_rows = 0},
+                         .tile_loops = {0}},
         [NDL_FLOAT64] = {"generic", ndl_ukernel_generic_f64, NDL_GENERIC_MR_F64,
                          NDL_GENERIC_NR_F64, 0, 0, 0,
                          ndl_small_axpy_generic_f64, ndl_small_dot_generic_f64,
                          .kernel_packed = ndl_ukernel_generic_f64, .small_m = 8,
-                         .mid_rows = 0},
+                         .tile_loops = {0}},
     },
     [K_AVX2] = {
         [NDL_FLOAT32] = {"avx2", ndl_ukernel_avx2_f32, NDL_AVX2_MR_F32, NDL_AVX2_NR_F32, 0, 0, 0,
                          ndl_small_axpy_avx2_f32, ndl_small_dot_avx2_f32, ndl_pack_bt_f32, 0,
                          ndl_small_bt_f32, ndl_ukernel_avx2_f32_packed,
                          .bt_m = NDL_AVX2_BT_M, .small_m = 8,
-                         .mid_rows = NDL_AVX2_MID_ROWS,
+                         .tile_loops = {NDL_AVX2_MR_F32 / 2, NDL_AVX2_MID_ROWS, NDL_AVX2_MR_F32},
                          .kernel_fill = ndl_ukernel_avx2_f32_fill, .few_rows_fill = 1,
                          .row = ndl_ukernel_avx2_f32_row},
         [NDL_FLOAT64] = {"avx2", ndl_ukernel_avx2_f64, NDL_AVX2_MR_F64, NDL_AVX2_NR_F64, 0, 0, 0,
                          ndl_small_axpy_avx2_f64, ndl_small_dot_avx2_f64, ndl_pack_bt_f64, 0,
                          ndl_small_bt_f64, ndl_ukernel_avx2_f64_packed,
                          .bt_m = NDL_AVX2_BT_M, .small_m = 8,
-                         .mid_rows = NDL_AVX2_MID_ROWS,
+                         .tile_loops = {NDL_AVX2_MR_F32 / 2, NDL_AVX2_MID_ROWS, NDL_AVX2_MR_F32},
                          .kernel_fill = ndl_ukernel_avx2_f64_fill,
                          .row = ndl_ukernel_avx2_f64_row},
     },
@@ -133,15 +139,15 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
                          0, 0, 0, ndl_small_axpy_avx512_f32, ndl_small_dot_avx512_f32,
                          ndl_pack_bt_f32, 0, ndl_small_bt_avx512_f32,
                          ndl_ukernel_avx512_f32_packed, .bt_m = NDL_AVX512_BT_M, .small_m = 2,
-                         .mid_rows = NDL_AVX512_MID_ROWS,
+                         .tile_loops = AVX512_LOOPS,
                          .kernel_fill = ndl_ukernel_avx512_f32_fill,
                          .row = ndl_ukernel_avx512_f32_row},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
                          0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64,
                          ndl_pack_bt_f64, 0, ndl_small_bt_avx512_f64,
                          ndl_ukernel_avx512_f64_packed, .bt_m = NDL_AVX512_BT_M_F64, .small_m = 8,
-                         .mid_rows = NDL_AVX512_MID_ROWS,
-                         .kernel_fill = ndl_ukernel_avx512_f64_fill,
+                         .tile_loops = AVX512_LOOPS,
+                         .kernel_fill = ndl_ukernel_avx512_f64_fill, .few_rows_fill = 1,
                          .row = ndl_ukernel_avx512_f64_row},
     },
 };
@@ -685,34 +691,49 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
  *   float32 up, and the figures of Note [Packing B in the kernel] stand.
  */
 /* Note [Balanced last tiles]
- *   The SIMD kernels run a partial tile of mr rows over MR / 2, MID or MR
- *   of them (Note [Half tiles] in cpu_matmul_simd_impl.h; MID is 10 of 14
- *   on AVX-512, 4 of 6 on AVX2; AVX-512 also has a 4-row loop, which never
- *   beats this cut: m = 14 q + 1..3 as 14 + 4 costs 18 rows, 10 + 7 costs
- *   17). A product of m = q MR + r rows (q >= 1, 0 < r) ends with a full
- *   tile and an r-row one; when MR + r rows fit a MID-row tile and a half
- *   one, those cost fewer multiply-adds, and
- *   gemm_block_few cuts them so: AVX-512 m = 17 runs 10 + 7 rows where 14 +
- *   7 ran (19% fewer FMAs; every m = 14 q + 1..3 alike, m = 17, 29..31,
- *   43..45, ...), AVX2 m = 6 q + 1 ends 4 + 3 for 6 + 3 (m = 13, 19, ...).
- *   The rows from the cut start a packed panel of their own. Each C
- *   element keeps its chain (Note [One chain per element] in
- *   cpu_matmul.h): the bits do not change. Xeon (Emerald Rapids),
- *   float32 K = N = 1024, GFLOP/s: 1 thread m = 17 69 -> 74, 31 92 -> 98,
- *   45 107 -> 113; 2 threads m = 17 137 -> 148-153, 45 211 -> 223; the
- *   AVX2 kernels there (forced) m = 13 43 -> 45-47, 19 51 -> 53-55, 31
- *   61 -> 62-65.
+ *   The SIMD kernels run a partial tile of mr rows over the smallest of
+ *   their k loops that holds it (Note [Half tiles] in
+ *   cpu_matmul_simd_impl.h; the configuration's tile_loops: 3, 4 or 6 rows
+ *   on AVX2, 4, 7, 8, 10 or 14 on AVX-512), so a tile of mr rows costs the
+ *   multiply-adds of that loop's rows. A product of m = q MR + r rows (q >=
+ *   1, 0 < r) ends with a full tile and an r-row one; gemm_block_few cuts
+ *   those MR + r rows in two tiles c + (MR + r - c) instead, c one of the
+ *   loops (c >= r), when that costs fewer rows, the larger c on a tie:
+ *   AVX-512 m = 14 q + 1 and 2 end 8 + 7 and 8 + 8 where 14 + 4 ran (15
+ *   and 16 rows for 18), m = 14 q + 3 10 + 7, 14 q + 5 and 6 10 + 10 (for
+ *   14 + 7); AVX2 m = 6 q + 1 and 2 end 4 + 3 and 4 + 4 for 6 + 3. The
+ *   rows from the cut start a packed panel of their own. Each C element
+ *   keeps its chain (Note [One chain per element] in cpu_matmul.h): the
+ *   bits do not change. Xeon (Emerald Rapids), float32 K = N = 1024,
+ *   GFLOP/s, 14 + 7 -> 10 + 7 (before the 8-row loop): 1 thread m = 17 69
+ *   -> 74, 31 92 -> 98, 45 107 -> 113; 2 threads m = 17 137 -> 148-153, 45
+ *   211 -> 223; the AVX2 kernels there (forced) m = 13 43 -> 45-47, 19 51
+ *   -> 53-55, 31 61 -> 62-65.
  *   Returns the row where the last tile starts early, or m for no cut. */
+static int tile_cost(const ndl_gemm_config *cfg, int64_t rows)
+{
+    for (int i = 0; cfg->tile_loops[i]; i++)
+        if (rows <= cfg->tile_loops[i])
+            return cfg->tile_loops[i];
+    return cfg->mr;
+}
+
 static int64_t last_tiles_split(const ndl_gemm_config *cfg, int64_t m)
 {
-    const int mr = cfg->mr, half = mr / 2, mid = cfg->mid_rows;
+    const int mr = cfg->mr;
     const int64_t r = m % mr;
-#define TILE_COST(x) ((x) <= half ? half : (x) <= mid ? mid : mr)
-    if (mid == 0 || m <= mr || r == 0 || mr + r - mid > half ||
-        mid + TILE_COST(mr + r - mid) >= mr + TILE_COST(r))
+    if (!cfg->tile_loops[0] || m <= mr || r == 0)
         return m;
-#undef TILE_COST
-    return m - r - mr + mid;
+    int64_t best = mr + tile_cost(cfg, r), cut = 0;
+    for (int i = 0; cfg->tile_loops[i] && cfg->tile_loops[i] < mr; i++) {
+        const int c = cfg->tile_loops[i];
+        const int64_t cost = c + tile_cost(cfg, mr + r - c);
+        if (c >= r && cost <= best && (cost < best || cut)) {
+            best = cost;
+            cut = c;
+        }
+    }
+    return cut ? m - r - mr + cut : m;
 }
 
 /* Note [Narrow B blocks for few rows]
@@ -1022,7 +1043,9 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   108 -> 134-139; K = N = 4096 m = 8 69 -> 94-99) and tie at m = 2 (28-29
  *   both). In float64 they win at m = 6 and 8 with K = N = 1024 (31 -> 35,
  *   34 -> 44) but lose at m = 8, K = N = 4096 (35 -> 29) and m = 3, 4 (by
- *   1), so float64 keeps 8. The AVX2 kernels (forced, same Xeon) lose at m
+ *   1), so float64 keeps 8 (and takes the filling kernels from m = 4 where
+ *   Note [Few rows on the filling kernel] says, as AVX2 float32 does: Zen
+ *   4 measured them faster). The AVX2 kernels (forced, same Xeon) lose at m
  *   = 3..8 (m = 4 44-46 -> 29, m = 8 52-53 -> 45-47): 8 there too.
  *   The bits do not change with the limit (Note [One chain per element]).
  */
@@ -1084,8 +1107,16 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   400 26-27 -> 35) but ran erratically at 5 x 1000 x 1000 (11-34 against
  *   26-27, between scans) and tied or lost at m = 8 (8 x 1000 x 1000 20-29
  *   against 28-29); a steadier machine should settle it. The AVX-512
- *   float32 limit is 2 already (Note [Axpy rows per tile]). Same bits
- *   either way.
+ *   float32 limit is 2 already (Note [Axpy rows per tile]). AVX-512
+ *   float64 takes the filling kernels by the same rule: AMD EPYC Zen 4
+ *   (family 25 model 17), 1 thread, axpy -> kernels (before the 8-row loop
+ *   of Note [Half tiles]; OpenBLAS SkylakeX kernel): 4 x 784 x 100 30 ->
+ *   40 (46), 6 x 784 x 100 32 -> 40 (43-47), 8 x 2000 x 400 35 -> 43 (31),
+ *   4 x 256 x 256 35 -> 49 (50), 5 x 1000 x 1000 34 -> 38 (20); unchanged
+ *   on the axpy loops: 4 x 1024 x 1024 (rows 8 KiB apart) 33, 8 x 4096 x
+ *   4096 (B from memory) 28-29; the kernels there would run 25 and 15. On
+ *   the Xeon of Note [Axpy rows per tile] they had lost m = 4 by 1 GFLOP/s.
+ *   Same bits either way.
  */
 /* whether an m-row product whose B has contiguous rows (row stride rsb_bytes)
  * takes the axpy loops; `split`: it would be split between threads */

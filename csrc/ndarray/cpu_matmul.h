@@ -83,9 +83,12 @@ typedef void (*ndl_ukernel)(int64_t kc, const void *a, int64_t ars, int64_t acs,
 #define NDL_AVX512_MR_F64 14
 #define NDL_AVX512_NR_F64 16
 
-/* The middle partial tile of the SIMD kernels (UK_MID_ROWS, Note [Half
- * tiles] in cpu_matmul_simd_impl.h), for the driver's tile cuts. */
+/* The rows of the SIMD kernels' partial-tile loops (UK_QUARTER_ROWS,
+ * UK_LOW_MID_ROWS, UK_MID_ROWS; Note [Half tiles] in cpu_matmul_simd_impl.h),
+ * for the driver's tile cuts (Note [Balanced last tiles] in cpu_matmul.c). */
 #define NDL_AVX2_MID_ROWS 4
+#define NDL_AVX512_QUARTER_ROWS 4
+#define NDL_AVX512_LOW_MID_ROWS 8
 #define NDL_AVX512_MID_ROWS 10
 
 void ndl_ukernel_generic_f32(int64_t kc, const void *a, int64_t ars, int64_t acs, const void *b,

@@ -33,6 +33,9 @@
 #define UK_QUARTER_ROWS(X) X(0) X(1) X(2) X(3)
 #define UK_MID_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9)
 #define UK_MID_ROWS_H NDL_AVX512_MID_ROWS
+#define UK_LOW_MID_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define UK_LOW_MID_ROWS_H NDL_AVX512_LOW_MID_ROWS
+#define UK_QUARTER_ROWS_H NDL_AVX512_QUARTER_ROWS
 #define UK_KU 1 /* k steps per unrolled group (Note [Packed A kernel]) */
 #define UK_C_LEAD 48 /* Note [Fetching C late] */
 

@@ -65,6 +65,17 @@
  *   float32, GFLOP/s, 7 -> 4 rows: 4 x 512 @ 512 x 512 89-90 -> 108-113, 3 x
  *   512 x 512 69 -> 82-84, 3 x 1000 x 300 43-44 -> 49-50, 4 x 4096 x 4096
  *   51-53 -> 56-58 (B from memory). AVX2's 6 rows have none (its half is 3).
+ *   And a fifth loop over UK_LOW_MID_ROWS (8 rows, between the half and
+ *   UK_MID): m = 8, a batch of 8 rows, ran 10 rows for 8, and m = 14 q + 8
+ *   (64, 512, 4096: every power of two from 8 is 14 q + 2, 4 or 8) ended
+ *   in the same 10-row loop; the 8-row loop also lets the driver cut m =
+ *   14 q + 1 and 2 into 8 + 7 and 8 + 8 (Note [Balanced last tiles] in
+ *   cpu_matmul.c). AMD EPYC Zen 4 (family 25 model 17), 1 thread, GFLOP/s,
+ *   interleaved medians, before -> after: float32 8 x 784 @ 784 x 100 74
+ *   -> 90 (OpenBLAS 0.3.31's SkylakeX kernel 94), 8 x 256 x 256 86 -> 105
+ *   (103), m = 15, 29 and 64 with K = N = 1024 91 -> 100, 99 -> 106, 102
+ *   -> 108; float64 (with Note [Few rows on the filling kernel]) 8 x 784 x
+ *   100 32 -> 48 (49-52), 8 x 256 x 256 37 -> 53 (48-53).
  *
  * NOTE: the accumulators are named variables (c<row>_<vec>), not an array:
  * gcc 12 keeps an array of vectors in memory and stores it back on every k
@@ -178,9 +189,27 @@ _Static_assert(0 UK_QUARTER_ROWS(UK_ONE) < UK_MR / 2, "UK_QUARTER_ROWS is not be
 #else
 #define UK_QUARTER(LOOP)
 #endif
+/* the loop over UK_LOW_MID_ROWS, where the ISA has one (Note [Half tiles]) */
+#ifdef UK_LOW_MID_ROWS
+#define UK_LOW_MID (0 UK_LOW_MID_ROWS(UK_ONE))
+_Static_assert(UK_LOW_MID > UK_MR / 2 && UK_LOW_MID < UK_MID,
+               "UK_LOW_MID_ROWS is not between half and UK_MID rows");
+_Static_assert(UK_LOW_MID == UK_LOW_MID_ROWS_H,
+               "UK_LOW_MID_ROWS is not cpu_matmul.h's NDL_<ISA>_LOW_MID_ROWS");
+_Static_assert(0 UK_QUARTER_ROWS(UK_ONE) == UK_QUARTER_ROWS_H,
+               "UK_QUARTER_ROWS is not cpu_matmul.h's NDL_<ISA>_QUARTER_ROWS");
+#define UK_LOW_MID_TILE(LOOP)                                                      \
+    if (mr <= UK_LOW_MID) {                                                        \
+        LOOP(UK_LOW_MID_ROWS)                                                      \
+        STORE_MASKED(UK_LOW_MID_ROWS)                                              \
+        return;                                                                    \
+    }
+#else
+#define UK_LOW_MID_TILE(LOOP)
+#endif
 /* A kernel's body after its declarations: the k loop LOOP(ROWS) over the
- * first UK_QUARTER_ROWS (where there are), MR / 2, UK_MID or MR rows (Note
- * [Half tiles]), then the stores */
+ * first UK_QUARTER_ROWS (where there are), MR / 2, UK_LOW_MID_ROWS (where
+ * there are), UK_MID or MR rows (Note [Half tiles]), then the stores */
 #define TILE_BODY(LOOP)                                                            \
     PREFETCH_C(UK_C_START)                                                         \
     UK_QUARTER(LOOP)                                                               \
@@ -189,6 +218,7 @@ _Static_assert(0 UK_QUARTER_ROWS(UK_ONE) < UK_MR / 2, "UK_QUARTER_ROWS is not be
         STORE_MASKED(UK_HALF_ROWS)                                                 \
         return;                                                                    \
     }                                                                              \
+    UK_LOW_MID_TILE(LOOP)                                                          \
     if (mr <= UK_MID) {                                                            \
         LOOP(UK_MID_ROWS)                                                          \
         STORE_MASKED(UK_MID_ROWS)                                                  \
@@ -536,6 +566,8 @@ UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_
 #undef UK_C_START
 #undef TILE_BODY
 #undef UK_QUARTER
+#undef UK_LOW_MID_TILE
+#undef UK_LOW_MID
 #undef STORE_MASKED
 #undef PREFETCH_C
 #undef PK_GROUP
