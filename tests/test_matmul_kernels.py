@@ -170,13 +170,18 @@ def run_emu(cases, threads=1):
     return json.loads(res.stdout)
 
 
-def row_tiles(m):
-    """The tiles' rows: 14 each, the last m % 14; but m = 14 q + 1..3 (q >= 1)
-    ends with 10 and 5..7 rows instead of 14 and 1..3 (Note [Balanced last
-    tiles] in cpu_matmul.c: 17 FMA rows instead of 21)."""
+# Note [Balanced last tiles] (cpu_matmul.c): m = 14 q + r (q >= 1) ends with
+# these two tiles instead of 14 and r rows (loop rows 15, 16, 17, 20, 20
+# where 14 + 4, 14 + 4, 14 + 4, 14 + 7, 14 + 7 ran)
+CUT_LAST_TILES = {1: [8, 7], 2: [8, 8], 3: [10, 7], 5: [10, 9], 6: [10, 10]}
+
+
+def row_tiles(m, cut=True):
+    """The tiles' rows: 14 each, the last m % 14, but the last two cut as
+    CUT_LAST_TILES says where `cut` (at most MC rows: gemm_block_few)."""
     rows = [14] * (m // 14) + ([m % 14] if m % 14 else [])
-    if m > 14 and 1 <= m % 14 <= 3:
-        rows[-2:] = [10, 4 + m % 14]
+    if cut and m > 14 and m % 14 in CUT_LAST_TILES:
+        rows[-2:] = CUT_LAST_TILES[m % 14]
     return rows
 
 
@@ -186,19 +191,19 @@ def round_up(x, to):
 
 def loop_rows(mr):
     """The rows of the loop that a tile of mr rows runs (Note [Half tiles])."""
-    return next(r for r in (4, 7, 10, 14) if mr <= r)
+    return next(r for r in (4, 7, 8, 10, 14) if mr <= r)
 
 
-def expected(m, k, p, nr):
+def expected(m, k, p, nr, cut=True):
     """Calls and FMAs of the 14-row kernels for an m x k x p product: one
     call per tile and KC block; a partial tile of mr rows runs the 4-, 7-,
-    10- or 14-row loop (Note [Half tiles]), k steps of 2 vectors a row, or 1
+    8-, 10- or 14-row loop (Note [Half tiles]), k steps of 2 vectors a row, or 1
     in a tile of at most NR / 2 columns (Note [Narrow tiles])."""
     tiles, fmas = {}, 0
     blocks = -(-k // KC)
     widths = [min(nr, p - j) for j in range(0, p, nr)]  # the column tiles
     vectors = sum(1 if w <= nr // 2 else 2 for w in widths)
-    for mr in row_tiles(m):
+    for mr in row_tiles(m, cut):
         tiles[str(mr)] = tiles.get(str(mr), 0) + len(widths) * blocks
         fmas += vectors * loop_rows(mr) * k
     return tiles, fmas
@@ -305,16 +310,18 @@ def test_emulated_avx512_one_row_in_registers(dtype):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_emulated_avx512_axpy_limits(dtype):
     # Note [Axpy rows per tile] (cpu_matmul.c): with B by rows the AVX-512
-    # configuration runs m <= 2 (float32) or m <= 8 (float64) by the axpy
+    # configuration runs m <= 2 (float32) or m <= 3 (float64: from 4 rows the
+    # filling kernels, Note [Few rows on the filling kernel]) by the axpy
     # loops, and more rows by the 14-row kernels (m = 17: a 10-row and a
-    # 7-row tile per block, not 14 + 3: Note [Balanced last tiles]); A is
+    # 7-row tile per block, not 14 + 3; m = 16: 8 + 8, not 14 + 2: Note
+    # [Balanced last tiles]; m = 8: the 8-row loop, Note [Half tiles]); A is
     # then packed, A's rows contiguous or not (p > 4 NR), and the first tile
     # of each panel, the last 5 columns' too, packs it (or, the panel's only
     # tile, reads it in place), once per KC block (k = 700: two) (Note
     # [Packing B in the kernel])
-    nr, limit = NR[dtype], {"float32": 2, "float64": 8}[dtype]
+    nr, limit = NR[dtype], {"float32": 2, "float64": 3}[dtype]
     cases = [[dtype, m, 700, 4 * nr + 5, kind, "rows"]
-             for m in (2, 3, 8, 9, 12, 16, 17) for kind in ("rows", "wide")]
+             for m in (2, 3, 4, 8, 9, 12, 16, 17) for kind in ("rows", "wide")]
     for g, (_, m, k, p, kind, _) in zip(run_emu(cases), cases):
         if m <= limit:
             assert g["axpy"] > 0 and g["fmas"] == 0 and not g["tiles"], (m, g)
@@ -322,7 +329,19 @@ def test_emulated_avx512_axpy_limits(dtype):
         tiles, fmas = expected(m, k, p, nr)
         assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (m, kind, g)
         assert g["packed"] == sum(tiles.values()) and g["filled"] == 5 * 2, (m, kind, g)
-    assert set(expected(17, 700, 4 * nr + 5, nr)[0]) == {"10", "7"}
+    assert expected(17, 700, 4 * nr + 5, nr)[0].keys() == {"10", "7"}
+    assert expected(16, 700, 4 * nr + 5, nr)[0].keys() == {"8"}
+    assert expected(8, 700, 4 * nr + 5, nr)[0].keys() == {"8"}
+    # Note [Few rows of B from memory]: a B past half the LLC (2.4 MB; run_emu
+    # pins 4 MiB) takes the axpy loops up to 8 rows in both dtypes, the
+    # kernels from 9
+    cases = [[dtype, m, 3000, 200 * 4 // np.dtype(dtype).itemsize, "rows", "rows"]
+             for m in (3, 8, 9)]
+    for g, (_, m, k, p, _, _) in zip(run_emu(cases), cases):
+        if m <= 8:
+            assert g["axpy"] > 0 and g["fmas"] == 0 and not g["tiles"], (m, g)
+        else:
+            assert g["axpy"] == 0 and g["fmas"] == expected(m, k, p, nr)[1], (m, g)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -335,7 +354,7 @@ def test_emulated_avx512_last_panel_by_masked_loads(dtype):
     # fewer rows than columns (m = 20: 28 < 2 NR), its one tile reading B in
     # place, or its first of two (m = 20) storing the panel for the second;
     # three KC blocks; m past the axpy limit
-    nr, limit = NR[dtype], {"float32": 2, "float64": 8}[dtype]
+    nr, limit = NR[dtype], {"float32": 2, "float64": 3}[dtype]
     k = 2 * KC + 7
     cases = [[dtype, m, k, p, "rows", "rows"]
              for m in (3, 4, 12, 20) if m > limit for p in (nr + 5, nr + nr // 2 + 3)]
@@ -368,10 +387,11 @@ def test_emulated_avx512_first_a_block_packs_b(dtype):
 
 
 def test_emulated_avx512_on_two_threads():
-    # the work split in MR = 14 row units: the same tiles on two threads
+    # the work split in MR = 14 row units: the same tiles on two threads (more
+    # rows than MC: no cut last tiles, which gemm_block_few makes)
     cases = [["float32", 300, 700, 200, "rows", "rows"], ["float64", 150, 400, 90, "cols", "rows"]]
     for g, (dt, m, k, p, _, _) in zip(run_emu(cases, threads=2), cases):
-        tiles, fmas = expected(m, k, p, NR[dt])
+        tiles, fmas = expected(m, k, p, NR[dt], cut=False)
         assert (g["tiles"], g["fmas"]) == (tiles, fmas), g
 
 

@@ -998,7 +998,8 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
 /* ---- skinny products ------------------------------------------------------
  * cpu_matmul_small.c has the loops and their notes: B read in place, never
  * packed: the axpy loops when B's rows are contiguous and m <= small_m
- * (8, or 2 for AVX-512 float32: Note [Axpy rows per tile]) and use_axpy
+ * (8, or 2 for AVX-512 float32: Note [Axpy rows per tile]; 8 for all when
+ * B comes from memory: Note [Few rows of B from memory]) and use_axpy
  * does not prefer the packed kernels (Note [Axpy and two threads], Note
  * [Few rows on the filling kernel]), but one row with B in cache in
  * registers (Note [One row: which products]);
@@ -1118,15 +1119,38 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   the Xeon of Note [Axpy rows per tile] they had lost m = 4 by 1 GFLOP/s.
  *   Same bits either way.
  */
+/* Note [Few rows of B from memory]
+ *   A B larger than half the last-level cache (Note [B from memory]) is
+ *   read from memory once whatever the path, and with up to 8 rows the
+ *   axpy loops' single pass over it, eight rows side by side (page-long
+ *   runs the prefetchers follow), beats the kernels, which read it by
+ *   panels, on every configuration: so those products take the axpy loops
+ *   up to NDL_AXPY_MEM_M rows even where small_m is lower (AVX-512
+ *   float32, whose kernels win with B in cache: Note [Axpy rows per tile]).
+ *   AMD EPYC Zen 4 (family 25 model 17, 32 MiB L3), float32, interleaved
+ *   medians, GFLOP/s, kernels -> axpy (OpenBLAS 0.3.31 SkylakeX kernel), 1
+ *   thread: 3 x 4096 @ 4096 x 4096 12 -> 23-24 (9.5), 4 x 4096 x 4096 16 ->
+ *   29-30 (13), 6 x 4096 x 4096 23 -> 37 (15), 8 x 4096 x 4096 30-31 ->
+ *   41-42 (21), 8 x 2048 x 4096 31-33 -> 42-47 (20), 4 x 8192 x 1024 16 ->
+ *   27-32 (12); 2 threads 4 x 4096 x 4096 27-30 -> 35-50 (20), 8 x 4096 x
+ *   4096 56-62 -> 70-80 (39). The Xeon of Note [Axpy rows per tile] holds
+ *   such a B in its 260 MiB of L3. Past 8 rows it is mixed: the axpy loops
+ *   won float64 m = 9..16 on one thread (4096^2, 21-24 -> 28-32) but lost
+ *   m = 12 and 16 on two (46 -> 43, 57 -> 46), and float32 m = 12 and 16
+ *   tied, so 8 it is. The bits do not change (Note [One chain per
+ *   element]).
+ */
+#define NDL_AXPY_MEM_M 8
+
 /* whether an m-row product whose B has contiguous rows (row stride rsb_bytes)
  * takes the axpy loops; `split`: it would be split between threads */
 static int use_axpy(const ndl_gemm_config *cfg, int64_t m, int64_t rsb_bytes, double b_bytes,
                     int split)
 {
+    if (b_bytes > (double)cfg->fill_max_b) /* Note [Few rows of B from memory] */
+        return m <= NDL_AXPY_MEM_M;
     if (m > cfg->small_m)
         return 0;
-    if (b_bytes > (double)cfg->fill_max_b) /* B from memory: one pass over it */
-        return 1;
     if (m >= 5 && split) /* Note [Axpy and two threads] */
         return 0;
     /* Note [Few rows on the filling kernel] */
