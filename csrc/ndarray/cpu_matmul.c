@@ -700,8 +700,11 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
  *   those MR + r rows in two tiles c + (MR + r - c) instead, c one of the
  *   loops (c >= r), when that costs fewer rows, the larger c on a tie:
  *   AVX-512 m = 14 q + 1 and 2 end 8 + 7 and 8 + 8 where 14 + 4 ran (15
- *   and 16 rows for 18), m = 14 q + 3 10 + 7, 14 q + 5 and 6 10 + 10 (for
- *   14 + 7); AVX2 m = 6 q + 1 and 2 end 4 + 3 and 4 + 4 for 6 + 3. The
+ *   and 16 loop rows for 18), m = 14 q + 3 10 + 7 (17 for 18), 14 q + 5
+ *   and 6 10 + 9 and 10 + 10 (20 for 21); AVX2 m = 6 q + 1 and 2 end 4 + 3
+ *   and 4 + 4 for 6 + 3 (7 and 8 for 9; AVX2 forced on a Zen 4, 1 thread,
+ *   float32 K = N = 1024, GFLOP/s: m = 20 80-81 -> 83, m = 32 82-90 -> 92,
+ *   m = 14 a tie). The
  *   rows from the cut start a packed panel of their own. Each C element
  *   keeps its chain (Note [One chain per element] in cpu_matmul.h): the
  *   bits do not change. Xeon (Emerald Rapids), float32 K = N = 1024,
