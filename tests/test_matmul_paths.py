@@ -294,7 +294,7 @@ def test_a_row_gets_the_same_bits_whatever_the_batch(k, dtype):
     full = (nd.array(x, dtype=dtype) @ b).numpy()
     np.testing.assert_allclose(full, x.astype(np.float64) @ y, rtol=1e-4, atol=1e-4)
     # m = 4..8: the axpy loops, or the filling kernels where Note [Few rows
-    # on the filling kernel] takes them (AVX2 float32, k != 1024)
+    # on the filling kernel] takes them (AVX2 float32, AVX-512 float64)
     for m in (1, 2, 3, 4, 5, 8, 13, 14, 15, 16, 17, 18, 19, 31, 40):
         part = (nd.array(x[:m], dtype=dtype) @ b).numpy()
         assert np.array_equal(part, full[:m]), f"rows of a {m}-row product differ"

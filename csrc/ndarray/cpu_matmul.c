@@ -24,8 +24,9 @@
  * When C's rows fit one A block (m <= MC) the two outer loops are turned
  * and B blocks are narrower (Note [Narrow B blocks for few rows]). Skinny
  * products whose B has contiguous rows (m <= 8, or 2: Note [Axpy rows per
- * tile]; AVX2 float32 from m = 4 only where the packed kernels are slower:
- * use_axpy), and matrix-vector
+ * tile]; 8 whenever B comes from memory: Note [Few rows of B from memory];
+ * AVX2 float32 and AVX-512 float64 from m = 4 only where the packed kernels
+ * are slower: use_axpy), and matrix-vector
  * products (m = 1, or p == 1 computed as C^T = B^T A^T) whose B has
  * contiguous columns, skip all of this: B is read in place
  * (cpu_matmul_small.c; one row with B in cache keeps its C row in

@@ -180,6 +180,8 @@ _Static_assert(UK_MID == UK_MID_ROWS_H, "UK_MID_ROWS is not cpu_matmul.h's NDL_<
 /* the loop over UK_QUARTER_ROWS, where the ISA has one (Note [Half tiles]) */
 #ifdef UK_QUARTER_ROWS
 _Static_assert(0 UK_QUARTER_ROWS(UK_ONE) < UK_MR / 2, "UK_QUARTER_ROWS is not below MR / 2");
+_Static_assert(0 UK_QUARTER_ROWS(UK_ONE) == UK_QUARTER_ROWS_H,
+               "UK_QUARTER_ROWS is not cpu_matmul.h's NDL_<ISA>_QUARTER_ROWS");
 #define UK_QUARTER(LOOP)                                                           \
     if (mr <= 0 UK_QUARTER_ROWS(UK_ONE)) {                                         \
         LOOP(UK_QUARTER_ROWS)                                                      \
@@ -196,8 +198,6 @@ _Static_assert(UK_LOW_MID > UK_MR / 2 && UK_LOW_MID < UK_MID,
                "UK_LOW_MID_ROWS is not between half and UK_MID rows");
 _Static_assert(UK_LOW_MID == UK_LOW_MID_ROWS_H,
                "UK_LOW_MID_ROWS is not cpu_matmul.h's NDL_<ISA>_LOW_MID_ROWS");
-_Static_assert(0 UK_QUARTER_ROWS(UK_ONE) == UK_QUARTER_ROWS_H,
-               "UK_QUARTER_ROWS is not cpu_matmul.h's NDL_<ISA>_QUARTER_ROWS");
 #define UK_LOW_MID_TILE(LOOP)                                                      \
     if (mr <= UK_LOW_MID) {                                                        \
         LOOP(UK_LOW_MID_ROWS)                                                      \
