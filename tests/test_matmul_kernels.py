@@ -118,7 +118,7 @@ import ctypes, json, sys
 import numpy as np
 import needle._C as C, needle.backend_ndarray as nd
 assert nd.matmul_kernel_name() == "avx512", nd.matmul_kernel_name()
-F = 15 + 7  # tiles[0..14], packed, fmas, axpy, dot, filled, row, row_fmas (ndl_avx512_emu_count)
+F = 15 + 8  # tiles[0..14], packed, fmas, half_fmas, axpy, dot, filled, row, row_fmas (ndl_avx512_emu_count)
 lib = ctypes.CDLL(C.__file__)
 raw = (ctypes.c_int64 * (2 * F)).in_dll(lib, "ndl_avx512_emu_counts")
 bt = (ctypes.c_int64 * 4).in_dll(lib, "ndl_avx512_emu_bt_counts")  # [dtype][calls, FMAs]
@@ -147,15 +147,16 @@ for dt, m, k, p, ka, kb in json.loads(sys.argv[1]):
     assert got.dtype == np.dtype(dt) and np.all(err <= bound), (dt, m, k, p, err.max())
     delta = [q - r for q, r in zip(after, before)]
     out.append({"tiles": {str(r): n for r, n in enumerate(delta[:15]) if n},
-                "packed": delta[15], "fmas": delta[16], "axpy": delta[17], "dot": delta[18],
-                "filled": delta[19], "row": delta[20], "row_fmas": delta[21],
-                "bt": delta[22], "bt_fmas": delta[23]})
+                "packed": delta[15], "fmas": delta[16:18], "axpy": delta[18], "dot": delta[19],
+                "filled": delta[20], "row": delta[21], "row_fmas": delta[22],
+                "bt": delta[23], "bt_fmas": delta[24]})
 print(json.dumps(out))
 """
 NR = {"float32": 32, "float64": 16}  # the AVX-512 tiles: 14 x NR
 KC = 504  # 36 MR (Note [Block sizes]) on any L1d up to 128 KiB; NEEDLE_CACHE_SIZES pins it
 BT_M = {"float32": 8, "float64": 6}  # Note [Transposing W in zmm registers]
 VW = {"float32": 16, "float64": 8}  # W's rows per transposed group: a vector
+NO_FMAS = [0, 0]  # no 512-bit FMA, no 256-bit one
 
 
 def run_emu(cases, threads=1):
@@ -198,14 +199,18 @@ def expected(m, k, p, nr, cut=True):
     """Calls and FMAs of the 14-row kernels for an m x k x p product: one
     call per tile and KC block; a partial tile of mr rows runs the 4-, 7-,
     8-, 10- or 14-row loop (Note [Half tiles]), k steps of 2 vectors a row, or 1
-    in a tile of at most NR / 2 columns (Note [Narrow tiles])."""
-    tiles, fmas = {}, 0
+    in a tile of at most NR / 2 columns (Note [Narrow tiles]), or 1 of half
+    the width, a 256-bit FMA, in a tile of at most NR / 4 (Note [Narrow
+    tiles in half registers]). FMAs as [512-bit, 256-bit]."""
+    tiles, fmas = {}, [0, 0]
     blocks = -(-k // KC)
     widths = [min(nr, p - j) for j in range(0, p, nr)]  # the column tiles
-    vectors = sum(1 if w <= nr // 2 else 2 for w in widths)
+    vectors = sum(1 if w <= nr // 2 else 2 for w in widths if w > nr // 4)
+    halves = sum(1 for w in widths if w <= nr // 4)
     for mr in row_tiles(m, cut):
         tiles[str(mr)] = tiles.get(str(mr), 0) + len(widths) * blocks
-        fmas += vectors * loop_rows(mr) * k
+        fmas[0] += vectors * loop_rows(mr) * k
+        fmas[1] += halves * loop_rows(mr) * k
     return tiles, fmas
 
 
@@ -231,12 +236,15 @@ def test_emulated_avx512_runs_the_14_row_tiles(dtype):
     # storage.c), so a mask one lane too wide writes past C visibly only
     # where C fills its class: 14 x NR / 4 and 16 x 3 NR / 4 are 448 and
     # 1536 bytes, classes, with the last row's first and second vectors
-    # masked (checked: such a mutant kernel is reported there)
+    # masked (checked: such a mutant kernel is reported there); tiles of at
+    # most NR / 4 columns (NR / 4, NR / 8, 5 in float32) accumulate in 256-bit
+    # vectors, NR / 4 + 1 in a 512-bit one (Note [Narrow tiles in half
+    # registers])
     nr = NR[dtype]
     shapes = [(14, 100, nr), (18, 50, nr), (21, 100, nr), (24, 37, nr), (27, 9, nr),
               (14, 100, nr + 5),
               (27, 50, nr + nr // 2 + 3), (3 * 14, 2 * KC + 5, nr), (23, 1, 5),
-              (14, 10, nr // 4), (16, 10, 3 * nr // 4)]
+              (14, 10, nr // 4), (16, 10, 3 * nr // 4), (9, 40, nr // 4 + 1), (22, 40, nr // 8)]
     got = run_emu([[dtype, m, k, p, "rows", "cols"] for m, k, p in shapes])
     size = np.dtype(dtype).itemsize
     for (m, k, p), g in zip(shapes, got):
@@ -272,9 +280,9 @@ def test_emulated_avx512_packed_a_and_skinny_loops(dtype):
         tiles, fmas = expected(m, k, p, nr)
         assert (g["tiles"], g["fmas"]) == (tiles, fmas), g
         assert g["packed"] == sum(tiles.values()) and g["filled"] == 4 * -(-k // KC), g
-    assert axpy["axpy"] > 0 and axpy["fmas"] == 0 and not axpy["tiles"]
-    assert dot["dot"] > 0 and dot["fmas"] == 0 and not dot["tiles"]
-    assert bt["fmas"] == bt["axpy"] == bt["dot"] == 0 and not bt["tiles"]
+    assert axpy["axpy"] > 0 and axpy["fmas"] == NO_FMAS and not axpy["tiles"]
+    assert dot["dot"] > 0 and dot["fmas"] == NO_FMAS and not dot["tiles"]
+    assert bt["fmas"] == NO_FMAS and bt["axpy"] == bt["dot"] == 0 and not bt["tiles"]
     assert (bt["bt"], bt["bt_fmas"]) == (1, -(-300 // VW[dtype]) * 700 * 2), bt
     assert packed_cols["bt"] == axpy["bt"] == dot["bt"] == 0
 
@@ -302,7 +310,8 @@ def test_emulated_avx512_one_row_in_registers(dtype):
         strips = max(1, -(-full // 12))
         assert g["row"] == strips * -(-k // KC), (p, g)
         assert g["row_fmas"] == k * -(-p // vw), (p, g)
-        assert not g["tiles"] and g["fmas"] == g["axpy"] == g["dot"] == g["bt"] == 0, (p, g)
+        assert not g["tiles"] and g["fmas"] == NO_FMAS, (p, g)
+        assert g["axpy"] == g["dot"] == g["bt"] == 0, (p, g)
     for g in got[len(widths):]:
         assert g["axpy"] > 0 and g["row"] == g["row_fmas"] == 0 and not g["tiles"], g
 
@@ -324,7 +333,7 @@ def test_emulated_avx512_axpy_limits(dtype):
              for m in (2, 3, 4, 8, 9, 12, 16, 17) for kind in ("rows", "wide")]
     for g, (_, m, k, p, kind, _) in zip(run_emu(cases), cases):
         if m <= limit:
-            assert g["axpy"] > 0 and g["fmas"] == 0 and not g["tiles"], (m, g)
+            assert g["axpy"] > 0 and g["fmas"] == NO_FMAS and not g["tiles"], (m, g)
             continue
         tiles, fmas = expected(m, k, p, nr)
         assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (m, kind, g)
@@ -339,7 +348,7 @@ def test_emulated_avx512_axpy_limits(dtype):
              for m in (3, 8, 9)]
     for g, (_, m, k, p, _, _) in zip(run_emu(cases), cases):
         if m <= 8:
-            assert g["axpy"] > 0 and g["fmas"] == 0 and not g["tiles"], (m, g)
+            assert g["axpy"] > 0 and g["fmas"] == NO_FMAS and not g["tiles"], (m, g)
         else:
             assert g["axpy"] == 0 and g["fmas"] == expected(m, k, p, nr)[1], (m, g)
 
@@ -381,8 +390,12 @@ def test_emulated_avx512_first_a_block_packs_b(dtype):
     assert rows[-2:] == [14, 4]
     panels, blocks = 4, 3
     assert g["tiles"] == {"14": (len(rows) - 1) * panels * blocks, "4": panels * blocks}, g
-    # 3 full panels, 2 vectors a row; the last, 5 columns: 1 (Note [Narrow tiles])
-    assert g["fmas"] == (3 * 2 + 1) * (sum(loop_rows(r) for r in rows)) * k, g
+    # 3 full panels, 2 vectors a row; the last, 5 columns: 1 (Note [Narrow
+    # tiles]), a 256-bit one in float32 (at most 8 columns: Note [Narrow tiles
+    # in half registers]), a 512-bit one in float64
+    steps = sum(loop_rows(r) for r in rows) * k
+    want = [3 * 2 * steps, steps] if dtype == "float32" else [(3 * 2 + 1) * steps, 0]
+    assert g["fmas"] == want, g
     assert g["packed"] == sum(g["tiles"].values()) and g["filled"] == panels * blocks, g
 
 
@@ -417,7 +430,7 @@ def test_emulated_avx512_swaps_w_t(dtype):
     assert swaps == [False, False, True, True, True, True, False, True, False, True, False]
     for (m, k, p), swap, g in zip(shapes, swaps, got):
         if m <= bt_m:
-            assert not g["tiles"] and g["fmas"] == g["axpy"] == g["dot"] == 0, (m, g)
+            assert not g["tiles"] and g["fmas"] == NO_FMAS and g["axpy"] == g["dot"] == 0, (m, g)
             assert (g["bt"], g["bt_fmas"]) == (1, -(-p // VW[dtype]) * k * m), (m, g)
             continue
         assert g["bt"] == 0, (m, g)

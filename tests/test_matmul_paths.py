@@ -301,6 +301,35 @@ def test_a_row_gets_the_same_bits_whatever_the_batch(k, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind_b", ["rows", "cols"])
+@pytest.mark.parametrize("k", [5, 300, 1000], ids=lambda k: f"k{k}")
+def test_narrow_tiles_get_the_bits_of_wide_ones(k, kind_b, dtype):
+    # Note [Narrow tiles] and Note [Narrow tiles in half registers]
+    # (cpu_matmul_simd_impl.h): a last tile of at most a vector's columns runs
+    # one vector a row, and on AVX-512 one of half the width up to NR / 4
+    # columns; the first p columns of a product are the product with the
+    # first p columns of B, bit for bit, for p around both limits, with
+    # several row tiles (the 14-, 10-, 8- and 4-row loops on AVX-512) and B
+    # by rows (in place, or packed by the filling kernel) or by columns
+    # (p = 1, a matrix-vector product, has its own chains: Note [One chain per
+    # element])
+    nr = _C.matmul_config()[dtype]["nr"]
+    widths = sorted({w for w in (2, 3, nr // 4 - 1, nr // 4, nr // 4 + 1, nr // 2, nr // 2 + 1,
+                                 nr + 4) if w > 1})
+    for m in (18, 30, 36):
+        x = np.random.randn(m, k).astype(dtype)
+        b, y = operand((k, 3 * nr), dtype, kind_b)
+        full = (nd.array(x, dtype=dtype) @ b).numpy()
+        check(nd.array(x, dtype=dtype) @ b, x, y, dtype)
+        for p in widths:
+            bp = nd.array(np.ascontiguousarray(y[:, :p]), dtype=dtype)
+            if kind_b == "cols":
+                bp = nd.array(np.ascontiguousarray(y[:, :p].T), dtype=dtype).permute((1, 0))
+            part = (nd.array(x, dtype=dtype) @ bp).numpy()
+            assert np.array_equal(part, full[:, :p]), f"the first {p} columns differ (m = {m})"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("k", [5, 600], ids=lambda k: f"k{k}")
 def test_one_row_in_registers_gets_the_bits_of_the_packed_kernels(k, dtype):
     # Note [One row in registers] (cpu_matmul_row_impl.h): x @ W with one row

@@ -18,7 +18,9 @@
  *   14 x 16 tiles' indexing, the half (7) and mid (10) row loops of Note
  *   [Half tiles], the masks of the partial tiles (bit j for lane j, zeroing
  *   loads, writing stores) and their tails (nr - 16 lanes of the second
- *   vector, none for nr <= 16), the packed-A kernel against the in-place
+ *   vector, none for nr <= 16), the 256-bit loops of tiles of at most 8
+ *   (float32) or 4 (float64) columns, whose FMAs are counted apart (Note
+ *   [Narrow tiles in half registers]), the packed-A kernel against the in-place
  *   one, the block sizes derived for the AVX-512 tiles (KC 504 on a 32 KiB
  *   L1d, MC and NC from it), the skinny loops at AVX-512's 512-byte chains
  *   (cpu_matmul_small.c: C code vectorised by gcc, for AVX2 here, each
@@ -173,6 +175,39 @@ NDL_EMU void ndl_emu_mask_storeu_pd(void *p, ndl_emu_mmask8 k, ndl_emu_m512d a)
             d[j] = t[j];
 }
 
+/* The 256-bit half of Note [Narrow tiles in half registers]
+ * (cpu_matmul_simd_impl.h): its vectors are AVX's own, and only its FMA is
+ * wrapped, to be counted apart from the 512-bit ones. */
+static __thread int64_t ndl_emu_half_fmas;
+NDL_EMU __m256 ndl_emu_fmadd256_ps(__m256 a, __m256 b, __m256 c)
+{
+    ndl_emu_half_fmas++;
+    return _mm256_fmadd_ps(a, b, c);
+}
+NDL_EMU __m256d ndl_emu_fmadd256_pd(__m256d a, __m256d b, __m256d c)
+{
+    ndl_emu_half_fmas++;
+    return _mm256_fmadd_pd(a, b, c);
+}
+/* castps512_ps256: lanes 0-7 of a (no instruction on the real unit) */
+NDL_EMU __m256 ndl_emu_castps512_ps256(ndl_emu_m512 a)
+{
+    return a.lo;
+}
+NDL_EMU __m256d ndl_emu_castpd512_pd256(ndl_emu_m512d a)
+{
+    return a.lo;
+}
+/* zextps256_ps512: lanes 0-7 = a, 8-15 +0.0 */
+NDL_EMU ndl_emu_m512 ndl_emu_zextps256_ps512(__m256 a)
+{
+    return (ndl_emu_m512){a, _mm256_setzero_ps()};
+}
+NDL_EMU ndl_emu_m512d ndl_emu_zextpd256_pd512(__m256d a)
+{
+    return (ndl_emu_m512d){a, _mm256_setzero_pd()};
+}
+
 /* castps128_ps512: lanes 0-3 = a; Intel leaves 4-15 undefined, here +0.0 */
 NDL_EMU ndl_emu_m512 ndl_emu_castps128_ps512(__m128 a)
 {
@@ -293,6 +328,10 @@ NDL_EMU ndl_emu_m512d ndl_emu_shuffle_f64x2(ndl_emu_m512d a, ndl_emu_m512d b, in
 #define _mm512_mask_storeu_ps ndl_emu_mask_storeu_ps
 #define _mm512_mask_storeu_pd ndl_emu_mask_storeu_pd
 #define _mm512_castps128_ps512 ndl_emu_castps128_ps512
+#define _mm512_castps512_ps256 ndl_emu_castps512_ps256
+#define _mm512_castpd512_pd256 ndl_emu_castpd512_pd256
+#define _mm512_zextps256_ps512 ndl_emu_zextps256_ps512
+#define _mm512_zextpd256_pd512 ndl_emu_zextpd256_pd512
 #define _mm512_insertf32x4 ndl_emu_insertf32x4
 #define _mm512_unpacklo_ps ndl_emu_unpacklo_ps
 #define _mm512_unpackhi_ps ndl_emu_unpackhi_ps

@@ -48,7 +48,7 @@ static void read_simd(ndl_cpu_info *info)
         return;
     int avx2 = (b >> 5) & 1, avx512f = (b >> 16) & 1;
     info->avx2_fma = avx2 && fma && (xcr0 & 0x6) == 0x6;
-    info->avx512f = avx512f && (xcr0 & 0xE6) == 0xE6;
+    info->avx512f = avx512f && fma && (xcr0 & 0xE6) == 0xE6;
 }
 
 /* Deterministic cache parameters (same layout in Intel leaf 4 and AMD leaf

@@ -22,7 +22,7 @@ typedef struct {
     int l1d_ways, l2_ways;
     const char *source; /* "cpuid", "sysfs", "default" or "env" */
     int avx2_fma;       /* AVX2 and FMA3: CPU flags and OS saves ymm state */
-    int avx512f;        /* AVX-512F: CPU flag and OS saves zmm/opmask state */
+    int avx512f;        /* AVX-512F and FMA3: CPU flags and OS saves zmm/opmask state */
 } ndl_cpu_info;
 
 /* Borrowed, filled on first call (thread-safe), never NULL. */

@@ -26,7 +26,9 @@
 #include "avx512_emu.h"
 #define UK_TARGET __attribute__((target("avx2,fma")))
 #else
-#define UK_TARGET __attribute__((target("avx512f")))
+/* fma: the 256-bit FMAs of Note [Narrow tiles in half registers] (every
+ * AVX-512F CPU has FMA; ndl_cpu_info's avx512f requires both) */
+#define UK_TARGET __attribute__((target("avx512f,fma")))
 #endif
 #define UK_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13)
 #define UK_HALF_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6)
@@ -57,6 +59,27 @@ static inline __mmask8 uk_lanes_f64(int n)
 }
 #define UK_MASKLOAD(p, m) MM(maskz_loadu)(m, p)
 #define UK_MASKSTORE(p, m, v) MM(mask_storeu)(p, m, v)
+
+/* Note [Narrow tiles in half registers] (cpu_matmul_simd_impl.h): tiles of
+ * at most 8 (float32) or 4 (float64) columns in ymm registers */
+#define UK_HALF_VEC 1
+#define UK_HVEC_f32 __m256
+#define UK_HVEC_f64 __m256d
+#define UK_HSETZERO_f32 _mm256_setzero_ps
+#define UK_HSETZERO_f64 _mm256_setzero_pd
+#define UK_HBCAST_f32 _mm256_broadcast_ss
+#define UK_HBCAST_f64 _mm256_broadcast_sd
+#define UK_HLOW_f32 _mm512_castps512_ps256 /* the low half of a zmm */
+#define UK_HLOW_f64 _mm512_castpd512_pd256
+#define UK_HWIDEN_f32 _mm512_zextps256_ps512 /* a ymm as a zmm, the rest zeros */
+#define UK_HWIDEN_f64 _mm512_zextpd256_pd512
+#ifdef NDL_AVX512_EMU /* counted apart from the 512-bit FMAs */
+#define UK_HFMADD_f32 ndl_emu_fmadd256_ps
+#define UK_HFMADD_f64 ndl_emu_fmadd256_pd
+#else
+#define UK_HFMADD_f32 _mm256_fmadd_ps
+#define UK_HFMADD_f64 _mm256_fmadd_pd
+#endif
 #endif
 
 #ifdef NDL_AVX512_EMU /* the kernels under other names, counted below */
@@ -85,6 +108,7 @@ typedef struct {
     int64_t tiles[NDL_AVX512_MR_F32 + 1]; /* micro-kernel calls by mr, 1..14 */
     int64_t packed;                       /* of which the packed-A kernels' */
     int64_t fmas;                         /* emulated 512-bit FMAs in them */
+    int64_t half_fmas;                    /* and 256-bit ones (Note [Narrow tiles in half registers]) */
     int64_t axpy, dot;                    /* skinny products (cpu_matmul_small.c) */
     int64_t filled;                       /* of which the filling kernel's */
     int64_t row, row_fmas;                /* the one-row kernel's calls and FMAs */
@@ -96,11 +120,12 @@ ndl_avx512_emu_count ndl_avx512_emu_counts[2];
     void NAME(int64_t kc, const void *a, int64_t ars, int64_t acs, const void *b, void *c,      \
               int64_t ldc, int mr, int nr, int first)                                          \
     {                                                                                          \
-        int64_t before = ndl_emu_fmas;                                                         \
+        int64_t before = ndl_emu_fmas, half_before = ndl_emu_half_fmas;                        \
         BODY(kc, a, ars, acs, b, c, ldc, mr, nr, first);                                       \
         EMU_ADD(ndl_avx512_emu_counts[D].tiles[mr], 1);                                        \
         EMU_ADD(ndl_avx512_emu_counts[D].packed, PACKED);                                      \
         EMU_ADD(ndl_avx512_emu_counts[D].fmas, ndl_emu_fmas - before);                         \
+        EMU_ADD(ndl_avx512_emu_counts[D].half_fmas, ndl_emu_half_fmas - half_before);          \
     }
 EMU_TILE(ndl_ukernel_avx512_f32, ndl_ukernel_avx512_emu_f32, 0, 0)
 EMU_TILE(ndl_ukernel_avx512_f64, ndl_ukernel_avx512_emu_f64, 1, 0)
@@ -112,12 +137,13 @@ EMU_TILE(ndl_ukernel_avx512_f64_packed, ndl_ukernel_avx512_emu_f64_packed, 1, 1)
     void NAME(int64_t kc, const void *a, const void *b, int64_t rsb, void *bp, void *c,         \
               int64_t ldc, int mr, int nr, int first)                                          \
     {                                                                                          \
-        int64_t before = ndl_emu_fmas;                                                         \
+        int64_t before = ndl_emu_fmas, half_before = ndl_emu_half_fmas;                        \
         BODY(kc, a, b, rsb, bp, c, ldc, mr, nr, first);                                        \
         EMU_ADD(ndl_avx512_emu_counts[D].tiles[mr], 1);                                        \
         EMU_ADD(ndl_avx512_emu_counts[D].packed, 1);                                           \
         EMU_ADD(ndl_avx512_emu_counts[D].filled, 1);                                           \
         EMU_ADD(ndl_avx512_emu_counts[D].fmas, ndl_emu_fmas - before);                         \
+        EMU_ADD(ndl_avx512_emu_counts[D].half_fmas, ndl_emu_half_fmas - half_before);          \
     }
 EMU_FILL(ndl_ukernel_avx512_f32_fill, ndl_ukernel_avx512_emu_f32_fill, 0)
 EMU_FILL(ndl_ukernel_avx512_f64_fill, ndl_ukernel_avx512_emu_f64_fill, 1)
