@@ -177,7 +177,7 @@ def test_conv_vs_torch_larger(n, h, w, k, s, p, ci, co, device):
 ])  # (N*Ho*Wo >= kh*kw*C everywhere: fewer rows take the dual form)
 @pytest.mark.parametrize("layout", ["plain", "T"])
 def test_conv_rows_in_place(n, h, w, k, p, ci, co, layout, device):
-    """Note [Conv rows in place] (cpu_matmul.c): a stride-1 conv whose output rows
+    """Note [Conv rows in place] (cpu_conv_rows.c): a stride-1 conv whose output rows
     hold two register tiles reads its padded input in place, kh kernel calls a
     tile; forward and both gradients (the input gradient is such a conv too)
     against torch, in both dtypes, on a compact and a permuted input."""

@@ -24,7 +24,7 @@ void ndl_cpu_col2im_add(ndl_dtype dt, const void *col, int64_t row0, int64_t nro
                         const int64_t *oshape, int64_t kh, int64_t kw, int64_t s,
                         const int64_t *lo, int64_t ho, int64_t wo, void *out);
 
-/* Note [Conv rows in place] (cpu_matmul.c): out (N, Ho, Wo, Co), compact, =
+/* Note [Conv rows in place] (cpu_conv_rows.c): out (N, Ho, Wo, Co), compact, =
  * the stride-1 conv of x (N, Hp, Wp, C), compact and already padded, with
  * w as a (kh*kw*C, Co) matrix of strides (rsw, csw); Ho = Hp - kh + 1, Wo =
  * Wp - kw + 1. _fit: 1 when the path takes these sizes (kw*C within the

@@ -3,7 +3,8 @@
  * blocked driver share one job struct and its notes; split, each part would
  * need the others' internals. The skinny products' loops live in
  * cpu_matmul_small.c, the kept buffers in cpu_matmul_scratch.c, the CPU's
- * description in cpu_info.c.)
+ * description in cpu_info.c, and the stride-1 conv on the kernels in
+ * cpu_conv_rows.c, through ndl_cpu_gemm_tile and ndl_cpu_pack_b.)
  *
  * Python equivalent:
  *     for b in range(batch): C[b] = A[b] @ B[b]   # A[b], B[b] any strided views
@@ -59,7 +60,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "cpu_conv.h"
 #include "cpu_info.h"
 #include "ndl_core.h"
 #include "threadpool.h"
@@ -415,8 +415,9 @@ static inline __attribute__((always_inline)) void pack_a(size_t es, const char *
  *   the same element cols times through the strides. 16 -> 32 channels 3x3,
  *   batch 32, 32x32, 2 threads (AMD EPYC Zen 2), conv(x, w).sum().backward():
  *   8.3 -> 7.7 ms (7.3 with the broadcast case of Note [Strided channels],
- *   ndarray_conv.c; measured before Note [Conv rows in place] below, which
- *   leaves the weight gradient's dual form, and so this packing, as it was). */
+ *   ndarray_conv.c; measured before Note [Conv rows in place] in
+ *   cpu_conv_rows.c, which leaves the weight gradient's dual form, and so
+ *   this packing, as it was). */
 #define NDL_PACK_ROWS 8
 static inline __attribute__((always_inline)) void pack_b(size_t es, const char *src, int64_t rs,
                                                          int64_t cs, int64_t kc, int64_t nc, int nr,
@@ -1641,89 +1642,16 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
     return NDL_OK;
 }
 
-/* ---- a stride-1 conv without im2col (Note [Conv rows in place]) ----------
- *
- * Note [Conv rows in place]
- *   The conv (ndarray_conv.c) multiplies blocks of its im2col matrix, built
- *   row by row in scratch: at 16 -> 32 channels, 3x3, the copies of 3*C
- *   elements each took about a fifth of the step. For stride 1, the row of
- *   im2col for output pixel (n, y, x) is, for each kernel row t, kw*C
- *   elements of the padded input from (n, y + t, x, 0) on, and the next
- *   pixel's start C elements later: an A matrix with row stride C that the
- *   in-place kernel (Note [Reading A in place]) reads where it lies. So a
- *   tile of MR pixels of one output row is kh kernel calls of K = kw*C, the
- *   first writing C, the others adding to it; the weights are packed once.
- *   Each C element is then the sum of kh chains (Note [One chain per
- *   element]: a KC block per kernel row), not one chain of kh*kw*C: other
- *   bits than the im2col path, the same on every thread count.
- *   Taken when kw*C fits KC, an output row holds two register tiles, and
- *   C_out is at most two column panels: the copies im2col saves are kh*kw*C
- *   elements a pixel against kh*kw*C*C_out multiply-adds, so they matter
- *   at few output channels; from four panels on, kh tile stores where the
- *   im2col path has one cost more than the copies (float32 forward, batch
- *   32 at 32x32, 1 thread, GFLOP/s im2col -> here: 32 -> 64 channels 87 ->
- *   81, 64 -> 128 91 -> 87). AMD EPYC (Zen 2), float32, 3x3 at 32x32, batch
- *   32, GFLOP/s 1 / 2 threads, im2col -> here: 32 -> 16 69 -> 79 / 128 ->
- *   149, 16 -> 16 61 -> 76 / 116 -> 142, 8 -> 16 47 -> 68 / 90 -> 125,
- *   64 -> 32 81 -> 84 / 150 -> 166, 16 -> 32 74 -> 77 / 145 -> 149; the
- *   16 -> 32 conv's step (forward, both gradients; the input gradient is
- *   a 32 -> 16 conv) 7.4 -> 6.4 ms on 2 threads, 13.5 -> 12.2 on one. */
-typedef struct {
-    const ndl_gemm_config *cfg;
-    int64_t es, hp, wp, c, kh, kw, ho, wo, co;
-    const char *x, *bp;
-    char *out;
-} conv_rows_job;
+/* ---- for drivers in other files (cpu_conv_rows.c) ------------------------ */
 
-static void conv_rows_range(void *ctx, int64_t begin, int64_t end)
+ndl_gemm_tile ndl_cpu_gemm_tile(ndl_dtype dt)
 {
-    const conv_rows_job *j = (const conv_rows_job *)ctx;
-    const int mr = j->cfg->mr, nr = j->cfg->nr;
-    const int64_t es = j->es, kwc = j->kw * j->c, k = j->kh * kwc;
-    for (int64_t r = begin; r < end; r++) {
-        const int64_t n = r / j->ho, y = r % j->ho;
-        char *orow = j->out + r * j->wo * j->co * es;
-        for (int64_t jr = 0; jr < j->co; jr += nr) {
-            const int nrr = j->co - jr < nr ? (int)(j->co - jr) : nr;
-            const char *panel = j->bp + jr * k * es;
-            for (int64_t x0 = 0; x0 < j->wo; x0 += mr) {
-                const int mrr = j->wo - x0 < mr ? (int)(j->wo - x0) : mr;
-                for (int64_t t = 0; t < j->kh; t++)
-                    j->cfg->kernel(kwc, j->x + (((n * j->hp + y + t) * j->wp + x0) * j->c) * es,
-                                   j->c, 1, panel + t * kwc * nr * es,
-                                   orow + (x0 * j->co + jr) * es, j->co, mrr, nrr, t == 0);
-            }
-        }
-    }
+    const ndl_gemm_config *cfg = get_config(dt);
+    return (ndl_gemm_tile){cfg->kernel, cfg->mr, cfg->nr, cfg->kc};
 }
 
-int ndl_cpu_conv_rows_fit(ndl_dtype dt, int64_t kw, int64_t c, int64_t wo, int64_t co)
+void ndl_cpu_pack_b(ndl_dtype dt, const void *src, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                    int nr, void *dst)
 {
-    if ((unsigned)dt >= NDL_NUM_DTYPES || kw < 1 || c < 1)
-        return 0;
-    const ndl_gemm_config *cfg = get_config(dt);
-    return kw * c <= cfg->kc && wo >= 2 * cfg->mr && co <= 2 * cfg->nr;
-}
-
-int ndl_cpu_conv_rows(ndl_dtype dt, const void *x, int64_t n, int64_t hp, int64_t wp, int64_t c,
-                      int64_t kh, int64_t kw, const void *w, int64_t rsw, int64_t csw, int64_t co,
-                      void *out)
-{
-    if (!ndl_cpu_conv_rows_fit(dt, kw, c, wp - kw + 1, co) || kh < 1 || hp < kh || n < 0 || co < 1)
-        return NDL_EINVAL;
-    const ndl_gemm_config *cfg = get_config(dt);
-    const int64_t es = (int64_t)ndl_itemsize(dt), k = kh * kw * c;
-    const int64_t ho = hp - kh + 1, wo = wp - kw + 1;
-    const int64_t cols = (co + cfg->nr - 1) / cfg->nr * cfg->nr;
-    conv_rows_job j = {cfg, es, hp, wp, c, kh, kw, ho, wo, co, x, NULL, out};
-    char *bp;
-    if ((bp = ndl_matmul_scratch_get((size_t)(k * cols * es))) == NULL)
-        return NDL_ENOMEM;
-    (dt == NDL_FLOAT32 ? pack_b_f32 : pack_b_f64)(w, rsw, csw, k, co, cfg->nr, bp);
-    j.bp = bp;
-    /* rows of about 64 Ki multiply-adds a task at least */
-    int64_t grain = (int64_t)(1 << 16) / (wo * k * co) + 1;
-    ndl_parallel_for(n * ho, grain, conv_rows_range, &j);
-    ndl_matmul_scratch_put(bp);
-    return NDL_OK;
+    (dt == NDL_FLOAT32 ? pack_b_f32 : pack_b_f64)(src, rs, cs, kc, nc, nr, dst);
 }

@@ -52,6 +52,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ndl_core.h" /* ndl_dtype */
+
 /* Multiply-add of the portable kernels: fused where the target's baseline
  * has it (aarch64), else a rounded product then a sum (the compiler cannot
  * contract without FMA instructions). */
@@ -236,6 +238,20 @@ typedef void (*ndl_pack_bt)(const void *src, int64_t cs, int64_t kc, int64_t nc,
                             void *dst);
 void ndl_pack_bt_f32(const void *src, int64_t cs, int64_t kc, int64_t nc, int nr, void *dst);
 void ndl_pack_bt_f64(const void *src, int64_t cs, int64_t kc, int64_t nc, int nr, void *dst);
+
+/* The chosen kernel of a dtype, for a driver outside cpu_matmul.c (Note
+ * [Conv rows in place], cpu_conv_rows.c): the in-place kernel (A through
+ * its strides, B a packed panel), its tile and its KC. ndl_cpu_pack_b packs
+ * kc x nc of B (strides rs, cs in elements) into nr-column panels, the last
+ * padded with zeros: what that kernel reads (Note [Packed panels]). */
+typedef struct {
+    ndl_ukernel kernel;
+    int mr, nr;
+    int64_t kc;
+} ndl_gemm_tile;
+ndl_gemm_tile ndl_cpu_gemm_tile(ndl_dtype dt);
+void ndl_cpu_pack_b(ndl_dtype dt, const void *src, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                    int nr, void *dst);
 
 /* Scratch kept between products (Note [Kept scratch], cpu_matmul_scratch.c):
  * get returns `bytes` bytes, 64-byte aligned, or NULL when out of memory;

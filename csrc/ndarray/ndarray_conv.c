@@ -470,7 +470,7 @@ NDArrayObject *ndl_array_im2col(NDArrayObject *a, int64_t k, int64_t stride)
  *   repeated: the padded copy of such an input cost 0.4 ms of a 7.7 ms
  *   step (16 -> 32 channels 3x3 at 32x32, batch 32, conv(x, w).sum()
  *   .backward(), 2 threads: 7.7 -> 7.3 ms). That input gradient (32 -> 16
- *   channels) has since gone to Note [Conv rows in place] (cpu_matmul.c),
+ *   channels) has since gone to Note [Conv rows in place] (cpu_conv_rows.c),
  *   which pads a compact copy of a broadcast input; the gather serves the
  *   convs that stay on im2col (more output channels, kw*C past KC). */
 #define NDL_CONV_GATHER_MAX_C 4
@@ -822,7 +822,7 @@ static NDArrayObject *conv_run(NDArrayObject *a, NDArrayObject *w, int64_t s, in
                                    la.strides[3], j.w, &j.woff, j.rsw, j.csw, j.out));
         goto done;
     }
-    /* Note [Conv rows in place] (cpu_matmul.c): stride 1 on the CPU, no im2col */
+    /* Note [Conv rows in place] (cpu_conv_rows.c): stride 1 on the CPU, no im2col */
     if (!dual && s == 1 && d == 1 && NDL_OPTIONAL_SLOT(be, im2col) == ndl_cpu_im2col &&
         ndl_cpu_conv_rows_fit(j.dt, kw, ci, oshape[2], j.co)) {
         if ((view = ndl_array_view(a, &la)) == NULL)
