@@ -84,49 +84,6 @@ static NDArrayObject *unary(ndl_unop op, NDArrayObject *a, int keep)
 NDArrayObject *ndl_array_unary(ndl_unop op, NDArrayObject *a) { return unary(op, a, 0); }
 NDArrayObject *ndl_array_unary_keep(ndl_unop op, NDArrayObject *a) { return unary(op, a, 1); }
 
-static NDArrayObject *binary(ndl_binop op, NDArrayObject *a, NDArrayObject *b, int keep)
-{
-    int64_t shape[NDL_MAX_DIMS];
-    int ndim, status, p, perm[NDL_MAX_DIMS];
-    ndl_layout la, lb;
-    ndl_dtype dt = a->dtype > b->dtype ? a->dtype : b->dtype;
-    NDArrayObject *ca = NULL, *cb = NULL, *kout = NULL, *res = NULL;
-    if (ndl_check_same_device(a, b, ndl_binop_names[op]) < 0 ||
-        ndl_broadcast_shapes(a->layout.ndim, a->layout.shape, b->layout.ndim, b->layout.shape,
-                             &ndim, shape) < 0)
-        return NULL;
-    ca = ndl_array_astype(a, dt);
-    cb = ca ? ndl_array_astype(b, dt) : NULL;
-    if (cb == NULL)
-        goto fail;
-    ndl_layout_broadcast(&ca->layout, ndim, shape, &la);
-    ndl_layout_broadcast(&cb->layout, ndim, shape, &lb);
-    if ((p = keep_order(keep, &la, &lb, perm)) != 0)
-        la = ndl_layout_permuted(&la, perm), lb = ndl_layout_permuted(&lb, perm);
-    if (ewise_out(a->device, dt, ndim, shape, p, perm, &kout, &res) < 0)
-        goto fail;
-    NDL_KERNEL_CALL(ndl_layout_size(&la), status,
-                    a->device->backend->binary(op, dt, ca->storage->data, &la, cb->storage->data,
-                                               &lb, kout->storage->data));
-    if (ndl_raise_status(status, ndl_binop_names[op]) < 0)
-        Py_CLEAR(res);
-fail:
-    Py_XDECREF(ca);
-    Py_XDECREF(cb);
-    Py_XDECREF(kout);
-    return res;
-}
-
-NDArrayObject *ndl_array_binary(ndl_binop op, NDArrayObject *a, NDArrayObject *b)
-{
-    return binary(op, a, b, 0);
-}
-
-NDArrayObject *ndl_array_binary_keep(ndl_binop op, NDArrayObject *a, NDArrayObject *b)
-{
-    return binary(op, a, b, 1);
-}
-
 /* 1 when b broadcasts to exactly a's shape (NumPy's rule, b no wider). */
 static int broadcasts_to(const ndl_layout *b, const ndl_layout *a)
 {
@@ -149,28 +106,69 @@ static int broadcasts_to(const ndl_layout *b, const ndl_layout *a)
  *   writes the result over a instead: an elementwise kernel reads each
  *   element before it writes it, on one thread, so the values are the same
  *   bits. */
+static int may_write_over(const NDArrayObject *a, const NDArrayObject *b)
+{
+    return Py_REFCNT(a) == 1 && Py_REFCNT(a->storage) == 1 && a->dtype >= b->dtype &&
+           a->device == b->device && ndl_layout_is_contiguous(&a->layout) &&
+           broadcasts_to(&b->layout, &a->layout);
+}
+
+/* a op b into a new array (keep: in a's and b's memory order) or, with
+ * `over` and where Note [Sums over a temporary] allows, over a itself */
+static NDArrayObject *binary(ndl_binop op, NDArrayObject *a, NDArrayObject *b, int keep, int over)
+{
+    int64_t shape[NDL_MAX_DIMS];
+    int ndim, status, p = 0, perm[NDL_MAX_DIMS];
+    ndl_layout la, lb;
+    ndl_dtype dt = a->dtype > b->dtype ? a->dtype : b->dtype;
+    NDArrayObject *ca = NULL, *cb = NULL, *kout = NULL, *res = NULL;
+    over = over && may_write_over(a, b); /* before astype adds a reference to a */
+    if (ndl_check_same_device(a, b, ndl_binop_names[op]) < 0 ||
+        ndl_broadcast_shapes(a->layout.ndim, a->layout.shape, b->layout.ndim, b->layout.shape,
+                             &ndim, shape) < 0)
+        return NULL;
+    ca = ndl_array_astype(a, dt);
+    cb = ca ? ndl_array_astype(b, dt) : NULL;
+    if (cb == NULL)
+        goto fail;
+    ndl_layout_broadcast(&ca->layout, ndim, shape, &la);
+    ndl_layout_broadcast(&cb->layout, ndim, shape, &lb);
+    if (over) {
+        kout = (NDArrayObject *)Py_NewRef(a);
+        res = (NDArrayObject *)Py_NewRef(a);
+    } else {
+        if ((p = keep_order(keep, &la, &lb, perm)) != 0)
+            la = ndl_layout_permuted(&la, perm), lb = ndl_layout_permuted(&lb, perm);
+        if (ewise_out(a->device, dt, ndim, shape, p, perm, &kout, &res) < 0)
+            goto fail;
+    }
+    NDL_KERNEL_CALL(ndl_layout_size(&la), status,
+                    a->device->backend->binary(
+                        op, dt, ca->storage->data, &la, cb->storage->data, &lb,
+                        (char *)kout->storage->data + kout->layout.offset * (int64_t)ndl_itemsize(dt)));
+    if (ndl_raise_status(status, ndl_binop_names[op]) < 0)
+        Py_CLEAR(res);
+fail:
+    Py_XDECREF(ca);
+    Py_XDECREF(cb);
+    Py_XDECREF(kout);
+    return res;
+}
+
+NDArrayObject *ndl_array_binary(ndl_binop op, NDArrayObject *a, NDArrayObject *b)
+{
+    return binary(op, a, b, 0, 0);
+}
+
+NDArrayObject *ndl_array_binary_keep(ndl_binop op, NDArrayObject *a, NDArrayObject *b)
+{
+    return binary(op, a, b, 1, 0);
+}
+
+/* Note [Sums over a temporary]: steals a */
 NDArrayObject *ndl_array_binary_over(ndl_binop op, NDArrayObject *a, NDArrayObject *b)
 {
-    int status;
-    ndl_layout lb;
-    NDArrayObject *cb = NULL, *res = NULL;
-    if (Py_REFCNT(a) != 1 || Py_REFCNT(a->storage) != 1 || a->dtype < b->dtype ||
-        a->device != b->device || !ndl_layout_is_contiguous(&a->layout) ||
-        !broadcasts_to(&b->layout, &a->layout)) {
-        res = binary(op, a, b, 1); /* a new array, or binary's error */
-        goto fail;
-    }
-    if ((cb = ndl_array_astype(b, a->dtype)) == NULL)
-        goto fail;
-    ndl_layout_broadcast(&cb->layout, a->layout.ndim, a->layout.shape, &lb);
-    NDL_KERNEL_CALL(ndl_layout_size(&a->layout), status,
-                    a->device->backend->binary(
-                        op, a->dtype, a->storage->data, &a->layout, cb->storage->data, &lb,
-                        (char *)a->storage->data + a->layout.offset * (int64_t)ndl_itemsize(a->dtype)));
-    if (ndl_raise_status(status, ndl_binop_names[op]) == 0)
-        res = (NDArrayObject *)Py_NewRef(a);
-fail:
-    Py_XDECREF(cb);
+    NDArrayObject *res = binary(op, a, b, 1, 1);
     Py_DECREF(a);
     return res;
 }
