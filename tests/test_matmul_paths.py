@@ -294,10 +294,19 @@ def test_a_row_gets_the_same_bits_whatever_the_batch(k, dtype):
     full = (nd.array(x, dtype=dtype) @ b).numpy()
     np.testing.assert_allclose(full, x.astype(np.float64) @ y, rtol=1e-4, atol=1e-4)
     # m = 4..8: the axpy loops, or the filling kernels where Note [Few rows
-    # on the filling kernel] takes them (AVX2 float32, AVX-512 float64)
-    for m in (1, 2, 3, 4, 5, 8, 13, 14, 15, 16, 17, 18, 19, 31, 40):
+    # on the filling kernel] takes them (AVX2 float32, AVX-512 float64); up
+    # to MR rows on the filling kernels, A packed in a panel of the rows of
+    # the loop m runs (Note [One narrow A panel] in cpu_matmul.c), from A's
+    # rows, its columns (A.T @ B) or every other column (element by element)
+    xt = nd.array(x.T.copy(), dtype=dtype).permute((1, 0))
+    spread = np.zeros((70, 2 * k), dtype=dtype)
+    spread[:, ::2] = x
+    xs = nd.array(spread, dtype=dtype)[:, ::2]
+    for m in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 31, 40):
         part = (nd.array(x[:m], dtype=dtype) @ b).numpy()
         assert np.array_equal(part, full[:m]), f"rows of a {m}-row product differ"
+        assert np.array_equal((xt[:m] @ b).numpy(), full[:m]), f"{m} rows of A.T differ"
+        assert np.array_equal((xs[:m] @ b).numpy(), full[:m]), f"{m} strided rows differ"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

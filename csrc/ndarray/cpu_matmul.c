@@ -571,16 +571,17 @@ typedef struct {
  *   change. Zen 3, float32 1024 A.T @ B, time packing A: 1 thread 1.1 ->
  *   0.5 ms of 24; 2 threads (both threads' time) 1.8-2.2 -> 0.9-1.4 ms.
  */
+/* panels of w rows: MR, or fewer for a narrow panel (Note [One narrow A panel]) */
 static void pack_a_block(const ndl_gemm_ops *ops, const char *a, int64_t rsa, int64_t csa,
-                         int64_t mc, int64_t kc, char *abuf)
+                         int64_t mc, int64_t kc, int w, char *abuf)
 {
     const ndl_gemm_config *cfg = ops->cfg;
     if (csa == 1 && cfg->pack_bt)
-        cfg->pack_bt(a, rsa, kc, mc, cfg->mr, abuf);
+        cfg->pack_bt(a, rsa, kc, mc, w, abuf);
     else if (rsa == 1) /* A.T @ B: panels of A by columns are B's panels */
-        ops->pack_b(a, csa, 1, kc, mc, cfg->mr, abuf);
+        ops->pack_b(a, csa, 1, kc, mc, w, abuf);
     else
-        ops->pack_a(a, rsa, csa, mc, kc, cfg->mr, abuf);
+        ops->pack_a(a, rsa, csa, mc, kc, w, abuf);
 }
 
 /* Note [No prefetch of the next B block]
@@ -631,7 +632,7 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                 int64_t ars = rsa, acs = csa, apanel = mr * rsa; /* in elements */
                 ndl_ukernel kernel = cfg->kernel;
                 if (pack_a) {
-                    pack_a_block(ops, ablk, rsa, csa, mc, kc, abuf);
+                    pack_a_block(ops, ablk, rsa, csa, mc, kc, mr, abuf);
                     ablk = abuf;
                     ars = 1;
                     acs = mr;
@@ -647,7 +648,7 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                     for (int64_t ir = 0; ir < mc; ir += mr) {
                         int mrr = mc - ir < mr ? (int)(mc - ir) : mr;
                         if (fill && ic == 0 && ir == 0)
-                            ops->kernel_fill(kc, ablk, bsrc, rsb, bp,
+                            ops->kernel_fill(kc, ablk, mr, bsrc, rsb, bp,
                                              c + ((ic + ir) * ldc + jc + jr) * es, ldc, mrr,
                                              nrr, first);
                         else
@@ -768,6 +769,23 @@ static int64_t last_tiles_split(const ndl_gemm_config *cfg, int64_t m)
  *   those of gemm_block (Note [One chain per element] in cpu_matmul.h): m
  *   = 64 gives the rows of m = 1000.
  */
+/* Note [One narrow A panel]
+ *   A product of at most MR rows with B by rows is one row tile, on the
+ *   filling kernel (Note [Packing B in the kernel]), which reads A as a
+ *   packed panel. An MR-row panel of 4 rows (x @ W at batch 4) is 10 rows
+ *   of zeros a k step on AVX-512: pack_bt wrote 14 elements for each 4 it
+ *   read, 3.5 times the A it packs, and took 11% of float64 4 x 784 @ 784 x
+ *   100 (perf samples, Zen 4). The kernel runs the loop over the fewest
+ *   rows that hold mr (tile_loops: 4, 7, 8, 10 or 14 on AVX-512; 3, 4 or 6
+ *   on AVX2) and reads no row past it, so the panel of such a product holds
+ *   that loop's rows only (the filling kernel takes the panel's rows, ak,
+ *   as an argument); wider products keep MR-row panels, which the packed
+ *   kernel reads. Same FMAs, same bits. Zen 4 (AMD EPYC, family 25 model
+ *   17), 1 thread, interleaved medians of 1 s runs, GFLOP/s, before ->
+ *   after: float64 4 x 784 x 100 40.6 -> 48.2 (OpenBLAS 0.3.31 46-47), 8 x
+ *   784 x 100 48.1 -> 51.9 (50-52); float32 4 x 784 x 100 75.0 -> 83.0
+ *   (75), 8 x 784 x 100 89.5 -> 94.6 (93-94); K = N = 1024, where B's
+ *   reads outweigh A's packing, unchanged. */
 static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                            const char *a, int64_t rsa, int64_t csa,
                            const char *b, int64_t rsb, int64_t csb,
@@ -788,6 +806,8 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
     int64_t ars = rsa, acs = csa;
     const ndl_ukernel kernel = ops->pack_a_block ? cfg->kernel_packed : cfg->kernel;
     const int64_t split = last_tiles_split(cfg, m); /* Note [Balanced last tiles] */
+    /* the packed A panels' rows: Note [One narrow A panel] */
+    const int aw = fill && m <= mr ? tile_cost(cfg, m) : mr;
     for (int64_t t = 0; t < nkb * njb; t++) {
         int64_t pc = (k_inner ? t % nkb : t / njb) * cfg->kc;
         int64_t jc = (k_inner ? t / nkb : t % njb) * ncb;
@@ -798,9 +818,9 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
             ablk = a + pc * csa * es;
             if (ops->pack_a_block) {
                 /* rows from `split` start a panel of their own */
-                pack_a_block(ops, ablk, rsa, csa, split, kc, abuf);
+                pack_a_block(ops, ablk, rsa, csa, split, kc, aw, abuf);
                 if (split < m)
-                    pack_a_block(ops, ablk + split * rsa * es, rsa, csa, m - split, kc,
+                    pack_a_block(ops, ablk + split * rsa * es, rsa, csa, m - split, kc, mr,
                                  abuf + (split + mr - 1) / mr * mr * kc * es);
                 ablk = abuf;
                 ars = 1;
@@ -823,7 +843,7 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
                 /* packed: the panel of row ir (a panel starts at `split`); else A itself */
                 int64_t at = ops->pack_a_block ? (ir + mr - 1) / mr * mr * kc : ir * rsa;
                 if (fill && ir == 0) /* the panel's only tile need not store it */
-                    ops->kernel_fill(kc, ablk + at * es, bsrc, rsb, end < m ? bp : NULL,
+                    ops->kernel_fill(kc, ablk + at * es, aw, bsrc, rsb, end < m ? bp : NULL,
                                      c + (ir * ldc + jc + jr) * es, ldc, (int)(end - ir), nrr,
                                      first);
                 else

@@ -119,12 +119,16 @@ void ndl_ukernel_avx512_f64_packed(int64_t kc, const void *a, int64_t ars, int64
  * columns is read) and stores it packed at bp on the way, zeros past nr,
  * for the panel's other tiles; bp = NULL, the panel's only tile: nothing
  * stored (Note [Packing B in the kernel] in cpu_matmul_simd_impl.h). The
- * bits of the packed kernel. */
-typedef void (*ndl_ukernel_fill)(int64_t kc, const void *a, const void *b, int64_t rsb,
-                                 void *bp, void *c, int64_t ldc, int mr, int nr, int first);
+ * bits of the packed kernel. A is a packed panel of ak rows (A[r][k] at
+ * a[k*ak + r], zeros past mr): MR, or fewer but at least the rows of the
+ * loop that mr runs (Note [One narrow A panel] in cpu_matmul.c). */
+typedef void (*ndl_ukernel_fill)(int64_t kc, const void *a, int64_t ak, const void *b,
+                                 int64_t rsb, void *bp, void *c, int64_t ldc, int mr, int nr,
+                                 int first);
 #define NDL_DECLARE_FILL(SFX)                                                                      \
-    void ndl_ukernel_##SFX##_fill(int64_t kc, const void *a, const void *b, int64_t rsb,          \
-                                  void *bp, void *c, int64_t ldc, int mr, int nr, int first);
+    void ndl_ukernel_##SFX##_fill(int64_t kc, const void *a, int64_t ak, const void *b,           \
+                                  int64_t rsb, void *bp, void *c, int64_t ldc, int mr, int nr,    \
+                                  int first);
 NDL_DECLARE_FILL(avx2_f32)
 NDL_DECLARE_FILL(avx2_f64)
 NDL_DECLARE_FILL(avx512_f32)

@@ -134,11 +134,11 @@ EMU_TILE(ndl_ukernel_avx512_f64_packed, ndl_ukernel_avx512_emu_f64_packed, 1, 1)
 /* Note [Packing B in the kernel]: counted as a packed-A tile, and as filled
  * (whether it stores the panel or, bp = NULL, only reads it) */
 #define EMU_FILL(NAME, BODY, D)                                                                \
-    void NAME(int64_t kc, const void *a, const void *b, int64_t rsb, void *bp, void *c,         \
-              int64_t ldc, int mr, int nr, int first)                                          \
+    void NAME(int64_t kc, const void *a, int64_t ak, const void *b, int64_t rsb, void *bp,     \
+              void *c, int64_t ldc, int mr, int nr, int first)                                 \
     {                                                                                          \
         int64_t before = ndl_emu_fmas, half_before = ndl_emu_half_fmas;                        \
-        BODY(kc, a, b, rsb, bp, c, ldc, mr, nr, first);                                        \
+        BODY(kc, a, ak, b, rsb, bp, c, ldc, mr, nr, first);                                    \
         EMU_ADD(ndl_avx512_emu_counts[D].tiles[mr], 1);                                        \
         EMU_ADD(ndl_avx512_emu_counts[D].packed, 1);                                           \
         EMU_ADD(ndl_avx512_emu_counts[D].filled, 1);                                           \

@@ -367,7 +367,8 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
  *   same k order as in UK_KERNEL (Note [One chain per element]: the bits
  *   do not change). A packed panel always holds MR rows (pack_a and
  *   pack_bt pad with zeros), so rows past mr are read, computed and
- *   dropped, never stored. Zen 3, 1 thread: the kernel alone, on
+ *   dropped, never stored (the filling kernel's, ak rows, may hold fewer:
+ *   Note [One narrow A panel] in cpu_matmul.c). Zen 3, 1 thread: the kernel alone, on
  *   L1-resident panels, 99 -> 101 GFLOP/s float32 (the front end was not
  *   the whole limit); in products +0.5-1% (packing A was the larger cost:
  *   Note [Packing A by transposes] in cpu_matmul.c); float64 +1-2%.
@@ -551,7 +552,7 @@ UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t
         PREFETCH_B                                                                 \
         STORE                                                                      \
         ROWS(S)                                                                    \
-        a += UK_MR;                                                                \
+        a += ak;                                                                   \
         b += rsb;                                                                  \
     }
 #define FK_STEPS(ROWS, END) B_STEPS(ROWS, END, LOAD_B, STORE_B, PSTEP)
@@ -580,8 +581,8 @@ UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t
 #define RKPH_LOOP(ROWS) IN_HALF(RKPH_LOOP_, ROWS)
 #endif
 
-UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_t rsb, void *bp_,
-                              void *c_, int64_t ldc, int mr, int nr, int first)
+UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, int64_t ak, const void *b_, int64_t rsb,
+                              void *bp_, void *c_, int64_t ldc, int mr, int nr, int first)
 {
     const T *a = a_, *b = b_;
     T *bp = bp_, *c = c_;
@@ -714,8 +715,8 @@ void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t acs, cons
     UK_PASTE(ndl_ukernel_generic_, UK_DT)(kc, a_, ars, acs, b_, c_, ldc, mr, nr, first);
 }
 
-void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_t rsb, void *bp_, void *c_,
-                    int64_t ldc, int mr, int nr, int first)
+void UK_KERNEL_FILL(int64_t kc, const void *a_, int64_t ak, const void *b_, int64_t rsb,
+                    void *bp_, void *c_, int64_t ldc, int mr, int nr, int first)
 {
     const T *a = a_, *b = b_;
     T *bp = bp_, *c = c_;
@@ -723,7 +724,7 @@ void UK_KERNEL_FILL(int64_t kc, const void *a_, const void *b_, int64_t rsb, voi
         for (int j = 0; j < nr; j++) {
             T acc = 0;
             for (int64_t k = 0; k < kc; k++)
-                acc = NDL_MADD(a[k * UK_MR + r], b[k * rsb + j], acc);
+                acc = NDL_MADD(a[k * ak + r], b[k * rsb + j], acc);
             c[r * ldc + j] = first ? acc : c[r * ldc + j] + acc;
         }
     for (int64_t k = 0; bp && k < kc; k++)
