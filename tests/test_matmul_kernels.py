@@ -118,7 +118,8 @@ import ctypes, json, sys
 import numpy as np
 import needle._C as C, needle.backend_ndarray as nd
 assert nd.matmul_kernel_name() == "avx512", nd.matmul_kernel_name()
-F = 15 + 8  # tiles[0..14], packed, fmas, half_fmas, axpy, dot, filled, row, row_fmas (ndl_avx512_emu_count)
+F = 15 + 8  # ndl_avx512_emu_count: tiles[0..14], packed, fmas, half_fmas, axpy, dot, filled,
+#             row, row_fmas
 lib = ctypes.CDLL(C.__file__)
 raw = (ctypes.c_int64 * (2 * F)).in_dll(lib, "ndl_avx512_emu_counts")
 bt = (ctypes.c_int64 * 4).in_dll(lib, "ndl_avx512_emu_bt_counts")  # [dtype][calls, FMAs]

@@ -108,7 +108,7 @@ typedef struct {
     int64_t tiles[NDL_AVX512_MR_F32 + 1]; /* micro-kernel calls by mr, 1..14 */
     int64_t packed;                       /* of which the packed-A kernels' */
     int64_t fmas;                         /* emulated 512-bit FMAs in them */
-    int64_t half_fmas;                    /* and 256-bit ones (Note [Narrow tiles in half registers]) */
+    int64_t half_fmas;                    /* 256-bit ones (Note [Narrow tiles in half registers]) */
     int64_t axpy, dot;                    /* skinny products (cpu_matmul_small.c) */
     int64_t filled;                       /* of which the filling kernel's */
     int64_t row, row_fmas;                /* the one-row kernel's calls and FMAs */

@@ -368,10 +368,11 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
  *   do not change). A packed panel always holds MR rows (pack_a and
  *   pack_bt pad with zeros), so rows past mr are read, computed and
  *   dropped, never stored (the filling kernel's, ak rows, may hold fewer:
- *   Note [One narrow A panel] in cpu_matmul.c). Zen 3, 1 thread: the kernel alone, on
- *   L1-resident panels, 99 -> 101 GFLOP/s float32 (the front end was not
- *   the whole limit); in products +0.5-1% (packing A was the larger cost:
- *   Note [Packing A by transposes] in cpu_matmul.c); float64 +1-2%.
+ *   Note [One narrow A panel] in cpu_matmul.c). Zen 3, 1 thread: the
+ *   kernel alone, on L1-resident panels, 99 -> 101 GFLOP/s float32 (the
+ *   front end was not the whole limit); in products +0.5-1% (packing A was
+ *   the larger cost: Note [Packing A by transposes] in cpu_matmul.c);
+ *   float64 +1-2%.
  *   AVX-512 (14 x 32): the general loop there is 2 loads + 14 broadcasts +
  *   28 FMAs a step and the 14 row pointers, 3 of which gcc 12 keeps on the
  *   stack and reloads every step (~52 instructions). With one A pointer it
