@@ -196,22 +196,47 @@ def loop_rows(mr):
     return next(r for r in (4, 7, 8, 10, 14) if mr <= r)
 
 
-def expected(m, k, p, nr, cut=True):
+def down(mr, w, nr):
+    """The 512-bit FMAs per k step of a packed-A tile of mr rows and w < NR
+    columns that runs down the rows (Note [Narrow tiles down the rows]): one
+    vector of its rows (two past NR / 2 rows, float64), an FMA per column
+    and vector, taken where that beats the rows' FMAs (a 256-bit one as
+    3 / 4, and at least 4 chains) up to 24 columns (13 with two vectors);
+    None where the tile runs by rows."""
+    vw = nr // 2
+    av = 2 if mr > vw else 1
+    if w >= nr or w > (24 if av == 1 else 13):
+        return None
+    rows = loop_rows(mr) * -(-w // vw) * (3 if w <= vw // 2 else 4)
+    return av * w if 4 * max(av * w, 4) < rows else None
+
+
+def tile_fmas(mr, w, k, nr, packed):
+    """[512-bit, 256-bit] FMAs of one tile of mr rows and w columns over k
+    steps: its loop's rows (Note [Half tiles]) of 2 vectors, 1 at most NR / 2
+    columns (Note [Narrow tiles]), or 1 of half the width at most NR / 4
+    (Note [Narrow tiles in half registers]); with A packed, down the rows
+    where `down` says so."""
+    d = down(mr, w, nr) if packed else None
+    if d is not None:
+        return [d * k, 0]
+    if w <= nr // 4:
+        return [0, loop_rows(mr) * k]
+    return [(1 if w <= nr // 2 else 2) * loop_rows(mr) * k, 0]
+
+
+def expected(m, k, p, nr, cut=True, packed=False):
     """Calls and FMAs of the 14-row kernels for an m x k x p product: one
-    call per tile and KC block; a partial tile of mr rows runs the 4-, 7-,
-    8-, 10- or 14-row loop (Note [Half tiles]), k steps of 2 vectors a row, or 1
-    in a tile of at most NR / 2 columns (Note [Narrow tiles]), or 1 of half
-    the width, a 256-bit FMA, in a tile of at most NR / 4 (Note [Narrow
-    tiles in half registers]). FMAs as [512-bit, 256-bit]."""
+    call per tile and KC block, FMAs as tile_fmas says (A packed or read in
+    place: `packed`). FMAs as [512-bit, 256-bit]."""
     tiles, fmas = {}, [0, 0]
     blocks = -(-k // KC)
     widths = [min(nr, p - j) for j in range(0, p, nr)]  # the column tiles
-    vectors = sum(1 if w <= nr // 2 else 2 for w in widths if w > nr // 4)
-    halves = sum(1 for w in widths if w <= nr // 4)
     for mr in row_tiles(m, cut):
         tiles[str(mr)] = tiles.get(str(mr), 0) + len(widths) * blocks
-        fmas[0] += vectors * loop_rows(mr) * k
-        fmas[1] += halves * loop_rows(mr) * k
+        for w in widths:
+            f = tile_fmas(mr, w, k, nr, packed)
+            fmas = [fmas[0] + f[0], fmas[1] + f[1]]
     return tiles, fmas
 
 
@@ -252,7 +277,8 @@ def test_emulated_avx512_runs_the_14_row_tiles(dtype):
         # 42 x 1013: W @ x.T, NR x 1013 by 1013 x 42 (test_emulated_avx512_swaps_w_t)
         swap = swapped(m, k, nr, size)
         assert swap == (m == 3 * 14)
-        tiles, fmas = expected(p, k, m, nr) if swap else expected(m, k, p, nr)
+        tiles, fmas = (expected(p, k, m, nr) if swap else
+                       expected(m, k, p, nr, packed=g["packed"] > 0))
         assert (g["tiles"], g["fmas"]) == (tiles, fmas), (m, k, p, g)
         # B = W.T: pack_bt; but a 1 x 5 B (k = 1) has its row contiguous too, and
         # its one 5-column panel is read by the filling kernel where the tile has
@@ -278,7 +304,7 @@ def test_emulated_avx512_packed_a_and_skinny_loops(dtype):
              [dtype, 2, 700, 300, "rows", "cols"]]
     packed_cols, packed_rows, axpy, dot, bt = run_emu(cases)
     for g, (_, m, k, p, _, _) in zip((packed_cols, packed_rows), cases):
-        tiles, fmas = expected(m, k, p, nr)
+        tiles, fmas = expected(m, k, p, nr, packed=True)
         assert (g["tiles"], g["fmas"]) == (tiles, fmas), g
         assert g["packed"] == sum(tiles.values()) and g["filled"] == 4 * -(-k // KC), g
     assert axpy["axpy"] > 0 and axpy["fmas"] == NO_FMAS and not axpy["tiles"]
@@ -336,7 +362,7 @@ def test_emulated_avx512_axpy_limits(dtype):
         if m <= limit:
             assert g["axpy"] > 0 and g["fmas"] == NO_FMAS and not g["tiles"], (m, g)
             continue
-        tiles, fmas = expected(m, k, p, nr)
+        tiles, fmas = expected(m, k, p, nr, packed=True)
         assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (m, kind, g)
         assert g["packed"] == sum(tiles.values()) and g["filled"] == 5 * 2, (m, kind, g)
     assert expected(17, 700, 4 * nr + 5, nr)[0].keys() == {"10", "7"}
@@ -351,7 +377,8 @@ def test_emulated_avx512_axpy_limits(dtype):
         if m <= 8:
             assert g["axpy"] > 0 and g["fmas"] == NO_FMAS and not g["tiles"], (m, g)
         else:
-            assert g["axpy"] == 0 and g["fmas"] == expected(m, k, p, nr)[1], (m, g)
+            want = expected(m, k, p, nr, packed=g["packed"] > 0)[1]
+            assert g["axpy"] == 0 and g["fmas"] == want, (m, g)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -369,7 +396,7 @@ def test_emulated_avx512_last_panel_by_masked_loads(dtype):
     cases = [[dtype, m, k, p, "rows", "rows"]
              for m in (3, 4, 12, 20) if m > limit for p in (nr + 5, nr + nr // 2 + 3)]
     for g, (_, m, k, p, _, _) in zip(run_emu(cases), cases):
-        tiles, fmas = expected(m, k, p, nr)
+        tiles, fmas = expected(m, k, p, nr, packed=True)
         assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (m, p, g)
         assert g["packed"] == sum(tiles.values()) and g["filled"] == 2 * 3, (m, p, g)
 
@@ -391,11 +418,17 @@ def test_emulated_avx512_first_a_block_packs_b(dtype):
     assert rows[-2:] == [14, 4]
     panels, blocks = 4, 3
     assert g["tiles"] == {"14": (len(rows) - 1) * panels * blocks, "4": panels * blocks}, g
-    # 3 full panels, 2 vectors a row; the last, 5 columns: 1 (Note [Narrow
-    # tiles]), a 256-bit one in float32 (at most 8 columns: Note [Narrow tiles
-    # in half registers]), a 512-bit one in float64
+    # 3 full panels, 2 vectors a row; the last, 5 columns, down the rows in
+    # the 14-row tiles (Note [Narrow tiles down the rows]: 5 FMAs a k step,
+    # 10 in float64's two vectors of rows), by rows in the 4-row one: a
+    # 256-bit FMA a row in float32 (Note [Narrow tiles in half registers]), a
+    # 512-bit one in float64
     steps = sum(loop_rows(r) for r in rows) * k
-    want = [3 * 2 * steps, steps] if dtype == "float32" else [(3 * 2 + 1) * steps, 0]
+    down_fmas = (len(rows) - 1) * k * (5 if dtype == "float32" else 10)
+    by_rows = loop_rows(rows[-1]) * k
+    assert down(14, 5, nr) and not down(4, 5, nr)
+    want = ([3 * 2 * steps + down_fmas, by_rows] if dtype == "float32" else
+            [3 * 2 * steps + down_fmas + by_rows, 0])
     assert g["fmas"] == want, g
     assert g["packed"] == sum(g["tiles"].values()) and g["filled"] == panels * blocks, g
 
@@ -405,7 +438,7 @@ def test_emulated_avx512_on_two_threads():
     # rows than MC: no cut last tiles, which gemm_block_few makes)
     cases = [["float32", 300, 700, 200, "rows", "rows"], ["float64", 150, 400, 90, "cols", "rows"]]
     for g, (dt, m, k, p, _, _) in zip(run_emu(cases, threads=2), cases):
-        tiles, fmas = expected(m, k, p, NR[dt], cut=False)
+        tiles, fmas = expected(m, k, p, NR[dt], cut=False, packed=g["packed"] > 0)
         assert (g["tiles"], g["fmas"]) == (tiles, fmas), g
 
 
@@ -438,7 +471,8 @@ def test_emulated_avx512_swaps_w_t(dtype):
         if not swap and m > mc:  # gemm_block's tiles: 14 rows, no cut last ones
             assert sum(g["tiles"].values()) == -(-m // 14) * -(-p // nr) * -(-k // KC), g
             continue
-        tiles, fmas = expected(p, k, m, nr) if swap else expected(m, k, p, nr)
+        tiles, fmas = (expected(p, k, m, nr) if swap else
+                       expected(m, k, p, nr, packed=g["packed"] > 0))
         assert (g["tiles"], g["fmas"]) == (tiles, fmas), (m, k, g)
         if swap:
             assert g["packed"] == 0, (m, k, g)

@@ -340,6 +340,31 @@ def test_narrow_tiles_get_the_bits_of_wide_ones(k, kind_b, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("k", [5, 600], ids=lambda k: f"k{k}")
+def test_tiles_down_the_rows_get_the_bits_of_rows(k, dtype):
+    # Note [Narrow tiles down the rows] (cpu_matmul_simd_impl.h): with A
+    # packed (p > 4 NR) a last panel of few columns runs down the rows on
+    # AVX-512 (a vector of A's rows a k step, an FMA per column; float64's 14
+    # rows two vectors); its columns are, bit for bit, those of the product
+    # whose last panel is whole (run by rows), for every width under NR, with
+    # tiles of each loop's rows (m = 4..14: one tile, B read in place; 17,
+    # 30, 44: the first tile fills the panel, the others read it), over one
+    # KC block or several (k = 600: C added to after the first); A by rows or
+    # by columns (A.T @ B). AVX2 runs every tile by rows: the same check.
+    nr = _C.matmul_config()[dtype]["nr"]
+    y = np.random.randn(k, 5 * nr).astype(dtype)
+    for kind_a in ("rows", "cols"):
+        for m in (4, 7, 8, 9, 10, 14, 17, 30, 44):
+            a, x = operand((m, k), dtype, kind_a)
+            full = (a @ nd.array(y, dtype=dtype)).numpy()
+            check(a @ nd.array(y, dtype=dtype), x, y, dtype)
+            for w in range(1, nr):
+                p = 4 * nr + w
+                part = (a @ nd.array(np.ascontiguousarray(y[:, :p]), dtype=dtype)).numpy()
+                assert np.array_equal(part, full[:, :p]), f"{m} x {p} ({kind_a}) differs"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("k", [5, 600], ids=lambda k: f"k{k}")
 def test_one_row_in_registers_gets_the_bits_of_the_packed_kernels(k, dtype):
     # Note [One row in registers] (cpu_matmul_row_impl.h): x @ W with one row
     # and W by rows in cache, strips of up to 12 vectors and a masked one

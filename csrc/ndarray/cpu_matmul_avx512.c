@@ -80,6 +80,59 @@ static inline __mmask8 uk_lanes_f64(int n)
 #define UK_HFMADD_f32 _mm256_fmadd_ps
 #define UK_HFMADD_f64 _mm256_fmadd_pd
 #endif
+
+/* Note [Narrow tiles down the rows] (cpu_matmul_simd_impl.h): rows r < mr
+ * (<= VW) of C's columns j < nr, lane r of t[j] holding C[r][j]. Q columns
+ * at a time (the 128 bits of a lane of 4: 4 float32, 2 float64) are
+ * transposed in registers, after which lane L of v[i] is row Q L + i's Q
+ * columns; each row goes out by one masked store of those lanes, at an
+ * address Q L elements before the row's (the masked-off lanes are never
+ * touched; r ldc >= Q L, so the address is within C). */
+static inline UK_TARGET void uk_tstore_f32(const __m512 *t, int nr, int mr, float *c, int64_t ldc,
+                                           int first)
+{
+    const __m512 z = _mm512_setzero_ps();
+    for (int g = 0; g < nr; g += 4) {
+        const int w = nr - g < 4 ? nr - g : 4;
+        const __m512 t0 = t[g], t1 = w > 1 ? t[g + 1] : z, t2 = w > 2 ? t[g + 2] : z,
+                     t3 = w > 3 ? t[g + 3] : z;
+        const __m512 u0 = _mm512_unpacklo_ps(t0, t1), u1 = _mm512_unpackhi_ps(t0, t1);
+        const __m512 u2 = _mm512_unpacklo_ps(t2, t3), u3 = _mm512_unpackhi_ps(t2, t3);
+        const __m512 v[4] = {_mm512_shuffle_ps(u0, u2, 0x44), _mm512_shuffle_ps(u0, u2, 0xEE),
+                             _mm512_shuffle_ps(u1, u3, 0x44), _mm512_shuffle_ps(u1, u3, 0xEE)};
+        for (int r = 0; r < mr; r++) {
+            const int l = r / 4 * 4;
+            float *p = c + r * ldc + g - l;
+            const __mmask16 m = (__mmask16)(uk_lanes_f32(w) << l);
+            __m512 x = v[r % 4];
+            if (!first)
+                x = _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), x);
+            _mm512_mask_storeu_ps(p, m, x);
+        }
+    }
+}
+static inline UK_TARGET void uk_tstore_f64(const __m512d *t, int nr, int mr, double *c,
+                                           int64_t ldc, int first)
+{
+    const __m512d z = _mm512_setzero_pd();
+    for (int g = 0; g < nr; g += 2) {
+        const int w = nr - g < 2 ? nr - g : 2;
+        const __m512d t0 = t[g], t1 = w > 1 ? t[g + 1] : z;
+        const __m512d v[2] = {_mm512_unpacklo_pd(t0, t1), _mm512_unpackhi_pd(t0, t1)};
+        for (int r = 0; r < mr; r++) {
+            const int l = r / 2 * 2;
+            double *p = c + r * ldc + g - l;
+            const __mmask8 m = (__mmask8)(uk_lanes_f32(w) << l);
+            __m512d x = v[r % 2];
+            if (!first)
+                x = _mm512_add_pd(_mm512_maskz_loadu_pd(m, p), x);
+            _mm512_mask_storeu_pd(p, m, x);
+        }
+    }
+}
+#define UK_TRANS 1
+#define UK_TSTORE_f32 uk_tstore_f32
+#define UK_TSTORE_f64 uk_tstore_f64
 #endif
 
 #ifdef NDL_AVX512_EMU /* the kernels under other names, counted below */

@@ -38,6 +38,11 @@
  *                    type), UK_HSETZERO_dt(), UK_HBCAST_dt(p),
  *                    UK_HFMADD_dt(a, b, c), UK_HLOW_dt(v) (the low half of
  *                    a V) and UK_HWIDEN_dt(h) (h as a V, zeros above)
+ *   UK_TSTORE_dt     (optional) for tiles down the rows (Note [Narrow tiles
+ *                    down the rows]): UK_TSTORE_dt(t, nr, mr, c, ldc,
+ *                    first) stores rows r < mr (mr <= VW) of the columns
+ *                    j < nr whose lane r of t[j] holds C[r][j] (masked:
+ *                    nothing past them), adding to C unless first
  * and per dtype (#undef'd again at the end):
  *   T                element type (float / double)
  *   UK_DT            dtype suffix (f32 / f64)
@@ -326,6 +331,204 @@ _Static_assert(UK_LOW_MID == UK_LOW_MID_ROWS_H,
 #define HALF_NARROW(LOOP)
 #endif
 
+/* Note [Narrow tiles down the rows]
+ *   A tile of few columns computed row by row pays one broadcast and one
+ *   FMA per row and k step for the few lanes its columns fill: the last
+ *   panel of p = 100 (float32: 4 columns) ran 14 256-bit FMAs a k step, a
+ *   classifier's 10 columns 14 512-bit ones for 140 products. On Zen 4 a
+ *   loop of one broadcast and one FMA each runs 14 256-bit FMAs in ~11
+ *   cycles, not 7 (AMD EPYC family 25 model 17, a loop over L1: 73 GFLOP/s
+ *   where two FMAs a broadcast reach 115). Where A is packed, a k step of
+ *   the panel is the tile's rows side by side (A[r][k] at a[k MR + r]), so
+ *   the tile can run down the rows instead: one vector of A's rows a k
+ *   step (two for float64's 14 rows), and for each column j one FMA with
+ *   B[k][j] broadcast (from memory, folded into the FMA on AVX-512),
+ *   accumulating t<j>_<v>, lane r of which is C[r][j]. nr FMAs a k step
+ *   (2 nr for two vectors) in place of the rows' R (the rows of the loop
+ *   that mr runs, Note [Half tiles]) per vector of columns; taken when
+ *   that is fewer, counting a half-width FMA as 3 / 4 of one (Note [Narrow
+ *   tiles in half registers]) and at least 4 chains (the FMA latency):
+ *   4 max(AV nr, 4) < R ceil(nr / VW) (nr <= VW / 2 ? 3 : 4), for nr up to
+ *   T_COLS (the accumulators; T_COLS2 for AV = 2). float32, 14
+ *   rows: nr <= 13 and 17..24 (p = 100: 4 FMAs for 14 256-bit ones; p = 10:
+ *   10 for 14; p = 20: 20 for 28); float64: nr <= 6 and 9..13. The store
+ *   transposes the accumulators in registers (UK_TSTORE_dt, the ISA's).
+ *   Each C element gets the FMAs of its chain in the same k order (Note
+ *   [One chain per element]; fma(a, b, c) = fma(b, a, c)): the bits do
+ *   not change. Zen 4, 1 thread, float32, best of 3-5 interleaved runs,
+ *   GFLOP/s, by rows -> down: 100^3 95.9 -> 98.4 (OpenBLAS 0.3.31 104-105),
+ *   100 x 100 x 96 103 either way, 96 x 96 x 100 95.1 -> 98.1, 64 x 100 x
+ *   100 92.9 -> 96.1, 8 x 784 @ 784 x 100 96.1 -> 100.5, 28 x 784 x 100
+ *   96.4 -> 99.4; float64 unchanged (100^3 50.9). Products that are all
+ *   narrow (p <= 2 NR) read A in place (Note [Reading A in place] in
+ *   cpu_matmul.c) and keep their rows: packing A for this loop cost as much
+ *   as it saved (128 x 256 @ 256 x 8: 64 -> 53, 4 columns 32 -> 35, the
+ *   transposes of pack_bt 39% of the samples). */
+#ifdef UK_TRANS
+#define TSTORE UK_PASTE(UK_TSTORE_, UK_DT)
+#define T_COLS 24  /* accumulators for one vector of rows */
+#define T_COLS2 13 /* for two (float64's 14 rows) */
+#define TC1(X) X(0)
+#define TC2(X) TC1(X) X(1)
+#define TC3(X) TC2(X) X(2)
+#define TC4(X) TC3(X) X(3)
+#define TC5(X) TC4(X) X(4)
+#define TC6(X) TC5(X) X(5)
+#define TC7(X) TC6(X) X(6)
+#define TC8(X) TC7(X) X(7)
+#define TC9(X) TC8(X) X(8)
+#define TC10(X) TC9(X) X(9)
+#define TC11(X) TC10(X) X(10)
+#define TC12(X) TC11(X) X(11)
+#define TC13(X) TC12(X) X(12)
+#define TC14(X) TC13(X) X(13)
+#define TC15(X) TC14(X) X(14)
+#define TC16(X) TC15(X) X(15)
+#define TC17(X) TC16(X) X(16)
+#define TC18(X) TC17(X) X(17)
+#define TC19(X) TC18(X) X(18)
+#define TC20(X) TC19(X) X(19)
+#define TC21(X) TC20(X) X(20)
+#define TC22(X) TC21(X) X(21)
+#define TC23(X) TC22(X) X(22)
+#define TC24(X) TC23(X) X(23)
+#define TDECL1(j) V t##j##_0 = MM(setzero)();
+#define TDECL2(j) V t##j##_0 = MM(setzero)(), t##j##_1 = MM(setzero)();
+/* column j of k step bk (B[k][j] at bk[j]), for one or two vectors of rows */
+#define TSTEP1(j)                                                                  \
+    {                                                                              \
+        V bj = BCAST(bk + j);                                                      \
+        t##j##_0 = MM(fmadd)(a0, bj, t##j##_0);                                    \
+    }
+#define TSTEP2(j)                                                                  \
+    {                                                                              \
+        V bj = BCAST(bk + j);                                                      \
+        t##j##_0 = MM(fmadd)(a0, bj, t##j##_0);                                    \
+        t##j##_1 = MM(fmadd)(a1, bj, t##j##_1);                                    \
+    }
+#define TSPILL1(j) tv[j] = t##j##_0;
+#define TSPILL2(j) tv[j] = t##j##_0, tw[j] = t##j##_1;
+/* A's rows at k: the first mr lanes (rows past them zeros), or VW and mr - VW */
+#define TA1 V a0 = UK_MASKLOAD(a, am0);
+#define TA2 V a0 = MM(loadu)(a), a1 = UK_MASKLOAD(a + VW, am1);
+/* the k steps up to END: A's rows (TA), B's row k at bk = b, before the
+ * FMAs PRE (the filling kernel's copy of B's row to bp), then the bumps */
+#define T_STEPS_(COLS, END, TA, TS, PRE, ASTEP, BSTEP)                             \
+    for (; k < (END); k++) {                                                       \
+        const T *bk = b;                                                           \
+        TA PRE COLS(TS)                                                            \
+        a += (ASTEP);                                                              \
+        b += (BSTEP);                                                              \
+    }
+#define T_PK1(COLS, END) T_STEPS_(COLS, END, TA1, TSTEP1, , UK_MR, UK_NR)
+#define T_PK2(COLS, END) T_STEPS_(COLS, END, TA2, TSTEP2, , UK_MR, UK_NR)
+#define T_FILL_B                                                                   \
+    {                                                                              \
+        LOAD_B_PART(void) b1;                                                      \
+        PREFETCH_B                                                                 \
+        STORE_B                                                                    \
+    }
+#define T_FK1(COLS, END) T_STEPS_(COLS, END, TA1, TSTEP1, T_FILL_B, ak, rsb)
+#define T_FK2(COLS, END) T_STEPS_(COLS, END, TA2, TSTEP2, T_FILL_B, ak, rsb)
+#define T_RK1(COLS, END) T_STEPS_(COLS, END, TA1, TSTEP1, PREFETCH_B, ak, rsb)
+#define T_RK2(COLS, END) T_STEPS_(COLS, END, TA2, TSTEP2, PREFETCH_B, ak, rsb)
+/* nr = n columns: the loop STEPS (C into L1 as in K_LOOP), then the spill */
+#define T_CASE(n, STEPS, DECL_, SPILL, MAX)                                        \
+    case n:                                                                        \
+        if (n <= (MAX)) {                                                          \
+            TC##n(DECL_) int64_t k = 0;                                            \
+            C_LATE(STEPS, TC##n)                                                   \
+            TC##n(SPILL)                                                           \
+        }                                                                          \
+        break;
+#define T_CASES(STEPS, DECL_, SPILL, MAX)                                          \
+    switch (nr) {                                                                  \
+        T_CASE(1, STEPS, DECL_, SPILL, MAX)                                        \
+        T_CASE(2, STEPS, DECL_, SPILL, MAX)                                        \
+        T_CASE(3, STEPS, DECL_, SPILL, MAX)                                        \
+        T_CASE(4, STEPS, DECL_, SPILL, MAX)                                        \
+        T_CASE(5, STEPS, DECL_, SPILL, MAX)                                        \
+        T_CASE(6, STEPS, DECL_, SPILL, MAX)                                        \
+        T_CASE(7, STEPS, DECL_, SPILL, MAX)                                        \
+        T_CASE(8, STEPS, DECL_, SPILL, MAX)                                        \
+        T_CASE(9, STEPS, DECL_, SPILL, MAX)                                        \
+        T_CASE(10, STEPS, DECL_, SPILL, MAX)                                       \
+        T_CASE(11, STEPS, DECL_, SPILL, MAX)                                       \
+        T_CASE(12, STEPS, DECL_, SPILL, MAX)                                       \
+        T_CASE(13, STEPS, DECL_, SPILL, MAX)                                       \
+        T_CASE(14, STEPS, DECL_, SPILL, MAX)                                       \
+        T_CASE(15, STEPS, DECL_, SPILL, MAX)                                       \
+        T_CASE(16, STEPS, DECL_, SPILL, MAX)                                       \
+        T_CASE(17, STEPS, DECL_, SPILL, MAX)                                       \
+        T_CASE(18, STEPS, DECL_, SPILL, MAX)                                       \
+        T_CASE(19, STEPS, DECL_, SPILL, MAX)                                       \
+        T_CASE(20, STEPS, DECL_, SPILL, MAX)                                       \
+        T_CASE(21, STEPS, DECL_, SPILL, MAX)                                       \
+        T_CASE(22, STEPS, DECL_, SPILL, MAX)                                       \
+        T_CASE(23, STEPS, DECL_, SPILL, MAX)                                       \
+        T_CASE(24, STEPS, DECL_, SPILL, MAX)                                       \
+    default:                                                                       \
+        break;                                                                     \
+    }
+/* the whole tile down the rows: STEPS1 / STEPS2 for one or two vectors of
+ * rows, then the stores (rows from VW on: the second vector's) */
+#define T_BODY(STEPS1, STEPS2)                                                     \
+    {                                                                              \
+        V tv[T_COLS], tw[T_COLS2];                                              \
+        const __auto_type am0 = LANES(mr);                                         \
+        const __auto_type am1 = LANES(mr - VW);                                    \
+        (void)am0;                                                                 \
+        (void)am1;                                                                 \
+        PREFETCH_C(UK_C_START)                                                     \
+        if (UK_MR > VW && mr > VW) {                                               \
+            T_CASES(STEPS2, TDECL2, TSPILL2, T_COLS2)                              \
+            TSTORE(tv, nr, VW, c, ldc, first);                                     \
+            TSTORE(tw, nr, mr - VW, c + VW * ldc, ldc, first);                     \
+        } else {                                                                   \
+            T_CASES(STEPS1, TDECL1, TSPILL1, T_COLS)                               \
+            TSTORE(tv, nr, mr, c, ldc, first);                                     \
+        }                                                                          \
+    }
+/* the rows of the loop that a tile of mr rows runs (Note [Half tiles]) */
+static inline int UK_PASTE(t_loop_rows_, UK_DT)(int mr)
+{
+#ifdef UK_QUARTER_ROWS
+    if (mr <= UK_QUARTER_ROWS_H)
+        return UK_QUARTER_ROWS_H;
+#endif
+    if (mr <= UK_MR / 2)
+        return UK_MR / 2;
+#ifdef UK_LOW_MID_ROWS
+    if (mr <= UK_LOW_MID_ROWS_H)
+        return UK_LOW_MID_ROWS_H;
+#endif
+    return mr <= UK_MID ? UK_MID : UK_MR;
+}
+/* whether a tile of mr x nr (nr < NR) goes down the rows */
+static inline int UK_PASTE(t_down_, UK_DT)(int mr, int nr)
+{
+    const int av = mr > VW ? 2 : 1;
+    if (nr > (av == 1 ? T_COLS : T_COLS2))
+        return 0;
+    const int t = av * nr > 4 ? av * nr : 4;
+    const int half = nr <= VW / 2;
+#ifndef UK_HALF_VEC
+    (void)half;
+    const int w = 4;
+#else
+    const int w = half ? 3 : 4;
+#endif
+    return 4 * t < UK_PASTE(t_loop_rows_, UK_DT)(mr) * ((nr + VW - 1) / VW) * w;
+}
+#define T_DOWN(STEPS1, STEPS2)                                                     \
+    if (nr < UK_NR && UK_PASTE(t_down_, UK_DT)(mr, nr)) {                          \
+        T_BODY(STEPS1, STEPS2)                                                     \
+        return;                                                                    \
+    }
+#else
+#define T_DOWN(STEPS1, STEPS2)
+#endif
+
 /* Note [Narrow tiles]
  *   A tile of at most VW columns (the last columns of a product, or all of
  *   them: p <= VW) needs only the first vector of each row: the kernels run
@@ -454,6 +657,7 @@ UK_TARGET void UK_KERNEL_PACKED(int64_t kc, const void *a_, int64_t ars, int64_t
     (void)acs; /* UK_MR */
     const T *a = a_, *b = b_;
     T *c = c_;
+    T_DOWN(T_PK1, T_PK2) /* Note [Narrow tiles down the rows] */
     UK_ROWS(DECL)
     if (nr <= VW) { /* Note [Narrow tiles] */
         HALF_NARROW(PK_LOOPH)
@@ -600,6 +804,11 @@ UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, int64_t ak, const void
      * touch the elements past them (Note [Packing B in the kernel]) */
     const __auto_type bm0 = LANES(nr);
     const __auto_type bm1 = LANES(nr - VW);
+    if (!bp) { /* Note [Narrow tiles down the rows] */
+        T_DOWN(T_RK1, T_RK2)
+    } else {
+        T_DOWN(T_FK1, T_FK2)
+    }
     if (nr <= VW) { /* Note [Narrow tiles] */
         if (!bp) {
             HALF_NARROW(RKPH_LOOP)
@@ -643,6 +852,55 @@ UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, int64_t ak, const void
 #undef HBCAST
 #undef HSETZERO
 #undef HV
+#endif
+#ifdef UK_TRANS
+#undef T_DOWN
+#undef T_BODY
+#undef T_CASES
+#undef T_CASE
+#undef T_RK2
+#undef T_RK1
+#undef T_FK2
+#undef T_FK1
+#undef T_FILL_B
+#undef T_PK2
+#undef T_PK1
+#undef T_STEPS_
+#undef TA2
+#undef TA1
+#undef TSPILL2
+#undef TSPILL1
+#undef TSTEP2
+#undef TSTEP1
+#undef TDECL2
+#undef TDECL1
+#undef TC24
+#undef TC23
+#undef TC22
+#undef TC21
+#undef TC20
+#undef TC19
+#undef TC18
+#undef TC17
+#undef TC16
+#undef TC15
+#undef TC14
+#undef TC13
+#undef TC12
+#undef TC11
+#undef TC10
+#undef TC9
+#undef TC8
+#undef TC7
+#undef TC6
+#undef TC5
+#undef TC4
+#undef TC3
+#undef TC2
+#undef TC1
+#undef T_COLS2
+#undef T_COLS
+#undef TSTORE
 #endif
 #undef HALF_NARROW
 #undef RKP1_LOOP
