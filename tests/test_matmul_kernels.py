@@ -211,13 +211,14 @@ def down(mr, w, nr):
     return av * w if 4 * max(av * w, 4) < rows else None
 
 
-def tile_fmas(mr, w, k, nr, packed):
+def tile_fmas(mr, w, k, nr, rows_side_by_side):
     """[512-bit, 256-bit] FMAs of one tile of mr rows and w columns over k
     steps: its loop's rows (Note [Half tiles]) of 2 vectors, 1 at most NR / 2
     columns (Note [Narrow tiles]), or 1 of half the width at most NR / 4
-    (Note [Narrow tiles in half registers]); with A packed, down the rows
-    where `down` says so."""
-    d = down(mr, w, nr) if packed else None
+    (Note [Narrow tiles in half registers]); with A's rows side by side (A
+    packed, or A.T @ B read in place: a row stride of 1), down the rows where
+    `down` says so."""
+    d = down(mr, w, nr) if rows_side_by_side else None
     if d is not None:
         return [d * k, 0]
     if w <= nr // 4:
@@ -227,8 +228,8 @@ def tile_fmas(mr, w, k, nr, packed):
 
 def expected(m, k, p, nr, cut=True, packed=False):
     """Calls and FMAs of the 14-row kernels for an m x k x p product: one
-    call per tile and KC block, FMAs as tile_fmas says (A packed or read in
-    place: `packed`). FMAs as [512-bit, 256-bit]."""
+    call per tile and KC block, FMAs as tile_fmas says (`packed`: A's rows
+    side by side, packed or A.T read in place). FMAs as [512-bit, 256-bit]."""
     tiles, fmas = {}, [0, 0]
     blocks = -(-k // KC)
     widths = [min(nr, p - j) for j in range(0, p, nr)]  # the column tiles
@@ -277,8 +278,9 @@ def test_emulated_avx512_runs_the_14_row_tiles(dtype):
         # 42 x 1013: W @ x.T, NR x 1013 by 1013 x 42 (test_emulated_avx512_swaps_w_t)
         swap = swapped(m, k, nr, size)
         assert swap == (m == 3 * 14)
+        # A's rows side by side: packed, or one column (k = 1: a row stride of 1)
         tiles, fmas = (expected(p, k, m, nr) if swap else
-                       expected(m, k, p, nr, packed=g["packed"] > 0))
+                       expected(m, k, p, nr, packed=g["packed"] > 0 or k == 1))
         assert (g["tiles"], g["fmas"]) == (tiles, fmas), (m, k, p, g)
         # B = W.T: pack_bt; but a 1 x 5 B (k = 1) has its row contiguous too, and
         # its one 5-column panel is read by the filling kernel where the tile has

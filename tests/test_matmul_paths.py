@@ -349,7 +349,10 @@ def test_tiles_down_the_rows_get_the_bits_of_rows(k, dtype):
     # tiles of each loop's rows (m = 4..14: one tile, B read in place; 17,
     # 30, 44: the first tile fills the panel, the others read it), over one
     # KC block or several (k = 600: C added to after the first); A by rows or
-    # by columns (A.T @ B). AVX2 runs every tile by rows: the same check.
+    # by columns (A.T @ B), and products of 2 to NR - 1 columns, where A by
+    # columns is read in place and runs down the rows too (ars = 1; p = 1 is
+    # a matrix-vector product, with chains of its own). AVX2
+    # runs every tile by rows: the same check.
     nr = _C.matmul_config()[dtype]["nr"]
     y = np.random.randn(k, 5 * nr).astype(dtype)
     for kind_a in ("rows", "cols"):
@@ -357,8 +360,7 @@ def test_tiles_down_the_rows_get_the_bits_of_rows(k, dtype):
             a, x = operand((m, k), dtype, kind_a)
             full = (a @ nd.array(y, dtype=dtype)).numpy()
             check(a @ nd.array(y, dtype=dtype), x, y, dtype)
-            for w in range(1, nr):
-                p = 4 * nr + w
+            for p in [4 * nr + w for w in range(1, nr)] + list(range(2, nr)):
                 part = (a @ nd.array(np.ascontiguousarray(y[:, :p]), dtype=dtype)).numpy()
                 assert np.array_equal(part, full[:, :p]), f"{m} x {p} ({kind_a}) differs"
 

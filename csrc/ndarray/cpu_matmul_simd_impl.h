@@ -332,38 +332,42 @@ _Static_assert(UK_LOW_MID == UK_LOW_MID_ROWS_H,
 #endif
 
 /* Note [Narrow tiles down the rows]
- *   A tile of few columns computed row by row pays one broadcast and one
- *   FMA per row and k step for the few lanes its columns fill: the last
- *   panel of p = 100 (float32: 4 columns) ran 14 256-bit FMAs a k step, a
+ *   A tile of few columns computed row by row pays one broadcast and one FMA
+ *   per row and k step for the few lanes its columns fill: the last panel of
+ *   p = 100 (float32: 4 columns) ran 14 256-bit FMAs a k step, a
  *   classifier's 10 columns 14 512-bit ones for 140 products. On Zen 4 a
  *   loop of one broadcast and one FMA each runs 14 256-bit FMAs in ~11
  *   cycles, not 7 (AMD EPYC family 25 model 17, a loop over L1: 73 GFLOP/s
  *   where two FMAs a broadcast reach 115). Where A is packed, a k step of
  *   the panel is the tile's rows side by side (A[r][k] at a[k MR + r]), so
- *   the tile can run down the rows instead: one vector of A's rows a k
- *   step (two for float64's 14 rows), and for each column j one FMA with
+ *   the tile can run down the rows instead (and so can a tile of A.T @ B, A
+ *   read in place: ars = 1, A[r][k] at a[k acs + r]): one vector of A's rows
+ *   a k step (two for float64's 14 rows), and for each column j one FMA with
  *   B[k][j] broadcast (from memory, folded into the FMA on AVX-512),
- *   accumulating t<j>_<v>, lane r of which is C[r][j]. nr FMAs a k step
- *   (2 nr for two vectors) in place of the rows' R (the rows of the loop
- *   that mr runs, Note [Half tiles]) per vector of columns; taken when
- *   that is fewer, counting a half-width FMA as 3 / 4 of one (Note [Narrow
- *   tiles in half registers]) and at least 4 chains (the FMA latency):
- *   4 max(AV nr, 4) < R ceil(nr / VW) (nr <= VW / 2 ? 3 : 4), for nr up to
- *   T_COLS (the accumulators; T_COLS2 for AV = 2). float32, 14
- *   rows: nr <= 13 and 17..24 (p = 100: 4 FMAs for 14 256-bit ones; p = 10:
- *   10 for 14; p = 20: 20 for 28); float64: nr <= 6 and 9..13. The store
- *   transposes the accumulators in registers (UK_TSTORE_dt, the ISA's).
- *   Each C element gets the FMAs of its chain in the same k order (Note
- *   [One chain per element]; fma(a, b, c) = fma(b, a, c)): the bits do
- *   not change. Zen 4, 1 thread, float32, best of 3-5 interleaved runs,
- *   GFLOP/s, by rows -> down: 100^3 95.9 -> 98.4 (OpenBLAS 0.3.31 104-105),
- *   100 x 100 x 96 103 either way, 96 x 96 x 100 95.1 -> 98.1, 64 x 100 x
- *   100 92.9 -> 96.1, 8 x 784 @ 784 x 100 96.1 -> 100.5, 28 x 784 x 100
- *   96.4 -> 99.4; float64 unchanged (100^3 50.9). Products that are all
- *   narrow (p <= 2 NR) read A in place (Note [Reading A in place] in
- *   cpu_matmul.c) and keep their rows: packing A for this loop cost as much
- *   as it saved (128 x 256 @ 256 x 8: 64 -> 53, 4 columns 32 -> 35, the
- *   transposes of pack_bt 39% of the samples). */
+ *   accumulating t<j>_<v>, lane r of which is C[r][j]. nr FMAs a k step (2
+ *   nr for two vectors) in place of the rows' R (the rows of the loop that
+ *   mr runs, Note [Half tiles]) per vector of columns; taken when that is
+ *   fewer, counting a half-width FMA as 3 / 4 of one (Note [Narrow tiles in
+ *   half registers]) and at least 4 chains (the FMA latency): 4 max(AV nr,
+ *   4) < R ceil(nr / VW) (nr <= VW / 2 ? 3 : 4), for nr up to T_COLS (the
+ *   accumulators; T_COLS2 for AV = 2). float32, 14 rows: nr <= 13 and 17..24
+ *   (p = 100: 4 FMAs for 14 256-bit ones; p = 10: 10 for 14; p = 20: 20 for
+ *   28); float64: nr <= 6 and 9..13. The store transposes the accumulators
+ *   in registers (UK_TSTORE_dt, the ISA's; AVX2 has none yet, and its
+ *   tiles keep their rows). Each C element gets the FMAs of
+ *   its chain in the same k order (Note [One chain per element]; fma(a, b,
+ *   c) = fma(b, a, c)): the bits do not change. Zen 4, 1 thread, float32,
+ *   best of 3-5 interleaved runs, GFLOP/s, by rows -> down: 100^3 95.9 ->
+ *   98.4 (OpenBLAS 0.3.31 104-105), 96 x 96 x
+ *   100 95.1 -> 98.1, 64 x 100 x 100 92.9 -> 96.1, 8 x 784 @ 784 x 100 96.1
+ *   -> 100.5, 28 x 784 x 100 96.4 -> 99.4; float64 unchanged (100^3 50.9).
+ *   A.T @ B (the weight gradient X.T @ dY of a layer with few outputs),
+ *   float32: 256 x 128 @ 128 x 10 65.5 -> 72.9 (OpenBLAS 84, PyTorch 13),
+ *   128 x 20 67 -> 79.5 (103, 48), 128 x 4 30 -> 53 (71); float64 128 x 10
+ *   34 -> 41 (51). Products that are all narrow (p <= 2 NR) read A in place
+ *   (Note [Reading A in place] in cpu_matmul.c) and keep their rows: packing
+ *   A for this loop cost as much as it saved (A by rows, 128 x 256 @ 256 x 8: 64 -> 53,
+ *   4 columns 32 -> 35, the transposes of pack_bt 39% of the samples). */
 #ifdef UK_TRANS
 #define TSTORE UK_PASTE(UK_TSTORE_, UK_DT)
 #define T_COLS 24  /* accumulators for one vector of rows */
@@ -420,6 +424,8 @@ _Static_assert(UK_LOW_MID == UK_LOW_MID_ROWS_H,
         a += (ASTEP);                                                              \
         b += (BSTEP);                                                              \
     }
+#define T_GK1(COLS, END) T_STEPS_(COLS, END, TA1, TSTEP1, , acs, UK_NR)
+#define T_GK2(COLS, END) T_STEPS_(COLS, END, TA2, TSTEP2, , acs, UK_NR)
 #define T_PK1(COLS, END) T_STEPS_(COLS, END, TA1, TSTEP1, , UK_MR, UK_NR)
 #define T_PK2(COLS, END) T_STEPS_(COLS, END, TA2, TSTEP2, , UK_MR, UK_NR)
 #define T_FILL_B                                                                   \
@@ -544,6 +550,9 @@ UK_TARGET void UK_KERNEL(int64_t kc, const void *a_, int64_t ars, int64_t acs, c
 {
     const T *a = a_, *b = b_;
     T *c = c_;
+    if (ars == 1) { /* A.T @ B: A's rows side by side (Note [Narrow tiles down the rows]) */
+        T_DOWN(T_GK1, T_GK2)
+    }
     UK_ROWS(DECL)
     UK_ROWS(APTR)
     int64_t off = 0; /* k * acs */
@@ -865,6 +874,8 @@ UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, int64_t ak, const void
 #undef T_FILL_B
 #undef T_PK2
 #undef T_PK1
+#undef T_GK2
+#undef T_GK1
 #undef T_STEPS_
 #undef TA2
 #undef TA1
