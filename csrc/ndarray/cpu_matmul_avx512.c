@@ -87,7 +87,18 @@ static inline __mmask8 uk_lanes_f64(int n)
  * transposed in registers, after which lane L of v[i] is row Q L + i's Q
  * columns; each row goes out by one masked store of those lanes, at an
  * address Q L elements before the row's (the masked-off lanes are never
- * touched; r ldc >= Q L, so the address is within C). */
+ * touched; r ldc >= Q L, so the address is within C): TSTORE_ROWS, with
+ * v[i] and the group's first column g and width w. */
+#define TSTORE_ROWS(T, V, MASK, OP, Q)                                                             \
+    for (int r = 0; r < mr; r++) {                                                                 \
+        const int l = r / (Q) * (Q);                                                               \
+        T *p = c + r * ldc + g - l;                                                                \
+        const MASK m = (MASK)(uk_lanes_f32(w) << l);                                               \
+        V x = v[r % (Q)];                                                                          \
+        if (!first)                                                                                \
+            x = OP(add)(OP(maskz_loadu)(m, p), x);                                                 \
+        OP(mask_storeu)(p, m, x);                                                                  \
+    }
 static inline UK_TARGET void uk_tstore_f32(const __m512 *t, int nr, int mr, float *c, int64_t ldc,
                                            int first)
 {
@@ -100,15 +111,7 @@ static inline UK_TARGET void uk_tstore_f32(const __m512 *t, int nr, int mr, floa
         const __m512 u2 = _mm512_unpacklo_ps(t2, t3), u3 = _mm512_unpackhi_ps(t2, t3);
         const __m512 v[4] = {_mm512_shuffle_ps(u0, u2, 0x44), _mm512_shuffle_ps(u0, u2, 0xEE),
                              _mm512_shuffle_ps(u1, u3, 0x44), _mm512_shuffle_ps(u1, u3, 0xEE)};
-        for (int r = 0; r < mr; r++) {
-            const int l = r / 4 * 4;
-            float *p = c + r * ldc + g - l;
-            const __mmask16 m = (__mmask16)(uk_lanes_f32(w) << l);
-            __m512 x = v[r % 4];
-            if (!first)
-                x = _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), x);
-            _mm512_mask_storeu_ps(p, m, x);
-        }
+        TSTORE_ROWS(float, __m512, __mmask16, UK_OP_f32, 4)
     }
 }
 static inline UK_TARGET void uk_tstore_f64(const __m512d *t, int nr, int mr, double *c,
@@ -119,17 +122,10 @@ static inline UK_TARGET void uk_tstore_f64(const __m512d *t, int nr, int mr, dou
         const int w = nr - g < 2 ? nr - g : 2;
         const __m512d t0 = t[g], t1 = w > 1 ? t[g + 1] : z;
         const __m512d v[2] = {_mm512_unpacklo_pd(t0, t1), _mm512_unpackhi_pd(t0, t1)};
-        for (int r = 0; r < mr; r++) {
-            const int l = r / 2 * 2;
-            double *p = c + r * ldc + g - l;
-            const __mmask8 m = (__mmask8)(uk_lanes_f32(w) << l);
-            __m512d x = v[r % 2];
-            if (!first)
-                x = _mm512_add_pd(_mm512_maskz_loadu_pd(m, p), x);
-            _mm512_mask_storeu_pd(p, m, x);
-        }
+        TSTORE_ROWS(double, __m512d, __mmask8, UK_OP_f64, 2)
     }
 }
+#undef TSTORE_ROWS
 #define UK_TRANS 1
 #define UK_TSTORE_f32 uk_tstore_f32
 #define UK_TSTORE_f64 uk_tstore_f64
