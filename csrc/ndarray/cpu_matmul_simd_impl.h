@@ -372,6 +372,8 @@ _Static_assert(UK_LOW_MID == UK_LOW_MID_ROWS_H,
 #define TSTORE UK_PASTE(UK_TSTORE_, UK_DT)
 #define T_COLS 24  /* accumulators for one vector of rows */
 #define T_COLS2 13 /* for two (float64's 14 rows) */
+/* the most a tile down one vector of rows takes: T_COLS, or NR - 1 (float64) */
+#define T_COLS1 (UK_NR - 1 < T_COLS ? UK_NR - 1 : T_COLS)
 #define TC1(X) X(0)
 #define TC2(X) TC1(X) X(1)
 #define TC3(X) TC2(X) X(2)
@@ -491,7 +493,7 @@ _Static_assert(UK_LOW_MID == UK_LOW_MID_ROWS_H,
             TSTORE(tv, nr, VW, c, ldc, first);                                     \
             TSTORE(tw, nr, mr - VW, c + VW * ldc, ldc, first);                     \
         } else {                                                                   \
-            T_CASES(STEPS1, TDECL1, TSPILL1, T_COLS)                               \
+            T_CASES(STEPS1, TDECL1, TSPILL1, T_COLS1)                              \
             TSTORE(tv, nr, mr, c, ldc, first);                                     \
         }                                                                          \
     }
@@ -514,15 +516,13 @@ static inline int UK_PASTE(t_loop_rows_, UK_DT)(int mr)
 static inline int UK_PASTE(t_down_, UK_DT)(int mr, int nr)
 {
     const int av = mr > VW ? 2 : 1;
-    if (nr > (av == 1 ? T_COLS : T_COLS2))
+    if (nr > (av == 1 ? T_COLS1 : T_COLS2))
         return 0;
     const int t = av * nr > 4 ? av * nr : 4;
-    const int half = nr <= VW / 2;
-#ifndef UK_HALF_VEC
-    (void)half;
-    const int w = 4;
+#ifdef UK_HALF_VEC
+    const int w = nr <= VW / 2 ? 3 : 4; /* a half-width FMA as 3 / 4 of one */
 #else
-    const int w = half ? 3 : 4;
+    const int w = 4;
 #endif
     return 4 * t < UK_PASTE(t_loop_rows_, UK_DT)(mr) * ((nr + VW - 1) / VW) * w;
 }
@@ -909,6 +909,7 @@ UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, int64_t ak, const void
 #undef TC3
 #undef TC2
 #undef TC1
+#undef T_COLS1
 #undef T_COLS2
 #undef T_COLS
 #undef TSTORE
