@@ -131,7 +131,7 @@ def operand(r, c, dt, kind):
     if kind == "cols":  # a transposed view: columns contiguous
         x = rng.standard_normal((c, r)).astype(dt)
         return nd.array(x, dtype=dt).permute((1, 0)), x.T
-    w = -(-c // 256) * 256  # "wide": rows 1 KiB apart (float32), A packed
+    w = -(-c // 256) * 256  # "wide": rows a multiple of 1 KiB apart
     x = rng.standard_normal((r, w)).astype(dt)
     return nd.array(x, dtype=dt)[:, :c], x[:, :c]
 out = []
@@ -178,11 +178,23 @@ def run_emu(cases, threads=1):
 CUT_LAST_TILES = {1: [8, 7], 2: [8, 8], 3: [10, 7], 5: [10, 9], 6: [10, 10]}
 
 
-def row_tiles(m, cut=True):
-    """The tiles' rows: 14 each, the last m % 14, but the last two cut as
-    CUT_LAST_TILES says where `cut` (at most MC rows: gemm_block_few)."""
-    rows = [14] * (m // 14) + ([m % 14] if m % 14 else [])
-    if cut and m > 14 and m % 14 in CUT_LAST_TILES:
+def set_rows():
+    """The rows of a tile reading A in place with rows a multiple of 1 KiB
+    apart (Note [A rows that alias] in cpu_matmul.c): 14, or the most of the
+    loops' rows within L1d's ways (the CPU's: NEEDLE_CACHE_SIZES does not
+    set them)."""
+    from needle import _C
+
+    ways = _C.matmul_config()["l1d_ways"]
+    return max([r for r in (4, 7, 8, 10, 14) if r <= ways] or [4])
+
+
+def row_tiles(m, cut=True, step=14):
+    """The tiles' rows: `step` (14) each, the last m % step, but the last
+    two cut as CUT_LAST_TILES says where `cut` (at most MC rows:
+    gemm_block_few; 14-row tiles only)."""
+    rows = [step] * (m // step) + ([m % step] if m % step else [])
+    if cut and step == 14 and m > 14 and m % 14 in CUT_LAST_TILES:
         rows[-2:] = CUT_LAST_TILES[m % 14]
     return rows
 
@@ -226,14 +238,15 @@ def tile_fmas(mr, w, k, nr, rows_side_by_side):
     return [(1 if w <= nr // 2 else 2) * loop_rows(mr) * k, 0]
 
 
-def expected(m, k, p, nr, cut=True, packed=False):
+def expected(m, k, p, nr, cut=True, packed=False, step=14):
     """Calls and FMAs of the 14-row kernels for an m x k x p product: one
     call per tile and KC block, FMAs as tile_fmas says (`packed`: A's rows
-    side by side, packed or A.T read in place). FMAs as [512-bit, 256-bit]."""
+    side by side, packed or A.T read in place), tiles of `step` rows (14, or
+    set_rows where A's rows alias). FMAs as [512-bit, 256-bit]."""
     tiles, fmas = {}, [0, 0]
     blocks = -(-k // KC)
     widths = [min(nr, p - j) for j in range(0, p, nr)]  # the column tiles
-    for mr in row_tiles(m, cut):
+    for mr in row_tiles(m, cut, step):
         tiles[str(mr)] = tiles.get(str(mr), 0) + len(widths) * blocks
         for w in widths:
             f = tile_fmas(mr, w, k, nr, packed)
@@ -244,11 +257,10 @@ def expected(m, k, p, nr, cut=True, packed=False):
 def swapped(m, k, nr, size):
     """Whether x @ W.T (m x k by W's k x p) is computed as (W @ x.T).T
     (Note [x @ W.T by W @ x.T] in cpu_matmul.c): past the register
-    transposes' rows (BT_M), W read in place (m <= 2 NR, or 4 NR with W's
-    rows no multiple of 1 KiB apart), K >= 512 (256 up to NR rows)."""
-    in_place = m <= 2 * nr or (m <= 4 * nr and k * size % 1024 != 0)
+    transposes' rows (BT_M), up to 4 NR rows (W read in place), K >= 512
+    (256 up to NR rows)."""
     bt_m = BT_M["float32" if size == 4 else "float64"]
-    return bt_m < m and in_place and k >= 256 and (m <= nr or k >= 512)
+    return bt_m < m <= 4 * nr and k >= 256 and (m <= nr or k >= 512)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -404,15 +416,43 @@ def test_emulated_avx512_last_panel_by_masked_loads(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_emulated_avx512_rows_that_alias_run_set_rows(dtype):
+    # Note [A rows that alias] (cpu_matmul.c): A read in place (rows
+    # contiguous, p < 512) with rows a multiple of 1 KiB apart runs tiles of
+    # set_rows rows, none packed: with more rows than MC (gemm_block: each
+    # MC-row block in such tiles) and fewer (gemm_block_few: no cut last
+    # tiles); the same product with rows 2400 / 4800 bytes apart runs 14-row
+    # tiles, its last two cut (Note [Balanced last tiles])
+    nr, mc = NR[dtype], {"float32": 84, "float64": 42}[dtype]
+    step = set_rows()
+    cut = step == 14  # an L1d of 14 ways or more: no alias
+    cases = [[dtype, 200, 1100, 3 * nr + 5, "wide", "rows"],
+             [dtype, mc - 11, 600, nr + 5, "wide", "rows"],
+             [dtype, mc - 11, 600, nr + 5, "rows", "rows"]]
+    big, few, plain = run_emu(cases)
+    tiles, fmas = {}, [0, 0]
+    for i in range(0, 200, mc):
+        t, f = expected(min(mc, 200 - i), 1100, 3 * nr + 5, nr, cut=False, step=step)
+        tiles = {r: tiles.get(r, 0) + t.get(r, 0) for r in set(tiles) | set(t)}
+        fmas = [fmas[0] + f[0], fmas[1] + f[1]]
+    assert (big["tiles"], big["fmas"]) == (tiles, fmas), big
+    assert (few["tiles"], few["fmas"]) == expected(mc - 11, 600, nr + 5, nr, cut=cut, step=step)
+    assert (plain["tiles"], plain["fmas"]) == expected(mc - 11, 600, nr + 5, nr)
+    assert set(plain["tiles"]) == {"14", "10", "7"}, plain  # m = 14 q + 3
+    for g in (big, few, plain):
+        assert g["packed"] == g["filled"] == g["axpy"] == 0, g
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_emulated_avx512_first_a_block_packs_b(dtype):
     # Note [Packing B in the kernel]: with more rows than MC (84 float32, 42
     # float64 on the 512 KiB L2 that run_emu pins) the B block is packed once
     # for every A block: by the first A block's first tile of each panel
     # (4 panels, the last of 5 columns; k = 1100: three KC blocks), read by
-    # all the others
+    # all the others; A by columns, packed (p > 2 NR)
     nr, mc = NR[dtype], {"float32": 84, "float64": 42}[dtype]
     m, k, p = 200, 1100, 3 * nr + 5
-    g = run_emu([[dtype, m, k, p, "wide", "rows"]])[0]
+    g = run_emu([[dtype, m, k, p, "cols", "rows"]])[0]
     rows = []  # MC-row blocks of 14-row tiles, no cut last tiles there
     for i in range(0, m, mc):
         blk = min(mc, m - i)
@@ -449,12 +489,12 @@ def test_emulated_avx512_swaps_w_t(dtype):
     # Note [x @ W.T by W @ x.T] (cpu_matmul.c): with B = W.T, m <= BT_M take
     # the register transposes (no kernel calls: one call of theirs, an FMA
     # per k and row of A for each group of a vector's rows of W: 40 rows,
-    # the last group partial); from BT_M + 1 rows, up to 2 NR rows
-    # (4 NR when W's rows are no multiple of 1 KiB apart), the kernels run
-    # W @ x.T, W read in place (no packed calls), x.T's m columns a narrow
-    # tile up to NR / 2 (Note [Narrow tiles]: one vector a row); K = 300
-    # swaps only up to NR rows; m = 2 NR + 1 with K = 1024 (W packed then)
-    # and 4 NR + 1 are not swapped
+    # the last group partial); from BT_M + 1 rows up to 4 NR, the kernels run
+    # W @ x.T, W read in place (no packed calls; with K = 1024, W's rows 1
+    # KiB apart or more, in tiles of set_rows rows: Note [A rows that
+    # alias]), x.T's m columns a narrow tile up to NR / 2 (Note [Narrow
+    # tiles]: one vector a row); K = 300 swaps only up to NR rows; 4 NR + 1
+    # is not swapped
     nr, mc, bt_m = NR[dtype], {"float32": 84, "float64": 42}[dtype], BT_M[dtype]
     size = np.dtype(dtype).itemsize
     shapes = [(m, k, 40) for m, k in  # W: 40 rows, fewer than MC (no cut last tiles)
@@ -463,7 +503,7 @@ def test_emulated_avx512_swaps_w_t(dtype):
                (4 * nr + 1, 1000)]]
     got = run_emu([[dtype, m, k, p, "rows", "cols"] for m, k, p in shapes])
     swaps = [swapped(m, k, nr, size) for m, k, _ in shapes]
-    assert swaps == [False, False, True, True, True, True, False, True, False, True, False]
+    assert swaps == [False, False, True, True, True, True, False, True, True, True, False]
     for (m, k, p), swap, g in zip(shapes, swaps, got):
         if m <= bt_m:
             assert not g["tiles"] and g["fmas"] == NO_FMAS and g["axpy"] == g["dot"] == 0, (m, g)
@@ -473,8 +513,9 @@ def test_emulated_avx512_swaps_w_t(dtype):
         if not swap and m > mc:  # gemm_block's tiles: 14 rows, no cut last ones
             assert sum(g["tiles"].values()) == -(-m // 14) * -(-p // nr) * -(-k // KC), g
             continue
-        tiles, fmas = (expected(p, k, m, nr) if swap else
-                       expected(m, k, p, nr, packed=g["packed"] > 0))
+        alias = k * size % 1024 == 0
+        tiles, fmas = (expected(p, k, m, nr, cut=not alias, step=set_rows() if alias else 14)
+                       if swap else expected(m, k, p, nr, packed=g["packed"] > 0))
         assert (g["tiles"], g["fmas"]) == (tiles, fmas), (m, k, g)
         if swap:
             assert g["packed"] == 0, (m, k, g)

@@ -1,7 +1,7 @@
 """The paths of the CPU matmul that tests/test_ndarray_matmul.py's sizes do
 not reach: skinny products (m = 1..64 with K and N in the thousands, the rows
 or the columns of B read in place), the power-of-two row strides for which A
-is packed, transposed operands at those sizes, and the block sizes the
+runs shorter tiles, transposed operands at those sizes, and the block sizes the
 driver derives from the cache sizes the CPU reports (`_C.matmul_config()`).
 
 Reference: float64 NumPy on the same inputs, with the rounding bound
@@ -124,13 +124,43 @@ def test_skinny_batched_broadcast():
 @pytest.mark.parametrize("mkn", [(300, 1024, 600), (100, 512, 40), (70, 2048, 513),
                                  (200, 1024, 64), (180, 2048, 300)], ids=str)
 def test_power_of_two_strides(mkn, kind_a, dtype):
-    # row strides that are multiples of 1 KiB: A is packed where the tile's
-    # rows exceed an L1 set's ways (AVX-512), else read in place for p < 512
-    # (Note [Reading A in place])
+    # row strides that are multiples of 1 KiB: A read in place for p < 512 in
+    # tiles of set_rows rows where MR rows exceed an L1 set's ways (Note [A
+    # rows that alias]), packed from p = 512
     m, k, n = mkn
     a, x = operand((m, k), dtype, kind_a)
     b, y = operand((k, n), dtype, "rows")
     check(a @ b, x, y, dtype)
+
+
+ALIAS = [(100, 1024, 16), (300, 512, 40), (50, 256, 64), (1000, 1024, 33), (20, 2048, 300)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("mkn", ALIAS, ids=str)
+def test_rows_that_alias_get_the_bits_of_padded_rows(mkn, dtype):
+    # Note [A rows that alias]: A read in place with rows a multiple of 1 KiB
+    # apart runs tiles of set_rows rows where MR rows exceed L1d's ways; the
+    # same values with rows a line further apart run MR-row tiles. Each C
+    # element keeps its chain (Note [One chain per element]): the same bits.
+    # x @ W.T takes the path through C.T = W @ x.T, with W as A.
+    m, k, n = mkn
+    x = np.random.randn(m, k).astype(dtype)
+    y = np.random.randn(k, n).astype(dtype)
+    pad = np.zeros((m, k + 64 // x.itemsize), dtype)
+    pad[:, :k] = x
+    b = nd.array(y, dtype=dtype)
+    tight = nd.array(x, dtype=dtype) @ b
+    loose = nd.array(pad, dtype=dtype)[:, :k] @ b
+    np.testing.assert_array_equal(tight.numpy(), loose.numpy())
+    check(tight, x, y, dtype)
+    # x.T @ ... with W = x as the wide operand: W rows 1 KiB apart
+    v = np.random.randn(n, k).astype(dtype)
+    wt_tight = nd.array(x, dtype=dtype).permute((1, 0))
+    wt_loose = nd.array(pad, dtype=dtype)[:, :k].permute((1, 0))
+    xv = nd.array(v, dtype=dtype)
+    np.testing.assert_array_equal((xv @ wt_tight).numpy(), (xv @ wt_loose).numpy())
+    check(xv @ wt_tight, v, x.T, dtype)
 
 
 def test_config_reports_the_chosen_blocks():
@@ -155,6 +185,16 @@ def test_config_reports_the_chosen_blocks():
         assert b["fill_m"] == (4 if few_rows_fill else 0)
         assert b["row_bytes"] == (4096 if simd else 0)
         assert b["fill_max_b"] == cfg["llc"] // 2
+        # Note [A rows that alias]: MR, or the most rows of a kernel loop that
+        # fit one L1d set
+        loops = {"avx512": (4, 7, 8, 10, 14), "avx2": (3, 4, 6)}.get(cfg["kernel"])
+        ways = cfg["l1d_ways"]
+        if b["mr"] <= ways:
+            assert b["set_rows"] == b["mr"]
+        elif loops is None:
+            assert b["set_rows"] == ways
+        else:
+            assert b["set_rows"] == max([r for r in loops if r <= ways] or [loops[0]])
     assert cfg["flush_denormals"] in (0, 1)
 
 

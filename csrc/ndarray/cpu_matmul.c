@@ -83,8 +83,8 @@ typedef struct {
                              * last, 0 after (Note [Balanced last tiles]); {0}: any rows */
     ndl_ukernel_fill kernel_fill; /* Note [Packing B in the kernel]; NULL: none */
     int64_t fill_max_b;  /* B's bytes up to which it may fill (Note [B from memory]) */
-    int tile_in_l1_set;  /* MR <= L1d's ways: rows 1 KiB apart read in place too
-                          * (Note [Reading A in place]) */
+    int set_rows;        /* rows of a tile of A read in place with rows 1 KiB apart:
+                          * the most that fit an L1 set (Note [A rows that alias]) */
     int few_rows_fill;   /* m = 4..small_m take the filling kernels, one thread or
                           * more (Note [Few rows on the filling kernel]) */
     ndl_ukernel_row row; /* m = 1 in registers (Note [One row: which products]); NULL: none */
@@ -226,6 +226,20 @@ static int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo :
  *   three (rounded to the tile) for tuning experiments.
  */
 #define NDL_KC_TILE_STEPS 36 /* KC >= 36 MR: Note [Block sizes] */
+/* Note [A rows that alias]: MR, else the largest of the kernels' loops
+ * (Note [Half tiles] in cpu_matmul_simd_impl.h) within L1d's ways */
+static int set_rows(const ndl_gemm_config *cfg, int ways)
+{
+    if (cfg->mr <= ways)
+        return cfg->mr;
+    if (!cfg->tile_loops[0]) /* any rows */
+        return ways;
+    int rows = cfg->tile_loops[0];
+    for (int i = 0; cfg->tile_loops[i]; i++)
+        if (cfg->tile_loops[i] <= ways)
+            rows = cfg->tile_loops[i];
+    return rows;
+}
 static void derive_blocks(ndl_gemm_config *cfg, int64_t es, const ndl_cpu_info *info)
 {
     int64_t kc_l1 = info->l1d / 2 / (cfg->nr * es);
@@ -238,7 +252,7 @@ static void derive_blocks(ndl_gemm_config *cfg, int64_t es, const ndl_cpu_info *
                       8192 / cfg->nr * cfg->nr);
     cfg->nc1 = clamp64(info->l2 / 2 / (cfg->kc * es) / cfg->nr * cfg->nr, 4 * cfg->nr, cfg->nc);
     cfg->fill_max_b = info->llc / 2;                      /* Note [B from memory] */
-    cfg->tile_in_l1_set = cfg->mr <= info->l1d_ways;      /* Note [Reading A in place] */
+    cfg->set_rows = set_rows(cfg, info->l1d_ways);       /* Note [A rows that alias] */
     const char *env = getenv("NEEDLE_MATMUL_BLOCKS");
     long long mc, kc, nc;
     if (env && sscanf(env, "%lld,%lld,%lld", &mc, &kc, &nc) == 3 && mc > 0 && kc > 0 && nc > 0) {
@@ -365,6 +379,7 @@ int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[NDL_MATMUL_BLOCKS_N])
     out[7] = cfg->few_rows_fill ? NDL_FILL_M : 0; /* Note [Few rows on the filling kernel] */
     out[8] = cfg->row ? NDL_ROW_MAX_BYTES : 0; /* Note [One row: which products] */
     out[9] = cfg->fill_max_b;             /* Note [B from memory] */
+    out[10] = cfg->set_rows;              /* Note [A rows that alias] */
     return NDL_OK;
 }
 
@@ -509,16 +524,12 @@ static void pack_b_f64(const char *s, int64_t rs, int64_t cs, int64_t kc, int64_
  *   lies: MR sequential streams that the hardware prefetchers follow,
  *   measured faster than packing for narrow products (Zen 3: 64^3 +25%,
  *   4096x4096x256 +13%), where packing A costs as much as the arithmetic
- *   it feeds; at p >= 512 packing costs under 2% and both are equal.
- *   Rows whose byte stride is a multiple of 1 KiB (power-of-two widths such
- *   as 1024 or 2048) map to a few cache sets only: MR of them exceed L1's
- *   ways (14 AVX-512 rows against 8 or 12 ways) and the MC rows of a block
- *   exceed L2's, so such A blocks thrash. A is therefore read in place only
- *   when p <= 2 NR (each A panel meets at most two B panels), or when its
- *   rows are contiguous, p < 512 and the row stride is not a multiple of
- *   1 KiB, or is and the MR rows fit one L1 set (tile_in_l1_set: AVX2's 6
- *   rows, 8 ways or more); otherwise it is packed. The MC rows' L2 misses
- *   did not show there: AMD EPYC (Zen 2, family 23 model 49, 8-way L1d and
+ *   it feeds; at p >= 512 packing costs under 2% and both are equal. So A
+ *   is read in place when p <= 2 NR (each A panel meets at most two B
+ *   panels) or when its rows are contiguous and p < 512; otherwise it is
+ *   packed. Rows a multiple of 1 KiB apart run tiles of fewer rows there
+ *   (Note [A rows that alias]). The MC rows of a block in a few L2 sets
+ *   did not show: AMD EPYC (Zen 2, family 23 model 49, 8-way L1d and
  *   L2), AVX2, 1 thread, interleaved medians, GFLOP/s, packed -> in place
  *   (OpenBLAS 0.3.31 Haswell): float32 256 x 1024 @ 1024 x 64 76-79 -> 93
  *   (87), 1000 x 1024 x 48 72-74 -> 94 (85), 2000 x 2048 x 40 50-54 ->
@@ -527,26 +538,60 @@ static void pack_b_f64(const char *s, int64_t rs, int64_t cs, int64_t kc, int64_
  *   float64 1000 x 1024 x 24 32-38 -> 42-46 (31), 2000 x 2048 x 20 22-24
  *   -> 31-32 (25); 2 threads float32 1000 x 1024 x 48 135-136 -> 174-176
  *   (155), 256 x 1024 x 64 140-142 -> 163-168 (156); and through Note [x @
- *   W.T by W @ x.T], which then takes m up to 4 NR whatever W's row
- *   stride: float32 x @ W.T 64 x 1024
- *   @ 1024 x 1024 72 -> 84-88 (76-82), 48 x 1024 x 1024 70-71 -> 86-87
- *   (73-78), 64 x 4096 x 1024 73-74 -> 89 (78), 64 x 512 x 512 81 -> 89-90
- *   (85); float64 32 x 1024 x 1024 31-32 -> 43 (30), 20 x 1024 x 1024 28-29
- *   -> 37 (24); but 40 x 4096 x 4096 (W from memory) 62-64 -> 58-59 (57).
+ *   W.T by W @ x.T]: float32 x @ W.T 64 x 1024 @ 1024 x 1024 72 -> 84-88
+ *   (76-82), 48 x 1024 x 1024 70-71 -> 86-87 (73-78), 64 x 4096 x 1024
+ *   73-74 -> 89 (78), 64 x 512 x 512 81 -> 89-90 (85); float64 32 x 1024 x
+ *   1024 31-32 -> 43 (30), 20 x 1024 x 1024 28-29 -> 37 (24); but 40 x 4096
+ *   x 4096 (W from memory) 62-64 -> 58-59 (57).
  */
-static int read_a_in_place(const ndl_gemm_config *cfg, int64_t rsa, int64_t csa, int64_t p,
-                           size_t es)
+static int read_a_in_place(const ndl_gemm_config *cfg, int64_t csa, int64_t p)
 {
-    if (p <= 2 * cfg->nr)
-        return 1;
-    int64_t stride = rsa * (int64_t)es;
-    return csa == 1 && p < 512 && (stride % 1024 != 0 || cfg->tile_in_l1_set);
+    return p <= 2 * cfg->nr || (csa == 1 && p < 512);
+}
+
+/* Note [A rows that alias]
+ *   Rows a multiple of 1 KiB apart (K = 256, 512, 1024, 2048 float32 or
+ *   float64: most layers' widths) fall in a few L1d sets, and a tile
+ *   reading A in place keeps one line of each of its rows in use, a
+ *   broadcast per row and k step: 14 AVX-512 rows against 8 ways miss L1
+ *   on every line (Zen 4, float32 1024 x 1024 @ 1024 x 16 62 GFLOP/s, 113
+ *   with K = 1000). Such tiles therefore run set_rows rows: MR where the
+ *   MR rows fit a set (AVX2's 6 rows against 8 ways or more), else the
+ *   largest of the kernel's row loops that does (Note [Half tiles] in
+ *   cpu_matmul_simd_impl.h: 8 of AVX-512's against 8 ways, 10 against
+ *   12). Those loops broadcast one A element for as many FMAs as MR rows
+ *   do, only 2 more B loads a k step for 14 rows. Before this, such an A
+ *   was packed from p > 2 NR (the transposes costing a third of x @ W.T at
+ *   m = 32) and thrashed up to there. Copying each block to a padded
+ *   stride was tried first: the copy is not overlapped with the FMAs, and
+ *   took 20-25% of the samples (float64 1024 x 1024 @ 1024 x 16 43.6 ->
+ *   43.1, float32 512 x 512 x 8 64.6 -> 48.8). Each C element keeps its
+ *   chain (Note [One chain per element]): the bits do not change. Zen 4
+ *   (AMD EPYC, family 25 model 17, 32 KiB 8-way L1d), AVX-512, 1 thread,
+ *   best of interleaved 1 s runs, GFLOP/s, before -> after (OpenBLAS
+ *   0.3.31 SkylakeX / PyTorch 2.13): float32 1024 x 1024 @ 1024 x 16 62 ->
+ *   114 (81 / 75), x 32 87 -> 115 (93 / 88), 512 x 512 x 8 65 -> 81; x @
+ *   W.T 32 x 1024 @ 1024 x 1024 84 -> 109 (59 / 80), 64 x 1024 x 1024 84
+ *   -> 110 (74 / 91), 64 x 4096 x 4096 83 -> 105 (68 / 83); float64 1024
+ *   x 1024 x 16 44 -> 57 (35 / 17), 512 x 512 x 8 35 -> 55, x @ W.T 32 x
+ *   1024 x 1024 42 -> 56 (37 / 43), 64 x 4096 x 4096 43 -> 53 (41 / 46);
+ *   p from 2 NR to 512, in place now where A was packed: float32 1024 x
+ *   1024 x 128 109 -> 115, float64 52 -> 57, 256 x 256 x 64 52 -> 57
+ *   (float32 113 -> 114), 1024 x 1024 x 500 the same. 2 threads: float32
+ *   1024 x 1024 x 16 122 -> 222 (154 / 150), x @ W.T 64 x 4096 x 4096 169
+ *   -> 210 (137 / 143); float64 x @ W.T 32 x 1024 x 1024 84 -> 107 (72 /
+ *   84). K = 1000 (no alias) the same before and after: 115, 57.
+ */
+static int rows_alias(const ndl_gemm_config *cfg, int64_t rsa, int64_t csa, size_t es)
+{
+    return csa == 1 && (rsa * (int64_t)es) % 1024 == 0 && cfg->set_rows < cfg->mr;
 }
 
 typedef struct {
     const ndl_gemm_config *cfg;
     size_t es;
     int pack_a_block; /* pack every A block: not read in place, or for kernel_fill (gemm) */
+    int a_rows;       /* rows per tile: MR, or set_rows (Note [A rows that alias]) */
     /* cfg->kernel_fill, or NULL where pack_b copies B ahead (Note [B from memory]) */
     ndl_ukernel_fill kernel_fill;
     void (*pack_a)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
@@ -629,30 +674,30 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                 int64_t mc = m - ic < cfg->mc ? m - ic : cfg->mc;
                 const char *ablk = a + (ic * rsa + pc * csa) * es;
                 /* row panel ir of the block: A[ir + r][k] = ap[(r*ars + k*acs) * es] */
-                int64_t ars = rsa, acs = csa, apanel = mr * rsa; /* in elements */
+                int64_t ars = rsa, acs = csa; /* in elements */
                 ndl_ukernel kernel = cfg->kernel;
                 if (pack_a) {
                     pack_a_block(ops, ablk, rsa, csa, mc, kc, mr, abuf);
                     ablk = abuf;
                     ars = 1;
                     acs = mr;
-                    apanel = mr * kc;
                     kernel = cfg->kernel_packed;
                 }
+                const int step = pack_a ? mr : ops->a_rows;
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int nrr = nc - jr < nr ? (int)(nc - jr) : nr;
                     char *bp = bbuf + jr * kc * es;
                     /* Note [Packing B in the kernel]: the first A block's first
                      * tile packs the panel, from B itself */
                     const char *bsrc = b + (pc * rsb + jc + jr) * es;
-                    for (int64_t ir = 0; ir < mc; ir += mr) {
-                        int mrr = mc - ir < mr ? (int)(mc - ir) : mr;
+                    for (int64_t ir = 0; ir < mc; ir += step) {
+                        int mrr = mc - ir < step ? (int)(mc - ir) : step;
                         if (fill && ic == 0 && ir == 0)
                             ops->kernel_fill(kc, ablk, mr, bsrc, rsb, bp,
                                              c + ((ic + ir) * ldc + jc + jr) * es, ldc, mrr,
                                              nrr, first);
                         else
-                            kernel(kc, ablk + ir / mr * apanel * es, ars, acs, bp,
+                            kernel(kc, ablk + ir * (pack_a ? kc : rsa) * es, ars, acs, bp,
                                    c + ((ic + ir) * ldc + jc + jr) * es, ldc, mrr, nrr, first);
                     }
                 }
@@ -805,7 +850,9 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
     const char *ablk = NULL;
     int64_t ars = rsa, acs = csa;
     const ndl_ukernel kernel = ops->pack_a_block ? cfg->kernel_packed : cfg->kernel;
-    const int64_t split = last_tiles_split(cfg, m); /* Note [Balanced last tiles] */
+    /* Note [Balanced last tiles]; tiles of a_rows rows read A in place */
+    const int64_t split = ops->a_rows < mr ? m : last_tiles_split(cfg, m);
+    const int step = ops->pack_a_block ? mr : ops->a_rows;
     /* the packed A panels' rows: Note [One narrow A panel] */
     const int aw = fill && m <= mr ? tile_cost(cfg, m) : mr;
     for (int64_t t = 0; t < nkb * njb; t++) {
@@ -839,7 +886,9 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
             char *bp = fill ? bbuf : bbuf + jr * kc * es;
             const char *bsrc = b + (pc * rsb + jc + jr) * es;
             for (int64_t ir = 0; ir < m;) {
-                int64_t end = ir < split && split < ir + mr ? split : ir + mr < m ? ir + mr : m;
+                int64_t end = ir < split && split < ir + step ? split
+                              : ir + step < m                   ? ir + step
+                                                                : m;
                 /* packed: the panel of row ir (a panel starts at `split`); else A itself */
                 int64_t at = ops->pack_a_block ? (ir + mr - 1) / mr * mr * kc : ir * rsa;
                 if (fill && ir == 0) /* the panel's only tile need not store it */
@@ -1413,9 +1462,9 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
  *   per call) and is copied into C by ndl_cpu_copy's tiled
  *   transpose. A multiplication commutes, so every C element gets the
  *   chains of Note [One chain per element]: the bits do not change.
- *   It pays where W @ x.T reads W in place (m <= 2 NR, or at most 4 NR
- *   with a row stride that is not a multiple of 1 KiB, or is and the tile's
- *   rows fit an L1 set: Note [Reading A in place]), from the first m
+ *   It pays where W @ x.T reads W in place (m <= 4 NR < 512: Note [Reading
+ *   A in place]; W's rows 1 KiB apart in tiles of set_rows rows: Note [A
+ *   rows that alias]), from the first m
  *   that the register transposes leave (bt_m + 1: 5 with the AVX2 ones,
  *   measured, m = 5 is faster this way and m = 4 by the transposes; 9
  *   float32 and 7 float64 with AVX-512's, Note [Transposing W in zmm
@@ -1442,11 +1491,10 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
  */
 #define NDL_SWAP_CHUNK ((size_t)1 << 20)
 
-static int use_swap(const ndl_gemm_config *cfg, int64_t m, int64_t n, int64_t rsb, int64_t csb,
-                    size_t es)
+static int use_swap(const ndl_gemm_config *cfg, int64_t m, int64_t n, int64_t rsb, int64_t csb)
 {
     return rsb == 1 && csb != 1 && cfg->bt && m > cfg->bt_m && m <= 4 * cfg->nr &&
-           n >= 256 && (m <= cfg->nr || n >= 512) && read_a_in_place(cfg, csb, rsb, m, es);
+           n >= 256 && (m <= cfg->nr || n >= 512);
 }
 
 static int gemm_swapped(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t m,
@@ -1557,7 +1605,7 @@ int ndl_cpu_matmul(ndl_dtype dt, int64_t batch, int64_t m, int64_t n, int64_t p,
                          &job);
         return NDL_OK;
     }
-    if (use_swap(cfg, m, n, rsb, csb, es)) /* Note [x @ W.T by W @ x.T] */
+    if (use_swap(cfg, m, n, rsb, csb)) /* Note [x @ W.T by W @ x.T] */
         return gemm_swapped(cfg, dt, batch, m, n, p, a, a_offsets, rsa, csa, b, b_offsets, rsb,
                             csb, c);
     return gemm(cfg, dt, batch, m, n, p, a, a_offsets, rsa, csa, b, b_offsets, rsb, csb, c);
@@ -1639,9 +1687,11 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
     const int from_memory = (double)n * (double)p * (double)es > (double)cfg->fill_max_b &&
                             (m + job.tm - 1) / job.tm >= 2 * cfg->mr;
     job.ops.kernel_fill = from_memory ? NULL : cfg->kernel_fill;
-    job.ops.pack_a_block = !read_a_in_place(cfg, rsa, csa, tile_cols, es) ||
+    job.ops.pack_a_block = !read_a_in_place(cfg, csa, tile_cols) ||
                            (csb == 1 && job.ops.kernel_fill && tile_rows <= cfg->mc &&
                             (tile_cols > 4 * cfg->nr || tile_rows < tile_cols));
+    job.ops.a_rows = !job.ops.pack_a_block && rows_alias(cfg, rsa, csa, es) ? cfg->set_rows
+                                                                             : cfg->mr;
     job.abytes = job.ops.pack_a_block ? (size_t)round_up(mcap * kcap * (int64_t)es, 64) : 0;
     /* Note [Narrow B blocks for few rows]: when every tile has m <= MC, a
      * block of NC1 columns, or one panel when the kernels pack B (Note
