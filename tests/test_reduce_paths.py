@@ -2,11 +2,17 @@
 not single out: unit-stride rows summed several at a time, side by side
 (Note [Rows side by side] in csrc/ndarray/cpu_reduce_impl.h), and the rows
 left over one by one. Each row's sum is the same sequence of operations
-either way, so a row summed alone has the bits it has among many rows.
+either way, so a row summed alone has the bits it has among many rows. And
+the column sums of an input from memory, in tiles of whole rows (Note [Whole
+rows of columns] in csrc/ndarray/cpu_reduce.c).
 
 Reference: float64 NumPy on the same inputs, with the bound n * eps * sum|x|
 (pairwise summation is far tighter; this only catches wrong terms).
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -61,3 +67,37 @@ def test_rows_side_by_side_thread_count_independent(threads):
         nd.set_num_threads(before)
     np.testing.assert_array_equal(one, many)
     check_rows(one.reshape(-1), x, "float32")
+
+
+# Note [Whole rows of columns] (cpu_reduce.c): a column sum over an input
+# larger than half the last-level cache runs tiles of whole rows (up to 4096
+# columns) instead of 1024 columns. A child with NEEDLE_CACHE_SIZES' 1 MiB
+# last-level cache takes the wide tiles for inputs of 0.5 MiB or more (here,
+# under 8 MiB, the narrow ones on most CPUs); each column's sum is the same
+# sequence of operations: the same bits.
+WIDE_CHILD = r"""
+import sys, numpy as np, needle.backend_ndarray as nd
+x = np.load(sys.argv[1])
+np.save(sys.argv[2], nd.array(x, dtype=x.dtype).sum(axis=int(sys.argv[3])).numpy())
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape, axis", [((300, 3000), 0), ((70, 4100), 0), ((2, 40, 5000), 1),
+                                         ((600, 1500), 0)], ids=str)
+def test_column_tiles_from_memory_have_the_bits_of_narrow_ones(shape, axis, dtype, tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    x = np.random.default_rng(5).standard_normal(shape).astype(dtype)
+    np.save(tmp_path / "x.npy", x)
+    env = dict(os.environ, PYTHONPATH=root, NEEDLE_CACHE_SIZES="32K,512K,1M")
+    for threads in ("1", "2"):
+        env["NEEDLE_NUM_THREADS"] = threads
+        res = subprocess.run([sys.executable, "-c", WIDE_CHILD, str(tmp_path / "x.npy"),
+                              str(tmp_path / "y.npy"), str(axis)], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        got = nd.array(x, dtype=dtype).sum(axis=axis).numpy()
+        np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), got)
+    x64 = x.astype(np.float64)
+    bound = x.shape[axis] * EPS[dtype] * np.abs(x64).sum(axis=axis) + 1e-300
+    assert np.all(np.abs(got.astype(np.float64) - x64.sum(axis=axis)) <= bound)

@@ -240,7 +240,11 @@ static RD_TARGET void RD_FN(rd_run_vert)(void *ctx, int64_t begin, int64_t end)
     const T *a = (const T *)j->a;
     T *dst0 = (T *)(j->nchunks > 1 ? j->partial : j->out);
     int64_t nout = j->no * j->ni;
-    T ws[RD_WS_BYTES / sizeof(T)];
+    T *ws = NULL; /* Note [Whole rows of columns] in cpu_reduce.c */
+    if (j->ws_elems > 0 && !(ws = (T *)malloc((size_t)j->ws_elems * sizeof(T)))) {
+        atomic_store(j->failed, 1);
+        return;
+    }
     for (int64_t u = begin; u < end; u++) {
         int64_t t = u % j->ntiles, co = u / j->ntiles;
         int64_t o = co % j->no, c = co / j->no;
@@ -255,6 +259,7 @@ static RD_TARGET void RD_FN(rd_run_vert)(void *ctx, int64_t begin, int64_t end)
         else
             RD_FN(rd_vert_max)(x, nr, j->sr, nc, j->si, acc);
     }
+    free(ws);
 }
 
 /* p[c*stride], c < m, folded with the split rule of Note [Summation order]. */
