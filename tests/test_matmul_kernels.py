@@ -383,12 +383,12 @@ def test_emulated_avx512_axpy_limits(dtype):
     assert expected(16, 700, 4 * nr + 5, nr)[0].keys() == {"8"}
     assert expected(8, 700, 4 * nr + 5, nr)[0].keys() == {"8"}
     # Note [Few rows of B from memory]: a B past half the LLC (2.4 MB; run_emu
-    # pins 4 MiB) takes the axpy loops up to 8 rows in both dtypes, the
-    # kernels from 9
+    # pins 4 MiB) takes the axpy loops up to 16 rows in both dtypes, the
+    # kernels from 17
     cases = [[dtype, m, 3000, 200 * 4 // np.dtype(dtype).itemsize, "rows", "rows"]
-             for m in (3, 8, 9)]
+             for m in (3, 8, 9, 16, 17)]
     for g, (_, m, k, p, _, _) in zip(run_emu(cases), cases):
-        if m <= 8:
+        if m <= 16:
             assert g["axpy"] > 0 and g["fmas"] == NO_FMAS and not g["tiles"], (m, g)
         else:
             want = expected(m, k, p, nr, packed=g["packed"] > 0)[1]

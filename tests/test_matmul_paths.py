@@ -706,8 +706,9 @@ def test_b_from_memory_gets_the_bits_of_the_filling_kernel(threads, tmp_path):
     # or more; here a child told of a 256 KiB L3 (the same L1d and L2, so
     # the same KC) takes that path for a 600 x 333 B that this process,
     # with the CPU's own L3, packs in the kernel. Same bits, a narrower last
-    # panel, three KC blocks, m = 12, 13, 40 (few rows) and 200 (more than
-    # MC rows with 2 MiB of L2), B's rows a slice of wider ones.
+    # panel, three KC blocks, m = 12, 13 (the axpy loops there: Note [Few
+    # rows of B from memory]), 40 (few rows) and 200 (more than MC rows with
+    # 2 MiB of L2), B's rows a slice of wider ones.
     cfg = _C.matmul_config()
     if cfg["cache_source"] == "env":
         pytest.skip("NEEDLE_CACHE_SIZES is set")

@@ -1195,8 +1195,8 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  */
 /* Note [Few rows of B from memory]
  *   A B larger than half the last-level cache (Note [B from memory]) is
- *   read from memory once whatever the path, and with up to 8 rows the
- *   axpy loops' single pass over it, eight rows side by side (page-long
+ *   read from memory once whatever the path, and with up to 16 rows the
+ *   axpy loops' passes over it, eight rows side by side (page-long
  *   runs the prefetchers follow), beats the kernels, which read it by
  *   panels, on every configuration: so those products take the axpy loops
  *   up to NDL_AXPY_MEM_M rows even where small_m is lower (AVX-512
@@ -1208,13 +1208,26 @@ static void gemm_parts(void *ctx, int64_t begin, int64_t end)
  *   41-42 (21), 8 x 2048 x 4096 31-33 -> 42-47 (20), 4 x 8192 x 1024 16 ->
  *   27-32 (12); 2 threads 4 x 4096 x 4096 27-30 -> 35-50 (20), 8 x 4096 x
  *   4096 56-62 -> 70-80 (39). The Xeon of Note [Axpy rows per tile] holds
- *   such a B in its 260 MiB of L3. Past 8 rows it is mixed: the axpy loops
- *   won float64 m = 9..16 on one thread (4096^2, 21-24 -> 28-32) but lost
- *   m = 12 and 16 on two (46 -> 43, 57 -> 46), and float32 m = 12 and 16
- *   tied, so 8 it is. The bits do not change (Note [One chain per
- *   element]).
+ *   such a B in its 260 MiB of L3. Past 8 rows it was mixed on 2026-12-05
+ *   (the axpy loops won float64 m = 9..16 on one thread, 21-24 -> 28-32,
+ *   lost m = 12 and 16 on two, 46 -> 43, 57 -> 46, and float32 m = 12 and
+ *   16 tied), so the limit was 8; with the kernels of 2026-12-07 (8-row
+ *   tiles, B from memory packed ahead only from 2 MR rows) they win every
+ *   m = 9..16 on the same VM, both thread counts, AVX-512 or AVX2 kernels
+ *   (forced), so it is 16. 1 thread, K = N = 4096, GFLOP/s, medians /
+ *   best, kernels -> axpy (OpenBLAS best): float32 m = 9 AVX2 47 / 51 -> 61
+ *   / 63, m = 10 45 -> 64 (31), m = 12 59 -> 65 (37), m = 16 50-51 -> 68
+ *   (44), 16 x 8192 x 2048 50 -> 66 (44); float64 m = 10 21 -> 30 (21), m
+ *   = 12 26.5 -> 31 (24), m = 16 25 -> 32 (27); 2 threads float32 m = 9
+ *   75-77 / 80-81 -> 113 / 120, m = 12 113 / 119-120 -> 117-123 /
+ *   128-129, m = 16 92-96 / 98-102 -> 101-131 / 132-136 (85); float64 m =
+ *   9 35-36 -> 52-55, m = 12 47-50 / 53 -> 57-60 / 61, m = 16 47-49 / 50
+ *   -> 58 / 60 (52); the AVX2 kernels, 1 thread float32 m = 12 56 / 62 ->
+ *   64 / 66, m = 16 66 / 67 -> 68 / 70; float64 m = 16 28 / 33 -> 34 /
+ *   35; 2 threads float32 m = 16 128 / 135 -> 130 / 135. The bits do not
+ *   change (Note [One chain per element]).
  */
-#define NDL_AXPY_MEM_M 8
+#define NDL_AXPY_MEM_M 16
 
 /* whether an m-row product whose B has contiguous rows (row stride rsb_bytes)
  * takes the axpy loops; `split`: it would be split between threads */
