@@ -683,7 +683,7 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
                     acs = mr;
                     kernel = cfg->kernel_packed;
                 }
-                const int step = pack_a ? mr : ops->a_rows;
+                const int step = ops->a_rows; /* MR wherever A is packed */
                 for (int64_t jr = 0; jr < nc; jr += nr) {
                     int nrr = nc - jr < nr ? (int)(nc - jr) : nr;
                     char *bp = bbuf + jr * kc * es;
@@ -852,7 +852,7 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
     const ndl_ukernel kernel = ops->pack_a_block ? cfg->kernel_packed : cfg->kernel;
     /* Note [Balanced last tiles]; tiles of a_rows rows read A in place */
     const int64_t split = ops->a_rows < mr ? m : last_tiles_split(cfg, m);
-    const int step = ops->pack_a_block ? mr : ops->a_rows;
+    const int step = ops->a_rows; /* MR wherever A is packed */
     /* the packed A panels' rows: Note [One narrow A panel] */
     const int aw = fill && m <= mr ? tile_cost(cfg, m) : mr;
     for (int64_t t = 0; t < nkb * njb; t++) {

@@ -45,6 +45,7 @@ enum {
     RD_LEAF = 1024,             /* elements per row leaf */
     RD_VLEAF = 32,              /* rows per column leaf */
     RD_TILE = 1024,             /* column tile (elements) */
+    RD_WS_BYTES = 1 << 16,      /* column sums' scratch on the stack; more is allocated */
     RD_TILE_MEM = 4096,         /* from memory: Note [Whole rows of columns] */
     RD_GRAIN = 1 << 16,         /* elements per task */
     RD_ROW_CHUNK = RD_LEAF << 6 /* smallest chunk of a row split across threads */
@@ -57,8 +58,10 @@ enum {
  *   stream for the prefetchers, which stop at page boundaries. So when the
  *   input exceeds half the last-level cache (cpu_info.h: what this core
  *   reaches), a tile is up to RD_TILE_MEM columns, whole rows of up to 16
- *   KiB float32, its buffers in L2 (allocated by each call of rd_run_vert:
- *   7 levels for 4096 rows, 112 KiB float32). In cache, the wide tile lost
+ *   KiB float32, its buffers in L2 (past RD_WS_BYTES on the stack,
+ *   allocated by each call of rd_run_vert: 7 levels for 4096 rows, 112 KiB
+ *   float32; in cache, a 1024-column tile's levels fit the stack, and a
+ *   column sum allocates nothing). In cache, the wide tile lost
  *   to L1: 256 x 4096 float32 79 -> 66 GB/s. A column's sum does not depend
  *   on the tile: the bits do not change. Zen 4 (AMD EPYC, family 25 model
  *   17), 1 thread, best of 2-5 interleaved runs, GB/s read, before ->

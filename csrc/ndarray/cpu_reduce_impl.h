@@ -240,8 +240,11 @@ static RD_TARGET void RD_FN(rd_run_vert)(void *ctx, int64_t begin, int64_t end)
     const T *a = (const T *)j->a;
     T *dst0 = (T *)(j->nchunks > 1 ? j->partial : j->out);
     int64_t nout = j->no * j->ni;
-    T *ws = NULL; /* Note [Whole rows of columns] in cpu_reduce.c */
-    if (j->ws_elems > 0 && !(ws = (T *)malloc((size_t)j->ws_elems * sizeof(T)))) {
+    /* on the stack unless whole rows need more: Note [Whole rows of columns] */
+    T small[RD_WS_BYTES / sizeof(T)];
+    T *ws = small;
+    if (j->ws_elems > (int64_t)(RD_WS_BYTES / sizeof(T)) &&
+        !(ws = (T *)malloc((size_t)j->ws_elems * sizeof(T)))) {
         atomic_store(j->failed, 1);
         return;
     }
@@ -259,7 +262,8 @@ static RD_TARGET void RD_FN(rd_run_vert)(void *ctx, int64_t begin, int64_t end)
         else
             RD_FN(rd_vert_max)(x, nr, j->sr, nc, j->si, acc);
     }
-    free(ws);
+    if (ws != small)
+        free(ws);
 }
 
 /* p[c*stride], c < m, folded with the split rule of Note [Summation order]. */
