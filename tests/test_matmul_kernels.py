@@ -384,15 +384,22 @@ def test_emulated_avx512_axpy_limits(dtype):
     assert expected(8, 700, 4 * nr + 5, nr)[0].keys() == {"8"}
     # Note [Few rows of B from memory]: a B past half the LLC (2.4 MB; run_emu
     # pins 4 MiB) takes the axpy loops up to 16 rows in both dtypes, the
-    # kernels from 17
+    # kernels from 17; there the filling kernel's tile is a whole 14 rows,
+    # not cut (Note [Filling from memory in whole tiles]: 17 = 14 + 3 on the
+    # 4-row loop, 20 = 14 + 6 on the 7-row one), up to 2 MR rows, and from 28
+    # B is copied ahead (Note [B from memory]) and nothing fills
     cases = [[dtype, m, 3000, 200 * 4 // np.dtype(dtype).itemsize, "rows", "rows"]
-             for m in (3, 8, 9, 16, 17)]
+             for m in (3, 8, 9, 16, 17, 20, 23, 28, 31)]
     for g, (_, m, k, p, _, _) in zip(run_emu(cases), cases):
         if m <= 16:
             assert g["axpy"] > 0 and g["fmas"] == NO_FMAS and not g["tiles"], (m, g)
-        else:
-            want = expected(m, k, p, nr, packed=g["packed"] > 0)[1]
-            assert g["axpy"] == 0 and g["fmas"] == want, (m, g)
+            continue
+        tiles, fmas = expected(m, k, p, nr, cut=m >= 28, packed=g["packed"] > 0)
+        assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (m, g)
+        # the filling kernel packs A; B copied ahead, A is read in place (p < 512)
+        assert (g["filled"] > 0) == (g["packed"] > 0) == (m < 28), (m, g)
+    assert expected(17, 3000, 200, nr, cut=False)[0].keys() == {"14", "3"}
+    assert expected(31, 3000, 200, nr, cut=True)[0].keys() == {"14", "10", "7"}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -594,6 +594,8 @@ typedef struct {
     int a_rows;       /* rows per tile: MR, or set_rows (Note [A rows that alias]) */
     /* cfg->kernel_fill, or NULL where pack_b copies B ahead (Note [B from memory]) */
     ndl_ukernel_fill kernel_fill;
+    int whole_first; /* no balanced cut: kernel_fill reads B from memory (Note [Filling
+                      * from memory in whole tiles]) */
     void (*pack_a)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
     void (*pack_b)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
 } ndl_gemm_ops;
@@ -759,8 +761,34 @@ static void gemm_block(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_t p,
  *   GFLOP/s, 14 + 7 -> 10 + 7 (before the 8-row loop): 1 thread m = 17 69
  *   -> 74, 31 92 -> 98, 45 107 -> 113; 2 threads m = 17 137 -> 148-153, 45
  *   211 -> 223; the AVX2 kernels there (forced) m = 13 43 -> 45-47, 19 51
- *   -> 53-55, 31 61 -> 62-65.
+ *   -> 53-55, 31 61 -> 62-65. Not where the filling kernel reads B from
+ *   memory (Note [Filling from memory in whole tiles]).
  *   Returns the row where the last tile starts early, or m for no cut. */
+/* Note [Filling from memory in whole tiles]
+ *   The filling kernel reads its panel's rows of B where they lie, and
+ *   from memory (Note [B from memory]: with fewer than 2 MR rows a tile B
+ *   is not copied ahead) each row is a miss that the tile's FMAs on the
+ *   rows before it must hide: the more rows the tile has, the more of the
+ *   latency is hidden. Balanced last tiles (Note [Balanced last tiles])
+ *   cut m = MR + 3, 5 and 6 rows (AVX-512: 17, 19, 20) into 10 + 7, 10 +
+ *   9 and 10 + 10, so the filling tile had 10 rows, and those products ran
+ *   below m = 18 and 21, whose first tile is whole (float32 K = N = 4096
+ *   53-55 against 68-70). So a filling kernel that reads B from memory
+ *   runs whole MR tiles first, and the last tile its loop (14 + 3 on the
+ *   4-row loop: one row of FMAs more than 10 + 7, not hidden anyway).
+ *   Copying B ahead by pack_b gained too, but less for float32 (m = 17 62
+ *   against 64) and lost where the first tile is whole (m = 18 64-65
+ *   against 68-70). Same chains, same bits (Note [One chain per element]).
+ *   AMD EPYC Zen 4 (family 25 model 17, 32 MiB L3), K = N = 4096,
+ *   interleaved medians of 1 s runs, GFLOP/s, cut -> whole (OpenBLAS
+ *   0.3.31 SkylakeX kernel), 1 thread: float32 m = 17 53-55 -> 64 (41), 19
+ *   56-57 -> 64.5-66, 20 59-60 -> 64-72; float64 m = 17 23.5-25.6 -> 30.6-31
+ *   (26.6), 19 25-26.5 -> 29-31.6, 20 26-28 -> 31.5-33; 2 threads float32
+ *   m = 17 109-111 -> 129-133 (80), 19 112-114 -> 132-135, 20 119-121 ->
+ *   141-145 (83); float64 m = 17 48-50 -> 52-61 (49), 20 49-54 -> 60-65
+ *   (53). AVX2 (MR 6) takes the axpy loops (Note [Few rows of B from
+ *   memory]) or copies B ahead wherever such cuts would happen.
+ */
 static int tile_cost(const ndl_gemm_config *cfg, int64_t rows)
 {
     for (int i = 0; cfg->tile_loops[i]; i++)
@@ -851,7 +879,7 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
     int64_t ars = rsa, acs = csa;
     const ndl_ukernel kernel = ops->pack_a_block ? cfg->kernel_packed : cfg->kernel;
     /* Note [Balanced last tiles]; tiles of a_rows rows read A in place */
-    const int64_t split = ops->a_rows < mr ? m : last_tiles_split(cfg, m);
+    const int64_t split = ops->a_rows < mr || ops->whole_first ? m : last_tiles_split(cfg, m);
     const int step = ops->a_rows; /* MR wherever A is packed */
     /* the packed A panels' rows: Note [One narrow A panel] */
     const int aw = fill && m <= mr ? tile_cost(cfg, m) : mr;
@@ -1697,9 +1725,11 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
     int64_t tile_cols = round_up((p + job.tn - 1) / job.tn, cfg->nr);
     /* Note [B from memory]: tiles of two full row panels or more copy a B
      * larger than half the last-level cache ahead, by rows */
-    const int from_memory = (double)n * (double)p * (double)es > (double)cfg->fill_max_b &&
-                            (m + job.tm - 1) / job.tm >= 2 * cfg->mr;
+    const int b_from_memory = (double)n * (double)p * (double)es > (double)cfg->fill_max_b;
+    const int from_memory = b_from_memory && (m + job.tm - 1) / job.tm >= 2 * cfg->mr;
     job.ops.kernel_fill = from_memory ? NULL : cfg->kernel_fill;
+    job.ops.whole_first = b_from_memory && job.ops.kernel_fill; /* Note [Filling from memory
+                                                                 * in whole tiles] */
     job.ops.pack_a_block = !read_a_in_place(cfg, csa, tile_cols) ||
                            (csb == 1 && job.ops.kernel_fill && tile_rows <= cfg->mc &&
                             (tile_cols > 4 * cfg->nr || tile_rows < tile_cols));
