@@ -1,10 +1,11 @@
 """Paths of the CPU sum over the last axis that the other reduction tests do
-not single out: unit-stride rows summed several at a time, side by side
-(Note [Rows side by side] in csrc/ndarray/cpu_reduce_impl.h), and the rows
-left over one by one. Each row's sum is the same sequence of operations
-either way, so a row summed alone has the bits it has among many rows. And
-the column sums of an input from memory, in tiles of whole rows (Note [Whole
-rows of columns] in csrc/ndarray/cpu_reduce.c).
+not single out: unit-stride rows, whose leaves keep their lanes in vectors
+(Note [One row at a time] in csrc/ndarray/cpu_reduce_impl.h), short ones
+in a loop of their own, against strided rows, whose leaves keep them in an
+array: the same sequence of operations, so the same bits; a row summed alone
+has the bits it has among many rows. And the column sums of an input from
+memory, in tiles of whole rows (Note [Whole rows of columns] in
+csrc/ndarray/cpu_reduce.c).
 
 Reference: float64 NumPy on the same inputs, with the bound n * eps * sum|x|
 (pairwise summation is far tighter; this only catches wrong terms).
@@ -29,9 +30,30 @@ def check_rows(got, x, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [1, 5, 16, 31, 32, 33, 64, 100, 1023, 1024, 1025, 2049, 3000])
+def test_unit_stride_rows_have_the_bits_of_strided_rows(n, dtype):
+    # the same values every other element of a wider array: the strided
+    # leaf (rd_row_sum_leaf), against the unit-stride one (rd_row_sum_leaf1)
+    # and, up to RD_LEAF = 1024, the short rows' loop; 2 threads and 1
+    x = (np.random.randn(6, n) * np.exp(np.random.randn(6, n) * 4)).astype(dtype)
+    wide = np.random.randn(6, 2 * n).astype(dtype)
+    wide[:, ::2] = x
+    before = nd.get_num_threads()
+    try:
+        for threads in (1, 2):
+            nd.set_num_threads(threads)
+            unit = nd.array(x, dtype=dtype).sum(axis=1).numpy()
+            strided = nd.array(wide, dtype=dtype)[:, ::2].sum(axis=1).numpy().reshape(-1)
+            assert np.array_equal(unit, strided), f"n = {n}, {threads} threads"
+            check_rows(unit, x, dtype)
+    finally:
+        nd.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("n", [1, 5, 31, 32, 33, 1024, 1025, 3000, 4100])
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 9])
-def test_rows_side_by_side_have_the_bits_of_one_row(rows, n, dtype):
+def test_a_row_alone_has_its_bits_among_many(rows, n, dtype):
     x = np.random.randn(rows, n).astype(dtype)
     a = nd.array(x, dtype=dtype)
     full = a.sum(axis=1).numpy()
@@ -42,7 +64,7 @@ def test_rows_side_by_side_have_the_bits_of_one_row(rows, n, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_rows_side_by_side_of_a_view(dtype):
+def test_rows_of_a_view(dtype):
     # rows that are not adjacent in memory (a slice of the columns) and a
     # 3-d array whose last axis is summed
     x = np.random.randn(7, 1500).astype(dtype)
@@ -54,7 +76,7 @@ def test_rows_side_by_side_of_a_view(dtype):
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_rows_side_by_side_thread_count_independent(threads):
+def test_row_sums_thread_count_independent(threads):
     x = np.random.randn(1003, 517).astype(np.float32)
     a = nd.array(x)
     before = nd.get_num_threads()

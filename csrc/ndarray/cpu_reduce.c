@@ -10,7 +10,8 @@
  *         o < no (outer kept), r < nr (reduced), i < ni (inner kept)
  * and run by one of two kernels (cpu_reduce_impl.h):
  *   - row mode (ni == 1, or the reduced axis is the unit-stride one): each
- *     output element reduces one contiguous-ish row; lanes of partial sums
+ *     output element reduces one contiguous-ish row, row after row (Note [One
+ *     row at a time]); lanes of partial sums
  *     that gcc vectorizes, pairwise above RD_LEAF elements;
  *   - column mode (the kept inner axis is the unit-stride one, e.g. sum over
  *     axis 0 of a matrix): whole row segments are accumulated into the

@@ -77,74 +77,80 @@ static RD_TARGET T RD_FN(rd_row_max)(const T *x, int64_t n, int64_t s)
 }
 #undef RD_ROW_LEAF
 
+/* Note [One row at a time]
+ *   A sum over the last axis reads each unit-stride row as one stream,
+ *   row after row: the array in memory order. Its leaves keep their lanes
+ *   in RD_NV vectors of RD_VL elements and fold them in registers, lane j
+ *   of vector v being lane v * RD_VL + j of rd_row_sum_leaf, add for add
+ *   (the same bits). That loop's lanes are an array that gcc kept on the
+ *   stack: it zeroed them with `rep stos` for every row and folded them
+ *   through memory, and with a call or two a row, rows of 256 float32
+ *   spent most of their time outside the loop. Short rows (one leaf, one
+ *   chunk) run the leaf inlined in rd_run_rows. This replaces four rows
+ *   summed side by side (Note [Rows side by side], 2026-12-03), which
+ *   folded their lanes in registers and gave a Zen 3 VM more misses in
+ *   flight (4096 x 4096 float32 from memory 22 -> 31-33 GB/s against that
+ *   slower one-row loop); on a Zen 4 VM those interleaved streams read
+ *   memory at a third of the speed of one (float32 65536 x 256 12 GB/s,
+ *   131072 x 128 11, against 36-42 row after row), and PyTorch's loop is
+ *   one row at a time too. AMD EPYC Zen 4 (family 25 model 17), 1 thread,
+ *   best of 1 s runs, GB/s read, side by side -> one row (PyTorch 2.13):
+ *   float32 32768 x 32 20 -> 45 (27), 16384 x 64 37-40 -> 73 (46), 8192 x
+ *   128 45 -> 93 (72), 4096 x 256 57 -> 96 (86), 1024 x 1024 81 -> 96 (87),
+ *   4096 x 4096 (memory) 31-34 -> 42-50 (41-46), 131072 x 128 (memory) 11.5
+ *   -> 42-46 (39); float64 32768
+ *   x 32 25 -> 56 (58), 16384 x 64 40 -> 85 (88), 1024 x 1024 75 -> 97 (93),
+ *   131072 x 64 (memory) 16 -> 37 (33); rows shorter than RD_LANES are the
+ *   sequential tail: float32 65536 x 16 9 -> 13 (15). 2 threads, in cache:
+ *   float32 4096 x 256 110 -> 180 (147), 1024 x 1024 153 -> 180 (147).
+ *   Not measured again on a Zen 3: if its memory wants several streams,
+ *   this loop reads there what PyTorch's does (25-27 GB/s in 2026-12-03).
+ */
+typedef T RD_FN(rd_vec) __attribute__((vector_size(32)));
+#define RD_VL (32 / (int)sizeof(T))
+#define RD_NV (RD_LANES / RD_VL)
+/* rd_row_sum_leaf(x, n, 1), add for add */
+static RD_TARGET T RD_FN(rd_row_sum_leaf1)(const T *x, int64_t n)
+{
+    RD_FN(rd_vec) acc[RD_NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < RD_NV; v++)
+        acc[v] = (RD_FN(rd_vec)){0};
+    int64_t i = 0;
+    for (; i + RD_LANES <= n; i += RD_LANES)
+#pragma GCC unroll 8
+        for (int v = 0; v < RD_NV; v++) {
+            RD_FN(rd_vec) xv;
+            memcpy(&xv, x + i + v * RD_VL, sizeof xv);
+            acc[v] = acc[v] + xv;
+        }
+    T t = 0;
+    for (; i < n; i++)
+        t = t + x[i];
+    /* the pairwise fold of the lanes: across vectors, then within one */
+#pragma GCC unroll 8
+    for (int w = RD_NV / 2; w > 0; w /= 2)
+#pragma GCC unroll 8
+        for (int v = 0; v < w; v++)
+            acc[v] = acc[v] + acc[v + w];
+    RD_FN(rd_vec) l = acc[0];
+#pragma GCC unroll 8
+    for (int w = RD_VL / 2; w > 0; w /= 2)
+#pragma GCC unroll 8
+        for (int j = 0; j < w; j++)
+            l[j] = l[j] + l[j + w];
+    return l[0] + t;
+}
+#undef RD_NV
+#undef RD_VL
+
 static RD_TARGET T RD_FN(rd_row_sum)(const T *x, int64_t n, int64_t s)
 {
     if (n <= RD_LEAF)
-        return RD_FN(rd_row_sum_leaf)(x, n, s);
+        return s == 1 ? RD_FN(rd_row_sum_leaf1)(x, n) : RD_FN(rd_row_sum_leaf)(x, n, s);
     int64_t h = rd_split(n, RD_LEAF);
     T left = RD_FN(rd_row_sum)(x, h, s);
     return left + RD_FN(rd_row_sum)(x + h * s, n - h, s);
-}
-
-/* Note [Rows side by side]
- *   A sum over the last axis of a big array reads each row as one
- *   sequential stream; one row after the other, one core kept too few
- *   misses in flight (Zen 3, 4096 x 4096 float32, 1 thread: 22 GB/s,
- *   PyTorch 25-27). So unit-stride rows are summed RD_ROWS at a time, their
- *   leaves side by side: RD_ROWS streams. Each row's sum is the one of
- *   rd_row_sum, operation for operation (the same lanes, the same tail, the
- *   same tree), so the bits do not change. Their lanes are folded level
- *   by level for all the rows at once, which keeps them in registers (row
- *   by row, gcc spilled them and rows in cache lost 10%). Zen 3, 1 thread,
- *   float32: 4096 x 4096 22 -> 31-33 GB/s (float64 21.5 -> 28.5); 1024 x
- *   1024 (in cache) 56-58 -> 57-63; 256 x 300 30 -> 41. Eight rows were no
- *   faster from memory and slower from cache; two reach 29 GB/s.
- *   (-DRD_ROWS=n builds another count, for such measurements.)
- */
-#ifndef RD_ROWS
-#define RD_ROWS 4
-#endif
-static RD_TARGET void RD_FN(rd_rows_sum_leaf)(const T *x, int64_t rs, int64_t n, T *out)
-{
-    T acc[RD_ROWS][RD_LANES], t[RD_ROWS];
-    for (int r = 0; r < RD_ROWS; r++) {
-        t[r] = 0;
-        for (int j = 0; j < RD_LANES; j++)
-            acc[r][j] = 0;
-    }
-    int64_t i = 0;
-    for (; i + RD_LANES <= n; i += RD_LANES)
-        for (int r = 0; r < RD_ROWS; r++)
-            for (int j = 0; j < RD_LANES; j++)
-                acc[r][j] = acc[r][j] + x[r * rs + i + j];
-    for (int r = 0; r < RD_ROWS; r++)
-        for (int64_t k = i; k < n; k++)
-            t[r] = t[r] + x[r * rs + k];
-    /* the lanes folded pairwise, all rows at each level (in registers) */
-#pragma GCC unroll 16
-    for (int w = RD_LANES / 2; w > 0; w /= 2)
-#pragma GCC unroll 8
-        for (int r = 0; r < RD_ROWS; r++)
-#pragma GCC unroll 16
-            for (int j = 0; j < w; j++)
-                acc[r][j] = acc[r][j] + acc[r][j + w];
-    for (int r = 0; r < RD_ROWS; r++)
-        out[r] = acc[r][0] + t[r];
-}
-
-/* RD_ROWS rows x[r*rs + i], i < n, each summed as rd_row_sum(x + r*rs, n, 1) */
-static RD_TARGET void RD_FN(rd_rows_sum)(const T *x, int64_t rs, int64_t n, T *out)
-{
-    if (n <= RD_LEAF) {
-        RD_FN(rd_rows_sum_leaf)(x, rs, n, out);
-        return;
-    }
-    int64_t h = rd_split(n, RD_LEAF);
-    T left[RD_ROWS], right[RD_ROWS];
-    RD_FN(rd_rows_sum)(x, rs, h, left);
-    RD_FN(rd_rows_sum)(x + h, rs, n - h, right);
-    for (int r = 0; r < RD_ROWS; r++)
-        out[r] = left[r] + right[r];
 }
 
 static RD_TARGET T RD_FN(rd_row)(int op, const T *x, int64_t n, int64_t s)
@@ -215,20 +221,23 @@ static RD_TARGET void RD_FN(rd_run_rows)(void *ctx, int64_t begin, int64_t end)
     const T *a = (const T *)j->a;
     T *dst0 = (T *)(j->nchunks > 1 ? j->partial : j->out);
     int64_t nout = j->no * j->ni;
-    const int side = j->op == NDL_RED_SUM && j->sr == 1 && j->ni == 1; /* Note [Rows side by side] */
-    for (int64_t u = begin; u < end;) {
-        int64_t c = u / nout, k = u % nout;
-        int64_t o = k / j->ni, i = k % j->ni;
+    if (j->op == NDL_RED_SUM && j->sr == 1 && j->ni == 1 && j->nchunks == 1 &&
+        j->nr <= RD_LEAF) { /* short rows: Note [One row at a time] */
+        for (int64_t o = begin; o < end; o++)
+            dst0[o] = RD_FN(rd_row_sum_leaf1)(a + o * j->so, j->nr);
+        return;
+    }
+    int64_t c = begin / nout, k = begin % nout;
+    for (int64_t u = begin; u < end; u++) {
+        int64_t o = j->ni == 1 ? k : k / j->ni, i = j->ni == 1 ? 0 : k % j->ni;
         int64_t r0 = c * j->rchunk;
         int64_t nr = j->nr - r0 < j->rchunk ? j->nr - r0 : j->rchunk;
         const T *x = a + o * j->so + i * j->si + r0 * j->sr;
-        if (side && u + RD_ROWS <= end && k + RD_ROWS <= nout) {
-            RD_FN(rd_rows_sum)(x, j->so, nr, dst0 + c * nout + k);
-            u += RD_ROWS;
-            continue;
-        }
         dst0[c * nout + k] = RD_FN(rd_row)(j->op, x, nr, j->sr);
-        u++;
+        if (++k == nout) {
+            k = 0;
+            c++;
+        }
     }
 }
 
