@@ -51,6 +51,28 @@ def test_unit_stride_rows_have_the_bits_of_strided_rows(n, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [1, 7, 32, 33, 100, 1025, 3000])
+def test_unit_stride_row_max_has_the_bits_of_strided_rows(n, dtype):
+    # rd_row_max1 (lanes in vectors) against rd_row_max (lanes in an array):
+    # NaNs, infinities and zeros of both signs where they fall; NumPy's max
+    # for the values (its signed zeros may differ: any zero is a max)
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((8, n)).astype(dtype)
+    x[1] = np.where(x[1] > 0, 0.0, -0.0)
+    x[2, rng.integers(0, n, 2)] = np.nan
+    x[3, rng.integers(0, n, 2)] = -np.inf
+    x[4] = -np.inf
+    x[5, 0] = np.nan
+    wide = rng.standard_normal((8, 2 * n)).astype(dtype)
+    wide[:, ::2] = x
+    unit = nd.array(x, dtype=dtype).max(axis=1).numpy()
+    strided = nd.array(wide, dtype=dtype)[:, ::2].max(axis=1).numpy().reshape(-1)
+    assert np.array_equal(unit, strided, equal_nan=True), n
+    assert np.array_equal(np.signbit(unit), np.signbit(strided)), n
+    np.testing.assert_array_equal(unit, x.max(axis=1))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("n", [1, 5, 31, 32, 33, 1024, 1025, 3000, 4100])
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 9])
 def test_a_row_alone_has_its_bits_among_many(rows, n, dtype):
