@@ -108,7 +108,7 @@ static RD_TARGET T RD_FN(rd_row_max)(const T *x, int64_t n, int64_t s)
  *   A max over unit-stride rows takes the same leaf (the whole row: a max
  *   has no tree), its lanes combined by rd_max's mask select: float32
  *   4096 x 256 24.5 -> 30 GB/s, 1024 x 1024 47 -> 53, float64 16384 x 64
- *   19 -> 30 (PyTorch 68 / 64 / 51: the select's three extra operations
+ *   19 -> 30 (PyTorch 67 / 64 / 51: the select's three extra operations
  *   a vector, for NaN, bound it; same bits, NaNs and signed zeros too).
  */
 typedef T RD_FN(rd_vec) __attribute__((vector_size(32)));
