@@ -594,8 +594,7 @@ typedef struct {
     int a_rows;       /* rows per tile: MR, or set_rows (Note [A rows that alias]) */
     /* cfg->kernel_fill, or NULL where pack_b copies B ahead (Note [B from memory]) */
     ndl_ukernel_fill kernel_fill;
-    int whole_first; /* no balanced cut: kernel_fill reads B from memory (Note [Filling
-                      * from memory in whole tiles]) */
+    int b_from_memory; /* B past half the LLC (Note [B from memory]) */
     void (*pack_a)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
     void (*pack_b)(const char *, int64_t, int64_t, int64_t, int64_t, int, char *);
 } ndl_gemm_ops;
@@ -879,7 +878,10 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
     int64_t ars = rsa, acs = csa;
     const ndl_ukernel kernel = ops->pack_a_block ? cfg->kernel_packed : cfg->kernel;
     /* Note [Balanced last tiles]; tiles of a_rows rows read A in place */
-    const int64_t split = ops->a_rows < mr || ops->whole_first ? m : last_tiles_split(cfg, m);
+    /* ... but not where the filling kernel reads B from memory (Note [Filling
+     * from memory in whole tiles]) */
+    const int64_t split =
+        ops->a_rows < mr || (fill && ops->b_from_memory) ? m : last_tiles_split(cfg, m);
     const int step = ops->a_rows; /* MR wherever A is packed */
     /* the packed A panels' rows: Note [One narrow A panel] */
     const int aw = fill && m <= mr ? tile_cost(cfg, m) : mr;
@@ -1725,11 +1727,9 @@ static int gemm(const ndl_gemm_config *cfg, ndl_dtype dt, int64_t batch, int64_t
     int64_t tile_cols = round_up((p + job.tn - 1) / job.tn, cfg->nr);
     /* Note [B from memory]: tiles of two full row panels or more copy a B
      * larger than half the last-level cache ahead, by rows */
-    const int b_from_memory = (double)n * (double)p * (double)es > (double)cfg->fill_max_b;
-    const int from_memory = b_from_memory && (m + job.tm - 1) / job.tm >= 2 * cfg->mr;
+    job.ops.b_from_memory = (double)n * (double)p * (double)es > (double)cfg->fill_max_b;
+    const int from_memory = job.ops.b_from_memory && (m + job.tm - 1) / job.tm >= 2 * cfg->mr;
     job.ops.kernel_fill = from_memory ? NULL : cfg->kernel_fill;
-    job.ops.whole_first = b_from_memory && job.ops.kernel_fill; /* Note [Filling from memory
-                                                                 * in whole tiles] */
     job.ops.pack_a_block = !read_a_in_place(cfg, csa, tile_cols) ||
                            (csb == 1 && job.ops.kernel_fill && tile_rows <= cfg->mc &&
                             (tile_cols > 4 * cfg->nr || tile_rows < tile_cols));
