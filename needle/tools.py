@@ -537,9 +537,11 @@ _REDUCTIONS = {"Summation", "Max", "LogSumExp", "LogSoftmax"}
 def op_flops(op: Any, inputs: Sequence[Any], out: Any) -> int:
     """The FLOPs the profiler counts for op(inputs) = out.
 
-    MatMul ``(..., m, k) @ (..., k, n)``: ``2 m k n`` per batch element. Conv (NHWC input,
-    ``(K, K, C_in, C_out)`` weight): ``2 N H_out W_out C_out K K C_in``. Elementwise ops: one
-    per output element; reductions: one per input element; shape and copy ops: none.
+    MatMul ``(..., m, k) @ (..., k, n)``: ``2 m k n`` per batch element; the fused Linear
+    ``x @ W + b`` and AttentionProbs ``softmax(q @ k^T / c)`` add one per output element.
+    Conv (NHWC input, ``(K, K, C_in, C_out)`` weight): ``2 N H_out W_out C_out K K C_in``.
+    Elementwise ops: one per output element; reductions: one per input element; shape and
+    copy ops: none.
 
     >>> import needle as ndl
     >>> a, b = ndl.init.ones(4, 3), ndl.init.ones(3, 5)
@@ -552,6 +554,9 @@ def op_flops(op: Any, inputs: Sequence[Any], out: Any) -> int:
     if name == "MatMul":
         sa, so = _shape(inputs[0]), _shape(out)
         return 2 * math.prod(so) * int(sa[-1])
+    if name in ("Linear", "AttentionProbs"):  # the product, then one op per output element
+        sa, so = _shape(inputs[0]), _shape(out)  # (the bias add; the scaled softmax)
+        return (2 * int(sa[-1]) + 1) * math.prod(so)
     if name == "Conv":  # a transposed conv (an input gradient) reads (N, Ho, Wo, C_out)
         w = _shape(inputs[1])
         rows = _shape(inputs[0]) if getattr(op, "transposed", False) else _shape(out)

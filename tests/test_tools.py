@@ -130,6 +130,24 @@ def test_profile_flops_of_matmul_equal_the_formula():
     assert rows[("MatMul", "forward")]["MB"] * 1e6 == 4 * (m * k + k * n + m * n)
 
 
+def test_profile_flops_of_fused_linear_and_attention_probs_count_the_product():
+    m, k, n = 6, 7, 5
+    x = ndl.init.randn(m, k, requires_grad=True)
+    layer = ndl.nn.Linear(k, n)
+    with ndl.profile(peak=False) as prof:
+        layer(x).sum().backward()
+    rows = _rows(prof)
+    assert rows[("Linear", "forward")]["calls"] == 1
+    # x @ W (2 m k n) and the bias add (m n), as MatMul and EWiseAdd would count them
+    assert rows[("Linear", "forward")]["MFLOP"] * 1e6 == pytest.approx(2 * m * k * n + m * n)
+    B, T, S, D = 2, 3, 4, 5
+    q, kk = ndl.init.randn(B, T, D), ndl.init.randn(B, S, D)
+    with ndl.profile(peak=False) as prof:
+        ndl.ops.attention_probs(q, kk, 1.0, 0.0)
+    assert _rows(prof)[("AttentionProbs", "forward")]["MFLOP"] * 1e6 == pytest.approx(
+        (2 * D + 1) * B * T * S)
+
+
 def test_profile_flops_of_conv_equal_the_formula():
     N, H, W, C, O, K, stride, pad = 2, 9, 8, 3, 4, 3, 2, 1
     x = ndl.init.randn(N, H, W, C)
