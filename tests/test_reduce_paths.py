@@ -50,26 +50,52 @@ def test_unit_stride_rows_have_the_bits_of_strided_rows(n, dtype):
         nd.set_num_threads(before)
 
 
+def bits(a):
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("n", [1, 7, 32, 33, 100, 1025, 3000])
+@pytest.mark.parametrize("n", [1, 7, 8, 15, 20, 32, 33, 40, 64, 100, 1025, 3000])
 def test_unit_stride_row_max_has_the_bits_of_strided_rows(n, dtype):
-    # rd_row_max1 (lanes in vectors) against rd_row_max (lanes in an array):
-    # NaNs, infinities and zeros of both signs where they fall; NumPy's max
-    # for the values (its signed zeros may differ: any zero is a max)
+    # rd_row_max1 (a max without NaN, Note [A max without NaN], and its exact
+    # loop for rows with NaN, a zero max or an alarm) against rd_row_max
+    # (the exact select, lanes in an array): the same bits, NaN payloads and
+    # signed zeros included, wherever they fall (the lanes, the vectors of
+    # the tail, its last elements); NumPy's max for the values
     rng = np.random.default_rng(n)
-    x = rng.standard_normal((8, n)).astype(dtype)
-    x[1] = np.where(x[1] > 0, 0.0, -0.0)
+    x = rng.standard_normal((16, n)).astype(dtype)
+    x[1] = np.where(x[1] > 0, 0.0, -0.0)                   # a zero max: +0 and -0
     x[2, rng.integers(0, n, 2)] = np.nan
     x[3, rng.integers(0, n, 2)] = -np.inf
     x[4] = -np.inf
     x[5, 0] = np.nan
-    wide = rng.standard_normal((8, 2 * n)).astype(dtype)
+    x[6] = -np.abs(x[6])                                   # negatives and zeros
+    x[6, rng.integers(0, n, 3)] = 0.0
+    x[6, rng.integers(0, n, 3)] = -0.0
+    x[7, -1] = np.nan                                      # NaN in the last element
+    x[8] = -np.abs(x[8])
+    x[8, -1] = -0.0                                        # the max is the last, -0
+    x[8, 0] = 0.0
+    x[9, n // 3] = -np.nan                                 # NaNs of two sign bits
+    payload = bits(np.array([np.nan], dtype=dtype)) | 5    # and a payload
+    x[9, n // 2] = payload.view(dtype)[0]
+    x[10, rng.integers(0, n)] = np.inf                     # +inf and -inf: an alarm
+    x[10, rng.integers(0, n)] = -np.inf
+    big = np.finfo(dtype).max
+    x[11] = np.where(np.arange(n) % 2, big, -big)          # sums overflow both ways
+    x[12] = -np.abs(x[12])                                 # an all-negative row
+    wide = rng.standard_normal((16, 2 * n)).astype(dtype)
     wide[:, ::2] = x
-    unit = nd.array(x, dtype=dtype).max(axis=1).numpy()
-    strided = nd.array(wide, dtype=dtype)[:, ::2].max(axis=1).numpy().reshape(-1)
-    assert np.array_equal(unit, strided, equal_nan=True), n
-    assert np.array_equal(np.signbit(unit), np.signbit(strided)), n
-    np.testing.assert_array_equal(unit, x.max(axis=1))
+    before = nd.get_num_threads()
+    try:
+        for threads in (1, 2):
+            nd.set_num_threads(threads)
+            unit = nd.array(x, dtype=dtype).max(axis=1).numpy()
+            strided = nd.array(wide, dtype=dtype)[:, ::2].max(axis=1).numpy().reshape(-1)
+            assert np.array_equal(bits(unit), bits(strided)), (n, threads)
+            np.testing.assert_array_equal(unit, x.max(axis=1))
+    finally:
+        nd.set_num_threads(before)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -119,12 +119,14 @@ static int rd_vert_depth(int64_t nr)
 #define RD_DT f32
 #define RD_SFX f32_avx2
 #define RD_TARGET __attribute__((target("avx2"))) /* no fma: see cpu_ewise.c */
+#define RD_HWMAX __builtin_ia32_maxps256
 #include "cpu_reduce_impl.h"
 
 #define T double
 #define RD_DT f64
 #define RD_SFX f64_avx2
 #define RD_TARGET __attribute__((target("avx2"))) /* no fma: see cpu_ewise.c */
+#define RD_HWMAX __builtin_ia32_maxpd256
 #include "cpu_reduce_impl.h"
 #endif
 
