@@ -119,19 +119,20 @@ def child(lib: str, threads: int, quick: bool) -> dict:
         info["threads_used"] = nd.get_num_threads()
         wrap, t = (lambda x: nd.array(x, dtype=str(x.dtype))), (lambda x: x.permute((1, 0)))
         exp, total = (lambda x: x.exp()), (lambda x, axis: x.sum(axis=axis))
+        top = (lambda x, axis: x.max(axis=axis))
     elif lib == "numpy":
         import real_openblas
 
         info["blas"] = real_openblas.describe()
         wrap, t, exp = (lambda x: x), (lambda x: x.T), np.exp
-        total = (lambda x, axis: x.sum(axis=axis))
+        total, top = (lambda x, axis: x.sum(axis=axis)), (lambda x, axis: x.max(axis=axis))
     else:
         import torch
 
         torch.set_num_threads(threads)
         info["torch"] = f"{torch.__version__}, {torch.get_num_threads()} threads"
         wrap, t, exp = torch.from_numpy, (lambda x: x.t()), torch.exp
-        total = (lambda x, axis: x.sum(dim=axis))
+        total, top = (lambda x, axis: x.sum(dim=axis)), (lambda x, axis: x.amax(dim=axis))
 
     def view(x, layout_t):
         return t(x) if layout_t else x
@@ -164,11 +165,17 @@ def child(lib: str, threads: int, quick: bool) -> dict:
     results["ewise|exp a.exp()|float32"] = 2 * 4 * EWISE_N / 1e9 / best_time(
         lambda: exp(x), repeats, min_time=min_time, settle=settle)
     a = rng.standard_normal((REDUCE_N, REDUCE_N), dtype=np.float32)
-    x = wrap(a)
-    for axis in (0, 1):
-        results[f"reduce|sum(axis={axis}) 4096x4096|float32"] = (
-            4 * (REDUCE_N * REDUCE_N + REDUCE_N) / 1e9
-            / best_time(lambda: total(x, axis), repeats, min_time=min_time, settle=settle))
+    # from memory (64 MiB), and rows of 256 that the last-level cache holds
+    for (rows, cols), name, fn, axis in (((REDUCE_N, REDUCE_N), "sum", total, 0),
+                                         ((REDUCE_N, REDUCE_N), "sum", total, 1),
+                                         ((REDUCE_N, REDUCE_N), "max", top, 1),
+                                         ((REDUCE_N, 256), "sum", total, 1),
+                                         ((REDUCE_N, 256), "max", top, 1)):
+        x = wrap(np.ascontiguousarray(a[:rows, :cols]))
+        out = cols if axis == 0 else rows
+        results[f"reduce|{name}(axis={axis}) {rows}x{cols}|float32"] = (
+            4 * (rows * cols + out) / 1e9
+            / best_time(lambda: fn(x, axis), repeats, min_time=min_time, settle=settle))
     info["results"] = results
     info["repeats"] = repeats_gflops  # matmul: every repeat's GFLOP/s
     return info

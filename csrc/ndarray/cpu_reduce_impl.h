@@ -228,9 +228,10 @@ RD_FN(rd_row_max1)(const T *x, int64_t n)
                 xv[v] = xv[v] + xv[v + w];
         nan |= xv[0] != xv[0];
     }
-    /* the tail in any order: vectors, then an element at a time */
+    /* the tail in any order: vectors, then an element at a time; `again`
+     * where its bits could depend on the order (a NaN, a zero max) */
     T t = (T)-INFINITY;
-    int nan1 = 0;
+    int again = 0;
     if (i < n) {
         for (; i + RD_VL <= n; i += RD_VL) {
             RD_FN(rd_vec) xv;
@@ -241,15 +242,15 @@ RD_FN(rd_row_max1)(const T *x, int64_t n)
         RD_VFOLD(RD_VFMAX, tv);
         t = tv[0];
         for (; i < n; i++) {
-            nan1 |= x[i] != x[i];
+            again |= x[i] != x[i];
             t = x[i] > t ? x[i] : t;
         }
-        nan1 |= t == 0;
+        again |= t == 0;
     }
 #define RD_VOR(a, b) ((a) | (b))
     RD_VFOLD(RD_VOR, nan);
 #undef RD_VOR
-    if (nan[0] || nan1)
+    if (nan[0] || again)
         return RD_FN(rd_row_max1_exact)(x, n);
     _Pragma("GCC unroll 8") for (int w = RD_NV / 2; w > 0; w /= 2)
         _Pragma("GCC unroll 8") for (int v = 0; v < w; v++)
