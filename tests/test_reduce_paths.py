@@ -3,9 +3,10 @@ not single out: unit-stride rows, whose leaves keep their lanes in vectors
 (Note [One row at a time] in csrc/ndarray/cpu_reduce_impl.h), short ones
 in a loop of their own, against strided rows, whose leaves keep them in an
 array: the same sequence of operations, so the same bits; a row summed alone
-has the bits it has among many rows. And the column sums of an input from
-memory, in tiles of whole rows (Note [Whole rows of columns] in
-csrc/ndarray/cpu_reduce.c).
+has the bits it has among many rows. The max over the last axis, whose fast
+loop must give the exact loop's bits (Note [A max without NaN]). And the
+column sums of an input from memory, in tiles of whole rows (Note [Whole
+rows of columns] in csrc/ndarray/cpu_reduce.c).
 
 Reference: float64 NumPy on the same inputs, with the bound n * eps * sum|x|
 (pairwise summation is far tighter; this only catches wrong terms).
@@ -29,6 +30,17 @@ def check_rows(got, x, dtype):
     assert np.all(np.abs(got.astype(np.float64) - x64.sum(axis=-1)) <= bound)
 
 
+def each_thread_count():
+    """1 and 2 threads in turn (yielding the count), the pool's count after."""
+    before = nd.get_num_threads()
+    try:
+        for threads in (1, 2):
+            nd.set_num_threads(threads)
+            yield threads
+    finally:
+        nd.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("n", [1, 5, 16, 31, 32, 33, 64, 100, 1023, 1024, 1025, 2049, 3000])
 def test_unit_stride_rows_have_the_bits_of_strided_rows(n, dtype):
@@ -38,16 +50,11 @@ def test_unit_stride_rows_have_the_bits_of_strided_rows(n, dtype):
     x = (np.random.randn(6, n) * np.exp(np.random.randn(6, n) * 4)).astype(dtype)
     wide = np.random.randn(6, 2 * n).astype(dtype)
     wide[:, ::2] = x
-    before = nd.get_num_threads()
-    try:
-        for threads in (1, 2):
-            nd.set_num_threads(threads)
-            unit = nd.array(x, dtype=dtype).sum(axis=1).numpy()
-            strided = nd.array(wide, dtype=dtype)[:, ::2].sum(axis=1).numpy().reshape(-1)
-            assert np.array_equal(unit, strided), f"n = {n}, {threads} threads"
-            check_rows(unit, x, dtype)
-    finally:
-        nd.set_num_threads(before)
+    for threads in each_thread_count():
+        unit = nd.array(x, dtype=dtype).sum(axis=1).numpy()
+        strided = nd.array(wide, dtype=dtype)[:, ::2].sum(axis=1).numpy().reshape(-1)
+        assert np.array_equal(unit, strided), f"n = {n}, {threads} threads"
+        check_rows(unit, x, dtype)
 
 
 def bits(a):
@@ -86,16 +93,11 @@ def test_unit_stride_row_max_has_the_bits_of_strided_rows(n, dtype):
     x[12] = -np.abs(x[12])                                 # an all-negative row
     wide = rng.standard_normal((16, 2 * n)).astype(dtype)
     wide[:, ::2] = x
-    before = nd.get_num_threads()
-    try:
-        for threads in (1, 2):
-            nd.set_num_threads(threads)
-            unit = nd.array(x, dtype=dtype).max(axis=1).numpy()
-            strided = nd.array(wide, dtype=dtype)[:, ::2].max(axis=1).numpy().reshape(-1)
-            assert np.array_equal(bits(unit), bits(strided)), (n, threads)
-            np.testing.assert_array_equal(unit, x.max(axis=1))
-    finally:
-        nd.set_num_threads(before)
+    for threads in each_thread_count():
+        unit = nd.array(x, dtype=dtype).max(axis=1).numpy()
+        strided = nd.array(wide, dtype=dtype)[:, ::2].max(axis=1).numpy().reshape(-1)
+        assert np.array_equal(bits(unit), bits(strided)), (n, threads)
+        np.testing.assert_array_equal(unit, x.max(axis=1))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
