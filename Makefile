@@ -287,6 +287,21 @@ avx512-emu-asan: deps
 	  -k "not skinny_large_b and not balance_tiles"; \
 	  status=$$?; $(ASAN_BUILD); exit $$status
 
+# The x86-64 baseline variants of the elementwise, reduction, row (softmax, loss)
+# and LSTM-cell kernels, which a CPU without AVX2 runs and this one never would:
+# needle._C rebuilt with NEEDLE_BASELINE=1 (-DNDL_CPU_BASELINE_ONLY: cpu_ewise.c,
+# cpu_reduce.c, cpu_rows.h, ops_rnn.c), then the tests that reach them (the
+# reductions' bit-for-bit paths among them: Note [A max without NaN] has its own
+# baseline max). Restores the normal build afterwards and fails when a test does.
+BASELINE_TESTS = tests/test_ndarray.py tests/test_ndarray_ops.py tests/test_reduce_paths.py \
+  tests/test_softmax_loss.py tests/test_nn_sequence.py tests/test_attention_ops.py \
+  tests/test_autograd_ops.py
+.PHONY: baseline
+baseline: deps
+	NEEDLE_BASELINE=1 NEEDLE_WERROR=1 $(ASAN_BUILD)
+	$(PY_EXE) -m pytest -q -p no:cacheprovider $(BASELINE_TESTS); \
+	  status=$$?; $(ASAN_BUILD); exit $$status
+
 # cuda-emu-tsan: needle._cuda_emu under ThreadSanitizer, which reports data races
 # between emulated GPU threads: accesses that no barrier, __syncwarp or launch
 # orders (inside a barrier interval, or between consecutive blocks: Note [Races

@@ -52,6 +52,8 @@ if _flag("NEEDLE_WERROR"):
 c_macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 if _flag("NEEDLE_AVX512_EMU"):
     c_macros.append(("NDL_AVX512_EMU", "1"))
+if _flag("NEEDLE_BASELINE"):  # the x86-64 baseline kernels only (`make baseline`)
+    c_macros.append(("NDL_CPU_BASELINE_ONLY", "1"))
 
 ext = Extension(
     "needle._C",
