@@ -1,7 +1,8 @@
 """Paths of the CPU sum over the last axis that the other reduction tests do
 not single out: unit-stride rows, whose leaves keep their lanes in vectors
 (Note [One row at a time] in csrc/ndarray/cpu_reduce_impl.h), short ones
-in a loop of their own, against strided rows, whose leaves keep them in an
+in a loop of their own and, below 32 elements, side by side (Note [Short rows
+side by side]), against strided rows, whose leaves keep them in an
 array: the same sequence of operations, so the same bits; a row summed alone
 has the bits it has among many rows. The max over the last axis, whose fast
 loop must give the exact loop's bits (Note [A max without NaN]). And the
@@ -42,13 +43,16 @@ def each_thread_count():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("n", [1, 5, 16, 31, 32, 33, 64, 100, 1023, 1024, 1025, 2049, 3000])
+@pytest.mark.parametrize("n", [1, 4, 5, 8, 9, 16, 23, 31, 32, 33, 64, 100, 1023, 1024, 1025, 2049,
+                               3000])
 def test_unit_stride_rows_have_the_bits_of_strided_rows(n, dtype):
     # the same values every other element of a wider array: the strided
     # leaf (rd_row_sum_leaf), against the unit-stride one (rd_row_sum_leaf1)
     # and, up to RD_LEAF = 1024, the short rows' loop; 2 threads and 1
-    x = (np.random.randn(6, n) * np.exp(np.random.randn(6, n) * 4)).astype(dtype)
-    wide = np.random.randn(6, 2 * n).astype(dtype)
+    # 19 rows: short ones (n < 32) run side by side in blocks of 8 (float64: 4)
+    # and one at a time after the last block (Note [Short rows side by side])
+    x = (np.random.randn(19, n) * np.exp(np.random.randn(19, n) * 4)).astype(dtype)
+    wide = np.random.randn(19, 2 * n).astype(dtype)
     wide[:, ::2] = x
     for threads in each_thread_count():
         unit = nd.array(x, dtype=dtype).sum(axis=1).numpy()
@@ -101,16 +105,22 @@ def test_unit_stride_row_max_has_the_bits_of_strided_rows(n, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("n", [1, 5, 31, 32, 33, 1024, 1025, 3000, 4100])
-@pytest.mark.parametrize("rows", [1, 3, 4, 5, 9])
+@pytest.mark.parametrize("n", [1, 5, 8, 13, 31, 32, 33, 1024, 1025, 3000, 4100])
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 9, 17])
 def test_a_row_alone_has_its_bits_among_many(rows, n, dtype):
+    # a row alone runs one at a time; among 4 or more short ones, side by side
     x = np.random.randn(rows, n).astype(dtype)
+    x[rows // 2, n // 2] = np.nan if rows > 4 else x[rows // 2, n // 2]
+    x[-1] = np.where(x[-1] > 0, 0.0, -0.0)
     a = nd.array(x, dtype=dtype)
-    full = a.sum(axis=1).numpy()
-    check_rows(full, x, dtype)
+    full, top = a.sum(axis=1).numpy(), a.max(axis=1).numpy()
+    check_rows(full[np.isfinite(full)], x[np.isfinite(full)], dtype)
     for r in range(rows):
-        alone = nd.array(x[r:r + 1], dtype=dtype).sum(axis=1).numpy()
-        assert np.array_equal(alone, full[r:r + 1]), f"row {r} of {rows}, n = {n}"
+        alone = nd.array(x[r:r + 1], dtype=dtype)
+        assert np.array_equal(bits(alone.sum(axis=1).numpy()), bits(full[r:r + 1])), \
+            f"sum: row {r} of {rows}, n = {n}"
+        assert np.array_equal(bits(alone.max(axis=1).numpy()), bits(top[r:r + 1])), \
+            f"max: row {r} of {rows}, n = {n}"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -120,6 +130,11 @@ def test_rows_of_a_view(dtype):
     x = np.random.randn(7, 1500).astype(dtype)
     got = nd.array(x, dtype=dtype)[:, 3:1300].sum(axis=1).numpy().reshape(-1)
     check_rows(got, x[:, 3:1300], dtype)
+    x = np.random.randn(21, 40).astype(dtype)  # short rows, side by side, 40 apart
+    got = nd.array(x, dtype=dtype)[:, 3:20].sum(axis=1).numpy().reshape(-1)
+    check_rows(got, x[:, 3:20], dtype)
+    np.testing.assert_array_equal(nd.array(x, dtype=dtype)[:, 3:20].max(axis=1).numpy()
+                                  .reshape(-1), x[:, 3:20].max(axis=1))
     y = np.random.randn(3, 5, 700).astype(dtype)
     got = nd.array(y, dtype=dtype).sum(axis=2).numpy()
     check_rows(got.reshape(-1), y.reshape(15, 700), dtype)

@@ -103,7 +103,8 @@ static RD_TARGET T RD_FN(rd_row_max)(const T *x, int64_t n, int64_t s)
  *   -> 42-46 (39); float64 32768
  *   x 32 25 -> 56 (58), 16384 x 64 40 -> 85 (88), 1024 x 1024 75 -> 97 (93),
  *   131072 x 64 (memory) 16 -> 37 (33); rows shorter than RD_LANES are the
- *   sequential tail: float32 65536 x 16 9 -> 13 (15). 2 threads, in cache:
+ *   sequential tail: float32 65536 x 16 9 -> 13 (15; now Note [Short rows
+ *   side by side]). 2 threads, in cache:
  *   float32 4096 x 256 110 -> 180 (147), 1024 x 1024 153 -> 180 (147).
  *   Not measured again on a Zen 3: if its memory wants several streams,
  *   this loop reads there what PyTorch's does (25-27 GB/s in 2026-12-03).
@@ -258,6 +259,85 @@ RD_FN(rd_row_max1)(const T *x, int64_t n)
     RD_VFOLD(RD_VFMAX, acc[0]);
     return acc[0][0] > t ? acc[0][0] : t; /* RD_MAX: neither is NaN */
 }
+
+/* Note [Short rows side by side]
+ *   A row shorter than RD_LANES is all tail (Note [Summation order]): one
+ *   chain, (T)0 + x[0] + x[1] + ... in order, then +0 (the fold of lanes
+ *   that never took an element) plus the chain. One row at a time that is
+ *   a scalar add an element, each waiting for the last. Here RD_VL rows run
+ *   side by side, lane r of a vector holding row r's chain, add for add in
+ *   the same order: the same bits. Their elements come by RD_VL x RD_VL
+ *   blocks, RD_VL loads and a transpose (RD_TRANSPOSE: log2(RD_VL) stages
+ *   that swap off-diagonal blocks), then one element at a time past the
+ *   last whole block. A max of such rows is the same with the exact select
+ *   (RD_VMAX: NaN and signed zeros as rd_row_max1_exact has them, no
+ *   rerun). The rows past the last whole group of RD_VL run one at a time.
+ *   AMD EPYC Zen 4, 1 thread, GB/s read, one row -> side by side
+ *   (PyTorch 2.13), sums: float32 131072 x 8 9.6 -> 57 (7.7), 65536 x 16
+ *   13.3 -> 55 (14.7), 65536 x 24 14.5 -> 50 (21), 65536 x 31 14.2 -> 39
+ *   (21.6); float64 131072 x 8 15.5 -> 81 (18.8), 65536 x 16 27 -> 74
+ *   (34.5), 65536 x 31 28.7 -> 56 (49.5); maxes (after Note [A max
+ *   without NaN]): float32 65536 x 16 17.8 -> 32.6 (3.7), float64 27 -> 40
+ *   (21). Measured while another job used the second core.
+ */
+/* v[i] <-> lanes: v[i][l] <- v[l][i], i, l < RD_VL */
+#define RD_TRANSPOSE(v)                                                        \
+    _Pragma("GCC unroll 8") for (int s_ = 1; s_ < RD_VL; s_ *= 2) {            \
+        RD_FN(rd_mask) k_, lo_, hi_;                                           \
+        memcpy(&k_, RD_FN(rd_iota), sizeof k_);                                \
+        RD_FN(rd_mask) up_ = (k_ & s_) != 0; /* lanes of the upper block */     \
+        lo_ = k_ + (up_ & (RD_VL - s_));                                       \
+        hi_ = k_ + s_ + (up_ & (RD_VL - s_));                                  \
+        _Pragma("GCC unroll 8") for (int i_ = 0; i_ < RD_VL; i_++)             \
+            if (!(i_ & s_)) {                                                  \
+                RD_FN(rd_vec) a_ = (v)[i_], b_ = (v)[i_ + s_];                 \
+                (v)[i_] = __builtin_shuffle(a_, b_, lo_);                      \
+                (v)[i_ + s_] = __builtin_shuffle(a_, b_, hi_);                 \
+            }                                                                  \
+    }
+/* rows [begin, end), each n < RD_LANES long, so apart, into dst[row] */
+#define RD_SHORT_ROWS(VCOMB, ID, LEAF)                                         \
+    do {                                                                       \
+        int64_t o = begin;                                                     \
+        for (; o + RD_VL <= end; o += RD_VL) {                                 \
+            const T *x = a + o * so;                                           \
+            RD_FN(rd_vec) t = (RD_FN(rd_vec)){0} + (ID);                       \
+            int64_t i = 0;                                                     \
+            for (; i + RD_VL <= n; i += RD_VL) {                               \
+                RD_FN(rd_vec) c[RD_VL];                                        \
+                _Pragma("GCC unroll 8") for (int r = 0; r < RD_VL; r++)        \
+                    memcpy(&c[r], x + r * so + i, sizeof c[r]);                \
+                RD_TRANSPOSE(c);                                               \
+                _Pragma("GCC unroll 8") for (int l = 0; l < RD_VL; l++)        \
+                    t = VCOMB(t, c[l]);                                        \
+            }                                                                  \
+            for (; i < n; i++) {                                               \
+                RD_FN(rd_vec) c;                                               \
+                _Pragma("GCC unroll 8") for (int r = 0; r < RD_VL; r++)        \
+                    c[r] = x[r * so + i];                                      \
+                t = VCOMB(t, c);                                               \
+            }                                                                  \
+            /* the fold of the lanes that took no element, then the chain */  \
+            t = VCOMB((RD_FN(rd_vec)){0} + (ID), t);                           \
+            memcpy(dst + o, &t, sizeof t);                                     \
+        }                                                                      \
+        for (; o < end; o++)                                                   \
+            dst[o] = LEAF(a + o * so, n);                                      \
+    } while (0)
+
+static RD_TARGET void RD_FN(rd_short_sums)(const T *a, int64_t so, int64_t n, T *dst,
+                                           int64_t begin, int64_t end)
+{
+    RD_SHORT_ROWS(RD_VADD, (T)0, RD_FN(rd_row_sum_leaf1));
+}
+
+static RD_TARGET void RD_FN(rd_short_maxes)(const T *a, int64_t so, int64_t n, T *dst,
+                                            int64_t begin, int64_t end)
+{
+    RD_SHORT_ROWS(RD_VMAX, (T)-INFINITY, RD_FN(rd_row_max1_exact));
+}
+#undef RD_SHORT_ROWS
+#undef RD_TRANSPOSE
 #undef RD_VFMAX
 #undef RD_VFOLD
 #undef RD_ROW_LEAF1
@@ -345,14 +425,22 @@ static RD_TARGET void RD_FN(rd_run_rows)(void *ctx, int64_t begin, int64_t end)
     const T *a = (const T *)j->a;
     T *dst0 = (T *)(j->nchunks > 1 ? j->partial : j->out);
     int64_t nout = j->no * j->ni;
-    /* short rows (a max: any), unit stride: Note [One row at a time] */
+    /* unit stride, one chunk: rows shorter than RD_LANES side by side (Note
+     * [Short rows side by side]), the others one at a time (Note [One row at
+     * a time]) */
     if (j->sr == 1 && j->ni == 1 && j->nchunks == 1) {
-        if (j->op == NDL_RED_SUM && j->nr <= RD_LEAF) {
+        int sum = j->op == NDL_RED_SUM;
+        if (j->nr < RD_LANES) {
+            (sum ? RD_FN(rd_short_sums) : RD_FN(rd_short_maxes))(a, j->so, j->nr, dst0,
+                                                                  begin, end);
+            return;
+        }
+        if (sum && j->nr <= RD_LEAF) {
             for (int64_t o = begin; o < end; o++)
                 dst0[o] = RD_FN(rd_row_sum_leaf1)(a + o * j->so, j->nr);
             return;
         }
-        if (j->op != NDL_RED_SUM) {
+        if (!sum) {
             for (int64_t o = begin; o < end; o++)
                 dst0[o] = RD_FN(rd_row_max1)(a + o * j->so, j->nr);
             return;
