@@ -273,12 +273,12 @@ RD_FN(rd_row_max1)(const T *x, int64_t n)
  *   (RD_VMAX: NaN and signed zeros as rd_row_max1_exact has them, no
  *   rerun). The rows past the last whole group of RD_VL run one at a time.
  *   AMD EPYC Zen 4, 1 thread, GB/s read, one row -> side by side
- *   (PyTorch 2.13), sums: float32 131072 x 8 9.6 -> 57 (7.7), 65536 x 16
- *   13.3 -> 55 (14.7), 65536 x 24 14.5 -> 50 (21), 65536 x 31 14.2 -> 39
- *   (21.6); float64 131072 x 8 15.5 -> 81 (18.8), 65536 x 16 27 -> 74
- *   (34.5), 65536 x 31 28.7 -> 56 (49.5); maxes (after Note [A max
- *   without NaN]): float32 65536 x 16 17.8 -> 32.6 (3.7), float64 27 -> 40
- *   (21). Measured while another job used the second core.
+ *   (PyTorch 2.13), sums: float32 131072 x 8 9.6 -> 58 (6-8), 65536 x 16
+ *   13 -> 56 (14.7), 65536 x 24 14.4 -> 55 (21), 65536 x 31 14.2 -> 41.5
+ *   (21.5); float64 131072 x 8 15.3 -> 81 (18.7), 65536 x 16 27 -> 75
+ *   (34), 65536 x 31 27-29 -> 55 (49.5); maxes (after Note [A max without
+ *   NaN]): float32 65536 x 16 17.8 -> 32.5 (2.2-3.7), float64 27 -> 33-40
+ *   (20.5).
  */
 /* v[i] <-> lanes: v[i][l] <- v[l][i], i, l < RD_VL */
 #define RD_TRANSPOSE(v)                                                        \
