@@ -551,12 +551,9 @@ def op_flops(op: Any, inputs: Sequence[Any], out: Any) -> int:
     name = _op_name(op)
     if name in _NO_FLOP_OPS:
         return 0
-    if name == "MatMul":
-        sa, so = _shape(inputs[0]), _shape(out)
-        return 2 * math.prod(so) * int(sa[-1])
-    if name in ("Linear", "AttentionProbs"):  # the product, then one op per output element
-        sa, so = _shape(inputs[0]), _shape(out)  # (the bias add; the scaled softmax)
-        return (2 * int(sa[-1]) + 1) * math.prod(so)
+    if name in ("MatMul", "Linear", "AttentionProbs"):  # the fused ones: the product, then
+        fused = name != "MatMul"                           # the bias add / the scaled softmax
+        return (2 * int(_shape(inputs[0])[-1]) + fused) * math.prod(_shape(out))
     if name == "Conv":  # a transposed conv (an input gradient) reads (N, Ho, Wo, C_out)
         w = _shape(inputs[1])
         rows = _shape(inputs[0]) if getattr(op, "transposed", False) else _shape(out)

@@ -110,7 +110,8 @@ def test_unit_stride_row_max_has_the_bits_of_strided_rows(n, dtype):
 def test_a_row_alone_has_its_bits_among_many(rows, n, dtype):
     # a row alone runs one at a time; among 4 or more short ones, side by side
     x = np.random.randn(rows, n).astype(dtype)
-    x[rows // 2, n // 2] = np.nan if rows > 4 else x[rows // 2, n // 2]
+    if rows > 4:
+        x[rows // 2, n // 2] = np.nan
     x[-1] = np.where(x[-1] > 0, 0.0, -0.0)
     a = nd.array(x, dtype=dtype)
     full, top = a.sum(axis=1).numpy(), a.max(axis=1).numpy()

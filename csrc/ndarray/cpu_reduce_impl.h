@@ -118,13 +118,15 @@ typedef RD_FN(rd_int) RD_FN(rd_mask) __attribute__((vector_size(32)));
 #define RD_VL (32 / (int)sizeof(T))
 #define RD_NV (RD_LANES / RD_VL)
 #define RD_VADD(a, b) ((a) + (b))
-/* RD_MAX lane by lane, as a mask select (a macro: a function returning a
+/* lanes of a where m is set, of b elsewhere (macros: a function returning a
  * 32-byte vector has another ABI in the baseline build) */
+#define RD_VSEL(m, a, b)                                                       \
+    ((RD_FN(rd_vec))(((m) & (RD_FN(rd_mask))(a)) | (~(m) & (RD_FN(rd_mask))(b))))
+/* RD_MAX lane by lane */
 #define RD_VMAX(a, b)                                                          \
     ({                                                                         \
         RD_FN(rd_vec) a_ = (a), b_ = (b);                                      \
-        RD_FN(rd_mask) m_ = (a_ > b_) | (a_ != a_);                            \
-        (RD_FN(rd_vec))((m_ & (RD_FN(rd_mask))a_) | (~m_ & (RD_FN(rd_mask))b_)); \
+        RD_VSEL((a_ > b_) | (a_ != a_), a_, b_);                               \
     })
 /* The fold of one vector's lanes, l[j] = COMB(l[j], l[j + w]) for w =
  * RD_VL / 2 .. 1, as whole-vector steps: lane j < w of VCOMB(l, l's lanes
@@ -205,8 +207,7 @@ static RD_TARGET T RD_FN(rd_row_max1_exact)(const T *x, int64_t n)
 #define RD_VFMAX(a, b)                                                         \
     ({                                                                         \
         RD_FN(rd_vec) a_ = (a), b_ = (b);                                      \
-        RD_FN(rd_mask) m_ = a_ > b_;                                           \
-        (RD_FN(rd_vec))((m_ & (RD_FN(rd_mask))a_) | (~m_ & (RD_FN(rd_mask))b_)); \
+        RD_VSEL(a_ > b_, a_, b_);                                              \
     })
 #endif
 /* inlined: in rd_run_rows, rows of 32 float32 ran 34 -> 40 GB/s */
@@ -342,6 +343,7 @@ static RD_TARGET void RD_FN(rd_short_maxes)(const T *a, int64_t so, int64_t n, T
 #undef RD_VFOLD
 #undef RD_ROW_LEAF1
 #undef RD_VMAX
+#undef RD_VSEL
 #undef RD_VADD
 #undef RD_NV
 #undef RD_VL
