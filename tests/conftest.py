@@ -11,6 +11,8 @@
   ``cuda()``; the cuda case is skipped, with the reason, where no GPU is usable.
 - ``train_steps``: the plain training loop (SoftmaxLoss, reset_grad, backward,
   step) that the checkpoint tests run before and after saving.
+- ``each_thread_count``: 1 and 2 pool threads in turn, for the kernels' tests
+  that results do not depend on the thread count.
 """
 import os
 import sys
@@ -38,6 +40,18 @@ def train_steps(model, opt, data, device=None) -> list:
         opt.step()
         losses.append(loss.numpy().tobytes())
     return losses
+
+
+def each_thread_count():
+    """1 and 2 threads in turn (yielding the count), the pool's count after."""
+    nd = ndl.backend_ndarray
+    before = nd.get_num_threads()
+    try:
+        for threads in (1, 2):
+            nd.set_num_threads(threads)
+            yield threads
+    finally:
+        nd.set_num_threads(before)
 
 
 def _cuda_unusable():

@@ -111,15 +111,16 @@ def test_pack_bt_pads_with_zeros(dtype):
 # the packed-A kernels', emulated 512-bit FMAs, skinny axpy and dot calls,
 # the calls of the kernel that packs its B panel (Note [Packing B in the
 # kernel]), the calls and FMAs of the one-row kernel (Note [One row in
-# registers]), and the calls and FMAs of the register transposes of W
+# registers]), the calls of the kernel that packs A on the way (Note [Packing
+# A in the kernel]), and the calls and FMAs of the register transposes of W
 # (cpu_matmul_bt_avx512.c).
 EMU_CHILD = r"""
 import ctypes, json, sys
 import numpy as np
 import needle._C as C, needle.backend_ndarray as nd
 assert nd.matmul_kernel_name() == "avx512", nd.matmul_kernel_name()
-F = 15 + 8  # ndl_avx512_emu_count: tiles[0..14], packed, fmas, half_fmas, axpy, dot, filled,
-#             row, row_fmas
+F = 15 + 9  # ndl_avx512_emu_count: tiles[0..14], packed, fmas, half_fmas, axpy, dot, filled,
+#             row, row_fmas, fused
 lib = ctypes.CDLL(C.__file__)
 raw = (ctypes.c_int64 * (2 * F)).in_dll(lib, "ndl_avx512_emu_counts")
 bt = (ctypes.c_int64 * 4).in_dll(lib, "ndl_avx512_emu_bt_counts")  # [dtype][calls, FMAs]
@@ -150,7 +151,7 @@ for dt, m, k, p, ka, kb in json.loads(sys.argv[1]):
     out.append({"tiles": {str(r): n for r, n in enumerate(delta[:15]) if n},
                 "packed": delta[15], "fmas": delta[16:18], "axpy": delta[18], "dot": delta[19],
                 "filled": delta[20], "row": delta[21], "row_fmas": delta[22],
-                "bt": delta[23], "bt_fmas": delta[24]})
+                "fused": delta[23], "bt": delta[24], "bt_fmas": delta[25]})
 print(json.dumps(out))
 """
 NR = {"float32": 32, "float64": 16}  # the AVX-512 tiles: 14 x NR
@@ -368,7 +369,9 @@ def test_emulated_avx512_axpy_limits(dtype):
     # then packed, A's rows contiguous or not (p > 4 NR), and the first tile
     # of each panel, the last 5 columns' too, packs it (or, the panel's only
     # tile, reads it in place), once per KC block (k = 700: two) (Note
-    # [Packing B in the kernel])
+    # [Packing B in the kernel]); but from 15 rows, A's rows contiguous and
+    # not 1 KiB apart, the first panel's tiles pack A instead (Note [Packing
+    # A in the kernel])
     nr, limit = NR[dtype], {"float32": 2, "float64": 3}[dtype]
     cases = [[dtype, m, 700, 4 * nr + 5, kind, "rows"]
              for m in (2, 3, 4, 8, 9, 12, 16, 17) for kind in ("rows", "wide")]
@@ -378,7 +381,10 @@ def test_emulated_avx512_axpy_limits(dtype):
             continue
         tiles, fmas = expected(m, k, p, nr, packed=True)
         assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (m, kind, g)
-        assert g["packed"] == sum(tiles.values()) and g["filled"] == 5 * 2, (m, kind, g)
+        fused = len(row_tiles(m)) * 2 if kind == "rows" and m > 14 else 0
+        assert g["fused"] == fused, (m, kind, g)
+        assert g["packed"] == sum(tiles.values()) - fused, (m, kind, g)
+        assert g["filled"] == (4 if fused else 5) * 2, (m, kind, g)
     assert expected(17, 700, 4 * nr + 5, nr)[0].keys() == {"10", "7"}
     assert expected(16, 700, 4 * nr + 5, nr)[0].keys() == {"8"}
     assert expected(8, 700, 4 * nr + 5, nr)[0].keys() == {"8"}
@@ -411,7 +417,8 @@ def test_emulated_avx512_last_panel_by_masked_loads(dtype):
     # loop (Note [Half tiles]); with A packed for it whenever the tile has
     # fewer rows than columns (m = 20: 28 < 2 NR), its one tile reading B in
     # place, or its first of two (m = 20) storing the panel for the second;
-    # three KC blocks; m past the axpy limit
+    # three KC blocks; m past the axpy limit. m = 20: the first panel's two
+    # tiles pack A (Note [Packing A in the kernel]), and fill nothing
     nr, limit = NR[dtype], {"float32": 2, "float64": 3}[dtype]
     k = 2 * KC + 7
     cases = [[dtype, m, k, p, "rows", "rows"]
@@ -419,7 +426,32 @@ def test_emulated_avx512_last_panel_by_masked_loads(dtype):
     for g, (_, m, k, p, _, _) in zip(run_emu(cases), cases):
         tiles, fmas = expected(m, k, p, nr, packed=True)
         assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (m, p, g)
-        assert g["packed"] == sum(tiles.values()) and g["filled"] == 2 * 3, (m, p, g)
+        fused = 2 * 3 if m == 20 else 0
+        assert g["fused"] == fused and g["packed"] == sum(tiles.values()) - fused, (m, p, g)
+        assert g["filled"] == (1 if fused else 2) * 3, (m, p, g)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_emulated_avx512_first_panel_packs_a(dtype):
+    # Note [Packing A in the kernel]: A's rows contiguous (not 1 KiB apart),
+    # B by rows, more than one tile of rows and more than one panel: the
+    # first panel's tiles (at most MC rows on the 512 KiB L2 that run_emu
+    # pins: float32 72 = 4 x 14 + 8 + 8, float64 30 = 14 + 8 + 8) read A in
+    # place and pack it, once per KC block (k = 700: two), for every block
+    # of columns (p = 300: more than one NC1 block), and the other panels'
+    # first tiles pack B; A by columns or with rows 1 KiB apart is packed
+    # ahead, and no tile packs it; the same tiles and FMAs
+    nr, m = NR[dtype], {"float32": 72, "float64": 30}[dtype]
+    cases = [[dtype, m, 700, p, kind, "rows"]
+             for p in (100, 300) for kind in ("rows", "cols", "wide")]
+    for g, (_, m, k, p, kind, _) in zip(run_emu(cases), cases):
+        tiles, fmas = expected(m, k, p, nr, packed=True)
+        assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (p, kind, g)
+        fused = len(row_tiles(m)) * 2 if kind == "rows" else 0
+        assert g["fused"] == fused and g["packed"] == sum(tiles.values()) - fused, (p, kind, g)
+        panels = -(-p // nr)
+        assert g["filled"] == (panels - (1 if fused else 0)) * 2, (p, kind, g)
+    assert row_tiles(m)[-3:] == [14, 8, 8]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

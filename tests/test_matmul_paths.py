@@ -17,6 +17,8 @@ import pytest
 import needle.backend_ndarray as nd
 from needle import _C
 
+from conftest import each_thread_count
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(np.float64).eps)}
 
@@ -627,6 +629,42 @@ def test_packed_and_in_place_a_get_the_same_bits(m, kind_b, dtype):
         packed_cols = (nd.array(x.T.copy(), dtype=dtype).permute((1, 0)) @ b).numpy()
         assert np.array_equal(packed_rows, in_place), f"k={k}: A's rows packed"
         assert np.array_equal(packed_cols, in_place), f"k={k}: A's columns packed"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("p", [33, 100, 300, 700])
+@pytest.mark.parametrize("m", [15, 29, 50, 100, 168])
+def test_a_packed_in_the_kernel_gets_the_bits_of_packing_ahead(m, p, dtype):
+    # Note [Packing A in the kernel] (cpu_matmul_simd_impl.h): on AVX-512,
+    # with A's rows contiguous (not a multiple of 1 KiB apart) and B by rows,
+    # the tiles of the first panel of B read A in place and store its packed
+    # panels, which the other panels' tiles read. A by columns (packed ahead
+    # by pack_b) and A's rows 1 KiB apart (packed ahead by the transposes)
+    # give the bits of that product: every split of the rows (15 = 8 + 7,
+    # 29 = 14 + 8 + 7, 100 = 6 x 14 + 8 + 8, 168 = MC), the first panel
+    # whole and the last one narrow (33, 100: down the rows) or whole, more
+    # than one block of columns (300, 700 > NC1 on AVX-512), k in one KC
+    # block or three, 1 and 2 threads (a tile of rows each: their own
+    # first panels). Elsewhere (AVX2, generic) the three take the paths they
+    # took before, with the same bits.
+    kc = _C.matmul_config()[dtype]["kc"]
+    step = 1024 // np.dtype(dtype).itemsize
+    for k in (1, 5, 37, 100, 2 * kc + 3):
+        if k % step == 0:
+            continue
+        x = np.random.randn(m, k).astype(dtype)
+        y = np.random.randn(k, p).astype(dtype)
+        wide = np.zeros((m, -(-k // step) * step), dtype=dtype)
+        wide[:, :k] = x
+        b = nd.array(y, dtype=dtype)
+        for threads in each_thread_count():
+            fused = nd.array(x, dtype=dtype) @ b
+            check(fused, x, y, dtype)
+            by_cols = (nd.array(x.T.copy(), dtype=dtype).permute((1, 0)) @ b).numpy()
+            by_rows = (nd.array(wide, dtype=dtype)[:, :k] @ b).numpy()
+            where = f"k={k} threads={threads}"
+            assert np.array_equal(fused.numpy(), by_cols), f"{where}: A by columns"
+            assert np.array_equal(fused.numpy(), by_rows), f"{where}: A's rows 1 KiB apart"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

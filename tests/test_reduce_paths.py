@@ -21,6 +21,8 @@ import pytest
 
 import needle.backend_ndarray as nd
 
+from conftest import each_thread_count
+
 EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(np.float64).eps)}
 
 
@@ -29,17 +31,6 @@ def check_rows(got, x, dtype):
     bound = x.shape[-1] * EPS[dtype] * np.abs(x64).sum(axis=-1) + 1e-300
     assert got.dtype == np.dtype(dtype)
     assert np.all(np.abs(got.astype(np.float64) - x64.sum(axis=-1)) <= bound)
-
-
-def each_thread_count():
-    """1 and 2 threads in turn (yielding the count), the pool's count after."""
-    before = nd.get_num_threads()
-    try:
-        for threads in (1, 2):
-            nd.set_num_threads(threads)
-            yield threads
-    finally:
-        nd.set_num_threads(before)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -88,6 +88,7 @@ typedef struct {
     int few_rows_fill;   /* m = 4..small_m take the filling kernels, one thread or
                           * more (Note [Few rows on the filling kernel]) */
     ndl_ukernel_row row; /* m = 1 in registers (Note [One row: which products]); NULL: none */
+    ndl_ukernel_pack_a kernel_pack_a; /* Note [Packing A in the kernel]; NULL: none */
 } ndl_gemm_config;
 
 /* a task's columns, in bytes, for cfg->row (Note [One row: which products]) */
@@ -142,14 +143,16 @@ static const ndl_gemm_config g_kernels[K_COUNT][NDL_NUM_DTYPES] = {
                          ndl_ukernel_avx512_f32_packed, .bt_m = NDL_AVX512_BT_M, .small_m = 2,
                          .tile_loops = AVX512_LOOPS,
                          .kernel_fill = ndl_ukernel_avx512_f32_fill,
-                         .row = ndl_ukernel_avx512_f32_row},
+                         .row = ndl_ukernel_avx512_f32_row,
+                         .kernel_pack_a = ndl_ukernel_avx512_f32_pack_a},
         [NDL_FLOAT64] = {"avx512", ndl_ukernel_avx512_f64, NDL_AVX512_MR_F64, NDL_AVX512_NR_F64,
                          0, 0, 0, ndl_small_axpy_avx512_f64, ndl_small_dot_avx512_f64,
                          ndl_pack_bt_f64, 0, ndl_small_bt_avx512_f64,
                          ndl_ukernel_avx512_f64_packed, .bt_m = NDL_AVX512_BT_M_F64, .small_m = 8,
                          .tile_loops = AVX512_LOOPS,
                          .kernel_fill = ndl_ukernel_avx512_f64_fill, .few_rows_fill = 1,
-                         .row = ndl_ukernel_avx512_f64_row},
+                         .row = ndl_ukernel_avx512_f64_row,
+                         .kernel_pack_a = ndl_ukernel_avx512_f64_pack_a},
     },
 };
 
@@ -885,6 +888,10 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
     const int step = ops->a_rows; /* MR wherever A is packed */
     /* the packed A panels' rows: Note [One narrow A panel] */
     const int aw = fill && m <= mr ? tile_cost(cfg, m) : mr;
+    /* Note [Packing A in the kernel]: the first panel's tiles pack A's block */
+    const int fuse = fill && csa == 1 && cfg->kernel_pack_a && m > mr && p > nr &&
+                     !ops->b_from_memory && !rows_alias(cfg, rsa, csa, (size_t)es);
+    int pending = 0; /* A's block not packed yet */
     for (int64_t t = 0; t < nkb * njb; t++) {
         int64_t pc = (k_inner ? t % nkb : t / njb) * cfg->kc;
         int64_t jc = (k_inner ? t / nkb : t % njb) * ncb;
@@ -894,11 +901,15 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
         if (pc != packed_pc) {
             ablk = a + pc * csa * es;
             if (ops->pack_a_block) {
-                /* rows from `split` start a panel of their own */
-                pack_a_block(ops, ablk, rsa, csa, split, kc, aw, abuf);
-                if (split < m)
-                    pack_a_block(ops, ablk + split * rsa * es, rsa, csa, m - split, kc, mr,
-                                 abuf + (split + mr - 1) / mr * mr * kc * es);
+                if (fuse) {
+                    pending = 1;
+                } else {
+                    /* rows from `split` start a panel of their own */
+                    pack_a_block(ops, ablk, rsa, csa, split, kc, aw, abuf);
+                    if (split < m)
+                        pack_a_block(ops, ablk + split * rsa * es, rsa, csa, m - split, kc, mr,
+                                     abuf + (split + mr - 1) / mr * mr * kc * es);
+                }
                 ablk = abuf;
                 ars = 1;
                 acs = mr;
@@ -921,7 +932,11 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
                                                                 : m;
                 /* packed: the panel of row ir (a panel starts at `split`); else A itself */
                 int64_t at = ops->pack_a_block ? (ir + mr - 1) / mr * mr * kc : ir * rsa;
-                if (fill && ir == 0) /* the panel's only tile need not store it */
+                if (pending) /* A read in place, stored into its panel at */
+                    cfg->kernel_pack_a(kc, a + (pc + ir * rsa) * es, rsa, bsrc, rsb,
+                                       abuf + at * es, c + (ir * ldc + jc + jr) * es, ldc,
+                                       (int)(end - ir), first);
+                else if (fill && ir == 0) /* the panel's only tile need not store it */
                     ops->kernel_fill(kc, ablk + at * es, aw, bsrc, rsb, end < m ? bp : NULL,
                                      c + (ir * ldc + jc + jr) * es, ldc, (int)(end - ir), nrr,
                                      first);
@@ -930,6 +945,7 @@ static void gemm_block_few(const ndl_gemm_ops *ops, int64_t m, int64_t n, int64_
                            (int)(end - ir), nrr, first);
                 ir = end;
             }
+            pending = 0;
         }
     }
 }

@@ -134,6 +134,22 @@ NDL_DECLARE_FILL(avx2_f64)
 NDL_DECLARE_FILL(avx512_f32)
 NDL_DECLARE_FILL(avx512_f64)
 
+/* A tile of a whole panel (NR columns) that packs its rows of A on the way
+ * (Note [Packing A in the kernel] in cpu_matmul_simd_impl.h): the packed
+ * kernel's C for mr <= MR rows of A read in place (A[r][k] = a[r*ars + k])
+ * and B by rows (B[k][j] = b[k*rsb + j]), storing A[r][k] at ap[k*MR + r]
+ * for the rows of the loop that mr runs (past mr: row 0's). The bits of
+ * the packed kernel. AVX-512 only. */
+typedef void (*ndl_ukernel_pack_a)(int64_t kc, const void *a, int64_t ars, const void *b,
+                                   int64_t rsb, void *ap, void *c, int64_t ldc, int mr,
+                                   int first);
+#define NDL_DECLARE_PACK_A(SFX)                                                                    \
+    void ndl_ukernel_##SFX##_pack_a(int64_t kc, const void *a, int64_t ars, const void *b,        \
+                                    int64_t rsb, void *ap, void *c, int64_t ldc, int mr,          \
+                                    int first);
+NDL_DECLARE_PACK_A(avx512_f32)
+NDL_DECLARE_PACK_A(avx512_f64)
+
 /* One row of C in registers (Note [One row in registers] in
  * cpu_matmul_row_impl.h): C[j] for j < nr, with
  *   acc[j] = fma(a[k*acs], b[k*rsb + j], acc[j])   for k < kc in order, from 0

@@ -131,6 +131,8 @@ static inline UK_TARGET void uk_tstore_f64(const __m512d *t, int nr, int mr, dou
 #define UK_TSTORE_f64 uk_tstore_f64
 #endif
 
+#define UK_PACK_A 1 /* Note [Packing A in the kernel] */
+
 #ifdef NDL_AVX512_EMU /* the kernels under other names, counted below */
 #define UK_ISA avx512_emu
 #else
@@ -161,6 +163,7 @@ typedef struct {
     int64_t axpy, dot;                    /* skinny products (cpu_matmul_small.c) */
     int64_t filled;                       /* of which the filling kernel's */
     int64_t row, row_fmas;                /* the one-row kernel's calls and FMAs */
+    int64_t fused;                        /* tiles packing A on the way (in tiles[] too) */
 } ndl_avx512_emu_count;
 ndl_avx512_emu_count ndl_avx512_emu_counts[2];
 
@@ -196,6 +199,20 @@ EMU_TILE(ndl_ukernel_avx512_f64_packed, ndl_ukernel_avx512_emu_f64_packed, 1, 1)
     }
 EMU_FILL(ndl_ukernel_avx512_f32_fill, ndl_ukernel_avx512_emu_f32_fill, 0)
 EMU_FILL(ndl_ukernel_avx512_f64_fill, ndl_ukernel_avx512_emu_f64_fill, 1)
+/* Note [Packing A in the kernel]: a tile reading A in place, not packed */
+#define EMU_PACK_A(NAME, BODY, D)                                                              \
+    void NAME(int64_t kc, const void *a, int64_t ars, const void *b, int64_t rsb, void *ap,    \
+              void *c, int64_t ldc, int mr, int first)                                         \
+    {                                                                                          \
+        int64_t before = ndl_emu_fmas, half_before = ndl_emu_half_fmas;                        \
+        BODY(kc, a, ars, b, rsb, ap, c, ldc, mr, first);                                       \
+        EMU_ADD(ndl_avx512_emu_counts[D].tiles[mr], 1);                                        \
+        EMU_ADD(ndl_avx512_emu_counts[D].fused, 1);                                            \
+        EMU_ADD(ndl_avx512_emu_counts[D].fmas, ndl_emu_fmas - before);                         \
+        EMU_ADD(ndl_avx512_emu_counts[D].half_fmas, ndl_emu_half_fmas - half_before);          \
+    }
+EMU_PACK_A(ndl_ukernel_avx512_f32_pack_a, ndl_ukernel_avx512_emu_f32_pack_a, 0)
+EMU_PACK_A(ndl_ukernel_avx512_f64_pack_a, ndl_ukernel_avx512_emu_f64_pack_a, 1)
 /* Note [One row in registers] (cpu_matmul_row_impl.h): counted apart */
 #define EMU_ROW(NAME, BODY, D)                                                                 \
     void NAME(int64_t kc, const void *a, int64_t acs, const void *b, int64_t rsb, void *c,      \

@@ -43,6 +43,9 @@
  *                    first) stores rows r < mr (mr <= VW) of the columns
  *                    j < nr whose lane r of t[j] holds C[r][j] (masked:
  *                    nothing past them), adding to C unless first
+ *   UK_PACK_A        (optional) 1 for ndl_ukernel_<UK_ISA>_<UK_DT>_pack_a,
+ *                    which packs A's panel on the way (Note [Packing A in
+ *                    the kernel])
  * and per dtype (#undef'd again at the end):
  *   T                element type (float / double)
  *   UK_DT            dtype suffix (f32 / f64)
@@ -50,7 +53,8 @@
  * Defines ndl_ukernel_<UK_ISA>_<UK_DT> and, for A packed, its faster
  * ndl_ukernel_<UK_ISA>_<UK_DT>_packed (Note [Packed A kernel]),
  * ndl_ukernel_<UK_ISA>_<UK_DT>_fill, which packs its B panel on the way
- * (Note [Packing B in the kernel]), and ndl_ukernel_<UK_ISA>_<UK_DT>_row,
+ * (Note [Packing B in the kernel]), its counterpart for A where UK_PACK_A,
+ * and ndl_ukernel_<UK_ISA>_<UK_DT>_row,
  * one row of C in registers (cpu_matmul_row_impl.h). Elsewhere than on x86
  * those are stubs (the generic kernel, or its loops), only there so that
  * the driver links: they are never chosen.
@@ -99,6 +103,7 @@
 #define UK_KERNEL_PACKED UK_PASTE(UK_KERNEL, _packed)
 #define UK_KERNEL_FILL UK_PASTE(UK_KERNEL, _fill)
 #define UK_KERNEL_ROW UK_PASTE(UK_KERNEL, _row)
+#define UK_KERNEL_PACK_A UK_PASTE(UK_KERNEL, _pack_a)
 
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -835,6 +840,75 @@ UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, int64_t ak, const void
     TILE_BODY(FKP_LOOP)
 }
 
+#ifdef UK_PACK_A
+/* Note [Packing A in the kernel]
+ *   A block of A packed ahead (pack_bt's transposes, Note [Packing A by
+ *   transposes] in cpu_matmul.c) is a pass of its own before any FMA: in a
+ *   small product, 100 x 100 @ 100 x 100 float32 (3 panels of 32 columns
+ *   and one of 4, which runs down the rows on the packed panels: Note
+ *   [Narrow tiles down the rows]), it was 5.6% of the samples, and the
+ *   product without it (the packed A of the call before reused, a
+ *   throw-away build) ran 104 GFLOP/s against 98. UK_KERNEL_PACK_A runs a
+ *   tile of the block's first panel of B reading A where it lies (one
+ *   pointer per row, as UK_KERNEL; B by rows from b, as the filling
+ *   kernel's only tile) and stores each A element it loads into the packed
+ *   panel ap (A[r][k] at ap[k MR + r]; rows past mr, which the loop of mr
+ *   rows reads, get row 0's values, as UK_KERNEL reads them): the copy is
+ *   one load and one store an element, among the FMAs, and the other
+ *   panels' tiles read the packed A. gcc 12 compiles each row's step to a
+ *   scalar load, its store and a broadcast from the register; written to
+ *   broadcast from memory instead (two loads an element, 28 a k step), it
+ *   lost what it saved (80^3 float32 94.5 GFLOP/s against 97). The FMAs
+ *   are the packed kernel's, in the same k order (Note [One chain per
+ *   element]): the bits do not change. Only the AVX-512 kernels have it:
+ *   the AVX2 ones unroll their packed loop 4 times (Note [Packed A kernel])
+ *   and their one-step loop with row pointers lost more than the pass
+ *   (AVX2 forced on Zen 4, float32 80^3 96 -> 92.6, 100^3 92.5 -> 90.5).
+ *   The driver (gemm_block_few in cpu_matmul.c) takes it where A's block
+ *   would be packed by transposes for the filling kernels (A's rows
+ *   contiguous, B by rows not from memory), has more than one tile of rows
+ *   and more than one panel, and its rows are not a multiple of 1 KiB
+ *   apart: 14 rows in a few L1 sets lose each line before its next k
+ *   (Note [A rows that alias] in cpu_matmul.c; 28 x 1024 @ 1024 x 100
+ *   float32 98.6 -> 87). AMD EPYC Zen 4 (family 25 model 17), 1 thread,
+ *   interleaved medians of 0.5 s runs, GFLOP/s, before -> after (OpenBLAS
+ *   0.3.31 SkylakeX): float32 80^3 97.2 -> 100.1 (101.5-102), 100^3 97.8
+ *   -> 101.3 (105.6), 28 x 784 x 100 99.2 -> 102.3; float64 80^3 50.7 ->
+ *   52.5 (52.7-53.8), 28 x 784 x 100 50.2 -> 53.4; 64^3 (A read in place),
+ *   50 x 500 x 500 and 168 x 1024 x 1024 within noise. */
+#define AP_STEP(r)                                                                 \
+    {                                                                              \
+        V ar = BCAST(a##r + k);                                                    \
+        ap[r] = a##r[k];                                                           \
+        c##r##_0 = MM(fmadd)(ar, b0, c##r##_0);                                    \
+        c##r##_1 = MM(fmadd)(ar, b1, c##r##_1);                                    \
+    }
+#define AP_STEPS(ROWS, END)                                                        \
+    for (; k < (END); k++) {                                                       \
+        V b0 = MM(loadu)(b), b1 = MM(loadu)(b + VW);                               \
+        PREFETCH_B                                                                 \
+        ROWS(AP_STEP)                                                              \
+        ap += UK_MR;                                                               \
+        b += rsb;                                                                  \
+    }
+#define AP_LOOP(ROWS) B_LOOP(AP_STEPS, ROWS)
+
+UK_TARGET void UK_KERNEL_PACK_A(int64_t kc, const void *a_, int64_t ars, const void *b_,
+                                int64_t rsb, void *ap_, void *c_, int64_t ldc, int mr,
+                                int first)
+{
+    const T *a = a_, *b = b_;
+    T *ap = ap_, *c = c_;
+    const int nr = UK_NR; /* a whole panel */
+    UK_ROWS(DECL)
+    UK_ROWS(APTR)
+    TILE_BODY(AP_LOOP)
+}
+#undef AP_LOOP
+#undef AP_STEPS
+#undef AP_STEP
+#endif
+
 #include "cpu_matmul_row_impl.h" /* ndl_ukernel_<UK_ISA>_<UK_DT>_row */
 
 #ifdef UK_HALF_VEC
@@ -1016,9 +1090,23 @@ void UK_KERNEL_ROW(int64_t kc, const void *a_, int64_t acs, const void *b_, int6
     }
 }
 
+#ifdef UK_PACK_A
+void UK_KERNEL_PACK_A(int64_t kc, const void *a_, int64_t ars, const void *b_, int64_t rsb,
+                      void *ap_, void *c_, int64_t ldc, int mr, int first)
+{
+    const T *a = a_;
+    T *ap = ap_;
+    for (int64_t k = 0; k < kc; k++)
+        for (int r = 0; r < UK_MR; r++)
+            ap[k * UK_MR + r] = a[(r < mr ? r : 0) * ars + k];
+    UK_KERNEL_FILL(kc, ap_, UK_MR, b_, rsb, NULL, c_, ldc, mr, UK_NR, first);
+}
+#endif
+
 #endif
 
 #undef UK_KERNEL_ROW
+#undef UK_KERNEL_PACK_A
 #undef UK_KERNEL_FILL
 #undef UK_KERNEL_PACKED
 #undef UK_KERNEL
