@@ -58,8 +58,8 @@ static PyObject *m_matmul_kernel_name(PyObject *m, PyObject *u)
 }
 
 /* {"kernel", "float32": {mr, nr, mc, kc, nc, small_m, swap_m, fill_m, row_bytes, fill_max_b,
- *  set_rows}, "float64": {...}, "l1d", "l1d_ways", "l2", "l3", "llc", "cache_source",
- *  "flush_denormals"}: what
+ *  set_rows, pack_a}, "float64": {...}, "l1d", "l1d_ways", "l2", "l3", "llc", "cache_source",
+ *  "vendor", "flush_denormals"}: what
  *  ndl_cpu_matmul chose and why (ndl_cpu_matmul_blocks in ndl_core.h). */
 static PyObject *m_matmul_config(PyObject *m, PyObject *u)
 {
@@ -68,21 +68,22 @@ static PyObject *m_matmul_config(PyObject *m, PyObject *u)
     for (int dt = 0; dt < NDL_NUM_DTYPES; dt++) {
         int64_t b[NDL_MATMUL_BLOCKS_N];
         ndl_cpu_matmul_blocks((ndl_dtype)dt, b);
-        blocks[dt] = Py_BuildValue("{sLsLsLsLsLsLsLsLsLsLsL}", "mr", (long long)b[0], "nr",
+        blocks[dt] = Py_BuildValue("{sLsLsLsLsLsLsLsLsLsLsLsL}", "mr", (long long)b[0], "nr",
                                    (long long)b[1], "mc", (long long)b[2], "kc", (long long)b[3],
                                    "nc", (long long)b[4], "small_m", (long long)b[5], "swap_m",
                                    (long long)b[6], "fill_m", (long long)b[7], "row_bytes",
                                    (long long)b[8], "fill_max_b", (long long)b[9], "set_rows",
-                                   (long long)b[10]);
+                                   (long long)b[10], "pack_a", (long long)b[11]);
         if (!blocks[dt])
             goto fail;
     }
-    res = Py_BuildValue("{sssOsOsLsisLsLsLsssi}", "kernel", ndl_cpu_matmul_kernel_name(),
+    res = Py_BuildValue("{sssOsOsLsisLsLsLsssssi}", "kernel", ndl_cpu_matmul_kernel_name(),
                         "float32", blocks[NDL_FLOAT32], "float64", blocks[NDL_FLOAT64], "l1d",
                         (long long)info->l1d, "l1d_ways", info->l1d_ways, "l2",
                         (long long)info->l2, "l3",
                         (long long)info->l3, "llc", (long long)info->llc, "cache_source",
-                        info->source, "flush_denormals", ndl_flush_denormals_enabled());
+                        info->source, "vendor", info->vendor, "flush_denormals",
+                        ndl_flush_denormals_enabled());
 fail:
     Py_XDECREF(blocks[0]);
     Py_XDECREF(blocks[1]);

@@ -161,6 +161,12 @@ VW = {"float32": 16, "float64": 8}  # W's rows per transposed group: a vector
 NO_FMAS = [0, 0]  # no 512-bit FMA, no 256-bit one
 
 
+def packs_a():
+    """Note [Packing A in the kernel]: the AVX-512 tiles pack A on AMD's cores only."""
+    from needle import _C
+    return _C.matmul_config()["vendor"] in ("AuthenticAMD", "HygonGenuine")
+
+
 def run_emu(cases, threads=1):
     if not avx512_emulated() or "avx2" not in supported():
         pytest.skip("not the NDL_AVX512_EMU build (on a CPU with AVX2)")
@@ -381,7 +387,7 @@ def test_emulated_avx512_axpy_limits(dtype):
             continue
         tiles, fmas = expected(m, k, p, nr, packed=True)
         assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (m, kind, g)
-        fused = len(row_tiles(m)) * 2 if kind == "rows" and m > 14 else 0
+        fused = len(row_tiles(m)) * 2 if packs_a() and kind == "rows" and m > 14 else 0
         assert g["fused"] == fused, (m, kind, g)
         assert g["packed"] == sum(tiles.values()) - fused, (m, kind, g)
         assert g["filled"] == (4 if fused else 5) * 2, (m, kind, g)
@@ -426,7 +432,7 @@ def test_emulated_avx512_last_panel_by_masked_loads(dtype):
     for g, (_, m, k, p, _, _) in zip(run_emu(cases), cases):
         tiles, fmas = expected(m, k, p, nr, packed=True)
         assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (m, p, g)
-        fused = 2 * 3 if m == 20 else 0
+        fused = 2 * 3 if packs_a() and m == 20 else 0
         assert g["fused"] == fused and g["packed"] == sum(tiles.values()) - fused, (m, p, g)
         assert g["filled"] == (1 if fused else 2) * 3, (m, p, g)
 
@@ -447,7 +453,7 @@ def test_emulated_avx512_first_panel_packs_a(dtype):
     for g, (_, m, k, p, kind, _) in zip(run_emu(cases), cases):
         tiles, fmas = expected(m, k, p, nr, packed=True)
         assert (g["tiles"], g["fmas"], g["axpy"]) == (tiles, fmas, 0), (p, kind, g)
-        fused = len(row_tiles(m)) * 2 if kind == "rows" else 0
+        fused = len(row_tiles(m)) * 2 if packs_a() and kind == "rows" else 0
         assert g["fused"] == fused and g["packed"] == sum(tiles.values()) - fused, (p, kind, g)
         panels = -(-p // nr)
         assert g["filled"] == (panels - (1 if fused else 0)) * 2, (p, kind, g)

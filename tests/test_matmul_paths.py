@@ -197,6 +197,9 @@ def test_config_reports_the_chosen_blocks():
             assert b["set_rows"] == ways
         else:
             assert b["set_rows"] == max([r for r in loops if r <= ways] or [loops[0]])
+        # Note [Packing A in the kernel]: the AVX-512 kernels on AMD's cores
+        amd = cfg["vendor"] in ("AuthenticAMD", "HygonGenuine")
+        assert b["pack_a"] == (cfg["kernel"] == "avx512" and amd)
     assert cfg["flush_denormals"] in (0, 1)
 
 
@@ -646,7 +649,7 @@ def test_a_packed_in_the_kernel_gets_the_bits_of_packing_ahead(m, p, dtype):
     # than one block of columns (300, 700 > NC1 on AVX-512), k in one KC
     # block or three, 1 and 2 threads (a tile of rows each: their own
     # first panels). Elsewhere (AVX2, generic) the three take the paths they
-    # took before, with the same bits.
+    # took before (and so do Intel's AVX-512 cores), with the same bits.
     kc = _C.matmul_config()[dtype]["kc"]
     step = 1024 // np.dtype(dtype).itemsize
     for k in (1, 5, 37, 100, 2 * kc + 3):

@@ -38,6 +38,13 @@ static uint64_t read_xcr0(void)
 static void read_simd(ndl_cpu_info *info)
 {
     unsigned a, b, c, d;
+    if (__get_cpuid(0, &a, &b, &c, &d)) { /* the vendor: ebx, edx, ecx */
+        memcpy(info->vendor, &b, 4);
+        memcpy(info->vendor + 4, &d, 4);
+        memcpy(info->vendor + 8, &c, 4);
+        info->vendor[12] = '\0';
+        info->amd = !strcmp(info->vendor, "AuthenticAMD") || !strcmp(info->vendor, "HygonGenuine");
+    }
     if (!__get_cpuid(1, &a, &b, &c, &d))
         return;
     int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1;

@@ -23,6 +23,8 @@ typedef struct {
     const char *source; /* "cpuid", "sysfs", "default" or "env" */
     int avx2_fma;       /* AVX2 and FMA3: CPU flags and OS saves ymm state */
     int avx512f;        /* AVX-512F and FMA3: CPU flags and OS saves zmm/opmask state */
+    char vendor[13];    /* cpuid leaf 0's, e.g. "AuthenticAMD"; "" off x86 */
+    int amd;            /* AuthenticAMD or HygonGenuine (Note [Packing A in the kernel]) */
 } ndl_cpu_info;
 
 /* Borrowed, filled on first call (thread-safe), never NULL. */

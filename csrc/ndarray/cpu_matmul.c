@@ -353,6 +353,8 @@ static void choose_kernel(void)
     for (int dt = 0; dt < NDL_NUM_DTYPES; dt++) {
         g_config[dt] = g_kernels[chosen][dt];
         derive_blocks(&g_config[dt], (int64_t)ndl_itemsize((ndl_dtype)dt), info);
+        if (!info->amd) /* Note [Packing A in the kernel]: measured on AMD's cores only */
+            g_config[dt].kernel_pack_a = NULL;
     }
 }
 
@@ -383,6 +385,7 @@ int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[NDL_MATMUL_BLOCKS_N])
     out[8] = cfg->row ? NDL_ROW_MAX_BYTES : 0; /* Note [One row: which products] */
     out[9] = cfg->fill_max_b;             /* Note [B from memory] */
     out[10] = cfg->set_rows;              /* Note [A rows that alias] */
+    out[11] = cfg->kernel_pack_a != NULL; /* Note [Packing A in the kernel] */
     return NDL_OK;
 }
 
@@ -831,7 +834,9 @@ static int64_t last_tiles_split(const ndl_gemm_config *cfg, int64_t m)
  *   prefetch of the next B block]). It visits them in the order that reads
  *   B along its contiguous axis, so that B streams from memory in long
  *   runs over few pages:
- *     rows contiguous (B):    for pc by KC: pack A once; for jc by NC1: ...
+ *     rows contiguous (B):    for pc by KC: pack A once (on AMD's AVX-512
+ *                             cores by the first panel's tiles: Note
+ *                             [Packing A in the kernel]); for jc by NC1: ...
  *     columns contiguous (W.T): for jc by NC1: for pc by KC: ...
  *   (the second repacks the m x KC A block for each B block, m / NC1 of the
  *   B packing). With B by rows and A packed, no block is copied ahead any

@@ -864,13 +864,19 @@ UK_TARGET void UK_KERNEL_FILL(int64_t kc, const void *a_, int64_t ak, const void
  *   the AVX2 ones unroll their packed loop 4 times (Note [Packed A kernel])
  *   and their one-step loop with row pointers lost more than the pass
  *   (AVX2 forced on Zen 4, float32 80^3 96 -> 92.6, 100^3 92.5 -> 90.5).
- *   The driver (gemm_block_few in cpu_matmul.c) takes it where A's block
- *   would be packed by transposes for the filling kernels (A's rows
- *   contiguous, B by rows not from memory), has more than one tile of rows
- *   and more than one panel, and its rows are not a multiple of 1 KiB
- *   apart: 14 rows in a few L1 sets lose each line before its next k
- *   (Note [A rows that alias] in cpu_matmul.c; 28 x 1024 @ 1024 x 100
- *   float32 98.6 -> 87). AMD EPYC Zen 4 (family 25 model 17), 1 thread,
+ *   And only on AMD's cores (cpu_info's vendor; choose_kernel drops it
+ *   elsewhere): on Zen 4 a broadcast from a register runs beside the FMAs,
+ *   while on Intel's server cores it takes port 5, the port of their second
+ *   512-bit FMA unit, and the panel's 14 broadcasts a k step would cost
+ *   about half its 28 FMAs again, more than the transposes it saves (which
+ *   are on port 5 too, 24 shuffles for 64 elements); not measured there, so
+ *   not taken there. The driver (gemm_block_few in cpu_matmul.c) takes it
+ *   where A's block would be packed by transposes for the filling kernels
+ *   (A's rows contiguous, B by rows not from memory), has more than one
+ *   tile of rows and more than one panel, and its rows are not a multiple
+ *   of 1 KiB apart: 14 rows in a few L1 sets lose each line before its
+ *   next k (Note [A rows that alias] in cpu_matmul.c; 28 x 1024 @ 1024 x
+ *   100 float32 98.6 -> 87). AMD EPYC Zen 4 (family 25 model 17), 1 thread,
  *   interleaved medians of 0.5 s runs, GFLOP/s, before -> after (OpenBLAS
  *   0.3.31 SkylakeX): float32 80^3 97.2 -> 100.1 (101.5-102), 100^3 97.8
  *   -> 101.3 (105.6), 28 x 784 x 100 99.2 -> 102.3; float64 80^3 50.7 ->

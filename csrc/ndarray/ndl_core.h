@@ -160,7 +160,7 @@ const char *ndl_cpu_matmul_kernel_name(void);
  * none), Note [One row: which products]; B = W.T from m = SWAP_M, 0 for
  * never: C.T = W @ A.T, Note [x @ W.T by W @ x.T]; B above FILL_MAX_B
  * bytes is read from memory, Note [B from memory]; all in cpu_matmul.c). */
-#define NDL_MATMUL_BLOCKS_N 11
+#define NDL_MATMUL_BLOCKS_N 12
 int ndl_cpu_matmul_blocks(ndl_dtype dt, int64_t out[NDL_MATMUL_BLOCKS_N]);
 
 #endif /* NDL_CORE_H */
