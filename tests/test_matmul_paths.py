@@ -503,6 +503,34 @@ def test_rows_get_the_same_bits_across_the_block_paths(kind_b, dtype):
         assert np.array_equal(part, full[:m]), f"rows of a {m}-row product differ ({kind_b})"
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind_b", ["rows", "cols"])
+@pytest.mark.parametrize("k", [100, 37])
+def test_short_rows_take_taller_a_blocks_with_the_same_bits(k, kind_b, dtype):
+    # Note [A blocks of short rows] (cpu_matmul.c): with K < KC an A block has
+    # MC KC / K rows (MR multiples, at most 2048), so products of MC + 1 to
+    # that many rows run as one block (gemm_block_few, A packed once) and
+    # taller ones in blocks that tall (gemm_block); an element's sum is the
+    # same whatever the block, so every row is that of a 9-row product and
+    # of the MC rows product, on 1 and 2 threads
+    cfg = _C.matmul_config()[dtype]
+    mc, kc, mr = cfg["mc"], cfg["kc"], cfg["mr"]
+    tall = min(mc * kc // k // mr * mr, 2048 // mr * mr)
+    assert tall > mc, (mc, kc, k)
+    x = np.random.randn(tall + 2 * mr + 3, k).astype(dtype)
+    b, y = operand((k, 130), dtype, kind_b)
+    first = (nd.array(x[:9], dtype=dtype) @ b).numpy()
+    block = (nd.array(x[:mc], dtype=dtype) @ b).numpy()
+    for threads in each_thread_count():
+        for m in (mc + 1, mc + mr + 2, tall, tall + 2 * mr + 3):
+            c = nd.array(x[:m], dtype=dtype) @ b
+            check(c, x[:m], y, dtype)
+            got = c.numpy()
+            where = f"m={m} threads={threads} ({kind_b})"
+            assert np.array_equal(got[:9], first), f"{where}: rows of a 9-row product differ"
+            assert np.array_equal(got[:mc], block), f"{where}: rows of the MC-row product differ"
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("m", [5, 40])
 def test_packed_skinny_thread_count_independent(m, threads):
