@@ -33,9 +33,11 @@ def c_sources() -> list:
     return sorted(s for s in found if not s.startswith(os.path.join("csrc", "cuda")))
 
 
+# -ffp-contract=off: every FMA is written (Note [AVX-512 elementwise] in
+# csrc/ndarray/cpu_ewise.c): gcc fuses no a*b + c of its own, on any target
 compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                 "-Wno-missing-field-initializers", "-Wno-cast-function-type",
-                "-pthread", "-fno-strict-aliasing", "-fno-math-errno"]
+                "-pthread", "-fno-strict-aliasing", "-fno-math-errno", "-ffp-contract=off"]
 link_args = ["-pthread", "-lm"]
 if _flag("NEEDLE_ASAN"):
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",

@@ -4,7 +4,8 @@
  * Python view:
  *     needle._C.NDArray, BackendDevice, Array, SliceError
  *     needle._C.cpu(), cuda(), cpu_numpy(), default_device(), all_devices()
- *     needle._C.set_num_threads(n), get_num_threads(), matmul_kernel_name()
+ *     needle._C.set_num_threads(n), get_num_threads(), matmul_kernel_name(),
+ *         ewise_kernel_name()
  *     needle._C.cpu_kernels     # the course's kernel-module interface
  *     needle._C.Tensor, ops, ... # the autograd layer (autograd/autograd_module.c)
  */
@@ -57,6 +58,11 @@ static PyObject *m_matmul_kernel_name(PyObject *m, PyObject *u)
     return PyUnicode_FromString(ndl_cpu_matmul_kernel_name());
 }
 
+static PyObject *m_ewise_kernel_name(PyObject *m, PyObject *u)
+{
+    return PyUnicode_FromString(ndl_cpu_ewise_kernel_name());
+}
+
 /* {"kernel", "float32": {mr, nr, mc, kc, nc, small_m, swap_m, fill_m, row_bytes, fill_max_b,
  *  set_rows, pack_a}, "float64": {...}, "l1d", "l1d_ways", "l2", "l3", "llc", "cache_source",
  *  "vendor", "flush_denormals"}: what
@@ -101,6 +107,8 @@ static PyMethodDef module_methods[] = {
     {"get_num_threads", m_get_num_threads, METH_NOARGS, "Number of CPU kernel threads."},
     {"matmul_kernel_name", m_matmul_kernel_name, METH_NOARGS,
      "The CPU matmul micro-kernel in use: 'avx512', 'avx2' or 'generic'."},
+    {"ewise_kernel_name", m_ewise_kernel_name, METH_NOARGS,
+     "The CPU elementwise loops in use: 'avx512', 'avx2' or 'generic'."},
     {"matmul_config", m_matmul_config, METH_NOARGS,
      "The CPU matmul kernel, its tile and cache blocks per dtype, the cache sizes they were "
      "derived from, and whether kernels flush denormals."},

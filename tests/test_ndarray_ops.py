@@ -559,3 +559,72 @@ def test_pad(shape, axes, kind, dtype, device):
 def test_pad_special_shapes(shape, axes):
     a, x = make_input("compact", shape, "float32", positive)
     check(a.pad(axes), np.pad(x, axes) if axes else x, "float32", "exact")
+
+
+# Note [AVX-512 elementwise] (csrc/ndarray/cpu_ewise.c): the elementwise loops
+# are built for the x86-64 baseline, AVX2 and AVX-512F, and every build must
+# give the same bits (no fused multiply-add anywhere). Each runs in its own
+# process (NEEDLE_EWISE_KERNEL is read once) over float32 inputs spread over
+# every bit pattern (NaNs, infinities and subnormals among them) and float64
+# ones over every exponent, on contiguous, strided and broadcast operands.
+ISA_SCRIPT = r"""
+import sys
+import numpy as np
+import needle.backend_ndarray as nd
+from needle import _C
+
+UNARY = {"neg": lambda x: -x, "log": lambda x: x.log(), "exp": lambda x: x.exp(),
+         "tanh": lambda x: x.tanh(), "relu": lambda x: x.relu(),
+         "sigmoid": lambda x: x.sigmoid(), "sin": lambda x: x.sin(), "cos": lambda x: x.cos(),
+         "sqrt": lambda x: x.sqrt(), "abs": lambda x: x.abs()}
+BINARY = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y, "mul": lambda x, y: x * y,
+          "div": lambda x, y: x / y, "pow": lambda x, y: x ** y,
+          "maximum": lambda x, y: x.maximum(y), "minimum": lambda x, y: x.minimum(y),
+          "eq": lambda x, y: x == y, "ne": lambda x, y: x != y, "gt": lambda x, y: x > y,
+          "ge": lambda x, y: x >= y, "lt": lambda x, y: x < y, "le": lambda x, y: x <= y}
+rng = np.random.default_rng(0)
+vals = {"float32": np.arange(0, 2**32, 4099, dtype=np.uint64).astype(np.uint32).view(np.float32),
+        "float64": rng.integers(0, 2**64, 2**18, dtype=np.uint64, endpoint=False).view(np.float64)}
+out = {}
+for dt, v in vals.items():
+    x = nd.array(v, dtype=dt)
+    y = nd.array(rng.permutation(v), dtype=dt)
+    s = nd.array(v[7:8], dtype=dt).broadcast_to(x.shape)
+    m = (v.size - 1) // 3
+    for name, f in UNARY.items():
+        out[f"{dt} {name}"] = f(x).numpy()
+        out[f"{dt} {name} strided"] = f(x[::3]).numpy()
+    for name, f in BINARY.items():
+        out[f"{dt} {name}"] = f(x, y).numpy()
+        out[f"{dt} {name} strided"] = f(x[0:3 * m:3], y[1:3 * m + 1:3]).numpy()
+        out[f"{dt} {name} scalar"] = f(x, s).numpy()
+np.savez(sys.argv[1], isa=_C.ewise_kernel_name(), **out)
+"""
+
+
+def test_every_instruction_set_gives_the_same_bits(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    runs = {}
+    for isa in ("generic", "avx2", "avx512"):
+        path = tmp_path / f"{isa}.npz"
+        env = dict(os.environ, NEEDLE_EWISE_KERNEL=isa)
+        subprocess.run([sys.executable, "-c", ISA_SCRIPT, str(path)], env=env, check=True)
+        got = np.load(path)
+        if str(got["isa"]) == isa:  # else this CPU does not run it
+            runs[isa] = got
+    assert "generic" in runs
+    if len(runs) < 2:
+        pytest.skip("this CPU runs the baseline loops only")
+    ref = runs["generic"]
+    for isa, got in runs.items():
+        for key in ref.files:
+            if key == "isa":
+                continue
+            a, b = ref[key], got[key]
+            bits = np.uint32 if a.dtype == np.float32 else np.uint64
+            diff = np.flatnonzero(a.view(bits) != b.view(bits))
+            assert diff.size == 0, (f"{key}: {isa} differs from generic at {diff.size} "
+                                    f"elements, first {a[diff[0]]!r} vs {b[diff[0]]!r}")

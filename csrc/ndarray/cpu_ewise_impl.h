@@ -9,6 +9,8 @@
  *   EW_TARGET  function attribute selecting the ISA, or empty
  *   EW_SQRT_SIMD (optional) 1 when EW_VEC/EW_VW/EW_VLOAD/EW_VSQRT/EW_VSTORE
  *              describe a SIMD sqrt for T (see Note [sqrt] in cpu_ewise.c)
+ *   EW_EXP_SCALEF (optional, float only) 1 when EW_VSCALEF(p, k) is p * 2^k
+ *              of vectors, rounded once (Note [exp by scalef] in cpu_ewise.c)
  * Defines:
  *   ew_unary_loops_<EW_SFX>[NDL_NUM_UNARY]    (ndl_ew_unary_loop)
  *   ew_binary_loops_<EW_SFX>[NDL_NUM_BINARY]  (ndl_ew_binary_loop)
@@ -109,10 +111,39 @@ static EW_TARGET void EW_FN(ew_sqrt_simd)(const void *a_, int64_t sa, void *out_
 #define EW_SQRT_LOOP EW_FN(ew_sqrt)
 #endif
 
-/* Tables by op code; sqrt and pow take their special loops above. */
+#ifdef EW_EXP_SCALEF
+/* Note [exp by scalef] in cpu_ewise.c: ndl_exp_f32's bits, 2^k in one step. */
+static EW_TARGET void EW_FN(ew_exp_scalef)(const void *a_, int64_t sa, void *out_, int64_t n)
+{
+    if (sa != 1) {
+        EW_FN(ew_exp)(a_, sa, out_, n);
+        return;
+    }
+    const T *a = (const T *)a_;
+    T *out = (T *)out_;
+    int64_t i = 0;
+    for (; i + EW_VW <= n; i += EW_VW) {
+        T p[EW_VW], kf[EW_VW];
+        for (int j = 0; j < EW_VW; j++) {
+            int32_t k;
+            p[j] = EW_MATH(exp_core)(a[i + j], &k, &kf[j]);
+        }
+        EW_VSTORE(out + i, EW_VSCALEF(EW_VLOAD(p), EW_VLOAD(kf)));
+    }
+    for (; i < n; i++)
+        out[i] = EW_MATH(exp)(a[i]);
+}
+#define EW_EXP_LOOP EW_FN(ew_exp_scalef)
+#else
+#define EW_EXP_LOOP EW_FN(ew_exp)
+#endif
+
+/* Tables by op code; sqrt, exp and pow take their special loops above. */
 static const ndl_ew_unary_loop EW_FN(ew_unary_loops)[NDL_NUM_UNARY] = {
-#define NDL_UNARY_KERNEL(NAME, name, numpy, method) \
-    [NDL_UN_##NAME] = NDL_UN_##NAME == NDL_UN_SQRT ? EW_SQRT_LOOP : EW_FN(ew_##name),
+#define NDL_UNARY_KERNEL(NAME, name, numpy, method)                                       \
+    [NDL_UN_##NAME] = NDL_UN_##NAME == NDL_UN_SQRT  ? EW_SQRT_LOOP                        \
+                      : NDL_UN_##NAME == NDL_UN_EXP ? EW_EXP_LOOP                         \
+                                                    : EW_FN(ew_##name),
 #include "ops.def"
 };
 
@@ -123,6 +154,7 @@ static const ndl_ew_binary_loop EW_FN(ew_binary_loops)[NDL_NUM_BINARY] = {
 };
 
 #undef EW_SQRT_LOOP
+#undef EW_EXP_LOOP
 #undef EW_MATH
 #undef EW_FN
 #undef EW_PASTE
@@ -132,6 +164,8 @@ static const ndl_ew_binary_loop EW_FN(ew_binary_loops)[NDL_NUM_BINARY] = {
 #undef EW_SFX
 #undef EW_TARGET
 #undef EW_SQRT_SIMD
+#undef EW_EXP_SCALEF
+#undef EW_VSCALEF
 #undef EW_VW
 #undef EW_VLOAD
 #undef EW_VSQRT

@@ -152,6 +152,8 @@ int ndl_cpu_sgd(ndl_dtype dt, int64_t n, const void *p, const void *g, const voi
 
 /* Which micro-kernel ndl_cpu_matmul uses: "avx512", "avx2" or "generic". */
 const char *ndl_cpu_matmul_kernel_name(void);
+/* Which loops ndl_cpu_unary / ndl_cpu_binary use: the same names. */
+const char *ndl_cpu_ewise_kernel_name(void);
 /* Its register tile, cache blocks and path limits for dtype dt:
  * out = {MR, NR, MC, KC, NC, SMALL_M, SWAP_M, FILL_M, ROW_BYTES, FILL_MAX_B}
  * (B by rows with m <= SMALL_M: the axpy loops, but from m = FILL_M (0:

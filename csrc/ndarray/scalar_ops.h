@@ -131,8 +131,11 @@ NDL_HD double ndl_relu_f64(double x) { return x <= 0.0 ? 0.0 : x; }
  * included), vectorizable.
  *   x = k*ln2 + r, |r| <= ln2/2;  exp(x) = 2^k * exp(r)
  * exp(r) is Cephes' degree-7 expf polynomial; 2^k is applied in two halves so
- * that subnormal results and the overflow boundary round once, correctly. */
-NDL_HD float ndl_exp_f32(float x)
+ * that subnormal results and the overflow boundary round once, correctly.
+ * ndl_exp_core_f32 is the part before 2^k: it returns p = exp(r) and stores
+ * k, in [-152, 129], as an int and as a float; the AVX-512 loop scales by
+ * 2^k in one instruction (Note [exp by scalef] in cpu_ewise.c). */
+NDL_HD float ndl_exp_core_f32(float x, int32_t *k_out, float *kf_out)
 {
     /* NOTE: the clamp keeps k in [-152, 129] so the exponent arithmetic below
      * cannot wrap; exp(-105) ~ 2.5e-46 rounds to 0 and exp(89) overflows, so
@@ -147,7 +150,8 @@ NDL_HD float ndl_exp_f32(float x)
     const float magic = 12582912.0f;
     float t = xc * 1.44269504088896341f + magic;
     float kf = t - magic;
-    int32_t k = (int32_t)(ndl_f32_bits(t) - ndl_f32_bits(magic));
+    *k_out = (int32_t)(ndl_f32_bits(t) - ndl_f32_bits(magic));
+    *kf_out = kf;
 
     /* Cody-Waite: ln2 = C1 + C2 with C1 exact in 9 bits, so k*C1 is exact. */
     float r = xc - kf * 0.693359375f;
@@ -160,8 +164,13 @@ NDL_HD float ndl_exp_f32(float x)
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
-    p = p * z + r + 1.0f;
-
+    return p * z + r + 1.0f;
+}
+NDL_HD float ndl_exp_f32(float x)
+{
+    int32_t k;
+    float kf;
+    float p = ndl_exp_core_f32(x, &k, &kf);
     /* NOTE: 2^k may be outside the normal range: split k = k1 + k2 with both
      * halves in range. p*2^k1 is exact and the second multiply rounds once
      * (to a subnormal, or to inf past FLT_MAX). */
