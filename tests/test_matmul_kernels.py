@@ -162,9 +162,10 @@ NO_FMAS = [0, 0]  # no 512-bit FMA, no 256-bit one
 
 
 def packs_a():
-    """Note [Packing A in the kernel]: the AVX-512 tiles pack A on AMD's cores only."""
+    """Note [Packing A in the kernel]: whether the chosen AVX-512 tiles pack A
+    (AMD's cores only: test_matmul_paths.py's config test checks that rule)."""
     from needle import _C
-    return _C.matmul_config()["vendor"] in ("AuthenticAMD", "HygonGenuine")
+    return _C.matmul_config()["float32"]["pack_a"] == 1
 
 
 def run_emu(cases, threads=1):
