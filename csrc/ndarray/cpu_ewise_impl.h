@@ -112,38 +112,58 @@ static EW_TARGET void EW_FN(ew_sqrt_simd)(const void *a_, int64_t sa, void *out_
 #endif
 
 #ifdef EW_EXP_SCALEF
-/* Note [exp by scalef] in cpu_ewise.c: ndl_exp_f32's bits, 2^k in one step. */
-static EW_TARGET void EW_FN(ew_exp_scalef)(const void *a_, int64_t sa, void *out_, int64_t n)
-{
-    if (sa != 1) {
-        EW_FN(ew_exp)(a_, sa, out_, n);
-        return;
+/* Note [exp by scalef] in cpu_ewise.c: the bits of ndl_<name>_f32, its
+ * exp(ARG(x)) scaled by 2^k in one step, then FINISH(x, e). */
+#define EW_BY_SCALEF(name, ARG, FINISH)                                                    \
+    static EW_TARGET void EW_FN(ew_##name##_scalef)(const void *a_, int64_t sa, void *out_, \
+                                                    int64_t n)                             \
+    {                                                                                      \
+        if (sa != 1) {                                                                     \
+            EW_FN(ew_##name)(a_, sa, out_, n);                                             \
+            return;                                                                        \
+        }                                                                                  \
+        const T *a = (const T *)a_;                                                        \
+        T *out = (T *)out_;                                                                \
+        int64_t i = 0;                                                                     \
+        for (; i + EW_VW <= n; i += EW_VW) {                                               \
+            /* locals only, which gcc vectorizes (out may be a) */                         \
+            T x[EW_VW], y[EW_VW], p[EW_VW], kf[EW_VW], e[EW_VW];                           \
+            EW_VSTORE(x, EW_VLOAD(a + i));                                                 \
+            for (int j = 0; j < EW_VW; j++) {                                              \
+                int32_t k;                                                                 \
+                p[j] = EW_MATH(exp_core)(ARG(x[j]), &k, &kf[j]);                           \
+            }                                                                              \
+            EW_VSTORE(e, EW_VSCALEF(EW_VLOAD(p), EW_VLOAD(kf)));                           \
+            _Pragma("GCC unroll 1") /* a loop gcc vectorizes, not 16 statements */         \
+            for (int j = 0; j < EW_VW; j++)                                                \
+                y[j] = FINISH(x[j], e[j]);                                                 \
+            EW_VSTORE(out + i, EW_VLOAD(y));                                               \
+        }                                                                                  \
+        for (; i < n; i++)                                                                 \
+            out[i] = EW_MATH(name)(a[i]);                                                  \
     }
-    const T *a = (const T *)a_;
-    T *out = (T *)out_;
-    int64_t i = 0;
-    for (; i + EW_VW <= n; i += EW_VW) {
-        T p[EW_VW], kf[EW_VW];
-        for (int j = 0; j < EW_VW; j++) {
-            int32_t k;
-            p[j] = EW_MATH(exp_core)(a[i + j], &k, &kf[j]);
-        }
-        EW_VSTORE(out + i, EW_VSCALEF(EW_VLOAD(p), EW_VLOAD(kf)));
-    }
-    for (; i < n; i++)
-        out[i] = EW_MATH(exp)(a[i]);
-}
-#define EW_EXP_LOOP EW_FN(ew_exp_scalef)
+#define EW_EXP_ARG(x) (x)
+#define EW_EXP_FINISH(x, e) (e)
+EW_BY_SCALEF(exp, EW_EXP_ARG, EW_EXP_FINISH)
+EW_BY_SCALEF(tanh, EW_MATH(tanh_exp_arg), EW_MATH(tanh_with_exp))
+EW_BY_SCALEF(sigmoid, EW_MATH(sigmoid_exp_arg), EW_MATH(sigmoid_with_exp))
+#undef EW_EXP_ARG
+#undef EW_EXP_FINISH
+#undef EW_BY_SCALEF
+#define EW_EXP_LOOP(name) EW_FN(ew_##name##_scalef)
 #else
-#define EW_EXP_LOOP EW_FN(ew_exp)
+#define EW_EXP_LOOP(name) EW_FN(ew_##name)
 #endif
 
-/* Tables by op code; sqrt, exp and pow take their special loops above. */
+/* Tables by op code; sqrt, exp, tanh, sigmoid and pow take their special
+ * loops above where they have them. */
 static const ndl_ew_unary_loop EW_FN(ew_unary_loops)[NDL_NUM_UNARY] = {
 #define NDL_UNARY_KERNEL(NAME, name, numpy, method)                                       \
-    [NDL_UN_##NAME] = NDL_UN_##NAME == NDL_UN_SQRT  ? EW_SQRT_LOOP                        \
-                      : NDL_UN_##NAME == NDL_UN_EXP ? EW_EXP_LOOP                         \
-                                                    : EW_FN(ew_##name),
+    [NDL_UN_##NAME] = NDL_UN_##NAME == NDL_UN_SQRT      ? EW_SQRT_LOOP                    \
+                      : NDL_UN_##NAME == NDL_UN_EXP     ? EW_EXP_LOOP(exp)                \
+                      : NDL_UN_##NAME == NDL_UN_TANH    ? EW_EXP_LOOP(tanh)               \
+                      : NDL_UN_##NAME == NDL_UN_SIGMOID ? EW_EXP_LOOP(sigmoid)            \
+                                                        : EW_FN(ew_##name),
 #include "ops.def"
 };
 

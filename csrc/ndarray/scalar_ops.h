@@ -222,8 +222,10 @@ NDL_HD double ndl_log_f64(double x) { return log(x); }
 
 /* tanh(x) for float32, max error 1.33 ulp, vectorizable: on |x|, an odd
  * polynomial (Cephes tanhf) below 0.625, else 1 - 2 / (exp(2|x|) + 1); then
- * the sign of x is put back. */
-NDL_HD float ndl_tanh_f32(float x)
+ * the sign of x is put back. ndl_tanh_with_exp_f32 takes e = exp(2|x|)
+ * (ndl_exp_f32 of ndl_tanh_exp_arg_f32(x)): Note [exp by scalef] in
+ * cpu_ewise.c computes it otherwise, to the same bits. */
+NDL_HD float ndl_tanh_with_exp_f32(float x, float e)
 {
     float ax = fabsf(x);
     float z = ax * ax;
@@ -237,21 +239,26 @@ NDL_HD float ndl_tanh_f32(float x)
     /* NOTE: 1 - 2/(e+1) instead of (e-1)/(e+1): e = exp(2|x|) overflows to inf
      * for |x| > 44 and the result is then exactly 1, not inf/inf = NaN. For
      * |x| >= 0.625 the subtraction loses less than one bit (result >= 0.55). */
-    float e = ndl_exp_f32(ax + ax);
     float big = 1.0f - 2.0f / (e + 1.0f);
     float r = ndl_select_f32(ax < 0.625f, small, big);
     /* NOTE: the sign is copied, not computed, so tanh(-0) = -0. */
     return ndl_f32_from_bits(ndl_f32_bits(r) | (ndl_f32_bits(x) & 0x80000000u));
 }
+NDL_HD float ndl_tanh_exp_arg_f32(float x) { return fabsf(x) + fabsf(x); }
+NDL_HD float ndl_tanh_f32(float x) { return ndl_tanh_with_exp_f32(x, ndl_exp_f32(ndl_tanh_exp_arg_f32(x))); }
 NDL_HD double ndl_tanh_f64(double x) { return tanh(x); }
 
 /* NOTE: sigmoid is computed from e = exp(-|x|) <= 1 so nothing overflows:
  * 1/(1+e) for x >= 0 and e/(1+e) for x < 0, which keeps full relative
  * precision in the left tail (sigmoid(-100) ~ 3.7e-44, not 0). */
+NDL_HD float ndl_sigmoid_with_exp_f32(float x, float e)
+{
+    return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
+}
+NDL_HD float ndl_sigmoid_exp_arg_f32(float x) { return -fabsf(x); }
 NDL_HD float ndl_sigmoid_f32(float x)
 {
-    float e = ndl_exp_f32(-fabsf(x));
-    return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
+    return ndl_sigmoid_with_exp_f32(x, ndl_exp_f32(ndl_sigmoid_exp_arg_f32(x)));
 }
 NDL_HD double ndl_sigmoid_f64(double x)
 {
